@@ -1,0 +1,110 @@
+//! Port I/O, MMIO, CPUID, TSC and the syscall gate to the CPL0 stub.
+//!
+//! Everything here runs at CPL3 with IOPL=3 (port I/O allowed through the
+//! TSS I/O bitmap), identity-mapped, user-accessible memory.
+
+use core::arch::asm;
+
+pub fn outb(port: u16, v: u8) {
+    // SAFETY: port I/O has no memory effects; IOPL=3 and the TSS bitmap allow it.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) }
+}
+pub fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: as outb.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+pub fn outw(port: u16, v: u16) {
+    // SAFETY: as outb.
+    unsafe { asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack, preserves_flags)) }
+}
+pub fn inw(port: u16) -> u16 {
+    let v: u16;
+    // SAFETY: as outb.
+    unsafe { asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+pub fn outl(port: u16, v: u32) {
+    // SAFETY: as outb.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags)) }
+}
+pub fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: as outb.
+    unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Volatile MMIO / physical memory accessors (identity mapping).
+pub fn read32(addr: u64) -> u32 {
+    // SAFETY: the caller names a mapped physical address (RAM or MMIO).
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+pub fn write32(addr: u64, v: u32) {
+    // SAFETY: as read32.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
+}
+pub fn read8(addr: u64) -> u8 {
+    // SAFETY: as read32.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+pub fn write8(addr: u64, v: u8) {
+    // SAFETY: as read32.
+    unsafe { core::ptr::write_volatile(addr as *mut u8, v) }
+}
+pub fn read16(addr: u64) -> u16 {
+    // SAFETY: as read32.
+    unsafe { core::ptr::read_volatile(addr as *const u16) }
+}
+pub fn write16(addr: u64, v: u16) {
+    // SAFETY: as read32.
+    unsafe { core::ptr::write_volatile(addr as *mut u16, v) }
+}
+pub fn read64(addr: u64) -> u64 {
+    // SAFETY: as read32.
+    unsafe { core::ptr::read_volatile(addr as *const u64) }
+}
+pub fn write64(addr: u64, v: u64) {
+    // SAFETY: as read32.
+    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
+}
+
+pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+    // SAFETY: cpuid is available on every x86_64 CPU and has no memory effects.
+    let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, sub) };
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc is allowed at CPL3 (CR4.TSD is clear).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+fn syscall2(op: u64, a: u64, b: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: the CPL0 gate in boot.S performs the operation and returns with
+    // iretq, clobbering only the registers listed here.
+    unsafe {
+        asm!("syscall",
+            inout("rax") op => ret,
+            in("rdi") a, in("rsi") b,
+            out("rcx") _, out("r11") _, out("r9") _, out("r10") _, out("rdx") _,
+            options(nostack));
+    }
+    ret
+}
+
+/// rdmsr through the CPL0 gate. A missing MSR faults (reported as #GP).
+pub fn rdmsr(msr: u32) -> u64 {
+    syscall2(1, msr as u64, 0)
+}
+
+/// wrmsr through the CPL0 gate.
+pub fn wrmsr(msr: u32, v: u64) {
+    syscall2(2, msr as u64, v);
+}
+
+pub fn pause() {
+    core::hint::spin_loop();
+}

@@ -1,0 +1,68 @@
+//! Results: `key=value` lines, a count of failed checks, and the final
+//! `RESULT PASS` / `RESULT FAIL reason=...` with the exit.
+//!
+//! Exit: the isa-debug-exit port (QEMU's `-device isa-debug-exit,iobase=0xf4`:
+//! the process exits with `(value << 1) | 1`, so 1 = pass, 3 = fail), then
+//! ACPI S5 through the FADT's PM1 control block as a fallback.
+
+use crate::io::{outl, outw, pause};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+static FAILURES: AtomicU32 = AtomicU32::new(0);
+/// PM1a control port and SLP_TYPa for S5, filled from ACPI (0 = unknown).
+pub static PM1A_CNT: AtomicU64 = AtomicU64::new(0);
+pub static S5_SLP_TYP: AtomicU32 = AtomicU32::new(0);
+/// Exit port, `exit_port=` on the command line (0 = none).
+pub static EXIT_PORT: AtomicU32 = AtomicU32::new(0xf4);
+
+/// Records one check: prints `check.NAME=ok` or `check.NAME=FAIL`.
+pub fn check(name: &str, ok: bool) -> bool {
+    if ok {
+        crate::println!("check.{}=ok", name);
+    } else {
+        FAILURES.fetch_add(1, Ordering::SeqCst);
+        crate::println!("check.{}=FAIL", name);
+    }
+    ok
+}
+
+pub fn failures() -> u32 {
+    FAILURES.load(Ordering::SeqCst)
+}
+
+pub fn fail_count_add() {
+    FAILURES.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Prints the verdict and leaves the VM. Never returns.
+pub fn finish(reason: Option<&str>) -> ! {
+    let failed = failures();
+    match (reason, failed) {
+        (None, 0) => crate::println!("RESULT PASS"),
+        (Some(r), _) => crate::println!("RESULT FAIL reason={}", r),
+        (None, n) => crate::println!("RESULT FAIL reason=checks_failed count={}", n),
+    }
+    let code = if reason.is_none() && failed == 0 { 0 } else { 1 };
+    exit(code)
+}
+
+pub fn exit(code: u32) -> ! {
+    let port = EXIT_PORT.load(Ordering::SeqCst);
+    if port != 0 {
+        outl(port as u16, code);
+    }
+    poweroff()
+}
+
+/// ACPI S5; spins if the platform does not take it.
+pub fn poweroff() -> ! {
+    let pm1a = PM1A_CNT.load(Ordering::SeqCst);
+    if pm1a != 0 {
+        let typ = S5_SLP_TYP.load(Ordering::SeqCst) as u16;
+        outw(pm1a as u16, (typ << 10) | (1 << 13));
+    }
+    crate::println!("exit: the platform did not power off");
+    loop {
+        pause();
+    }
+}
