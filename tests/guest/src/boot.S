@@ -7,8 +7,8 @@
  * CPU from the PVH entry (or the AP trampoline) to long mode, loads the GDT,
  * a TSS with an all-zero I/O bitmap and the IDT, and drops to CPL3 with
  * IOPL=3, where the Rust code lives. Exceptions are bounced back to a CPL3
- * reporter; interrupts only count and EOI; `syscall` is a gate for the few
- * privileged instructions CPL3 needs (rdmsr/wrmsr).
+ * reporter; interrupts only count and EOI; a `ud2` at cpl0_gate is the gate
+ * for the few privileged instructions CPL3 needs (rdmsr/wrmsr).
  */
 
 .set MAX_CPUS, 32
@@ -154,7 +154,7 @@ pm32_common:
     movl %eax, %cr3
     movl $0xc0000080, %ecx      /* EFER */
     rdmsr
-    orl $((1 << 8) | 1), %eax   /* LME, SCE */
+    orl $(1 << 8), %eax         /* LME */
     wrmsr
     movl %cr0, %eax
     andl $0x9ffffffb, %eax      /* clear CD, NW (set after INIT) and EM */
@@ -264,21 +264,6 @@ long_entry:
 2:
     lidt idt_ptr(%rip)
 
-    /* syscall gate: STAR (kernel CS), LSTAR, SFMASK (IF, TF, DF) */
-    movl $0xc0000081, %ecx
-    xorl %eax, %eax
-    movl $SEL_KCODE64, %edx
-    wrmsr
-    movl $0xc0000082, %ecx
-    leaq syscall_entry(%rip), %rax
-    movq %rax, %rdx
-    shrq $32, %rdx
-    wrmsr
-    movl $0xc0000084, %ecx
-    movl $0x700, %eax
-    xorl %edx, %edx
-    wrmsr
-
     /* Drop to CPL3: cpu_entry(index, start_info) on this CPU's user stack */
     leaq 1(%rdi), %rax
     imulq $USTACK_SIZE, %rax
@@ -313,6 +298,14 @@ isr_stubs:
 isr_common:
     cmpq $32, (%rsp)
     jae irq_common
+    cmpq $6, (%rsp)
+    jne 1f
+    pushq %rax
+    leaq cpl0_gate(%rip), %rax
+    cmpq %rax, 24(%rsp)
+    popq %rax
+    je gate_op
+1:
     /* An exception: no CPL0 printing. Rewrite the frame so that iretq lands
      * in the CPL3 reporter fault_entry(vector, error, rip, cr2, cs, cpu) on a
      * fresh stack of the faulting CPU. */
@@ -350,26 +343,34 @@ irq_common:
     addq $16, %rsp
     iretq
 
-/* syscall gate. rax = operation, rdi/rsi = arguments, result in rax.
- * Still on the caller's stack: skip its red zone, return with iretq
- * (sysretq faults on PVM). Clobbers rcx, r11, r9, r10, rdx. */
+/* The CPL0 gate: CPL3 code calls cpl0_gate with rax = operation and
+ * rdi/rsi = arguments; the ud2 raises #UD, whose handler (isr_common) sees
+ * the gate's address, performs the operation and resumes after the ud2.
+ * (PVM's `syscall` reaches LSTAR without CPL0 privilege, so it cannot be
+ * the gate.) Result in rax; clobbers rcx, rdx. */
 .balign 16
-syscall_entry:
-    movq %rcx, %r10
+.global cpl0_gate
+cpl0_gate:
+    ud2
+    ret
+
+/* rax = op: 1 = rdmsr(rdi), 2 = wrmsr(rdi, rsi). Called with the #UD frame
+ * on the stack (vector, error, rip, ...), returns to the gate's caller. */
+gate_op:
     cmpq $1, %rax
-    je 2f
+    je 1f
     cmpq $2, %rax
-    je 3f
+    je 2f
     movq $-1, %rax
     jmp 9f
-2:  /* rdmsr(rdi) */
+1:
     movl %edi, %ecx
     rdmsr
     shlq $32, %rdx
     movl %eax, %eax
     orq %rdx, %rax
     jmp 9f
-3:  /* wrmsr(rdi, rsi) */
+2:
     movl %edi, %ecx
     movl %esi, %eax
     movq %rsi, %rdx
@@ -377,14 +378,8 @@ syscall_entry:
     wrmsr
     xorl %eax, %eax
 9:
-    movq %rsp, %r9
-    subq $128, %rsp
-    andq $-16, %rsp
-    pushq $SEL_UDATA
-    pushq %r9
-    pushq %r11
-    pushq $SEL_UCODE64
-    pushq %r10
+    addq $2, 16(%rsp)
+    addq $16, %rsp
     iretq
 
 /* ------------------------------------------------------- AP trampoline

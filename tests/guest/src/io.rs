@@ -1,4 +1,4 @@
-//! Port I/O, MMIO, CPUID, TSC and the syscall gate to the CPL0 stub.
+//! Port I/O, MMIO, CPUID, TSC and the gate to the CPL0 stub.
 //!
 //! Everything here runs at CPL3 with IOPL=3 (port I/O allowed through the
 //! TSS I/O bitmap), identity-mapped, user-accessible memory.
@@ -81,28 +81,28 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-fn syscall2(op: u64, a: u64, b: u64) -> u64 {
+fn gate(op: u64, a: u64, b: u64) -> u64 {
     let ret: u64;
-    // SAFETY: the CPL0 gate in boot.S performs the operation and returns with
-    // iretq, clobbering only the registers listed here.
+    // SAFETY: cpl0_gate (boot.S) performs the operation at CPL0 via its #UD
+    // handler and returns, clobbering only rax, rcx and rdx. No `nostack`:
+    // the call pushes a return address, so the red zone is not in use.
     unsafe {
-        asm!("syscall",
+        asm!("call cpl0_gate",
             inout("rax") op => ret,
             in("rdi") a, in("rsi") b,
-            out("rcx") _, out("r11") _, out("r9") _, out("r10") _, out("rdx") _,
-            options(nostack));
+            out("rcx") _, out("rdx") _);
     }
     ret
 }
 
 /// rdmsr through the CPL0 gate. A missing MSR faults (reported as #GP).
 pub fn rdmsr(msr: u32) -> u64 {
-    syscall2(1, msr as u64, 0)
+    gate(1, msr as u64, 0)
 }
 
 /// wrmsr through the CPL0 gate.
 pub fn wrmsr(msr: u32, v: u64) {
-    syscall2(2, msr as u64, v);
+    gate(2, msr as u64, v);
 }
 
 pub fn pause() {

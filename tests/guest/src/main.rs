@@ -5,12 +5,18 @@
 #![no_std]
 #![no_main]
 
+mod acpi;
+mod alloc;
+mod clock;
 mod cmdline;
 mod io;
+mod memcheck;
+mod paging;
 mod pvh;
 mod report;
 mod rt;
 mod serial;
+mod smp;
 
 use core::arch::global_asm;
 
@@ -29,9 +35,8 @@ static mut BOOT: pvh::BootInfo = pvh::BootInfo {
 #[no_mangle]
 extern "C" fn cpu_entry(index: u64, start_info: u64) -> ! {
     if index != 0 {
-        loop {
-            io::pause();
-        }
+        smp::ap_entry(index as usize);
+        ap_loop(index as usize)
     }
     serial::init();
     println!("guest=vmm-test-guest version={}", env!("CARGO_PKG_VERSION"));
@@ -44,11 +49,36 @@ extern "C" fn cpu_entry(index: u64, start_info: u64) -> ! {
         }
         report::finish(Some("bad_start_info"));
     }
-    println!("pvh.version={} cmdline=\"{}\" rsdp={:#x}", boot.version, boot.cmdline(), boot.rsdp);
-    for e in boot.memmap() {
-        println!("e820 addr={:#x} size={:#x} type={}", e.addr, e.size, e.kind);
+    let cmd = cmdline::Cmdline(boot.cmdline());
+    println!("pvh.version={} cmdline=\"{}\"", boot.version, boot.cmdline());
+    if let Some(p) = cmd.get("exit_port") {
+        report::EXIT_PORT.store(cmdline::parse_u64(p).unwrap_or(0) as u32, core::sync::atomic::Ordering::SeqCst);
     }
+
+    memcheck::check(boot.memmap(), cmd.get("mem").and_then(cmdline::parse_u64));
+
+    let required = cmd.get("acpi_require").unwrap_or("FACP,APIC,DSDT");
+    let Some(acpi) = acpi::probe(boot.rsdp, required) else {
+        report::finish(Some("no_acpi"));
+    };
+    report::PM1A_CNT.store(acpi.pm1a_cnt as u64, core::sync::atomic::Ordering::SeqCst);
+    report::S5_SLP_TYP.store(acpi.s5_slp_typ.unwrap_or(0) as u32, core::sync::atomic::Ordering::SeqCst);
+    if let Some(want) = cmd.get("cpus").and_then(cmdline::parse_u64) {
+        println!("cpus.expected={} madt={}", want, acpi.cpus);
+        report::check("cpus.count", want as usize == acpi.cpus);
+    }
+
+    clock::init_cpu(0, acpi.pm_tmr);
+    smp::start_aps(&acpi, cmd.u64("ap_timeout_ms", 5000));
+    clock::check(0, cmd.u64("clock_samples", 200_000) as u32, cmd.u64("max_jump_ms", 50));
+
     report::finish(None)
+}
+
+fn ap_loop(_index: usize) -> ! {
+    loop {
+        io::pause();
+    }
 }
 
 /// Exceptions land here (boot.S rewrites the frame): print and fail.
