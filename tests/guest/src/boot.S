@@ -354,13 +354,19 @@ cpl0_gate:
     ud2
     ret
 
-/* rax = op: 1 = rdmsr(rdi), 2 = wrmsr(rdi, rsi). Called with the #UD frame
- * on the stack (vector, error, rip, ...), returns to the gate's caller. */
+/* rax = op: 1 = rdmsr(rdi), 2 = wrmsr(rdi, rsi), 3 = enable interrupts,
+ * 4 = disable interrupts (PVM raises #GP for sti/cli at CPL3 even with
+ * IOPL=3, so IF is changed in the frame iretq returns through). Called with
+ * the #UD frame on the stack (vector, error, rip, cs, rflags, ...). */
 gate_op:
     cmpq $1, %rax
     je 1f
     cmpq $2, %rax
     je 2f
+    cmpq $3, %rax
+    je 3f
+    cmpq $4, %rax
+    je 4f
     movq $-1, %rax
     jmp 9f
 1:
@@ -376,6 +382,14 @@ gate_op:
     movq %rsi, %rdx
     shrq $32, %rdx
     wrmsr
+    xorl %eax, %eax
+    jmp 9f
+3:
+    orq $0x200, 32(%rsp)
+    xorl %eax, %eax
+    jmp 9f
+4:
+    andq $~0x200, 32(%rsp)
     xorl %eax, %eax
 9:
     addq $2, 16(%rsp)

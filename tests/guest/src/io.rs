@@ -105,6 +105,16 @@ pub fn wrmsr(msr: u32, v: u64) {
     gate(2, msr as u64, v);
 }
 
+/// Enables interrupts at CPL3 (through the gate: PVM faults on `sti`).
+pub fn enable_interrupts() {
+    gate(3, 0, 0);
+}
+
+/// Disables interrupts at CPL3.
+pub fn disable_interrupts() {
+    gate(4, 0, 0);
+}
+
 pub fn pause() {
     core::hint::spin_loop();
 }

@@ -12,11 +12,13 @@ mod cmdline;
 mod io;
 mod memcheck;
 mod paging;
+mod pci;
 mod pvh;
 mod report;
 mod rt;
 mod serial;
 mod smp;
+mod virtio;
 
 use core::arch::global_asm;
 
@@ -39,6 +41,7 @@ extern "C" fn cpu_entry(index: u64, start_info: u64) -> ! {
         ap_loop(index as usize)
     }
     serial::init();
+    mask_pic();
     println!("guest=vmm-test-guest version={}", env!("CARGO_PKG_VERSION"));
     // SAFETY: only the BSP touches BOOT, before any AP runs.
     let boot = unsafe { &mut *core::ptr::addr_of_mut!(BOOT) };
@@ -72,7 +75,24 @@ extern "C" fn cpu_entry(index: u64, start_info: u64) -> ! {
     smp::start_aps(&acpi, cmd.u64("ap_timeout_ms", 5000));
     clock::check(0, cmd.u64("clock_samples", 200_000) as u32, cmd.u64("max_jump_ms", 50));
 
+    let ecam = acpi.has_mcfg.then_some((acpi.ecam_base, acpi.ecam_end_bus));
+    let bus = pci::probe(ecam);
+    if cmd.get("pci_ecam").is_some() {
+        report::check("pci.ecam_present", acpi.has_mcfg);
+    }
+    virtio::run(&bus, &cmd);
+
     report::finish(None)
+}
+
+/// Remaps the 8259 PICs away from the exception vectors (firmware leaves
+/// them at 8) and masks every line: the guest only takes MSI-X.
+fn mask_pic() {
+    for (port, v) in [(0x20, 0x11), (0xa0, 0x11), (0x21, 0x20), (0xa1, 0x28), (0x21, 4), (0xa1, 2), (0x21, 1), (0xa1, 1)] {
+        io::outb(port, v);
+    }
+    io::outb(0x21, 0xff);
+    io::outb(0xa1, 0xff);
 }
 
 fn ap_loop(_index: usize) -> ! {
