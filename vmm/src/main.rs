@@ -2,6 +2,9 @@
 //! until then it only says so.
 
 fn main() {
-    eprintln!("vmm {}: not yet able to run guests (see issue #3)", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "vmm {}: not yet able to run guests (see issue #3)",
+        env!("CARGO_PKG_VERSION")
+    );
     std::process::exit(1);
 }

@@ -3,8 +3,8 @@
 //! control block, the DSDT's \_S5 sleep type).
 
 use crate::io::{read32, read64, read8};
-use crate::report;
 use crate::println;
+use crate::report;
 
 pub const MAX_CPUS: usize = 32;
 
@@ -34,7 +34,12 @@ fn checksum(addr: u64, len: u64) -> u8 {
 }
 
 fn sig(addr: u64) -> [u8; 4] {
-    [read8(addr), read8(addr + 1), read8(addr + 2), read8(addr + 3)]
+    [
+        read8(addr),
+        read8(addr + 1),
+        read8(addr + 2),
+        read8(addr + 3),
+    ]
 }
 
 fn sig_str(s: &[u8; 4]) -> &str {
@@ -64,11 +69,24 @@ pub fn probe(hint: u64, required: &str) -> Option<Acpi> {
     if a.revision >= 2 {
         ok &= checksum(rsdp, read32(rsdp + 20) as u64) == 0;
     }
-    println!("acpi.rsdp={:#x} revision={} from_start_info={}", rsdp, a.revision, hint == rsdp);
+    println!(
+        "acpi.rsdp={:#x} revision={} from_start_info={}",
+        rsdp,
+        a.revision,
+        hint == rsdp
+    );
     report::check("acpi.rsdp", ok);
 
-    let xsdt = if a.revision >= 2 { read64(rsdp + 24) } else { 0 };
-    let (root, entry_size) = if xsdt != 0 { (xsdt, 8) } else { (read32(rsdp + 16) as u64, 4) };
+    let xsdt = if a.revision >= 2 {
+        read64(rsdp + 24)
+    } else {
+        0
+    };
+    let (root, entry_size) = if xsdt != 0 {
+        (xsdt, 8)
+    } else {
+        (read32(rsdp + 16) as u64, 4)
+    };
     a.root_is_xsdt = xsdt != 0;
     let mut tables = [0u64; 32];
     let mut n = 0;
@@ -76,12 +94,21 @@ pub fn probe(hint: u64, required: &str) -> Option<Acpi> {
         let len = read32(root + 4) as u64;
         let mut off = 36;
         while off + entry_size <= len && n < tables.len() {
-            tables[n] = if entry_size == 8 { read64(root + off) } else { read32(root + off) as u64 };
+            tables[n] = if entry_size == 8 {
+                read64(root + off)
+            } else {
+                read32(root + off) as u64
+            };
             n += 1;
             off += entry_size;
         }
     }
-    println!("acpi.root={} addr={:#x} entries={}", if a.root_is_xsdt { "XSDT" } else { "RSDT" }, root, n);
+    println!(
+        "acpi.root={} addr={:#x} entries={}",
+        if a.root_is_xsdt { "XSDT" } else { "RSDT" },
+        root,
+        n
+    );
     for &t in &tables[..n] {
         if !table_ok(&mut a, t) {
             continue;
@@ -95,8 +122,14 @@ pub fn probe(hint: u64, required: &str) -> Option<Acpi> {
     }
     report::check("acpi.checksums", a.bad_checksums == 0);
     for want in required.split(',').filter(|s| !s.is_empty()) {
-        let have = a.tables_seen[..a.ntables].iter().any(|s| sig_str(s) == want);
-        println!("acpi.require.{}={}", want, if have { "present" } else { "missing" });
+        let have = a.tables_seen[..a.ntables]
+            .iter()
+            .any(|s| sig_str(s) == want);
+        println!(
+            "acpi.require.{}={}",
+            want,
+            if have { "present" } else { "missing" }
+        );
         if !have {
             report::check("acpi.required_tables", false);
         }
@@ -109,7 +142,12 @@ fn table_ok(a: &mut Acpi, t: u64) -> bool {
     let s = sig(t);
     let len = read32(t + 4) as u64;
     if !(36..=(1 << 20)).contains(&len) {
-        println!("acpi.table.{}={:#x} length={} bad_length", sig_str(&s), t, len);
+        println!(
+            "acpi.table.{}={:#x} length={} bad_length",
+            sig_str(&s),
+            t,
+            len
+        );
         a.bad_checksums += 1;
         return false;
     }
@@ -139,7 +177,11 @@ fn fadt(a: &mut Acpi, t: u64) {
     let flags = if len >= 116 { read32(t + 112) } else { 0 };
     a.hw_reduced = flags & (1 << 20) != 0;
     let x_dsdt = if len >= 148 { read64(t + 140) } else { 0 };
-    let dsdt = if x_dsdt != 0 { x_dsdt } else { read32(t + 40) as u64 };
+    let dsdt = if x_dsdt != 0 {
+        x_dsdt
+    } else {
+        read32(t + 40) as u64
+    };
     println!(
         "acpi.fadt pm1a_cnt={:#x} pm_tmr={:#x} hw_reduced={} dsdt={:#x}",
         a.pm1a_cnt, a.pm_tmr, a.hw_reduced, dsdt
@@ -207,7 +249,10 @@ fn madt(a: &mut Acpi, t: u64) {
         }
         off += elen;
     }
-    println!("acpi.madt lapic={:#x} cpus={} ioapics={}", a.lapic_base, a.cpus, a.ioapics);
+    println!(
+        "acpi.madt lapic={:#x} cpus={} ioapics={}",
+        a.lapic_base, a.cpus, a.ioapics
+    );
 }
 
 fn mcfg(a: &mut Acpi, t: u64) {
@@ -217,7 +262,10 @@ fn mcfg(a: &mut Acpi, t: u64) {
         let base = read64(t + off);
         let seg = read32(t + off + 8) & 0xffff;
         let (start, end) = (read8(t + off + 10), read8(t + off + 11));
-        println!("acpi.mcfg base={:#x} segment={} buses={}-{}", base, seg, start, end);
+        println!(
+            "acpi.mcfg base={:#x} segment={} buses={}-{}",
+            base, seg, start, end
+        );
         if seg == 0 && start == 0 && !a.has_mcfg {
             a.has_mcfg = true;
             a.ecam_base = base;

@@ -11,8 +11,7 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Zeroed, `align`-aligned memory; its address is its physical address.
 pub fn alloc(size: usize, align: usize) -> Option<u64> {
-    // SAFETY: only the address is taken.
-    let base = unsafe { core::ptr::addr_of!(HEAP) } as usize;
+    let base = core::ptr::addr_of!(HEAP) as usize;
     let mut cur = NEXT.load(Ordering::SeqCst);
     loop {
         let start = (base + cur).next_multiple_of(align) - base;

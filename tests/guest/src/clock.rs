@@ -106,7 +106,11 @@ pub fn tsc_khz() -> Option<u64> {
         return None;
     }
     // ns = (ticks << shift) * mul >> 32  =>  Hz = 1e9 << 32 / (mul << shift)
-    let denom = if shift >= 0 { mul << shift } else { mul >> -shift };
+    let denom = if shift >= 0 {
+        mul << shift
+    } else {
+        mul >> -shift
+    };
     Some(((1_000_000u128 << 32) / denom.max(1)) as u64)
 }
 

@@ -4,21 +4,27 @@ pub struct Cmdline<'a>(pub &'a str);
 
 impl<'a> Cmdline<'a> {
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.0.split_ascii_whitespace().find_map(|w| match w.split_once('=') {
-            Some((k, v)) if k == key => Some(v),
-            None if w == key => Some(""),
-            _ => None,
-        })
+        self.0
+            .split_ascii_whitespace()
+            .find_map(|w| match w.split_once('=') {
+                Some((k, v)) if k == key => Some(v),
+                None if w == key => Some(""),
+                _ => None,
+            })
     }
     pub fn u64(&self, key: &str, default: u64) -> u64 {
         self.get(key).and_then(parse_u64).unwrap_or(default)
     }
     pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("") | Some("1") | Some("on") | Some("yes"))
+        matches!(
+            self.get(key),
+            Some("") | Some("1") | Some("on") | Some("yes")
+        )
     }
     /// Whether `key` is a comma-separated list that contains `item`.
     pub fn list_has(&self, key: &str, item: &str) -> bool {
-        self.get(key).is_some_and(|v| v.split(',').any(|x| x == item))
+        self.get(key)
+            .is_some_and(|v| v.split(',').any(|x| x == item))
     }
 }
 

@@ -7,32 +7,44 @@ use core::arch::asm;
 
 pub fn outb(port: u16, v: u8) {
     // SAFETY: port I/O has no memory effects; IOPL=3 and the TSS bitmap allow it.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    }
 }
 pub fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: as outb.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    }
     v
 }
 pub fn outw(port: u16, v: u16) {
     // SAFETY: as outb.
-    unsafe { asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack, preserves_flags))
+    }
 }
 pub fn inw(port: u16) -> u16 {
     let v: u16;
     // SAFETY: as outb.
-    unsafe { asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags))
+    }
     v
 }
 pub fn outl(port: u16, v: u32) {
     // SAFETY: as outb.
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags))
+    }
 }
 pub fn inl(port: u16) -> u32 {
     let v: u32;
     // SAFETY: as outb.
-    unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+    }
     v
 }
 
@@ -71,8 +83,7 @@ pub fn write64(addr: u64, v: u64) {
 }
 
 pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
-    // SAFETY: cpuid is available on every x86_64 CPU and has no memory effects.
-    let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, sub) };
+    let r = core::arch::x86_64::__cpuid_count(leaf, sub);
     (r.eax, r.ebx, r.ecx, r.edx)
 }
 
@@ -95,6 +106,7 @@ fn gate(op: u64, a: u64, b: u64) -> u64 {
     ret
 }
 
+#[allow(dead_code)] // kept beside wrmsr for diagnostics
 /// rdmsr through the CPL0 gate. A missing MSR faults (reported as #GP).
 pub fn rdmsr(msr: u32) -> u64 {
     gate(1, msr as u64, 0)

@@ -19,6 +19,7 @@ mod rt;
 mod serial;
 mod smp;
 mod virtio;
+mod work;
 
 use core::arch::global_asm;
 
@@ -26,7 +27,11 @@ global_asm!(include_str!("boot.S"), options(att_syntax));
 
 static mut BOOT: pvh::BootInfo = pvh::BootInfo {
     version: 0,
-    memmap: [pvh::E820 { addr: 0, size: 0, kind: 0 }; pvh::MAX_E820],
+    memmap: [pvh::E820 {
+        addr: 0,
+        size: 0,
+        kind: 0,
+    }; pvh::MAX_E820],
     memmap_len: 0,
     cmdline: [0; 1024],
     cmdline_len: 0,
@@ -53,9 +58,16 @@ extern "C" fn cpu_entry(index: u64, start_info: u64) -> ! {
         report::finish(Some("bad_start_info"));
     }
     let cmd = cmdline::Cmdline(boot.cmdline());
-    println!("pvh.version={} cmdline=\"{}\"", boot.version, boot.cmdline());
+    println!(
+        "pvh.version={} cmdline=\"{}\"",
+        boot.version,
+        boot.cmdline()
+    );
     if let Some(p) = cmd.get("exit_port") {
-        report::EXIT_PORT.store(cmdline::parse_u64(p).unwrap_or(0) as u32, core::sync::atomic::Ordering::SeqCst);
+        report::EXIT_PORT.store(
+            cmdline::parse_u64(p).unwrap_or(0) as u32,
+            core::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     memcheck::check(boot.memmap(), cmd.get("mem").and_then(cmdline::parse_u64));
@@ -65,7 +77,10 @@ extern "C" fn cpu_entry(index: u64, start_info: u64) -> ! {
         report::finish(Some("no_acpi"));
     };
     report::PM1A_CNT.store(acpi.pm1a_cnt as u64, core::sync::atomic::Ordering::SeqCst);
-    report::S5_SLP_TYP.store(acpi.s5_slp_typ.unwrap_or(0) as u32, core::sync::atomic::Ordering::SeqCst);
+    report::S5_SLP_TYP.store(
+        acpi.s5_slp_typ.unwrap_or(0) as u32,
+        core::sync::atomic::Ordering::SeqCst,
+    );
     if let Some(want) = cmd.get("cpus").and_then(cmdline::parse_u64) {
         println!("cpus.expected={} madt={}", want, acpi.cpus);
         report::check("cpus.count", want as usize == acpi.cpus);
@@ -73,7 +88,11 @@ extern "C" fn cpu_entry(index: u64, start_info: u64) -> ! {
 
     clock::init_cpu(0, acpi.pm_tmr);
     smp::start_aps(&acpi, cmd.u64("ap_timeout_ms", 5000));
-    clock::check(0, cmd.u64("clock_samples", 200_000) as u32, cmd.u64("max_jump_ms", 50));
+    clock::check(
+        0,
+        cmd.u64("clock_samples", 200_000) as u32,
+        cmd.u64("max_jump_ms", 50),
+    );
 
     let ecam = acpi.has_mcfg.then_some((acpi.ecam_base, acpi.ecam_end_bus));
     let bus = pci::probe(ecam);
@@ -82,23 +101,31 @@ extern "C" fn cpu_entry(index: u64, start_info: u64) -> ! {
     }
     virtio::run(&bus, &cmd);
 
-    report::finish(None)
+    let reason = work::run(boot.memmap(), &cmd);
+    report::finish(reason)
 }
 
 /// Remaps the 8259 PICs away from the exception vectors (firmware leaves
 /// them at 8) and masks every line: the guest only takes MSI-X.
 fn mask_pic() {
-    for (port, v) in [(0x20, 0x11), (0xa0, 0x11), (0x21, 0x20), (0xa1, 0x28), (0x21, 4), (0xa1, 2), (0x21, 1), (0xa1, 1)] {
+    for (port, v) in [
+        (0x20, 0x11),
+        (0xa0, 0x11),
+        (0x21, 0x20),
+        (0xa1, 0x28),
+        (0x21, 4),
+        (0xa1, 2),
+        (0x21, 1),
+        (0xa1, 1),
+    ] {
         io::outb(port, v);
     }
     io::outb(0x21, 0xff);
     io::outb(0xa1, 0xff);
 }
 
-fn ap_loop(_index: usize) -> ! {
-    loop {
-        io::pause();
-    }
+fn ap_loop(index: usize) -> ! {
+    work::ap_main(index)
 }
 
 /// Exceptions land here (boot.S rewrites the frame): print and fail.
@@ -107,7 +134,12 @@ extern "C" fn fault_entry(vector: u64, error: u64, rip: u64, cr2: u64, cs: u64, 
     serial::force_unlock();
     println!(
         "exception vector={} error={:#x} rip={:#x} cr2={:#x} cpl={} cpu={}",
-        vector, error, rip, cr2, cs & 3, cpu
+        vector,
+        error,
+        rip,
+        cr2,
+        cs & 3,
+        cpu
     );
     report::finish(Some("exception"))
 }

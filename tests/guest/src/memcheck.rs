@@ -11,8 +11,10 @@ extern "C" {
 }
 
 pub fn image_range() -> (u64, u64) {
-    // SAFETY: linker symbols; only their addresses are used.
-    unsafe { (core::ptr::addr_of!(__image_start) as u64, core::ptr::addr_of!(__image_end) as u64) }
+    (
+        core::ptr::addr_of!(__image_start) as u64,
+        core::ptr::addr_of!(__image_end) as u64,
+    )
 }
 
 /// `expected`: the `-m` size in bytes, from `mem=` on the command line.
@@ -42,18 +44,28 @@ pub fn check(map: &[E820], expected: Option<u64>) {
             let back = read64(page);
             write64(page, old);
             if back != probe {
-                println!("mem.touch_failed addr={:#x} wrote={:#x} read={:#x}", page, probe, back);
+                println!(
+                    "mem.touch_failed addr={:#x} wrote={:#x} read={:#x}",
+                    page, probe, back
+                );
                 touch_ok = false;
             }
         }
     }
-    println!("mem.ram_total={} mem.ram_above_4g={} mem.ranges={}", total, above_4g, ranges);
+    println!(
+        "mem.ram_total={} mem.ram_above_4g={} mem.ranges={}",
+        total, above_4g, ranges
+    );
     report::check("mem.touch", touch_ok);
     if let Some(want) = expected {
         // Firmware holes (the 640K-1M area, BIOS/ACPI data) come out of RAM;
         // anything more than 4 MiB missing, or any RAM beyond -m, is wrong.
         let ok = total <= want && total + (4 << 20) >= want;
-        println!("mem.expected={} mem.missing={}", want, want as i64 - total as i64);
+        println!(
+            "mem.expected={} mem.missing={}",
+            want,
+            want as i64 - total as i64
+        );
         report::check("mem.size", ok);
     }
 }

@@ -20,7 +20,7 @@ const GIB: u64 = 1 << 30;
 
 pub enum Error {
     /// Beyond the first 512 GiB (one PML4 entry) or the PD pool.
-    OutOfRange(u64),
+    OutOfRange,
 }
 
 /// Makes [addr, addr+len) accessible (identity, 2 MiB pages).
@@ -32,16 +32,15 @@ pub fn map(addr: u64, len: u64) -> Result<(), Error> {
     let last = (addr + len - 1) / GIB;
     for gib in first..=last {
         if gib >= 512 {
-            return Err(Error::OutOfRange(addr));
+            return Err(Error::OutOfRange);
         }
-        // SAFETY: boot_pdpt is boot.S's PDPT, identity-mapped.
-        let pdpt = unsafe { core::ptr::addr_of!(boot_pdpt) } as u64;
+        let pdpt = core::ptr::addr_of!(boot_pdpt) as u64;
         if read64(pdpt + gib * 8) & 1 != 0 {
             continue;
         }
         let n = POOL_NEXT.fetch_add(1, Ordering::SeqCst);
         if n >= POOL_PDS {
-            return Err(Error::OutOfRange(addr));
+            return Err(Error::OutOfRange);
         }
         // SAFETY: pool entry n is handed out once (fetch_add above).
         let pd = unsafe { core::ptr::addr_of_mut!(POOL.0[n]) } as u64;

@@ -41,7 +41,10 @@ pub struct Func {
 
 impl Func {
     pub fn cap(&self, id: u8) -> Option<u8> {
-        self.caps[..self.ncaps].iter().find(|c| c.0 == id).map(|c| c.1)
+        self.caps[..self.ncaps]
+            .iter()
+            .find(|c| c.0 == id)
+            .map(|c| c.1)
     }
     pub fn caps(&self) -> &[(u8, u8)] {
         &self.caps[..self.ncaps]
@@ -51,7 +54,13 @@ impl Func {
 pub struct BdfFmt(pub u16);
 impl core::fmt::Display for BdfFmt {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{:02x}:{:02x}.{}", self.0 >> 8, (self.0 >> 3) & 0x1f, self.0 & 7)
+        write!(
+            f,
+            "{:02x}:{:02x}.{}",
+            self.0 >> 8,
+            (self.0 >> 3) & 0x1f,
+            self.0 & 7
+        )
     }
 }
 
@@ -232,7 +241,11 @@ fn walk_ext_caps(cfg: Cfg, f: &mut Func) {
 /// Enumerates, sizes, prints and cross-checks. `ecam`: base and last bus
 /// from the MCFG, if any.
 pub fn probe(ecam: Option<(u64, u8)>) -> Bus {
-    let mut bus = Bus { funcs: [Func::default(); MAX_FUNCS], n: 0, ecam: None };
+    let mut bus = Bus {
+        funcs: [Func::default(); MAX_FUNCS],
+        n: 0,
+        ecam: None,
+    };
     let mut port_bdfs = [0u16; MAX_FUNCS];
     let mut nports = 0;
     scan(Cfg::Ports, 0, 0, &mut port_bdfs, &mut nports);
@@ -270,7 +283,11 @@ pub fn probe(ecam: Option<(u64, u8)>) -> Bus {
         bus.funcs[bus.n] = f;
         bus.n += 1;
     }
-    println!("pci.functions={} access=cf8{}", bus.n, if ecam_cfg.is_some() { "+ecam" } else { "" });
+    println!(
+        "pci.functions={} access=cf8{}",
+        bus.n,
+        if ecam_cfg.is_some() { "+ecam" } else { "" }
+    );
     for f in bus.funcs() {
         print_func(f, ecam_cfg);
     }
@@ -286,11 +303,20 @@ pub fn probe(ecam: Option<(u64, u8)>) -> Bus {
                 let (a, b) = (Cfg::Ports.read32(bdf, off), cfg.read32(bdf, off));
                 if a != b {
                     mismatches += 1;
-                    println!("pci.{}.mismatch offset={:#x} cf8={:#x} ecam={:#x}", BdfFmt(bdf), off, a, b);
+                    println!(
+                        "pci.{}.mismatch offset={:#x} cf8={:#x} ecam={:#x}",
+                        BdfFmt(bdf),
+                        off,
+                        a,
+                        b
+                    );
                 }
             }
         }
-        println!("pci.ecam_functions={} cf8_functions={} config_mismatches={}", necam, nports, mismatches);
+        println!(
+            "pci.ecam_functions={} cf8_functions={} config_mismatches={}",
+            necam, nports, mismatches
+        );
         report::check("pci.cf8_ecam_agree", same_set && mismatches == 0);
     }
     bus
@@ -335,9 +361,16 @@ fn print_func(f: &Func, ecam: Option<Cfg>) {
     }
     if let Some(pcie) = f.cap(0x10) {
         let flags = Cfg::Ports.read16(f.bdf, pcie as u16 + 2);
-        println!("pci.{}.pcie version={} port_type={}", BdfFmt(f.bdf), flags & 0xf, (flags >> 4) & 0xf);
+        println!(
+            "pci.{}.pcie version={} port_type={}",
+            BdfFmt(f.bdf),
+            flags & 0xf,
+            (flags >> 4) & 0xf
+        );
     }
-    if let (Some(cfg), Some(&(_, off))) = (ecam, f.ext_caps[..f.next_caps].iter().find(|c| c.0 == 1)) {
+    if let (Some(cfg), Some(&(_, off))) =
+        (ecam, f.ext_caps[..f.next_caps].iter().find(|c| c.0 == 1))
+    {
         let r = |o: u16| cfg.read32(f.bdf, off + o);
         println!(
             "pci.{}.aer offset={:#x} uncor_status={:#x} uncor_mask={:#x} uncor_severity={:#x} cor_status={:#x} cor_mask={:#x} cap_control={:#x}",

@@ -30,10 +30,6 @@ pub fn failures() -> u32 {
     FAILURES.load(Ordering::SeqCst)
 }
 
-pub fn fail_count_add() {
-    FAILURES.fetch_add(1, Ordering::SeqCst);
-}
-
 /// Prints the verdict and leaves the VM. Never returns.
 pub fn finish(reason: Option<&str>) -> ! {
     let failed = failures();
@@ -42,7 +38,11 @@ pub fn finish(reason: Option<&str>) -> ! {
         (Some(r), _) => crate::println!("RESULT FAIL reason={}", r),
         (None, n) => crate::println!("RESULT FAIL reason=checks_failed count={}", n),
     }
-    let code = if reason.is_none() && failed == 0 { 0 } else { 1 };
+    let code = if reason.is_none() && failed == 0 {
+        0
+    } else {
+        1
+    };
     exit(code)
 }
 

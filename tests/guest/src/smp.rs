@@ -8,7 +8,6 @@ use crate::{clock, println, report};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 const TRAMPOLINE: u64 = 0x8000;
-const APIC_ID: u64 = 0x20;
 const APIC_SVR: u64 = 0xf0;
 const APIC_ICR_LO: u64 = 0x300;
 const APIC_ICR_HI: u64 = 0x310;
@@ -44,7 +43,11 @@ fn wait_icr_idle(lapic: u64) {
 /// Starts every enabled MADT CPU but the BSP, then checks they are all
 /// alive with the APIC IDs the MADT promised.
 pub fn start_aps(acpi: &Acpi, timeout_ms: u64) {
-    let lapic = if acpi.lapic_base != 0 { acpi.lapic_base } else { 0xfee0_0000 };
+    let lapic = if acpi.lapic_base != 0 {
+        acpi.lapic_base
+    } else {
+        0xfee0_0000
+    };
     LAPIC_BASE.store(lapic, Ordering::SeqCst);
     let bsp_id = apic_id_self();
     ALIVE_APIC_ID[0].store(bsp_id, Ordering::SeqCst);

@@ -42,7 +42,11 @@ fn request(dev: &Dev, q: &mut super::Queue, r: &Req, ty: u32, sector: u64, len: 
     if ty == T_FLUSH {
         q.push(&[(r.hdr, 16, false), (r.status, 1, true)]);
     } else {
-        q.push(&[(r.hdr, 16, false), (r.data, len, ty == T_IN), (r.status, 1, true)]);
+        q.push(&[
+            (r.hdr, 16, false),
+            (r.data, len, ty == T_IN),
+            (r.status, 1, true),
+        ]);
     }
     dev.kick(q.index);
     dev.wait_used(q).map(|_| read8(r.status))
@@ -50,7 +54,11 @@ fn request(dev: &Dev, q: &mut super::Queue, r: &Req, ty: u32, sector: u64, len: 
 
 pub fn test(dev: &Dev, cmd: &Cmdline) {
     let capacity = dev.t.config64(0);
-    let queues = if dev.features & F_MQ != 0 { dev.t.config16(34) } else { 1 };
+    let queues = if dev.features & F_MQ != 0 {
+        dev.t.config16(34)
+    } else {
+        1
+    };
     let ro = dev.features & F_RO != 0;
     println!(
         "virtio.{}.blk capacity_sectors={} num_queues={} read_only={} flush={} transport_queues={}",
@@ -62,11 +70,16 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
         dev.t.num_queues()
     );
     let sectors = 8u64;
-    let sector = cmd.u64("blk_sector", 2048).min(capacity.saturating_sub(sectors));
+    let sector = cmd
+        .u64("blk_sector", 2048)
+        .min(capacity.saturating_sub(sectors));
     let seed = cmd.u64("seed", 1);
-    let (Some(mut q), Some(hdr), Some(data), Some(status)) =
-        (dev.queue(0), alloc(16, 16), alloc(sectors as usize * 512, 4096), alloc(1, 1))
-    else {
+    let (Some(mut q), Some(hdr), Some(data), Some(status)) = (
+        dev.queue(0),
+        alloc(16, 16),
+        alloc(sectors as usize * 512, 4096),
+        alloc(1, 1),
+    ) else {
         report::check("virtio.blk.io", false);
         return;
     };
@@ -85,7 +98,11 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
         }
     }
     let wst = request(dev, &mut q, &r, T_OUT, sector, len);
-    let fst = if dev.features & F_FLUSH != 0 { request(dev, &mut q, &r, T_FLUSH, 0, 0) } else { Some(0) };
+    let fst = if dev.features & F_FLUSH != 0 {
+        request(dev, &mut q, &r, T_FLUSH, 0, 0)
+    } else {
+        Some(0)
+    };
     for w in 0..(sectors * 64) {
         write64(data + w * 8, 0);
     }
@@ -108,5 +125,8 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
         rst,
         bad
     );
-    report::check("virtio.blk.io", wst == Some(0) && fst == Some(0) && rst == Some(0) && bad == 0);
+    report::check(
+        "virtio.blk.io",
+        wst == Some(0) && fst == Some(0) && rst == Some(0) && bad == 0,
+    );
 }

@@ -15,13 +15,22 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
     dev.driver_ok();
     let mut line = crate::pci::Buf::new();
     use core::fmt::Write;
-    let _ = writeln!(line, "virtio-console hello from the test guest seed={}", cmd.u64("seed", 1));
+    let _ = writeln!(
+        line,
+        "virtio-console hello from the test guest seed={}",
+        cmd.u64("seed", 1)
+    );
     let bytes = line.as_str().as_bytes();
     // SAFETY: buf is a fresh 128-byte DMA allocation; the line is shorter.
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, bytes.len()) };
     tx.push(&[(buf, bytes.len() as u32, false)]);
     dev.kick(1);
     let done = dev.wait_used(&mut tx).is_some();
-    println!("virtio.{}.console wrote={} completed={}", BdfFmt(dev.bdf), bytes.len(), done);
+    println!(
+        "virtio.{}.console wrote={} completed={}",
+        BdfFmt(dev.bdf),
+        bytes.len(),
+        done
+    );
     report::check("virtio.console.write", done);
 }

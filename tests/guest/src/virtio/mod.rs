@@ -63,7 +63,11 @@ impl Dev {
         let q = Queue::new(index, size)?;
         let vec = if self.vector.is_some() { 0 } else { NO_VECTOR };
         if !self.t.setup_queue(&q, vec) {
-            println!("virtio.{}.queue{} msix_vector_refused", BdfFmt(self.bdf), index);
+            println!(
+                "virtio.{}.queue{} msix_vector_refused",
+                BdfFmt(self.bdf),
+                index
+            );
         }
         Some(q)
     }
@@ -105,7 +109,8 @@ impl Dev {
     }
 
     pub fn driver_ok(&self) {
-        self.t.set_status(S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+        self.t
+            .set_status(S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
     }
 }
 
@@ -158,7 +163,9 @@ pub fn run(bus: &Bus, cmd: &Cmdline) {
     let timeout_ms = cmd.u64("virtio_timeout_ms", 5000);
     let mut count = 0u32;
     for (i, f) in bus.funcs().iter().enumerate() {
-        let Some(ty) = device_type(cfg, f) else { continue };
+        let Some(ty) = device_type(cfg, f) else {
+            continue;
+        };
         count += 1;
         let name = type_name(ty);
         let offer = transport::offer(cfg, f);
@@ -174,12 +181,22 @@ pub fn run(bus: &Bus, cmd: &Cmdline) {
             _ => offer.modern.is_some(),
         };
         let t = match (want_modern, offer.modern, offer.legacy_io) {
-            (true, Some((common, notify, notify_mul, isr, device)), _) => {
-                Transport::Modern { common, notify, notify_mul, isr, device }
-            }
+            (true, Some((common, notify, notify_mul, isr, device)), _) => Transport::Modern {
+                common,
+                notify,
+                notify_mul,
+                isr,
+                device,
+            },
             (false, _, Some(io)) => Transport::Legacy { io, msix: false },
             _ => {
-                println!("virtio.{} type={} pci_id={:#06x} offered={} used=none", BdfFmt(f.bdf), name, f.device, offered);
+                println!(
+                    "virtio.{} type={} pci_id={:#06x} offered={} used=none",
+                    BdfFmt(f.bdf),
+                    name,
+                    f.device,
+                    offered
+                );
                 report::check("virtio.mode_offered", false);
                 continue;
             }
@@ -202,14 +219,22 @@ pub fn run(bus: &Bus, cmd: &Cmdline) {
             2 => blk::FEATURES,
             1 => net::FEATURES,
             _ => 0,
-        } | if matches!(t, Transport::Modern { .. }) { F_VERSION_1 } else { 0 };
+        } | if matches!(t, Transport::Modern { .. }) {
+            F_VERSION_1
+        } else {
+            0
+        };
         let features = offered_features & wanted;
         t.set_driver_features(features);
         if let Transport::Modern { .. } = t {
             t.set_status(S_ACK | S_DRIVER | S_FEATURES_OK);
             if t.status() & S_FEATURES_OK == 0 || features & F_VERSION_1 == 0 {
                 t.set_status(S_FAILED);
-                println!("virtio.{} features_rejected offered={:#x}", BdfFmt(f.bdf), offered_features);
+                println!(
+                    "virtio.{} features_rejected offered={:#x}",
+                    BdfFmt(f.bdf),
+                    offered_features
+                );
                 report::check("virtio.features", false);
                 continue;
             }
@@ -231,7 +256,15 @@ pub fn run(bus: &Bus, cmd: &Cmdline) {
         );
         let vector = vector.filter(|_| msix_on);
         let irq_seen = core::cell::Cell::new(vector.map(irq_count).unwrap_or(0));
-        let dev = Dev { bdf: f.bdf, t, features, vector, timeout_ms, irq_seen, irq_missing: Default::default() };
+        let dev = Dev {
+            bdf: f.bdf,
+            t,
+            features,
+            vector,
+            timeout_ms,
+            irq_seen,
+            irq_missing: Default::default(),
+        };
         match ty {
             2 => blk::test(&dev, cmd),
             1 => net::test(&dev, cmd),
@@ -241,7 +274,12 @@ pub fn run(bus: &Bus, cmd: &Cmdline) {
         }
         if let Some(v) = dev.vector {
             let missing = dev.irq_missing.get();
-            println!("virtio.{}.interrupts={} missing={}", BdfFmt(f.bdf), irq_count(v), missing);
+            println!(
+                "virtio.{}.interrupts={} missing={}",
+                BdfFmt(f.bdf),
+                irq_count(v),
+                missing
+            );
             report::check("virtio.msix", irq_count(v) > 0 && missing == 0);
         }
         dev.t.reset();
@@ -250,7 +288,10 @@ pub fn run(bus: &Bus, cmd: &Cmdline) {
         }
     }
     println!("virtio.devices={}", count);
-    if let Some(want) = cmd.get("virtio_devices").and_then(crate::cmdline::parse_u64) {
+    if let Some(want) = cmd
+        .get("virtio_devices")
+        .and_then(crate::cmdline::parse_u64)
+    {
         report::check("virtio.device_count", want == count as u64);
     }
 }

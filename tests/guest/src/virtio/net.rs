@@ -24,10 +24,17 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
         }
     }
     // With VERSION_1 the header always carries num_buffers.
-    let hdr = if dev.features & F_VERSION_1 != 0 { 12 } else { 10 };
-    let (Some(mut rx), Some(mut tx), Some(rxmem), Some(txbuf)) =
-        (dev.queue(0), dev.queue(1), alloc((RX_BUFS as u32 * BUF) as usize, 4096), alloc(BUF as usize, 4096))
-    else {
+    let hdr = if dev.features & F_VERSION_1 != 0 {
+        12
+    } else {
+        10
+    };
+    let (Some(mut rx), Some(mut tx), Some(rxmem), Some(txbuf)) = (
+        dev.queue(0),
+        dev.queue(1),
+        alloc((RX_BUFS as u32 * BUF) as usize, 4096),
+        alloc(BUF as usize, 4096),
+    ) else {
         report::check("virtio.net.tx", false);
         return;
     };
@@ -74,7 +81,9 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
         }
         // Wait for our frame to come back; skip anything else on the wire.
         for _ in 0..64 {
-            let Some((id, rlen)) = dev.wait_used(&mut rx) else { break };
+            let Some((id, rlen)) = dev.wait_used(&mut rx) else {
+                break;
+            };
             let buf = read64(rx.desc + 16 * id as u64);
             let got = |o: u64| read8(buf + hdr as u64 + o);
             let is_ours = rlen as usize >= hdr + 34
@@ -88,7 +97,13 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
             }
         }
     }
-    println!("virtio.{}.net sent={} echoed={} peer={}", BdfFmt(dev.bdf), sent, echoed, if echo { "echo" } else { "none" });
+    println!(
+        "virtio.{}.net sent={} echoed={} peer={}",
+        BdfFmt(dev.bdf),
+        sent,
+        echoed,
+        if echo { "echo" } else { "none" }
+    );
     report::check("virtio.net.tx", sent == frames);
     if echo {
         report::check("virtio.net.echo", echoed == frames);

@@ -16,7 +16,14 @@ pub fn test(dev: &Dev) {
     dev.kick(0);
     let used = dev.wait_used(&mut q);
     let len = used.map(|u| u.1).unwrap_or(0);
-    let nonzero = (0..len.min(64) as u64).filter(|&i| read8(buf + i) != 0).count();
-    println!("virtio.{}.rng bytes={} nonzero={}", BdfFmt(dev.bdf), len, nonzero);
+    let nonzero = (0..len.min(64) as u64)
+        .filter(|&i| read8(buf + i) != 0)
+        .count();
+    println!(
+        "virtio.{}.rng bytes={} nonzero={}",
+        BdfFmt(dev.bdf),
+        len,
+        nonzero
+    );
     report::check("virtio.rng.read", len > 0 && nonzero > 0);
 }

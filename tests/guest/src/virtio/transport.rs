@@ -3,12 +3,21 @@
 
 use super::queue::Queue;
 use crate::io::{inb, inl, inw, outb, outl, outw, read16, read32, read8, write16, write32, write8};
-use crate::pci::{BarKind, Cfg, Func};
 use crate::paging;
+use crate::pci::{BarKind, Cfg, Func};
 
 pub enum Transport {
-    Legacy { io: u16, msix: bool },
-    Modern { common: u64, notify: u64, notify_mul: u32, isr: u64, device: u64 },
+    Legacy {
+        io: u16,
+        msix: bool,
+    },
+    Modern {
+        common: u64,
+        notify: u64,
+        notify_mul: u32,
+        isr: u64,
+        device: u64,
+    },
 }
 
 /// What the function offers, found from its BARs and capabilities.
@@ -48,7 +57,8 @@ pub fn offer(cfg: Cfg, f: &Func) -> Offer {
             _ => {}
         }
     }
-    let modern = (common != 0 && notify != 0 && isr != 0).then_some((common, notify, mul, isr, device));
+    let modern =
+        (common != 0 && notify != 0 && isr != 0).then_some((common, notify, mul, isr, device));
     Offer { legacy_io, modern }
 }
 
@@ -190,7 +200,11 @@ impl Transport {
                 write16(common + M_QUEUE_MSIX, vector);
                 let ok = read16(common + M_QUEUE_MSIX) == vector;
                 // 64-bit fields as two 32-bit halves, as the spec allows.
-                for (off, v) in [(M_QUEUE_DESC, q.desc), (M_QUEUE_DRIVER, q.avail), (M_QUEUE_DEVICE, q.used)] {
+                for (off, v) in [
+                    (M_QUEUE_DESC, q.desc),
+                    (M_QUEUE_DRIVER, q.avail),
+                    (M_QUEUE_DEVICE, q.used),
+                ] {
                     write32(common + off, v as u32);
                     write32(common + off + 4, (v >> 32) as u32);
                 }
@@ -211,7 +225,12 @@ impl Transport {
     pub fn notify(&self, q: u16) {
         match *self {
             Transport::Legacy { io, .. } => outw(io + L_QUEUE_NOTIFY, q),
-            Transport::Modern { common, notify, notify_mul, .. } => {
+            Transport::Modern {
+                common,
+                notify,
+                notify_mul,
+                ..
+            } => {
                 write16(common + M_QUEUE_SEL, q);
                 let off = read16(common + M_QUEUE_NOTIFY_OFF) as u64;
                 write16(notify + off * notify_mul as u64, q);
@@ -219,6 +238,7 @@ impl Transport {
         }
     }
 
+    #[allow(dead_code)] // for INTx mode; the drivers poll or use MSI-X
     pub fn isr(&self) -> u8 {
         match *self {
             Transport::Legacy { io, .. } => inb(io + L_ISR),

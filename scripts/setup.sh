@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian 12 machine needs for vmm's demo and tests.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+"$top/scripts/build-guest.sh" >/dev/null
+cd "$top" && cargo build --release --workspace --quiet

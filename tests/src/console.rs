@@ -1,0 +1,222 @@
+//! A VM process whose stdout is the guest's serial console.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Lines {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+/// A running VM process and the lines its console printed so far.
+pub struct Vm {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Arc<(Mutex<Lines>, Condvar)>,
+    name: String,
+}
+
+impl Vm {
+    /// Spawns `cmd` with stdin/stdout piped; stderr lines join the console
+    /// log prefixed with `stderr:` so that failures show everything.
+    pub fn spawn(name: &str, mut cmd: Command) -> Vm {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot start {cmd:?}: {e}"));
+        let out = Arc::new((Mutex::new(Lines::default()), Condvar::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        for (stream, prefix, closes) in [
+            (Box::new(stdout) as Box<dyn std::io::Read + Send>, "", true),
+            (Box::new(stderr), "stderr: ", false),
+        ] {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match r.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                            let (m, cv) = &*out;
+                            m.lock().unwrap().lines.push(format!("{prefix}{line}"));
+                            cv.notify_all();
+                        }
+                    }
+                }
+                if closes {
+                    let (m, cv) = &*out;
+                    m.lock().unwrap().closed = true;
+                    cv.notify_all();
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Vm {
+            child,
+            stdin,
+            out,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.out.0.lock().unwrap().lines.clone()
+    }
+
+    /// The whole log, for assertion messages.
+    pub fn log(&self) -> String {
+        format!(
+            "---- {} console ----\n{}\n----",
+            self.name,
+            self.lines().join("\n")
+        )
+    }
+
+    /// Waits for a line for which `pred` holds (searching from the start).
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        self.try_wait_for(timeout, pred).unwrap_or_else(|| {
+            panic!(
+                "{}: no line {what} within {timeout:?}\n{}",
+                self.name,
+                self.log()
+            )
+        })
+    }
+
+    pub fn try_wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.out;
+        let mut g = m.lock().unwrap();
+        loop {
+            if let Some(l) = g.lines.iter().find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if g.closed || now >= deadline {
+                return None;
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits for a line starting with `prefix`.
+    pub fn wait_prefix(&self, prefix: &str, timeout: Duration) -> String {
+        self.wait_for(&format!("starting with {prefix:?}"), timeout, |l| {
+            l.starts_with(prefix)
+        })
+    }
+
+    /// Bytes to the guest's serial input.
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(bytes)
+            .and_then(|_| stdin.flush())
+            .expect("write to the VM's console");
+    }
+
+    /// Waits for the process to exit; kills it after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait for the VM") {
+                // Let the reader threads drain the pipes.
+                let _ = self.try_wait_for(Duration::from_secs(2), |_| false);
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "{}: did not exit within {timeout:?}\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The guest's verdict line (`RESULT ...`).
+    pub fn result(&self) -> Option<String> {
+        self.lines().into_iter().find(|l| l.starts_with("RESULT "))
+    }
+
+    /// `check.NAME=ok|FAIL` lines, as (name, ok) in order.
+    pub fn checks(&self) -> Vec<(String, bool)> {
+        self.lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("check."))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v == "ok"))
+            .collect()
+    }
+
+    /// The first value of `key=` on a line starting with `prefix`.
+    pub fn value(&self, prefix: &str, key: &str) -> Option<String> {
+        self.lines()
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .find_map(|l| field(l, key))
+    }
+
+    /// Asserts the guest passed: RESULT PASS, no failed check, and the
+    /// isa-debug-exit status of a pass (QEMU: (0 << 1) | 1 = 1).
+    pub fn assert_pass(&mut self, timeout: Duration) {
+        let st = self.wait_exit(timeout);
+        let failed: Vec<_> = self
+            .checks()
+            .into_iter()
+            .filter(|c| !c.1)
+            .map(|c| c.0)
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{}: failed checks {failed:?}\n{}",
+            self.name,
+            self.log()
+        );
+        assert_eq!(
+            self.result().as_deref(),
+            Some("RESULT PASS"),
+            "{}",
+            self.log()
+        );
+        assert_eq!(
+            st.code(),
+            Some(1),
+            "{}: exit status {st}\n{}",
+            self.name,
+            self.log()
+        );
+    }
+}
+
+/// `key=value` out of a space-separated line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace().find_map(|w| {
+        w.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    })
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
