@@ -394,3 +394,113 @@ fn qemu_to_qemu_migration_keeps_memory_pattern() {
     );
     drop(src);
 }
+
+/// RAM above 4 GiB: the guest maps and touches it and counts it.
+#[test]
+fn q35_5g_ram_above_4g() {
+    let mut vm = platform(Qemu::new("q35"), 2, "5G").spawn("q35-5g");
+    vm.assert_pass(BOOT);
+    let above: u64 = vm
+        .value("mem.ram_total", "mem.ram_above_4g")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(above >= 2 << 30, "{}", vm.log());
+}
+
+/// The ACPI checksum checker: a byte of the DSDT flipped in guest RAM by
+/// the host is caught when the guest walks the tables again (`a`).
+#[test]
+fn acpi_checksum_corruption_is_detected() {
+    let dir = TempDir::new("acpi");
+    let ram = dir.path("ram");
+    let mut vm = Qemu::new("q35")
+        .append("cpus=1 mem=256M work=counter tick_ms=200")
+        .args([
+            "-object",
+            &format!(
+                "memory-backend-file,id=ram0,size=256M,mem-path={},share=on",
+                ram.display()
+            ),
+        ])
+        .args(["-machine", "memory-backend=ram0"])
+        .spawn("acpi-corrupt");
+    let dsdt = vm.wait_prefix("acpi.table.DSDT=", BOOT);
+    let addr = field(&dsdt, "acpi.table.DSDT").unwrap();
+    let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap() + 40;
+    vm.wait_prefix("tick n=1", BOOT);
+    assert!(
+        vm.lines().iter().any(|l| l == "check.acpi.checksums=ok"),
+        "{}",
+        vm.log()
+    );
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&ram)
+        .expect("open RAM file");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, addr).unwrap();
+    b[0] ^= 0x01;
+    f.write_all_at(&b, addr).unwrap();
+    vm.send(b"a");
+    vm.wait_for("check.acpi.checksums=FAIL", Duration::from_secs(20), |l| {
+        l == "check.acpi.checksums=FAIL"
+    });
+    assert!(
+        vm.lines()
+            .iter()
+            .any(|l| l.starts_with("acpi.table.DSDT=") && l.ends_with("checksum=BAD")),
+        "{}",
+        vm.log()
+    );
+    vm.send(b"q");
+    assert_eq!(vm.wait_exit(BOOT).code(), Some(3), "{}", vm.log());
+}
+
+/// The network checker: frames sent to a peer that does not answer are
+/// not echoed, and the guest says so.
+#[test]
+fn net_echo_without_peer_fails() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut vm = Qemu::new("q35")
+        .append("cpus=1 mem=256M net_peer=echo net_frames=2 virtio_timeout_ms=300")
+        .args([
+            "-netdev",
+            &format!(
+                "socket,id=n0,udp=127.0.0.1:{port},localaddr=127.0.0.1:{}",
+                free_port()
+            ),
+        ])
+        .device("virtio-net-pci,netdev=n0")
+        .spawn("net-silent");
+    assert_eq!(vm.wait_exit(BOOT).code(), Some(3), "{}", vm.log());
+    assert!(
+        vm.lines().iter().any(|l| l == "check.virtio.net.echo=FAIL"),
+        "{}",
+        vm.log()
+    );
+    assert!(
+        vm.lines().iter().any(|l| l == "check.virtio.net.tx=ok"),
+        "{}",
+        vm.log()
+    );
+}
+
+/// Asking for the legacy path of a modern-only device fails cleanly.
+#[test]
+fn virtio_mode_not_offered_fails() {
+    let mut vm = Qemu::new("q35")
+        .append("cpus=1 mem=256M virtio_mode=legacy")
+        .device("virtio-rng-pci,disable-legacy=on")
+        .spawn("mode-missing");
+    assert_eq!(vm.wait_exit(BOOT).code(), Some(3), "{}", vm.log());
+    assert!(
+        vm.lines()
+            .iter()
+            .any(|l| l == "check.virtio.mode_offered=FAIL"),
+        "{}",
+        vm.log()
+    );
+}

@@ -8,6 +8,15 @@ use crate::report;
 
 pub const MAX_CPUS: usize = 32;
 
+/// Where the RSDP was found, for `recheck`.
+static RSDP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Walks the tables again (the host's `a` command): catches tables that
+/// changed after boot.
+pub fn recheck() {
+    let _ = probe(RSDP.load(core::sync::atomic::Ordering::SeqCst), "");
+}
+
 #[derive(Default)]
 pub struct Acpi {
     pub rsdp: u64,
@@ -64,6 +73,7 @@ pub fn probe(hint: u64, required: &str) -> Option<Acpi> {
         return None;
     };
     a.rsdp = rsdp;
+    RSDP.store(rsdp, core::sync::atomic::Ordering::SeqCst);
     a.revision = read8(rsdp + 15);
     let mut ok = checksum(rsdp, 20) == 0;
     if a.revision >= 2 {

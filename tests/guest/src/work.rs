@@ -10,7 +10,9 @@
 //! * `counter`: `tick` lines every `tick_ms` with the clock, which must
 //!   never go backwards nor stall for more than `max_gap_ms`.
 //!
-//! The run ends after `duration_ms`, or on `q` from the host.
+//! The run ends after `duration_ms`, or on `q` from the host. Other
+//! console commands: `v` verify now, `a` re-check the ACPI tables, `s`
+//! print statistics.
 
 use crate::cmdline::Cmdline;
 use crate::io::{read32, read64, write32, write64};
@@ -279,6 +281,7 @@ pub fn run(map: &[E820], cmd: &Cmdline) -> Option<&'static str> {
                 verify_all("request");
             }
             Some(b'q') => quit = true,
+            Some(b'a') => crate::acpi::recheck(),
             Some(b's') => println!(
                 "stats writes={} ticks={}",
                 WRITES.load(Ordering::Relaxed),
