@@ -1,4 +1,6 @@
-//! Per-architecture guest setup (x86_64 boot protocol, page tables, CPUID,
-//! ACPI tables; ppc64 device tree later). Depends on rust-vmm crates only.
-//!
-//! Empty until the boot issue (#3) lands the x86_64 board.
+//! Per-architecture guest setup: where things live in guest-physical
+//! memory, the firmware tables a guest reads (ACPI), the boot protocols
+//! (PVH; Linux's), CPUID and the vCPUs' initial registers. Depends on
+//! rust-vmm crates only; nothing here touches a VM.
+
+pub mod x86_64;

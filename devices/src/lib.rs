@@ -1,3 +1,26 @@
-//! The device model: types, typed properties, buses and every device.
+//! The device model: buses (port I/O, MMIO, PCI) and every device.
 //!
-//! Empty until the device-model issue (#4).
+//! Devices never stop the VM themselves: lifecycle requests (power off,
+//! reset, the debug-exit port) go to the VMM through an [`EventSink`].
+
+pub mod acpi_pm;
+pub mod bus;
+pub mod debug_exit;
+pub mod pci;
+pub mod serial;
+
+use std::sync::Arc;
+
+/// What a device can ask of the VMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmEvent {
+    /// ACPI S5: the guest powered off.
+    PowerOff,
+    /// The guest asked for a reset (reset control register).
+    Reset,
+    /// The debug-exit port: leave with this process exit status.
+    Exit(i32),
+}
+
+/// Where devices send [`VmEvent`]s.
+pub type EventSink = Arc<dyn Fn(VmEvent) + Send + Sync>;

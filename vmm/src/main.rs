@@ -1,10 +1,47 @@
-//! The `vmm` binary. The command line and the KVM board come with issue #3;
-//! until then it only says so.
+//! `vmm`: boot a guest on KVM, QEMU-style command line.
+
+mod cli;
+mod config;
+mod hypervisor;
+mod kvm;
+mod vm;
+
+use clap::Parser;
 
 fn main() {
-    eprintln!(
-        "vmm {}: not yet able to run guests (see issue #3)",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(1);
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let argv = cli::normalize(std::env::args().collect());
+    let args = match cli::Args::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match config::from_args(args).and_then(|a| match a {
+        config::Action::Print(s) => {
+            print!("{s}");
+            Ok(0)
+        }
+        config::Action::Run(cfg) => vm::run(&cfg),
+    }) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmm: {}", one_sentence(&e));
+            1
+        }
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
+
+/// The error and its causes as one line: "what failed: why".
+fn one_sentence(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }

@@ -1,0 +1,109 @@
+//! ACPI PM1a event and control registers and the PM timer (the FADT points
+//! at them): S5 through `SLP_TYP`/`SLP_EN` powers the VM off.
+
+use crate::bus::BusDevice;
+use crate::{EventSink, VmEvent};
+use std::time::Instant;
+
+const SCI_EN: u16 = 1;
+const SLP_EN: u16 = 1 << 13;
+const PM_TIMER_HZ: u128 = 3_579_545;
+
+/// The whole 12-byte block: PM1a_EVT (status, enable), PM1a_CNT, PM_TMR.
+pub struct AcpiPm {
+    status: u16,
+    enable: u16,
+    control: u16,
+    s5_slp_typ: u8,
+    start: Instant,
+    events: EventSink,
+}
+
+impl AcpiPm {
+    pub fn new(s5_slp_typ: u8, events: EventSink) -> AcpiPm {
+        // No SMI_CMD: ACPI mode is always on, so SCI_EN reads as set.
+        AcpiPm {
+            status: 0,
+            enable: 0,
+            control: SCI_EN,
+            s5_slp_typ,
+            start: Instant::now(),
+            events,
+        }
+    }
+
+    fn timer(&self) -> u32 {
+        (self.start.elapsed().as_nanos() * PM_TIMER_HZ / 1_000_000_000) as u32
+    }
+
+    fn regs(&self) -> [u8; 12] {
+        let mut r = [0u8; 12];
+        r[0..2].copy_from_slice(&self.status.to_le_bytes());
+        r[2..4].copy_from_slice(&self.enable.to_le_bytes());
+        r[4..6].copy_from_slice(&self.control.to_le_bytes());
+        r[8..12].copy_from_slice(&self.timer().to_le_bytes());
+        r
+    }
+}
+
+impl BusDevice for AcpiPm {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let r = self.regs();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = r.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut r = self.regs();
+        for (i, b) in data.iter().enumerate() {
+            if let Some(x) = r.get_mut(offset as usize + i) {
+                *x = *b;
+            }
+        }
+        let touches = |lo: u64, hi: u64| offset < hi && offset + data.len() as u64 > lo;
+        if touches(0, 2) {
+            // Status bits are write-one-to-clear.
+            self.status &= !u16::from_le_bytes([r[0], r[1]]);
+        }
+        if touches(2, 4) {
+            self.enable = u16::from_le_bytes([r[2], r[3]]);
+        }
+        if touches(4, 6) {
+            let v = u16::from_le_bytes([r[4], r[5]]);
+            self.control = (v & !SLP_EN) | SCI_EN;
+            let typ = ((v >> 10) & 7) as u8;
+            if v & SLP_EN != 0 {
+                if typ == self.s5_slp_typ {
+                    log::info!("ACPI: guest entered S5, powering off");
+                    (self.events)(VmEvent::PowerOff);
+                } else {
+                    log::warn!("ACPI: guest asked for unsupported sleep type {typ}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn s5_powers_off_and_timer_runs() {
+        let seen = Arc::new(Mutex::new(vec![]));
+        let s = seen.clone();
+        let mut pm = AcpiPm::new(5, Arc::new(move |e| s.lock().unwrap().push(e)));
+        let mut t1 = [0u8; 4];
+        pm.read(8, &mut t1);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut t2 = [0u8; 4];
+        pm.read(8, &mut t2);
+        assert!(u32::from_le_bytes(t2) > u32::from_le_bytes(t1));
+        pm.write(4, &((3u16 << 10) | SLP_EN).to_le_bytes());
+        assert!(seen.lock().unwrap().is_empty());
+        pm.write(4, &((5u16 << 10) | SLP_EN).to_le_bytes());
+        assert_eq!(*seen.lock().unwrap(), vec![VmEvent::PowerOff]);
+    }
+}

@@ -1,0 +1,112 @@
+//! A function's configuration space (4 KiB, PCIe-sized) with the masks
+//! that say what the guest may change: `wmask` (writable bits) and
+//! `w1cmask` (write-one-to-clear bits). Everything else is read-only for
+//! the guest; migration compares those bits against the destination's.
+
+pub const CONFIG_SIZE: usize = 4096;
+
+pub const VENDOR_ID: u16 = 0x00;
+pub const DEVICE_ID: u16 = 0x02;
+pub const COMMAND: u16 = 0x04;
+pub const STATUS: u16 = 0x06;
+pub const CLASS_REVISION: u16 = 0x08;
+pub const HEADER_TYPE: u16 = 0x0e;
+pub const SUBSYSTEM_VENDOR_ID: u16 = 0x2c;
+pub const SUBSYSTEM_ID: u16 = 0x2e;
+
+#[derive(Clone)]
+pub struct ConfigSpace {
+    pub data: Box<[u8; CONFIG_SIZE]>,
+    pub wmask: Box<[u8; CONFIG_SIZE]>,
+    pub w1cmask: Box<[u8; CONFIG_SIZE]>,
+}
+
+impl Default for ConfigSpace {
+    fn default() -> Self {
+        ConfigSpace {
+            data: Box::new([0; CONFIG_SIZE]),
+            wmask: Box::new([0; CONFIG_SIZE]),
+            w1cmask: Box::new([0; CONFIG_SIZE]),
+        }
+    }
+}
+
+impl ConfigSpace {
+    /// A type-0 header with the identity registers filled in.
+    pub fn new(vendor: u16, device: u16, class: u32, revision: u8) -> ConfigSpace {
+        let mut c = ConfigSpace::default();
+        c.set_u16(VENDOR_ID, vendor);
+        c.set_u16(DEVICE_ID, device);
+        c.set_u32(CLASS_REVISION, class << 8 | revision as u32);
+        c
+    }
+
+    /// Sets a register as the device (not the guest) does.
+    pub fn set_u8(&mut self, off: u16, v: u8) {
+        self.data[off as usize] = v;
+    }
+    pub fn set_u16(&mut self, off: u16, v: u16) {
+        self.data[off as usize..off as usize + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn set_u32(&mut self, off: u16, v: u32) {
+        self.data[off as usize..off as usize + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn set_wmask_u16(&mut self, off: u16, v: u16) {
+        self.wmask[off as usize..off as usize + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn set_wmask_u32(&mut self, off: u16, v: u32) {
+        self.wmask[off as usize..off as usize + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn set_w1cmask_u16(&mut self, off: u16, v: u16) {
+        self.w1cmask[off as usize..off as usize + 2].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn span(off: u16, size: u8) -> Option<std::ops::Range<usize>> {
+        let (o, n) = (off as usize, size as usize);
+        (matches!(n, 1 | 2 | 4) && o % n == 0 && o + n <= CONFIG_SIZE).then_some(o..o + n)
+    }
+
+    /// A guest read of `size` bytes; misaligned or out-of-range reads
+    /// return all ones.
+    pub fn read(&self, off: u16, size: u8) -> u32 {
+        match Self::span(off, size) {
+            Some(r) => r.rev().fold(0u32, |v, i| v << 8 | self.data[i] as u32),
+            None => u32::MAX >> (32 - 8 * size.clamp(1, 4) as u32),
+        }
+    }
+
+    /// A guest write: only `wmask` bits change, `w1cmask` bits clear on 1.
+    pub fn write(&mut self, off: u16, size: u8, value: u32) {
+        let Some(r) = Self::span(off, size) else {
+            log::warn!("pci: ignoring misaligned config write at {off:#x} size {size}");
+            return;
+        };
+        for (k, i) in r.enumerate() {
+            let b = (value >> (8 * k)) as u8;
+            let (w, c) = (self.wmask[i], self.w1cmask[i]);
+            self.data[i] = (self.data[i] & !w) | (b & w);
+            self.data[i] &= !(b & c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_writes_respect_masks() {
+        let mut c = ConfigSpace::new(0x1234, 0x5678, 0x060000, 1);
+        c.set_wmask_u16(COMMAND, 0x0007);
+        c.set_u16(STATUS, 0x8010);
+        c.set_w1cmask_u16(STATUS, 0x8000);
+        c.write(COMMAND, 2, 0xffff);
+        assert_eq!(c.read(COMMAND, 2), 0x0007);
+        c.write(VENDOR_ID, 2, 0);
+        assert_eq!(c.read(VENDOR_ID, 2), 0x1234);
+        c.write(STATUS, 2, 0x8000);
+        assert_eq!(c.read(STATUS, 2), 0x0010);
+        assert_eq!(c.read(0, 4), 0x5678_1234);
+        assert_eq!(c.read(1, 2), 0xffff); // misaligned
+    }
+}

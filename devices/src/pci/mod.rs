@@ -1,0 +1,256 @@
+//! PCI: configuration space with guest write masks, the bus of functions,
+//! and the two ways to reach it: the 0xCF8/0xCFC ports and ECAM.
+
+pub mod config;
+pub mod host_bridge;
+
+use crate::bus::BusDevice;
+use crate::{EventSink, VmEvent};
+pub use config::ConfigSpace;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// A PCI function as the bus sees it.
+pub trait PciFunction: Send {
+    fn config(&self) -> &ConfigSpace;
+    fn config_mut(&mut self) -> &mut ConfigSpace;
+    /// Config read; the default reads the (masked) register file.
+    fn config_read(&mut self, offset: u16, size: u8) -> u32 {
+        self.config().read(offset, size)
+    }
+    fn config_write(&mut self, offset: u16, size: u8, value: u32) {
+        self.config_mut().write(offset, size, value)
+    }
+}
+
+/// Bus/device/function packed as in a CF8 address: bus << 8 | dev << 3 | fn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Bdf(pub u16);
+
+impl Bdf {
+    pub fn new(bus: u8, dev: u8, func: u8) -> Bdf {
+        Bdf((bus as u16) << 8 | ((dev as u16) & 0x1f) << 3 | (func as u16 & 7))
+    }
+}
+
+impl std::fmt::Display for Bdf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:02x}:{:02x}.{}",
+            self.0 >> 8,
+            (self.0 >> 3) & 0x1f,
+            self.0 & 7
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("PCI address {0} is already taken")]
+    SlotTaken(Bdf),
+}
+
+/// The functions of PCI segment 0.
+#[derive(Default)]
+pub struct PciRoot {
+    funcs: BTreeMap<Bdf, Box<dyn PciFunction>>,
+}
+
+impl PciRoot {
+    pub fn add(&mut self, bdf: Bdf, f: Box<dyn PciFunction>) -> Result<(), Error> {
+        if self.funcs.contains_key(&bdf) {
+            return Err(Error::SlotTaken(bdf));
+        }
+        self.funcs.insert(bdf, f);
+        Ok(())
+    }
+
+    /// A config read; all ones where no function answers.
+    pub fn read(&mut self, bdf: Bdf, offset: u16, size: u8) -> u32 {
+        match self.funcs.get_mut(&bdf) {
+            Some(f) => f.config_read(offset, size),
+            None => mask(size),
+        }
+    }
+
+    pub fn write(&mut self, bdf: Bdf, offset: u16, size: u8, value: u32) {
+        if let Some(f) = self.funcs.get_mut(&bdf) {
+            f.config_write(offset, size, value);
+        }
+    }
+
+    pub fn functions(&self) -> impl Iterator<Item = (&Bdf, &Box<dyn PciFunction>)> {
+        self.funcs.iter()
+    }
+}
+
+fn mask(size: u8) -> u32 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    }
+}
+
+fn le(data: &[u8]) -> u32 {
+    let mut v = [0u8; 4];
+    let n = data.len().min(4);
+    v[..n].copy_from_slice(&data[..n]);
+    u32::from_le_bytes(v)
+}
+
+fn put(data: &mut [u8], v: u32) {
+    let n = data.len().min(4);
+    data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
+}
+
+/// The legacy configuration mechanism at 0xCF8..0xCFF, plus q35's reset
+/// control register at 0xCF9 (byte access).
+pub struct PciConfigIo {
+    root: Arc<Mutex<PciRoot>>,
+    address: u32,
+    events: EventSink,
+}
+
+impl PciConfigIo {
+    pub fn new(root: Arc<Mutex<PciRoot>>, events: EventSink) -> PciConfigIo {
+        PciConfigIo {
+            root,
+            address: 0,
+            events,
+        }
+    }
+
+    fn target(&self, data_offset: u64) -> Option<(Bdf, u16)> {
+        if self.address & 0x8000_0000 == 0 {
+            return None;
+        }
+        let bdf = Bdf(((self.address >> 8) & 0xffff) as u16);
+        Some((bdf, (self.address & 0xfc) as u16 + data_offset as u16))
+    }
+}
+
+impl BusDevice for PciConfigIo {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match offset {
+            0 if data.len() == 4 => put(data, self.address),
+            4..=7 => {
+                let v = match self.target(offset - 4) {
+                    Some((bdf, reg)) => {
+                        self.root
+                            .lock()
+                            .expect("pci lock")
+                            .read(bdf, reg, data.len() as u8)
+                    }
+                    None => 0xffff_ffff,
+                };
+                put(data, v);
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match offset {
+            0 if data.len() == 4 => self.address = le(data),
+            1 if data.len() == 1 => {
+                // Reset control: bit 2 starts the reset (SYS_RST bit 1 picks
+                // hard/soft, both mean a full reset here).
+                if data[0] & 0x04 != 0 {
+                    log::info!("guest requested a reset through port 0xcf9");
+                    (self.events)(VmEvent::Reset);
+                }
+            }
+            4..=7 => {
+                if let Some((bdf, reg)) = self.target(offset - 4) {
+                    self.root
+                        .lock()
+                        .expect("pci lock")
+                        .write(bdf, reg, data.len() as u8, le(data));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// ECAM (MMCONFIG): offset = bus << 20 | dev << 15 | fn << 12 | register.
+pub struct PciEcam {
+    root: Arc<Mutex<PciRoot>>,
+}
+
+impl PciEcam {
+    pub fn new(root: Arc<Mutex<PciRoot>>) -> PciEcam {
+        PciEcam { root }
+    }
+}
+
+impl BusDevice for PciEcam {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let (bdf, reg) = (Bdf((offset >> 12) as u16), (offset & 0xfff) as u16);
+        let v = self
+            .root
+            .lock()
+            .expect("pci lock")
+            .read(bdf, reg, data.len() as u8);
+        put(data, v);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let (bdf, reg) = (Bdf((offset >> 12) as u16), (offset & 0xfff) as u16);
+        self.root
+            .lock()
+            .expect("pci lock")
+            .write(bdf, reg, data.len() as u8, le(data));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> Arc<Mutex<PciRoot>> {
+        let mut r = PciRoot::default();
+        r.add(Bdf::new(0, 0, 0), Box::new(host_bridge::HostBridge::new()))
+            .unwrap();
+        Arc::new(Mutex::new(r))
+    }
+
+    #[test]
+    fn cf8_and_ecam_see_the_same_registers() {
+        let r = root();
+        let mut io = PciConfigIo::new(r.clone(), Arc::new(|_| {}));
+        let mut ecam = PciEcam::new(r);
+        for reg in (0..256u64).step_by(4) {
+            io.write(0, &(0x8000_0000u32 | reg as u32).to_le_bytes());
+            let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+            io.read(4, &mut a);
+            ecam.read(reg, &mut b);
+            assert_eq!(a, b, "register {reg:#x}");
+        }
+        // Vendor 8086, device 29c0.
+        let mut id = [0u8; 4];
+        ecam.read(0, &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x29c0_8086);
+        // Nothing at 00:01.0.
+        ecam.read(1 << 15, &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0xffff_ffff);
+        // Sub-dword access through 0xCFE.
+        io.write(0, &0x8000_0000u32.to_le_bytes());
+        let mut w = [0u8; 2];
+        io.read(6, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x29c0);
+    }
+
+    #[test]
+    fn reset_control_raises_reset() {
+        let seen = Arc::new(Mutex::new(vec![]));
+        let s = seen.clone();
+        let mut io = PciConfigIo::new(root(), Arc::new(move |e| s.lock().unwrap().push(e)));
+        io.write(1, &[0x02]);
+        assert!(seen.lock().unwrap().is_empty());
+        io.write(1, &[0x06]);
+        assert_eq!(*seen.lock().unwrap(), vec![VmEvent::Reset]);
+    }
+}

@@ -1,0 +1,75 @@
+//! The small hypervisor interface the board is built on: create a VM, give
+//! it memory and interrupt lines, create vCPUs, run them. KVM on x86_64 is
+//! the one backend today (`kvm.rs`); a ppc64 backend plugs in beside it.
+
+use std::fmt;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Why a vCPU stopped running guest code and came back to the VMM.
+pub enum Exit {
+    /// A port or MMIO access was served; keep running.
+    Handled,
+    /// A signal interrupted KVM_RUN (the VMM wants the vCPU's attention).
+    Interrupted,
+    /// The guest shut the CPU down (triple fault).
+    Shutdown,
+    /// The hypervisor reports a guest reset request.
+    Reset,
+    /// The hypervisor reports a guest power-off.
+    PowerOff,
+    /// Anything the VMM cannot continue from.
+    Fatal(String),
+}
+
+/// Serves the exits of a vCPU.
+pub trait ExitHandler: Sync {
+    fn pio_read(&self, port: u16, data: &mut [u8]);
+    fn pio_write(&self, port: u16, data: &[u8]);
+    fn mmio_read(&self, addr: u64, data: &mut [u8]);
+    fn mmio_write(&self, addr: u64, data: &[u8]);
+}
+
+/// How an x86_64 vCPU starts.
+pub struct X86BootState {
+    /// PVH entry (BSP only; APs wait for INIT-SIPI).
+    pub entry: Option<(u64, u64)>,
+    pub apic_id: u32,
+    pub cpus: u32,
+}
+
+pub trait Vcpu: Send {
+    fn configure_x86(&mut self, boot: &X86BootState) -> Result<(), Error>;
+    fn run(&mut self, h: &dyn ExitHandler) -> Exit;
+    /// Registers and control state, for the log when something went wrong.
+    fn describe(&self) -> String;
+}
+
+pub trait Vm: Send + Sync {
+    /// Maps `size` bytes of host memory at `host` to guest address `gpa`.
+    ///
+    /// # Safety
+    /// The host range must stay mapped and valid for the VM's lifetime.
+    unsafe fn add_memory(&self, slot: u32, gpa: u64, size: u64, host: *mut u8)
+        -> Result<(), Error>;
+    /// Makes `evt` raise interrupt line `gsi`.
+    fn add_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error>;
+    fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, Error>;
+}
+
+#[derive(Debug)]
+pub struct Error {
+    pub what: &'static str,
+    pub source: std::io::Error,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.what)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}

@@ -1,0 +1,423 @@
+//! The q35-style board on the hypervisor: guest RAM with the PCI hole, the
+//! devices on their buses, the firmware tables, the kernel, the vCPU
+//! threads, and the VM's lifecycle (power-off, reset, debug exit, fatal
+//! errors).
+
+use crate::config::{SerialBackend, VmConfig};
+use crate::hypervisor::{Exit, ExitHandler, Vcpu, Vm, X86BootState};
+use anyhow::{anyhow, bail, Context, Result};
+use arch::x86_64::{acpi, layout, pvh};
+use devices::bus::{Bus, BusDevice};
+use devices::pci::{host_bridge::HostBridge, Bdf, PciConfigIo, PciEcam, PciRoot};
+use devices::serial::Serial;
+use devices::{EventSink, VmEvent};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+/// How a VM's run ended.
+#[derive(Debug)]
+enum Outcome {
+    Device(VmEvent),
+    Fatal(String),
+}
+
+/// The port and MMIO buses: what vCPU exits are served by.
+struct Buses {
+    io: Bus,
+    mmio: Bus,
+}
+
+impl ExitHandler for Buses {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if !self.io.read(port as u64, data) {
+            log::trace!("read from unassigned port {port:#x}");
+        }
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        if !self.io.write(port as u64, data) {
+            log::trace!("write to unassigned port {port:#x}");
+        }
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if !self.mmio.read(addr, data) {
+            log::debug!("read from unassigned MMIO {addr:#x}");
+        }
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if !self.mmio.write(addr, data) {
+            log::debug!("write to unassigned MMIO {addr:#x}");
+        }
+    }
+}
+
+/// Writes every byte through at once (guest output must not sit in a
+/// buffer waiting for a newline).
+struct Unbuffered<W: Write>(W);
+
+impl<W: Write> Write for Unbuffered<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(b)?;
+        self.0.flush()?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Where stdin's bytes go: the serial port of the current board.
+static CONSOLE_INPUT: OnceLock<Mutex<Option<Arc<Mutex<Serial>>>>> = OnceLock::new();
+
+fn console_input() -> &'static Mutex<Option<Arc<Mutex<Serial>>>> {
+    CONSOLE_INPUT.get_or_init(|| Mutex::new(None))
+}
+
+/// Feeds stdin to the guest's UART, for the life of the process.
+fn start_stdin_thread() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if STARTED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(|| {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut off = 0;
+                while off < n {
+                    let serial = console_input().lock().expect("console lock").clone();
+                    let took = serial.map_or(n - off, |s| {
+                        s.lock().expect("serial lock").input(&buf[off..n])
+                    });
+                    off += took;
+                    if took == 0 {
+                        std::thread::sleep(Duration::from_millis(1)); // FIFO full: let the guest drain it
+                    }
+                }
+            }
+        })
+        .expect("spawn the stdin thread");
+}
+
+/// Starts paused (`-S`) or running; QMP's stop/cont will flip it.
+struct RunGate {
+    running: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl RunGate {
+    fn wait_running(&self, stop: &AtomicBool) {
+        let mut r = self.running.lock().expect("gate lock");
+        while !*r && !stop.load(Ordering::SeqCst) {
+            r = self
+                .cv
+                .wait_timeout(r, Duration::from_millis(100))
+                .expect("gate lock")
+                .0;
+        }
+    }
+}
+
+/// One instance of the board: everything a reset throws away.
+struct Board {
+    _vm: Arc<dyn Vm>,
+    _mem: GuestMemoryMmap,
+    vcpus: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Loads the kernel; returns its entry point and the end of its image.
+fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<(u64, u64)> {
+    let path = &cfg.kernel;
+    let mut f =
+        File::open(path).with_context(|| format!("cannot open kernel {}", path.display()))?;
+    let mut head = [0u8; 0x210];
+    let n = f
+        .read(&mut head)
+        .with_context(|| format!("cannot read kernel {}", path.display()))?;
+    if n >= 4 && &head[..4] == b"\x7fELF" {
+        use linux_loader::loader::{elf::Elf, elf::PvhBootCapability, KernelLoader};
+        let r = Elf::load(mem, None, &mut f, Some(GuestAddress(layout::HIMEM_START)))
+            .map_err(|e| anyhow!("cannot load kernel {}: {e}", path.display()))?;
+        return match r.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(entry) => {
+                log::info!("kernel {}: PVH entry {:#x}, loaded up to {:#x}", path.display(), entry.0, r.kernel_end);
+                Ok((entry.0, r.kernel_end))
+            }
+            _ => bail!(
+                "kernel {} is an ELF without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY), which vmm needs to boot an ELF",
+                path.display()
+            ),
+        };
+    }
+    if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+        bail!(
+            "kernel {} is a bzImage, which vmm cannot boot yet: boot its ELF vmlinux (PVH) instead",
+            path.display()
+        );
+    }
+    bail!(
+        "{} is not a kernel vmm can boot: not an ELF with a PVH entry note",
+        path.display()
+    )
+}
+
+fn load_initrd(
+    cfg: &VmConfig,
+    mem: &GuestMemoryMmap,
+    kernel_end: u64,
+) -> Result<Option<pvh::Module>> {
+    let Some(path) = &cfg.initrd else {
+        return Ok(None);
+    };
+    let mut f =
+        File::open(path).with_context(|| format!("cannot open initrd {}", path.display()))?;
+    let size = f.seek(SeekFrom::End(0))?;
+    f.rewind()?;
+    // At the top of low RAM, page aligned.
+    let top = layout::low_ram_size(cfg.memory);
+    let addr = top
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|&a| a >= kernel_end);
+    let Some(addr) = addr else {
+        bail!(
+            "initrd {} ({} bytes) does not fit in guest memory below {:#x}",
+            path.display(),
+            size,
+            top
+        );
+    };
+    let mut buf = Vec::with_capacity(size as usize);
+    f.read_to_end(&mut buf)
+        .with_context(|| format!("cannot read initrd {}", path.display()))?;
+    mem.write_slice(&buf, GuestAddress(addr))
+        .map_err(|e| anyhow!("cannot copy initrd into guest memory: {e}"))?;
+    Ok(Some(pvh::Module { addr, size }))
+}
+
+fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<Board> {
+    let vm: Arc<dyn Vm> = Arc::new(crate::kvm::create_vm()?);
+
+    // Guest RAM: below the PCI hole, the rest from 4 GiB.
+    let regions: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.memory)
+        .into_iter()
+        .map(|(a, s)| (GuestAddress(a), s as usize))
+        .collect();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&regions).map_err(|e| {
+        anyhow!(
+            "cannot allocate {} MiB of guest memory: {e}",
+            cfg.memory >> 20
+        )
+    })?;
+    for (slot, r) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(r.start_addr())
+            .map_err(|e| anyhow!("guest memory: {e}"))?;
+        // SAFETY: `mem` owns the mapping and lives in the Board as long as the VM.
+        unsafe { vm.add_memory(slot as u32, r.start_addr().0, r.len(), host) }?;
+    }
+
+    // A lifecycle event stops every vCPU: the one that caused it returns
+    // from its exit and sees the flag, so no guest code runs after it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sink: EventSink = {
+        let tx = Mutex::new(events.clone());
+        let stop = stop.clone();
+        Arc::new(move |e| {
+            stop.store(true, Ordering::SeqCst);
+            let _ = tx.lock().expect("event lock").send(Outcome::Device(e));
+        })
+    };
+
+    // Devices.
+    let mut io = Bus::new();
+    let mut mmio = Bus::new();
+    let serial_out: Box<dyn Write + Send> = match &cfg.serial {
+        SerialBackend::Stdio => Box::new(Unbuffered(std::io::stdout())),
+        SerialBackend::File(p) => Box::new(
+            File::create(p)
+                .with_context(|| format!("cannot create serial output file {}", p.display()))?,
+        ),
+        SerialBackend::None => Box::new(std::io::sink()),
+    };
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).context("cannot create an eventfd")?;
+    vm.add_irqfd(&serial_irq, 4)?;
+    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_out)));
+    io.insert(0x3f8, 8, serial.clone())?;
+    if matches!(cfg.serial, SerialBackend::Stdio) {
+        *console_input().lock().expect("console lock") = Some(serial.clone());
+        start_stdin_thread();
+    }
+    let pm = devices::acpi_pm::AcpiPm::new(layout::S5_SLP_TYP, sink.clone());
+    io.insert(layout::PM_BASE as u64, 12, Arc::new(Mutex::new(pm)))?;
+    let mut root = PciRoot::default();
+    root.add(Bdf::new(0, 0, 0), Box::new(HostBridge::new()))?;
+    let root = Arc::new(Mutex::new(root));
+    io.insert(
+        0xcf8,
+        8,
+        Arc::new(Mutex::new(PciConfigIo::new(root.clone(), sink.clone()))),
+    )?;
+    mmio.insert(
+        layout::ECAM_START,
+        layout::ECAM_SIZE,
+        Arc::new(Mutex::new(PciEcam::new(root))),
+    )?;
+    if let Some(d) = cfg.debug_exit {
+        let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(
+            devices::debug_exit::DebugExit::new(sink.clone()),
+        ));
+        io.insert(d.iobase as u64, d.iosize as u64, dev)
+            .with_context(|| {
+                format!(
+                    "isa-debug-exit at {:#x} collides with another device",
+                    d.iobase
+                )
+            })?;
+    }
+
+    // Firmware tables and the kernel.
+    let tables = acpi::build(&acpi::AcpiConfig {
+        cpus: cfg.vcpus,
+        ram: cfg.memory,
+    });
+    mem.write_slice(&tables.bytes, GuestAddress(tables.base))
+        .map_err(|e| anyhow!("cannot write ACPI tables: {e}"))?;
+    let (entry, kernel_end) = load_kernel(cfg, &mem)?;
+    let module = load_initrd(cfg, &mem, kernel_end)?;
+    let start_info = pvh::write(
+        &mem,
+        &cfg.cmdline,
+        &layout::e820(cfg.memory),
+        tables.rsdp,
+        module,
+    )?;
+
+    // vCPUs: the BSP enters the kernel, the APs wait for INIT-SIPI.
+    let buses = Arc::new(Buses { io, mmio });
+    let mut handles = vec![];
+    for id in 0..cfg.vcpus {
+        let mut vcpu = vm.create_vcpu(id)?;
+        vcpu.configure_x86(&X86BootState {
+            entry: (id == 0).then_some((entry, start_info)),
+            apic_id: id as u32,
+            cpus: cfg.vcpus as u32,
+        })?;
+        let (buses, stop, events, gate) =
+            (buses.clone(), stop.clone(), events.clone(), gate.clone());
+        let h = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu_loop(id, vcpu, &*buses, &stop, &events, &gate))
+            .context("cannot start a vCPU thread")?;
+        handles.push(h);
+    }
+    Ok(Board {
+        _vm: vm,
+        _mem: mem,
+        vcpus: handles,
+        stop,
+    })
+}
+
+fn vcpu_loop(
+    id: u8,
+    mut vcpu: Box<dyn Vcpu>,
+    buses: &Buses,
+    stop: &AtomicBool,
+    events: &Sender<Outcome>,
+    gate: &RunGate,
+) {
+    gate.wait_running(stop);
+    while !stop.load(Ordering::SeqCst) {
+        let outcome = match vcpu.run(buses) {
+            Exit::Handled | Exit::Interrupted => continue,
+            Exit::Reset => Outcome::Device(VmEvent::Reset),
+            Exit::PowerOff => Outcome::Device(VmEvent::PowerOff),
+            Exit::Shutdown => Outcome::Fatal(format!(
+                "vCPU {id}: triple fault (shutdown); {}",
+                vcpu.describe()
+            )),
+            Exit::Fatal(why) => Outcome::Fatal(format!("vCPU {id}: {why}; {}", vcpu.describe())),
+        };
+        stop.store(true, Ordering::SeqCst);
+        let _ = events.send(outcome);
+        return;
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+impl Board {
+    /// Stops every vCPU thread: signals interrupt KVM_RUN until each has
+    /// seen the stop flag.
+    fn shutdown(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for h in self.vcpus {
+            while !h.is_finished() {
+                let _ = h.kill(SIGRTMIN());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = h.join();
+        }
+    }
+}
+
+/// Runs the VM until it ends; returns the process exit status.
+pub fn run(cfg: &VmConfig) -> Result<i32> {
+    register_signal_handler(SIGRTMIN(), kick_handler)
+        .map_err(|e| anyhow!("cannot install the vCPU kick signal handler: {e}"))?;
+    let gate = Arc::new(RunGate {
+        running: Mutex::new(!cfg.paused),
+        cv: Condvar::new(),
+    });
+    if cfg.paused {
+        log::info!("starting paused (-S)");
+    }
+    let name = cfg.name.as_deref().unwrap_or("vm");
+    loop {
+        let (tx, rx) = channel();
+        let board = build(cfg, tx, gate.clone())?;
+        log::info!(
+            "{name}: {} with {} vCPU(s) and {} MiB started",
+            cfg.machine.name,
+            cfg.vcpus,
+            cfg.memory >> 20
+        );
+        let outcome = rx
+            .recv()
+            .map_err(|_| anyhow!("every vCPU thread ended without a reason"))?;
+        board.shutdown();
+        match outcome {
+            Outcome::Device(VmEvent::PowerOff) => {
+                log::info!("{name}: guest powered off");
+                return Ok(0);
+            }
+            Outcome::Device(VmEvent::Exit(code)) => return Ok(code),
+            Outcome::Device(VmEvent::Reset) if cfg.no_reboot => {
+                log::info!("{name}: guest reset, exiting (-no-reboot)");
+                return Ok(0);
+            }
+            Outcome::Device(VmEvent::Reset) => {
+                log::info!("{name}: guest reset");
+            }
+            Outcome::Fatal(why) => {
+                log::error!("{name}: {why}");
+                bail!("the guest stopped: {why}");
+            }
+        }
+    }
+}
