@@ -8,6 +8,7 @@ pub mod console;
 pub mod peer;
 pub mod qemu;
 pub mod qmp;
+pub mod vmm;
 
 use std::path::PathBuf;
 

@@ -92,8 +92,10 @@ pub fn normalize(argv: Vec<String>) -> Vec<String> {
                     out.push(format!("-{a}"));
                     *tv && !inline
                 }
+                // QEMU has no short-option clusters: an unknown `-word` is
+                // an unknown long option, and clap should name it so.
                 None => {
-                    out.push(a);
+                    out.push(format!("-{a}"));
                     false
                 }
             }

@@ -13,11 +13,17 @@ fn main() {
     let argv = cli::normalize(std::env::args().collect());
     let args = match cli::Args::try_parse_from(argv) {
         Ok(a) => a,
-        Err(e) => {
-            // --help and --version are not errors.
-            let code = if e.use_stderr() { 1 } else { 0 };
+        // --help and --version are not errors.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            std::process::exit(code);
+            std::process::exit(0);
+        }
+        Err(e) => {
+            // clap's first line, as the one sentence users get for any error.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid command line").trim_start_matches("error: ");
+            eprintln!("vmm: {first}; try --help");
+            std::process::exit(1);
         }
     };
     let code = match config::from_args(args).and_then(|a| match a {

@@ -414,10 +414,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             Outcome::Device(VmEvent::Reset) => {
                 log::info!("{name}: guest reset");
             }
-            Outcome::Fatal(why) => {
-                log::error!("{name}: {why}");
-                bail!("the guest stopped: {why}");
-            }
+            Outcome::Fatal(why) => bail!("{name} stopped: {why}"),
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Acpi {
     pub pm1a_cnt: u32,
     pub pm_tmr: u32,
     pub hw_reduced: bool,
+    /// HW-reduced ACPI's SLEEP_CONTROL_REG: (address space, address).
+    pub sleep_control: Option<(u8, u64)>,
     pub s5_slp_typ: Option<u8>,
     pub tables_seen: [[u8; 4]; 32],
     pub ntables: usize,
@@ -186,6 +188,9 @@ fn fadt(a: &mut Acpi, t: u64) {
     a.pm_tmr = read32(t + 76);
     let flags = if len >= 116 { read32(t + 112) } else { 0 };
     a.hw_reduced = flags & (1 << 20) != 0;
+    if a.hw_reduced && len >= 256 && read64(t + 248) != 0 {
+        a.sleep_control = Some((read8(t + 244), read64(t + 248)));
+    }
     let x_dsdt = if len >= 148 { read64(t + 140) } else { 0 };
     let dsdt = if x_dsdt != 0 {
         x_dsdt
@@ -193,8 +198,12 @@ fn fadt(a: &mut Acpi, t: u64) {
         read32(t + 40) as u64
     };
     println!(
-        "acpi.fadt pm1a_cnt={:#x} pm_tmr={:#x} hw_reduced={} dsdt={:#x}",
-        a.pm1a_cnt, a.pm_tmr, a.hw_reduced, dsdt
+        "acpi.fadt pm1a_cnt={:#x} pm_tmr={:#x} hw_reduced={} sleep_control={:#x} dsdt={:#x}",
+        a.pm1a_cnt,
+        a.pm_tmr,
+        a.hw_reduced,
+        a.sleep_control.map_or(0, |s| s.1),
+        dsdt
     );
     if dsdt != 0 && table_ok(a, dsdt) {
         a.s5_slp_typ = find_s5(dsdt);

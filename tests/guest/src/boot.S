@@ -61,6 +61,10 @@ idt_ptr:
     .word 256 * 16 - 1
     .quad idt
 
+null_idt_ptr:
+    .word 0
+    .quad 0
+
 .global start_info_ptr
 start_info_ptr:
     .quad 0
@@ -355,7 +359,7 @@ cpl0_gate:
     ret
 
 /* rax = op: 1 = rdmsr(rdi), 2 = wrmsr(rdi, rsi), 3 = enable interrupts,
- * 4 = disable interrupts (PVM raises #GP for sti/cli at CPL3 even with
+ * 4 = disable interrupts, 5 = triple fault (for the VMM's lifecycle tests) (PVM raises #GP for sti/cli at CPL3 even with
  * IOPL=3, so IF is changed in the frame iretq returns through). Called with
  * the #UD frame on the stack (vector, error, rip, cs, rflags, ...). */
 gate_op:
@@ -367,6 +371,8 @@ gate_op:
     je 3f
     cmpq $4, %rax
     je 4f
+    cmpq $5, %rax
+    je 5f
     movq $-1, %rax
     jmp 9f
 1:
@@ -391,6 +397,11 @@ gate_op:
 4:
     andq $~0x200, 32(%rsp)
     xorl %eax, %eax
+    jmp 9f
+5:
+    /* An empty IDT: the #UD below can be delivered nowhere -> #DF -> shutdown. */
+    lidt null_idt_ptr(%rip)
+    ud2
 9:
     addq $2, 16(%rsp)
     addq $16, %rsp

@@ -127,6 +127,14 @@ pub fn disable_interrupts() {
     gate(4, 0, 0);
 }
 
+/// Shuts the CPU down with a triple fault (an empty IDT, then #UD).
+pub fn triple_fault() -> ! {
+    gate(5, 0, 0);
+    loop {
+        pause();
+    }
+}
+
 pub fn pause() {
     core::hint::spin_loop();
 }

@@ -12,6 +12,9 @@ static FAILURES: AtomicU32 = AtomicU32::new(0);
 /// PM1a control port and SLP_TYPa for S5, filled from ACPI (0 = unknown).
 pub static PM1A_CNT: AtomicU64 = AtomicU64::new(0);
 pub static S5_SLP_TYP: AtomicU32 = AtomicU32::new(0);
+/// HW-reduced ACPI sleep control register: address, and 1 = I/O, 0 = MMIO
+/// in bit 63 (0 = none).
+pub static SLEEP_CONTROL: AtomicU64 = AtomicU64::new(0);
 /// Exit port, `exit_port=` on the command line (0 = none).
 pub static EXIT_PORT: AtomicU32 = AtomicU32::new(0xf4);
 
@@ -54,12 +57,34 @@ pub fn exit(code: u32) -> ! {
     poweroff()
 }
 
+/// Resets the platform through the reset control register (0xCF9, which
+/// the FADT's RESET_REG names on q35 boards).
+pub fn reset() -> ! {
+    crate::println!("reset: writing 0x06 to port 0xcf9");
+    crate::io::outb(0xcf9, 0x06);
+    crate::println!("reset: the platform did not reset");
+    loop {
+        pause();
+    }
+}
+
 /// ACPI S5; spins if the platform does not take it.
 pub fn poweroff() -> ! {
     let pm1a = PM1A_CNT.load(Ordering::SeqCst);
     if pm1a != 0 {
         let typ = S5_SLP_TYP.load(Ordering::SeqCst) as u16;
         outw(pm1a as u16, (typ << 10) | (1 << 13));
+    }
+    let sc = SLEEP_CONTROL.load(Ordering::SeqCst);
+    if sc != 0 {
+        let typ = S5_SLP_TYP.load(Ordering::SeqCst) as u8;
+        let v = ((typ & 7) << 2) | (1 << 5);
+        let addr = sc & !(1 << 63);
+        if sc >> 63 == 1 {
+            crate::io::outb(addr as u16, v);
+        } else {
+            crate::io::write8(addr, v);
+        }
     }
     crate::println!("exit: the platform did not power off");
     loop {

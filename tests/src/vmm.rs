@@ -1,0 +1,58 @@
+//! The `vmm` binary under test (built by `cargo build --release`).
+
+use crate::console::Vm;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The release binary; tests need it built (scripts/setup.sh does).
+pub fn binary() -> PathBuf {
+    let p = std::env::var_os("VMM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace().join("target/release/vmm"));
+    assert!(p.is_file(), "vmm binary not found at {}: run cargo build --release", p.display());
+    p
+}
+
+/// A vmm command line for the test guest, with the debug-exit port.
+pub struct Vmm {
+    pub args: Vec<String>,
+    pub append: String,
+}
+
+impl Vmm {
+    pub fn new() -> Vmm {
+        Vmm { args: vec!["-device".into(), "isa-debug-exit,iobase=0xf4,iosize=0x04".into()], append: String::new() }
+    }
+    pub fn arg(mut self, a: impl AsRef<str>) -> Self {
+        self.args.push(a.as_ref().to_string());
+        self
+    }
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, a: I) -> Self {
+        self.args.extend(a.into_iter().map(|s| s.as_ref().to_string()));
+        self
+    }
+    pub fn append(mut self, a: &str) -> Self {
+        if !self.append.is_empty() {
+            self.append.push(' ');
+        }
+        self.append.push_str(a);
+        self
+    }
+    pub fn command(&self) -> Command {
+        crate::require_kvm();
+        let mut c = Command::new(binary());
+        c.args(&self.args);
+        c.arg("-kernel").arg(crate::guest_kernel());
+        c.args(["-append", &self.append]);
+        c
+    }
+    pub fn spawn(&self, name: &str) -> Vm {
+        Vm::spawn(name, self.command())
+    }
+}
+
+impl Default for Vmm {
+    fn default() -> Self {
+        Self::new()
+    }
+}

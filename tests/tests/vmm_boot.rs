@@ -1,0 +1,197 @@
+//! vmm boots guests on KVM: the test guest's platform checks pass on vmm
+//! exactly as they pass on QEMU, the lifecycle ends the process the way a
+//! user expects, and bad input gets one clear sentence and exit status 1.
+
+use std::process::Command;
+use std::time::Duration;
+use vmm_tests::console::field;
+use vmm_tests::vmm::{binary, Vmm};
+
+const BOOT: Duration = Duration::from_secs(60);
+
+fn platform(cpus: u32, mem: &str) -> Vmm {
+    Vmm::new()
+        .args(["-M", "q35", "-m", mem, "-smp", &cpus.to_string()])
+        .append(&format!("cpus={cpus} mem={mem} pci_ecam=1 acpi_require=FACP,APIC,DSDT,MCFG"))
+}
+
+fn passes(cpus: u32, mem: &str) -> vmm_tests::console::Vm {
+    let mut vm = platform(cpus, mem).spawn(&format!("vmm-{cpus}cpu-{mem}"));
+    vm.assert_pass(BOOT);
+    let lines = vm.lines();
+    for want in [
+        "check.pci.cf8_ecam_agree=ok",
+        "check.smp.all_alive=ok",
+        "check.acpi.checksums=ok",
+        "check.mem.size=ok",
+        "check.clock.monotonic=ok",
+    ] {
+        assert!(lines.iter().any(|l| l == want), "missing {want}\n{}", vm.log());
+    }
+    assert_eq!(vm.value("smp.online", "smp.online"), Some(cpus.to_string()), "{}", vm.log());
+    assert_eq!(vm.value("clock.source", "clock.source").as_deref(), Some("kvm-clock"), "{}", vm.log());
+    // The host bridge, seen the same way through CF8 and ECAM.
+    assert!(lines.iter().any(|l| l.starts_with("pci.00:00.0 vendor=0x8086 device=0x29c0")), "{}", vm.log());
+    vm
+}
+
+#[test]
+fn test_guest_passes_1_cpu_512m() {
+    passes(1, "512M");
+}
+
+#[test]
+fn test_guest_passes_2_cpus_512m() {
+    passes(2, "512M");
+}
+
+#[test]
+fn test_guest_passes_4_cpus_512m() {
+    passes(4, "512M");
+}
+
+#[test]
+fn test_guest_passes_2_cpus_5g_with_ram_above_4g() {
+    let vm = passes(2, "5G");
+    let above: u64 = vm.value("mem.ram_total", "mem.ram_above_4g").unwrap().parse().unwrap();
+    assert_eq!(above, 3 << 30, "{}", vm.log());
+}
+
+/// The mem and counter workloads run on every vCPU; the console takes the
+/// host's commands.
+#[test]
+fn workloads_run_and_console_input_reaches_the_guest() {
+    let mut vm = Vmm::new()
+        .args(["-m", "512M", "-smp", "2"])
+        .append("cpus=2 mem=512M work=mem,counter mem_mb=32 tick_ms=100 max_gap_ms=2000")
+        .spawn("vmm-work");
+    vm.wait_prefix("mem.filled", BOOT);
+    vm.wait_prefix("tick n=3", BOOT);
+    vm.send(b"v");
+    let v = vm.wait_for("a requested verify", BOOT, |l| l.starts_with("mem.verify") && l.contains("reason=request"));
+    assert_eq!(field(&v, "bad_pages").as_deref(), Some("0"), "{v}");
+    vm.send(b"q");
+    vm.assert_pass(BOOT);
+}
+
+#[test]
+fn acpi_poweroff_exits_0() {
+    let mut vm = Vmm::new().args(["-m", "256M"]).append("cpus=1 end=acpi exit_port=0").spawn("vmm-s5");
+    let st = vm.wait_exit(BOOT);
+    assert_eq!(vm.result().as_deref(), Some("RESULT PASS"), "{}", vm.log());
+    assert_eq!(st.code(), Some(0), "{}", vm.log());
+}
+
+#[test]
+fn debug_exit_carries_the_guests_code() {
+    // A failing guest writes 1: (1 << 1) | 1 = 3, as QEMU's isa-debug-exit.
+    let mut vm = Vmm::new().args(["-m", "256M", "-smp", "2"]).append("cpus=3").spawn("vmm-fail");
+    assert_eq!(vm.wait_exit(BOOT).code(), Some(3), "{}", vm.log());
+    assert!(vm.result().unwrap().starts_with("RESULT FAIL"), "{}", vm.log());
+}
+
+#[test]
+fn reset_exits_with_no_reboot_and_reboots_without() {
+    let mut vm = Vmm::new().args(["-m", "256M", "-no-reboot"]).append("cpus=1 end=reset").spawn("vmm-noreboot");
+    assert_eq!(vm.wait_exit(BOOT).code(), Some(0), "{}", vm.log());
+    let vm = Vmm::new().args(["-m", "256M"]).append("cpus=1 end=reset").spawn("vmm-reboot");
+    // Booted, reset, booted again: the banner twice.
+    let deadline = std::time::Instant::now() + BOOT;
+    while vm_banners(&vm) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no second boot\n{}", vm.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn vm_banners(vm: &vmm_tests::console::Vm) -> usize {
+    vm.lines().iter().filter(|l| l.starts_with("guest=vmm-test-guest")).count()
+}
+
+#[test]
+fn triple_fault_exits_nonzero_with_registers() {
+    let mut vm = Vmm::new().args(["-m", "256M"]).append("cpus=1 end=triple-fault").spawn("vmm-tf");
+    assert_eq!(vm.wait_exit(BOOT).code(), Some(1), "{}", vm.log());
+    let err = vm.lines().into_iter().find(|l| l.starts_with("stderr: vmm:")).expect("an error line");
+    assert!(err.contains("triple fault") && err.contains("rip=0x") && err.contains("cr3="), "{err}");
+}
+
+#[test]
+fn serial_to_file() {
+    let dir = vmm_tests::TempDir::new("serial");
+    let out = dir.path("console.log");
+    let mut vm = Vmm::new()
+        .args(["-m", "256M", "-serial", &format!("file:{}", out.display())])
+        .append("cpus=1")
+        .spawn("vmm-serial-file");
+    assert_eq!(vm.wait_exit(BOOT).code(), Some(1), "{}", vm.log());
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("RESULT PASS"), "{text}");
+    assert!(!vm.lines().iter().any(|l| l.contains("RESULT")), "stdout must stay quiet");
+}
+
+/// Runs vmm with `args`; returns (status, stderr).
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(binary()).args(args).output().expect("run vmm");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn bad(args: &[&str], want: &[&str]) {
+    let (code, _, err) = run(args);
+    assert_eq!(code, Some(1), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let line = err.trim();
+    assert_eq!(line.lines().count(), 1, "one line expected: {err}");
+    for w in want {
+        assert!(line.contains(w), "{args:?}: {line:?} does not mention {w:?}");
+    }
+}
+
+#[test]
+fn bad_input_gets_one_sentence_and_status_1() {
+    let k = vmm_tests::guest_kernel();
+    let k = k.to_str().unwrap();
+    bad(&["-kernel", "/nonexistent/kernel"], &["cannot open kernel /nonexistent/kernel"]);
+    bad(&["-kernel", "/etc/hostname"], &["/etc/hostname is not a kernel"]);
+    bad(&["-M", "pc-q35-1.0", "-kernel", k], &["'pc-q35-1.0'", "pc-q35-5.1", "pc-q35-8.0", "q35"]);
+    bad(&["-m", "1M", "-kernel", k], &["too small", "1M"]);
+    bad(&["-m", "lots", "-kernel", k], &["invalid memory size 'lots'"]);
+    bad(&["-smp", "0", "-kernel", k], &["-smp 0"]);
+    bad(&["-smp", "x", "-kernel", k], &["-smp 'x'"]);
+    bad(&["-device", "nosuch", "-kernel", k], &["unknown device type 'nosuch'"]);
+    bad(&["-device", "isa-debug-exit,bogus=1", "-kernel", k], &["no property 'bogus'"]);
+    bad(&["-global", "isa-debug-exit.iobase=zz", "-kernel", k], &["'zz'"]);
+    bad(&["-serial", "tcp:1", "-kernel", k], &["invalid -serial 'tcp:1'"]);
+    bad(&["-nosuchoption"], &["nosuchoption"]);
+}
+
+#[test]
+fn kvm_not_openable_is_one_sentence() {
+    // Drop root: /dev/kvm (0600 root) cannot be opened, the real failure.
+    let k = vmm_tests::guest_kernel();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(binary())
+        .args(["-kernel", k.to_str().unwrap()])
+        .output()
+        .expect("run setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.trim().starts_with("vmm: cannot open /dev/kvm"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn help_version_and_lists() {
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("vmm "), "{out}");
+    let (code, out, _) = run(&["-help"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("-smp") && out.contains("--kernel"), "{out}");
+    let (code, out, _) = run(&["-M", "help"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("pc-q35-2.7") && out.contains("(default"), "{out}");
+    let (code, out, _) = run(&["-device", "help"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("isa-debug-exit"), "{out}");
+}
