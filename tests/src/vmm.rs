@@ -9,7 +9,11 @@ pub fn binary() -> PathBuf {
     let p = std::env::var_os("VMM_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::workspace().join("target/release/vmm"));
-    assert!(p.is_file(), "vmm binary not found at {}: run cargo build --release", p.display());
+    assert!(
+        p.is_file(),
+        "vmm binary not found at {}: run cargo build --release",
+        p.display()
+    );
     p
 }
 
@@ -21,14 +25,21 @@ pub struct Vmm {
 
 impl Vmm {
     pub fn new() -> Vmm {
-        Vmm { args: vec!["-device".into(), "isa-debug-exit,iobase=0xf4,iosize=0x04".into()], append: String::new() }
+        Vmm {
+            args: vec![
+                "-device".into(),
+                "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
+            ],
+            append: String::new(),
+        }
     }
     pub fn arg(mut self, a: impl AsRef<str>) -> Self {
         self.args.push(a.as_ref().to_string());
         self
     }
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, a: I) -> Self {
-        self.args.extend(a.into_iter().map(|s| s.as_ref().to_string()));
+        self.args
+            .extend(a.into_iter().map(|s| s.as_ref().to_string()));
         self
     }
     pub fn append(mut self, a: &str) -> Self {

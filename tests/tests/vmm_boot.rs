@@ -12,7 +12,9 @@ const BOOT: Duration = Duration::from_secs(60);
 fn platform(cpus: u32, mem: &str) -> Vmm {
     Vmm::new()
         .args(["-M", "q35", "-m", mem, "-smp", &cpus.to_string()])
-        .append(&format!("cpus={cpus} mem={mem} pci_ecam=1 acpi_require=FACP,APIC,DSDT,MCFG"))
+        .append(&format!(
+            "cpus={cpus} mem={mem} pci_ecam=1 acpi_require=FACP,APIC,DSDT,MCFG"
+        ))
 }
 
 fn passes(cpus: u32, mem: &str) -> vmm_tests::console::Vm {
@@ -26,12 +28,32 @@ fn passes(cpus: u32, mem: &str) -> vmm_tests::console::Vm {
         "check.mem.size=ok",
         "check.clock.monotonic=ok",
     ] {
-        assert!(lines.iter().any(|l| l == want), "missing {want}\n{}", vm.log());
+        assert!(
+            lines.iter().any(|l| l == want),
+            "missing {want}\n{}",
+            vm.log()
+        );
     }
-    assert_eq!(vm.value("smp.online", "smp.online"), Some(cpus.to_string()), "{}", vm.log());
-    assert_eq!(vm.value("clock.source", "clock.source").as_deref(), Some("kvm-clock"), "{}", vm.log());
+    assert_eq!(
+        vm.value("smp.online", "smp.online"),
+        Some(cpus.to_string()),
+        "{}",
+        vm.log()
+    );
+    assert_eq!(
+        vm.value("clock.source", "clock.source").as_deref(),
+        Some("kvm-clock"),
+        "{}",
+        vm.log()
+    );
     // The host bridge, seen the same way through CF8 and ECAM.
-    assert!(lines.iter().any(|l| l.starts_with("pci.00:00.0 vendor=0x8086 device=0x29c0")), "{}", vm.log());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("pci.00:00.0 vendor=0x8086 device=0x29c0")),
+        "{}",
+        vm.log()
+    );
     vm
 }
 
@@ -53,7 +75,11 @@ fn test_guest_passes_4_cpus_512m() {
 #[test]
 fn test_guest_passes_2_cpus_5g_with_ram_above_4g() {
     let vm = passes(2, "5G");
-    let above: u64 = vm.value("mem.ram_total", "mem.ram_above_4g").unwrap().parse().unwrap();
+    let above: u64 = vm
+        .value("mem.ram_total", "mem.ram_above_4g")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(above, 3 << 30, "{}", vm.log());
 }
 
@@ -68,7 +94,9 @@ fn workloads_run_and_console_input_reaches_the_guest() {
     vm.wait_prefix("mem.filled", BOOT);
     vm.wait_prefix("tick n=3", BOOT);
     vm.send(b"v");
-    let v = vm.wait_for("a requested verify", BOOT, |l| l.starts_with("mem.verify") && l.contains("reason=request"));
+    let v = vm.wait_for("a requested verify", BOOT, |l| {
+        l.starts_with("mem.verify") && l.contains("reason=request")
+    });
     assert_eq!(field(&v, "bad_pages").as_deref(), Some("0"), "{v}");
     vm.send(b"q");
     vm.assert_pass(BOOT);
@@ -76,7 +104,10 @@ fn workloads_run_and_console_input_reaches_the_guest() {
 
 #[test]
 fn acpi_poweroff_exits_0() {
-    let mut vm = Vmm::new().args(["-m", "256M"]).append("cpus=1 end=acpi exit_port=0").spawn("vmm-s5");
+    let mut vm = Vmm::new()
+        .args(["-m", "256M"])
+        .append("cpus=1 end=acpi exit_port=0")
+        .spawn("vmm-s5");
     let st = vm.wait_exit(BOOT);
     assert_eq!(vm.result().as_deref(), Some("RESULT PASS"), "{}", vm.log());
     assert_eq!(st.code(), Some(0), "{}", vm.log());
@@ -85,34 +116,64 @@ fn acpi_poweroff_exits_0() {
 #[test]
 fn debug_exit_carries_the_guests_code() {
     // A failing guest writes 1: (1 << 1) | 1 = 3, as QEMU's isa-debug-exit.
-    let mut vm = Vmm::new().args(["-m", "256M", "-smp", "2"]).append("cpus=3").spawn("vmm-fail");
+    let mut vm = Vmm::new()
+        .args(["-m", "256M", "-smp", "2"])
+        .append("cpus=3")
+        .spawn("vmm-fail");
     assert_eq!(vm.wait_exit(BOOT).code(), Some(3), "{}", vm.log());
-    assert!(vm.result().unwrap().starts_with("RESULT FAIL"), "{}", vm.log());
+    assert!(
+        vm.result().unwrap().starts_with("RESULT FAIL"),
+        "{}",
+        vm.log()
+    );
 }
 
 #[test]
 fn reset_exits_with_no_reboot_and_reboots_without() {
-    let mut vm = Vmm::new().args(["-m", "256M", "-no-reboot"]).append("cpus=1 end=reset").spawn("vmm-noreboot");
+    let mut vm = Vmm::new()
+        .args(["-m", "256M", "-no-reboot"])
+        .append("cpus=1 end=reset")
+        .spawn("vmm-noreboot");
     assert_eq!(vm.wait_exit(BOOT).code(), Some(0), "{}", vm.log());
-    let vm = Vmm::new().args(["-m", "256M"]).append("cpus=1 end=reset").spawn("vmm-reboot");
+    let vm = Vmm::new()
+        .args(["-m", "256M"])
+        .append("cpus=1 end=reset")
+        .spawn("vmm-reboot");
     // Booted, reset, booted again: the banner twice.
     let deadline = std::time::Instant::now() + BOOT;
     while vm_banners(&vm) < 2 {
-        assert!(std::time::Instant::now() < deadline, "no second boot\n{}", vm.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second boot\n{}",
+            vm.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn vm_banners(vm: &vmm_tests::console::Vm) -> usize {
-    vm.lines().iter().filter(|l| l.starts_with("guest=vmm-test-guest")).count()
+    vm.lines()
+        .iter()
+        .filter(|l| l.starts_with("guest=vmm-test-guest"))
+        .count()
 }
 
 #[test]
 fn triple_fault_exits_nonzero_with_registers() {
-    let mut vm = Vmm::new().args(["-m", "256M"]).append("cpus=1 end=triple-fault").spawn("vmm-tf");
+    let mut vm = Vmm::new()
+        .args(["-m", "256M"])
+        .append("cpus=1 end=triple-fault")
+        .spawn("vmm-tf");
     assert_eq!(vm.wait_exit(BOOT).code(), Some(1), "{}", vm.log());
-    let err = vm.lines().into_iter().find(|l| l.starts_with("stderr: vmm:")).expect("an error line");
-    assert!(err.contains("triple fault") && err.contains("rip=0x") && err.contains("cr3="), "{err}");
+    let err = vm
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("stderr: vmm:"))
+        .expect("an error line");
+    assert!(
+        err.contains("triple fault") && err.contains("rip=0x") && err.contains("cr3="),
+        "{err}"
+    );
 }
 
 #[test]
@@ -126,13 +187,20 @@ fn serial_to_file() {
     assert_eq!(vm.wait_exit(BOOT).code(), Some(1), "{}", vm.log());
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.contains("RESULT PASS"), "{text}");
-    assert!(!vm.lines().iter().any(|l| l.contains("RESULT")), "stdout must stay quiet");
+    assert!(
+        !vm.lines().iter().any(|l| l.contains("RESULT")),
+        "stdout must stay quiet"
+    );
 }
 
 /// Runs vmm with `args`; returns (status, stderr).
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(binary()).args(args).output().expect("run vmm");
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn bad(args: &[&str], want: &[&str]) {
@@ -142,7 +210,10 @@ fn bad(args: &[&str], want: &[&str]) {
     let line = err.trim();
     assert_eq!(line.lines().count(), 1, "one line expected: {err}");
     for w in want {
-        assert!(line.contains(w), "{args:?}: {line:?} does not mention {w:?}");
+        assert!(
+            line.contains(w),
+            "{args:?}: {line:?} does not mention {w:?}"
+        );
     }
 }
 
@@ -150,17 +221,41 @@ fn bad(args: &[&str], want: &[&str]) {
 fn bad_input_gets_one_sentence_and_status_1() {
     let k = vmm_tests::guest_kernel();
     let k = k.to_str().unwrap();
-    bad(&["-kernel", "/nonexistent/kernel"], &["cannot open kernel /nonexistent/kernel"]);
-    bad(&["-kernel", "/etc/hostname"], &["/etc/hostname is not a kernel"]);
-    bad(&["-M", "pc-q35-1.0", "-kernel", k], &["'pc-q35-1.0'", "pc-q35-5.1", "pc-q35-8.0", "q35"]);
+    bad(
+        &["-kernel", "/nonexistent/kernel"],
+        &["cannot open kernel /nonexistent/kernel"],
+    );
+    bad(
+        &["-kernel", "/etc/hostname"],
+        &["/etc/hostname is not a kernel"],
+    );
+    bad(
+        &["-M", "pc-q35-1.0", "-kernel", k],
+        &["'pc-q35-1.0'", "pc-q35-5.1", "pc-q35-8.0", "q35"],
+    );
     bad(&["-m", "1M", "-kernel", k], &["too small", "1M"]);
-    bad(&["-m", "lots", "-kernel", k], &["invalid memory size 'lots'"]);
+    bad(
+        &["-m", "lots", "-kernel", k],
+        &["invalid memory size 'lots'"],
+    );
     bad(&["-smp", "0", "-kernel", k], &["-smp 0"]);
     bad(&["-smp", "x", "-kernel", k], &["-smp 'x'"]);
-    bad(&["-device", "nosuch", "-kernel", k], &["unknown device type 'nosuch'"]);
-    bad(&["-device", "isa-debug-exit,bogus=1", "-kernel", k], &["no property 'bogus'"]);
-    bad(&["-global", "isa-debug-exit.iobase=zz", "-kernel", k], &["'zz'"]);
-    bad(&["-serial", "tcp:1", "-kernel", k], &["invalid -serial 'tcp:1'"]);
+    bad(
+        &["-device", "nosuch", "-kernel", k],
+        &["unknown device type 'nosuch'"],
+    );
+    bad(
+        &["-device", "isa-debug-exit,bogus=1", "-kernel", k],
+        &["no property 'bogus'"],
+    );
+    bad(
+        &["-global", "isa-debug-exit.iobase=zz", "-kernel", k],
+        &["'zz'"],
+    );
+    bad(
+        &["-serial", "tcp:1", "-kernel", k],
+        &["invalid -serial 'tcp:1'"],
+    );
     bad(&["-nosuchoption"], &["nosuchoption"]);
 }
 
@@ -190,7 +285,10 @@ fn help_version_and_lists() {
     assert!(out.contains("-smp") && out.contains("--kernel"), "{out}");
     let (code, out, _) = run(&["-M", "help"]);
     assert_eq!(code, Some(0));
-    assert!(out.contains("pc-q35-2.7") && out.contains("(default"), "{out}");
+    assert!(
+        out.contains("pc-q35-2.7") && out.contains("(default"),
+        "{out}"
+    );
     let (code, out, _) = run(&["-device", "help"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("isa-debug-exit"), "{out}");

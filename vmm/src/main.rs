@@ -21,7 +21,11 @@ fn main() {
         Err(e) => {
             // clap's first line, as the one sentence users get for any error.
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid command line").trim_start_matches("error: ");
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("invalid command line")
+                .trim_start_matches("error: ");
             eprintln!("vmm: {first}; try --help");
             std::process::exit(1);
         }
