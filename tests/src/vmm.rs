@@ -21,6 +21,7 @@ pub fn binary() -> PathBuf {
 pub struct Vmm {
     pub args: Vec<String>,
     pub append: String,
+    pub kernel: PathBuf,
 }
 
 impl Vmm {
@@ -31,6 +32,7 @@ impl Vmm {
                 "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
             ],
             append: String::new(),
+            kernel: crate::guest_kernel(),
         }
     }
     pub fn arg(mut self, a: impl AsRef<str>) -> Self {
@@ -49,11 +51,21 @@ impl Vmm {
         self.append.push_str(a);
         self
     }
+    /// The test guest packed as a bzImage (Linux boot protocol).
+    pub fn bzimage(mut self) -> Self {
+        self.kernel = self.kernel.with_extension("bzImage");
+        assert!(
+            self.kernel.is_file(),
+            "{} missing: run scripts/build-guest.sh",
+            self.kernel.display()
+        );
+        self
+    }
     pub fn command(&self) -> Command {
         crate::require_kvm();
         let mut c = Command::new(binary());
         c.args(&self.args);
-        c.arg("-kernel").arg(crate::guest_kernel());
+        c.arg("-kernel").arg(&self.kernel);
         c.args(["-append", &self.append]);
         c
     }

@@ -83,6 +83,32 @@ fn test_guest_passes_2_cpus_5g_with_ram_above_4g() {
     assert_eq!(above, 3 << 30, "{}", vm.log());
 }
 
+/// The Linux boot protocol: the same guest as a bzImage, entered at
+/// code32_start with the zero page (e820, command line, RSDP) in %esi.
+#[test]
+fn bzimage_boot_protocol_passes_the_same_checks() {
+    let mut vm = platform(2, "5G").bzimage().spawn("vmm-bzimage");
+    vm.assert_pass(BOOT);
+    let p = vm.wait_prefix("boot.protocol=", BOOT);
+    assert!(
+        p.starts_with("boot.protocol=linux") && p.contains("cpus=2 mem=5G"),
+        "{p}"
+    );
+    let above: u64 = vm
+        .value("mem.ram_total", "mem.ram_above_4g")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(above, 3 << 30, "{}", vm.log());
+    assert!(
+        vm.lines()
+            .iter()
+            .any(|l| l == "check.pci.cf8_ecam_agree=ok"),
+        "{}",
+        vm.log()
+    );
+}
+
 /// The mem and counter workloads run on every vCPU; the console takes the
 /// host's commands.
 #[test]

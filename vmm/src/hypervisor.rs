@@ -31,8 +31,9 @@ pub trait ExitHandler: Sync {
 
 /// How an x86_64 vCPU starts.
 pub struct X86BootState {
-    /// PVH entry (BSP only; APs wait for INIT-SIPI).
-    pub entry: Option<(u64, u64)>,
+    /// The BSP's entry: (rip, rbx, rsi) in 32-bit protected mode; APs have
+    /// none and wait for INIT-SIPI.
+    pub entry: Option<(u64, u64, u64)>,
     pub apic_id: u32,
     pub cpus: u32,
 }

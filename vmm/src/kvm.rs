@@ -118,13 +118,13 @@ impl Vcpu for KvmVcpu {
         self.fd
             .set_lapic(&lapic)
             .map_err(err("KVM_SET_LAPIC failed"))?;
-        if let Some((entry, start_info)) = boot.entry {
+        if let Some((rip, rbx, rsi)) = boot.entry {
             let sregs = self.fd.get_sregs().map_err(err("KVM_GET_SREGS failed"))?;
             self.fd
-                .set_sregs(&arch::x86_64::regs::pvh_sregs(sregs))
+                .set_sregs(&arch::x86_64::regs::boot_sregs(sregs))
                 .map_err(err("KVM_SET_SREGS failed"))?;
             self.fd
-                .set_regs(&arch::x86_64::regs::pvh_regs(entry, start_info))
+                .set_regs(&arch::x86_64::regs::boot_regs(rip, rbx, rsi))
                 .map_err(err("KVM_SET_REGS failed"))?;
             self.fd
                 .set_fpu(&arch::x86_64::regs::fpu())

@@ -139,8 +139,20 @@ struct Board {
     stop: Arc<AtomicBool>,
 }
 
-/// Loads the kernel; returns its entry point and the end of its image.
-fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<(u64, u64)> {
+/// A loaded kernel and how to enter it.
+enum Kernel {
+    /// An ELF with a PVH entry note.
+    Pvh { entry: u64, end: u64 },
+    /// A bzImage: Linux's 32-bit boot protocol.
+    Linux {
+        entry: u64,
+        end: u64,
+        hdr: linux_loader::loader::bootparam::setup_header,
+    },
+}
+
+fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<Kernel> {
+    use linux_loader::loader::{bzimage::BzImage, elf::Elf, elf::PvhBootCapability, KernelLoader};
     let path = &cfg.kernel;
     let mut f =
         File::open(path).with_context(|| format!("cannot open kernel {}", path.display()))?;
@@ -148,14 +160,14 @@ fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<(u64, u64)> {
     let n = f
         .read(&mut head)
         .with_context(|| format!("cannot read kernel {}", path.display()))?;
+    let himem = Some(GuestAddress(layout::HIMEM_START));
     if n >= 4 && &head[..4] == b"\x7fELF" {
-        use linux_loader::loader::{elf::Elf, elf::PvhBootCapability, KernelLoader};
-        let r = Elf::load(mem, None, &mut f, Some(GuestAddress(layout::HIMEM_START)))
+        let r = Elf::load(mem, None, &mut f, himem)
             .map_err(|e| anyhow!("cannot load kernel {}: {e}", path.display()))?;
         return match r.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(entry) => {
                 log::info!("kernel {}: PVH entry {:#x}, loaded up to {:#x}", path.display(), entry.0, r.kernel_end);
-                Ok((entry.0, r.kernel_end))
+                Ok(Kernel::Pvh { entry: entry.0, end: r.kernel_end })
             }
             _ => bail!(
                 "kernel {} is an ELF without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY), which vmm needs to boot an ELF",
@@ -164,21 +176,39 @@ fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<(u64, u64)> {
         };
     }
     if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
-        bail!(
-            "kernel {} is a bzImage, which vmm cannot boot yet: boot its ELF vmlinux (PVH) instead",
-            path.display()
+        let r = BzImage::load(mem, None, &mut f, himem)
+            .map_err(|e| anyhow!("cannot load bzImage {}: {e}", path.display()))?;
+        let hdr = r
+            .setup_header
+            .ok_or_else(|| anyhow!("bzImage {} has no setup header", path.display()))?;
+        log::info!(
+            "kernel {}: bzImage, boot protocol {:#x}, loaded at {:#x}",
+            path.display(),
+            { hdr.version },
+            r.kernel_load.0
         );
+        // The kernel needs init_size bytes from its load address, more than
+        // the file holds (decompression buffer, bss).
+        let end = r.kernel_end.max(r.kernel_load.0 + { hdr.init_size } as u64);
+        return Ok(Kernel::Linux {
+            entry: r.kernel_load.0,
+            end,
+            hdr,
+        });
     }
     bail!(
-        "{} is not a kernel vmm can boot: not an ELF with a PVH entry note",
+        "{} is not a kernel vmm can boot: neither an ELF with a PVH entry note nor a bzImage",
         path.display()
     )
 }
 
+/// Places the initrd at the top of low RAM (below `max`, the kernel's
+/// `initrd_addr_max` for bzImages).
 fn load_initrd(
     cfg: &VmConfig,
     mem: &GuestMemoryMmap,
     kernel_end: u64,
+    max: u64,
 ) -> Result<Option<pvh::Module>> {
     let Some(path) = &cfg.initrd else {
         return Ok(None);
@@ -188,7 +218,7 @@ fn load_initrd(
     let size = f.seek(SeekFrom::End(0))?;
     f.rewind()?;
     // At the top of low RAM, page aligned.
-    let top = layout::low_ram_size(cfg.memory);
+    let top = layout::low_ram_size(cfg.memory).min(max);
     let addr = top
         .checked_sub(size)
         .map(|a| a & !0xfff)
@@ -297,15 +327,31 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
     });
     mem.write_slice(&tables.bytes, GuestAddress(tables.base))
         .map_err(|e| anyhow!("cannot write ACPI tables: {e}"))?;
-    let (entry, kernel_end) = load_kernel(cfg, &mem)?;
-    let module = load_initrd(cfg, &mem, kernel_end)?;
-    let start_info = pvh::write(
-        &mem,
-        &cfg.cmdline,
-        &layout::e820(cfg.memory),
-        tables.rsdp,
-        module,
-    )?;
+    let memmap = layout::e820(cfg.memory);
+    let boot = match load_kernel(cfg, &mem)? {
+        Kernel::Pvh { entry, end } => {
+            let initrd = load_initrd(cfg, &mem, end, u64::MAX)?;
+            let start_info = pvh::write(&mem, &cfg.cmdline, &memmap, tables.rsdp, initrd)?;
+            (entry, start_info, 0)
+        }
+        Kernel::Linux { entry, end, hdr } => {
+            let max = match { hdr.initrd_addr_max } {
+                0 => 0x3800_0000, // protocol < 2.03: the documented default
+                m => m as u64 + 1,
+            };
+            let initrd = load_initrd(cfg, &mem, end, max)?.map(|m| (m.addr, m.size));
+            let len = pvh::write_cmdline(&mem, &cfg.cmdline)?;
+            let zero_page = arch::x86_64::linux::write_boot_params(
+                &mem,
+                hdr,
+                len,
+                &memmap,
+                tables.rsdp,
+                initrd,
+            )?;
+            (entry, 0, zero_page)
+        }
+    };
 
     // vCPUs: the BSP enters the kernel, the APs wait for INIT-SIPI.
     let buses = Arc::new(Buses { io, mmio });
@@ -313,7 +359,7 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
     for id in 0..cfg.vcpus {
         let mut vcpu = vm.create_vcpu(id)?;
         vcpu.configure_x86(&X86BootState {
-            entry: (id == 0).then_some((entry, start_info)),
+            entry: (id == 0).then_some(boot),
             apic_id: id as u32,
             cpus: cfg.vcpus as u32,
         })?;

@@ -3,6 +3,7 @@
 pub mod acpi;
 pub mod cpuid;
 pub mod layout;
+pub mod linux;
 pub mod pvh;
 pub mod regs;
 

@@ -23,6 +23,19 @@ pub struct Module {
     pub size: u64,
 }
 
+/// Writes the NUL-terminated command line at `layout::CMDLINE` (shared
+/// with the Linux boot protocol); returns its length.
+pub fn write_cmdline<M: GuestMemory>(mem: &M, cmdline: &str) -> Result<usize, Error> {
+    if cmdline.len() >= layout::CMDLINE_MAX {
+        return Err(Error::CmdlineTooLong(cmdline.len()));
+    }
+    let mut c = cmdline.as_bytes().to_vec();
+    c.push(0);
+    mem.write_slice(&c, GuestAddress(layout::CMDLINE))
+        .map_err(Error::Write)?;
+    Ok(cmdline.len())
+}
+
 /// Writes start_info, the memory map, the command line and the module list;
 /// returns the address to pass in %ebx.
 pub fn write<M: GuestMemory>(
@@ -32,9 +45,7 @@ pub fn write<M: GuestMemory>(
     rsdp: u64,
     module: Option<Module>,
 ) -> Result<u64, Error> {
-    if cmdline.len() >= layout::CMDLINE_MAX {
-        return Err(Error::CmdlineTooLong(cmdline.len()));
-    }
+    write_cmdline(mem, cmdline)?;
     if memmap.len() * 24 > (layout::MODLIST - layout::MEMMAP) as usize {
         return Err(Error::MemmapTooLong(memmap.len()));
     }

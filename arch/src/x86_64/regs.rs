@@ -1,5 +1,7 @@
-//! Initial vCPU registers for the PVH entry: 32-bit protected mode, flat
-//! segments, paging off, %ebx = start_info (Xen's PVH ABI).
+//! Initial vCPU registers for the 32-bit entries: 32-bit protected mode,
+//! flat segments (CS 0x10, data 0x18), paging off. PVH passes start_info in
+//! %ebx; Linux's 32-bit boot protocol passes the zero page in %esi. Both
+//! ABIs want exactly this state.
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 
@@ -21,19 +23,20 @@ fn flat(selector: u16, type_: u8) -> kvm_segment {
     }
 }
 
-/// General registers for the PVH entry point.
-pub fn pvh_regs(entry: u64, start_info: u64) -> kvm_regs {
+/// General registers for a 32-bit entry point.
+pub fn boot_regs(entry: u64, rbx: u64, rsi: u64) -> kvm_regs {
     kvm_regs {
         rip: entry,
-        rbx: start_info,
+        rbx,
+        rsi,
         rflags: 0x2,
         ..Default::default()
     }
 }
 
-/// Special registers for the PVH entry point, based on the vCPU's current
+/// Special registers for a 32-bit entry point, based on the vCPU's current
 /// ones (KVM's reset state).
-pub fn pvh_sregs(mut s: kvm_sregs) -> kvm_sregs {
+pub fn boot_sregs(mut s: kvm_sregs) -> kvm_sregs {
     s.cs = flat(0x10, 0xb); // execute/read, accessed
     let data = flat(0x18, 0x3); // read/write, accessed
     s.ds = data;

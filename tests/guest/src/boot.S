@@ -68,6 +68,9 @@ null_idt_ptr:
 .global start_info_ptr
 start_info_ptr:
     .quad 0
+.global boot_params_ptr
+boot_params_ptr:
+    .quad 0
 /* Index of the CPU that runs long_entry next: 0 for the BSP, set by the
  * BSP's Rust code before each INIT-SIPI-SIPI (APs start one at a time). */
 .global boot_cpu_index
@@ -109,6 +112,7 @@ pvh_start:
     cli
     cld
     movl %ebx, start_info_ptr
+    movl %esi, boot_params_ptr  /* Linux 32-bit boot protocol: the zero page */
     lgdt gdt_ptr
     ljmpl $SEL_KCODE32, $1f
 1:
@@ -268,7 +272,7 @@ long_entry:
 2:
     lidt idt_ptr(%rip)
 
-    /* Drop to CPL3: cpu_entry(index, start_info) on this CPU's user stack */
+    /* Drop to CPL3: cpu_entry(index, start_info, boot_params) on this CPU's user stack */
     leaq 1(%rdi), %rax
     imulq $USTACK_SIZE, %rax
     leaq ustacks(%rip), %rdx
@@ -281,6 +285,7 @@ long_entry:
     leaq cpu_entry(%rip), %rax
     pushq %rax
     movq start_info_ptr(%rip), %rsi
+    movq boot_params_ptr(%rip), %rdx
     iretq
 
 /* ----------------------------------------------------- exceptions and irqs */

@@ -26,6 +26,7 @@ use core::arch::global_asm;
 global_asm!(include_str!("boot.S"), options(att_syntax));
 
 static mut BOOT: pvh::BootInfo = pvh::BootInfo {
+    protocol: "",
     version: 0,
     memmap: [pvh::E820 {
         addr: 0,
@@ -40,7 +41,7 @@ static mut BOOT: pvh::BootInfo = pvh::BootInfo {
 
 /// Every CPU arrives here at CPL3 from boot.S.
 #[no_mangle]
-extern "C" fn cpu_entry(index: u64, start_info: u64) -> ! {
+extern "C" fn cpu_entry(index: u64, start_info: u64, boot_params: u64) -> ! {
     if index != 0 {
         smp::ap_entry(index as usize);
         ap_loop(index as usize)
@@ -50,16 +51,26 @@ extern "C" fn cpu_entry(index: u64, start_info: u64) -> ! {
     println!("guest=vmm-test-guest version={}", env!("CARGO_PKG_VERSION"));
     // SAFETY: only the BSP touches BOOT, before any AP runs.
     let boot = unsafe { &mut *core::ptr::addr_of_mut!(BOOT) };
-    if let Err(e) = pvh::parse(start_info, boot) {
+    // PVH passes start_info in %ebx; Linux's 32-bit protocol the zero page
+    // in %esi (and %ebx is then 0, or at least not start_info).
+    let pvh_ok = start_info != 0 && io::read32(start_info) == pvh::START_INFO_MAGIC;
+    let parsed = if pvh_ok || boot_params == 0 {
+        pvh::parse(start_info, boot)
+    } else {
+        pvh::parse_linux(boot_params, boot)
+    };
+    if let Err(e) = parsed {
         match e {
             pvh::Error::BadMagic(m) => println!("pvh.error=bad_magic value={:#x}", m),
+            pvh::Error::BadZeroPage(m) => println!("boot.error=bad_zero_page header={:#x}", m),
             pvh::Error::NoMemmap(v) => println!("pvh.error=no_memmap version={}", v),
         }
-        report::finish(Some("bad_start_info"));
+        report::finish(Some("bad_boot_info"));
     }
     let cmd = cmdline::Cmdline(boot.cmdline());
     println!(
-        "pvh.version={} cmdline=\"{}\"",
+        "boot.protocol={} version={:#x} cmdline=\"{}\"",
+        boot.protocol,
         boot.version,
         boot.cmdline()
     );
