@@ -1,8 +1,50 @@
 //! Versioned machine types. A machine type pins the hardware ABI a guest
 //! sees; its name and compat history mirror QEMU's for the devices vmm
 //! implements, so management stacks that say `pc-q35-5.1` work unchanged.
-//! The compat property arrays (`hw_compat_X_Y`) arrive with the device
-//! model (issue #4); this is the registry they hang from.
+//!
+//! Each version X.Y owns an array `hw_compat_X_Y` of (type, property,
+//! value): the values that restore X.Y's behaviour where a later release
+//! changed it. Machine type X.Y applies the arrays of its own version and
+//! every newer one, newest first, so the entries closest to X.Y win, as in
+//! QEMU. The arrays are data, in one table, below.
+
+use devices::model::CompatEntry;
+
+/// `hw_compat_X_Y`, newest first, mirroring QEMU's entries for the devices
+/// vmm implements. An array may be empty: the version still exists as a
+/// machine type, and later issues add entries (virtio's, for instance).
+pub const HW_COMPAT: &[(&str, (u32, u32), &[(&str, &str, &str)])] = &[
+    ("hw_compat_8_0", (8, 0), &[]),
+    // QEMU 8.0 started initialising AER's PCI_ERR_UNCOR_MASK (and made it
+    // writable); 7.2 left it zero and read-only. QEMU 8.0.1's fix.
+    (
+        "hw_compat_7_2",
+        (7, 2),
+        &[("pci-device", "x-pcie-err-unc-mask", "off")],
+    ),
+    ("hw_compat_5_2", (5, 2), &[]),
+    ("hw_compat_5_1", (5, 1), &[]),
+    ("hw_compat_2_8", (2, 8), &[]),
+    ("hw_compat_2_7", (2, 7), &[]),
+];
+
+/// The compat entries `m` applies, in application order.
+pub fn compat_props(m: &MachineType) -> Vec<CompatEntry> {
+    let mut v = vec![];
+    for (array, version, entries) in HW_COMPAT {
+        if *version >= m.version && m.version != newest().version {
+            for (t, p, val) in entries.iter() {
+                v.push(CompatEntry {
+                    array,
+                    type_name: t,
+                    property: p,
+                    value: val,
+                });
+            }
+        }
+    }
+    v
+}
 
 /// One machine type.
 #[derive(Debug, PartialEq, Eq)]
@@ -141,6 +183,35 @@ pub fn parse(spec: &str) -> Result<MachineSpec, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compat_arrays_name_real_types_and_properties_and_values() {
+        for (array, _, entries) in HW_COMPAT {
+            for (t, p, v) in entries.iter() {
+                let g = format!("{t}.{p}={v}");
+                devices::model::parse_global(&g).unwrap_or_else(|e| panic!("{array}: {g}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn each_machine_applies_its_own_and_newer_arrays() {
+        let arrays = |n: &str| {
+            compat_props(find(n).unwrap())
+                .iter()
+                .map(|c| c.array)
+                .collect::<Vec<_>>()
+        };
+        assert!(arrays("pc-q35-7.2").contains(&"hw_compat_7_2"));
+        assert!(arrays("pc-q35-5.1").contains(&"hw_compat_7_2"));
+        assert!(!arrays("pc-q35-8.0").contains(&"hw_compat_7_2"));
+        assert!(arrays("q35").is_empty());
+        // Every version but the newest has its own array.
+        for m in PC_Q35.iter().filter(|m| m.version != newest().version) {
+            let name = format!("hw_compat_{}_{}", m.version.0, m.version.1);
+            assert!(HW_COMPAT.iter().any(|a| a.0 == name), "{name} missing");
+        }
+    }
 
     #[test]
     fn aliases_and_default_are_the_newest() {

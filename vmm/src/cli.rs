@@ -55,6 +55,10 @@ pub struct Args {
     /// Set a property default for a device type: TYPE.PROP=VALUE
     #[arg(long = "global", value_name = "TYPE.PROP=VALUE")]
     pub global: Vec<String>,
+    /// Print the resolved machine and devices as JSON, with where every
+    /// property value came from, and exit without starting the VM
+    #[arg(long = "print-config")]
+    pub print_config: bool,
 }
 
 /// Rewrites QEMU's single-dash long options to clap's double-dash form.

@@ -3,10 +3,13 @@
 
 use crate::cli::{parse_size, Args};
 use anyhow::{anyhow, bail, Context, Result};
+use devices::model::{self, property::Value, Props};
 use std::path::PathBuf;
 
 pub const MIN_MEMORY: u64 = 16 << 20;
 pub const MAX_VCPUS: u32 = 255;
+/// The q35 board's root bus, as QEMU names it.
+pub const ROOT_BUS: &str = "pcie.0";
 
 #[derive(Debug, Clone)]
 pub enum SerialBackend {
@@ -21,15 +24,23 @@ pub struct DebugExitConfig {
     pub iosize: u16,
 }
 
-/// Device types `-device` knows today, with their properties (the typed
-/// property model comes with the device-model issue).
-const DEVICE_TYPES: &[(&str, &[(&str, &str)])] = &[(
-    "isa-debug-exit",
-    &[
-        ("iobase", "I/O port (default 0x501)"),
-        ("iosize", "port width in bytes (default 2)"),
-    ],
-)];
+/// A `-device`, resolved.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub id: Option<String>,
+    pub props: Props,
+    /// For PCI functions on the root bus: slot << 3 | function.
+    pub devfn: Option<u8>,
+}
+
+impl DeviceConfig {
+    fn name(&self) -> String {
+        match &self.id {
+            Some(id) => format!("{} '{id}'", self.props.type_name),
+            None => self.props.type_name.to_string(),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -44,72 +55,190 @@ pub struct VmConfig {
     pub paused: bool,
     pub no_reboot: bool,
     pub debug_exit: Option<DebugExitConfig>,
+    pub devices: Vec<DeviceConfig>,
 }
 
-fn parse_num(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16).ok(),
-        None => s.parse().ok(),
-    }
-}
-
-fn device_help() -> String {
-    let mut s = String::from("Devices:\n");
-    for (name, props) in DEVICE_TYPES {
-        s.push_str(&format!("  {name}\n"));
-        for (p, help) in props.iter() {
-            s.push_str(&format!("    {p}=<uint>  {help}\n"));
-        }
-    }
-    s
-}
-
-/// What to do instead of running: `-M help`, `-device help`.
+/// What to do: run, or print something and exit.
 pub enum Action {
     Run(Box<VmConfig>),
     Print(String),
 }
 
-fn known_types() -> String {
-    DEVICE_TYPES
-        .iter()
-        .map(|d| d.0)
-        .collect::<Vec<_>>()
-        .join(", ")
+fn machine_help() -> String {
+    let mut s = String::from("Supported machines are:\n");
+    for m in machine::PC_Q35.iter().rev() {
+        let default = if std::ptr::eq(m, machine::newest()) {
+            " (default, alias of q35, pc-q35)"
+        } else {
+            ""
+        };
+        s.push_str(&format!("{:<14} {}{}\n", m.name, m.description, default));
+    }
+    s
 }
 
-fn check_property(ty: &str, prop: &str, value: &str) -> Result<u64> {
-    let Some((_, props)) = DEVICE_TYPES.iter().find(|d| d.0 == ty) else {
-        bail!(
-            "unknown device type '{ty}'; known device types: {}",
-            known_types()
-        );
-    };
-    if !props.iter().any(|p| p.0 == prop) {
-        let valid = props.iter().map(|p| p.0).collect::<Vec<_>>().join(", ");
-        bail!("device '{ty}' has no property '{prop}'; its properties: {valid}");
+/// Parses every `-device`: type, `id=`, `bus=`, properties; resolves the
+/// properties against the machine's compat arrays and the `-global`s;
+/// assigns PCI addresses. Returns `Err` on the first problem.
+fn parse_devices(
+    a: &Args,
+    compat: &[model::CompatEntry],
+    globals: &[model::Global],
+) -> Result<Result<Vec<DeviceConfig>, String>> {
+    let mut out: Vec<DeviceConfig> = vec![];
+    for d in &a.device {
+        let mut parts = d.split(',');
+        let ty = parts.next().unwrap_or("");
+        let (mut id, mut bus, mut props) = (None, None, vec![]);
+        for kv in parts {
+            if kv == "help" {
+                return Ok(Err(model::help(ty)?));
+            }
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| model::Error::PropertySyntax(kv.to_string()))?;
+            match k {
+                "id" => id = Some(v.to_string()),
+                "bus" => bus = Some(v.to_string()),
+                _ => props.push((k.to_string(), v.to_string())),
+            }
+        }
+        let props = model::resolve(ty, compat, globals, &props)?;
+        if let Some(id) = &id {
+            if out.iter().any(|o| o.id.as_deref() == Some(id.as_str())) {
+                bail!("duplicate device id '{id}'");
+            }
+        }
+        let is_pci = model::types::is_a(ty, "pci-device");
+        if let Some(b) = &bus {
+            if !is_pci || b != ROOT_BUS {
+                bail!("bus '{b}' for {ty} not found: the board has one bus for PCI devices, {ROOT_BUS}");
+            }
+        }
+        let devfn = match props.get("addr").map(|r| &r.value) {
+            Some(Value::Devfn(d)) => Some(*d),
+            _ => None,
+        };
+        out.push(DeviceConfig {
+            id,
+            props,
+            devfn: if is_pci { devfn } else { None },
+        });
+        let _ = bus;
     }
-    parse_num(value)
-        .ok_or_else(|| anyhow!("property '{ty}.{prop}' needs an unsigned integer, not '{value}'"))
+    // PCI addresses: the host bridge holds 00.0; explicit ones first, then
+    // the first free slot for the others.
+    let mut taken: Vec<(u8, String)> = vec![(0, "the host bridge".to_string())];
+    for d in out.iter().filter(|d| d.devfn.is_some()) {
+        let devfn = d.devfn.unwrap_or_default();
+        if let Some((_, by)) = taken.iter().find(|t| t.0 == devfn) {
+            bail!(
+                "PCI address {:02x}.{} for {} is already taken by {by}",
+                devfn >> 3,
+                devfn & 7,
+                d.name()
+            );
+        }
+        taken.push((devfn, d.name()));
+    }
+    for i in 0..out.len() {
+        if out[i].devfn.is_none() && model::types::is_a(out[i].props.type_name, "pci-device") {
+            let slot = (1u8..32)
+                .find(|s| !taken.iter().any(|t| t.0 >> 3 == *s))
+                .ok_or_else(|| {
+                    anyhow!("no free PCI slot left on {ROOT_BUS} for {}", out[i].name())
+                })?;
+            out[i].devfn = Some(slot << 3);
+            taken.push((slot << 3, out[i].name()));
+        }
+    }
+    // Root ports: chassis/slot pairs are unique, as in QEMU.
+    let ports: Vec<&DeviceConfig> = out
+        .iter()
+        .filter(|d| d.props.type_name == "pcie-root-port")
+        .collect();
+    for (i, p) in ports.iter().enumerate() {
+        let key = (p.props.uint("chassis"), p.props.uint("slot"));
+        if let Some(q) = ports[..i]
+            .iter()
+            .find(|q| (q.props.uint("chassis"), q.props.uint("slot")) == key)
+        {
+            bail!(
+                "{}: chassis {} slot {} is already used by {}; give each root port its own chassis= or slot=",
+                p.name(),
+                key.0.unwrap_or(0),
+                key.1.unwrap_or(0),
+                q.name()
+            );
+        }
+    }
+    Ok(Ok(out))
+}
+
+fn json_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::Uint(u) => serde_json::Value::from(*u),
+        other => serde_json::Value::String(other.to_string()),
+    }
+}
+
+/// `--print-config`: the resolved machine and devices, with provenance.
+pub fn print_config(c: &VmConfig) -> String {
+    let devices: Vec<serde_json::Value> = c
+        .devices
+        .iter()
+        .map(|d| {
+            let props: serde_json::Map<String, serde_json::Value> = d
+                .props
+                .values
+                .iter()
+                .map(|r| {
+                    let v = serde_json::json!({"value": json_value(&r.value), "type": r.kind.name(), "source": r.source.to_string()});
+                    (r.name.to_string(), v)
+                })
+                .collect();
+            let mut o = serde_json::json!({"id": d.id, "type": d.props.type_name, "properties": props});
+            if let Some(devfn) = d.devfn {
+                o["bus"] = ROOT_BUS.into();
+                o["addr"] = format!("{:02x}.{}", devfn >> 3, devfn & 7).into();
+            }
+            o
+        })
+        .collect();
+    let arrays: Vec<&str> = {
+        let mut v: Vec<&str> = machine::compat_props(c.machine)
+            .iter()
+            .map(|e| e.array)
+            .collect();
+        v.dedup();
+        v
+    };
+    let cfg = serde_json::json!({
+        "machine": {"type": c.machine.name, "memory": c.memory, "cpus": c.vcpus, "compat_arrays_applied": arrays},
+        "devices": devices,
+    });
+    serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n"
 }
 
 pub fn from_args(a: Args) -> Result<Action> {
     if a.machine.as_deref() == Some("help") {
-        let mut s = String::from("Supported machines are:\n");
-        for m in machine::PC_Q35.iter().rev() {
-            let default = if std::ptr::eq(m, machine::newest()) {
-                " (default, alias of q35, pc-q35)"
-            } else {
-                ""
-            };
-            s.push_str(&format!("{:<14} {}{}\n", m.name, m.description, default));
-        }
-        return Ok(Action::Print(s));
+        return Ok(Action::Print(machine_help()));
     }
     if a.device.iter().any(|d| d == "help") {
-        return Ok(Action::Print(device_help()));
+        return Ok(Action::Print(model::list()));
     }
     let spec = machine::parse(a.machine.as_deref().unwrap_or(""))?;
+    let compat = machine::compat_props(spec.machine);
+    let globals = a
+        .global
+        .iter()
+        .map(|g| model::parse_global(g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let devices = match parse_devices(&a, &compat, &globals)? {
+        Ok(d) => d,
+        Err(help) => return Ok(Action::Print(help)),
+    };
     let memory = parse_size(&a.memory)?;
     if memory < MIN_MEMORY {
         bail!(
@@ -128,9 +257,6 @@ pub fn from_args(a: Args) -> Result<Action> {
     if !(1..=MAX_VCPUS).contains(&vcpus) {
         bail!("invalid -smp {vcpus}: the number of vCPUs must be between 1 and {MAX_VCPUS}");
     }
-    let kernel = a
-        .kernel
-        .ok_or_else(|| anyhow!("no kernel given: use -kernel FILE"))?;
     let serial = match a.serial.as_str() {
         "stdio" => SerialBackend::Stdio,
         "none" | "null" => SerialBackend::None,
@@ -139,38 +265,15 @@ pub fn from_args(a: Args) -> Result<Action> {
             _ => bail!("invalid -serial '{s}': expected stdio, file:PATH or none"),
         },
     };
-    // -global defaults first, then each -device's own properties.
-    let mut globals: Vec<(String, String, u64)> = vec![];
-    for g in &a.global {
-        let (tp, value) = g
-            .split_once('=')
-            .ok_or_else(|| anyhow!("invalid -global '{g}': expected TYPE.PROP=VALUE"))?;
-        let (ty, prop) = tp
-            .rsplit_once('.')
-            .ok_or_else(|| anyhow!("invalid -global '{g}': expected TYPE.PROP=VALUE"))?;
-        let v = check_property(ty, prop, value)?;
-        globals.push((ty.to_string(), prop.to_string(), v));
-    }
     let mut debug_exit = None;
-    for d in &a.device {
-        let mut parts = d.split(',');
-        let ty = parts.next().unwrap_or("");
-        let mut props: Vec<(String, u64)> = globals
-            .iter()
-            .filter(|g| g.0 == ty)
-            .map(|g| (g.1.clone(), g.2))
-            .collect();
-        for p in parts {
-            let (k, v) = p.split_once('=').ok_or_else(|| {
-                anyhow!("invalid property '{p}' in -device {d}: expected PROP=VALUE")
-            })?;
-            props.push((k.to_string(), check_property(ty, k, v)?));
-        }
-        if props.is_empty() {
-            check_property(ty, "iobase", "0")?; // validates the type
-        }
-        let get = |k: &str, def: u64| props.iter().rev().find(|p| p.0 == k).map_or(def, |p| p.1);
-        let (iobase, iosize) = (get("iobase", 0x501), get("iosize", 2));
+    for d in devices
+        .iter()
+        .filter(|d| d.props.type_name == "isa-debug-exit")
+    {
+        let (iobase, iosize) = (
+            d.props.uint("iobase").unwrap_or(0x501),
+            d.props.uint("iosize").unwrap_or(2),
+        );
         if iobase > 0xffff || !(1..=4).contains(&iosize) {
             bail!("isa-debug-exit: iobase {iobase:#x} or iosize {iosize} out of range (port < 0x10000, size 1..4)");
         }
@@ -182,15 +285,12 @@ pub fn from_args(a: Args) -> Result<Action> {
             iosize: iosize as u16,
         });
     }
-    let kernel_meta = std::fs::metadata(&kernel)
-        .with_context(|| format!("cannot open kernel {}", kernel.display()))?;
-    if !kernel_meta.is_file() {
-        bail!("kernel {} is not a file", kernel.display());
-    }
-    if let Some(i) = &a.initrd {
-        std::fs::metadata(i).with_context(|| format!("cannot open initrd {}", i.display()))?;
-    }
-    Ok(Action::Run(Box::new(VmConfig {
+    let kernel = match (a.kernel, a.print_config) {
+        (Some(k), _) => k,
+        (None, true) => PathBuf::new(),
+        (None, false) => bail!("no kernel given: use -kernel FILE"),
+    };
+    let cfg = VmConfig {
         machine: spec.machine,
         memory,
         vcpus: vcpus as u8,
@@ -202,5 +302,18 @@ pub fn from_args(a: Args) -> Result<Action> {
         paused: a.paused,
         no_reboot: a.no_reboot,
         debug_exit,
-    })))
+        devices,
+    };
+    if a.print_config {
+        return Ok(Action::Print(print_config(&cfg)));
+    }
+    let meta = std::fs::metadata(&cfg.kernel)
+        .with_context(|| format!("cannot open kernel {}", cfg.kernel.display()))?;
+    if !meta.is_file() {
+        bail!("kernel {} is not a file", cfg.kernel.display());
+    }
+    if let Some(i) = &cfg.initrd {
+        std::fs::metadata(i).with_context(|| format!("cannot open initrd {}", i.display()))?;
+    }
+    Ok(Action::Run(Box::new(cfg)))
 }

@@ -8,6 +8,7 @@ use crate::hypervisor::{Exit, ExitHandler, Vcpu, Vm, X86BootState};
 use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::{acpi, layout, pvh};
 use devices::bus::{Bus, BusDevice};
+use devices::pci::root_port::{RootPort, RootPortConfig};
 use devices::pci::{host_bridge::HostBridge, Bdf, PciConfigIo, PciEcam, PciRoot};
 use devices::serial::Serial;
 use devices::{EventSink, VmEvent};
@@ -296,6 +297,26 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
     io.insert(layout::PM_BASE as u64, 12, Arc::new(Mutex::new(pm)))?;
     let mut root = PciRoot::default();
     root.add(Bdf::new(0, 0, 0), Box::new(HostBridge::new()))?;
+    // Root ports get bus numbers 1, 2, ... behind them, as firmware would.
+    let mut next_bus = 1u8;
+    for d in cfg
+        .devices
+        .iter()
+        .filter(|d| d.props.type_name == "pcie-root-port")
+    {
+        let devfn = d
+            .devfn
+            .ok_or_else(|| anyhow!("pcie-root-port without a PCI address"))?;
+        let port = RootPort::new(&RootPortConfig {
+            chassis: d.props.uint("chassis").unwrap_or(0) as u8,
+            slot: d.props.uint("slot").unwrap_or(0) as u16,
+            port: d.props.uint("port").unwrap_or(0) as u8,
+            cap_present: d.props.bits("cap_present"),
+            secondary_bus: next_bus,
+        });
+        next_bus += 1;
+        root.add(Bdf::new(0, devfn >> 3, devfn & 7), Box::new(port))?;
+    }
     let root = Arc::new(Mutex::new(root));
     io.insert(
         0xcf8,

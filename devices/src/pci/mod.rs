@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod host_bridge;
+pub mod root_port;
 
 use crate::bus::BusDevice;
 use crate::{EventSink, VmEvent};

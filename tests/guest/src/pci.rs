@@ -372,8 +372,14 @@ fn print_func(f: &Func, ecam: Option<Cfg>) {
         (ecam, f.ext_caps[..f.next_caps].iter().find(|c| c.0 == 1))
     {
         let r = |o: u16| cfg.read32(f.bdf, off + o);
+        // Which PCI_ERR_UNCOR_MASK bits the guest may change: write all
+        // ones, read back, restore.
+        let mask = r(0x08);
+        cfg.write32(f.bdf, off + 0x08, 0xffff_ffff);
+        let writable = r(0x08);
+        cfg.write32(f.bdf, off + 0x08, mask);
         println!(
-            "pci.{}.aer offset={:#x} uncor_status={:#x} uncor_mask={:#x} uncor_severity={:#x} cor_status={:#x} cor_mask={:#x} cap_control={:#x}",
+            "pci.{}.aer offset={:#x} uncor_status={:#x} uncor_mask={:#x} uncor_severity={:#x} cor_status={:#x} cor_mask={:#x} cap_control={:#x} uncor_mask_writable={:#x}",
             BdfFmt(f.bdf),
             off,
             r(0x04),
@@ -381,7 +387,8 @@ fn print_func(f: &Func, ecam: Option<Cfg>) {
             r(0x0c),
             r(0x10),
             r(0x14),
-            r(0x18)
+            r(0x18),
+            writable
         );
     }
 }

@@ -1,0 +1,175 @@
+//! `pcie-root-port`: a PCI Express root port (QEMU's 1b36:000c identity)
+//! with the PCIe capability and the AER extended capability.
+//!
+//! AER's `PCI_ERR_UNCOR_MASK` follows `x-pcie-err-unc-mask` (a bit of
+//! `cap_present`, as in QEMU): on, it starts at `INTN | TLP_PRF_BLOCKED` and
+//! the guest may write the supported bits (QEMU 8.0); off, it is a
+//! read-only zero (QEMU 7.2). `hw_compat_7_2` turns it off.
+
+use super::config::{self, ConfigSpace};
+use super::PciFunction;
+
+/// `cap_present` bit of `x-pcie-err-unc-mask` (QEMU_PCIE_ERR_UNC_MASK_BITNR).
+pub const CAP_ERR_UNC_MASK: u64 = 1 << 4;
+
+pub const PCIE_CAP: u16 = 0x40;
+pub const AER_CAP: u16 = 0x100;
+pub const AER_UNCOR_STATUS: u16 = AER_CAP + 0x04;
+pub const AER_UNCOR_MASK: u16 = AER_CAP + 0x08;
+pub const AER_UNCOR_SEVER: u16 = AER_CAP + 0x0c;
+pub const AER_COR_STATUS: u16 = AER_CAP + 0x10;
+pub const AER_COR_MASK: u16 = AER_CAP + 0x14;
+pub const AER_CAP_CTRL: u16 = AER_CAP + 0x18;
+pub const AER_ROOT_CMD: u16 = AER_CAP + 0x2c;
+pub const AER_ROOT_STATUS: u16 = AER_CAP + 0x30;
+
+/// Uncorrectable errors the port models (DLP .. TLP prefix blocked).
+pub const UNC_SUPPORTED: u32 = 0x03ff_f030;
+/// QEMU 8.0's initial mask: uncorrectable internal error, TLP prefix blocked.
+pub const UNC_MASK_DEFAULT: u32 = 0x0240_0000;
+pub const UNC_SEVERITY_DEFAULT: u32 = 0x0046_2030;
+pub const COR_SUPPORTED: u32 = 0x0000_f1c1;
+pub const COR_MASK_DEFAULT: u32 = 0x0000_e000;
+
+/// What the board decides for the port.
+pub struct RootPortConfig {
+    pub chassis: u8,
+    pub slot: u16,
+    pub port: u8,
+    /// The `cap_present` word assembled from the device's bit properties.
+    pub cap_present: u64,
+    /// Bus number behind the port, as firmware would assign it.
+    pub secondary_bus: u8,
+}
+
+pub struct RootPort {
+    cfg: ConfigSpace,
+}
+
+impl RootPort {
+    pub fn new(c: &RootPortConfig) -> RootPort {
+        let mut cfg = ConfigSpace::new(0x1b36, 0x000c, 0x06_04_00, 0);
+        cfg.set_u8(config::HEADER_TYPE, 0x01);
+        cfg.set_wmask_u16(config::COMMAND, 0x0547);
+        cfg.set_u16(config::STATUS, 0x0010); // capability list
+        cfg.set_w1cmask_u16(config::STATUS, 0xf900);
+        // Bus numbers, windows and bridge control are the guest's to set.
+        cfg.set_u8(0x18, 0);
+        cfg.set_u8(0x19, c.secondary_bus);
+        cfg.set_u8(0x1a, c.secondary_bus);
+        cfg.set_wmask_u32(0x18, 0x00ff_ffff);
+        cfg.set_wmask_u16(0x1c, 0xf0f0); // I/O base/limit
+        cfg.set_w1cmask_u16(0x1e, 0xf900); // secondary status
+        cfg.set_wmask_u32(0x20, 0xfff0_fff0); // memory base/limit
+        cfg.set_u32(0x24, 0x0001_0001); // 64-bit prefetchable window
+        cfg.set_wmask_u32(0x24, 0xfff0_fff0);
+        cfg.set_wmask_u32(0x28, 0xffff_ffff);
+        cfg.set_wmask_u32(0x2c, 0xffff_ffff);
+        cfg.set_wmask_u32(0x30, 0xffff_ffff); // I/O upper 16 bits
+        cfg.set_u8(0x34, PCIE_CAP as u8);
+        cfg.set_u8(0x3d, 1); // INTA
+        cfg.set_wmask_u16(0x3e, 0x0fff); // bridge control
+        cfg.set_u8(0x3c, 0);
+        cfg.wmask[0x3c] = 0xff; // interrupt line
+
+        // PCI Express capability, version 2, root port, slot implemented.
+        let p = PCIE_CAP;
+        cfg.set_u8(p, 0x10);
+        cfg.set_u8(p + 1, 0);
+        cfg.set_u16(p + 2, 2 | (4 << 4) | (1 << 8));
+        cfg.set_u32(p + 4, 1 << 15); // role-based error reporting
+        cfg.set_wmask_u16(p + 8, 0x7cff); // device control
+        cfg.set_w1cmask_u16(p + 0x0a, 0x000f); // device status
+        cfg.set_u32(p + 0x0c, (c.port as u32) << 24 | (1 << 20) | (1 << 4) | 1); // link: x1 2.5GT/s, DLL active reporting
+        cfg.set_wmask_u16(p + 0x10, 0x01fb);
+        cfg.set_u16(p + 0x12, 0x2011); // link status: DLL active, x1, 2.5GT/s
+        cfg.set_u32(p + 0x14, (c.slot as u32) << 19);
+        cfg.set_wmask_u16(p + 0x18, 0x1fff); // slot control
+        cfg.set_w1cmask_u16(p + 0x1a, 0x011f); // slot status
+        cfg.set_wmask_u16(p + 0x1c, 0x001f); // root control
+        cfg.set_w1cmask_u16(p + 0x22, 0x0001); // root status: PME status
+        cfg.set_wmask_u16(p + 0x28, 0x0400); // device control 2: ARI forwarding
+
+        // AER, version 2, the last extended capability.
+        cfg.set_u32(AER_CAP, 0x0001 | (2 << 16));
+        cfg.w1cmask[AER_UNCOR_STATUS as usize..AER_UNCOR_STATUS as usize + 4]
+            .copy_from_slice(&UNC_SUPPORTED.to_le_bytes());
+        if c.cap_present & CAP_ERR_UNC_MASK != 0 {
+            cfg.set_u32(AER_UNCOR_MASK, UNC_MASK_DEFAULT);
+            cfg.set_wmask_u32(AER_UNCOR_MASK, UNC_SUPPORTED);
+        }
+        cfg.set_u32(AER_UNCOR_SEVER, UNC_SEVERITY_DEFAULT);
+        cfg.set_wmask_u32(AER_UNCOR_SEVER, UNC_SUPPORTED);
+        cfg.w1cmask[AER_COR_STATUS as usize..AER_COR_STATUS as usize + 4]
+            .copy_from_slice(&COR_SUPPORTED.to_le_bytes());
+        cfg.set_u32(AER_COR_MASK, COR_MASK_DEFAULT);
+        cfg.set_wmask_u32(AER_COR_MASK, COR_SUPPORTED);
+        cfg.set_u32(AER_CAP_CTRL, 0x02a0); // ECRC generation/check, multi-header capable
+        cfg.set_wmask_u32(AER_CAP_CTRL, 0x0540);
+        cfg.set_wmask_u32(AER_ROOT_CMD, 0x7);
+        cfg.w1cmask[AER_ROOT_STATUS as usize] = 0x7f;
+        RootPort { cfg }
+    }
+}
+
+impl PciFunction for RootPort {
+    fn config(&self) -> &ConfigSpace {
+        &self.cfg
+    }
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(cap_present: u64) -> RootPort {
+        RootPort::new(&RootPortConfig {
+            chassis: 1,
+            slot: 2,
+            port: 0,
+            cap_present,
+            secondary_bus: 1,
+        })
+    }
+
+    #[test]
+    fn uncor_mask_follows_the_property() {
+        let mut on = port(CAP_ERR_UNC_MASK);
+        assert_eq!(on.config_read(AER_UNCOR_MASK, 4), UNC_MASK_DEFAULT);
+        on.config_write(AER_UNCOR_MASK, 4, 0xffff_ffff);
+        assert_eq!(on.config_read(AER_UNCOR_MASK, 4), UNC_SUPPORTED);
+        let mut off = port(0);
+        assert_eq!(off.config_read(AER_UNCOR_MASK, 4), 0);
+        off.config_write(AER_UNCOR_MASK, 4, 0xffff_ffff);
+        assert_eq!(off.config_read(AER_UNCOR_MASK, 4), 0, "read-only, as 7.2");
+        // Everything else is the same either way.
+        assert_eq!(
+            on.config_read(AER_UNCOR_SEVER, 4),
+            off.config_read(AER_UNCOR_SEVER, 4)
+        );
+    }
+
+    #[test]
+    fn header_and_capabilities() {
+        let p = port(CAP_ERR_UNC_MASK);
+        assert_eq!(p.config().read(0, 4), 0x000c_1b36);
+        assert_eq!(p.config().read(config::HEADER_TYPE, 1), 1);
+        assert_eq!(p.config().read(0x34, 1), 0x40);
+        assert_eq!(p.config().read(PCIE_CAP, 1), 0x10);
+        assert_eq!(
+            (p.config().read(PCIE_CAP + 2, 2) >> 4) & 0xf,
+            4,
+            "root port"
+        );
+        assert_eq!(
+            p.config().read(PCIE_CAP + 0x14, 4) >> 19,
+            2,
+            "physical slot"
+        );
+        assert_eq!(p.config().read(AER_CAP, 4) & 0xffff, 1, "AER");
+        assert_eq!(p.config().read(0x19, 1), 1, "secondary bus");
+    }
+}
