@@ -10,10 +10,18 @@
 
 use devices::model::CompatEntry;
 
+/// One `hw_compat_X_Y`: its name, its version, and its (type, property,
+/// value) entries.
+pub type CompatArray = (
+    &'static str,
+    (u32, u32),
+    &'static [(&'static str, &'static str, &'static str)],
+);
+
 /// `hw_compat_X_Y`, newest first, mirroring QEMU's entries for the devices
 /// vmm implements. An array may be empty: the version still exists as a
 /// machine type, and later issues add entries (virtio's, for instance).
-pub const HW_COMPAT: &[(&str, (u32, u32), &[(&str, &str, &str)])] = &[
+pub const HW_COMPAT: &[CompatArray] = &[
     ("hw_compat_8_0", (8, 0), &[]),
     // QEMU 8.0 started initialising AER's PCI_ERR_UNCOR_MASK (and made it
     // writable); 7.2 left it zero and read-only. QEMU 8.0.1's fix.

@@ -124,7 +124,6 @@ fn parse_devices(
             props,
             devfn: if is_pci { devfn } else { None },
         });
-        let _ = bus;
     }
     // PCI addresses: the host bridge holds 00.0; explicit ones first, then
     // the first free slot for the others.
@@ -141,15 +140,13 @@ fn parse_devices(
         }
         taken.push((devfn, d.name()));
     }
-    for i in 0..out.len() {
-        if out[i].devfn.is_none() && model::types::is_a(out[i].props.type_name, "pci-device") {
+    for d in out.iter_mut() {
+        if d.devfn.is_none() && model::types::is_a(d.props.type_name, "pci-device") {
             let slot = (1u8..32)
                 .find(|s| !taken.iter().any(|t| t.0 >> 3 == *s))
-                .ok_or_else(|| {
-                    anyhow!("no free PCI slot left on {ROOT_BUS} for {}", out[i].name())
-                })?;
-            out[i].devfn = Some(slot << 3);
-            taken.push((slot << 3, out[i].name()));
+                .ok_or_else(|| anyhow!("no free PCI slot left on {ROOT_BUS} for {}", d.name()))?;
+            d.devfn = Some(slot << 3);
+            taken.push((slot << 3, d.name()));
         }
     }
     // Root ports: chassis/slot pairs are unique, as in QEMU.

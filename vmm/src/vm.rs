@@ -298,11 +298,11 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
     let mut root = PciRoot::default();
     root.add(Bdf::new(0, 0, 0), Box::new(HostBridge::new()))?;
     // Root ports get bus numbers 1, 2, ... behind them, as firmware would.
-    let mut next_bus = 1u8;
-    for d in cfg
+    for (d, secondary_bus) in cfg
         .devices
         .iter()
         .filter(|d| d.props.type_name == "pcie-root-port")
+        .zip(1u8..)
     {
         let devfn = d
             .devfn
@@ -312,9 +312,8 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
             slot: d.props.uint("slot").unwrap_or(0) as u16,
             port: d.props.uint("port").unwrap_or(0) as u8,
             cap_present: d.props.bits("cap_present"),
-            secondary_bus: next_bus,
+            secondary_bus,
         });
-        next_bus += 1;
         root.add(Bdf::new(0, devfn >> 3, devfn & 7), Box::new(port))?;
     }
     let root = Arc::new(Mutex::new(root));
@@ -356,7 +355,8 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
             (entry, start_info, 0)
         }
         Kernel::Linux { entry, end, hdr } => {
-            let max = match { hdr.initrd_addr_max } {
+            let initrd_addr_max = hdr.initrd_addr_max;
+            let max = match initrd_addr_max {
                 0 => 0x3800_0000, // protocol < 2.03: the documented default
                 m => m as u64 + 1,
             };
@@ -388,7 +388,7 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
             (buses.clone(), stop.clone(), events.clone(), gate.clone());
         let h = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu_loop(id, vcpu, &*buses, &stop, &events, &gate))
+            .spawn(move || vcpu_loop(id, vcpu, &buses, &stop, &events, &gate))
             .context("cannot start a vCPU thread")?;
         handles.push(h);
     }

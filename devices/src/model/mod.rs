@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(p.bits("cap_present"), 0);
         // -global beats compat.
         let g = parse_global("pcie-root-port.x-pcie-err-unc-mask=on").unwrap();
-        let p = resolve("pcie-root-port", &[C72], &[g.clone()], &[]).unwrap();
+        let p = resolve("pcie-root-port", &[C72], std::slice::from_ref(&g), &[]).unwrap();
         assert_eq!(p.get("x-pcie-err-unc-mask").unwrap().source, Source::Global);
         assert_eq!(p.bool("x-pcie-err-unc-mask"), Some(true));
         // -device beats -global.

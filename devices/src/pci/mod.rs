@@ -155,13 +155,11 @@ impl BusDevice for PciConfigIo {
     fn write(&mut self, offset: u64, data: &[u8]) {
         match offset {
             0 if data.len() == 4 => self.address = le(data),
-            1 if data.len() == 1 => {
-                // Reset control: bit 2 starts the reset (SYS_RST bit 1 picks
-                // hard/soft, both mean a full reset here).
-                if data[0] & 0x04 != 0 {
-                    log::info!("guest requested a reset through port 0xcf9");
-                    (self.events)(VmEvent::Reset);
-                }
+            // Reset control: bit 2 starts the reset (SYS_RST, bit 1, picks
+            // hard or soft; both mean a full reset here).
+            1 if data.len() == 1 && data[0] & 0x04 != 0 => {
+                log::info!("guest requested a reset through port 0xcf9");
+                (self.events)(VmEvent::Reset);
             }
             4..=7 => {
                 if let Some((bdf, reg)) = self.target(offset - 4) {
