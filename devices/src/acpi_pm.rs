@@ -4,8 +4,10 @@
 use crate::bus::BusDevice;
 use crate::{EventSink, VmEvent};
 use std::time::Instant;
+use vmm_sys_util::eventfd::EventFd;
 
 const SCI_EN: u16 = 1;
+const PWRBTN: u16 = 1 << 8;
 const SLP_EN: u16 = 1 << 13;
 const PM_TIMER_HZ: u128 = 3_579_545;
 
@@ -17,10 +19,12 @@ pub struct AcpiPm {
     s5_slp_typ: u8,
     start: Instant,
     events: EventSink,
+    /// The SCI (IRQ 9), raised when an enabled status bit is set.
+    sci: EventFd,
 }
 
 impl AcpiPm {
-    pub fn new(s5_slp_typ: u8, events: EventSink) -> AcpiPm {
+    pub fn new(s5_slp_typ: u8, events: EventSink, sci: EventFd) -> AcpiPm {
         // No SMI_CMD: ACPI mode is always on, so SCI_EN reads as set.
         AcpiPm {
             status: 0,
@@ -29,6 +33,18 @@ impl AcpiPm {
             s5_slp_typ,
             start: Instant::now(),
             events,
+            sci,
+        }
+    }
+
+    /// The ACPI power button (QMP `system_powerdown`): PWRBTN_STS, and the
+    /// SCI if the guest enabled it. Guests that poll PM1 status see it too.
+    pub fn power_button(&mut self) {
+        self.status |= PWRBTN;
+        if self.enable & PWRBTN != 0 {
+            if let Err(e) = self.sci.write(1) {
+                log::warn!("ACPI: cannot raise the SCI: {e}");
+            }
         }
     }
 
@@ -94,7 +110,12 @@ mod tests {
     fn s5_powers_off_and_timer_runs() {
         let seen = Arc::new(Mutex::new(vec![]));
         let s = seen.clone();
-        let mut pm = AcpiPm::new(5, Arc::new(move |e| s.lock().unwrap().push(e)));
+        let sci = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let mut pm = AcpiPm::new(
+            5,
+            Arc::new(move |e| s.lock().unwrap().push(e)),
+            sci.try_clone().unwrap(),
+        );
         let mut t1 = [0u8; 4];
         pm.read(8, &mut t1);
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -105,5 +126,17 @@ mod tests {
         assert!(seen.lock().unwrap().is_empty());
         pm.write(4, &((5u16 << 10) | SLP_EN).to_le_bytes());
         assert_eq!(*seen.lock().unwrap(), vec![VmEvent::PowerOff]);
+        // Power button: status bit, SCI only once enabled, W1C.
+        pm.power_button();
+        let mut st = [0u8; 2];
+        pm.read(0, &mut st);
+        assert_eq!(u16::from_le_bytes(st) & PWRBTN, PWRBTN);
+        assert!(sci.read().is_err(), "no SCI while disabled");
+        pm.write(2, &PWRBTN.to_le_bytes());
+        pm.power_button();
+        assert_eq!(sci.read().unwrap(), 1);
+        pm.write(0, &PWRBTN.to_le_bytes());
+        pm.read(0, &mut st);
+        assert_eq!(u16::from_le_bytes(st) & PWRBTN, 0);
     }
 }

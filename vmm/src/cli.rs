@@ -55,6 +55,9 @@ pub struct Args {
     /// Set a property default for a device type: TYPE.PROP=VALUE
     #[arg(long = "global", value_name = "TYPE.PROP=VALUE")]
     pub global: Vec<String>,
+    /// A QMP monitor: unix:PATH,server=on,wait=off or tcp:HOST:PORT,server=on,wait=off
+    #[arg(long = "qmp", value_name = "ADDRESS")]
+    pub qmp: Vec<String>,
     /// Print the resolved machine and devices as JSON, with where every
     /// property value came from, and exit without starting the VM
     #[arg(long = "print-config")]

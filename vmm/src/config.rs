@@ -56,6 +56,7 @@ pub struct VmConfig {
     pub no_reboot: bool,
     pub debug_exit: Option<DebugExitConfig>,
     pub devices: Vec<DeviceConfig>,
+    pub qmp: Vec<crate::qmp::QmpAddr>,
 }
 
 /// What to do: run, or print something and exit.
@@ -172,7 +173,7 @@ fn parse_devices(
     Ok(Ok(out))
 }
 
-fn json_value(v: &Value) -> serde_json::Value {
+pub fn json_value(v: &Value) -> serde_json::Value {
     match v {
         Value::Bool(b) => serde_json::Value::Bool(*b),
         Value::Uint(u) => serde_json::Value::from(*u),
@@ -300,6 +301,12 @@ pub fn from_args(a: Args) -> Result<Action> {
         no_reboot: a.no_reboot,
         debug_exit,
         devices,
+        qmp: a
+            .qmp
+            .iter()
+            .map(|q| crate::qmp::parse_addr(q))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow!(e))?,
     };
     if a.print_config {
         return Ok(Action::Print(print_config(&cfg)));

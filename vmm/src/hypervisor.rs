@@ -55,6 +55,9 @@ pub trait Vm: Send + Sync {
     /// Makes `evt` raise interrupt line `gsi`.
     fn add_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error>;
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, Error>;
+    /// The guest's clock (kvm-clock's base), in nanoseconds.
+    fn clock(&self) -> Result<u64, Error>;
+    fn set_clock(&self, ns: u64) -> Result<(), Error>;
 }
 
 #[derive(Debug)]

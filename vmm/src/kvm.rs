@@ -70,6 +70,23 @@ impl Vm for KvmVm {
             .map_err(err("KVM_IRQFD failed"))
     }
 
+    fn clock(&self) -> Result<u64, Error> {
+        self.vm
+            .get_clock()
+            .map(|c| c.clock)
+            .map_err(err("KVM_GET_CLOCK failed"))
+    }
+
+    fn set_clock(&self, ns: u64) -> Result<(), Error> {
+        let data = kvm_bindings::kvm_clock_data {
+            clock: ns,
+            ..Default::default()
+        };
+        self.vm
+            .set_clock(&data)
+            .map_err(err("KVM_SET_CLOCK failed"))
+    }
+
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, Error> {
         let fd = self
             .vm

@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod hypervisor;
 mod kvm;
+mod qmp;
 mod vm;
 
 use clap::Parser;

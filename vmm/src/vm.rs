@@ -5,6 +5,7 @@
 
 use crate::config::{SerialBackend, VmConfig};
 use crate::hypervisor::{Exit, ExitHandler, Vcpu, Vm, X86BootState};
+use crate::qmp::{self, QmpError};
 use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::{acpi, layout, pvh};
 use devices::bus::{Bus, BusDevice};
@@ -12,9 +13,10 @@ use devices::pci::root_port::{RootPort, RootPortConfig};
 use devices::pci::{host_bridge::HostBridge, Bdf, PciConfigIo, PciEcam, PciRoot};
 use devices::serial::Serial;
 use devices::{EventSink, VmEvent};
+use serde_json::json;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -28,6 +30,10 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 enum Outcome {
     Device(VmEvent),
     Fatal(String),
+    /// QMP `quit`.
+    Quit,
+    /// QMP `system_reset`.
+    HostReset,
 }
 
 /// The port and MMIO buses: what vCPU exits are served by.
@@ -113,15 +119,22 @@ fn start_stdin_thread() {
         .expect("spawn the stdin thread");
 }
 
-/// Starts paused (`-S`) or running; QMP's stop/cont will flip it.
+/// Holds the vCPUs before KVM_RUN while the VM is paused (`-S`, QMP
+/// `stop`) and counts how many are held, so `stop` knows when every vCPU
+/// has really stopped.
 struct RunGate {
     running: Mutex<bool>,
     cv: Condvar,
+    parked: AtomicUsize,
 }
 
 impl RunGate {
     fn wait_running(&self, stop: &AtomicBool) {
         let mut r = self.running.lock().expect("gate lock");
+        if *r {
+            return;
+        }
+        self.parked.fetch_add(1, Ordering::SeqCst);
         while !*r && !stop.load(Ordering::SeqCst) {
             r = self
                 .cv
@@ -129,15 +142,25 @@ impl RunGate {
                 .expect("gate lock")
                 .0;
         }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn set_running(&self, running: bool) {
+        *self.running.lock().expect("gate lock") = running;
+        self.cv.notify_all();
     }
 }
 
 /// One instance of the board: everything a reset throws away.
 struct Board {
-    _vm: Arc<dyn Vm>,
+    vm: Arc<dyn Vm>,
     _mem: GuestMemoryMmap,
     vcpus: Vec<JoinHandle<()>>,
+    /// Host thread id of each vCPU (0 until it has started).
+    tids: Arc<Vec<AtomicI64>>,
     stop: Arc<AtomicBool>,
+    pci: Arc<Mutex<PciRoot>>,
+    pm: Arc<Mutex<devices::acpi_pm::AcpiPm>>,
 }
 
 /// A loaded kernel and how to enter it.
@@ -240,7 +263,7 @@ fn load_initrd(
     Ok(Some(pvh::Module { addr, size }))
 }
 
-fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<Board> {
+fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) -> Result<Board> {
     let vm: Arc<dyn Vm> = Arc::new(crate::kvm::create_vm()?);
 
     // Guest RAM: below the PCI hole, the rest from 4 GiB.
@@ -270,7 +293,10 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
         let stop = stop.clone();
         Arc::new(move |e| {
             stop.store(true, Ordering::SeqCst);
-            let _ = tx.lock().expect("event lock").send(Outcome::Device(e));
+            let _ = tx
+                .lock()
+                .expect("event lock")
+                .send(Control::Vm(gen, Outcome::Device(e)));
         })
     };
 
@@ -293,8 +319,14 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
         *console_input().lock().expect("console lock") = Some(serial.clone());
         start_stdin_thread();
     }
-    let pm = devices::acpi_pm::AcpiPm::new(layout::S5_SLP_TYP, sink.clone());
-    io.insert(layout::PM_BASE as u64, 12, Arc::new(Mutex::new(pm)))?;
+    let sci = EventFd::new(libc::EFD_NONBLOCK).context("cannot create an eventfd")?;
+    vm.add_irqfd(&sci, layout::SCI_IRQ as u32)?;
+    let pm = Arc::new(Mutex::new(devices::acpi_pm::AcpiPm::new(
+        layout::S5_SLP_TYP,
+        sink.clone(),
+        sci,
+    )));
+    io.insert(layout::PM_BASE as u64, 12, pm.clone())?;
     let mut root = PciRoot::default();
     root.add(Bdf::new(0, 0, 0), Box::new(HostBridge::new()))?;
     // Root ports get bus numbers 1, 2, ... behind them, as firmware would.
@@ -325,7 +357,7 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
     mmio.insert(
         layout::ECAM_START,
         layout::ECAM_SIZE,
-        Arc::new(Mutex::new(PciEcam::new(root))),
+        Arc::new(Mutex::new(PciEcam::new(root.clone()))),
     )?;
     if let Some(d) = cfg.debug_exit {
         let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(
@@ -377,6 +409,7 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
     // vCPUs: the BSP enters the kernel, the APs wait for INIT-SIPI.
     let buses = Arc::new(Buses { io, mmio });
     let mut handles = vec![];
+    let tids: Arc<Vec<AtomicI64>> = Arc::new((0..cfg.vcpus).map(|_| AtomicI64::new(0)).collect());
     for id in 0..cfg.vcpus {
         let mut vcpu = vm.create_vcpu(id)?;
         vcpu.configure_x86(&X86BootState {
@@ -384,32 +417,49 @@ fn build(cfg: &VmConfig, events: Sender<Outcome>, gate: Arc<RunGate>) -> Result<
             apic_id: id as u32,
             cpus: cfg.vcpus as u32,
         })?;
-        let (buses, stop, events, gate) =
-            (buses.clone(), stop.clone(), events.clone(), gate.clone());
+        let (buses, stop, events, gate, tids) = (
+            buses.clone(),
+            stop.clone(),
+            events.clone(),
+            gate.clone(),
+            tids.clone(),
+        );
         let h = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu_loop(id, vcpu, &buses, &stop, &events, &gate))
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tids[id as usize].store(unsafe { libc::gettid() } as i64, Ordering::SeqCst);
+                vcpu_loop(id, gen, vcpu, &buses, &stop, &events, &gate)
+            })
             .context("cannot start a vCPU thread")?;
         handles.push(h);
     }
     Ok(Board {
-        _vm: vm,
+        vm,
         _mem: mem,
         vcpus: handles,
+        tids,
         stop,
+        pci: root,
+        pm,
     })
 }
 
 fn vcpu_loop(
     id: u8,
+    gen: u64,
     mut vcpu: Box<dyn Vcpu>,
     buses: &Buses,
     stop: &AtomicBool,
-    events: &Sender<Outcome>,
+    events: &Sender<Control>,
     gate: &RunGate,
 ) {
-    gate.wait_running(stop);
     while !stop.load(Ordering::SeqCst) {
+        // Paused (-S, QMP stop): wait here, outside KVM_RUN.
+        gate.wait_running(stop);
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         let outcome = match vcpu.run(buses) {
             Exit::Handled | Exit::Interrupted => continue,
             Exit::Reset => Outcome::Device(VmEvent::Reset),
@@ -421,7 +471,7 @@ fn vcpu_loop(
             Exit::Fatal(why) => Outcome::Fatal(format!("vCPU {id}: {why}; {}", vcpu.describe())),
         };
         stop.store(true, Ordering::SeqCst);
-        let _ = events.send(outcome);
+        let _ = events.send(Control::Vm(gen, outcome));
         return;
     }
 }
@@ -429,18 +479,33 @@ fn vcpu_loop(
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 impl Board {
+    /// Interrupts KVM_RUN on every vCPU thread still running.
+    fn kick(&self) {
+        for h in self.vcpus.iter().filter(|h| !h.is_finished()) {
+            let _ = h.kill(SIGRTMIN());
+        }
+    }
+
     /// Stops every vCPU thread: signals interrupt KVM_RUN until each has
     /// seen the stop flag.
     fn shutdown(self) {
         self.stop.store(true, Ordering::SeqCst);
+        while self.vcpus.iter().any(|h| !h.is_finished()) {
+            self.kick();
+            std::thread::sleep(Duration::from_millis(2));
+        }
         for h in self.vcpus {
-            while !h.is_finished() {
-                let _ = h.kill(SIGRTMIN());
-                std::thread::sleep(Duration::from_millis(5));
-            }
             let _ = h.join();
         }
     }
+}
+
+/// What the main loop waits for.
+enum Control {
+    /// An outcome of board number N (stale ones, from a board a reset
+    /// replaced, are dropped).
+    Vm(u64, Outcome),
+    Qmp(qmp::Request),
 }
 
 /// Runs the VM until it ends; returns the process exit status.
@@ -450,38 +515,233 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     let gate = Arc::new(RunGate {
         running: Mutex::new(!cfg.paused),
         cv: Condvar::new(),
+        parked: AtomicUsize::new(0),
     });
+    let events = qmp::Events::default();
+    let (ctl_tx, ctl_rx) = channel::<Control>();
+    let (req_tx, req_rx) = channel::<qmp::Request>();
+    qmp::start(&cfg.qmp, req_tx, events.clone())?;
+    {
+        let ctl_tx = ctl_tx.clone();
+        std::thread::Builder::new()
+            .name("qmp-forward".into())
+            .spawn(move || {
+                for r in req_rx {
+                    if ctl_tx.send(Control::Qmp(r)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("cannot start the QMP forwarder")?;
+    }
+    let name = cfg.name.as_deref().unwrap_or("vm");
+    let mut status = if cfg.paused { "prelaunch" } else { "running" };
     if cfg.paused {
         log::info!("starting paused (-S)");
     }
-    let name = cfg.name.as_deref().unwrap_or("vm");
+    let mut gen = 0u64;
     loop {
-        let (tx, rx) = channel();
-        let board = build(cfg, tx, gate.clone())?;
+        gen += 1;
+        let board = build(cfg, ctl_tx.clone(), gate.clone(), gen)?;
         log::info!(
             "{name}: {} with {} vCPU(s) and {} MiB started",
             cfg.machine.name,
             cfg.vcpus,
             cfg.memory >> 20
         );
-        let outcome = rx
-            .recv()
-            .map_err(|_| anyhow!("every vCPU thread ended without a reason"))?;
+        let mut session = Session {
+            cfg,
+            board: &board,
+            gate: &gate,
+            status,
+            saved_clock: None,
+            ended: None,
+            queued: vec![],
+        };
+        let end = loop {
+            match ctl_rx
+                .recv()
+                .map_err(|_| anyhow!("the control channel closed"))?
+            {
+                Control::Qmp(req) => {
+                    let r = qmp::commands::dispatch(&mut session, &req.command, &req.args);
+                    req.reply(r);
+                    for (name, data) in session.queued.drain(..) {
+                        events.emit(name, data);
+                    }
+                    if let Some(e) = session.ended.take() {
+                        break e;
+                    }
+                }
+                Control::Vm(g, o) if g == gen => break o,
+                Control::Vm(g, o) => log::debug!("dropping {o:?} from replaced board {g}"),
+            }
+        };
+        status = session.status;
         board.shutdown();
-        match outcome {
+        match end {
             Outcome::Device(VmEvent::PowerOff) => {
                 log::info!("{name}: guest powered off");
+                events.emit(
+                    "SHUTDOWN",
+                    Some(json!({"guest": true, "reason": "guest-shutdown"})),
+                );
+                events.flush();
                 return Ok(0);
             }
             Outcome::Device(VmEvent::Exit(code)) => return Ok(code),
+            Outcome::Quit => {
+                events.emit(
+                    "SHUTDOWN",
+                    Some(json!({"guest": false, "reason": "host-qmp-quit"})),
+                );
+                events.flush();
+                return Ok(0);
+            }
             Outcome::Device(VmEvent::Reset) if cfg.no_reboot => {
                 log::info!("{name}: guest reset, exiting (-no-reboot)");
+                events.emit(
+                    "SHUTDOWN",
+                    Some(json!({"guest": true, "reason": "guest-reset"})),
+                );
+                events.flush();
                 return Ok(0);
             }
             Outcome::Device(VmEvent::Reset) => {
                 log::info!("{name}: guest reset");
+                events.emit(
+                    "RESET",
+                    Some(json!({"guest": true, "reason": "guest-reset"})),
+                );
+            }
+            Outcome::HostReset => {
+                log::info!("{name}: reset by QMP system_reset");
+                events.emit(
+                    "RESET",
+                    Some(json!({"guest": false, "reason": "host-qmp-system-reset"})),
+                );
             }
             Outcome::Fatal(why) => bail!("{name} stopped: {why}"),
         }
+    }
+}
+
+/// The live VM as QMP commands see it.
+struct Session<'a> {
+    cfg: &'a VmConfig,
+    board: &'a Board,
+    gate: &'a RunGate,
+    status: &'static str,
+    /// kvm-clock at `stop`, restored at `cont` so guest time does not jump.
+    saved_clock: Option<u64>,
+    /// Set by commands that end this board (quit, system_reset).
+    ended: Option<Outcome>,
+    /// Events a command caused, sent after its reply (as QEMU orders them).
+    queued: Vec<(&'static str, Option<serde_json::Value>)>,
+}
+
+impl qmp::commands::Target for Session<'_> {
+    fn status(&self) -> &'static str {
+        self.status
+    }
+
+    fn stop(&mut self) -> Result<(), QmpError> {
+        if self.status != "running" {
+            return Ok(());
+        }
+        self.gate.set_running(false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let live = |b: &Board| b.vcpus.iter().filter(|h| !h.is_finished()).count();
+        while self.gate.parked.load(Ordering::SeqCst) < live(self.board) {
+            if std::time::Instant::now() > deadline {
+                self.gate.set_running(true);
+                return Err(QmpError::generic("the vCPUs did not stop within 5 s"));
+            }
+            self.board.kick();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // As QEMU: freeze kvm-clock with the vCPUs.
+        self.saved_clock = self.board.vm.clock().ok();
+        self.status = "paused";
+        self.queued.push(("STOP", None));
+        Ok(())
+    }
+
+    fn cont(&mut self) -> Result<(), QmpError> {
+        if self.status == "running" {
+            return Ok(());
+        }
+        if let Some(c) = self.saved_clock.take() {
+            self.board
+                .vm
+                .set_clock(c)
+                .map_err(|e| QmpError::generic(format!("cannot restore kvm-clock: {e}")))?;
+        }
+        self.gate.set_running(true);
+        self.status = "running";
+        self.queued.push(("RESUME", None));
+        Ok(())
+    }
+
+    fn powerdown(&mut self) -> Result<(), QmpError> {
+        self.board.pm.lock().expect("pm lock").power_button();
+        self.queued.push(("POWERDOWN", None));
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), QmpError> {
+        self.ended = Some(Outcome::HostReset);
+        Ok(())
+    }
+
+    fn quit(&mut self) {
+        self.ended = Some(Outcome::Quit);
+    }
+
+    fn name(&self) -> Option<String> {
+        self.cfg.name.clone()
+    }
+
+    fn cpus(&self) -> Vec<(u32, i64)> {
+        self.board
+            .tids
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as u32, t.load(Ordering::SeqCst)))
+            .collect()
+    }
+
+    fn machine(&self) -> &'static machine::MachineType {
+        self.cfg.machine
+    }
+
+    fn devices(&self) -> &[crate::config::DeviceConfig] {
+        &self.cfg.devices
+    }
+
+    fn pci(&self) -> Vec<(u8, u8, u8, u16, u16, u32, Option<String>)> {
+        let root = self.board.pci.lock().expect("pci lock");
+        root.functions()
+            .map(|(bdf, f)| {
+                let c = f.config();
+                let devfn = (bdf.0 & 0xff) as u8;
+                let id = self
+                    .cfg
+                    .devices
+                    .iter()
+                    .find(|d| d.devfn == Some(devfn))
+                    .and_then(|d| d.id.clone());
+                let (bus, slot, func) = ((bdf.0 >> 8) as u8, devfn >> 3, devfn & 7);
+                (
+                    bus,
+                    slot,
+                    func,
+                    c.read(0, 2) as u16,
+                    c.read(2, 2) as u16,
+                    c.read(8, 4) >> 8,
+                    id,
+                )
+            })
+            .collect()
     }
 }

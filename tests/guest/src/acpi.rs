@@ -30,6 +30,7 @@ pub struct Acpi {
     pub ecam_end_bus: u8,
     pub has_mcfg: bool,
     pub pm1a_cnt: u32,
+    pub pm1a_evt: u32,
     pub pm_tmr: u32,
     pub hw_reduced: bool,
     /// HW-reduced ACPI's SLEEP_CONTROL_REG: (address space, address).
@@ -185,6 +186,7 @@ fn table_ok(a: &mut Acpi, t: u64) -> bool {
 fn fadt(a: &mut Acpi, t: u64) {
     let len = read32(t + 4) as u64;
     a.pm1a_cnt = read32(t + 64);
+    a.pm1a_evt = read32(t + 56);
     a.pm_tmr = read32(t + 76);
     let flags = if len >= 116 { read32(t + 112) } else { 0 };
     a.hw_reduced = flags & (1 << 20) != 0;

@@ -88,6 +88,7 @@ extern "C" fn cpu_entry(index: u64, start_info: u64, boot_params: u64) -> ! {
         report::finish(Some("no_acpi"));
     };
     report::PM1A_CNT.store(acpi.pm1a_cnt as u64, core::sync::atomic::Ordering::SeqCst);
+    report::PM1A_EVT.store(acpi.pm1a_evt, core::sync::atomic::Ordering::SeqCst);
     report::S5_SLP_TYP.store(
         acpi.s5_slp_typ.unwrap_or(0) as u32,
         core::sync::atomic::Ordering::SeqCst,

@@ -11,6 +11,8 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 static FAILURES: AtomicU32 = AtomicU32::new(0);
 /// PM1a control port and SLP_TYPa for S5, filled from ACPI (0 = unknown).
 pub static PM1A_CNT: AtomicU64 = AtomicU64::new(0);
+/// PM1a event block (status, enable), for the power button.
+pub static PM1A_EVT: AtomicU32 = AtomicU32::new(0);
 pub static S5_SLP_TYP: AtomicU32 = AtomicU32::new(0);
 /// HW-reduced ACPI sleep control register: address, and 1 = I/O, 0 = MMIO
 /// in bit 63 (0 = none).
@@ -55,6 +57,16 @@ pub fn exit(code: u32) -> ! {
         outl(port as u16, code);
     }
     poweroff()
+}
+
+/// Whether the ACPI power button was pressed (PWRBTN_STS); clears it.
+pub fn power_button_pressed() -> bool {
+    let port = PM1A_EVT.load(Ordering::Relaxed) as u16;
+    if port == 0 || crate::io::inw(port) & (1 << 8) == 0 {
+        return false;
+    }
+    crate::io::outw(port, 1 << 8); // write-one-to-clear
+    true
 }
 
 /// Resets the platform through the reset control register (0xCF9, which

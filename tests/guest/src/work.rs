@@ -12,7 +12,7 @@
 //!
 //! The run ends after `duration_ms`, or on `q` from the host. Other
 //! console commands: `v` verify now, `a` re-check the ACPI tables, `s`
-//! print statistics.
+//! print statistics. The ACPI power button ends the run with S5.
 
 use crate::cmdline::Cmdline;
 use crate::io::{read32, read64, write32, write64};
@@ -275,6 +275,12 @@ pub fn run(map: &[E820], cmd: &Cmdline) -> Option<&'static str> {
         if mem && verify_ms != 0 && now >= next_verify && filled_reported {
             verify_all("timer");
             next_verify = now + verify_ms * 1_000_000;
+        }
+        if report::power_button_pressed() {
+            // Answer like an OS: finish, then ACPI S5 rather than the port.
+            println!("acpi.power_button=pressed");
+            report::EXIT_PORT.store(0, Ordering::SeqCst);
+            quit = true;
         }
         match serial::try_read() {
             Some(b'v') if mem => {

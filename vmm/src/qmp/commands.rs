@@ -1,0 +1,232 @@
+//! The QMP commands: one small handler each, in one table. Handlers act on
+//! a [`Target`], which the VMM's main loop implements over the live VM.
+
+use super::QmpError;
+use serde_json::{json, Map, Value};
+
+/// The VM as the monitor sees it.
+pub trait Target {
+    /// `running`, `paused`, `prelaunch`, `shutdown`...
+    fn status(&self) -> &'static str;
+    fn stop(&mut self) -> Result<(), QmpError>;
+    fn cont(&mut self) -> Result<(), QmpError>;
+    fn powerdown(&mut self) -> Result<(), QmpError>;
+    fn reset(&mut self) -> Result<(), QmpError>;
+    fn quit(&mut self);
+    fn name(&self) -> Option<String>;
+    /// (cpu index, host thread id) per vCPU.
+    fn cpus(&self) -> Vec<(u32, i64)>;
+    fn machine(&self) -> &'static machine::MachineType;
+    fn devices(&self) -> &[crate::config::DeviceConfig];
+    /// (bus, slot, function, vendor, device, class, qdev id) per function.
+    fn pci(&self) -> Vec<(u8, u8, u8, u16, u16, u32, Option<String>)>;
+}
+
+type Handler = fn(&mut dyn Target, &Map<String, Value>) -> Result<Value, QmpError>;
+
+/// Every command: name, its arguments (name, JSON type), handler.
+pub const COMMANDS: &[(&str, &[(&str, &str)], Handler)] = &[
+    ("qmp_capabilities", &[("enable", "array")], |_, _| {
+        Ok(json!({}))
+    }),
+    ("query-version", &[], query_version),
+    ("query-commands", &[], query_commands),
+    ("query-status", &[], |t, _| {
+        let s = t.status();
+        Ok(json!({"status": s, "running": s == "running", "singlestep": false}))
+    }),
+    ("query-name", &[], |t, _| {
+        Ok(t.name().map_or(json!({}), |n| json!({"name": n})))
+    }),
+    ("query-machines", &[], query_machines),
+    ("query-cpus-fast", &[], query_cpus_fast),
+    ("stop", &[], |t, _| t.stop().map(|_| json!({}))),
+    ("cont", &[], |t, _| t.cont().map(|_| json!({}))),
+    ("system_powerdown", &[], |t, _| {
+        t.powerdown().map(|_| json!({}))
+    }),
+    ("system_reset", &[], |t, _| t.reset().map(|_| json!({}))),
+    ("quit", &[], |t, _| {
+        t.quit();
+        Ok(json!({}))
+    }),
+    ("qom-list", &[("path", "string")], qom_list),
+    (
+        "qom-get",
+        &[("path", "string"), ("property", "string")],
+        qom_get,
+    ),
+    ("query-pci", &[], query_pci),
+];
+
+/// Checks the arguments against the command's declaration, then runs it.
+pub fn dispatch(
+    t: &mut dyn Target,
+    command: &str,
+    args: &Map<String, Value>,
+) -> Result<Value, QmpError> {
+    let Some((_, params, handler)) = COMMANDS.iter().find(|c| c.0 == command) else {
+        return Err(QmpError::not_found(format!(
+            "The command {command} has not been found"
+        )));
+    };
+    for (k, v) in args {
+        let Some((_, ty)) = params.iter().find(|p| p.0 == k) else {
+            return Err(QmpError::generic(format!("Parameter '{k}' is unexpected")));
+        };
+        let ok = match *ty {
+            "string" => v.is_string(),
+            "array" => v.is_array(),
+            "bool" => v.is_boolean(),
+            "int" => v.is_i64() || v.is_u64(),
+            _ => true,
+        };
+        if !ok {
+            return Err(QmpError::generic(format!(
+                "Invalid parameter type for '{k}', expected: {ty}"
+            )));
+        }
+    }
+    // Every declared parameter is mandatory except qmp_capabilities' enable.
+    if let Some((p, _)) = params
+        .iter()
+        .find(|p| p.0 != "enable" && !args.contains_key(p.0))
+    {
+        return Err(QmpError::generic(format!("Parameter '{p}' is missing")));
+    }
+    handler(t, args)
+}
+
+fn query_version(_: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, QmpError> {
+    let (major, minor, micro) = super::version();
+    Ok(
+        json!({"qemu": {"major": major, "minor": minor, "micro": micro}, "package": format!("vmm {}", env!("CARGO_PKG_VERSION"))}),
+    )
+}
+
+fn query_commands(_: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, QmpError> {
+    Ok(Value::Array(
+        COMMANDS.iter().map(|c| json!({"name": c.0})).collect(),
+    ))
+}
+
+fn query_machines(t: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, QmpError> {
+    let _ = t;
+    let newest = machine::newest();
+    let mut v: Vec<Value> = machine::PC_Q35
+        .iter()
+        .map(|m| {
+            let mut o = json!({"name": m.name, "cpu-max": crate::config::MAX_VCPUS, "hotpluggable-cpus": false,
+                "numa-mem-supported": false, "deprecated": false, "acpi": true, "default-ram-id": "pc.ram"});
+            if std::ptr::eq(m, newest) {
+                o["alias"] = "q35".into();
+                o["is-default"] = true.into();
+            }
+            o
+        })
+        .collect();
+    v.reverse();
+    Ok(Value::Array(v))
+}
+
+fn query_cpus_fast(t: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, QmpError> {
+    Ok(Value::Array(
+        t.cpus()
+            .into_iter()
+            .map(|(i, tid)| {
+                json!({"cpu-index": i, "qom-path": format!("/machine/unattached/device[{i}]"), "thread-id": tid,
+                    "props": {"core-id": i, "thread-id": 0, "socket-id": 0}, "target": "x86_64"})
+            })
+            .collect(),
+    ))
+}
+
+fn path_parts(path: &str) -> Vec<&str> {
+    path.split('/').filter(|p| !p.is_empty()).collect()
+}
+
+fn qom_list(t: &mut dyn Target, a: &Map<String, Value>) -> Result<Value, QmpError> {
+    let path = a["path"].as_str().unwrap_or_default();
+    let v = match path_parts(path).as_slice() {
+        [] => json!([{"name": "machine", "type": format!("child<{}-machine>", t.machine().name)}]),
+        ["machine"] => {
+            json!([{"name": "type", "type": "string"}, {"name": "peripheral", "type": "child<container>"}])
+        }
+        ["machine", "peripheral"] => Value::Array(
+            t.devices()
+                .iter()
+                .filter_map(|d| {
+                    d.id.as_ref().map(
+                        |id| json!({"name": id, "type": format!("child<{}>", d.props.type_name)}),
+                    )
+                })
+                .collect(),
+        ),
+        ["machine", "peripheral", id] => {
+            let d = device(t, id, path)?;
+            let mut v = vec![json!({"name": "type", "type": "string"})];
+            v.extend(
+                d.props
+                    .values
+                    .iter()
+                    .map(|r| json!({"name": r.name, "type": r.kind.name()})),
+            );
+            Value::Array(v)
+        }
+        _ => {
+            return Err(QmpError {
+                class: "DeviceNotFound",
+                desc: format!("Device '{path}' not found"),
+            })
+        }
+    };
+    Ok(v)
+}
+
+fn device<'a>(
+    t: &'a dyn Target,
+    id: &str,
+    path: &str,
+) -> Result<&'a crate::config::DeviceConfig, QmpError> {
+    t.devices()
+        .iter()
+        .find(|d| d.id.as_deref() == Some(id))
+        .ok_or_else(|| QmpError {
+            class: "DeviceNotFound",
+            desc: format!("Device '{path}' not found"),
+        })
+}
+
+fn qom_get(t: &mut dyn Target, a: &Map<String, Value>) -> Result<Value, QmpError> {
+    let path = a["path"].as_str().unwrap_or_default();
+    let prop = a["property"].as_str().unwrap_or_default();
+    match path_parts(path).as_slice() {
+        ["machine"] if prop == "type" => Ok(json!(format!("{}-machine", t.machine().name))),
+        ["machine", "peripheral", id] => {
+            let d = device(t, id, path)?;
+            if prop == "type" {
+                return Ok(json!(d.props.type_name));
+            }
+            let r = d.props.get(prop).ok_or_else(|| {
+                QmpError::generic(format!("Property '{}.{prop}' not found", d.props.type_name))
+            })?;
+            Ok(crate::config::json_value(&r.value))
+        }
+        _ => Err(QmpError {
+            class: "DeviceNotFound",
+            desc: format!("Device '{path}' not found"),
+        }),
+    }
+}
+
+fn query_pci(t: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, QmpError> {
+    let devices: Vec<Value> = t
+        .pci()
+        .into_iter()
+        .map(|(bus, slot, func, vendor, device, class, id)| {
+            json!({"bus": bus, "slot": slot, "function": func, "class_info": {"class": class >> 8},
+                "id": {"vendor": vendor, "device": device}, "qdev_id": id.unwrap_or_default(), "regions": []})
+        })
+        .collect();
+    Ok(json!([{"bus": 0, "devices": devices}]))
+}

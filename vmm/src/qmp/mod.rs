@@ -1,0 +1,463 @@
+//! The QMP monitor (QEMU Machine Protocol), so that existing clients
+//! (`qemu.qmp`, `qmp-shell`, libvirt) manage vmm unchanged.
+//!
+//! Each `-qmp` socket has an accept thread; each client a reader thread
+//! that frames JSON values out of the byte stream, negotiates capabilities
+//! and forwards commands to the VMM's main loop, which owns the VM and
+//! answers through a channel. The monitor never touches vCPUs directly, so
+//! a slow or vanished client cannot stall the guest. Events go to every
+//! negotiated client.
+
+pub mod commands;
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where a `-qmp` listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QmpAddr {
+    Unix(std::path::PathBuf),
+    Tcp(String),
+}
+
+/// Parses `unix:PATH,server=on,wait=off` or `tcp:HOST:PORT,server=on,wait=off`.
+pub fn parse_addr(s: &str) -> Result<QmpAddr, String> {
+    let mut parts = s.split(',');
+    let addr = parts.next().unwrap_or("");
+    for opt in parts {
+        match opt {
+            "server" | "server=on" | "nowait" | "wait=off" => {}
+            "server=off" => {
+                return Err(format!(
+                    "invalid -qmp '{s}': vmm's monitor is always the server (server=on)"
+                ))
+            }
+            "wait=on" => {
+                return Err(format!(
+                    "invalid -qmp '{s}': wait=on is not supported; use wait=off"
+                ))
+            }
+            o => return Err(format!("invalid -qmp '{s}': unknown option '{o}'")),
+        }
+    }
+    if let Some(p) = addr.strip_prefix("unix:").filter(|p| !p.is_empty()) {
+        Ok(QmpAddr::Unix(p.into()))
+    } else if let Some(hp) = addr
+        .strip_prefix("tcp:")
+        .filter(|hp| hp.rsplit_once(':').is_some())
+    {
+        Ok(QmpAddr::Tcp(hp.to_string()))
+    } else {
+        Err(format!(
+            "invalid -qmp '{s}': expected unix:PATH or tcp:HOST:PORT"
+        ))
+    }
+}
+
+/// A client's ordered output queue (replies and events), with a count of
+/// lines not yet written so that the VMM can flush before it exits.
+#[derive(Clone)]
+pub struct ClientOut {
+    tx: Sender<String>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl ClientOut {
+    fn send(&self, line: String) -> bool {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let ok = self.tx.send(line).is_ok();
+        if !ok {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        ok
+    }
+}
+
+/// A command for the main loop; the main loop writes the reply itself, so
+/// a reply always precedes the events its command causes.
+pub struct Request {
+    pub command: String,
+    pub args: serde_json::Map<String, Value>,
+    pub id: Option<Value>,
+    pub out: ClientOut,
+}
+
+impl Request {
+    pub fn reply(&self, result: Result<Value, QmpError>) {
+        let line = match result {
+            Ok(v) => {
+                let mut o = json!({"return": v});
+                if let Some(id) = &self.id {
+                    o["id"] = id.clone();
+                }
+                o.to_string()
+            }
+            Err(e) => error_reply(&e, self.id.clone()),
+        };
+        self.out.send(line);
+    }
+}
+
+/// A QMP error reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QmpError {
+    pub class: &'static str,
+    pub desc: String,
+}
+
+impl QmpError {
+    pub fn generic(desc: impl Into<String>) -> Self {
+        QmpError {
+            class: "GenericError",
+            desc: desc.into(),
+        }
+    }
+    pub fn not_found(desc: impl Into<String>) -> Self {
+        QmpError {
+            class: "CommandNotFound",
+            desc: desc.into(),
+        }
+    }
+}
+
+/// Sends events to every negotiated client.
+#[derive(Clone, Default)]
+pub struct Events {
+    clients: Arc<Mutex<Vec<ClientOut>>>,
+}
+
+impl Events {
+    /// Emits `{"event": name, "data": data, "timestamp": ...}`.
+    pub fn emit(&self, name: &str, data: Option<Value>) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut ev = json!({"event": name, "timestamp": {"seconds": now.as_secs(), "microseconds": now.subsec_micros()}});
+        if let Some(d) = data {
+            ev["data"] = d;
+        }
+        let line = ev.to_string();
+        log::debug!("QMP event {line}");
+        self.clients
+            .lock()
+            .expect("events lock")
+            .retain(|c| c.send(line.clone()));
+    }
+
+    fn subscribe(&self, out: ClientOut) {
+        self.clients.lock().expect("events lock").push(out);
+    }
+
+    /// Waits (at most a second) until every queued line reached its client.
+    pub fn flush(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let busy = || {
+            self.clients
+                .lock()
+                .expect("events lock")
+                .iter()
+                .any(|c| c.pending.load(Ordering::SeqCst) > 0)
+        };
+        while busy() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+pub fn greeting() -> Value {
+    let (major, minor, micro) = version();
+    json!({"QMP": {"version": {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": format!("vmm {}", env!("CARGO_PKG_VERSION"))}, "capabilities": []}})
+}
+
+pub fn version() -> (u64, u64, u64) {
+    let v: Vec<u64> = env!("CARGO_PKG_VERSION")
+        .split('.')
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (
+        v[0],
+        v.get(1).copied().unwrap_or(0),
+        v.get(2).copied().unwrap_or(0),
+    )
+}
+
+/// Binds every address (before the VM starts, so a bad path fails early)
+/// and starts serving.
+pub fn start(addrs: &[QmpAddr], requests: Sender<Request>, events: Events) -> anyhow::Result<()> {
+    use anyhow::Context;
+    for a in addrs {
+        let (requests, events) = (requests.clone(), events.clone());
+        match a {
+            QmpAddr::Unix(p) => {
+                let _ = std::fs::remove_file(p);
+                let l = UnixListener::bind(p)
+                    .with_context(|| format!("cannot listen for QMP on {}", p.display()))?;
+                std::thread::Builder::new()
+                    .name("qmp-accept".into())
+                    .spawn(move || {
+                        for s in l.incoming().flatten() {
+                            if let Ok(w) = s.try_clone() {
+                                spawn_client(
+                                    Box::new(s),
+                                    Box::new(w),
+                                    requests.clone(),
+                                    events.clone(),
+                                );
+                            }
+                        }
+                    })?;
+            }
+            QmpAddr::Tcp(hp) => {
+                let l = TcpListener::bind(hp)
+                    .with_context(|| format!("cannot listen for QMP on tcp:{hp}"))?;
+                std::thread::Builder::new()
+                    .name("qmp-accept".into())
+                    .spawn(move || {
+                        for s in l.incoming().flatten() {
+                            if let Ok(w) = s.try_clone() {
+                                spawn_client(
+                                    Box::new(s),
+                                    Box::new(w),
+                                    requests.clone(),
+                                    events.clone(),
+                                );
+                            }
+                        }
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn spawn_client(
+    r: Box<dyn Read + Send>,
+    w: Box<dyn Write + Send>,
+    requests: Sender<Request>,
+    events: Events,
+) {
+    // One writer thread per client: lines never interleave, and a stuck
+    // client only blocks its own writer.
+    let (tx, rx) = channel::<String>();
+    let out = ClientOut {
+        tx,
+        pending: Arc::new(AtomicUsize::new(0)),
+    };
+    let pending = out.pending.clone();
+    let mut w = w;
+    let _ = std::thread::Builder::new()
+        .name("qmp-write".into())
+        .spawn(move || {
+            let mut broken = false;
+            for line in rx {
+                if !broken {
+                    broken = w
+                        .write_all(line.as_bytes())
+                        .and_then(|_| w.write_all(b"\r\n"))
+                        .and_then(|_| w.flush())
+                        .is_err();
+                }
+                pending.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
+    let _ = std::thread::Builder::new()
+        .name("qmp-client".into())
+        .spawn(move || serve(r, out, requests, events));
+}
+
+/// Splits complete JSON values off the front of `buf`.
+enum Framed {
+    Value(Value),
+    Bad(String),
+    NeedMore,
+}
+
+fn next_value(buf: &mut Vec<u8>) -> Framed {
+    let start = buf
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(buf.len());
+    buf.drain(..start);
+    if buf.is_empty() {
+        return Framed::NeedMore;
+    }
+    let mut it = serde_json::Deserializer::from_slice(buf).into_iter::<Value>();
+    match it.next() {
+        Some(Ok(v)) => {
+            let used = it.byte_offset();
+            buf.drain(..used);
+            Framed::Value(v)
+        }
+        Some(Err(e)) if e.is_eof() => Framed::NeedMore,
+        Some(Err(e)) => {
+            // Resynchronise at the next line.
+            let cut = buf
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(buf.len(), |p| p + 1);
+            buf.drain(..cut);
+            Framed::Bad(format!("JSON parse error, {e}"))
+        }
+        None => Framed::NeedMore,
+    }
+}
+
+fn serve(mut r: Box<dyn Read + Send>, out: ClientOut, requests: Sender<Request>, events: Events) {
+    if !out.send(greeting().to_string()) {
+        return;
+    }
+    let mut negotiated = false;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let msg = match next_value(&mut buf) {
+            Framed::NeedMore => match r.read(&mut chunk) {
+                Ok(0) | Err(_) => return, // the client left; nothing to undo
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > 1 << 20 {
+                        out.send(error_reply(&QmpError::generic("message too large"), None));
+                        buf.clear();
+                    }
+                    continue;
+                }
+            },
+            Framed::Bad(e) => {
+                out.send(error_reply(&QmpError::generic(e), None));
+                continue;
+            }
+            Framed::Value(v) => v,
+        };
+        let id = msg.get("id").cloned();
+        let local = match parse_command(&msg) {
+            Err(e) => Err(e),
+            Ok((cmd, _)) if !negotiated && cmd != "qmp_capabilities" => Err(QmpError::not_found(
+                "Expecting capabilities negotiation with 'qmp_capabilities'",
+            )),
+            Ok((cmd, _)) if cmd == "qmp_capabilities" => {
+                if negotiated {
+                    Err(QmpError::not_found(
+                        "Capabilities negotiation is already complete, command ignored",
+                    ))
+                } else {
+                    negotiated = true;
+                    events.subscribe(out.clone());
+                    Ok(json!({}))
+                }
+            }
+            Ok((command, args)) => {
+                // The main loop answers on `out`.
+                if requests
+                    .send(Request {
+                        command,
+                        args,
+                        id,
+                        out: out.clone(),
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        let req = Request {
+            command: String::new(),
+            args: Default::default(),
+            id,
+            out: out.clone(),
+        };
+        req.reply(local);
+    }
+}
+
+fn error_reply(e: &QmpError, id: Option<Value>) -> String {
+    let mut o = json!({"error": {"class": e.class, "desc": e.desc}});
+    if let Some(id) = id {
+        o["id"] = id;
+    }
+    o.to_string()
+}
+
+/// `{"execute": NAME, "arguments": {...}}` → (NAME, arguments).
+fn parse_command(msg: &Value) -> Result<(String, serde_json::Map<String, Value>), QmpError> {
+    let obj = msg
+        .as_object()
+        .ok_or_else(|| QmpError::generic("QMP input must be a JSON object"))?;
+    let cmd = match obj.get("execute") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(QmpError::generic(
+                "QMP input member 'execute' must be a string",
+            ))
+        }
+        None => return Err(QmpError::generic("QMP input lacks member 'execute'")),
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "execute" | "arguments" | "id"))
+    {
+        return Err(QmpError::generic(format!(
+            "QMP input member '{k}' is unexpected"
+        )));
+    }
+    let args = match obj.get("arguments") {
+        None => serde_json::Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => {
+            return Err(QmpError::generic(
+                "QMP input member 'arguments' must be an object",
+            ))
+        }
+    };
+    Ok((cmd, args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_handles_split_joined_and_bad_input() {
+        let mut b = br#"{"execute": "a"}{"execute""#.to_vec();
+        assert!(matches!(next_value(&mut b), Framed::Value(v) if v["execute"] == "a"));
+        assert!(matches!(next_value(&mut b), Framed::NeedMore));
+        b.extend_from_slice(br#": "b"}"#);
+        assert!(matches!(next_value(&mut b), Framed::Value(v) if v["execute"] == "b"));
+        let mut b = b"{oops\n{\"execute\": \"c\"}".to_vec();
+        assert!(matches!(next_value(&mut b), Framed::Bad(_)));
+        assert!(matches!(next_value(&mut b), Framed::Value(v) if v["execute"] == "c"));
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_addr("unix:/tmp/q.sock,server=on,wait=off"),
+            Ok(QmpAddr::Unix("/tmp/q.sock".into()))
+        );
+        assert_eq!(
+            parse_addr("tcp:127.0.0.1:4444,server,nowait"),
+            Ok(QmpAddr::Tcp("127.0.0.1:4444".into()))
+        );
+        assert!(parse_addr("unix:/x,wait=on").is_err());
+        assert!(parse_addr("stdio").is_err());
+    }
+
+    #[test]
+    fn command_shape() {
+        assert!(parse_command(&json!({"execute": "x", "arguments": {"a": 1}, "id": 3})).is_ok());
+        assert_eq!(
+            parse_command(&json!({"execute": 1})).unwrap_err().class,
+            "GenericError"
+        );
+        assert!(parse_command(&json!({"exec": "x"})).is_err());
+        assert!(parse_command(&json!({"execute": "x", "arguments": []})).is_err());
+        assert!(parse_command(&json!([1])).is_err());
+    }
+}
