@@ -5,6 +5,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v python3 >/dev/null || need+=(python3)
+python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -12,4 +13,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 "$top/scripts/build-guest.sh" >/dev/null
+# A real QMP client nobody here wrote, for the monitor's tests.
+if [ ! -x "$top/target/qmp-venv/bin/qmp-shell" ]; then
+    python3 -m venv "$top/target/qmp-venv"
+    "$top/target/qmp-venv/bin/pip" install -q qemu.qmp==0.0.6
+fi
 cd "$top" && cargo build --release --workspace --quiet

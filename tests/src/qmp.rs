@@ -1,5 +1,5 @@
-//! A minimal QMP client (greeting, capabilities, commands; events are
-//! collected and skipped).
+//! A minimal QMP client for tests: greeting, capabilities, commands (with
+//! their error replies), raw input, and events.
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -10,19 +10,26 @@ use std::time::{Duration, Instant};
 pub struct Qmp {
     r: BufReader<UnixStream>,
     w: UnixStream,
+    pub greeting: Value,
     pub events: Vec<Value>,
 }
 
 impl Qmp {
     /// Connects (retrying until the socket exists) and negotiates.
     pub fn connect(path: &Path, timeout: Duration) -> Qmp {
+        let mut q = Qmp::connect_raw(path, timeout);
+        q.execute("qmp_capabilities", json!({}));
+        q
+    }
+
+    /// Connects and reads the greeting, without negotiating.
+    pub fn connect_raw(path: &Path, timeout: Duration) -> Qmp {
         let deadline = Instant::now() + timeout;
         let s = loop {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(20));
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
                 }
                 Err(e) => panic!("QMP socket {}: {e}", path.display()),
             }
@@ -32,34 +39,81 @@ impl Qmp {
         let mut q = Qmp {
             r: BufReader::new(s.try_clone().expect("clone socket")),
             w: s,
-            events: Vec::new(),
+            greeting: Value::Null,
+            events: vec![],
         };
-        let greeting = q.read();
-        assert!(greeting.get("QMP").is_some(), "bad QMP greeting {greeting}");
-        q.execute("qmp_capabilities", json!({}));
+        q.greeting = q.read().expect("QMP greeting");
+        assert!(
+            q.greeting.get("QMP").is_some(),
+            "bad QMP greeting {}",
+            q.greeting
+        );
         q
     }
 
-    fn read(&mut self) -> Value {
+    fn read(&mut self) -> Option<Value> {
         let mut line = String::new();
-        self.r.read_line(&mut line).expect("read from QMP");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP sent non-JSON {line:?}: {e}"))
+        match self.r.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("QMP sent non-JSON {line:?}: {e}")),
+            ),
+        }
     }
 
-    /// Runs a command; returns `return`, panics on `error`.
-    pub fn execute(&mut self, cmd: &str, args: Value) -> Value {
-        let msg = json!({"execute": cmd, "arguments": args});
-        writeln!(self.w, "{msg}").expect("write to QMP");
+    /// Sends raw text; returns the next reply (events are kept aside).
+    pub fn raw(&mut self, text: &str) -> Value {
+        self.w.write_all(text.as_bytes()).expect("write to QMP");
+        self.next_reply()
+    }
+
+    fn next_reply(&mut self) -> Value {
         loop {
-            let v = self.read();
+            let v = self.read().expect("QMP closed before replying");
             if v.get("event").is_some() {
                 self.events.push(v);
                 continue;
             }
-            if let Some(r) = v.get("return") {
-                return r.clone();
+            return v;
+        }
+    }
+
+    /// Runs a command; `Ok(return)` or `Err(error object)`.
+    pub fn try_execute(&mut self, cmd: &str, args: Value) -> Result<Value, Value> {
+        let v = self.raw(&json!({"execute": cmd, "arguments": args}).to_string());
+        match (v.get("return"), v.get("error")) {
+            (Some(r), _) => Ok(r.clone()),
+            (_, Some(e)) => Err(e.clone()),
+            _ => panic!("QMP reply without return or error: {v}"),
+        }
+    }
+
+    /// Runs a command; panics on an error reply.
+    pub fn execute(&mut self, cmd: &str, args: Value) -> Value {
+        self.try_execute(cmd, args)
+            .unwrap_or_else(|e| panic!("QMP {cmd} failed: {e}"))
+    }
+
+    /// Waits for event `name` (already received ones count).
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+                return self.events.remove(i);
             }
-            panic!("QMP {cmd} failed: {v}");
+            assert!(
+                Instant::now() < deadline,
+                "no {name} event within {timeout:?}; got {:?}",
+                self.events
+            );
+            self.w
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .ok();
+            if let Some(v) = self.read() {
+                self.events.push(v);
+            }
+            self.w.set_read_timeout(Some(Duration::from_secs(30))).ok();
         }
     }
 }
