@@ -180,7 +180,7 @@ fn reset_exits_with_no_reboot_and_reboots_without() {
 fn vm_banners(vm: &vmm_tests::console::Vm) -> usize {
     vm.lines()
         .iter()
-        .filter(|l| l.starts_with("guest=vmm-test-guest"))
+        .filter(|l| l.contains("guest=vmm-test-guest"))
         .count()
 }
 

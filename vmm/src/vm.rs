@@ -434,6 +434,13 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
             .context("cannot start a vCPU thread")?;
         handles.push(h);
     }
+    // Every vCPU thread is up (and its host tid known) before the board is
+    // handed to QMP.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tids.iter().any(|t| t.load(Ordering::SeqCst) == 0) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_micros(100));
+    }
     Ok(Board {
         vm,
         _mem: mem,
@@ -719,7 +726,7 @@ impl qmp::commands::Target for Session<'_> {
         &self.cfg.devices
     }
 
-    fn pci(&self) -> Vec<(u8, u8, u8, u16, u16, u32, Option<String>)> {
+    fn pci(&self) -> Vec<qmp::commands::PciInfo> {
         let root = self.board.pci.lock().expect("pci lock");
         root.functions()
             .map(|(bdf, f)| {
@@ -732,15 +739,15 @@ impl qmp::commands::Target for Session<'_> {
                     .find(|d| d.devfn == Some(devfn))
                     .and_then(|d| d.id.clone());
                 let (bus, slot, func) = ((bdf.0 >> 8) as u8, devfn >> 3, devfn & 7);
-                (
+                qmp::commands::PciInfo {
                     bus,
                     slot,
-                    func,
-                    c.read(0, 2) as u16,
-                    c.read(2, 2) as u16,
-                    c.read(8, 4) >> 8,
-                    id,
-                )
+                    function: func,
+                    vendor: c.read(0, 2) as u16,
+                    device: c.read(2, 2) as u16,
+                    class: c.read(8, 4) >> 8,
+                    qdev_id: id,
+                }
             })
             .collect()
     }

@@ -18,45 +18,63 @@ pub trait Target {
     fn cpus(&self) -> Vec<(u32, i64)>;
     fn machine(&self) -> &'static machine::MachineType;
     fn devices(&self) -> &[crate::config::DeviceConfig];
-    /// (bus, slot, function, vendor, device, class, qdev id) per function.
-    fn pci(&self) -> Vec<(u8, u8, u8, u16, u16, u32, Option<String>)>;
+    fn pci(&self) -> Vec<PciInfo>;
+}
+
+/// One PCI function, for `query-pci`.
+pub struct PciInfo {
+    pub bus: u8,
+    pub slot: u8,
+    pub function: u8,
+    pub vendor: u16,
+    pub device: u16,
+    /// Class code (class << 16 | subclass << 8 | prog-if).
+    pub class: u32,
+    pub qdev_id: Option<String>,
 }
 
 type Handler = fn(&mut dyn Target, &Map<String, Value>) -> Result<Value, QmpError>;
 
-/// Every command: name, its arguments (name, JSON type), handler.
-pub const COMMANDS: &[(&str, &[(&str, &str)], Handler)] = &[
-    ("qmp_capabilities", &[("enable", "array")], |_, _| {
+/// A command: its name, its arguments (name, JSON type), its handler.
+pub struct Command(
+    pub &'static str,
+    pub &'static [(&'static str, &'static str)],
+    pub Handler,
+);
+
+/// Every command.
+pub const COMMANDS: &[Command] = &[
+    Command("qmp_capabilities", &[("enable", "array")], |_, _| {
         Ok(json!({}))
     }),
-    ("query-version", &[], query_version),
-    ("query-commands", &[], query_commands),
-    ("query-status", &[], |t, _| {
+    Command("query-version", &[], query_version),
+    Command("query-commands", &[], query_commands),
+    Command("query-status", &[], |t, _| {
         let s = t.status();
         Ok(json!({"status": s, "running": s == "running", "singlestep": false}))
     }),
-    ("query-name", &[], |t, _| {
+    Command("query-name", &[], |t, _| {
         Ok(t.name().map_or(json!({}), |n| json!({"name": n})))
     }),
-    ("query-machines", &[], query_machines),
-    ("query-cpus-fast", &[], query_cpus_fast),
-    ("stop", &[], |t, _| t.stop().map(|_| json!({}))),
-    ("cont", &[], |t, _| t.cont().map(|_| json!({}))),
-    ("system_powerdown", &[], |t, _| {
+    Command("query-machines", &[], query_machines),
+    Command("query-cpus-fast", &[], query_cpus_fast),
+    Command("stop", &[], |t, _| t.stop().map(|_| json!({}))),
+    Command("cont", &[], |t, _| t.cont().map(|_| json!({}))),
+    Command("system_powerdown", &[], |t, _| {
         t.powerdown().map(|_| json!({}))
     }),
-    ("system_reset", &[], |t, _| t.reset().map(|_| json!({}))),
-    ("quit", &[], |t, _| {
+    Command("system_reset", &[], |t, _| t.reset().map(|_| json!({}))),
+    Command("quit", &[], |t, _| {
         t.quit();
         Ok(json!({}))
     }),
-    ("qom-list", &[("path", "string")], qom_list),
-    (
+    Command("qom-list", &[("path", "string")], qom_list),
+    Command(
         "qom-get",
         &[("path", "string"), ("property", "string")],
         qom_get,
     ),
-    ("query-pci", &[], query_pci),
+    Command("query-pci", &[], query_pci),
 ];
 
 /// Checks the arguments against the command's declaration, then runs it.
@@ -65,7 +83,7 @@ pub fn dispatch(
     command: &str,
     args: &Map<String, Value>,
 ) -> Result<Value, QmpError> {
-    let Some((_, params, handler)) = COMMANDS.iter().find(|c| c.0 == command) else {
+    let Some(Command(_, params, handler)) = COMMANDS.iter().find(|c| c.0 == command) else {
         return Err(QmpError::not_found(format!(
             "The command {command} has not been found"
         )));
@@ -223,9 +241,9 @@ fn query_pci(t: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, QmpErr
     let devices: Vec<Value> = t
         .pci()
         .into_iter()
-        .map(|(bus, slot, func, vendor, device, class, id)| {
-            json!({"bus": bus, "slot": slot, "function": func, "class_info": {"class": class >> 8},
-                "id": {"vendor": vendor, "device": device}, "qdev_id": id.unwrap_or_default(), "regions": []})
+        .map(|p| {
+            json!({"bus": p.bus, "slot": p.slot, "function": p.function, "class_info": {"class": p.class >> 8},
+                "id": {"vendor": p.vendor, "device": p.device}, "qdev_id": p.qdev_id.unwrap_or_default(), "regions": []})
         })
         .collect();
     Ok(json!([{"bus": 0, "devices": devices}]))
