@@ -1,0 +1,551 @@
+//! QEMU's savevm stream, version 3.
+//!
+//! ```text
+//! be32 0x5145564d "QEVM", be32 3
+//! 0x07 configuration: be32 len, machine type name        (no header, no footer)
+//! 0x04 FULL: be32 section id, u8 len + idstr, be32 instance id, be32 version id,
+//!      fields (big-endian, in order, no tags), subsections (0x05, u8 len + name,
+//!      be32 version, fields, nested subsections), footer 0x7e + be32 section id
+//! 0x00 EOF
+//! 0x06 be32 len + JSON description of every section (for tools)
+//! ```
+//!
+//! The reader never trusts the stream: every length is bounded, nothing is
+//! read outside the description's layout, and every failure is a typed
+//! error saying what and at which byte offset.
+
+use crate::vmstate::{default_value, Description, Field, Kind, State, Val};
+use std::io::{Read, Write};
+
+pub const MAGIC: u32 = 0x5145_564d;
+pub const VERSION: u32 = 3;
+const EOF: u8 = 0x00;
+const SECTION_START: u8 = 0x01;
+const SECTION_PART: u8 = 0x02;
+const SECTION_END: u8 = 0x03;
+const SECTION_FULL: u8 = 0x04;
+const SUBSECTION: u8 = 0x05;
+const VMDESCRIPTION: u8 = 0x06;
+const CONFIGURATION: u8 = 0x07;
+const FOOTER: u8 = 0x7e;
+/// Bound on the trailing JSON a reader accepts.
+pub const MAX_VMDESC: u32 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not a migration stream: magic {found:#010x} at offset 0, expected {MAGIC:#010x} (\"QEVM\")")]
+    BadMagic { found: u32 },
+    #[error("unsupported savevm stream version {found} (only version 3 is supported)")]
+    BadVersion { found: u32 },
+    #[error("configuration section missing at offset {offset}: found byte {found:#04x}")]
+    ConfigurationMissing { offset: u64, found: u8 },
+    #[error("machine type received is '{stream}' and local is '{local}'")]
+    MachineMismatch { stream: String, local: String },
+    #[error("Unknown savevm section type {found} at offset {offset}")]
+    UnknownSectionType { found: u8, offset: u64 },
+    #[error("unsupported section type {kind} at offset {offset} (iterative sections are not implemented yet)")]
+    Unsupported { kind: &'static str, offset: u64 },
+    #[error("Unknown savevm section or instance '{idstr}' {instance} at offset {offset}: the destination has no such device")]
+    UnknownSection {
+        idstr: String,
+        instance: u32,
+        offset: u64,
+    },
+    #[error("section '{section}' has version {stream}, newer than the {local} this side can read (offset {offset})")]
+    VersionTooNew {
+        section: String,
+        stream: u32,
+        local: u32,
+        offset: u64,
+    },
+    #[error("section '{section}' has version {stream}, older than the minimum {minimum} this side accepts (offset {offset})")]
+    VersionTooOld {
+        section: String,
+        stream: u32,
+        minimum: u32,
+        offset: u64,
+    },
+    #[error("missing section footer for '{section}' at offset {offset}: found byte {found:#04x} (the device read a different amount than was written)")]
+    FooterMissing {
+        section: String,
+        offset: u64,
+        found: u8,
+    },
+    #[error("mismatched section id in footer for '{section}' at offset {offset}: {found}, expected {expected}")]
+    FooterMismatch {
+        section: String,
+        expected: u32,
+        found: u32,
+        offset: u64,
+    },
+    #[error("unknown subsection '{name}' in '{device}' at offset {offset}: this side does not know that state")]
+    UnknownSubsection {
+        name: String,
+        device: String,
+        offset: u64,
+    },
+    #[error(
+        "value {value} out of range for {kind} field '{field}' of '{device}' at offset {offset}"
+    )]
+    OutOfRange {
+        device: String,
+        field: String,
+        kind: &'static str,
+        value: u64,
+        offset: u64,
+    },
+    #[error("stream truncated at offset {offset}: {wanted} more bytes needed for {what}")]
+    Truncated {
+        offset: u64,
+        wanted: usize,
+        what: String,
+    },
+    #[error(
+        "vm description of {len} bytes at offset {offset} exceeds the {MAX_VMDESC}-byte limit"
+    )]
+    DescriptionTooLarge { len: u32, offset: u64 },
+    #[error("the state of '{device}' lacks field '{field}' or has the wrong type for it")]
+    StateShape { device: String, field: String },
+    #[error("write failed")]
+    Write(#[source] std::io::Error),
+    #[error("read failed at offset {offset}")]
+    Read {
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Writes a stream.
+pub struct Writer<W: Write> {
+    w: W,
+    next_id: u32,
+    vmdesc: Vec<serde_json::Value>,
+}
+
+impl<W: Write> Writer<W> {
+    /// Writes the header and the configuration section.
+    pub fn new(mut w: W, machine: &str) -> Result<Writer<W>> {
+        let mut b = Vec::with_capacity(16 + machine.len());
+        b.extend_from_slice(&MAGIC.to_be_bytes());
+        b.extend_from_slice(&VERSION.to_be_bytes());
+        b.push(CONFIGURATION);
+        b.extend_from_slice(&(machine.len() as u32).to_be_bytes());
+        b.extend_from_slice(machine.as_bytes());
+        w.write_all(&b).map_err(Error::Write)?;
+        Ok(Writer {
+            w,
+            next_id: 0,
+            vmdesc: vec![],
+        })
+    }
+
+    /// One device's state as a FULL section.
+    pub fn section(
+        &mut self,
+        idstr: &str,
+        instance: u32,
+        desc: &Description,
+        state: &State,
+    ) -> Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut b = vec![SECTION_FULL];
+        b.extend_from_slice(&id.to_be_bytes());
+        let idb = &idstr.as_bytes()[..idstr.len().min(255)];
+        b.push(idb.len() as u8);
+        b.extend_from_slice(idb);
+        b.extend_from_slice(&instance.to_be_bytes());
+        b.extend_from_slice(&desc.version_id.to_be_bytes());
+        encode(&mut b, desc, state)?;
+        b.push(FOOTER);
+        b.extend_from_slice(&id.to_be_bytes());
+        self.w.write_all(&b).map_err(Error::Write)?;
+        let mut d = desc.vmdesc(state);
+        d["name"] = idstr.into();
+        d["instance_id"] = instance.into();
+        self.vmdesc.push(d);
+        Ok(())
+    }
+
+    /// EOF and the trailing JSON description; returns the writer.
+    pub fn finish(mut self) -> Result<W> {
+        let json = serde_json::json!({"page_size": 4096, "devices": self.vmdesc}).to_string();
+        let mut b = vec![EOF, VMDESCRIPTION];
+        b.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        b.extend_from_slice(json.as_bytes());
+        self.w.write_all(&b).map_err(Error::Write)?;
+        self.w.flush().map_err(Error::Write)?;
+        Ok(self.w)
+    }
+}
+
+fn encode(b: &mut Vec<u8>, desc: &Description, state: &State) -> Result<()> {
+    let shape = |f: &Field| Error::StateShape {
+        device: desc.name.to_string(),
+        field: f.name.to_string(),
+    };
+    for f in desc.fields {
+        let v = state.get(f.name).ok_or_else(|| shape(f))?;
+        encode_value(b, f.kind, v).ok_or_else(|| shape(f))??;
+    }
+    for s in desc.subsections {
+        if !(s.needed)(state) {
+            continue;
+        }
+        let Some(sub) = state.subsection(s.desc.name) else {
+            continue;
+        };
+        b.push(SUBSECTION);
+        b.push(s.desc.name.len() as u8);
+        b.extend_from_slice(s.desc.name.as_bytes());
+        b.extend_from_slice(&s.desc.version_id.to_be_bytes());
+        encode(b, s.desc, sub)?;
+    }
+    Ok(())
+}
+
+/// `None` when the value does not fit the kind.
+fn encode_value(b: &mut Vec<u8>, kind: Kind, v: &Val) -> Option<Result<()>> {
+    match (kind, v) {
+        (Kind::Bool, Val::Bool(x)) => b.push(*x as u8),
+        (Kind::U8, Val::Uint(x)) if *x <= u8::MAX as u64 => b.push(*x as u8),
+        (Kind::U16, Val::Uint(x)) if *x <= u16::MAX as u64 => {
+            b.extend_from_slice(&(*x as u16).to_be_bytes())
+        }
+        (Kind::U32, Val::Uint(x)) if *x <= u32::MAX as u64 => {
+            b.extend_from_slice(&(*x as u32).to_be_bytes())
+        }
+        (Kind::U64, Val::Uint(x)) => b.extend_from_slice(&x.to_be_bytes()),
+        (Kind::I32, Val::Int(x)) if i32::try_from(*x).is_ok() => {
+            b.extend_from_slice(&(*x as i32).to_be_bytes())
+        }
+        (Kind::I64, Val::Int(x)) => b.extend_from_slice(&x.to_be_bytes()),
+        (Kind::Buffer(n), Val::Bytes(x)) if x.len() == n => b.extend_from_slice(x),
+        (Kind::Array(k, n), Val::Array(xs)) if xs.len() == n => {
+            for x in xs {
+                if let Err(e) = encode_value(b, *k, x)? {
+                    return Some(Err(e));
+                }
+            }
+        }
+        (Kind::Struct(d), Val::Struct(s)) => return Some(encode(b, d, s)),
+        _ => return None,
+    }
+    Some(Ok(()))
+}
+
+/// What the reader found.
+#[derive(Debug)]
+pub enum Record {
+    /// A device's state.
+    Section {
+        idstr: String,
+        instance: u32,
+        version: u32,
+        state: State,
+    },
+    /// The end; the trailing description follows if present.
+    Eof { vmdesc: Option<serde_json::Value> },
+}
+
+/// Reads a stream, counting bytes for error offsets.
+pub struct Reader<R: Read> {
+    r: R,
+    offset: u64,
+    peeked: Option<u8>,
+}
+
+impl<R: Read> Reader<R> {
+    /// Reads the header and the configuration section; the machine type
+    /// must be `local_machine`.
+    pub fn new(r: R, local_machine: &str) -> Result<Reader<R>> {
+        let mut rd = Reader {
+            r,
+            offset: 0,
+            peeked: None,
+        };
+        let magic = rd.u32("the stream header")?;
+        if magic != MAGIC {
+            return Err(Error::BadMagic { found: magic });
+        }
+        let version = rd.u32("the stream header")?;
+        if version != VERSION {
+            return Err(Error::BadVersion { found: version });
+        }
+        let at = rd.offset;
+        let t = rd.u8("the configuration section")?;
+        if t != CONFIGURATION {
+            return Err(Error::ConfigurationMissing {
+                offset: at,
+                found: t,
+            });
+        }
+        let len = rd.u32("the machine type length")?;
+        if len > 256 {
+            return Err(Error::Truncated {
+                offset: rd.offset,
+                wanted: len as usize,
+                what: "an implausibly long machine type".into(),
+            });
+        }
+        let name = rd.bytes(len as usize, "the machine type")?;
+        let stream = String::from_utf8_lossy(&name).into_owned();
+        if stream != local_machine {
+            return Err(Error::MachineMismatch {
+                stream,
+                local: local_machine.to_string(),
+            });
+        }
+        Ok(rd)
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        let mut done = 0;
+        if let (Some(p), Some(first)) = (self.peeked.take(), buf.first_mut()) {
+            *first = p;
+            done = 1;
+        }
+        while done < buf.len() {
+            match self.r.read(&mut buf[done..]) {
+                Ok(0) => {
+                    return Err(Error::Truncated {
+                        offset: self.offset + done as u64,
+                        wanted: buf.len() - done,
+                        what: what.to_string(),
+                    })
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(Error::Read {
+                        offset: self.offset + done as u64,
+                        source,
+                    })
+                }
+            }
+        }
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        let mut b = [0u8; 1];
+        self.fill(&mut b, what)?;
+        Ok(b[0])
+    }
+
+    fn peek(&mut self, what: &str) -> Result<u8> {
+        if let Some(p) = self.peeked {
+            return Ok(p);
+        }
+        let b = self.u8(what)?;
+        self.offset -= 1;
+        self.peeked = Some(b);
+        Ok(b)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.fill(&mut b, what)?;
+        Ok(u32::from_be_bytes(b))
+    }
+
+    fn bytes(&mut self, n: usize, what: &str) -> Result<Vec<u8>> {
+        // n is bounded by the caller (a description's size or <= 255).
+        let mut v = vec![0u8; n];
+        self.fill(&mut v, what)?;
+        Ok(v)
+    }
+
+    /// The next record. `lookup` maps a section's idstr and instance to
+    /// this side's description.
+    pub fn next_record(
+        &mut self,
+        lookup: &dyn Fn(&str, u32) -> Option<&'static Description>,
+    ) -> Result<Record> {
+        let at = self.offset;
+        match self.u8("a section type")? {
+            EOF => {
+                let vmdesc = match self.peek("the vm description") {
+                    Ok(VMDESCRIPTION) => {
+                        self.u8("the vm description")?;
+                        let len = self.u32("the vm description length")?;
+                        if len > MAX_VMDESC {
+                            return Err(Error::DescriptionTooLarge {
+                                len,
+                                offset: self.offset,
+                            });
+                        }
+                        let j = self.bytes(len as usize, "the vm description")?;
+                        serde_json::from_slice(&j).ok()
+                    }
+                    _ => None,
+                };
+                Ok(Record::Eof { vmdesc })
+            }
+            SECTION_FULL => self.full_section(lookup),
+            SECTION_START => Err(Error::Unsupported {
+                kind: "START",
+                offset: at,
+            }),
+            SECTION_PART | SECTION_END => Err(Error::Unsupported {
+                kind: "PART/END",
+                offset: at,
+            }),
+            t => Err(Error::UnknownSectionType {
+                found: t,
+                offset: at,
+            }),
+        }
+    }
+
+    fn full_section(
+        &mut self,
+        lookup: &dyn Fn(&str, u32) -> Option<&'static Description>,
+    ) -> Result<Record> {
+        let id = self.u32("a section id")?;
+        let len = self.u8("a section name length")? as usize;
+        let idstr = String::from_utf8_lossy(&self.bytes(len, "a section name")?).into_owned();
+        let instance = self.u32("an instance id")?;
+        let version = self.u32("a version id")?;
+        let at = self.offset;
+        let desc = lookup(&idstr, instance).ok_or_else(|| Error::UnknownSection {
+            idstr: idstr.clone(),
+            instance,
+            offset: at,
+        })?;
+        self.check_version(desc, &idstr, version, at)?;
+        let state = self.decode(desc, version)?;
+        let at = self.offset;
+        let f = self.u8("a section footer")?;
+        if f != FOOTER {
+            return Err(Error::FooterMissing {
+                section: idstr,
+                offset: at,
+                found: f,
+            });
+        }
+        let fid = self.u32("a section footer")?;
+        if fid != id {
+            return Err(Error::FooterMismatch {
+                section: idstr,
+                expected: id,
+                found: fid,
+                offset: at,
+            });
+        }
+        Ok(Record::Section {
+            idstr,
+            instance,
+            version,
+            state,
+        })
+    }
+
+    fn check_version(&self, d: &Description, section: &str, v: u32, offset: u64) -> Result<()> {
+        if v > d.version_id {
+            return Err(Error::VersionTooNew {
+                section: section.to_string(),
+                stream: v,
+                local: d.version_id,
+                offset,
+            });
+        }
+        if v < d.minimum_version_id {
+            return Err(Error::VersionTooOld {
+                section: section.to_string(),
+                stream: v,
+                minimum: d.minimum_version_id,
+                offset,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads `desc`'s fields as of stream version `version`, then its
+    /// subsections.
+    fn decode(&mut self, desc: &'static Description, version: u32) -> Result<State> {
+        let mut st = State::default();
+        for f in desc.fields {
+            let v = if f.since > version {
+                default_value(f.kind)
+            } else {
+                self.value(desc, f, f.kind)?
+            };
+            st.fields.push((f.name, v));
+        }
+        while self.peek("a subsection or the section end")? == SUBSECTION {
+            let at = self.offset;
+            self.u8("a subsection")?;
+            let len = self.u8("a subsection name length")? as usize;
+            let name = String::from_utf8_lossy(&self.bytes(len, "a subsection name")?).into_owned();
+            let Some(sub) = desc.subsections.iter().find(|s| s.desc.name == name) else {
+                return Err(Error::UnknownSubsection {
+                    name,
+                    device: desc.name.to_string(),
+                    offset: at,
+                });
+            };
+            let v = self.u32("a subsection version")?;
+            self.check_version(sub.desc, &name, v, at)?;
+            let s = self.decode(sub.desc, v)?;
+            st.subsections.push((sub.desc.name, s));
+        }
+        Ok(st)
+    }
+
+    fn value(&mut self, desc: &Description, f: &Field, kind: Kind) -> Result<Val> {
+        let what = || format!("field '{}' of '{}'", f.name, desc.name);
+        Ok(match kind {
+            Kind::Bool => {
+                let at = self.offset;
+                match self.u8(&what())? {
+                    0 => Val::Bool(false),
+                    1 => Val::Bool(true),
+                    v => {
+                        return Err(Error::OutOfRange {
+                            device: desc.name.into(),
+                            field: f.name.into(),
+                            kind: "bool",
+                            value: v as u64,
+                            offset: at,
+                        })
+                    }
+                }
+            }
+            Kind::U8 => Val::Uint(self.u8(&what())? as u64),
+            Kind::U16 => {
+                let b = self.bytes(2, &what())?;
+                Val::Uint(u16::from_be_bytes([b[0], b[1]]) as u64)
+            }
+            Kind::U32 => Val::Uint(self.u32(&what())? as u64),
+            Kind::U64 | Kind::I64 => {
+                let mut b = [0u8; 8];
+                self.fill(&mut b, &what())?;
+                if matches!(kind, Kind::U64) {
+                    Val::Uint(u64::from_be_bytes(b))
+                } else {
+                    Val::Int(i64::from_be_bytes(b))
+                }
+            }
+            Kind::I32 => Val::Int(self.u32(&what())? as i32 as i64),
+            Kind::Buffer(n) => Val::Bytes(self.bytes(n, &what())?),
+            Kind::Array(k, n) => Val::Array(
+                (0..n)
+                    .map(|_| self.value(desc, f, *k))
+                    .collect::<Result<_>>()?,
+            ),
+            Kind::Struct(d) => Val::Struct(self.decode(d, d.version_id)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,374 @@
+use super::*;
+use crate::vmstate::{Field, Subsection};
+
+static U16: Kind = Kind::U16;
+
+static INNER_SUB: Description = Description {
+    name: "inner/flag",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[Field {
+        name: "flag",
+        kind: Kind::U8,
+        since: 0,
+    }],
+    subsections: &[],
+};
+static INNER: Description = Description {
+    name: "inner",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[Field {
+        name: "x",
+        kind: Kind::U32,
+        since: 0,
+    }],
+    subsections: &[Subsection {
+        desc: &INNER_SUB,
+        needed: |s| s.uint("x") == Some(7),
+    }],
+};
+static EXTRA: Description = Description {
+    name: "dev/extra",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[Field {
+        name: "broken",
+        kind: Kind::Bool,
+        since: 0,
+    }],
+    subsections: &[],
+};
+
+const FIELDS_V2: &[Field] = &[
+    Field {
+        name: "a",
+        kind: Kind::U8,
+        since: 0,
+    },
+    Field {
+        name: "b",
+        kind: Kind::U16,
+        since: 0,
+    },
+    Field {
+        name: "c",
+        kind: Kind::U32,
+        since: 0,
+    },
+    Field {
+        name: "d",
+        kind: Kind::U64,
+        since: 0,
+    },
+    Field {
+        name: "e",
+        kind: Kind::Bool,
+        since: 0,
+    },
+    Field {
+        name: "f",
+        kind: Kind::I32,
+        since: 0,
+    },
+    Field {
+        name: "g",
+        kind: Kind::Buffer(4),
+        since: 0,
+    },
+    Field {
+        name: "h",
+        kind: Kind::Array(&U16, 3),
+        since: 0,
+    },
+    Field {
+        name: "n",
+        kind: Kind::Struct(&INNER),
+        since: 0,
+    },
+];
+const FIELDS_V3: &[Field] = &[
+    Field {
+        name: "a",
+        kind: Kind::U8,
+        since: 0,
+    },
+    Field {
+        name: "b",
+        kind: Kind::U16,
+        since: 0,
+    },
+    Field {
+        name: "c",
+        kind: Kind::U32,
+        since: 0,
+    },
+    Field {
+        name: "d",
+        kind: Kind::U64,
+        since: 0,
+    },
+    Field {
+        name: "e",
+        kind: Kind::Bool,
+        since: 0,
+    },
+    Field {
+        name: "f",
+        kind: Kind::I32,
+        since: 0,
+    },
+    Field {
+        name: "g",
+        kind: Kind::Buffer(4),
+        since: 0,
+    },
+    Field {
+        name: "h",
+        kind: Kind::Array(&U16, 3),
+        since: 0,
+    },
+    Field {
+        name: "n",
+        kind: Kind::Struct(&INNER),
+        since: 0,
+    },
+    Field {
+        name: "later",
+        kind: Kind::U32,
+        since: 3,
+    },
+];
+
+/// Version 3, knows the `dev/extra` subsection.
+static DEV: Description = Description {
+    name: "dev",
+    version_id: 3,
+    minimum_version_id: 1,
+    fields: FIELDS_V3,
+    subsections: &[Subsection {
+        desc: &EXTRA,
+        needed: |s| s.subsection("dev/extra").is_some(),
+    }],
+};
+/// The same device as an older release: version 2, no subsection.
+static DEV_OLD: Description = Description {
+    name: "dev",
+    version_id: 2,
+    minimum_version_id: 1,
+    fields: FIELDS_V2,
+    subsections: &[],
+};
+/// Version 3 from before `dev/extra` existed.
+static DEV_NO_EXTRA: Description = Description {
+    name: "dev",
+    version_id: 3,
+    minimum_version_id: 1,
+    fields: FIELDS_V3,
+    subsections: &[],
+};
+/// A release that raised the minimum.
+static DEV_MIN3: Description = Description {
+    name: "dev",
+    version_id: 3,
+    minimum_version_id: 3,
+    fields: FIELDS_V3,
+    subsections: &[],
+};
+
+fn state(with_extra: bool) -> State {
+    let mut inner = State::default();
+    inner.set("x", Val::Uint(7));
+    inner.subsections.push(("inner/flag", {
+        let mut s = State::default();
+        s.set("flag", Val::Uint(0xab));
+        s
+    }));
+    let mut s = State::default();
+    s.set("a", Val::Uint(0x12))
+        .set("b", Val::Uint(0x3456))
+        .set("c", Val::Uint(0x789a_bcde))
+        .set("d", Val::Uint(0x0102_0304_0506_0708))
+        .set("e", Val::Bool(true))
+        .set("f", Val::Int(-5))
+        .set("g", Val::Bytes(vec![1, 2, 3, 4]))
+        .set(
+            "h",
+            Val::Array(vec![Val::Uint(1), Val::Uint(2), Val::Uint(0xffff)]),
+        )
+        .set("n", Val::Struct(inner))
+        .set("later", Val::Uint(99));
+    if with_extra {
+        let mut x = State::default();
+        x.set("broken", Val::Bool(true));
+        s.subsections.push(("dev/extra", x));
+    }
+    s
+}
+
+fn write(desc: &Description, st: &State, machine: &str) -> Vec<u8> {
+    let mut w = Writer::new(Vec::new(), machine).unwrap();
+    w.section("0000:00:03.0/dev", 0, desc, st).unwrap();
+    w.finish().unwrap()
+}
+
+fn read_all(bytes: &[u8], machine: &str, desc: &'static Description) -> Result<Vec<Record>> {
+    let mut r = Reader::new(bytes, machine)?;
+    let mut out = vec![];
+    loop {
+        let rec =
+            r.next_record(&|id, inst| (id == "0000:00:03.0/dev" && inst == 0).then_some(desc))?;
+        let end = matches!(rec, Record::Eof { .. });
+        out.push(rec);
+        if end {
+            return Ok(out);
+        }
+    }
+}
+
+fn err(bytes: &[u8], desc: &'static Description) -> String {
+    read_all(bytes, "pc-q35-8.0", desc).unwrap_err().to_string()
+}
+
+#[test]
+fn round_trip_every_kind_with_subsections() {
+    let st = state(true);
+    let bytes = write(&DEV, &st, "pc-q35-8.0");
+    assert_eq!(&bytes[..8], b"QEVM\0\0\0\x03");
+    let recs = read_all(&bytes, "pc-q35-8.0", &DEV).unwrap();
+    match &recs[0] {
+        Record::Section {
+            idstr,
+            instance,
+            version,
+            state,
+        } => {
+            assert_eq!(
+                (idstr.as_str(), *instance, *version),
+                ("0000:00:03.0/dev", 0, 3)
+            );
+            assert_eq!(state, &st);
+        }
+        r => panic!("{r:?}"),
+    }
+    let Record::Eof { vmdesc: Some(j) } = &recs[1] else {
+        panic!("no vmdesc")
+    };
+    assert_eq!(j["devices"][0]["name"], "0000:00:03.0/dev");
+    assert_eq!(j["devices"][0]["fields"][7]["array_len"], 3);
+    assert_eq!(j["devices"][0]["subsections"][0]["vmsd_name"], "dev/extra");
+    // analyze-migration.py's rule: 0x06 + be32 length right before '{', no NUL in the JSON.
+    let brace = bytes.iter().rposition(|b| *b == 0).unwrap() + 1;
+    let brace = brace + bytes[brace..].iter().position(|b| *b == b'{').unwrap();
+    assert_eq!(bytes[brace - 5], 0x06);
+}
+
+#[test]
+fn absent_subsection_and_older_stream_versions_load() {
+    // needed() false: no subsection is written, and the state loads.
+    let bytes = write(&DEV, &state(false), "pc-q35-8.0");
+    assert!(!bytes.windows(9).any(|w| w == b"dev/extra"));
+    assert!(read_all(&bytes, "pc-q35-8.0", &DEV).is_ok());
+    // An old release's stream (version 2) into this one: `later` keeps its default.
+    let mut old = state(false);
+    old.fields.retain(|f| f.0 != "later");
+    let recs = read_all(&write(&DEV_OLD, &old, "pc-q35-8.0"), "pc-q35-8.0", &DEV).unwrap();
+    let Record::Section { version, state, .. } = &recs[0] else {
+        panic!()
+    };
+    assert_eq!((*version, state.uint("later")), (2, Some(0)));
+}
+
+#[test]
+fn each_reader_error_says_what_and_where() {
+    let good = write(&DEV, &state(true), "pc-q35-8.0");
+    let mut b = good.clone();
+    b[0] = b'X';
+    assert!(err(&b, &DEV).contains("magic 0x5845564d"));
+    let mut b = good.clone();
+    b[7] = 2;
+    assert!(err(&b, &DEV).contains("version 2"));
+    let mut b = good.clone();
+    b[8] = 0x04;
+    assert!(err(&b, &DEV).contains("configuration section missing at offset 8"));
+    let e = read_all(&good, "pc-q35-7.2", &DEV).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "machine type received is 'pc-q35-8.0' and local is 'pc-q35-7.2'"
+    );
+    let first = 8 + 1 + 4 + "pc-q35-8.0".len();
+    let mut b = good.clone();
+    b[first] = 5;
+    assert_eq!(
+        err(&b, &DEV),
+        format!("Unknown savevm section type 5 at offset {first}")
+    );
+    let e = read_all(&good, "pc-q35-8.0", &DEV).and_then(|_| {
+        let mut r = Reader::new(&good[..], "pc-q35-8.0")?;
+        r.next_record(&|_, _| None)
+    });
+    assert!(e
+        .unwrap_err()
+        .to_string()
+        .contains("Unknown savevm section or instance '0000:00:03.0/dev' 0"));
+    // A newer stream into an older release, and an old stream into a release that raised the minimum.
+    assert!(err(&good, &DEV_OLD).contains("version 3, newer than the 2"));
+    let mut old = state(false);
+    old.fields.retain(|f| f.0 != "later");
+    assert!(
+        err(&write(&DEV_OLD, &old, "pc-q35-8.0"), &DEV_MIN3).contains("older than the minimum 3")
+    );
+    // A subsection the reader does not know, named with its device.
+    let e = err(&good, &DEV_NO_EXTRA);
+    assert!(e.contains("unknown subsection 'dev/extra' in 'dev'"), "{e}");
+    // A bool that is neither 0 nor 1.
+    let st = state(false);
+    let plain = write(&DEV, &st, "pc-q35-8.0");
+    let e_at = first + 1 + 4 + 1 + "0000:00:03.0/dev".len() + 4 + 4 + 1 + 2 + 4 + 8;
+    let mut b = plain.clone();
+    b[e_at] = 2;
+    assert!(err(&b, &DEV).contains("value 2 out of range for bool field 'e' of 'dev'"));
+    // Footer: missing (device read less) and mismatched id.
+    let footer = plain.iter().rposition(|x| *x == 0x7e).unwrap();
+    let mut b = plain.clone();
+    b[footer] = 0x7f;
+    assert!(err(&b, &DEV).contains("missing section footer for '0000:00:03.0/dev'"));
+    let mut b = plain.clone();
+    b[footer + 4] = 9;
+    assert!(err(&b, &DEV).contains("mismatched section id in footer"));
+}
+
+#[test]
+fn truncation_anywhere_is_an_error_never_a_panic() {
+    let good = write(&DEV, &state(true), "pc-q35-8.0");
+    // Up to the EOF byte: every prefix fails cleanly.
+    let eof = good.iter().rposition(|b| *b == 0x06).unwrap() - 1;
+    for n in 0..eof {
+        let e = read_all(&good[..n], "pc-q35-8.0", &DEV).unwrap_err();
+        assert!(
+            matches!(e, Error::Truncated { .. } | Error::BadMagic { .. }),
+            "prefix {n}: {e}"
+        );
+    }
+}
+
+#[test]
+fn hostile_bytes_never_panic() {
+    let good = write(&DEV, &state(true), "pc-q35-8.0");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..20_000 {
+        let mut b = good.clone();
+        for _ in 0..(rnd() % 4 + 1) {
+            let i = (rnd() as usize) % b.len();
+            b[i] = rnd() as u8;
+        }
+        let cut = (rnd() as usize) % (b.len() + 1);
+        let _ = read_all(&b[..cut], "pc-q35-8.0", &DEV);
+    }
+}

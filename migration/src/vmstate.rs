@@ -1,0 +1,193 @@
+//! State descriptions as data, and the value tree they describe.
+
+use serde_json::{json, Value as Json};
+
+/// How a field is encoded (big-endian integers, as QEMU).
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Bool,
+    U8,
+    U16,
+    U32,
+    U64,
+    I32,
+    I64,
+    /// A fixed-size byte buffer.
+    Buffer(usize),
+    /// `len` elements of an integer kind, back to back.
+    Array(&'static Kind, usize),
+    /// A nested description, inline (its fields, then its subsections).
+    Struct(&'static Description),
+}
+
+impl Kind {
+    /// QEMU's vmdesc type name.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Kind::Bool => "bool",
+            Kind::U8 => "uint8",
+            Kind::U16 => "uint16",
+            Kind::U32 => "uint32",
+            Kind::U64 => "uint64",
+            Kind::I32 => "int32",
+            Kind::I64 => "int64",
+            Kind::Buffer(_) => "buffer",
+            Kind::Array(k, _) => k.type_name(),
+            Kind::Struct(_) => "struct",
+        }
+    }
+
+    /// Bytes on the wire (for integers and buffers; structs vary).
+    pub fn wire_size(self) -> usize {
+        match self {
+            Kind::Bool | Kind::U8 => 1,
+            Kind::U16 => 2,
+            Kind::U32 | Kind::I32 => 4,
+            Kind::U64 | Kind::I64 => 8,
+            Kind::Buffer(n) => n,
+            Kind::Array(k, n) => k.wire_size() * n,
+            Kind::Struct(_) => 0,
+        }
+    }
+}
+
+/// One field of a description.
+#[derive(Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The description version the field appeared in (0 = always there).
+    /// Streams older than this do not carry it; it keeps its default.
+    pub since: u32,
+}
+
+/// A subsection: sent only when `needed` holds for the parent's state.
+#[derive(Debug)]
+pub struct Subsection {
+    pub desc: &'static Description,
+    pub needed: fn(&State) -> bool,
+}
+
+/// A state description (QEMU's VMStateDescription).
+#[derive(Debug)]
+pub struct Description {
+    pub name: &'static str,
+    pub version_id: u32,
+    pub minimum_version_id: u32,
+    pub fields: &'static [Field],
+    pub subsections: &'static [Subsection],
+}
+
+/// A value of a field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val {
+    Bool(bool),
+    Uint(u64),
+    Int(i64),
+    Bytes(Vec<u8>),
+    Array(Vec<Val>),
+    Struct(State),
+}
+
+/// A device's state in the shape of its description: field values in
+/// order, and the subsections that are present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub fields: Vec<(&'static str, Val)>,
+    pub subsections: Vec<(&'static str, State)>,
+}
+
+impl State {
+    pub fn get(&self, name: &str) -> Option<&Val> {
+        self.fields.iter().find(|f| f.0 == name).map(|f| &f.1)
+    }
+    pub fn uint(&self, name: &str) -> Option<u64> {
+        match self.get(name)? {
+            Val::Uint(v) => Some(*v),
+            Val::Bool(b) => Some(*b as u64),
+            _ => None,
+        }
+    }
+    pub fn subsection(&self, name: &str) -> Option<&State> {
+        self.subsections.iter().find(|s| s.0 == name).map(|s| &s.1)
+    }
+    pub fn set(&mut self, name: &'static str, v: Val) -> &mut Self {
+        match self.fields.iter_mut().find(|f| f.0 == name) {
+            Some(f) => f.1 = v,
+            None => self.fields.push((name, v)),
+        }
+        self
+    }
+}
+
+/// The value a field has when the stream does not carry it.
+pub fn default_value(kind: Kind) -> Val {
+    match kind {
+        Kind::Bool => Val::Bool(false),
+        Kind::U8 | Kind::U16 | Kind::U32 | Kind::U64 => Val::Uint(0),
+        Kind::I32 | Kind::I64 => Val::Int(0),
+        Kind::Buffer(n) => Val::Bytes(vec![0; n]),
+        Kind::Array(k, n) => Val::Array(vec![default_value(*k); n]),
+        Kind::Struct(d) => Val::Struct(State {
+            fields: d
+                .fields
+                .iter()
+                .map(|f| (f.name, default_value(f.kind)))
+                .collect(),
+            subsections: vec![],
+        }),
+    }
+}
+
+impl Description {
+    /// The description as JSON (for `-dump-vmstate` and its checker).
+    pub fn to_json(&self) -> Json {
+        json!({
+            "name": self.name,
+            "version_id": self.version_id,
+            "minimum_version_id": self.minimum_version_id,
+            "fields": self.fields.iter().map(|f| {
+                let mut o = json!({"field": f.name, "type": f.kind.type_name(), "version_id": f.since});
+                match f.kind {
+                    Kind::Struct(d) => o["struct"] = d.to_json(),
+                    Kind::Array(_, n) => { o["array_len"] = n.into(); o["size"] = f.kind.wire_size().into(); }
+                    k => o["size"] = k.wire_size().into(),
+                }
+                o
+            }).collect::<Vec<_>>(),
+            "subsections": self.subsections.iter().map(|s| s.desc.to_json()).collect::<Vec<_>>(),
+        })
+    }
+
+    /// QEMU's vmdesc entry for a section written with `state` (the
+    /// layout `analyze-migration.py` reads).
+    pub fn vmdesc(&self, state: &State) -> Json {
+        let fields: Vec<Json> = self
+            .fields
+            .iter()
+            .map(|f| {
+                let mut o =
+                    json!({"name": f.name, "type": f.kind.type_name(), "size": f.kind.wire_size()});
+                match (f.kind, state.get(f.name)) {
+                    (Kind::Struct(d), Some(Val::Struct(s))) => o["struct"] = d.vmdesc(s),
+                    (Kind::Array(k, n), _) => {
+                        o["array_len"] = n.into();
+                        o["size"] = k.wire_size().into();
+                    }
+                    _ => {}
+                }
+                o
+            })
+            .collect();
+        let subs: Vec<Json> = self
+            .subsections
+            .iter()
+            .filter_map(|s| state.subsection(s.desc.name).map(|st| s.desc.vmdesc(st)))
+            .collect();
+        let mut o = json!({"vmsd_name": self.name, "version": self.version_id, "fields": fields});
+        if !subs.is_empty() {
+            o["subsections"] = subs.into();
+        }
+        o
+    }
+}
