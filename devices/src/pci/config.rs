@@ -3,7 +3,49 @@
 //! `w1cmask` (write-one-to-clear bits). Everything else is read-only for
 //! the guest; migration compares those bits against the destination's.
 
+use migration::vmstate::{Description, Field, Kind, State, Val};
+
 pub const CONFIG_SIZE: usize = 4096;
+
+static I32: Kind = Kind::I32;
+
+/// QEMU's `PCIDevice` state (PCIe-sized config space): the config bytes
+/// and the INTx levels.
+pub static VMSTATE: Description = Description {
+    name: "PCIDevice",
+    version_id: 2,
+    minimum_version_id: 1,
+    fields: &[
+        Field {
+            name: "version_id",
+            kind: Kind::I32,
+            since: 0,
+        },
+        Field {
+            name: "config",
+            kind: Kind::Buffer(CONFIG_SIZE),
+            since: 0,
+        },
+        Field {
+            name: "irq_state",
+            kind: Kind::Array(&I32, 4),
+            since: 2,
+        },
+    ],
+    subsections: &[],
+};
+
+/// A read-only configuration register that differs between the stream and
+/// this side (QEMU's "Bad config data").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigMismatch {
+    /// Dword-aligned offset of the register.
+    pub offset: u16,
+    pub stream: u32,
+    pub local: u32,
+    /// The bits compared (read-only for the guest).
+    pub mask: u32,
+}
 
 pub const VENDOR_ID: u16 = 0x00;
 pub const DEVICE_ID: u16 = 0x02;
@@ -73,6 +115,61 @@ impl ConfigSpace {
             Some(r) => r.rev().fold(0u32, |v, i| v << 8 | self.data[i] as u32),
             None => u32::MAX >> (32 - 8 * size.clamp(1, 4) as u32),
         }
+    }
+
+    /// The migratable state.
+    pub fn state(&self) -> State {
+        let mut st = State::default();
+        st.set("version_id", Val::Int(2))
+            .set("config", Val::Bytes(self.data.to_vec()))
+            .set("irq_state", Val::Array(vec![Val::Int(0); 4]));
+        st
+    }
+
+    /// Loads `st` with QEMU's rule: bits the guest cannot write must be
+    /// what this side has, else the configurations differ and the load
+    /// fails naming the first such register; guest-writable bits come from
+    /// the stream.
+    pub fn load(&mut self, st: &State) -> Result<(), Option<ConfigMismatch>> {
+        let Some(Val::Bytes(incoming)) = st.get("config") else {
+            return Err(None);
+        };
+        if incoming.len() != CONFIG_SIZE {
+            return Err(None);
+        }
+        for i in 0..CONFIG_SIZE {
+            let ro = !self.wmask[i] & !self.w1cmask[i];
+            if (incoming[i] ^ self.data[i]) & ro != 0 {
+                let off = (i & !3) as u16;
+                let dword = |b: &[u8]| {
+                    u32::from_le_bytes(
+                        b[off as usize..off as usize + 4]
+                            .try_into()
+                            .unwrap_or([0; 4]),
+                    )
+                };
+                let mask = !u32::from_le_bytes(
+                    self.wmask[off as usize..off as usize + 4]
+                        .try_into()
+                        .unwrap_or([0; 4]),
+                ) & !u32::from_le_bytes(
+                    self.w1cmask[off as usize..off as usize + 4]
+                        .try_into()
+                        .unwrap_or([0; 4]),
+                );
+                return Err(Some(ConfigMismatch {
+                    offset: off,
+                    stream: dword(incoming),
+                    local: dword(&self.data[..]),
+                    mask,
+                }));
+            }
+        }
+        for i in 0..CONFIG_SIZE {
+            let w = self.wmask[i] | self.w1cmask[i];
+            self.data[i] = (self.data[i] & !w) | (incoming[i] & w);
+        }
+        Ok(())
     }
 
     /// A guest write: only `wmask` bits change, `w1cmask` bits clear on 1.

@@ -46,6 +46,43 @@ pub struct RootPort {
     cfg: ConfigSpace,
 }
 
+/// A root port's state did not load.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LoadError {
+    #[error("{device}: config register {register} (offset {offset:#x}) is {stream:#010x} in the stream but {local:#010x} here, in bits the guest cannot change (mask {mask:#010x}){hint}")]
+    Config {
+        device: String,
+        register: String,
+        offset: u16,
+        stream: u32,
+        local: u32,
+        mask: u32,
+        hint: String,
+    },
+    #[error("{device}: the stream's state does not have the PCIDevice layout")]
+    Shape { device: String },
+}
+
+/// Names of the registers a root port has, for errors.
+pub fn register_name(offset: u16) -> String {
+    let known = [
+        (0x00, "PCI_VENDOR_ID/PCI_DEVICE_ID"),
+        (0x08, "PCI_CLASS_REVISION"),
+        (PCIE_CAP, "PCI_EXP capability header"),
+        (AER_CAP, "PCI_EXT_CAP (AER header)"),
+        (AER_UNCOR_STATUS, "PCI_ERR_UNCOR_STATUS"),
+        (AER_UNCOR_MASK, "PCI_ERR_UNCOR_MASK"),
+        (AER_UNCOR_SEVER, "PCI_ERR_UNCOR_SEVER"),
+        (AER_COR_STATUS, "PCI_ERR_COR_STATUS"),
+        (AER_COR_MASK, "PCI_ERR_COR_MASK"),
+        (AER_CAP_CTRL, "PCI_ERR_CAP"),
+    ];
+    known
+        .iter()
+        .find(|k| k.0 == offset)
+        .map_or_else(|| format!("at {offset:#x}"), |k| k.1.to_string())
+}
+
 impl RootPort {
     pub fn new(c: &RootPortConfig) -> RootPort {
         let mut cfg = ConfigSpace::new(0x1b36, 0x000c, 0x06_04_00, 0);
@@ -112,6 +149,40 @@ impl RootPort {
     }
 }
 
+impl RootPort {
+    /// The migratable state: QEMU's PCIDevice layout.
+    pub fn state(&self) -> migration::vmstate::State {
+        self.cfg.state()
+    }
+
+    /// Loads a saved state; a read-only mismatch names the register and,
+    /// where a property reconciles it, the property.
+    pub fn load(&mut self, device: &str, st: &migration::vmstate::State) -> Result<(), LoadError> {
+        self.cfg.load(st).map_err(|m| match m {
+            None => LoadError::Shape { device: device.to_string() },
+            Some(m) => {
+                let hint = if m.offset == AER_UNCOR_MASK {
+                    format!(
+                        "; the two sides disagree on x-pcie-err-unc-mask: set -global pcie-root-port.x-pcie-err-unc-mask={} on the destination to match the source",
+                        if m.stream != 0 { "on" } else { "off" }
+                    )
+                } else {
+                    String::new()
+                };
+                LoadError::Config {
+                    device: device.to_string(),
+                    register: register_name(m.offset),
+                    offset: m.offset,
+                    stream: m.stream,
+                    local: m.local,
+                    mask: m.mask,
+                    hint,
+                }
+            }
+        })
+    }
+}
+
 impl PciFunction for RootPort {
     fn config(&self) -> &ConfigSpace {
         &self.cfg
@@ -150,6 +221,64 @@ mod tests {
             on.config_read(AER_UNCOR_SEVER, 4),
             off.config_read(AER_UNCOR_SEVER, 4)
         );
+    }
+
+    /// The AER seed: a pc-q35-8.0 root port's state, through a real
+    /// stream, does not load into a pc-q35-7.2 one, and the error names
+    /// the register, the device and the property; with the property set
+    /// on the destination (QEMU 8.0.1's recovery) it loads.
+    #[test]
+    fn aer_seed_8_0_stream_into_7_2() {
+        use migration::stream::{Reader, Record, Writer};
+        let mut src = port(CAP_ERR_UNC_MASK);
+        src.config_write(AER_UNCOR_SEVER, 4, 0x0000_0010); // guest state travels
+        let mut w = Writer::new(Vec::new(), "pc-q35-7.2").unwrap();
+        w.section(
+            "0000:00:01.0/pcie-root-port",
+            0,
+            &config::VMSTATE,
+            &src.state(),
+        )
+        .unwrap();
+        let bytes = w.finish().unwrap();
+        let load = |dst: &mut RootPort| {
+            let mut r = Reader::new(&bytes[..], "pc-q35-7.2").unwrap();
+            match r.next_record(&|_, _| Some(&config::VMSTATE)).unwrap() {
+                Record::Section { state, .. } => dst.load("pcie-root-port 'rp0' (00:01.0)", &state),
+                other => panic!("{other:?}"),
+            }
+        };
+        let e = load(&mut port(0)).unwrap_err().to_string();
+        for want in [
+            "'rp0'",
+            "PCI_ERR_UNCOR_MASK",
+            "0x108",
+            "0x02400000",
+            "x-pcie-err-unc-mask=on",
+        ] {
+            assert!(e.contains(want), "{want} missing: {e}");
+        }
+        let mut dst = port(CAP_ERR_UNC_MASK);
+        load(&mut dst).unwrap();
+        assert_eq!(dst.config_read(AER_UNCOR_SEVER, 4), 0x10);
+        // The other way: 7.2 (read-only zero) into 8.0 (writable) loads, as in QEMU.
+        let mut w = Writer::new(Vec::new(), "pc-q35-7.2").unwrap();
+        w.section(
+            "0000:00:01.0/pcie-root-port",
+            0,
+            &config::VMSTATE,
+            &port(0).state(),
+        )
+        .unwrap();
+        let old = w.finish().unwrap();
+        let mut r = Reader::new(&old[..], "pc-q35-7.2").unwrap();
+        let Record::Section { state, .. } = r.next_record(&|_, _| Some(&config::VMSTATE)).unwrap()
+        else {
+            panic!()
+        };
+        let mut dst = port(CAP_ERR_UNC_MASK);
+        dst.load("rp0", &state).unwrap();
+        assert_eq!(dst.config_read(AER_UNCOR_MASK, 4), 0);
     }
 
     #[test]
