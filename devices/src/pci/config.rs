@@ -165,9 +165,9 @@ impl ConfigSpace {
                 }));
             }
         }
-        for i in 0..CONFIG_SIZE {
+        for (i, inc) in incoming.iter().enumerate() {
             let w = self.wmask[i] | self.w1cmask[i];
-            self.data[i] = (self.data[i] & !w) | (incoming[i] & w);
+            self.data[i] = (self.data[i] & !w) | (inc & w);
         }
         Ok(())
     }
