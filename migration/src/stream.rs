@@ -28,6 +28,17 @@ const SUBSECTION: u8 = 0x05;
 const VMDESCRIPTION: u8 = 0x06;
 const CONFIGURATION: u8 = 0x07;
 const FOOTER: u8 = 0x7e;
+/// Target page size (x86).
+pub const PAGE_SIZE: usize = 4096;
+/// The RAM section's name, instance and version, as QEMU's.
+pub const RAM_IDSTR: &str = "ram";
+pub const RAM_VERSION: u32 = 4;
+const RAM_ZERO: u64 = 0x02;
+const RAM_MEM_SIZE: u64 = 0x04;
+const RAM_PAGE: u64 = 0x08;
+const RAM_EOS: u64 = 0x10;
+const RAM_CONTINUE: u64 = 0x20;
+const RAM_FLAGS: u64 = (PAGE_SIZE as u64) - 1;
 /// Bound on the trailing JSON a reader accepts.
 pub const MAX_VMDESC: u32 = 64 << 20;
 
@@ -43,8 +54,7 @@ pub enum Error {
     MachineMismatch { stream: String, local: String },
     #[error("Unknown savevm section type {found} at offset {offset}")]
     UnknownSectionType { found: u8, offset: u64 },
-    #[error("unsupported section type {kind} at offset {offset} (iterative sections are not implemented yet)")]
-    Unsupported { kind: &'static str, offset: u64 },
+
     #[error("Unknown savevm section or instance '{idstr}' {instance} at offset {offset}: the destination has no such device")]
     UnknownSection {
         idstr: String,
@@ -104,6 +114,30 @@ pub enum Error {
         "vm description of {len} bytes at offset {offset} exceeds the {MAX_VMDESC}-byte limit"
     )]
     DescriptionTooLarge { len: u32, offset: u64 },
+    #[error("Unknown ramblock \"{name}\" at offset {offset}, cannot accept migration")]
+    UnknownRamBlock { name: String, offset: u64 },
+    #[error(
+        "RAM block '{name}' is {stream} bytes in the stream but {local} here (offset {offset})"
+    )]
+    RamLengthMismatch {
+        name: String,
+        stream: u64,
+        local: u64,
+        offset: u64,
+    },
+    #[error("RAM page at {addr:#x} is outside block '{name}' ({len} bytes), offset {offset}")]
+    RamOutOfRange {
+        name: String,
+        addr: u64,
+        len: u64,
+        offset: u64,
+    },
+    #[error("RAM record flags {flags:#x} at offset {offset} are not supported")]
+    RamFlags { flags: u64, offset: u64 },
+    #[error("RAM record at offset {offset} continues a block, but no block was named yet in this section")]
+    RamNoBlock { offset: u64 },
+    #[error("section id {id} at offset {offset} was never started")]
+    UnknownSectionId { id: u32, offset: u64 },
     #[error("the state of '{device}' lacks field '{field}' or has the wrong type for it")]
     StateShape { device: String, field: String },
     #[error("write failed")]
@@ -168,6 +202,71 @@ impl<W: Write> Writer<W> {
         d["instance_id"] = instance.into();
         self.vmdesc.push(d);
         Ok(())
+    }
+
+    /// The `ram` START section: the block list. Returns its section id,
+    /// for [`Writer::ram_pages`].
+    pub fn ram_start(&mut self, blocks: &[(&str, u64)]) -> Result<u32> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let total: u64 = blocks.iter().map(|b| b.1).sum();
+        let mut b = vec![SECTION_START];
+        b.extend_from_slice(&id.to_be_bytes());
+        b.push(RAM_IDSTR.len() as u8);
+        b.extend_from_slice(RAM_IDSTR.as_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&RAM_VERSION.to_be_bytes());
+        b.extend_from_slice(&(total | RAM_MEM_SIZE).to_be_bytes());
+        for (name, len) in blocks {
+            b.push(name.len().min(255) as u8);
+            b.extend_from_slice(&name.as_bytes()[..name.len().min(255)]);
+            b.extend_from_slice(&len.to_be_bytes());
+        }
+        b.extend_from_slice(&RAM_EOS.to_be_bytes());
+        b.push(FOOTER);
+        b.extend_from_slice(&id.to_be_bytes());
+        self.w.write_all(&b).map_err(Error::Write)?;
+        Ok(id)
+    }
+
+    /// One `ram` PART (or, with `last`, END) section with these pages:
+    /// (block, offset in block, page). All-zero pages become ZERO records.
+    pub fn ram_pages<'p>(
+        &mut self,
+        id: u32,
+        last: bool,
+        pages: impl IntoIterator<Item = (&'p str, u64, &'p [u8])>,
+    ) -> Result<()> {
+        let mut b = vec![if last { SECTION_END } else { SECTION_PART }];
+        b.extend_from_slice(&id.to_be_bytes());
+        let mut prev: Option<&str> = None;
+        for (block, off, data) in pages {
+            let zero = data.iter().all(|x| *x == 0);
+            let mut flags = if zero { RAM_ZERO } else { RAM_PAGE };
+            if prev == Some(block) {
+                flags |= RAM_CONTINUE;
+            }
+            b.extend_from_slice(&((off & !RAM_FLAGS) | flags).to_be_bytes());
+            if prev != Some(block) {
+                b.push(block.len().min(255) as u8);
+                b.extend_from_slice(&block.as_bytes()[..block.len().min(255)]);
+                prev = Some(block);
+            }
+            if zero {
+                b.push(0);
+            } else {
+                b.extend_from_slice(&data[..PAGE_SIZE.min(data.len())]);
+                b.resize(b.len() + PAGE_SIZE.saturating_sub(data.len()), 0);
+            }
+            if b.len() > 1 << 20 {
+                self.w.write_all(&b).map_err(Error::Write)?;
+                b.clear();
+            }
+        }
+        b.extend_from_slice(&RAM_EOS.to_be_bytes());
+        b.push(FOOTER);
+        b.extend_from_slice(&id.to_be_bytes());
+        self.w.write_all(&b).map_err(Error::Write)
     }
 
     /// EOF and the trailing JSON description; returns the writer.
@@ -237,9 +336,29 @@ fn encode_value(b: &mut Vec<u8>, kind: Kind, v: &Val) -> Option<Result<()>> {
     Some(Ok(()))
 }
 
+/// Where the reader puts guest RAM (the VMM's guest memory).
+pub trait RamSink {
+    /// This side's length of block `name`, if it has one.
+    fn block_len(&self, name: &str) -> Option<u64>;
+    /// A page (`data` is `PAGE_SIZE` bytes; all zero for a ZERO record).
+    fn page(&mut self, block: &str, offset: u64, data: &[u8]);
+}
+
+/// A sink for streams without RAM.
+pub struct NoRam;
+impl RamSink for NoRam {
+    fn block_len(&self, _: &str) -> Option<u64> {
+        None
+    }
+    fn page(&mut self, _: &str, _: u64, _: &[u8]) {}
+}
+
 /// What the reader found.
 #[derive(Debug)]
 pub enum Record {
+    /// A `ram` START (the block list was checked) or PART/END section
+    /// (`pages` pages went to the sink).
+    Ram { pages: u64, last: bool },
     /// A device's state.
     Section {
         idstr: String,
@@ -256,6 +375,10 @@ pub struct Reader<R: Read> {
     r: R,
     offset: u64,
     peeked: Option<u8>,
+    /// The stream's section id of `ram`, once started.
+    ram_id: Option<u32>,
+    /// This side's block lengths, from the START section.
+    ram_blocks: Vec<(String, u64)>,
 }
 
 impl<R: Read> Reader<R> {
@@ -266,6 +389,8 @@ impl<R: Read> Reader<R> {
             r,
             offset: 0,
             peeked: None,
+            ram_id: None,
+            ram_blocks: vec![],
         };
         let magic = rd.u32("the stream header")?;
         if magic != MAGIC {
@@ -369,6 +494,7 @@ impl<R: Read> Reader<R> {
     pub fn next_record(
         &mut self,
         lookup: &dyn Fn(&str, u32) -> Option<&'static Description>,
+        ram: &mut dyn RamSink,
     ) -> Result<Record> {
         let at = self.offset;
         match self.u8("a section type")? {
@@ -391,14 +517,19 @@ impl<R: Read> Reader<R> {
                 Ok(Record::Eof { vmdesc })
             }
             SECTION_FULL => self.full_section(lookup),
-            SECTION_START => Err(Error::Unsupported {
-                kind: "START",
-                offset: at,
-            }),
-            SECTION_PART | SECTION_END => Err(Error::Unsupported {
-                kind: "PART/END",
-                offset: at,
-            }),
+            SECTION_START => self.ram_start(ram, at),
+            t @ (SECTION_PART | SECTION_END) => {
+                let id = self.u32("a section id")?;
+                if self.ram_id != Some(id) {
+                    return Err(Error::UnknownSectionId { id, offset: at });
+                }
+                let pages = self.ram_records(ram)?;
+                self.footer("ram", id)?;
+                Ok(Record::Ram {
+                    pages,
+                    last: t == SECTION_END,
+                })
+            }
             t => Err(Error::UnknownSectionType {
                 found: t,
                 offset: at,
@@ -423,11 +554,21 @@ impl<R: Read> Reader<R> {
         })?;
         self.check_version(desc, &idstr, version, at)?;
         let state = self.decode(desc, version)?;
+        self.footer(&idstr, id)?;
+        Ok(Record::Section {
+            idstr,
+            instance,
+            version,
+            state,
+        })
+    }
+
+    fn footer(&mut self, section: &str, id: u32) -> Result<()> {
         let at = self.offset;
         let f = self.u8("a section footer")?;
         if f != FOOTER {
             return Err(Error::FooterMissing {
-                section: idstr,
+                section: section.to_string(),
                 offset: at,
                 found: f,
             });
@@ -435,18 +576,144 @@ impl<R: Read> Reader<R> {
         let fid = self.u32("a section footer")?;
         if fid != id {
             return Err(Error::FooterMismatch {
-                section: idstr,
+                section: section.to_string(),
                 expected: id,
                 found: fid,
                 offset: at,
             });
         }
-        Ok(Record::Section {
-            idstr,
-            instance,
-            version,
-            state,
+        Ok(())
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.fill(&mut b, what)?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    fn counted(&mut self, what: &str) -> Result<String> {
+        let len = self.u8(what)? as usize;
+        Ok(String::from_utf8_lossy(&self.bytes(len, what)?).into_owned())
+    }
+
+    /// START: only `ram` is iterative here; check its blocks against ours.
+    fn ram_start(&mut self, ram: &mut dyn RamSink, at: u64) -> Result<Record> {
+        let id = self.u32("a section id")?;
+        let idstr = self.counted("a section name")?;
+        let instance = self.u32("an instance id")?;
+        let version = self.u32("a version id")?;
+        if idstr != RAM_IDSTR || instance != 0 {
+            return Err(Error::UnknownSection {
+                idstr,
+                instance,
+                offset: at,
+            });
+        }
+        if version > RAM_VERSION {
+            return Err(Error::VersionTooNew {
+                section: idstr,
+                stream: version,
+                local: RAM_VERSION,
+                offset: at,
+            });
+        }
+        if version < RAM_VERSION {
+            return Err(Error::VersionTooOld {
+                section: idstr,
+                stream: version,
+                minimum: RAM_VERSION,
+                offset: at,
+            });
+        }
+        let at = self.offset;
+        let head = self.u64("the RAM size")?;
+        if head & RAM_FLAGS != RAM_MEM_SIZE {
+            return Err(Error::RamFlags {
+                flags: head & RAM_FLAGS,
+                offset: at,
+            });
+        }
+        let total = head & !RAM_FLAGS;
+        let mut seen = 0u64;
+        self.ram_blocks.clear();
+        while seen < total {
+            let at = self.offset;
+            let name = self.counted("a RAM block name")?;
+            let len = self.u64("a RAM block length")?;
+            let local = ram.block_len(&name).ok_or_else(|| Error::UnknownRamBlock {
+                name: name.clone(),
+                offset: at,
+            })?;
+            if local != len {
+                return Err(Error::RamLengthMismatch {
+                    name,
+                    stream: len,
+                    local,
+                    offset: at,
+                });
+            }
+            seen = seen.saturating_add(len.max(1));
+            self.ram_blocks.push((name, len));
+        }
+        let at = self.offset;
+        let eos = self.u64("the end of the RAM block list")?;
+        if eos != RAM_EOS {
+            return Err(Error::RamFlags {
+                flags: eos,
+                offset: at,
+            });
+        }
+        self.footer(RAM_IDSTR, id)?;
+        self.ram_id = Some(id);
+        Ok(Record::Ram {
+            pages: 0,
+            last: false,
         })
+    }
+
+    /// Page records until EOS.
+    fn ram_records(&mut self, ram: &mut dyn RamSink) -> Result<u64> {
+        let mut block: Option<usize> = None;
+        let mut pages = 0u64;
+        let mut page = vec![0u8; PAGE_SIZE];
+        loop {
+            let at = self.offset;
+            let word = self.u64("a RAM record")?;
+            let (addr, flags) = (word & !RAM_FLAGS, word & RAM_FLAGS);
+            if flags == RAM_EOS {
+                return Ok(pages);
+            }
+            let kind = flags & !RAM_CONTINUE;
+            if kind != RAM_ZERO && kind != RAM_PAGE {
+                return Err(Error::RamFlags { flags, offset: at });
+            }
+            if flags & RAM_CONTINUE == 0 {
+                let name = self.counted("a RAM block name")?;
+                let i = self.ram_blocks.iter().position(|b| b.0 == name);
+                block = Some(i.ok_or(Error::UnknownRamBlock { name, offset: at })?);
+            }
+            let bi = block.ok_or(Error::RamNoBlock { offset: at })?;
+            let (name, len) = (self.ram_blocks[bi].0.clone(), self.ram_blocks[bi].1);
+            if addr
+                .checked_add(PAGE_SIZE as u64)
+                .is_none_or(|end| end > len)
+            {
+                return Err(Error::RamOutOfRange {
+                    name,
+                    addr,
+                    len,
+                    offset: at,
+                });
+            }
+            if kind == RAM_ZERO {
+                let fill = self.u8("a zero page's fill byte")?;
+                page.fill(fill);
+            } else {
+                self.fill(&mut page, "a RAM page")?;
+            }
+            ram.page(&name, addr, &page);
+            pages += 1;
+        }
     }
 
     fn check_version(&self, d: &Description, section: &str, v: u32, offset: u64) -> Result<()> {

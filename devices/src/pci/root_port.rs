@@ -229,7 +229,7 @@ mod tests {
     /// on the destination (QEMU 8.0.1's recovery) it loads.
     #[test]
     fn aer_seed_8_0_stream_into_7_2() {
-        use migration::stream::{Reader, Record, Writer};
+        use migration::stream::{NoRam, Reader, Record, Writer};
         let mut src = port(CAP_ERR_UNC_MASK);
         src.config_write(AER_UNCOR_SEVER, 4, 0x0000_0010); // guest state travels
         let mut w = Writer::new(Vec::new(), "pc-q35-7.2").unwrap();
@@ -243,7 +243,10 @@ mod tests {
         let bytes = w.finish().unwrap();
         let load = |dst: &mut RootPort| {
             let mut r = Reader::new(&bytes[..], "pc-q35-7.2").unwrap();
-            match r.next_record(&|_, _| Some(&config::VMSTATE)).unwrap() {
+            match r
+                .next_record(&|_, _| Some(&config::VMSTATE), &mut NoRam)
+                .unwrap()
+            {
                 Record::Section { state, .. } => dst.load("pcie-root-port 'rp0' (00:01.0)", &state),
                 other => panic!("{other:?}"),
             }
@@ -272,7 +275,9 @@ mod tests {
         .unwrap();
         let old = w.finish().unwrap();
         let mut r = Reader::new(&old[..], "pc-q35-7.2").unwrap();
-        let Record::Section { state, .. } = r.next_record(&|_, _| Some(&config::VMSTATE)).unwrap()
+        let Record::Section { state, .. } = r
+            .next_record(&|_, _| Some(&config::VMSTATE), &mut NoRam)
+            .unwrap()
         else {
             panic!()
         };

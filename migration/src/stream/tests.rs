@@ -216,8 +216,10 @@ fn read_all(bytes: &[u8], machine: &str, desc: &'static Description) -> Result<V
     let mut r = Reader::new(bytes, machine)?;
     let mut out = vec![];
     loop {
-        let rec =
-            r.next_record(&|id, inst| (id == "0000:00:03.0/dev" && inst == 0).then_some(desc))?;
+        let rec = r.next_record(
+            &|id, inst| (id == "0000:00:03.0/dev" && inst == 0).then_some(desc),
+            &mut NoRam,
+        )?;
         let end = matches!(rec, Record::Eof { .. });
         out.push(rec);
         if end {
@@ -305,7 +307,7 @@ fn each_reader_error_says_what_and_where() {
     );
     let e = read_all(&good, "pc-q35-8.0", &DEV).and_then(|_| {
         let mut r = Reader::new(&good[..], "pc-q35-8.0")?;
-        r.next_record(&|_, _| None)
+        r.next_record(&|_, _| None, &mut NoRam)
     });
     assert!(e
         .unwrap_err()
@@ -371,4 +373,170 @@ fn hostile_bytes_never_panic() {
         let cut = (rnd() as usize) % (b.len() + 1);
         let _ = read_all(&b[..cut], "pc-q35-8.0", &DEV);
     }
+    // RAM streams, into a real sink: the sink is only ever asked for pages
+    // inside its blocks (it would panic otherwise).
+    let ram = vec![1u8; 8 * PAGE_SIZE];
+    let good = ram_stream(&ram, &[2u8; PAGE_SIZE], &[3u8; PAGE_SIZE]);
+    for _ in 0..5_000 {
+        let mut b = good.clone();
+        for _ in 0..(rnd() % 4 + 1) {
+            let i = (rnd() as usize) % b.len();
+            b[i] = rnd() as u8;
+        }
+        let mut sink = Mem(vec![
+            ("pc.ram", vec![0; ram.len()]),
+            ("/rom@etc/acpi/tables", vec![0; PAGE_SIZE]),
+        ]);
+        let _ = read_ram(&b, &mut sink);
+    }
+}
+
+/// Guest RAM as the VMM would hand it to the reader.
+struct Mem(Vec<(&'static str, Vec<u8>)>);
+
+impl RamSink for Mem {
+    fn block_len(&self, name: &str) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|b| b.0 == name)
+            .map(|b| b.1.len() as u64)
+    }
+    fn page(&mut self, block: &str, offset: u64, data: &[u8]) {
+        let b = self.0.iter_mut().find(|b| b.0 == block).unwrap();
+        b.1[offset as usize..offset as usize + PAGE_SIZE].copy_from_slice(data);
+    }
+}
+
+fn pages_of<'a>(name: &'a str, mem: &'a [u8]) -> impl Iterator<Item = (&'a str, u64, &'a [u8])> {
+    mem.chunks(PAGE_SIZE)
+        .enumerate()
+        .map(move |(i, p)| (name, (i * PAGE_SIZE) as u64, p))
+}
+
+fn read_ram(bytes: &[u8], sink: &mut Mem) -> Result<Vec<Record>> {
+    let mut r = Reader::new(bytes, "pc-q35-8.0")?;
+    let mut out = vec![];
+    loop {
+        let rec = r.next_record(&|id, _| (id == "0000:00:03.0/dev").then_some(&DEV), sink)?;
+        let end = matches!(rec, Record::Eof { .. });
+        out.push(rec);
+        if end {
+            return Ok(out);
+        }
+    }
+}
+
+fn ram_stream(ram: &[u8], rom: &[u8], dirty: &[u8]) -> Vec<u8> {
+    let mut w = Writer::new(Vec::new(), "pc-q35-8.0").unwrap();
+    let id = w
+        .ram_start(&[
+            ("pc.ram", ram.len() as u64),
+            ("/rom@etc/acpi/tables", rom.len() as u64),
+        ])
+        .unwrap();
+    w.ram_pages(
+        id,
+        false,
+        pages_of("pc.ram", ram).chain(pages_of("/rom@etc/acpi/tables", rom)),
+    )
+    .unwrap();
+    // A second pass with one page dirtied since, then the final pass.
+    w.ram_pages(id, false, [("pc.ram", 10 * PAGE_SIZE as u64, dirty)])
+        .unwrap();
+    w.ram_pages(id, true, []).unwrap();
+    w.section("0000:00:03.0/dev", 0, &DEV, &state(false))
+        .unwrap();
+    w.finish().unwrap()
+}
+
+#[test]
+fn ram_round_trip_with_zero_pages_and_later_passes() {
+    let mut ram = vec![0u8; 64 * PAGE_SIZE];
+    for (i, b) in ram[3 * PAGE_SIZE..4 * PAGE_SIZE].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    ram[10 * PAGE_SIZE] = 0x55;
+    let rom = vec![0xa5u8; 2 * PAGE_SIZE];
+    let dirty = vec![0x77u8; PAGE_SIZE];
+    let bytes = ram_stream(&ram, &rom, &dirty);
+    // Zero pages are a 9-byte record: 66 pages, only 4 carry data.
+    assert!(bytes.len() < 5 * PAGE_SIZE + 2048, "{} bytes", bytes.len());
+    let mut dst = Mem(vec![
+        ("pc.ram", vec![0xffu8; ram.len()]),
+        ("/rom@etc/acpi/tables", vec![0u8; rom.len()]),
+    ]);
+    let recs = read_ram(&bytes, &mut dst).unwrap();
+    let counts: Vec<(u64, bool)> = recs
+        .iter()
+        .filter_map(|r| match r {
+            Record::Ram { pages, last } => Some((*pages, *last)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts, vec![(0, false), (66, false), (1, false), (0, true)]);
+    ram[10 * PAGE_SIZE..11 * PAGE_SIZE].copy_from_slice(&dirty);
+    assert!(dst.0[0].1 == ram, "pc.ram differs");
+    assert_eq!(dst.0[1].1, rom);
+    assert!(matches!(recs[4], Record::Section { .. }));
+}
+
+#[test]
+fn ram_errors_name_the_block() {
+    let ram = vec![1u8; 4 * PAGE_SIZE];
+    let rom = vec![2u8; PAGE_SIZE];
+    let bytes = ram_stream(&ram, &rom, &[3u8; PAGE_SIZE]);
+    let mut missing = Mem(vec![("pc.ram", vec![0; ram.len()])]);
+    let e = read_ram(&bytes, &mut missing).unwrap_err().to_string();
+    assert!(
+        e.starts_with("Unknown ramblock \"/rom@etc/acpi/tables\""),
+        "{e}"
+    );
+    let mut small = Mem(vec![
+        ("pc.ram", vec![0; 2 * PAGE_SIZE]),
+        ("/rom@etc/acpi/tables", vec![0; PAGE_SIZE]),
+    ]);
+    let e = read_ram(&bytes, &mut small).unwrap_err().to_string();
+    assert!(
+        e.contains("'pc.ram' is 16384 bytes in the stream but 8192 here"),
+        "{e}"
+    );
+    // A page beyond its block.
+    let mut w = Writer::new(Vec::new(), "pc-q35-8.0").unwrap();
+    let id = w.ram_start(&[("pc.ram", PAGE_SIZE as u64)]).unwrap();
+    w.ram_pages(id, true, [("pc.ram", 1 << 30, &[9u8; PAGE_SIZE][..])])
+        .unwrap();
+    let mut one = Mem(vec![("pc.ram", vec![0; PAGE_SIZE])]);
+    let e = read_ram(&w.finish().unwrap(), &mut one)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0x40000000 is outside block 'pc.ram'"), "{e}");
+    // PART for a section that never started.
+    let mut w = Writer::new(Vec::new(), "pc-q35-8.0").unwrap();
+    w.ram_pages(5, false, []).unwrap();
+    let e = read_ram(&w.finish().unwrap(), &mut one)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("section id 5") && e.contains("never started"),
+        "{e}"
+    );
+    // A record kind vmm does not speak (XBZRLE, 0x40).
+    let start_end = bytes
+        .windows(8)
+        .position(|w| w == RAM_EOS.to_be_bytes())
+        .unwrap()
+        + 8
+        + 5;
+    let first_record = start_end + 5;
+    let mut b = bytes.clone();
+    b[first_record + 7] |= 0x40;
+    let mut full = Mem(vec![
+        ("pc.ram", vec![0; ram.len()]),
+        ("/rom@etc/acpi/tables", vec![0; PAGE_SIZE]),
+    ]);
+    let e = read_ram(&b, &mut full).unwrap_err().to_string();
+    assert!(
+        e.contains("RAM record flags") && e.contains("not supported"),
+        "{e}"
+    );
 }
