@@ -3,13 +3,44 @@
 
 use crate::bus::BusDevice;
 use crate::{EventSink, VmEvent};
-use std::time::Instant;
+use migration::vmstate::{Description, Field, Kind, State, Val};
+use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 const SCI_EN: u16 = 1;
 const PWRBTN: u16 = 1 << 8;
 const SLP_EN: u16 = 1 << 13;
 const PM_TIMER_HZ: u128 = 3_579_545;
+
+/// PM1 registers and the PM timer's value (which continues from it).
+pub static VMSTATE: Description = Description {
+    name: "acpi-pm",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[
+        Field {
+            name: "pm1_status",
+            kind: Kind::U16,
+            since: 0,
+        },
+        Field {
+            name: "pm1_enable",
+            kind: Kind::U16,
+            since: 0,
+        },
+        Field {
+            name: "pm1_control",
+            kind: Kind::U16,
+            since: 0,
+        },
+        Field {
+            name: "pm_timer",
+            kind: Kind::U32,
+            since: 0,
+        },
+    ],
+    subsections: &[],
+};
 
 /// The whole 12-byte block: PM1a_EVT (status, enable), PM1a_CNT, PM_TMR.
 pub struct AcpiPm {
@@ -35,6 +66,30 @@ impl AcpiPm {
             events,
             sci,
         }
+    }
+
+    /// The migratable state.
+    pub fn state(&self) -> State {
+        let mut st = State::default();
+        st.set("pm1_status", Val::Uint(self.status as u64))
+            .set("pm1_enable", Val::Uint(self.enable as u64))
+            .set("pm1_control", Val::Uint(self.control as u64))
+            .set("pm_timer", Val::Uint(self.timer() as u64));
+        st
+    }
+
+    /// Takes over a saved state; the PM timer continues from its value.
+    pub fn restore(&mut self, st: &State) -> Option<()> {
+        let u16_of = |n| st.uint(n).filter(|v| *v <= 0xffff).map(|v| v as u16);
+        self.status = u16_of("pm1_status")?;
+        self.enable = u16_of("pm1_enable")?;
+        self.control = u16_of("pm1_control")? | SCI_EN;
+        let ticks = st.uint("pm_timer")? as u128;
+        let since = Duration::from_nanos((ticks * 1_000_000_000 / PM_TIMER_HZ) as u64);
+        self.start = Instant::now()
+            .checked_sub(since)
+            .unwrap_or_else(Instant::now);
+        Some(())
     }
 
     /// The ACPI power button (QMP `system_powerdown`): PWRBTN_STS, and the
@@ -138,5 +193,20 @@ mod tests {
         pm.write(0, &PWRBTN.to_le_bytes());
         pm.read(0, &mut st);
         assert_eq!(u16::from_le_bytes(st) & PWRBTN, 0);
+        // Round trip: registers kept, the timer continues from its value.
+        pm.power_button();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let saved = pm.state();
+        let mut other = AcpiPm::new(
+            5,
+            Arc::new(|_| {}),
+            EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap(),
+        );
+        other.restore(&saved).unwrap();
+        let again = other.state();
+        assert_eq!(saved.get("pm1_status"), again.get("pm1_status"));
+        assert_eq!(saved.get("pm1_enable"), again.get("pm1_enable"));
+        assert!(again.uint("pm_timer").unwrap() >= saved.uint("pm_timer").unwrap());
+        assert!(again.uint("pm_timer").unwrap() < saved.uint("pm_timer").unwrap() + 3_579_545 / 10);
     }
 }
