@@ -13,5 +13,6 @@
 //! Not yet: RAM and iterative (START/PART/END) sections, device
 //! integration, transports (issues #6, #8).
 
+pub mod compat;
 pub mod stream;
 pub mod vmstate;

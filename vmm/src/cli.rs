@@ -55,6 +55,9 @@ pub struct Args {
     /// Set a property default for a device type: TYPE.PROP=VALUE
     #[arg(long = "global", value_name = "TYPE.PROP=VALUE")]
     pub global: Vec<String>,
+    /// Write every state description of the machine type as JSON to FILE and exit
+    #[arg(long = "dump-vmstate", value_name = "FILE")]
+    pub dump_vmstate: Option<PathBuf>,
     /// A QMP monitor: unix:PATH,server=on,wait=off or tcp:HOST:PORT,server=on,wait=off
     #[arg(long = "qmp", value_name = "ADDRESS")]
     pub qmp: Vec<String>,

@@ -63,6 +63,8 @@ pub struct VmConfig {
 pub enum Action {
     Run(Box<VmConfig>),
     Print(String),
+    /// `-dump-vmstate FILE`.
+    DumpVmstate(PathBuf, &'static machine::MachineType),
 }
 
 fn machine_help() -> String {
@@ -227,6 +229,9 @@ pub fn from_args(a: Args) -> Result<Action> {
         return Ok(Action::Print(model::list()));
     }
     let spec = machine::parse(a.machine.as_deref().unwrap_or(""))?;
+    if let Some(p) = a.dump_vmstate {
+        return Ok(Action::DumpVmstate(p, spec.machine));
+    }
     let compat = machine::compat_props(spec.machine);
     let globals = a
         .global

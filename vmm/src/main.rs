@@ -6,6 +6,7 @@ mod hypervisor;
 mod kvm;
 mod qmp;
 mod vm;
+mod vmstate;
 
 use clap::Parser;
 
@@ -37,6 +38,7 @@ fn main() {
             Ok(0)
         }
         config::Action::Run(cfg) => vm::run(&cfg),
+        config::Action::DumpVmstate(path, m) => vmstate::dump(&path, m).map(|_| 0),
     }) {
         Ok(code) => code,
         Err(e) => {

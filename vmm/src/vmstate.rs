@@ -1,0 +1,27 @@
+//! `-dump-vmstate FILE`: every state description a machine type migrates,
+//! as JSON, for `vmmctl vmstate-check` and the dumps kept in
+//! `tests/compat/`.
+
+use anyhow::{Context, Result};
+use migration::vmstate::Description;
+use std::path::Path;
+
+/// The descriptions of machine type `m`'s migratable state.
+pub fn descriptions(_m: &machine::MachineType) -> Vec<&'static Description> {
+    vec![
+        &devices::pci::config::VMSTATE,
+        &devices::serial::VMSTATE,
+        &devices::acpi_pm::VMSTATE,
+    ]
+}
+
+pub fn dump(path: &Path, m: &'static machine::MachineType) -> Result<()> {
+    let sections: serde_json::Map<String, serde_json::Value> = descriptions(m)
+        .into_iter()
+        .map(|d| (d.name.to_string(), d.to_json()))
+        .collect();
+    let json = serde_json::json!({"machine": m.name, "vmm": env!("CARGO_PKG_VERSION"), "sections": sections});
+    let text =
+        serde_json::to_string_pretty(&json).context("cannot encode the descriptions")? + "\n";
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
