@@ -187,51 +187,45 @@ pub fn version() -> (u64, u64, u64) {
     )
 }
 
+/// A connected client's two halves.
+type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
 /// Binds every address (before the VM starts, so a bad path fails early)
 /// and starts serving.
 pub fn start(addrs: &[QmpAddr], requests: Sender<Request>, events: Events) -> anyhow::Result<()> {
     use anyhow::Context;
     for a in addrs {
+        // Each listener becomes an iterator of connected clients.
+        let clients: Box<dyn Iterator<Item = Halves> + Send> =
+            match a {
+                QmpAddr::Unix(p) => {
+                    let _ = std::fs::remove_file(p);
+                    let l = UnixListener::bind(p)
+                        .with_context(|| format!("cannot listen for QMP on {}", p.display()))?;
+                    let accepted = std::iter::repeat_with(move || l.accept())
+                        .filter_map(|r| r.ok().map(|c| c.0));
+                    Box::new(accepted.filter_map(|s| {
+                        Some((Box::new(s.try_clone().ok()?) as _, Box::new(s) as _))
+                    }))
+                }
+                QmpAddr::Tcp(hp) => {
+                    let l = TcpListener::bind(hp)
+                        .with_context(|| format!("cannot listen for QMP on tcp:{hp}"))?;
+                    let accepted = std::iter::repeat_with(move || l.accept())
+                        .filter_map(|r| r.ok().map(|c| c.0));
+                    Box::new(accepted.filter_map(|s| {
+                        Some((Box::new(s.try_clone().ok()?) as _, Box::new(s) as _))
+                    }))
+                }
+            };
         let (requests, events) = (requests.clone(), events.clone());
-        match a {
-            QmpAddr::Unix(p) => {
-                let _ = std::fs::remove_file(p);
-                let l = UnixListener::bind(p)
-                    .with_context(|| format!("cannot listen for QMP on {}", p.display()))?;
-                std::thread::Builder::new()
-                    .name("qmp-accept".into())
-                    .spawn(move || {
-                        for s in l.incoming().flatten() {
-                            if let Ok(w) = s.try_clone() {
-                                spawn_client(
-                                    Box::new(s),
-                                    Box::new(w),
-                                    requests.clone(),
-                                    events.clone(),
-                                );
-                            }
-                        }
-                    })?;
-            }
-            QmpAddr::Tcp(hp) => {
-                let l = TcpListener::bind(hp)
-                    .with_context(|| format!("cannot listen for QMP on tcp:{hp}"))?;
-                std::thread::Builder::new()
-                    .name("qmp-accept".into())
-                    .spawn(move || {
-                        for s in l.incoming().flatten() {
-                            if let Ok(w) = s.try_clone() {
-                                spawn_client(
-                                    Box::new(s),
-                                    Box::new(w),
-                                    requests.clone(),
-                                    events.clone(),
-                                );
-                            }
-                        }
-                    })?;
-            }
-        }
+        std::thread::Builder::new()
+            .name("qmp-accept".into())
+            .spawn(move || {
+                for (r, w) in clients {
+                    spawn_client(r, w, requests.clone(), events.clone());
+                }
+            })?;
     }
     Ok(())
 }
