@@ -170,6 +170,31 @@ impl Serial {
         Ok(Serial { uart })
     }
 
+    /// Takes over a saved state in place, keeping this UART's output and
+    /// interrupt line. Nothing changes if the state is refused.
+    pub fn restore(&mut self, st: &State) -> Result<(), RestoreError> {
+        let irq = |u: &Self| {
+            u.uart
+                .interrupt_evt()
+                .0
+                .try_clone()
+                .map_err(|_| RestoreError::Field("irq"))
+        };
+        Serial::from_state(st, irq(self)?, Box::new(std::io::sink()))?;
+        let placeholder = Uart::new(
+            IrqTrigger(irq(self)?),
+            Box::new(std::io::sink()) as Box<dyn Write + Send>,
+        );
+        let old = std::mem::replace(&mut self.uart, placeholder);
+        let evt = old
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(|_| RestoreError::Field("irq"))?;
+        *self = Serial::from_state(st, evt, old.into_writer())?;
+        Ok(())
+    }
+
     /// Queues input for the guest; returns how many bytes fit.
     pub fn input(&mut self, bytes: &[u8]) -> usize {
         let room = self.uart.fifo_capacity().min(bytes.len());

@@ -58,6 +58,9 @@ pub struct Args {
     /// Write every state description of the machine type as JSON to FILE and exit
     #[arg(long = "dump-vmstate", value_name = "FILE")]
     pub dump_vmstate: Option<PathBuf>,
+    /// Wait for the VM's state instead of booting: file:PATH (a `migrate file:` stream)
+    #[arg(long = "incoming", value_name = "URI")]
+    pub incoming: Option<String>,
     /// A QMP monitor: unix:PATH,server=on,wait=off or tcp:HOST:PORT,server=on,wait=off
     #[arg(long = "qmp", value_name = "ADDRESS")]
     pub qmp: Vec<String>,

@@ -57,6 +57,8 @@ pub struct VmConfig {
     pub debug_exit: Option<DebugExitConfig>,
     pub devices: Vec<DeviceConfig>,
     pub qmp: Vec<crate::qmp::QmpAddr>,
+    /// `-incoming file:PATH`.
+    pub incoming: Option<PathBuf>,
 }
 
 /// What to do: run, or print something and exit.
@@ -312,6 +314,13 @@ pub fn from_args(a: Args) -> Result<Action> {
             .map(|q| crate::qmp::parse_addr(q))
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow!(e))?,
+        incoming: match a.incoming.as_deref() {
+            None => None,
+            Some(u) => match u.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+                _ => bail!("invalid -incoming '{u}': only file:PATH is supported yet"),
+            },
+        },
     };
     if a.print_config {
         return Ok(Action::Print(print_config(&cfg)));

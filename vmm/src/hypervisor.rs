@@ -38,8 +38,15 @@ pub struct X86BootState {
     pub cpus: u32,
 }
 
+/// Hypervisor state as named raw blobs (the kernel's ABI structs), for
+/// migration. Names are stable: they become field names in the stream.
+pub type Blobs = Vec<(&'static str, Vec<u8>)>;
+
 pub trait Vcpu: Send {
     fn configure_x86(&mut self, boot: &X86BootState) -> Result<(), Error>;
+    /// Everything needed to continue this vCPU elsewhere (it must not be running).
+    fn save(&self) -> Result<Blobs, Error>;
+    fn restore(&mut self, state: &Blobs) -> Result<(), Error>;
     fn run(&mut self, h: &dyn ExitHandler) -> Exit;
     /// Registers and control state, for the log when something went wrong.
     fn describe(&self) -> String;
@@ -58,6 +65,9 @@ pub trait Vm: Send + Sync {
     /// The guest's clock (kvm-clock's base), in nanoseconds.
     fn clock(&self) -> Result<u64, Error>;
     fn set_clock(&self, ns: u64) -> Result<(), Error>;
+    /// The in-kernel PIC, IOAPIC and PIT.
+    fn save(&self) -> Result<Blobs, Error>;
+    fn restore(&self, state: &Blobs) -> Result<(), Error>;
 }
 
 #[derive(Debug)]

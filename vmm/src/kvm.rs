@@ -1,6 +1,11 @@
 //! The KVM backend of the hypervisor interface (x86_64).
 
-use crate::hypervisor::{Error, Exit, ExitHandler, Vcpu, Vm, X86BootState};
+use crate::hypervisor::{Blobs, Error, Exit, ExitHandler, Vcpu, Vm, X86BootState};
+use kvm_bindings::{
+    kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_state2,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
@@ -21,6 +26,46 @@ fn err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 pub struct KvmVm {
     vm: VmFd,
     cpuid: CpuId,
+    /// The MSRs KVM can save and restore.
+    msrs: Vec<u32>,
+}
+
+/// Maximum MSRs migrated per vCPU.
+pub const MAX_MSRS: usize = 128;
+
+/// The bytes of a plain kernel ABI struct (callers pass only kvm-bindings
+/// POD structs: no pointers, no Drop).
+fn blob<T>(v: &T) -> Vec<u8> {
+    // SAFETY: T is a plain-old-data kernel struct; reading its bytes is sound.
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+/// A plain kernel ABI struct from bytes of exactly its size.
+fn unblob<T>(b: &[u8], what: &'static str) -> Result<T, Error> {
+    if b.len() != std::mem::size_of::<T>() {
+        return Err(Error {
+            what,
+            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+        });
+    }
+    // SAFETY: all-zero and any byte pattern are valid for these POD structs; sizes match.
+    unsafe {
+        let mut v: T = std::mem::zeroed();
+        std::ptr::copy_nonoverlapping(b.as_ptr(), &mut v as *mut T as *mut u8, b.len());
+        Ok(v)
+    }
+}
+
+fn find<'a>(state: &'a Blobs, name: &'static str) -> Result<&'a [u8], Error> {
+    state
+        .iter()
+        .find(|b| b.0 == name)
+        .map(|b| b.1.as_slice())
+        .ok_or(Error {
+            what: name,
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
 }
 
 /// Opens /dev/kvm and creates a VM with the in-kernel irqchip and PIT.
@@ -41,7 +86,13 @@ pub fn create_vm() -> Result<KvmVm, Error> {
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(err("KVM_GET_SUPPORTED_CPUID failed"))?;
-    Ok(KvmVm { vm, cpuid })
+    let mut msrs = kvm
+        .get_msr_index_list()
+        .map_err(err("KVM_GET_MSR_INDEX_LIST failed"))?
+        .as_slice()
+        .to_vec();
+    msrs.truncate(MAX_MSRS);
+    Ok(KvmVm { vm, cpuid, msrs })
 }
 
 impl Vm for KvmVm {
@@ -87,6 +138,40 @@ impl Vm for KvmVm {
             .map_err(err("KVM_SET_CLOCK failed"))
     }
 
+    fn save(&self) -> Result<Blobs, Error> {
+        let mut out = vec![];
+        for (name, chip) in [
+            ("pic_master", KVM_IRQCHIP_PIC_MASTER),
+            ("pic_slave", KVM_IRQCHIP_PIC_SLAVE),
+            ("ioapic", KVM_IRQCHIP_IOAPIC),
+        ] {
+            let mut c = kvm_irqchip {
+                chip_id: chip,
+                ..Default::default()
+            };
+            self.vm
+                .get_irqchip(&mut c)
+                .map_err(err("KVM_GET_IRQCHIP failed"))?;
+            out.push((name, blob(&c)));
+        }
+        out.push((
+            "pit",
+            blob(&self.vm.get_pit2().map_err(err("KVM_GET_PIT2 failed"))?),
+        ));
+        Ok(out)
+    }
+
+    fn restore(&self, state: &Blobs) -> Result<(), Error> {
+        for name in ["pic_master", "pic_slave", "ioapic"] {
+            let c: kvm_irqchip = unblob(find(state, name)?, name)?;
+            self.vm
+                .set_irqchip(&c)
+                .map_err(err("KVM_SET_IRQCHIP failed"))?;
+        }
+        let pit: kvm_pit_state2 = unblob(find(state, "pit")?, "pit")?;
+        self.vm.set_pit2(&pit).map_err(err("KVM_SET_PIT2 failed"))
+    }
+
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, Error> {
         let fd = self
             .vm
@@ -95,6 +180,7 @@ impl Vm for KvmVm {
         Ok(Box::new(KvmVcpu {
             fd,
             cpuid: self.cpuid.clone(),
+            msrs: self.msrs.clone(),
         }))
     }
 }
@@ -102,6 +188,7 @@ impl Vm for KvmVm {
 pub struct KvmVcpu {
     fd: VcpuFd,
     cpuid: CpuId,
+    msrs: Vec<u32>,
 }
 
 // LVT registers in the local APIC page, and their delivery modes.
@@ -148,6 +235,120 @@ impl Vcpu for KvmVcpu {
                 .map_err(err("KVM_SET_FPU failed"))?;
         }
         Ok(())
+    }
+
+    fn save(&self) -> Result<Blobs, Error> {
+        let f = &self.fd;
+        let mut msrs = Msrs::from_entries(
+            &self
+                .msrs
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|_| Error {
+            what: "too many MSRs",
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+        let n = f.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS failed"))?;
+        let mut msr_bytes = vec![0u8; MAX_MSRS * 16];
+        for (i, e) in msrs.as_slice()[..n].iter().enumerate() {
+            msr_bytes[i * 16..i * 16 + 4].copy_from_slice(&e.index.to_le_bytes());
+            msr_bytes[i * 16 + 8..i * 16 + 16].copy_from_slice(&e.data.to_le_bytes());
+        }
+        Ok(vec![
+            (
+                "regs",
+                blob(&f.get_regs().map_err(err("KVM_GET_REGS failed"))?),
+            ),
+            (
+                "sregs",
+                blob(&f.get_sregs().map_err(err("KVM_GET_SREGS failed"))?),
+            ),
+            (
+                "xsave",
+                blob(&f.get_xsave().map_err(err("KVM_GET_XSAVE failed"))?),
+            ),
+            (
+                "xcrs",
+                blob(&f.get_xcrs().map_err(err("KVM_GET_XCRS failed"))?),
+            ),
+            (
+                "lapic",
+                blob(&f.get_lapic().map_err(err("KVM_GET_LAPIC failed"))?),
+            ),
+            (
+                "mp_state",
+                blob(&f.get_mp_state().map_err(err("KVM_GET_MP_STATE failed"))?),
+            ),
+            (
+                "events",
+                blob(
+                    &f.get_vcpu_events()
+                        .map_err(err("KVM_GET_VCPU_EVENTS failed"))?,
+                ),
+            ),
+            (
+                "debugregs",
+                blob(
+                    &f.get_debug_regs()
+                        .map_err(err("KVM_GET_DEBUGREGS failed"))?,
+                ),
+            ),
+            ("msr_count", (n as u32).to_le_bytes().to_vec()),
+            ("msrs", msr_bytes),
+        ])
+    }
+
+    fn restore(&mut self, st: &Blobs) -> Result<(), Error> {
+        let f = &self.fd;
+        // Order as QEMU's kvm_arch_put_registers: registers, then MSRs, then
+        // the local APIC and events, MP state last.
+        f.set_sregs(&unblob::<kvm_sregs>(find(st, "sregs")?, "sregs")?)
+            .map_err(err("KVM_SET_SREGS failed"))?;
+        f.set_regs(&unblob::<kvm_regs>(find(st, "regs")?, "regs")?)
+            .map_err(err("KVM_SET_REGS failed"))?;
+        let xsave: kvm_xsave = unblob(find(st, "xsave")?, "xsave")?;
+        // SAFETY: a kvm_xsave of exactly the legacy 4 KiB size, as KVM_GET_XSAVE returned it.
+        unsafe { f.set_xsave(&xsave) }.map_err(err("KVM_SET_XSAVE failed"))?;
+        f.set_xcrs(&unblob::<kvm_xcrs>(find(st, "xcrs")?, "xcrs")?)
+            .map_err(err("KVM_SET_XCRS failed"))?;
+        let count =
+            u32::from_le_bytes(find(st, "msr_count")?.try_into().unwrap_or([0; 4])) as usize;
+        let raw = find(st, "msrs")?;
+        let entries: Vec<kvm_msr_entry> = (0..count.min(MAX_MSRS))
+            .map(|i| kvm_msr_entry {
+                index: u32::from_le_bytes(raw[i * 16..i * 16 + 4].try_into().unwrap_or([0; 4])),
+                data: u64::from_le_bytes(raw[i * 16 + 8..i * 16 + 16].try_into().unwrap_or([0; 8])),
+                ..Default::default()
+            })
+            .collect();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| Error {
+            what: "too many MSRs",
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+        let set = f.set_msrs(&msrs).map_err(err("KVM_SET_MSRS failed"))?;
+        if set < entries.len() {
+            log::warn!(
+                "restored {set} of {} MSRs; MSR {:#x} was refused",
+                entries.len(),
+                entries[set].index
+            );
+        }
+        f.set_lapic(&unblob::<kvm_lapic_state>(find(st, "lapic")?, "lapic")?)
+            .map_err(err("KVM_SET_LAPIC failed"))?;
+        f.set_vcpu_events(&unblob::<kvm_vcpu_events>(find(st, "events")?, "events")?)
+            .map_err(err("KVM_SET_VCPU_EVENTS failed"))?;
+        f.set_debug_regs(&unblob::<kvm_debugregs>(
+            find(st, "debugregs")?,
+            "debugregs",
+        )?)
+        .map_err(err("KVM_SET_DEBUGREGS failed"))?;
+        f.set_mp_state(unblob::<kvm_mp_state>(find(st, "mp_state")?, "mp_state")?)
+            .map_err(err("KVM_SET_MP_STATE failed"))
     }
 
     fn run(&mut self, h: &dyn ExitHandler) -> Exit {

@@ -5,6 +5,7 @@ mod config;
 mod hypervisor;
 mod kvm;
 mod qmp;
+mod snapshot;
 mod vm;
 mod vmstate;
 

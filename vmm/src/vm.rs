@@ -154,8 +154,12 @@ impl RunGate {
 /// One instance of the board: everything a reset throws away.
 struct Board {
     vm: Arc<dyn Vm>,
-    _mem: GuestMemoryMmap,
+    mem: GuestMemoryMmap,
     vcpus: Vec<JoinHandle<()>>,
+    /// The vCPUs themselves; each thread locks its own only around KVM_RUN,
+    /// so a parked vCPU's state can be read and written.
+    vcpu_objs: Vec<Arc<Mutex<Box<dyn Vcpu>>>>,
+    serial: Arc<Mutex<Serial>>,
     /// Host thread id of each vCPU (0 until it has started).
     tids: Arc<Vec<AtomicI64>>,
     stop: Arc<AtomicBool>,
@@ -409,6 +413,7 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
     // vCPUs: the BSP enters the kernel, the APs wait for INIT-SIPI.
     let buses = Arc::new(Buses { io, mmio });
     let mut handles = vec![];
+    let mut vcpu_objs = vec![];
     let tids: Arc<Vec<AtomicI64>> = Arc::new((0..cfg.vcpus).map(|_| AtomicI64::new(0)).collect());
     for id in 0..cfg.vcpus {
         let mut vcpu = vm.create_vcpu(id)?;
@@ -417,6 +422,8 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
             apic_id: id as u32,
             cpus: cfg.vcpus as u32,
         })?;
+        let vcpu = Arc::new(Mutex::new(vcpu));
+        vcpu_objs.push(vcpu.clone());
         let (buses, stop, events, gate, tids) = (
             buses.clone(),
             stop.clone(),
@@ -443,8 +450,10 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
     }
     Ok(Board {
         vm,
-        _mem: mem,
+        mem,
         vcpus: handles,
+        vcpu_objs,
+        serial,
         tids,
         stop,
         pci: root,
@@ -455,7 +464,7 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
 fn vcpu_loop(
     id: u8,
     gen: u64,
-    mut vcpu: Box<dyn Vcpu>,
+    vcpu: Arc<Mutex<Box<dyn Vcpu>>>,
     buses: &Buses,
     stop: &AtomicBool,
     events: &Sender<Control>,
@@ -467,15 +476,17 @@ fn vcpu_loop(
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let outcome = match vcpu.run(buses) {
+        let exit = vcpu.lock().expect("vcpu lock").run(buses);
+        let describe = || vcpu.lock().expect("vcpu lock").describe();
+        let outcome = match exit {
             Exit::Handled | Exit::Interrupted => continue,
             Exit::Reset => Outcome::Device(VmEvent::Reset),
             Exit::PowerOff => Outcome::Device(VmEvent::PowerOff),
             Exit::Shutdown => Outcome::Fatal(format!(
                 "vCPU {id}: triple fault (shutdown); {}",
-                vcpu.describe()
+                describe()
             )),
-            Exit::Fatal(why) => Outcome::Fatal(format!("vCPU {id}: {why}; {}", vcpu.describe())),
+            Exit::Fatal(why) => Outcome::Fatal(format!("vCPU {id}: {why}; {}", describe())),
         };
         stop.store(true, Ordering::SeqCst);
         let _ = events.send(Control::Vm(gen, outcome));
@@ -520,7 +531,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     register_signal_handler(SIGRTMIN(), kick_handler)
         .map_err(|e| anyhow!("cannot install the vCPU kick signal handler: {e}"))?;
     let gate = Arc::new(RunGate {
-        running: Mutex::new(!cfg.paused),
+        running: Mutex::new(!cfg.paused && cfg.incoming.is_none()),
         cv: Condvar::new(),
         parked: AtomicUsize::new(0),
     });
@@ -542,7 +553,12 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             .context("cannot start the QMP forwarder")?;
     }
     let name = cfg.name.as_deref().unwrap_or("vm");
-    let mut status = if cfg.paused { "prelaunch" } else { "running" };
+    let mut status = match (&cfg.incoming, cfg.paused) {
+        (Some(_), _) => "inmigrate",
+        (None, true) => "prelaunch",
+        (None, false) => "running",
+    };
+    let mut migration = MigrationInfo::default();
     if cfg.paused {
         log::info!("starting paused (-S)");
     }
@@ -564,7 +580,22 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             saved_clock: None,
             ended: None,
             queued: vec![],
+            migration: &mut migration,
         };
+        if let (1, Some(path)) = (gen, &cfg.incoming) {
+            // The vCPUs wait at the gate: nothing runs until all is loaded.
+            let clock = crate::snapshot::load(&session.parts(0), path, cfg.machine.name)
+                .with_context(|| format!("cannot restore the VM from {}", path.display()))?;
+            board.vm.set_clock(clock)?;
+            log::info!("{name}: restored from {}", path.display());
+            if cfg.paused {
+                session.status = "paused";
+            } else {
+                gate.set_running(true);
+                session.status = "running";
+                events.emit("RESUME", None);
+            }
+        }
         let end = loop {
             match ctl_rx
                 .recv()
@@ -645,6 +676,32 @@ struct Session<'a> {
     ended: Option<Outcome>,
     /// Events a command caused, sent after its reply (as QEMU orders them).
     queued: Vec<(&'static str, Option<serde_json::Value>)>,
+    /// The last (or current) migration, for query-migrate.
+    migration: &'a mut MigrationInfo,
+}
+
+/// What query-migrate reports.
+#[derive(Debug, Default, Clone)]
+struct MigrationInfo {
+    status: &'static str,
+    total_ms: u64,
+    stats: crate::snapshot::Stats,
+    error: Option<String>,
+}
+
+impl Session<'_> {
+    fn parts(&self, clock: u64) -> crate::snapshot::Parts<'_> {
+        crate::snapshot::Parts {
+            vm: &*self.board.vm,
+            mem: &self.board.mem,
+            ram: self.cfg.memory,
+            vcpus: &self.board.vcpu_objs,
+            serial: &self.board.serial,
+            pm: &self.board.pm,
+            pci: &self.board.pci,
+            clock,
+        }
+    }
 }
 
 impl qmp::commands::Target for Session<'_> {
@@ -724,6 +781,84 @@ impl qmp::commands::Target for Session<'_> {
 
     fn devices(&self) -> &[crate::config::DeviceConfig] {
         &self.cfg.devices
+    }
+
+    fn migrate(&mut self, uri: &str) -> Result<(), QmpError> {
+        let Some(path) = uri.strip_prefix("file:").filter(|p| !p.is_empty()) else {
+            return Err(QmpError::generic(format!(
+                "invalid migration URI '{uri}': only file:PATH is supported yet"
+            )));
+        };
+        let was_running = self.status == "running";
+        let t0 = std::time::Instant::now();
+        *self.migration = MigrationInfo {
+            status: "active",
+            ..Default::default()
+        };
+        self.queued
+            .push(("MIGRATION", Some(json!({"status": "setup"}))));
+        self.stop()?;
+        self.queued
+            .push(("MIGRATION", Some(json!({"status": "active"}))));
+        let clock = self.saved_clock.unwrap_or_default();
+        match crate::snapshot::save(
+            &self.parts(clock),
+            std::path::Path::new(path),
+            self.cfg.machine.name,
+        ) {
+            Ok(stats) => {
+                *self.migration = MigrationInfo {
+                    status: "completed",
+                    total_ms: t0.elapsed().as_millis() as u64,
+                    stats,
+                    error: None,
+                };
+                self.status = "postmigrate";
+                self.queued
+                    .push(("MIGRATION", Some(json!({"status": "completed"}))));
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                log::error!("migration to {uri} failed: {why}");
+                *self.migration = MigrationInfo {
+                    status: "failed",
+                    total_ms: t0.elapsed().as_millis() as u64,
+                    error: Some(why),
+                    ..Default::default()
+                };
+                self.queued
+                    .push(("MIGRATION", Some(json!({"status": "failed"}))));
+                // The source keeps running, nothing lost.
+                if was_running {
+                    self.cont()?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn query_migrate(&self) -> serde_json::Value {
+        let m = &self.migration;
+        if m.status.is_empty() {
+            return json!({});
+        }
+        let mut v = json!({"status": m.status, "total-time": m.total_ms});
+        if m.status == "completed" {
+            v["ram"] = json!({
+                "transferred": m.stats.bytes,
+                "total": self.cfg.memory,
+                "remaining": 0,
+                "normal": m.stats.pages - m.stats.zero_pages,
+                "normal-bytes": (m.stats.pages - m.stats.zero_pages) * 4096,
+                "duplicate": m.stats.zero_pages,
+                "page-size": 4096,
+            });
+        }
+        if let Some(e) = &m.error {
+            v["error-desc"] = e.clone().into();
+        }
+        v
     }
 
     fn pci(&self) -> Vec<qmp::commands::PciInfo> {

@@ -22,6 +22,17 @@ pub trait PciFunction: Send {
     fn config_write(&mut self, offset: u16, size: u8, value: u32) {
         self.config_mut().write(offset, size, value)
     }
+    /// The migratable state (QEMU's PCIDevice layout).
+    fn state(&self) -> migration::vmstate::State {
+        self.config().state()
+    }
+    /// Loads a saved state with the read-only-bits rule.
+    fn load(
+        &mut self,
+        st: &migration::vmstate::State,
+    ) -> Result<(), Option<config::ConfigMismatch>> {
+        self.config_mut().load(st)
+    }
 }
 
 /// Bus/device/function packed as in a CF8 address: bus << 8 | dev << 3 | fn.
@@ -83,6 +94,10 @@ impl PciRoot {
 
     pub fn functions(&self) -> impl Iterator<Item = (&Bdf, &Box<dyn PciFunction>)> {
         self.funcs.iter()
+    }
+
+    pub fn function_mut(&mut self, bdf: Bdf) -> Option<&mut Box<dyn PciFunction>> {
+        self.funcs.get_mut(&bdf)
     }
 }
 

@@ -19,6 +19,9 @@ pub trait Target {
     fn machine(&self) -> &'static machine::MachineType;
     fn devices(&self) -> &[crate::config::DeviceConfig];
     fn pci(&self) -> Vec<PciInfo>;
+    /// `migrate` to a URI (file:PATH).
+    fn migrate(&mut self, uri: &str) -> Result<(), QmpError>;
+    fn query_migrate(&self) -> Value;
 }
 
 /// One PCI function, for `query-pci`.
@@ -75,6 +78,11 @@ pub const COMMANDS: &[Command] = &[
         qom_get,
     ),
     Command("query-pci", &[], query_pci),
+    Command("migrate", &[("uri", "string")], |t, a| {
+        t.migrate(a["uri"].as_str().unwrap_or_default())
+            .map(|_| json!({}))
+    }),
+    Command("query-migrate", &[], |t, _| Ok(t.query_migrate())),
 ];
 
 /// Checks the arguments against the command's declaration, then runs it.

@@ -1,0 +1,334 @@
+//! Whole-VM save and restore in QEMU's savevm stream: guest RAM as the
+//! `ram` section (one block, `pc.ram`, of the `-m` size; the part above
+//! 4 GiB follows the part below, as in QEMU), then FULL sections for every
+//! vCPU, the in-kernel irqchip and PIT, kvm-clock, the UART, the ACPI PM
+//! block and every PCI function. The VM must be stopped.
+
+use crate::hypervisor::{Blobs, Vcpu, Vm};
+use anyhow::{anyhow, bail, Context, Result};
+use arch::x86_64::layout;
+use devices::pci::{Bdf, PciRoot};
+use kvm_bindings::{
+    kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+};
+use migration::stream::{RamSink, Reader, Record, Writer, PAGE_SIZE};
+use migration::vmstate::{Description, Field, Kind, State, Val};
+use std::mem::size_of;
+use std::sync::{Arc, Mutex};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const fn buf(name: &'static str, n: usize) -> Field {
+    Field {
+        name,
+        kind: Kind::Buffer(n),
+        since: 0,
+    }
+}
+
+/// One vCPU: the kernel's own state structs, as KVM hands them out.
+pub static CPU: Description = Description {
+    name: "cpu",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[
+        buf("regs", size_of::<kvm_regs>()),
+        buf("sregs", size_of::<kvm_sregs>()),
+        buf("xsave", size_of::<kvm_xsave>()),
+        buf("xcrs", size_of::<kvm_xcrs>()),
+        buf("lapic", size_of::<kvm_lapic_state>()),
+        buf("mp_state", size_of::<kvm_mp_state>()),
+        buf("events", size_of::<kvm_vcpu_events>()),
+        buf("debugregs", size_of::<kvm_debugregs>()),
+        buf("msr_count", 4),
+        buf("msrs", crate::kvm::MAX_MSRS * 16),
+    ],
+    subsections: &[],
+};
+
+/// The in-kernel PIC pair, IOAPIC and PIT.
+pub static IRQCHIP: Description = Description {
+    name: "kvm-irqchip",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[
+        buf("pic_master", size_of::<kvm_irqchip>()),
+        buf("pic_slave", size_of::<kvm_irqchip>()),
+        buf("ioapic", size_of::<kvm_irqchip>()),
+        buf("pit", size_of::<kvm_pit_state2>()),
+    ],
+    subsections: &[],
+};
+
+/// kvm-clock's value at the stop.
+pub static KVMCLOCK: Description = Description {
+    name: "kvmclock",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[Field {
+        name: "clock",
+        kind: Kind::U64,
+        since: 0,
+    }],
+    subsections: &[],
+};
+
+const RAM_BLOCK: &str = "pc.ram";
+
+fn blobs_to_state(desc: &Description, b: &Blobs) -> State {
+    let mut st = State::default();
+    for f in desc.fields {
+        let v = b
+            .iter()
+            .find(|x| x.0 == f.name)
+            .map(|x| x.1.clone())
+            .unwrap_or_default();
+        st.set(f.name, Val::Bytes(v));
+    }
+    st
+}
+
+fn state_to_blobs(desc: &Description, st: &State) -> Blobs {
+    desc.fields
+        .iter()
+        .filter_map(|f| match st.get(f.name) {
+            Some(Val::Bytes(b)) => Some((f.name, b.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a save moved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub bytes: u64,
+    pub pages: u64,
+    pub zero_pages: u64,
+}
+
+/// The parts of a running board a snapshot touches.
+pub struct Parts<'a> {
+    pub vm: &'a dyn Vm,
+    pub mem: &'a GuestMemoryMmap,
+    pub ram: u64,
+    pub vcpus: &'a [Arc<Mutex<Box<dyn Vcpu>>>],
+    pub serial: &'a Mutex<devices::serial::Serial>,
+    pub pm: &'a Mutex<devices::acpi_pm::AcpiPm>,
+    pub pci: &'a Mutex<PciRoot>,
+    pub clock: u64,
+}
+
+/// Block offset -> guest physical address.
+fn gpa(ram: u64, offset: u64) -> u64 {
+    let low = layout::low_ram_size(ram);
+    if offset < low {
+        offset
+    } else {
+        layout::HIGH_RAM_START + (offset - low)
+    }
+}
+
+/// Writes the whole VM to `path`.
+pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let counter = Counter {
+        w: std::io::BufWriter::with_capacity(1 << 20, file),
+        n: 0,
+    };
+    let mut w = Writer::new(counter, machine)?;
+    let id = w.ram_start(&[(RAM_BLOCK, p.ram)])?;
+    let mut stats = Stats::default();
+    // All of RAM in one pass (the VM is stopped): one block offset at a time.
+    let mut page = vec![0u8; PAGE_SIZE];
+    let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(256);
+    let pages = p.ram / PAGE_SIZE as u64;
+    for i in 0..pages {
+        let off = i * PAGE_SIZE as u64;
+        p.mem
+            .read_slice(&mut page, GuestAddress(gpa(p.ram, off)))
+            .map_err(|e| anyhow!("cannot read guest RAM at {off:#x}: {e}"))?;
+        if page.iter().all(|b| *b == 0) {
+            stats.zero_pages += 1;
+        }
+        stats.pages += 1;
+        batch.push((off, page.clone()));
+        if batch.len() == 256 || i + 1 == pages {
+            w.ram_pages(
+                id,
+                false,
+                batch.iter().map(|(o, d)| (RAM_BLOCK, *o, d.as_slice())),
+            )?;
+            batch.clear();
+        }
+    }
+    w.ram_pages(id, true, [])?;
+    for (i, v) in p.vcpus.iter().enumerate() {
+        let blobs = v.lock().expect("vcpu lock").save()?;
+        w.section("cpu", i as u32, &CPU, &blobs_to_state(&CPU, &blobs))?;
+    }
+    w.section(
+        "kvm-irqchip",
+        0,
+        &IRQCHIP,
+        &blobs_to_state(&IRQCHIP, &p.vm.save()?),
+    )?;
+    let mut clock = State::default();
+    clock.set("clock", Val::Uint(p.clock));
+    w.section("kvmclock", 0, &KVMCLOCK, &clock)?;
+    w.section(
+        "serial",
+        0,
+        &devices::serial::VMSTATE,
+        &p.serial.lock().expect("serial lock").state(),
+    )?;
+    w.section(
+        "acpi-pm",
+        0,
+        &devices::acpi_pm::VMSTATE,
+        &p.pm.lock().expect("pm lock").state(),
+    )?;
+    for (bdf, f) in p.pci.lock().expect("pci lock").functions() {
+        w.section(
+            &format!("0000:{bdf}/PCIDevice"),
+            0,
+            &devices::pci::config::VMSTATE,
+            &f.state(),
+        )?;
+    }
+    let counter = w.finish()?;
+    stats.bytes = counter.n;
+    Ok(stats)
+}
+
+struct Counter<W> {
+    w: W,
+    n: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Counter<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.w.write(b)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+struct GuestRam<'a> {
+    mem: &'a GuestMemoryMmap,
+    ram: u64,
+    error: Option<String>,
+}
+
+impl RamSink for GuestRam<'_> {
+    fn block_len(&self, name: &str) -> Option<u64> {
+        (name == RAM_BLOCK).then_some(self.ram)
+    }
+    fn page(&mut self, _block: &str, offset: u64, data: &[u8]) {
+        if let Err(e) = self
+            .mem
+            .write_slice(data, GuestAddress(gpa(self.ram, offset)))
+        {
+            self.error
+                .get_or_insert(format!("cannot write guest RAM at {offset:#x}: {e}"));
+        }
+    }
+}
+
+/// Loads `path` into a freshly built, stopped board. Returns kvm-clock.
+pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut r = Reader::new(std::io::BufReader::with_capacity(1 << 20, file), machine)?;
+    let mut sink = GuestRam {
+        mem: p.mem,
+        ram: p.ram,
+        error: None,
+    };
+    let lookup = |id: &str, inst: u32| -> Option<&'static Description> {
+        match id {
+            "cpu" if (inst as usize) < p.vcpus.len() => Some(&CPU),
+            "kvm-irqchip" => Some(&IRQCHIP),
+            "kvmclock" => Some(&KVMCLOCK),
+            "serial" => Some(&devices::serial::VMSTATE),
+            "acpi-pm" => Some(&devices::acpi_pm::VMSTATE),
+            s if s.starts_with("0000:") && s.ends_with("/PCIDevice") => {
+                Some(&devices::pci::config::VMSTATE)
+            }
+            _ => None,
+        }
+    };
+    let mut clock = None;
+    let mut cpus = 0;
+    loop {
+        match r.next_record(&lookup, &mut sink)? {
+            Record::Ram { .. } => {
+                if let Some(e) = sink.error.take() {
+                    bail!(e);
+                }
+            }
+            Record::Eof { .. } => break,
+            Record::Section {
+                idstr,
+                instance,
+                state,
+                ..
+            } => match idstr.as_str() {
+                "cpu" => {
+                    p.vcpus[instance as usize]
+                        .lock()
+                        .expect("vcpu lock")
+                        .restore(&state_to_blobs(&CPU, &state))?;
+                    cpus += 1;
+                }
+                "kvm-irqchip" => p.vm.restore(&state_to_blobs(&IRQCHIP, &state))?,
+                "kvmclock" => clock = state.uint("clock"),
+                "serial" => p.serial.lock().expect("serial lock").restore(&state)?,
+                "acpi-pm" => {
+                    p.pm.lock()
+                        .expect("pm lock")
+                        .restore(&state)
+                        .ok_or_else(|| anyhow!("acpi-pm: bad state"))?
+                }
+                s => {
+                    let bdf = parse_bdf(s).ok_or_else(|| anyhow!("bad PCI section name '{s}'"))?;
+                    let mut root = p.pci.lock().expect("pci lock");
+                    let f = root.function_mut(bdf).ok_or_else(|| {
+                        anyhow!("the stream has a PCI function at {bdf} that this VM does not")
+                    })?;
+                    f.load(&state).map_err(|m| match m {
+                        Some(m) => anyhow!(
+                            "{bdf}: config register {} (offset {:#x}) is {:#010x} in the stream but {:#010x} here, in bits the guest cannot change",
+                            devices::pci::root_port::register_name(m.offset),
+                            m.offset,
+                            m.stream,
+                            m.local
+                        ),
+                        None => anyhow!("{bdf}: the PCIDevice state has the wrong layout"),
+                    })?;
+                }
+            },
+        }
+    }
+    if cpus != p.vcpus.len() {
+        bail!(
+            "the stream has {cpus} vCPUs, this VM {}: start the destination with the same -smp",
+            p.vcpus.len()
+        );
+    }
+    clock.ok_or_else(|| anyhow!("the stream has no kvmclock section"))
+}
+
+fn parse_bdf(s: &str) -> Option<Bdf> {
+    let b = s.strip_prefix("0000:")?.strip_suffix("/PCIDevice")?;
+    let (bus, rest) = b.split_once(':')?;
+    let (dev, func) = rest.split_once('.')?;
+    Some(Bdf::new(
+        u8::from_str_radix(bus, 16).ok()?,
+        u8::from_str_radix(dev, 16).ok()?,
+        func.parse().ok()?,
+    ))
+}
