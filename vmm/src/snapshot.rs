@@ -16,7 +16,7 @@ use migration::stream::{RamSink, Reader, Record, Writer, PAGE_SIZE};
 use migration::vmstate::{Description, Field, Kind, State, Val};
 use std::mem::size_of;
 use std::sync::{Arc, Mutex};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 const fn buf(name: &'static str, n: usize) -> Field {
     Field {
@@ -139,28 +139,30 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
     let mut w = Writer::new(counter, machine)?;
     let id = w.ram_start(&[(RAM_BLOCK, p.ram)])?;
     let mut stats = Stats::default();
-    // All of RAM in one pass (the VM is stopped): one block offset at a time.
-    let mut page = vec![0u8; PAGE_SIZE];
-    let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(256);
-    let pages = p.ram / PAGE_SIZE as u64;
-    for i in 0..pages {
-        let off = i * PAGE_SIZE as u64;
-        p.mem
-            .read_slice(&mut page, GuestAddress(gpa(p.ram, off)))
-            .map_err(|e| anyhow!("cannot read guest RAM at {off:#x}: {e}"))?;
-        if page.iter().all(|b| *b == 0) {
-            stats.zero_pages += 1;
-        }
-        stats.pages += 1;
-        batch.push((off, page.clone()));
-        if batch.len() == 256 || i + 1 == pages {
-            w.ram_pages(
-                id,
-                false,
-                batch.iter().map(|(o, d)| (RAM_BLOCK, *o, d.as_slice())),
-            )?;
-            batch.clear();
-        }
+    // All of RAM in one pass (the VM is stopped), straight from the guest
+    // mapping: no copies but the stream's own buffer.
+    for region in p.mem.iter() {
+        let start = region.start_addr().0;
+        let host = p
+            .mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| anyhow!("guest memory: {e}"))?;
+        // SAFETY: the region is mapped for the VM's lifetime and nothing writes
+        // guest RAM while the VM is stopped (vCPUs parked, devices idle).
+        let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, region.len() as usize) };
+        let block_base = if start >= layout::HIGH_RAM_START {
+            layout::low_ram_size(p.ram)
+        } else {
+            0
+        };
+        let pages = bytes.chunks(PAGE_SIZE).enumerate().map(|(i, d)| {
+            stats.pages += 1;
+            if is_zero(d) {
+                stats.zero_pages += 1;
+            }
+            (RAM_BLOCK, block_base + (i * PAGE_SIZE) as u64, d)
+        });
+        w.ram_pages(id, false, pages)?;
     }
     w.ram_pages(id, true, [])?;
     for (i, v) in p.vcpus.iter().enumerate() {
@@ -201,6 +203,15 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
     Ok(stats)
 }
 
+/// Whether a page is all zero (word at a time).
+fn is_zero(page: &[u8]) -> bool {
+    let (head, words, tail) = {
+        // SAFETY: u64 has no invalid bit patterns; align_to splits safely.
+        unsafe { page.align_to::<u64>() }
+    };
+    head.iter().all(|b| *b == 0) && words.iter().all(|w| *w == 0) && tail.iter().all(|b| *b == 0)
+}
+
 struct Counter<W> {
     w: W,
     n: u64,
@@ -228,6 +239,19 @@ impl RamSink for GuestRam<'_> {
         (name == RAM_BLOCK).then_some(self.ram)
     }
     fn page(&mut self, _block: &str, offset: u64, data: &[u8]) {
+        // A zero page onto a page that already reads as zero (fresh memory)
+        // is skipped: writing it would allocate the page for nothing.
+        if is_zero(data) {
+            let mut cur = [0u8; PAGE_SIZE];
+            if self
+                .mem
+                .read_slice(&mut cur, GuestAddress(gpa(self.ram, offset)))
+                .is_ok()
+                && is_zero(&cur)
+            {
+                return;
+            }
+        }
         if let Err(e) = self
             .mem
             .write_slice(data, GuestAddress(gpa(self.ram, offset)))
