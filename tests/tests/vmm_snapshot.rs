@@ -147,6 +147,7 @@ fn saved_stream(dir: &TempDir, extra: &[&str]) -> std::path::PathBuf {
     )
     .spawn("snap-src");
     vm.wait_prefix("mem.filled", BOOT);
+    wait_tick_after(&vm, 0);
     let file = dir.path("snap.bin");
     save(&vm, &sock, &file);
     file
@@ -221,4 +222,86 @@ fn aer_seed_across_processes() {
     wait_tick_after(&vm, 0);
     vm.send(b"q");
     vm.assert_pass(BOOT);
+}
+
+/// `-incoming defer`: the destination waits (status inmigrate, nothing
+/// runs) until QMP `migrate-incoming` names the stream.
+#[test]
+fn incoming_defer_then_migrate_incoming() {
+    let dir = TempDir::new("snap-defer");
+    let file = saved_stream(&dir, &[]);
+    let sock = dir.path("dst.sock");
+    let mut vm = base(&[
+        "-incoming",
+        "defer",
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", sock.display()),
+    ])
+    .spawn("snap-defer");
+    let mut q = Qmp::connect(&sock, T);
+    assert_eq!(q.execute("query-status", json!({}))["status"], "inmigrate");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        vm.lines()
+            .iter()
+            .all(|l| !l.starts_with("guest=") && !l.starts_with("tick")),
+        "{}",
+        vm.log()
+    );
+    let e = q
+        .try_execute("migrate-incoming", json!({"uri": "tcp:127.0.0.1:1"}))
+        .unwrap_err();
+    assert!(
+        e["desc"].as_str().unwrap().contains("only file:PATH"),
+        "{e}"
+    );
+    q.execute(
+        "migrate-incoming",
+        json!({"uri": format!("file:{}", file.display())}),
+    );
+    q.wait_event("RESUME", T);
+    assert_eq!(q.execute("query-status", json!({}))["status"], "running");
+    wait_tick_after(&vm, 0);
+    let e = q
+        .try_execute(
+            "migrate-incoming",
+            json!({"uri": format!("file:{}", file.display())}),
+        )
+        .unwrap_err();
+    assert!(
+        e["desc"].as_str().unwrap().contains("only possible once"),
+        "{e}"
+    );
+    vm.send(b"q");
+    vm.assert_pass(BOOT);
+
+    // A stream that does not load: an error reply, and the process ends.
+    let cut = dir.path("cut.bin");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let _ = std::fs::remove_file(&sock);
+    let mut vm = base(&[
+        "-incoming",
+        "defer",
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", sock.display()),
+    ])
+    .spawn("snap-defer-bad");
+    let mut q = Qmp::connect(&sock, T);
+    let e = q
+        .try_execute(
+            "migrate-incoming",
+            json!({"uri": format!("file:{}", cut.display())}),
+        )
+        .unwrap_err();
+    assert!(
+        e["desc"].as_str().unwrap().contains("stream truncated"),
+        "{e}"
+    );
+    assert_eq!(vm.wait_exit(BOOT).code(), Some(1), "{}", vm.log());
+    assert!(
+        vm.lines().iter().all(|l| !l.starts_with("tick")),
+        "{}",
+        vm.log()
+    );
 }

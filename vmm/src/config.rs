@@ -24,6 +24,14 @@ pub struct DebugExitConfig {
     pub iosize: u16,
 }
 
+/// Where an incoming VM's state comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    File(PathBuf),
+    /// Wait for QMP `migrate-incoming`.
+    Defer,
+}
+
 /// A `-device`, resolved.
 #[derive(Debug, Clone)]
 pub struct DeviceConfig {
@@ -57,8 +65,8 @@ pub struct VmConfig {
     pub debug_exit: Option<DebugExitConfig>,
     pub devices: Vec<DeviceConfig>,
     pub qmp: Vec<crate::qmp::QmpAddr>,
-    /// `-incoming file:PATH`.
-    pub incoming: Option<PathBuf>,
+    /// `-incoming file:PATH` or `-incoming defer`.
+    pub incoming: Option<Incoming>,
 }
 
 /// What to do: run, or print something and exit.
@@ -316,9 +324,10 @@ pub fn from_args(a: Args) -> Result<Action> {
             .map_err(|e| anyhow!(e))?,
         incoming: match a.incoming.as_deref() {
             None => None,
+            Some("defer") => Some(Incoming::Defer),
             Some(u) => match u.strip_prefix("file:") {
-                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-                _ => bail!("invalid -incoming '{u}': only file:PATH is supported yet"),
+                Some(p) if !p.is_empty() => Some(Incoming::File(PathBuf::from(p))),
+                _ => bail!("invalid -incoming '{u}': expected file:PATH or defer"),
             },
         },
     };

@@ -582,18 +582,10 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             queued: vec![],
             migration: &mut migration,
         };
-        if let (1, Some(path)) = (gen, &cfg.incoming) {
-            // The vCPUs wait at the gate: nothing runs until all is loaded.
-            let clock = crate::snapshot::load(&session.parts(0), path, cfg.machine.name)
-                .with_context(|| format!("cannot restore the VM from {}", path.display()))?;
-            board.vm.set_clock(clock)?;
-            log::info!("{name}: restored from {}", path.display());
-            if cfg.paused {
-                session.status = "paused";
-            } else {
-                gate.set_running(true);
-                session.status = "running";
-                events.emit("RESUME", None);
+        if let (1, Some(crate::config::Incoming::File(path))) = (gen, &cfg.incoming) {
+            session.restore(path)?;
+            for (name, data) in session.queued.drain(..) {
+                events.emit(name, data);
             }
         }
         let end = loop {
@@ -659,7 +651,10 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
                     Some(json!({"guest": false, "reason": "host-qmp-system-reset"})),
                 );
             }
-            Outcome::Fatal(why) => bail!("{name} stopped: {why}"),
+            Outcome::Fatal(why) => {
+                events.flush();
+                bail!("{name} stopped: {why}")
+            }
         }
     }
 }
@@ -690,6 +685,25 @@ struct MigrationInfo {
 }
 
 impl Session<'_> {
+    /// Loads a saved VM into this (fresh, held) board, then runs it unless
+    /// -S. Nothing of the guest runs before everything is loaded.
+    fn restore(&mut self, path: &std::path::Path) -> Result<()> {
+        let clock = crate::snapshot::load(&self.parts(0), path, self.cfg.machine.name)
+            .with_context(|| format!("cannot restore the VM from {}", path.display()))?;
+        self.board.vm.set_clock(clock)?;
+        log::info!("restored from {}", path.display());
+        self.queued
+            .push(("MIGRATION", Some(json!({"status": "completed"}))));
+        if self.cfg.paused {
+            self.status = "paused";
+        } else {
+            self.gate.set_running(true);
+            self.status = "running";
+            self.queued.push(("RESUME", None));
+        }
+        Ok(())
+    }
+
     fn parts(&self, clock: u64) -> crate::snapshot::Parts<'_> {
         crate::snapshot::Parts {
             vm: &*self.board.vm,
@@ -836,6 +850,26 @@ impl qmp::commands::Target for Session<'_> {
                 Ok(())
             }
         }
+    }
+
+    fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError> {
+        if self.cfg.incoming != Some(crate::config::Incoming::Defer) || self.status != "inmigrate" {
+            return Err(QmpError::generic(
+                "migrate-incoming is only possible once, after -incoming defer",
+            ));
+        }
+        let Some(path) = uri.strip_prefix("file:").filter(|p| !p.is_empty()) else {
+            return Err(QmpError::generic(format!(
+                "invalid migration URI '{uri}': only file:PATH is supported yet"
+            )));
+        };
+        // A stream that does not load leaves a half-written board: the
+        // process ends (as QEMU's destination does), nothing of it runs.
+        if let Err(e) = self.restore(std::path::Path::new(path)) {
+            self.ended = Some(Outcome::Fatal(format!("{e:#}")));
+            return Err(QmpError::generic(format!("{e:#}")));
+        }
+        Ok(())
     }
 
     fn query_migrate(&self) -> serde_json::Value {

@@ -22,6 +22,8 @@ pub trait Target {
     /// `migrate` to a URI (file:PATH).
     fn migrate(&mut self, uri: &str) -> Result<(), QmpError>;
     fn query_migrate(&self) -> Value;
+    /// `migrate-incoming` (after `-incoming defer`).
+    fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError>;
 }
 
 /// One PCI function, for `query-pci`.
@@ -83,6 +85,10 @@ pub const COMMANDS: &[Command] = &[
             .map(|_| json!({}))
     }),
     Command("query-migrate", &[], |t, _| Ok(t.query_migrate())),
+    Command("migrate-incoming", &[("uri", "string")], |t, a| {
+        t.migrate_incoming(a["uri"].as_str().unwrap_or_default())
+            .map(|_| json!({}))
+    }),
 ];
 
 /// Checks the arguments against the command's declaration, then runs it.
