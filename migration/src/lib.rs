@@ -13,6 +13,7 @@
 //! Not yet: RAM and iterative (START/PART/END) sections, device
 //! integration, transports (issues #6, #8).
 
+pub mod analyze;
 pub mod compat;
 pub mod stream;
 pub mod vmstate;

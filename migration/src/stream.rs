@@ -342,6 +342,12 @@ pub trait RamSink {
     fn block_len(&self, name: &str) -> Option<u64>;
     /// A page (`data` is `PAGE_SIZE` bytes; all zero for a ZERO record).
     fn page(&mut self, block: &str, offset: u64, data: &[u8]);
+    /// The length this side accepts for `name` when the stream says
+    /// `stream_len` (tools that only read a stream accept any).
+    fn accept_len(&self, name: &str, stream_len: u64) -> Option<u64> {
+        let _ = stream_len;
+        self.block_len(name)
+    }
 }
 
 /// A sink for streams without RAM.
@@ -374,7 +380,8 @@ pub enum Record {
 pub struct Reader<R: Read> {
     r: R,
     offset: u64,
-    peeked: Option<u8>,
+    /// Bytes read ahead (peeked) but not consumed, in stream order.
+    ahead: Vec<u8>,
     /// The stream's section id of `ram`, once started.
     ram_id: Option<u32>,
     /// This side's block lengths, from the START section.
@@ -388,7 +395,7 @@ impl<R: Read> Reader<R> {
         let mut rd = Reader {
             r,
             offset: 0,
-            peeked: None,
+            ahead: Vec::new(),
             ram_id: None,
             ram_blocks: vec![],
         };
@@ -432,11 +439,10 @@ impl<R: Read> Reader<R> {
     }
 
     fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
-        let mut done = 0;
-        if let (Some(p), Some(first)) = (self.peeked.take(), buf.first_mut()) {
-            *first = p;
-            done = 1;
-        }
+        let take = self.ahead.len().min(buf.len());
+        buf[..take].copy_from_slice(&self.ahead[..take]);
+        self.ahead.drain(..take);
+        let mut done = take;
         while done < buf.len() {
             match self.r.read(&mut buf[done..]) {
                 Ok(0) => {
@@ -466,14 +472,34 @@ impl<R: Read> Reader<R> {
         Ok(b[0])
     }
 
-    fn peek(&mut self, what: &str) -> Result<u8> {
-        if let Some(p) = self.peeked {
-            return Ok(p);
+    /// The next `n` bytes, without consuming them (n is small).
+    fn peek_n(&mut self, n: usize, what: &str) -> Result<&[u8]> {
+        while self.ahead.len() < n {
+            let mut b = [0u8; 64];
+            let want = (n - self.ahead.len()).min(b.len());
+            match self.r.read(&mut b[..want]) {
+                Ok(0) => {
+                    return Err(Error::Truncated {
+                        offset: self.offset + self.ahead.len() as u64,
+                        wanted: n - self.ahead.len(),
+                        what: what.to_string(),
+                    })
+                }
+                Ok(k) => self.ahead.extend_from_slice(&b[..k]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(Error::Read {
+                        offset: self.offset + self.ahead.len() as u64,
+                        source,
+                    })
+                }
+            }
         }
-        let b = self.u8(what)?;
-        self.offset -= 1;
-        self.peeked = Some(b);
-        Ok(b)
+        Ok(&self.ahead[..n])
+    }
+
+    fn peek(&mut self, what: &str) -> Result<u8> {
+        Ok(self.peek_n(1, what)?[0])
     }
 
     fn u32(&mut self, what: &str) -> Result<u32> {
@@ -640,10 +666,12 @@ impl<R: Read> Reader<R> {
             let at = self.offset;
             let name = self.counted("a RAM block name")?;
             let len = self.u64("a RAM block length")?;
-            let local = ram.block_len(&name).ok_or_else(|| Error::UnknownRamBlock {
-                name: name.clone(),
-                offset: at,
-            })?;
+            let local = ram
+                .accept_len(&name, len)
+                .ok_or_else(|| Error::UnknownRamBlock {
+                    name: name.clone(),
+                    offset: at,
+                })?;
             if local != len {
                 return Err(Error::RamLengthMismatch {
                     name,
@@ -749,6 +777,14 @@ impl<R: Read> Reader<R> {
             st.fields.push((f.name, v));
         }
         while self.peek("a subsection or the section end")? == SUBSECTION {
+            // As QEMU: the subsection is this description's only if its
+            // name starts with ours; otherwise it belongs to an enclosing
+            // description (this one was a nested struct, its last field).
+            let len = self.peek_n(2, "a subsection name length")?[1] as usize;
+            let prefix = self.peek_n(2 + len, "a subsection name")?[2..].to_vec();
+            if !prefix.starts_with(desc.name.as_bytes()) {
+                break;
+            }
             let at = self.offset;
             self.u8("a subsection")?;
             let len = self.u8("a subsection name length")? as usize;

@@ -3,8 +3,13 @@
 //! `vmmctl vmstate-check OLD.json NEW.json` compares two `-dump-vmstate`
 //! dumps and lists every change that breaks migration between them; exit
 //! status 1 if there is any.
+//!
+//! `vmmctl analyze-migration FILE` prints a saved stream's sections and
+//! their field values, decoded with the description the stream carries.
 
 use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: vmmctl vmstate-check OLD.json NEW.json | vmmctl analyze-migration FILE";
 
 fn read(path: &str) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
@@ -34,11 +39,18 @@ fn run() -> Result<i32> {
                 Ok(1)
             }
         }
-        ["--help"] | ["-h"] | [] => {
-            println!("usage: vmmctl vmstate-check OLD.json NEW.json");
+        ["analyze-migration", file] => {
+            let bytes = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
+            for line in migration::analyze::analyze(&bytes).with_context(|| format!("{file}"))? {
+                println!("{line}");
+            }
             Ok(0)
         }
-        other => bail!("unknown command {other:?}; usage: vmmctl vmstate-check OLD.json NEW.json"),
+        ["--help"] | ["-h"] | [] => {
+            println!("{USAGE}");
+            Ok(0)
+        }
+        other => bail!("unknown command {other:?}; {USAGE}"),
     }
 }
 
