@@ -177,6 +177,27 @@ fn restore_fails(v: Vmm, file: &std::path::Path, want: &[&str]) {
 fn bad_streams_are_refused_before_anything_runs() {
     let dir = TempDir::new("snap-bad");
     let file = saved_stream(&dir, &[]);
+    // The stream explains itself: vmmctl decodes it from its description.
+    let out = std::process::Command::new(vmm_tests::vmm::binary().with_file_name("vmmctl"))
+        .arg("analyze-migration")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "machine type 'pc-q35-10.0'",
+        "section 'cpu' instance 1",
+        "section 'kvmclock'",
+        "section '0000:00:01.0/PCIDevice'",
+        "EOF; RAM: 65536 pages",
+    ] {
+        assert!(text.contains(want), "{want:?} missing:\n{text}");
+    }
     restore_fails(
         base(&["-M", "pc-q35-7.2"]),
         &file,

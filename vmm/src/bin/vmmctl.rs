@@ -41,7 +41,7 @@ fn run() -> Result<i32> {
         }
         ["analyze-migration", file] => {
             let bytes = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
-            for line in migration::analyze::analyze(&bytes).with_context(|| format!("{file}"))? {
+            for line in migration::analyze::analyze(&bytes).with_context(|| file.to_string())? {
                 println!("{line}");
             }
             Ok(0)
