@@ -5,6 +5,7 @@
 //! block and every PCI function. The VM must be stopped.
 
 use crate::hypervisor::{Blobs, Vcpu, Vm};
+use crate::vm::GuestMemoryMmap;
 use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::layout;
 use devices::pci::{Bdf, PciRoot};
@@ -16,7 +17,8 @@ use migration::stream::{RamSink, Reader, Record, Writer, PAGE_SIZE};
 use migration::vmstate::{Description, Field, Kind, State, Val};
 use std::mem::size_of;
 use std::sync::{Arc, Mutex};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 const fn buf(name: &'static str, n: usize) -> Field {
     Field {
@@ -110,6 +112,8 @@ pub struct Stats {
 pub struct Parts<'a> {
     pub vm: &'a dyn Vm,
     pub mem: &'a GuestMemoryMmap,
+    /// Pages the guest dirtied before, per slot (updated by `save`).
+    pub ever_dirty: &'a Mutex<Vec<Vec<u64>>>,
     pub ram: u64,
     pub vcpus: &'a [Arc<Mutex<Box<dyn Vcpu>>>],
     pub serial: &'a Mutex<devices::serial::Serial>,
@@ -140,9 +144,17 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
     let id = w.ram_start(&[(RAM_BLOCK, p.ram)])?;
     let mut stats = Stats::default();
     // All of RAM in one pass (the VM is stopped), straight from the guest
-    // mapping: no copies but the stream's own buffer.
-    for region in p.mem.iter() {
+    // mapping. Pages nobody ever wrote — not the guest (KVM's dirty log,
+    // accumulated) and not the VMM (the memory's own bitmap) — are zero and
+    // need not be read, let alone sent: the destination's memory is fresh.
+    let mut ever = p.ever_dirty.lock().expect("dirty lock");
+    for (slot, region) in p.mem.iter().enumerate() {
         let start = region.start_addr().0;
+        let log = p.vm.dirty_log(slot as u32, region.len())?;
+        let acc = &mut ever[slot];
+        for (a, l) in acc.iter_mut().zip(&log) {
+            *a |= *l;
+        }
         let host = p
             .mem
             .get_host_address(region.start_addr())
@@ -155,15 +167,23 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
         } else {
             0
         };
-        let pages = bytes.chunks(PAGE_SIZE).enumerate().map(|(i, d)| {
+        let bitmap = region.bitmap();
+        let acc = &*acc;
+        let pages = bytes.chunks(PAGE_SIZE).enumerate().filter_map(|(i, d)| {
             stats.pages += 1;
+            let guest = acc.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
+            if !guest && !bitmap.dirty_at(i * PAGE_SIZE) {
+                stats.zero_pages += 1;
+                return None;
+            }
             if is_zero(d) {
                 stats.zero_pages += 1;
             }
-            (RAM_BLOCK, block_base + (i * PAGE_SIZE) as u64, d)
+            Some((RAM_BLOCK, block_base + (i * PAGE_SIZE) as u64, d))
         });
         w.ram_pages(id, false, pages)?;
     }
+    drop(ever);
     w.ram_pages(id, true, [])?;
     for (i, v) in p.vcpus.iter().enumerate() {
         let blobs = v.lock().expect("vcpu lock").save()?;

@@ -21,7 +21,12 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+/// Guest RAM; the bitmap records every page the VMM itself writes (loaders,
+/// restores, device DMA), which KVM's dirty log does not see.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -155,6 +160,9 @@ impl RunGate {
 struct Board {
     vm: Arc<dyn Vm>,
     mem: GuestMemoryMmap,
+    /// Per memory slot: every page the guest ever dirtied (KVM's log is
+    /// cleared on each read, so it is accumulated here).
+    ever_dirty: Mutex<Vec<Vec<u64>>>,
     vcpus: Vec<JoinHandle<()>>,
     /// The vCPUs themselves; each thread locks its own only around KVM_RUN,
     /// so a parked vCPU's state can be read and written.
@@ -275,7 +283,7 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
         .into_iter()
         .map(|(a, s)| (GuestAddress(a), s as usize))
         .collect();
-    let mem = GuestMemoryMmap::<()>::from_ranges(&regions).map_err(|e| {
+    let mem = GuestMemoryMmap::from_ranges(&regions).map_err(|e| {
         anyhow!(
             "cannot allocate {} MiB of guest memory: {e}",
             cfg.memory >> 20
@@ -448,9 +456,15 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
     {
         std::thread::sleep(Duration::from_micros(100));
     }
+    let ever_dirty = Mutex::new(
+        mem.iter()
+            .map(|r| vec![0u64; (r.len() as usize / 4096).div_ceil(64)])
+            .collect(),
+    );
     Ok(Board {
         vm,
         mem,
+        ever_dirty,
         vcpus: handles,
         vcpu_objs,
         serial,
@@ -708,6 +722,7 @@ impl Session<'_> {
         crate::snapshot::Parts {
             vm: &*self.board.vm,
             mem: &self.board.mem,
+            ever_dirty: &self.board.ever_dirty,
             ram: self.cfg.memory,
             vcpus: &self.board.vcpu_objs,
             serial: &self.board.serial,
