@@ -65,9 +65,6 @@ pub trait Vm: Send + Sync {
     /// The guest's clock (kvm-clock's base), in nanoseconds.
     fn clock(&self) -> Result<u64, Error>;
     fn set_clock(&self, ns: u64) -> Result<(), Error>;
-    /// Pages of memory slot `slot` (`size` bytes) written by the guest
-    /// since the last call, one bit per 4 KiB page.
-    fn dirty_log(&self, slot: u32, size: u64) -> Result<Vec<u64>, Error>;
     /// The in-kernel PIC, IOAPIC and PIT.
     fn save(&self) -> Result<Blobs, Error>;
     fn restore(&self, state: &Blobs) -> Result<(), Error>;

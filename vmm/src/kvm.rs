@@ -103,12 +103,9 @@ impl Vm for KvmVm {
         size: u64,
         host: *mut u8,
     ) -> Result<(), Error> {
-        // Dirty logging from the start: migration needs every page the guest
-        // ever wrote (on PVM this only adds a write fault per page, which the
-        // first touch costs anyway).
         let region = kvm_userspace_memory_region {
             slot,
-            flags: kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES,
+            flags: 0,
             guest_phys_addr: gpa,
             memory_size: size,
             userspace_addr: host as u64,
@@ -139,12 +136,6 @@ impl Vm for KvmVm {
         self.vm
             .set_clock(&data)
             .map_err(err("KVM_SET_CLOCK failed"))
-    }
-
-    fn dirty_log(&self, slot: u32, size: u64) -> Result<Vec<u64>, Error> {
-        self.vm
-            .get_dirty_log(slot, size as usize)
-            .map_err(err("KVM_GET_DIRTY_LOG failed"))
     }
 
     fn save(&self) -> Result<Blobs, Error> {

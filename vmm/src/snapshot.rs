@@ -17,7 +17,6 @@ use migration::stream::{RamSink, Reader, Record, Writer, PAGE_SIZE};
 use migration::vmstate::{Description, Field, Kind, State, Val};
 use std::mem::size_of;
 use std::sync::{Arc, Mutex};
-use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 const fn buf(name: &'static str, n: usize) -> Field {
@@ -112,8 +111,6 @@ pub struct Stats {
 pub struct Parts<'a> {
     pub vm: &'a dyn Vm,
     pub mem: &'a GuestMemoryMmap,
-    /// Pages the guest dirtied before, per slot (updated by `save`).
-    pub ever_dirty: &'a Mutex<Vec<Vec<u64>>>,
     pub ram: u64,
     pub vcpus: &'a [Arc<Mutex<Box<dyn Vcpu>>>],
     pub serial: &'a Mutex<devices::serial::Serial>,
@@ -144,17 +141,12 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
     let id = w.ram_start(&[(RAM_BLOCK, p.ram)])?;
     let mut stats = Stats::default();
     // All of RAM in one pass (the VM is stopped), straight from the guest
-    // mapping. Pages nobody ever wrote — not the guest (KVM's dirty log,
-    // accumulated) and not the VMM (the memory's own bitmap) — are zero and
-    // need not be read, let alone sent: the destination's memory is fresh.
-    let mut ever = p.ever_dirty.lock().expect("dirty lock");
-    for (slot, region) in p.mem.iter().enumerate() {
+    // mapping. Pages never touched by anyone (neither present nor swapped,
+    // per /proc/self/pagemap) are zero and need not be read, let alone
+    // sent: the destination's memory is fresh. Reading them would fault in
+    // the zero page for each.
+    for region in p.mem.iter() {
         let start = region.start_addr().0;
-        let log = p.vm.dirty_log(slot as u32, region.len())?;
-        let acc = &mut ever[slot];
-        for (a, l) in acc.iter_mut().zip(&log) {
-            *a |= *l;
-        }
         let host = p
             .mem
             .get_host_address(region.start_addr())
@@ -162,17 +154,15 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
         // SAFETY: the region is mapped for the VM's lifetime and nothing writes
         // guest RAM while the VM is stopped (vCPUs parked, devices idle).
         let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, region.len() as usize) };
+        let touched = touched_pages(host as usize, bytes.len());
         let block_base = if start >= layout::HIGH_RAM_START {
             layout::low_ram_size(p.ram)
         } else {
             0
         };
-        let bitmap = region.bitmap();
-        let acc = &*acc;
         let pages = bytes.chunks(PAGE_SIZE).enumerate().filter_map(|(i, d)| {
             stats.pages += 1;
-            let guest = acc.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
-            if !guest && !bitmap.dirty_at(i * PAGE_SIZE) {
+            if !touched.as_ref().is_none_or(|t| t[i]) {
                 stats.zero_pages += 1;
                 return None;
             }
@@ -183,7 +173,6 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
         });
         w.ram_pages(id, false, pages)?;
     }
-    drop(ever);
     w.ram_pages(id, true, [])?;
     for (i, v) in p.vcpus.iter().enumerate() {
         let blobs = v.lock().expect("vcpu lock").save()?;
@@ -221,6 +210,28 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
     let counter = w.finish()?;
     stats.bytes = counter.n;
     Ok(stats)
+}
+
+/// Which pages of [addr, addr+len) were ever touched (present in memory or
+/// swapped out), from /proc/self/pagemap; `None` if it cannot be read, and
+/// then every page counts as touched.
+fn touched_pages(addr: usize, len: usize) -> Option<Vec<bool>> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let mut f = std::fs::File::open("/proc/self/pagemap").ok()?;
+    f.seek(SeekFrom::Start((addr / PAGE_SIZE * 8) as u64))
+        .ok()?;
+    let n = len / PAGE_SIZE;
+    let mut raw = vec![0u8; n * 8];
+    f.read_exact(&mut raw).ok()?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|e| {
+                u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8])) & (PRESENT | SWAPPED) != 0
+            })
+            .collect(),
+    )
 }
 
 /// Whether a page is all zero (word at a time).

@@ -21,13 +21,11 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-
-/// Guest RAM; the bitmap records every page the VMM itself writes (loaders,
-/// restores, device DMA), which KVM's dirty log does not see.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 use vmm_sys_util::eventfd::EventFd;
+
+/// Guest RAM.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 /// How a VM's run ended.
@@ -160,9 +158,6 @@ impl RunGate {
 struct Board {
     vm: Arc<dyn Vm>,
     mem: GuestMemoryMmap,
-    /// Per memory slot: every page the guest ever dirtied (KVM's log is
-    /// cleared on each read, so it is accumulated here).
-    ever_dirty: Mutex<Vec<Vec<u64>>>,
     vcpus: Vec<JoinHandle<()>>,
     /// The vCPUs themselves; each thread locks its own only around KVM_RUN,
     /// so a parked vCPU's state can be read and written.
@@ -456,15 +451,9 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
     {
         std::thread::sleep(Duration::from_micros(100));
     }
-    let ever_dirty = Mutex::new(
-        mem.iter()
-            .map(|r| vec![0u64; (r.len() as usize / 4096).div_ceil(64)])
-            .collect(),
-    );
     Ok(Board {
         vm,
         mem,
-        ever_dirty,
         vcpus: handles,
         vcpu_objs,
         serial,
@@ -722,7 +711,6 @@ impl Session<'_> {
         crate::snapshot::Parts {
             vm: &*self.board.vm,
             mem: &self.board.mem,
-            ever_dirty: &self.board.ever_dirty,
             ram: self.cfg.memory,
             vcpus: &self.board.vcpu_objs,
             serial: &self.board.serial,
