@@ -342,8 +342,9 @@ fn incoming_defer_then_migrate_incoming() {
 }
 
 /// Save, continue, save again: the second stream must still carry pages
-/// the guest wrote only before the first save (its page tables, IDT...),
-/// although KVM's dirty log was read and cleared by the first.
+/// the guest wrote only before the first save (its page tables, IDT...) —
+/// whatever tells the save which pages were ever touched must not forget
+/// them after a first save.
 #[test]
 fn second_save_after_cont_is_complete() {
     let dir = TempDir::new("snap-twice");
