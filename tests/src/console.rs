@@ -120,6 +120,38 @@ impl Vm {
         })
     }
 
+    /// How many lines so far satisfy `pred`.
+    pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.out
+            .0
+            .lock()
+            .unwrap()
+            .lines
+            .iter()
+            .filter(|l| pred(l))
+            .count()
+    }
+
+    /// Waits until at least `n` lines satisfy `pred`.
+    pub fn wait_count(&self, what: &str, n: usize, timeout: Duration, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while self.count(&pred) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{}: fewer than {n} lines {what} within {timeout:?}\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Guest boots so far (a reset may cut the previous line, so the
+    /// banner is searched anywhere in a line).
+    pub fn boots(&self) -> usize {
+        self.count(|l| l.contains("guest=vmm-test-guest"))
+    }
+
     /// Bytes to the guest's serial input.
     pub fn send(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin open");

@@ -166,22 +166,9 @@ fn reset_exits_with_no_reboot_and_reboots_without() {
         .append("cpus=1 end=reset")
         .spawn("vmm-reboot");
     // Booted, reset, booted again: the banner twice.
-    let deadline = std::time::Instant::now() + BOOT;
-    while vm_banners(&vm) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no second boot\n{}",
-            vm.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn vm_banners(vm: &vmm_tests::console::Vm) -> usize {
-    vm.lines()
-        .iter()
-        .filter(|l| l.contains("guest=vmm-test-guest"))
-        .count()
+    vm.wait_count("with a boot banner", 2, BOOT, |l| {
+        l.contains("guest=vmm-test-guest")
+    });
 }
 
 #[test]

@@ -271,21 +271,9 @@ fn system_reset_and_quit() {
         r["data"],
         json!({"guest": false, "reason": "host-qmp-system-reset"})
     );
-    let deadline = std::time::Instant::now() + BOOT;
-    while vm
-        .lines()
-        .iter()
-        .filter(|l| l.contains("guest=vmm-test-guest"))
-        .count()
-        < 2
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no second boot\n{}",
-            vm.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    vm.wait_count("with a boot banner", 2, BOOT, |l| {
+        l.contains("guest=vmm-test-guest")
+    });
     assert_eq!(q.execute("query-status", json!({}))["status"], "running");
     q.execute("quit", json!({}));
     let sd = q.wait_event("SHUTDOWN", T);
@@ -304,11 +292,7 @@ fn start_paused_with_s_then_cont() {
     let mut q = Qmp::connect(&sock, T);
     assert_eq!(q.execute("query-status", json!({}))["status"], "prelaunch");
     std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        vm.lines().iter().all(|l| !l.starts_with("guest=")),
-        "the guest ran before cont\n{}",
-        vm.log()
-    );
+    assert!(vm.boots() == 0, "the guest ran before cont\n{}", vm.log());
     q.execute("cont", json!({}));
     q.wait_event("RESUME", T);
     vm.assert_pass(BOOT);
@@ -530,13 +514,5 @@ system_powerdown
     }
     // system_reset then system_powerdown: the guest rebooted and powered off.
     assert_eq!(vm.wait_exit(BOOT).code(), Some(0), "{}", vm.log());
-    assert!(
-        vm.lines()
-            .iter()
-            .filter(|l| l.contains("guest=vmm-test-guest"))
-            .count()
-            >= 2,
-        "{}",
-        vm.log()
-    );
+    assert!(vm.boots() >= 2, "{}", vm.log());
 }

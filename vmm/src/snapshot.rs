@@ -76,6 +76,17 @@ pub static KVMCLOCK: Description = Description {
 
 const RAM_BLOCK: &str = "pc.ram";
 
+/// Every description a save writes (besides `ram`), for -dump-vmstate.
+pub static DESCRIPTIONS: &[&Description] = &[
+    &CPU,
+    &IRQCHIP,
+    &KVMCLOCK,
+    &devices::serial::VMSTATE,
+    &devices::acpi_pm::VMSTATE,
+    &devices::pci::HOST_VMSTATE,
+    &devices::pci::config::VMSTATE,
+];
+
 fn blobs_to_state(desc: &Description, b: &Blobs) -> State {
     let mut st = State::default();
     for f in desc.fields {
@@ -116,6 +127,7 @@ pub struct Parts<'a> {
     pub serial: &'a Mutex<devices::serial::Serial>,
     pub pm: &'a Mutex<devices::acpi_pm::AcpiPm>,
     pub pci: &'a Mutex<PciRoot>,
+    pub pci_io: &'a Mutex<devices::pci::PciConfigIo>,
     pub clock: u64,
 }
 
@@ -198,6 +210,12 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
         0,
         &devices::acpi_pm::VMSTATE,
         &p.pm.lock().expect("pm lock").state(),
+    )?;
+    w.section(
+        "pci-host",
+        0,
+        &devices::pci::HOST_VMSTATE,
+        &p.pci_io.lock().expect("pci lock").state(),
     )?;
     for (bdf, f) in p.pci.lock().expect("pci lock").functions() {
         w.section(
@@ -310,6 +328,7 @@ pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
             "kvmclock" => Some(&KVMCLOCK),
             "serial" => Some(&devices::serial::VMSTATE),
             "acpi-pm" => Some(&devices::acpi_pm::VMSTATE),
+            "pci-host" => Some(&devices::pci::HOST_VMSTATE),
             s if s.starts_with("0000:") && s.ends_with("/PCIDevice") => {
                 Some(&devices::pci::config::VMSTATE)
             }
@@ -342,6 +361,12 @@ pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
                 "kvm-irqchip" => p.vm.restore(&state_to_blobs(&IRQCHIP, &state))?,
                 "kvmclock" => clock = state.uint("clock"),
                 "serial" => p.serial.lock().expect("serial lock").restore(&state)?,
+                "pci-host" => p
+                    .pci_io
+                    .lock()
+                    .expect("pci lock")
+                    .restore(&state)
+                    .ok_or_else(|| anyhow!("pci-host: bad state"))?,
                 "acpi-pm" => {
                     p.pm.lock()
                         .expect("pm lock")
@@ -354,16 +379,7 @@ pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
                     let f = root.function_mut(bdf).ok_or_else(|| {
                         anyhow!("the stream has a PCI function at {bdf} that this VM does not")
                     })?;
-                    f.load(&state).map_err(|m| match m {
-                        Some(m) => anyhow!(
-                            "{bdf}: config register {} (offset {:#x}) is {:#010x} in the stream but {:#010x} here, in bits the guest cannot change",
-                            devices::pci::root_port::register_name(m.offset),
-                            m.offset,
-                            m.stream,
-                            m.local
-                        ),
-                        None => anyhow!("{bdf}: the PCIDevice state has the wrong layout"),
-                    })?;
+                    f.load(&bdf.to_string(), &state)?;
                 }
             },
         }

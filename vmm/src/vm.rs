@@ -167,6 +167,7 @@ struct Board {
     tids: Arc<Vec<AtomicI64>>,
     stop: Arc<AtomicBool>,
     pci: Arc<Mutex<PciRoot>>,
+    pci_io: Arc<Mutex<PciConfigIo>>,
     pm: Arc<Mutex<devices::acpi_pm::AcpiPm>>,
 }
 
@@ -356,11 +357,8 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
         root.add(Bdf::new(0, devfn >> 3, devfn & 7), Box::new(port))?;
     }
     let root = Arc::new(Mutex::new(root));
-    io.insert(
-        0xcf8,
-        8,
-        Arc::new(Mutex::new(PciConfigIo::new(root.clone(), sink.clone()))),
-    )?;
+    let pci_io = Arc::new(Mutex::new(PciConfigIo::new(root.clone(), sink.clone())));
+    io.insert(0xcf8, 8, pci_io.clone())?;
     mmio.insert(
         layout::ECAM_START,
         layout::ECAM_SIZE,
@@ -460,6 +458,7 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
         tids,
         stop,
         pci: root,
+        pci_io,
         pm,
     })
 }
@@ -716,6 +715,7 @@ impl Session<'_> {
             serial: &self.board.serial,
             pm: &self.board.pm,
             pci: &self.board.pci,
+            pci_io: &self.board.pci_io,
             clock,
         }
     }

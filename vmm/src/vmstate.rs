@@ -6,13 +6,10 @@ use anyhow::{Context, Result};
 use migration::vmstate::Description;
 use std::path::Path;
 
-/// The descriptions of machine type `m`'s migratable state.
+/// The descriptions of machine type `m`'s migratable state: exactly the
+/// sections a save writes (one list, in snapshot.rs).
 pub fn descriptions(_m: &machine::MachineType) -> Vec<&'static Description> {
-    vec![
-        &devices::pci::config::VMSTATE,
-        &devices::serial::VMSTATE,
-        &devices::acpi_pm::VMSTATE,
-    ]
+    crate::snapshot::DESCRIPTIONS.to_vec()
 }
 
 pub fn dump(path: &Path, m: &'static machine::MachineType) -> Result<()> {

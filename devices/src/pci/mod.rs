@@ -26,13 +26,58 @@ pub trait PciFunction: Send {
     fn state(&self) -> migration::vmstate::State {
         self.config().state()
     }
-    /// Loads a saved state with the read-only-bits rule.
-    fn load(
-        &mut self,
-        st: &migration::vmstate::State,
-    ) -> Result<(), Option<config::ConfigMismatch>> {
-        self.config_mut().load(st)
+    /// The name of the register at `offset`, for errors.
+    fn register_name(&self, offset: u16) -> Option<&'static str> {
+        let _ = offset;
+        None
     }
+    /// The property that decides the read-only register at `offset`, as
+    /// advice for a mismatch (`stream` is the source's value).
+    fn reconcile_hint(&self, offset: u16, stream: u32) -> Option<String> {
+        let _ = (offset, stream);
+        None
+    }
+    /// Loads a saved state with QEMU's rule: read-only bits must match.
+    /// `device` names the function in the error.
+    fn load(&mut self, device: &str, st: &migration::vmstate::State) -> Result<(), LoadError> {
+        match self.config_mut().load(st) {
+            Ok(()) => Ok(()),
+            Err(None) => Err(LoadError::Shape {
+                device: device.to_string(),
+            }),
+            Err(Some(m)) => Err(LoadError::Config {
+                device: device.to_string(),
+                register: self
+                    .register_name(m.offset)
+                    .map_or_else(|| format!("at {:#x}", m.offset), str::to_string),
+                offset: m.offset,
+                stream: m.stream,
+                local: m.local,
+                mask: m.mask,
+                hint: self
+                    .reconcile_hint(m.offset, m.stream)
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+/// A PCI function's saved state did not load.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LoadError {
+    #[error("{device}: config register {register} (offset {offset:#x}) is {stream:#010x} in the stream but {local:#010x} here, in bits the guest cannot change (mask {mask:#010x}){hint}")]
+    Config {
+        device: String,
+        register: String,
+        offset: u16,
+        stream: u32,
+        local: u32,
+        mask: u32,
+        hint: String,
+    },
+    #[error("{device}: the stream's state does not have the PCIDevice layout")]
+    Shape { device: String },
 }
 
 /// Bus/device/function packed as in a CF8 address: bus << 8 | dev << 3 | fn.
@@ -121,6 +166,20 @@ fn put(data: &mut [u8], v: u32) {
     data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
 }
 
+/// The host bridge's guest-visible state: the CF8 address latch (a guest
+/// may be stopped between writing CF8 and reading CFC).
+pub static HOST_VMSTATE: migration::vmstate::Description = migration::vmstate::Description {
+    name: "pci-host",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[migration::vmstate::Field {
+        name: "config_address",
+        kind: migration::vmstate::Kind::U32,
+        since: 0,
+    }],
+    subsections: &[],
+};
+
 /// The legacy configuration mechanism at 0xCF8..0xCFF, plus q35's reset
 /// control register at 0xCF9 (byte access).
 pub struct PciConfigIo {
@@ -136,6 +195,22 @@ impl PciConfigIo {
             address: 0,
             events,
         }
+    }
+
+    /// The migratable state ([`HOST_VMSTATE`]).
+    pub fn state(&self) -> migration::vmstate::State {
+        let mut st = migration::vmstate::State::default();
+        st.set(
+            "config_address",
+            migration::vmstate::Val::Uint(self.address as u64),
+        );
+        st
+    }
+
+    /// Takes over a saved latch; `None` if the state lacks it.
+    pub fn restore(&mut self, st: &migration::vmstate::State) -> Option<()> {
+        self.address = u32::try_from(st.uint("config_address")?).ok()?;
+        Some(())
     }
 
     fn target(&self, data_offset: u64) -> Option<(Bdf, u16)> {
@@ -255,6 +330,23 @@ mod tests {
         let mut w = [0u8; 2];
         io.read(6, &mut w);
         assert_eq!(u16::from_le_bytes(w), 0x29c0);
+    }
+
+    #[test]
+    fn config_address_latch_round_trips() {
+        let mut io = PciConfigIo::new(root(), Arc::new(|_| {}));
+        io.write(0, &0x8000_0008u32.to_le_bytes());
+        let mut other = PciConfigIo::new(root(), Arc::new(|_| {}));
+        other.restore(&io.state()).unwrap();
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        io.read(4, &mut a);
+        other.read(4, &mut b);
+        assert_eq!(a, b, "CFC reads the register the restored latch selects");
+        assert_eq!(
+            u32::from_le_bytes(b) >> 8,
+            0x06_00_00,
+            "class code of 00:00.0"
+        );
     }
 
     #[test]

@@ -46,43 +46,6 @@ pub struct RootPort {
     cfg: ConfigSpace,
 }
 
-/// A root port's state did not load.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum LoadError {
-    #[error("{device}: config register {register} (offset {offset:#x}) is {stream:#010x} in the stream but {local:#010x} here, in bits the guest cannot change (mask {mask:#010x}){hint}")]
-    Config {
-        device: String,
-        register: String,
-        offset: u16,
-        stream: u32,
-        local: u32,
-        mask: u32,
-        hint: String,
-    },
-    #[error("{device}: the stream's state does not have the PCIDevice layout")]
-    Shape { device: String },
-}
-
-/// Names of the registers a root port has, for errors.
-pub fn register_name(offset: u16) -> String {
-    let known = [
-        (0x00, "PCI_VENDOR_ID/PCI_DEVICE_ID"),
-        (0x08, "PCI_CLASS_REVISION"),
-        (PCIE_CAP, "PCI_EXP capability header"),
-        (AER_CAP, "PCI_EXT_CAP (AER header)"),
-        (AER_UNCOR_STATUS, "PCI_ERR_UNCOR_STATUS"),
-        (AER_UNCOR_MASK, "PCI_ERR_UNCOR_MASK"),
-        (AER_UNCOR_SEVER, "PCI_ERR_UNCOR_SEVER"),
-        (AER_COR_STATUS, "PCI_ERR_COR_STATUS"),
-        (AER_COR_MASK, "PCI_ERR_COR_MASK"),
-        (AER_CAP_CTRL, "PCI_ERR_CAP"),
-    ];
-    known
-        .iter()
-        .find(|k| k.0 == offset)
-        .map_or_else(|| format!("at {offset:#x}"), |k| k.1.to_string())
-}
-
 impl RootPort {
     pub fn new(c: &RootPortConfig) -> RootPort {
         let mut cfg = ConfigSpace::new(0x1b36, 0x000c, 0x06_04_00, 0);
@@ -149,43 +112,34 @@ impl RootPort {
     }
 }
 
-impl RootPort {
-    /// The migratable state: QEMU's PCIDevice layout.
-    pub fn state(&self) -> migration::vmstate::State {
-        self.cfg.state()
-    }
-
-    /// Loads a saved state; a read-only mismatch names the register and,
-    /// where a property reconciles it, the property.
-    pub fn load(&mut self, device: &str, st: &migration::vmstate::State) -> Result<(), LoadError> {
-        self.cfg.load(st).map_err(|m| match m {
-            None => LoadError::Shape { device: device.to_string() },
-            Some(m) => {
-                let hint = if m.offset == AER_UNCOR_MASK {
-                    format!(
-                        "; the two sides disagree on x-pcie-err-unc-mask: set -global pcie-root-port.x-pcie-err-unc-mask={} on the destination to match the source",
-                        if m.stream != 0 { "on" } else { "off" }
-                    )
-                } else {
-                    String::new()
-                };
-                LoadError::Config {
-                    device: device.to_string(),
-                    register: register_name(m.offset),
-                    offset: m.offset,
-                    stream: m.stream,
-                    local: m.local,
-                    mask: m.mask,
-                    hint,
-                }
-            }
-        })
-    }
-}
-
 impl PciFunction for RootPort {
     fn config(&self) -> &ConfigSpace {
         &self.cfg
+    }
+
+    fn register_name(&self, offset: u16) -> Option<&'static str> {
+        let known = [
+            (0x00, "PCI_VENDOR_ID/PCI_DEVICE_ID"),
+            (0x08, "PCI_CLASS_REVISION"),
+            (PCIE_CAP, "PCI_EXP capability header"),
+            (AER_CAP, "PCI_EXT_CAP (AER header)"),
+            (AER_UNCOR_STATUS, "PCI_ERR_UNCOR_STATUS"),
+            (AER_UNCOR_MASK, "PCI_ERR_UNCOR_MASK"),
+            (AER_UNCOR_SEVER, "PCI_ERR_UNCOR_SEVER"),
+            (AER_COR_STATUS, "PCI_ERR_COR_STATUS"),
+            (AER_COR_MASK, "PCI_ERR_COR_MASK"),
+            (AER_CAP_CTRL, "PCI_ERR_CAP"),
+        ];
+        known.iter().find(|k| k.0 == offset).map(|k| k.1)
+    }
+
+    fn reconcile_hint(&self, offset: u16, stream: u32) -> Option<String> {
+        (offset == AER_UNCOR_MASK).then(|| {
+            format!(
+                "the two sides disagree on x-pcie-err-unc-mask: set -global pcie-root-port.x-pcie-err-unc-mask={} on the destination to match the source",
+                if stream != 0 { "on" } else { "off" }
+            )
+        })
     }
     fn config_mut(&mut self) -> &mut ConfigSpace {
         &mut self.cfg
@@ -229,6 +183,7 @@ mod tests {
     /// on the destination (QEMU 8.0.1's recovery) it loads.
     #[test]
     fn aer_seed_8_0_stream_into_7_2() {
+        use crate::pci::PciFunction;
         use migration::stream::{NoRam, Reader, Record, Writer};
         let mut src = port(CAP_ERR_UNC_MASK);
         src.config_write(AER_UNCOR_SEVER, 4, 0x0000_0010); // guest state travels
