@@ -9,6 +9,7 @@ pub mod debug_exit;
 pub mod model;
 pub mod pci;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::Arc;
 

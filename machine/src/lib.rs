@@ -31,9 +31,22 @@ pub const HW_COMPAT: &[CompatArray] = &[
         &[("pci-device", "x-pcie-err-unc-mask", "off")],
     ),
     ("hw_compat_5_2", (5, 2), &[]),
-    ("hw_compat_5_1", (5, 1), &[]),
+    // QEMU 5.2 gave virtio-blk one queue per vCPU (QEMU sets this on
+    // virtio-blk-device, the device inside virtio-blk-pci).
+    ("hw_compat_5_1", (5, 1), &[("virtio-blk-pci", "num-queues", "1")]),
+    // QEMU 5.0 raised virtio-blk's queue size from 128 to 256.
+    ("hw_compat_4_2", (4, 2), &[("virtio-blk-pci", "queue-size", "128")]),
     ("hw_compat_2_8", (2, 8), &[]),
-    ("hw_compat_2_7", (2, 7), &[]),
+    // QEMU 2.8 stopped exposing modern virtio when the backend lacks
+    // VIRTIO_F_VERSION_1, and shrank the notify area to 4 bytes per queue.
+    (
+        "hw_compat_2_7",
+        (2, 7),
+        &[
+            ("virtio-pci", "x-ignore-backend-features", "on"),
+            ("virtio-pci", "page-per-vq", "on"),
+        ],
+    ),
 ];
 
 /// The compat entries `m` applies, in application order.

@@ -61,6 +61,18 @@ pub struct Args {
     /// Wait for the VM's state instead of booting: file:PATH (a `migrate file:` stream)
     #[arg(long = "incoming", value_name = "URI")]
     pub incoming: Option<String>,
+    /// A disk image: file=PATH,if=none,id=ID,format=raw[,readonly=on]
+    #[arg(long = "drive", value_name = "OPTIONS")]
+    pub drive: Vec<String>,
+    /// A disk image, QAPI style: driver=file,node-name=ID,filename=PATH[,read-only=on]
+    #[arg(long = "blockdev", value_name = "OPTIONS")]
+    pub blockdev: Vec<String>,
+    /// A network backend: tap,id=ID,ifname=NAME[,script=no,downscript=no]
+    #[arg(long = "netdev", value_name = "OPTIONS")]
+    pub netdev: Vec<String>,
+    /// A character device: file,id=ID,path=PATH or null,id=ID
+    #[arg(long = "chardev", value_name = "OPTIONS")]
+    pub chardev: Vec<String>,
     /// A QMP monitor: unix:PATH,server=on,wait=off or tcp:HOST:PORT,server=on,wait=off
     #[arg(long = "qmp", value_name = "ADDRESS")]
     pub qmp: Vec<String>,

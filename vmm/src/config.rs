@@ -67,6 +67,7 @@ pub struct VmConfig {
     pub qmp: Vec<crate::qmp::QmpAddr>,
     /// `-incoming file:PATH` or `-incoming defer`.
     pub incoming: Option<Incoming>,
+    pub backends: crate::backends::Backends,
 }
 
 /// What to do: run, or print something and exit.
@@ -252,6 +253,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         Ok(d) => d,
         Err(help) => return Ok(Action::Print(help)),
     };
+    let backends = crate::backends::parse(&a, &devices)?;
     let memory = parse_size(&a.memory)?;
     if memory < MIN_MEMORY {
         bail!(
@@ -330,6 +332,7 @@ pub fn from_args(a: Args) -> Result<Action> {
                 _ => bail!("invalid -incoming '{u}': expected file:PATH or defer"),
             },
         },
+        backends,
     };
     if a.print_config {
         return Ok(Action::Print(print_config(&cfg)));

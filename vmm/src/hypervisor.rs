@@ -52,7 +52,8 @@ pub trait Vcpu: Send {
     fn describe(&self) -> String;
 }
 
-pub trait Vm: Send + Sync {
+/// Also what devices need of it ([`devices::virtio::VmOps`]).
+pub trait Vm: devices::virtio::VmOps + Send + Sync {
     /// Maps `size` bytes of host memory at `host` to guest address `gpa`.
     ///
     /// # Safety

@@ -1,5 +1,7 @@
 //! The KVM backend of the hypervisor interface (x86_64).
 
+use devices::virtio::Doorbell;
+use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use crate::hypervisor::{Blobs, Error, Exit, ExitHandler, Vcpu, Vm, X86BootState};
 use kvm_bindings::{
     kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_state2,
@@ -93,6 +95,55 @@ pub fn create_vm() -> Result<KvmVm, Error> {
         .to_vec();
     msrs.truncate(MAX_MSRS);
     Ok(KvmVm { vm, cpuid, msrs })
+}
+
+impl devices::virtio::VmOps for KvmVm {
+    fn signal_msi(&self, addr: u64, data: u32) -> std::io::Result<()> {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: addr as u32,
+            address_hi: (addr >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        self.vm
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn set_irq_line(&self, gsi: u32, level: bool) -> std::io::Result<()> {
+        self.vm
+            .set_irq_line(gsi, level)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn add_doorbell(&self, fd: &EventFd, bell: Doorbell) -> std::io::Result<()> {
+        match bell {
+            Doorbell::Pio { port, queue } => {
+                self.vm
+                    .register_ioevent(fd, &IoEventAddress::Pio(port as u64), queue)
+            }
+            Doorbell::Mmio { addr } => {
+                self.vm
+                    .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            }
+        }
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn remove_doorbell(&self, fd: &EventFd, bell: Doorbell) -> std::io::Result<()> {
+        match bell {
+            Doorbell::Pio { port, queue } => {
+                self.vm
+                    .unregister_ioevent(fd, &IoEventAddress::Pio(port as u64), queue)
+            }
+            Doorbell::Mmio { addr } => {
+                self.vm
+                    .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            }
+        }
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
 }
 
 impl Vm for KvmVm {

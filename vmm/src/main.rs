@@ -1,5 +1,6 @@
 //! `vmm`: boot a guest on KVM, QEMU-style command line.
 
+mod backends;
 mod cli;
 mod config;
 mod hypervisor;

@@ -85,6 +85,10 @@ pub static DESCRIPTIONS: &[&Description] = &[
     &devices::acpi_pm::VMSTATE,
     &devices::pci::HOST_VMSTATE,
     &devices::pci::config::VMSTATE,
+    &devices::virtio::blk::PCI_VMSTATE,
+    &devices::virtio::net::PCI_VMSTATE,
+    &devices::virtio::console::PCI_VMSTATE,
+    &devices::virtio::rng::PCI_VMSTATE,
 ];
 
 fn blobs_to_state(desc: &Description, b: &Blobs) -> State {
@@ -218,12 +222,8 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
         &p.pci_io.lock().expect("pci lock").state(),
     )?;
     for (bdf, f) in p.pci.lock().expect("pci lock").functions() {
-        w.section(
-            &format!("0000:{bdf}/PCIDevice"),
-            0,
-            &devices::pci::config::VMSTATE,
-            &f.state(),
-        )?;
+        let desc = f.vmstate();
+        w.section(&format!("0000:{bdf}/{}", desc.name), 0, desc, &f.state())?;
     }
     let counter = w.finish()?;
     stats.bytes = counter.n;
@@ -329,10 +329,15 @@ pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
             "serial" => Some(&devices::serial::VMSTATE),
             "acpi-pm" => Some(&devices::acpi_pm::VMSTATE),
             "pci-host" => Some(&devices::pci::HOST_VMSTATE),
-            s if s.starts_with("0000:") && s.ends_with("/PCIDevice") => {
-                Some(&devices::pci::config::VMSTATE)
+            s => {
+                // A PCI function: its description decides the section
+                // name; a different device at that address is not ours.
+                let (bdf, name) = parse_bdf(s)?;
+                let root = p.pci.lock().expect("pci lock");
+                let (_, f) = root.functions().find(|(b, _)| **b == bdf)?;
+                let desc = f.vmstate();
+                (desc.name == name).then_some(desc)
             }
-            _ => None,
         }
     };
     let mut clock = None;
@@ -374,7 +379,7 @@ pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
                         .ok_or_else(|| anyhow!("acpi-pm: bad state"))?
                 }
                 s => {
-                    let bdf = parse_bdf(s).ok_or_else(|| anyhow!("bad PCI section name '{s}'"))?;
+                    let (bdf, _) = parse_bdf(s).ok_or_else(|| anyhow!("bad PCI section name '{s}'"))?;
                     let mut root = p.pci.lock().expect("pci lock");
                     let f = root.function_mut(bdf).ok_or_else(|| {
                         anyhow!("the stream has a PCI function at {bdf} that this VM does not")
@@ -393,13 +398,17 @@ pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
     clock.ok_or_else(|| anyhow!("the stream has no kvmclock section"))
 }
 
-fn parse_bdf(s: &str) -> Option<Bdf> {
-    let b = s.strip_prefix("0000:")?.strip_suffix("/PCIDevice")?;
+/// `0000:BB:DD.F/NAME` -> (address, NAME).
+fn parse_bdf(s: &str) -> Option<(Bdf, &str)> {
+    let (b, name) = s.strip_prefix("0000:")?.split_once('/')?;
     let (bus, rest) = b.split_once(':')?;
     let (dev, func) = rest.split_once('.')?;
-    Some(Bdf::new(
-        u8::from_str_radix(bus, 16).ok()?,
-        u8::from_str_radix(dev, 16).ok()?,
-        func.parse().ok()?,
+    Some((
+        Bdf::new(
+            u8::from_str_radix(bus, 16).ok()?,
+            u8::from_str_radix(dev, 16).ok()?,
+            func.parse().ok()?,
+        ),
+        name,
     ))
 }

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::{acpi, layout, pvh};
 use devices::bus::{Bus, BusDevice};
 use devices::pci::root_port::{RootPort, RootPortConfig};
-use devices::pci::{host_bridge::HostBridge, Bdf, PciConfigIo, PciEcam, PciRoot};
+use devices::pci::{host_bridge::HostBridge, BarWindow, Bdf, PciConfigIo, PciEcam, PciRoot, Space};
 use devices::serial::Serial;
 use devices::{EventSink, VmEvent};
 use serde_json::json;
@@ -24,8 +24,8 @@ use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Guest RAM.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+/// Guest RAM, with a dirty bitmap of the writes devices do.
+pub type GuestMemoryMmap = devices::virtio::Memory;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 /// How a VM's run ended.
@@ -271,6 +271,140 @@ fn load_initrd(
     Ok(Some(pvh::Module { addr, size }))
 }
 
+/// Where firmware would start I/O BARs (above the ISA and chipset ports).
+const PCI_IO_START: u64 = 0xc000;
+
+/// Creates every virtio-pci device with its backend and puts it on the
+/// root bus.
+fn add_virtio_devices(
+    cfg: &VmConfig,
+    root: &mut PciRoot,
+    vm: &Arc<dyn Vm>,
+    mem: &GuestMemoryMmap,
+) -> Result<()> {
+    use devices::model::property::OnOffAuto;
+    use devices::virtio::{self, pci::TransportConfig, VirtioDevice};
+    let ops: Arc<dyn virtio::VmOps> = vm.clone();
+    let consoles: Vec<&crate::config::DeviceConfig> = cfg
+        .devices
+        .iter()
+        .filter(|d| d.props.type_name == "virtconsole")
+        .collect();
+    let (mut nics, mut serials) = (0u8, 0usize);
+    for d in &cfg.devices {
+        let ty = d.props.type_name;
+        if !devices::model::types::is_a(ty, "virtio-pci") {
+            continue;
+        }
+        let devfn = d
+            .devfn
+            .ok_or_else(|| anyhow!("{ty} without a PCI address"))?;
+        let name = match &d.id {
+            Some(id) => format!("{ty} '{id}'"),
+            None => format!("{ty} at 00:{:02x}.{}", devfn >> 3, devfn & 7),
+        };
+        let prop = |p: &str| d.props.str(p).unwrap_or_default();
+        let (dev, vmstate): (Box<dyn VirtioDevice>, &'static migration::vmstate::Description) =
+            match ty {
+                "virtio-blk-pci" => {
+                    let drive = cfg
+                        .backends
+                        .drives
+                        .iter()
+                        .find(|x| x.id == prop("drive"))
+                        .ok_or_else(|| anyhow!("{name}: drive '{}' not found", prop("drive")))?;
+                    let nq = match d.props.uint("num-queues").unwrap_or(1) {
+                        0xffff => cfg.vcpus as u16,
+                        n => n as u16,
+                    };
+                    let blk = virtio::blk::Blk::new(virtio::blk::BlkConfig {
+                        path: drive.path.clone(),
+                        read_only: drive.read_only,
+                        num_queues: nq,
+                        queue_size: d.props.uint("queue-size").unwrap_or(256) as u16,
+                        serial: prop("serial"),
+                        version_1: drive.version_1,
+                    })
+                    .with_context(|| name.clone())?;
+                    (Box::new(blk), &virtio::blk::PCI_VMSTATE)
+                }
+                "virtio-net-pci" => {
+                    let nd = cfg
+                        .backends
+                        .netdevs
+                        .iter()
+                        .find(|x| x.id == prop("netdev"))
+                        .ok_or_else(|| anyhow!("{name}: netdev '{}' not found", prop("netdev")))?;
+                    let tap = virtio::net::Tap::open(&nd.ifname).with_context(|| name.clone())?;
+                    let mac = match prop("mac").as_str() {
+                        "" => [0x52, 0x54, 0, 0x12, 0x34, 0x56 + nics],
+                        m => parse_mac(m).ok_or_else(|| {
+                            anyhow!("{name}: invalid mac '{m}': expected six hex bytes like 52:54:00:12:34:56")
+                        })?,
+                    };
+                    nics += 1;
+                    (
+                        Box::new(virtio::net::Net::new(tap, mac, nd.version_1)),
+                        &virtio::net::PCI_VMSTATE,
+                    )
+                }
+                "virtio-rng-pci" => (Box::new(virtio::rng::Rng::new()), &virtio::rng::PCI_VMSTATE),
+                "virtio-serial-pci" => {
+                    let out: Box<dyn Write + Send> = match consoles.get(serials) {
+                        Some(c) => {
+                            let id = c.props.str("chardev").unwrap_or_default();
+                            match cfg.backends.chardevs.iter().find(|x| x.id == id).map(|x| &x.kind) {
+                                Some(crate::backends::ChardevKind::File(p)) => Box::new(
+                                    File::create(p).with_context(|| {
+                                        format!("chardev '{id}': cannot create {}", p.display())
+                                    })?,
+                                ),
+                                _ => Box::new(std::io::sink()),
+                            }
+                        }
+                        None => Box::new(std::io::sink()),
+                    };
+                    serials += 1;
+                    (
+                        Box::new(virtio::console::Console::new(out)),
+                        &virtio::console::PCI_VMSTATE,
+                    )
+                }
+                _ => bail!("{ty} is not implemented"),
+            };
+        let queues = dev.queue_sizes().len() as u64;
+        let vectors = match d.props.uint("vectors").unwrap_or(u32::MAX as u64) {
+            v if v == u32::MAX as u64 => queues + 1,
+            v => v,
+        };
+        let tc = TransportConfig {
+            disable_legacy: match d.props.on_off_auto("disable-legacy") {
+                Some(OnOffAuto::On) => Some(true),
+                Some(OnOffAuto::Off) => Some(false),
+                _ => None,
+            },
+            disable_modern: d.props.bool("disable-modern").unwrap_or(false),
+            ignore_backend_features: d.props.bool("x-ignore-backend-features").unwrap_or(false),
+            on_pcie_port: false,
+            vectors: u16::try_from(vectors).unwrap_or(u16::MAX),
+            page_per_vq: d.props.bool("page-per-vq").unwrap_or(false),
+            // PIRQ E-H style: GSIs 16-23 by slot.
+            intx_gsi: 16 + ((devfn >> 3) & 7) as u32,
+        };
+        let f = virtio::pci::VirtioPci::new(name, dev, &tc, ops.clone(), mem.clone(), vmstate)?;
+        root.add(Bdf::new(0, devfn >> 3, devfn & 7), Box::new(f))?;
+    }
+    Ok(())
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).ok())
+        .collect::<Option<_>>()?;
+    v.try_into().ok()
+}
+
 fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) -> Result<Board> {
     let vm: Arc<dyn Vm> = Arc::new(crate::kvm::create_vm()?);
 
@@ -356,7 +490,23 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
         });
         root.add(Bdf::new(0, devfn >> 3, devfn & 7), Box::new(port))?;
     }
+    add_virtio_devices(cfg, &mut root, &vm, &mem)?;
+    root.assign_bars(PCI_IO_START, layout::PCI_MMIO32_START);
     let root = Arc::new(Mutex::new(root));
+    io.insert(
+        PCI_IO_START,
+        0x1_0000 - PCI_IO_START,
+        Arc::new(Mutex::new(BarWindow::new(root.clone(), Space::Io, PCI_IO_START))),
+    )?;
+    mmio.insert(
+        layout::PCI_MMIO32_START,
+        layout::PCI_MMIO32_END - layout::PCI_MMIO32_START,
+        Arc::new(Mutex::new(BarWindow::new(
+            root.clone(),
+            Space::Mem,
+            layout::PCI_MMIO32_START,
+        ))),
+    )?;
     let pci_io = Arc::new(Mutex::new(PciConfigIo::new(root.clone(), sink.clone())));
     io.insert(0xcf8, 8, pci_io.clone())?;
     mmio.insert(
@@ -697,6 +847,7 @@ impl Session<'_> {
         self.queued
             .push(("MIGRATION", Some(json!({"status": "completed"}))));
         if self.cfg.paused {
+            self.board.pci.lock().expect("pci lock").pause();
             self.status = "paused";
         } else {
             self.gate.set_running(true);
@@ -741,6 +892,8 @@ impl qmp::commands::Target for Session<'_> {
             self.board.kick();
             std::thread::sleep(Duration::from_millis(1));
         }
+        // Devices stop touching guest memory too (in-flight work ends).
+        self.board.pci.lock().expect("pci lock").pause();
         // As QEMU: freeze kvm-clock with the vCPUs.
         self.saved_clock = self.board.vm.clock().ok();
         self.status = "paused";
@@ -758,6 +911,7 @@ impl qmp::commands::Target for Session<'_> {
                 .set_clock(c)
                 .map_err(|e| QmpError::generic(format!("cannot restore kvm-clock: {e}")))?;
         }
+        self.board.pci.lock().expect("pci lock").resume();
         self.gate.set_running(true);
         self.status = "running";
         self.queued.push(("RESUME", None));

@@ -106,6 +106,18 @@ impl Props {
             _ => None,
         }
     }
+    pub fn str(&self, name: &str) -> Option<String> {
+        match &self.get(name)?.value {
+            Value::Str(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    pub fn on_off_auto(&self, name: &str) -> Option<property::OnOffAuto> {
+        match self.get(name)?.value {
+            Value::OnOffAuto(v) => Some(v),
+            _ => None,
+        }
+    }
     /// The flags word assembled from its `Bit` properties.
     pub fn bits(&self, word: &str) -> u64 {
         self.values

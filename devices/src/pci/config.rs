@@ -53,6 +53,10 @@ pub const COMMAND: u16 = 0x04;
 pub const STATUS: u16 = 0x06;
 pub const CLASS_REVISION: u16 = 0x08;
 pub const HEADER_TYPE: u16 = 0x0e;
+pub const BAR0: u16 = 0x10;
+pub const CAPABILITIES: u16 = 0x34;
+pub const INTERRUPT_LINE: u16 = 0x3c;
+pub const INTERRUPT_PIN: u16 = 0x3d;
 pub const SUBSYSTEM_VENDOR_ID: u16 = 0x2c;
 pub const SUBSYSTEM_ID: u16 = 0x2e;
 
@@ -101,6 +105,49 @@ impl ConfigSpace {
     }
     pub fn set_w1cmask_u16(&mut self, off: u16, v: u16) {
         self.w1cmask[off as usize..off as usize + 2].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Declares BAR `index` of `size` bytes (a power of two): the guest
+    /// can write the address bits only, so sizing reads back the size.
+    pub fn declare_bar(&mut self, index: u8, kind: super::BarKind, size: u64) {
+        let off = BAR0 + 4 * index as u16;
+        let lo = match kind {
+            super::BarKind::Io => 1,
+            super::BarKind::Mem32 => 0,
+            super::BarKind::Mem64 { prefetch } => 0x4 | if prefetch { 0x8 } else { 0 },
+        };
+        self.set_u32(off, lo);
+        let low_mask = match kind {
+            super::BarKind::Io => !(size as u32 - 1) & !0x3,
+            _ => !(size.min(1 << 31) as u32 - 1) & !0xf,
+        };
+        self.set_wmask_u32(off, low_mask);
+        if let super::BarKind::Mem64 { .. } = kind {
+            self.set_u32(off + 4, 0);
+            let hi = if size >> 32 == 0 { 0xffff_ffff } else { !((size >> 32) as u32 - 1) };
+            self.set_wmask_u32(off + 4, hi);
+        }
+    }
+
+    /// The address BAR `index` holds (0 = unassigned).
+    pub fn bar_address(&self, index: u8, kind: super::BarKind) -> u64 {
+        let off = BAR0 + 4 * index as u16;
+        let lo = self.read(off, 4);
+        match kind {
+            super::BarKind::Io => (lo & !0x3) as u64,
+            super::BarKind::Mem32 => (lo & !0xf) as u64,
+            super::BarKind::Mem64 { .. } => (self.read(off + 4, 4) as u64) << 32 | (lo & !0xf) as u64,
+        }
+    }
+
+    /// Places BAR `index` at `addr`, as firmware does.
+    pub fn set_bar_address(&mut self, index: u8, kind: super::BarKind, addr: u64) {
+        let off = BAR0 + 4 * index as u16;
+        let flags = self.read(off, 4) & if kind == super::BarKind::Io { 0x3 } else { 0xf };
+        self.set_u32(off, addr as u32 | flags);
+        if let super::BarKind::Mem64 { .. } = kind {
+            self.set_u32(off + 4, (addr >> 32) as u32);
+        }
     }
 
     fn span(off: u16, size: u8) -> Option<std::ops::Range<usize>> {

@@ -11,8 +11,53 @@ pub use config::ConfigSpace;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// What a base address register decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarKind {
+    Io,
+    Mem32,
+    Mem64 { prefetch: bool },
+}
+
+/// A BAR a function implements: its index and size (a power of two).
+#[derive(Clone, Copy, Debug)]
+pub struct BarDecl {
+    pub index: u8,
+    pub kind: BarKind,
+    pub size: u64,
+}
+
+/// The address space a BAR access came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    Io,
+    Mem,
+}
+
 /// A PCI function as the bus sees it.
 pub trait PciFunction: Send {
+    /// The BARs the function has (none by default).
+    fn bars(&self) -> &[BarDecl] {
+        &[]
+    }
+    /// A guest access inside BAR `bar`, at `offset` from its base.
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        let _ = (bar, offset);
+        data.fill(0xff);
+    }
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        let _ = (bar, offset, data);
+    }
+    /// The description of the function's migration section, and the
+    /// section's name after the address (QEMU: `0000:00:03.0/virtio-blk`).
+    fn vmstate(&self) -> &'static migration::vmstate::Description {
+        &config::VMSTATE
+    }
+    /// The VM stops: no device activity may touch guest memory after this
+    /// returns (in-flight work completes first).
+    fn pause(&mut self) {}
+    /// The VM runs again.
+    fn resume(&mut self) {}
     fn config(&self) -> &ConfigSpace;
     fn config_mut(&mut self) -> &mut ConfigSpace;
     /// Config read; the default reads the (masked) register file.
@@ -40,26 +85,41 @@ pub trait PciFunction: Send {
     /// Loads a saved state with QEMU's rule: read-only bits must match.
     /// `device` names the function in the error.
     fn load(&mut self, device: &str, st: &migration::vmstate::State) -> Result<(), LoadError> {
-        match self.config_mut().load(st) {
-            Ok(()) => Ok(()),
-            Err(None) => Err(LoadError::Shape {
-                device: device.to_string(),
-            }),
-            Err(Some(m)) => Err(LoadError::Config {
-                device: device.to_string(),
-                register: self
-                    .register_name(m.offset)
-                    .map_or_else(|| format!("at {:#x}", m.offset), str::to_string),
-                offset: m.offset,
-                stream: m.stream,
-                local: m.local,
-                mask: m.mask,
-                hint: self
-                    .reconcile_hint(m.offset, m.stream)
-                    .map(|h| format!("; {h}"))
-                    .unwrap_or_default(),
-            }),
-        }
+        let r = self.config_mut().load(st);
+        r.map_err(|m| {
+            config_load_error(
+                device,
+                m,
+                |o| self.register_name(o),
+                |o, v| self.reconcile_hint(o, v),
+            )
+        })
+    }
+}
+
+/// The [`LoadError`] for a config space that did not load (`None`: the
+/// state had the wrong shape).
+pub fn config_load_error(
+    device: &str,
+    m: Option<config::ConfigMismatch>,
+    register_name: impl Fn(u16) -> Option<&'static str>,
+    hint: impl Fn(u16, u32) -> Option<String>,
+) -> LoadError {
+    let Some(m) = m else {
+        return LoadError::Shape {
+            device: device.to_string(),
+        };
+    };
+    LoadError::Config {
+        device: device.to_string(),
+        register: register_name(m.offset).map_or_else(|| format!("at {:#x}", m.offset), str::to_string),
+        offset: m.offset,
+        stream: m.stream,
+        local: m.local,
+        mask: m.mask,
+        hint: hint(m.offset, m.stream)
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default(),
     }
 }
 
@@ -78,6 +138,8 @@ pub enum LoadError {
     },
     #[error("{device}: the stream's state does not have the PCIDevice layout")]
     Shape { device: String },
+    #[error("{device}: {what}")]
+    Device { device: String, what: String },
 }
 
 /// Bus/device/function packed as in a CF8 address: bus << 8 | dev << 3 | fn.
@@ -143,6 +205,101 @@ impl PciRoot {
 
     pub fn function_mut(&mut self, bdf: Bdf) -> Option<&mut Box<dyn PciFunction>> {
         self.funcs.get_mut(&bdf)
+    }
+
+    /// Gives every BAR an address, as firmware would: I/O BARs from
+    /// `io`, memory BARs from `mem`, each naturally aligned; decoding stays
+    /// off until the guest enables it in the command register.
+    pub fn assign_bars(&mut self, mut io: u64, mut mem: u64) {
+        for f in self.funcs.values_mut() {
+            let bars: Vec<BarDecl> = f.bars().to_vec();
+            for b in bars {
+                let next = match b.kind {
+                    BarKind::Io => &mut io,
+                    _ => &mut mem,
+                };
+                let addr = next.next_multiple_of(b.size);
+                *next = addr + b.size;
+                f.config_mut().set_bar_address(b.index, b.kind, addr);
+            }
+        }
+    }
+
+    /// The function and BAR that decode `addr` in `space`.
+    fn decode(&mut self, space: Space, addr: u64) -> Option<(&mut Box<dyn PciFunction>, u8, u64)> {
+        self.funcs.values_mut().find_map(|f| {
+            let c = f.config();
+            let cmd = c.read(config::COMMAND, 2);
+            let hit = f.bars().iter().find_map(|b| {
+                let on = match b.kind {
+                    BarKind::Io => space == Space::Io && cmd & 1 != 0,
+                    _ => space == Space::Mem && cmd & 2 != 0,
+                };
+                let base = c.bar_address(b.index, b.kind);
+                (on && base != 0 && addr >= base && addr - base < b.size)
+                    .then_some((b.index, addr - base))
+            });
+            hit.map(|(i, off)| (f, i, off))
+        })
+    }
+
+    /// A guest access to a BAR; false if no BAR decodes `addr`.
+    pub fn bar_read(&mut self, space: Space, addr: u64, data: &mut [u8]) -> bool {
+        match self.decode(space, addr) {
+            Some((f, bar, off)) => {
+                f.bar_read(bar, off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn bar_write(&mut self, space: Space, addr: u64, data: &[u8]) -> bool {
+        match self.decode(space, addr) {
+            Some((f, bar, off)) => {
+                f.bar_write(bar, off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn pause(&mut self) {
+        self.funcs.values_mut().for_each(|f| f.pause());
+    }
+
+    pub fn resume(&mut self) {
+        self.funcs.values_mut().for_each(|f| f.resume());
+    }
+}
+
+/// The windows BARs live in: every access is routed to the function whose
+/// BAR decodes it at that moment (so a guest that moves a BAR is followed).
+pub struct BarWindow {
+    root: Arc<Mutex<PciRoot>>,
+    space: Space,
+    base: u64,
+}
+
+impl BarWindow {
+    pub fn new(root: Arc<Mutex<PciRoot>>, space: Space, base: u64) -> BarWindow {
+        BarWindow { root, space, base }
+    }
+}
+
+impl BusDevice for BarWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let addr = self.base + offset;
+        if !self.root.lock().expect("pci lock").bar_read(self.space, addr, data) {
+            data.fill(0xff);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let addr = self.base + offset;
+        if !self.root.lock().expect("pci lock").bar_write(self.space, addr, data) {
+            log::debug!("write to {:?} {addr:#x}: no BAR there", self.space);
+        }
     }
 }
 

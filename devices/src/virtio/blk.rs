@@ -1,0 +1,292 @@
+//! virtio-blk on a raw image file: read, write, flush and get-id, one or
+//! more request queues (`num-queues`), read-only drives.
+//!
+//! Requests complete before the device thread lets go of the device, so a
+//! paused device has nothing in flight and its state is the queues' (the
+//! destination serves whatever the driver queued after the last one).
+
+use super::io::{self, Buf, Op, XferError};
+use super::*;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use vm_memory::GuestAddress;
+
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+const F_MQ: u64 = 1 << 12;
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+
+const SECTOR: u64 = 512;
+const ID_BYTES: usize = 20;
+
+/// How the drive is configured.
+#[derive(Clone, Debug)]
+pub struct BlkConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub num_queues: u16,
+    pub queue_size: u16,
+    /// The serial number reported by GET_ID.
+    pub serial: String,
+    /// The backend supports VIRTIO_F_VERSION_1 (a test knob:
+    /// `-drive ...,x-virtio-version-1=off`).
+    pub version_1: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open drive file {path}: {err}")]
+    Open { path: String, err: std::io::Error },
+    #[error("drive file {path} is {len} bytes, not a whole number of 512-byte sectors")]
+    NotSectors { path: String, len: u64 },
+    #[error("num-queues={0} is out of range (1 to {max})", max = MAX_QUEUES)]
+    Queues(u16),
+    #[error("queue-size={0} must be a power of two from 2 to 1024")]
+    QueueSize(u16),
+}
+
+pub struct Blk {
+    cfg: BlkConfig,
+    file: File,
+    sectors: u64,
+    config: [u8; 60],
+}
+
+impl Blk {
+    pub fn new(cfg: BlkConfig) -> Result<Blk, Error> {
+        if cfg.num_queues == 0 || cfg.num_queues as usize > MAX_QUEUES {
+            return Err(Error::Queues(cfg.num_queues));
+        }
+        if !cfg.queue_size.is_power_of_two() || !(2..=QUEUE_MAX).contains(&cfg.queue_size) {
+            return Err(Error::QueueSize(cfg.queue_size));
+        }
+        let path = cfg.path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!cfg.read_only)
+            .open(&cfg.path)
+            .map_err(|err| Error::Open { path: path.clone(), err })?;
+        let len = file
+            .metadata()
+            .map_err(|err| Error::Open { path: path.clone(), err })?
+            .len();
+        if len % SECTOR != 0 {
+            return Err(Error::NotSectors { path, len });
+        }
+        let sectors = len / SECTOR;
+        let mut config = [0u8; 60];
+        config[0..8].copy_from_slice(&sectors.to_le_bytes());
+        // seg_max: what fits a queue with the header and status.
+        config[12..16].copy_from_slice(&(cfg.queue_size as u32 - 2).to_le_bytes());
+        config[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
+        config[34..36].copy_from_slice(&cfg.num_queues.to_le_bytes());
+        Ok(Blk {
+            cfg,
+            file,
+            sectors,
+            config,
+        })
+    }
+
+    /// Serves one request; returns the bytes written into the chain.
+    fn request(&mut self, mem: &Memory, chain: &io::Chain) -> Result<u32, GuestError> {
+        let readable: Vec<Buf> = chain.readable().copied().collect();
+        let writable: Vec<Buf> = chain.writable().copied().collect();
+        let mut hdr = [0u8; 16];
+        gather(mem, &readable, &mut hdr)?;
+        let ty = u32::from_le_bytes(hdr[0..4].try_into().unwrap_or_default());
+        let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
+        let (data_in, status) = split_status(&writable)
+            .ok_or_else(|| GuestError(format!("request at descriptor {} has no status byte", chain.head)))?;
+        let data_out = skip(&readable, 16);
+        let len = |b: &[Buf]| b.iter().map(|b| b.len as u64).sum::<u64>();
+        let in_range = |n: u64| n % SECTOR == 0 && sector.checked_add(n / SECTOR).is_some_and(|e| e <= self.sectors);
+        let fd = self.file.as_raw_fd();
+        let (st, written) = match ty {
+            T_IN if in_range(len(&data_in)) => {
+                match io::transfer(mem, fd, &data_in, Op::ReadAt(sector * SECTOR)) {
+                    Ok(n) => (S_OK, n as u32),
+                    Err(XferError::Guest(e)) => return Err(e),
+                    Err(XferError::Io(e)) => {
+                        log::error!("{}: read at sector {sector}: {e}", self.cfg.path.display());
+                        (S_IOERR, 0)
+                    }
+                }
+            }
+            T_OUT if self.cfg.read_only => (S_IOERR, 0),
+            T_OUT if in_range(len(&data_out)) => {
+                match io::transfer(mem, fd, &data_out, Op::WriteAt(sector * SECTOR)) {
+                    Ok(_) => (S_OK, 0),
+                    Err(XferError::Guest(e)) => return Err(e),
+                    Err(XferError::Io(e)) => {
+                        log::error!("{}: write at sector {sector}: {e}", self.cfg.path.display());
+                        (S_IOERR, 0)
+                    }
+                }
+            }
+            T_IN | T_OUT => {
+                log::warn!("{}: request beyond the end of the drive (sector {sector})", self.cfg.path.display());
+                (S_IOERR, 0)
+            }
+            T_FLUSH => match self.file.sync_data() {
+                Ok(()) => (S_OK, 0),
+                Err(e) => {
+                    log::error!("{}: flush: {e}", self.cfg.path.display());
+                    (S_IOERR, 0)
+                }
+            },
+            T_GET_ID => {
+                let mut id = [0u8; ID_BYTES];
+                let s = self.cfg.serial.as_bytes();
+                id[..s.len().min(ID_BYTES)].copy_from_slice(&s[..s.len().min(ID_BYTES)]);
+                let n = scatter(mem, &data_in, &id)?;
+                (S_OK, n as u32)
+            }
+            _ => (S_UNSUPP, 0),
+        };
+        io::write(mem, status, &[st])?;
+        Ok(written + 1)
+    }
+}
+
+/// Copies the first `out.len()` bytes of `bufs` into `out`.
+fn gather(mem: &Memory, bufs: &[Buf], out: &mut [u8]) -> Result<(), GuestError> {
+    let mut done = 0;
+    for b in bufs {
+        if done == out.len() {
+            break;
+        }
+        let n = (b.len as usize).min(out.len() - done);
+        io::read(mem, b.addr, &mut out[done..done + n])?;
+        done += n;
+    }
+    if done < out.len() {
+        return Err(GuestError(format!("request header is {done} bytes, not 16")));
+    }
+    Ok(())
+}
+
+/// Copies `src` into the start of `bufs`; returns the bytes copied.
+fn scatter(mem: &Memory, bufs: &[Buf], src: &[u8]) -> Result<usize, GuestError> {
+    let mut done = 0;
+    for b in bufs {
+        let n = (b.len as usize).min(src.len() - done);
+        io::write(mem, b.addr, &src[done..done + n])?;
+        done += n;
+    }
+    Ok(done)
+}
+
+/// `bufs` without their first `n` bytes.
+fn skip(bufs: &[Buf], mut n: u64) -> Vec<Buf> {
+    let mut out = vec![];
+    for b in bufs {
+        if n >= b.len as u64 {
+            n -= b.len as u64;
+            continue;
+        }
+        out.push(Buf {
+            addr: GuestAddress(b.addr.0 + n),
+            len: b.len - n as u32,
+            write: b.write,
+        });
+        n = 0;
+    }
+    out
+}
+
+/// Splits off the last byte of the writable buffers (the status).
+fn split_status(bufs: &[Buf]) -> Option<(Vec<Buf>, GuestAddress)> {
+    let last = bufs.iter().rposition(|b| b.len > 0)?;
+    let b = bufs[last];
+    let status = GuestAddress(b.addr.0 + b.len as u64 - 1);
+    let mut data = bufs[..last].to_vec();
+    if b.len > 1 {
+        data.push(Buf {
+            len: b.len - 1,
+            ..b
+        });
+    }
+    Some((data, status))
+}
+
+impl VirtioDevice for Blk {
+    fn device_type(&self) -> u16 {
+        TYPE_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_RING_INDIRECT_DESC;
+        if self.cfg.read_only {
+            f |= F_RO;
+        }
+        if self.cfg.num_queues > 1 {
+            f |= F_MQ;
+        }
+        if self.cfg.version_1 {
+            f |= F_VERSION_1;
+        }
+        f
+    }
+
+    fn queue_sizes(&self) -> Vec<u16> {
+        vec![self.cfg.queue_size; self.cfg.num_queues as usize]
+    }
+
+    fn config_read(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn process(&mut self, q: usize, queues: &mut Queues) -> Result<(), GuestError> {
+        let mem = queues.mem;
+        while let Some(chain) = io::pop(&mut queues.queues[q], mem) {
+            let len = self.request(mem, &chain)?;
+            queues.add_used(q, chain.head, len)?;
+        }
+        Ok(())
+    }
+
+    fn vmstate(&self) -> &'static Description {
+        &VMSTATE
+    }
+
+    fn state(&self) -> State {
+        let mut st = State::default();
+        st.set("capacity", Val::Uint(self.sectors));
+        st
+    }
+
+    fn load(&mut self, st: &State) -> Result<(), String> {
+        match st.uint("capacity") {
+            Some(c) if c == self.sectors => Ok(()),
+            Some(c) => Err(format!(
+                "the source's drive has {c} sectors, {} here has {}: the destination must use the same disk",
+                self.cfg.path.display(),
+                self.sectors
+            )),
+            None => Err("virtio-blk state lacks capacity".into()),
+        }
+    }
+}
+
+/// virtio-blk's own state: the drive size, checked on arrival.
+pub static VMSTATE: Description = Description {
+    name: "virtio-blk-device",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[Field { name: "capacity", kind: Kind::U64, since: 0 }],
+    subsections: &[],
+};
+
+crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-blk", &VMSTATE);

@@ -1,0 +1,90 @@
+//! virtio-serial with one console port (`virtconsole`), without the
+//! MULTIPORT feature: queue 0 carries host-to-guest bytes, queue 1
+//! guest-to-host bytes, written to the port's chardev.
+
+use super::io;
+use super::*;
+use std::io::Write;
+
+pub struct Console {
+    out: Box<dyn Write + Send>,
+    cols: u16,
+    rows: u16,
+}
+
+impl Console {
+    pub fn new(out: Box<dyn Write + Send>) -> Console {
+        Console { out, cols: 80, rows: 25 }
+    }
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u16 {
+        TYPE_CONSOLE
+    }
+
+    fn features(&self) -> u64 {
+        F_RING_INDIRECT_DESC | F_VERSION_1
+    }
+
+    fn queue_sizes(&self) -> Vec<u16> {
+        vec![128, 128]
+    }
+
+    fn config_read(&self, offset: u64, data: &mut [u8]) {
+        let mut c = [0u8; 12];
+        c[0..2].copy_from_slice(&self.cols.to_le_bytes());
+        c[2..4].copy_from_slice(&self.rows.to_le_bytes());
+        c[4..8].copy_from_slice(&1u32.to_le_bytes());
+        read_config_bytes(&c, offset, data);
+    }
+
+    fn process(&mut self, q: usize, queues: &mut Queues) -> Result<(), GuestError> {
+        if q != 1 {
+            return Ok(()); // receive buffers wait for input (none yet)
+        }
+        let mem = queues.mem;
+        while let Some(chain) = io::pop(&mut queues.queues[q], mem) {
+            for b in chain.readable() {
+                let mut bytes = vec![0u8; b.len as usize];
+                io::read(mem, b.addr, &mut bytes)?;
+                if let Err(e) = self.out.write_all(&bytes).and_then(|_| self.out.flush()) {
+                    log::warn!("virtconsole: output lost: {e}");
+                }
+            }
+            queues.add_used(q, chain.head, 0)?;
+        }
+        Ok(())
+    }
+
+    fn vmstate(&self) -> &'static Description {
+        &VMSTATE
+    }
+
+    fn state(&self) -> State {
+        let mut st = State::default();
+        st.set("cols", Val::Uint(self.cols as u64))
+            .set("rows", Val::Uint(self.rows as u64));
+        st
+    }
+
+    fn load(&mut self, st: &State) -> Result<(), String> {
+        self.cols = st.uint("cols").ok_or("virtio-console state lacks cols")? as u16;
+        self.rows = st.uint("rows").ok_or("virtio-console state lacks rows")? as u16;
+        Ok(())
+    }
+}
+
+/// The console's size as the guest last saw it.
+pub static VMSTATE: Description = Description {
+    name: "virtio-console-device",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[
+        Field { name: "cols", kind: Kind::U16, since: 0 },
+        Field { name: "rows", kind: Kind::U16, since: 0 },
+    ],
+    subsections: &[],
+};
+
+crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-console", &VMSTATE);

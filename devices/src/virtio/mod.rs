@@ -1,0 +1,433 @@
+//! virtio: the device-independent core (status, features, queues, the
+//! common migratable state), the interface a device model implements, and
+//! the PCI transport in [`pci`].
+//!
+//! Every guest-memory write a device does goes through [`Memory`], whose
+//! per-region [`AtomicBitmap`] records the page as dirty for migration.
+
+pub mod blk;
+pub mod console;
+pub mod io;
+pub mod msix;
+pub mod net;
+pub mod pci;
+pub mod rng;
+mod worker;
+
+use migration::vmstate::{Description, Field, Kind, State, Subsection, Val};
+use std::os::fd::RawFd;
+use virtio_queue::{Queue, QueueState, QueueT};
+use vm_memory::bitmap::AtomicBitmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as devices see it: writes are recorded in a dirty bitmap.
+pub type Memory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+
+pub const TYPE_NET: u16 = 1;
+pub const TYPE_BLOCK: u16 = 2;
+pub const TYPE_CONSOLE: u16 = 3;
+pub const TYPE_RNG: u16 = 4;
+
+pub const F_RING_INDIRECT_DESC: u64 = 1 << 28;
+pub const F_VERSION_1: u64 = 1 << 32;
+
+pub const S_ACKNOWLEDGE: u8 = 1;
+pub const S_DRIVER: u8 = 2;
+pub const S_DRIVER_OK: u8 = 4;
+pub const S_FEATURES_OK: u8 = 8;
+pub const S_NEEDS_RESET: u8 = 0x40;
+pub const S_FAILED: u8 = 0x80;
+
+/// "No MSI-X vector" in the vector registers.
+pub const NO_VECTOR: u16 = 0xffff;
+
+/// The largest queue a device may offer (split rings).
+pub const QUEUE_MAX: u16 = 1024;
+
+/// Where a queue's doorbell lives, for KVM ioeventfds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Doorbell {
+    /// A 16-bit port write whose value is the queue index (legacy).
+    Pio { port: u16, queue: u16 },
+    /// A 16-bit write to this address (modern: one address per queue).
+    Mmio { addr: u64 },
+}
+
+/// What devices need from the VMM: interrupts and doorbells.
+pub trait VmOps: Send + Sync {
+    /// Sends a message-signalled interrupt.
+    fn signal_msi(&self, addr: u64, data: u32) -> std::io::Result<()>;
+    /// Sets the level of an interrupt line (INTx).
+    fn set_irq_line(&self, gsi: u32, level: bool) -> std::io::Result<()>;
+    /// Makes guest writes to `bell` signal `fd` without a VM exit to us.
+    fn add_doorbell(&self, fd: &EventFd, bell: Doorbell) -> std::io::Result<()>;
+    fn remove_doorbell(&self, fd: &EventFd, bell: Doorbell) -> std::io::Result<()>;
+}
+
+/// A guest mistake a device refuses to act on; the device marks itself
+/// broken (QEMU's `virtio_error`) until the driver resets it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GuestError(pub String);
+
+/// The queues of a started device and the memory they live in.
+pub struct Queues<'a> {
+    pub mem: &'a Memory,
+    pub queues: &'a mut [Queue],
+    /// Set for each queue that returned buffers (and may need an interrupt).
+    pub used: &'a mut Vec<u16>,
+}
+
+impl Queues<'_> {
+    /// Returns a chain of `len` bytes written to the guest on queue `q`.
+    pub fn add_used(&mut self, q: usize, head: u16, len: u32) -> Result<(), GuestError> {
+        self.queues[q]
+            .add_used(self.mem, head, len)
+            .map_err(|e| GuestError(format!("queue {q}: cannot return buffer {head}: {e}")))?;
+        if !self.used.contains(&(q as u16)) {
+            self.used.push(q as u16);
+        }
+        Ok(())
+    }
+}
+
+/// A device model behind a transport (blk, net, console, rng).
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u16;
+    /// Every feature the device and its backend support. A backend without
+    /// `VIRTIO_F_VERSION_1` makes the transport legacy-only.
+    fn features(&self) -> u64;
+    /// The maximum size of each queue.
+    fn queue_sizes(&self) -> Vec<u16>;
+    fn config_read(&self, offset: u64, data: &mut [u8]);
+    fn config_write(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+    /// The driver finished set-up with `features`.
+    fn activate(&mut self, features: u64) {
+        let _ = features;
+    }
+    /// Serves queue `q` after the driver notified it.
+    fn process(&mut self, q: usize, queues: &mut Queues) -> Result<(), GuestError>;
+    /// A file descriptor whose readiness the worker watches (a tap).
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// The backend fd is readable (only called once activated).
+    fn backend_ready(&mut self, queues: &mut Queues) -> Result<(), GuestError> {
+        let _ = queues;
+        Ok(())
+    }
+    /// Back to the power-on state (the driver wrote status 0).
+    fn reset(&mut self) {}
+    /// The device-specific migratable state and its description.
+    fn vmstate(&self) -> &'static Description;
+    fn state(&self) -> State;
+    fn load(&mut self, st: &State) -> Result<(), String>;
+}
+
+static QUEUE: Description = Description {
+    name: "virtqueue_state",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[
+        Field { name: "size", kind: Kind::U16, since: 0 },
+        Field { name: "ready", kind: Kind::Bool, since: 0 },
+        Field { name: "desc", kind: Kind::U64, since: 0 },
+        Field { name: "avail", kind: Kind::U64, since: 0 },
+        Field { name: "used", kind: Kind::U64, since: 0 },
+        Field { name: "last_avail_idx", kind: Kind::U16, since: 0 },
+        Field { name: "used_idx", kind: Kind::U16, since: 0 },
+        Field { name: "vector", kind: Kind::U16, since: 0 },
+    ],
+    subsections: &[],
+};
+
+static BROKEN: Description = Description {
+    name: "virtio/broken",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[Field { name: "broken", kind: Kind::Bool, since: 0 }],
+    subsections: &[],
+};
+
+static DEVICE_ENDIAN: Description = Description {
+    name: "virtio/device_endian",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[Field { name: "device_endian", kind: Kind::U8, since: 0 }],
+    subsections: &[],
+};
+
+/// Device endianness values (QEMU's VIRTIO_DEVICE_ENDIAN_*).
+pub const ENDIAN_LITTLE: u8 = 1;
+
+/// The device-independent state every virtio device migrates (QEMU's
+/// "virtio" section, with its later additions in subsections: a stream
+/// from a device that never broke and is little-endian carries neither,
+/// so an older reader loads it; one that needs them names them).
+pub static VMSTATE: Description = Description {
+    name: "virtio",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[
+        Field { name: "status", kind: Kind::U8, since: 0 },
+        Field { name: "isr", kind: Kind::U8, since: 0 },
+        Field { name: "queue_sel", kind: Kind::U16, since: 0 },
+        Field { name: "guest_features", kind: Kind::U64, since: 0 },
+        Field { name: "config_vector", kind: Kind::U16, since: 0 },
+        Field { name: "config_generation", kind: Kind::U8, since: 0 },
+        Field { name: "num_queues", kind: Kind::U16, since: 0 },
+        Field { name: "queues", kind: Kind::Struct(&QUEUES), since: 0 },
+    ],
+    subsections: &[
+        Subsection { desc: &BROKEN, needed: |st| st.uint("broken") == Some(1) },
+        Subsection {
+            desc: &DEVICE_ENDIAN,
+            needed: |st| st.uint("device_endian").is_some_and(|e| e != ENDIAN_LITTLE as u64),
+        },
+    ],
+};
+
+/// Queue states, as many as `num_queues` (up to the largest device's).
+static QUEUES: Description = Description {
+    name: "virtqueues",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[Field { name: "q", kind: Kind::Array(&QUEUE_KIND, MAX_QUEUES), since: 0 }],
+    subsections: &[],
+};
+static QUEUE_KIND: Kind = Kind::Struct(&QUEUE);
+
+/// Queues a device may have (virtio-blk with one per vCPU, up to 64).
+pub const MAX_QUEUES: usize = 64;
+
+/// The device-independent runtime state.
+pub struct Common {
+    pub status: u8,
+    pub isr: u8,
+    pub queue_sel: u16,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub config_vector: u16,
+    pub config_generation: u8,
+    pub queues: Vec<Queue>,
+    pub vectors: Vec<u16>,
+    /// The device found a guest error and stopped (until a reset).
+    pub broken: bool,
+}
+
+impl Common {
+    pub fn new(sizes: &[u16]) -> Common {
+        Common {
+            status: 0,
+            isr: 0,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            config_vector: NO_VECTOR,
+            config_generation: 0,
+            queues: sizes
+                .iter()
+                .map(|&s| Queue::new(s).expect("power-of-two queue size"))
+                .collect(),
+            vectors: vec![NO_VECTOR; sizes.len()],
+            broken: false,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.vectors.fill(NO_VECTOR);
+        self.status = 0;
+        self.isr = 0;
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.config_vector = NO_VECTOR;
+        self.broken = false;
+    }
+
+    pub fn running(&self) -> bool {
+        self.status & S_DRIVER_OK != 0 && self.status & S_FAILED == 0 && !self.broken
+    }
+
+    pub fn selected(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// The migratable state ([`VMSTATE`]).
+    pub fn state(&self) -> State {
+        let mut queues = State::default();
+        let q: Vec<Val> = (0..MAX_QUEUES)
+            .map(|i| {
+                let mut s = State::default();
+                if let Some(q) = self.queues.get(i) {
+                    let qs = q.state();
+                    s.set("size", Val::Uint(qs.size as u64))
+                        .set("ready", Val::Bool(qs.ready))
+                        .set("desc", Val::Uint(qs.desc_table))
+                        .set("avail", Val::Uint(qs.avail_ring))
+                        .set("used", Val::Uint(qs.used_ring))
+                        .set("last_avail_idx", Val::Uint(qs.next_avail as u64))
+                        .set("used_idx", Val::Uint(qs.next_used as u64))
+                        .set("vector", Val::Uint(self.vectors[i] as u64));
+                } else {
+                    for f in QUEUE.fields {
+                        s.set(f.name, Val::Uint(0));
+                    }
+                    s.set("ready", Val::Bool(false));
+                }
+                Val::Struct(s)
+            })
+            .collect();
+        queues.set("q", Val::Array(q));
+        let mut st = State::default();
+        st.set("status", Val::Uint(self.status as u64))
+            .set("isr", Val::Uint(self.isr as u64))
+            .set("queue_sel", Val::Uint(self.queue_sel as u64))
+            .set("guest_features", Val::Uint(self.driver_features))
+            .set("config_vector", Val::Uint(self.config_vector as u64))
+            .set("config_generation", Val::Uint(self.config_generation as u64))
+            .set("num_queues", Val::Uint(self.queues.len() as u64))
+            .set("queues", Val::Struct(queues));
+        // Inputs of the subsections' `needed`, not fields of the section.
+        st.set("broken", Val::Bool(self.broken))
+            .set("device_endian", Val::Uint(ENDIAN_LITTLE as u64));
+        if self.broken {
+            let mut b = State::default();
+            b.set("broken", Val::Bool(true));
+            st.subsections.push(("virtio/broken", b));
+        }
+        st
+    }
+
+    /// Loads [`VMSTATE`]; the queue count must match this device's.
+    pub fn load(&mut self, st: &State) -> Result<(), String> {
+        let u = |s: &State, n: &str| s.uint(n).ok_or_else(|| format!("virtio state lacks {n}"));
+        let n = u(st, "num_queues")? as usize;
+        if n != self.queues.len() {
+            return Err(format!(
+                "the stream's device has {n} queues, this one {} (num-queues differs between source and destination)",
+                self.queues.len()
+            ));
+        }
+        if let Some((_, sub)) = st.subsections.iter().find(|s| s.0 == "virtio/device_endian") {
+            let e = u(sub, "device_endian")?;
+            if e != ENDIAN_LITTLE as u64 {
+                return Err(format!("the stream's device is big-endian ({e}); vmm devices are little-endian"));
+            }
+        }
+        let Some(Val::Struct(qs)) = st.get("queues") else {
+            return Err("virtio state lacks queues".into());
+        };
+        let Some(Val::Array(list)) = qs.get("q") else {
+            return Err("virtio state lacks the queue array".into());
+        };
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            let Some(Val::Struct(s)) = list.get(i) else {
+                return Err(format!("virtio state lacks queue {i}"));
+            };
+            let qs = QueueState {
+                max_size: q.max_size(),
+                next_avail: u(s, "last_avail_idx")? as u16,
+                next_used: u(s, "used_idx")? as u16,
+                event_idx_enabled: false,
+                size: u(s, "size")? as u16,
+                ready: u(s, "ready")? != 0,
+                desc_table: u(s, "desc")?,
+                avail_ring: u(s, "avail")?,
+                used_ring: u(s, "used")?,
+            };
+            *q = Queue::try_from(qs).map_err(|e| format!("queue {i}: {e}"))?;
+            self.vectors[i] = u(s, "vector")? as u16;
+        }
+        self.status = u(st, "status")? as u8;
+        self.isr = u(st, "isr")? as u8;
+        self.queue_sel = u(st, "queue_sel")? as u16;
+        self.driver_features = u(st, "guest_features")?;
+        self.config_vector = u(st, "config_vector")? as u16;
+        self.config_generation = u(st, "config_generation")? as u8;
+        self.broken = st
+            .subsections
+            .iter()
+            .find(|s| s.0 == "virtio/broken")
+            .is_some_and(|(_, b)| b.uint("broken") == Some(1));
+        Ok(())
+    }
+}
+
+/// Reads a little-endian config structure: `data.len()` bytes at `offset`
+/// of `bytes`, zeros beyond its end.
+pub fn read_config_bytes(bytes: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = bytes.get(offset as usize + i).copied().unwrap_or(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use migration::stream::{Reader, Record, Writer};
+
+    fn roundtrip(desc: &'static Description, st: &State, reader_desc: &'static Description) -> Result<State, String> {
+        let mut w = Writer::new(Vec::new(), "pc-q35-10.0").unwrap();
+        w.section("0000:00:03.0/virtio-rng", 0, desc, st).unwrap();
+        let bytes = w.finish().unwrap();
+        let mut r = Reader::new(&bytes[..], "pc-q35-10.0").unwrap();
+        struct NoRam;
+        impl migration::stream::RamSink for NoRam {
+            fn block_len(&self, _: &str) -> Option<u64> {
+                None
+            }
+            fn page(&mut self, _: &str, _: u64, _: &[u8]) {}
+        }
+        match r.next_record(&|_, _| Some(reader_desc), &mut NoRam) {
+            Ok(Record::Section { state, .. }) => Ok(state),
+            Ok(_) => Err("no section".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The description a reader had before the broken flag existed.
+    static OLD: Description = Description {
+        name: "virtio",
+        version_id: 1,
+        minimum_version_id: 1,
+        fields: VMSTATE.fields,
+        subsections: &[],
+    };
+
+    #[test]
+    fn broken_flag_travels_in_a_subsection_old_readers_name() {
+        let mut c = Common::new(&[256]);
+        c.status = S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
+        // A healthy device: no subsection, an old reader loads it.
+        let st = roundtrip(&VMSTATE, &c.state(), &OLD).expect("old reader loads a healthy device");
+        let mut back = Common::new(&[256]);
+        back.load(&st).unwrap();
+        assert!(!back.broken);
+        assert_eq!(back.status, c.status);
+        // A broken device: the new reader restores the flag ...
+        c.broken = true;
+        let st = roundtrip(&VMSTATE, &c.state(), &VMSTATE).unwrap();
+        back.load(&st).unwrap();
+        assert!(back.broken, "the broken flag survives migration");
+        // ... and an old one fails naming the subsection, never misparses.
+        let err = roundtrip(&VMSTATE, &c.state(), &OLD).unwrap_err();
+        assert!(err.contains("virtio/broken"), "{err}");
+    }
+
+    #[test]
+    fn queue_count_mismatch_names_num_queues() {
+        let c = Common::new(&[256, 256]);
+        let mut one = Common::new(&[256]);
+        let err = one.load(&c.state()).unwrap_err();
+        assert!(err.contains("num-queues"), "{err}");
+    }
+}

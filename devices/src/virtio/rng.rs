@@ -1,0 +1,88 @@
+//! virtio-rng: fills the driver's buffers from the host's `getrandom`.
+
+use super::io;
+use super::*;
+
+/// Bytes served per buffer at most (the driver asks again for more).
+const MAX_CHUNK: usize = 64 * 1024;
+
+pub struct Rng {
+    version_1: bool,
+}
+
+impl Rng {
+    pub fn new() -> Rng {
+        Rng { version_1: true }
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u16 {
+        TYPE_RNG
+    }
+
+    fn features(&self) -> u64 {
+        F_RING_INDIRECT_DESC | if self.version_1 { F_VERSION_1 } else { 0 }
+    }
+
+    fn queue_sizes(&self) -> Vec<u16> {
+        vec![256]
+    }
+
+    fn config_read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn process(&mut self, q: usize, queues: &mut Queues) -> Result<(), GuestError> {
+        let mem = queues.mem;
+        while let Some(chain) = io::pop(&mut queues.queues[q], mem) {
+            let mut total = 0u32;
+            for b in chain.writable() {
+                let n = (b.len as usize).min(MAX_CHUNK - total as usize);
+                let mut bytes = vec![0u8; n];
+                let mut got = 0;
+                while got < n {
+                    // SAFETY: getrandom writes at most `n - got` bytes into
+                    // the live vector.
+                    let r = unsafe {
+                        libc::getrandom(bytes[got..].as_mut_ptr() as *mut libc::c_void, n - got, 0)
+                    };
+                    if r <= 0 {
+                        break;
+                    }
+                    got += r as usize;
+                }
+                io::write(mem, b.addr, &bytes[..got])?;
+                total += got as u32;
+                if total as usize >= MAX_CHUNK || got < n {
+                    break;
+                }
+            }
+            queues.add_used(q, chain.head, total)?;
+        }
+        Ok(())
+    }
+
+    fn vmstate(&self) -> &'static Description {
+        &VMSTATE
+    }
+
+    fn state(&self) -> State {
+        State::default()
+    }
+
+    fn load(&mut self, _st: &State) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// virtio-rng has no state of its own.
+pub static VMSTATE: Description = Description {
+    name: "virtio-rng-device",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[],
+    subsections: &[],
+};
+
+crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-rng", &VMSTATE);
