@@ -1,6 +1,9 @@
 //! Host-side network peers for the guest's virtio-net test.
 
 use std::net::UdpSocket;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Echoes every Ethernet frame QEMU's `-netdev socket,udp=...` sends back
@@ -35,5 +38,122 @@ impl UdpEcho {
             "socket,id={id},udp=127.0.0.1:{},localaddr=127.0.0.1:{}",
             self.listen, self.qemu
         )
+    }
+}
+
+/// The guest test's frames: this EtherType, then the magic.
+const ETHERTYPE: u16 = 0x88b5;
+const MAGIC: &[u8; 8] = b"VMMTEST!";
+
+/// A tap interface made for one test (removed on drop), with a host-side
+/// peer on it: an AF_PACKET socket that echoes the guest test's frames and
+/// records their sequence numbers (the host's half of the check).
+pub struct TapEcho {
+    pub ifname: String,
+    /// Sequence numbers of the guest frames seen, in arrival order.
+    pub seen: Arc<Mutex<Vec<u32>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+impl TapEcho {
+    pub fn start() -> TapEcho {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let ifname = format!(
+            "vt{}x{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        ip(&["tuntap", "add", "dev", &ifname, "mode", "tap"]);
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1");
+        ip(&["link", "set", &ifname, "up"]);
+        let c = std::ffi::CString::new(ifname.clone()).expect("name");
+        // SAFETY: a NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        assert!(index > 0, "tap {ifname} has no index");
+        let proto = (ETHERTYPE as u16).to_be();
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
+        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields follow.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = index as i32;
+        // SAFETY: sll is a sockaddr_ll of the size passed.
+        let r = unsafe {
+            libc::bind(
+                fd,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert!(r == 0, "bind to {ifname}: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        // SAFETY: SO_RCVTIMEO takes a timeval.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let seen = Arc::new(Mutex::new(vec![]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop2.load(Ordering::SeqCst) {
+                // SAFETY: recv into a live buffer of its length.
+                let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+                if n < 34 {
+                    continue;
+                }
+                let f = &buf[..n as usize];
+                // Frames the guest sent (its MAC as source); an echo we
+                // sent ourselves is seen here too on some kernels: skip it.
+                if &f[14..22] != MAGIC || f[0..6] != [0xff; 6] {
+                    continue;
+                }
+                let seq = u32::from_be_bytes([f[22], f[23], f[24], f[25]]);
+                seen2.lock().unwrap().push(seq);
+                let mut out = f.to_vec();
+                // Back to the guest: to its MAC, from a made-up host MAC.
+                out.copy_within(6..12, 0);
+                out[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+                // SAFETY: send a live buffer on the bound socket.
+                unsafe { libc::send(fd, out.as_ptr() as *const libc::c_void, out.len(), 0) };
+            }
+            // SAFETY: the fd is this thread's.
+            unsafe { libc::close(fd) };
+        });
+        TapEcho {
+            ifname,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The `-netdev` option for vmm (and QEMU).
+    pub fn netdev(&self, id: &str) -> String {
+        format!("tap,id={id},ifname={},script=no,downscript=no", self.ifname)
+    }
+}
+
+impl Drop for TapEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.ifname]).status();
     }
 }
