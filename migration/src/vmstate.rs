@@ -170,9 +170,16 @@ impl Description {
                     json!({"name": f.name, "type": f.kind.type_name(), "size": f.kind.wire_size()});
                 match (f.kind, state.get(f.name)) {
                     (Kind::Struct(d), Some(Val::Struct(s))) => o["struct"] = d.vmdesc(s),
-                    (Kind::Array(k, n), _) => {
+                    (Kind::Array(k, n), v) => {
                         o["array_len"] = n.into();
                         o["size"] = k.wire_size().into();
+                        // An array of structs: the first element's layout
+                        // (every element has the same one).
+                        if let (Kind::Struct(d), Some(Val::Array(a))) = (k, v) {
+                            if let Some(Val::Struct(first)) = a.first() {
+                                o["struct"] = d.vmdesc(first);
+                            }
+                        }
                     }
                     _ => {}
                 }

@@ -311,8 +311,8 @@ fn device_errors_are_one_sentence() {
         &["chassis 0 slot 0", "'a'"],
     );
     bad(
-        &run(&["-global", "virtio-blk-pci.num-queues=1"]),
-        &["unknown device type 'virtio-blk-pci'"],
+        &run(&["-global", "virtio-scsi-pci.num_queues=1"]),
+        &["unknown device type 'virtio-scsi-pci'"],
     );
     bad(
         &run(&["-global", "pcie-root-port.nope=1"]),

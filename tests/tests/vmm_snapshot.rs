@@ -176,7 +176,31 @@ fn restore_fails(v: Vmm, file: &std::path::Path, want: &[&str]) {
 #[test]
 fn bad_streams_are_refused_before_anything_runs() {
     let dir = TempDir::new("snap-bad");
-    let file = saved_stream(&dir, &[]);
+    // Every device type, so that the stream has every kind of section.
+    let img = dir.path("disk.raw");
+    std::fs::File::create(&img).and_then(|f| f.set_len(1 << 20)).unwrap();
+    let tap = vmm_tests::peer::TapEcho::start();
+    let file = saved_stream(
+        &dir,
+        &[
+            "-drive",
+            &format!("file={},if=none,id=d0,format=raw", img.display()),
+            "-device",
+            "virtio-blk-pci,drive=d0",
+            "-netdev",
+            &tap.netdev("n0"),
+            "-device",
+            "virtio-net-pci,netdev=n0",
+            "-device",
+            "virtio-rng-pci",
+            "-device",
+            "virtio-serial-pci",
+            "-chardev",
+            "null,id=c0",
+            "-device",
+            "virtconsole,chardev=c0",
+        ],
+    );
     // The stream explains itself: vmmctl decodes it from its description.
     let out = std::process::Command::new(vmm_tests::vmm::binary().with_file_name("vmmctl"))
         .arg("analyze-migration")
