@@ -33,9 +33,17 @@ pub const HW_COMPAT: &[CompatArray] = &[
     ("hw_compat_5_2", (5, 2), &[]),
     // QEMU 5.2 gave virtio-blk one queue per vCPU (QEMU sets this on
     // virtio-blk-device, the device inside virtio-blk-pci).
-    ("hw_compat_5_1", (5, 1), &[("virtio-blk-pci", "num-queues", "1")]),
+    (
+        "hw_compat_5_1",
+        (5, 1),
+        &[("virtio-blk-pci", "num-queues", "1")],
+    ),
     // QEMU 5.0 raised virtio-blk's queue size from 128 to 256.
-    ("hw_compat_4_2", (4, 2), &[("virtio-blk-pci", "queue-size", "128")]),
+    (
+        "hw_compat_4_2",
+        (4, 2),
+        &[("virtio-blk-pci", "queue-size", "128")],
+    ),
     ("hw_compat_2_8", (2, 8), &[]),
     // QEMU 2.8 stopped exposing modern virtio when the backend lacks
     // VIRTIO_F_VERSION_1, and shrank the notify area to 4 bytes per queue.

@@ -70,7 +70,10 @@ impl TapEcho {
             N.fetch_add(1, Ordering::SeqCst)
         );
         ip(&["tuntap", "add", "dev", &ifname, "mode", "tap"]);
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1");
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+            "1",
+        );
         ip(&["link", "set", &ifname, "up"]);
         let c = std::ffi::CString::new(ifname.clone()).expect("name");
         // SAFETY: a NUL-terminated name.
@@ -79,7 +82,11 @@ impl TapEcho {
         let proto = (ETHERTYPE as u16).to_be();
         // SAFETY: plain socket(2).
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: an all-zero sockaddr_ll is valid; the fields follow.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -93,8 +100,15 @@ impl TapEcho {
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        assert!(r == 0, "bind to {ifname}: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        assert!(
+            r == 0,
+            "bind to {ifname}: {}",
+            std::io::Error::last_os_error()
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
         // SAFETY: SO_RCVTIMEO takes a timeval.
         unsafe {
             libc::setsockopt(
@@ -112,7 +126,8 @@ impl TapEcho {
             let mut buf = [0u8; 2048];
             while !stop2.load(Ordering::SeqCst) {
                 // SAFETY: recv into a live buffer of its length.
-                let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+                let n =
+                    unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
                 if n < 34 {
                     continue;
                 }
@@ -154,6 +169,8 @@ impl Drop for TapEcho {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = Command::new("ip").args(["link", "del", &self.ifname]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.ifname])
+            .status();
     }
 }

@@ -178,7 +178,9 @@ fn bad_streams_are_refused_before_anything_runs() {
     let dir = TempDir::new("snap-bad");
     // Every device type, so that the stream has every kind of section.
     let img = dir.path("disk.raw");
-    std::fs::File::create(&img).and_then(|f| f.set_len(1 << 20)).unwrap();
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
     let tap = vmm_tests::peer::TapEcho::start();
     let file = saved_stream(
         &dir,

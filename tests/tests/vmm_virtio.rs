@@ -76,19 +76,36 @@ fn all_devices(cpus: u32, extra: &str) {
     vm.assert_pass(BOOT);
     for slot in 3..=6 {
         let l = device_line(&vm, slot);
-        assert_eq!(field(&l, "offered").as_deref(), Some("legacy+modern"), "{l}");
-        assert_eq!(field(&l, "used").as_deref(), Some(if extra.contains("legacy") { "legacy" } else { "modern" }), "{l}");
+        assert_eq!(
+            field(&l, "offered").as_deref(),
+            Some("legacy+modern"),
+            "{l}"
+        );
+        assert_eq!(
+            field(&l, "used").as_deref(),
+            Some(if extra.contains("legacy") {
+                "legacy"
+            } else {
+                "modern"
+            }),
+            "{l}"
+        );
     }
     // The guest's write is in the host file, for every queue.
-    let queues: u64 = field(&vm.wait_prefix("virtio.00:03.0.blk capacity", BOOT), "num_queues")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let queues: u64 = field(
+        &vm.wait_prefix("virtio.00:03.0.blk capacity", BOOT),
+        "num_queues",
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
     assert_eq!(queues, if cpus > 1 { cpus as u64 } else { 1 });
     assert_pattern(&img, seed, 2048, 8 * queues);
     let text = std::fs::read_to_string(&console).expect("console chardev");
     assert!(
-        text.contains(&format!("virtio-console hello from the test guest seed={seed}")),
+        text.contains(&format!(
+            "virtio-console hello from the test guest seed={seed}"
+        )),
         "{text:?}"
     );
     // The host side saw every frame, in order.
@@ -119,7 +136,12 @@ fn legacy_modern_and_transitional_exposure() {
         .args(["-device", "virtio-rng-pci,addr=3"])
         .args(["-device", "virtio-rng-pci,addr=4,disable-legacy=on"])
         .args(["-device", "virtio-rng-pci,addr=5,disable-modern=on"])
-        .append("cpus=1 mem=128M virtio_devices=3")
+        // Behind a PCIe root port, auto means modern only (as QEMU).
+        .args(["-device", "pcie-root-port,id=rp0,chassis=1,addr=6"])
+        .args(["-device", "virtio-rng-pci,bus=rp0"])
+        .args(["-device", "pcie-root-port,id=rp1,chassis=2,addr=7"])
+        .args(["-device", "virtio-rng-pci,bus=rp1,disable-legacy=off"])
+        .append("cpus=1 mem=128M virtio_devices=5")
         .spawn("virtio-modes");
     vm.assert_pass(BOOT);
     let want = [
@@ -133,6 +155,19 @@ fn legacy_modern_and_transitional_exposure() {
         assert_eq!(field(&l, "pci_id").as_deref(), Some(id), "{l}");
         assert_eq!(field(&l, "used").as_deref(), Some(used), "{l}");
     }
+    let behind = |bus: u8| {
+        let prefix = format!("virtio.{bus:02x}:00.0 type=");
+        vm.lines()
+            .into_iter()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{prefix}\n{}", vm.log()))
+    };
+    assert_eq!(field(&behind(1), "offered").as_deref(), Some("modern"));
+    assert_eq!(field(&behind(1), "pci_id").as_deref(), Some("0x1044"));
+    assert_eq!(
+        field(&behind(2), "offered").as_deref(),
+        Some("legacy+modern")
+    );
 }
 
 fn blk_queues(machine: &str, cpus: u32) -> (u64, u64) {
@@ -141,14 +176,23 @@ fn blk_queues(machine: &str, cpus: u32) -> (u64, u64) {
     let mut vm = Vmm::new()
         .args(["-M", machine, "-m", "128M", "-smp", &cpus.to_string()])
         .args(drive(&img, "d0", ""))
-        .args(["-device", "virtio-blk-pci,drive=d0", "-device", "virtio-rng-pci"])
+        .args([
+            "-device",
+            "virtio-blk-pci,drive=d0",
+            "-device",
+            "virtio-rng-pci",
+        ])
         .append(&format!("cpus={cpus} mem=128M msix=1 seed=5"))
         .spawn(&format!("virtio-mq-{machine}"));
     vm.assert_pass(BOOT);
     let cap = vm.wait_prefix("virtio.00:01.0.blk capacity", BOOT);
     let used = vm.wait_prefix("virtio.00:01.0.blk queues_used", BOOT);
     let n: u64 = field(&cap, "num_queues").unwrap().parse().unwrap();
-    assert_eq!(field(&cap, "transport_queues"), field(&cap, "num_queues"), "{cap}");
+    assert_eq!(
+        field(&cap, "transport_queues"),
+        field(&cap, "num_queues"),
+        "{cap}"
+    );
     assert_eq!(field(&used, "queues_used"), field(&used, "of"), "{used}");
     assert_pattern(&img, 5, 2048, 8 * n);
     (n, field(&used, "queues_used").unwrap().parse().unwrap())
@@ -193,8 +237,14 @@ fn read_only_drive_refuses_writes() {
     vm.assert_pass(BOOT);
     let cap = vm.wait_prefix("virtio.00:01.0.blk capacity", BOOT);
     assert_eq!(field(&cap, "read_only").as_deref(), Some("true"), "{cap}");
-    assert!(vm.lines().iter().any(|l| l == "check.virtio.blk.read_only_refused=ok"));
-    assert!(std::fs::read(&img).unwrap().iter().all(|&b| b == 0), "the image changed");
+    assert!(vm
+        .lines()
+        .iter()
+        .any(|l| l == "check.virtio.blk.read_only_refused=ok"));
+    assert!(
+        std::fs::read(&img).unwrap().iter().all(|&b| b == 0),
+        "the image changed"
+    );
 }
 
 /// The seed's 2.7/2.8 matrix, driven by a backend without VERSION_1:
@@ -220,15 +270,32 @@ fn backend_without_version_1_gates_modern_per_machine_type() {
             .into_iter()
             .find(|l| l.starts_with("pci.00:03.0.bar4="))
             .and_then(|l| field(&l, "size"));
-        (field(&l, "offered").unwrap(), field(&l, "used").unwrap(), bar4)
+        (
+            field(&l, "offered").unwrap(),
+            field(&l, "used").unwrap(),
+            bar4,
+        )
     };
-    assert_eq!(run("pc-q35-2.8", &[]), ("legacy".into(), "legacy".into(), None));
+    assert_eq!(
+        run("pc-q35-2.8", &[]),
+        ("legacy".into(), "legacy".into(), None)
+    );
     let (offered, used, bar4) = run("pc-q35-2.7", &[]);
-    assert_eq!((offered.as_str(), used.as_str()), ("legacy+modern", "modern"));
+    assert_eq!(
+        (offered.as_str(), used.as_str()),
+        ("legacy+modern", "modern")
+    );
     assert_eq!(bar4.as_deref(), Some("0x800000"), "page-per-vq on 2.7");
-    let (offered, _, bar4) = run("pc-q35-2.8", &["-global", "virtio-pci.x-ignore-backend-features=on"]);
+    let (offered, _, bar4) = run(
+        "pc-q35-2.8",
+        &["-global", "virtio-pci.x-ignore-backend-features=on"],
+    );
     assert_eq!(offered, "legacy+modern");
-    assert_eq!(bar4.as_deref(), Some("0x4000"), "4-byte notify stride from 2.8");
+    assert_eq!(
+        bar4.as_deref(),
+        Some("0x4000"),
+        "4-byte notify stride from 2.8"
+    );
     // With a backend that has VERSION_1 both machine types expose both.
     let out = Vmm::new()
         .args(["-M", "pc-q35-2.8", "-m", "128M"])
@@ -239,11 +306,19 @@ fn backend_without_version_1_gates_modern_per_machine_type() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("disable-legacy=on") && err.contains("VIRTIO_F_VERSION_1"), "{err}");
+    assert!(
+        err.contains("disable-legacy=on") && err.contains("VIRTIO_F_VERSION_1"),
+        "{err}"
+    );
 }
 
 fn refused(args: &[&str], want: &[&str]) {
-    let out = Vmm::new().args(["-m", "128M"]).args(args).command().output().unwrap();
+    let out = Vmm::new()
+        .args(["-m", "128M"])
+        .args(args)
+        .command()
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
@@ -255,22 +330,49 @@ fn refused(args: &[&str], want: &[&str]) {
 #[test]
 fn bad_backends_are_clear_errors() {
     refused(
-        &["-drive", "file=/nonexistent/disk.img,if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0"],
+        &[
+            "-drive",
+            "file=/nonexistent/disk.img,if=none,id=d0,format=raw",
+            "-device",
+            "virtio-blk-pci,drive=d0",
+        ],
         &["/nonexistent/disk.img", "cannot open"],
     );
-    refused(&["-device", "virtio-blk-pci,drive=nope"], &["drive 'nope' not found"]);
+    refused(
+        &["-device", "virtio-blk-pci,drive=nope"],
+        &["drive 'nope' not found"],
+    );
     refused(&["-device", "virtio-blk-pci"], &["drive=ID"]);
     refused(
-        &["-netdev", "tap,id=n0,ifname=lo,script=no", "-device", "virtio-net-pci,netdev=n0"],
+        &[
+            "-netdev",
+            "tap,id=n0,ifname=lo,script=no",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ],
         &["tap 'lo'"],
     );
     refused(&["-netdev", "user,id=n0"], &["user", "tap"]);
-    refused(&["-device", "virtconsole,chardev=c0"], &["virtio-serial-pci"]);
     refused(
-        &["-device", "virtio-rng-pci,disable-legacy=on,disable-modern=on"],
+        &["-device", "virtconsole,chardev=c0"],
+        &["virtio-serial-pci"],
+    );
+    refused(
+        &[
+            "-device",
+            "virtio-rng-pci,disable-legacy=on,disable-modern=on",
+        ],
         &["without an interface"],
     );
-    refused(&["-device", "virtio-blk-pci,drive=d0,num-queues=0", "-drive", "file=/dev/null,if=none,id=d0"], &["num-queues=0"]);
+    refused(
+        &[
+            "-device",
+            "virtio-blk-pci,drive=d0,num-queues=0",
+            "-drive",
+            "file=/dev/null,if=none,id=d0",
+        ],
+        &["num-queues=0"],
+    );
 }
 
 /// Save in the middle of a 128 MiB block write, restore in a new process:
@@ -295,10 +397,15 @@ fn save_and_restore_in_the_middle_of_block_io() {
     // The big write is under way now (it takes several hundred ms).
     std::thread::sleep(Duration::from_millis(100));
     let mut q = Qmp::connect(&sock, BOOT);
-    q.execute("migrate", json!({"uri": format!("file:{}", file.display())}));
+    q.execute(
+        "migrate",
+        json!({"uri": format!("file:{}", file.display())}),
+    );
     assert_eq!(q.execute("query-migrate", json!({}))["status"], "completed");
     assert!(
-        !vm.lines().iter().any(|l| l.starts_with("virtio.00:01.0.blk big_mb")),
+        !vm.lines()
+            .iter()
+            .any(|l| l.starts_with("virtio.00:01.0.blk big_mb")),
         "the save came too late: the I/O had finished\n{}",
         vm.log()
     );
@@ -314,4 +421,68 @@ fn save_and_restore_in_the_middle_of_block_io() {
     assert_eq!(field(&l, "bad_words").as_deref(), Some("0"), "{l}");
     assert_eq!(dst.boots(), 0, "the guest rebooted\n{}", dst.log());
     assert_pattern(&img, 23, 8192, 128 << 11);
+}
+
+/// Save while frames go back and forth between the guest and the host's
+/// peer on a tap, restore in a new process on the same tap: the guest
+/// gets every frame echoed (resending what the switch lost), and the
+/// host saw every sequence number.
+#[test]
+fn save_and_restore_in_the_middle_of_network_traffic() {
+    let dir = TempDir::new("virtio-net-snap");
+    let tap = TapEcho::start();
+    let sock = dir.path("qmp.sock");
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let file = dir.path("snap.bin");
+    let frames = 4000u32;
+    let guest =
+        format!("cpus=1 mem=128M msix=1 seed=9 net_peer=echo net_frames={frames} net_retry_ms=200");
+    let base = || {
+        Vmm::new()
+            .args(["-m", "128M", "-qmp", &qmp])
+            .args([
+                "-netdev",
+                &tap.netdev("n0"),
+                "-device",
+                "virtio-net-pci,netdev=n0",
+            ])
+            .append(&guest)
+    };
+    let vm = base().spawn("virtio-net-src");
+    vm.wait_prefix("virtio.00:01.0.net mac=", BOOT);
+    std::thread::sleep(Duration::from_millis(150));
+    let mut q = Qmp::connect(&sock, BOOT);
+    q.execute(
+        "migrate",
+        json!({"uri": format!("file:{}", file.display())}),
+    );
+    assert_eq!(q.execute("query-migrate", json!({}))["status"], "completed");
+    let before = tap.seen.lock().unwrap().len();
+    assert!(
+        before > 0
+            && !vm
+                .lines()
+                .iter()
+                .any(|l| l.starts_with("virtio.00:01.0.net sent=")),
+        "the save did not land mid-traffic ({before} frames seen)\n{}",
+        vm.log()
+    );
+    drop(q);
+    drop(vm);
+    let _ = std::fs::remove_file(&sock);
+    let mut dst = base()
+        .args(["-incoming", &format!("file:{}", file.display())])
+        .spawn("virtio-net-dst");
+    dst.assert_pass(BOOT);
+    let l = dst.wait_prefix("virtio.00:01.0.net sent=", BOOT);
+    assert_eq!(field(&l, "echoed"), Some(frames.to_string()), "{l}");
+    let mut seen = tap.seen.lock().unwrap().clone();
+    assert!(seen.len() > before, "no frame after the restore");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        (0..frames).collect::<Vec<u32>>(),
+        "the host missed frames"
+    );
 }

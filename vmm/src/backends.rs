@@ -118,7 +118,8 @@ fn parse_blockdev(opt: &str) -> Result<Drive> {
     }
     Ok(Drive {
         id: id.ok_or_else(|| anyhow!("-blockdev needs node-name=ID"))?,
-        path: path.ok_or_else(|| anyhow!("-blockdev needs filename=PATH (or file.filename=PATH)"))?,
+        path: path
+            .ok_or_else(|| anyhow!("-blockdev needs filename=PATH (or file.filename=PATH)"))?,
         read_only: ro,
         version_1: v1,
     })
@@ -146,7 +147,9 @@ fn parse_netdev(opt: &str) -> Result<Netdev> {
     }
     Ok(Netdev {
         id: id.ok_or_else(|| anyhow!("-netdev needs id=ID"))?,
-        ifname: ifname.ok_or_else(|| anyhow!("-netdev tap needs ifname=NAME (an existing tap, or one vmm may create)"))?,
+        ifname: ifname.ok_or_else(|| {
+            anyhow!("-netdev tap needs ifname=NAME (an existing tap, or one vmm may create)")
+        })?,
         version_1: v1,
     })
 }
@@ -163,7 +166,9 @@ fn parse_chardev(opt: &str) -> Result<Chardev> {
     }
     let id = id.ok_or_else(|| anyhow!("-chardev needs id=ID"))?;
     let kind = match head {
-        Some("file") => ChardevKind::File(path.ok_or_else(|| anyhow!("-chardev file needs path=PATH"))?),
+        Some("file") => {
+            ChardevKind::File(path.ok_or_else(|| anyhow!("-chardev file needs path=PATH"))?)
+        }
         Some("null") => ChardevKind::Null,
         Some(t) => bail!("-chardev {t} is not supported: use file or null"),
         None => bail!("-chardev needs a type first: -chardev file,id=ID,path=PATH"),
@@ -200,17 +205,32 @@ pub fn parse(a: &crate::cli::Args, devices: &[DeviceConfig]) -> Result<Backends>
         }
     }
     let mut used: Vec<(&str, String)> = vec![];
-    let mut serial_buses = devices.iter().filter(|d| d.props.type_name == "virtio-serial-pci").count();
+    let mut serial_buses = devices
+        .iter()
+        .filter(|d| d.props.type_name == "virtio-serial-pci")
+        .count();
     for d in devices {
         let (kind, prop, known): (&str, &str, Vec<&str>) = match d.props.type_name {
-            "virtio-blk-pci" => ("drive", "drive", b.drives.iter().map(|x| x.id.as_str()).collect()),
-            "virtio-net-pci" => ("netdev", "netdev", b.netdevs.iter().map(|x| x.id.as_str()).collect()),
+            "virtio-blk-pci" => (
+                "drive",
+                "drive",
+                b.drives.iter().map(|x| x.id.as_str()).collect(),
+            ),
+            "virtio-net-pci" => (
+                "netdev",
+                "netdev",
+                b.netdevs.iter().map(|x| x.id.as_str()).collect(),
+            ),
             "virtconsole" => {
                 if serial_buses == 0 {
                     bail!("virtconsole needs a virtio-serial-pci to sit on (one console port each): add -device virtio-serial-pci");
                 }
                 serial_buses -= 1;
-                ("chardev", "chardev", b.chardevs.iter().map(|x| x.id.as_str()).collect())
+                (
+                    "chardev",
+                    "chardev",
+                    b.chardevs.iter().map(|x| x.id.as_str()).collect(),
+                )
             }
             _ => continue,
         };
@@ -222,7 +242,11 @@ pub fn parse(a: &crate::cli::Args, devices: &[DeviceConfig]) -> Result<Backends>
             bail!(
                 "{}: {prop} '{id}' not found; the -{kind}s given are: {}",
                 d.props.type_name,
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             );
         }
         if used.iter().any(|(k, x)| *k == kind && *x == id) {
@@ -240,14 +264,32 @@ mod tests {
     #[test]
     fn drive_and_blockdev_spellings() {
         let d = parse_drive("file=/x.img,if=none,id=d0,format=raw,readonly=on").unwrap();
-        assert_eq!((d.id.as_str(), d.read_only, d.version_1), ("d0", true, true));
-        let d = parse_blockdev("driver=raw,node-name=b0,file.driver=file,file.filename=/y.img").unwrap();
+        assert_eq!(
+            (d.id.as_str(), d.read_only, d.version_1),
+            ("d0", true, true)
+        );
+        let d = parse_blockdev("driver=raw,node-name=b0,file.driver=file,file.filename=/y.img")
+            .unwrap();
         assert_eq!(d.path, PathBuf::from("/y.img"));
-        assert!(parse_drive("file=/x.img,id=d0").unwrap_err().to_string().contains("if=none"));
-        assert!(parse_drive("file=/x,if=none,id=d,format=qcow2").unwrap_err().to_string().contains("qcow2"));
-        let n = parse_netdev("tap,id=n0,ifname=tap0,script=no,downscript=no,x-virtio-version-1=off").unwrap();
+        assert!(parse_drive("file=/x.img,id=d0")
+            .unwrap_err()
+            .to_string()
+            .contains("if=none"));
+        assert!(parse_drive("file=/x,if=none,id=d,format=qcow2")
+            .unwrap_err()
+            .to_string()
+            .contains("qcow2"));
+        let n =
+            parse_netdev("tap,id=n0,ifname=tap0,script=no,downscript=no,x-virtio-version-1=off")
+                .unwrap();
         assert!(!n.version_1);
-        assert!(parse_netdev("user,id=n0").unwrap_err().to_string().contains("tap"));
-        assert!(parse_chardev("file,id=c0").unwrap_err().to_string().contains("path"));
+        assert!(parse_netdev("user,id=n0")
+            .unwrap_err()
+            .to_string()
+            .contains("tap"));
+        assert!(parse_chardev("file,id=c0")
+            .unwrap_err()
+            .to_string()
+            .contains("path"));
     }
 }

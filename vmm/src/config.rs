@@ -37,8 +37,13 @@ pub enum Incoming {
 pub struct DeviceConfig {
     pub id: Option<String>,
     pub props: Props,
-    /// For PCI functions on the root bus: slot << 3 | function.
+    /// For PCI functions: slot << 3 | function on bus `bus`.
     pub devfn: Option<u8>,
+    /// The PCI bus number: 0 for the root bus, the secondary bus of the
+    /// root port the device sits behind otherwise.
+    pub bus: u8,
+    /// The `bus=` as given (the root bus's name when none was).
+    pub bus_name: String,
 }
 
 impl DeviceConfig {
@@ -124,26 +129,59 @@ fn parse_devices(
             }
         }
         let is_pci = model::types::is_a(ty, "pci-device");
-        if let Some(b) = &bus {
-            if !is_pci || b != ROOT_BUS {
-                bail!("bus '{b}' for {ty} not found: the board has one bus for PCI devices, {ROOT_BUS}");
-            }
-        }
+        // Root ports get secondary bus numbers 1, 2, ... in order, as
+        // firmware would number them.
+        let ports: Vec<&DeviceConfig> = out
+            .iter()
+            .filter(|d| d.props.type_name == "pcie-root-port")
+            .collect();
+        let bus_nr = match &bus {
+            None => 0,
+            Some(b) if is_pci && b == ROOT_BUS => 0,
+            Some(b) if is_pci => match ports
+                .iter()
+                .position(|p| p.id.as_deref() == Some(b.as_str()))
+            {
+                Some(i) => i as u8 + 1,
+                None => {
+                    let names: Vec<String> = std::iter::once(ROOT_BUS.to_string())
+                        .chain(ports.iter().filter_map(|p| p.id.clone()))
+                        .collect();
+                    bail!("bus '{b}' for {ty} not found; PCI buses so far: {} (a root port must come before the devices on it)", names.join(", "));
+                }
+            },
+            Some(b) => bail!("bus '{b}' for {ty} not found: {ty} does not sit on a PCI bus"),
+        };
         let devfn = match props.get("addr").map(|r| &r.value) {
             Some(Value::Devfn(d)) => Some(*d),
             _ => None,
         };
+        if bus_nr != 0 && ty == "pcie-root-port" {
+            bail!("pcie-root-port goes on {ROOT_BUS}, not behind another port");
+        }
+        if bus_nr != 0 && devfn.is_some_and(|d| d >> 3 != 0) {
+            bail!(
+                "{ty} on {}: a PCIe port has one slot, 0 (addr=0 or addr=0.FN)",
+                bus.as_deref().unwrap_or("")
+            );
+        }
         out.push(DeviceConfig {
             id,
             props,
-            devfn: if is_pci { devfn } else { None },
+            devfn: if is_pci {
+                devfn.or((bus_nr != 0).then_some(0))
+            } else {
+                None
+            },
+            bus: bus_nr,
+            bus_name: bus.unwrap_or_else(|| ROOT_BUS.to_string()),
         });
     }
     // PCI addresses: the host bridge holds 00.0; explicit ones first, then
     // the first free slot for the others.
-    let mut taken: Vec<(u8, String)> = vec![(0, "the host bridge".to_string())];
+    let mut taken: Vec<(u16, String)> = vec![(0, "the host bridge".to_string())];
     for d in out.iter().filter(|d| d.devfn.is_some()) {
-        let devfn = d.devfn.unwrap_or_default();
+        let devfn = (d.bus as u16) << 8 | d.devfn.unwrap_or_default() as u16;
         if let Some((_, by)) = taken.iter().find(|t| t.0 == devfn) {
             bail!(
                 "PCI address {:02x}.{} for {} is already taken by {by}",
@@ -157,10 +195,10 @@ fn parse_devices(
     for d in out.iter_mut() {
         if d.devfn.is_none() && model::types::is_a(d.props.type_name, "pci-device") {
             let slot = (1u8..32)
-                .find(|s| !taken.iter().any(|t| t.0 >> 3 == *s))
+                .find(|s| !taken.iter().any(|t| t.0 >> 3 == *s as u16))
                 .ok_or_else(|| anyhow!("no free PCI slot left on {ROOT_BUS} for {}", d.name()))?;
             d.devfn = Some(slot << 3);
-            taken.push((slot << 3, d.name()));
+            taken.push(((slot as u16) << 3, d.name()));
         }
     }
     // Root ports: chassis/slot pairs are unique, as in QEMU.
@@ -211,7 +249,7 @@ pub fn print_config(c: &VmConfig) -> String {
                 .collect();
             let mut o = serde_json::json!({"id": d.id, "type": d.props.type_name, "properties": props});
             if let Some(devfn) = d.devfn {
-                o["bus"] = ROOT_BUS.into();
+                o["bus"] = d.bus_name.clone().into();
                 o["addr"] = format!("{:02x}.{}", devfn >> 3, devfn & 7).into();
             }
             o

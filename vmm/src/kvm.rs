@@ -1,8 +1,7 @@
 //! The KVM backend of the hypervisor interface (x86_64).
 
-use devices::virtio::Doorbell;
-use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use crate::hypervisor::{Blobs, Error, Exit, ExitHandler, Vcpu, Vm, X86BootState};
+use devices::virtio::Doorbell;
 use kvm_bindings::{
     kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_state2,
     kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs, KVM_IRQCHIP_IOAPIC,
@@ -12,6 +11,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
+use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 

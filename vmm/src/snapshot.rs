@@ -379,7 +379,8 @@ pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
                         .ok_or_else(|| anyhow!("acpi-pm: bad state"))?
                 }
                 s => {
-                    let (bdf, _) = parse_bdf(s).ok_or_else(|| anyhow!("bad PCI section name '{s}'"))?;
+                    let (bdf, _) =
+                        parse_bdf(s).ok_or_else(|| anyhow!("bad PCI section name '{s}'"))?;
                     let mut root = p.pci.lock().expect("pci lock");
                     let f = root.function_mut(bdf).ok_or_else(|| {
                         anyhow!("the stream has a PCI function at {bdf} that this VM does not")

@@ -301,77 +301,85 @@ fn add_virtio_devices(
             .ok_or_else(|| anyhow!("{ty} without a PCI address"))?;
         let name = match &d.id {
             Some(id) => format!("{ty} '{id}'"),
-            None => format!("{ty} at 00:{:02x}.{}", devfn >> 3, devfn & 7),
+            None => format!("{ty} at {:02x}:{:02x}.{}", d.bus, devfn >> 3, devfn & 7),
         };
         let prop = |p: &str| d.props.str(p).unwrap_or_default();
-        let (dev, vmstate): (Box<dyn VirtioDevice>, &'static migration::vmstate::Description) =
-            match ty {
-                "virtio-blk-pci" => {
-                    let drive = cfg
-                        .backends
-                        .drives
-                        .iter()
-                        .find(|x| x.id == prop("drive"))
-                        .ok_or_else(|| anyhow!("{name}: drive '{}' not found", prop("drive")))?;
-                    let nq = match d.props.uint("num-queues").unwrap_or(1) {
-                        0xffff => cfg.vcpus as u16,
-                        n => n as u16,
-                    };
-                    let blk = virtio::blk::Blk::new(virtio::blk::BlkConfig {
-                        path: drive.path.clone(),
-                        read_only: drive.read_only,
-                        num_queues: nq,
-                        queue_size: d.props.uint("queue-size").unwrap_or(256) as u16,
-                        serial: prop("serial"),
-                        version_1: drive.version_1,
-                    })
-                    .with_context(|| name.clone())?;
-                    (Box::new(blk), &virtio::blk::PCI_VMSTATE)
-                }
-                "virtio-net-pci" => {
-                    let nd = cfg
-                        .backends
-                        .netdevs
-                        .iter()
-                        .find(|x| x.id == prop("netdev"))
-                        .ok_or_else(|| anyhow!("{name}: netdev '{}' not found", prop("netdev")))?;
-                    let tap = virtio::net::Tap::open(&nd.ifname).with_context(|| name.clone())?;
-                    let mac = match prop("mac").as_str() {
+        let (dev, vmstate): (
+            Box<dyn VirtioDevice>,
+            &'static migration::vmstate::Description,
+        ) = match ty {
+            "virtio-blk-pci" => {
+                let drive = cfg
+                    .backends
+                    .drives
+                    .iter()
+                    .find(|x| x.id == prop("drive"))
+                    .ok_or_else(|| anyhow!("{name}: drive '{}' not found", prop("drive")))?;
+                let nq = match d.props.uint("num-queues").unwrap_or(1) {
+                    0xffff => cfg.vcpus as u16,
+                    n => n as u16,
+                };
+                let blk = virtio::blk::Blk::new(virtio::blk::BlkConfig {
+                    path: drive.path.clone(),
+                    read_only: drive.read_only,
+                    num_queues: nq,
+                    queue_size: d.props.uint("queue-size").unwrap_or(256) as u16,
+                    serial: prop("serial"),
+                    version_1: drive.version_1,
+                })
+                .with_context(|| name.clone())?;
+                (Box::new(blk), &virtio::blk::PCI_VMSTATE)
+            }
+            "virtio-net-pci" => {
+                let nd = cfg
+                    .backends
+                    .netdevs
+                    .iter()
+                    .find(|x| x.id == prop("netdev"))
+                    .ok_or_else(|| anyhow!("{name}: netdev '{}' not found", prop("netdev")))?;
+                let tap = virtio::net::Tap::open(&nd.ifname).with_context(|| name.clone())?;
+                let mac = match prop("mac").as_str() {
                         "" => [0x52, 0x54, 0, 0x12, 0x34, 0x56 + nics],
                         m => parse_mac(m).ok_or_else(|| {
                             anyhow!("{name}: invalid mac '{m}': expected six hex bytes like 52:54:00:12:34:56")
                         })?,
                     };
-                    nics += 1;
-                    (
-                        Box::new(virtio::net::Net::new(tap, mac, nd.version_1)),
-                        &virtio::net::PCI_VMSTATE,
-                    )
-                }
-                "virtio-rng-pci" => (Box::new(virtio::rng::Rng::new()), &virtio::rng::PCI_VMSTATE),
-                "virtio-serial-pci" => {
-                    let out: Box<dyn Write + Send> = match consoles.get(serials) {
-                        Some(c) => {
-                            let id = c.props.str("chardev").unwrap_or_default();
-                            match cfg.backends.chardevs.iter().find(|x| x.id == id).map(|x| &x.kind) {
-                                Some(crate::backends::ChardevKind::File(p)) => Box::new(
-                                    File::create(p).with_context(|| {
-                                        format!("chardev '{id}': cannot create {}", p.display())
-                                    })?,
-                                ),
-                                _ => Box::new(std::io::sink()),
+                nics += 1;
+                (
+                    Box::new(virtio::net::Net::new(tap, mac, nd.version_1)),
+                    &virtio::net::PCI_VMSTATE,
+                )
+            }
+            "virtio-rng-pci" => (Box::new(virtio::rng::Rng::new()), &virtio::rng::PCI_VMSTATE),
+            "virtio-serial-pci" => {
+                let out: Box<dyn Write + Send> = match consoles.get(serials) {
+                    Some(c) => {
+                        let id = c.props.str("chardev").unwrap_or_default();
+                        match cfg
+                            .backends
+                            .chardevs
+                            .iter()
+                            .find(|x| x.id == id)
+                            .map(|x| &x.kind)
+                        {
+                            Some(crate::backends::ChardevKind::File(p)) => {
+                                Box::new(File::create(p).with_context(|| {
+                                    format!("chardev '{id}': cannot create {}", p.display())
+                                })?)
                             }
+                            _ => Box::new(std::io::sink()),
                         }
-                        None => Box::new(std::io::sink()),
-                    };
-                    serials += 1;
-                    (
-                        Box::new(virtio::console::Console::new(out)),
-                        &virtio::console::PCI_VMSTATE,
-                    )
-                }
-                _ => bail!("{ty} is not implemented"),
-            };
+                    }
+                    None => Box::new(std::io::sink()),
+                };
+                serials += 1;
+                (
+                    Box::new(virtio::console::Console::new(out)),
+                    &virtio::console::PCI_VMSTATE,
+                )
+            }
+            _ => bail!("{ty} is not implemented"),
+        };
         let queues = dev.queue_sizes().len() as u64;
         let vectors = match d.props.uint("vectors").unwrap_or(u32::MAX as u64) {
             v if v == u32::MAX as u64 => queues + 1,
@@ -385,14 +393,14 @@ fn add_virtio_devices(
             },
             disable_modern: d.props.bool("disable-modern").unwrap_or(false),
             ignore_backend_features: d.props.bool("x-ignore-backend-features").unwrap_or(false),
-            on_pcie_port: false,
+            on_pcie_port: d.bus != 0,
             vectors: u16::try_from(vectors).unwrap_or(u16::MAX),
             page_per_vq: d.props.bool("page-per-vq").unwrap_or(false),
             // PIRQ E-H style: GSIs 16-23 by slot.
             intx_gsi: 16 + ((devfn >> 3) & 7) as u32,
         };
         let f = virtio::pci::VirtioPci::new(name, dev, &tc, ops.clone(), mem.clone(), vmstate)?;
-        root.add(Bdf::new(0, devfn >> 3, devfn & 7), Box::new(f))?;
+        root.add(Bdf::new(d.bus, devfn >> 3, devfn & 7), Box::new(f))?;
     }
     Ok(())
 }
@@ -426,8 +434,18 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
         // Transparent huge pages where the host allows them (as QEMU does):
         // fewer faults and TLB misses for the guest and for device copies.
         // SAFETY: advice on a mapping `mem` owns; no memory is changed.
-        if unsafe { libc::madvise(host as *mut libc::c_void, r.len() as usize, libc::MADV_HUGEPAGE) } != 0 {
-            log::debug!("guest memory: MADV_HUGEPAGE refused: {}", std::io::Error::last_os_error());
+        if unsafe {
+            libc::madvise(
+                host as *mut libc::c_void,
+                r.len() as usize,
+                libc::MADV_HUGEPAGE,
+            )
+        } != 0
+        {
+            log::debug!(
+                "guest memory: MADV_HUGEPAGE refused: {}",
+                std::io::Error::last_os_error()
+            );
         }
         // SAFETY: `mem` owns the mapping and lives in the Board as long as the VM.
         unsafe { vm.add_memory(slot as u32, r.start_addr().0, r.len(), host) }?;
@@ -502,7 +520,11 @@ fn build(cfg: &VmConfig, events: Sender<Control>, gate: Arc<RunGate>, gen: u64) 
     io.insert(
         PCI_IO_START,
         0x1_0000 - PCI_IO_START,
-        Arc::new(Mutex::new(BarWindow::new(root.clone(), Space::Io, PCI_IO_START))),
+        Arc::new(Mutex::new(BarWindow::new(
+            root.clone(),
+            Space::Io,
+            PCI_IO_START,
+        ))),
     )?;
     mmio.insert(
         layout::PCI_MMIO32_START,
@@ -1068,7 +1090,7 @@ impl qmp::commands::Target for Session<'_> {
                     .cfg
                     .devices
                     .iter()
-                    .find(|d| d.devfn == Some(devfn))
+                    .find(|d| d.devfn == Some(devfn) && d.bus == (bdf.0 >> 8) as u8)
                     .and_then(|d| d.id.clone());
                 let (bus, slot, func) = ((bdf.0 >> 8) as u8, devfn >> 3, devfn & 7);
                 qmp::commands::PciInfo {

@@ -124,7 +124,11 @@ impl ConfigSpace {
         self.set_wmask_u32(off, low_mask);
         if let super::BarKind::Mem64 { .. } = kind {
             self.set_u32(off + 4, 0);
-            let hi = if size >> 32 == 0 { 0xffff_ffff } else { !((size >> 32) as u32 - 1) };
+            let hi = if size >> 32 == 0 {
+                0xffff_ffff
+            } else {
+                !((size >> 32) as u32 - 1)
+            };
             self.set_wmask_u32(off + 4, hi);
         }
     }
@@ -136,7 +140,9 @@ impl ConfigSpace {
         match kind {
             super::BarKind::Io => (lo & !0x3) as u64,
             super::BarKind::Mem32 => (lo & !0xf) as u64,
-            super::BarKind::Mem64 { .. } => (self.read(off + 4, 4) as u64) << 32 | (lo & !0xf) as u64,
+            super::BarKind::Mem64 { .. } => {
+                (self.read(off + 4, 4) as u64) << 32 | (lo & !0xf) as u64
+            }
         }
     }
 

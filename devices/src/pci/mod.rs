@@ -112,7 +112,8 @@ pub fn config_load_error(
     };
     LoadError::Config {
         device: device.to_string(),
-        register: register_name(m.offset).map_or_else(|| format!("at {:#x}", m.offset), str::to_string),
+        register: register_name(m.offset)
+            .map_or_else(|| format!("at {:#x}", m.offset), str::to_string),
         offset: m.offset,
         stream: m.stream,
         local: m.local,
@@ -290,14 +291,24 @@ impl BarWindow {
 impl BusDevice for BarWindow {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let addr = self.base + offset;
-        if !self.root.lock().expect("pci lock").bar_read(self.space, addr, data) {
+        if !self
+            .root
+            .lock()
+            .expect("pci lock")
+            .bar_read(self.space, addr, data)
+        {
             data.fill(0xff);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let addr = self.base + offset;
-        if !self.root.lock().expect("pci lock").bar_write(self.space, addr, data) {
+        if !self
+            .root
+            .lock()
+            .expect("pci lock")
+            .bar_write(self.space, addr, data)
+        {
             log::debug!("write to {:?} {addr:#x}: no BAR there", self.space);
         }
     }

@@ -76,10 +76,16 @@ impl Blk {
             .read(true)
             .write(!cfg.read_only)
             .open(&cfg.path)
-            .map_err(|err| Error::Open { path: path.clone(), err })?;
+            .map_err(|err| Error::Open {
+                path: path.clone(),
+                err,
+            })?;
         let len = file
             .metadata()
-            .map_err(|err| Error::Open { path: path.clone(), err })?
+            .map_err(|err| Error::Open {
+                path: path.clone(),
+                err,
+            })?
             .len();
         if len % SECTOR != 0 {
             return Err(Error::NotSectors { path, len });
@@ -107,11 +113,20 @@ impl Blk {
         gather(mem, &readable, &mut hdr)?;
         let ty = u32::from_le_bytes(hdr[0..4].try_into().unwrap_or_default());
         let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
-        let (data_in, status) = split_status(&writable)
-            .ok_or_else(|| GuestError(format!("request at descriptor {} has no status byte", chain.head)))?;
+        let (data_in, status) = split_status(&writable).ok_or_else(|| {
+            GuestError(format!(
+                "request at descriptor {} has no status byte",
+                chain.head
+            ))
+        })?;
         let data_out = skip(&readable, 16);
         let len = |b: &[Buf]| b.iter().map(|b| b.len as u64).sum::<u64>();
-        let in_range = |n: u64| n % SECTOR == 0 && sector.checked_add(n / SECTOR).is_some_and(|e| e <= self.sectors);
+        let in_range = |n: u64| {
+            n % SECTOR == 0
+                && sector
+                    .checked_add(n / SECTOR)
+                    .is_some_and(|e| e <= self.sectors)
+        };
         let fd = self.file.as_raw_fd();
         let (st, written) = match ty {
             T_IN if in_range(len(&data_in)) => {
@@ -136,7 +151,10 @@ impl Blk {
                 }
             }
             T_IN | T_OUT => {
-                log::warn!("{}: request beyond the end of the drive (sector {sector})", self.cfg.path.display());
+                log::warn!(
+                    "{}: request beyond the end of the drive (sector {sector})",
+                    self.cfg.path.display()
+                );
                 (S_IOERR, 0)
             }
             T_FLUSH => match self.file.sync_data() {
@@ -172,7 +190,9 @@ fn gather(mem: &Memory, bufs: &[Buf], out: &mut [u8]) -> Result<(), GuestError> 
         done += n;
     }
     if done < out.len() {
-        return Err(GuestError(format!("request header is {done} bytes, not 16")));
+        return Err(GuestError(format!(
+            "request header is {done} bytes, not 16"
+        )));
     }
     Ok(())
 }
@@ -285,7 +305,11 @@ pub static VMSTATE: Description = Description {
     name: "virtio-blk-device",
     version_id: 1,
     minimum_version_id: 1,
-    fields: &[Field { name: "capacity", kind: Kind::U64, since: 0 }],
+    fields: &[Field {
+        name: "capacity",
+        kind: Kind::U64,
+        since: 0,
+    }],
     subsections: &[],
 };
 

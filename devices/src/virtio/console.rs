@@ -14,7 +14,11 @@ pub struct Console {
 
 impl Console {
     pub fn new(out: Box<dyn Write + Send>) -> Console {
-        Console { out, cols: 80, rows: 25 }
+        Console {
+            out,
+            cols: 80,
+            rows: 25,
+        }
     }
 }
 
@@ -81,8 +85,16 @@ pub static VMSTATE: Description = Description {
     version_id: 1,
     minimum_version_id: 1,
     fields: &[
-        Field { name: "cols", kind: Kind::U16, since: 0 },
-        Field { name: "rows", kind: Kind::U16, since: 0 },
+        Field {
+            name: "cols",
+            kind: Kind::U16,
+            since: 0,
+        },
+        Field {
+            name: "rows",
+            kind: Kind::U16,
+            since: 0,
+        },
     ],
     subsections: &[],
 };

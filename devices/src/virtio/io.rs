@@ -51,7 +51,12 @@ type Slice<'a> = VolatileSlice<'a, BS<'a, AtomicBitmap>>;
 /// The host mappings of guest range [addr, addr+len).
 fn slices(mem: &Memory, addr: GuestAddress, len: usize) -> Result<Vec<Slice<'_>>, GuestError> {
     let v: Result<Vec<_>, _> = mem.get_slices(addr, len).collect();
-    v.map_err(|e| GuestError(format!("buffer {:#x}+{len:#x} is not guest RAM: {e}", addr.0)))
+    v.map_err(|e| {
+        GuestError(format!(
+            "buffer {:#x}+{len:#x} is not guest RAM: {e}",
+            addr.0
+        ))
+    })
 }
 
 /// Reads `dst.len()` bytes of guest memory at `addr`.
@@ -82,7 +87,10 @@ impl From<GuestError> for XferError {
 }
 
 /// The iovecs of `bufs` (and the slices, to mark dirty afterwards).
-fn iovecs<'a>(mem: &'a Memory, bufs: &[Buf]) -> Result<(Vec<libc::iovec>, Vec<Slice<'a>>), GuestError> {
+fn iovecs<'a>(
+    mem: &'a Memory,
+    bufs: &[Buf],
+) -> Result<(Vec<libc::iovec>, Vec<Slice<'a>>), GuestError> {
     let mut iov = vec![];
     let mut all = vec![];
     for b in bufs {
@@ -159,7 +167,8 @@ pub fn transfer(mem: &Memory, fd: RawFd, bufs: &[Buf], op: Op) -> Result<usize, 
                 first += 1;
             } else {
                 // SAFETY: advancing inside the same mapped buffer.
-                iov[first].iov_base = unsafe { (iov[first].iov_base as *mut u8).add(skip) } as *mut _;
+                iov[first].iov_base =
+                    unsafe { (iov[first].iov_base as *mut u8).add(skip) } as *mut _;
                 iov[first].iov_len -= skip;
                 skip = 0;
             }

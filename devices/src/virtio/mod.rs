@@ -131,14 +131,46 @@ static QUEUE: Description = Description {
     version_id: 1,
     minimum_version_id: 1,
     fields: &[
-        Field { name: "size", kind: Kind::U16, since: 0 },
-        Field { name: "ready", kind: Kind::Bool, since: 0 },
-        Field { name: "desc", kind: Kind::U64, since: 0 },
-        Field { name: "avail", kind: Kind::U64, since: 0 },
-        Field { name: "used", kind: Kind::U64, since: 0 },
-        Field { name: "last_avail_idx", kind: Kind::U16, since: 0 },
-        Field { name: "used_idx", kind: Kind::U16, since: 0 },
-        Field { name: "vector", kind: Kind::U16, since: 0 },
+        Field {
+            name: "size",
+            kind: Kind::U16,
+            since: 0,
+        },
+        Field {
+            name: "ready",
+            kind: Kind::Bool,
+            since: 0,
+        },
+        Field {
+            name: "desc",
+            kind: Kind::U64,
+            since: 0,
+        },
+        Field {
+            name: "avail",
+            kind: Kind::U64,
+            since: 0,
+        },
+        Field {
+            name: "used",
+            kind: Kind::U64,
+            since: 0,
+        },
+        Field {
+            name: "last_avail_idx",
+            kind: Kind::U16,
+            since: 0,
+        },
+        Field {
+            name: "used_idx",
+            kind: Kind::U16,
+            since: 0,
+        },
+        Field {
+            name: "vector",
+            kind: Kind::U16,
+            since: 0,
+        },
     ],
     subsections: &[],
 };
@@ -147,7 +179,11 @@ static BROKEN: Description = Description {
     name: "virtio/broken",
     version_id: 1,
     minimum_version_id: 1,
-    fields: &[Field { name: "broken", kind: Kind::Bool, since: 0 }],
+    fields: &[Field {
+        name: "broken",
+        kind: Kind::Bool,
+        since: 0,
+    }],
     subsections: &[],
 };
 
@@ -155,7 +191,11 @@ static DEVICE_ENDIAN: Description = Description {
     name: "virtio/device_endian",
     version_id: 1,
     minimum_version_id: 1,
-    fields: &[Field { name: "device_endian", kind: Kind::U8, since: 0 }],
+    fields: &[Field {
+        name: "device_endian",
+        kind: Kind::U8,
+        since: 0,
+    }],
     subsections: &[],
 };
 
@@ -171,20 +211,58 @@ pub static VMSTATE: Description = Description {
     version_id: 1,
     minimum_version_id: 1,
     fields: &[
-        Field { name: "status", kind: Kind::U8, since: 0 },
-        Field { name: "isr", kind: Kind::U8, since: 0 },
-        Field { name: "queue_sel", kind: Kind::U16, since: 0 },
-        Field { name: "guest_features", kind: Kind::U64, since: 0 },
-        Field { name: "config_vector", kind: Kind::U16, since: 0 },
-        Field { name: "config_generation", kind: Kind::U8, since: 0 },
-        Field { name: "num_queues", kind: Kind::U16, since: 0 },
-        Field { name: "queues", kind: Kind::Struct(&QUEUES), since: 0 },
+        Field {
+            name: "status",
+            kind: Kind::U8,
+            since: 0,
+        },
+        Field {
+            name: "isr",
+            kind: Kind::U8,
+            since: 0,
+        },
+        Field {
+            name: "queue_sel",
+            kind: Kind::U16,
+            since: 0,
+        },
+        Field {
+            name: "guest_features",
+            kind: Kind::U64,
+            since: 0,
+        },
+        Field {
+            name: "config_vector",
+            kind: Kind::U16,
+            since: 0,
+        },
+        Field {
+            name: "config_generation",
+            kind: Kind::U8,
+            since: 0,
+        },
+        Field {
+            name: "num_queues",
+            kind: Kind::U16,
+            since: 0,
+        },
+        Field {
+            name: "queues",
+            kind: Kind::Struct(&QUEUES),
+            since: 0,
+        },
     ],
     subsections: &[
-        Subsection { desc: &BROKEN, needed: |st| st.uint("broken") == Some(1) },
+        Subsection {
+            desc: &BROKEN,
+            needed: |st| st.uint("broken") == Some(1),
+        },
         Subsection {
             desc: &DEVICE_ENDIAN,
-            needed: |st| st.uint("device_endian").is_some_and(|e| e != ENDIAN_LITTLE as u64),
+            needed: |st| {
+                st.uint("device_endian")
+                    .is_some_and(|e| e != ENDIAN_LITTLE as u64)
+            },
         },
     ],
 };
@@ -194,7 +272,11 @@ static QUEUES: Description = Description {
     name: "virtqueues",
     version_id: 1,
     minimum_version_id: 1,
-    fields: &[Field { name: "q", kind: Kind::Array(&QUEUE_KIND, MAX_QUEUES), since: 0 }],
+    fields: &[Field {
+        name: "q",
+        kind: Kind::Array(&QUEUE_KIND, MAX_QUEUES),
+        since: 0,
+    }],
     subsections: &[],
 };
 static QUEUE_KIND: Kind = Kind::Struct(&QUEUE);
@@ -293,7 +375,10 @@ impl Common {
             .set("queue_sel", Val::Uint(self.queue_sel as u64))
             .set("guest_features", Val::Uint(self.driver_features))
             .set("config_vector", Val::Uint(self.config_vector as u64))
-            .set("config_generation", Val::Uint(self.config_generation as u64))
+            .set(
+                "config_generation",
+                Val::Uint(self.config_generation as u64),
+            )
             .set("num_queues", Val::Uint(self.queues.len() as u64))
             .set("queues", Val::Struct(queues));
         // Inputs of the subsections' `needed`, not fields of the section.
@@ -317,10 +402,16 @@ impl Common {
                 self.queues.len()
             ));
         }
-        if let Some((_, sub)) = st.subsections.iter().find(|s| s.0 == "virtio/device_endian") {
+        if let Some((_, sub)) = st
+            .subsections
+            .iter()
+            .find(|s| s.0 == "virtio/device_endian")
+        {
             let e = u(sub, "device_endian")?;
             if e != ENDIAN_LITTLE as u64 {
-                return Err(format!("the stream's device is big-endian ({e}); vmm devices are little-endian"));
+                return Err(format!(
+                    "the stream's device is big-endian ({e}); vmm devices are little-endian"
+                ));
             }
         }
         let Some(Val::Struct(qs)) = st.get("queues") else {
@@ -375,7 +466,11 @@ mod tests {
     use super::*;
     use migration::stream::{Reader, Record, Writer};
 
-    fn roundtrip(desc: &'static Description, st: &State, reader_desc: &'static Description) -> Result<State, String> {
+    fn roundtrip(
+        desc: &'static Description,
+        st: &State,
+        reader_desc: &'static Description,
+    ) -> Result<State, String> {
         let mut w = Writer::new(Vec::new(), "pc-q35-10.0").unwrap();
         w.section("0000:00:03.0/virtio-rng", 0, desc, st).unwrap();
         let bytes = w.finish().unwrap();

@@ -31,8 +31,16 @@ pub static VMSTATE: Description = Description {
     version_id: 1,
     minimum_version_id: 1,
     fields: &[
-        Field { name: "table", kind: Kind::Buffer(MAX_VECTORS as usize * ENTRY), since: 0 },
-        Field { name: "pba", kind: Kind::Array(&VMSTATE_TABLE, MAX_VECTORS as usize / 8), since: 0 },
+        Field {
+            name: "table",
+            kind: Kind::Buffer(MAX_VECTORS as usize * ENTRY),
+            since: 0,
+        },
+        Field {
+            name: "pba",
+            kind: Kind::Array(&VMSTATE_TABLE, MAX_VECTORS as usize / 8),
+            since: 0,
+        },
     ],
     subsections: &[],
 };
@@ -110,7 +118,12 @@ impl Msix {
             let base = (offset - PBA_OFFSET) as usize * 8;
             for (i, b) in data.iter_mut().enumerate() {
                 *b = (0..8)
-                    .filter(|bit| self.pending.get(base + i * 8 + bit).copied().unwrap_or(false))
+                    .filter(|bit| {
+                        self.pending
+                            .get(base + i * 8 + bit)
+                            .copied()
+                            .unwrap_or(false)
+                    })
                     .fold(0u8, |acc, bit| acc | 1 << bit);
             }
         }
@@ -149,7 +162,8 @@ impl Msix {
             })
             .collect();
         let mut st = State::default();
-        st.set("table", Val::Bytes(table)).set("pba", Val::Array(pba));
+        st.set("table", Val::Bytes(table))
+            .set("pba", Val::Array(pba));
         st
     }
 

@@ -98,7 +98,9 @@ impl Net {
             let bufs: Vec<Buf> = chain.writable().copied().collect();
             let room: u64 = bufs.iter().map(|b| b.len as u64).sum();
             if room < self.hdr_len as u64 {
-                return Err(GuestError(format!("receive buffer of {room} bytes cannot hold the header")));
+                return Err(GuestError(format!(
+                    "receive buffer of {room} bytes cannot hold the header"
+                )));
             }
             let data = skip(&bufs, self.hdr_len as u64);
             match io::transfer(mem, self.tap.file.as_raw_fd(), &data, Op::Readv) {
@@ -232,7 +234,11 @@ pub static VMSTATE: Description = Description {
     name: "virtio-net-device",
     version_id: 1,
     minimum_version_id: 1,
-    fields: &[Field { name: "mac", kind: Kind::Buffer(6), since: 0 }],
+    fields: &[Field {
+        name: "mac",
+        kind: Kind::Buffer(6),
+        since: 0,
+    }],
     subsections: &[],
 };
 

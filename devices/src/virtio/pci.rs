@@ -63,16 +63,26 @@ pub struct TransportConfig {
 pub enum Error {
     #[error("{device}: disable-legacy=on, but the backend does not support VIRTIO_F_VERSION_1, so the device would have no interface left (use disable-legacy=off, or x-ignore-backend-features=on to expose modern anyway)")]
     ModernOnlyWithoutVersion1 { device: String },
-    #[error("{device}: disable-legacy=on and disable-modern=on leave the device without an interface")]
+    #[error(
+        "{device}: disable-legacy=on and disable-modern=on leave the device without an interface"
+    )]
     NoTransport { device: String },
     #[error("{device}: vectors={vectors} is more than the {max} MSI-X vectors vmm supports")]
-    TooManyVectors { device: String, vectors: u16, max: u16 },
+    TooManyVectors {
+        device: String,
+        vectors: u16,
+        max: u16,
+    },
     #[error("{device}: cannot start the device thread: {err}")]
     Worker { device: String, err: String },
 }
 
 /// Which interfaces a device exposes: (legacy, modern).
-pub fn transports(device: &str, tc: &TransportConfig, backend_version_1: bool) -> Result<(bool, bool), Error> {
+pub fn transports(
+    device: &str,
+    tc: &TransportConfig,
+    backend_version_1: bool,
+) -> Result<(bool, bool), Error> {
     let legacy = match tc.disable_legacy {
         Some(d) => !d,
         None => !tc.on_pcie_port,
@@ -80,13 +90,17 @@ pub fn transports(device: &str, tc: &TransportConfig, backend_version_1: bool) -
     let mut modern = !tc.disable_modern;
     if modern && !backend_version_1 && !tc.ignore_backend_features {
         if !legacy {
-            return Err(Error::ModernOnlyWithoutVersion1 { device: device.into() });
+            return Err(Error::ModernOnlyWithoutVersion1 {
+                device: device.into(),
+            });
         }
         log::info!("{device}: the backend lacks VIRTIO_F_VERSION_1: legacy interface only");
         modern = false;
     }
     if !legacy && !modern {
-        return Err(Error::NoTransport { device: device.into() });
+        return Err(Error::NoTransport {
+            device: device.into(),
+        });
     }
     Ok((legacy, modern))
 }
@@ -161,7 +175,10 @@ impl Shared {
         }
         if let Err(e) = r {
             // QEMU's virtio_error: stop, tell the driver, keep the VM.
-            log::error!("{}: {e}; the device stops until the driver resets it", self.name);
+            log::error!(
+                "{}: {e}; the device stops until the driver resets it",
+                self.name
+            );
             common.broken = true;
             common.status |= S_NEEDS_RESET;
             common.config_generation = common.config_generation.wrapping_add(1);
@@ -234,7 +251,11 @@ impl VirtioPci {
         let features = dev.features();
         let (legacy, modern) = transports(&name, tc, features & F_VERSION_1 != 0)?;
         if tc.vectors > msix::MAX_VECTORS {
-            return Err(Error::TooManyVectors { device: name, vectors: tc.vectors, max: msix::MAX_VECTORS });
+            return Err(Error::TooManyVectors {
+                device: name,
+                vectors: tc.vectors,
+                max: msix::MAX_VECTORS,
+            });
         }
         let ty = dev.device_type();
         let sizes = dev.queue_sizes();
@@ -277,16 +298,28 @@ impl VirtioPci {
         };
         if legacy {
             let size = (24 + config_len).next_power_of_two().max(64);
-            bars.push(BarDecl { index: BAR_LEGACY, kind: BarKind::Io, size });
+            bars.push(BarDecl {
+                index: BAR_LEGACY,
+                kind: BarKind::Io,
+                size,
+            });
         }
         if tc.vectors > 0 {
-            bars.push(BarDecl { index: BAR_MSIX, kind: BarKind::Mem32, size: msix::BAR_SIZE });
+            bars.push(BarDecl {
+                index: BAR_MSIX,
+                kind: BarKind::Mem32,
+                size: msix::BAR_SIZE,
+            });
         }
         let notify_mul = if tc.page_per_vq { 0x1000 } else { 4 };
         if modern {
             let notify_len = notify_mul as u64 * QUEUE_MAX as u64;
             let size = (NOTIFY + notify_len).next_power_of_two();
-            bars.push(BarDecl { index: BAR_MODERN, kind: BarKind::Mem64 { prefetch: true }, size });
+            bars.push(BarDecl {
+                index: BAR_MODERN,
+                kind: BarKind::Mem64 { prefetch: true },
+                size,
+            });
         }
         for b in &bars {
             cfg.declare_bar(b.index, b.kind, b.size);
@@ -306,7 +339,14 @@ impl VirtioPci {
             vendor(&mut cfg, CAP_OFF_COMMON, CAP_COMMON, COMMON, 0x1000, 0);
             vendor(&mut cfg, CAP_OFF_ISR, CAP_ISR, ISR, 0x1000, 0);
             vendor(&mut cfg, CAP_OFF_DEVICE, CAP_DEVICE, DEVICE, 0x1000, 0);
-            vendor(&mut cfg, CAP_OFF_NOTIFY, CAP_NOTIFY, NOTIFY, notify_mul * QUEUE_MAX as u32, 4);
+            vendor(
+                &mut cfg,
+                CAP_OFF_NOTIFY,
+                CAP_NOTIFY,
+                NOTIFY,
+                notify_mul * QUEUE_MAX as u32,
+                4,
+            );
             cfg.set_u32(CAP_OFF_NOTIFY + 16, notify_mul);
             // The PCI configuration access window: the driver picks bar,
             // offset and length, then reads or writes the data word.
@@ -317,13 +357,22 @@ impl VirtioPci {
             cfg.set_wmask_u32(CAP_OFF_PCI_CFG + 8, 0xffff_ffff);
             cfg.set_wmask_u32(CAP_OFF_PCI_CFG + 12, 0xffff_ffff);
             cfg.set_wmask_u32(CAP_OFF_PCI_CFG + 16, 0xffff_ffff);
-            caps.extend([CAP_OFF_COMMON, CAP_OFF_ISR, CAP_OFF_DEVICE, CAP_OFF_NOTIFY, CAP_OFF_PCI_CFG]);
+            caps.extend([
+                CAP_OFF_COMMON,
+                CAP_OFF_ISR,
+                CAP_OFF_DEVICE,
+                CAP_OFF_NOTIFY,
+                CAP_OFF_PCI_CFG,
+            ]);
         }
         if tc.vectors > 0 {
             cfg.set_u8(CAP_OFF_MSIX, 0x11);
             cfg.set_u16(CAP_OFF_MSIX + 2, tc.vectors - 1);
             cfg.set_wmask_u16(CAP_OFF_MSIX + 2, 0xc000);
-            cfg.set_u32(CAP_OFF_MSIX + 4, msix::TABLE_OFFSET as u32 | BAR_MSIX as u32);
+            cfg.set_u32(
+                CAP_OFF_MSIX + 4,
+                msix::TABLE_OFFSET as u32 | BAR_MSIX as u32,
+            );
             cfg.set_u32(CAP_OFF_MSIX + 8, msix::PBA_OFFSET as u32 | BAR_MSIX as u32);
             caps.push(CAP_OFF_MSIX);
         }
@@ -337,7 +386,10 @@ impl VirtioPci {
         let offered = features | if modern { F_VERSION_1 } else { 0 };
         let backend = dev.backend_fd();
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner { common: Common::new(&sizes), dev }),
+            inner: Mutex::new(Inner {
+                common: Common::new(&sizes),
+                dev,
+            }),
             msix: Mutex::new(Msix::new(tc.vectors)),
             vm,
             mem,
@@ -345,12 +397,19 @@ impl VirtioPci {
             paused: AtomicBool::new(false),
             name: name.clone(),
         });
-        let err = |e: std::io::Error| Error::Worker { device: name.clone(), err: e.to_string() };
+        let err = |e: std::io::Error| Error::Worker {
+            device: name.clone(),
+            err: e.to_string(),
+        };
         let kicks: Vec<EventFd> = (0..queue_count)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<Result<_, _>>()
             .map_err(err)?;
-        let worker_kicks = kicks.iter().map(|k| k.try_clone()).collect::<Result<_, _>>().map_err(err)?;
+        let worker_kicks = kicks
+            .iter()
+            .map(|k| k.try_clone())
+            .collect::<Result<_, _>>()
+            .map_err(err)?;
         let short: String = name.chars().take(15).collect();
         let worker = Worker::spawn(short, shared.clone(), worker_kicks, backend).map_err(err)?;
         Ok(VirtioPci {
@@ -394,16 +453,30 @@ impl VirtioPci {
         if self.legacy && cmd & 1 != 0 {
             let base = self.cfg.bar_address(BAR_LEGACY, BarKind::Io);
             if base != 0 {
-                want.extend((0..self.queue_count).map(|q| (q, Doorbell::Pio { port: base as u16 + 16, queue: q as u16 })));
+                want.extend((0..self.queue_count).map(|q| {
+                    (
+                        q,
+                        Doorbell::Pio {
+                            port: base as u16 + 16,
+                            queue: q as u16,
+                        },
+                    )
+                }));
             }
         }
         if self.modern && cmd & 2 != 0 {
-            let base = self.cfg.bar_address(BAR_MODERN, BarKind::Mem64 { prefetch: true });
+            let base = self
+                .cfg
+                .bar_address(BAR_MODERN, BarKind::Mem64 { prefetch: true });
             if base != 0 {
-                want.extend(
-                    (0..self.queue_count)
-                        .map(|q| (q, Doorbell::Mmio { addr: base + NOTIFY + q as u64 * self.notify_mul as u64 })),
-                );
+                want.extend((0..self.queue_count).map(|q| {
+                    (
+                        q,
+                        Doorbell::Mmio {
+                            addr: base + NOTIFY + q as u64 * self.notify_mul as u64,
+                        },
+                    )
+                }));
             }
         }
         if want == self.doorbells {
@@ -614,7 +687,9 @@ impl VirtioPci {
                 if c.status & S_FEATURES_OK == 0 {
                     match c.driver_features_sel {
                         0 => c.driver_features = (c.driver_features & !0xffff_ffff) | v as u64,
-                        1 => c.driver_features = (c.driver_features & 0xffff_ffff) | (v as u64) << 32,
+                        1 => {
+                            c.driver_features = (c.driver_features & 0xffff_ffff) | (v as u64) << 32
+                        }
                         _ => {}
                     }
                 }
@@ -667,11 +742,21 @@ impl VirtioPci {
             COMMON..ISR if off < COMMON + COMMON_LEN as u64 => self.common_read(off, data),
             ISR..DEVICE => {
                 let mut inner = self.shared.inner.lock().expect("virtio lock");
-                let v = if off == ISR { self.shared.read_isr(&mut inner.common) } else { 0 };
+                let v = if off == ISR {
+                    self.shared.read_isr(&mut inner.common)
+                } else {
+                    0
+                };
                 data.fill(0);
                 data[0] = v;
             }
-            DEVICE..NOTIFY => self.shared.inner.lock().expect("virtio lock").dev.config_read(off - DEVICE, data),
+            DEVICE..NOTIFY => self
+                .shared
+                .inner
+                .lock()
+                .expect("virtio lock")
+                .dev
+                .config_read(off - DEVICE, data),
             _ => data.fill(0),
         }
     }
@@ -680,7 +765,13 @@ impl VirtioPci {
         match off {
             COMMON..ISR => self.common_write(off, data),
             ISR..DEVICE => {}
-            DEVICE..NOTIFY => self.shared.inner.lock().expect("virtio lock").dev.config_write(off - DEVICE, data),
+            DEVICE..NOTIFY => self
+                .shared
+                .inner
+                .lock()
+                .expect("virtio lock")
+                .dev
+                .config_write(off - DEVICE, data),
             _ => self.kick(((off - NOTIFY) / self.notify_mul as u64) as usize),
         }
     }
@@ -753,11 +844,11 @@ impl PciFunction for VirtioPci {
         self.cfg.write(offset, size, value);
         let after = self.msix_control();
         if before != after {
-            self.shared
-                .msix
-                .lock()
-                .expect("msix lock")
-                .set_control(&*self.shared.vm, after.0, after.1);
+            self.shared.msix.lock().expect("msix lock").set_control(
+                &*self.shared.vm,
+                after.0,
+                after.1,
+            );
         }
         if offset < 0x28 {
             self.update_doorbells();
@@ -771,7 +862,12 @@ impl PciFunction for VirtioPci {
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         match bar {
             BAR_LEGACY if self.legacy => self.legacy_read(offset, data),
-            BAR_MSIX if self.vectors > 0 => self.shared.msix.lock().expect("msix lock").read(offset, data),
+            BAR_MSIX if self.vectors > 0 => self
+                .shared
+                .msix
+                .lock()
+                .expect("msix lock")
+                .read(offset, data),
             BAR_MODERN if self.modern => self.modern_read(offset, data),
             _ => data.fill(0xff),
         }
@@ -782,7 +878,11 @@ impl PciFunction for VirtioPci {
             BAR_LEGACY if self.legacy => self.legacy_write(offset, data),
             BAR_MSIX if self.vectors > 0 => {
                 let vm = self.shared.vm.clone();
-                self.shared.msix.lock().expect("msix lock").write(&*vm, offset, data)
+                self.shared
+                    .msix
+                    .lock()
+                    .expect("msix lock")
+                    .write(&*vm, offset, data)
             }
             BAR_MODERN if self.modern => self.modern_write(offset, data),
             _ => {}
@@ -797,22 +897,33 @@ impl PciFunction for VirtioPci {
         let inner = self.shared.inner.lock().expect("virtio lock");
         let mut st = State::default();
         st.set("pci", Val::Struct(self.cfg.state()))
-            .set("msix", Val::Struct(self.shared.msix.lock().expect("msix lock").state()))
+            .set(
+                "msix",
+                Val::Struct(self.shared.msix.lock().expect("msix lock").state()),
+            )
             .set("virtio", Val::Struct(inner.common.state()))
             .set("device", Val::Struct(inner.dev.state()));
         st
     }
 
     fn load(&mut self, device: &str, st: &State) -> Result<(), crate::pci::LoadError> {
-        let shape = |what: String| crate::pci::LoadError::Device { device: device.to_string(), what };
+        let shape = |what: String| crate::pci::LoadError::Device {
+            device: device.to_string(),
+            what,
+        };
         let sub = |n: &str| match st.get(n) {
             Some(Val::Struct(s)) => Ok(s),
             _ => Err(shape(format!("the stream's state lacks '{n}'"))),
         };
         let pci = sub("pci")?.clone();
-        self.config_mut()
-            .load(&pci)
-            .map_err(|m| crate::pci::config_load_error(device, m, |_| None, |_, _| hint_for(self.legacy, self.modern)))?;
+        self.config_mut().load(&pci).map_err(|m| {
+            crate::pci::config_load_error(
+                device,
+                m,
+                |_| None,
+                |_, _| hint_for(self.legacy, self.modern),
+            )
+        })?;
         self.shared
             .msix
             .lock()
@@ -832,7 +943,11 @@ impl PciFunction for VirtioPci {
             }
         }
         let (en, masked) = self.msix_control();
-        self.shared.msix.lock().expect("msix lock").set_control(&*self.shared.vm, en, masked);
+        self.shared
+            .msix
+            .lock()
+            .expect("msix lock")
+            .set_control(&*self.shared.vm, en, masked);
         self.update_doorbells();
         // Buffers the source had not yet seen are served here.
         self.kick_all();
@@ -920,17 +1035,37 @@ mod tests {
     fn backend_without_version_1_gets_legacy_only_unless_ignored() {
         assert_eq!(transports("d", &tc(), true), Ok((true, true)));
         assert_eq!(transports("d", &tc(), false), Ok((true, false)));
-        let ignore = TransportConfig { ignore_backend_features: true, ..tc() };
+        let ignore = TransportConfig {
+            ignore_backend_features: true,
+            ..tc()
+        };
         assert_eq!(transports("d", &ignore, false), Ok((true, true)));
-        let modern_only = TransportConfig { disable_legacy: Some(true), ..tc() };
+        let modern_only = TransportConfig {
+            disable_legacy: Some(true),
+            ..tc()
+        };
         assert!(matches!(
             transports("d", &modern_only, false),
             Err(Error::ModernOnlyWithoutVersion1 { .. })
         ));
         assert_eq!(transports("d", &modern_only, true), Ok((false, true)));
-        let pcie = TransportConfig { on_pcie_port: true, ..tc() };
-        assert_eq!(transports("d", &pcie, true), Ok((false, true)), "auto: modern only behind a PCIe port");
-        let none = TransportConfig { disable_legacy: Some(true), disable_modern: true, ..tc() };
-        assert!(matches!(transports("d", &none, true), Err(Error::NoTransport { .. })));
+        let pcie = TransportConfig {
+            on_pcie_port: true,
+            ..tc()
+        };
+        assert_eq!(
+            transports("d", &pcie, true),
+            Ok((false, true)),
+            "auto: modern only behind a PCIe port"
+        );
+        let none = TransportConfig {
+            disable_legacy: Some(true),
+            disable_modern: true,
+            ..tc()
+        };
+        assert!(matches!(
+            transports("d", &none, true),
+            Err(Error::NoTransport { .. })
+        ));
     }
 }

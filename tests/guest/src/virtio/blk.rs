@@ -4,9 +4,9 @@
 
 use super::Dev;
 use crate::alloc::alloc;
+use crate::clock;
 use crate::cmdline::Cmdline;
 use crate::io::{read64, read8, write32, write64, write8};
-use crate::clock;
 use crate::pci::BdfFmt;
 use crate::{println, report};
 
@@ -105,14 +105,21 @@ fn big(dev: &Dev, q: &mut super::Queue, cmd: &Cmdline, capacity: u64) -> bool {
     let mb = cmd.u64("blk_mb", 0);
     let seed = cmd.u64("seed", 1);
     let start = cmd.u64("blk_big_sector", 8192);
-    let (Some(hdr), Some(data), Some(status)) = (alloc(16, 16), alloc(CHUNK as usize, 4096), alloc(1, 1)) else {
+    let (Some(hdr), Some(data), Some(status)) =
+        (alloc(16, 16), alloc(CHUNK as usize, 4096), alloc(1, 1))
+    else {
         return false;
     };
     let r = Req { hdr, data, status };
     let chunks = (mb << 20) / CHUNK;
     let per = CHUNK / 512;
     if start + chunks * per > capacity {
-        println!("virtio.{}.blk big_mb={} does_not_fit capacity={}", BdfFmt(dev.bdf), mb, capacity);
+        println!(
+            "virtio.{}.blk big_mb={} does_not_fit capacity={}",
+            BdfFmt(dev.bdf),
+            mb,
+            capacity
+        );
         return false;
     }
     let t0 = clock::now_ns(0);
@@ -169,7 +176,9 @@ fn bench(dev: &Dev, q: &mut super::Queue, cmd: &Cmdline, capacity: u64) {
     let mb = cmd.u64("bench_mb", 64).min(capacity * 512 >> 20);
     let ms = cmd.u64("bench_ms", 2000);
     let qd = (cmd.u64("bench_qd", 8) as usize).clamp(1, QD_MAX);
-    let (Some(hdr), Some(data), Some(status)) = (alloc(16, 16), alloc(SEQ as usize, 4096), alloc(1, 1)) else {
+    let (Some(hdr), Some(data), Some(status)) =
+        (alloc(16, 16), alloc(SEQ as usize, 4096), alloc(1, 1))
+    else {
         return;
     };
     let r = Req { hdr, data, status };
@@ -206,7 +215,11 @@ fn bench(dev: &Dev, q: &mut super::Queue, cmd: &Cmdline, capacity: u64) {
         write32(r.hdr + 4, 0);
         write64(r.hdr + 8, sector);
         write8(r.status, 0xff);
-        q.push(&[(r.hdr, 16, false), (r.data, 4096, true), (r.status, 1, true)])
+        q.push(&[
+            (r.hdr, 16, false),
+            (r.data, 4096, true),
+            (r.status, 1, true),
+        ])
     };
     let mut heads = [0u16; QD_MAX];
     let mut posted = 0;
@@ -278,7 +291,8 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
         *slot = dev.queue(i as u16);
     }
     let seed = cmd.u64("seed", 1);
-    let (Some(hdr), Some(data), Some(status)) = (alloc(16, 16), alloc(8 * 512, 4096), alloc(1, 1)) else {
+    let (Some(hdr), Some(data), Some(status)) = (alloc(16, 16), alloc(8 * 512, 4096), alloc(1, 1))
+    else {
         report::check("virtio.blk.io", false);
         return;
     };
@@ -294,7 +308,11 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
         println!("virtio.{}.blk read status={:?}", BdfFmt(dev.bdf), st);
         report::check("virtio.blk.io", st == Some(0));
         let wst = request(dev, q, &r, T_OUT, 0, 4096);
-        println!("virtio.{}.blk write_read_only status={:?}", BdfFmt(dev.bdf), wst);
+        println!(
+            "virtio.{}.blk write_read_only status={:?}",
+            BdfFmt(dev.bdf),
+            wst
+        );
         report::check("virtio.blk.read_only_refused", wst == Some(1));
         return;
     }
@@ -310,7 +328,12 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
             }
         }
     }
-    println!("virtio.{}.blk queues_used={} of={}", BdfFmt(dev.bdf), used, nq);
+    println!(
+        "virtio.{}.blk queues_used={} of={}",
+        BdfFmt(dev.bdf),
+        used,
+        nq
+    );
     report::check("virtio.blk.io", used == nq);
     let Some(q0) = qs[0].as_mut() else { return };
     if cmd.u64("blk_mb", 0) > 0 {

@@ -85,8 +85,13 @@ impl Dev {
     /// before this call: the device can complete during the notify; one
     /// interrupt may cover several queues of the device).
     pub fn wait_used(&self, q: &mut Queue) -> Option<(u32, u32)> {
+        self.wait_used_for(q, self.timeout_ms)
+    }
+
+    /// [`Dev::wait_used`] with its own timeout.
+    pub fn wait_used_for(&self, q: &mut Queue, timeout_ms: u64) -> Option<(u32, u32)> {
         let t0 = clock::now_ns(0);
-        let timed_out = || clock::now_ns(0) - t0 > self.timeout_ms * 1_000_000;
+        let timed_out = || clock::now_ns(0) - t0 > timeout_ms * 1_000_000;
         let used = loop {
             if let Some(u) = q.pop_used() {
                 break u;

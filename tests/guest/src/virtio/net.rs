@@ -57,7 +57,11 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
     let echo = cmd.get("net_peer") == Some("echo");
     let frames = cmd.u64("net_frames", 4) as u32;
     let seed = cmd.u64("seed", 1);
-    let (mut sent, mut echoed) = (0u32, 0u32);
+    let (mut sent, mut echoed, mut resent) = (0u32, 0u32, 0u32);
+    // An echo that does not come back within this is sent again (a frame
+    // may be lost on the way, e.g. while the VM moves to another host).
+    let retry_ms = cmd.u64("net_retry_ms", 500);
+    let tries = (dev.timeout_ms / retry_ms.max(1)).max(1);
     for seq in 0..frames {
         // virtio-net header (all zero: no offloads), then the frame.
         let mut f = [0u8; 128];
@@ -71,37 +75,48 @@ pub fn test(dev: &Dev, cmd: &Cmdline) {
         let len = hdr + 64;
         // SAFETY: txbuf is a 2 KiB DMA allocation; len <= 128.
         unsafe { core::ptr::copy_nonoverlapping(f.as_ptr(), txbuf as *mut u8, len) };
-        tx.push(&[(txbuf, len as u32, false)]);
-        dev.kick(1);
-        if dev.wait_used(&mut tx).is_some() {
-            sent += 1;
-        }
-        if !echo {
-            continue;
-        }
-        // Wait for our frame to come back; skip anything else on the wire.
-        for _ in 0..64 {
-            let Some((id, rlen)) = dev.wait_used(&mut rx) else {
+        for attempt in 0..if echo { tries } else { 1 } {
+            if attempt > 0 {
+                resent += 1;
+            }
+            tx.push(&[(txbuf, len as u32, false)]);
+            dev.kick(1);
+            if dev.wait_used(&mut tx).is_some() && attempt == 0 {
+                sent += 1;
+            }
+            if !echo {
                 break;
-            };
-            let buf = read64(rx.desc + 16 * id as u64);
-            let got = |o: u64| read8(buf + hdr as u64 + o);
-            let is_ours = rlen as usize >= hdr + 34
-                && (0..8).all(|i| got(14 + i) == MAGIC[i as usize])
-                && u32::from_be_bytes([got(22), got(23), got(24), got(25)]) == seq;
-            rx.push(&[(buf, BUF, true)]);
-            dev.kick(0);
-            if is_ours {
+            }
+            // Wait for our frame to come back; skip anything else (and
+            // late echoes of earlier frames) on the wire.
+            let mut ours = false;
+            for _ in 0..64 {
+                let Some((id, rlen)) = dev.wait_used_for(&mut rx, retry_ms) else {
+                    break;
+                };
+                let buf = read64(rx.desc + 16 * id as u64);
+                let got = |o: u64| read8(buf + hdr as u64 + o);
+                ours = rlen as usize >= hdr + 34
+                    && (0..8).all(|i| got(14 + i) == MAGIC[i as usize])
+                    && u32::from_be_bytes([got(22), got(23), got(24), got(25)]) == seq;
+                rx.push(&[(buf, BUF, true)]);
+                dev.kick(0);
+                if ours {
+                    break;
+                }
+            }
+            if ours {
                 echoed += 1;
                 break;
             }
         }
     }
     println!(
-        "virtio.{}.net sent={} echoed={} peer={}",
+        "virtio.{}.net sent={} echoed={} resent={} peer={}",
         BdfFmt(dev.bdf),
         sent,
         echoed,
+        resent,
         if echo { "echo" } else { "none" }
     );
     report::check("virtio.net.tx", sent == frames);
