@@ -269,6 +269,11 @@ impl<W: Write> Writer<W> {
         self.w.write_all(&b).map_err(Error::Write)
     }
 
+    /// Pushes what was written so far to the underlying writer.
+    pub fn flush(&mut self) -> Result<()> {
+        self.w.flush().map_err(Error::Write)
+    }
+
     /// EOF and the trailing JSON description; returns the writer.
     pub fn finish(mut self) -> Result<W> {
         let json = serde_json::json!({"page_size": 4096, "devices": self.vmdesc}).to_string();

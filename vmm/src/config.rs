@@ -28,6 +28,8 @@ pub struct DebugExitConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
     File(PathBuf),
+    /// Listen on tcp:HOST:PORT or unix:PATH for one migration stream.
+    Listen(crate::migrate::Uri),
     /// Wait for QMP `migrate-incoming`.
     Defer,
 }
@@ -365,9 +367,10 @@ pub fn from_args(a: Args) -> Result<Action> {
         incoming: match a.incoming.as_deref() {
             None => None,
             Some("defer") => Some(Incoming::Defer),
-            Some(u) => match u.strip_prefix("file:") {
-                Some(p) if !p.is_empty() => Some(Incoming::File(PathBuf::from(p))),
-                _ => bail!("invalid -incoming '{u}': expected file:PATH or defer"),
+            Some(u) => match crate::migrate::parse_uri(u) {
+                Ok(crate::migrate::Uri::File(p)) => Some(Incoming::File(p)),
+                Ok(l @ (crate::migrate::Uri::Tcp(_) | crate::migrate::Uri::Unix(_))) => Some(Incoming::Listen(l)),
+                _ => bail!("invalid -incoming '{u}': expected tcp:HOST:PORT, unix:PATH, file:PATH or defer"),
             },
         },
         backends,

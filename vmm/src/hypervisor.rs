@@ -60,6 +60,11 @@ pub trait Vm: devices::virtio::VmOps + Send + Sync {
     /// The host range must stay mapped and valid for the VM's lifetime.
     unsafe fn add_memory(&self, slot: u32, gpa: u64, size: u64, host: *mut u8)
         -> Result<(), Error>;
+    /// Turns KVM's dirty page logging on or off for every memory slot.
+    fn set_dirty_logging(&self, on: bool) -> Result<(), Error>;
+    /// The pages of `slot` written since the last call (a bit per page),
+    /// clearing them.
+    fn dirty_log(&self, slot: u32) -> Result<Vec<u64>, Error>;
     /// Makes `evt` raise interrupt line `gsi`.
     fn add_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error>;
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, Error>;

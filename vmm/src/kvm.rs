@@ -13,6 +13,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
 use vmm_sys_util::eventfd::EventFd;
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -30,6 +31,8 @@ pub struct KvmVm {
     cpuid: CpuId,
     /// The MSRs KVM can save and restore.
     msrs: Vec<u32>,
+    /// The memory slots, to turn dirty logging on and off.
+    slots: std::sync::Mutex<Vec<kvm_userspace_memory_region>>,
 }
 
 /// Maximum MSRs migrated per vCPU.
@@ -94,7 +97,12 @@ pub fn create_vm() -> Result<KvmVm, Error> {
         .as_slice()
         .to_vec();
     msrs.truncate(MAX_MSRS);
-    Ok(KvmVm { vm, cpuid, msrs })
+    Ok(KvmVm {
+        vm,
+        cpuid,
+        msrs,
+        slots: Default::default(),
+    })
 }
 
 impl devices::virtio::VmOps for KvmVm {
@@ -163,7 +171,33 @@ impl Vm for KvmVm {
         };
         // SAFETY: the caller keeps the host mapping alive for the VM's lifetime.
         unsafe { self.vm.set_user_memory_region(region) }
-            .map_err(err("KVM_SET_USER_MEMORY_REGION failed"))
+            .map_err(err("KVM_SET_USER_MEMORY_REGION failed"))?;
+        self.slots.lock().expect("slots lock").push(region);
+        Ok(())
+    }
+
+    fn set_dirty_logging(&self, on: bool) -> Result<(), Error> {
+        for r in self.slots.lock().expect("slots lock").iter_mut() {
+            r.flags = if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+            // SAFETY: the same mapping as registered; only the flag changes.
+            unsafe { self.vm.set_user_memory_region(*r) }
+                .map_err(err("KVM_SET_USER_MEMORY_REGION (dirty logging) failed"))?;
+        }
+        Ok(())
+    }
+
+    fn dirty_log(&self, slot: u32) -> Result<Vec<u64>, Error> {
+        let size = self
+            .slots
+            .lock()
+            .expect("slots lock")
+            .iter()
+            .find(|r| r.slot == slot)
+            .map(|r| r.memory_size)
+            .unwrap_or(0);
+        self.vm
+            .get_dirty_log(slot, size as usize)
+            .map_err(err("KVM_GET_DIRTY_LOG failed"))
     }
 
     fn add_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod hypervisor;
 mod kvm;
+mod migrate;
 mod qmp;
 mod snapshot;
 mod vm;

@@ -74,7 +74,7 @@ pub static KVMCLOCK: Description = Description {
     subsections: &[],
 };
 
-const RAM_BLOCK: &str = "pc.ram";
+pub const RAM_BLOCK: &str = "pc.ram";
 
 /// Every description a save writes (besides `ram`), for -dump-vmstate.
 pub static DESCRIPTIONS: &[&Description] = &[
@@ -136,7 +136,7 @@ pub struct Parts<'a> {
 }
 
 /// Block offset -> guest physical address.
-fn gpa(ram: u64, offset: u64) -> u64 {
+pub fn gpa(ram: u64, offset: u64) -> u64 {
     let low = layout::low_ram_size(ram);
     if offset < low {
         offset
@@ -190,50 +190,70 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
         w.ram_pages(id, false, pages)?;
     }
     w.ram_pages(id, true, [])?;
-    for (i, v) in p.vcpus.iter().enumerate() {
-        let blobs = v.lock().expect("vcpu lock").save()?;
-        w.section("cpu", i as u32, &CPU, &blobs_to_state(&CPU, &blobs))?;
-    }
-    w.section(
-        "kvm-irqchip",
-        0,
-        &IRQCHIP,
-        &blobs_to_state(&IRQCHIP, &p.vm.save()?),
-    )?;
-    let mut clock = State::default();
-    clock.set("clock", Val::Uint(p.clock));
-    w.section("kvmclock", 0, &KVMCLOCK, &clock)?;
-    w.section(
-        "serial",
-        0,
-        &devices::serial::VMSTATE,
-        &p.serial.lock().expect("serial lock").state(),
-    )?;
-    w.section(
-        "acpi-pm",
-        0,
-        &devices::acpi_pm::VMSTATE,
-        &p.pm.lock().expect("pm lock").state(),
-    )?;
-    w.section(
-        "pci-host",
-        0,
-        &devices::pci::HOST_VMSTATE,
-        &p.pci_io.lock().expect("pci lock").state(),
-    )?;
-    for (bdf, f) in p.pci.lock().expect("pci lock").functions() {
-        let desc = f.vmstate();
-        w.section(&format!("0000:{bdf}/{}", desc.name), 0, desc, &f.state())?;
-    }
+    write_devices(&mut w, p)?;
     let counter = w.finish()?;
     stats.bytes = counter.n;
     Ok(stats)
 }
 
+/// Every device's state, as FULL sections (after the RAM). The VM must be
+/// stopped and its devices paused.
+pub fn write_devices<W: std::io::Write>(w: &mut Writer<W>, p: &Parts) -> Result<()> {
+    for s in device_sections(p)? {
+        w.section(&s.0, s.1, s.2, &s.3)?;
+    }
+    Ok(())
+}
+
+/// One device section: id, instance, description, state.
+pub type Section = (String, u32, &'static Description, State);
+
+/// Every device's state, in stream order. The VM must be stopped and its
+/// devices paused.
+pub fn device_sections(p: &Parts) -> Result<Vec<Section>> {
+    let mut out: Vec<Section> = vec![];
+    for (i, v) in p.vcpus.iter().enumerate() {
+        let blobs = v.lock().expect("vcpu lock").save()?;
+        out.push(("cpu".into(), i as u32, &CPU, blobs_to_state(&CPU, &blobs)));
+    }
+    out.push((
+        "kvm-irqchip".into(),
+        0,
+        &IRQCHIP,
+        blobs_to_state(&IRQCHIP, &p.vm.save()?),
+    ));
+    let mut clock = State::default();
+    clock.set("clock", Val::Uint(p.clock));
+    out.push(("kvmclock".into(), 0, &KVMCLOCK, clock));
+    out.push((
+        "serial".into(),
+        0,
+        &devices::serial::VMSTATE,
+        p.serial.lock().expect("serial lock").state(),
+    ));
+    out.push((
+        "acpi-pm".into(),
+        0,
+        &devices::acpi_pm::VMSTATE,
+        p.pm.lock().expect("pm lock").state(),
+    ));
+    out.push((
+        "pci-host".into(),
+        0,
+        &devices::pci::HOST_VMSTATE,
+        p.pci_io.lock().expect("pci lock").state(),
+    ));
+    for (bdf, f) in p.pci.lock().expect("pci lock").functions() {
+        let desc = f.vmstate();
+        out.push((format!("0000:{bdf}/{}", desc.name), 0, desc, f.state()));
+    }
+    Ok(out)
+}
+
 /// Which pages of [addr, addr+len) were ever touched (present in memory or
 /// swapped out), from /proc/self/pagemap; `None` if it cannot be read, and
 /// then every page counts as touched.
-fn touched_pages(addr: usize, len: usize) -> Option<Vec<bool>> {
+pub fn touched_pages(addr: usize, len: usize) -> Option<Vec<bool>> {
     use std::io::{Read, Seek, SeekFrom};
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
@@ -253,7 +273,7 @@ fn touched_pages(addr: usize, len: usize) -> Option<Vec<bool>> {
 }
 
 /// Whether a page is all zero (word at a time).
-fn is_zero(page: &[u8]) -> bool {
+pub fn is_zero(page: &[u8]) -> bool {
     let (head, words, tail) = {
         // SAFETY: u64 has no invalid bit patterns; align_to splits safely.
         unsafe { page.align_to::<u64>() }
@@ -315,7 +335,13 @@ impl RamSink for GuestRam<'_> {
 pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut r = Reader::new(std::io::BufReader::with_capacity(1 << 20, file), machine)?;
+    load_from(p, file, machine)
+}
+
+/// Loads a stream (a file, or a migration connection: RAM may come in
+/// several passes) into a freshly built, stopped board. Returns kvm-clock.
+pub fn load_from<R: std::io::Read>(p: &Parts, from: R, machine: &str) -> Result<u64> {
+    let mut r = Reader::new(std::io::BufReader::with_capacity(1 << 20, from), machine)?;
     let mut sink = GuestRam {
         mem: p.mem,
         ram: p.ram,

@@ -5,7 +5,7 @@
 
 use crate::config::{SerialBackend, VmConfig};
 use crate::hypervisor::{Exit, ExitHandler, Vcpu, Vm, X86BootState};
-use crate::qmp::{self, QmpError};
+use crate::qmp::{self, commands::Target as _, QmpError};
 use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::{acpi, layout, pvh};
 use devices::bus::{Bus, BusDevice};
@@ -129,6 +129,8 @@ struct RunGate {
     running: Mutex<bool>,
     cv: Condvar,
     parked: AtomicUsize,
+    /// Auto-converge: the share of each 10 ms slice the vCPUs sleep.
+    throttle_pct: std::sync::atomic::AtomicU64,
 }
 
 impl RunGate {
@@ -657,6 +659,11 @@ fn vcpu_loop(
             return;
         }
         let exit = vcpu.lock().expect("vcpu lock").run(buses);
+        // Auto-converge: the main loop kicks every 10 ms; sleep our share.
+        let pct = gate.throttle_pct.load(Ordering::Relaxed);
+        if pct > 0 {
+            std::thread::sleep(Duration::from_micros(10_000 * pct / (100 - pct.min(99))));
+        }
         let describe = || vcpu.lock().expect("vcpu lock").describe();
         let outcome = match exit {
             Exit::Handled | Exit::Interrupted => continue,
@@ -704,6 +711,10 @@ enum Control {
     /// replaced, are dropped).
     Vm(u64, Outcome),
     Qmp(qmp::Request),
+    /// From the migration thread of board N.
+    Migration(u64, crate::migrate::Msg),
+    /// An incoming migration connected (or the listener failed).
+    Incoming(Result<crate::migrate::Conn, String>),
 }
 
 /// Runs the VM until it ends; returns the process exit status.
@@ -714,6 +725,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         running: Mutex::new(!cfg.paused && cfg.incoming.is_none()),
         cv: Condvar::new(),
         parked: AtomicUsize::new(0),
+        throttle_pct: Default::default(),
     });
     let events = qmp::Events::default();
     let (ctl_tx, ctl_rx) = channel::<Control>();
@@ -739,6 +751,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         (None, false) => "running",
     };
     let mut migration = MigrationInfo::default();
+    let mut params = crate::migrate::Params::default();
     if cfg.paused {
         log::info!("starting paused (-S)");
     }
@@ -761,6 +774,12 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             ended: None,
             queued: vec![],
             migration: &mut migration,
+            params: &mut params,
+            progress: None,
+            conn: None,
+            stopped_for_migration: false,
+            ctl: ctl_tx.clone(),
+            gen,
         };
         if let (1, Some(crate::config::Incoming::File(path))) = (gen, &cfg.incoming) {
             session.restore(path)?;
@@ -768,11 +787,51 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
                 events.emit(name, data);
             }
         }
+        if let (1, Some(crate::config::Incoming::Listen(uri))) = (gen, &cfg.incoming) {
+            listen_incoming(uri, ctl_tx.clone())?;
+        }
         let end = loop {
-            match ctl_rx
-                .recv()
-                .map_err(|_| anyhow!("the control channel closed"))?
-            {
+            // Auto-converge: kick the vCPUs every 10 ms so they sleep their
+            // share (they rarely exit on their own).
+            let throttle = session
+                .progress
+                .as_ref()
+                .map_or(0, |p| p.throttle_pct.load(Ordering::Relaxed));
+            gate.throttle_pct.store(throttle, Ordering::Relaxed);
+            let msg = if throttle > 0 {
+                match ctl_rx.recv_timeout(Duration::from_millis(10)) {
+                    Ok(m) => m,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        board.kick();
+                        continue;
+                    }
+                    Err(_) => bail!("the control channel closed"),
+                }
+            } else {
+                ctl_rx
+                    .recv()
+                    .map_err(|_| anyhow!("the control channel closed"))?
+            };
+            match msg {
+                Control::Migration(g, m) if g == gen => {
+                    session.migration_msg(m);
+                    for (name, data) in session.queued.drain(..) {
+                        events.emit(name, data);
+                    }
+                    if let Some(e) = session.ended.take() {
+                        break e;
+                    }
+                }
+                Control::Migration(..) => {}
+                Control::Incoming(conn) => {
+                    session.receive(conn);
+                    for (name, data) in session.queued.drain(..) {
+                        events.emit(name, data);
+                    }
+                    if let Some(e) = session.ended.take() {
+                        break e;
+                    }
+                }
                 Control::Qmp(req) => {
                     let r = qmp::commands::dispatch(&mut session, &req.command, &req.args);
                     req.reply(r);
@@ -839,6 +898,20 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     }
 }
 
+/// Listens for one incoming migration; the connection (or the failure)
+/// arrives in the main loop as [`Control::Incoming`].
+fn listen_incoming(uri: &crate::migrate::Uri, ctl: Sender<Control>) -> Result<()> {
+    let l = crate::migrate::Listener::bind(uri)?;
+    log::info!("waiting for an incoming migration on {uri:?}");
+    std::thread::Builder::new()
+        .name("incoming".into())
+        .spawn(move || {
+            let _ = ctl.send(Control::Incoming(l.accept().map_err(|e| format!("{e:#}"))));
+        })
+        .context("cannot start the incoming-migration thread")?;
+    Ok(())
+}
+
 /// The live VM as QMP commands see it.
 struct Session<'a> {
     cfg: &'a VmConfig,
@@ -853,15 +926,27 @@ struct Session<'a> {
     queued: Vec<(&'static str, Option<serde_json::Value>)>,
     /// The last (or current) migration, for query-migrate.
     migration: &'a mut MigrationInfo,
+    params: &'a mut crate::migrate::Params,
+    /// The running migration's counters.
+    progress: Option<Arc<crate::migrate::Progress>>,
+    /// Its connection (shut down by migrate_cancel).
+    conn: Option<crate::migrate::Conn>,
+    /// The migration stopped a running VM to finish (resumed on failure).
+    stopped_for_migration: bool,
+    ctl: Sender<Control>,
+    gen: u64,
 }
 
 /// What query-migrate reports.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 struct MigrationInfo {
     status: &'static str,
     total_ms: u64,
     stats: crate::snapshot::Stats,
     error: Option<String>,
+    /// A live migration (not a file): its start, and the final counters.
+    started: Option<std::time::Instant>,
+    live: Option<Arc<crate::migrate::Progress>>,
 }
 
 impl Session<'_> {
@@ -883,6 +968,174 @@ impl Session<'_> {
             self.queued.push(("RESUME", None));
         }
         Ok(())
+    }
+
+    /// An incoming migration: load the stream, confirm, wait for GO, run.
+    /// Any failure ends the process (nothing of the guest ran).
+    fn receive(&mut self, conn: Result<crate::migrate::Conn, String>) {
+        use crate::migrate::{read_line, refuse};
+        use std::io::Write as _;
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                self.ended = Some(Outcome::Fatal(format!("incoming migration: {e}")));
+                return;
+            }
+        };
+        let t0 = std::time::Instant::now();
+        // A source that goes silent is given up on.
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        let loaded = conn
+            .try_clone()
+            .map_err(anyhow::Error::from)
+            .and_then(|c| crate::snapshot::load_from(&self.parts(0), c, self.cfg.machine.name));
+        let clock = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("{e:#}");
+                refuse(&mut conn, &why);
+                self.ended = Some(Outcome::Fatal(format!("incoming migration failed: {why}")));
+                return;
+            }
+        };
+        let go = conn.try_clone().map_err(anyhow::Error::from).and_then(|c| {
+            let mut w = c.try_clone()?;
+            w.write_all(b"LOADED\n")?;
+            read_line(&mut std::io::BufReader::new(c))
+        });
+        match go {
+            Ok(l) if l == "GO" => {}
+            Ok(l) => {
+                self.ended = Some(Outcome::Fatal(format!(
+                    "incoming migration: the source sent '{l}' instead of GO; the guest was not started"
+                )));
+                return;
+            }
+            Err(e) => {
+                self.ended = Some(Outcome::Fatal(format!(
+                    "incoming migration: the source did not confirm ({e:#}); the guest was not started here"
+                )));
+                return;
+            }
+        }
+        if let Err(e) = self.board.vm.set_clock(clock) {
+            self.ended = Some(Outcome::Fatal(format!("incoming migration: {e}")));
+            return;
+        }
+        if self.cfg.paused {
+            self.board.pci.lock().expect("pci lock").pause();
+            self.status = "paused";
+        } else {
+            self.gate.set_running(true);
+            self.status = "running";
+        }
+        let _ = conn.write_all(b"RUNNING\n");
+        log::info!("incoming migration loaded and running in {} ms", t0.elapsed().as_millis());
+        self.queued
+            .push(("MIGRATION", Some(json!({"status": "completed"}))));
+        if self.status == "running" {
+            self.queued.push(("RESUME", None));
+        }
+    }
+
+    /// Starts a live migration to `uri` (tcp:, unix:, fd:); it runs on its
+    /// own thread while the guest runs.
+    fn migrate_live(&mut self, uri: &crate::migrate::Uri) -> Result<(), QmpError> {
+        if !matches!(self.status, "running" | "paused") {
+            return Err(QmpError::generic(format!(
+                "cannot migrate a VM in state {}",
+                self.status
+            )));
+        }
+        let t0 = std::time::Instant::now();
+        let conn = crate::migrate::connect(uri).map_err(|e| QmpError::generic(format!("{e:#}")))?;
+        let progress = Arc::new(crate::migrate::Progress::default());
+        *self.migration = MigrationInfo {
+            status: "setup",
+            started: Some(t0),
+            ..Default::default()
+        };
+        self.queued.push(("MIGRATION", Some(json!({"status": "setup"}))));
+        let ctl = Mutex::new(self.ctl.clone());
+        let gen = self.gen;
+        let src = crate::migrate::Source {
+            conn: conn.try_clone().map_err(|e| QmpError::generic(e.to_string()))?,
+            mem: self.board.mem.clone(),
+            vm: self.board.vm.clone(),
+            ram: self.cfg.memory,
+            machine: self.cfg.machine.name,
+            params: self.params.clone(),
+            progress: progress.clone(),
+            ctl: Box::new(move |m| {
+                let _ = ctl.lock().expect("ctl lock").send(Control::Migration(gen, m));
+            }),
+        };
+        std::thread::Builder::new()
+            .name("migration".into())
+            .spawn(move || src.run())
+            .map_err(|e| QmpError::generic(format!("cannot start the migration thread: {e}")))?;
+        self.progress = Some(progress);
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// A message from the migration thread.
+    fn migration_msg(&mut self, m: crate::migrate::Msg) {
+        use crate::migrate::Msg;
+        match m {
+            Msg::Event(name, data) => {
+                if name == "MIGRATION" {
+                    if let Some(s) = data["status"].as_str() {
+                        self.migration.status = if s == "active" { "active" } else { self.migration.status };
+                    }
+                }
+                self.queued.push((name, Some(data)));
+            }
+            Msg::Converged(reply) => {
+                let paused_at = std::time::Instant::now();
+                let was_running = self.status == "running";
+                let r = self.stop().map_err(|e| e.desc).and_then(|_| {
+                    self.stopped_for_migration = was_running;
+                    self.status = "finish-migrate";
+                    let clock = self.saved_clock.unwrap_or_default();
+                    crate::snapshot::device_sections(&self.parts(clock)).map_err(|e| format!("{e:#}"))
+                });
+                let _ = reply.send(r.map(|sections| crate::migrate::DeviceState { sections, paused_at }));
+            }
+            Msg::Done(r) => {
+                let p = self.progress.take();
+                self.conn = None;
+                let total_ms = self.migration.started.map_or(0, |t| t.elapsed().as_millis() as u64);
+                self.migration.total_ms = total_ms;
+                self.migration.live = p.clone();
+                match r {
+                    Ok(()) => {
+                        self.migration.status = "completed";
+                        self.status = "postmigrate";
+                        self.stopped_for_migration = false;
+                        self.queued.push(("MIGRATION", Some(json!({"status": "completed"}))));
+                    }
+                    Err(why) => {
+                        let cancelled = p.as_ref().is_some_and(|p| p.cancel.load(Ordering::SeqCst));
+                        self.migration.status = if cancelled { "cancelled" } else { "failed" };
+                        self.migration.error = (!cancelled).then_some(why);
+                        if self.status == "finish-migrate" {
+                            self.status = "paused";
+                        }
+                        // The source keeps the guest: nothing was lost.
+                        if std::mem::take(&mut self.stopped_for_migration) {
+                            if let Err(e) = self.cont() {
+                                log::error!("cannot resume after the failed migration: {}", e.desc);
+                            }
+                        }
+                        self.queued.push((
+                            "MIGRATION",
+                            Some(json!({"status": self.migration.status})),
+                        ));
+                    }
+                }
+            }
+        }
     }
 
     fn parts(&self, clock: u64) -> crate::snapshot::Parts<'_> {
@@ -983,15 +1236,23 @@ impl qmp::commands::Target for Session<'_> {
     }
 
     fn migrate(&mut self, uri: &str) -> Result<(), QmpError> {
-        let Some(path) = uri.strip_prefix("file:").filter(|p| !p.is_empty()) else {
-            return Err(QmpError::generic(format!(
-                "invalid migration URI '{uri}': only file:PATH is supported yet"
-            )));
+        if self.progress.is_some() {
+            return Err(QmpError::generic(
+                "There's a migration process in progress",
+            ));
+        }
+        let target = crate::migrate::parse_uri(uri).map_err(|e| QmpError::generic(format!("{e:#}")))?;
+        let path = match target {
+            crate::migrate::Uri::File(p) => p,
+            live => return self.migrate_live(&live),
         };
+        let path = path.to_string_lossy().into_owned();
+        let path = path.as_str();
         let was_running = self.status == "running";
         let t0 = std::time::Instant::now();
         *self.migration = MigrationInfo {
             status: "active",
+            started: Some(t0),
             ..Default::default()
         };
         self.queued
@@ -1010,7 +1271,7 @@ impl qmp::commands::Target for Session<'_> {
                     status: "completed",
                     total_ms: t0.elapsed().as_millis() as u64,
                     stats,
-                    error: None,
+                    ..Default::default()
                 };
                 self.status = "postmigrate";
                 self.queued
@@ -1038,19 +1299,29 @@ impl qmp::commands::Target for Session<'_> {
     }
 
     fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError> {
-        if self.cfg.incoming != Some(crate::config::Incoming::Defer) || self.status != "inmigrate" {
+        if self.cfg.incoming != Some(crate::config::Incoming::Defer)
+            || self.status != "inmigrate"
+            || !self.migration.status.is_empty()
+        {
             return Err(QmpError::generic(
                 "migrate-incoming is only possible once, after -incoming defer",
             ));
         }
-        let Some(path) = uri.strip_prefix("file:").filter(|p| !p.is_empty()) else {
-            return Err(QmpError::generic(format!(
-                "invalid migration URI '{uri}': only file:PATH is supported yet"
-            )));
+        let path = match crate::migrate::parse_uri(uri).map_err(|e| QmpError::generic(format!("{e:#}")))? {
+            crate::migrate::Uri::File(p) => p,
+            l @ (crate::migrate::Uri::Tcp(_) | crate::migrate::Uri::Unix(_)) => {
+                listen_incoming(&l, self.ctl.clone()).map_err(|e| QmpError::generic(format!("{e:#}")))?;
+                // Once: a second migrate-incoming is refused.
+                self.migration.status = "active";
+                return Ok(());
+            }
+            crate::migrate::Uri::Fd(_) => {
+                return Err(QmpError::generic("migrate-incoming takes tcp:, unix: or file:"))
+            }
         };
         // A stream that does not load leaves a half-written board: the
         // process ends (as QEMU's destination does), nothing of it runs.
-        if let Err(e) = self.restore(std::path::Path::new(path)) {
+        if let Err(e) = self.restore(&path) {
             self.ended = Some(Outcome::Fatal(format!("{e:#}")));
             return Err(QmpError::generic(format!("{e:#}")));
         }
@@ -1062,8 +1333,43 @@ impl qmp::commands::Target for Session<'_> {
         if m.status.is_empty() {
             return json!({});
         }
-        let mut v = json!({"status": m.status, "total-time": m.total_ms});
-        if m.status == "completed" {
+        let live = self.progress.as_ref().or(m.live.as_ref());
+        let total_ms = match (&self.progress, m.started) {
+            (Some(_), Some(t)) => t.elapsed().as_millis() as u64,
+            _ => m.total_ms,
+        };
+        let mut v = json!({"status": m.status, "total-time": total_ms});
+        if let Some(p) = live {
+            let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::SeqCst);
+            let normal = get(&p.normal);
+            v["setup-time"] = get(&p.setup_ms).into();
+            v["expected-downtime"] = get(&p.expected_downtime_ms).into();
+            if m.status == "completed" {
+                v["downtime"] = get(&p.downtime_ms).into();
+            }
+            v["ram"] = json!({
+                "transferred": get(&p.transferred),
+                "total": self.cfg.memory,
+                "remaining": get(&p.remaining),
+                "duplicate": get(&p.duplicate),
+                "normal": normal,
+                "normal-bytes": normal * 4096,
+                "page-size": 4096,
+                "pages-per-second": get(&p.pages_per_second),
+                "dirty-pages-rate": get(&p.dirty_pages_rate),
+                "dirty-sync-count": get(&p.passes),
+                "mbps": get(&p.mbps_x100) as f64 / 100.0,
+            });
+            let t = get(&p.throttle_pct);
+            if t > 0 {
+                v["cpu-throttle-percentage"] = t.into();
+            }
+            if let Some(why) = p.not_converging.lock().expect("progress lock").as_ref() {
+                if m.status == "active" {
+                    v["not-converging"] = why.clone().into();
+                }
+            }
+        } else if m.status == "completed" {
             v["ram"] = json!({
                 "transferred": m.stats.bytes,
                 "total": self.cfg.memory,
@@ -1078,6 +1384,50 @@ impl qmp::commands::Target for Session<'_> {
             v["error-desc"] = e.clone().into();
         }
         v
+    }
+
+    fn migrate_cancel(&mut self) -> Result<(), QmpError> {
+        if let Some(p) = &self.progress {
+            p.cancel.store(true, Ordering::SeqCst);
+            if let Some(c) = &self.conn {
+                c.shutdown();
+            }
+        }
+        Ok(())
+    }
+
+    fn migrate_set_parameters(&mut self, args: &serde_json::Map<String, serde_json::Value>) -> Result<(), QmpError> {
+        self.params.set(args).map_err(QmpError::generic)
+    }
+
+    fn migrate_parameters(&self) -> serde_json::Value {
+        self.params.to_json()
+    }
+
+    fn migrate_set_capabilities(&mut self, caps: &[(String, bool)]) -> Result<(), QmpError> {
+        if self.progress.is_some() {
+            return Err(QmpError::generic("There's a migration process in progress"));
+        }
+        let mut next = self.params.clone();
+        for (name, on) in caps {
+            match name.as_str() {
+                "auto-converge" => next.auto_converge = *on,
+                "multifd" => next.multifd = *on,
+                "events" | "return-path" => {}
+                _ => return Err(QmpError::generic(format!("Capability '{name}' is not supported by vmm"))),
+            }
+        }
+        *self.params = next;
+        Ok(())
+    }
+
+    fn migrate_capabilities(&self) -> serde_json::Value {
+        json!([
+            {"capability": "auto-converge", "state": self.params.auto_converge},
+            {"capability": "multifd", "state": self.params.multifd},
+            {"capability": "events", "state": true},
+            {"capability": "return-path", "state": true},
+        ])
     }
 
     fn pci(&self) -> Vec<qmp::commands::PciInfo> {

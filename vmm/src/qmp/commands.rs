@@ -24,6 +24,12 @@ pub trait Target {
     fn query_migrate(&self) -> Value;
     /// `migrate-incoming` (after `-incoming defer`).
     fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError>;
+    fn migrate_cancel(&mut self) -> Result<(), QmpError>;
+    fn migrate_set_parameters(&mut self, args: &Map<String, Value>) -> Result<(), QmpError>;
+    fn migrate_parameters(&self) -> Value;
+    /// (capability, state) pairs.
+    fn migrate_set_capabilities(&mut self, caps: &[(String, bool)]) -> Result<(), QmpError>;
+    fn migrate_capabilities(&self) -> Value;
 }
 
 /// One PCI function, for `query-pci`.
@@ -89,7 +95,50 @@ pub const COMMANDS: &[Command] = &[
         t.migrate_incoming(a["uri"].as_str().unwrap_or_default())
             .map(|_| json!({}))
     }),
+    Command("migrate_cancel", &[], |t, _| {
+        t.migrate_cancel().map(|_| json!({}))
+    }),
+    Command(
+        "migrate-set-parameters",
+        &[
+            ("downtime-limit", "int"),
+            ("max-bandwidth", "int"),
+            ("multifd-channels", "int"),
+            ("cpu-throttle-initial", "int"),
+            ("cpu-throttle-increment", "int"),
+            ("max-cpu-throttle", "int"),
+        ],
+        |t, a| t.migrate_set_parameters(a).map(|_| json!({})),
+    ),
+    Command("query-migrate-parameters", &[], |t, _| {
+        Ok(t.migrate_parameters())
+    }),
+    Command(
+        "migrate-set-capabilities",
+        &[("capabilities", "array")],
+        migrate_set_capabilities,
+    ),
+    Command("query-migrate-capabilities", &[], |t, _| {
+        Ok(t.migrate_capabilities())
+    }),
 ];
+
+fn migrate_set_capabilities(t: &mut dyn Target, a: &Map<String, Value>) -> Result<Value, QmpError> {
+    let list = a
+        .get("capabilities")
+        .and_then(Value::as_array)
+        .ok_or_else(|| QmpError::generic("Parameter 'capabilities' is missing"))?;
+    let mut caps = vec![];
+    for c in list {
+        let (Some(name), Some(state)) = (c["capability"].as_str(), c["state"].as_bool()) else {
+            return Err(QmpError::generic(
+                "each capability needs 'capability' (a string) and 'state' (a bool)",
+            ));
+        };
+        caps.push((name.to_string(), state));
+    }
+    t.migrate_set_capabilities(&caps).map(|_| json!({}))
+}
 
 /// Checks the arguments against the command's declaration, then runs it.
 pub fn dispatch(

@@ -1,0 +1,668 @@
+//! Live migration: connections (`tcp:`, `unix:`, `fd:`), the precopy
+//! engine on the source, and the handshake that decides which side runs
+//! the guest.
+//!
+//! The stream is the savevm stream of [`crate::snapshot`], with RAM sent in
+//! passes: the first pass every page anyone touched, each later pass the
+//! pages dirtied since the one before — KVM's dirty log of every slot OR
+//! the bitmap of the writes devices did. When what is left fits the
+//! downtime limit at the bandwidth measured on the last pass, the main loop
+//! stops the vCPUs and devices, the rest of RAM and every device's state
+//! follow, then EOF.
+//!
+//! After EOF the two sides talk on the same connection, line by line:
+//!
+//! ```text
+//! destination -> source   LOADED            (or ERR <reason>, any time)
+//! source -> destination   GO
+//! destination -> source   RUNNING           (its vCPUs run)
+//! ```
+//!
+//! The destination runs the guest only after GO, and the source commits
+//! (stays paused, `postmigrate`) only when it sends GO: before that, any
+//! failure — a dead or silent link, a destination that rejects the stream
+//! or dies — resumes the source with nothing lost. A GO that is lost
+//! leaves the guest paused on both sides (never running on both), as QEMU.
+
+use crate::hypervisor::Vm;
+use crate::vm::GuestMemoryMmap;
+use anyhow::{anyhow, bail, Context, Result};
+use arch::x86_64::layout;
+use migration::stream::{Writer, PAGE_SIZE};
+use serde_json::json;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+/// A silent peer is given up on after this (no FIN, no RST: a cut cable).
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// A migration connection.
+pub enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    pub fn try_clone(&self) -> std::io::Result<Conn> {
+        Ok(match self {
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+        })
+    }
+
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.set_read_timeout(t),
+            Conn::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Conn::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+
+    /// Bytes waiting to be read, without blocking (the peer's ERR line).
+    fn pending(&self) -> Option<String> {
+        let fd = match self {
+            Conn::Tcp(s) => s.as_raw_fd(),
+            Conn::Unix(s) => s.as_raw_fd(),
+        };
+        let mut buf = [0u8; 512];
+        // SAFETY: recv into a live buffer of its length; MSG_PEEK leaves
+        // the bytes for the handshake reader.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_PEEK,
+            )
+        };
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(b),
+            Conn::Unix(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(b),
+            Conn::Unix(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Dead-link detection for a TCP connection: unacknowledged data and idle
+/// links are given up on within [`LINK_TIMEOUT`].
+fn tune_tcp(s: &TcpStream) {
+    let fd = s.as_raw_fd();
+    let _ = s.set_nodelay(true);
+    let set = |level: libc::c_int, opt: libc::c_int, v: libc::c_int| {
+        // SAFETY: setsockopt with an int option on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                &v as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+    };
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, LINK_TIMEOUT.as_millis() as i32);
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+}
+
+/// A migration address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uri {
+    Tcp(String),
+    Unix(std::path::PathBuf),
+    Fd(i32),
+    File(std::path::PathBuf),
+}
+
+pub fn parse_uri(uri: &str) -> Result<Uri> {
+    let bad = || anyhow!("invalid migration URI '{uri}': expected tcp:HOST:PORT, unix:PATH, fd:N or file:PATH");
+    let (scheme, rest) = uri.split_once(':').ok_or_else(bad)?;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    Ok(match scheme {
+        "tcp" => {
+            if !rest.contains(':') {
+                return Err(bad());
+            }
+            Uri::Tcp(rest.to_string())
+        }
+        "unix" => Uri::Unix(rest.into()),
+        "fd" => Uri::Fd(rest.parse().map_err(|_| bad())?),
+        "file" => Uri::File(rest.into()),
+        _ => return Err(bad()),
+    })
+}
+
+/// The source's side: connects (within [`LINK_TIMEOUT`]).
+pub fn connect(uri: &Uri) -> Result<Conn> {
+    match uri {
+        Uri::Tcp(a) => {
+            let addr = a
+                .to_socket_addrs()
+                .with_context(|| format!("cannot resolve {a}"))?
+                .next()
+                .ok_or_else(|| anyhow!("{a} resolves to no address"))?;
+            let s = TcpStream::connect_timeout(&addr, LINK_TIMEOUT)
+                .with_context(|| format!("cannot connect to tcp:{a}"))?;
+            tune_tcp(&s);
+            Ok(Conn::Tcp(s))
+        }
+        Uri::Unix(p) => Ok(Conn::Unix(
+            UnixStream::connect(p).with_context(|| format!("cannot connect to unix:{}", p.display()))?,
+        )),
+        Uri::Fd(fd) => {
+            // SAFETY: fstat on any integer is harmless; the fd is checked
+            // to be a socket before it is owned.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `st` is a valid out-pointer.
+            if unsafe { libc::fstat(*fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+                bail!("fd:{fd} is not an open socket of this process");
+            }
+            // SAFETY: a socket fd handed to us for this migration; we own it
+            // from now on.
+            Ok(Conn::Unix(unsafe { UnixStream::from_raw_fd(*fd) }))
+        }
+        Uri::File(_) => bail!("file: is not a connection"),
+    }
+}
+
+/// The destination's listening socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    pub fn bind(uri: &Uri) -> Result<Listener> {
+        match uri {
+            Uri::Tcp(a) => Ok(Listener::Tcp(
+                TcpListener::bind(a).with_context(|| format!("cannot listen on tcp:{a}"))?,
+            )),
+            Uri::Unix(p) => {
+                let _ = std::fs::remove_file(p);
+                Ok(Listener::Unix(
+                    UnixListener::bind(p).with_context(|| format!("cannot listen on unix:{}", p.display()))?,
+                    p.clone(),
+                ))
+            }
+            Uri::Fd(_) | Uri::File(_) => bail!("cannot listen on {uri:?}"),
+        }
+    }
+
+    /// Accepts one connection (the only one).
+    pub fn accept(self) -> Result<Conn> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().context("accept failed")?;
+                log::info!("incoming migration from {peer}");
+                tune_tcp(&s);
+                Ok(Conn::Tcp(s))
+            }
+            Listener::Unix(l, p) => {
+                let (s, _) = l.accept().context("accept failed")?;
+                let _ = std::fs::remove_file(p);
+                Ok(Conn::Unix(s))
+            }
+        }
+    }
+}
+
+/// Tunables, as QEMU's `migrate-set-parameters` / `-capabilities`.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub downtime_limit_ms: u64,
+    /// Bytes per second; 0 = no limit.
+    pub max_bandwidth: u64,
+    pub multifd_channels: u64,
+    pub auto_converge: bool,
+    pub multifd: bool,
+    /// Auto-converge: the first throttle and each step, percent.
+    pub throttle_initial: u64,
+    pub throttle_increment: u64,
+    pub max_throttle: u64,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            downtime_limit_ms: 300,
+            max_bandwidth: 0,
+            multifd_channels: 2,
+            auto_converge: false,
+            multifd: false,
+            throttle_initial: 20,
+            throttle_increment: 10,
+            max_throttle: 99,
+        }
+    }
+}
+
+impl Params {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "downtime-limit": self.downtime_limit_ms,
+            "max-bandwidth": self.max_bandwidth,
+            "multifd-channels": self.multifd_channels,
+            "cpu-throttle-initial": self.throttle_initial,
+            "cpu-throttle-increment": self.throttle_increment,
+            "max-cpu-throttle": self.max_throttle,
+        })
+    }
+
+    /// Applies `migrate-set-parameters` arguments; an unknown or invalid
+    /// one changes nothing.
+    pub fn set(&mut self, args: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+        let mut next = self.clone();
+        for (k, v) in args {
+            let n = v
+                .as_u64()
+                .ok_or_else(|| format!("Parameter '{k}' expects a non-negative integer"))?;
+            match k.as_str() {
+                "downtime-limit" if (1..=2_000_000).contains(&n) => next.downtime_limit_ms = n,
+                "downtime-limit" => return Err(format!("Parameter 'downtime-limit' expects an integer in the range of 1 to 2000000 milliseconds, not {n}")),
+                "max-bandwidth" => next.max_bandwidth = n,
+                "multifd-channels" if (1..=255).contains(&n) => next.multifd_channels = n,
+                "multifd-channels" => return Err(format!("Parameter 'multifd-channels' expects a value between 1 and 255, not {n}")),
+                "cpu-throttle-initial" if (1..=99).contains(&n) => next.throttle_initial = n,
+                "cpu-throttle-increment" if (1..=99).contains(&n) => next.throttle_increment = n,
+                "max-cpu-throttle" if (1..=99).contains(&n) => next.max_throttle = n,
+                "cpu-throttle-initial" | "cpu-throttle-increment" | "max-cpu-throttle" => {
+                    return Err(format!("Parameter '{k}' expects an integer in the range of 1 to 99, not {n}"))
+                }
+                _ => return Err(format!("Parameter '{k}' is unexpected")),
+            }
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+/// What `query-migrate` reports while a migration runs, updated by the
+/// migration thread.
+#[derive(Default)]
+pub struct Progress {
+    pub transferred: AtomicU64,
+    pub remaining: AtomicU64,
+    pub duplicate: AtomicU64,
+    pub normal: AtomicU64,
+    pub passes: AtomicU64,
+    pub pages_per_second: AtomicU64,
+    pub dirty_pages_rate: AtomicU64,
+    pub mbps_x100: AtomicU64,
+    pub setup_ms: AtomicU64,
+    pub downtime_ms: AtomicU64,
+    pub expected_downtime_ms: AtomicU64,
+    pub throttle_pct: AtomicU64,
+    /// Why the migration has not converged yet, when it has not.
+    pub not_converging: Mutex<Option<String>>,
+    pub cancel: AtomicBool,
+}
+
+/// Messages from the migration thread to the main loop.
+pub enum Msg {
+    /// RAM is close enough: stop the VM and hand over every device's state
+    /// (the reply), written by `write` into the stream.
+    Converged(Sender<Result<DeviceState, String>>),
+    /// An event for QMP clients.
+    Event(&'static str, serde_json::Value),
+    /// The migration ended: Ok = the destination runs the guest.
+    Done(Result<(), String>),
+}
+
+/// Every device's state, taken by the main loop once the VM stopped.
+pub struct DeviceState {
+    pub sections: Vec<crate::snapshot::Section>,
+    pub paused_at: Instant,
+}
+
+/// Everything the source thread needs.
+pub struct Source {
+    pub conn: Conn,
+    pub mem: GuestMemoryMmap,
+    pub vm: Arc<dyn Vm>,
+    pub ram: u64,
+    pub machine: &'static str,
+    pub params: Params,
+    pub progress: Arc<Progress>,
+    pub ctl: Box<dyn Fn(Msg) + Send>,
+}
+
+/// Counts bytes on their way out, honours `max-bandwidth`, and gives up
+/// when cancelled.
+struct Meter<'a> {
+    w: Conn,
+    progress: &'a Progress,
+    max_bandwidth: u64,
+    window: Instant,
+    window_bytes: u64,
+}
+
+impl Write for Meter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.progress.cancel.load(Ordering::SeqCst) {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "migration cancelled"));
+        }
+        let n = self.w.write(b)?;
+        self.progress.transferred.fetch_add(n as u64, Ordering::Relaxed);
+        if self.max_bandwidth > 0 {
+            self.window_bytes += n as u64;
+            let due = Duration::from_secs_f64(self.window_bytes as f64 / self.max_bandwidth as f64);
+            let spent = self.window.elapsed();
+            if due > spent {
+                std::thread::sleep(due - spent);
+            }
+            if spent > Duration::from_secs(1) {
+                self.window = Instant::now();
+                self.window_bytes = 0;
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Block offset of the page at `i` in region `r` (regions in order: low
+/// RAM, then RAM above 4 GiB).
+fn block_offset(ram: u64, region_start: u64, i: usize) -> u64 {
+    let base = if region_start >= layout::HIGH_RAM_START {
+        layout::low_ram_size(ram)
+    } else {
+        0
+    };
+    base + (i * PAGE_SIZE) as u64
+}
+
+/// The dirty pages of every region: KVM's log OR the devices' bitmap.
+fn dirty_pages(vm: &dyn Vm, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>> {
+    let mut out = vec![];
+    for (slot, r) in mem.iter().enumerate() {
+        let mut kvm = vm.dirty_log(slot as u32)?;
+        let dev = region_bitmap(r).get_and_reset();
+        for (i, w) in dev.iter().enumerate() {
+            if let Some(k) = kvm.get_mut(i) {
+                *k |= w;
+            }
+        }
+        out.push(kvm);
+    }
+    Ok(out)
+}
+
+/// The bitmap of the writes devices did to region `r`.
+fn region_bitmap(r: &vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>) -> &vm_memory::bitmap::AtomicBitmap {
+    let m: &vm_memory::MmapRegion<vm_memory::bitmap::AtomicBitmap> = r;
+    m.bitmap()
+}
+
+fn count(bits: &[Vec<u64>]) -> u64 {
+    bits.iter().flatten().map(|w| w.count_ones() as u64).sum()
+}
+
+impl Source {
+    /// Runs the migration to its end; reports through `ctl`.
+    pub fn run(self) {
+        let vm = self.vm.clone();
+        let progress = self.progress.clone();
+        let ctl_done = |r| (self.ctl)(Msg::Done(r));
+        let r = self.precopy();
+        let _ = vm.set_dirty_logging(false);
+        if let Err(e) = &r {
+            log::error!("migration failed: {e:#}");
+        }
+        progress.throttle_pct.store(0, Ordering::SeqCst);
+        ctl_done(r.map_err(|e| format!("{e:#}")));
+    }
+
+    fn precopy(&self) -> Result<()> {
+        let t0 = Instant::now();
+        let p = &*self.progress;
+        // Every write from now on is seen: KVM's log for the vCPUs, the
+        // bitmap for devices (cleared of what happened before).
+        self.vm.set_dirty_logging(true)?;
+        for r in self.mem.iter() {
+            region_bitmap(r).reset();
+        }
+        let reader = self.conn.try_clone()?;
+        let meter = Meter {
+            w: self.conn.try_clone()?,
+            progress: p,
+            max_bandwidth: self.params.max_bandwidth,
+            window: Instant::now(),
+            window_bytes: 0,
+        };
+        let mut w = Writer::new(std::io::BufWriter::with_capacity(1 << 20, meter), self.machine)?;
+        let id = w.ram_start(&[(crate::snapshot::RAM_BLOCK, self.ram)])?;
+        p.setup_ms.store(t0.elapsed().as_millis() as u64, Ordering::SeqCst);
+        (self.ctl)(Msg::Event("MIGRATION", json!({"status": "active"})));
+
+        // Pass 1: every page anyone ever touched (the rest is zero on both
+        // sides: the destination's memory is fresh).
+        let mut dirty: Vec<Vec<u64>> = vec![];
+        for r in self.mem.iter() {
+            let host = self.mem.get_host_address(r.start_addr()).map_err(|e| anyhow!("guest memory: {e}"))?;
+            let pages = r.len() as usize / PAGE_SIZE;
+            let touched = crate::snapshot::touched_pages(host as usize, r.len() as usize);
+            let mut bits = vec![0u64; pages.div_ceil(64)];
+            for i in 0..pages {
+                if touched.as_ref().is_none_or(|t| t[i]) {
+                    bits[i / 64] |= 1 << (i % 64);
+                }
+            }
+            dirty.push(bits);
+        }
+        let mut pass = 1u64;
+        let mut bandwidth = 0f64; // bytes per second, measured
+        let mut throttle = 0u64;
+        let mut behind = 0u32;
+        loop {
+            let pages = count(&dirty);
+            p.remaining.store(pages * PAGE_SIZE as u64, Ordering::SeqCst);
+            let start = Instant::now();
+            let before = p.transferred.load(Ordering::SeqCst);
+            self.send_pages(&mut w, id, &dirty, false, &reader)?;
+            w.flush()?;
+            let dt = start.elapsed().as_secs_f64().max(1e-6);
+            let sent = p.transferred.load(Ordering::SeqCst) - before;
+            if sent > (1 << 20) {
+                bandwidth = sent as f64 / dt;
+            }
+            p.passes.store(pass, Ordering::SeqCst);
+            p.pages_per_second.store((pages as f64 / dt) as u64, Ordering::SeqCst);
+            p.mbps_x100.store((bandwidth * 8.0 / 1e6 * 100.0) as u64, Ordering::SeqCst);
+            (self.ctl)(Msg::Event("MIGRATION_PASS", json!({"pass": pass})));
+            dirty = dirty_pages(&*self.vm, &self.mem)?;
+            let left = count(&dirty);
+            let left_bytes = left * PAGE_SIZE as u64;
+            p.remaining.store(left_bytes, Ordering::SeqCst);
+            p.dirty_pages_rate.store((left as f64 / dt) as u64, Ordering::SeqCst);
+            let bw = if bandwidth > 0.0 { bandwidth } else { 1e9 };
+            let expected_ms = (left_bytes as f64 / bw * 1000.0) as u64;
+            p.expected_downtime_ms.store(expected_ms, Ordering::SeqCst);
+            log::info!(
+                "migration pass {pass}: {pages} pages in {:.0} ms ({:.0} MB/s); {left} dirty, {expected_ms} ms to send",
+                dt * 1000.0,
+                bandwidth / 1e6
+            );
+            if expected_ms <= self.params.downtime_limit_ms {
+                break;
+            }
+            // Not converging: the guest dirties faster than we send.
+            let rate = left_bytes as f64 / dt;
+            if rate >= bw * 0.9 {
+                behind += 1;
+                *p.not_converging.lock().expect("progress lock") = Some(format!(
+                    "the guest dirties {:.0} MB/s, the link moves {:.0} MB/s: {} ms of RAM left, the downtime limit is {} ms{}",
+                    rate / 1e6,
+                    bw / 1e6,
+                    expected_ms,
+                    self.params.downtime_limit_ms,
+                    if self.params.auto_converge { "; throttling the vCPUs" } else { "; auto-converge is off" }
+                ));
+                if self.params.auto_converge && behind >= 2 {
+                    throttle = if throttle == 0 {
+                        self.params.throttle_initial
+                    } else {
+                        (throttle + self.params.throttle_increment).min(self.params.max_throttle)
+                    };
+                    p.throttle_pct.store(throttle, Ordering::SeqCst);
+                    log::info!("auto-converge: vCPUs throttled to {throttle}%");
+                }
+            } else {
+                behind = 0;
+                *p.not_converging.lock().expect("progress lock") = None;
+            }
+            pass += 1;
+        }
+
+        // Stop the VM; the main loop hands back every device's state.
+        let (tx, rx) = std::sync::mpsc::channel();
+        (self.ctl)(Msg::Converged(tx));
+        let devices = rx
+            .recv()
+            .map_err(|_| anyhow!("the VM went away"))?
+            .map_err(|e| anyhow!("cannot stop the VM: {e}"))?;
+        let last = dirty_pages(&*self.vm, &self.mem)?;
+        for (d, l) in dirty.iter_mut().zip(&last) {
+            for (a, b) in d.iter_mut().zip(l) {
+                *a |= b;
+            }
+        }
+        self.send_pages(&mut w, id, &dirty, true, &reader)?;
+        for (idstr, instance, desc, state) in &devices.sections {
+            w.section(idstr, *instance, desc, state)?;
+        }
+        let mut out = w.finish()?;
+        out.flush()?;
+        drop(out);
+        p.remaining.store(0, Ordering::SeqCst);
+
+        // The handshake: only a loaded destination gets GO.
+        let mut lines = BufReader::new(reader);
+        let conn = self.conn.try_clone()?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let answer = read_line(&mut lines).context("the destination did not confirm the stream")?;
+        match answer.strip_prefix("ERR ") {
+            Some(why) => bail!("the destination refused the stream: {why}"),
+            None if answer == "LOADED" => {}
+            None => bail!("the destination answered '{answer}' instead of LOADED"),
+        }
+        let mut go = conn.try_clone()?;
+        go.write_all(b"GO\n").context("cannot send GO to the destination")?;
+        // Committed: from here the destination owns the guest.
+        conn.set_read_timeout(Some(LINK_TIMEOUT))?;
+        match read_line(&mut lines) {
+            Ok(l) if l == "RUNNING" => {}
+            Ok(l) => log::warn!("the destination answered '{l}' after GO"),
+            Err(e) => log::warn!("no RUNNING from the destination after GO: {e:#}"),
+        }
+        p.downtime_ms.store(devices.paused_at.elapsed().as_millis() as u64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// One pass: the pages set in `dirty`.
+    fn send_pages<W: Write>(
+        &self,
+        w: &mut Writer<W>,
+        id: u32,
+        dirty: &[Vec<u64>],
+        last: bool,
+        peer: &Conn,
+    ) -> Result<()> {
+        let p = &*self.progress;
+        for (ri, r) in self.mem.iter().enumerate() {
+            if let Some(msg) = peer.pending() {
+                let msg = msg.lines().next().unwrap_or_default().to_string();
+                bail!(
+                    "the destination refused the stream: {}",
+                    msg.strip_prefix("ERR ").unwrap_or(&msg)
+                );
+            }
+            let host = self.mem.get_host_address(r.start_addr()).map_err(|e| anyhow!("guest memory: {e}"))?;
+            // SAFETY: the region is mapped for the VM's lifetime; the guest
+            // may write it concurrently (torn pages are dirty again and
+            // resent in the next pass, or the VM is stopped).
+            let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, r.len() as usize) };
+            let bits = &dirty[ri];
+            let start = r.start_addr().0;
+            let pages = (0..bytes.len() / PAGE_SIZE)
+                .filter(|i| bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0))
+                .map(|i| {
+                    let d = &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                    if crate::snapshot::is_zero(d) {
+                        p.duplicate.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        p.normal.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (crate::snapshot::RAM_BLOCK, block_offset(self.ram, start, i), d)
+                });
+            w.ram_pages(id, false, pages)?;
+        }
+        if last {
+            w.ram_pages(id, true, [])?;
+        }
+        Ok(())
+    }
+}
+
+/// One handshake line, without its newline.
+pub fn read_line<R: BufRead>(r: &mut R) -> Result<String> {
+    let mut s = String::new();
+    let n = r.read_line(&mut s)?;
+    if n == 0 {
+        bail!("the connection closed");
+    }
+    Ok(s.trim_end().to_string())
+}
+
+/// The destination tells the source why it refused the stream, then keeps
+/// reading (so the source sees the reason, not a reset) for a moment.
+pub fn refuse(conn: &mut Conn, why: &str) {
+    let line = format!("ERR {}\n", why.replace('\n', " "));
+    let _ = conn.write_all(line.as_bytes());
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut sink = [0u8; 65536];
+    while Instant::now() < deadline {
+        match conn.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+}
