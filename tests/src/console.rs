@@ -246,6 +246,14 @@ pub fn field(line: &str, key: &str) -> Option<String> {
     })
 }
 
+impl Vm {
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -72,6 +72,21 @@ impl Vmm {
     pub fn spawn(&self, name: &str) -> Vm {
         Vm::spawn(name, self.command())
     }
+    /// The same, inside network namespace `ns` (a second "host").
+    pub fn spawn_in(&self, ns: &str, name: &str) -> Vm {
+        let c = self.command();
+        let mut w = Command::new("ip");
+        w.args(["netns", "exec", ns])
+            .arg(c.get_program())
+            .args(c.get_args());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => w.env(k, v),
+                None => w.env_remove(k),
+            };
+        }
+        Vm::spawn(name, w)
+    }
 }
 
 impl Default for Vmm {

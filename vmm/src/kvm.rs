@@ -2,6 +2,7 @@
 
 use crate::hypervisor::{Blobs, Error, Exit, ExitHandler, Vcpu, Vm, X86BootState};
 use devices::virtio::Doorbell;
+use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
 use kvm_bindings::{
     kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_state2,
     kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs, KVM_IRQCHIP_IOAPIC,
@@ -13,7 +14,6 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
 use vmm_sys_util::eventfd::EventFd;
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;

@@ -130,7 +130,11 @@ fn tune_tcp(s: &TcpStream) {
             )
         };
     };
-    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, LINK_TIMEOUT.as_millis() as i32);
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        LINK_TIMEOUT.as_millis() as i32,
+    );
     set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1);
@@ -147,7 +151,11 @@ pub enum Uri {
 }
 
 pub fn parse_uri(uri: &str) -> Result<Uri> {
-    let bad = || anyhow!("invalid migration URI '{uri}': expected tcp:HOST:PORT, unix:PATH, fd:N or file:PATH");
+    let bad = || {
+        anyhow!(
+            "invalid migration URI '{uri}': expected tcp:HOST:PORT, unix:PATH, fd:N or file:PATH"
+        )
+    };
     let (scheme, rest) = uri.split_once(':').ok_or_else(bad)?;
     if rest.is_empty() {
         return Err(bad());
@@ -180,15 +188,19 @@ pub fn connect(uri: &Uri) -> Result<Conn> {
             tune_tcp(&s);
             Ok(Conn::Tcp(s))
         }
-        Uri::Unix(p) => Ok(Conn::Unix(
-            UnixStream::connect(p).with_context(|| format!("cannot connect to unix:{}", p.display()))?,
-        )),
+        Uri::Unix(p) => {
+            Ok(Conn::Unix(UnixStream::connect(p).with_context(|| {
+                format!("cannot connect to unix:{}", p.display())
+            })?))
+        }
         Uri::Fd(fd) => {
             // SAFETY: fstat on any integer is harmless; the fd is checked
             // to be a socket before it is owned.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: `st` is a valid out-pointer.
-            if unsafe { libc::fstat(*fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            if unsafe { libc::fstat(*fd, &mut st) } != 0
+                || st.st_mode & libc::S_IFMT != libc::S_IFSOCK
+            {
                 bail!("fd:{fd} is not an open socket of this process");
             }
             // SAFETY: a socket fd handed to us for this migration; we own it
@@ -214,7 +226,8 @@ impl Listener {
             Uri::Unix(p) => {
                 let _ = std::fs::remove_file(p);
                 Ok(Listener::Unix(
-                    UnixListener::bind(p).with_context(|| format!("cannot listen on unix:{}", p.display()))?,
+                    UnixListener::bind(p)
+                        .with_context(|| format!("cannot listen on unix:{}", p.display()))?,
                     p.clone(),
                 ))
             }
@@ -373,10 +386,13 @@ struct Meter<'a> {
 impl Write for Meter<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         if self.progress.cancel.load(Ordering::SeqCst) {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "migration cancelled"));
+            // Not `Interrupted`: write_all would retry that forever.
+            return Err(std::io::Error::other("migration cancelled"));
         }
         let n = self.w.write(b)?;
-        self.progress.transferred.fetch_add(n as u64, Ordering::Relaxed);
+        self.progress
+            .transferred
+            .fetch_add(n as u64, Ordering::Relaxed);
         if self.max_bandwidth > 0 {
             self.window_bytes += n as u64;
             let due = Duration::from_secs_f64(self.window_bytes as f64 / self.max_bandwidth as f64);
@@ -424,7 +440,9 @@ fn dirty_pages(vm: &dyn Vm, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>> {
 }
 
 /// The bitmap of the writes devices did to region `r`.
-fn region_bitmap(r: &vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>) -> &vm_memory::bitmap::AtomicBitmap {
+fn region_bitmap(
+    r: &vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>,
+) -> &vm_memory::bitmap::AtomicBitmap {
     let m: &vm_memory::MmapRegion<vm_memory::bitmap::AtomicBitmap> = r;
     m.bitmap()
 }
@@ -465,16 +483,23 @@ impl Source {
             window: Instant::now(),
             window_bytes: 0,
         };
-        let mut w = Writer::new(std::io::BufWriter::with_capacity(1 << 20, meter), self.machine)?;
+        let mut w = Writer::new(
+            std::io::BufWriter::with_capacity(1 << 20, meter),
+            self.machine,
+        )?;
         let id = w.ram_start(&[(crate::snapshot::RAM_BLOCK, self.ram)])?;
-        p.setup_ms.store(t0.elapsed().as_millis() as u64, Ordering::SeqCst);
+        p.setup_ms
+            .store(t0.elapsed().as_millis() as u64, Ordering::SeqCst);
         (self.ctl)(Msg::Event("MIGRATION", json!({"status": "active"})));
 
         // Pass 1: every page anyone ever touched (the rest is zero on both
         // sides: the destination's memory is fresh).
         let mut dirty: Vec<Vec<u64>> = vec![];
         for r in self.mem.iter() {
-            let host = self.mem.get_host_address(r.start_addr()).map_err(|e| anyhow!("guest memory: {e}"))?;
+            let host = self
+                .mem
+                .get_host_address(r.start_addr())
+                .map_err(|e| anyhow!("guest memory: {e}"))?;
             let pages = r.len() as usize / PAGE_SIZE;
             let touched = crate::snapshot::touched_pages(host as usize, r.len() as usize);
             let mut bits = vec![0u64; pages.div_ceil(64)];
@@ -491,7 +516,8 @@ impl Source {
         let mut behind = 0u32;
         loop {
             let pages = count(&dirty);
-            p.remaining.store(pages * PAGE_SIZE as u64, Ordering::SeqCst);
+            p.remaining
+                .store(pages * PAGE_SIZE as u64, Ordering::SeqCst);
             let start = Instant::now();
             let before = p.transferred.load(Ordering::SeqCst);
             self.send_pages(&mut w, id, &dirty, false, &reader)?;
@@ -502,14 +528,17 @@ impl Source {
                 bandwidth = sent as f64 / dt;
             }
             p.passes.store(pass, Ordering::SeqCst);
-            p.pages_per_second.store((pages as f64 / dt) as u64, Ordering::SeqCst);
-            p.mbps_x100.store((bandwidth * 8.0 / 1e6 * 100.0) as u64, Ordering::SeqCst);
+            p.pages_per_second
+                .store((pages as f64 / dt) as u64, Ordering::SeqCst);
+            p.mbps_x100
+                .store((bandwidth * 8.0 / 1e6 * 100.0) as u64, Ordering::SeqCst);
             (self.ctl)(Msg::Event("MIGRATION_PASS", json!({"pass": pass})));
             dirty = dirty_pages(&*self.vm, &self.mem)?;
             let left = count(&dirty);
             let left_bytes = left * PAGE_SIZE as u64;
             p.remaining.store(left_bytes, Ordering::SeqCst);
-            p.dirty_pages_rate.store((left as f64 / dt) as u64, Ordering::SeqCst);
+            p.dirty_pages_rate
+                .store((left as f64 / dt) as u64, Ordering::SeqCst);
             let bw = if bandwidth > 0.0 { bandwidth } else { 1e9 };
             let expected_ms = (left_bytes as f64 / bw * 1000.0) as u64;
             p.expected_downtime_ms.store(expected_ms, Ordering::SeqCst);
@@ -582,7 +611,8 @@ impl Source {
             None => bail!("the destination answered '{answer}' instead of LOADED"),
         }
         let mut go = conn.try_clone()?;
-        go.write_all(b"GO\n").context("cannot send GO to the destination")?;
+        go.write_all(b"GO\n")
+            .context("cannot send GO to the destination")?;
         // Committed: from here the destination owns the guest.
         conn.set_read_timeout(Some(LINK_TIMEOUT))?;
         match read_line(&mut lines) {
@@ -590,7 +620,10 @@ impl Source {
             Ok(l) => log::warn!("the destination answered '{l}' after GO"),
             Err(e) => log::warn!("no RUNNING from the destination after GO: {e:#}"),
         }
-        p.downtime_ms.store(devices.paused_at.elapsed().as_millis() as u64, Ordering::SeqCst);
+        p.downtime_ms.store(
+            devices.paused_at.elapsed().as_millis() as u64,
+            Ordering::SeqCst,
+        );
         Ok(())
     }
 
@@ -612,7 +645,10 @@ impl Source {
                     msg.strip_prefix("ERR ").unwrap_or(&msg)
                 );
             }
-            let host = self.mem.get_host_address(r.start_addr()).map_err(|e| anyhow!("guest memory: {e}"))?;
+            let host = self
+                .mem
+                .get_host_address(r.start_addr())
+                .map_err(|e| anyhow!("guest memory: {e}"))?;
             // SAFETY: the region is mapped for the VM's lifetime; the guest
             // may write it concurrently (torn pages are dirty again and
             // resent in the next pass, or the VM is stopped).
@@ -628,7 +664,11 @@ impl Source {
                     } else {
                         p.normal.fetch_add(1, Ordering::Relaxed);
                     }
-                    (crate::snapshot::RAM_BLOCK, block_offset(self.ram, start, i), d)
+                    (
+                        crate::snapshot::RAM_BLOCK,
+                        block_offset(self.ram, start, i),
+                        d,
+                    )
                 });
             w.ram_pages(id, false, pages)?;
         }
@@ -661,7 +701,9 @@ pub fn refuse(conn: &mut Conn, why: &str) {
         match conn.read(&mut sink) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => break,
         }
     }

@@ -730,6 +730,11 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     let events = qmp::Events::default();
     let (ctl_tx, ctl_rx) = channel::<Control>();
     let (req_tx, req_rx) = channel::<qmp::Request>();
+    // Listening before the monitor answers: a client that sees QMP up can
+    // start the source's migrate.
+    if let Some(crate::config::Incoming::Listen(uri)) = &cfg.incoming {
+        listen_incoming(uri, ctl_tx.clone())?;
+    }
     qmp::start(&cfg.qmp, req_tx, events.clone())?;
     {
         let ctl_tx = ctl_tx.clone();
@@ -786,9 +791,6 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             for (name, data) in session.queued.drain(..) {
                 events.emit(name, data);
             }
-        }
-        if let (1, Some(crate::config::Incoming::Listen(uri))) = (gen, &cfg.incoming) {
-            listen_incoming(uri, ctl_tx.clone())?;
         }
         let end = loop {
             // Auto-converge: kick the vCPUs every 10 ms so they sleep their
@@ -998,6 +1000,14 @@ impl Session<'_> {
                 return;
             }
         };
+        // Fault injection for tests: hold the answer while the source sits
+        // paused, so a test can kill this side in that window.
+        if let Some(ms) = std::env::var("VMM_TEST_DELAY_LOADED_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         let go = conn.try_clone().map_err(anyhow::Error::from).and_then(|c| {
             let mut w = c.try_clone()?;
             w.write_all(b"LOADED\n")?;
@@ -1030,7 +1040,10 @@ impl Session<'_> {
             self.status = "running";
         }
         let _ = conn.write_all(b"RUNNING\n");
-        log::info!("incoming migration loaded and running in {} ms", t0.elapsed().as_millis());
+        log::info!(
+            "incoming migration loaded and running in {} ms",
+            t0.elapsed().as_millis()
+        );
         self.queued
             .push(("MIGRATION", Some(json!({"status": "completed"}))));
         if self.status == "running" {
@@ -1055,11 +1068,14 @@ impl Session<'_> {
             started: Some(t0),
             ..Default::default()
         };
-        self.queued.push(("MIGRATION", Some(json!({"status": "setup"}))));
+        self.queued
+            .push(("MIGRATION", Some(json!({"status": "setup"}))));
         let ctl = Mutex::new(self.ctl.clone());
         let gen = self.gen;
         let src = crate::migrate::Source {
-            conn: conn.try_clone().map_err(|e| QmpError::generic(e.to_string()))?,
+            conn: conn
+                .try_clone()
+                .map_err(|e| QmpError::generic(e.to_string()))?,
             mem: self.board.mem.clone(),
             vm: self.board.vm.clone(),
             ram: self.cfg.memory,
@@ -1067,7 +1083,10 @@ impl Session<'_> {
             params: self.params.clone(),
             progress: progress.clone(),
             ctl: Box::new(move |m| {
-                let _ = ctl.lock().expect("ctl lock").send(Control::Migration(gen, m));
+                let _ = ctl
+                    .lock()
+                    .expect("ctl lock")
+                    .send(Control::Migration(gen, m));
             }),
         };
         std::thread::Builder::new()
@@ -1086,7 +1105,11 @@ impl Session<'_> {
             Msg::Event(name, data) => {
                 if name == "MIGRATION" {
                     if let Some(s) = data["status"].as_str() {
-                        self.migration.status = if s == "active" { "active" } else { self.migration.status };
+                        self.migration.status = if s == "active" {
+                            "active"
+                        } else {
+                            self.migration.status
+                        };
                     }
                 }
                 self.queued.push((name, Some(data)));
@@ -1098,14 +1121,21 @@ impl Session<'_> {
                     self.stopped_for_migration = was_running;
                     self.status = "finish-migrate";
                     let clock = self.saved_clock.unwrap_or_default();
-                    crate::snapshot::device_sections(&self.parts(clock)).map_err(|e| format!("{e:#}"))
+                    crate::snapshot::device_sections(&self.parts(clock))
+                        .map_err(|e| format!("{e:#}"))
                 });
-                let _ = reply.send(r.map(|sections| crate::migrate::DeviceState { sections, paused_at }));
+                let _ = reply.send(r.map(|sections| crate::migrate::DeviceState {
+                    sections,
+                    paused_at,
+                }));
             }
             Msg::Done(r) => {
                 let p = self.progress.take();
                 self.conn = None;
-                let total_ms = self.migration.started.map_or(0, |t| t.elapsed().as_millis() as u64);
+                let total_ms = self
+                    .migration
+                    .started
+                    .map_or(0, |t| t.elapsed().as_millis() as u64);
                 self.migration.total_ms = total_ms;
                 self.migration.live = p.clone();
                 match r {
@@ -1113,7 +1143,8 @@ impl Session<'_> {
                         self.migration.status = "completed";
                         self.status = "postmigrate";
                         self.stopped_for_migration = false;
-                        self.queued.push(("MIGRATION", Some(json!({"status": "completed"}))));
+                        self.queued
+                            .push(("MIGRATION", Some(json!({"status": "completed"}))));
                     }
                     Err(why) => {
                         let cancelled = p.as_ref().is_some_and(|p| p.cancel.load(Ordering::SeqCst));
@@ -1128,10 +1159,8 @@ impl Session<'_> {
                                 log::error!("cannot resume after the failed migration: {}", e.desc);
                             }
                         }
-                        self.queued.push((
-                            "MIGRATION",
-                            Some(json!({"status": self.migration.status})),
-                        ));
+                        self.queued
+                            .push(("MIGRATION", Some(json!({"status": self.migration.status}))));
                     }
                 }
             }
@@ -1237,11 +1266,10 @@ impl qmp::commands::Target for Session<'_> {
 
     fn migrate(&mut self, uri: &str) -> Result<(), QmpError> {
         if self.progress.is_some() {
-            return Err(QmpError::generic(
-                "There's a migration process in progress",
-            ));
+            return Err(QmpError::generic("There's a migration process in progress"));
         }
-        let target = crate::migrate::parse_uri(uri).map_err(|e| QmpError::generic(format!("{e:#}")))?;
+        let target =
+            crate::migrate::parse_uri(uri).map_err(|e| QmpError::generic(format!("{e:#}")))?;
         let path = match target {
             crate::migrate::Uri::File(p) => p,
             live => return self.migrate_live(&live),
@@ -1307,16 +1335,21 @@ impl qmp::commands::Target for Session<'_> {
                 "migrate-incoming is only possible once, after -incoming defer",
             ));
         }
-        let path = match crate::migrate::parse_uri(uri).map_err(|e| QmpError::generic(format!("{e:#}")))? {
+        let path = match crate::migrate::parse_uri(uri)
+            .map_err(|e| QmpError::generic(format!("{e:#}")))?
+        {
             crate::migrate::Uri::File(p) => p,
             l @ (crate::migrate::Uri::Tcp(_) | crate::migrate::Uri::Unix(_)) => {
-                listen_incoming(&l, self.ctl.clone()).map_err(|e| QmpError::generic(format!("{e:#}")))?;
+                listen_incoming(&l, self.ctl.clone())
+                    .map_err(|e| QmpError::generic(format!("{e:#}")))?;
                 // Once: a second migrate-incoming is refused.
                 self.migration.status = "active";
                 return Ok(());
             }
             crate::migrate::Uri::Fd(_) => {
-                return Err(QmpError::generic("migrate-incoming takes tcp:, unix: or file:"))
+                return Err(QmpError::generic(
+                    "migrate-incoming takes tcp:, unix: or file:",
+                ))
             }
         };
         // A stream that does not load leaves a half-written board: the
@@ -1396,7 +1429,10 @@ impl qmp::commands::Target for Session<'_> {
         Ok(())
     }
 
-    fn migrate_set_parameters(&mut self, args: &serde_json::Map<String, serde_json::Value>) -> Result<(), QmpError> {
+    fn migrate_set_parameters(
+        &mut self,
+        args: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), QmpError> {
         self.params.set(args).map_err(QmpError::generic)
     }
 
@@ -1414,7 +1450,11 @@ impl qmp::commands::Target for Session<'_> {
                 "auto-converge" => next.auto_converge = *on,
                 "multifd" => next.multifd = *on,
                 "events" | "return-path" => {}
-                _ => return Err(QmpError::generic(format!("Capability '{name}' is not supported by vmm"))),
+                _ => {
+                    return Err(QmpError::generic(format!(
+                        "Capability '{name}' is not supported by vmm"
+                    )))
+                }
             }
         }
         *self.params = next;

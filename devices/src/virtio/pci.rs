@@ -917,12 +917,9 @@ impl PciFunction for VirtioPci {
         };
         let pci = sub("pci")?.clone();
         self.config_mut().load(&pci).map_err(|m| {
-            crate::pci::config_load_error(
-                device,
-                m,
-                |_| None,
-                |_, _| hint_for(self.legacy, self.modern),
-            )
+            crate::pci::config_load_error(device, m, register_name, |o, _| {
+                hint_for(o, self.legacy, self.modern)
+            })
         })?;
         self.shared
             .msix
@@ -967,8 +964,27 @@ impl PciFunction for VirtioPci {
     }
 }
 
-/// Advice for a config mismatch on a virtio device: the interfaces differ.
-fn hint_for(legacy: bool, modern: bool) -> Option<String> {
+/// The register at a config offset, for load errors.
+fn register_name(offset: u16) -> Option<&'static str> {
+    Some(match offset {
+        0x00 => "Vendor/Device ID",
+        0x08 => "Class Code/Revision ID",
+        0x10..=0x24 => "a Base Address Register",
+        0x2c => "Subsystem ID",
+        0x34 => "Capabilities Pointer",
+        CAP_OFF_MSIX => "MSI-X Message Control (table size)",
+        CAP_OFF_COMMON..CAP_OFF_MSIX => "a virtio capability",
+        _ => return None,
+    })
+}
+
+/// Advice for a config mismatch on a virtio device.
+fn hint_for(offset: u16, legacy: bool, modern: bool) -> Option<String> {
+    if offset == CAP_OFF_MSIX {
+        return Some(
+            "the MSI-X vector counts differ: vectors= (by default one per queue plus one, so num-queues too) must agree with the source".into(),
+        );
+    }
     Some(format!(
         "this side exposes {} (disable-legacy, disable-modern, x-ignore-backend-features and the backend's VIRTIO_F_VERSION_1 decide that; they must agree with the source)",
         match (legacy, modern) {

@@ -101,12 +101,12 @@ pub const COMMANDS: &[Command] = &[
     Command(
         "migrate-set-parameters",
         &[
-            ("downtime-limit", "int"),
-            ("max-bandwidth", "int"),
-            ("multifd-channels", "int"),
-            ("cpu-throttle-initial", "int"),
-            ("cpu-throttle-increment", "int"),
-            ("max-cpu-throttle", "int"),
+            ("downtime-limit", "?int"),
+            ("max-bandwidth", "?int"),
+            ("multifd-channels", "?int"),
+            ("cpu-throttle-initial", "?int"),
+            ("cpu-throttle-increment", "?int"),
+            ("max-cpu-throttle", "?int"),
         ],
         |t, a| t.migrate_set_parameters(a).map(|_| json!({})),
     ),
@@ -155,7 +155,7 @@ pub fn dispatch(
         let Some((_, ty)) = params.iter().find(|p| p.0 == k) else {
             return Err(QmpError::generic(format!("Parameter '{k}' is unexpected")));
         };
-        let ok = match *ty {
+        let ok = match ty.trim_start_matches('?') {
             "string" => v.is_string(),
             "array" => v.is_array(),
             "bool" => v.is_boolean(),
@@ -168,10 +168,11 @@ pub fn dispatch(
             )));
         }
     }
-    // Every declared parameter is mandatory except qmp_capabilities' enable.
+    // Every declared parameter is mandatory except those whose type starts
+    // with '?' (and qmp_capabilities' enable).
     if let Some((p, _)) = params
         .iter()
-        .find(|p| p.0 != "enable" && !args.contains_key(p.0))
+        .find(|p| p.0 != "enable" && !p.1.starts_with('?') && !args.contains_key(p.0))
     {
         return Err(QmpError::generic(format!("Parameter '{p}' is missing")));
     }

@@ -1,0 +1,560 @@
+//! Live migration between vmm processes over real TCP: a guest that keeps
+//! writing memory moves A -> B -> C -> A and its own checker verifies
+//! every page; block I/O in flight; two "hosts" in network namespaces;
+//! and every failure (destination killed mid-RAM or while the source is
+//! paused, a cut link, a wrong machine type, cancel) leaves the source
+//! running with nothing lost, ready to migrate again.
+
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use vmm_tests::console::{field, Vm};
+use vmm_tests::qmp::Qmp;
+use vmm_tests::vmm::Vmm;
+use vmm_tests::{blk_pattern, free_port, TempDir};
+
+const BOOT: Duration = Duration::from_secs(60);
+const T: Duration = Duration::from_secs(60);
+const GUEST: &str = "cpus=2 work=mem,counter mem_mb=64 tick_ms=100 max_gap_ms=3000 seed=7";
+
+struct Node {
+    vm: Vm,
+    sock: PathBuf,
+}
+
+impl Node {
+    fn qmp(&self) -> Qmp {
+        Qmp::connect(&self.sock, T)
+    }
+    fn status(&self) -> String {
+        self.qmp().execute("query-status", json!({}))["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+fn vmm(dir: &TempDir, name: &str, extra: &[&str]) -> (Vmm, PathBuf) {
+    let sock = dir.path(&format!("{name}.sock"));
+    let _ = std::fs::remove_file(&sock);
+    let v = Vmm::new()
+        .args(["-m", "256M", "-smp", "2"])
+        .args([
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", sock.display()),
+        ])
+        .args(extra)
+        .append(GUEST);
+    (v, sock)
+}
+
+/// Starts a vmm and waits for its monitor (a destination listens by then).
+fn start(dir: &TempDir, name: &str, extra: &[&str]) -> Node {
+    let (v, sock) = vmm(dir, name, extra);
+    let n = Node {
+        vm: v.spawn(name),
+        sock,
+    };
+    n.qmp();
+    n
+}
+
+fn ticks(vm: &Vm) -> Vec<u64> {
+    vm.lines()
+        .iter()
+        .filter(|l| l.starts_with("tick n="))
+        .filter_map(|l| field(l, "n")?.parse().ok())
+        .collect()
+}
+
+fn wait_ticks(vm: &Vm, n: usize) -> u64 {
+    let deadline = Instant::now() + BOOT;
+    loop {
+        let t = ticks(vm);
+        if t.len() >= n {
+            return *t.last().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} ticks\n{}",
+            vm.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a migration and polls until it ends; the final query-migrate.
+fn migrate(src: &Node, uri: &str) -> Value {
+    let mut q = src.qmp();
+    q.execute("migrate", json!({ "uri": uri }));
+    wait_end(&mut q)
+}
+
+fn wait_end(q: &mut Qmp) -> Value {
+    let deadline = Instant::now() + T;
+    loop {
+        let m = q.execute("query-migrate", json!({}));
+        if matches!(
+            m["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "migration did not end: {m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The guest's own verdict on every page it wrote.
+fn verify(vm: &mut Vm) {
+    let before = vm.count(|l| l.starts_with("mem.verify") && l.contains("reason=request"));
+    vm.send(b"v");
+    vm.wait_count("a verify", before + 1, T, |l| {
+        l.starts_with("mem.verify") && l.contains("reason=request")
+    });
+    let v = vm
+        .lines()
+        .into_iter()
+        .rfind(|l| l.starts_with("mem.verify") && l.contains("reason=request"))
+        .unwrap();
+    assert_eq!(
+        field(&v, "bad_pages").as_deref(),
+        Some("0"),
+        "{v}\n{}",
+        vm.log()
+    );
+}
+
+/// Still running and still counting: the source after a failed migration.
+fn assert_still_running(node: &mut Node) {
+    assert_eq!(node.status(), "running", "{}", node.vm.log());
+    let n = ticks(&node.vm).len();
+    wait_ticks(&node.vm, n + 3);
+    verify(&mut node.vm);
+}
+
+#[test]
+fn guest_moves_a_b_c_a_while_writing_memory() {
+    let dir = TempDir::new("mig-chain");
+    let mut src = start(&dir, "A", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let mut last = wait_ticks(&src.vm, 3);
+    for (hop, name) in ["B", "C", "A2"].iter().enumerate() {
+        let port = free_port();
+        let dst = start(&dir, name, &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
+        assert_eq!(dst.status(), "inmigrate");
+        let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
+        assert_eq!(m["status"], "completed", "hop {hop}: {m}\n{}", dst.vm.log());
+        assert!(m["downtime"].as_u64().is_some(), "{m}");
+        assert!(m["ram"]["dirty-sync-count"].as_u64().unwrap() >= 1, "{m}");
+        assert_eq!(m["ram"]["remaining"], 0);
+        assert_eq!(src.status(), "postmigrate");
+        let n = ticks(&src.vm).last().copied().unwrap_or(last);
+        drop(src);
+        src = dst;
+        // The counter goes on from where the source left it.
+        let next = wait_ticks(&src.vm, 1);
+        assert!(
+            next > last && next <= n + 2,
+            "hop {hop}: tick {next} after {n}\n{}",
+            src.vm.log()
+        );
+        assert_eq!(src.vm.boots(), 0, "the guest rebooted");
+        assert_eq!(src.status(), "running");
+        verify(&mut src.vm);
+        last = wait_ticks(&src.vm, 3);
+    }
+    src.vm.send(b"q");
+    src.vm.assert_pass(BOOT);
+}
+
+#[test]
+fn unix_socket_and_incoming_defer() {
+    let dir = TempDir::new("mig-unix");
+    let src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let mut dst = start(&dir, "dst", &["-incoming", "defer"]);
+    let path = dir.path("mig.sock");
+    dst.qmp().execute(
+        "migrate-incoming",
+        json!({"uri": format!("unix:{}", path.display())}),
+    );
+    let m = migrate(&src, &format!("unix:{}", path.display()));
+    assert_eq!(m["status"], "completed", "{m}");
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+}
+
+/// Block I/O keeps going during the migration: pages the device writes
+/// (read-back into guest memory) must reach the destination too.
+#[test]
+fn block_io_in_flight_loses_nothing() {
+    let dir = TempDir::new("mig-blk");
+    let img = dir.path("disk.raw");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(320 << 20))
+        .unwrap();
+    let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+    let args = ["-drive", &drive, "-device", "virtio-blk-pci,drive=d0"];
+    let guest = "cpus=2 mem=256M msix=1 seed=31 blk_mb=256 blk_big_sector=8192";
+    let mk = |name: &str, extra: &[&str]| {
+        let sock = dir.path(&format!("{name}.sock"));
+        let v = Vmm::new()
+            .args(["-m", "256M", "-smp", "2"])
+            .args([
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", sock.display()),
+            ])
+            .args(args)
+            .args(extra)
+            .append(guest);
+        Node {
+            vm: v.spawn(name),
+            sock,
+        }
+    };
+    let src = mk("src", &[]);
+    let port = free_port();
+    let mut dst = mk("dst", &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
+    src.vm.wait_prefix("virtio.00:01.0.blk queues_used", BOOT);
+    let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
+    assert_eq!(m["status"], "completed", "{m}");
+    assert!(
+        !src.vm
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("virtio.00:01.0.blk big_mb")),
+        "the I/O had finished before the migration did\n{}",
+        src.vm.log()
+    );
+    drop(src);
+    dst.vm.assert_pass(BOOT);
+    let l = dst.vm.wait_prefix("virtio.00:01.0.blk big_mb", BOOT);
+    assert_eq!(field(&l, "errors").as_deref(), Some("0"), "{l}");
+    assert_eq!(field(&l, "bad_words").as_deref(), Some("0"), "{l}");
+    let data = std::fs::read(&img).unwrap();
+    for s in (8192..8192 + (256u64 << 11)).step_by(97) {
+        let off = (s * 512) as usize;
+        let got = u64::from_le_bytes(data[off..off + 8].try_into().unwrap());
+        assert_eq!(got, blk_pattern(31, s, 0), "sector {s}");
+    }
+}
+
+#[test]
+fn wrong_machine_type_is_refused_and_the_source_runs_on() {
+    let dir = TempDir::new("mig-machine");
+    let mut src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let port = free_port();
+    let mut bad = start(
+        &dir,
+        "bad",
+        &[
+            "-M",
+            "pc-q35-8.0",
+            "-incoming",
+            &format!("tcp:127.0.0.1:{port}"),
+        ],
+    );
+    let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
+    assert_eq!(m["status"], "failed", "{m}");
+    let why = m["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("machine type") && why.contains("pc-q35-8.0"),
+        "{m}"
+    );
+    assert_eq!(bad.vm.wait_exit(T).code(), Some(1));
+    assert!(bad.vm.log().contains("machine type"), "{}", bad.vm.log());
+    assert_still_running(&mut src);
+    // A new migration works.
+    let port = free_port();
+    let mut good = start(
+        &dir,
+        "good",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    assert_eq!(
+        migrate(&src, &format!("tcp:127.0.0.1:{port}"))["status"],
+        "completed"
+    );
+    drop(src);
+    wait_ticks(&good.vm, 2);
+    verify(&mut good.vm);
+}
+
+#[test]
+fn destination_killed_mid_ram_then_cancel_then_success() {
+    let dir = TempDir::new("mig-kill");
+    let mut src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    // Slow enough that RAM takes seconds.
+    src.qmp().execute(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 16u64 << 20}),
+    );
+    let port = free_port();
+    let mut dst = start(
+        &dir,
+        "dst1",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    let mut q = src.qmp();
+    q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
+    std::thread::sleep(Duration::from_millis(800));
+    let mid = q.execute("query-migrate", json!({}));
+    assert_eq!(mid["status"], "active", "{mid}");
+    assert!(mid["ram"]["transferred"].as_u64().unwrap() > 0, "{mid}");
+    dst.vm.kill();
+    let m = wait_end(&mut q);
+    assert_eq!(m["status"], "failed", "{m}");
+    assert_still_running(&mut src);
+
+    // Cancel: the source keeps running; the half-fed destination exits.
+    let port = free_port();
+    let mut dst = start(
+        &dir,
+        "dst2",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
+    std::thread::sleep(Duration::from_millis(500));
+    q.execute("migrate_cancel", json!({}));
+    let m = wait_end(&mut q);
+    assert_eq!(m["status"], "cancelled", "{m}");
+    assert_ne!(dst.vm.wait_exit(T).code(), Some(0));
+    assert_still_running(&mut src);
+
+    // And then it works.
+    q.execute("migrate-set-parameters", json!({"max-bandwidth": 0}));
+    let port = free_port();
+    let mut dst = start(
+        &dir,
+        "dst3",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    assert_eq!(
+        migrate(&src, &format!("tcp:127.0.0.1:{port}"))["status"],
+        "completed"
+    );
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+}
+
+/// The destination dies after the source paused for the last pass: the
+/// source resumes the guest.
+#[test]
+fn destination_killed_while_the_source_is_paused() {
+    let dir = TempDir::new("mig-paused");
+    let mut src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let port = free_port();
+    let (v, sock) = vmm(
+        &dir,
+        "dst",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    let mut cmd = v.command();
+    cmd.env("VMM_TEST_DELAY_LOADED_MS", "3000");
+    let mut dst = Node {
+        vm: Vm::spawn("dst", cmd),
+        sock,
+    };
+    let mut q = src.qmp();
+    q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
+    let deadline = Instant::now() + T;
+    while q.execute("query-status", json!({}))["status"] != "finish-migrate" {
+        assert!(
+            Instant::now() < deadline,
+            "the source never paused to finish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    dst.vm.kill();
+    let m = wait_end(&mut q);
+    assert_eq!(m["status"], "failed", "{m}");
+    assert_still_running(&mut src);
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// Two network namespaces joined by a veth pair: two "hosts".
+struct Hosts {
+    a: String,
+    b: String,
+}
+
+impl Hosts {
+    fn new() -> Hosts {
+        let id = std::process::id() % 100_000;
+        let (a, b) = (format!("vmmA{id}"), format!("vmmB{id}"));
+        ip(&["netns", "add", &a]);
+        ip(&["netns", "add", &b]);
+        let (va, vb) = (format!("va{id}"), format!("vb{id}"));
+        ip(&[
+            "link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b,
+        ]);
+        ip(&["-n", &a, "addr", "add", "10.231.0.1/24", "dev", &va]);
+        ip(&["-n", &b, "addr", "add", "10.231.0.2/24", "dev", &vb]);
+        for (ns, dev) in [(&a, &va), (&b, &vb)] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        Hosts { a, b }
+    }
+
+    /// Cuts the wire silently: frames are dropped, no RST, no FIN.
+    fn cut(&self) {
+        let id = std::process::id() % 100_000;
+        ip(&["-n", &self.b, "link", "set", &format!("vb{id}"), "down"]);
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
+    }
+}
+
+fn start_in(dir: &TempDir, ns: &str, name: &str, extra: &[&str]) -> Node {
+    let (v, sock) = vmm(dir, name, extra);
+    Node {
+        vm: v.spawn_in(ns, name),
+        sock,
+    }
+}
+
+#[test]
+fn between_two_hosts_and_a_cut_link_is_detected() {
+    let dir = TempDir::new("mig-hosts");
+    let hosts = Hosts::new();
+    let mut src = start_in(&dir, &hosts.a, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let dst = start_in(&dir, &hosts.b, "dst", &["-incoming", "tcp:10.231.0.2:4444"]);
+    wait_for_listener(&hosts.b, 4444);
+    let m = migrate(&src, "tcp:10.231.0.2:4444");
+    assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
+    // Back, slowly, and the wire is cut half-way.
+    let mut back = start_in(
+        &dir,
+        &hosts.a,
+        "back",
+        &["-incoming", "tcp:10.231.0.1:4445"],
+    );
+    drop(src);
+    let mut dst = dst;
+    wait_for_listener(&hosts.a, 4445);
+    let mut q = dst.qmp();
+    q.execute(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 16u64 << 20}),
+    );
+    q.execute("migrate", json!({"uri": "tcp:10.231.0.1:4445"}));
+    std::thread::sleep(Duration::from_millis(600));
+    hosts.cut();
+    let t0 = Instant::now();
+    let m = wait_end(&mut q);
+    let detected = t0.elapsed();
+    assert_eq!(m["status"], "failed", "{m}");
+    eprintln!(
+        "cut link detected after {} ms: {}",
+        detected.as_millis(),
+        m["error-desc"]
+    );
+    assert!(detected < Duration::from_secs(8), "took {detected:?}");
+    assert_still_running(&mut dst);
+    // The half-fed destination gives up on its own, never runs the guest.
+    assert_ne!(back.vm.wait_exit(T).code(), Some(0));
+    assert!(ticks(&back.vm).is_empty());
+}
+
+fn wait_for_listener(ns: &str, port: u16) {
+    let deadline = Instant::now() + T;
+    loop {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "ss", "-ltnH"])
+            .output()
+            .expect("ss");
+        if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port}")) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {port} in {ns}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The seed chain: pc-q35-5.1 keeps virtio-blk at one queue on every hop,
+/// and a destination that would have another count is refused by name.
+#[test]
+fn seed_chain_keeps_num_queues_on_pc_q35_5_1() {
+    let dir = TempDir::new("mig-seed");
+    let img = dir.path("disk.raw");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(16 << 20))
+        .unwrap();
+    let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+    let mk = |name: &str, extra: &[&str]| -> Node {
+        let mut a = vec![
+            "-M",
+            "pc-q35-5.1",
+            "-drive",
+            &drive,
+            "-device",
+            "virtio-blk-pci,drive=d0,id=blk0",
+        ];
+        a.extend_from_slice(extra);
+        start(&dir, name, &a)
+    };
+    let mut src = mk("A", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let queues = |n: &Node| {
+        n.qmp().execute(
+            "qom-get",
+            json!({"path": "/machine/peripheral/blk0", "property": "num-queues"}),
+        )
+    };
+    assert_eq!(queues(&src), json!(1));
+    // A destination whose device has two queues is refused, naming it.
+    let port = free_port();
+    let mut bad = mk(
+        "bad",
+        &[
+            "-global",
+            "virtio-blk-pci.num-queues=2",
+            "-incoming",
+            &format!("tcp:127.0.0.1:{port}"),
+        ],
+    );
+    let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
+    assert_eq!(m["status"], "failed");
+    assert!(
+        m["error-desc"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("num-queues"),
+        "{m}"
+    );
+    assert_ne!(bad.vm.wait_exit(T).code(), Some(0));
+    for name in ["B", "C"] {
+        let port = free_port();
+        let dst = mk(name, &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
+        assert_eq!(
+            migrate(&src, &format!("tcp:127.0.0.1:{port}"))["status"],
+            "completed"
+        );
+        drop(src);
+        src = dst;
+        assert_eq!(queues(&src), json!(1), "hop to {name}");
+        wait_ticks(&src.vm, 2);
+    }
+    verify(&mut src.vm);
+}
