@@ -139,7 +139,15 @@ fn tune_tcp(s: &TcpStream) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+    // Small buffers: what the source counts as sent is close to what the
+    // destination has loaded, so the last pass (the downtime) is not
+    // stuck behind megabytes queued in the sockets.
+    set(libc::SOL_SOCKET, libc::SO_SNDBUF, SOCKET_BUFFER);
+    set(libc::SOL_SOCKET, libc::SO_RCVBUF, SOCKET_BUFFER);
 }
+
+/// Socket buffer size for migration connections (the kernel doubles it).
+const SOCKET_BUFFER: libc::c_int = 256 << 10;
 
 /// A migration address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -585,6 +593,10 @@ impl Source {
             .recv()
             .map_err(|_| anyhow!("the VM went away"))?
             .map_err(|e| anyhow!("cannot stop the VM: {e}"))?;
+        log::debug!(
+            "downtime: devices taken at +{} us",
+            devices.paused_at.elapsed().as_micros()
+        );
         let last = dirty_pages(&*self.vm, &self.mem)?;
         for (d, l) in dirty.iter_mut().zip(&last) {
             for (a, b) in d.iter_mut().zip(l) {
@@ -598,6 +610,10 @@ impl Source {
         let mut out = w.finish()?;
         out.flush()?;
         drop(out);
+        log::debug!(
+            "downtime: stream sent at +{} us",
+            devices.paused_at.elapsed().as_micros()
+        );
         p.remaining.store(0, Ordering::SeqCst);
 
         // The handshake: only a loaded destination gets GO.
@@ -610,6 +626,10 @@ impl Source {
             None if answer == "LOADED" => {}
             None => bail!("the destination answered '{answer}' instead of LOADED"),
         }
+        log::debug!(
+            "downtime: LOADED at +{} us",
+            devices.paused_at.elapsed().as_micros()
+        );
         let mut go = conn.try_clone()?;
         go.write_all(b"GO\n")
             .context("cannot send GO to the destination")?;

@@ -341,6 +341,7 @@ pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
 /// Loads a stream (a file, or a migration connection: RAM may come in
 /// several passes) into a freshly built, stopped board. Returns kvm-clock.
 pub fn load_from<R: std::io::Read>(p: &Parts, from: R, machine: &str) -> Result<u64> {
+    let t0 = std::time::Instant::now();
     let mut r = Reader::new(std::io::BufReader::with_capacity(1 << 20, from), machine)?;
     let mut sink = GuestRam {
         mem: p.mem,
@@ -381,41 +382,48 @@ pub fn load_from<R: std::io::Read>(p: &Parts, from: R, machine: &str) -> Result<
                 instance,
                 state,
                 ..
-            } => match idstr.as_str() {
-                "cpu" => {
-                    p.vcpus[instance as usize]
+            } => {
+                log::trace!(
+                    "load: section {idstr} {instance} at +{} us",
+                    t0.elapsed().as_micros()
+                );
+                match idstr.as_str() {
+                    "cpu" => {
+                        p.vcpus[instance as usize]
+                            .lock()
+                            .expect("vcpu lock")
+                            .restore(&state_to_blobs(&CPU, &state))?;
+                        cpus += 1;
+                    }
+                    "kvm-irqchip" => p.vm.restore(&state_to_blobs(&IRQCHIP, &state))?,
+                    "kvmclock" => clock = state.uint("clock"),
+                    "serial" => p.serial.lock().expect("serial lock").restore(&state)?,
+                    "pci-host" => p
+                        .pci_io
                         .lock()
-                        .expect("vcpu lock")
-                        .restore(&state_to_blobs(&CPU, &state))?;
-                    cpus += 1;
-                }
-                "kvm-irqchip" => p.vm.restore(&state_to_blobs(&IRQCHIP, &state))?,
-                "kvmclock" => clock = state.uint("clock"),
-                "serial" => p.serial.lock().expect("serial lock").restore(&state)?,
-                "pci-host" => p
-                    .pci_io
-                    .lock()
-                    .expect("pci lock")
-                    .restore(&state)
-                    .ok_or_else(|| anyhow!("pci-host: bad state"))?,
-                "acpi-pm" => {
-                    p.pm.lock()
-                        .expect("pm lock")
+                        .expect("pci lock")
                         .restore(&state)
-                        .ok_or_else(|| anyhow!("acpi-pm: bad state"))?
+                        .ok_or_else(|| anyhow!("pci-host: bad state"))?,
+                    "acpi-pm" => {
+                        p.pm.lock()
+                            .expect("pm lock")
+                            .restore(&state)
+                            .ok_or_else(|| anyhow!("acpi-pm: bad state"))?
+                    }
+                    s => {
+                        let (bdf, _) =
+                            parse_bdf(s).ok_or_else(|| anyhow!("bad PCI section name '{s}'"))?;
+                        let mut root = p.pci.lock().expect("pci lock");
+                        let f = root.function_mut(bdf).ok_or_else(|| {
+                            anyhow!("the stream has a PCI function at {bdf} that this VM does not")
+                        })?;
+                        f.load(&bdf.to_string(), &state)?;
+                    }
                 }
-                s => {
-                    let (bdf, _) =
-                        parse_bdf(s).ok_or_else(|| anyhow!("bad PCI section name '{s}'"))?;
-                    let mut root = p.pci.lock().expect("pci lock");
-                    let f = root.function_mut(bdf).ok_or_else(|| {
-                        anyhow!("the stream has a PCI function at {bdf} that this VM does not")
-                    })?;
-                    f.load(&bdf.to_string(), &state)?;
-                }
-            },
+            }
         }
     }
+    log::trace!("load: EOF at +{} us", t0.elapsed().as_micros());
     if cpus != p.vcpus.len() {
         bail!(
             "the stream has {cpus} vCPUs, this VM {}: start the destination with the same -smp",

@@ -991,6 +991,7 @@ impl Session<'_> {
             .try_clone()
             .map_err(anyhow::Error::from)
             .and_then(|c| crate::snapshot::load_from(&self.parts(0), c, self.cfg.machine.name));
+        log::debug!("incoming: loaded after {} us", t0.elapsed().as_micros());
         let clock = match loaded {
             Ok(c) => c,
             Err(e) => {
@@ -1118,6 +1119,10 @@ impl Session<'_> {
                 let paused_at = std::time::Instant::now();
                 let was_running = self.status == "running";
                 let r = self.stop().map_err(|e| e.desc).and_then(|_| {
+                    log::debug!(
+                        "downtime: vCPUs stopped at +{} us",
+                        paused_at.elapsed().as_micros()
+                    );
                     self.stopped_for_migration = was_running;
                     self.status = "finish-migrate";
                     let clock = self.saved_clock.unwrap_or_default();
@@ -1200,7 +1205,7 @@ impl qmp::commands::Target for Session<'_> {
                 return Err(QmpError::generic("the vCPUs did not stop within 5 s"));
             }
             self.board.kick();
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_micros(50));
         }
         // Devices stop touching guest memory too (in-flight work ends).
         self.board.pci.lock().expect("pci lock").pause();
