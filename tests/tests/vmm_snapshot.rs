@@ -338,10 +338,10 @@ fn incoming_defer_then_migrate_incoming() {
         vm.log()
     );
     let e = q
-        .try_execute("migrate-incoming", json!({"uri": "tcp:127.0.0.1:1"}))
+        .try_execute("migrate-incoming", json!({"uri": "ftp:host:1"}))
         .unwrap_err();
     assert!(
-        e["desc"].as_str().unwrap().contains("only file:PATH"),
+        e["desc"].as_str().unwrap().contains("invalid migration URI 'ftp:host:1'"),
         "{e}"
     );
     q.execute(
