@@ -144,6 +144,25 @@ fn guest_moves_a_b_c_a_while_writing_memory() {
         let port = free_port();
         let dst = start(&dir, name, &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
         assert_eq!(dst.status(), "inmigrate");
+        if hop == 1 {
+            // This hop sends RAM over 3 extra connections (multifd).
+            let mut q = src.qmp();
+            q.execute(
+                "migrate-set-capabilities",
+                json!({"capabilities": [{"capability": "multifd", "state": true}]}),
+            );
+            q.execute("migrate-set-parameters", json!({"multifd-channels": 3}));
+            let caps = q.execute("query-migrate-capabilities", json!({}));
+            assert!(caps
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["capability"] == "multifd" && c["state"] == true));
+            assert_eq!(
+                q.execute("query-migrate-parameters", json!({}))["multifd-channels"],
+                3
+            );
+        }
         let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
         assert_eq!(m["status"], "completed", "hop {hop}: {m}\n{}", dst.vm.log());
         assert!(m["downtime"].as_u64().is_some(), "{m}");
@@ -151,6 +170,11 @@ fn guest_moves_a_b_c_a_while_writing_memory() {
         assert_eq!(m["ram"]["remaining"], 0);
         assert_eq!(src.status(), "postmigrate");
         let n = ticks(&src.vm).last().copied().unwrap_or(last);
+        assert_eq!(
+            m["multifd-channels-used"],
+            if hop == 1 { 3 } else { 0 },
+            "{m}"
+        );
         drop(src);
         src = dst;
         // The counter goes on from where the source left it.

@@ -341,7 +341,10 @@ fn incoming_defer_then_migrate_incoming() {
         .try_execute("migrate-incoming", json!({"uri": "ftp:host:1"}))
         .unwrap_err();
     assert!(
-        e["desc"].as_str().unwrap().contains("invalid migration URI 'ftp:host:1'"),
+        e["desc"]
+            .as_str()
+            .unwrap()
+            .contains("invalid migration URI 'ftp:host:1'"),
         "{e}"
     );
     q.execute(

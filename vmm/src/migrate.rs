@@ -243,22 +243,136 @@ impl Listener {
         }
     }
 
-    /// Accepts one connection (the only one).
-    pub fn accept(self) -> Result<Conn> {
+    fn accept_one(&self) -> Result<Conn> {
         match self {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().context("accept failed")?;
-                log::info!("incoming migration from {peer}");
+                log::info!("incoming migration connection from {peer}");
                 tune_tcp(&s);
                 Ok(Conn::Tcp(s))
             }
-            Listener::Unix(l, p) => {
-                let (s, _) = l.accept().context("accept failed")?;
-                let _ = std::fs::remove_file(p);
-                Ok(Conn::Unix(s))
-            }
+            Listener::Unix(l, _) => Ok(Conn::Unix(l.accept().context("accept failed")?.0)),
         }
     }
+
+    /// Accepts the migration: any multifd channels (the source connects
+    /// them first), then the main stream. Channel receivers start at once
+    /// and write into `mem` when it is there.
+    pub fn accept(self, mem: Arc<std::sync::OnceLock<(GuestMemoryMmap, u64)>>) -> Result<Incoming> {
+        let mut channels = vec![];
+        loop {
+            let mut c = self.accept_one()?;
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut head = [0u8; 8];
+            c.read_exact(&mut head).context("the source sent nothing")?;
+            if &head != CHANNEL_MAGIC {
+                if let Listener::Unix(_, p) = &self {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Ok(Incoming {
+                    main: c,
+                    head,
+                    channels,
+                });
+            }
+            let mut id = [0u8; 8];
+            c.read_exact(&mut id)?;
+            let index = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+            log::info!("multifd channel {index} connected");
+            let mem = mem.clone();
+            channels.push(
+                std::thread::Builder::new()
+                    .name(format!("multifd-recv{index}"))
+                    .spawn(move || receive_channel(c, &mem))
+                    .context("cannot start a multifd receiver")?,
+            );
+        }
+    }
+}
+
+/// An accepted incoming migration.
+pub struct Incoming {
+    pub main: Conn,
+    /// The first bytes of the main stream (read to tell it from channels).
+    pub head: [u8; 8],
+    /// multifd receivers: each ends with the pages it wrote, or why not.
+    pub channels: Vec<std::thread::JoinHandle<Result<u64, String>>>,
+}
+
+/// The start of a multifd channel: magic, then be32 index, be32 count.
+const CHANNEL_MAGIC: &[u8; 8] = b"VMMMFD01";
+/// A channel record: be64 (block offset | flags), then the page for DATA.
+const CH_DATA: u64 = 1;
+const CH_ZERO: u64 = 2;
+const CH_END: u64 = u64::MAX;
+
+/// Writes one channel's pages into guest memory until its END.
+fn receive_channel(
+    c: Conn,
+    mem: &std::sync::OnceLock<(GuestMemoryMmap, u64)>,
+) -> Result<u64, String> {
+    let mut r = BufReader::with_capacity(1 << 20, c);
+    let (mem, ram) = loop {
+        if let Some(m) = mem.get() {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut sink = crate::snapshot::GuestRam::new(mem, *ram);
+    let mut page = vec![0u8; PAGE_SIZE];
+    let mut n = 0u64;
+    loop {
+        let mut h = [0u8; 8];
+        r.read_exact(&mut h)
+            .map_err(|e| format!("multifd channel: {e}"))?;
+        let h = u64::from_be_bytes(h);
+        if h == CH_END {
+            return Ok(n);
+        }
+        let offset = h & !(PAGE_SIZE as u64 - 1);
+        match h & (PAGE_SIZE as u64 - 1) {
+            CH_DATA => r
+                .read_exact(&mut page)
+                .map_err(|e| format!("multifd channel: {e}"))?,
+            CH_ZERO => page.fill(0),
+            f => {
+                return Err(format!(
+                    "multifd channel: bad record flags {f:#x} at page {n}"
+                ))
+            }
+        }
+        if offset >= *ram {
+            return Err(format!(
+                "multifd channel: page offset {offset:#x} beyond RAM ({ram:#x})"
+            ));
+        }
+        migration::stream::RamSink::page(&mut sink, crate::snapshot::RAM_BLOCK, offset, &page);
+        if let Some(e) = sink.error.take() {
+            return Err(e);
+        }
+        n += 1;
+    }
+}
+
+/// The source's multifd channels: connected before the main stream.
+pub fn connect_channels(uri: &Uri, n: u64) -> Result<Vec<Conn>> {
+    (0..n)
+        .map(|i| {
+            let mut c = connect(uri)?;
+            let mut head = CHANNEL_MAGIC.to_vec();
+            head.extend_from_slice(&(i as u32).to_be_bytes());
+            head.extend_from_slice(&(n as u32).to_be_bytes());
+            c.write_all(&head)
+                .context("cannot start a multifd channel")?;
+            Ok(c)
+        })
+        .collect()
+}
+
+/// The channel a page travels on: a page always takes the same one, so a
+/// newer copy never overtakes an older one.
+fn channel_of(offset: u64, n: usize) -> usize {
+    ((offset >> 21) as usize) % n
 }
 
 /// Tunables, as QEMU's `migrate-set-parameters` / `-capabilities`.
@@ -347,6 +461,8 @@ pub struct Progress {
     pub downtime_ms: AtomicU64,
     pub expected_downtime_ms: AtomicU64,
     pub throttle_pct: AtomicU64,
+    /// multifd connections carrying RAM (0: the main stream does).
+    pub channels: AtomicU64,
     /// Why the migration has not converged yet, when it has not.
     pub not_converging: Mutex<Option<String>>,
     pub cancel: AtomicBool,
@@ -372,6 +488,8 @@ pub struct DeviceState {
 /// Everything the source thread needs.
 pub struct Source {
     pub conn: Conn,
+    /// multifd channels for RAM (empty: RAM on the main stream).
+    pub channels: Vec<Conn>,
     pub mem: GuestMemoryMmap,
     pub vm: Arc<dyn Vm>,
     pub ram: u64,
@@ -495,6 +613,25 @@ impl Source {
             std::io::BufWriter::with_capacity(1 << 20, meter),
             self.machine,
         )?;
+        let n = self.channels.len().max(1) as u64;
+        p.channels
+            .store(self.channels.len() as u64, Ordering::SeqCst);
+        let mut chans = self
+            .channels
+            .iter()
+            .map(|c| {
+                Ok(std::io::BufWriter::with_capacity(
+                    1 << 20,
+                    Meter {
+                        w: c.try_clone()?,
+                        progress: p,
+                        max_bandwidth: self.params.max_bandwidth / n,
+                        window: Instant::now(),
+                        window_bytes: 0,
+                    },
+                ))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
         let id = w.ram_start(&[(crate::snapshot::RAM_BLOCK, self.ram)])?;
         p.setup_ms
             .store(t0.elapsed().as_millis() as u64, Ordering::SeqCst);
@@ -528,7 +665,7 @@ impl Source {
                 .store(pages * PAGE_SIZE as u64, Ordering::SeqCst);
             let start = Instant::now();
             let before = p.transferred.load(Ordering::SeqCst);
-            self.send_pages(&mut w, id, &dirty, false, &reader)?;
+            self.send_pages(&mut w, &mut chans, id, &dirty, false, &reader)?;
             w.flush()?;
             let dt = start.elapsed().as_secs_f64().max(1e-6);
             let sent = p.transferred.load(Ordering::SeqCst) - before;
@@ -603,7 +740,7 @@ impl Source {
                 *a |= b;
             }
         }
-        self.send_pages(&mut w, id, &dirty, true, &reader)?;
+        self.send_pages(&mut w, &mut chans, id, &dirty, true, &reader)?;
         for (idstr, instance, desc, state) in &devices.sections {
             w.section(idstr, *instance, desc, state)?;
         }
@@ -648,14 +785,22 @@ impl Source {
     }
 
     /// One pass: the pages set in `dirty`.
-    fn send_pages<W: Write>(
+    fn send_pages<W: Write, C: Write + Send>(
         &self,
         w: &mut Writer<W>,
+        chans: &mut [C],
         id: u32,
         dirty: &[Vec<u64>],
         last: bool,
         peer: &Conn,
     ) -> Result<()> {
+        if !chans.is_empty() {
+            self.send_channels(chans, dirty, last, peer)?;
+            if last {
+                w.ram_pages(id, true, [])?;
+            }
+            return Ok(());
+        }
         let p = &*self.progress;
         for (ri, r) in self.mem.iter().enumerate() {
             if let Some(msg) = peer.pending() {
@@ -695,6 +840,80 @@ impl Source {
         if last {
             w.ram_pages(id, true, [])?;
         }
+        Ok(())
+    }
+}
+
+impl Source {
+    /// One pass over the multifd channels, in parallel; with `last`, each
+    /// channel ends with END.
+    fn send_channels<C: Write + Send>(
+        &self,
+        chans: &mut [C],
+        dirty: &[Vec<u64>],
+        last: bool,
+        peer: &Conn,
+    ) -> Result<()> {
+        if let Some(msg) = peer.pending() {
+            let msg = msg.lines().next().unwrap_or_default().to_string();
+            bail!(
+                "the destination refused the stream: {}",
+                msg.strip_prefix("ERR ").unwrap_or(&msg)
+            );
+        }
+        let n = chans.len();
+        let p = &*self.progress;
+        // (block offset, page) for every dirty page, per channel.
+        let mut work: Vec<Vec<(u64, &[u8])>> = vec![vec![]; n];
+        for (ri, r) in self.mem.iter().enumerate() {
+            let host = self
+                .mem
+                .get_host_address(r.start_addr())
+                .map_err(|e| anyhow!("guest memory: {e}"))?;
+            // SAFETY: as in send_pages: mapped for the VM's lifetime; torn
+            // pages are dirty again and resent.
+            let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, r.len() as usize) };
+            let bits = &dirty[ri];
+            for i in 0..bytes.len() / PAGE_SIZE {
+                if bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0) {
+                    let off = block_offset(self.ram, r.start_addr().0, i);
+                    work[channel_of(off, n)]
+                        .push((off, &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]));
+                }
+            }
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chans
+                .iter_mut()
+                .zip(work)
+                .map(|(c, pages)| {
+                    scope.spawn(move || -> std::io::Result<()> {
+                        for (off, d) in pages {
+                            if crate::snapshot::is_zero(d) {
+                                p.duplicate.fetch_add(1, Ordering::Relaxed);
+                                c.write_all(&(off | CH_ZERO).to_be_bytes())?;
+                            } else {
+                                p.normal.fetch_add(1, Ordering::Relaxed);
+                                c.write_all(&(off | CH_DATA).to_be_bytes())?;
+                                c.write_all(d)?;
+                            }
+                        }
+                        if last {
+                            c.write_all(&CH_END.to_be_bytes())?;
+                        }
+                        c.flush()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("multifd sender panicked")))
+                })
+                .collect::<std::io::Result<Vec<()>>>()
+        })
+        .context("sending RAM on a multifd channel")?;
         Ok(())
     }
 }

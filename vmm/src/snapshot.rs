@@ -297,10 +297,21 @@ impl<W: std::io::Write> std::io::Write for Counter<W> {
     }
 }
 
-struct GuestRam<'a> {
+/// Writes incoming pages into guest memory.
+pub struct GuestRam<'a> {
     mem: &'a GuestMemoryMmap,
     ram: u64,
-    error: Option<String>,
+    pub error: Option<String>,
+}
+
+impl<'a> GuestRam<'a> {
+    pub fn new(mem: &'a GuestMemoryMmap, ram: u64) -> GuestRam<'a> {
+        GuestRam {
+            mem,
+            ram,
+            error: None,
+        }
+    }
 }
 
 impl RamSink for GuestRam<'_> {

@@ -714,7 +714,7 @@ enum Control {
     /// From the migration thread of board N.
     Migration(u64, crate::migrate::Msg),
     /// An incoming migration connected (or the listener failed).
-    Incoming(Result<crate::migrate::Conn, String>),
+    Incoming(Result<crate::migrate::Incoming, String>),
 }
 
 /// Runs the VM until it ends; returns the process exit status.
@@ -770,6 +770,9 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             cfg.vcpus,
             cfg.memory >> 20
         );
+        if gen == 1 && cfg.incoming.is_some() {
+            let _ = incoming_memory().set((board.mem.clone(), cfg.memory));
+        }
         let mut session = Session {
             cfg,
             board: &board,
@@ -900,6 +903,13 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     }
 }
 
+/// The guest memory (and RAM size) multifd receivers write into, set once
+/// the destination's board exists.
+fn incoming_memory() -> Arc<OnceLock<(GuestMemoryMmap, u64)>> {
+    static MEM: OnceLock<Arc<OnceLock<(GuestMemoryMmap, u64)>>> = OnceLock::new();
+    MEM.get_or_init(Default::default).clone()
+}
+
 /// Listens for one incoming migration; the connection (or the failure)
 /// arrives in the main loop as [`Control::Incoming`].
 fn listen_incoming(uri: &crate::migrate::Uri, ctl: Sender<Control>) -> Result<()> {
@@ -908,7 +918,9 @@ fn listen_incoming(uri: &crate::migrate::Uri, ctl: Sender<Control>) -> Result<()
     std::thread::Builder::new()
         .name("incoming".into())
         .spawn(move || {
-            let _ = ctl.send(Control::Incoming(l.accept().map_err(|e| format!("{e:#}"))));
+            let _ = ctl.send(Control::Incoming(
+                l.accept(incoming_memory()).map_err(|e| format!("{e:#}")),
+            ));
         })
         .context("cannot start the incoming-migration thread")?;
     Ok(())
@@ -974,23 +986,43 @@ impl Session<'_> {
 
     /// An incoming migration: load the stream, confirm, wait for GO, run.
     /// Any failure ends the process (nothing of the guest ran).
-    fn receive(&mut self, conn: Result<crate::migrate::Conn, String>) {
+    fn receive(&mut self, incoming: Result<crate::migrate::Incoming, String>) {
         use crate::migrate::{read_line, refuse};
-        use std::io::Write as _;
-        let mut conn = match conn {
-            Ok(c) => c,
+        use std::io::{Read as _, Write as _};
+        let incoming = match incoming {
+            Ok(i) => i,
             Err(e) => {
                 self.ended = Some(Outcome::Fatal(format!("incoming migration: {e}")));
                 return;
             }
         };
+        let head = incoming.head;
+        let channels = incoming.channels;
+        let mut conn = incoming.main;
         let t0 = std::time::Instant::now();
         // A source that goes silent is given up on.
         let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
         let loaded = conn
             .try_clone()
             .map_err(anyhow::Error::from)
-            .and_then(|c| crate::snapshot::load_from(&self.parts(0), c, self.cfg.machine.name));
+            .and_then(|c| {
+                crate::snapshot::load_from(
+                    &self.parts(0),
+                    (&head[..]).chain(c),
+                    self.cfg.machine.name,
+                )
+            })
+            .and_then(|clock| {
+                // Every multifd channel delivered all its pages (END).
+                for ch in channels {
+                    let pages = ch
+                        .join()
+                        .map_err(|_| anyhow!("a multifd receiver panicked"))?
+                        .map_err(|e| anyhow!(e))?;
+                    log::debug!("multifd channel done: {pages} pages");
+                }
+                Ok(clock)
+            });
         log::debug!("incoming: loaded after {} us", t0.elapsed().as_micros());
         let clock = match loaded {
             Ok(c) => c,
@@ -1062,6 +1094,14 @@ impl Session<'_> {
             )));
         }
         let t0 = std::time::Instant::now();
+        // multifd channels first: the destination tells them from the main
+        // stream by their header, and has them all when the main one comes.
+        let channels = if self.params.multifd && !matches!(uri, crate::migrate::Uri::Fd(_)) {
+            crate::migrate::connect_channels(uri, self.params.multifd_channels)
+                .map_err(|e| QmpError::generic(format!("{e:#}")))?
+        } else {
+            vec![]
+        };
         let conn = crate::migrate::connect(uri).map_err(|e| QmpError::generic(format!("{e:#}")))?;
         let progress = Arc::new(crate::migrate::Progress::default());
         *self.migration = MigrationInfo {
@@ -1074,6 +1114,7 @@ impl Session<'_> {
         let ctl = Mutex::new(self.ctl.clone());
         let gen = self.gen;
         let src = crate::migrate::Source {
+            channels,
             conn: conn
                 .try_clone()
                 .map_err(|e| QmpError::generic(e.to_string()))?,
@@ -1382,6 +1423,7 @@ impl qmp::commands::Target for Session<'_> {
             let normal = get(&p.normal);
             v["setup-time"] = get(&p.setup_ms).into();
             v["expected-downtime"] = get(&p.expected_downtime_ms).into();
+            v["multifd-channels-used"] = get(&p.channels).into();
             if m.status == "completed" {
                 v["downtime"] = get(&p.downtime_ms).into();
             }
