@@ -582,3 +582,83 @@ fn seed_chain_keeps_num_queues_on_pc_q35_5_1() {
     }
     verify(&mut src.vm);
 }
+
+/// The companion tool: `vmmctl --qmp SOCKET migrate URI` shows progress
+/// and a summary; `status` tells where the VM stands.
+#[test]
+fn vmmctl_migrate_shows_progress_and_summary() {
+    let dir = TempDir::new("mig-vmmctl");
+    let src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let port = free_port();
+    let mut dst = start(
+        &dir,
+        "dst",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    let vmmctl = vmm_tests::vmm::binary().with_file_name("vmmctl");
+    let sock = src.sock.display().to_string();
+    let out = Command::new(&vmmctl)
+        .args(["--qmp", &sock, "migrate", &format!("tcp:127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('[') && l.contains("MiB") && l.contains("pass")),
+        "{text}"
+    );
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("migration completed"))
+        .expect("summary");
+    assert!(
+        summary.contains("downtime") && summary.contains("MiB sent"),
+        "{summary}"
+    );
+    let out = Command::new(&vmmctl)
+        .args(["--qmp", &sock, "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("status: postmigrate") && text.contains("migration: completed"),
+        "{text}"
+    );
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+    // A migration that fails: exit status 1 and the reason.
+    let port = free_port();
+    let _bad = start(
+        &dir,
+        "bad",
+        &[
+            "-M",
+            "pc-q35-8.0",
+            "-incoming",
+            &format!("tcp:127.0.0.1:{port}"),
+        ],
+    );
+    let out = Command::new(&vmmctl)
+        .args([
+            "--qmp",
+            &dst.sock.display().to_string(),
+            "migrate",
+            &format!("tcp:127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("migration failed") && text.contains("machine type"),
+        "{text}"
+    );
+}

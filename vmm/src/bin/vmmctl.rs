@@ -6,10 +6,162 @@
 //!
 //! `vmmctl analyze-migration FILE` prints a saved stream's sections and
 //! their field values, decoded with the description the stream carries.
+//!
+//! `vmmctl --qmp SOCKET migrate URI` starts a live migration and shows its
+//! progress until it ends, then a summary; `vmmctl --qmp SOCKET status`
+//! prints the VM's status (and the last migration's).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: vmmctl vmstate-check OLD.json NEW.json | vmmctl analyze-migration FILE";
+const USAGE: &str = "usage: vmmctl vmstate-check OLD.json NEW.json | vmmctl analyze-migration FILE | vmmctl --qmp SOCKET migrate URI | vmmctl --qmp SOCKET status";
+
+/// A QMP connection: greeting, capabilities, then commands (events are
+/// skipped).
+struct Qmp {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &str) -> Result<Qmp> {
+        let s = UnixStream::connect(path)
+            .with_context(|| format!("cannot connect to the QMP socket {path}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut q = Qmp {
+            r: BufReader::new(s.try_clone()?),
+            w: s,
+        };
+        let greeting = q.read()?;
+        if greeting.get("QMP").is_none() {
+            bail!("{path} does not speak QMP: {greeting}");
+        }
+        q.cmd("qmp_capabilities", json!({}))?;
+        Ok(q)
+    }
+
+    fn read(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        if self.r.read_line(&mut line)? == 0 {
+            bail!("the VMM closed the QMP connection");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    fn cmd(&mut self, name: &str, args: Value) -> Result<Value> {
+        let msg = json!({"execute": name, "arguments": args});
+        writeln!(self.w, "{msg}")?;
+        loop {
+            let r = self.read()?;
+            if r.get("event").is_some() {
+                continue;
+            }
+            if let Some(e) = r.get("error") {
+                bail!("{name}: {}", e["desc"].as_str().unwrap_or("failed"));
+            }
+            return Ok(r["return"].clone());
+        }
+    }
+}
+
+fn mib(v: &Value) -> f64 {
+    v.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64
+}
+
+/// One progress line: a bar of transferred/total and the rates.
+fn progress_line(m: &Value) -> String {
+    let ram = &m["ram"];
+    let total = ram["total"].as_u64().unwrap_or(0).max(1);
+    let sent = ram["transferred"].as_u64().unwrap_or(0);
+    let frac = (sent as f64 / total as f64).min(1.0);
+    let width = 30;
+    let full = (frac * width as f64) as usize;
+    format!(
+        "[{}{}] {:>7.1}/{:.0} MiB  {:>7.1} MB/s  pass {}  dirty {} pages/s  remaining {:.1} MiB{}",
+        "#".repeat(full),
+        " ".repeat(width - full),
+        mib(&ram["transferred"]),
+        mib(&ram["total"]),
+        ram["mbps"].as_f64().unwrap_or(0.0) / 8.0,
+        ram["dirty-sync-count"].as_u64().unwrap_or(0),
+        ram["dirty-pages-rate"].as_u64().unwrap_or(0),
+        mib(&ram["remaining"]),
+        m["cpu-throttle-percentage"]
+            .as_u64()
+            .map(|t| format!("  throttle {t}%"))
+            .unwrap_or_default()
+    )
+}
+
+fn migrate(sock: &str, uri: &str) -> Result<i32> {
+    let mut q = Qmp::connect(sock)?;
+    q.cmd("migrate", json!({ "uri": uri }))?;
+    let tty = std::io::stdout().is_terminal();
+    let t0 = Instant::now();
+    let mut last_print = Instant::now() - Duration::from_secs(1);
+    let m = loop {
+        let m = q.cmd("query-migrate", json!({}))?;
+        let status = m["status"].as_str().unwrap_or("").to_string();
+        if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+            break m;
+        }
+        // A terminal gets a bar redrawn in place; a pipe a line a second.
+        if tty {
+            print!("\r{}", progress_line(&m));
+            std::io::stdout().flush()?;
+        } else if last_print.elapsed() >= Duration::from_secs(1) {
+            println!("{}", progress_line(&m));
+            last_print = Instant::now();
+        }
+        if let Some(why) = m["not-converging"].as_str() {
+            if last_print.elapsed() >= Duration::from_secs(1) && tty {
+                eprintln!("\nnot converging: {why}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if t0.elapsed() > Duration::from_secs(24 * 3600) {
+            return Err(anyhow!("gave up waiting"));
+        }
+    };
+    if tty {
+        println!("\r{}", progress_line(&m));
+    }
+    let status = m["status"].as_str().unwrap_or("");
+    println!(
+        "migration {status}: total {} ms, downtime {} ms, setup {} ms, {:.1} MiB sent ({} pages, {} zero), {} passes",
+        m["total-time"],
+        m["downtime"].as_u64().map_or("-".into(), |d| d.to_string()),
+        m["setup-time"],
+        mib(&m["ram"]["transferred"]),
+        m["ram"]["normal"],
+        m["ram"]["duplicate"],
+        m["ram"]["dirty-sync-count"]
+    );
+    if let Some(e) = m["error-desc"].as_str() {
+        println!("error: {e}");
+    }
+    Ok(if status == "completed" { 0 } else { 1 })
+}
+
+fn status(sock: &str) -> Result<i32> {
+    let mut q = Qmp::connect(sock)?;
+    let s = q.cmd("query-status", json!({}))?;
+    println!("status: {}", s["status"].as_str().unwrap_or("?"));
+    let m = q.cmd("query-migrate", json!({}))?;
+    if let Some(st) = m["status"].as_str() {
+        println!("migration: {st}");
+        if m.get("ram").is_some() {
+            println!("  {}", progress_line(&m));
+        }
+        if let Some(e) = m["error-desc"].as_str() {
+            println!("  error: {e}");
+        }
+    }
+    Ok(0)
+}
 
 fn read(path: &str) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
@@ -46,6 +198,8 @@ fn run() -> Result<i32> {
             }
             Ok(0)
         }
+        ["--qmp", sock, "migrate", uri] => migrate(sock, uri),
+        ["--qmp", sock, "status"] => status(sock),
         ["--help"] | ["-h"] | [] => {
             println!("{USAGE}");
             Ok(0)
