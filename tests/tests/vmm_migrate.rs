@@ -662,3 +662,82 @@ fn vmmctl_migrate_shows_progress_and_summary() {
         "{text}"
     );
 }
+
+/// A guest that dirties memory as fast as a capped link moves it: without
+/// auto-converge the migration keeps iterating and says why; with it, the
+/// vCPUs are throttled step by step until it converges.
+#[test]
+fn convergence_needs_auto_converge_when_the_guest_outruns_the_link() {
+    let dir = TempDir::new("mig-converge");
+    // One vCPU writing 64 MiB flat out.
+    let mk = |name: &str, extra: &[&str]| {
+        let sock = dir.path(&format!("{name}.sock"));
+        let v = Vmm::new()
+            .args([
+                "-m",
+                "256M",
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", sock.display()),
+            ])
+            .args(extra)
+            .append("cpus=1 work=mem,counter mem_mb=64 tick_ms=100 max_gap_ms=60000");
+        let n = Node {
+            vm: v.spawn(name),
+            sock,
+        };
+        n.qmp();
+        n
+    };
+    let mut src = mk("src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let mut q = src.qmp();
+    q.execute(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 32u64 << 20}),
+    );
+    let port = free_port();
+    let mut dst = mk("dst1", &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
+    q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
+    let deadline = Instant::now() + T;
+    let stuck = loop {
+        let m = q.execute("query-migrate", json!({}));
+        if m["ram"]["dirty-sync-count"].as_u64().unwrap_or(0) >= 2 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(stuck["status"], "active", "{stuck}");
+    let why = stuck["not-converging"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("auto-converge is off") && why.contains("downtime limit"),
+        "{stuck}"
+    );
+    q.execute("migrate_cancel", json!({}));
+    assert_eq!(wait_end(&mut q)["status"], "cancelled");
+    assert_ne!(dst.vm.wait_exit(T).code(), Some(0));
+    assert_still_running(&mut src);
+
+    q.execute(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "auto-converge", "state": true}]}),
+    );
+    let port = free_port();
+    let mut dst = mk("dst2", &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
+    q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
+    let mut throttled = 0;
+    let m = loop {
+        let m = q.execute("query-migrate", json!({}));
+        throttled = throttled.max(m["cpu-throttle-percentage"].as_u64().unwrap_or(0));
+        if m["status"] != "active" && m["status"] != "setup" {
+            break m;
+        }
+        assert!(Instant::now() < deadline + T, "did not converge: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(m["status"], "completed", "{m}");
+    assert!(throttled >= 20, "never throttled: {m}");
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+}
