@@ -50,6 +50,9 @@ const MAGIC: &[u8; 8] = b"VMMTEST!";
 /// records their sequence numbers (the host's half of the check).
 pub struct TapEcho {
     pub ifname: String,
+    /// More taps on the same bridge (for a destination VMM).
+    pub others: Vec<String>,
+    bridge: Option<String>,
     /// Sequence numbers of the guest frames seen, in arrival order.
     pub seen: Arc<Mutex<Vec<u32>>>,
     stop: Arc<AtomicBool>,
@@ -63,22 +66,47 @@ fn ip(args: &[&str]) {
 
 impl TapEcho {
     pub fn start() -> TapEcho {
+        Self::with_taps(1)
+    }
+
+    /// `n` taps on one Linux bridge, the peer on the bridge: a guest that
+    /// moves from one tap to another (a migration) keeps its peer.
+    pub fn bridged(n: usize) -> TapEcho {
+        Self::with_taps(n)
+    }
+
+    fn with_taps(n: usize) -> TapEcho {
         static N: AtomicU32 = AtomicU32::new(0);
-        let ifname = format!(
-            "vt{}x{}",
-            std::process::id() % 100_000,
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        ip(&["tuntap", "add", "dev", &ifname, "mode", "tap"]);
-        let _ = std::fs::write(
-            format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
-            "1",
-        );
-        ip(&["link", "set", &ifname, "up"]);
-        let c = std::ffi::CString::new(ifname.clone()).expect("name");
+        let name = || {
+            format!(
+                "vt{}x{}",
+                std::process::id() % 100_000,
+                N.fetch_add(1, Ordering::SeqCst)
+            )
+        };
+        let taps: Vec<String> = (0..n).map(|_| name()).collect();
+        for t in &taps {
+            ip(&["tuntap", "add", "dev", t, "mode", "tap"]);
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{t}/disable_ipv6"), "1");
+        }
+        let bridge = (n > 1).then(|| {
+            let b = format!("b{}", name());
+            ip(&["link", "add", &b, "type", "bridge"]);
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{b}/disable_ipv6"), "1");
+            for t in &taps {
+                ip(&["link", "set", t, "master", &b]);
+            }
+            ip(&["link", "set", &b, "up"]);
+            b
+        });
+        for t in &taps {
+            ip(&["link", "set", t, "up"]);
+        }
+        let listen_on = bridge.clone().unwrap_or_else(|| taps[0].clone());
+        let c = std::ffi::CString::new(listen_on.clone()).expect("name");
         // SAFETY: a NUL-terminated name.
         let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        assert!(index > 0, "tap {ifname} has no index");
+        assert!(index > 0, "{listen_on} has no index");
         let proto = (ETHERTYPE as u16).to_be();
         // SAFETY: plain socket(2).
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
@@ -102,7 +130,7 @@ impl TapEcho {
         };
         assert!(
             r == 0,
-            "bind to {ifname}: {}",
+            "bind to {listen_on}: {}",
             std::io::Error::last_os_error()
         );
         let tv = libc::timeval {
@@ -150,7 +178,9 @@ impl TapEcho {
             unsafe { libc::close(fd) };
         });
         TapEcho {
-            ifname,
+            ifname: taps[0].clone(),
+            others: taps[1..].to_vec(),
+            bridge,
             seen,
             stop,
             thread: Some(thread),
@@ -161,6 +191,14 @@ impl TapEcho {
     pub fn netdev(&self, id: &str) -> String {
         format!("tap,id={id},ifname={},script=no,downscript=no", self.ifname)
     }
+
+    /// The `-netdev` option on the `i`-th other tap of the bridge.
+    pub fn netdev_other(&self, id: &str, i: usize) -> String {
+        format!(
+            "tap,id={id},ifname={},script=no,downscript=no",
+            self.others[i]
+        )
+    }
 }
 
 impl Drop for TapEcho {
@@ -169,8 +207,11 @@ impl Drop for TapEcho {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.ifname])
-            .status();
+        for t in std::iter::once(&self.ifname).chain(&self.others) {
+            let _ = Command::new("ip").args(["link", "del", t]).status();
+        }
+        if let Some(b) = &self.bridge {
+            let _ = Command::new("ip").args(["link", "del", b]).status();
+        }
     }
 }
