@@ -88,7 +88,9 @@ impl Conn {
                 libc::MSG_DONTWAIT | libc::MSG_PEEK,
             )
         };
-        (n > 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+        // Only a refusal counts (SYNC answers are read by the handshake).
+        let text = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+        text.find("ERR ").map(|i| text[i..].to_string())
     }
 }
 
@@ -145,6 +147,9 @@ fn tune_tcp(s: &TcpStream) {
     set(libc::SOL_SOCKET, libc::SO_SNDBUF, SOCKET_BUFFER);
     set(libc::SOL_SOCKET, libc::SO_RCVBUF, SOCKET_BUFFER);
 }
+
+/// Below this, the rest goes in the stop-and-copy pass at once.
+const QUICK_FINISH_MS: u64 = 2;
 
 /// Socket buffer size for migration connections (the kernel doubles it).
 const SOCKET_BUFFER: libc::c_int = 256 << 10;
@@ -602,6 +607,8 @@ impl Source {
             region_bitmap(r).reset();
         }
         let reader = self.conn.try_clone()?;
+        // The return path: SYNC answers now, the handshake at the end.
+        let mut lines = BufReader::new(self.conn.try_clone()?);
         let meter = Meter {
             w: self.conn.try_clone()?,
             progress: p,
@@ -659,6 +666,7 @@ impl Source {
         let mut bandwidth = 0f64; // bytes per second, measured
         let mut throttle = 0u64;
         let mut behind = 0u32;
+        let mut prev_left = u64::MAX;
         loop {
             let pages = count(&dirty);
             p.remaining
@@ -692,7 +700,41 @@ impl Source {
                 dt * 1000.0,
                 bandwidth / 1e6
             );
-            if expected_ms <= self.params.downtime_limit_ms {
+            // Within the limit, one more pass is still worth it while the
+            // passes keep shrinking the dirty set a lot: the guest then
+            // pauses for less than the limit allows.
+            let shrinking = left * 2 < prev_left && pass < 30;
+            prev_left = left;
+            if expected_ms <= self.params.downtime_limit_ms
+                && (expected_ms <= QUICK_FINISH_MS || !shrinking)
+            {
+                if chans.is_empty() {
+                    // Let the destination catch up with what the sockets
+                    // still hold while the guest runs, then send what was
+                    // dirtied meanwhile: the pause covers only the rest.
+                    w.ram_pages(id, false, [])?;
+                    w.flush()?;
+                    self.conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    loop {
+                        let l = read_line(&mut lines)
+                            .context("waiting for the destination to catch up")?;
+                        if let Some(why) = l.strip_prefix("ERR ") {
+                            bail!("the destination refused the stream: {why}");
+                        }
+                        if l == "SYNC" {
+                            break;
+                        }
+                    }
+                    let more = dirty_pages(&*self.vm, &self.mem)?;
+                    for (d, m) in dirty.iter_mut().zip(&more) {
+                        for (a, b) in d.iter_mut().zip(m) {
+                            *a |= b;
+                        }
+                    }
+                    self.send_pages(&mut w, &mut chans, id, &dirty, false, &reader)?;
+                    w.flush()?;
+                    dirty = dirty_pages(&*self.vm, &self.mem)?;
+                }
                 break;
             }
             // Not converging: the guest dirties faster than we send.
@@ -731,6 +773,11 @@ impl Source {
             .map_err(|_| anyhow!("the VM went away"))?
             .map_err(|e| anyhow!("cannot stop the VM: {e}"))?;
         log::debug!(
+            "downtime: devices taken at +{} us (wall {})",
+            devices.paused_at.elapsed().as_micros(),
+            wall_us()
+        );
+        log::trace!(
             "downtime: devices taken at +{} us",
             devices.paused_at.elapsed().as_micros()
         );
@@ -748,16 +795,21 @@ impl Source {
         out.flush()?;
         drop(out);
         log::debug!(
-            "downtime: stream sent at +{} us",
-            devices.paused_at.elapsed().as_micros()
+            "downtime: stream sent at +{} us (wall {} us)",
+            devices.paused_at.elapsed().as_micros(),
+            wall_us()
         );
         p.remaining.store(0, Ordering::SeqCst);
 
         // The handshake: only a loaded destination gets GO.
-        let mut lines = BufReader::new(reader);
         let conn = self.conn.try_clone()?;
         conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let answer = read_line(&mut lines).context("the destination did not confirm the stream")?;
+        let answer = loop {
+            let l = read_line(&mut lines).context("the destination did not confirm the stream")?;
+            if l != "SYNC" {
+                break l;
+            }
+        };
         match answer.strip_prefix("ERR ") {
             Some(why) => bail!("the destination refused the stream: {why}"),
             None if answer == "LOADED" => {}
@@ -916,6 +968,14 @@ impl Source {
         .context("sending RAM on a multifd channel")?;
         Ok(())
     }
+}
+
+/// Wall-clock microseconds, to line up both sides' debug logs.
+pub fn wall_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
 }
 
 /// One handshake line, without its newline.

@@ -346,13 +346,22 @@ impl RamSink for GuestRam<'_> {
 pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    load_from(p, file, machine)
+    load_from(p, file, machine, &mut || {})
 }
 
 /// Loads a stream (a file, or a migration connection: RAM may come in
 /// several passes) into a freshly built, stopped board. Returns kvm-clock.
-pub fn load_from<R: std::io::Read>(p: &Parts, from: R, machine: &str) -> Result<u64> {
+///
+/// `on_sync` runs at each empty `ram` PART: a live migration's sync point,
+/// which the destination acknowledges.
+pub fn load_from<R: std::io::Read>(
+    p: &Parts,
+    from: R,
+    machine: &str,
+    on_sync: &mut dyn FnMut(),
+) -> Result<u64> {
     let t0 = std::time::Instant::now();
+    let mut ram_started = false;
     let mut r = Reader::new(std::io::BufReader::with_capacity(1 << 20, from), machine)?;
     let mut sink = GuestRam {
         mem: p.mem,
@@ -382,9 +391,18 @@ pub fn load_from<R: std::io::Read>(p: &Parts, from: R, machine: &str) -> Result<
     let mut cpus = 0;
     loop {
         match r.next_record(&lookup, &mut sink)? {
-            Record::Ram { .. } => {
+            Record::Ram { pages, last } => {
+                log::trace!(
+                    "load: ram pages={pages} last={last} at wall {} us",
+                    crate::migrate::wall_us()
+                );
                 if let Some(e) = sink.error.take() {
                     bail!(e);
+                }
+                // The first is the START record (the block list), not a
+                // sync point.
+                if pages == 0 && !last && std::mem::replace(&mut ram_started, true) {
+                    on_sync();
                 }
             }
             Record::Eof { .. } => break,

@@ -1002,6 +1002,13 @@ impl Session<'_> {
         let t0 = std::time::Instant::now();
         // A source that goes silent is given up on.
         let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut sync = match conn.try_clone() {
+            Ok(c) => c,
+            Err(e) => {
+                self.ended = Some(Outcome::Fatal(format!("incoming migration: {e}")));
+                return;
+            }
+        };
         let loaded = conn
             .try_clone()
             .map_err(anyhow::Error::from)
@@ -1010,6 +1017,9 @@ impl Session<'_> {
                     &self.parts(0),
                     (&head[..]).chain(c),
                     self.cfg.machine.name,
+                    &mut || {
+                        let _ = sync.write_all(b"SYNC\n");
+                    },
                 )
             })
             .and_then(|clock| {
@@ -1023,7 +1033,7 @@ impl Session<'_> {
                 }
                 Ok(clock)
             });
-        log::debug!("incoming: loaded after {} us", t0.elapsed().as_micros());
+        log::debug!("incoming: loaded (wall {} us)", crate::migrate::wall_us());
         let clock = match loaded {
             Ok(c) => c,
             Err(e) => {
@@ -1044,8 +1054,13 @@ impl Session<'_> {
         let go = conn.try_clone().map_err(anyhow::Error::from).and_then(|c| {
             let mut w = c.try_clone()?;
             w.write_all(b"LOADED\n")?;
+            log::debug!(
+                "incoming: LOADED sent (wall {} us)",
+                crate::migrate::wall_us()
+            );
             read_line(&mut std::io::BufReader::new(c))
         });
+        log::debug!("incoming: GO read (wall {} us)", crate::migrate::wall_us());
         match go {
             Ok(l) if l == "GO" => {}
             Ok(l) => {
@@ -1073,6 +1088,10 @@ impl Session<'_> {
             self.status = "running";
         }
         let _ = conn.write_all(b"RUNNING\n");
+        log::debug!(
+            "incoming: RUNNING sent after {} us",
+            t0.elapsed().as_micros()
+        );
         log::info!(
             "incoming migration loaded and running in {} ms",
             t0.elapsed().as_millis()
