@@ -367,10 +367,10 @@ fn destination_killed_mid_ram_then_cancel_then_success() {
     verify(&mut dst.vm);
 }
 
-/// The destination dies after the source paused for the last pass: the
-/// source resumes the guest.
-#[test]
-fn destination_killed_while_the_source_is_paused() {
+/// The destination dies after the source paused for the last pass — in
+/// the middle of the device state, or with everything loaded but not yet
+/// confirmed: the source resumes the guest.
+fn killed_while_paused(hook: &str) {
     let dir = TempDir::new("mig-paused");
     let mut src = start(&dir, "src", &[]);
     src.vm.wait_prefix("mem.filled", BOOT);
@@ -381,11 +381,12 @@ fn destination_killed_while_the_source_is_paused() {
         &["-incoming", &format!("tcp:127.0.0.1:{port}")],
     );
     let mut cmd = v.command();
-    cmd.env("VMM_TEST_DELAY_LOADED_MS", "3000");
+    cmd.env(hook, "3000");
     let mut dst = Node {
         vm: Vm::spawn("dst", cmd),
         sock,
     };
+    dst.qmp();
     let mut q = src.qmp();
     q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
     let deadline = Instant::now() + T;
@@ -396,10 +397,21 @@ fn destination_killed_while_the_source_is_paused() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    std::thread::sleep(Duration::from_millis(300));
     dst.vm.kill();
     let m = wait_end(&mut q);
     assert_eq!(m["status"], "failed", "{m}");
     assert_still_running(&mut src);
+}
+
+#[test]
+fn destination_killed_mid_device_state() {
+    killed_while_paused("VMM_TEST_DELAY_DEVICES_MS");
+}
+
+#[test]
+fn destination_killed_while_the_source_is_paused() {
+    killed_while_paused("VMM_TEST_DELAY_LOADED_MS");
 }
 
 fn ip(args: &[&str]) {
@@ -802,4 +814,55 @@ fn network_traffic_resumes_after_migration() {
     seen.sort();
     seen.dedup();
     assert_eq!(seen, (0..frames).collect::<Vec<u32>>());
+}
+
+/// `migrate fd:N`: a connected socket handed to the source process (here
+/// inherited as fd 10; a management stack would pass one the same way).
+#[test]
+fn migrate_over_an_inherited_fd() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("mig-fd");
+    let port = free_port();
+    let mut dst = start(
+        &dir,
+        "dst",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    let conn =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the destination");
+    let fd = conn.as_raw_fd();
+    let (v, sock) = vmm(&dir, "src", &[]);
+    let mut cmd = v.command();
+    // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 10) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let src = Node {
+        vm: Vm::spawn("src", cmd),
+        sock,
+    };
+    drop(conn);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let e = src
+        .qmp()
+        .try_execute("migrate", json!({"uri": "fd:99"}))
+        .unwrap_err();
+    assert!(
+        e["desc"]
+            .as_str()
+            .unwrap()
+            .contains("fd:99 is not an open socket"),
+        "{e}"
+    );
+    let m = migrate(&src, "fd:10");
+    assert_eq!(m["status"], "completed", "{m}");
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
 }

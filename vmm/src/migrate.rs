@@ -578,6 +578,23 @@ fn region_bitmap(
     m.bitmap()
 }
 
+/// The indices of the set bits below `n`, skipping empty words (a pass
+/// over a large guest costs what is dirty, not its size).
+fn set_bits(bits: &[u64], n: usize) -> impl Iterator<Item = usize> + '_ {
+    bits.iter().enumerate().flat_map(move |(wi, &w)| {
+        let mut w = w;
+        std::iter::from_fn(move || {
+            if w == 0 {
+                return None;
+            }
+            let b = w.trailing_zeros() as usize;
+            w &= w - 1;
+            Some(wi * 64 + b)
+        })
+        .filter(move |&i| i < n)
+    })
+}
+
 fn count(bits: &[Vec<u64>]) -> u64 {
     bits.iter().flatten().map(|w| w.count_ones() as u64).sum()
 }
@@ -872,21 +889,19 @@ impl Source {
             let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, r.len() as usize) };
             let bits = &dirty[ri];
             let start = r.start_addr().0;
-            let pages = (0..bytes.len() / PAGE_SIZE)
-                .filter(|i| bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0))
-                .map(|i| {
-                    let d = &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
-                    if crate::snapshot::is_zero(d) {
-                        p.duplicate.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        p.normal.fetch_add(1, Ordering::Relaxed);
-                    }
-                    (
-                        crate::snapshot::RAM_BLOCK,
-                        block_offset(self.ram, start, i),
-                        d,
-                    )
-                });
+            let pages = set_bits(bits, bytes.len() / PAGE_SIZE).map(|i| {
+                let d = &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                if crate::snapshot::is_zero(d) {
+                    p.duplicate.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    p.normal.fetch_add(1, Ordering::Relaxed);
+                }
+                (
+                    crate::snapshot::RAM_BLOCK,
+                    block_offset(self.ram, start, i),
+                    d,
+                )
+            });
             w.ram_pages(id, false, pages)?;
         }
         if last {
@@ -926,8 +941,8 @@ impl Source {
             // pages are dirty again and resent.
             let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, r.len() as usize) };
             let bits = &dirty[ri];
-            for i in 0..bytes.len() / PAGE_SIZE {
-                if bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0) {
+            for i in set_bits(bits, bytes.len() / PAGE_SIZE) {
+                {
                     let off = block_offset(self.ram, r.start_addr().0, i);
                     work[channel_of(off, n)]
                         .push((off, &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]));
@@ -1005,5 +1020,58 @@ pub fn refuse(conn: &mut Conn, why: &str) {
                     || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_bits_lists_dirty_pages_only() {
+        let bits = [0b1011u64, 0, 1 << 63 | 1];
+        let got: Vec<usize> = set_bits(&bits, 200).collect();
+        assert_eq!(got, vec![0, 1, 3, 128, 191]);
+        assert_eq!(set_bits(&bits, 129).collect::<Vec<_>>(), vec![0, 1, 3, 128]);
+        assert_eq!(count(&[bits.to_vec()]), 5);
+    }
+
+    #[test]
+    fn uris_parse_and_bad_ones_say_what_is_expected() {
+        assert_eq!(
+            parse_uri("tcp:10.0.0.2:4444").unwrap(),
+            Uri::Tcp("10.0.0.2:4444".into())
+        );
+        assert_eq!(
+            parse_uri("unix:/run/m.sock").unwrap(),
+            Uri::Unix("/run/m.sock".into())
+        );
+        assert_eq!(parse_uri("fd:7").unwrap(), Uri::Fd(7));
+        for bad in ["tcp:host", "fd:x", "ftp:a", "unix:", "nothing"] {
+            let e = parse_uri(bad).unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains("tcp:HOST:PORT"), "{e}");
+        }
+    }
+
+    #[test]
+    fn parameters_are_checked_and_a_bad_one_changes_nothing() {
+        let mut p = Params::default();
+        let args = |v: serde_json::Value| v.as_object().unwrap().clone();
+        p.set(&args(json!({"downtime-limit": 50, "multifd-channels": 4})))
+            .unwrap();
+        assert_eq!((p.downtime_limit_ms, p.multifd_channels), (50, 4));
+        let e = p
+            .set(&args(json!({"max-bandwidth": 1, "downtime-limit": 0})))
+            .unwrap_err();
+        assert!(e.contains("downtime-limit"), "{e}");
+        assert_eq!(
+            (p.downtime_limit_ms, p.max_bandwidth),
+            (50, 0),
+            "nothing changed"
+        );
+        assert!(p
+            .set(&args(json!({"bogus": 1})))
+            .unwrap_err()
+            .contains("bogus"));
     }
 }
