@@ -274,11 +274,7 @@ pub fn touched_pages(addr: usize, len: usize) -> Option<Vec<bool>> {
 
 /// Whether a page is all zero (word at a time).
 pub fn is_zero(page: &[u8]) -> bool {
-    let (head, words, tail) = {
-        // SAFETY: u64 has no invalid bit patterns; align_to splits safely.
-        unsafe { page.align_to::<u64>() }
-    };
-    head.iter().all(|b| *b == 0) && words.iter().all(|w| *w == 0) && tail.iter().all(|b| *b == 0)
+    migration::stream::is_zero(page)
 }
 
 struct Counter<W> {
