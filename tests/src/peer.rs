@@ -107,7 +107,7 @@ impl TapEcho {
         // SAFETY: a NUL-terminated name.
         let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
         assert!(index > 0, "{listen_on} has no index");
-        let proto = (ETHERTYPE as u16).to_be();
+        let proto = ETHERTYPE.to_be();
         // SAFETY: plain socket(2).
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
         assert!(

@@ -44,8 +44,11 @@ pub struct Backends {
     pub chardevs: Vec<Chardev>,
 }
 
+/// An option's leading word (`tap` in `tap,id=...`) and its pairs.
+type Parsed<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>);
+
 /// `key=value` pairs after an optional leading word (`tap,id=...`).
-fn pairs<'a>(opt: &'a str, what: &str) -> Result<(Option<&'a str>, Vec<(&'a str, &'a str)>)> {
+fn pairs<'a>(opt: &'a str, what: &str) -> Result<Parsed<'a>> {
     let mut head = None;
     let mut v = vec![];
     for (i, part) in opt.split(',').enumerate() {

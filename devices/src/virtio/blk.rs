@@ -122,7 +122,7 @@ impl Blk {
         let data_out = skip(&readable, 16);
         let len = |b: &[Buf]| b.iter().map(|b| b.len as u64).sum::<u64>();
         let in_range = |n: u64| {
-            n % SECTOR == 0
+            n.is_multiple_of(SECTOR)
                 && sector
                     .checked_add(n / SECTOR)
                     .is_some_and(|e| e <= self.sectors)

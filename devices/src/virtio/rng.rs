@@ -10,9 +10,15 @@ pub struct Rng {
     version_1: bool,
 }
 
+impl Default for Rng {
+    fn default() -> Rng {
+        Rng { version_1: true }
+    }
+}
+
 impl Rng {
     pub fn new() -> Rng {
-        Rng { version_1: true }
+        Rng::default()
     }
 }
 

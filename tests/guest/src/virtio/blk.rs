@@ -173,7 +173,7 @@ fn big(dev: &Dev, q: &mut super::Queue, cmd: &Cmdline, capacity: u64) -> bool {
 fn bench(dev: &Dev, q: &mut super::Queue, cmd: &Cmdline, capacity: u64) {
     const SEQ: u64 = 1 << 20;
     const QD_MAX: usize = 32;
-    let mb = cmd.u64("bench_mb", 64).min(capacity * 512 >> 20);
+    let mb = cmd.u64("bench_mb", 64).min((capacity * 512) >> 20);
     let ms = cmd.u64("bench_ms", 2000);
     let qd = (cmd.u64("bench_qd", 8) as usize).clamp(1, QD_MAX);
     let (Some(hdr), Some(data), Some(status)) =
