@@ -55,6 +55,8 @@ pub struct TapEcho {
     bridge: Option<String>,
     /// Sequence numbers of the guest frames seen, in arrival order.
     pub seen: Arc<Mutex<Vec<u32>>>,
+    /// Source MACs of the RARP self-announcements seen (after a migration).
+    pub announced: Arc<Mutex<Vec<[u8; 6]>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -107,7 +109,8 @@ impl TapEcho {
         // SAFETY: a NUL-terminated name.
         let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
         assert!(index > 0, "{listen_on} has no index");
-        let proto = ETHERTYPE.to_be();
+        // Every frame: the test's EtherType to echo, RARP to record.
+        let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2).
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
         assert!(
@@ -150,6 +153,8 @@ impl TapEcho {
         let seen = Arc::new(Mutex::new(vec![]));
         let stop = Arc::new(AtomicBool::new(false));
         let (seen2, stop2) = (seen.clone(), stop.clone());
+        let announced = Arc::new(Mutex::new(vec![]));
+        let announced2 = announced.clone();
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             while !stop2.load(Ordering::SeqCst) {
@@ -160,9 +165,16 @@ impl TapEcho {
                     continue;
                 }
                 let f = &buf[..n as usize];
+                let ethertype = u16::from_be_bytes([f[12], f[13]]);
+                if ethertype == 0x8035 {
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(&f[6..12]);
+                    announced2.lock().unwrap().push(mac);
+                    continue;
+                }
                 // Frames the guest sent (its MAC as source); an echo we
                 // sent ourselves is seen here too on some kernels: skip it.
-                if &f[14..22] != MAGIC || f[0..6] != [0xff; 6] {
+                if ethertype != ETHERTYPE || &f[14..22] != MAGIC || f[0..6] != [0xff; 6] {
                     continue;
                 }
                 let seq = u32::from_be_bytes([f[22], f[23], f[24], f[25]]);
@@ -178,6 +190,7 @@ impl TapEcho {
             unsafe { libc::close(fd) };
         });
         TapEcho {
+            announced,
             ifname: taps[0].clone(),
             others: taps[1..].to_vec(),
             bridge,

@@ -809,6 +809,12 @@ fn network_traffic_resumes_after_migration() {
     dst.vm.assert_pass(BOOT);
     let l = dst.vm.wait_prefix("virtio.00:01.0.net sent=", BOOT);
     assert_eq!(field(&l, "echoed"), Some(frames.to_string()), "{l}");
+    // The destination announced the guest's MAC (QEMU's self-announce).
+    let announced = net.announced.lock().unwrap().clone();
+    assert!(
+        announced.contains(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+        "no RARP from the guest's MAC: {announced:?}"
+    );
     let mut seen = net.seen.lock().unwrap().clone();
     assert!(seen.len() > before, "nothing after the migration");
     seen.sort();

@@ -1096,6 +1096,16 @@ impl Session<'_> {
             "incoming migration loaded and running in {} ms",
             t0.elapsed().as_millis()
         );
+        // Self-announce, as QEMU: now and twice more, 50 and 150 ms later.
+        let pci = self.board.pci.clone();
+        let _ = std::thread::Builder::new()
+            .name("announce".into())
+            .spawn(move || {
+                for wait in [0, 50, 100] {
+                    std::thread::sleep(Duration::from_millis(wait));
+                    pci.lock().expect("pci lock").announce();
+                }
+            });
         self.queued
             .push(("MIGRATION", Some(json!({"status": "completed"}))));
         if self.status == "running" {

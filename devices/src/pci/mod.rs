@@ -56,6 +56,8 @@ pub trait PciFunction: Send {
     /// The VM stops: no device activity may touch guest memory after this
     /// returns (in-flight work completes first).
     fn pause(&mut self) {}
+    /// After an incoming migration: announce the device's new location.
+    fn announce(&mut self) {}
     /// The VM runs again.
     fn resume(&mut self) {}
     fn config(&self) -> &ConfigSpace;
@@ -271,6 +273,10 @@ impl PciRoot {
 
     pub fn resume(&mut self) {
         self.funcs.values_mut().for_each(|f| f.resume());
+    }
+
+    pub fn announce(&mut self) {
+        self.funcs.values_mut().for_each(|f| f.announce());
     }
 }
 

@@ -113,6 +113,9 @@ pub trait VirtioDevice: Send {
     fn backend_fd(&self) -> Option<RawFd> {
         None
     }
+    /// The VM now runs on a new host: tell the network where it is (a
+    /// NIC sends QEMU's self-announce RARP from the guest's MAC).
+    fn announce(&mut self) {}
     /// The backend fd is readable (only called once activated).
     fn backend_ready(&mut self, queues: &mut Queues) -> Result<(), GuestError> {
         let _ = queues;

@@ -200,6 +200,26 @@ impl VirtioDevice for Net {
         }
     }
 
+    fn announce(&mut self) {
+        // QEMU's self-announce: a RARP request from the guest's MAC, so
+        // switches learn the port it is behind now.
+        let mut f = [0u8; 60];
+        f[0..6].fill(0xff);
+        f[6..12].copy_from_slice(&self.mac);
+        f[12..14].copy_from_slice(&0x8035u16.to_be_bytes());
+        f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+        f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+        f[18] = 6;
+        f[19] = 4;
+        f[20..22].copy_from_slice(&3u16.to_be_bytes()); // reverse request
+        f[22..28].copy_from_slice(&self.mac);
+        f[32..38].copy_from_slice(&self.mac);
+        use std::io::Write;
+        if let Err(e) = (&self.tap.file).write_all(&f) {
+            log::warn!("tap {}: self-announce not sent: {e}", self.tap.name);
+        }
+    }
+
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.tap.file.as_raw_fd())
     }

@@ -951,6 +951,15 @@ impl PciFunction for VirtioPci {
         Ok(())
     }
 
+    fn announce(&mut self) {
+        self.shared
+            .inner
+            .lock()
+            .expect("virtio lock")
+            .dev
+            .announce();
+    }
+
     fn pause(&mut self) {
         self.shared.paused.store(true, Ordering::SeqCst);
         // Wait for the device thread to finish what it is doing.
