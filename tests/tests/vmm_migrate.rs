@@ -398,6 +398,21 @@ fn killed_while_paused(hook: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(300));
+    if hook == "VMM_TEST_DELAY_DEVICES_MS" {
+        // Loading: the destination's monitor still answers what a
+        // management stack polls, and says why it refuses the rest.
+        let mut d = dst.qmp();
+        assert_eq!(d.execute("query-status", json!({}))["status"], "inmigrate");
+        assert_eq!(d.execute("query-migrate", json!({}))["status"], "active");
+        let e = d.try_execute("stop", json!({})).unwrap_err();
+        assert!(
+            e["desc"]
+                .as_str()
+                .unwrap()
+                .contains("incoming migration is loading"),
+            "{e}"
+        );
+    }
     dst.vm.kill();
     let m = wait_end(&mut q);
     assert_eq!(m["status"], "failed", "{m}");

@@ -829,7 +829,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
                 }
                 Control::Migration(..) => {}
                 Control::Incoming(conn) => {
-                    session.receive(conn);
+                    session.receive(conn, &ctl_rx);
                     for (name, data) in session.queued.drain(..) {
                         events.emit(name, data);
                     }
@@ -910,6 +910,18 @@ fn incoming_memory() -> Arc<OnceLock<(GuestMemoryMmap, u64)>> {
     MEM.get_or_init(Default::default).clone()
 }
 
+/// What the monitor says while an incoming migration loads.
+fn busy_reply(command: &str) -> Result<serde_json::Value, QmpError> {
+    match command {
+        "qmp_capabilities" => Ok(json!({})),
+        "query-status" => Ok(json!({"status": "inmigrate", "running": false, "singlestep": false})),
+        "query-migrate" => Ok(json!({"status": "active"})),
+        _ => Err(QmpError::generic(format!(
+            "{command}: an incoming migration is loading; until it ends the monitor answers query-status and query-migrate"
+        ))),
+    }
+}
+
 /// Listens for one incoming migration; the connection (or the failure)
 /// arrives in the main loop as [`Control::Incoming`].
 fn listen_incoming(uri: &crate::migrate::Uri, ctl: Sender<Control>) -> Result<()> {
@@ -986,7 +998,11 @@ impl Session<'_> {
 
     /// An incoming migration: load the stream, confirm, wait for GO, run.
     /// Any failure ends the process (nothing of the guest ran).
-    fn receive(&mut self, incoming: Result<crate::migrate::Incoming, String>) {
+    fn receive(
+        &mut self,
+        incoming: Result<crate::migrate::Incoming, String>,
+        ctl: &std::sync::mpsc::Receiver<Control>,
+    ) {
         use crate::migrate::{read_line, refuse};
         use std::io::{Read as _, Write as _};
         let incoming = match incoming {
@@ -1009,20 +1025,18 @@ impl Session<'_> {
                 return;
             }
         };
-        let loaded = conn
-            .try_clone()
-            .map_err(anyhow::Error::from)
-            .and_then(|c| {
-                crate::snapshot::load_from(
-                    &self.parts(0),
-                    (&head[..]).chain(c),
-                    self.cfg.machine.name,
-                    &mut || {
+        // The load runs on its own thread; meanwhile the monitor answers
+        // what a management stack polls (QEMU's stays responsive too).
+        let parts = self.parts(0);
+        let machine = self.cfg.machine.name;
+        let conn2 = conn.try_clone();
+        let loaded = std::thread::scope(|scope| {
+            let h = scope.spawn(|| {
+                let c = conn2?;
+                let clock =
+                    crate::snapshot::load_from(&parts, (&head[..]).chain(c), machine, &mut || {
                         let _ = sync.write_all(b"SYNC\n");
-                    },
-                )
-            })
-            .and_then(|clock| {
+                    })?;
                 // Every multifd channel delivered all its pages (END).
                 for ch in channels {
                     let pages = ch
@@ -1031,8 +1045,18 @@ impl Session<'_> {
                         .map_err(|e| anyhow!(e))?;
                     log::debug!("multifd channel done: {pages} pages");
                 }
-                Ok(clock)
+                Ok::<u64, anyhow::Error>(clock)
             });
+            while !h.is_finished() {
+                match ctl.recv_timeout(Duration::from_millis(10)) {
+                    Ok(Control::Qmp(req)) => req.reply(busy_reply(&req.command)),
+                    Ok(_) => log::debug!("incoming migration: a board message waits"),
+                    Err(_) => {}
+                }
+            }
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow!("the incoming migration thread panicked")))
+        });
         log::debug!("incoming: loaded (wall {} us)", crate::migrate::wall_us());
         let clock = match loaded {
             Ok(c) => c,
