@@ -887,3 +887,52 @@ fn migrate_over_an_inherited_fd() {
     wait_ticks(&dst.vm, 2);
     verify(&mut dst.vm);
 }
+
+/// A reset in the middle of a migration ends it (failed); the guest
+/// reboots on the source and a new migration works.
+#[test]
+fn reset_during_migration_fails_it_and_a_new_one_works() {
+    let dir = TempDir::new("mig-reset");
+    let src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let mut q = src.qmp();
+    q.execute(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 16u64 << 20}),
+    );
+    let port = free_port();
+    let mut dst = start(
+        &dir,
+        "dst1",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
+    std::thread::sleep(Duration::from_millis(300));
+    q.execute("system_reset", json!({}));
+    let m = wait_end(&mut q);
+    assert_eq!(m["status"], "failed", "{m}");
+    assert!(
+        m["error-desc"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("reset"),
+        "{m}"
+    );
+    assert_ne!(dst.vm.wait_exit(T).code(), Some(0));
+    src.vm
+        .wait_count("a second boot", 2, BOOT, |l| l.starts_with("mem.filled"));
+    q.execute("migrate-set-parameters", json!({"max-bandwidth": 0}));
+    let port = free_port();
+    let mut dst = start(
+        &dir,
+        "dst2",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    assert_eq!(
+        migrate(&src, &format!("tcp:127.0.0.1:{port}"))["status"],
+        "completed"
+    );
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+}

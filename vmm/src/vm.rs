@@ -852,6 +852,19 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             }
         };
         status = session.status;
+        // A migration of this board cannot go on (reset, power-off, quit):
+        // it fails, and its thread ends on the closed connection.
+        if let Some(p) = session.progress.take() {
+            p.cancel.store(true, Ordering::SeqCst);
+            if let Some(c) = session.conn.take() {
+                c.shutdown();
+            }
+            session.migration.status = "failed";
+            session.migration.live = Some(p);
+            session.migration.error =
+                Some("the VM was reset or stopped during the migration".into());
+            events.emit("MIGRATION", Some(json!({"status": "failed"})));
+        }
         board.shutdown();
         match end {
             Outcome::Device(VmEvent::PowerOff) => {
