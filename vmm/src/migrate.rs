@@ -310,12 +310,15 @@ const CHANNEL_MAGIC: &[u8; 8] = b"VMMMFD01";
 const CH_DATA: u64 = 1;
 const CH_ZERO: u64 = 2;
 const CH_END: u64 = u64::MAX;
+/// Answered with "SYNC\n" on the channel once everything before it is in.
+const CH_SYNC: u64 = u64::MAX - 1;
 
 /// Writes one channel's pages into guest memory until its END.
 fn receive_channel(
     c: Conn,
     mem: &std::sync::OnceLock<(GuestMemoryMmap, u64)>,
 ) -> Result<u64, String> {
+    let mut answer = c.try_clone().map_err(|e| format!("multifd channel: {e}"))?;
     let mut r = BufReader::with_capacity(1 << 20, c);
     let (mem, ram) = loop {
         if let Some(m) = mem.get() {
@@ -333,6 +336,12 @@ fn receive_channel(
         let h = u64::from_be_bytes(h);
         if h == CH_END {
             return Ok(n);
+        }
+        if h == CH_SYNC {
+            answer
+                .write_all(b"SYNC\n")
+                .map_err(|e| format!("multifd channel: {e}"))?;
+            continue;
         }
         let offset = h & !(PAGE_SIZE as u64 - 1);
         match h & (PAGE_SIZE as u64 - 1) {
@@ -725,21 +734,38 @@ impl Source {
             if expected_ms <= self.params.downtime_limit_ms
                 && (expected_ms <= QUICK_FINISH_MS || !shrinking)
             {
-                if chans.is_empty() {
+                {
                     // Let the destination catch up with what the sockets
                     // still hold while the guest runs, then send what was
                     // dirtied meanwhile: the pause covers only the rest.
-                    w.ram_pages(id, false, [])?;
-                    w.flush()?;
-                    self.conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-                    loop {
-                        let l = read_line(&mut lines)
-                            .context("waiting for the destination to catch up")?;
-                        if let Some(why) = l.strip_prefix("ERR ") {
-                            bail!("the destination refused the stream: {why}");
+                    if chans.is_empty() {
+                        w.ram_pages(id, false, [])?;
+                        w.flush()?;
+                        self.conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+                        loop {
+                            let l = read_line(&mut lines)
+                                .context("waiting for the destination to catch up")?;
+                            if let Some(why) = l.strip_prefix("ERR ") {
+                                bail!("the destination refused the stream: {why}");
+                            }
+                            if l == "SYNC" {
+                                break;
+                            }
                         }
-                        if l == "SYNC" {
-                            break;
+                    } else {
+                        // Each channel: a SYNC record, answered when the
+                        // destination has written everything before it.
+                        for (c, conn) in chans.iter_mut().zip(&self.channels) {
+                            c.write_all(&CH_SYNC.to_be_bytes())?;
+                            c.flush()?;
+                            conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+                        }
+                        for conn in &self.channels {
+                            let l = read_line(&mut BufReader::new(conn.try_clone()?))
+                                .context("waiting for a multifd channel to catch up")?;
+                            if l != "SYNC" {
+                                bail!("a multifd channel answered '{l}' instead of SYNC");
+                            }
                         }
                     }
                     let more = dirty_pages(&*self.vm, &self.mem)?;
