@@ -15,3 +15,28 @@ rc=$?
 set -e
 # isa-debug-exit, as in QEMU: the guest's 0 (pass) becomes exit status 1.
 if [ $rc -eq 1 ]; then echo "== guest reported PASS"; else echo "== guest failed (exit $rc)"; exit 1; fi
+
+echo
+echo "== live migration: a guest writing memory on 2 vCPUs moves to a second vmm process over TCP;"
+echo "== the destination finishes the run and the guest verifies every page it wrote"
+dir=$(mktemp -d)
+trap 'kill $src_pid 2>/dev/null; rm -rf "$dir"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+guest=(-M q35 -m 512M -smp 2 -device isa-debug-exit,iobase=0xf4,iosize=0x04
+       -kernel "$top/target/guest/test-guest"
+       -append "cpus=2 mem=512M work=mem,counter mem_mb=64 tick_ms=250 duration_ms=4000")
+"$top/target/release/vmm" "${guest[@]}" -serial "file:$dir/src.log" \
+    -qmp "unix:$dir/src.sock,server=on,wait=off" &
+src_pid=$!
+"$top/target/release/vmm" "${guest[@]}" -serial "file:$dir/dst.log" -incoming "tcp:127.0.0.1:$port" &
+dst_pid=$!
+for _ in $(seq 300); do grep -q '^mem.filled' "$dir/src.log" 2>/dev/null && break; sleep 0.1; done
+"$top/target/release/vmmctl" --qmp "$dir/src.sock" migrate "tcp:127.0.0.1:$port"
+kill $src_pid
+set +e
+wait $dst_pid
+rc=$?
+set -e
+echo "== the destination's console:"
+grep -E '^(tick|mem.verify|RESULT)' "$dir/dst.log" | tail -4
+if [ $rc -eq 1 ]; then echo "== guest reported PASS after moving"; else echo "== guest failed after moving (exit $rc)"; exit 1; fi
