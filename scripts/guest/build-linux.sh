@@ -9,7 +9,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 out="$top/build/linux-guest"
 mkdir -p "$out"
-if [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/VERSIONS" ]; then
+if [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.cpio.gz" ] && grep -q '^virtio_modules=' "$out/VERSIONS" 2>/dev/null; then
     echo "$out"
     exit 0
 fi
@@ -44,13 +44,24 @@ extract "$(printf '\3757zXZ')" "xz -dc" || extract "$(printf '\050\265\057\375')
     || { echo "no ELF payload found in $vmlinuz" >&2; exit 1; }
 cp "$vmlinuz" "$out/bzImage"
 
-mkdir -p root/bin root/proc root/sys root/dev
+mkdir -p root/bin root/proc root/sys root/dev root/lib/virtio
 cp bb/bin/busybox root/bin/busybox
+# Debian builds virtio as modules: the PCI transport and the drivers for
+# vmm's devices, numbered in load order (dependencies first).
+n=10
+for m in drivers/virtio/virtio drivers/virtio/virtio_ring drivers/virtio/virtio_pci_modern_dev \
+         drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/block/virtio_blk \
+         net/core/failover drivers/net/net_failover drivers/net/virtio_net \
+         drivers/char/virtio_console drivers/char/hw_random/virtio-rng; do
+    cp kernel/lib/modules/*/kernel/"$m".ko "root/lib/virtio/$n-$(basename "$m").ko"
+    n=$((n + 1))
+done
 cat > root/init <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+for m in /lib/virtio/*.ko; do insmod "$m" || echo "VMM-LINUX-GUEST-INSMOD-FAILED $m"; done
 echo "VMM-LINUX-GUEST-READY kernel=$(uname -r)"
 cmd=$(sed -n 's/.*vmm\.cmd=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
 if [ -n "$cmd" ]; then
@@ -67,5 +78,6 @@ chmod +x root/init
     echo "kernel_package=$kpkg $(dpkg-deb -f "$kpkg"_*.deb Version)"
     echo "busybox-static $(dpkg-deb -f busybox-static_*.deb Version)"
     echo "vmlinux_sha256=$(sha256sum "$out/vmlinux" | cut -d' ' -f1)"
+    echo "virtio_modules=$(ls root/lib/virtio | tr '\n' ' ')"
 } > "$out/VERSIONS"
 echo "$out"

@@ -91,13 +91,39 @@ fn linux_guest_boots_on_qemu() {
 fn linux_guest_boots_on_vmm() {
     vmm_tests::require_kvm();
     let dir = linux_guest();
+    // Every virtio device vmm has: Linux's own drivers must bind to them
+    // (the initramfs loads Debian's virtio modules).
+    let tmp = vmm_tests::TempDir::new("linux-virtio");
+    let img = tmp.path("disk.raw");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(16 << 20))
+        .unwrap();
+    let tap = vmm_tests::peer::TapEcho::start();
     let mut cmd = Command::new(vmm_tests::vmm::binary());
     cmd.args(["-m", "512M", "-smp", "1", "-no-reboot"]);
     cmd.arg("-kernel").arg(dir.join("vmlinux"));
     cmd.arg("-initrd").arg(dir.join("initramfs.cpio.gz"));
     cmd.args([
+        "-drive",
+        &format!("file={},if=none,id=d0,format=raw", img.display()),
+        "-device",
+        "virtio-blk-pci,drive=d0",
+        "-netdev",
+        &tap.netdev("n0"),
+        "-device",
+        "virtio-net-pci,netdev=n0",
+        "-device",
+        "virtio-rng-pci",
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        "null,id=c0",
+        "-device",
+        "virtconsole,chardev=c0",
+    ]);
+    cmd.args([
         "-append",
-        "console=ttyS0 earlyprintk=ttyS0 panic=-1 vmm.cmd=uname,-a",
+        "console=ttyS0 earlyprintk=ttyS0 panic=-1 vmm.cmd=for,d,in,virtio_blk,virtio_net,virtio_console,virtio_rng;,do,ls,/sys/bus/virtio/drivers/$d,|,grep,-q,virtio,&&,echo,BOUND-$d;,done",
     ]);
     let mut vm = Vm::spawn("linux-on-vmm", cmd);
     let t = Duration::from_secs(90);
@@ -133,6 +159,13 @@ fn linux_guest_boots_on_vmm() {
     }
     vm.wait_prefix("VMM-LINUX-GUEST-READY", Duration::from_secs(120));
     vm.wait_prefix("VMM-LINUX-GUEST-CMD-EXIT 0", Duration::from_secs(60));
+    for d in ["virtio_blk", "virtio_net", "virtio_console", "virtio_rng"] {
+        assert!(
+            vm.lines().iter().any(|l| l == &format!("BOUND-{d}")),
+            "Linux's {d} did not bind\n{}",
+            vm.log()
+        );
+    }
     assert_eq!(
         vm.wait_exit(Duration::from_secs(60)).code(),
         Some(0),
