@@ -936,3 +936,62 @@ fn reset_during_migration_fails_it_and_a_new_one_works() {
     wait_ticks(&dst.vm, 2);
     verify(&mut dst.vm);
 }
+
+/// The x-ignore-backend-features seed, live: on `pc-q35-2.7` a backend
+/// without VIRTIO_F_VERSION_1 still gets the modern interface (2.7's
+/// behaviour, kept by hw_compat_2_7), so 2.7 → 2.7 migrates; a destination
+/// that gates on the backend (what the unfixed 2.8 binary did on 2.7) is
+/// refused by name instead of corrupting the device.
+#[test]
+fn seed_modern_exposure_on_pc_q35_2_7() {
+    let dir = TempDir::new("mig-seed27");
+    let img = dir.path("disk.raw");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(16 << 20))
+        .unwrap();
+    let drive = format!(
+        "file={},if=none,id=d0,format=raw,x-virtio-version-1=off",
+        img.display()
+    );
+    let mk = |name: &str, extra: &[&str]| -> Node {
+        let mut a = vec![
+            "-M",
+            "pc-q35-2.7",
+            "-drive",
+            &drive,
+            "-device",
+            "virtio-blk-pci,drive=d0",
+        ];
+        a.extend_from_slice(extra);
+        start(&dir, name, &a)
+    };
+    let src = mk("A", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let port = free_port();
+    let mut bad = mk(
+        "gated",
+        &[
+            "-global",
+            "virtio-pci.x-ignore-backend-features=off",
+            "-incoming",
+            &format!("tcp:127.0.0.1:{port}"),
+        ],
+    );
+    let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
+    assert_eq!(m["status"], "failed", "{m}");
+    let why = m["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("legacy") && why.contains("x-ignore-backend-features"),
+        "{m}"
+    );
+    assert_ne!(bad.vm.wait_exit(T).code(), Some(0));
+    let port = free_port();
+    let mut dst = mk("B", &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
+    assert_eq!(
+        migrate(&src, &format!("tcp:127.0.0.1:{port}"))["status"],
+        "completed"
+    );
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+}

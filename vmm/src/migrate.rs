@@ -820,10 +820,6 @@ impl Source {
             devices.paused_at.elapsed().as_micros(),
             wall_us()
         );
-        log::trace!(
-            "downtime: devices taken at +{} us",
-            devices.paused_at.elapsed().as_micros()
-        );
         let last = dirty_pages(&*self.vm, &self.mem)?;
         for (d, l) in dirty.iter_mut().zip(&last) {
             for (a, b) in d.iter_mut().zip(l) {
