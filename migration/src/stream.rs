@@ -239,17 +239,21 @@ impl<W: Write> Writer<W> {
 
     /// One `ram` PART (or, with `last`, END) section with these pages:
     /// (block, offset in block, page). All-zero pages become ZERO records.
+    /// Returns how many pages were written, and how many of them were zero.
     pub fn ram_pages<'p>(
         &mut self,
         id: u32,
         last: bool,
         pages: impl IntoIterator<Item = (&'p str, u64, &'p [u8])>,
-    ) -> Result<()> {
+    ) -> Result<(u64, u64)> {
+        let (mut count, mut zeros) = (0u64, 0u64);
         let mut b = vec![if last { SECTION_END } else { SECTION_PART }];
         b.extend_from_slice(&id.to_be_bytes());
         let mut prev: Option<&str> = None;
         for (block, off, data) in pages {
             let zero = is_zero(data);
+            count += 1;
+            zeros += zero as u64;
             let mut flags = if zero { RAM_ZERO } else { RAM_PAGE };
             if prev == Some(block) {
                 flags |= RAM_CONTINUE;
@@ -274,7 +278,8 @@ impl<W: Write> Writer<W> {
         b.extend_from_slice(&RAM_EOS.to_be_bytes());
         b.push(FOOTER);
         b.extend_from_slice(&id.to_be_bytes());
-        self.w.write_all(&b).map_err(Error::Write)
+        self.w.write_all(&b).map_err(Error::Write)?;
+        Ok((count, zeros))
     }
 
     /// Pushes what was written so far to the underlying writer.

@@ -912,19 +912,15 @@ impl Source {
             let bits = &dirty[ri];
             let start = r.start_addr().0;
             let pages = set_bits(bits, bytes.len() / PAGE_SIZE).map(|i| {
-                let d = &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
-                if crate::snapshot::is_zero(d) {
-                    p.duplicate.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    p.normal.fetch_add(1, Ordering::Relaxed);
-                }
                 (
                     crate::snapshot::RAM_BLOCK,
                     block_offset(self.ram, start, i),
-                    d,
+                    &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
                 )
             });
-            w.ram_pages(id, false, pages)?;
+            let (sent, zeros) = w.ram_pages(id, false, pages)?;
+            p.duplicate.fetch_add(zeros, Ordering::Relaxed);
+            p.normal.fetch_add(sent - zeros, Ordering::Relaxed);
         }
         if last {
             w.ram_pages(id, true, [])?;

@@ -176,18 +176,18 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
         } else {
             0
         };
+        let total = bytes.len() / PAGE_SIZE;
         let pages = bytes.chunks(PAGE_SIZE).enumerate().filter_map(|(i, d)| {
-            stats.pages += 1;
-            if !touched.as_ref().is_none_or(|t| t[i]) {
-                stats.zero_pages += 1;
-                return None;
-            }
-            if is_zero(d) {
-                stats.zero_pages += 1;
-            }
-            Some((RAM_BLOCK, block_base + (i * PAGE_SIZE) as u64, d))
+            touched.as_ref().is_none_or(|t| t[i]).then_some((
+                RAM_BLOCK,
+                block_base + (i * PAGE_SIZE) as u64,
+                d,
+            ))
         });
-        w.ram_pages(id, false, pages)?;
+        let (sent, zeros) = w.ram_pages(id, false, pages)?;
+        // Never-touched pages count as zero pages too.
+        stats.pages += total as u64;
+        stats.zero_pages += zeros + (total as u64 - sent);
     }
     w.ram_pages(id, true, [])?;
     write_devices(&mut w, p)?;

@@ -234,6 +234,19 @@ pub static VMSTATE: Description = Description {
             kind: Kind::U64,
             since: 0,
         },
+        // The modern interface's feature-word selectors: a vCPU may stop
+        // between selecting a word and reading it (QEMU migrates them in
+        // virtio_pci/modern_state).
+        Field {
+            name: "device_features_sel",
+            kind: Kind::U32,
+            since: 0,
+        },
+        Field {
+            name: "driver_features_sel",
+            kind: Kind::U32,
+            since: 0,
+        },
         Field {
             name: "config_vector",
             kind: Kind::U16,
@@ -377,6 +390,14 @@ impl Common {
             .set("isr", Val::Uint(self.isr as u64))
             .set("queue_sel", Val::Uint(self.queue_sel as u64))
             .set("guest_features", Val::Uint(self.driver_features))
+            .set(
+                "device_features_sel",
+                Val::Uint(self.device_features_sel as u64),
+            )
+            .set(
+                "driver_features_sel",
+                Val::Uint(self.driver_features_sel as u64),
+            )
             .set("config_vector", Val::Uint(self.config_vector as u64))
             .set(
                 "config_generation",
@@ -445,6 +466,8 @@ impl Common {
         self.isr = u(st, "isr")? as u8;
         self.queue_sel = u(st, "queue_sel")? as u16;
         self.driver_features = u(st, "guest_features")?;
+        self.device_features_sel = u(st, "device_features_sel")? as u32;
+        self.driver_features_sel = u(st, "driver_features_sel")? as u32;
         self.config_vector = u(st, "config_vector")? as u16;
         self.config_generation = u(st, "config_generation")? as u8;
         self.broken = st
@@ -505,12 +528,14 @@ mod tests {
     fn broken_flag_travels_in_a_subsection_old_readers_name() {
         let mut c = Common::new(&[256]);
         c.status = S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
+        c.device_features_sel = 1;
         // A healthy device: no subsection, an old reader loads it.
         let st = roundtrip(&VMSTATE, &c.state(), &OLD).expect("old reader loads a healthy device");
         let mut back = Common::new(&[256]);
         back.load(&st).unwrap();
         assert!(!back.broken);
         assert_eq!(back.status, c.status);
+        assert_eq!(back.device_features_sel, 1, "the selector latch travels");
         // A broken device: the new reader restores the flag ...
         c.broken = true;
         let st = roundtrip(&VMSTATE, &c.state(), &VMSTATE).unwrap();
