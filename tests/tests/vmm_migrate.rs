@@ -126,6 +126,18 @@ fn verify(vm: &mut Vm) {
     );
 }
 
+/// Moves `src` to a new destination `name` over TCP, then has the guest
+/// verify every page there.
+fn move_and_verify(dir: &TempDir, src: Node, name: &str) {
+    let port = free_port();
+    let mut dst = start(dir, name, &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
+    let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
+    assert_eq!(m["status"], "completed", "{m}");
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+}
+
 /// Still running and still counting: the source after a failed migration.
 fn assert_still_running(node: &mut Node) {
     assert_eq!(node.status(), "running", "{}", node.vm.log());
@@ -293,19 +305,7 @@ fn wrong_machine_type_is_refused_and_the_source_runs_on() {
     assert!(bad.vm.log().contains("machine type"), "{}", bad.vm.log());
     assert_still_running(&mut src);
     // A new migration works.
-    let port = free_port();
-    let mut good = start(
-        &dir,
-        "good",
-        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
-    );
-    assert_eq!(
-        migrate(&src, &format!("tcp:127.0.0.1:{port}"))["status"],
-        "completed"
-    );
-    drop(src);
-    wait_ticks(&good.vm, 2);
-    verify(&mut good.vm);
+    move_and_verify(&dir, src, "good");
 }
 
 #[test]
@@ -352,19 +352,7 @@ fn destination_killed_mid_ram_then_cancel_then_success() {
 
     // And then it works.
     q.execute("migrate-set-parameters", json!({"max-bandwidth": 0}));
-    let port = free_port();
-    let mut dst = start(
-        &dir,
-        "dst3",
-        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
-    );
-    assert_eq!(
-        migrate(&src, &format!("tcp:127.0.0.1:{port}"))["status"],
-        "completed"
-    );
-    drop(src);
-    wait_ticks(&dst.vm, 2);
-    verify(&mut dst.vm);
+    move_and_verify(&dir, src, "dst3");
 }
 
 /// The destination dies after the source paused for the last pass — in
@@ -922,19 +910,7 @@ fn reset_during_migration_fails_it_and_a_new_one_works() {
     src.vm
         .wait_count("a second boot", 2, BOOT, |l| l.starts_with("mem.filled"));
     q.execute("migrate-set-parameters", json!({"max-bandwidth": 0}));
-    let port = free_port();
-    let mut dst = start(
-        &dir,
-        "dst2",
-        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
-    );
-    assert_eq!(
-        migrate(&src, &format!("tcp:127.0.0.1:{port}"))["status"],
-        "completed"
-    );
-    drop(src);
-    wait_ticks(&dst.vm, 2);
-    verify(&mut dst.vm);
+    move_and_verify(&dir, src, "dst2");
 }
 
 /// The x-ignore-backend-features seed, live: on `pc-q35-2.7` a backend

@@ -119,7 +119,7 @@ impl Blk {
                 chain.head
             ))
         })?;
-        let data_out = skip(&readable, 16);
+        let data_out = io::skip(&readable, 16);
         let len = |b: &[Buf]| b.iter().map(|b| b.len as u64).sum::<u64>();
         let in_range = |n: u64| {
             n.is_multiple_of(SECTOR)
@@ -206,24 +206,6 @@ fn scatter(mem: &Memory, bufs: &[Buf], src: &[u8]) -> Result<usize, GuestError> 
         done += n;
     }
     Ok(done)
-}
-
-/// `bufs` without their first `n` bytes.
-fn skip(bufs: &[Buf], mut n: u64) -> Vec<Buf> {
-    let mut out = vec![];
-    for b in bufs {
-        if n >= b.len as u64 {
-            n -= b.len as u64;
-            continue;
-        }
-        out.push(Buf {
-            addr: GuestAddress(b.addr.0 + n),
-            len: b.len - n as u32,
-            write: b.write,
-        });
-        n = 0;
-    }
-    out
 }
 
 /// Splits off the last byte of the writable buffers (the status).

@@ -187,3 +187,21 @@ pub fn transfer(mem: &Memory, fd: RawFd, bufs: &[Buf], op: Op) -> Result<usize, 
     }
     Ok(done)
 }
+
+/// `bufs` without their first `n` bytes (a header the device consumed).
+pub fn skip(bufs: &[Buf], mut n: u64) -> Vec<Buf> {
+    let mut out = vec![];
+    for b in bufs {
+        if n >= b.len as u64 {
+            n -= b.len as u64;
+            continue;
+        }
+        out.push(Buf {
+            addr: GuestAddress(b.addr.0 + n),
+            len: b.len - n as u32,
+            write: b.write,
+        });
+        n = 0;
+    }
+    out
+}

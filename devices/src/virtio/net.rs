@@ -7,7 +7,6 @@ use super::*;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use virtio_queue::QueueOwnedT;
-use vm_memory::GuestAddress;
 
 const F_MAC: u64 = 1 << 5;
 
@@ -102,7 +101,7 @@ impl Net {
                     "receive buffer of {room} bytes cannot hold the header"
                 )));
             }
-            let data = skip(&bufs, self.hdr_len as u64);
+            let data = io::skip(&bufs, self.hdr_len as u64);
             match io::transfer(mem, self.tap.file.as_raw_fd(), &data, Op::Readv) {
                 Ok(n) => {
                     let hdr = vec![0u8; self.hdr_len];
@@ -135,7 +134,7 @@ impl Net {
         let mem = queues.mem;
         while let Some(chain) = io::pop(&mut queues.queues[TX], mem) {
             let bufs: Vec<Buf> = chain.readable().copied().collect();
-            let frame = skip(&bufs, self.hdr_len as u64);
+            let frame = io::skip(&bufs, self.hdr_len as u64);
             match io::transfer(mem, self.tap.file.as_raw_fd(), &frame, Op::Writev) {
                 Ok(_) => {}
                 Err(XferError::Guest(e)) => return Err(e),
@@ -146,23 +145,6 @@ impl Net {
         }
         Ok(())
     }
-}
-
-fn skip(bufs: &[Buf], mut n: u64) -> Vec<Buf> {
-    let mut out = vec![];
-    for b in bufs {
-        if n >= b.len as u64 {
-            n -= b.len as u64;
-            continue;
-        }
-        out.push(Buf {
-            addr: GuestAddress(b.addr.0 + n),
-            len: b.len - n as u32,
-            write: b.write,
-        });
-        n = 0;
-    }
-    out
 }
 
 impl VirtioDevice for Net {
