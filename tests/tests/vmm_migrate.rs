@@ -218,6 +218,15 @@ fn unix_socket_and_incoming_defer() {
     );
     let m = migrate(&src, &format!("unix:{}", path.display()));
     assert_eq!(m["status"], "completed", "{m}");
+    // The destination says so too (QEMU's incoming side does).
+    let deadline = Instant::now() + T;
+    while dst.qmp().execute("query-migrate", json!({}))["status"] != "completed" {
+        assert!(
+            Instant::now() < deadline,
+            "the destination never said completed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(src);
     wait_ticks(&dst.vm, 2);
     verify(&mut dst.vm);

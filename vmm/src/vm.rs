@@ -1143,6 +1143,8 @@ impl Session<'_> {
                     pci.lock().expect("pci lock").announce();
                 }
             });
+        self.migration.status = "completed";
+        self.migration.total_ms = t0.elapsed().as_millis() as u64;
         self.queued
             .push(("MIGRATION", Some(json!({"status": "completed"}))));
         if self.status == "running" {
@@ -1515,7 +1517,7 @@ impl qmp::commands::Target for Session<'_> {
                     v["not-converging"] = why.clone().into();
                 }
             }
-        } else if m.status == "completed" {
+        } else if m.status == "completed" && m.stats.pages > 0 {
             v["ram"] = json!({
                 "transferred": m.stats.bytes,
                 "total": self.cfg.memory,
