@@ -211,6 +211,12 @@ fn unix_socket_and_incoming_defer() {
     let src = start(&dir, "src", &[]);
     src.vm.wait_prefix("mem.filled", BOOT);
     let mut dst = start(&dir, "dst", &["-incoming", "defer"]);
+    // Nothing to run yet: cont is refused, with the reason.
+    let e = dst.qmp().try_execute("cont", json!({})).unwrap_err();
+    assert!(
+        e["desc"].as_str().unwrap().contains("incoming migration"),
+        "{e}"
+    );
     let path = dir.path("mig.sock");
     dst.qmp().execute(
         "migrate-incoming",
@@ -409,6 +415,10 @@ fn killed_while_paused(hook: &str) {
                 .contains("incoming migration is loading"),
             "{e}"
         );
+    }
+    // While it finishes, nobody resumes the source behind its back.
+    if let Ok(st) = q.try_execute("cont", json!({})) {
+        panic!("cont during finish-migrate was accepted: {st}");
     }
     dst.vm.kill();
     let m = wait_end(&mut q);

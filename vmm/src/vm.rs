@@ -1326,8 +1326,21 @@ impl qmp::commands::Target for Session<'_> {
     }
 
     fn cont(&mut self) -> Result<(), QmpError> {
-        if self.status == "running" {
-            return Ok(());
+        match self.status {
+            "running" => return Ok(()),
+            // The guest must not run while its last state is on the way,
+            // nor before an incoming one has arrived.
+            "finish-migrate" => {
+                return Err(QmpError::generic(
+                    "a migration is finishing: the VM resumes here only if it fails",
+                ))
+            }
+            "inmigrate" => {
+                return Err(QmpError::generic(
+                    "the VM waits for an incoming migration: it starts when that completes",
+                ))
+            }
+            _ => {}
         }
         if let Some(c) = self.saved_clock.take() {
             self.board
