@@ -990,3 +990,84 @@ fn seed_modern_exposure_on_pc_q35_2_7() {
     wait_ticks(&dst.vm, 2);
     verify(&mut dst.vm);
 }
+
+/// What a management stack does (libvirt passes migration sockets this
+/// way): the `qemu.qmp` package from PyPI passes a connected socket with
+/// SCM_RIGHTS, `getfd` names it, `migrate fd:NAME` uses it.
+#[test]
+fn getfd_then_migrate_fd_name_with_the_qemu_qmp_client() {
+    let dir = TempDir::new("mig-getfd");
+    let port = free_port();
+    let mut dst = start(
+        &dir,
+        "dst",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    let src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let python = vmm_tests::workspace().join("target/qmp-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/setup.sh",
+        python.display()
+    );
+    let script = r#"
+import asyncio, socket, sys
+from qemu.qmp import QMPClient, ExecuteError
+async def main(path, port):
+    q = QMPClient("getfd-test")
+    await q.connect(path)
+    try:
+        await q.execute("getfd", {"fdname": "mig"})
+        print("getfd without a descriptor was accepted")
+        return 1
+    except ExecuteError as e:
+        print("no-fd:", e.error.error.desc)
+    try:
+        await q.execute("closefd", {"fdname": "nope"})
+        return 1
+    except ExecuteError as e:
+        print("closefd:", e.error.error.desc)
+    s = socket.create_connection(("127.0.0.1", port))
+    q.send_fd_scm(s.fileno())
+    await q.execute("getfd", {"fdname": "mig"})
+    s.close()
+    await q.execute("migrate", {"uri": "fd:mig"})
+    while True:
+        m = await q.execute("query-migrate")
+        if m["status"] in ("completed", "failed", "cancelled"):
+            break
+        await asyncio.sleep(0.02)
+    print("status:", m["status"], m.get("error-desc", ""))
+    await q.disconnect()
+    return 0
+sys.exit(asyncio.run(main(sys.argv[1], int(sys.argv[2]))))
+"#;
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            script,
+            &src.sock.display().to_string(),
+            &port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("no-fd: getfd: no file descriptor was passed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("closefd: File descriptor named 'nope' not found"),
+        "{text}"
+    );
+    assert!(text.contains("status: completed"), "{text}");
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+}

@@ -159,7 +159,9 @@ const SOCKET_BUFFER: libc::c_int = 256 << 10;
 pub enum Uri {
     Tcp(String),
     Unix(std::path::PathBuf),
-    Fd(i32),
+    /// A descriptor passed with `getfd` (by name), or an inherited one (a
+    /// number).
+    Fd(String),
     File(std::path::PathBuf),
 }
 
@@ -181,13 +183,18 @@ pub fn parse_uri(uri: &str) -> Result<Uri> {
             Uri::Tcp(rest.to_string())
         }
         "unix" => Uri::Unix(rest.into()),
-        "fd" => Uri::Fd(rest.parse().map_err(|_| bad())?),
+        "fd" => Uri::Fd(rest.to_string()),
         "file" => Uri::File(rest.into()),
         _ => return Err(bad()),
     })
 }
 
 /// The source's side: connects (within [`LINK_TIMEOUT`]).
+/// A socket passed with `getfd`, as a connection.
+pub fn conn_from_fd(fd: std::os::fd::OwnedFd) -> Conn {
+    Conn::Unix(UnixStream::from(fd))
+}
+
 pub fn connect(uri: &Uri) -> Result<Conn> {
     match uri {
         Uri::Tcp(a) => {
@@ -206,19 +213,22 @@ pub fn connect(uri: &Uri) -> Result<Conn> {
                 format!("cannot connect to unix:{}", p.display())
             })?))
         }
-        Uri::Fd(fd) => {
+        Uri::Fd(name) => {
+            let fd: i32 = name.parse().map_err(|_| {
+                anyhow!("fd:{name}: no descriptor of that name was passed with getfd")
+            })?;
             // SAFETY: fstat on any integer is harmless; the fd is checked
             // to be a socket before it is owned.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: `st` is a valid out-pointer.
-            if unsafe { libc::fstat(*fd, &mut st) } != 0
+            if unsafe { libc::fstat(fd, &mut st) } != 0
                 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK
             {
                 bail!("fd:{fd} is not an open socket of this process");
             }
             // SAFETY: a socket fd handed to us for this migration; we own it
             // from now on.
-            Ok(Conn::Unix(unsafe { UnixStream::from_raw_fd(*fd) }))
+            Ok(Conn::Unix(unsafe { UnixStream::from_raw_fd(fd) }))
         }
         Uri::File(_) => bail!("file: is not a connection"),
     }
@@ -1064,8 +1074,9 @@ mod tests {
             parse_uri("unix:/run/m.sock").unwrap(),
             Uri::Unix("/run/m.sock".into())
         );
-        assert_eq!(parse_uri("fd:7").unwrap(), Uri::Fd(7));
-        for bad in ["tcp:host", "fd:x", "ftp:a", "unix:", "nothing"] {
+        assert_eq!(parse_uri("fd:7").unwrap(), Uri::Fd("7".into()));
+        assert_eq!(parse_uri("fd:mig").unwrap(), Uri::Fd("mig".into()));
+        for bad in ["tcp:host", "fd:", "ftp:a", "unix:", "nothing"] {
             let e = parse_uri(bad).unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("tcp:HOST:PORT"), "{e}");
         }

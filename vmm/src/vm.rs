@@ -757,6 +757,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     };
     let mut migration = MigrationInfo::default();
     let mut params = crate::migrate::Params::default();
+    let mut named_fds = std::collections::HashMap::new();
     if cfg.paused {
         log::info!("starting paused (-S)");
     }
@@ -788,6 +789,8 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             stopped_for_migration: false,
             ctl: ctl_tx.clone(),
             gen,
+            fds: &mut named_fds,
+            passed: None,
         };
         if let (1, Some(crate::config::Incoming::File(path))) = (gen, &cfg.incoming) {
             session.restore(path)?;
@@ -838,6 +841,9 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
                     }
                 }
                 Control::Qmp(req) => {
+                    if req.command == "getfd" {
+                        session.passed = req.fds.lock().expect("fds lock").pop();
+                    }
                     let r = qmp::commands::dispatch(&mut session, &req.command, &req.args);
                     req.reply(r);
                     for (name, data) in session.queued.drain(..) {
@@ -974,6 +980,10 @@ struct Session<'a> {
     stopped_for_migration: bool,
     ctl: Sender<Control>,
     gen: u64,
+    /// Descriptors kept by `getfd`, by name.
+    fds: &'a mut std::collections::HashMap<String, std::os::fd::OwnedFd>,
+    /// The descriptor the client of the current `getfd` passed.
+    passed: Option<std::os::fd::OwnedFd>,
 }
 
 /// What query-migrate reports.
@@ -1170,7 +1180,17 @@ impl Session<'_> {
         } else {
             vec![]
         };
-        let conn = crate::migrate::connect(uri).map_err(|e| QmpError::generic(format!("{e:#}")))?;
+        // fd:NAME takes the descriptor getfd kept (QEMU consumes it too).
+        let named = match uri {
+            crate::migrate::Uri::Fd(name) => self.fds.remove(name),
+            _ => None,
+        };
+        let conn = match named {
+            Some(fd) => crate::migrate::conn_from_fd(fd),
+            None => {
+                crate::migrate::connect(uri).map_err(|e| QmpError::generic(format!("{e:#}")))?
+            }
+        };
         let progress = Arc::new(crate::migrate::Progress::default());
         *self.migration = MigrationInfo {
             status: "setup",
@@ -1587,6 +1607,26 @@ impl qmp::commands::Target for Session<'_> {
         }
         *self.params = next;
         Ok(())
+    }
+
+    fn getfd(&mut self, name: &str) -> Result<(), QmpError> {
+        let fd = self.passed.take().ok_or_else(|| {
+            QmpError::generic("getfd: no file descriptor was passed with the command (SCM_RIGHTS)")
+        })?;
+        if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(QmpError::generic(format!(
+                "getfd: invalid name '{name}': it must not be empty or start with a digit"
+            )));
+        }
+        self.fds.insert(name.to_string(), fd);
+        Ok(())
+    }
+
+    fn closefd(&mut self, name: &str) -> Result<(), QmpError> {
+        self.fds
+            .remove(name)
+            .map(drop)
+            .ok_or_else(|| QmpError::generic(format!("File descriptor named '{name}' not found")))
     }
 
     fn migrate_capabilities(&self) -> serde_json::Value {

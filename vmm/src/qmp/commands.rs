@@ -30,6 +30,9 @@ pub trait Target {
     /// (capability, state) pairs.
     fn migrate_set_capabilities(&mut self, caps: &[(String, bool)]) -> Result<(), QmpError>;
     fn migrate_capabilities(&self) -> Value;
+    /// `getfd`: keep the descriptor the client just passed under `name`.
+    fn getfd(&mut self, name: &str) -> Result<(), QmpError>;
+    fn closefd(&mut self, name: &str) -> Result<(), QmpError>;
 }
 
 /// One PCI function, for `query-pci`.
@@ -120,6 +123,14 @@ pub const COMMANDS: &[Command] = &[
     ),
     Command("query-migrate-capabilities", &[], |t, _| {
         Ok(t.migrate_capabilities())
+    }),
+    Command("getfd", &[("fdname", "string")], |t, a| {
+        t.getfd(a["fdname"].as_str().unwrap_or_default())
+            .map(|_| json!({}))
+    }),
+    Command("closefd", &[("fdname", "string")], |t, a| {
+        t.closefd(a["fdname"].as_str().unwrap_or_default())
+            .map(|_| json!({}))
     }),
 ];
 

@@ -86,6 +86,65 @@ pub struct Request {
     pub args: serde_json::Map<String, Value>,
     pub id: Option<Value>,
     pub out: ClientOut,
+    /// File descriptors the client passed (SCM_RIGHTS on a unix socket),
+    /// for `getfd`.
+    pub fds: Fds,
+}
+
+/// The descriptors a client passed and no command took yet.
+pub type Fds = Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>;
+
+/// A unix-socket reader that also collects passed descriptors.
+struct ScmReader {
+    s: std::os::unix::net::UnixStream,
+    fds: Fds,
+}
+
+impl Read for ScmReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        const MAX_FDS: usize = 8;
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // Room for MAX_FDS descriptors (CMSG_SPACE of the payload).
+        let mut cbuf = [0u64; 8];
+        // SAFETY: a zeroed msghdr is valid; the pointers set below outlive
+        // the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+        // SAFETY: CMSG_SPACE only computes a size.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE((MAX_FDS * 4) as u32) } as usize;
+        // SAFETY: recvmsg on our socket with the buffers above; passed fds
+        // get O_CLOEXEC.
+        let n = unsafe { libc::recvmsg(self.s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: walking the control messages recvmsg filled in, within
+        // msg_controllen, as the CMSG_* helpers are meant to be used.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c) as *const i32;
+                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                    for i in 0..count {
+                        let fd = std::ptr::read_unaligned(data.add(i));
+                        self.fds
+                            .lock()
+                            .expect("fds lock")
+                            .push(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        Ok(n as usize)
+    }
 }
 
 impl Request {
@@ -187,8 +246,8 @@ pub fn version() -> (u64, u64, u64) {
     )
 }
 
-/// A connected client's two halves.
-type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+/// A connected client's two halves, and where its passed fds go.
+type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>, Fds);
 
 /// Binds every address (before the VM starts, so a bad path fails early)
 /// and starts serving.
@@ -196,34 +255,42 @@ pub fn start(addrs: &[QmpAddr], requests: Sender<Request>, events: Events) -> an
     use anyhow::Context;
     for a in addrs {
         // Each listener becomes an iterator of connected clients.
-        let clients: Box<dyn Iterator<Item = Halves> + Send> =
-            match a {
-                QmpAddr::Unix(p) => {
-                    let _ = std::fs::remove_file(p);
-                    let l = UnixListener::bind(p)
-                        .with_context(|| format!("cannot listen for QMP on {}", p.display()))?;
-                    let accepted = std::iter::repeat_with(move || l.accept())
-                        .filter_map(|r| r.ok().map(|c| c.0));
-                    Box::new(accepted.filter_map(|s| {
-                        Some((Box::new(s.try_clone().ok()?) as _, Box::new(s) as _))
-                    }))
-                }
-                QmpAddr::Tcp(hp) => {
-                    let l = TcpListener::bind(hp)
-                        .with_context(|| format!("cannot listen for QMP on tcp:{hp}"))?;
-                    let accepted = std::iter::repeat_with(move || l.accept())
-                        .filter_map(|r| r.ok().map(|c| c.0));
-                    Box::new(accepted.filter_map(|s| {
-                        Some((Box::new(s.try_clone().ok()?) as _, Box::new(s) as _))
-                    }))
-                }
-            };
+        let clients: Box<dyn Iterator<Item = Halves> + Send> = match a {
+            QmpAddr::Unix(p) => {
+                let _ = std::fs::remove_file(p);
+                let l = UnixListener::bind(p)
+                    .with_context(|| format!("cannot listen for QMP on {}", p.display()))?;
+                let accepted =
+                    std::iter::repeat_with(move || l.accept()).filter_map(|r| r.ok().map(|c| c.0));
+                Box::new(accepted.filter_map(|s| {
+                    let fds = Fds::default();
+                    let r = ScmReader {
+                        s: s.try_clone().ok()?,
+                        fds: fds.clone(),
+                    };
+                    Some((Box::new(r) as _, Box::new(s) as _, fds))
+                }))
+            }
+            QmpAddr::Tcp(hp) => {
+                let l = TcpListener::bind(hp)
+                    .with_context(|| format!("cannot listen for QMP on tcp:{hp}"))?;
+                let accepted =
+                    std::iter::repeat_with(move || l.accept()).filter_map(|r| r.ok().map(|c| c.0));
+                Box::new(accepted.filter_map(|s| {
+                    Some((
+                        Box::new(s.try_clone().ok()?) as _,
+                        Box::new(s) as _,
+                        Fds::default(),
+                    ))
+                }))
+            }
+        };
         let (requests, events) = (requests.clone(), events.clone());
         std::thread::Builder::new()
             .name("qmp-accept".into())
             .spawn(move || {
-                for (r, w) in clients {
-                    spawn_client(r, w, requests.clone(), events.clone());
+                for (r, w, fds) in clients {
+                    spawn_client(r, w, fds, requests.clone(), events.clone());
                 }
             })?;
     }
@@ -233,6 +300,7 @@ pub fn start(addrs: &[QmpAddr], requests: Sender<Request>, events: Events) -> an
 fn spawn_client(
     r: Box<dyn Read + Send>,
     w: Box<dyn Write + Send>,
+    fds: Fds,
     requests: Sender<Request>,
     events: Events,
 ) {
@@ -262,7 +330,7 @@ fn spawn_client(
         });
     let _ = std::thread::Builder::new()
         .name("qmp-client".into())
-        .spawn(move || serve(r, out, requests, events));
+        .spawn(move || serve(r, out, fds, requests, events));
 }
 
 /// Splits complete JSON values off the front of `buf`.
@@ -302,7 +370,13 @@ fn next_value(buf: &mut Vec<u8>) -> Framed {
     }
 }
 
-fn serve(mut r: Box<dyn Read + Send>, out: ClientOut, requests: Sender<Request>, events: Events) {
+fn serve(
+    mut r: Box<dyn Read + Send>,
+    out: ClientOut,
+    fds: Fds,
+    requests: Sender<Request>,
+    events: Events,
+) {
     if !out.send(greeting().to_string()) {
         return;
     }
@@ -353,6 +427,7 @@ fn serve(mut r: Box<dyn Read + Send>, out: ClientOut, requests: Sender<Request>,
                         args,
                         id,
                         out: out.clone(),
+                        fds: fds.clone(),
                     })
                     .is_err()
                 {
@@ -366,6 +441,7 @@ fn serve(mut r: Box<dyn Read + Send>, out: ClientOut, requests: Sender<Request>,
             args: Default::default(),
             id,
             out: out.clone(),
+            fds: fds.clone(),
         };
         req.reply(local);
     }
