@@ -504,7 +504,9 @@ impl VirtioPci {
         (ctl & 0x8000 != 0, ctl & 0x4000 != 0)
     }
 
-    fn set_status(&self, inner: &mut Inner, status: u8) {
+    /// A status write; `modern` says which interface it came through (a
+    /// modern driver must accept VERSION_1, or FEATURES_OK is refused).
+    fn set_status(&self, inner: &mut Inner, status: u8, modern: bool) {
         let c = &mut inner.common;
         if status == 0 {
             c.reset();
@@ -515,7 +517,7 @@ impl VirtioPci {
         let mut status = status;
         if status & S_FEATURES_OK != 0 && c.status & S_FEATURES_OK == 0 {
             let ok = c.driver_features & !self.offered == 0
-                && (c.driver_features & F_VERSION_1 != 0 || !self.modern_access(c));
+                && (!modern || c.driver_features & F_VERSION_1 != 0);
             if !ok {
                 log::info!(
                     "{}: driver features {:#x} refused (offered {:#x})",
@@ -533,12 +535,6 @@ impl VirtioPci {
             // Buffers made available before DRIVER_OK are served now.
             self.kick_all();
         }
-    }
-
-    /// Whether the driver uses the modern interface (it negotiated 64-bit
-    /// features through it): only modern drivers must accept VERSION_1.
-    fn modern_access(&self, c: &Common) -> bool {
-        self.modern && c.driver_features & F_VERSION_1 != 0
     }
 
     fn legacy_config_base(&self) -> u64 {
@@ -610,7 +606,7 @@ impl VirtioPci {
                 drop(inner);
                 self.kick(v as usize);
             }
-            18 => self.set_status(&mut inner, v as u8),
+            18 => self.set_status(&mut inner, v as u8, false),
             20 => inner.common.config_vector = self.valid_vector(v as u16),
             22 => {
                 let vec = self.valid_vector(v as u16);
@@ -695,7 +691,7 @@ impl VirtioPci {
                 }
             }
             0x10 => c.config_vector = self.valid_vector(v as u16),
-            0x14 => self.set_status(&mut inner, v as u8),
+            0x14 => self.set_status(&mut inner, v as u8, true),
             0x16 => c.queue_sel = v as u16,
             0x18 => {
                 if let Some(q) = c.queues.get_mut(sel) {
@@ -1258,6 +1254,73 @@ mod tests {
         assert!(
             !vm2.msis.lock().unwrap().is_empty(),
             "with MSI-X as programmed before the save"
+        );
+    }
+
+    #[test]
+    fn a_modern_driver_must_accept_version_1() {
+        let mem = Memory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let vm = Arc::new(FakeVm::default());
+        let mut d = rng(&vm, &mem);
+        let status = |d: &mut VirtioPci| {
+            let mut b = [0u8];
+            d.bar_read(BAR_MODERN, 0x14, &mut b);
+            b[0]
+        };
+        w(
+            &mut d,
+            BAR_MODERN,
+            0x14,
+            (S_ACKNOWLEDGE | S_DRIVER) as u64,
+            1,
+        );
+        w(
+            &mut d,
+            BAR_MODERN,
+            0x14,
+            (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK) as u64,
+            1,
+        );
+        assert_eq!(status(&mut d) & S_FEATURES_OK, 0, "no VERSION_1: refused");
+        w(&mut d, BAR_MODERN, 0x14, 0, 1);
+        w(
+            &mut d,
+            BAR_MODERN,
+            0x14,
+            (S_ACKNOWLEDGE | S_DRIVER) as u64,
+            1,
+        );
+        w(&mut d, BAR_MODERN, 0x08, 1, 4);
+        w(&mut d, BAR_MODERN, 0x0c, 1, 4);
+        w(
+            &mut d,
+            BAR_MODERN,
+            0x14,
+            (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK) as u64,
+            1,
+        );
+        assert_ne!(
+            status(&mut d) & S_FEATURES_OK,
+            0,
+            "with VERSION_1: accepted"
+        );
+        // A feature the device does not offer is refused too.
+        w(&mut d, BAR_MODERN, 0x14, 0, 1);
+        w(&mut d, BAR_MODERN, 0x08, 0, 4);
+        w(&mut d, BAR_MODERN, 0x0c, 1 << 6, 4);
+        w(&mut d, BAR_MODERN, 0x08, 1, 4);
+        w(&mut d, BAR_MODERN, 0x0c, 1, 4);
+        w(
+            &mut d,
+            BAR_MODERN,
+            0x14,
+            (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK) as u64,
+            1,
+        );
+        assert_eq!(
+            status(&mut d) & S_FEATURES_OK,
+            0,
+            "unoffered feature: refused"
         );
     }
 }
