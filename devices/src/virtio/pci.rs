@@ -175,7 +175,7 @@ impl Shared {
         }
         if let Err(e) = r {
             // QEMU's virtio_error: stop, tell the driver, keep the VM.
-            log::error!(
+            log::warn!(
                 "{}: {e}; the device stops until the driver resets it",
                 self.name
             );
