@@ -1323,4 +1323,109 @@ mod tests {
             "unoffered feature: refused"
         );
     }
+
+    /// Sets up queue 0 of `d` as a modern driver does and starts it.
+    fn start_modern(d: &mut VirtioPci) {
+        w(d, BAR_MODERN, 0x14, (S_ACKNOWLEDGE | S_DRIVER) as u64, 1);
+        w(d, BAR_MODERN, 0x08, 1, 4);
+        w(d, BAR_MODERN, 0x0c, 1, 4);
+        w(
+            d,
+            BAR_MODERN,
+            0x14,
+            (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK) as u64,
+            1,
+        );
+        w(d, BAR_MODERN, 0x16, 0, 2);
+        w(d, BAR_MODERN, 0x18, 16, 2);
+        w(d, BAR_MODERN, 0x20, DESC, 8);
+        w(d, BAR_MODERN, 0x28, AVAIL, 8);
+        w(d, BAR_MODERN, 0x30, USED, 8);
+        w(d, BAR_MODERN, 0x1c, 1, 2);
+        w(
+            d,
+            BAR_MODERN,
+            0x14,
+            (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK) as u64,
+            1,
+        );
+    }
+
+    /// A guest that hands the device a buffer outside RAM: the device
+    /// stops with NEEDS_RESET (the VMM goes on), the broken flag travels in
+    /// its subsection through a migration, and a driver reset revives it.
+    #[test]
+    fn a_misprogrammed_device_breaks_migrates_broken_and_recovers_on_reset() {
+        use migration::stream::{RamSink, Reader, Record, Writer};
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = Memory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let vm = Arc::new(FakeVm::default());
+        let mut d = rng(&vm, &mem);
+        start_modern(&mut d);
+        // Descriptor 0 points far beyond the 1 MiB of RAM.
+        mem.write_obj(0x4000_0000u64, GuestAddress(DESC)).unwrap();
+        mem.write_obj(64u32, GuestAddress(DESC + 8)).unwrap();
+        mem.write_obj(2u16, GuestAddress(DESC + 12)).unwrap();
+        mem.write_obj(0u16, GuestAddress(AVAIL + 4)).unwrap();
+        mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
+        w(&mut d, BAR_MODERN, NOTIFY, 0, 2);
+        let status = |d: &mut VirtioPci| {
+            let mut b = [0u8];
+            d.bar_read(BAR_MODERN, 0x14, &mut b);
+            b[0]
+        };
+        let t0 = std::time::Instant::now();
+        while status(&mut d) & S_NEEDS_RESET == 0 {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(5),
+                "never marked broken"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        d.pause();
+        let st = d.state();
+        let virtio = match st.get("virtio") {
+            Some(Val::Struct(v)) => v.clone(),
+            _ => panic!("no virtio state"),
+        };
+        assert!(
+            virtio.subsection("virtio/broken").is_some(),
+            "the broken flag is in its subsection"
+        );
+        let mut wr = Writer::new(Vec::new(), "m").unwrap();
+        wr.section("0000:00:03.0/virtio-rng", 0, d.vmstate(), &st)
+            .unwrap();
+        let bytes = wr.finish().unwrap();
+        struct NoRam;
+        impl RamSink for NoRam {
+            fn block_len(&self, _: &str) -> Option<u64> {
+                None
+            }
+            fn page(&mut self, _: &str, _: u64, _: &[u8]) {}
+        }
+        let mut r = Reader::new(&bytes[..], "m").unwrap();
+        let Record::Section { state, .. } = r
+            .next_record(&|_, _| Some(d.vmstate()), &mut NoRam)
+            .unwrap()
+        else {
+            panic!("no section")
+        };
+        drop(d);
+        let vm2 = Arc::new(FakeVm::default());
+        let mut d2 = rng(&vm2, &mem);
+        d2.load("00:03.0", &state).unwrap();
+        assert_ne!(
+            status(&mut d2) & S_NEEDS_RESET,
+            0,
+            "still broken after the move"
+        );
+        // The driver resets and starts over with a good buffer.
+        w(&mut d2, BAR_MODERN, 0x14, 0, 1);
+        assert_eq!(status(&mut d2), 0);
+        mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
+        mem.write_obj(0u16, GuestAddress(AVAIL + 2)).unwrap();
+        start_modern(&mut d2);
+        post(&mem, &mut d2, 0);
+        assert_eq!(used_idx(&mem, 1), 1, "served again after the reset");
+    }
 }
