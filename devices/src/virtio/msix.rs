@@ -59,10 +59,6 @@ impl Msix {
         }
     }
 
-    pub fn vectors(&self) -> u16 {
-        self.pending.len() as u16
-    }
-
     fn word(&self, v: usize, off: usize) -> u32 {
         let b = &self.table[v * ENTRY + off..v * ENTRY + off + 4];
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])

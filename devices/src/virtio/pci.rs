@@ -430,11 +430,6 @@ impl VirtioPci {
         })
     }
 
-    /// (legacy, modern) as exposed.
-    pub fn interfaces(&self) -> (bool, bool) {
-        (self.legacy, self.modern)
-    }
-
     fn kick(&self, q: usize) {
         if let Some(k) = self.kicks.get(q) {
             let _ = k.write(1);

@@ -6,19 +6,14 @@ use super::*;
 /// Bytes served per buffer at most (the driver asks again for more).
 const MAX_CHUNK: usize = 64 * 1024;
 
-pub struct Rng {
-    version_1: bool,
-}
-
-impl Default for Rng {
-    fn default() -> Rng {
-        Rng { version_1: true }
-    }
-}
+/// The entropy device; its backend (the host's getrandom) supports every
+/// feature it offers.
+#[derive(Default)]
+pub struct Rng;
 
 impl Rng {
     pub fn new() -> Rng {
-        Rng::default()
+        Rng
     }
 }
 
@@ -28,7 +23,7 @@ impl VirtioDevice for Rng {
     }
 
     fn features(&self) -> u64 {
-        F_RING_INDIRECT_DESC | if self.version_1 { F_VERSION_1 } else { 0 }
+        F_RING_INDIRECT_DESC | F_VERSION_1
     }
 
     fn queue_sizes(&self) -> Vec<u16> {
