@@ -488,11 +488,13 @@ pub fn read_config_bytes(bytes: &[u8], offset: u64, data: &mut [u8]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
     use migration::stream::{Reader, Record, Writer};
+    use migration::vmstate::{Description, State};
 
-    fn roundtrip(
+    /// Writes `st` as one section described by `desc`, reads it back with
+    /// `reader_desc` (an older or newer reader), as a migration would.
+    pub(crate) fn roundtrip(
         desc: &'static Description,
         st: &State,
         reader_desc: &'static Description,
@@ -514,6 +516,12 @@ mod tests {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::roundtrip;
+    use super::*;
 
     /// The description a reader had before the broken flag existed.
     static OLD: Description = Description {

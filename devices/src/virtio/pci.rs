@@ -1169,7 +1169,6 @@ mod tests {
     /// device, compare, and the restored device goes on where it stopped.
     #[test]
     fn virtio_rng_round_trips_through_the_stream() {
-        use migration::stream::{RamSink, Reader, Record, Writer};
         let mem = Memory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
         let vm = Arc::new(FakeVm::default());
         let mut d = rng(&vm, &mem);
@@ -1178,37 +1177,7 @@ mod tests {
         w(&mut d, BAR_MSIX, 0, 0xfee0_0000, 4);
         w(&mut d, BAR_MSIX, 8, 0x41, 4);
         w(&mut d, BAR_MSIX, 12, 0, 4);
-        // The modern driver's set-up of queue 0.
-        w(
-            &mut d,
-            BAR_MODERN,
-            0x14,
-            (S_ACKNOWLEDGE | S_DRIVER) as u64,
-            1,
-        );
-        w(&mut d, BAR_MODERN, 0x08, 1, 4);
-        w(&mut d, BAR_MODERN, 0x0c, 1, 4); // VERSION_1
-        w(
-            &mut d,
-            BAR_MODERN,
-            0x14,
-            (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK) as u64,
-            1,
-        );
-        w(&mut d, BAR_MODERN, 0x16, 0, 2);
-        w(&mut d, BAR_MODERN, 0x18, 16, 2);
-        w(&mut d, BAR_MODERN, 0x1a, 0, 2);
-        w(&mut d, BAR_MODERN, 0x20, DESC, 8);
-        w(&mut d, BAR_MODERN, 0x28, AVAIL, 8);
-        w(&mut d, BAR_MODERN, 0x30, USED, 8);
-        w(&mut d, BAR_MODERN, 0x1c, 1, 2);
-        w(
-            &mut d,
-            BAR_MODERN,
-            0x14,
-            (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK) as u64,
-            1,
-        );
+        start_modern(&mut d);
         post(&mem, &mut d, 0);
         assert_eq!(used_idx(&mem, 1), 1, "the device served the buffer");
         assert!(
@@ -1218,24 +1187,7 @@ mod tests {
 
         d.pause();
         let st = d.state();
-        let mut wr = Writer::new(Vec::new(), "m").unwrap();
-        wr.section("0000:00:03.0/virtio-rng", 0, d.vmstate(), &st)
-            .unwrap();
-        let bytes = wr.finish().unwrap();
-        struct NoRam;
-        impl RamSink for NoRam {
-            fn block_len(&self, _: &str) -> Option<u64> {
-                None
-            }
-            fn page(&mut self, _: &str, _: u64, _: &[u8]) {}
-        }
-        let mut r = Reader::new(&bytes[..], "m").unwrap();
-        let Record::Section { state, .. } = r
-            .next_record(&|_, _| Some(d.vmstate()), &mut NoRam)
-            .unwrap()
-        else {
-            panic!("no section")
-        };
+        let state = crate::virtio::testing::roundtrip(d.vmstate(), &st, d.vmstate()).unwrap();
         drop(d);
 
         let vm2 = Arc::new(FakeVm::default());
@@ -1333,6 +1285,7 @@ mod tests {
         );
         w(d, BAR_MODERN, 0x16, 0, 2);
         w(d, BAR_MODERN, 0x18, 16, 2);
+        w(d, BAR_MODERN, 0x1a, 0, 2); // MSI-X vector 0
         w(d, BAR_MODERN, 0x20, DESC, 8);
         w(d, BAR_MODERN, 0x28, AVAIL, 8);
         w(d, BAR_MODERN, 0x30, USED, 8);
@@ -1351,7 +1304,6 @@ mod tests {
     /// its subsection through a migration, and a driver reset revives it.
     #[test]
     fn a_misprogrammed_device_breaks_migrates_broken_and_recovers_on_reset() {
-        use migration::stream::{RamSink, Reader, Record, Writer};
         use vm_memory::{Bytes, GuestAddress};
         let mem = Memory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let vm = Arc::new(FakeVm::default());
@@ -1387,24 +1339,7 @@ mod tests {
             virtio.subsection("virtio/broken").is_some(),
             "the broken flag is in its subsection"
         );
-        let mut wr = Writer::new(Vec::new(), "m").unwrap();
-        wr.section("0000:00:03.0/virtio-rng", 0, d.vmstate(), &st)
-            .unwrap();
-        let bytes = wr.finish().unwrap();
-        struct NoRam;
-        impl RamSink for NoRam {
-            fn block_len(&self, _: &str) -> Option<u64> {
-                None
-            }
-            fn page(&mut self, _: &str, _: u64, _: &[u8]) {}
-        }
-        let mut r = Reader::new(&bytes[..], "m").unwrap();
-        let Record::Section { state, .. } = r
-            .next_record(&|_, _| Some(d.vmstate()), &mut NoRam)
-            .unwrap()
-        else {
-            panic!("no section")
-        };
+        let state = crate::virtio::testing::roundtrip(d.vmstate(), &st, d.vmstate()).unwrap();
         drop(d);
         let vm2 = Arc::new(FakeVm::default());
         let mut d2 = rng(&vm2, &mem);
