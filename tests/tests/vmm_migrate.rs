@@ -126,16 +126,42 @@ fn verify(vm: &mut Vm) {
     );
 }
 
-/// Moves `src` to a new destination `name` over TCP, then has the guest
-/// verify every page there.
-fn move_and_verify(dir: &TempDir, src: Node, name: &str) {
+/// Starts destination `name` (with `extra` options) listening on a free
+/// loopback port; returns it and the URI to migrate to.
+fn incoming(dir: &TempDir, name: &str, extra: &[&str]) -> (Node, String) {
     let port = free_port();
-    let mut dst = start(dir, name, &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
-    let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
+    let listen = format!("tcp:127.0.0.1:{port}");
+    let mut a = extra.to_vec();
+    a.extend_from_slice(&["-incoming", &listen]);
+    (start(dir, name, &a), listen)
+}
+
+/// Moves `src` to a new destination `name` (with `extra` options), then
+/// has the guest verify every page there; returns the destination.
+fn move_and_verify(dir: &TempDir, src: Node, name: &str, extra: &[&str]) -> Node {
+    let (mut dst, uri) = incoming(dir, name, extra);
+    let m = migrate(&src, &uri);
     assert_eq!(m["status"], "completed", "{m}");
     drop(src);
     wait_ticks(&dst.vm, 2);
     verify(&mut dst.vm);
+    dst
+}
+
+/// Destination `name` (with `extra` options) must refuse `src`'s stream:
+/// the migration fails naming every `want`, the destination exits
+/// non-zero, and the source keeps the guest.
+fn assert_refused(dir: &TempDir, src: &mut Node, name: &str, extra: &[&str], want: &[&str]) {
+    let (mut bad, uri) = incoming(dir, name, extra);
+    let m = migrate(src, &uri);
+    assert_eq!(m["status"], "failed", "{m}");
+    let why = m["error-desc"].as_str().unwrap_or_default();
+    for w in want {
+        assert!(why.contains(w), "{w:?} not in: {m}");
+    }
+    assert_ne!(bad.vm.wait_exit(T).code(), Some(0));
+    assert!(bad.vm.log().contains(want[0]), "{}", bad.vm.log());
+    assert_still_running(src);
 }
 
 /// Still running and still counting: the source after a failed migration.
@@ -298,29 +324,15 @@ fn wrong_machine_type_is_refused_and_the_source_runs_on() {
     let dir = TempDir::new("mig-machine");
     let mut src = start(&dir, "src", &[]);
     src.vm.wait_prefix("mem.filled", BOOT);
-    let port = free_port();
-    let mut bad = start(
+    assert_refused(
         &dir,
+        &mut src,
         "bad",
-        &[
-            "-M",
-            "pc-q35-8.0",
-            "-incoming",
-            &format!("tcp:127.0.0.1:{port}"),
-        ],
+        &["-M", "pc-q35-8.0"],
+        &["machine type", "pc-q35-8.0"],
     );
-    let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
-    assert_eq!(m["status"], "failed", "{m}");
-    let why = m["error-desc"].as_str().unwrap_or_default();
-    assert!(
-        why.contains("machine type") && why.contains("pc-q35-8.0"),
-        "{m}"
-    );
-    assert_eq!(bad.vm.wait_exit(T).code(), Some(1));
-    assert!(bad.vm.log().contains("machine type"), "{}", bad.vm.log());
-    assert_still_running(&mut src);
     // A new migration works.
-    move_and_verify(&dir, src, "good");
+    move_and_verify(&dir, src, "good", &[]);
 }
 
 #[test]
@@ -367,7 +379,7 @@ fn destination_killed_mid_ram_then_cancel_then_success() {
 
     // And then it works.
     q.execute("migrate-set-parameters", json!({"max-bandwidth": 0}));
-    move_and_verify(&dir, src, "dst3");
+    move_and_verify(&dir, src, "dst3", &[]);
 }
 
 /// The destination dies after the source paused for the last pass — in
@@ -560,19 +572,15 @@ fn seed_chain_keeps_num_queues_on_pc_q35_5_1() {
         .and_then(|f| f.set_len(16 << 20))
         .unwrap();
     let drive = format!("file={},if=none,id=d0,format=raw", img.display());
-    let mk = |name: &str, extra: &[&str]| -> Node {
-        let mut a = vec![
-            "-M",
-            "pc-q35-5.1",
-            "-drive",
-            &drive,
-            "-device",
-            "virtio-blk-pci,drive=d0,id=blk0",
-        ];
-        a.extend_from_slice(extra);
-        start(&dir, name, &a)
-    };
-    let mut src = mk("A", &[]);
+    let dev = vec![
+        "-M",
+        "pc-q35-5.1",
+        "-drive",
+        &drive,
+        "-device",
+        "virtio-blk-pci,drive=d0,id=blk0",
+    ];
+    let mut src = start(&dir, "A", &dev);
     src.vm.wait_prefix("mem.filled", BOOT);
     let queues = |n: &Node| {
         n.qmp().execute(
@@ -582,39 +590,13 @@ fn seed_chain_keeps_num_queues_on_pc_q35_5_1() {
     };
     assert_eq!(queues(&src), json!(1));
     // A destination whose device has two queues is refused, naming it.
-    let port = free_port();
-    let mut bad = mk(
-        "bad",
-        &[
-            "-global",
-            "virtio-blk-pci.num-queues=2",
-            "-incoming",
-            &format!("tcp:127.0.0.1:{port}"),
-        ],
-    );
-    let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
-    assert_eq!(m["status"], "failed");
-    assert!(
-        m["error-desc"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("num-queues"),
-        "{m}"
-    );
-    assert_ne!(bad.vm.wait_exit(T).code(), Some(0));
+    let mut two = dev.clone();
+    two.extend_from_slice(&["-global", "virtio-blk-pci.num-queues=2"]);
+    assert_refused(&dir, &mut src, "bad", &two, &["num-queues"]);
     for name in ["B", "C"] {
-        let port = free_port();
-        let dst = mk(name, &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
-        assert_eq!(
-            migrate(&src, &format!("tcp:127.0.0.1:{port}"))["status"],
-            "completed"
-        );
-        drop(src);
-        src = dst;
+        src = move_and_verify(&dir, src, name, &dev);
         assert_eq!(queues(&src), json!(1), "hop to {name}");
-        wait_ticks(&src.vm, 2);
     }
-    verify(&mut src.vm);
 }
 
 /// The companion tool: `vmmctl --qmp SOCKET migrate URI` shows progress
@@ -929,7 +911,7 @@ fn reset_during_migration_fails_it_and_a_new_one_works() {
     src.vm
         .wait_count("a second boot", 2, BOOT, |l| l.starts_with("mem.filled"));
     q.execute("migrate-set-parameters", json!({"max-bandwidth": 0}));
-    move_and_verify(&dir, src, "dst2");
+    move_and_verify(&dir, src, "dst2", &[]);
 }
 
 /// The x-ignore-backend-features seed, live: on `pc-q35-2.7` a backend
@@ -948,47 +930,26 @@ fn seed_modern_exposure_on_pc_q35_2_7() {
         "file={},if=none,id=d0,format=raw,x-virtio-version-1=off",
         img.display()
     );
-    let mk = |name: &str, extra: &[&str]| -> Node {
-        let mut a = vec![
-            "-M",
-            "pc-q35-2.7",
-            "-drive",
-            &drive,
-            "-device",
-            "virtio-blk-pci,drive=d0",
-        ];
-        a.extend_from_slice(extra);
-        start(&dir, name, &a)
-    };
-    let src = mk("A", &[]);
+    let dev = vec![
+        "-M",
+        "pc-q35-2.7",
+        "-drive",
+        &drive,
+        "-device",
+        "virtio-blk-pci,drive=d0",
+    ];
+    let mut src = start(&dir, "A", &dev);
     src.vm.wait_prefix("mem.filled", BOOT);
-    let port = free_port();
-    let mut bad = mk(
+    let mut gated = dev.clone();
+    gated.extend_from_slice(&["-global", "virtio-pci.x-ignore-backend-features=off"]);
+    assert_refused(
+        &dir,
+        &mut src,
         "gated",
-        &[
-            "-global",
-            "virtio-pci.x-ignore-backend-features=off",
-            "-incoming",
-            &format!("tcp:127.0.0.1:{port}"),
-        ],
+        &gated,
+        &["legacy", "x-ignore-backend-features"],
     );
-    let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
-    assert_eq!(m["status"], "failed", "{m}");
-    let why = m["error-desc"].as_str().unwrap_or_default();
-    assert!(
-        why.contains("legacy") && why.contains("x-ignore-backend-features"),
-        "{m}"
-    );
-    assert_ne!(bad.vm.wait_exit(T).code(), Some(0));
-    let port = free_port();
-    let mut dst = mk("B", &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
-    assert_eq!(
-        migrate(&src, &format!("tcp:127.0.0.1:{port}"))["status"],
-        "completed"
-    );
-    drop(src);
-    wait_ticks(&dst.vm, 2);
-    verify(&mut dst.vm);
+    move_and_verify(&dir, src, "B", &dev);
 }
 
 /// What a management stack does (libvirt passes migration sockets this
