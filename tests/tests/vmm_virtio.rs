@@ -375,6 +375,25 @@ fn bad_backends_are_clear_errors() {
     );
 }
 
+/// Saves `vm` to `file` through its monitor at `sock` and ends it; the
+/// guest must not have printed `unfinished` yet (the save came mid-flight).
+fn save_mid_flight(vm: Vm, sock: &Path, file: &Path, unfinished: &str) {
+    let mut q = Qmp::connect(sock, BOOT);
+    q.execute(
+        "migrate",
+        json!({"uri": format!("file:{}", file.display())}),
+    );
+    assert_eq!(q.execute("query-migrate", json!({}))["status"], "completed");
+    assert!(
+        !vm.lines().iter().any(|l| l.starts_with(unfinished)),
+        "the save came too late: the guest had printed {unfinished:?}\n{}",
+        vm.log()
+    );
+    drop(q);
+    drop(vm);
+    let _ = std::fs::remove_file(sock);
+}
+
 /// Save in the middle of a 128 MiB block write, restore in a new process:
 /// the guest's read-back finds every request done, and so does the host.
 #[test]
@@ -396,22 +415,7 @@ fn save_and_restore_in_the_middle_of_block_io() {
     vm.wait_prefix("virtio.00:01.0.blk queues_used", BOOT);
     // The big write is under way now (it takes several hundred ms).
     std::thread::sleep(Duration::from_millis(100));
-    let mut q = Qmp::connect(&sock, BOOT);
-    q.execute(
-        "migrate",
-        json!({"uri": format!("file:{}", file.display())}),
-    );
-    assert_eq!(q.execute("query-migrate", json!({}))["status"], "completed");
-    assert!(
-        !vm.lines()
-            .iter()
-            .any(|l| l.starts_with("virtio.00:01.0.blk big_mb")),
-        "the save came too late: the I/O had finished\n{}",
-        vm.log()
-    );
-    drop(q);
-    drop(vm);
-    let _ = std::fs::remove_file(&sock);
+    save_mid_flight(vm, &sock, &file, "virtio.00:01.0.blk big_mb");
     let mut dst = base()
         .args(["-incoming", &format!("file:{}", file.display())])
         .spawn("virtio-snap-dst");
@@ -451,25 +455,9 @@ fn save_and_restore_in_the_middle_of_network_traffic() {
     let vm = base().spawn("virtio-net-src");
     vm.wait_prefix("virtio.00:01.0.net mac=", BOOT);
     std::thread::sleep(Duration::from_millis(150));
-    let mut q = Qmp::connect(&sock, BOOT);
-    q.execute(
-        "migrate",
-        json!({"uri": format!("file:{}", file.display())}),
-    );
-    assert_eq!(q.execute("query-migrate", json!({}))["status"], "completed");
+    save_mid_flight(vm, &sock, &file, "virtio.00:01.0.net sent=");
     let before = tap.seen.lock().unwrap().len();
-    assert!(
-        before > 0
-            && !vm
-                .lines()
-                .iter()
-                .any(|l| l.starts_with("virtio.00:01.0.net sent=")),
-        "the save did not land mid-traffic ({before} frames seen)\n{}",
-        vm.log()
-    );
-    drop(q);
-    drop(vm);
-    let _ = std::fs::remove_file(&sock);
+    assert!(before > 0, "no frame before the save");
     let mut dst = base()
         .args(["-incoming", &format!("file:{}", file.display())])
         .spawn("virtio-net-dst");
