@@ -50,6 +50,90 @@ pub fn is_zero(data: &[u8]) -> bool {
         && words.remainder().iter().all(|b| *b == 0)
 }
 
+/// Small record bytes and whole pages, written with one `writev` per
+/// [`Gather::FULL`] bytes: pages go from guest memory to the socket (or
+/// file) without being copied into a buffer first. The writer must not be
+/// a `BufWriter` (it would copy them after all).
+pub struct Gather<'p> {
+    head: Vec<u8>,
+    segs: Vec<Seg<'p>>,
+    bytes: usize,
+}
+
+enum Seg<'p> {
+    /// A range of `head`.
+    Head(usize, usize),
+    Page(&'p [u8]),
+}
+
+impl<'p> Gather<'p> {
+    /// Bytes gathered before a write is due.
+    pub const FULL: usize = 1 << 20;
+    /// Segments per `writev` (below Linux's IOV_MAX of 1024).
+    const MAX_SEGS: usize = 1000;
+
+    pub fn new() -> Gather<'p> {
+        Gather {
+            head: Vec::with_capacity(16 << 10),
+            segs: Vec::with_capacity(Self::MAX_SEGS),
+            bytes: 0,
+        }
+    }
+
+    /// Record bytes (copied; consecutive ones share a segment).
+    pub fn head(&mut self, b: &[u8]) {
+        let start = self.head.len();
+        self.head.extend_from_slice(b);
+        match self.segs.last_mut() {
+            Some(Seg::Head(_, end)) if *end == start => *end = self.head.len(),
+            _ => self.segs.push(Seg::Head(start, self.head.len())),
+        }
+        self.bytes += b.len();
+    }
+
+    /// A page, referenced until the next write.
+    pub fn page(&mut self, p: &'p [u8]) {
+        self.segs.push(Seg::Page(p));
+        self.bytes += p.len();
+    }
+
+    /// Whether a write is due.
+    pub fn full(&self) -> bool {
+        self.bytes >= Self::FULL || self.segs.len() + 2 >= Self::MAX_SEGS
+    }
+
+    /// Writes everything gathered, then starts over.
+    pub fn write_to<W: Write + ?Sized>(&mut self, w: &mut W) -> std::io::Result<()> {
+        let mut slices: Vec<std::io::IoSlice> = self
+            .segs
+            .iter()
+            .map(|s| match *s {
+                Seg::Head(a, b) => std::io::IoSlice::new(&self.head[a..b]),
+                Seg::Page(p) => std::io::IoSlice::new(p),
+            })
+            .collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match w.write_vectored(rest) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.head.clear();
+        self.segs.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+impl Default for Gather<'_> {
+    fn default() -> Self {
+        Gather::new()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("not a migration stream: magic {found:#010x} at offset 0, expected {MAGIC:#010x} (\"QEVM\")")]
@@ -247,8 +331,9 @@ impl<W: Write> Writer<W> {
         pages: impl IntoIterator<Item = (&'p str, u64, &'p [u8])>,
     ) -> Result<(u64, u64)> {
         let (mut count, mut zeros) = (0u64, 0u64);
-        let mut b = vec![if last { SECTION_END } else { SECTION_PART }];
-        b.extend_from_slice(&id.to_be_bytes());
+        let mut g = Gather::new();
+        g.head(&[if last { SECTION_END } else { SECTION_PART }]);
+        g.head(&id.to_be_bytes());
         let mut prev: Option<&str> = None;
         for (block, off, data) in pages {
             let zero = is_zero(data);
@@ -258,27 +343,30 @@ impl<W: Write> Writer<W> {
             if prev == Some(block) {
                 flags |= RAM_CONTINUE;
             }
-            b.extend_from_slice(&((off & !RAM_FLAGS) | flags).to_be_bytes());
+            g.head(&((off & !RAM_FLAGS) | flags).to_be_bytes());
             if prev != Some(block) {
-                b.push(block.len().min(255) as u8);
-                b.extend_from_slice(&block.as_bytes()[..block.len().min(255)]);
+                let name = &block.as_bytes()[..block.len().min(255)];
+                g.head(&[name.len() as u8]);
+                g.head(name);
                 prev = Some(block);
             }
             if zero {
-                b.push(0);
+                g.head(&[0]);
+            } else if data.len() == PAGE_SIZE {
+                g.page(data);
             } else {
-                b.extend_from_slice(&data[..PAGE_SIZE.min(data.len())]);
-                b.resize(b.len() + PAGE_SIZE.saturating_sub(data.len()), 0);
+                let mut p = data[..PAGE_SIZE.min(data.len())].to_vec();
+                p.resize(PAGE_SIZE, 0);
+                g.head(&p);
             }
-            if b.len() > 1 << 20 {
-                self.w.write_all(&b).map_err(Error::Write)?;
-                b.clear();
+            if g.full() {
+                g.write_to(&mut self.w).map_err(Error::Write)?;
             }
         }
-        b.extend_from_slice(&RAM_EOS.to_be_bytes());
-        b.push(FOOTER);
-        b.extend_from_slice(&id.to_be_bytes());
-        self.w.write_all(&b).map_err(Error::Write)?;
+        g.head(&RAM_EOS.to_be_bytes());
+        g.head(&[FOOTER]);
+        g.head(&id.to_be_bytes());
+        g.write_to(&mut self.w).map_err(Error::Write)?;
         Ok((count, zeros))
     }
 
@@ -360,6 +448,15 @@ pub trait RamSink {
     fn block_len(&self, name: &str) -> Option<u64>;
     /// A page (`data` is `PAGE_SIZE` bytes; all zero for a ZERO record).
     fn page(&mut self, block: &str, offset: u64, data: &[u8]);
+    /// Where a data page for `offset` of `block` belongs, if the sink holds
+    /// it in memory: the reader then reads the page straight into it (a
+    /// migration's pages go from the socket's buffer into guest RAM with
+    /// no copy between) instead of calling [`RamSink::page`]. The offset
+    /// is within the block's length.
+    fn page_target(&mut self, block: &str, offset: u64) -> Option<&mut [u8]> {
+        let _ = (block, offset);
+        None
+    }
     /// The length this side accepts for `name` when the stream says
     /// `stream_len` (tools that only read a stream accept any).
     fn accept_len(&self, name: &str, stream_len: u64) -> Option<u64> {
@@ -739,25 +836,32 @@ impl<R: Read> Reader<R> {
                 block = Some(i.ok_or(Error::UnknownRamBlock { name, offset: at })?);
             }
             let bi = block.ok_or(Error::RamNoBlock { offset: at })?;
-            let (name, len) = (self.ram_blocks[bi].0.clone(), self.ram_blocks[bi].1);
+            let len = self.ram_blocks[bi].1;
             if addr
                 .checked_add(PAGE_SIZE as u64)
                 .is_none_or(|end| end > len)
             {
                 return Err(Error::RamOutOfRange {
-                    name,
+                    name: self.ram_blocks[bi].0.clone(),
                     addr,
                     len,
                     offset: at,
                 });
             }
-            if kind == RAM_ZERO {
-                let fill = self.u8("a zero page's fill byte")?;
-                page.fill(fill);
+            let name = std::mem::take(&mut self.ram_blocks[bi].0);
+            let got = if kind == RAM_ZERO {
+                self.u8("a zero page's fill byte").map(|fill| {
+                    page.fill(fill);
+                    ram.page(&name, addr, &page);
+                })
+            } else if let Some(target) = ram.page_target(&name, addr) {
+                self.fill(target, "a RAM page")
             } else {
-                self.fill(&mut page, "a RAM page")?;
-            }
-            ram.page(&name, addr, &page);
+                self.fill(&mut page, "a RAM page")
+                    .map(|()| ram.page(&name, addr, &page))
+            };
+            self.ram_blocks[bi].0 = name;
+            got?;
             pages += 1;
         }
     }

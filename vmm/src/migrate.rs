@@ -28,7 +28,7 @@ use crate::hypervisor::Vm;
 use crate::vm::GuestMemoryMmap;
 use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::layout;
-use migration::stream::{Writer, PAGE_SIZE};
+use migration::stream::{Gather, Writer, PAGE_SIZE};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -108,6 +108,12 @@ impl Write for Conn {
         match self {
             Conn::Tcp(s) => s.write(b),
             Conn::Unix(s) => s.write(b),
+        }
+    }
+    fn write_vectored(&mut self, b: &[std::io::IoSlice]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write_vectored(b),
+            Conn::Unix(s) => s.write_vectored(b),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -337,7 +343,6 @@ fn receive_channel(
         std::thread::sleep(Duration::from_millis(1));
     };
     let mut sink = crate::snapshot::GuestRam::new(mem, *ram);
-    let mut page = vec![0u8; PAGE_SIZE];
     let mut n = 0u64;
     loop {
         let mut h = [0u8; 8];
@@ -354,29 +359,42 @@ fn receive_channel(
             continue;
         }
         let offset = h & !(PAGE_SIZE as u64 - 1);
+        if offset >= *ram {
+            return Err(format!(
+                "multifd channel: page offset {offset:#x} beyond RAM ({ram:#x})"
+            ));
+        }
         match h & (PAGE_SIZE as u64 - 1) {
-            CH_DATA => r
-                .read_exact(&mut page)
-                .map_err(|e| format!("multifd channel: {e}"))?,
-            CH_ZERO => page.fill(0),
+            CH_DATA => {
+                // Straight from the socket's buffer into guest RAM.
+                let target = sink
+                    .page_mut(offset)
+                    .ok_or_else(|| format!("multifd channel: no guest page at {offset:#x}"))?;
+                r.read_exact(target)
+                    .map_err(|e| format!("multifd channel: {e}"))?;
+            }
+            CH_ZERO => {
+                migration::stream::RamSink::page(
+                    &mut sink,
+                    crate::snapshot::RAM_BLOCK,
+                    offset,
+                    &ZERO_PAGE,
+                );
+                if let Some(e) = sink.error.take() {
+                    return Err(e);
+                }
+            }
             f => {
                 return Err(format!(
                     "multifd channel: bad record flags {f:#x} at page {n}"
                 ))
             }
         }
-        if offset >= *ram {
-            return Err(format!(
-                "multifd channel: page offset {offset:#x} beyond RAM ({ram:#x})"
-            ));
-        }
-        migration::stream::RamSink::page(&mut sink, crate::snapshot::RAM_BLOCK, offset, &page);
-        if let Some(e) = sink.error.take() {
-            return Err(e);
-        }
         n += 1;
     }
 }
+
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// The source's multifd channels: connected before the main stream.
 pub fn connect_channels(uri: &Uri, n: u64) -> Result<Vec<Conn>> {
@@ -540,6 +558,25 @@ impl Write for Meter<'_> {
             return Err(std::io::Error::other("migration cancelled"));
         }
         let n = self.w.write(b)?;
+        self.account(n);
+        Ok(n)
+    }
+    fn write_vectored(&mut self, b: &[std::io::IoSlice]) -> std::io::Result<usize> {
+        if self.progress.cancel.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("migration cancelled"));
+        }
+        let n = self.w.write_vectored(b)?;
+        self.account(n);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Meter<'_> {
+    /// Counts `n` bytes sent; sleeps to hold `max_bandwidth`.
+    fn account(&mut self, n: usize) {
         self.progress
             .transferred
             .fetch_add(n as u64, Ordering::Relaxed);
@@ -555,10 +592,6 @@ impl Write for Meter<'_> {
                 self.window_bytes = 0;
             }
         }
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -652,10 +685,9 @@ impl Source {
             window: Instant::now(),
             window_bytes: 0,
         };
-        let mut w = Writer::new(
-            std::io::BufWriter::with_capacity(1 << 20, meter),
-            self.machine,
-        )?;
+        // No BufWriter: pages are gathered straight from guest memory
+        // (stream::Gather), the other records are written whole.
+        let mut w = Writer::new(meter, self.machine)?;
         let n = self.channels.len().max(1) as u64;
         p.channels
             .store(self.channels.len() as u64, Ordering::SeqCst);
@@ -663,16 +695,13 @@ impl Source {
             .channels
             .iter()
             .map(|c| {
-                Ok(std::io::BufWriter::with_capacity(
-                    1 << 20,
-                    Meter {
-                        w: c.try_clone()?,
-                        progress: p,
-                        max_bandwidth: self.params.max_bandwidth / n,
-                        window: Instant::now(),
-                        window_bytes: 0,
-                    },
-                ))
+                Ok(Meter {
+                    w: c.try_clone()?,
+                    progress: p,
+                    max_bandwidth: self.params.max_bandwidth / n,
+                    window: Instant::now(),
+                    window_bytes: 0,
+                })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         let id = w.ram_start(&[(crate::snapshot::RAM_BLOCK, self.ram)])?;
@@ -983,20 +1012,24 @@ impl Source {
                 .zip(work)
                 .map(|(c, pages)| {
                     scope.spawn(move || -> std::io::Result<()> {
+                        let mut g = Gather::new();
                         for (off, d) in pages {
                             if crate::snapshot::is_zero(d) {
                                 p.duplicate.fetch_add(1, Ordering::Relaxed);
-                                c.write_all(&(off | CH_ZERO).to_be_bytes())?;
+                                g.head(&(off | CH_ZERO).to_be_bytes());
                             } else {
                                 p.normal.fetch_add(1, Ordering::Relaxed);
-                                c.write_all(&(off | CH_DATA).to_be_bytes())?;
-                                c.write_all(d)?;
+                                g.head(&(off | CH_DATA).to_be_bytes());
+                                g.page(d);
+                            }
+                            if g.full() {
+                                g.write_to(c)?;
                             }
                         }
                         if last {
-                            c.write_all(&CH_END.to_be_bytes())?;
+                            g.head(&CH_END.to_be_bytes());
                         }
-                        c.flush()
+                        g.write_to(c)
                     })
                 })
                 .collect();

@@ -336,6 +336,30 @@ impl RamSink for GuestRam<'_> {
                 .get_or_insert(format!("cannot write guest RAM at {offset:#x}: {e}"));
         }
     }
+    fn page_target(&mut self, _block: &str, offset: u64) -> Option<&mut [u8]> {
+        self.page_mut(offset)
+    }
+}
+
+impl GuestRam<'_> {
+    /// The guest page at block offset `offset` (page aligned, below the
+    /// RAM size), to be read into directly.
+    pub fn page_mut(&mut self, offset: u64) -> Option<&mut [u8]> {
+        if offset % PAGE_SIZE as u64 != 0 || offset >= self.ram {
+            return None;
+        }
+        let at = GuestAddress(gpa(self.ram, offset));
+        let r = self.mem.find_region(at)?;
+        if at.0 + PAGE_SIZE as u64 > r.start_addr().0 + r.len() {
+            return None;
+        }
+        let host = self.mem.get_host_address(at).ok()?;
+        // SAFETY: the page lies inside one region, mapped for the VM's
+        // lifetime. The destination's vCPUs and devices do not run while
+        // RAM loads, and each page arrives on one connection only, so
+        // nothing else accesses it while this borrow lives.
+        Some(unsafe { std::slice::from_raw_parts_mut(host, PAGE_SIZE) })
+    }
 }
 
 /// Loads `path` into a freshly built, stopped board. Returns kvm-clock.
@@ -358,7 +382,7 @@ pub fn load_from<R: std::io::Read>(
 ) -> Result<u64> {
     let t0 = std::time::Instant::now();
     let mut ram_started = false;
-    let mut r = Reader::new(std::io::BufReader::with_capacity(1 << 20, from), machine)?;
+    let mut r = Reader::new(std::io::BufReader::with_capacity(256 << 10, from), machine)?;
     let mut sink = GuestRam {
         mem: p.mem,
         ram: p.ram,

@@ -715,6 +715,18 @@ enum Control {
     Migration(u64, crate::migrate::Msg),
     /// An incoming migration connected (or the listener failed).
     Incoming(Result<crate::migrate::Incoming, String>),
+    /// The incoming stream's loader finished (wakes the main loop at once:
+    /// the guest is paused on both sides until it answers).
+    Loaded,
+}
+
+/// Sends [`Control::Loaded`] when dropped: however the loader ends.
+struct Wake(Sender<Control>);
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        let _ = self.0.send(Control::Loaded);
+    }
 }
 
 /// Runs the VM until it ends; returns the process exit status.
@@ -830,7 +842,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
                         break e;
                     }
                 }
-                Control::Migration(..) => {}
+                Control::Migration(..) | Control::Loaded => {}
                 Control::Incoming(conn) => {
                     session.receive(conn, &ctl_rx);
                     for (name, data) in session.queued.drain(..) {
@@ -1053,8 +1065,10 @@ impl Session<'_> {
         let parts = self.parts(0);
         let machine = self.cfg.machine.name;
         let conn2 = conn.try_clone();
+        let wake = self.ctl.clone();
         let loaded = std::thread::scope(|scope| {
             let h = scope.spawn(|| {
+                let _wake = Wake(wake);
                 let c = conn2?;
                 let clock =
                     crate::snapshot::load_from(&parts, (&head[..]).chain(c), machine, &mut || {
@@ -1070,9 +1084,12 @@ impl Session<'_> {
                 }
                 Ok::<u64, anyhow::Error>(clock)
             });
+            // Until the loader says it is done (then join waits only for
+            // its thread to exit).
             while !h.is_finished() {
-                match ctl.recv_timeout(Duration::from_millis(10)) {
+                match ctl.recv_timeout(Duration::from_millis(100)) {
                     Ok(Control::Qmp(req)) => req.reply(busy_reply(&req.command)),
+                    Ok(Control::Loaded) => break,
                     Ok(_) => log::debug!("incoming migration: a board message waits"),
                     Err(_) => {}
                 }

@@ -540,3 +540,145 @@ fn ram_errors_name_the_block() {
         "{e}"
     );
 }
+
+/// A sink that takes data pages in place (as guest RAM does), counting
+/// the pages that still came through `page()`.
+struct Direct(Mem, u64);
+
+impl RamSink for Direct {
+    fn block_len(&self, name: &str) -> Option<u64> {
+        self.0.block_len(name)
+    }
+    fn page(&mut self, block: &str, offset: u64, data: &[u8]) {
+        self.1 += 1;
+        self.0.page(block, offset, data)
+    }
+    fn page_target(&mut self, block: &str, offset: u64) -> Option<&mut [u8]> {
+        let b = self.0 .0.iter_mut().find(|b| b.0 == block)?;
+        b.1.get_mut(offset as usize..offset as usize + PAGE_SIZE)
+    }
+}
+
+#[test]
+fn pages_read_in_place_match_pages_handed_over() {
+    let ram: Vec<u8> = (0..64 * PAGE_SIZE)
+        .map(|i| {
+            if (i / PAGE_SIZE) % 3 == 0 {
+                0
+            } else {
+                (i * 7 + i / PAGE_SIZE) as u8
+            }
+        })
+        .collect();
+    let rom = vec![0xa5u8; 2 * PAGE_SIZE];
+    let bytes = ram_stream(&ram, &rom, &[0x77u8; PAGE_SIZE]);
+    let fresh = || {
+        Mem(vec![
+            ("pc.ram", vec![0xeeu8; ram.len()]),
+            ("/rom@etc/acpi/tables", vec![0u8; rom.len()]),
+        ])
+    };
+    let mut copied = fresh();
+    read_ram(&bytes, &mut copied).unwrap();
+    let mut direct = Direct(fresh(), 0);
+    let mut r = Reader::new(&bytes[..], "pc-q35-8.0").unwrap();
+    while !matches!(
+        r.next_record(
+            &|id, _| (id == "0000:00:03.0/dev").then_some(&DEV),
+            &mut direct
+        )
+        .unwrap(),
+        Record::Eof { .. }
+    ) {}
+    assert!(direct.0 .0 == copied.0, "in-place pages differ");
+    // Only the 22 zero pages of pc.ram went through page().
+    assert_eq!(direct.1, 22);
+    // A truncated page is an error, in place too.
+    let cut = &bytes[..bytes.len() / 2];
+    let mut r = Reader::new(cut, "pc-q35-8.0").unwrap();
+    let mut sink = Direct(fresh(), 0);
+    let e = loop {
+        match r.next_record(&|_, _| None, &mut sink) {
+            Ok(Record::Eof { .. }) => panic!("a truncated stream read to its end"),
+            Ok(_) => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(e.contains("truncated") && e.contains("a RAM page"), "{e}");
+}
+
+/// Takes at most a few bytes per call, vectored or not.
+struct Trickle(Vec<u8>, usize);
+
+impl Write for Trickle {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.1 = self.1 % 4093 + 1;
+        let n = b.len().min(self.1);
+        self.0.extend_from_slice(&b[..n]);
+        Ok(n)
+    }
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice]) -> std::io::Result<usize> {
+        // Across several buffers, stopping anywhere (even mid-buffer).
+        let mut room = {
+            self.1 = self.1 * 7 % 9001 + 1;
+            self.1
+        };
+        let mut n = 0;
+        for b in bufs {
+            let k = b.len().min(room);
+            self.0.extend_from_slice(&b[..k]);
+            n += k;
+            room -= k;
+            if room == 0 {
+                break;
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn gathered_pages_survive_short_writes() {
+    let ram: Vec<u8> = (0..600 * PAGE_SIZE)
+        .map(|i| (i / 4096 + i % 251) as u8)
+        .collect();
+    let whole = {
+        let mut w = Writer::new(Vec::new(), "pc-q35-8.0").unwrap();
+        let id = w.ram_start(&[("pc.ram", ram.len() as u64)]).unwrap();
+        w.ram_pages(id, true, pages_of("pc.ram", &ram)).unwrap();
+        w.finish().unwrap()
+    };
+    let mut w = Writer::new(Trickle(vec![], 0), "pc-q35-8.0").unwrap();
+    let id = w.ram_start(&[("pc.ram", ram.len() as u64)]).unwrap();
+    w.ram_pages(id, true, pages_of("pc.ram", &ram)).unwrap();
+    let trickled = w.finish().unwrap().0;
+    assert!(trickled == whole, "short writes changed the stream");
+    let mut g = Gather::new();
+    g.head(b"ab");
+    g.head(b"c");
+    g.page(&ram[..PAGE_SIZE]);
+    g.head(b"d");
+    assert!(!g.full());
+    let mut out = Trickle(vec![], 0);
+    g.write_to(&mut out).unwrap();
+    let mut want = b"abc".to_vec();
+    want.extend_from_slice(&ram[..PAGE_SIZE]);
+    want.push(b'd');
+    assert!(out.0 == want);
+    // A writer that takes nothing is an error, not a hang.
+    struct Full;
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Ok(0)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    g.head(b"x");
+    let e = g.write_to(&mut Full).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WriteZero);
+}
