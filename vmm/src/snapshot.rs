@@ -345,7 +345,7 @@ impl GuestRam<'_> {
     /// The guest page at block offset `offset` (page aligned, below the
     /// RAM size), to be read into directly.
     pub fn page_mut(&mut self, offset: u64) -> Option<&mut [u8]> {
-        if offset % PAGE_SIZE as u64 != 0 || offset >= self.ram {
+        if offset & (PAGE_SIZE as u64 - 1) != 0 || offset >= self.ram {
             return None;
         }
         let at = GuestAddress(gpa(self.ram, offset));
