@@ -71,6 +71,90 @@ impl Conn {
         };
     }
 
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Conn::Tcp(s) => s.as_raw_fd(),
+            Conn::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Asks the kernel to timestamp what arrives from now on
+    /// (SO_TIMESTAMPNS); false if it will not.
+    fn stamp_arrivals(&self) -> bool {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt with an int option on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                self.raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    }
+
+    /// One line read straight from the socket (nothing may be buffered
+    /// ahead of it), with the time its last byte arrived, if the kernel
+    /// stamped it (see [`Conn::stamp_arrivals`]).
+    fn read_line_stamped(&self) -> std::io::Result<(String, Option<std::time::SystemTime>)> {
+        let mut line = Vec::new();
+        let mut at = None;
+        while !line.ends_with(b"\n") {
+            let mut buf = [0u8; 256];
+            // Room for a few cmsgs (u64-aligned).
+            let mut control = [0u64; 16];
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+                iov_len: buf.len(),
+            };
+            // SAFETY: msghdr is plain data; zero is a valid empty value.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = std::mem::size_of_val(&control);
+            // SAFETY: every pointer in msg refers to a live local buffer of
+            // the length given.
+            let n = unsafe { libc::recvmsg(self.raw_fd(), &mut msg, 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the connection closed",
+                ));
+            }
+            line.extend_from_slice(&buf[..n as usize]);
+            // SAFETY: the CMSG_* walk stays inside msg's control buffer,
+            // which the kernel filled and sized in msg_controllen.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_SOCKET
+                        && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
+                    {
+                        let ts =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                        if ts.tv_sec > 0 {
+                            at = Some(
+                                std::time::UNIX_EPOCH
+                                    + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                            );
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+            }
+        }
+        Ok((String::from_utf8_lossy(&line).trim_end().to_string(), at))
+    }
+
     /// Bytes waiting to be read, without blocking (the peer's ERR line).
     fn pending(&self) -> Option<String> {
         let fd = match self {
@@ -860,12 +944,21 @@ impl Source {
             wall_us()
         );
         let last = dirty_pages(&*self.vm, &self.mem)?;
+        log::debug!(
+            "downtime: dirty log read at +{} us",
+            devices.paused_at.elapsed().as_micros()
+        );
         for (d, l) in dirty.iter_mut().zip(&last) {
             for (a, b) in d.iter_mut().zip(l) {
                 *a |= b;
             }
         }
         self.send_pages(&mut w, &mut chans, id, &dirty, true, &reader)?;
+        log::debug!(
+            "downtime: last {} pages sent at +{} us",
+            count(&dirty),
+            devices.paused_at.elapsed().as_micros()
+        );
         for (idstr, instance, desc, state) in &devices.sections {
             w.section(idstr, *instance, desc, state)?;
         }
@@ -897,20 +990,39 @@ impl Source {
             "downtime: LOADED at +{} us",
             devices.paused_at.elapsed().as_micros()
         );
+        // The downtime ends when RUNNING reaches this host: the kernel's
+        // receive timestamp, not when this thread gets to read it (on a
+        // busy host the destination's freshly started vCPU can delay that
+        // by milliseconds).
+        let paused_wall = std::time::SystemTime::now() - devices.paused_at.elapsed();
+        let stamped = lines.buffer().is_empty() && conn.stamp_arrivals();
         let mut go = conn.try_clone()?;
         go.write_all(b"GO\n")
             .context("cannot send GO to the destination")?;
         // Committed: from here the destination owns the guest.
         conn.set_read_timeout(Some(LINK_TIMEOUT))?;
-        match read_line(&mut lines) {
-            Ok(l) if l == "RUNNING" => {}
-            Ok(l) => log::warn!("the destination answered '{l}' after GO"),
+        let answer = if stamped {
+            conn.read_line_stamped().map_err(anyhow::Error::from)
+        } else {
+            read_line(&mut lines).map(|l| (l, None))
+        };
+        let mut downtime = devices.paused_at.elapsed();
+        match answer {
+            Ok((l, at)) if l == "RUNNING" => {
+                if let Some(d) = at.and_then(|t| t.duration_since(paused_wall).ok()) {
+                    downtime = d.min(downtime);
+                }
+            }
+            Ok((l, _)) => log::warn!("the destination answered '{l}' after GO"),
             Err(e) => log::warn!("no RUNNING from the destination after GO: {e:#}"),
         }
-        p.downtime_ms.store(
-            devices.paused_at.elapsed().as_millis() as u64,
-            Ordering::SeqCst,
+        log::debug!(
+            "downtime: RUNNING arrived at +{} us, read at +{} us",
+            downtime.as_micros(),
+            devices.paused_at.elapsed().as_micros()
         );
+        p.downtime_ms
+            .store(downtime.as_millis() as u64, Ordering::SeqCst);
         Ok(())
     }
 

@@ -131,6 +131,9 @@ struct RunGate {
     parked: AtomicUsize,
     /// Auto-converge: the share of each 10 ms slice the vCPUs sleep.
     throttle_pct: std::sync::atomic::AtomicU64,
+    /// Run by the first vCPU to leave the gate (an incoming migration's
+    /// RUNNING: the downtime ends when a vCPU really runs again).
+    on_run: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl RunGate {
@@ -148,6 +151,11 @@ impl RunGate {
                 .0;
         }
         self.parked.fetch_sub(1, Ordering::SeqCst);
+        drop(r);
+        let first = self.on_run.lock().expect("gate lock").take();
+        if let Some(f) = first {
+            f();
+        }
     }
 
     fn set_running(&self, running: bool) {
@@ -738,6 +746,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         cv: Condvar::new(),
         parked: AtomicUsize::new(0),
         throttle_pct: Default::default(),
+        on_run: Mutex::new(None),
     });
     let events = qmp::Events::default();
     let (ctl_tx, ctl_rx) = channel::<Control>();
@@ -1147,11 +1156,27 @@ impl Session<'_> {
         if self.cfg.paused {
             self.board.pci.lock().expect("pci lock").pause();
             self.status = "paused";
+            let _ = conn.write_all(b"RUNNING\n");
         } else {
+            // The first vCPU out of the gate tells the source, just before
+            // its KVM_RUN: that ends the downtime the source reports.
+            match conn.try_clone() {
+                Ok(mut c) => {
+                    *self.gate.on_run.lock().expect("gate lock") = Some(Box::new(move || {
+                        let _ = c.write_all(b"RUNNING\n");
+                        log::debug!(
+                            "incoming: vCPU running (wall {} us)",
+                            crate::migrate::wall_us()
+                        );
+                    }))
+                }
+                Err(_) => {
+                    let _ = conn.write_all(b"RUNNING\n");
+                }
+            }
             self.gate.set_running(true);
             self.status = "running";
         }
-        let _ = conn.write_all(b"RUNNING\n");
         log::debug!(
             "incoming: RUNNING sent after {} us",
             t0.elapsed().as_micros()
