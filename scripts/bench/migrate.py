@@ -189,8 +189,8 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         for scenario in SCENARIOS:
             print(f"\n### {scenario}\n")
-            print("| VMM | total ms (median [min-max]) | downtime ms (median [min-max]) | MB sent | converged |")
-            print("|---|---|---|---|---|")
+            print("| VMM | total ms (median [min-max]) | downtime ms (median [min-max]) | MB sent | GB/s (sent / total, median) | converged |")
+            print("|---|---|---|---|---|---|")
             one("vmm", "default", scenario, d)
             one("qemu", "bw", scenario, d)
             for kind, mode in configs:
@@ -199,12 +199,13 @@ def main():
                 failed = sum(1 for r in res if r == "failed")
                 if not ok:
                     why = f"{failed} failed" if failed else "cancelled after 30 s"
-                    print(f"| {names[(kind, mode)]} | - | - | - | no ({why}, {RUNS}/{RUNS}) |", flush=True)
+                    print(f"| {names[(kind, mode)]} | - | - | - | - | no ({why}, {RUNS}/{RUNS}) |", flush=True)
                     continue
                 tt = [r[0] for r in ok]
                 dt = [r[1] for r in ok]
                 print(f"| {names[(kind, mode)]} | {statistics.median(tt):.0f} [{min(tt)}-{max(tt)}] "
                       f"| {statistics.median(dt):.0f} [{min(dt)}-{max(dt)}] | {statistics.median(r[2] for r in ok) / 1e6:.0f} "
+                      f"| {statistics.median(r[2] / r[0] / 1e6 for r in ok):.2f} "
                       f"| {len(ok)}/{RUNS}{f' ({failed} failed)' if failed else ''} |", flush=True)
 
 

@@ -419,7 +419,7 @@ fn receive_channel(
     mem: &std::sync::OnceLock<(GuestMemoryMmap, u64)>,
 ) -> Result<u64, String> {
     let mut answer = c.try_clone().map_err(|e| format!("multifd channel: {e}"))?;
-    let mut r = BufReader::with_capacity(1 << 20, c);
+    let mut r = BufReader::with_capacity(256 << 10, c);
     let (mem, ram) = loop {
         if let Some(m) = mem.get() {
             break m;
@@ -811,6 +811,10 @@ impl Source {
             }
             dirty.push(bits);
         }
+        log::debug!(
+            "setup: dirty logging + touched-page scan took {} us",
+            t0.elapsed().as_micros()
+        );
         let mut pass = 1u64;
         let mut bandwidth = 0f64; // bytes per second, measured
         let mut throttle = 0u64;
