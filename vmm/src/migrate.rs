@@ -637,21 +637,10 @@ struct Meter<'a> {
 
 impl Write for Meter<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        if self.progress.cancel.load(Ordering::SeqCst) {
-            // Not `Interrupted`: write_all would retry that forever.
-            return Err(std::io::Error::other("migration cancelled"));
-        }
-        let n = self.w.write(b)?;
-        self.account(n);
-        Ok(n)
+        self.send(|w| w.write(b))
     }
     fn write_vectored(&mut self, b: &[std::io::IoSlice]) -> std::io::Result<usize> {
-        if self.progress.cancel.load(Ordering::SeqCst) {
-            return Err(std::io::Error::other("migration cancelled"));
-        }
-        let n = self.w.write_vectored(b)?;
-        self.account(n);
-        Ok(n)
+        self.send(|w| w.write_vectored(b))
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -659,6 +648,20 @@ impl Write for Meter<'_> {
 }
 
 impl Meter<'_> {
+    /// One write to the connection, unless cancelled; counted.
+    fn send(
+        &mut self,
+        write: impl FnOnce(&mut Conn) -> std::io::Result<usize>,
+    ) -> std::io::Result<usize> {
+        if self.progress.cancel.load(Ordering::SeqCst) {
+            // Not `Interrupted`: write_all would retry that forever.
+            return Err(std::io::Error::other("migration cancelled"));
+        }
+        let n = write(&mut self.w)?;
+        self.account(n);
+        Ok(n)
+    }
+
     /// Counts `n` bytes sent; sleeps to hold `max_bandwidth`.
     fn account(&mut self, n: usize) {
         self.progress
