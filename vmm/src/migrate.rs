@@ -1208,6 +1208,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn running_carries_its_kernel_arrival_time() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let conn = Conn::Tcp(l.accept().unwrap().0);
+        assert!(conn.stamp_arrivals());
+        let before = std::time::SystemTime::now();
+        // In two pieces, the line's end arriving last.
+        peer.write_all(b"RUNN").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let sent = std::time::SystemTime::now();
+        peer.write_all(b"ING\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let (line, at) = conn.read_line_stamped().unwrap();
+        let read = std::time::SystemTime::now();
+        assert_eq!(line, "RUNNING");
+        let at = at.expect("the kernel stamped the arrival");
+        // Stamped on arrival of the last piece: after it was sent, well
+        // before this thread read it 50 ms later.
+        assert!(at >= sent && at > before, "{at:?} vs sent {sent:?}");
+        assert!(read.duration_since(at).unwrap() >= Duration::from_millis(40));
+        drop(peer);
+        assert!(conn.read_line_stamped().is_err(), "EOF is an error");
+    }
+
+    #[test]
     fn set_bits_lists_dirty_pages_only() {
         let bits = [0b1011u64, 0, 1 << 63 | 1];
         let got: Vec<usize> = set_bits(&bits, 200).collect();
