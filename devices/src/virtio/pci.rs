@@ -1209,65 +1209,26 @@ mod tests {
         let mem = Memory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
         let vm = Arc::new(FakeVm::default());
         let mut d = rng(&vm, &mem);
-        let status = |d: &mut VirtioPci| {
+        // From reset: ACKNOWLEDGE | DRIVER, the two driver feature words,
+        // FEATURES_OK; whether the device kept FEATURES_OK.
+        let mut negotiate = |low: u64, high: u64| {
+            let driver = (S_ACKNOWLEDGE | S_DRIVER) as u64;
+            w(&mut d, BAR_MODERN, 0x14, 0, 1);
+            w(&mut d, BAR_MODERN, 0x14, driver, 1);
+            for (select, word) in [(0, low), (1, high)] {
+                w(&mut d, BAR_MODERN, 0x08, select, 4);
+                w(&mut d, BAR_MODERN, 0x0c, word, 4);
+            }
+            w(&mut d, BAR_MODERN, 0x14, driver | S_FEATURES_OK as u64, 1);
             let mut b = [0u8];
             d.bar_read(BAR_MODERN, 0x14, &mut b);
-            b[0]
+            b[0] & S_FEATURES_OK != 0
         };
-        w(
-            &mut d,
-            BAR_MODERN,
-            0x14,
-            (S_ACKNOWLEDGE | S_DRIVER) as u64,
-            1,
-        );
-        w(
-            &mut d,
-            BAR_MODERN,
-            0x14,
-            (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK) as u64,
-            1,
-        );
-        assert_eq!(status(&mut d) & S_FEATURES_OK, 0, "no VERSION_1: refused");
-        w(&mut d, BAR_MODERN, 0x14, 0, 1);
-        w(
-            &mut d,
-            BAR_MODERN,
-            0x14,
-            (S_ACKNOWLEDGE | S_DRIVER) as u64,
-            1,
-        );
-        w(&mut d, BAR_MODERN, 0x08, 1, 4);
-        w(&mut d, BAR_MODERN, 0x0c, 1, 4);
-        w(
-            &mut d,
-            BAR_MODERN,
-            0x14,
-            (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK) as u64,
-            1,
-        );
-        assert_ne!(
-            status(&mut d) & S_FEATURES_OK,
-            0,
-            "with VERSION_1: accepted"
-        );
-        // A feature the device does not offer is refused too.
-        w(&mut d, BAR_MODERN, 0x14, 0, 1);
-        w(&mut d, BAR_MODERN, 0x08, 0, 4);
-        w(&mut d, BAR_MODERN, 0x0c, 1 << 6, 4);
-        w(&mut d, BAR_MODERN, 0x08, 1, 4);
-        w(&mut d, BAR_MODERN, 0x0c, 1, 4);
-        w(
-            &mut d,
-            BAR_MODERN,
-            0x14,
-            (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK) as u64,
-            1,
-        );
-        assert_eq!(
-            status(&mut d) & S_FEATURES_OK,
-            0,
-            "unoffered feature: refused"
+        assert!(!negotiate(0, 0), "no VERSION_1: refused");
+        assert!(negotiate(0, 1), "with VERSION_1: accepted");
+        assert!(
+            !negotiate(1 << 6, 1),
+            "a feature the device does not offer: refused"
         );
     }
 
