@@ -22,11 +22,10 @@ converged within 30 s. The loopback limits are plain socket copies of
 destination pays: on this nested host, memory new to a process costs a
 fault in the outer hypervisor too — its free pages are reported back to it).
 """
-import json, mmap, os, socket, statistics, subprocess, sys, tempfile, threading, time
+import mmap, os, socket, statistics, subprocess, tempfile, threading, time
 
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GUEST = os.path.join(TOP, "target/guest/test-guest")
-VMM = os.path.join(TOP, "target/release/vmm")
+from guests import Qmp, cmdline, wait_line
+
 RUNS = int(os.environ.get("RUNS", "3"))
 SCENARIOS = {
     "idle-1G": ("1G", "1", "cpus=1 work=mem,counter mem_mb=256 mem_rate=10 tick_ms=100 max_gap_ms=5000"),
@@ -41,51 +40,6 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
-
-
-def cmdline(kind, mem, smp, append, sock, extra):
-    if kind == "vmm":
-        return [VMM, "-m", mem, "-smp", smp, "-kernel", GUEST, "-append", append,
-                "-qmp", f"unix:{sock},server=on,wait=off"] + extra
-    return ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host,-arch-capabilities",
-            "-m", mem, "-smp", smp, "-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none",
-            "-kernel", GUEST, "-append", append, "-qmp", f"unix:{sock},server=on,wait=off"] + extra
-
-
-class Qmp:
-    def __init__(self, path):
-        for _ in range(1000):
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                time.sleep(0.01)
-        self.f = self.s.makefile("rwb")
-        self.f.readline()
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, c, a=None):
-        m = {"execute": c}
-        if a is not None:
-            m["arguments"] = a
-        self.f.write(json.dumps(m).encode() + b"\n")
-        self.f.flush()
-        while True:
-            r = json.loads(self.f.readline())
-            if "event" not in r:
-                return r
-
-
-def wait_line(p, prefix, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = p.stdout.readline().decode(errors="replace")
-        if not line:
-            raise SystemExit(f"guest output ended before {prefix!r}")
-        if line.startswith(prefix):
-            return line
-    raise SystemExit(f"{prefix!r} not seen")
 
 
 def drain(p):

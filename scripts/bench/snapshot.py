@@ -8,61 +8,12 @@ save: from the `migrate` command to `query-migrate` = completed, and the
 guest RAM throughput that gives (1 GiB / time). restore-to-running: from
 process start with -incoming to the guest's next counter line.
 """
-import json, os, socket, statistics, subprocess, sys, tempfile, time
+import os, statistics, subprocess, sys, tempfile, time
 
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GUEST = os.path.join(TOP, "target/guest/test-guest")
-VMM = os.path.join(TOP, "target/release/vmm")
+from guests import Qmp, cmdline, wait_line
+
 APPEND = "cpus=1 work=mem,counter mem_mb=256 mem_rate=1 tick_ms=50"
 RAM = 1 << 30
-
-
-def cmdline(kind, sock, extra):
-    if kind == "vmm":
-        return [VMM, "-m", "1G", "-smp", "1", "-kernel", GUEST, "-append", APPEND,
-                "-qmp", f"unix:{sock},server=on,wait=off"] + extra
-    return ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host,-arch-capabilities",
-            "-m", "1G", "-smp", "1", "-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none",
-            "-kernel", GUEST, "-append", APPEND, "-qmp", f"unix:{sock},server=on,wait=off"] + extra
-
-
-class Qmp:
-    def __init__(self, path):
-        for _ in range(500):
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                time.sleep(0.01)
-        self.f = self.s.makefile("rwb")
-        self.read()
-        self.cmd("qmp_capabilities")
-
-    def read(self):
-        return json.loads(self.f.readline())
-
-    def cmd(self, c, a=None):
-        m = {"execute": c}
-        if a:
-            m["arguments"] = a
-        self.f.write(json.dumps(m).encode())
-        self.f.flush()
-        while True:
-            r = self.read()
-            if "event" not in r:
-                return r
-
-
-def wait_line(p, pred, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = p.stdout.readline().decode(errors="replace")
-        if not line:
-            break
-        if pred(line):
-            return line
-    raise SystemExit("line not seen")
 
 
 def one(kind, d):
@@ -70,9 +21,9 @@ def one(kind, d):
     for f in (sock, snap):
         if os.path.exists(f):
             os.remove(f)
-    p = subprocess.Popen(cmdline(kind, sock, []), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE)
-    wait_line(p, lambda l: l.startswith("mem.filled"))
-    wait_line(p, lambda l: l.startswith("tick"))
+    p = subprocess.Popen(cmdline(kind, "1G", "1", APPEND, sock, []), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE)
+    wait_line(p, "mem.filled")
+    wait_line(p, "tick")
     q = Qmp(sock)
     uri = f"file:{snap}" if kind == "vmm" else f"exec:cat > {snap}"
     if kind != "vmm":
@@ -89,8 +40,8 @@ def one(kind, d):
     os.remove(sock)
     incoming = f"file:{snap}" if kind == "vmm" else f"exec:cat {snap}"
     t0 = time.monotonic()
-    r = subprocess.Popen(cmdline(kind, sock, ["-incoming", incoming]), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE)
-    wait_line(r, lambda l: l.startswith("tick"))
+    r = subprocess.Popen(cmdline(kind, "1G", "1", APPEND, sock, ["-incoming", incoming]), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE)
+    wait_line(r, "tick")
     restore = time.monotonic() - t0
     r.kill()
     r.wait()

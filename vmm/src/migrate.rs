@@ -800,12 +800,9 @@ impl Source {
         // sides: the destination's memory is fresh).
         let mut dirty: Vec<Vec<u64>> = vec![];
         for r in self.mem.iter() {
-            let host = self
-                .mem
-                .get_host_address(r.start_addr())
-                .map_err(|e| anyhow!("guest memory: {e}"))?;
-            let pages = r.len() as usize / PAGE_SIZE;
-            let touched = crate::snapshot::touched_pages(host as usize, r.len() as usize);
+            let bytes = self.region_bytes(r)?;
+            let pages = bytes.len() / PAGE_SIZE;
+            let touched = crate::snapshot::touched_pages(bytes.as_ptr() as usize, bytes.len());
             let mut bits = vec![0u64; pages.div_ceil(64)];
             for i in 0..pages {
                 if touched.as_ref().is_none_or(|t| t[i]) {
@@ -1052,21 +1049,8 @@ impl Source {
         }
         let p = &*self.progress;
         for (ri, r) in self.mem.iter().enumerate() {
-            if let Some(msg) = peer.pending() {
-                let msg = msg.lines().next().unwrap_or_default().to_string();
-                bail!(
-                    "the destination refused the stream: {}",
-                    msg.strip_prefix("ERR ").unwrap_or(&msg)
-                );
-            }
-            let host = self
-                .mem
-                .get_host_address(r.start_addr())
-                .map_err(|e| anyhow!("guest memory: {e}"))?;
-            // SAFETY: the region is mapped for the VM's lifetime; the guest
-            // may write it concurrently (torn pages are dirty again and
-            // resent in the next pass, or the VM is stopped).
-            let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, r.len() as usize) };
+            refused(peer)?;
+            let bytes = self.region_bytes(r)?;
             let bits = &dirty[ri];
             let start = r.start_addr().0;
             let pages = set_bits(bits, bytes.len() / PAGE_SIZE).map(|i| {
@@ -1087,7 +1071,32 @@ impl Source {
     }
 }
 
+/// Fails with the destination's reason if it has already refused the
+/// stream (an `ERR` line waiting on the return path).
+fn refused(peer: &Conn) -> Result<()> {
+    if let Some(msg) = peer.pending() {
+        let msg = msg.lines().next().unwrap_or_default().to_string();
+        bail!(
+            "the destination refused the stream: {}",
+            msg.strip_prefix("ERR ").unwrap_or(&msg)
+        );
+    }
+    Ok(())
+}
+
 impl Source {
+    /// Region `r` of guest RAM as bytes.
+    fn region_bytes(&self, r: &impl GuestMemoryRegion) -> Result<&[u8]> {
+        let host = self
+            .mem
+            .get_host_address(r.start_addr())
+            .map_err(|e| anyhow!("guest memory: {e}"))?;
+        // SAFETY: the region is mapped for the VM's lifetime; the guest may
+        // write it concurrently (torn pages are dirty again and resent in
+        // the next pass, or the VM is stopped).
+        Ok(unsafe { std::slice::from_raw_parts(host as *const u8, r.len() as usize) })
+    }
+
     /// One pass over the multifd channels, in parallel; with `last`, each
     /// channel ends with END.
     fn send_channels<C: Write + Send>(
@@ -1097,32 +1106,16 @@ impl Source {
         last: bool,
         peer: &Conn,
     ) -> Result<()> {
-        if let Some(msg) = peer.pending() {
-            let msg = msg.lines().next().unwrap_or_default().to_string();
-            bail!(
-                "the destination refused the stream: {}",
-                msg.strip_prefix("ERR ").unwrap_or(&msg)
-            );
-        }
+        refused(peer)?;
         let n = chans.len();
         let p = &*self.progress;
         // (block offset, page) for every dirty page, per channel.
         let mut work: Vec<Vec<(u64, &[u8])>> = vec![vec![]; n];
         for (ri, r) in self.mem.iter().enumerate() {
-            let host = self
-                .mem
-                .get_host_address(r.start_addr())
-                .map_err(|e| anyhow!("guest memory: {e}"))?;
-            // SAFETY: as in send_pages: mapped for the VM's lifetime; torn
-            // pages are dirty again and resent.
-            let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, r.len() as usize) };
-            let bits = &dirty[ri];
-            for i in set_bits(bits, bytes.len() / PAGE_SIZE) {
-                {
-                    let off = block_offset(self.ram, r.start_addr().0, i);
-                    work[channel_of(off, n)]
-                        .push((off, &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]));
-                }
+            let bytes = self.region_bytes(r)?;
+            for i in set_bits(&dirty[ri], bytes.len() / PAGE_SIZE) {
+                let off = block_offset(self.ram, r.start_addr().0, i);
+                work[channel_of(off, n)].push((off, &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]));
             }
         }
         std::thread::scope(|scope| {
