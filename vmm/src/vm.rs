@@ -127,6 +127,8 @@ fn start_stdin_thread() {
 /// has really stopped.
 struct RunGate {
     running: Mutex<bool>,
+    /// `running`, readable without the lock: every vCPU exit checks it.
+    open: AtomicBool,
     cv: Condvar,
     parked: AtomicUsize,
     /// Auto-converge: the share of each 10 ms slice the vCPUs sleep.
@@ -138,6 +140,9 @@ struct RunGate {
 
 impl RunGate {
     fn wait_running(&self, stop: &AtomicBool) {
+        if self.open.load(Ordering::Acquire) {
+            return;
+        }
         let mut r = self.running.lock().expect("gate lock");
         if *r {
             return;
@@ -159,7 +164,10 @@ impl RunGate {
     }
 
     fn set_running(&self, running: bool) {
-        *self.running.lock().expect("gate lock") = running;
+        let mut r = self.running.lock().expect("gate lock");
+        *r = running;
+        self.open.store(running, Ordering::Release);
+        drop(r);
         self.cv.notify_all();
     }
 }
@@ -743,6 +751,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         .map_err(|e| anyhow!("cannot install the vCPU kick signal handler: {e}"))?;
     let gate = Arc::new(RunGate {
         running: Mutex::new(!cfg.paused && cfg.incoming.is_none()),
+        open: AtomicBool::new(!cfg.paused && cfg.incoming.is_none()),
         cv: Condvar::new(),
         parked: AtomicUsize::new(0),
         throttle_pct: Default::default(),
