@@ -94,3 +94,29 @@ impl Default for Vmm {
         Self::new()
     }
 }
+
+/// Options for one of every virtio device: a raw disk `img`, a network
+/// card on `netdev` (a `-netdev` value with id `n0`), rng, and a console on a null
+/// chardev.
+pub fn every_virtio_device(img: &std::path::Path, netdev: &str) -> Vec<String> {
+    [
+        "-drive",
+        &format!("file={},if=none,id=d0,format=raw", img.display()),
+        "-device",
+        "virtio-blk-pci,drive=d0",
+        "-netdev",
+        netdev,
+        "-device",
+        "virtio-net-pci,netdev=n0",
+        "-device",
+        "virtio-rng-pci",
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        "null,id=c0",
+        "-device",
+        "virtconsole,chardev=c0",
+    ]
+    .map(String::from)
+    .to_vec()
+}

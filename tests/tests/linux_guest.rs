@@ -103,24 +103,7 @@ fn linux_guest_boots_on_vmm() {
     cmd.args(["-m", "512M", "-smp", "1", "-no-reboot"]);
     cmd.arg("-kernel").arg(dir.join("vmlinux"));
     cmd.arg("-initrd").arg(dir.join("initramfs.cpio.gz"));
-    cmd.args([
-        "-drive",
-        &format!("file={},if=none,id=d0,format=raw", img.display()),
-        "-device",
-        "virtio-blk-pci,drive=d0",
-        "-netdev",
-        &tap.netdev("n0"),
-        "-device",
-        "virtio-net-pci,netdev=n0",
-        "-device",
-        "virtio-rng-pci",
-        "-device",
-        "virtio-serial-pci",
-        "-chardev",
-        "null,id=c0",
-        "-device",
-        "virtconsole,chardev=c0",
-    ]);
+    cmd.args(vmm_tests::vmm::every_virtio_device(&img, &tap.netdev("n0")));
     cmd.args([
         "-append",
         "console=ttyS0 earlyprintk=ttyS0 panic=-1 vmm.cmd=for,d,in,virtio_blk,virtio_net,virtio_console,virtio_rng;,do,ls,/sys/bus/virtio/drivers/$d,|,grep,-q,virtio,&&,echo,BOUND-$d;,done",

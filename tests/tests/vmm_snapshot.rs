@@ -182,27 +182,9 @@ fn bad_streams_are_refused_before_anything_runs() {
         .and_then(|f| f.set_len(1 << 20))
         .unwrap();
     let tap = vmm_tests::peer::TapEcho::start();
-    let file = saved_stream(
-        &dir,
-        &[
-            "-drive",
-            &format!("file={},if=none,id=d0,format=raw", img.display()),
-            "-device",
-            "virtio-blk-pci,drive=d0",
-            "-netdev",
-            &tap.netdev("n0"),
-            "-device",
-            "virtio-net-pci,netdev=n0",
-            "-device",
-            "virtio-rng-pci",
-            "-device",
-            "virtio-serial-pci",
-            "-chardev",
-            "null,id=c0",
-            "-device",
-            "virtconsole,chardev=c0",
-        ],
-    );
+    let devices = vmm_tests::vmm::every_virtio_device(&img, &tap.netdev("n0"));
+    let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let file = saved_stream(&dir, &devices);
     // The stream explains itself: vmmctl decodes it from its description.
     let out = std::process::Command::new(vmm_tests::vmm::binary().with_file_name("vmmctl"))
         .arg("analyze-migration")
