@@ -6,5 +6,8 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 cargo fmt --all -- --check
 (cd tests/guest && cargo fmt -- --check)
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+# The guest with its own flags (tests/guest/.cargo/config.toml).
+(cd tests/guest && cargo clippy --release --locked --quiet -- -D warnings)
 "$top/scripts/check-guest-reproducible.sh"
 cargo nextest run --workspace --no-fail-fast

@@ -88,7 +88,7 @@ pub fn parse_linux(addr: u64, out: &mut BootInfo) -> Result<(), Error> {
         return Err(Error::BadZeroPage(magic));
     }
     out.protocol = "linux";
-    out.version = (read32(addr + 0x206) & 0xffff) as u32;
+    out.version = read32(addr + 0x206) & 0xffff;
     out.rsdp = read64(addr + 0x70);
     let cmdline = read32(addr + 0x228) as u64;
     let size = read32(addr + 0x238) as usize;

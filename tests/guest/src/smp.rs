@@ -3,11 +3,12 @@
 //! to CPL3 and reports in.
 
 use crate::acpi::{Acpi, MAX_CPUS};
-use crate::io::{cpuid, read32, write32};
+use crate::io::{read32, write32};
 use crate::{clock, println, report};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 const TRAMPOLINE: u64 = 0x8000;
+const APIC_ID: u64 = 0x20;
 const APIC_SVR: u64 = 0xf0;
 const APIC_ICR_LO: u64 = 0x300;
 const APIC_ICR_HI: u64 = 0x310;
@@ -27,8 +28,12 @@ pub fn online() -> u32 {
     ONLINE.load(Ordering::SeqCst)
 }
 
+/// This CPU's APIC ID, from its local APIC's ID register. Not from CPUID:
+/// a PVM host without CPUID faulting runs CPL3 `cpuid` natively, and leaf
+/// 1 then reports the host CPU's APIC ID (seen: 1 on a 1-vCPU guest, so
+/// the BSP sent INIT to itself).
 pub fn apic_id_self() -> u32 {
-    cpuid(1, 0).1 >> 24
+    read32(LAPIC_BASE.load(Ordering::SeqCst) + APIC_ID) >> 24
 }
 
 fn wait_icr_idle(lapic: u64) {
