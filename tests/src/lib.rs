@@ -1,5 +1,5 @@
-//! Harness for vmm's integration tests: real processes (QEMU now, vmm
-//! next), the real test guest, real KVM, real sockets and files.
+//! Harness for vmm's integration tests: real processes (vmm, and QEMU as
+//! the reference), the real test guest, real KVM, real sockets and files.
 //!
 //! A VM's serial console is its stdout; the harness collects its lines and
 //! lets a test wait for one, send bytes to the guest, and read the verdict.

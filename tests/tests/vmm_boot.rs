@@ -306,3 +306,73 @@ fn help_version_and_lists() {
     assert_eq!(code, Some(0));
     assert!(out.contains("isa-debug-exit"), "{out}");
 }
+
+/// PVH kernels may be 32-bit ELFs (QEMU's -kernel boots them): the test
+/// guest's segments and PVH note repacked as ELF32 (tests/guest/mkelf32.py)
+/// give the same checks as the ELF64, on vmm and on QEMU alike.
+#[test]
+fn elf32_pvh_kernel_boots_like_the_elf64_on_vmm_and_qemu() {
+    let elf64 = vmm_tests::guest_kernel();
+    let elf32 = elf64.with_extension("elf32");
+    assert!(
+        elf32.is_file(),
+        "{} missing: run scripts/build-guest.sh",
+        elf32.display()
+    );
+    let append = "cpus=2 mem=256M";
+    let run_vmm = |kernel: &std::path::Path, name: &str| {
+        let mut v = Vmm::new().args(["-m", "256M", "-smp", "2"]).append(append);
+        v.kernel = kernel.to_path_buf();
+        let mut vm = v.spawn(name);
+        vm.assert_pass(BOOT);
+        vm
+    };
+    let run_qemu = |kernel: &std::path::Path, name: &str| {
+        let q = vmm_tests::qemu::Qemu::new("microvm")
+            .smp(2)
+            .mem("256M")
+            .append(append);
+        let mut vm = vmm_tests::console::Vm::spawn(name, q.command(kernel));
+        vm.assert_pass(BOOT);
+        vm
+    };
+    let (v64, v32) = (run_vmm(&elf64, "vmm-elf64"), run_vmm(&elf32, "vmm-elf32"));
+    assert_eq!(v32.checks(), v64.checks(), "{}", v32.log());
+    assert!(v32.checks().len() >= 10, "{}", v32.log());
+    let (q64, q32) = (
+        run_qemu(&elf64, "qemu-elf64"),
+        run_qemu(&elf32, "qemu-elf32"),
+    );
+    assert_eq!(q32.checks(), q64.checks(), "{}", q32.log());
+    for vm in [&v32, &q32] {
+        assert_eq!(
+            vm.value("boot.protocol", "boot.protocol").as_deref(),
+            Some("pvh"),
+            "{}",
+            vm.log()
+        );
+    }
+}
+
+/// A kernel segment outside guest RAM is named, with its address, its
+/// size and the RAM there is.
+#[test]
+fn a_kernel_segment_outside_ram_is_named() {
+    let elf32 = vmm_tests::guest_kernel().with_extension("elf32");
+    let mut image = std::fs::read(&elf32).expect("read the ELF32 test guest");
+    // The first program header (at e_phoff 52) is the PT_LOAD: link it at
+    // 128 MiB, just past the end of a 128 MiB guest.
+    assert_eq!(u32::from_le_bytes(image[52..56].try_into().unwrap()), 1);
+    image[52 + 12..52 + 16].copy_from_slice(&0x800_0000u32.to_le_bytes());
+    let dir = vmm_tests::TempDir::new("elf-far");
+    let k = dir.path("far.elf");
+    std::fs::write(&k, image).unwrap();
+    bad(
+        &["-m", "128M", "-kernel", k.to_str().unwrap()],
+        &[
+            "segment 0 (address 0x8000000,",
+            "does not fit in the guest's 128 MiB of RAM",
+            "RAM at 0x0-0x7ffffff",
+        ],
+    );
+}

@@ -328,3 +328,83 @@ fn device_errors_are_one_sentence() {
         &["unknown machine property 'foo'"],
     );
 }
+
+/// `auto` settings show the value the guest sees, where it came from, and
+/// the setting itself: virtio-blk's queues follow -smp from 5.2 on (1 on
+/// 5.1, hw_compat_5_1), MSI-X vectors follow the queues, disable-legacy
+/// the bus, the MAC the NIC's place on the board.
+#[test]
+fn print_config_shows_the_effective_value_of_auto_settings() {
+    let dir = vmm_tests::TempDir::new("effective");
+    let img = dir.path("d.raw");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+    let cfg = |machine: &str, smp: &str| {
+        print_config(&[
+            "-M",
+            machine,
+            "-smp",
+            smp,
+            "-drive",
+            &drive,
+            "-device",
+            "virtio-blk-pci,drive=d0,id=blk",
+            "-device",
+            "virtio-rng-pci,id=rng",
+            "-device",
+            "pcie-root-port,id=rp,chassis=1",
+            "-device",
+            "virtio-rng-pci,id=rng2,bus=rp",
+        ])
+    };
+    for (machine, smp, queues, source) in [
+        ("pc-q35-5.2", "4", 4, "auto: -smp 4"),
+        ("pc-q35-5.2", "1", 1, "auto: -smp 1"),
+        ("pc-q35-5.1", "4", 1, "compat:hw_compat_5_1"),
+        ("pc-q35-5.1", "1", 1, "compat:hw_compat_5_1"),
+    ] {
+        let c = cfg(machine, smp);
+        let nq = prop(&c, "blk", "num-queues");
+        assert_eq!(
+            (nq["value"].as_u64(), nq["source"].as_str()),
+            (Some(queues), Some(source)),
+            "{machine} -smp {smp}: {nq}"
+        );
+        if source.starts_with("auto") {
+            assert_eq!(nq["setting"]["value"], 65535, "{nq}");
+            assert_eq!(nq["setting"]["source"], "default", "{nq}");
+        }
+        let v = prop(&c, "blk", "vectors");
+        assert_eq!(v["value"].as_u64(), Some(queues + 1), "{v}");
+        assert!(v["source"].as_str().unwrap().starts_with("auto: "), "{v}");
+        assert_eq!(v["setting"]["value"], 4294967295u64, "{v}");
+    }
+    let c = cfg("pc-q35-5.2", "2");
+    assert_eq!(prop(&c, "rng", "vectors")["value"], 2);
+    // Legacy I/O on the root bus, none behind a PCIe port (as QEMU).
+    assert_eq!(prop(&c, "rng", "disable-legacy")["value"], "off");
+    assert_eq!(prop(&c, "rng2", "disable-legacy")["value"], "on");
+    assert_eq!(
+        prop(&c, "rng2", "disable-legacy")["source"],
+        "auto: behind a PCIe root port"
+    );
+    assert_eq!(
+        prop(&c, "rng", "addr")["source"],
+        "auto: first free slot on pcie.0"
+    );
+    // A value that was set stays as set, with its source.
+    let c = print_config(&[
+        "-smp",
+        "4",
+        "-drive",
+        &drive,
+        "-device",
+        "virtio-blk-pci,drive=d0,id=blk,num-queues=2,vectors=0",
+    ]);
+    assert_eq!(prop(&c, "blk", "num-queues")["value"], 2);
+    assert_eq!(prop(&c, "blk", "num-queues")["source"], "device");
+    assert!(prop(&c, "blk", "num-queues").get("setting").is_none());
+    assert_eq!(prop(&c, "blk", "vectors")["value"], 0);
+}

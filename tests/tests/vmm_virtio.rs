@@ -173,21 +173,54 @@ fn legacy_modern_and_transitional_exposure() {
 fn blk_queues(machine: &str, cpus: u32) -> (u64, u64) {
     let dir = TempDir::new("virtio-mq");
     let img = disk(&dir, "disk.raw", 16);
+    let sock = dir.path("qmp.sock");
     let mut vm = Vmm::new()
-        .args(["-M", machine, "-m", "128M", "-smp", &cpus.to_string()])
+        .args(["-M", machine, "-m", "128M", "-smp", &cpus.to_string(), "-S"])
+        .args([
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", sock.display()),
+        ])
         .args(drive(&img, "d0", ""))
         .args([
             "-device",
-            "virtio-blk-pci,drive=d0",
+            "virtio-blk-pci,drive=d0,id=blk",
             "-device",
-            "virtio-rng-pci",
+            "virtio-rng-pci,id=rng",
         ])
         .append(&format!("cpus={cpus} mem=128M msix=1 seed=5"))
         .spawn(&format!("virtio-mq-{machine}"));
+    // What qom-get says before the guest runs is what the guest then finds.
+    let mut q = Qmp::connect(&sock, BOOT);
+    let mut qom = |id: &str, prop: &str| {
+        q.execute(
+            "qom-get",
+            json!({"path": format!("/machine/peripheral/{id}"), "property": prop}),
+        )
+        .as_u64()
+        .unwrap_or_else(|| panic!("qom-get {id}.{prop} is not a number"))
+    };
+    let (qom_queues, qom_vectors, rng_vectors) = (
+        qom("blk", "num-queues"),
+        qom("blk", "vectors"),
+        qom("rng", "vectors"),
+    );
+    q.execute("cont", json!({}));
     vm.assert_pass(BOOT);
     let cap = vm.wait_prefix("virtio.00:01.0.blk capacity", BOOT);
     let used = vm.wait_prefix("virtio.00:01.0.blk queues_used", BOOT);
     let n: u64 = field(&cap, "num_queues").unwrap().parse().unwrap();
+    assert_eq!(qom_queues, n, "qom-get blk.num-queues\n{}", vm.log());
+    assert_eq!((qom_vectors, rng_vectors), (n + 1, 2), "qom-get vectors");
+    let table = |slot: &str| {
+        let l = vm.wait_prefix(&format!("virtio.00:{slot}.0 msix"), BOOT);
+        field(&l, "table_size").map(|t| t.parse::<u64>().unwrap())
+    };
+    assert_eq!(
+        (table("01"), table("02")),
+        (Some(n + 1), Some(2)),
+        "{}",
+        vm.log()
+    );
     assert_eq!(
         field(&cap, "transport_queues"),
         field(&cap, "num_queues"),

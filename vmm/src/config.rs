@@ -226,6 +226,33 @@ fn parse_devices(
     Ok(Ok(out))
 }
 
+/// Resolves every `auto` setting to the value the guest sees, as QEMU's
+/// realize does: `--print-config`, `qom-get` and the board read the same.
+fn resolve_auto(devices: &mut [DeviceConfig], vcpus: u8) {
+    let mut nic = 0;
+    for d in devices.iter_mut() {
+        if let (Some(devfn), None) = (d.devfn, d.props.get("addr")) {
+            let why = if d.bus == 0 {
+                format!("first free slot on {ROOT_BUS}")
+            } else {
+                format!("the one slot of {}", d.bus_name)
+            };
+            d.props.resolve_auto("addr", Value::Devfn(devfn), why);
+        }
+        if model::types::is_a(d.props.type_name, "virtio-pci") {
+            let board = devices::virtio::Board {
+                vcpus,
+                on_pcie_port: d.bus != 0,
+                nic,
+            };
+            devices::virtio::resolve_auto(&mut d.props, &board);
+            if d.props.type_name == "virtio-net-pci" {
+                nic += 1;
+            }
+        }
+    }
+}
+
 pub fn json_value(v: &Value) -> serde_json::Value {
     match v {
         Value::Bool(b) => serde_json::Value::Bool(*b),
@@ -245,7 +272,10 @@ pub fn print_config(c: &VmConfig) -> String {
                 .values
                 .iter()
                 .map(|r| {
-                    let v = serde_json::json!({"value": json_value(&r.value), "type": r.kind.name(), "source": r.source.to_string()});
+                    let mut v = serde_json::json!({"value": json_value(&r.value), "type": r.kind.name(), "source": r.source.to_string()});
+                    if let Some((setting, source)) = &r.setting {
+                        v["setting"] = serde_json::json!({"value": json_value(setting), "source": source.to_string()});
+                    }
                     (r.name.to_string(), v)
                 })
                 .collect();
@@ -312,6 +342,8 @@ pub fn from_args(a: Args) -> Result<Action> {
     if !(1..=MAX_VCPUS).contains(&vcpus) {
         bail!("invalid -smp {vcpus}: the number of vCPUs must be between 1 and {MAX_VCPUS}");
     }
+    let mut devices = devices;
+    resolve_auto(&mut devices, vcpus as u8);
     let serial = match a.serial.as_str() {
         "stdio" => SerialBackend::Stdio,
         "none" | "null" => SerialBackend::None,

@@ -202,7 +202,7 @@ enum Kernel {
 }
 
 fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<Kernel> {
-    use linux_loader::loader::{bzimage::BzImage, elf::Elf, elf::PvhBootCapability, KernelLoader};
+    use linux_loader::loader::{bzimage::BzImage, KernelLoader};
     let path = &cfg.kernel;
     let mut f =
         File::open(path).with_context(|| format!("cannot open kernel {}", path.display()))?;
@@ -212,18 +212,19 @@ fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<Kernel> {
         .with_context(|| format!("cannot read kernel {}", path.display()))?;
     let himem = Some(GuestAddress(layout::HIMEM_START));
     if n >= 4 && &head[..4] == b"\x7fELF" {
-        let r = Elf::load(mem, None, &mut f, himem)
-            .map_err(|e| anyhow!("cannot load kernel {}: {e}", path.display()))?;
-        return match r.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(entry) => {
-                log::info!("kernel {}: PVH entry {:#x}, loaded up to {:#x}", path.display(), entry.0, r.kernel_end);
-                Ok(Kernel::Pvh { entry: entry.0, end: r.kernel_end })
-            }
-            _ => bail!(
-                "kernel {} is an ELF without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY), which vmm needs to boot an ELF",
-                path.display()
-            ),
-        };
+        let k = arch::x86_64::elf::load(mem, &mut f, layout::HIMEM_START)
+            .with_context(|| format!("cannot load kernel {}", path.display()))?;
+        log::info!(
+            "kernel {}: {}-bit ELF, PVH entry {:#x}, loaded up to {:#x}",
+            path.display(),
+            k.bits,
+            k.entry,
+            k.end
+        );
+        return Ok(Kernel::Pvh {
+            entry: k.entry,
+            end: k.end,
+        });
     }
     if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
         let r = BzImage::load(mem, None, &mut f, himem)
@@ -308,7 +309,7 @@ fn add_virtio_devices(
         .iter()
         .filter(|d| d.props.type_name == "virtconsole")
         .collect();
-    let (mut nics, mut serials) = (0u8, 0usize);
+    let mut serials = 0usize;
     for d in &cfg.devices {
         let ty = d.props.type_name;
         if !devices::model::types::is_a(ty, "virtio-pci") {
@@ -333,10 +334,8 @@ fn add_virtio_devices(
                     .iter()
                     .find(|x| x.id == prop("drive"))
                     .ok_or_else(|| anyhow!("{name}: drive '{}' not found", prop("drive")))?;
-                let nq = match d.props.uint("num-queues").unwrap_or(1) {
-                    0xffff => cfg.vcpus as u16,
-                    n => n as u16,
-                };
+                // Effective values: config::from_args resolved `auto`.
+                let nq = d.props.uint("num-queues").unwrap_or(1) as u16;
                 let blk = virtio::blk::Blk::new(virtio::blk::BlkConfig {
                     path: drive.path.clone(),
                     read_only: drive.read_only,
@@ -356,13 +355,12 @@ fn add_virtio_devices(
                     .find(|x| x.id == prop("netdev"))
                     .ok_or_else(|| anyhow!("{name}: netdev '{}' not found", prop("netdev")))?;
                 let tap = virtio::net::Tap::open(&nd.ifname).with_context(|| name.clone())?;
-                let mac = match prop("mac").as_str() {
-                        "" => [0x52, 0x54, 0, 0x12, 0x34, 0x56 + nics],
-                        m => parse_mac(m).ok_or_else(|| {
-                            anyhow!("{name}: invalid mac '{m}': expected six hex bytes like 52:54:00:12:34:56")
-                        })?,
-                    };
-                nics += 1;
+                let mac = parse_mac(&prop("mac")).ok_or_else(|| {
+                    anyhow!(
+                        "{name}: invalid mac '{}': expected six hex bytes like 52:54:00:12:34:56",
+                        prop("mac")
+                    )
+                })?;
                 (
                     Box::new(virtio::net::Net::new(tap, mac, nd.version_1)),
                     &virtio::net::PCI_VMSTATE,
@@ -398,11 +396,7 @@ fn add_virtio_devices(
             }
             _ => bail!("{ty} is not implemented"),
         };
-        let queues = dev.queue_sizes().len() as u64;
-        let vectors = match d.props.uint("vectors").unwrap_or(u32::MAX as u64) {
-            v if v == u32::MAX as u64 => queues + 1,
-            v => v,
-        };
+        let vectors = d.props.uint("vectors").unwrap_or(virtio::pci::AUTO_VECTORS);
         let tc = TransportConfig {
             disable_legacy: match d.props.on_off_auto("disable-legacy") {
                 Some(OnOffAuto::On) => Some(true),

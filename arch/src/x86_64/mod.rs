@@ -2,6 +2,7 @@
 
 pub mod acpi;
 pub mod cpuid;
+pub mod elf;
 pub mod layout;
 pub mod linux;
 pub mod pvh;

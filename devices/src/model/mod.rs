@@ -20,6 +20,9 @@ pub enum Source {
     Compat(&'static str),
     Global,
     Device,
+    /// An `auto` setting resolved when the device is realized, from what
+    /// the board has (the reason, e.g. `-smp 4`).
+    Auto(String),
 }
 
 impl fmt::Display for Source {
@@ -29,6 +32,7 @@ impl fmt::Display for Source {
             Source::Compat(a) => write!(f, "compat:{a}"),
             Source::Global => write!(f, "global"),
             Source::Device => write!(f, "device"),
+            Source::Auto(why) => write!(f, "auto: {why}"),
         }
     }
 }
@@ -79,8 +83,12 @@ pub enum Error {
 pub struct Resolved {
     pub name: &'static str,
     pub kind: PropKind,
+    /// What the guest sees.
     pub value: Value,
     pub source: Source,
+    /// For a value resolved from an `auto` setting: the setting, and
+    /// where it came from.
+    pub setting: Option<(Value, Source)>,
 }
 
 /// Every property of a device, resolved.
@@ -93,6 +101,29 @@ pub struct Props {
 impl Props {
     pub fn get(&self, name: &str) -> Option<&Resolved> {
         self.values.iter().find(|r| r.name == name)
+    }
+    /// Replaces an automatic setting of `name` with the value the device
+    /// really has, keeping the setting beside it; `why` is where the value
+    /// came from. A property the type does not have is left alone.
+    pub fn resolve_auto(&mut self, name: &str, value: Value, why: String) {
+        let source = Source::Auto(why);
+        if let Some(r) = self.values.iter_mut().find(|r| r.name == name) {
+            let setting = std::mem::replace(&mut r.value, value);
+            let was = std::mem::replace(&mut r.source, source);
+            r.setting = Some((setting, was));
+        } else if let Some(decl) = types::properties(self.type_name)
+            .into_iter()
+            .find(|p| p.name == name)
+        {
+            // A property without a default (`addr`): nothing was set.
+            self.values.push(Resolved {
+                name: decl.name,
+                kind: decl.kind,
+                value,
+                source,
+                setting: None,
+            });
+        }
     }
     pub fn uint(&self, name: &str) -> Option<u64> {
         match self.get(name)?.value {
@@ -234,6 +265,7 @@ pub fn resolve(
                 kind: decl.kind,
                 value,
                 source,
+                setting: None,
             });
         }
     }

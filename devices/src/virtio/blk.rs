@@ -12,6 +12,9 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use vm_memory::GuestAddress;
 
+/// `num-queues` left at its default: one request queue per vCPU.
+pub const AUTO_QUEUES: u16 = 0xffff;
+
 const F_SEG_MAX: u64 = 1 << 2;
 const F_RO: u64 = 1 << 5;
 const F_BLK_SIZE: u64 = 1 << 6;

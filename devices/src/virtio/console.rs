@@ -6,6 +6,9 @@ use super::io;
 use super::*;
 use std::io::Write;
 
+/// Its queues: the console port's receive and transmit.
+pub const QUEUES: usize = 2;
+
 pub struct Console {
     out: Box<dyn Write + Send>,
     cols: u16,
@@ -32,7 +35,7 @@ impl VirtioDevice for Console {
     }
 
     fn queue_sizes(&self) -> Vec<u16> {
-        vec![128, 128]
+        vec![128; QUEUES]
     }
 
     fn config_read(&self, offset: u64, data: &mut [u8]) {

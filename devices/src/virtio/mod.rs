@@ -44,6 +44,58 @@ pub const NO_VECTOR: u16 = 0xffff;
 /// The largest queue a device may offer (split rings).
 pub const QUEUE_MAX: u16 = 1024;
 
+/// What a virtio-pci device's `auto` properties resolve against.
+#[derive(Clone, Copy, Debug)]
+pub struct Board {
+    pub vcpus: u8,
+    /// The device sits behind a PCIe root port, not on the root bus.
+    pub on_pcie_port: bool,
+    /// Which virtio-net device this is on the board, counting from 0.
+    pub nic: u8,
+}
+
+/// Replaces the `auto` settings of a virtio-pci device (`num-queues`,
+/// `vectors`, `disable-legacy`, `mac`) with the values its guest sees, as
+/// QEMU's realize does, so that `--print-config` and `qom-get` answer what
+/// the guest sees. The board builds the device from these values.
+pub fn resolve_auto(props: &mut crate::model::Props, board: &Board) {
+    use crate::model::property::{OnOffAuto, Value};
+    let queues = match props.type_name {
+        "virtio-blk-pci" => {
+            let n = props.uint("num-queues").unwrap_or(1);
+            if n == u64::from(blk::AUTO_QUEUES) {
+                let why = format!("-smp {}", board.vcpus);
+                props.resolve_auto("num-queues", Value::Uint(board.vcpus.into()), why);
+                u64::from(board.vcpus)
+            } else {
+                n
+            }
+        }
+        "virtio-net-pci" => net::QUEUES as u64,
+        "virtio-rng-pci" => rng::QUEUES as u64,
+        "virtio-serial-pci" => console::QUEUES as u64,
+        _ => return,
+    };
+    if props.uint("vectors") == Some(pci::AUTO_VECTORS) {
+        let why = format!("{queues} queue(s) + 1 for configuration changes");
+        props.resolve_auto("vectors", Value::Uint(queues + 1), why);
+    }
+    if props.on_off_auto("disable-legacy") == Some(OnOffAuto::Auto) {
+        let (v, why) = if board.on_pcie_port {
+            (OnOffAuto::On, "behind a PCIe root port")
+        } else {
+            (OnOffAuto::Off, "on the root bus")
+        };
+        props.resolve_auto("disable-legacy", Value::OnOffAuto(v), why.into());
+    }
+    if props.type_name == "virtio-net-pci" && props.str("mac").unwrap_or_default().is_empty() {
+        let mac = net::default_mac(board.nic);
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        let why = format!("virtio-net device {} of the board", board.nic);
+        props.resolve_auto("mac", Value::Str(mac), why);
+    }
+}
+
 /// Where a queue's doorbell lives, for KVM ioeventfds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Doorbell {

@@ -8,6 +8,15 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use virtio_queue::QueueOwnedT;
 
+/// Its queues: receive and transmit.
+pub const QUEUES: usize = 2;
+
+/// The MAC address of the board's `nic`-th virtio-net device when none is
+/// given: QEMU's 52:54:00:12:34:56 counting up.
+pub fn default_mac(nic: u8) -> [u8; 6] {
+    [0x52, 0x54, 0, 0x12, 0x34, 0x56u8.wrapping_add(nic)]
+}
+
 const F_MAC: u64 = 1 << 5;
 
 const RX: usize = 0;
@@ -157,7 +166,7 @@ impl VirtioDevice for Net {
     }
 
     fn queue_sizes(&self) -> Vec<u16> {
-        vec![256, 256]
+        vec![256; QUEUES]
     }
 
     fn config_read(&self, offset: u64, data: &mut [u8]) {

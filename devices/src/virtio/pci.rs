@@ -42,6 +42,10 @@ const CAP_OFF_NOTIFY: u16 = 0x70;
 const CAP_OFF_PCI_CFG: u16 = 0x84;
 const CAP_OFF_MSIX: u16 = 0x98;
 
+/// `vectors` left at its default: one per queue plus one for
+/// configuration changes.
+pub const AUTO_VECTORS: u64 = u32::MAX as u64;
+
 /// Transport properties of a virtio-pci device.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {

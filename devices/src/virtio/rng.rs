@@ -3,6 +3,9 @@
 use super::io;
 use super::*;
 
+/// Its queues: one request queue.
+pub const QUEUES: usize = 1;
+
 /// Bytes served per buffer at most (the driver asks again for more).
 const MAX_CHUNK: usize = 64 * 1024;
 
@@ -27,7 +30,7 @@ impl VirtioDevice for Rng {
     }
 
     fn queue_sizes(&self) -> Vec<u16> {
-        vec![256]
+        vec![256; QUEUES]
     }
 
     fn config_read(&self, _offset: u64, data: &mut [u8]) {

@@ -19,10 +19,12 @@ pub trait Target {
     fn machine(&self) -> &'static machine::MachineType;
     fn devices(&self) -> &[crate::config::DeviceConfig];
     fn pci(&self) -> Vec<PciInfo>;
-    /// `migrate` to a URI (file:PATH).
+    /// `migrate` to a URI: `file:PATH` (stop and save) or, live,
+    /// `tcp:HOST:PORT`, `unix:PATH`, `fd:NAME` (from `getfd`) or `fd:N`.
     fn migrate(&mut self, uri: &str) -> Result<(), QmpError>;
     fn query_migrate(&self) -> Value;
-    /// `migrate-incoming` (after `-incoming defer`).
+    /// `migrate-incoming` (after `-incoming defer`): `tcp:`, `unix:` or
+    /// `file:`.
     fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError>;
     fn migrate_cancel(&mut self) -> Result<(), QmpError>;
     fn migrate_set_parameters(&mut self, args: &Map<String, Value>) -> Result<(), QmpError>;

@@ -156,6 +156,11 @@ fn enable_msix(cfg: Cfg, f: &Func, vector: u8) -> bool {
     write32(entry + 8, vector as u32);
     write32(entry + 12, 0);
     let ctl = cfg.read16(f.bdf, cap + 2);
+    println!(
+        "virtio.{} msix table_size={}",
+        BdfFmt(f.bdf),
+        (ctl & 0x7ff) + 1
+    );
     cfg.write16(f.bdf, cap + 2, (ctl | 1 << 15) & !(1 << 14));
     read32(entry + 8) == vector as u32
 }

@@ -1,0 +1,450 @@
+//! ELF kernels booted through PVH: 32-bit or 64-bit ELF, every `PT_LOAD`
+//! segment copied to its physical address, the entry point taken from the
+//! Xen `XEN_ELFNOTE_PHYS32_ENTRY` note. The PVH ABI allows both ELF
+//! classes (the entry is 32-bit protected mode either way), as QEMU's
+//! `-kernel` does.
+
+use std::io::{Read, Seek, SeekFrom};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
+const EM_386: u16 = 3;
+const EM_X86_64: u16 = 62;
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+/// More program headers than any kernel has; bounds what a file can ask for.
+const MAX_PHDRS: usize = 512;
+/// Notes are small; a larger note segment is not a kernel's.
+const MAX_NOTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the kernel file")]
+    Read(#[source] std::io::Error),
+    #[error("the file is not an ELF")]
+    NotElf,
+    #[error("ELF class {0} is neither 1 (32-bit) nor 2 (64-bit)")]
+    Class(u8),
+    #[error("the ELF is big-endian; x86 kernels are little-endian")]
+    BigEndian,
+    #[error("the ELF is for machine {0}, not x86 ({EM_386}) or x86-64 ({EM_X86_64})")]
+    Machine(u16),
+    #[error("program header entries are {got} bytes; a {bits}-bit ELF has {want}")]
+    PhdrSize { bits: u32, got: u16, want: u16 },
+    #[error("the ELF has {0} program headers, more than the {MAX_PHDRS} vmm reads")]
+    TooManyPhdrs(usize),
+    #[error("segment {index} claims {filesz:#x} bytes of file but only {memsz:#x} of memory")]
+    FileLargerThanMemory {
+        index: usize,
+        filesz: u64,
+        memsz: u64,
+    },
+    #[error("segment {index} (address {addr:#x}, {size:#x} bytes) starts below {min:#x}, where vmm keeps the boot information")]
+    BelowKernelArea {
+        index: usize,
+        addr: u64,
+        size: u64,
+        min: u64,
+    },
+    #[error("segment {index} (address {addr:#x}, {size:#x} bytes) does not fit in the guest's {ram_mib} MiB of RAM ({ranges})")]
+    OutsideRam {
+        index: usize,
+        addr: u64,
+        size: u64,
+        ram_mib: u64,
+        ranges: String,
+    },
+    #[error(
+        "segment {index} (file offset {offset:#x}, {size:#x} bytes) lies past the end of the file"
+    )]
+    Truncated {
+        index: usize,
+        offset: u64,
+        size: u64,
+    },
+    #[error("the PVH entry note holds {0} bytes, not a 4- or 8-byte address")]
+    BadEntryNote(u32),
+    #[error("the PVH entry {0:#x} is above 4 GiB; the PVH entry runs in 32-bit mode")]
+    EntryAbove4G(u64),
+    #[error(
+        "the ELF has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY), which vmm needs to boot an ELF"
+    )]
+    NoPvhEntry,
+    #[error("cannot write segment {index} to guest memory")]
+    Write {
+        index: usize,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+/// A loaded kernel: where to enter it and the end of its highest segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub entry: u64,
+    pub end: u64,
+    /// 32 or 64.
+    pub bits: u32,
+}
+
+/// One program header, whichever the class.
+#[derive(Clone, Copy, Debug)]
+struct Phdr {
+    kind: u32,
+    offset: u64,
+    paddr: u64,
+    filesz: u64,
+    memsz: u64,
+    align: u64,
+}
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes([b[o], b[o + 1]])
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from(u32_at(b, o)) | u64::from(u32_at(b, o + 4)) << 32
+}
+
+fn read_at<F: Read + Seek>(f: &mut F, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
+}
+
+/// The class (32 or 64) and program headers of the ELF in `f`.
+fn program_headers<F: Read + Seek>(f: &mut F) -> Result<(u32, Vec<Phdr>), Error> {
+    let mut eh = [0u8; 64];
+    f.seek(SeekFrom::Start(0)).map_err(Error::Read)?;
+    let n = f.read(&mut eh).map_err(Error::Read)?;
+    if n < 52 || &eh[..4] != b"\x7fELF" {
+        return Err(Error::NotElf);
+    }
+    let bits = match eh[4] {
+        1 => 32,
+        2 if n == 64 => 64,
+        2 => return Err(Error::NotElf),
+        c => return Err(Error::Class(c)),
+    };
+    if eh[5] != 1 {
+        return Err(Error::BigEndian);
+    }
+    let machine = u16_at(&eh, 18);
+    if machine != EM_386 && machine != EM_X86_64 {
+        return Err(Error::Machine(machine));
+    }
+    let (phoff, phentsize, phnum, want) = if bits == 32 {
+        (
+            u64::from(u32_at(&eh, 28)),
+            u16_at(&eh, 42),
+            u16_at(&eh, 44),
+            32,
+        )
+    } else {
+        (u64_at(&eh, 32), u16_at(&eh, 54), u16_at(&eh, 56), 56)
+    };
+    if phentsize != want {
+        return Err(Error::PhdrSize {
+            bits,
+            got: phentsize,
+            want,
+        });
+    }
+    let phnum = phnum as usize;
+    if phnum > MAX_PHDRS {
+        return Err(Error::TooManyPhdrs(phnum));
+    }
+    let mut table = vec![0u8; phnum * want as usize];
+    read_at(f, phoff, &mut table).map_err(Error::Read)?;
+    let phdrs = table
+        .chunks_exact(want as usize)
+        .map(|p| {
+            if bits == 32 {
+                Phdr {
+                    kind: u32_at(p, 0),
+                    offset: u32_at(p, 4).into(),
+                    paddr: u32_at(p, 12).into(),
+                    filesz: u32_at(p, 16).into(),
+                    memsz: u32_at(p, 20).into(),
+                    align: u32_at(p, 28).into(),
+                }
+            } else {
+                Phdr {
+                    kind: u32_at(p, 0),
+                    offset: u64_at(p, 8),
+                    paddr: u64_at(p, 24),
+                    filesz: u64_at(p, 32),
+                    memsz: u64_at(p, 40),
+                    align: u64_at(p, 48),
+                }
+            }
+        })
+        .collect();
+    Ok((bits, phdrs))
+}
+
+/// The PVH entry in a `PT_NOTE` segment's bytes, if it holds one. Notes
+/// are aligned to 4 bytes, or 8 where the segment says so (gABI ELF64).
+fn pvh_entry(notes: &[u8], align: u64) -> Result<Option<u64>, Error> {
+    let align = if align == 8 { 8 } else { 4 };
+    let up = |x: usize| x.div_ceil(align) * align;
+    let mut o = 0usize;
+    while o + 12 <= notes.len() {
+        let (namesz, descsz, kind) = (
+            u32_at(notes, o) as usize,
+            u32_at(notes, o + 4) as usize,
+            u32_at(notes, o + 8),
+        );
+        let name = o + 12;
+        let desc = name.saturating_add(up(namesz));
+        let next = desc.saturating_add(up(descsz));
+        if next > notes.len() {
+            break;
+        }
+        if kind == XEN_ELFNOTE_PHYS32_ENTRY && &notes[name..name + namesz] == b"Xen\0" {
+            let entry = match descsz {
+                4 => u64::from(u32_at(notes, desc)),
+                8 => u64_at(notes, desc),
+                n => return Err(Error::BadEntryNote(n as u32)),
+            };
+            if entry > u64::from(u32::MAX) {
+                return Err(Error::EntryAbove4G(entry));
+            }
+            return Ok(Some(entry));
+        }
+        o = next;
+    }
+    Ok(None)
+}
+
+fn ram_ranges<M: GuestMemoryBackend>(mem: &M) -> (u64, String) {
+    let mut total = 0;
+    let ranges: Vec<String> = mem
+        .iter()
+        .map(|r| {
+            total += r.len();
+            format!(
+                "{:#x}-{:#x}",
+                r.start_addr().0,
+                r.start_addr().0 + r.len() - 1
+            )
+        })
+        .collect();
+    (total >> 20, format!("RAM at {}", ranges.join(", ")))
+}
+
+/// Loads the ELF kernel in `f` into `mem`, whose memory is fresh: the
+/// part of a segment past its file bytes (its bss) is left as it is, zero.
+/// Segments start at `min_addr` or above.
+pub fn load<F: Read + Seek, M: GuestMemoryBackend>(
+    mem: &M,
+    f: &mut F,
+    min_addr: u64,
+) -> Result<Loaded, Error> {
+    let (bits, phdrs) = program_headers(f)?;
+    let file_len = f.seek(SeekFrom::End(0)).map_err(Error::Read)?;
+    let mut entry = None;
+    let mut end = 0;
+    for (index, p) in phdrs.iter().enumerate() {
+        let in_file = p
+            .offset
+            .checked_add(p.filesz)
+            .is_some_and(|e| e <= file_len);
+        match p.kind {
+            PT_NOTE if entry.is_none() && p.filesz <= MAX_NOTES && in_file => {
+                let mut notes = vec![0u8; p.filesz as usize];
+                read_at(f, p.offset, &mut notes).map_err(Error::Read)?;
+                entry = pvh_entry(&notes, p.align)?;
+            }
+            PT_LOAD if p.memsz > 0 => {
+                if p.filesz > p.memsz {
+                    return Err(Error::FileLargerThanMemory {
+                        index,
+                        filesz: p.filesz,
+                        memsz: p.memsz,
+                    });
+                }
+                if p.paddr < min_addr {
+                    return Err(Error::BelowKernelArea {
+                        index,
+                        addr: p.paddr,
+                        size: p.memsz,
+                        min: min_addr,
+                    });
+                }
+                if !mem.check_range(GuestAddress(p.paddr), p.memsz as usize) {
+                    let (ram_mib, ranges) = ram_ranges(mem);
+                    return Err(Error::OutsideRam {
+                        index,
+                        addr: p.paddr,
+                        size: p.memsz,
+                        ram_mib,
+                        ranges,
+                    });
+                }
+                if !in_file {
+                    return Err(Error::Truncated {
+                        index,
+                        offset: p.offset,
+                        size: p.filesz,
+                    });
+                }
+                let mut data = vec![0u8; p.filesz as usize];
+                read_at(f, p.offset, &mut data).map_err(Error::Read)?;
+                mem.write_slice(&data, GuestAddress(p.paddr))
+                    .map_err(|source| Error::Write { index, source })?;
+                end = end.max(p.paddr + p.memsz);
+            }
+            _ => {}
+        }
+    }
+    let entry = entry.ok_or(Error::NoPvhEntry)?;
+    Ok(Loaded { entry, end, bits })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use vm_memory::GuestMemoryMmap;
+
+    /// An ELF of `bits` with one PT_LOAD (`code` at `paddr`, `bss` more
+    /// bytes of memory) and the PVH note naming `entry` (`entry_len` bytes).
+    fn elf(bits: u32, paddr: u64, code: &[u8], bss: u64, entry: u64, entry_len: u32) -> Vec<u8> {
+        let (ehsize, phsize) = if bits == 32 { (52, 32) } else { (64, 56) };
+        let mut note = vec![];
+        note.extend_from_slice(&4u32.to_le_bytes());
+        note.extend_from_slice(&entry_len.to_le_bytes());
+        note.extend_from_slice(&XEN_ELFNOTE_PHYS32_ENTRY.to_le_bytes());
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&entry.to_le_bytes()[..entry_len as usize]);
+        let note_off = ehsize + 2 * phsize;
+        let code_off = note_off + note.len();
+        let mut f = vec![0u8; ehsize];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = if bits == 32 { 1 } else { 2 };
+        f[5] = 1;
+        f[6] = 1;
+        let machine = if bits == 32 { EM_386 } else { EM_X86_64 };
+        f[18..20].copy_from_slice(&machine.to_le_bytes());
+        let phdr = |kind: u32, off: usize, addr: u64, filesz: usize, memsz: u64, align: u64| {
+            let mut p = vec![0u8; phsize];
+            p[..4].copy_from_slice(&kind.to_le_bytes());
+            if bits == 32 {
+                p[4..8].copy_from_slice(&(off as u32).to_le_bytes());
+                p[8..12].copy_from_slice(&(addr as u32).to_le_bytes());
+                p[12..16].copy_from_slice(&(addr as u32).to_le_bytes());
+                p[16..20].copy_from_slice(&(filesz as u32).to_le_bytes());
+                p[20..24].copy_from_slice(&(memsz as u32).to_le_bytes());
+                p[28..32].copy_from_slice(&(align as u32).to_le_bytes());
+            } else {
+                p[8..16].copy_from_slice(&(off as u64).to_le_bytes());
+                p[16..24].copy_from_slice(&addr.to_le_bytes());
+                p[24..32].copy_from_slice(&addr.to_le_bytes());
+                p[32..40].copy_from_slice(&(filesz as u64).to_le_bytes());
+                p[40..48].copy_from_slice(&memsz.to_le_bytes());
+                p[48..56].copy_from_slice(&align.to_le_bytes());
+            }
+            p
+        };
+        if bits == 32 {
+            f[28..32].copy_from_slice(&(ehsize as u32).to_le_bytes());
+            f[42..44].copy_from_slice(&(phsize as u16).to_le_bytes());
+            f[44..46].copy_from_slice(&2u16.to_le_bytes());
+        } else {
+            f[32..40].copy_from_slice(&(ehsize as u64).to_le_bytes());
+            f[54..56].copy_from_slice(&(phsize as u16).to_le_bytes());
+            f[56..58].copy_from_slice(&2u16.to_le_bytes());
+        }
+        f.extend(phdr(
+            1, // PT_LOAD, as the gABI numbers it
+            code_off,
+            paddr,
+            code.len(),
+            code.len() as u64 + bss,
+            0x1000,
+        ));
+        f.extend(phdr(
+            4, /* PT_NOTE */
+            note_off,
+            0,
+            note.len(),
+            note.len() as u64,
+            4,
+        ));
+        f.extend(note);
+        f.extend_from_slice(code);
+        f
+    }
+
+    fn ram(mib: usize) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mib << 20)]).unwrap()
+    }
+
+    #[test]
+    fn both_classes_load_their_segments_and_pvh_entry() {
+        for (bits, entry_len) in [(32, 4), (64, 4), (64, 8)] {
+            let mem = ram(4);
+            let image = elf(bits, 0x10_0000, b"kernel!", 0x100, 0x10_0004, entry_len);
+            let l = load(&mem, &mut Cursor::new(image), 0x10_0000).unwrap();
+            assert_eq!(
+                l,
+                Loaded {
+                    entry: 0x10_0004,
+                    end: 0x10_0000 + 7 + 0x100,
+                    bits
+                }
+            );
+            let mut got = [0u8; 7];
+            mem.read_slice(&mut got, GuestAddress(0x10_0000)).unwrap();
+            assert_eq!(&got, b"kernel!");
+        }
+    }
+
+    #[test]
+    fn a_segment_outside_ram_is_named_with_the_ram_size() {
+        let mem = ram(2);
+        let image = elf(32, 0x80_0000, b"far", 0x1000, 0x80_0000, 4);
+        let e = load(&mem, &mut Cursor::new(image), 0x10_0000)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "segment 0 (address 0x800000, 0x1003 bytes) does not fit in the guest's 2 MiB of RAM (RAM at 0x0-0x1fffff)"
+        );
+        // The bss counts: file bytes in RAM, the rest past its end.
+        let image = elf(64, 0x1f_f000, b"x", 0x2000, 0x1f_f000, 4);
+        assert!(matches!(
+            load(&mem, &mut Cursor::new(image), 0x10_0000),
+            Err(Error::OutsideRam { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_kernels_say_what_is_wrong() {
+        let mem = ram(4);
+        let good = elf(32, 0x10_0000, b"k", 0, 0x10_0000, 4);
+        let case = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut image = good.clone();
+            f(&mut image);
+            load(&mem, &mut Cursor::new(image), 0x10_0000)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(case(&|i| i[0] = b'X').contains("not an ELF"));
+        assert!(case(&|i| i[4] = 3).contains("class 3"));
+        assert!(case(&|i| i[5] = 2).contains("big-endian"));
+        assert!(case(&|i| i[18] = 40).contains("machine 40"));
+        assert!(case(&|i| i[42] = 56).contains("56 bytes; a 32-bit ELF has 32"));
+        // The note's type is no longer PHYS32_ENTRY.
+        assert!(case(&|i| i[52 + 64 + 8] = 17).contains("no PVH entry note"));
+        // The PT_LOAD's file part ends past the end of the file.
+        assert!(case(&|i| i.truncate(i.len() - 1)).contains("past the end of the file"));
+        let low = elf(64, 0x1000, b"k", 0, 0x1000, 4);
+        let e = load(&mem, &mut Cursor::new(low), 0x10_0000).unwrap_err();
+        assert!(e.to_string().contains("below 0x100000"), "{e}");
+    }
+}
