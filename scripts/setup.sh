@@ -9,9 +9,19 @@ python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 # ip and ss: taps, bridges and network namespaces for the virtio-net and
 # live-migration tests.
 command -v ip >/dev/null && command -v ss >/dev/null || need+=(iproute2)
-if [ ${#need[@]} -gt 0 ]; then
+# The Linux guest (scripts/guest/build-linux.sh) unpacks Debian's kernel
+# and packs an initramfs: installed here, before any test runs, since tests
+# build it concurrently.
+command -v cpio >/dev/null || need+=(cpio)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v zstd >/dev/null || need+=(zstd)
+command -v flock >/dev/null || need+=(util-linux)
+# The Linux guest downloads Debian's kernel package: the lists must know it.
+if [ ${#need[@]} -gt 0 ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+fi
+if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest

@@ -3,19 +3,27 @@
 # (bzImage, and the uncompressed ELF vmlinux extracted from it, which PVH
 # loaders boot directly) and a busybox initramfs whose /init prints a
 # marker, runs the command from `vmm.cmd=` on the kernel command line and
-# powers off. Cached in build/linux-guest/; the package versions used are
-# written to build/linux-guest/VERSIONS.
+# powers off. Cached in build/linux-guest/ (or $VMM_LINUX_GUEST_DIR); the
+# package versions used are written to VERSIONS there, last.
+#
+# Tests run it concurrently: one builds while the others wait on a lock,
+# then find the cache. It installs nothing: scripts/setup.sh does.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
-out="$top/build/linux-guest"
+out="${VMM_LINUX_GUEST_DIR:-$top/build/linux-guest}"
 mkdir -p "$out"
+exec 9>"$out/.lock"
+flock 9
 if [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.cpio.gz" ] && grep -q '^virtio_modules=' "$out/VERSIONS" 2>/dev/null; then
+    echo "linux guest: cached in $out" >&2
     echo "$out"
     exit 0
 fi
-for tool in cpio xz apt-get dpkg-deb; do
-    command -v "$tool" >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpio xz-utils >/dev/null; break; }
+for tool in cpio xz gzip apt-get dpkg-deb; do
+    command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/setup.sh" >&2; exit 1; }
 done
+echo "linux guest: building in $out" >&2
+rm -f "$out/VERSIONS"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 chmod 755 "$work"

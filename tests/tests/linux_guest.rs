@@ -21,6 +21,53 @@ fn linux_guest() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// Two tests build the Linux guest at once on a fresh machine: one builds,
+/// the other waits for it and finds the cache (before, both ran apt-get
+/// and one lost the dpkg lock, or read an initramfs the other was still
+/// writing).
+#[test]
+fn concurrent_builds_share_one_build() {
+    let cache = vmm_tests::TempDir::new("linux-cache");
+    let build = || {
+        std::process::Command::new(vmm_tests::workspace().join("scripts/guest/build-linux.sh"))
+            .env("VMM_LINUX_GUEST_DIR", &cache.0)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run scripts/guest/build-linux.sh")
+    };
+    let (a, b) = (build(), build());
+    let outs = [a, b].map(|c| c.wait_with_output().expect("wait for build-linux.sh"));
+    let mut built = 0;
+    for o in &outs {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "a concurrent build failed: {err}");
+        assert_eq!(
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+            cache.0,
+            "{err}"
+        );
+        built += err.contains("linux guest: building") as usize;
+        assert!(
+            err.contains("linux guest: building") || err.contains("linux guest: cached"),
+            "{err}"
+        );
+    }
+    assert_eq!(built, 1, "the guest was built {built} times");
+    for f in ["vmlinux", "initramfs.cpio.gz", "VERSIONS"] {
+        let len = std::fs::metadata(cache.path(f))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(len > 0, "{f} missing or empty");
+    }
+    let gz = std::process::Command::new("gzip")
+        .arg("-t")
+        .arg(cache.path("initramfs.cpio.gz"))
+        .status()
+        .expect("gzip -t");
+    assert!(gz.success(), "the initramfs is not a whole gzip stream");
+}
+
 fn is_pvm() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
 }

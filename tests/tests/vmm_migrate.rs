@@ -609,19 +609,53 @@ fn seed_chain_keeps_num_queues_on_pc_q35_5_1() {
     }
 }
 
-/// The companion tool: `vmmctl --qmp SOCKET migrate URI` shows progress
-/// and a summary; `status` tells where the VM stands.
+/// A number written just before `unit` in `line` ("12.5 MiB sent").
+fn figure(line: &str, unit: &str) -> f64 {
+    let at = line
+        .find(unit)
+        .unwrap_or_else(|| panic!("no '{unit}' in {line:?}"));
+    line[..at]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no figure before '{unit}' in {line:?}"))
+}
+
+/// The companion tool: `vmmctl --qmp SOCKET migrate URI` draws the
+/// progress of a guest with 192 MiB written as it moves (never a bar of
+/// zeros), ends on the final figures and a summary; `status` tells where
+/// the VM stands.
 #[test]
 fn vmmctl_migrate_shows_progress_and_summary() {
     let dir = TempDir::new("mig-vmmctl");
-    let src = start(&dir, "src", &[]);
+    let node = |name: &str, extra: &[&str]| {
+        let (mut v, sock) = vmm(&dir, name, extra);
+        for a in v.args.iter_mut().filter(|a| *a == "256M") {
+            *a = "512M".into();
+        }
+        v.append = GUEST.replace("mem_mb=64", "mem_mb=192");
+        let n = Node {
+            vm: v.spawn(name),
+            sock,
+        };
+        n.qmp();
+        n
+    };
+    let src = node("src", &[]);
     src.vm.wait_prefix("mem.filled", BOOT);
-    let port = free_port();
-    let mut dst = start(
-        &dir,
-        "dst",
-        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    // Slow enough that RAM takes over a second, so the bar is drawn while
+    // it moves; auto-converge so the guest cannot outrun the cap.
+    let mut q = src.qmp();
+    q.execute(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 150_000_000u64}),
     );
+    q.execute(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "auto-converge", "state": true}]}),
+    );
+    let port = free_port();
+    let mut dst = node("dst", &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
     let vmmctl = vmm_tests::vmm::binary().with_file_name("vmmctl");
     let sock = src.sock.display().to_string();
     let out = Command::new(&vmmctl)
@@ -635,9 +669,23 @@ fn vmmctl_migrate_shows_progress_and_summary() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let bars: Vec<&str> = text.lines().filter(|l| l.starts_with('[')).collect();
+    assert!(bars.len() >= 2, "no progress drawn while moving:\n{text}");
+    let sent: Vec<f64> = bars.iter().map(|l| figure(l, "MiB sent")).collect();
+    assert!(sent.iter().all(|&s| s > 0.0), "a bar of zeros:\n{text}");
     assert!(
-        text.lines()
-            .any(|l| l.starts_with('[') && l.contains("MiB") && l.contains("pass")),
+        sent.windows(2).all(|w| w[0] <= w[1]),
+        "sent went backwards:\n{text}"
+    );
+    // The guest wrote 192 MiB: at least that much moved.
+    let last = bars.last().unwrap();
+    assert!(sent[sent.len() - 1] >= 192.0, "{text}");
+    assert!(
+        last.contains("100%") && figure(last, "MiB left") == 0.0,
+        "the bar does not end full: {last}"
+    );
+    assert!(
+        bars[..bars.len() - 1].iter().any(|l| !l.contains("100%")),
         "{text}"
     );
     let summary = text
@@ -648,6 +696,7 @@ fn vmmctl_migrate_shows_progress_and_summary() {
         summary.contains("downtime") && summary.contains("MiB sent"),
         "{summary}"
     );
+    assert_eq!(figure(summary, "MiB sent"), sent[sent.len() - 1], "{text}");
     let out = Command::new(&vmmctl)
         .args(["--qmp", &sock, "status"])
         .output()

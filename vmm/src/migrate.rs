@@ -594,6 +594,18 @@ pub struct Progress {
     pub cancel: AtomicBool,
 }
 
+impl Progress {
+    /// One dirty page handed to the connection: `remaining` counts down
+    /// through a pass, so progress shows while the pass runs.
+    fn page_sent(&self) {
+        let _ = self
+            .remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(PAGE_SIZE as u64))
+            });
+    }
+}
+
 /// Messages from the migration thread to the main loop.
 pub enum Msg {
     /// RAM is close enough: stop the VM and hand over every device's state
@@ -1054,6 +1066,7 @@ impl Source {
             let bits = &dirty[ri];
             let start = r.start_addr().0;
             let pages = set_bits(bits, bytes.len() / PAGE_SIZE).map(|i| {
+                p.page_sent();
                 (
                     crate::snapshot::RAM_BLOCK,
                     block_offset(self.ram, start, i),
@@ -1126,6 +1139,7 @@ impl Source {
                     scope.spawn(move || -> std::io::Result<()> {
                         let mut g = Gather::new();
                         for (off, d) in pages {
+                            p.page_sent();
                             if crate::snapshot::is_zero(d) {
                                 p.duplicate.fetch_add(1, Ordering::Relaxed);
                                 g.head(&(off | CH_ZERO).to_be_bytes());

@@ -71,24 +71,40 @@ fn mib(v: &Value) -> f64 {
     v.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64
 }
 
-/// One progress line: a bar of transferred/total and the rates.
+/// One progress line: how much of the work known so far is done (bytes
+/// sent against bytes sent plus the dirty bytes still to send, so the bar
+/// fills as a pass runs and ends full), the rate and the pass.
 fn progress_line(m: &Value) -> String {
     let ram = &m["ram"];
-    let total = ram["total"].as_u64().unwrap_or(0).max(1);
     let sent = ram["transferred"].as_u64().unwrap_or(0);
-    let frac = (sent as f64 / total as f64).min(1.0);
+    let left = ram["remaining"].as_u64().unwrap_or(0);
+    let frac = if sent + left == 0 {
+        0.0
+    } else {
+        sent as f64 / (sent + left) as f64
+    };
     let width = 30;
-    let full = (frac * width as f64) as usize;
+    let full = (frac * width as f64).round() as usize;
+    // The last pass's measured rate; during the first, the average so far.
+    let rate = match ram["mbps"].as_f64() {
+        Some(mbps) if mbps > 0.0 => mbps / 8.0,
+        _ => match m["total-time"].as_u64() {
+            Some(ms) if ms > 0 => sent as f64 / 1e3 / ms as f64,
+            _ => 0.0,
+        },
+    };
     format!(
-        "[{}{}] {:>7.1}/{:.0} MiB  {:>7.1} MB/s  pass {}  dirty {} pages/s  remaining {:.1} MiB{}",
+        "[{}{}] {:>3.0}%  {:.1} MiB sent, {:.1} MiB left  {:.1} MB/s  pass {}  dirty {} pages/s  ({:.0} MiB guest){}",
         "#".repeat(full),
         " ".repeat(width - full),
+        frac * 100.0,
         mib(&ram["transferred"]),
-        mib(&ram["total"]),
-        ram["mbps"].as_f64().unwrap_or(0.0) / 8.0,
-        ram["dirty-sync-count"].as_u64().unwrap_or(0),
-        ram["dirty-pages-rate"].as_u64().unwrap_or(0),
         mib(&ram["remaining"]),
+        rate,
+        // Passes done, and the one under way while the migration is active.
+        ram["dirty-sync-count"].as_u64().unwrap_or(0) + u64::from(m["status"] == "active"),
+        ram["dirty-pages-rate"].as_u64().unwrap_or(0),
+        mib(&ram["total"]),
         m["cpu-throttle-percentage"]
             .as_u64()
             .map(|t| format!("  throttle {t}%"))
@@ -101,24 +117,28 @@ fn migrate(sock: &str, uri: &str) -> Result<i32> {
     q.cmd("migrate", json!({ "uri": uri }))?;
     let tty = std::io::stdout().is_terminal();
     let t0 = Instant::now();
-    let mut last_print = Instant::now() - Duration::from_secs(1);
+    let mut last_print: Option<Instant> = None;
+    let mut last_warning: Option<Instant> = None;
     let m = loop {
         let m = q.cmd("query-migrate", json!({}))?;
         let status = m["status"].as_str().unwrap_or("").to_string();
         if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
             break m;
         }
+        // Nothing to draw until RAM moves (setup, or the first sample).
+        let moving = m["ram"]["transferred"].as_u64().unwrap_or(0) > 0;
         // A terminal gets a bar redrawn in place; a pipe a line a second.
-        if tty {
+        if moving && tty {
             print!("\r{}", progress_line(&m));
             std::io::stdout().flush()?;
-        } else if last_print.elapsed() >= Duration::from_secs(1) {
+        } else if moving && last_print.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             println!("{}", progress_line(&m));
-            last_print = Instant::now();
+            last_print = Some(Instant::now());
         }
         if let Some(why) = m["not-converging"].as_str() {
-            if last_print.elapsed() >= Duration::from_secs(1) && tty {
-                eprintln!("\nnot converging: {why}");
+            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                eprintln!("{}not converging: {why}", if tty { "\n" } else { "" });
+                last_warning = Some(Instant::now());
             }
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -126,8 +146,9 @@ fn migrate(sock: &str, uri: &str) -> Result<i32> {
             return Err(anyhow!("gave up waiting"));
         }
     };
-    if tty {
-        println!("\r{}", progress_line(&m));
+    // The final figures, however short the migration was.
+    if m.get("ram").is_some() {
+        println!("{}{}", if tty { "\r" } else { "" }, progress_line(&m));
     }
     let status = m["status"].as_str().unwrap_or("");
     println!(
