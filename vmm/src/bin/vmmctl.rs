@@ -125,8 +125,13 @@ fn migrate(sock: &str, uri: &str) -> Result<i32> {
         if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
             break m;
         }
-        // Nothing to draw until RAM moves (setup, or the first sample).
-        let moving = m["ram"]["transferred"].as_u64().unwrap_or(0) > 0;
+        // Nothing to draw until the first pass knows its dirty pages and
+        // RAM moves: before, only the stream's header has gone out.
+        let ram = &m["ram"];
+        let moving = status == "active"
+            && ram["transferred"].as_u64().unwrap_or(0) > 0
+            && (ram["remaining"].as_u64().unwrap_or(0) > 0
+                || ram["dirty-sync-count"].as_u64().unwrap_or(0) > 0);
         // A terminal gets a bar redrawn in place; a pipe a line a second.
         if moving && tty {
             print!("\r{}", progress_line(&m));
