@@ -17,11 +17,16 @@
 //!   and read straight into it ([`stream::RamSink`]).
 //! * [`analyze`]: decodes any stream from its own trailing description,
 //!   like QEMU's `analyze-migration.py` (`vmmctl analyze-migration`).
+//! * [`uri`]: where a migration goes (`tcp:`, `unix:`, `fd:`, `file:`).
+//! * [`protocol`]: the handshake lines beside the stream (SYNC, LOADED,
+//!   GO, RUNNING, ERR), parsed and spelled in one place.
 //! * [`compat`]: compares two `-dump-vmstate` dumps and lists every change
 //!   that breaks migration, like QEMU's `vmstate-static-checker.py`
 //!   (`vmmctl vmstate-check`).
 
 pub mod analyze;
 pub mod compat;
+pub mod protocol;
 pub mod stream;
+pub mod uri;
 pub mod vmstate;

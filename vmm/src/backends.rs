@@ -2,8 +2,8 @@
 //! files), `-netdev tap`, `-chardev file|null`. Parsed and cross-checked
 //! against the `-device`s that use them before anything is created.
 
-use crate::config::DeviceConfig;
 use anyhow::{anyhow, bail, Result};
+use devices::model::Props;
 use std::path::PathBuf;
 
 /// A disk image.
@@ -179,9 +179,9 @@ fn parse_chardev(opt: &str) -> Result<Chardev> {
     Ok(Chardev { id, kind })
 }
 
-/// Parses every backend option and checks that each device's backend
-/// exists and is used once.
-pub fn parse(a: &crate::cli::Args, devices: &[DeviceConfig]) -> Result<Backends> {
+/// Parses every backend option and checks that each device (by its
+/// resolved properties) names a backend that exists, and is its only user.
+pub fn parse(a: &crate::cli::Args, devices: &[&Props]) -> Result<Backends> {
     let mut b = Backends::default();
     for d in &a.drive {
         b.drives.push(parse_drive(d)?);
@@ -210,10 +210,10 @@ pub fn parse(a: &crate::cli::Args, devices: &[DeviceConfig]) -> Result<Backends>
     let mut used: Vec<(&str, String)> = vec![];
     let mut serial_buses = devices
         .iter()
-        .filter(|d| d.props.type_name == "virtio-serial-pci")
+        .filter(|d| d.type_name == "virtio-serial-pci")
         .count();
     for d in devices {
-        let (kind, prop, known): (&str, &str, Vec<&str>) = match d.props.type_name {
+        let (kind, prop, known): (&str, &str, Vec<&str>) = match d.type_name {
             "virtio-blk-pci" => (
                 "drive",
                 "drive",
@@ -237,14 +237,14 @@ pub fn parse(a: &crate::cli::Args, devices: &[DeviceConfig]) -> Result<Backends>
             }
             _ => continue,
         };
-        let id = d.props.str(prop).unwrap_or_default();
+        let id = d.str(prop).unwrap_or_default();
         if id.is_empty() {
-            bail!("{} needs {prop}=ID naming a -{kind}", d.props.type_name);
+            bail!("{} needs {prop}=ID naming a -{kind}", d.type_name);
         }
         if !known.contains(&id.as_str()) {
             bail!(
                 "{}: {prop} '{id}' not found; the -{kind}s given are: {}",
-                d.props.type_name,
+                d.type_name,
                 if known.is_empty() {
                     "none".to_string()
                 } else {

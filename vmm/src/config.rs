@@ -323,7 +323,8 @@ pub fn from_args(a: Args) -> Result<Action> {
         Ok(d) => d,
         Err(help) => return Ok(Action::Print(help)),
     };
-    let backends = crate::backends::parse(&a, &devices)?;
+    let props: Vec<&Props> = devices.iter().map(|d| &d.props).collect();
+    let backends = crate::backends::parse(&a, &props)?;
     let memory = parse_size(&a.memory)?;
     if memory < MIN_MEMORY {
         bail!(
@@ -399,7 +400,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         incoming: match a.incoming.as_deref() {
             None => None,
             Some("defer") => Some(Incoming::Defer),
-            Some(u) => match crate::migrate::parse_uri(u) {
+            Some(u) => match u.parse::<crate::migrate::Uri>() {
                 Ok(crate::migrate::Uri::File(p)) => Some(Incoming::File(p)),
                 Ok(l @ (crate::migrate::Uri::Tcp(_) | crate::migrate::Uri::Unix(_))) => Some(Incoming::Listen(l)),
                 _ => bail!("invalid -incoming '{u}': expected tcp:HOST:PORT, unix:PATH, file:PATH or defer"),

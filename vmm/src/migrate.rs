@@ -25,9 +25,10 @@
 //! leaves the guest paused on both sides (never running on both), as QEMU.
 
 use crate::hypervisor::Vm;
-use crate::vm::GuestMemoryMmap;
 use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::layout;
+use devices::virtio::Memory as GuestMemoryMmap;
+use migration::protocol::{wall_us, Line};
 use migration::stream::{Gather, Writer, PAGE_SIZE};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -155,7 +156,8 @@ impl Conn {
         Ok((String::from_utf8_lossy(&line).trim_end().to_string(), at))
     }
 
-    /// Bytes waiting to be read, without blocking (the peer's ERR line).
+    /// The reason of an `ERR` line waiting to be read, without blocking
+    /// and without consuming it.
     fn pending(&self) -> Option<String> {
         let fd = match self {
             Conn::Tcp(s) => s.as_raw_fd(),
@@ -174,7 +176,10 @@ impl Conn {
         };
         // Only a refusal counts (SYNC answers are read by the handshake).
         let text = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
-        text.find("ERR ").map(|i| text[i..].to_string())
+        text.lines().find_map(|l| match Line::parse(l) {
+            Ok(Line::Err(why)) => Some(why),
+            _ => None,
+        })
     }
 }
 
@@ -244,47 +249,14 @@ const QUICK_FINISH_MS: u64 = 2;
 /// Socket buffer size for migration connections (the kernel doubles it).
 const SOCKET_BUFFER: libc::c_int = 256 << 10;
 
-/// A migration address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Uri {
-    Tcp(String),
-    Unix(std::path::PathBuf),
-    /// A descriptor passed with `getfd` (by name), or an inherited one (a
-    /// number).
-    Fd(String),
-    File(std::path::PathBuf),
-}
+pub use migration::uri::Uri;
 
-pub fn parse_uri(uri: &str) -> Result<Uri> {
-    let bad = || {
-        anyhow!(
-            "invalid migration URI '{uri}': expected tcp:HOST:PORT, unix:PATH, fd:N or file:PATH"
-        )
-    };
-    let (scheme, rest) = uri.split_once(':').ok_or_else(bad)?;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    Ok(match scheme {
-        "tcp" => {
-            if !rest.contains(':') {
-                return Err(bad());
-            }
-            Uri::Tcp(rest.to_string())
-        }
-        "unix" => Uri::Unix(rest.into()),
-        "fd" => Uri::Fd(rest.to_string()),
-        "file" => Uri::File(rest.into()),
-        _ => return Err(bad()),
-    })
-}
-
-/// The source's side: connects (within [`LINK_TIMEOUT`]).
 /// A socket passed with `getfd`, as a connection.
 pub fn conn_from_fd(fd: std::os::fd::OwnedFd) -> Conn {
     Conn::Unix(UnixStream::from(fd))
 }
 
+/// The source's side: connects (within [`LINK_TIMEOUT`]).
 pub fn connect(uri: &Uri) -> Result<Conn> {
     match uri {
         Uri::Tcp(a) => {
@@ -410,7 +382,7 @@ const CHANNEL_MAGIC: &[u8; 8] = b"VMMMFD01";
 const CH_DATA: u64 = 1;
 const CH_ZERO: u64 = 2;
 const CH_END: u64 = u64::MAX;
-/// Answered with "SYNC\n" on the channel once everything before it is in.
+/// Answered with [`Line::Sync`] on the channel once everything before it is in.
 const CH_SYNC: u64 = u64::MAX - 1;
 
 /// Writes one channel's pages into guest memory until its END.
@@ -438,7 +410,7 @@ fn receive_channel(
         }
         if h == CH_SYNC {
             answer
-                .write_all(b"SYNC\n")
+                .write_all(&Line::Sync.encode())
                 .map_err(|e| format!("multifd channel: {e}"))?;
             continue;
         }
@@ -881,15 +853,12 @@ impl Source {
                         w.ram_pages(id, false, [])?;
                         w.flush()?;
                         self.conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-                        loop {
-                            let l = read_line(&mut lines)
-                                .context("waiting for the destination to catch up")?;
-                            if let Some(why) = l.strip_prefix("ERR ") {
-                                bail!("the destination refused the stream: {why}");
-                            }
-                            if l == "SYNC" {
-                                break;
-                            }
+                        let l = read_line(&mut lines)
+                            .context("waiting for the destination to catch up")?;
+                        match Line::parse(&l)? {
+                            Line::Sync => {}
+                            Line::Err(why) => bail!("the destination refused the stream: {why}"),
+                            other => bail!("the destination answered {other} instead of SYNC"),
                         }
                     } else {
                         // Each channel: a SYNC record, answered when the
@@ -902,7 +871,7 @@ impl Source {
                         for conn in &self.channels {
                             let l = read_line(&mut BufReader::new(conn.try_clone()?))
                                 .context("waiting for a multifd channel to catch up")?;
-                            if l != "SYNC" {
+                            if Line::parse(&l) != Ok(Line::Sync) {
                                 bail!("a multifd channel answered '{l}' instead of SYNC");
                             }
                         }
@@ -993,14 +962,15 @@ impl Source {
         conn.set_read_timeout(Some(Duration::from_secs(30)))?;
         let answer = loop {
             let l = read_line(&mut lines).context("the destination did not confirm the stream")?;
-            if l != "SYNC" {
-                break l;
+            match Line::parse(&l)? {
+                Line::Sync => continue,
+                other => break other,
             }
         };
-        match answer.strip_prefix("ERR ") {
-            Some(why) => bail!("the destination refused the stream: {why}"),
-            None if answer == "LOADED" => {}
-            None => bail!("the destination answered '{answer}' instead of LOADED"),
+        match answer {
+            Line::Loaded => {}
+            Line::Err(why) => bail!("the destination refused the stream: {why}"),
+            other => bail!("the destination answered {other} instead of LOADED"),
         }
         log::debug!(
             "downtime: LOADED at +{} us",
@@ -1013,7 +983,7 @@ impl Source {
         let paused_wall = std::time::SystemTime::now() - devices.paused_at.elapsed();
         let stamped = lines.buffer().is_empty() && conn.stamp_arrivals();
         let mut go = conn.try_clone()?;
-        go.write_all(b"GO\n")
+        go.write_all(&Line::Go.encode())
             .context("cannot send GO to the destination")?;
         // Committed: from here the destination owns the guest.
         conn.set_read_timeout(Some(LINK_TIMEOUT))?;
@@ -1024,7 +994,7 @@ impl Source {
         };
         let mut downtime = devices.paused_at.elapsed();
         match answer {
-            Ok((l, at)) if l == "RUNNING" => {
+            Ok((l, at)) if Line::parse(&l) == Ok(Line::Running) => {
                 if let Some(d) = at.and_then(|t| t.duration_since(paused_wall).ok()) {
                     downtime = d.min(downtime);
                 }
@@ -1087,12 +1057,8 @@ impl Source {
 /// Fails with the destination's reason if it has already refused the
 /// stream (an `ERR` line waiting on the return path).
 fn refused(peer: &Conn) -> Result<()> {
-    if let Some(msg) = peer.pending() {
-        let msg = msg.lines().next().unwrap_or_default().to_string();
-        bail!(
-            "the destination refused the stream: {}",
-            msg.strip_prefix("ERR ").unwrap_or(&msg)
-        );
+    if let Some(why) = peer.pending() {
+        bail!("the destination refused the stream: {why}");
     }
     Ok(())
 }
@@ -1172,14 +1138,6 @@ impl Source {
     }
 }
 
-/// Wall-clock microseconds, to line up both sides' debug logs.
-pub fn wall_us() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros()
-}
-
 /// One handshake line, without its newline.
 pub fn read_line<R: BufRead>(r: &mut R) -> Result<String> {
     let mut s = String::new();
@@ -1193,8 +1151,7 @@ pub fn read_line<R: BufRead>(r: &mut R) -> Result<String> {
 /// The destination tells the source why it refused the stream, then keeps
 /// reading (so the source sees the reason, not a reset) for a moment.
 pub fn refuse(conn: &mut Conn, why: &str) {
-    let line = format!("ERR {}\n", why.replace('\n', " "));
-    let _ = conn.write_all(line.as_bytes());
+    let _ = conn.write_all(&Line::Err(why.to_string()).encode());
     let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut sink = [0u8; 65536];
@@ -1246,24 +1203,6 @@ mod tests {
         assert_eq!(got, vec![0, 1, 3, 128, 191]);
         assert_eq!(set_bits(&bits, 129).collect::<Vec<_>>(), vec![0, 1, 3, 128]);
         assert_eq!(count(&[bits.to_vec()]), 5);
-    }
-
-    #[test]
-    fn uris_parse_and_bad_ones_say_what_is_expected() {
-        assert_eq!(
-            parse_uri("tcp:10.0.0.2:4444").unwrap(),
-            Uri::Tcp("10.0.0.2:4444".into())
-        );
-        assert_eq!(
-            parse_uri("unix:/run/m.sock").unwrap(),
-            Uri::Unix("/run/m.sock".into())
-        );
-        assert_eq!(parse_uri("fd:7").unwrap(), Uri::Fd("7".into()));
-        assert_eq!(parse_uri("fd:mig").unwrap(), Uri::Fd("mig".into()));
-        for bad in ["tcp:host", "fd:", "ftp:a", "unix:", "nothing"] {
-            let e = parse_uri(bad).unwrap_err().to_string();
-            assert!(e.contains(bad) && e.contains("tcp:HOST:PORT"), "{e}");
-        }
     }
 
     #[test]

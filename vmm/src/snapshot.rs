@@ -5,10 +5,10 @@
 //! block and every PCI function. The VM must be stopped.
 
 use crate::hypervisor::{Blobs, Vcpu, Vm};
-use crate::vm::GuestMemoryMmap;
 use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::layout;
 use devices::pci::{Bdf, PciRoot};
+use devices::virtio::Memory as GuestMemoryMmap;
 use kvm_bindings::{
     kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_state2, kvm_regs, kvm_sregs,
     kvm_vcpu_events, kvm_xcrs, kvm_xsave,
@@ -414,7 +414,7 @@ pub fn load_from<R: std::io::Read>(
             Record::Ram { pages, last } => {
                 log::trace!(
                     "load: ram pages={pages} last={last} at wall {} us",
-                    crate::migrate::wall_us()
+                    migration::protocol::wall_us()
                 );
                 if let Some(e) = sink.error.take() {
                     bail!(e);

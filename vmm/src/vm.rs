@@ -1051,6 +1051,7 @@ impl Session<'_> {
         ctl: &std::sync::mpsc::Receiver<Control>,
     ) {
         use crate::migrate::{read_line, refuse};
+        use migration::protocol::Line;
         use std::io::{Read as _, Write as _};
         let incoming = match incoming {
             Ok(i) => i,
@@ -1084,7 +1085,7 @@ impl Session<'_> {
                 let c = conn2?;
                 let clock =
                     crate::snapshot::load_from(&parts, (&head[..]).chain(c), machine, &mut || {
-                        let _ = sync.write_all(b"SYNC\n");
+                        let _ = sync.write_all(&Line::Sync.encode());
                     })?;
                 // Every multifd channel delivered all its pages (END).
                 for ch in channels {
@@ -1109,7 +1110,10 @@ impl Session<'_> {
             h.join()
                 .unwrap_or_else(|_| Err(anyhow!("the incoming migration thread panicked")))
         });
-        log::debug!("incoming: loaded (wall {} us)", crate::migrate::wall_us());
+        log::debug!(
+            "incoming: loaded (wall {} us)",
+            migration::protocol::wall_us()
+        );
         let clock = match loaded {
             Ok(c) => c,
             Err(e) => {
@@ -1129,16 +1133,19 @@ impl Session<'_> {
         }
         let go = conn.try_clone().map_err(anyhow::Error::from).and_then(|c| {
             let mut w = c.try_clone()?;
-            w.write_all(b"LOADED\n")?;
+            w.write_all(&Line::Loaded.encode())?;
             log::debug!(
                 "incoming: LOADED sent (wall {} us)",
-                crate::migrate::wall_us()
+                migration::protocol::wall_us()
             );
             read_line(&mut std::io::BufReader::new(c))
         });
-        log::debug!("incoming: GO read (wall {} us)", crate::migrate::wall_us());
+        log::debug!(
+            "incoming: GO read (wall {} us)",
+            migration::protocol::wall_us()
+        );
         match go {
-            Ok(l) if l == "GO" => {}
+            Ok(l) if Line::parse(&l) == Ok(Line::Go) => {}
             Ok(l) => {
                 self.ended = Some(Outcome::Fatal(format!(
                     "incoming migration: the source sent '{l}' instead of GO; the guest was not started"
@@ -1159,22 +1166,22 @@ impl Session<'_> {
         if self.cfg.paused {
             self.board.pci.lock().expect("pci lock").pause();
             self.status = "paused";
-            let _ = conn.write_all(b"RUNNING\n");
+            let _ = conn.write_all(&Line::Running.encode());
         } else {
             // The first vCPU out of the gate tells the source, just before
             // its KVM_RUN: that ends the downtime the source reports.
             match conn.try_clone() {
                 Ok(mut c) => {
                     *self.gate.on_run.lock().expect("gate lock") = Some(Box::new(move || {
-                        let _ = c.write_all(b"RUNNING\n");
+                        let _ = c.write_all(&Line::Running.encode());
                         log::debug!(
                             "incoming: vCPU running (wall {} us)",
-                            crate::migrate::wall_us()
+                            migration::protocol::wall_us()
                         );
                     }))
                 }
                 Err(_) => {
-                    let _ = conn.write_all(b"RUNNING\n");
+                    let _ = conn.write_all(&Line::Running.encode());
                 }
             }
             self.gate.set_running(true);
@@ -1460,8 +1467,9 @@ impl qmp::commands::Target for Session<'_> {
         if self.progress.is_some() {
             return Err(QmpError::generic("There's a migration process in progress"));
         }
-        let target =
-            crate::migrate::parse_uri(uri).map_err(|e| QmpError::generic(format!("{e:#}")))?;
+        let target = uri
+            .parse::<crate::migrate::Uri>()
+            .map_err(|e| QmpError::generic(format!("{e:#}")))?;
         let path = match target {
             crate::migrate::Uri::File(p) => p,
             live => return self.migrate_live(&live),
@@ -1527,7 +1535,8 @@ impl qmp::commands::Target for Session<'_> {
                 "migrate-incoming is only possible once, after -incoming defer",
             ));
         }
-        let path = match crate::migrate::parse_uri(uri)
+        let path = match uri
+            .parse::<crate::migrate::Uri>()
             .map_err(|e| QmpError::generic(format!("{e:#}")))?
         {
             crate::migrate::Uri::File(p) => p,
