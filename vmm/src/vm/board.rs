@@ -1,0 +1,331 @@
+//! One instance of the board: guest RAM, the buses and devices, the
+//! firmware tables, the kernel and the vCPU threads; a reset builds a new one.
+
+use super::boot::{load_initrd, load_kernel, Kernel};
+use super::console::{console_input, start_stdin_thread, Unbuffered};
+use super::vcpu::{vcpu_loop, RunGate};
+use super::virtio::add_virtio_devices;
+use super::{Control, GuestMemoryMmap, Outcome};
+use crate::config::{SerialBackend, VmConfig};
+use crate::hypervisor::{ExitHandler, Vcpu, Vm, X86BootState};
+use anyhow::{anyhow, Context, Result};
+use arch::x86_64::{acpi, layout, pvh};
+use devices::bus::{Bus, BusDevice};
+use devices::pci::root_port::{RootPort, RootPortConfig};
+use devices::pci::{host_bridge::HostBridge, BarWindow, Bdf, PciConfigIo, PciEcam, PciRoot, Space};
+use devices::serial::Serial;
+use devices::EventSink;
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{Killable, SIGRTMIN};
+
+/// The port and MMIO buses: what vCPU exits are served by.
+pub(super) struct Buses {
+    pub(super) io: Bus,
+    pub(super) mmio: Bus,
+}
+
+impl ExitHandler for Buses {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if !self.io.read(port as u64, data) {
+            log::trace!("read from unassigned port {port:#x}");
+        }
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        if !self.io.write(port as u64, data) {
+            log::trace!("write to unassigned port {port:#x}");
+        }
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if !self.mmio.read(addr, data) {
+            log::debug!("read from unassigned MMIO {addr:#x}");
+        }
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if !self.mmio.write(addr, data) {
+            log::debug!("write to unassigned MMIO {addr:#x}");
+        }
+    }
+}
+
+/// One instance of the board: everything a reset throws away.
+pub(super) struct Board {
+    pub(super) vm: Arc<dyn Vm>,
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) vcpus: Vec<JoinHandle<()>>,
+    /// The vCPUs themselves; each thread locks its own only around KVM_RUN,
+    /// so a parked vCPU's state can be read and written.
+    pub(super) vcpu_objs: Vec<Arc<Mutex<Box<dyn Vcpu>>>>,
+    pub(super) serial: Arc<Mutex<Serial>>,
+    /// Host thread id of each vCPU (0 until it has started).
+    pub(super) tids: Arc<Vec<AtomicI64>>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) pci: Arc<Mutex<PciRoot>>,
+    pub(super) pci_io: Arc<Mutex<PciConfigIo>>,
+    pub(super) pm: Arc<Mutex<devices::acpi_pm::AcpiPm>>,
+}
+
+/// Where firmware would start I/O BARs (above the ISA and chipset ports).
+pub(super) const PCI_IO_START: u64 = 0xc000;
+
+pub(super) fn build(
+    cfg: &VmConfig,
+    events: Sender<Control>,
+    gate: Arc<RunGate>,
+    gen: u64,
+) -> Result<Board> {
+    let vm: Arc<dyn Vm> = Arc::new(crate::kvm::create_vm()?);
+
+    // Guest RAM: below the PCI hole, the rest from 4 GiB.
+    let regions: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.memory)
+        .into_iter()
+        .map(|(a, s)| (GuestAddress(a), s as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&regions).map_err(|e| {
+        anyhow!(
+            "cannot allocate {} MiB of guest memory: {e}",
+            cfg.memory >> 20
+        )
+    })?;
+    for (slot, r) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(r.start_addr())
+            .map_err(|e| anyhow!("guest memory: {e}"))?;
+        // Transparent huge pages where the host allows them (as QEMU does):
+        // fewer faults and TLB misses for the guest and for device copies.
+        // SAFETY: advice on a mapping `mem` owns; no memory is changed.
+        if unsafe {
+            libc::madvise(
+                host as *mut libc::c_void,
+                r.len() as usize,
+                libc::MADV_HUGEPAGE,
+            )
+        } != 0
+        {
+            log::debug!(
+                "guest memory: MADV_HUGEPAGE refused: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: `mem` owns the mapping and lives in the Board as long as the VM.
+        unsafe { vm.add_memory(slot as u32, r.start_addr().0, r.len(), host) }?;
+    }
+
+    // A lifecycle event stops every vCPU: the one that caused it returns
+    // from its exit and sees the flag, so no guest code runs after it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sink: EventSink = {
+        let tx = Mutex::new(events.clone());
+        let stop = stop.clone();
+        Arc::new(move |e| {
+            stop.store(true, Ordering::SeqCst);
+            let _ = tx
+                .lock()
+                .expect("event lock")
+                .send(Control::Vm(gen, Outcome::Device(e)));
+        })
+    };
+
+    // Devices.
+    let mut io = Bus::new();
+    let mut mmio = Bus::new();
+    let serial_out: Box<dyn Write + Send> = match &cfg.serial {
+        SerialBackend::Stdio => Box::new(Unbuffered(std::io::stdout())),
+        SerialBackend::File(p) => Box::new(
+            File::create(p)
+                .with_context(|| format!("cannot create serial output file {}", p.display()))?,
+        ),
+        SerialBackend::None => Box::new(std::io::sink()),
+    };
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).context("cannot create an eventfd")?;
+    vm.add_irqfd(&serial_irq, 4)?;
+    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_out)));
+    io.insert(0x3f8, 8, serial.clone())?;
+    if matches!(cfg.serial, SerialBackend::Stdio) {
+        *console_input().lock().expect("console lock") = Some(serial.clone());
+        start_stdin_thread();
+    }
+    let sci = EventFd::new(libc::EFD_NONBLOCK).context("cannot create an eventfd")?;
+    vm.add_irqfd(&sci, layout::SCI_IRQ as u32)?;
+    let pm = Arc::new(Mutex::new(devices::acpi_pm::AcpiPm::new(
+        layout::S5_SLP_TYP,
+        sink.clone(),
+        sci,
+    )));
+    io.insert(layout::PM_BASE as u64, 12, pm.clone())?;
+    let mut root = PciRoot::default();
+    root.add(Bdf::new(0, 0, 0), Box::new(HostBridge::new()))?;
+    // Root ports get bus numbers 1, 2, ... behind them, as firmware would.
+    for (d, secondary_bus) in cfg
+        .devices
+        .iter()
+        .filter(|d| d.props.type_name == "pcie-root-port")
+        .zip(1u8..)
+    {
+        let devfn = d
+            .devfn
+            .ok_or_else(|| anyhow!("pcie-root-port without a PCI address"))?;
+        let port = RootPort::new(&RootPortConfig {
+            chassis: d.props.uint("chassis").unwrap_or(0) as u8,
+            slot: d.props.uint("slot").unwrap_or(0) as u16,
+            port: d.props.uint("port").unwrap_or(0) as u8,
+            cap_present: d.props.bits("cap_present"),
+            secondary_bus,
+        });
+        root.add(Bdf::new(0, devfn >> 3, devfn & 7), Box::new(port))?;
+    }
+    add_virtio_devices(cfg, &mut root, &vm, &mem)?;
+    root.assign_bars(PCI_IO_START, layout::PCI_MMIO32_START);
+    let root = Arc::new(Mutex::new(root));
+    io.insert(
+        PCI_IO_START,
+        0x1_0000 - PCI_IO_START,
+        Arc::new(Mutex::new(BarWindow::new(
+            root.clone(),
+            Space::Io,
+            PCI_IO_START,
+        ))),
+    )?;
+    mmio.insert(
+        layout::PCI_MMIO32_START,
+        layout::PCI_MMIO32_END - layout::PCI_MMIO32_START,
+        Arc::new(Mutex::new(BarWindow::new(
+            root.clone(),
+            Space::Mem,
+            layout::PCI_MMIO32_START,
+        ))),
+    )?;
+    let pci_io = Arc::new(Mutex::new(PciConfigIo::new(root.clone(), sink.clone())));
+    io.insert(0xcf8, 8, pci_io.clone())?;
+    mmio.insert(
+        layout::ECAM_START,
+        layout::ECAM_SIZE,
+        Arc::new(Mutex::new(PciEcam::new(root.clone()))),
+    )?;
+    if let Some(d) = cfg.debug_exit {
+        let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(
+            devices::debug_exit::DebugExit::new(sink.clone()),
+        ));
+        io.insert(d.iobase as u64, d.iosize as u64, dev)
+            .with_context(|| {
+                format!(
+                    "isa-debug-exit at {:#x} collides with another device",
+                    d.iobase
+                )
+            })?;
+    }
+
+    // Firmware tables and the kernel.
+    let tables = acpi::build(&acpi::AcpiConfig {
+        cpus: cfg.vcpus,
+        ram: cfg.memory,
+    });
+    mem.write_slice(&tables.bytes, GuestAddress(tables.base))
+        .map_err(|e| anyhow!("cannot write ACPI tables: {e}"))?;
+    let memmap = layout::e820(cfg.memory);
+    let boot = match load_kernel(cfg, &mem)? {
+        Kernel::Pvh { entry, end } => {
+            let initrd = load_initrd(cfg, &mem, end, u64::MAX)?;
+            let start_info = pvh::write(&mem, &cfg.cmdline, &memmap, tables.rsdp, initrd)?;
+            (entry, start_info, 0)
+        }
+        Kernel::Linux { entry, end, hdr } => {
+            let initrd_addr_max = hdr.initrd_addr_max;
+            let max = match initrd_addr_max {
+                0 => 0x3800_0000, // protocol < 2.03: the documented default
+                m => m as u64 + 1,
+            };
+            let initrd = load_initrd(cfg, &mem, end, max)?.map(|m| (m.addr, m.size));
+            let len = pvh::write_cmdline(&mem, &cfg.cmdline)?;
+            let zero_page = arch::x86_64::linux::write_boot_params(
+                &mem,
+                hdr,
+                len,
+                &memmap,
+                tables.rsdp,
+                initrd,
+            )?;
+            (entry, 0, zero_page)
+        }
+    };
+
+    // vCPUs: the BSP enters the kernel, the APs wait for INIT-SIPI.
+    let buses = Arc::new(Buses { io, mmio });
+    let mut handles = vec![];
+    let mut vcpu_objs = vec![];
+    let tids: Arc<Vec<AtomicI64>> = Arc::new((0..cfg.vcpus).map(|_| AtomicI64::new(0)).collect());
+    for id in 0..cfg.vcpus {
+        let mut vcpu = vm.create_vcpu(id)?;
+        vcpu.configure_x86(&X86BootState {
+            entry: (id == 0).then_some(boot),
+            apic_id: id as u32,
+            cpus: cfg.vcpus as u32,
+        })?;
+        let vcpu = Arc::new(Mutex::new(vcpu));
+        vcpu_objs.push(vcpu.clone());
+        let (buses, stop, events, gate, tids) = (
+            buses.clone(),
+            stop.clone(),
+            events.clone(),
+            gate.clone(),
+            tids.clone(),
+        );
+        let h = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tids[id as usize].store(unsafe { libc::gettid() } as i64, Ordering::SeqCst);
+                vcpu_loop(id, gen, vcpu, &buses, &stop, &events, &gate)
+            })
+            .context("cannot start a vCPU thread")?;
+        handles.push(h);
+    }
+    // Every vCPU thread is up (and its host tid known) before the board is
+    // handed to QMP.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tids.iter().any(|t| t.load(Ordering::SeqCst) == 0) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    Ok(Board {
+        vm,
+        mem,
+        vcpus: handles,
+        vcpu_objs,
+        serial,
+        tids,
+        stop,
+        pci: root,
+        pci_io,
+        pm,
+    })
+}
+
+impl Board {
+    /// Interrupts KVM_RUN on every vCPU thread still running.
+    pub(super) fn kick(&self) {
+        for h in self.vcpus.iter().filter(|h| !h.is_finished()) {
+            let _ = h.kill(SIGRTMIN());
+        }
+    }
+
+    /// Stops every vCPU thread: signals interrupt KVM_RUN until each has
+    /// seen the stop flag.
+    pub(super) fn shutdown(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        while self.vcpus.iter().any(|h| !h.is_finished()) {
+            self.kick();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for h in self.vcpus {
+            let _ = h.join();
+        }
+    }
+}

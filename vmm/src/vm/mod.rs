@@ -1,0 +1,280 @@
+//! The VM: the q35-style board on the hypervisor and its lifecycle
+//! (power-off, reset, debug exit, fatal errors), run by the main loop
+//! here, which serves the board's outcomes, QMP requests and migrations.
+//!
+//! * `board`: one instance of the board (RAM, buses, devices, firmware
+//!   tables, kernel, vCPUs); a reset builds a new one.
+//! * `boot`: kernel and initrd loading. `virtio`: the virtio devices.
+//! * `vcpu`: vCPU threads and the run gate. `console`: stdio.
+//! * `session`: the live VM as QMP sees it, and the source side of a
+//!   live migration; `target`: the QMP command table's view of it;
+//!   `incoming`: the destination side.
+
+mod board;
+mod boot;
+mod console;
+mod incoming;
+mod session;
+mod target;
+mod vcpu;
+mod virtio;
+
+use crate::config::VmConfig;
+use crate::qmp;
+use anyhow::{anyhow, bail, Context, Result};
+use board::build;
+use devices::VmEvent;
+use incoming::{incoming_memory, listen_incoming};
+use serde_json::json;
+use session::{MigrationInfo, Session};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use vcpu::{kick_handler, RunGate};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+/// Guest RAM, with a dirty bitmap of the writes devices do.
+type GuestMemoryMmap = devices::virtio::Memory;
+
+/// How a VM's run ended.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Device(VmEvent),
+    Fatal(String),
+    /// QMP `quit`.
+    Quit,
+    /// QMP `system_reset`.
+    HostReset,
+}
+
+/// What the main loop waits for.
+pub(super) enum Control {
+    /// An outcome of board number N (stale ones, from a board a reset
+    /// replaced, are dropped).
+    Vm(u64, Outcome),
+    Qmp(qmp::Request),
+    /// From the migration thread of board N.
+    Migration(u64, crate::migrate::Msg),
+    /// An incoming migration connected (or the listener failed).
+    Incoming(Result<crate::migrate::Incoming, String>),
+    /// The incoming stream's loader finished (wakes the main loop at once:
+    /// the guest is paused on both sides until it answers).
+    Loaded,
+}
+
+/// Sends [`Control::Loaded`] when dropped: however the loader ends.
+pub(super) struct Wake(Sender<Control>);
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        let _ = self.0.send(Control::Loaded);
+    }
+}
+
+/// Runs the VM until it ends; returns the process exit status.
+pub fn run(cfg: &VmConfig) -> Result<i32> {
+    register_signal_handler(SIGRTMIN(), kick_handler)
+        .map_err(|e| anyhow!("cannot install the vCPU kick signal handler: {e}"))?;
+    let gate = Arc::new(RunGate {
+        running: Mutex::new(!cfg.paused && cfg.incoming.is_none()),
+        open: AtomicBool::new(!cfg.paused && cfg.incoming.is_none()),
+        cv: Condvar::new(),
+        parked: AtomicUsize::new(0),
+        throttle_pct: Default::default(),
+        on_run: Mutex::new(None),
+    });
+    let events = qmp::Events::default();
+    let (ctl_tx, ctl_rx) = channel::<Control>();
+    let (req_tx, req_rx) = channel::<qmp::Request>();
+    // Listening before the monitor answers: a client that sees QMP up can
+    // start the source's migrate.
+    if let Some(crate::config::Incoming::Listen(uri)) = &cfg.incoming {
+        listen_incoming(uri, ctl_tx.clone())?;
+    }
+    qmp::start(&cfg.qmp, req_tx, events.clone())?;
+    {
+        let ctl_tx = ctl_tx.clone();
+        std::thread::Builder::new()
+            .name("qmp-forward".into())
+            .spawn(move || {
+                for r in req_rx {
+                    if ctl_tx.send(Control::Qmp(r)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("cannot start the QMP forwarder")?;
+    }
+    let name = cfg.name.as_deref().unwrap_or("vm");
+    let mut status = match (&cfg.incoming, cfg.paused) {
+        (Some(_), _) => "inmigrate",
+        (None, true) => "prelaunch",
+        (None, false) => "running",
+    };
+    let mut migration = MigrationInfo::default();
+    let mut params = crate::migrate::Params::default();
+    let mut named_fds = std::collections::HashMap::new();
+    if cfg.paused {
+        log::info!("starting paused (-S)");
+    }
+    let mut gen = 0u64;
+    loop {
+        gen += 1;
+        let board = build(cfg, ctl_tx.clone(), gate.clone(), gen)?;
+        log::info!(
+            "{name}: {} with {} vCPU(s) and {} MiB started",
+            cfg.machine.name,
+            cfg.vcpus,
+            cfg.memory >> 20
+        );
+        if gen == 1 && cfg.incoming.is_some() {
+            let _ = incoming_memory().set((board.mem.clone(), cfg.memory));
+        }
+        let mut session = Session {
+            cfg,
+            board: &board,
+            gate: &gate,
+            status,
+            saved_clock: None,
+            ended: None,
+            queued: vec![],
+            migration: &mut migration,
+            params: &mut params,
+            progress: None,
+            conn: None,
+            stopped_for_migration: false,
+            ctl: ctl_tx.clone(),
+            gen,
+            fds: &mut named_fds,
+            passed: None,
+        };
+        if let (1, Some(crate::config::Incoming::File(path))) = (gen, &cfg.incoming) {
+            session.restore(path)?;
+            for (name, data) in session.queued.drain(..) {
+                events.emit(name, data);
+            }
+        }
+        let end = loop {
+            // Auto-converge: kick the vCPUs every 10 ms so they sleep their
+            // share (they rarely exit on their own).
+            let throttle = session
+                .progress
+                .as_ref()
+                .map_or(0, |p| p.throttle_pct.load(Ordering::Relaxed));
+            gate.throttle_pct.store(throttle, Ordering::Relaxed);
+            let msg = if throttle > 0 {
+                match ctl_rx.recv_timeout(Duration::from_millis(10)) {
+                    Ok(m) => m,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        board.kick();
+                        continue;
+                    }
+                    Err(_) => bail!("the control channel closed"),
+                }
+            } else {
+                ctl_rx
+                    .recv()
+                    .map_err(|_| anyhow!("the control channel closed"))?
+            };
+            match msg {
+                Control::Migration(g, m) if g == gen => {
+                    session.migration_msg(m);
+                    for (name, data) in session.queued.drain(..) {
+                        events.emit(name, data);
+                    }
+                    if let Some(e) = session.ended.take() {
+                        break e;
+                    }
+                }
+                Control::Migration(..) | Control::Loaded => {}
+                Control::Incoming(conn) => {
+                    session.receive(conn, &ctl_rx);
+                    for (name, data) in session.queued.drain(..) {
+                        events.emit(name, data);
+                    }
+                    if let Some(e) = session.ended.take() {
+                        break e;
+                    }
+                }
+                Control::Qmp(req) => {
+                    if req.command == "getfd" {
+                        session.passed = req.fds.lock().expect("fds lock").pop();
+                    }
+                    let r = qmp::commands::dispatch(&mut session, &req.command, &req.args);
+                    req.reply(r);
+                    for (name, data) in session.queued.drain(..) {
+                        events.emit(name, data);
+                    }
+                    if let Some(e) = session.ended.take() {
+                        break e;
+                    }
+                }
+                Control::Vm(g, o) if g == gen => break o,
+                Control::Vm(g, o) => log::debug!("dropping {o:?} from replaced board {g}"),
+            }
+        };
+        status = session.status;
+        // A migration of this board cannot go on (reset, power-off, quit):
+        // it fails, and its thread ends on the closed connection.
+        if let Some(p) = session.progress.take() {
+            p.cancel.store(true, Ordering::SeqCst);
+            if let Some(c) = session.conn.take() {
+                c.shutdown();
+            }
+            session.migration.status = "failed";
+            session.migration.live = Some(p);
+            session.migration.error =
+                Some("the VM was reset or stopped during the migration".into());
+            events.emit("MIGRATION", Some(json!({"status": "failed"})));
+        }
+        board.shutdown();
+        match end {
+            Outcome::Device(VmEvent::PowerOff) => {
+                log::info!("{name}: guest powered off");
+                events.emit(
+                    "SHUTDOWN",
+                    Some(json!({"guest": true, "reason": "guest-shutdown"})),
+                );
+                events.flush();
+                return Ok(0);
+            }
+            Outcome::Device(VmEvent::Exit(code)) => return Ok(code),
+            Outcome::Quit => {
+                events.emit(
+                    "SHUTDOWN",
+                    Some(json!({"guest": false, "reason": "host-qmp-quit"})),
+                );
+                events.flush();
+                return Ok(0);
+            }
+            Outcome::Device(VmEvent::Reset) if cfg.no_reboot => {
+                log::info!("{name}: guest reset, exiting (-no-reboot)");
+                events.emit(
+                    "SHUTDOWN",
+                    Some(json!({"guest": true, "reason": "guest-reset"})),
+                );
+                events.flush();
+                return Ok(0);
+            }
+            Outcome::Device(VmEvent::Reset) => {
+                log::info!("{name}: guest reset");
+                events.emit(
+                    "RESET",
+                    Some(json!({"guest": true, "reason": "guest-reset"})),
+                );
+            }
+            Outcome::HostReset => {
+                log::info!("{name}: reset by QMP system_reset");
+                events.emit(
+                    "RESET",
+                    Some(json!({"guest": false, "reason": "host-qmp-system-reset"})),
+                );
+            }
+            Outcome::Fatal(why) => {
+                events.flush();
+                bail!("{name} stopped: {why}")
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The live VM as QMP commands see it: its run state, the last migration,
+//! and the source side of a live migration.
+
+use super::board::Board;
+use super::vcpu::RunGate;
+use super::{Control, Outcome};
+use crate::config::VmConfig;
+use crate::qmp::{commands::Target as _, QmpError};
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+/// The live VM as QMP commands see it.
+pub(super) struct Session<'a> {
+    pub(super) cfg: &'a VmConfig,
+    pub(super) board: &'a Board,
+    pub(super) gate: &'a RunGate,
+    pub(super) status: &'static str,
+    /// kvm-clock at `stop`, restored at `cont` so guest time does not jump.
+    pub(super) saved_clock: Option<u64>,
+    /// Set by commands that end this board (quit, system_reset).
+    pub(super) ended: Option<Outcome>,
+    /// Events a command caused, sent after its reply (as QEMU orders them).
+    pub(super) queued: Vec<(&'static str, Option<serde_json::Value>)>,
+    /// The last (or current) migration, for query-migrate.
+    pub(super) migration: &'a mut MigrationInfo,
+    pub(super) params: &'a mut crate::migrate::Params,
+    /// The running migration's counters.
+    pub(super) progress: Option<Arc<crate::migrate::Progress>>,
+    /// Its connection (shut down by migrate_cancel).
+    pub(super) conn: Option<crate::migrate::Conn>,
+    /// The migration stopped a running VM to finish (resumed on failure).
+    pub(super) stopped_for_migration: bool,
+    pub(super) ctl: Sender<Control>,
+    pub(super) gen: u64,
+    /// Descriptors kept by `getfd`, by name.
+    pub(super) fds: &'a mut std::collections::HashMap<String, std::os::fd::OwnedFd>,
+    /// The descriptor the client of the current `getfd` passed.
+    pub(super) passed: Option<std::os::fd::OwnedFd>,
+}
+
+/// What query-migrate reports.
+#[derive(Default, Clone)]
+pub(super) struct MigrationInfo {
+    pub(super) status: &'static str,
+    pub(super) total_ms: u64,
+    pub(super) stats: crate::snapshot::Stats,
+    pub(super) error: Option<String>,
+    /// A live migration (not a file): its start, and the final counters.
+    pub(super) started: Option<std::time::Instant>,
+    pub(super) live: Option<Arc<crate::migrate::Progress>>,
+}
+
+impl Session<'_> {
+    /// Loads a saved VM into this (fresh, held) board, then runs it unless
+    /// -S. Nothing of the guest runs before everything is loaded.
+    pub(super) fn restore(&mut self, path: &std::path::Path) -> Result<()> {
+        let clock = crate::snapshot::load(&self.parts(0), path, self.cfg.machine.name)
+            .with_context(|| format!("cannot restore the VM from {}", path.display()))?;
+        self.board.vm.set_clock(clock)?;
+        log::info!("restored from {}", path.display());
+        self.queued
+            .push(("MIGRATION", Some(json!({"status": "completed"}))));
+        if self.cfg.paused {
+            self.board.pci.lock().expect("pci lock").pause();
+            self.status = "paused";
+        } else {
+            self.gate.set_running(true);
+            self.status = "running";
+            self.queued.push(("RESUME", None));
+        }
+        Ok(())
+    }
+
+    /// Starts a live migration to `uri` (tcp:, unix:, fd:); it runs on its
+    /// own thread while the guest runs.
+    pub(super) fn migrate_live(&mut self, uri: &crate::migrate::Uri) -> Result<(), QmpError> {
+        if !matches!(self.status, "running" | "paused") {
+            return Err(QmpError::generic(format!(
+                "cannot migrate a VM in state {}",
+                self.status
+            )));
+        }
+        let t0 = std::time::Instant::now();
+        // multifd channels first: the destination tells them from the main
+        // stream by their header, and has them all when the main one comes.
+        let channels = if self.params.multifd && !matches!(uri, crate::migrate::Uri::Fd(_)) {
+            crate::migrate::connect_channels(uri, self.params.multifd_channels)
+                .map_err(|e| QmpError::generic(format!("{e:#}")))?
+        } else {
+            vec![]
+        };
+        // fd:NAME takes the descriptor getfd kept (QEMU consumes it too).
+        let named = match uri {
+            crate::migrate::Uri::Fd(name) => self.fds.remove(name),
+            _ => None,
+        };
+        let conn = match named {
+            Some(fd) => crate::migrate::conn_from_fd(fd),
+            None => {
+                crate::migrate::connect(uri).map_err(|e| QmpError::generic(format!("{e:#}")))?
+            }
+        };
+        let progress = Arc::new(crate::migrate::Progress::default());
+        *self.migration = MigrationInfo {
+            status: "setup",
+            started: Some(t0),
+            ..Default::default()
+        };
+        self.queued
+            .push(("MIGRATION", Some(json!({"status": "setup"}))));
+        let ctl = Mutex::new(self.ctl.clone());
+        let gen = self.gen;
+        let src = crate::migrate::Source {
+            channels,
+            conn: conn
+                .try_clone()
+                .map_err(|e| QmpError::generic(e.to_string()))?,
+            mem: self.board.mem.clone(),
+            vm: self.board.vm.clone(),
+            ram: self.cfg.memory,
+            machine: self.cfg.machine.name,
+            params: self.params.clone(),
+            progress: progress.clone(),
+            ctl: Box::new(move |m| {
+                let _ = ctl
+                    .lock()
+                    .expect("ctl lock")
+                    .send(Control::Migration(gen, m));
+            }),
+        };
+        std::thread::Builder::new()
+            .name("migration".into())
+            .spawn(move || src.run())
+            .map_err(|e| QmpError::generic(format!("cannot start the migration thread: {e}")))?;
+        self.progress = Some(progress);
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// A message from the migration thread.
+    pub(super) fn migration_msg(&mut self, m: crate::migrate::Msg) {
+        use crate::migrate::Msg;
+        match m {
+            Msg::Event(name, data) => {
+                if name == "MIGRATION" {
+                    if let Some(s) = data["status"].as_str() {
+                        self.migration.status = if s == "active" {
+                            "active"
+                        } else {
+                            self.migration.status
+                        };
+                    }
+                }
+                self.queued.push((name, Some(data)));
+            }
+            Msg::Converged(reply) => {
+                let paused_at = std::time::Instant::now();
+                let was_running = self.status == "running";
+                let r = self.stop().map_err(|e| e.desc).and_then(|_| {
+                    log::debug!(
+                        "downtime: vCPUs stopped at +{} us",
+                        paused_at.elapsed().as_micros()
+                    );
+                    self.stopped_for_migration = was_running;
+                    self.status = "finish-migrate";
+                    let clock = self.saved_clock.unwrap_or_default();
+                    crate::snapshot::device_sections(&self.parts(clock))
+                        .map_err(|e| format!("{e:#}"))
+                });
+                let _ = reply.send(r.map(|sections| crate::migrate::DeviceState {
+                    sections,
+                    paused_at,
+                }));
+            }
+            Msg::Done(r) => {
+                let p = self.progress.take();
+                self.conn = None;
+                let total_ms = self
+                    .migration
+                    .started
+                    .map_or(0, |t| t.elapsed().as_millis() as u64);
+                self.migration.total_ms = total_ms;
+                self.migration.live = p.clone();
+                match r {
+                    Ok(()) => {
+                        self.migration.status = "completed";
+                        self.status = "postmigrate";
+                        self.stopped_for_migration = false;
+                        self.queued
+                            .push(("MIGRATION", Some(json!({"status": "completed"}))));
+                    }
+                    Err(why) => {
+                        let cancelled = p.as_ref().is_some_and(|p| p.cancel.load(Ordering::SeqCst));
+                        self.migration.status = if cancelled { "cancelled" } else { "failed" };
+                        self.migration.error = (!cancelled).then_some(why);
+                        if self.status == "finish-migrate" {
+                            self.status = "paused";
+                        }
+                        // The source keeps the guest: nothing was lost.
+                        if std::mem::take(&mut self.stopped_for_migration) {
+                            if let Err(e) = self.cont() {
+                                log::error!("cannot resume after the failed migration: {}", e.desc);
+                            }
+                        }
+                        self.queued
+                            .push(("MIGRATION", Some(json!({"status": self.migration.status}))));
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn parts(&self, clock: u64) -> crate::snapshot::Parts<'_> {
+        crate::snapshot::Parts {
+            vm: &*self.board.vm,
+            mem: &self.board.mem,
+            ram: self.cfg.memory,
+            vcpus: &self.board.vcpu_objs,
+            serial: &self.board.serial,
+            pm: &self.board.pm,
+            pci: &self.board.pci,
+            pci_io: &self.board.pci_io,
+            clock,
+        }
+    }
+}

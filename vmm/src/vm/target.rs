@@ -1,0 +1,362 @@
+//! The QMP command table's view of the VM.
+
+use super::board::Board;
+use super::incoming::listen_incoming;
+use super::session::{MigrationInfo, Session};
+use super::Outcome;
+use crate::qmp::{self, QmpError};
+use anyhow::Result;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+impl qmp::commands::Target for Session<'_> {
+    fn status(&self) -> &'static str {
+        self.status
+    }
+
+    fn stop(&mut self) -> Result<(), QmpError> {
+        if self.status != "running" {
+            return Ok(());
+        }
+        self.gate.set_running(false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let live = |b: &Board| b.vcpus.iter().filter(|h| !h.is_finished()).count();
+        while self.gate.parked.load(Ordering::SeqCst) < live(self.board) {
+            if std::time::Instant::now() > deadline {
+                self.gate.set_running(true);
+                return Err(QmpError::generic("the vCPUs did not stop within 5 s"));
+            }
+            self.board.kick();
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        // Devices stop touching guest memory too (in-flight work ends).
+        self.board.pci.lock().expect("pci lock").pause();
+        // As QEMU: freeze kvm-clock with the vCPUs.
+        self.saved_clock = self.board.vm.clock().ok();
+        self.status = "paused";
+        self.queued.push(("STOP", None));
+        Ok(())
+    }
+
+    fn cont(&mut self) -> Result<(), QmpError> {
+        match self.status {
+            "running" => return Ok(()),
+            // The guest must not run while its last state is on the way,
+            // nor before an incoming one has arrived.
+            "finish-migrate" => {
+                return Err(QmpError::generic(
+                    "a migration is finishing: the VM resumes here only if it fails",
+                ))
+            }
+            "inmigrate" => {
+                return Err(QmpError::generic(
+                    "the VM waits for an incoming migration: it starts when that completes",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(c) = self.saved_clock.take() {
+            self.board
+                .vm
+                .set_clock(c)
+                .map_err(|e| QmpError::generic(format!("cannot restore kvm-clock: {e}")))?;
+        }
+        self.board.pci.lock().expect("pci lock").resume();
+        self.gate.set_running(true);
+        self.status = "running";
+        self.queued.push(("RESUME", None));
+        Ok(())
+    }
+
+    fn powerdown(&mut self) -> Result<(), QmpError> {
+        self.board.pm.lock().expect("pm lock").power_button();
+        self.queued.push(("POWERDOWN", None));
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), QmpError> {
+        self.ended = Some(Outcome::HostReset);
+        Ok(())
+    }
+
+    fn quit(&mut self) {
+        self.ended = Some(Outcome::Quit);
+    }
+
+    fn name(&self) -> Option<String> {
+        self.cfg.name.clone()
+    }
+
+    fn cpus(&self) -> Vec<(u32, i64)> {
+        self.board
+            .tids
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as u32, t.load(Ordering::SeqCst)))
+            .collect()
+    }
+
+    fn machine(&self) -> &'static machine::MachineType {
+        self.cfg.machine
+    }
+
+    fn devices(&self) -> &[crate::config::DeviceConfig] {
+        &self.cfg.devices
+    }
+
+    fn migrate(&mut self, uri: &str) -> Result<(), QmpError> {
+        if self.progress.is_some() {
+            return Err(QmpError::generic("There's a migration process in progress"));
+        }
+        let target = uri
+            .parse::<crate::migrate::Uri>()
+            .map_err(|e| QmpError::generic(format!("{e:#}")))?;
+        let path = match target {
+            crate::migrate::Uri::File(p) => p,
+            live => return self.migrate_live(&live),
+        };
+        let path = path.to_string_lossy().into_owned();
+        let path = path.as_str();
+        let was_running = self.status == "running";
+        let t0 = std::time::Instant::now();
+        *self.migration = MigrationInfo {
+            status: "active",
+            started: Some(t0),
+            ..Default::default()
+        };
+        self.queued
+            .push(("MIGRATION", Some(json!({"status": "setup"}))));
+        self.stop()?;
+        self.queued
+            .push(("MIGRATION", Some(json!({"status": "active"}))));
+        let clock = self.saved_clock.unwrap_or_default();
+        match crate::snapshot::save(
+            &self.parts(clock),
+            std::path::Path::new(path),
+            self.cfg.machine.name,
+        ) {
+            Ok(stats) => {
+                *self.migration = MigrationInfo {
+                    status: "completed",
+                    total_ms: t0.elapsed().as_millis() as u64,
+                    stats,
+                    ..Default::default()
+                };
+                self.status = "postmigrate";
+                self.queued
+                    .push(("MIGRATION", Some(json!({"status": "completed"}))));
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                log::error!("migration to {uri} failed: {why}");
+                *self.migration = MigrationInfo {
+                    status: "failed",
+                    total_ms: t0.elapsed().as_millis() as u64,
+                    error: Some(why),
+                    ..Default::default()
+                };
+                self.queued
+                    .push(("MIGRATION", Some(json!({"status": "failed"}))));
+                // The source keeps running, nothing lost.
+                if was_running {
+                    self.cont()?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError> {
+        if self.cfg.incoming != Some(crate::config::Incoming::Defer)
+            || self.status != "inmigrate"
+            || !self.migration.status.is_empty()
+        {
+            return Err(QmpError::generic(
+                "migrate-incoming is only possible once, after -incoming defer",
+            ));
+        }
+        let path = match uri
+            .parse::<crate::migrate::Uri>()
+            .map_err(|e| QmpError::generic(format!("{e:#}")))?
+        {
+            crate::migrate::Uri::File(p) => p,
+            l @ (crate::migrate::Uri::Tcp(_) | crate::migrate::Uri::Unix(_)) => {
+                listen_incoming(&l, self.ctl.clone())
+                    .map_err(|e| QmpError::generic(format!("{e:#}")))?;
+                // Once: a second migrate-incoming is refused.
+                self.migration.status = "active";
+                return Ok(());
+            }
+            crate::migrate::Uri::Fd(_) => {
+                return Err(QmpError::generic(
+                    "migrate-incoming takes tcp:, unix: or file:",
+                ))
+            }
+        };
+        // A stream that does not load leaves a half-written board: the
+        // process ends (as QEMU's destination does), nothing of it runs.
+        if let Err(e) = self.restore(&path) {
+            self.ended = Some(Outcome::Fatal(format!("{e:#}")));
+            return Err(QmpError::generic(format!("{e:#}")));
+        }
+        Ok(())
+    }
+
+    fn query_migrate(&self) -> serde_json::Value {
+        let m = &self.migration;
+        if m.status.is_empty() {
+            return json!({});
+        }
+        let live = self.progress.as_ref().or(m.live.as_ref());
+        let total_ms = match (&self.progress, m.started) {
+            (Some(_), Some(t)) => t.elapsed().as_millis() as u64,
+            _ => m.total_ms,
+        };
+        let mut v = json!({"status": m.status, "total-time": total_ms});
+        if let Some(p) = live {
+            let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::SeqCst);
+            let normal = get(&p.normal);
+            v["setup-time"] = get(&p.setup_ms).into();
+            v["expected-downtime"] = get(&p.expected_downtime_ms).into();
+            v["multifd-channels-used"] = get(&p.channels).into();
+            if m.status == "completed" {
+                v["downtime"] = get(&p.downtime_ms).into();
+            }
+            v["ram"] = json!({
+                "transferred": get(&p.transferred),
+                "total": self.cfg.memory,
+                "remaining": get(&p.remaining),
+                "duplicate": get(&p.duplicate),
+                "normal": normal,
+                "normal-bytes": normal * 4096,
+                "page-size": 4096,
+                "pages-per-second": get(&p.pages_per_second),
+                "dirty-pages-rate": get(&p.dirty_pages_rate),
+                "dirty-sync-count": get(&p.passes),
+                "mbps": get(&p.mbps_x100) as f64 / 100.0,
+            });
+            let t = get(&p.throttle_pct);
+            if t > 0 {
+                v["cpu-throttle-percentage"] = t.into();
+            }
+            if let Some(why) = p.not_converging.lock().expect("progress lock").as_ref() {
+                if m.status == "active" {
+                    v["not-converging"] = why.clone().into();
+                }
+            }
+        } else if m.status == "completed" && m.stats.pages > 0 {
+            v["ram"] = json!({
+                "transferred": m.stats.bytes,
+                "total": self.cfg.memory,
+                "remaining": 0,
+                "normal": m.stats.pages - m.stats.zero_pages,
+                "normal-bytes": (m.stats.pages - m.stats.zero_pages) * 4096,
+                "duplicate": m.stats.zero_pages,
+                "page-size": 4096,
+            });
+        }
+        if let Some(e) = &m.error {
+            v["error-desc"] = e.clone().into();
+        }
+        v
+    }
+
+    fn migrate_cancel(&mut self) -> Result<(), QmpError> {
+        if let Some(p) = &self.progress {
+            p.cancel.store(true, Ordering::SeqCst);
+            if let Some(c) = &self.conn {
+                c.shutdown();
+            }
+        }
+        Ok(())
+    }
+
+    fn migrate_set_parameters(
+        &mut self,
+        args: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), QmpError> {
+        self.params.set(args).map_err(QmpError::generic)
+    }
+
+    fn migrate_parameters(&self) -> serde_json::Value {
+        self.params.to_json()
+    }
+
+    fn migrate_set_capabilities(&mut self, caps: &[(String, bool)]) -> Result<(), QmpError> {
+        if self.progress.is_some() {
+            return Err(QmpError::generic("There's a migration process in progress"));
+        }
+        let mut next = self.params.clone();
+        for (name, on) in caps {
+            match name.as_str() {
+                "auto-converge" => next.auto_converge = *on,
+                "multifd" => next.multifd = *on,
+                "events" | "return-path" => {}
+                _ => {
+                    return Err(QmpError::generic(format!(
+                        "Capability '{name}' is not supported by vmm"
+                    )))
+                }
+            }
+        }
+        *self.params = next;
+        Ok(())
+    }
+
+    fn getfd(&mut self, name: &str) -> Result<(), QmpError> {
+        let fd = self.passed.take().ok_or_else(|| {
+            QmpError::generic("getfd: no file descriptor was passed with the command (SCM_RIGHTS)")
+        })?;
+        if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(QmpError::generic(format!(
+                "getfd: invalid name '{name}': it must not be empty or start with a digit"
+            )));
+        }
+        self.fds.insert(name.to_string(), fd);
+        Ok(())
+    }
+
+    fn closefd(&mut self, name: &str) -> Result<(), QmpError> {
+        self.fds
+            .remove(name)
+            .map(drop)
+            .ok_or_else(|| QmpError::generic(format!("File descriptor named '{name}' not found")))
+    }
+
+    fn migrate_capabilities(&self) -> serde_json::Value {
+        json!([
+            {"capability": "auto-converge", "state": self.params.auto_converge},
+            {"capability": "multifd", "state": self.params.multifd},
+            {"capability": "events", "state": true},
+            {"capability": "return-path", "state": true},
+        ])
+    }
+
+    fn pci(&self) -> Vec<qmp::commands::PciInfo> {
+        let root = self.board.pci.lock().expect("pci lock");
+        root.functions()
+            .map(|(bdf, f)| {
+                let c = f.config();
+                let devfn = (bdf.0 & 0xff) as u8;
+                let id = self
+                    .cfg
+                    .devices
+                    .iter()
+                    .find(|d| d.devfn == Some(devfn) && d.bus == (bdf.0 >> 8) as u8)
+                    .and_then(|d| d.id.clone());
+                let (bus, slot, func) = ((bdf.0 >> 8) as u8, devfn >> 3, devfn & 7);
+                qmp::commands::PciInfo {
+                    bus,
+                    slot,
+                    function: func,
+                    vendor: c.read(0, 2) as u16,
+                    device: c.read(2, 2) as u16,
+                    class: c.read(8, 4) >> 8,
+                    qdev_id: id,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,106 @@
+//! vCPU threads: the run gate that holds them while the VM is paused,
+//! and the loop around KVM_RUN.
+
+use super::board::Buses;
+use super::{Control, Outcome};
+use crate::hypervisor::{Exit, Vcpu};
+use devices::VmEvent;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Holds the vCPUs before KVM_RUN while the VM is paused (`-S`, QMP
+/// `stop`) and counts how many are held, so `stop` knows when every vCPU
+/// has really stopped.
+pub(super) struct RunGate {
+    pub(super) running: Mutex<bool>,
+    /// `running`, readable without the lock: every vCPU exit checks it.
+    pub(super) open: AtomicBool,
+    pub(super) cv: Condvar,
+    pub(super) parked: AtomicUsize,
+    /// Auto-converge: the share of each 10 ms slice the vCPUs sleep.
+    pub(super) throttle_pct: std::sync::atomic::AtomicU64,
+    /// Run by the first vCPU to leave the gate (an incoming migration's
+    /// RUNNING: the downtime ends when a vCPU really runs again).
+    pub(super) on_run: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl RunGate {
+    pub(super) fn wait_running(&self, stop: &AtomicBool) {
+        if self.open.load(Ordering::Acquire) {
+            return;
+        }
+        let mut r = self.running.lock().expect("gate lock");
+        if *r {
+            return;
+        }
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        while !*r && !stop.load(Ordering::SeqCst) {
+            r = self
+                .cv
+                .wait_timeout(r, Duration::from_millis(100))
+                .expect("gate lock")
+                .0;
+        }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+        drop(r);
+        let first = self.on_run.lock().expect("gate lock").take();
+        if let Some(f) = first {
+            f();
+        }
+    }
+
+    pub(super) fn set_running(&self, running: bool) {
+        let mut r = self.running.lock().expect("gate lock");
+        *r = running;
+        self.open.store(running, Ordering::Release);
+        drop(r);
+        self.cv.notify_all();
+    }
+}
+
+pub(super) fn vcpu_loop(
+    id: u8,
+    gen: u64,
+    vcpu: Arc<Mutex<Box<dyn Vcpu>>>,
+    buses: &Buses,
+    stop: &AtomicBool,
+    events: &Sender<Control>,
+    gate: &RunGate,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        // Paused (-S, QMP stop): wait here, outside KVM_RUN.
+        gate.wait_running(stop);
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let exit = vcpu.lock().expect("vcpu lock").run(buses);
+        // Auto-converge: the main loop kicks every 10 ms; sleep our share.
+        let pct = gate.throttle_pct.load(Ordering::Relaxed);
+        if pct > 0 {
+            std::thread::sleep(Duration::from_micros(10_000 * pct / (100 - pct.min(99))));
+        }
+        let describe = || vcpu.lock().expect("vcpu lock").describe();
+        let outcome = match exit {
+            Exit::Handled | Exit::Interrupted => continue,
+            Exit::Reset => Outcome::Device(VmEvent::Reset),
+            Exit::PowerOff => Outcome::Device(VmEvent::PowerOff),
+            Exit::Shutdown => Outcome::Fatal(format!(
+                "vCPU {id}: triple fault (shutdown); {}",
+                describe()
+            )),
+            Exit::Fatal(why) => Outcome::Fatal(format!("vCPU {id}: {why}; {}", describe())),
+        };
+        stop.store(true, Ordering::SeqCst);
+        let _ = events.send(Control::Vm(gen, outcome));
+        return;
+    }
+}
+
+pub(super) extern "C" fn kick_handler(
+    _: libc::c_int,
+    _: *mut libc::siginfo_t,
+    _: *mut libc::c_void,
+) {
+}
