@@ -7,6 +7,7 @@ mod hypervisor;
 mod kvm;
 mod migrate;
 mod qmp;
+mod runstate;
 mod snapshot;
 mod vm;
 mod vmstate;

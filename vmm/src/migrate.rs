@@ -25,6 +25,7 @@
 //! leaves the guest paused on both sides (never running on both), as QEMU.
 
 use crate::hypervisor::Vm;
+use crate::runstate::MigrationStatus;
 use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::layout;
 use devices::virtio::Memory as GuestMemoryMmap;
@@ -778,7 +779,10 @@ impl Source {
         let id = w.ram_start(&[(crate::snapshot::RAM_BLOCK, self.ram)])?;
         p.setup_ms
             .store(t0.elapsed().as_millis() as u64, Ordering::SeqCst);
-        (self.ctl)(Msg::Event("MIGRATION", json!({"status": "active"})));
+        (self.ctl)(Msg::Event(
+            "MIGRATION",
+            json!({"status": MigrationStatus::Active.as_str()}),
+        ));
 
         // Pass 1: every page anyone ever touched (the rest is zero on both
         // sides: the destination's memory is fresh).

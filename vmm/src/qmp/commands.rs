@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 /// The VM as the monitor sees it.
 pub trait Target {
     /// `running`, `paused`, `prelaunch`, `shutdown`...
-    fn status(&self) -> &'static str;
+    fn status(&self) -> crate::runstate::RunState;
     fn stop(&mut self) -> Result<(), QmpError>;
     fn cont(&mut self) -> Result<(), QmpError>;
     fn powerdown(&mut self) -> Result<(), QmpError>;
@@ -67,7 +67,9 @@ pub const COMMANDS: &[Command] = &[
     Command("query-commands", &[], query_commands),
     Command("query-status", &[], |t, _| {
         let s = t.status();
-        Ok(json!({"status": s, "running": s == "running", "singlestep": false}))
+        Ok(
+            json!({"status": s.as_str(), "running": s == crate::runstate::RunState::Running, "singlestep": false}),
+        )
     }),
     Command("query-name", &[], |t, _| {
         Ok(t.name().map_or(json!({}), |n| json!({"name": n})))

@@ -4,6 +4,7 @@
 use super::session::Session;
 use super::{Control, GuestMemoryMmap, Outcome, Wake};
 use crate::qmp::QmpError;
+use crate::runstate::{MigrationStatus, RunState};
 use anyhow::{anyhow, Context, Result};
 use serde_json::json;
 use std::sync::mpsc::Sender;
@@ -21,8 +22,8 @@ pub(super) fn incoming_memory() -> Arc<OnceLock<(GuestMemoryMmap, u64)>> {
 pub(super) fn busy_reply(command: &str) -> Result<serde_json::Value, QmpError> {
     match command {
         "qmp_capabilities" => Ok(json!({})),
-        "query-status" => Ok(json!({"status": "inmigrate", "running": false, "singlestep": false})),
-        "query-migrate" => Ok(json!({"status": "active"})),
+        "query-status" => Ok(json!({"status": RunState::InMigrate.as_str(), "running": false, "singlestep": false})),
+        "query-migrate" => Ok(json!({"status": MigrationStatus::Active.as_str()})),
         _ => Err(QmpError::generic(format!(
             "{command}: an incoming migration is loading; until it ends the monitor answers query-status and query-migrate"
         ))),
@@ -168,7 +169,7 @@ impl Session<'_> {
         }
         if self.cfg.paused {
             self.board.pci.lock().expect("pci lock").pause();
-            self.status = "paused";
+            self.set_status(RunState::Paused);
             let _ = conn.write_all(&Line::Running.encode());
         } else {
             // The first vCPU out of the gate tells the source, just before
@@ -188,7 +189,7 @@ impl Session<'_> {
                 }
             }
             self.gate.set_running(true);
-            self.status = "running";
+            self.set_status(RunState::Running);
         }
         log::debug!(
             "incoming: RUNNING sent after {} us",
@@ -208,11 +209,13 @@ impl Session<'_> {
                     pci.lock().expect("pci lock").announce();
                 }
             });
-        self.migration.status = "completed";
+        self.migration.status = MigrationStatus::Completed;
         self.migration.total_ms = t0.elapsed().as_millis() as u64;
-        self.queued
-            .push(("MIGRATION", Some(json!({"status": "completed"}))));
-        if self.status == "running" {
+        self.queued.push((
+            "MIGRATION",
+            Some(json!({"status": MigrationStatus::Completed.as_str()})),
+        ));
+        if self.status == RunState::Running {
             self.queued.push(("RESUME", None));
         }
     }

@@ -21,6 +21,7 @@ mod virtio;
 
 use crate::config::VmConfig;
 use crate::qmp;
+use crate::runstate::{MigrationStatus, RunState};
 use anyhow::{anyhow, bail, Context, Result};
 use board::build;
 use devices::VmEvent;
@@ -108,9 +109,9 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     }
     let name = cfg.name.as_deref().unwrap_or("vm");
     let mut status = match (&cfg.incoming, cfg.paused) {
-        (Some(_), _) => "inmigrate",
-        (None, true) => "prelaunch",
-        (None, false) => "running",
+        (Some(_), _) => RunState::InMigrate,
+        (None, true) => RunState::Prelaunch,
+        (None, false) => RunState::Running,
     };
     let mut migration = MigrationInfo::default();
     let mut params = crate::migrate::Params::default();
@@ -222,11 +223,14 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             if let Some(c) = session.conn.take() {
                 c.shutdown();
             }
-            session.migration.status = "failed";
+            session.migration.status = MigrationStatus::Failed;
             session.migration.live = Some(p);
             session.migration.error =
                 Some("the VM was reset or stopped during the migration".into());
-            events.emit("MIGRATION", Some(json!({"status": "failed"})));
+            events.emit(
+                "MIGRATION",
+                Some(json!({"status": MigrationStatus::Failed.as_str()})),
+            );
         }
         board.shutdown();
         match end {

@@ -6,6 +6,7 @@ use super::vcpu::RunGate;
 use super::{Control, Outcome};
 use crate::config::VmConfig;
 use crate::qmp::{commands::Target as _, QmpError};
+use crate::runstate::{MigrationStatus, RunState};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -17,7 +18,7 @@ pub(super) struct Session<'a> {
     pub(super) cfg: &'a VmConfig,
     pub(super) board: &'a Board,
     pub(super) gate: &'a RunGate,
-    pub(super) status: &'static str,
+    pub(super) status: RunState,
     /// kvm-clock at `stop`, restored at `cont` so guest time does not jump.
     pub(super) saved_clock: Option<u64>,
     /// Set by commands that end this board (quit, system_reset).
@@ -44,7 +45,7 @@ pub(super) struct Session<'a> {
 /// What query-migrate reports.
 #[derive(Default, Clone)]
 pub(super) struct MigrationInfo {
-    pub(super) status: &'static str,
+    pub(super) status: MigrationStatus,
     pub(super) total_ms: u64,
     pub(super) stats: crate::snapshot::Stats,
     pub(super) error: Option<String>,
@@ -54,6 +55,16 @@ pub(super) struct MigrationInfo {
 }
 
 impl Session<'_> {
+    /// Moves the VM to run state `to`, which QEMU's transition table must
+    /// allow from where it is: anything else is a bug in vmm, logged.
+    pub(super) fn set_status(&mut self, to: RunState) {
+        if !self.status.can_become(to) {
+            log::error!("invalid run state change {} -> {to}", self.status);
+            debug_assert!(false, "invalid run state change {} -> {to}", self.status);
+        }
+        self.status = to;
+    }
+
     /// Loads a saved VM into this (fresh, held) board, then runs it unless
     /// -S. Nothing of the guest runs before everything is loaded.
     pub(super) fn restore(&mut self, path: &std::path::Path) -> Result<()> {
@@ -61,14 +72,16 @@ impl Session<'_> {
             .with_context(|| format!("cannot restore the VM from {}", path.display()))?;
         self.board.vm.set_clock(clock)?;
         log::info!("restored from {}", path.display());
-        self.queued
-            .push(("MIGRATION", Some(json!({"status": "completed"}))));
+        self.queued.push((
+            "MIGRATION",
+            Some(json!({"status": MigrationStatus::Completed.as_str()})),
+        ));
         if self.cfg.paused {
             self.board.pci.lock().expect("pci lock").pause();
-            self.status = "paused";
+            self.set_status(RunState::Paused);
         } else {
             self.gate.set_running(true);
-            self.status = "running";
+            self.set_status(RunState::Running);
             self.queued.push(("RESUME", None));
         }
         Ok(())
@@ -77,7 +90,7 @@ impl Session<'_> {
     /// Starts a live migration to `uri` (tcp:, unix:, fd:); it runs on its
     /// own thread while the guest runs.
     pub(super) fn migrate_live(&mut self, uri: &crate::migrate::Uri) -> Result<(), QmpError> {
-        if !matches!(self.status, "running" | "paused") {
+        if !matches!(self.status, RunState::Running | RunState::Paused) {
             return Err(QmpError::generic(format!(
                 "cannot migrate a VM in state {}",
                 self.status
@@ -105,12 +118,14 @@ impl Session<'_> {
         };
         let progress = Arc::new(crate::migrate::Progress::default());
         *self.migration = MigrationInfo {
-            status: "setup",
+            status: MigrationStatus::Setup,
             started: Some(t0),
             ..Default::default()
         };
-        self.queued
-            .push(("MIGRATION", Some(json!({"status": "setup"}))));
+        self.queued.push((
+            "MIGRATION",
+            Some(json!({"status": MigrationStatus::Setup.as_str()})),
+        ));
         let ctl = Mutex::new(self.ctl.clone());
         let gen = self.gen;
         let src = crate::migrate::Source {
@@ -145,27 +160,21 @@ impl Session<'_> {
         use crate::migrate::Msg;
         match m {
             Msg::Event(name, data) => {
-                if name == "MIGRATION" {
-                    if let Some(s) = data["status"].as_str() {
-                        self.migration.status = if s == "active" {
-                            "active"
-                        } else {
-                            self.migration.status
-                        };
-                    }
+                if name == "MIGRATION" && data["status"] == MigrationStatus::Active.as_str() {
+                    self.migration.status = MigrationStatus::Active;
                 }
                 self.queued.push((name, Some(data)));
             }
             Msg::Converged(reply) => {
                 let paused_at = std::time::Instant::now();
-                let was_running = self.status == "running";
+                let was_running = self.status == RunState::Running;
                 let r = self.stop().map_err(|e| e.desc).and_then(|_| {
                     log::debug!(
                         "downtime: vCPUs stopped at +{} us",
                         paused_at.elapsed().as_micros()
                     );
                     self.stopped_for_migration = was_running;
-                    self.status = "finish-migrate";
+                    self.set_status(RunState::FinishMigrate);
                     let clock = self.saved_clock.unwrap_or_default();
                     crate::snapshot::device_sections(&self.parts(clock))
                         .map_err(|e| format!("{e:#}"))
@@ -186,18 +195,24 @@ impl Session<'_> {
                 self.migration.live = p.clone();
                 match r {
                     Ok(()) => {
-                        self.migration.status = "completed";
-                        self.status = "postmigrate";
+                        self.migration.status = MigrationStatus::Completed;
+                        self.set_status(RunState::PostMigrate);
                         self.stopped_for_migration = false;
-                        self.queued
-                            .push(("MIGRATION", Some(json!({"status": "completed"}))));
+                        self.queued.push((
+                            "MIGRATION",
+                            Some(json!({"status": MigrationStatus::Completed.as_str()})),
+                        ));
                     }
                     Err(why) => {
                         let cancelled = p.as_ref().is_some_and(|p| p.cancel.load(Ordering::SeqCst));
-                        self.migration.status = if cancelled { "cancelled" } else { "failed" };
+                        self.migration.status = if cancelled {
+                            MigrationStatus::Cancelled
+                        } else {
+                            MigrationStatus::Failed
+                        };
                         self.migration.error = (!cancelled).then_some(why);
-                        if self.status == "finish-migrate" {
-                            self.status = "paused";
+                        if self.status == RunState::FinishMigrate {
+                            self.set_status(RunState::Paused);
                         }
                         // The source keeps the guest: nothing was lost.
                         if std::mem::take(&mut self.stopped_for_migration) {
@@ -205,8 +220,10 @@ impl Session<'_> {
                                 log::error!("cannot resume after the failed migration: {}", e.desc);
                             }
                         }
-                        self.queued
-                            .push(("MIGRATION", Some(json!({"status": self.migration.status}))));
+                        self.queued.push((
+                            "MIGRATION",
+                            Some(json!({"status": self.migration.status.as_str()})),
+                        ));
                     }
                 }
             }

@@ -5,18 +5,19 @@ use super::incoming::listen_incoming;
 use super::session::{MigrationInfo, Session};
 use super::Outcome;
 use crate::qmp::{self, QmpError};
+use crate::runstate::{MigrationStatus, RunState};
 use anyhow::Result;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 impl qmp::commands::Target for Session<'_> {
-    fn status(&self) -> &'static str {
+    fn status(&self) -> RunState {
         self.status
     }
 
     fn stop(&mut self) -> Result<(), QmpError> {
-        if self.status != "running" {
+        if self.status != RunState::Running {
             return Ok(());
         }
         self.gate.set_running(false);
@@ -34,22 +35,22 @@ impl qmp::commands::Target for Session<'_> {
         self.board.pci.lock().expect("pci lock").pause();
         // As QEMU: freeze kvm-clock with the vCPUs.
         self.saved_clock = self.board.vm.clock().ok();
-        self.status = "paused";
+        self.set_status(RunState::Paused);
         self.queued.push(("STOP", None));
         Ok(())
     }
 
     fn cont(&mut self) -> Result<(), QmpError> {
         match self.status {
-            "running" => return Ok(()),
+            RunState::Running => return Ok(()),
             // The guest must not run while its last state is on the way,
             // nor before an incoming one has arrived.
-            "finish-migrate" => {
+            RunState::FinishMigrate => {
                 return Err(QmpError::generic(
                     "a migration is finishing: the VM resumes here only if it fails",
                 ))
             }
-            "inmigrate" => {
+            RunState::InMigrate => {
                 return Err(QmpError::generic(
                     "the VM waits for an incoming migration: it starts when that completes",
                 ))
@@ -64,7 +65,7 @@ impl qmp::commands::Target for Session<'_> {
         }
         self.board.pci.lock().expect("pci lock").resume();
         self.gate.set_running(true);
-        self.status = "running";
+        self.set_status(RunState::Running);
         self.queued.push(("RESUME", None));
         Ok(())
     }
@@ -118,18 +119,22 @@ impl qmp::commands::Target for Session<'_> {
         };
         let path = path.to_string_lossy().into_owned();
         let path = path.as_str();
-        let was_running = self.status == "running";
+        let was_running = self.status == RunState::Running;
         let t0 = std::time::Instant::now();
         *self.migration = MigrationInfo {
-            status: "active",
+            status: MigrationStatus::Active,
             started: Some(t0),
             ..Default::default()
         };
-        self.queued
-            .push(("MIGRATION", Some(json!({"status": "setup"}))));
+        self.queued.push((
+            "MIGRATION",
+            Some(json!({"status": MigrationStatus::Setup.as_str()})),
+        ));
         self.stop()?;
-        self.queued
-            .push(("MIGRATION", Some(json!({"status": "active"}))));
+        self.queued.push((
+            "MIGRATION",
+            Some(json!({"status": MigrationStatus::Active.as_str()})),
+        ));
         let clock = self.saved_clock.unwrap_or_default();
         match crate::snapshot::save(
             &self.parts(clock),
@@ -138,27 +143,31 @@ impl qmp::commands::Target for Session<'_> {
         ) {
             Ok(stats) => {
                 *self.migration = MigrationInfo {
-                    status: "completed",
+                    status: MigrationStatus::Completed,
                     total_ms: t0.elapsed().as_millis() as u64,
                     stats,
                     ..Default::default()
                 };
-                self.status = "postmigrate";
-                self.queued
-                    .push(("MIGRATION", Some(json!({"status": "completed"}))));
+                self.set_status(RunState::PostMigrate);
+                self.queued.push((
+                    "MIGRATION",
+                    Some(json!({"status": MigrationStatus::Completed.as_str()})),
+                ));
                 Ok(())
             }
             Err(e) => {
                 let why = format!("{e:#}");
                 log::error!("migration to {uri} failed: {why}");
                 *self.migration = MigrationInfo {
-                    status: "failed",
+                    status: MigrationStatus::Failed,
                     total_ms: t0.elapsed().as_millis() as u64,
                     error: Some(why),
                     ..Default::default()
                 };
-                self.queued
-                    .push(("MIGRATION", Some(json!({"status": "failed"}))));
+                self.queued.push((
+                    "MIGRATION",
+                    Some(json!({"status": MigrationStatus::Failed.as_str()})),
+                ));
                 // The source keeps running, nothing lost.
                 if was_running {
                     self.cont()?;
@@ -170,8 +179,8 @@ impl qmp::commands::Target for Session<'_> {
 
     fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError> {
         if self.cfg.incoming != Some(crate::config::Incoming::Defer)
-            || self.status != "inmigrate"
-            || !self.migration.status.is_empty()
+            || self.status != RunState::InMigrate
+            || self.migration.status != MigrationStatus::None
         {
             return Err(QmpError::generic(
                 "migrate-incoming is only possible once, after -incoming defer",
@@ -186,7 +195,7 @@ impl qmp::commands::Target for Session<'_> {
                 listen_incoming(&l, self.ctl.clone())
                     .map_err(|e| QmpError::generic(format!("{e:#}")))?;
                 // Once: a second migrate-incoming is refused.
-                self.migration.status = "active";
+                self.migration.status = MigrationStatus::Active;
                 return Ok(());
             }
             crate::migrate::Uri::Fd(_) => {
@@ -206,7 +215,7 @@ impl qmp::commands::Target for Session<'_> {
 
     fn query_migrate(&self) -> serde_json::Value {
         let m = &self.migration;
-        if m.status.is_empty() {
+        if m.status == MigrationStatus::None {
             return json!({});
         }
         let live = self.progress.as_ref().or(m.live.as_ref());
@@ -214,14 +223,14 @@ impl qmp::commands::Target for Session<'_> {
             (Some(_), Some(t)) => t.elapsed().as_millis() as u64,
             _ => m.total_ms,
         };
-        let mut v = json!({"status": m.status, "total-time": total_ms});
+        let mut v = json!({"status": m.status.as_str(), "total-time": total_ms});
         if let Some(p) = live {
             let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::SeqCst);
             let normal = get(&p.normal);
             v["setup-time"] = get(&p.setup_ms).into();
             v["expected-downtime"] = get(&p.expected_downtime_ms).into();
             v["multifd-channels-used"] = get(&p.channels).into();
-            if m.status == "completed" {
+            if m.status == MigrationStatus::Completed {
                 v["downtime"] = get(&p.downtime_ms).into();
             }
             v["ram"] = json!({
@@ -242,11 +251,11 @@ impl qmp::commands::Target for Session<'_> {
                 v["cpu-throttle-percentage"] = t.into();
             }
             if let Some(why) = p.not_converging.lock().expect("progress lock").as_ref() {
-                if m.status == "active" {
+                if m.status == MigrationStatus::Active {
                     v["not-converging"] = why.clone().into();
                 }
             }
-        } else if m.status == "completed" && m.stats.pages > 0 {
+        } else if m.status == MigrationStatus::Completed && m.stats.pages > 0 {
             v["ram"] = json!({
                 "transferred": m.stats.bytes,
                 "total": self.cfg.memory,
