@@ -95,6 +95,23 @@ impl Qmp {
             .unwrap_or_else(|e| panic!("QMP {cmd} failed: {e}"))
     }
 
+    /// Polls `query-migrate` until the migration (or save) has ended;
+    /// returns its last answer.
+    pub fn wait_migration(&mut self, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.execute("query-migrate", json!({}));
+            if matches!(
+                m["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            ) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "the migration did not end: {m}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits for event `name` (already received ones count).
     pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;

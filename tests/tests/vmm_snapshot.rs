@@ -64,7 +64,7 @@ fn save(vm: &Vm, sock: &std::path::Path, file: &std::path::Path) -> (u64, u64) {
         "migrate",
         json!({"uri": format!("file:{}", file.display())}),
     );
-    let m = q.execute("query-migrate", json!({}));
+    let m = q.wait_migration(T);
     assert_eq!(m["status"], "completed", "{m}");
     assert_eq!(m["ram"]["total"], 256u64 << 20);
     assert_eq!(
@@ -407,6 +407,84 @@ fn second_save_after_cont_is_complete() {
         base(&["-incoming", &format!("file:{}", second.display())]).spawn("snap-twice-restored");
     let next = wait_tick_after(&vm, 0);
     assert_eq!(next.0, last.0 + 1, "{}", vm.log());
+    vm.send(b"v");
+    let v = vm.wait_for("a verify", BOOT, |l| {
+        l.starts_with("mem.verify") && l.contains("reason=request")
+    });
+    assert_eq!(field(&v, "bad_pages").as_deref(), Some("0"), "{v}");
+    vm.send(b"q");
+    vm.assert_pass(BOOT);
+}
+
+/// `migrate file:` runs off the main loop: while a 1 GiB guest's save is
+/// held up (the file is a FIFO nobody reads yet), the monitor answers —
+/// query-migrate says active, query-status finish-migrate, `cont` is
+/// refused — and once the FIFO is read the save completes and restores
+/// with every page intact.
+#[test]
+fn file_save_runs_off_the_main_loop() {
+    let dir = TempDir::new("snap-fifo");
+    let sock = dir.path("qmp.sock");
+    let fifo = dir.path("save.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let big = |extra: &[&str]| {
+        Vmm::new()
+            .args(["-m", "1G", "-smp", "2", "-qmp", &qmp])
+            .args(extra)
+            .append("cpus=2 work=mem,counter mem_mb=256 tick_ms=100 max_gap_ms=3000 seed=7")
+    };
+    let vm = big(&[]).spawn("snap-fifo");
+    vm.wait_prefix("mem.filled", BOOT);
+    wait_tick_after(&vm, 1);
+    let mut q = Qmp::connect(&sock, T);
+    let t0 = std::time::Instant::now();
+    q.execute(
+        "migrate",
+        json!({"uri": format!("file:{}", fifo.display())}),
+    );
+    for _ in 0..3 {
+        assert_eq!(q.execute("query-migrate", json!({}))["status"], "active");
+        assert_eq!(
+            q.execute("query-status", json!({}))["status"],
+            "finish-migrate"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let e = q.try_execute("cont", json!({})).unwrap_err();
+    assert!(
+        e["desc"]
+            .as_str()
+            .unwrap()
+            .contains("migration is finishing"),
+        "{e}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the monitor was held up"
+    );
+    let last = *ticks(&vm).last().unwrap();
+    let reader = std::thread::spawn(move || std::fs::read(&fifo).expect("read the FIFO"));
+    let m = q.wait_migration(T);
+    assert_eq!(m["status"], "completed", "{m}");
+    assert_eq!(
+        q.execute("query-status", json!({}))["status"],
+        "postmigrate"
+    );
+    let bytes = reader.join().unwrap();
+    assert!(bytes.len() > 256 << 20, "{} bytes", bytes.len());
+    assert_eq!(m["ram"]["transferred"], bytes.len() as u64);
+    drop(q);
+    drop(vm);
+    let file = dir.path("save.bin");
+    std::fs::write(&file, bytes).unwrap();
+    let _ = std::fs::remove_file(&sock);
+    let mut vm = big(&["-incoming", &format!("file:{}", file.display())]).spawn("snap-fifo-back");
+    assert_eq!(wait_tick_after(&vm, 0).0, last.0 + 1, "{}", vm.log());
     vm.send(b"v");
     let v = vm.wait_for("a verify", BOOT, |l| {
         l.starts_with("mem.verify") && l.contains("reason=request")

@@ -416,7 +416,7 @@ fn save_mid_flight(vm: Vm, sock: &Path, file: &Path, unfinished: &str) {
         "migrate",
         json!({"uri": format!("file:{}", file.display())}),
     );
-    assert_eq!(q.execute("query-migrate", json!({}))["status"], "completed");
+    assert_eq!(q.wait_migration(BOOT)["status"], "completed");
     assert!(
         !vm.lines().iter().any(|l| l.starts_with(unfinished)),
         "the save came too late: the guest had printed {unfinished:?}\n{}",

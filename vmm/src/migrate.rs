@@ -588,6 +588,8 @@ pub enum Msg {
     Event(&'static str, serde_json::Value),
     /// The migration ended: Ok = the destination runs the guest.
     Done(Result<(), String>),
+    /// A save to a file ended.
+    Saved(Result<crate::snapshot::Stats, String>),
 }
 
 /// Every device's state, taken by the main loop once the VM stopped.

@@ -16,6 +16,7 @@ use kvm_bindings::{
 use migration::stream::{RamSink, Reader, Record, Writer, PAGE_SIZE};
 use migration::vmstate::{Description, Field, Kind, State, Val};
 use std::mem::size_of;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -135,6 +136,37 @@ pub struct Parts<'a> {
     pub clock: u64,
 }
 
+/// The parts of a board a save holds while it runs off the main loop (the
+/// board may be replaced meanwhile: a reset; the save then finishes on the
+/// old one, and its result is dropped).
+pub struct Held {
+    pub vm: Arc<dyn Vm>,
+    pub mem: GuestMemoryMmap,
+    pub ram: u64,
+    pub vcpus: Vec<Arc<Mutex<Box<dyn Vcpu>>>>,
+    pub serial: Arc<Mutex<devices::serial::Serial>>,
+    pub pm: Arc<Mutex<devices::acpi_pm::AcpiPm>>,
+    pub pci: Arc<Mutex<PciRoot>>,
+    pub pci_io: Arc<Mutex<devices::pci::PciConfigIo>>,
+    pub clock: u64,
+}
+
+impl Held {
+    pub fn parts(&self) -> Parts<'_> {
+        Parts {
+            vm: &*self.vm,
+            mem: &self.mem,
+            ram: self.ram,
+            vcpus: &self.vcpus,
+            serial: &self.serial,
+            pm: &self.pm,
+            pci: &self.pci,
+            pci_io: &self.pci_io,
+            clock: self.clock,
+        }
+    }
+}
+
 /// Block offset -> guest physical address.
 pub fn gpa(ram: u64, offset: u64) -> u64 {
     let low = layout::low_ram_size(ram);
@@ -145,13 +177,20 @@ pub fn gpa(ram: u64, offset: u64) -> u64 {
     }
 }
 
-/// Writes the whole VM to `path`.
-pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
+/// Writes the whole (stopped) VM to `path`, counting the bytes written in
+/// `bytes`; `cancel` stops it after the RAM region it is in.
+pub fn save(
+    p: &Parts,
+    path: &std::path::Path,
+    machine: &str,
+    bytes: &AtomicU64,
+    cancel: &AtomicBool,
+) -> Result<Stats> {
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let counter = Counter {
         w: std::io::BufWriter::with_capacity(1 << 20, file),
-        n: 0,
+        n: bytes,
     };
     let mut w = Writer::new(counter, machine)?;
     let id = w.ram_start(&[(RAM_BLOCK, p.ram)])?;
@@ -185,14 +224,17 @@ pub fn save(p: &Parts, path: &std::path::Path, machine: &str) -> Result<Stats> {
             ))
         });
         let (sent, zeros) = w.ram_pages(id, false, pages)?;
+        if cancel.load(Ordering::Relaxed) {
+            bail!("cancelled");
+        }
         // Never-touched pages count as zero pages too.
         stats.pages += total as u64;
         stats.zero_pages += zeros + (total as u64 - sent);
     }
     w.ram_pages(id, true, [])?;
     write_devices(&mut w, p)?;
-    let counter = w.finish()?;
-    stats.bytes = counter.n;
+    w.finish()?;
+    stats.bytes = bytes.load(Ordering::Relaxed);
     Ok(stats)
 }
 
@@ -277,15 +319,15 @@ pub fn is_zero(page: &[u8]) -> bool {
     migration::stream::is_zero(page)
 }
 
-struct Counter<W> {
+struct Counter<'a, W> {
     w: W,
-    n: u64,
+    n: &'a AtomicU64,
 }
 
-impl<W: std::io::Write> std::io::Write for Counter<W> {
+impl<W: std::io::Write> std::io::Write for Counter<'_, W> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         let n = self.w.write(b)?;
-        self.n += n as u64;
+        self.n.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {

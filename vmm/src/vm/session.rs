@@ -155,6 +155,53 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Saves the VM to `path` (QMP `migrate file:`): the VM stops here, the
+    /// save runs on its own thread while the monitor goes on answering,
+    /// and its end arrives as [`Msg::Saved`](crate::migrate::Msg::Saved).
+    pub(super) fn save_to_file(&mut self, path: std::path::PathBuf) -> Result<(), QmpError> {
+        let was_running = self.status == RunState::Running;
+        let t0 = std::time::Instant::now();
+        *self.migration = MigrationInfo {
+            status: MigrationStatus::Active,
+            started: Some(t0),
+            ..Default::default()
+        };
+        self.queued.push((
+            "MIGRATION",
+            Some(json!({"status": MigrationStatus::Setup.as_str()})),
+        ));
+        self.stop()?;
+        self.stopped_for_migration = was_running;
+        self.set_status(RunState::FinishMigrate);
+        self.queued.push((
+            "MIGRATION",
+            Some(json!({"status": MigrationStatus::Active.as_str()})),
+        ));
+        let progress = Arc::new(crate::migrate::Progress::default());
+        let held = self.held(self.saved_clock.unwrap_or_default());
+        let machine = self.cfg.machine.name;
+        let (ctl, gen, p) = (self.ctl.clone(), self.gen, progress.clone());
+        let saver = std::thread::Builder::new()
+            .name("save".into())
+            .spawn(move || {
+                let r =
+                    crate::snapshot::save(&held.parts(), &path, machine, &p.transferred, &p.cancel)
+                        .map_err(|e| format!("{e:#}"));
+                if let Err(why) = &r {
+                    log::error!("saving to {} failed: {why}", path.display());
+                }
+                let _ = ctl.send(Control::Migration(gen, crate::migrate::Msg::Saved(r)));
+            });
+        if let Err(e) = saver {
+            self.migration_msg(crate::migrate::Msg::Saved(Err(format!(
+                "cannot start the save thread: {e}"
+            ))));
+            return Ok(());
+        }
+        self.progress = Some(progress);
+        Ok(())
+    }
+
     /// A message from the migration thread.
     pub(super) fn migration_msg(&mut self, m: crate::migrate::Msg) {
         use crate::migrate::Msg;
@@ -183,6 +230,49 @@ impl Session<'_> {
                     sections,
                     paused_at,
                 }));
+            }
+            Msg::Saved(r) => {
+                let p = self.progress.take();
+                let total_ms = self
+                    .migration
+                    .started
+                    .map_or(0, |t| t.elapsed().as_millis() as u64);
+                match r {
+                    Ok(stats) => {
+                        *self.migration = MigrationInfo {
+                            status: MigrationStatus::Completed,
+                            total_ms,
+                            stats,
+                            ..Default::default()
+                        };
+                        self.set_status(RunState::PostMigrate);
+                        self.stopped_for_migration = false;
+                    }
+                    Err(why) => {
+                        let cancelled = p.is_some_and(|p| p.cancel.load(Ordering::SeqCst));
+                        *self.migration = MigrationInfo {
+                            status: if cancelled {
+                                MigrationStatus::Cancelled
+                            } else {
+                                MigrationStatus::Failed
+                            },
+                            total_ms,
+                            error: (!cancelled).then_some(why),
+                            ..Default::default()
+                        };
+                        self.set_status(RunState::Paused);
+                    }
+                }
+                self.queued.push((
+                    "MIGRATION",
+                    Some(json!({"status": self.migration.status.as_str()})),
+                ));
+                // A failed save loses nothing: a running guest runs on.
+                if std::mem::take(&mut self.stopped_for_migration) {
+                    if let Err(e) = self.cont() {
+                        log::error!("cannot resume after the failed save: {}", e.desc);
+                    }
+                }
             }
             Msg::Done(r) => {
                 let p = self.progress.take();
@@ -227,6 +317,21 @@ impl Session<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The board's parts, held for a save that runs on its own thread.
+    pub(super) fn held(&self, clock: u64) -> crate::snapshot::Held {
+        crate::snapshot::Held {
+            vm: self.board.vm.clone(),
+            mem: self.board.mem.clone(),
+            ram: self.cfg.memory,
+            vcpus: self.board.vcpu_objs.clone(),
+            serial: self.board.serial.clone(),
+            pm: self.board.pm.clone(),
+            pci: self.board.pci.clone(),
+            pci_io: self.board.pci_io.clone(),
+            clock,
         }
     }
 

@@ -2,7 +2,7 @@
 
 use super::board::Board;
 use super::incoming::listen_incoming;
-use super::session::{MigrationInfo, Session};
+use super::session::Session;
 use super::Outcome;
 use crate::qmp::{self, QmpError};
 use crate::runstate::{MigrationStatus, RunState};
@@ -113,67 +113,9 @@ impl qmp::commands::Target for Session<'_> {
         let target = uri
             .parse::<crate::migrate::Uri>()
             .map_err(|e| QmpError::generic(format!("{e:#}")))?;
-        let path = match target {
-            crate::migrate::Uri::File(p) => p,
-            live => return self.migrate_live(&live),
-        };
-        let path = path.to_string_lossy().into_owned();
-        let path = path.as_str();
-        let was_running = self.status == RunState::Running;
-        let t0 = std::time::Instant::now();
-        *self.migration = MigrationInfo {
-            status: MigrationStatus::Active,
-            started: Some(t0),
-            ..Default::default()
-        };
-        self.queued.push((
-            "MIGRATION",
-            Some(json!({"status": MigrationStatus::Setup.as_str()})),
-        ));
-        self.stop()?;
-        self.queued.push((
-            "MIGRATION",
-            Some(json!({"status": MigrationStatus::Active.as_str()})),
-        ));
-        let clock = self.saved_clock.unwrap_or_default();
-        match crate::snapshot::save(
-            &self.parts(clock),
-            std::path::Path::new(path),
-            self.cfg.machine.name,
-        ) {
-            Ok(stats) => {
-                *self.migration = MigrationInfo {
-                    status: MigrationStatus::Completed,
-                    total_ms: t0.elapsed().as_millis() as u64,
-                    stats,
-                    ..Default::default()
-                };
-                self.set_status(RunState::PostMigrate);
-                self.queued.push((
-                    "MIGRATION",
-                    Some(json!({"status": MigrationStatus::Completed.as_str()})),
-                ));
-                Ok(())
-            }
-            Err(e) => {
-                let why = format!("{e:#}");
-                log::error!("migration to {uri} failed: {why}");
-                *self.migration = MigrationInfo {
-                    status: MigrationStatus::Failed,
-                    total_ms: t0.elapsed().as_millis() as u64,
-                    error: Some(why),
-                    ..Default::default()
-                };
-                self.queued.push((
-                    "MIGRATION",
-                    Some(json!({"status": MigrationStatus::Failed.as_str()})),
-                ));
-                // The source keeps running, nothing lost.
-                if was_running {
-                    self.cont()?;
-                }
-                Ok(())
-            }
+        match target {
+            crate::migrate::Uri::File(path) => self.save_to_file(path),
+            live => self.migrate_live(&live),
         }
     }
 
