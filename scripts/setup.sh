@@ -32,3 +32,7 @@ if [ ! -x "$top/target/qmp-venv/bin/qmp-shell" ]; then
     "$top/target/qmp-venv/bin/pip" install -q qemu.qmp==0.0.6
 fi
 cd "$top" && cargo build --release --workspace --quiet
+# The tests that kill a process inside a short window of a migration use a
+# binary of their own with the fault-injection hooks; the release binary
+# above has none.
+cargo build --release -p vmm --features fault-injection --target-dir target/fault-injection --quiet

@@ -7,6 +7,7 @@ cd "$top"
 cargo fmt --all -- --check
 (cd tests/guest && cargo fmt -- --check)
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+cargo clippy -p vmm --all-targets --features fault-injection --locked --quiet -- -D warnings
 # The guest with its own flags (tests/guest/.cargo/config.toml).
 (cd tests/guest && cargo clippy --release --locked --quiet -- -D warnings)
 "$top/scripts/check-guest-reproducible.sh"

@@ -17,11 +17,26 @@ pub fn binary() -> PathBuf {
     p
 }
 
+/// The vmm built with the `fault-injection` feature (scripts/setup.sh), for
+/// the tests that pause a migration at a named point to kill a process
+/// there.
+pub fn fault_injection_binary() -> PathBuf {
+    let p = crate::workspace().join("target/fault-injection/release/vmm");
+    assert!(
+        p.is_file(),
+        "{} not found: run scripts/setup.sh (it builds vmm with --features fault-injection)",
+        p.display()
+    );
+    p
+}
+
 /// A vmm command line for the test guest, with the debug-exit port.
 pub struct Vmm {
     pub args: Vec<String>,
     pub append: String,
     pub kernel: PathBuf,
+    /// The binary: the release build unless a test needs another.
+    pub binary: Option<PathBuf>,
 }
 
 impl Vmm {
@@ -33,6 +48,7 @@ impl Vmm {
             ],
             append: String::new(),
             kernel: crate::guest_kernel(),
+            binary: None,
         }
     }
     pub fn arg(mut self, a: impl AsRef<str>) -> Self {
@@ -63,7 +79,7 @@ impl Vmm {
     }
     pub fn command(&self) -> Command {
         crate::require_kvm();
-        let mut c = Command::new(binary());
+        let mut c = Command::new(self.binary.clone().unwrap_or_else(binary));
         c.args(&self.args);
         c.arg("-kernel").arg(&self.kernel);
         c.args(["-append", &self.append]);

@@ -400,11 +400,12 @@ fn killed_while_paused(hook: &str) {
     let mut src = start(&dir, "src", &[]);
     src.vm.wait_prefix("mem.filled", BOOT);
     let port = free_port();
-    let (v, sock) = vmm(
+    let (mut v, sock) = vmm(
         &dir,
         "dst",
         &["-incoming", &format!("tcp:127.0.0.1:{port}")],
     );
+    v.binary = Some(vmm_tests::vmm::fault_injection_binary());
     let mut cmd = v.command();
     cmd.env(hook, "3000");
     let mut dst = Node {
@@ -1099,4 +1100,20 @@ sys.exit(asyncio.run(main(sys.argv[1], int(sys.argv[2]))))
     drop(src);
     wait_ticks(&dst.vm, 2);
     verify(&mut dst.vm);
+}
+
+/// The release binary carries no test hook: the fault-injection pauses
+/// exist only in the binary built with the feature.
+#[test]
+fn the_release_binary_has_no_fault_injection() {
+    let hooks = ["VMM_TEST_DELAY_DEVICES_MS", "VMM_TEST_DELAY_LOADED_MS"];
+    let has = |bin: &std::path::Path| {
+        let bytes = std::fs::read(bin).unwrap();
+        hooks
+            .iter()
+            .filter(|h| bytes.windows(h.len()).any(|w| w == h.as_bytes()))
+            .count()
+    };
+    assert_eq!(has(&vmm_tests::vmm::binary()), 0);
+    assert_eq!(has(&vmm_tests::vmm::fault_injection_binary()), hooks.len());
 }

@@ -3,6 +3,7 @@
 mod backends;
 mod cli;
 mod config;
+mod fault;
 mod hypervisor;
 mod kvm;
 mod migrate;

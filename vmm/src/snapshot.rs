@@ -478,15 +478,9 @@ pub fn load_from<R: std::io::Read>(
                     "load: section {idstr} {instance} at +{} us",
                     t0.elapsed().as_micros()
                 );
-                // Fault injection for tests: stall in the middle of the
-                // device state, so a test can kill this side there.
+                // Tests kill this side in the middle of the device state.
                 if idstr == "kvm-irqchip" {
-                    if let Some(ms) = std::env::var("VMM_TEST_DELAY_DEVICES_MS")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                    {
-                        std::thread::sleep(std::time::Duration::from_millis(ms));
-                    }
+                    crate::fault::delay("VMM_TEST_DELAY_DEVICES_MS");
                 }
                 match idstr.as_str() {
                     "cpu" => {

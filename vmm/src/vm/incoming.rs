@@ -127,14 +127,8 @@ impl Session<'_> {
                 return;
             }
         };
-        // Fault injection for tests: hold the answer while the source sits
-        // paused, so a test can kill this side in that window.
-        if let Some(ms) = std::env::var("VMM_TEST_DELAY_LOADED_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            std::thread::sleep(Duration::from_millis(ms));
-        }
+        // Tests kill this side while the source sits paused waiting.
+        crate::fault::delay("VMM_TEST_DELAY_LOADED_MS");
         let go = conn.try_clone().map_err(anyhow::Error::from).and_then(|c| {
             let mut w = c.try_clone()?;
             w.write_all(&Line::Loaded.encode())?;

@@ -1,0 +1,19 @@
+//! Test-only fault injection: pauses at named points of a migration, so a
+//! test can kill a process inside a window that is otherwise too short to
+//! hit. Compiled in only with the cargo feature `fault-injection` (the
+//! tests build a binary of their own with it, `scripts/setup.sh`); a
+//! release binary has none of it and reads no such variable.
+
+/// Sleeps for the milliseconds in environment variable `hook`, if set.
+#[cfg(feature = "fault-injection")]
+pub fn delay(hook: &str) {
+    if let Some(ms) = std::env::var(hook).ok().and_then(|v| v.parse().ok()) {
+        log::warn!("fault injection: {hook}: sleeping {ms} ms");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// Without the feature: nothing.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn delay(_hook: &str) {}
