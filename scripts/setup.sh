@@ -25,6 +25,9 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# test.sh checks formatting and lints.
+cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 \
+    || rustup component add rustfmt clippy
 "$top/scripts/build-guest.sh" >/dev/null
 # A real QMP client nobody here wrote, for the monitor's tests.
 if [ ! -x "$top/target/qmp-venv/bin/qmp-shell" ]; then

@@ -46,6 +46,8 @@ impl Line {
             "LOADED" => Line::Loaded,
             "GO" => Line::Go,
             "RUNNING" => Line::Running,
+            // A refusal whose reason was empty (its trailing space trimmed).
+            "ERR" => Line::Err(String::new()),
             _ => match s.strip_prefix("ERR ") {
                 Some(why) => Line::Err(why.to_string()),
                 None => return Err(UnknownLine(s.to_string())),
@@ -105,6 +107,7 @@ mod tests {
             Line::parse("HELLO").unwrap_err().to_string(),
             "unknown handshake line 'HELLO'"
         );
-        assert!(Line::parse("ERR").is_err() && Line::parse("go").is_err());
+        assert_eq!(Line::parse("ERR"), Ok(Line::Err(String::new())));
+        assert!(Line::parse("go").is_err() && Line::parse("ERRor").is_err());
     }
 }

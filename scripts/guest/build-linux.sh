@@ -19,7 +19,7 @@ if [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.cpio.gz" ] && grep -q '^virtio_
     echo "$out"
     exit 0
 fi
-for tool in cpio xz gzip apt-get dpkg-deb; do
+for tool in cpio xz zstd gzip apt-get dpkg-deb; do
     command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/setup.sh" >&2; exit 1; }
 done
 echo "linux guest: building in $out" >&2

@@ -394,6 +394,8 @@ fn print_config_shows_the_effective_value_of_auto_settings() {
         prop(&c, "rng", "addr")["source"],
         "auto: first free slot on pcie.0"
     );
+    // As QEMU's qom-get answers it: an int32, slot << 3 | function.
+    assert_eq!(prop(&c, "rng", "addr")["value"], 2 << 3);
     // A value that was set stays as set, with its source.
     let c = print_config(&[
         "-smp",

@@ -257,6 +257,8 @@ pub fn json_value(v: &Value) -> serde_json::Value {
     match v {
         Value::Bool(b) => serde_json::Value::Bool(*b),
         Value::Uint(u) => serde_json::Value::from(*u),
+        // QEMU's `addr` is an int32 (slot << 3 | function) to QOM.
+        Value::Devfn(d) => serde_json::Value::from(*d),
         other => serde_json::Value::String(other.to_string()),
     }
 }

@@ -1,8 +1,14 @@
 //! The small hypervisor interface the board is built on: create a VM, give
-//! it memory and interrupt lines, create vCPUs, run them. KVM on x86_64 is
-//! the one backend today (`kvm.rs`); a ppc64 backend plugs in beside it.
+//! it memory and interrupt lines, create vCPUs, run them, save and restore
+//! what the hypervisor holds. Nothing here names a backend or its structs:
+//! each backend describes its own migrated state. Per-architecture vCPU
+//! set-up is an extension trait ([`VcpuX86_64`]), reached through
+//! [`Vcpu::x86_64`]. KVM on x86_64 is the one backend today (`kvm.rs`); a
+//! ppc64 backend plugs in beside it with its own extension.
 
+use migration::vmstate::Description;
 use std::fmt;
+use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Why a vCPU stopped running guest code and came back to the VMM.
@@ -42,8 +48,24 @@ pub struct X86BootState {
 /// migration. Names are stable: they become field names in the stream.
 pub type Blobs = Vec<(&'static str, Vec<u8>)>;
 
+/// What creates VMs.
+pub trait Hypervisor {
+    fn create_vm(&self) -> Result<Arc<dyn Vm>, Error>;
+}
+
+/// The x86_64 side of a vCPU.
+pub trait VcpuX86_64 {
+    /// CPUID, the local APIC's wiring, and for the BSP the entry state.
+    fn configure(&mut self, boot: &X86BootState) -> Result<(), Error>;
+}
+
 pub trait Vcpu: Send {
-    fn configure_x86(&mut self, boot: &X86BootState) -> Result<(), Error>;
+    /// This vCPU's x86_64 extension, on an x86_64 backend.
+    fn x86_64(&mut self) -> Option<&mut dyn VcpuX86_64> {
+        None
+    }
+    /// How [`Vcpu::save`]'s blobs travel in the stream (section `cpu`).
+    fn state_description(&self) -> &'static Description;
     /// Everything needed to continue this vCPU elsewhere (it must not be running).
     fn save(&self) -> Result<Blobs, Error>;
     fn restore(&mut self, state: &Blobs) -> Result<(), Error>;
@@ -71,7 +93,10 @@ pub trait Vm: devices::virtio::VmOps + Send + Sync {
     /// The guest's clock (kvm-clock's base), in nanoseconds.
     fn clock(&self) -> Result<u64, Error>;
     fn set_clock(&self, ns: u64) -> Result<(), Error>;
-    /// The in-kernel PIC, IOAPIC and PIT.
+    /// How [`Vm::save`]'s blobs travel in the stream.
+    fn state_description(&self) -> &'static Description;
+    /// The hypervisor's interrupt controllers and timers (KVM x86: PIC,
+    /// IOAPIC, PIT).
     fn save(&self) -> Result<Blobs, Error>;
     fn restore(&self, state: &Blobs) -> Result<(), Error>;
 }

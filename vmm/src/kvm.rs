@@ -1,6 +1,10 @@
-//! The KVM backend of the hypervisor interface (x86_64).
+//! The KVM backend of the hypervisor interface (x86_64), with the
+//! descriptions of the state it migrates: the kernel's own structs, as KVM
+//! hands them out.
 
-use crate::hypervisor::{Blobs, Error, Exit, ExitHandler, Vcpu, Vm, X86BootState};
+use crate::hypervisor::{
+    Blobs, Error, Exit, ExitHandler, Hypervisor, Vcpu, VcpuX86_64, Vm, X86BootState,
+};
 use devices::virtio::Doorbell;
 use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
 use kvm_bindings::{
@@ -14,6 +18,9 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use migration::vmstate::{Description, Field, Kind};
+use std::mem::size_of;
+use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -37,6 +44,60 @@ pub struct KvmVm {
 
 /// Maximum MSRs migrated per vCPU.
 pub const MAX_MSRS: usize = 128;
+
+const fn buf(name: &'static str, n: usize) -> Field {
+    Field {
+        name,
+        kind: Kind::Buffer(n),
+        since: 0,
+    }
+}
+
+/// One vCPU: the kernel's own state structs, as KVM hands them out.
+pub static CPU: Description = Description {
+    name: "cpu",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[
+        buf("regs", size_of::<kvm_regs>()),
+        buf("sregs", size_of::<kvm_sregs>()),
+        buf("xsave", size_of::<kvm_xsave>()),
+        buf("xcrs", size_of::<kvm_xcrs>()),
+        buf("lapic", size_of::<kvm_lapic_state>()),
+        buf("mp_state", size_of::<kvm_mp_state>()),
+        buf("events", size_of::<kvm_vcpu_events>()),
+        buf("debugregs", size_of::<kvm_debugregs>()),
+        buf("msr_count", 4),
+        buf("msrs", MAX_MSRS * 16),
+    ],
+    subsections: &[],
+};
+
+/// The in-kernel PIC pair, IOAPIC and PIT.
+pub static IRQCHIP: Description = Description {
+    name: "kvm-irqchip",
+    version_id: 1,
+    minimum_version_id: 1,
+    fields: &[
+        buf("pic_master", size_of::<kvm_irqchip>()),
+        buf("pic_slave", size_of::<kvm_irqchip>()),
+        buf("ioapic", size_of::<kvm_irqchip>()),
+        buf("pit", size_of::<kvm_pit_state2>()),
+    ],
+    subsections: &[],
+};
+
+/// Every description of KVM state, for -dump-vmstate.
+pub static DESCRIPTIONS: &[&Description] = &[&CPU, &IRQCHIP];
+
+/// The KVM hypervisor (`/dev/kvm`).
+pub struct KvmHypervisor;
+
+impl Hypervisor for KvmHypervisor {
+    fn create_vm(&self) -> Result<Arc<dyn Vm>, Error> {
+        Ok(Arc::new(create_vm()?))
+    }
+}
 
 /// The bytes of a plain kernel ABI struct (callers pass only kvm-bindings
 /// POD structs: no pointers, no Drop).
@@ -223,6 +284,10 @@ impl Vm for KvmVm {
             .map_err(err("KVM_SET_CLOCK failed"))
     }
 
+    fn state_description(&self) -> &'static Description {
+        &IRQCHIP
+    }
+
     fn save(&self) -> Result<Blobs, Error> {
         let mut out = vec![];
         for (name, chip) in [
@@ -282,8 +347,8 @@ const APIC_LVT_LINT1: usize = 0x360;
 const APIC_MODE_EXTINT: u32 = 0x7 << 8;
 const APIC_MODE_NMI: u32 = 0x4 << 8;
 
-impl Vcpu for KvmVcpu {
-    fn configure_x86(&mut self, boot: &X86BootState) -> Result<(), Error> {
+impl VcpuX86_64 for KvmVcpu {
+    fn configure(&mut self, boot: &X86BootState) -> Result<(), Error> {
         let mut cpuid = self.cpuid.clone();
         arch::x86_64::cpuid::patch(cpuid.as_mut_slice(), boot.apic_id, boot.cpus);
         self.fd
@@ -320,6 +385,16 @@ impl Vcpu for KvmVcpu {
                 .map_err(err("KVM_SET_FPU failed"))?;
         }
         Ok(())
+    }
+}
+
+impl Vcpu for KvmVcpu {
+    fn x86_64(&mut self) -> Option<&mut dyn VcpuX86_64> {
+        Some(self)
+    }
+
+    fn state_description(&self) -> &'static Description {
+        &CPU
     }
 
     fn save(&self) -> Result<Blobs, Error> {

@@ -888,6 +888,8 @@ impl Source {
                             *a |= b;
                         }
                     }
+                    p.remaining
+                        .store(count(&dirty) * PAGE_SIZE as u64, Ordering::SeqCst);
                     self.send_pages(&mut w, &mut chans, id, &dirty, false, &reader)?;
                     w.flush()?;
                     dirty = dirty_pages(&*self.vm, &self.mem)?;
@@ -944,6 +946,8 @@ impl Source {
                 *a |= b;
             }
         }
+        p.remaining
+            .store(count(&dirty) * PAGE_SIZE as u64, Ordering::SeqCst);
         self.send_pages(&mut w, &mut chans, id, &dirty, true, &reader)?;
         log::debug!(
             "downtime: last {} pages sent at +{} us",

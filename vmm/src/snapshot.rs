@@ -9,58 +9,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::layout;
 use devices::pci::{Bdf, PciRoot};
 use devices::virtio::Memory as GuestMemoryMmap;
-use kvm_bindings::{
-    kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_state2, kvm_regs, kvm_sregs,
-    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
-};
 use migration::stream::{RamSink, Reader, Record, Writer, PAGE_SIZE};
 use migration::vmstate::{Description, Field, Kind, State, Val};
-use std::mem::size_of;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-
-const fn buf(name: &'static str, n: usize) -> Field {
-    Field {
-        name,
-        kind: Kind::Buffer(n),
-        since: 0,
-    }
-}
-
-/// One vCPU: the kernel's own state structs, as KVM hands them out.
-pub static CPU: Description = Description {
-    name: "cpu",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[
-        buf("regs", size_of::<kvm_regs>()),
-        buf("sregs", size_of::<kvm_sregs>()),
-        buf("xsave", size_of::<kvm_xsave>()),
-        buf("xcrs", size_of::<kvm_xcrs>()),
-        buf("lapic", size_of::<kvm_lapic_state>()),
-        buf("mp_state", size_of::<kvm_mp_state>()),
-        buf("events", size_of::<kvm_vcpu_events>()),
-        buf("debugregs", size_of::<kvm_debugregs>()),
-        buf("msr_count", 4),
-        buf("msrs", crate::kvm::MAX_MSRS * 16),
-    ],
-    subsections: &[],
-};
-
-/// The in-kernel PIC pair, IOAPIC and PIT.
-pub static IRQCHIP: Description = Description {
-    name: "kvm-irqchip",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[
-        buf("pic_master", size_of::<kvm_irqchip>()),
-        buf("pic_slave", size_of::<kvm_irqchip>()),
-        buf("ioapic", size_of::<kvm_irqchip>()),
-        buf("pit", size_of::<kvm_pit_state2>()),
-    ],
-    subsections: &[],
-};
 
 /// kvm-clock's value at the stop.
 pub static KVMCLOCK: Description = Description {
@@ -77,10 +30,9 @@ pub static KVMCLOCK: Description = Description {
 
 pub const RAM_BLOCK: &str = "pc.ram";
 
-/// Every description a save writes (besides `ram`), for -dump-vmstate.
+/// Every description a save writes besides `ram` and the hypervisor's own
+/// (the backend lists those), for -dump-vmstate.
 pub static DESCRIPTIONS: &[&Description] = &[
-    &CPU,
-    &IRQCHIP,
     &KVMCLOCK,
     &devices::serial::VMSTATE,
     &devices::acpi_pm::VMSTATE,
@@ -255,14 +207,21 @@ pub type Section = (String, u32, &'static Description, State);
 pub fn device_sections(p: &Parts) -> Result<Vec<Section>> {
     let mut out: Vec<Section> = vec![];
     for (i, v) in p.vcpus.iter().enumerate() {
-        let blobs = v.lock().expect("vcpu lock").save()?;
-        out.push(("cpu".into(), i as u32, &CPU, blobs_to_state(&CPU, &blobs)));
+        let v = v.lock().expect("vcpu lock");
+        let desc = v.state_description();
+        out.push((
+            desc.name.into(),
+            i as u32,
+            desc,
+            blobs_to_state(desc, &v.save()?),
+        ));
     }
+    let desc = p.vm.state_description();
     out.push((
-        "kvm-irqchip".into(),
+        desc.name.into(),
         0,
-        &IRQCHIP,
-        blobs_to_state(&IRQCHIP, &p.vm.save()?),
+        desc,
+        blobs_to_state(desc, &p.vm.save()?),
     ));
     let mut clock = State::default();
     clock.set("clock", Val::Uint(p.clock));
@@ -430,10 +389,19 @@ pub fn load_from<R: std::io::Read>(
         ram: p.ram,
         error: None,
     };
+    // The hypervisor's own sections, as its backend describes them.
+    let cpu = p
+        .vcpus
+        .first()
+        .ok_or_else(|| anyhow!("a VM without vCPUs"))?
+        .lock()
+        .expect("vcpu lock")
+        .state_description();
+    let hv = p.vm.state_description();
     let lookup = |id: &str, inst: u32| -> Option<&'static Description> {
         match id {
-            "cpu" if (inst as usize) < p.vcpus.len() => Some(&CPU),
-            "kvm-irqchip" => Some(&IRQCHIP),
+            _ if id == cpu.name => ((inst as usize) < p.vcpus.len()).then_some(cpu),
+            _ if id == hv.name => Some(hv),
             "kvmclock" => Some(&KVMCLOCK),
             "serial" => Some(&devices::serial::VMSTATE),
             "acpi-pm" => Some(&devices::acpi_pm::VMSTATE),
@@ -479,18 +447,18 @@ pub fn load_from<R: std::io::Read>(
                     t0.elapsed().as_micros()
                 );
                 // Tests kill this side in the middle of the device state.
-                if idstr == "kvm-irqchip" {
+                if idstr == hv.name {
                     crate::fault::delay("VMM_TEST_DELAY_DEVICES_MS");
                 }
                 match idstr.as_str() {
-                    "cpu" => {
+                    id if id == cpu.name => {
                         p.vcpus[instance as usize]
                             .lock()
                             .expect("vcpu lock")
-                            .restore(&state_to_blobs(&CPU, &state))?;
+                            .restore(&state_to_blobs(cpu, &state))?;
                         cpus += 1;
                     }
-                    "kvm-irqchip" => p.vm.restore(&state_to_blobs(&IRQCHIP, &state))?,
+                    id if id == hv.name => p.vm.restore(&state_to_blobs(hv, &state))?,
                     "kvmclock" => clock = state.uint("clock"),
                     "serial" => p.serial.lock().expect("serial lock").restore(&state)?,
                     "pci-host" => p

@@ -7,9 +7,13 @@ use migration::vmstate::Description;
 use std::path::Path;
 
 /// The descriptions of machine type `m`'s migratable state: exactly the
-/// sections a save writes (one list, in snapshot.rs).
+/// sections a save writes (the hypervisor's, then the board's).
 pub fn descriptions(_m: &machine::MachineType) -> Vec<&'static Description> {
-    crate::snapshot::DESCRIPTIONS.to_vec()
+    crate::kvm::DESCRIPTIONS
+        .iter()
+        .chain(crate::snapshot::DESCRIPTIONS)
+        .copied()
+        .collect()
 }
 
 pub fn dump(path: &Path, m: &'static machine::MachineType) -> Result<()> {

@@ -62,7 +62,7 @@ pub enum Error {
         offset: u64,
         size: u64,
     },
-    #[error("the PVH entry note holds {0} bytes, not a 4- or 8-byte address")]
+    #[error("the PVH entry note holds {0} bytes, too few for an address")]
     BadEntryNote(u32),
     #[error("the PVH entry {0:#x} is above 4 GiB; the PVH entry runs in 32-bit mode")]
     EntryAbove4G(u64),
@@ -187,10 +187,21 @@ fn program_headers<F: Read + Seek>(f: &mut F) -> Result<(u32, Vec<Phdr>), Error>
 }
 
 /// The PVH entry in a `PT_NOTE` segment's bytes, if it holds one. Notes
-/// are aligned to 4 bytes, or 8 where the segment says so (gABI ELF64).
+/// are walked 4-byte aligned, as Linux writes them even in a segment the
+/// linker aligned to 8 (and as QEMU and linux-loader read them); a segment
+/// that says 8 is walked the gABI's 8-byte way too if that finds nothing.
 fn pvh_entry(notes: &[u8], align: u64) -> Result<Option<u64>, Error> {
-    let align = if align == 8 { 8 } else { 4 };
-    let up = |x: usize| x.div_ceil(align) * align;
+    match walk_notes(notes, 4)? {
+        None if align == 8 => walk_notes(notes, 8),
+        found => Ok(found),
+    }
+}
+
+fn walk_notes(notes: &[u8], align: usize) -> Result<Option<u64>, Error> {
+    // glibc's ELF_NOTE_DESC_OFFSET / ELF_NOTE_NEXT_OFFSET: the name
+    // follows the 12-byte header, the descriptor and the next note start
+    // aligned (the segment's start is).
+    let up = |x: usize| x.div_ceil(align).saturating_mul(align);
     let mut o = 0usize;
     while o + 12 <= notes.len() {
         let (namesz, descsz, kind) = (
@@ -199,15 +210,17 @@ fn pvh_entry(notes: &[u8], align: u64) -> Result<Option<u64>, Error> {
             u32_at(notes, o + 8),
         );
         let name = o + 12;
-        let desc = name.saturating_add(up(namesz));
-        let next = desc.saturating_add(up(descsz));
-        if next > notes.len() {
+        let desc = up(name.saturating_add(namesz));
+        let next = up(desc.saturating_add(descsz));
+        if next > notes.len() || next <= o {
             break;
         }
         if kind == XEN_ELFNOTE_PHYS32_ENTRY && &notes[name..name + namesz] == b"Xen\0" {
+            // Linux writes a pointer-sized value (8 bytes on x86_64); a
+            // 32-bit kernel 4. Either way the entry is a 32-bit address.
             let entry = match descsz {
-                4 => u64::from(u32_at(notes, desc)),
                 8 => u64_at(notes, desc),
+                n if n >= 4 => u64::from(u32_at(notes, desc)),
                 n => return Err(Error::BadEntryNote(n as u32)),
             };
             if entry > u64::from(u32::MAX) {
@@ -402,6 +415,43 @@ mod tests {
             mem.read_slice(&mut got, GuestAddress(0x10_0000)).unwrap();
             assert_eq!(&got, b"kernel!");
         }
+    }
+
+    /// One note: header, name, descriptor, each padded to `align`.
+    fn note(name: &[u8], kind: u32, desc: &[u8], align: usize) -> Vec<u8> {
+        let mut n = vec![];
+        n.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        n.extend_from_slice(&kind.to_le_bytes());
+        n.extend_from_slice(name);
+        n.resize(n.len().div_ceil(align) * align, 0);
+        n.extend_from_slice(desc);
+        n.resize(n.len().div_ceil(align) * align, 0);
+        n
+    }
+
+    #[test]
+    fn the_entry_note_is_found_however_the_notes_are_aligned() {
+        let entry = 0x100_0abc_u64.to_le_bytes();
+        // Linux: 4-byte aligned notes in a segment the linker aligned to 8,
+        // a 5-byte name before the Xen note throwing an 8-byte walk off.
+        let mut linux = note(b"Linux", 6, b"6.1", 4);
+        linux.extend(note(b"Xen\0", XEN_ELFNOTE_PHYS32_ENTRY, &entry, 4));
+        assert_eq!(pvh_entry(&linux, 8).unwrap(), Some(0x100_0abc));
+        // gABI ELF64: notes aligned to 8 throughout.
+        let mut gabi = note(b"Linux", 6, b"6.1", 8);
+        gabi.extend(note(b"Xen\0", XEN_ELFNOTE_PHYS32_ENTRY, &entry, 8));
+        assert_eq!(pvh_entry(&gabi, 8).unwrap(), Some(0x100_0abc));
+        // A 4-byte entry, and a descriptor too short for one.
+        let short = note(b"Xen\0", XEN_ELFNOTE_PHYS32_ENTRY, &entry[..4], 4);
+        assert_eq!(pvh_entry(&short, 4).unwrap(), Some(0x100_0abc));
+        let bad = note(b"Xen\0", XEN_ELFNOTE_PHYS32_ENTRY, &entry[..2], 4);
+        assert!(matches!(pvh_entry(&bad, 4), Err(Error::BadEntryNote(2))));
+        // Other notes only, or a header claiming more than there is.
+        assert_eq!(pvh_entry(&note(b"GNU\0", 3, &[1; 20], 4), 4).unwrap(), None);
+        let mut lying = note(b"Xen\0", XEN_ELFNOTE_PHYS32_ENTRY, &entry, 4);
+        lying[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(pvh_entry(&lying, 8).unwrap(), None);
     }
 
     #[test]

@@ -151,8 +151,10 @@ fn migrate(sock: &str, uri: &str) -> Result<i32> {
             return Err(anyhow!("gave up waiting"));
         }
     };
-    // The final figures, however short the migration was.
-    if m.get("ram").is_some() {
+    // The final figures, however short the migration was (none for one
+    // that ended before any RAM moved).
+    let moved = m["ram"]["transferred"].as_u64().unwrap_or(0) > 0;
+    if moved || m["status"] == "completed" {
         println!("{}{}", if tty { "\r" } else { "" }, progress_line(&m));
     }
     let status = m["status"].as_str().unwrap_or("");

@@ -7,7 +7,7 @@ use super::vcpu::{vcpu_loop, RunGate};
 use super::virtio::add_virtio_devices;
 use super::{Control, GuestMemoryMmap, Outcome};
 use crate::config::{SerialBackend, VmConfig};
-use crate::hypervisor::{ExitHandler, Vcpu, Vm, X86BootState};
+use crate::hypervisor::{ExitHandler, Hypervisor, Vcpu, Vm, X86BootState};
 use anyhow::{anyhow, Context, Result};
 use arch::x86_64::{acpi, layout, pvh};
 use devices::bus::{Bus, BusDevice};
@@ -76,12 +76,13 @@ pub(super) struct Board {
 pub(super) const PCI_IO_START: u64 = 0xc000;
 
 pub(super) fn build(
+    hypervisor: &dyn Hypervisor,
     cfg: &VmConfig,
     events: Sender<Control>,
     gate: Arc<RunGate>,
     gen: u64,
 ) -> Result<Board> {
-    let vm: Arc<dyn Vm> = Arc::new(crate::kvm::create_vm()?);
+    let vm = hypervisor.create_vm()?;
 
     // Guest RAM: below the PCI hole, the rest from 4 GiB.
     let regions: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.memory)
@@ -263,11 +264,13 @@ pub(super) fn build(
     let tids: Arc<Vec<AtomicI64>> = Arc::new((0..cfg.vcpus).map(|_| AtomicI64::new(0)).collect());
     for id in 0..cfg.vcpus {
         let mut vcpu = vm.create_vcpu(id)?;
-        vcpu.configure_x86(&X86BootState {
-            entry: (id == 0).then_some(boot),
-            apic_id: id as u32,
-            cpus: cfg.vcpus as u32,
-        })?;
+        vcpu.x86_64()
+            .ok_or_else(|| anyhow!("the q35 board needs x86_64 vCPUs"))?
+            .configure(&X86BootState {
+                entry: (id == 0).then_some(boot),
+                apic_id: id as u32,
+                cpus: cfg.vcpus as u32,
+            })?;
         let vcpu = Arc::new(Mutex::new(vcpu));
         vcpu_objs.push(vcpu.clone());
         let (buses, stop, events, gate, tids) = (

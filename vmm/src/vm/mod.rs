@@ -85,6 +85,8 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         throttle_pct: Default::default(),
         on_run: Mutex::new(None),
     });
+    // The one place the backend is chosen.
+    let hypervisor = crate::kvm::KvmHypervisor;
     let events = qmp::Events::default();
     let (ctl_tx, ctl_rx) = channel::<Control>();
     let (req_tx, req_rx) = channel::<qmp::Request>();
@@ -122,7 +124,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     let mut gen = 0u64;
     loop {
         gen += 1;
-        let board = build(cfg, ctl_tx.clone(), gate.clone(), gen)?;
+        let board = build(&hypervisor, cfg, ctl_tx.clone(), gate.clone(), gen)?;
         log::info!(
             "{name}: {} with {} vCPU(s) and {} MiB started",
             cfg.machine.name,
