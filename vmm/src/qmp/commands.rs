@@ -2,6 +2,7 @@
 //! a [`Target`], which the VMM's main loop implements over the live VM.
 
 use super::QmpError;
+use migration::uri::Uri;
 use serde_json::{json, Map, Value};
 
 /// The VM as the monitor sees it.
@@ -21,11 +22,11 @@ pub trait Target {
     fn pci(&self) -> Vec<PciInfo>;
     /// `migrate` to a URI: `file:PATH` (stop and save) or, live,
     /// `tcp:HOST:PORT`, `unix:PATH`, `fd:NAME` (from `getfd`) or `fd:N`.
-    fn migrate(&mut self, uri: &str) -> Result<(), QmpError>;
+    fn migrate(&mut self, uri: Uri) -> Result<(), QmpError>;
     fn query_migrate(&self) -> Value;
     /// `migrate-incoming` (after `-incoming defer`): `tcp:`, `unix:` or
     /// `file:`.
-    fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError>;
+    fn migrate_incoming(&mut self, uri: Uri) -> Result<(), QmpError>;
     fn migrate_cancel(&mut self) -> Result<(), QmpError>;
     fn migrate_set_parameters(&mut self, args: &Map<String, Value>) -> Result<(), QmpError>;
     fn migrate_parameters(&self) -> Value;
@@ -94,13 +95,11 @@ pub const COMMANDS: &[Command] = &[
     ),
     Command("query-pci", &[], query_pci),
     Command("migrate", &[("uri", "string")], |t, a| {
-        t.migrate(a["uri"].as_str().unwrap_or_default())
-            .map(|_| json!({}))
+        t.migrate(uri(a)?).map(|_| json!({}))
     }),
     Command("query-migrate", &[], |t, _| Ok(t.query_migrate())),
     Command("migrate-incoming", &[("uri", "string")], |t, a| {
-        t.migrate_incoming(a["uri"].as_str().unwrap_or_default())
-            .map(|_| json!({}))
+        t.migrate_incoming(uri(a)?).map(|_| json!({}))
     }),
     Command("migrate_cancel", &[], |t, _| {
         t.migrate_cancel().map(|_| json!({}))
@@ -292,6 +291,15 @@ fn device<'a>(
             class: "DeviceNotFound",
             desc: format!("Device '{path}' not found"),
         })
+}
+
+/// The `uri` argument, parsed (the table checked it is a string).
+fn uri(a: &Map<String, Value>) -> Result<Uri, QmpError> {
+    a["uri"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: migration::uri::BadUri| QmpError::generic(e.to_string()))
 }
 
 fn qom_get(t: &mut dyn Target, a: &Map<String, Value>) -> Result<Value, QmpError> {

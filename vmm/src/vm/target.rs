@@ -4,6 +4,7 @@ use super::board::Board;
 use super::incoming::listen_incoming;
 use super::session::Session;
 use super::Outcome;
+use crate::migrate::Uri;
 use crate::qmp::{self, QmpError};
 use crate::runstate::{MigrationStatus, RunState};
 use anyhow::Result;
@@ -106,20 +107,17 @@ impl qmp::commands::Target for Session<'_> {
         &self.cfg.devices
     }
 
-    fn migrate(&mut self, uri: &str) -> Result<(), QmpError> {
+    fn migrate(&mut self, uri: Uri) -> Result<(), QmpError> {
         if self.progress.is_some() {
             return Err(QmpError::generic("There's a migration process in progress"));
         }
-        let target = uri
-            .parse::<crate::migrate::Uri>()
-            .map_err(|e| QmpError::generic(format!("{e:#}")))?;
-        match target {
-            crate::migrate::Uri::File(path) => self.save_to_file(path),
+        match uri {
+            Uri::File(path) => self.save_to_file(path),
             live => self.migrate_live(&live),
         }
     }
 
-    fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError> {
+    fn migrate_incoming(&mut self, uri: Uri) -> Result<(), QmpError> {
         if self.cfg.incoming != Some(crate::config::Incoming::Defer)
             || self.status != RunState::InMigrate
             || self.migration.status != MigrationStatus::None
@@ -128,19 +126,16 @@ impl qmp::commands::Target for Session<'_> {
                 "migrate-incoming is only possible once, after -incoming defer",
             ));
         }
-        let path = match uri
-            .parse::<crate::migrate::Uri>()
-            .map_err(|e| QmpError::generic(format!("{e:#}")))?
-        {
-            crate::migrate::Uri::File(p) => p,
-            l @ (crate::migrate::Uri::Tcp(_) | crate::migrate::Uri::Unix(_)) => {
+        let path = match uri {
+            Uri::File(p) => p,
+            l @ (Uri::Tcp(_) | Uri::Unix(_)) => {
                 listen_incoming(&l, self.ctl.clone())
                     .map_err(|e| QmpError::generic(format!("{e:#}")))?;
                 // Once: a second migrate-incoming is refused.
                 self.migration.status = MigrationStatus::Active;
                 return Ok(());
             }
-            crate::migrate::Uri::Fd(_) => {
+            Uri::Fd(_) => {
                 return Err(QmpError::generic(
                     "migrate-incoming takes tcp:, unix: or file:",
                 ))
