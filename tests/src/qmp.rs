@@ -95,6 +95,19 @@ impl Qmp {
             .unwrap_or_else(|e| panic!("QMP {cmd} failed: {e}"))
     }
 
+    /// Caps migration bandwidth at `bytes_per_second` and turns on
+    /// auto-converge, so a guest that dirties fast still converges.
+    pub fn cap_bandwidth_and_auto_converge(&mut self, bytes_per_second: u64) {
+        self.execute(
+            "migrate-set-parameters",
+            json!({"max-bandwidth": bytes_per_second}),
+        );
+        self.execute(
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "auto-converge", "state": true}]}),
+        );
+    }
+
     /// Polls `query-migrate` until the migration (or save) has ended;
     /// returns its last answer.
     pub fn wait_migration(&mut self, timeout: Duration) -> Value {

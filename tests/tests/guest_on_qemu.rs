@@ -377,14 +377,7 @@ fn qemu_to_qemu_migration_keeps_memory_pattern() {
     // lift it, and let auto-converge slow the guest if it still outruns the
     // link. What is under test is the guest's verification, not QEMU's
     // defaults.
-    qmp.execute(
-        "migrate-set-parameters",
-        json!({"max-bandwidth": 10_000_000_000u64}),
-    );
-    qmp.execute(
-        "migrate-set-capabilities",
-        json!({"capabilities": [{"capability": "auto-converge", "state": true}]}),
-    );
+    qmp.cap_bandwidth_and_auto_converge(10_000_000_000);
     qmp.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let info = loop {

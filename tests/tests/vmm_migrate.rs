@@ -88,7 +88,7 @@ fn wait_ticks(vm: &Vm, n: usize) -> u64 {
 fn migrate(src: &Node, uri: &str) -> Value {
     let mut q = src.qmp();
     q.execute("migrate", json!({ "uri": uri }));
-    let m = wait_end(&mut q);
+    let m = q.wait_migration(T);
     if m["status"] == "completed" {
         // The destination confirmed that a vCPU runs (RUNNING, which ends
         // the downtime the source reports); no warning about it.
@@ -96,21 +96,6 @@ fn migrate(src: &Node, uri: &str) -> Value {
         assert!(!log.contains("after GO"), "{log}");
     }
     m
-}
-
-fn wait_end(q: &mut Qmp) -> Value {
-    let deadline = Instant::now() + T;
-    loop {
-        let m = q.execute("query-migrate", json!({}));
-        if matches!(
-            m["status"].as_str(),
-            Some("completed" | "failed" | "cancelled")
-        ) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "migration did not end: {m}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The guest's own verdict on every page it wrote.
@@ -368,7 +353,7 @@ fn destination_killed_mid_ram_then_cancel_then_success() {
     assert_eq!(mid["status"], "active", "{mid}");
     assert!(mid["ram"]["transferred"].as_u64().unwrap() > 0, "{mid}");
     dst.vm.kill();
-    let m = wait_end(&mut q);
+    let m = q.wait_migration(T);
     assert_eq!(m["status"], "failed", "{m}");
     assert_still_running(&mut src);
 
@@ -382,7 +367,7 @@ fn destination_killed_mid_ram_then_cancel_then_success() {
     q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
     std::thread::sleep(Duration::from_millis(500));
     q.execute("migrate_cancel", json!({}));
-    let m = wait_end(&mut q);
+    let m = q.wait_migration(T);
     assert_eq!(m["status"], "cancelled", "{m}");
     assert_ne!(dst.vm.wait_exit(T).code(), Some(0));
     assert_still_running(&mut src);
@@ -444,7 +429,7 @@ fn killed_while_paused(hook: &str) {
         panic!("cont during finish-migrate was accepted: {st}");
     }
     dst.vm.kill();
-    let m = wait_end(&mut q);
+    let m = q.wait_migration(T);
     assert_eq!(m["status"], "failed", "{m}");
     assert_still_running(&mut src);
 }
@@ -540,7 +525,7 @@ fn between_two_hosts_and_a_cut_link_is_detected() {
     std::thread::sleep(Duration::from_millis(600));
     hosts.cut();
     let t0 = Instant::now();
-    let m = wait_end(&mut q);
+    let m = q.wait_migration(T);
     let detected = t0.elapsed();
     assert_eq!(m["status"], "failed", "{m}");
     eprintln!(
@@ -646,15 +631,7 @@ fn vmmctl_migrate_shows_progress_and_summary() {
     src.vm.wait_prefix("mem.filled", BOOT);
     // Slow enough that RAM takes over a second, so the bar is drawn while
     // it moves; auto-converge so the guest cannot outrun the cap.
-    let mut q = src.qmp();
-    q.execute(
-        "migrate-set-parameters",
-        json!({"max-bandwidth": 150_000_000u64}),
-    );
-    q.execute(
-        "migrate-set-capabilities",
-        json!({"capabilities": [{"capability": "auto-converge", "state": true}]}),
-    );
+    src.qmp().cap_bandwidth_and_auto_converge(150_000_000);
     let port = free_port();
     let mut dst = node("dst", &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
     let vmmctl = vmm_tests::vmm::binary().with_file_name("vmmctl");
@@ -799,7 +776,7 @@ fn convergence_needs_auto_converge_when_the_guest_outruns_the_link() {
         "{stuck}"
     );
     q.execute("migrate_cancel", json!({}));
-    assert_eq!(wait_end(&mut q)["status"], "cancelled");
+    assert_eq!(q.wait_migration(T)["status"], "cancelled");
     assert_ne!(dst.vm.wait_exit(T).code(), Some(0));
     assert_still_running(&mut src);
 
@@ -967,7 +944,7 @@ fn reset_during_migration_fails_it_and_a_new_one_works() {
     q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
     std::thread::sleep(Duration::from_millis(300));
     q.execute("system_reset", json!({}));
-    let m = wait_end(&mut q);
+    let m = q.wait_migration(T);
     assert_eq!(m["status"], "failed", "{m}");
     assert!(
         m["error-desc"]

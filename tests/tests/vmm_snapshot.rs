@@ -38,6 +38,17 @@ fn wait_tick_after(vm: &Vm, n: u64) -> (u64, u64) {
     }
 }
 
+/// The guest checks every page it wrote, then ends with its verdict.
+fn verify_then_pass(vm: &mut Vm) {
+    vm.send(b"v");
+    let v = vm.wait_for("a verify", BOOT, |l| {
+        l.starts_with("mem.verify") && l.contains("reason=request")
+    });
+    assert_eq!(field(&v, "bad_pages").as_deref(), Some("0"), "{v}");
+    vm.send(b"q");
+    vm.assert_pass(BOOT);
+}
+
 fn with_cpus(cpus: u32, extra: &[&str]) -> Vmm {
     Vmm::new()
         .args([
@@ -407,13 +418,7 @@ fn second_save_after_cont_is_complete() {
         base(&["-incoming", &format!("file:{}", second.display())]).spawn("snap-twice-restored");
     let next = wait_tick_after(&vm, 0);
     assert_eq!(next.0, last.0 + 1, "{}", vm.log());
-    vm.send(b"v");
-    let v = vm.wait_for("a verify", BOOT, |l| {
-        l.starts_with("mem.verify") && l.contains("reason=request")
-    });
-    assert_eq!(field(&v, "bad_pages").as_deref(), Some("0"), "{v}");
-    vm.send(b"q");
-    vm.assert_pass(BOOT);
+    verify_then_pass(&mut vm);
 }
 
 /// `migrate file:` runs off the main loop: while a 1 GiB guest's save is
@@ -485,11 +490,5 @@ fn file_save_runs_off_the_main_loop() {
     let _ = std::fs::remove_file(&sock);
     let mut vm = big(&["-incoming", &format!("file:{}", file.display())]).spawn("snap-fifo-back");
     assert_eq!(wait_tick_after(&vm, 0).0, last.0 + 1, "{}", vm.log());
-    vm.send(b"v");
-    let v = vm.wait_for("a verify", BOOT, |l| {
-        l.starts_with("mem.verify") && l.contains("reason=request")
-    });
-    assert_eq!(field(&v, "bad_pages").as_deref(), Some("0"), "{v}");
-    vm.send(b"q");
-    vm.assert_pass(BOOT);
+    verify_then_pass(&mut vm);
 }
