@@ -13,7 +13,7 @@ import argparse, json, os, statistics, subprocess, sys, time
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST = os.path.join(TOP, "target/guest/test-guest")
-VMM = os.path.join(TOP, "target/release/vmm")
+VMM = os.environ.get("VMM_BIN", os.path.join(TOP, "target/release/vmm"))
 MEM = "256M"
 MEM_BYTES = 256 << 20
 EXIT = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]

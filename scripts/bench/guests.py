@@ -5,7 +5,8 @@ import json, os, socket, time
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST = os.path.join(TOP, "target/guest/test-guest")
-VMM = os.path.join(TOP, "target/release/vmm")
+# VMM_BIN: another build to compare (a release built from an older commit).
+VMM = os.environ.get("VMM_BIN", os.path.join(TOP, "target/release/vmm"))
 
 
 def cmdline(kind, mem, smp, append, sock, extra):

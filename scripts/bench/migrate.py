@@ -138,6 +138,10 @@ def main():
         print(f"loopback TCP, one stream, plain socket copy of 2 GiB {into}: "
               f"{rates[1] / 1e9:.2f} GB/s (median of 3, {rates[0] / 1e9:.2f}-{rates[2] / 1e9:.2f})", flush=True)
     configs = [("vmm", "default"), ("vmm", "multifd"), ("qemu", "default"), ("qemu", "bw"), ("qemu", "multifd")]
+    # ONLY=vmm: vmm's configurations alone (comparing two builds, VMM_BIN).
+    only_vmm = os.environ.get("ONLY") == "vmm"
+    if only_vmm:
+        configs = configs[:2]
     names = {("vmm", "default"): "vmm", ("vmm", "multifd"): "vmm, multifd x4", ("qemu", "default"): "QEMU 7.2 defaults",
              ("qemu", "bw"): "QEMU 7.2, max-bandwidth 100 GiB/s", ("qemu", "multifd"): "QEMU 7.2, max-bandwidth + multifd x4"}
     with tempfile.TemporaryDirectory() as d:
@@ -146,7 +150,8 @@ def main():
             print("| VMM | total ms (median [min-max]) | downtime ms (median [min-max]) | MB sent | GB/s (sent / total, median) | converged |")
             print("|---|---|---|---|---|---|")
             one("vmm", "default", scenario, d)
-            one("qemu", "bw", scenario, d)
+            if not only_vmm:
+                one("qemu", "bw", scenario, d)
             for kind, mode in configs:
                 res = [one(kind, mode, scenario, d) for _ in range(RUNS)]
                 ok = [r for r in res if r and r != "failed"]

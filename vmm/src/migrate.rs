@@ -568,13 +568,13 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// One dirty page handed to the connection: `remaining` counts down
-    /// through a pass, so progress shows while the pass runs.
-    fn page_sent(&self) {
+    /// `pages` dirty pages handed to the connection: `remaining` counts
+    /// down through a pass, so progress shows while the pass runs.
+    fn pages_sent(&self, pages: u64) {
         let _ = self
             .remaining
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                Some(r.saturating_sub(PAGE_SIZE as u64))
+                Some(r.saturating_sub(pages * PAGE_SIZE as u64))
             });
     }
 }
@@ -1046,7 +1046,7 @@ impl Source {
             let bits = &dirty[ri];
             let start = r.start_addr().0;
             let pages = set_bits(bits, bytes.len() / PAGE_SIZE).map(|i| {
-                p.page_sent();
+                p.pages_sent(1);
                 (
                     crate::snapshot::RAM_BLOCK,
                     block_offset(self.ram, start, i),
@@ -1114,8 +1114,11 @@ impl Source {
                 .map(|(c, pages)| {
                     scope.spawn(move || -> std::io::Result<()> {
                         let mut g = Gather::new();
+                        // Counted per batch written: the channels share
+                        // the counter.
+                        let mut batch = 0;
                         for (off, d) in pages {
-                            p.page_sent();
+                            batch += 1;
                             if crate::snapshot::is_zero(d) {
                                 p.duplicate.fetch_add(1, Ordering::Relaxed);
                                 g.head(&(off | CH_ZERO).to_be_bytes());
@@ -1126,12 +1129,15 @@ impl Source {
                             }
                             if g.full() {
                                 g.write_to(c)?;
+                                p.pages_sent(std::mem::take(&mut batch));
                             }
                         }
                         if last {
                             g.head(&CH_END.to_be_bytes());
                         }
-                        g.write_to(c)
+                        g.write_to(c)?;
+                        p.pages_sent(batch);
+                        Ok(())
                     })
                 })
                 .collect();
