@@ -37,7 +37,7 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -64,6 +64,14 @@ impl Conn {
             Conn::Tcp(s) => s.set_read_timeout(t),
             Conn::Unix(s) => s.set_read_timeout(t),
         }
+    }
+
+    /// Ends reading on the socket (a reader blocked in it sees the end).
+    fn shutdown_read(&self) {
+        let _ = match self {
+            Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Read),
+            Conn::Unix(s) => s.shutdown(std::net::Shutdown::Read),
+        };
     }
 
     pub fn shutdown(&self) {
@@ -96,91 +104,189 @@ impl Conn {
         }
     }
 
-    /// One line read straight from the socket (nothing may be buffered
-    /// ahead of it), with the time its last byte arrived, if the kernel
-    /// stamped it (see [`Conn::stamp_arrivals`]).
-    fn read_line_stamped(&self) -> std::io::Result<(String, Option<std::time::SystemTime>)> {
-        let mut line = Vec::new();
+    /// One receive straight from the socket into `buf`, with the time it
+    /// arrived if the kernel stamped it (see [`Conn::stamp_arrivals`]).
+    fn recv_stamped(
+        &self,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, Option<std::time::SystemTime>)> {
+        // Room for a few cmsgs (u64-aligned).
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; zero is a valid empty value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: every pointer in msg refers to a live local buffer of
+        // the length given.
+        let n = unsafe { libc::recvmsg(self.raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         let mut at = None;
-        while !line.ends_with(b"\n") {
-            let mut buf = [0u8; 256];
-            // Room for a few cmsgs (u64-aligned).
-            let mut control = [0u64; 16];
-            let mut iov = libc::iovec {
-                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-                iov_len: buf.len(),
-            };
-            // SAFETY: msghdr is plain data; zero is a valid empty value.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-            msg.msg_controllen = std::mem::size_of_val(&control);
-            // SAFETY: every pointer in msg refers to a live local buffer of
-            // the length given.
-            let n = unsafe { libc::recvmsg(self.raw_fd(), &mut msg, 0) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+        // SAFETY: the CMSG_* walk stays inside msg's control buffer, which
+        // the kernel filled and sized in msg_controllen.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                    if ts.tv_sec > 0 {
+                        at = Some(
+                            std::time::UNIX_EPOCH
+                                + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                        );
+                    }
                 }
-                return Err(e);
+                c = libc::CMSG_NXTHDR(&msg, c);
             }
-            if n == 0 {
+        }
+        Ok((n as usize, at))
+    }
+}
+
+/// A line of the return path and when its last byte arrived (if stamped).
+type Stamped = (String, Option<std::time::SystemTime>);
+
+/// Splits what a connection receives into lines, each with the arrival
+/// time of the segment that completed it.
+struct LineReader {
+    conn: Conn,
+    buf: Vec<u8>,
+    at: Option<std::time::SystemTime>,
+}
+
+impl LineReader {
+    fn new(conn: Conn) -> LineReader {
+        LineReader {
+            conn,
+            buf: Vec::new(),
+            at: None,
+        }
+    }
+
+    /// The next line (without its newline). A read timeout set on the
+    /// socket is an error here.
+    fn next_line(&mut self) -> std::io::Result<Stamped> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                return Ok((text, self.at));
+            }
+            if self.buf.len() > 64 << 10 {
                 return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the connection closed",
+                    std::io::ErrorKind::InvalidData,
+                    "a handshake line longer than 64 KiB",
                 ));
             }
-            line.extend_from_slice(&buf[..n as usize]);
-            // SAFETY: the CMSG_* walk stays inside msg's control buffer,
-            // which the kernel filled and sized in msg_controllen.
-            unsafe {
-                let mut c = libc::CMSG_FIRSTHDR(&msg);
-                while !c.is_null() {
-                    if (*c).cmsg_level == libc::SOL_SOCKET
-                        && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
-                    {
-                        let ts =
-                            std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
-                        if ts.tv_sec > 0 {
-                            at = Some(
-                                std::time::UNIX_EPOCH
-                                    + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
-                            );
-                        }
-                    }
-                    c = libc::CMSG_NXTHDR(&msg, c);
+            let mut chunk = [0u8; 512];
+            match self.conn.recv_stamped(&mut chunk) {
+                Ok((0, _)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the connection closed",
+                    ))
+                }
+                Ok((n, at)) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.at = at;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The source's return path (QEMU's `source_return_path_thread`): one
+/// thread reads every line the destination sends, stamped with its
+/// arrival, and hands them over in order. The sender checks for a refusal
+/// without blocking; nothing else reads the socket.
+struct ReturnPath {
+    rx: Receiver<std::io::Result<Stamped>>,
+    /// Lines taken while looking for a refusal, not yet asked for.
+    held: std::cell::RefCell<std::collections::VecDeque<Stamped>>,
+    /// The socket, to end the reader when the migration is over.
+    conn: Conn,
+}
+
+impl ReturnPath {
+    fn start(conn: &Conn) -> Result<ReturnPath> {
+        let mut lines = LineReader::new(conn.try_clone()?);
+        // The downtime ends when RUNNING reaches this host: the kernel's
+        // receive timestamp, not when a thread gets to read it.
+        if !conn.stamp_arrivals() {
+            log::debug!("the kernel does not stamp arrivals: downtime is measured when read");
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("migration-rp".into())
+            .spawn(move || loop {
+                let r = lines.next_line();
+                let end = r.is_err();
+                if tx.send(r).is_err() || end {
+                    return;
+                }
+            })
+            .context("cannot start the return-path reader")?;
+        Ok(ReturnPath {
+            rx,
+            held: Default::default(),
+            conn: conn.try_clone()?,
+        })
+    }
+
+    /// The next line within `timeout`; `what` says what was awaited.
+    fn next(&self, timeout: Duration, what: &str) -> Result<(Line, Option<std::time::SystemTime>)> {
+        let (text, at) = match self.held.borrow_mut().pop_front() {
+            Some(l) => l,
+            None => match self.rx.recv_timeout(timeout) {
+                Ok(r) => r.with_context(|| what.to_string())?,
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("{what}: no answer within {} s", timeout.as_secs())
+                }
+                Err(RecvTimeoutError::Disconnected) => bail!("{what}: the return path ended"),
+            },
+        };
+        Ok((Line::parse(&text)?, at))
+    }
+
+    /// Fails with the destination's reason if it has refused the stream
+    /// (a line already arrived); never waits.
+    fn refused(&self) -> Result<()> {
+        while let Ok(r) = self.rx.try_recv() {
+            match r {
+                Ok(l) => self.held.borrow_mut().push_back(l),
+                // Seen again (as the error) by whoever waits next.
+                Err(e) => {
+                    self.held
+                        .borrow_mut()
+                        .push_back((format!("ERR the return path failed: {e}"), None));
+                    break;
                 }
             }
         }
-        Ok((String::from_utf8_lossy(&line).trim_end().to_string(), at))
-    }
-
-    /// The reason of an `ERR` line waiting to be read, without blocking
-    /// and without consuming it.
-    fn pending(&self) -> Option<String> {
-        let fd = match self {
-            Conn::Tcp(s) => s.as_raw_fd(),
-            Conn::Unix(s) => s.as_raw_fd(),
-        };
-        let mut buf = [0u8; 512];
-        // SAFETY: recv into a live buffer of its length; MSG_PEEK leaves
-        // the bytes for the handshake reader.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_PEEK,
-            )
-        };
-        // Only a refusal counts (SYNC answers are read by the handshake).
-        let text = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
-        text.lines().find_map(|l| match Line::parse(l) {
+        let held = self.held.borrow();
+        if let Some(why) = held.iter().find_map(|(l, _)| match Line::parse(l) {
             Ok(Line::Err(why)) => Some(why),
             _ => None,
-        })
+        }) {
+            bail!("the destination refused the stream: {why}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ReturnPath {
+    fn drop(&mut self) {
+        // Wakes the reader (its receive returns 0) so its thread ends.
+        self.conn.shutdown_read();
     }
 }
 
@@ -749,9 +855,13 @@ impl Source {
         for r in self.mem.iter() {
             region_bitmap(r).reset();
         }
-        let reader = self.conn.try_clone()?;
         // The return path: SYNC answers now, the handshake at the end.
-        let mut lines = BufReader::new(self.conn.try_clone()?);
+        let rp = ReturnPath::start(&self.conn)?;
+        let mut chan_lines = self
+            .channels
+            .iter()
+            .map(|c| c.try_clone().map(LineReader::new))
+            .collect::<std::io::Result<Vec<_>>>()?;
         let meter = Meter {
             w: self.conn.try_clone()?,
             progress: p,
@@ -816,7 +926,7 @@ impl Source {
                 .store(pages * PAGE_SIZE as u64, Ordering::SeqCst);
             let start = Instant::now();
             let before = p.transferred.load(Ordering::SeqCst);
-            self.send_pages(&mut w, &mut chans, id, &dirty, false, &reader)?;
+            self.send_pages(&mut w, &mut chans, id, &dirty, false, &rp)?;
             w.flush()?;
             let dt = start.elapsed().as_secs_f64().max(1e-6);
             let sent = p.transferred.load(Ordering::SeqCst) - before;
@@ -858,10 +968,11 @@ impl Source {
                     if chans.is_empty() {
                         w.ram_pages(id, false, [])?;
                         w.flush()?;
-                        self.conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-                        let l = read_line(&mut lines)
-                            .context("waiting for the destination to catch up")?;
-                        match Line::parse(&l)? {
+                        let (l, _) = rp.next(
+                            Duration::from_secs(10),
+                            "waiting for the destination to catch up",
+                        )?;
+                        match l {
                             Line::Sync => {}
                             Line::Err(why) => bail!("the destination refused the stream: {why}"),
                             other => bail!("the destination answered {other} instead of SYNC"),
@@ -874,8 +985,9 @@ impl Source {
                             c.flush()?;
                             conn.set_read_timeout(Some(Duration::from_secs(10)))?;
                         }
-                        for conn in &self.channels {
-                            let l = read_line(&mut BufReader::new(conn.try_clone()?))
+                        for lines in &mut chan_lines {
+                            let (l, _) = lines
+                                .next_line()
                                 .context("waiting for a multifd channel to catch up")?;
                             if Line::parse(&l) != Ok(Line::Sync) {
                                 bail!("a multifd channel answered '{l}' instead of SYNC");
@@ -890,7 +1002,7 @@ impl Source {
                     }
                     p.remaining
                         .store(count(&dirty) * PAGE_SIZE as u64, Ordering::SeqCst);
-                    self.send_pages(&mut w, &mut chans, id, &dirty, false, &reader)?;
+                    self.send_pages(&mut w, &mut chans, id, &dirty, false, &rp)?;
                     w.flush()?;
                     dirty = dirty_pages(&*self.vm, &self.mem)?;
                 }
@@ -948,7 +1060,7 @@ impl Source {
         }
         p.remaining
             .store(count(&dirty) * PAGE_SIZE as u64, Ordering::SeqCst);
-        self.send_pages(&mut w, &mut chans, id, &dirty, true, &reader)?;
+        self.send_pages(&mut w, &mut chans, id, &dirty, true, &rp)?;
         log::debug!(
             "downtime: last {} pages sent at +{} us",
             count(&dirty),
@@ -968,11 +1080,12 @@ impl Source {
         p.remaining.store(0, Ordering::SeqCst);
 
         // The handshake: only a loaded destination gets GO.
-        let conn = self.conn.try_clone()?;
-        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
         let answer = loop {
-            let l = read_line(&mut lines).context("the destination did not confirm the stream")?;
-            match Line::parse(&l)? {
+            let (l, _) = rp.next(
+                Duration::from_secs(30),
+                "the destination did not confirm the stream",
+            )?;
+            match l {
                 Line::Sync => continue,
                 other => break other,
             }
@@ -991,25 +1104,19 @@ impl Source {
         // busy host the destination's freshly started vCPU can delay that
         // by milliseconds).
         let paused_wall = std::time::SystemTime::now() - devices.paused_at.elapsed();
-        let stamped = lines.buffer().is_empty() && conn.stamp_arrivals();
-        let mut go = conn.try_clone()?;
+        let mut go = self.conn.try_clone()?;
         go.write_all(&Line::Go.encode())
             .context("cannot send GO to the destination")?;
         // Committed: from here the destination owns the guest.
-        conn.set_read_timeout(Some(LINK_TIMEOUT))?;
-        let answer = if stamped {
-            conn.read_line_stamped().map_err(anyhow::Error::from)
-        } else {
-            read_line(&mut lines).map(|l| (l, None))
-        };
+        let answer = rp.next(LINK_TIMEOUT, "waiting for RUNNING");
         let mut downtime = devices.paused_at.elapsed();
         match answer {
-            Ok((l, at)) if Line::parse(&l) == Ok(Line::Running) => {
+            Ok((Line::Running, at)) => {
                 if let Some(d) = at.and_then(|t| t.duration_since(paused_wall).ok()) {
                     downtime = d.min(downtime);
                 }
             }
-            Ok((l, _)) => log::warn!("the destination answered '{l}' after GO"),
+            Ok((l, _)) => log::warn!("the destination answered {l} after GO"),
             Err(e) => log::warn!("no RUNNING from the destination after GO: {e:#}"),
         }
         log::debug!(
@@ -1030,7 +1137,7 @@ impl Source {
         id: u32,
         dirty: &[Vec<u64>],
         last: bool,
-        peer: &Conn,
+        peer: &ReturnPath,
     ) -> Result<()> {
         if !chans.is_empty() {
             self.send_channels(chans, dirty, last, peer)?;
@@ -1041,7 +1148,7 @@ impl Source {
         }
         let p = &*self.progress;
         for (ri, r) in self.mem.iter().enumerate() {
-            refused(peer)?;
+            peer.refused()?;
             let bytes = self.region_bytes(r)?;
             let bits = &dirty[ri];
             let start = r.start_addr().0;
@@ -1064,15 +1171,6 @@ impl Source {
     }
 }
 
-/// Fails with the destination's reason if it has already refused the
-/// stream (an `ERR` line waiting on the return path).
-fn refused(peer: &Conn) -> Result<()> {
-    if let Some(why) = peer.pending() {
-        bail!("the destination refused the stream: {why}");
-    }
-    Ok(())
-}
-
 impl Source {
     /// Region `r` of guest RAM as bytes.
     fn region_bytes(&self, r: &impl GuestMemoryRegion) -> Result<&[u8]> {
@@ -1093,9 +1191,9 @@ impl Source {
         chans: &mut [C],
         dirty: &[Vec<u64>],
         last: bool,
-        peer: &Conn,
+        peer: &ReturnPath,
     ) -> Result<()> {
-        refused(peer)?;
+        peer.refused()?;
         let n = chans.len();
         let p = &*self.progress;
         // (block offset, page) for every dirty page, per channel.
@@ -1187,12 +1285,18 @@ pub fn refuse(conn: &mut Conn, why: &str) {
 mod tests {
     use super::*;
 
+    /// A connected pair: the test's end and the VMM's.
+    fn pair() -> (TcpStream, Conn) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (peer, Conn::Tcp(l.accept().unwrap().0))
+    }
+
     #[test]
     fn running_carries_its_kernel_arrival_time() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let conn = Conn::Tcp(l.accept().unwrap().0);
+        let (mut peer, conn) = pair();
         assert!(conn.stamp_arrivals());
+        let mut lines = LineReader::new(conn);
         let before = std::time::SystemTime::now();
         // In two pieces, the line's end arriving last.
         peer.write_all(b"RUNN").unwrap();
@@ -1200,7 +1304,7 @@ mod tests {
         let sent = std::time::SystemTime::now();
         peer.write_all(b"ING\n").unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        let (line, at) = conn.read_line_stamped().unwrap();
+        let (line, at) = lines.next_line().unwrap();
         let read = std::time::SystemTime::now();
         assert_eq!(line, "RUNNING");
         let at = at.expect("the kernel stamped the arrival");
@@ -1208,8 +1312,57 @@ mod tests {
         // before this thread read it 50 ms later.
         assert!(at >= sent && at > before, "{at:?} vs sent {sent:?}");
         assert!(read.duration_since(at).unwrap() >= Duration::from_millis(40));
+        // Two lines in one segment are two lines.
+        peer.write_all(b"SYNC\nLOADED\n").unwrap();
+        assert_eq!(lines.next_line().unwrap().0, "SYNC");
+        assert_eq!(lines.next_line().unwrap().0, "LOADED");
         drop(peer);
-        assert!(conn.read_line_stamped().is_err(), "EOF is an error");
+        assert!(lines.next_line().is_err(), "EOF is an error");
+    }
+
+    #[test]
+    fn the_return_path_has_one_reader_and_names_what_it_got() {
+        let (mut peer, conn) = pair();
+        let rp = ReturnPath::start(&conn).unwrap();
+        // Nothing yet: no refusal, and no waiting for one.
+        let t0 = Instant::now();
+        rp.refused().unwrap();
+        assert!(t0.elapsed() < Duration::from_millis(50));
+        // A SYNC seen while looking for a refusal is still delivered.
+        peer.write_all(b"SYNC\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        rp.refused().unwrap();
+        assert_eq!(
+            rp.next(Duration::from_secs(5), "sync").unwrap().0,
+            Line::Sync
+        );
+        // A refusal is found without blocking, with its reason.
+        peer.write_all(b"ERR machine type received is 'pc-q35-7.2'\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let e = rp.refused().unwrap_err().to_string();
+        assert!(e.contains("refused") && e.contains("pc-q35-7.2"), "{e}");
+        assert!(matches!(
+            rp.next(Duration::from_secs(5), "x").unwrap().0,
+            Line::Err(_)
+        ));
+        // A line nobody speaks is an error naming it; silence times out.
+        peer.write_all(b"HELLO\n").unwrap();
+        let e = rp.next(Duration::from_secs(5), "loaded").unwrap_err();
+        assert!(e.to_string().contains("'HELLO'"), "{e:#}");
+        let e = rp
+            .next(Duration::from_millis(100), "waiting for RUNNING")
+            .unwrap_err();
+        assert!(e.to_string().contains("waiting for RUNNING"), "{e:#}");
+        // Dropped, it ends its reader (which would otherwise wait forever).
+        drop(rp);
+        std::thread::sleep(Duration::from_millis(100));
+        let threads = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|c| c.trim() == "migration-rp")
+            .count();
+        assert_eq!(threads, 0, "the return-path reader outlived its migration");
     }
 
     #[test]
