@@ -3,7 +3,7 @@
 
 use crate::bus::BusDevice;
 use crate::{EventSink, VmEvent};
-use migration::vmstate::{Description, Field, Kind, State, Val};
+use migration::vmstate::{Description, Field, Kind, LoadError, Migratable, State, Val};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -68,30 +68,6 @@ impl AcpiPm {
         }
     }
 
-    /// The migratable state.
-    pub fn state(&self) -> State {
-        let mut st = State::default();
-        st.set("pm1_status", Val::Uint(self.status as u64))
-            .set("pm1_enable", Val::Uint(self.enable as u64))
-            .set("pm1_control", Val::Uint(self.control as u64))
-            .set("pm_timer", Val::Uint(self.timer() as u64));
-        st
-    }
-
-    /// Takes over a saved state; the PM timer continues from its value.
-    pub fn restore(&mut self, st: &State) -> Option<()> {
-        let u16_of = |n| st.uint(n).filter(|v| *v <= 0xffff).map(|v| v as u16);
-        self.status = u16_of("pm1_status")?;
-        self.enable = u16_of("pm1_enable")?;
-        self.control = u16_of("pm1_control")? | SCI_EN;
-        let ticks = st.uint("pm_timer")? as u128;
-        let since = Duration::from_nanos((ticks * 1_000_000_000 / PM_TIMER_HZ) as u64);
-        self.start = Instant::now()
-            .checked_sub(since)
-            .unwrap_or_else(Instant::now);
-        Some(())
-    }
-
     /// The ACPI power button (QMP `system_powerdown`): PWRBTN_STS, and the
     /// SCI if the guest enabled it. Guests that poll PM1 status see it too.
     pub fn power_button(&mut self) {
@@ -114,6 +90,47 @@ impl AcpiPm {
         r[4..6].copy_from_slice(&self.control.to_le_bytes());
         r[8..12].copy_from_slice(&self.timer().to_le_bytes());
         r
+    }
+}
+
+impl Migratable for AcpiPm {
+    fn description(&self) -> &'static Description {
+        &VMSTATE
+    }
+
+    fn state(&self) -> State {
+        let mut st = State::default();
+        st.set("pm1_status", Val::Uint(self.status as u64))
+            .set("pm1_enable", Val::Uint(self.enable as u64))
+            .set("pm1_control", Val::Uint(self.control as u64))
+            .set("pm_timer", Val::Uint(self.timer() as u64));
+        st
+    }
+
+    /// The PM timer continues from the saved value.
+    fn load(&mut self, st: &State) -> Result<(), LoadError> {
+        let u16_of = |n: &str| {
+            st.uint(n)
+                .filter(|v| *v <= 0xffff)
+                .map(|v| v as u16)
+                .ok_or_else(|| LoadError::field("acpi-pm", n))
+        };
+        let (status, enable, control) = (
+            u16_of("pm1_status")?,
+            u16_of("pm1_enable")?,
+            u16_of("pm1_control")?,
+        );
+        let ticks = st
+            .uint("pm_timer")
+            .ok_or_else(|| LoadError::field("acpi-pm", "pm_timer"))? as u128;
+        let since = Duration::from_nanos((ticks * 1_000_000_000 / PM_TIMER_HZ) as u64);
+        self.status = status;
+        self.enable = enable;
+        self.control = control | SCI_EN;
+        self.start = Instant::now()
+            .checked_sub(since)
+            .unwrap_or_else(Instant::now);
+        Ok(())
     }
 }
 
@@ -202,7 +219,7 @@ mod tests {
             Arc::new(|_| {}),
             EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap(),
         );
-        other.restore(&saved).unwrap();
+        other.load(&saved).unwrap();
         let again = other.state();
         assert_eq!(saved.get("pm1_status"), again.get("pm1_status"));
         assert_eq!(saved.get("pm1_enable"), again.get("pm1_enable"));

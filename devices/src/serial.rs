@@ -3,7 +3,7 @@
 //! nothing), its input fed by the VMM.
 
 use crate::bus::BusDevice;
-use migration::vmstate::{Description, Field, Kind, State, Val};
+use migration::vmstate::{Description, Field, Kind, LoadError, Migratable, State, Val};
 use std::io::Write;
 use vm_superio::serial::SerialState;
 use vm_superio::{Serial as Uart, Trigger};
@@ -77,13 +77,15 @@ pub static VMSTATE: Description = Description {
     subsections: &[],
 };
 
-/// A saved serial state that cannot be restored.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RestoreError {
-    #[error("serial: field '{0}' missing or of the wrong type")]
-    Field(&'static str),
-    #[error("serial: {0} bytes in flight, more than the {FIFO_SIZE}-byte FIFO")]
-    Fifo(u64),
+fn field(name: &str) -> LoadError {
+    LoadError::field("serial", name)
+}
+
+fn fifo(len: u64) -> LoadError {
+    LoadError::new(
+        "serial",
+        format!("{len} bytes in flight, more than the {FIFO_SIZE}-byte FIFO"),
+    )
 }
 
 /// Raises the UART's interrupt line through an irqfd.
@@ -107,8 +109,7 @@ impl Serial {
         }
     }
 
-    /// The migratable state.
-    pub fn state(&self) -> State {
+    fn to_state(&self) -> State {
         let s = self.uart.state();
         let mut rx = s.in_buffer.clone();
         rx.resize(FIFO_SIZE, 0);
@@ -136,19 +137,19 @@ impl Serial {
         st: &State,
         irq: EventFd,
         out: Box<dyn Write + Send>,
-    ) -> Result<Serial, RestoreError> {
+    ) -> Result<Serial, LoadError> {
         let u8_of = |n: &'static str| {
             st.uint(n)
                 .filter(|v| *v <= 0xff)
                 .map(|v| v as u8)
-                .ok_or(RestoreError::Field(n))
+                .ok_or_else(|| field(n))
         };
-        let len = st.uint("rx_len").ok_or(RestoreError::Field("rx_len"))?;
+        let len = st.uint("rx_len").ok_or_else(|| field("rx_len"))?;
         if len as usize > FIFO_SIZE {
-            return Err(RestoreError::Fifo(len));
+            return Err(fifo(len));
         }
         let Some(Val::Bytes(rx)) = st.get("rx") else {
-            return Err(RestoreError::Field("rx"));
+            return Err(field("rx"));
         };
         let state = SerialState {
             baud_divisor_low: u8_of("divisor_low")?,
@@ -160,25 +161,20 @@ impl Serial {
             modem_control: u8_of("mcr")?,
             modem_status: u8_of("msr")?,
             scratch: u8_of("scr")?,
-            in_buffer: rx
-                .get(..len as usize)
-                .ok_or(RestoreError::Field("rx"))?
-                .to_vec(),
+            in_buffer: rx.get(..len as usize).ok_or_else(|| field("rx"))?.to_vec(),
         };
         let uart = Uart::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
-            .map_err(|_| RestoreError::Fifo(len))?;
+            .map_err(|_| fifo(len))?;
         Ok(Serial { uart })
     }
 
     /// Takes over a saved state in place, keeping this UART's output and
     /// interrupt line. Nothing changes if the state is refused.
-    pub fn restore(&mut self, st: &State) -> Result<(), RestoreError> {
+    fn restore(&mut self, st: &State) -> Result<(), LoadError> {
         let irq = |u: &Self| {
-            u.uart
-                .interrupt_evt()
-                .0
-                .try_clone()
-                .map_err(|_| RestoreError::Field("irq"))
+            u.uart.interrupt_evt().0.try_clone().map_err(|e| {
+                LoadError::new("serial", format!("cannot keep its interrupt line: {e}"))
+            })
         };
         Serial::from_state(st, irq(self)?, Box::new(std::io::sink()))?;
         let placeholder = Uart::new(
@@ -186,11 +182,9 @@ impl Serial {
             Box::new(std::io::sink()) as Box<dyn Write + Send>,
         );
         let old = std::mem::replace(&mut self.uart, placeholder);
-        let evt = old
-            .interrupt_evt()
-            .0
-            .try_clone()
-            .map_err(|_| RestoreError::Field("irq"))?;
+        let evt = old.interrupt_evt().0.try_clone().map_err(|e| {
+            LoadError::new("serial", format!("cannot keep its interrupt line: {e}"))
+        })?;
         *self = Serial::from_state(st, evt, old.into_writer())?;
         Ok(())
     }
@@ -208,6 +202,21 @@ impl Serial {
                 0
             }
         }
+    }
+}
+
+impl Migratable for Serial {
+    fn description(&self) -> &'static Description {
+        &VMSTATE
+    }
+
+    fn state(&self) -> State {
+        self.to_state()
+    }
+
+    /// Keeps this UART's output and interrupt line.
+    fn load(&mut self, st: &State) -> Result<(), LoadError> {
+        self.restore(st)
     }
 }
 
@@ -270,9 +279,12 @@ mod tests {
     fn hostile_state_is_refused() {
         let mut st = Serial::new(evt(), Box::new(std::io::sink())).state();
         st.set("rx_len", Val::Uint(200));
+        let e = Serial::from_state(&st, evt(), Box::new(std::io::sink()))
+            .err()
+            .expect("refused");
         assert_eq!(
-            Serial::from_state(&st, evt(), Box::new(std::io::sink())).err(),
-            Some(RestoreError::Fifo(200))
+            e.to_string(),
+            "serial: 200 bytes in flight, more than the 64-byte FIFO"
         );
     }
 }

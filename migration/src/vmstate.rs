@@ -198,3 +198,44 @@ impl Description {
         o
     }
 }
+
+/// What every migratable component implements: its state as the value
+/// tree of its description, and back.
+pub trait Migratable {
+    /// What [`Migratable::state`] fills and [`Migratable::load`] reads.
+    fn description(&self) -> &'static Description;
+    fn state(&self) -> State;
+    /// Takes over a saved state; nothing changes if it is refused.
+    fn load(&mut self, st: &State) -> Result<(), LoadError>;
+}
+
+/// Why a component refused a saved state: which component, what is wrong
+/// (naming the field or register and the values), and what would reconcile
+/// it, when something would.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{device}: {what}{}", hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default())]
+pub struct LoadError {
+    pub device: String,
+    pub what: String,
+    pub hint: Option<String>,
+}
+
+impl LoadError {
+    pub fn new(device: impl Into<String>, what: impl Into<String>) -> LoadError {
+        LoadError {
+            device: device.into(),
+            what: what.into(),
+            hint: None,
+        }
+    }
+
+    /// A field the state lacks, or holds out of its range.
+    pub fn field(device: impl Into<String>, name: &str) -> LoadError {
+        LoadError::new(device, format!("field '{name}' missing or out of range"))
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> LoadError {
+        self.hint = Some(hint.into());
+        self
+    }
+}

@@ -10,7 +10,7 @@ use arch::x86_64::layout;
 use devices::pci::{Bdf, PciRoot};
 use devices::virtio::Memory as GuestMemoryMmap;
 use migration::stream::{RamSink, Reader, Record, Writer, PAGE_SIZE};
-use migration::vmstate::{Description, Field, Kind, State, Val};
+use migration::vmstate::{Description, Field, Kind, Migratable, State, Val};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -202,6 +202,12 @@ pub fn write_devices<W: std::io::Write>(w: &mut Writer<W>, p: &Parts) -> Result<
 /// One device section: id, instance, description, state.
 pub type Section = (String, u32, &'static Description, State);
 
+/// The board's devices besides the PCI functions, in stream order: each
+/// named by its description, saved and loaded through [`Migratable`].
+fn board_devices<'a>(p: &Parts<'a>) -> [&'a Mutex<dyn Migratable + Send>; 3] {
+    [p.serial, p.pm, p.pci_io]
+}
+
 /// Every device's state, in stream order. The VM must be stopped and its
 /// devices paused.
 pub fn device_sections(p: &Parts) -> Result<Vec<Section>> {
@@ -226,24 +232,11 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>> {
     let mut clock = State::default();
     clock.set("clock", Val::Uint(p.clock));
     out.push(("kvmclock".into(), 0, &KVMCLOCK, clock));
-    out.push((
-        "serial".into(),
-        0,
-        &devices::serial::VMSTATE,
-        p.serial.lock().expect("serial lock").state(),
-    ));
-    out.push((
-        "acpi-pm".into(),
-        0,
-        &devices::acpi_pm::VMSTATE,
-        p.pm.lock().expect("pm lock").state(),
-    ));
-    out.push((
-        "pci-host".into(),
-        0,
-        &devices::pci::HOST_VMSTATE,
-        p.pci_io.lock().expect("pci lock").state(),
-    ));
+    for dev in board_devices(p) {
+        let dev = dev.lock().expect("device lock");
+        let desc = dev.description();
+        out.push((desc.name.into(), 0, desc, dev.state()));
+    }
     for (bdf, f) in p.pci.lock().expect("pci lock").functions() {
         let desc = f.vmstate();
         out.push((format!("0000:{bdf}/{}", desc.name), 0, desc, f.state()));
@@ -398,14 +391,19 @@ pub fn load_from<R: std::io::Read>(
         .expect("vcpu lock")
         .state_description();
     let hv = p.vm.state_description();
+    let board: Vec<(&str, &Mutex<dyn Migratable + Send>)> = board_devices(p)
+        .into_iter()
+        .map(|d| (d.lock().expect("device lock").description().name, d))
+        .collect();
+    let board_device = |id: &str| board.iter().find(|(name, _)| *name == id).map(|(_, d)| *d);
     let lookup = |id: &str, inst: u32| -> Option<&'static Description> {
         match id {
             _ if id == cpu.name => ((inst as usize) < p.vcpus.len()).then_some(cpu),
             _ if id == hv.name => Some(hv),
             "kvmclock" => Some(&KVMCLOCK),
-            "serial" => Some(&devices::serial::VMSTATE),
-            "acpi-pm" => Some(&devices::acpi_pm::VMSTATE),
-            "pci-host" => Some(&devices::pci::HOST_VMSTATE),
+            _ if board_device(id).is_some() => {
+                board_device(id).map(|d| d.lock().expect("device lock").description())
+            }
             s => {
                 // A PCI function: its description decides the section
                 // name; a different device at that address is not ours.
@@ -460,18 +458,10 @@ pub fn load_from<R: std::io::Read>(
                     }
                     id if id == hv.name => p.vm.restore(&state_to_blobs(hv, &state))?,
                     "kvmclock" => clock = state.uint("clock"),
-                    "serial" => p.serial.lock().expect("serial lock").restore(&state)?,
-                    "pci-host" => p
-                        .pci_io
-                        .lock()
-                        .expect("pci lock")
-                        .restore(&state)
-                        .ok_or_else(|| anyhow!("pci-host: bad state"))?,
-                    "acpi-pm" => {
-                        p.pm.lock()
-                            .expect("pm lock")
-                            .restore(&state)
-                            .ok_or_else(|| anyhow!("acpi-pm: bad state"))?
+                    id if board_device(id).is_some() => {
+                        if let Some(dev) = board_device(id) {
+                            dev.lock().expect("device lock").load(&state)?;
+                        }
                     }
                     s => {
                         let (bdf, _) =

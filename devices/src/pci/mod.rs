@@ -371,8 +371,22 @@ impl PciConfigIo {
         }
     }
 
-    /// The migratable state ([`HOST_VMSTATE`]).
-    pub fn state(&self) -> migration::vmstate::State {
+    fn target(&self, data_offset: u64) -> Option<(Bdf, u16)> {
+        if self.address & 0x8000_0000 == 0 {
+            return None;
+        }
+        let bdf = Bdf(((self.address >> 8) & 0xffff) as u16);
+        Some((bdf, (self.address & 0xfc) as u16 + data_offset as u16))
+    }
+}
+
+/// The 0xCF8 address latch ([`HOST_VMSTATE`]).
+impl migration::vmstate::Migratable for PciConfigIo {
+    fn description(&self) -> &'static migration::vmstate::Description {
+        &HOST_VMSTATE
+    }
+
+    fn state(&self) -> migration::vmstate::State {
         let mut st = migration::vmstate::State::default();
         st.set(
             "config_address",
@@ -381,18 +395,15 @@ impl PciConfigIo {
         st
     }
 
-    /// Takes over a saved latch; `None` if the state lacks it.
-    pub fn restore(&mut self, st: &migration::vmstate::State) -> Option<()> {
-        self.address = u32::try_from(st.uint("config_address")?).ok()?;
-        Some(())
-    }
-
-    fn target(&self, data_offset: u64) -> Option<(Bdf, u16)> {
-        if self.address & 0x8000_0000 == 0 {
-            return None;
-        }
-        let bdf = Bdf(((self.address >> 8) & 0xffff) as u16);
-        Some((bdf, (self.address & 0xfc) as u16 + data_offset as u16))
+    fn load(
+        &mut self,
+        st: &migration::vmstate::State,
+    ) -> Result<(), migration::vmstate::LoadError> {
+        self.address = st
+            .uint("config_address")
+            .and_then(|a| u32::try_from(a).ok())
+            .ok_or_else(|| migration::vmstate::LoadError::field("pci-host", "config_address"))?;
+        Ok(())
     }
 }
 
@@ -472,6 +483,7 @@ impl BusDevice for PciEcam {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use migration::vmstate::Migratable;
 
     fn root() -> Arc<Mutex<PciRoot>> {
         let mut r = PciRoot::default();
@@ -511,7 +523,7 @@ mod tests {
         let mut io = PciConfigIo::new(root(), Arc::new(|_| {}));
         io.write(0, &0x8000_0008u32.to_le_bytes());
         let mut other = PciConfigIo::new(root(), Arc::new(|_| {}));
-        other.restore(&io.state()).unwrap();
+        other.load(&io.state()).unwrap();
         let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
         io.read(4, &mut a);
         other.read(4, &mut b);
