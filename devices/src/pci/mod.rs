@@ -8,6 +8,7 @@ pub mod root_port;
 use crate::bus::BusDevice;
 use crate::{EventSink, VmEvent};
 pub use config::ConfigSpace;
+pub use migration::vmstate::LoadError;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -108,41 +109,24 @@ pub fn config_load_error(
     hint: impl Fn(u16, u32) -> Option<String>,
 ) -> LoadError {
     let Some(m) = m else {
-        return LoadError::Shape {
-            device: device.to_string(),
-        };
+        return LoadError::new(
+            device,
+            "the stream's state does not have the PCIDevice layout",
+        );
     };
-    LoadError::Config {
-        device: device.to_string(),
-        register: register_name(m.offset)
-            .map_or_else(|| format!("at {:#x}", m.offset), str::to_string),
-        offset: m.offset,
-        stream: m.stream,
-        local: m.local,
-        mask: m.mask,
-        hint: hint(m.offset, m.stream)
-            .map(|h| format!("; {h}"))
-            .unwrap_or_default(),
+    let register =
+        register_name(m.offset).map_or_else(|| format!("at {:#x}", m.offset), str::to_string);
+    let e = LoadError::new(
+        device,
+        format!(
+            "config register {register} (offset {:#x}) is {:#010x} in the stream but {:#010x} here, in bits the guest cannot change (mask {:#010x})",
+            m.offset, m.stream, m.local, m.mask
+        ),
+    );
+    match hint(m.offset, m.stream) {
+        Some(h) => e.hint(h),
+        None => e,
     }
-}
-
-/// A PCI function's saved state did not load.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum LoadError {
-    #[error("{device}: config register {register} (offset {offset:#x}) is {stream:#010x} in the stream but {local:#010x} here, in bits the guest cannot change (mask {mask:#010x}){hint}")]
-    Config {
-        device: String,
-        register: String,
-        offset: u16,
-        stream: u32,
-        local: u32,
-        mask: u32,
-        hint: String,
-    },
-    #[error("{device}: the stream's state does not have the PCIDevice layout")]
-    Shape { device: String },
-    #[error("{device}: {what}")]
-    Device { device: String, what: String },
 }
 
 /// Bus/device/function packed as in a CF8 address: bus << 8 | dev << 3 | fn.

@@ -902,10 +902,7 @@ impl PciFunction for VirtioPci {
     }
 
     fn load(&mut self, device: &str, st: &State) -> Result<(), crate::pci::LoadError> {
-        let shape = |what: String| crate::pci::LoadError::Device {
-            device: device.to_string(),
-            what,
-        };
+        let shape = |what: String| crate::pci::LoadError::new(device, what);
         let sub = |n: &str| match st.get(n) {
             Some(Val::Struct(s)) => Ok(s),
             _ => Err(shape(format!("the stream's state lacks '{n}'"))),
