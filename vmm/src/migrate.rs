@@ -212,6 +212,8 @@ struct ReturnPath {
     rx: Receiver<std::io::Result<Stamped>>,
     /// Lines taken while looking for a refusal, not yet asked for.
     held: std::cell::RefCell<std::collections::VecDeque<Stamped>>,
+    /// Why the reader stopped, once it has (the peer closed, an error).
+    ended: std::cell::RefCell<Option<String>>,
     /// The socket, to end the reader when the migration is over.
     conn: Conn,
 }
@@ -238,20 +240,25 @@ impl ReturnPath {
         Ok(ReturnPath {
             rx,
             held: Default::default(),
+            ended: Default::default(),
             conn: conn.try_clone()?,
         })
     }
 
     /// The next line within `timeout`; `what` says what was awaited.
     fn next(&self, timeout: Duration, what: &str) -> Result<(Line, Option<std::time::SystemTime>)> {
-        let (text, at) = match self.held.borrow_mut().pop_front() {
+        let held = self.held.borrow_mut().pop_front();
+        let (text, at) = match held {
             Some(l) => l,
             None => match self.rx.recv_timeout(timeout) {
                 Ok(r) => r.with_context(|| what.to_string())?,
                 Err(RecvTimeoutError::Timeout) => {
                     bail!("{what}: no answer within {} s", timeout.as_secs())
                 }
-                Err(RecvTimeoutError::Disconnected) => bail!("{what}: the return path ended"),
+                Err(RecvTimeoutError::Disconnected) => match self.ended.borrow().as_deref() {
+                    Some(why) => bail!("{what}: {why}"),
+                    None => bail!("{what}: the return path ended"),
+                },
             },
         };
         Ok((Line::parse(&text)?, at))
@@ -263,13 +270,9 @@ impl ReturnPath {
         while let Ok(r) = self.rx.try_recv() {
             match r {
                 Ok(l) => self.held.borrow_mut().push_back(l),
-                // Seen again (as the error) by whoever waits next.
-                Err(e) => {
-                    self.held
-                        .borrow_mut()
-                        .push_back((format!("ERR the return path failed: {e}"), None));
-                    break;
-                }
+                // Kept for whoever waits next; a reason sent before it
+                // still counts.
+                Err(e) => *self.ended.borrow_mut() = Some(e.to_string()),
             }
         }
         let held = self.held.borrow();
@@ -1354,6 +1357,15 @@ mod tests {
             .next(Duration::from_millis(100), "waiting for RUNNING")
             .unwrap_err();
         assert!(e.to_string().contains("waiting for RUNNING"), "{e:#}");
+        // A destination that goes away is no refusal by itself; whoever
+        // waits next learns why the path ended.
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(50));
+        rp.refused().unwrap();
+        let e = rp
+            .next(Duration::from_secs(5), "waiting for LOADED")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("closed"), "{e:#}");
         // Dropped, it ends its reader (which would otherwise wait forever).
         drop(rp);
         std::thread::sleep(Duration::from_millis(100));
