@@ -9,7 +9,7 @@
 //! `hw_compat_2_7` sets, keeping 2.7's behaviour).
 
 use super::msix::{self, Msix};
-use super::worker::Worker;
+use super::worker::{Served, Worker};
 use super::*;
 use crate::pci::config::{self, ConfigSpace};
 use crate::pci::{BarDecl, BarKind, PciFunction};
@@ -126,9 +126,9 @@ pub struct Shared {
     name: String,
 }
 
-impl Shared {
+impl Served for Shared {
     /// Serves queue `q` after a doorbell.
-    pub(super) fn process(&self, q: usize) {
+    fn process(&self, q: usize) {
         if self.paused.load(Ordering::SeqCst) {
             return;
         }
@@ -150,7 +150,7 @@ impl Shared {
     }
 
     /// The backend has input (a tap frame).
-    pub(super) fn backend_ready(&self) {
+    fn backend_ready(&self) {
         if self.paused.load(Ordering::SeqCst) {
             return;
         }
@@ -167,7 +167,9 @@ impl Shared {
         });
         self.finish(common, r, &used);
     }
+}
 
+impl Shared {
     fn finish(&self, common: &mut Common, r: Result<(), GuestError>, used: &[u16]) {
         for &q in used {
             let needed = common.queues[q as usize]

@@ -2,12 +2,19 @@
 //! (ioeventfds KVM signals without exiting to us), the backend's fd (a
 //! tap) and a stop event, and serves the device under its lock.
 
-use super::pci::Shared;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+
+/// What the device thread serves (the transport's shared device state).
+pub trait Served: Send + Sync {
+    /// Queue `q`'s doorbell rang.
+    fn process(&self, q: usize);
+    /// The backend has input.
+    fn backend_ready(&self);
+}
 
 pub struct Worker {
     stop: EventFd,
@@ -17,7 +24,7 @@ pub struct Worker {
 impl Worker {
     pub fn spawn(
         name: String,
-        shared: Arc<Shared>,
+        shared: Arc<dyn Served>,
         kicks: Vec<EventFd>,
         backend: Option<RawFd>,
     ) -> std::io::Result<Worker> {

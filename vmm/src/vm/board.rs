@@ -3,11 +3,11 @@
 
 use super::boot::{load_initrd, load_kernel, Kernel};
 use super::console::{console_input, start_stdin_thread, Unbuffered};
-use super::vcpu::{vcpu_loop, RunGate};
+use super::vcpu::{vcpu_loop, Buses, RunGate};
 use super::virtio::add_virtio_devices;
 use super::{Control, GuestMemoryMmap, Outcome};
 use crate::config::{SerialBackend, VmConfig};
-use crate::hypervisor::{ExitHandler, Hypervisor, Vcpu, Vm, X86BootState};
+use crate::hypervisor::{Hypervisor, Vcpu, Vm, X86BootState};
 use anyhow::{anyhow, Context, Result};
 use arch::x86_64::{acpi, layout, pvh};
 use devices::bus::{Bus, BusDevice};
@@ -25,35 +25,6 @@ use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN};
-
-/// The port and MMIO buses: what vCPU exits are served by.
-pub(super) struct Buses {
-    pub(super) io: Bus,
-    pub(super) mmio: Bus,
-}
-
-impl ExitHandler for Buses {
-    fn pio_read(&self, port: u16, data: &mut [u8]) {
-        if !self.io.read(port as u64, data) {
-            log::trace!("read from unassigned port {port:#x}");
-        }
-    }
-    fn pio_write(&self, port: u16, data: &[u8]) {
-        if !self.io.write(port as u64, data) {
-            log::trace!("write to unassigned port {port:#x}");
-        }
-    }
-    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
-        if !self.mmio.read(addr, data) {
-            log::debug!("read from unassigned MMIO {addr:#x}");
-        }
-    }
-    fn mmio_write(&self, addr: u64, data: &[u8]) {
-        if !self.mmio.write(addr, data) {
-            log::debug!("write to unassigned MMIO {addr:#x}");
-        }
-    }
-}
 
 /// One instance of the board: everything a reset throws away.
 pub(super) struct Board {

@@ -1,14 +1,43 @@
 //! vCPU threads: the run gate that holds them while the VM is paused,
 //! and the loop around KVM_RUN.
 
-use super::board::Buses;
 use super::{Control, Outcome};
-use crate::hypervisor::{Exit, Vcpu};
+use crate::hypervisor::{Exit, ExitHandler, Vcpu};
+use devices::bus::Bus;
 use devices::VmEvent;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+/// The port and MMIO buses: what vCPU exits are served by.
+pub(super) struct Buses {
+    pub(super) io: Bus,
+    pub(super) mmio: Bus,
+}
+
+impl ExitHandler for Buses {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if !self.io.read(port as u64, data) {
+            log::trace!("read from unassigned port {port:#x}");
+        }
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        if !self.io.write(port as u64, data) {
+            log::trace!("write to unassigned port {port:#x}");
+        }
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if !self.mmio.read(addr, data) {
+            log::debug!("read from unassigned MMIO {addr:#x}");
+        }
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if !self.mmio.write(addr, data) {
+            log::debug!("write to unassigned MMIO {addr:#x}");
+        }
+    }
+}
 
 /// Holds the vCPUs before KVM_RUN while the VM is paused (`-S`, QMP
 /// `stop`) and counts how many are held, so `stop` knows when every vCPU
