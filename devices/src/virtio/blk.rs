@@ -272,15 +272,15 @@ impl VirtioDevice for Blk {
         st
     }
 
-    fn load(&mut self, st: &State) -> Result<(), String> {
+    fn load(&mut self, st: &State) -> Result<(), LoadError> {
         match st.uint("capacity") {
             Some(c) if c == self.sectors => Ok(()),
-            Some(c) => Err(format!(
+            Some(c) => Err(LoadError::new("virtio-blk", format!(
                 "the source's drive has {c} sectors, {} here has {}: the destination must use the same disk",
                 self.cfg.path.display(),
                 self.sectors
-            )),
-            None => Err("virtio-blk state lacks capacity".into()),
+            ))),
+            None => Err(LoadError::field("virtio-blk", "capacity")),
         }
     }
 }

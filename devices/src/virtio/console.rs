@@ -75,9 +75,13 @@ impl VirtioDevice for Console {
         st
     }
 
-    fn load(&mut self, st: &State) -> Result<(), String> {
-        self.cols = st.uint("cols").ok_or("virtio-console state lacks cols")? as u16;
-        self.rows = st.uint("rows").ok_or("virtio-console state lacks rows")? as u16;
+    fn load(&mut self, st: &State) -> Result<(), LoadError> {
+        let u = |n: &str| {
+            st.uint(n)
+                .ok_or_else(|| LoadError::field("virtio-console", n))
+        };
+        self.cols = u("cols")? as u16;
+        self.rows = u("rows")? as u16;
         Ok(())
     }
 }

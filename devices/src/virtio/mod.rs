@@ -14,6 +14,7 @@ pub mod pci;
 pub mod rng;
 mod worker;
 
+pub use migration::vmstate::LoadError;
 use migration::vmstate::{Description, Field, Kind, State, Subsection, Val};
 use std::os::fd::RawFd;
 use virtio_queue::{Queue, QueueState, QueueT};
@@ -37,6 +38,12 @@ pub const S_DRIVER_OK: u8 = 4;
 pub const S_FEATURES_OK: u8 = 8;
 pub const S_NEEDS_RESET: u8 = 0x40;
 pub const S_FAILED: u8 = 0x80;
+
+/// A virtio state that does not load, from the virtio core (the transport
+/// names the function).
+fn bad(what: impl Into<String>) -> LoadError {
+    LoadError::new("virtio", what)
+}
 
 /// "No MSI-X vector" in the vector registers.
 pub const NO_VECTOR: u16 = 0xffff;
@@ -178,7 +185,7 @@ pub trait VirtioDevice: Send {
     /// The device-specific migratable state and its description.
     fn vmstate(&self) -> &'static Description;
     fn state(&self) -> State;
-    fn load(&mut self, st: &State) -> Result<(), String>;
+    fn load(&mut self, st: &State) -> Result<(), LoadError>;
 }
 
 static QUEUE: Description = Description {
@@ -469,14 +476,17 @@ impl Common {
     }
 
     /// Loads [`VMSTATE`]; the queue count must match this device's.
-    pub fn load(&mut self, st: &State) -> Result<(), String> {
-        let u = |s: &State, n: &str| s.uint(n).ok_or_else(|| format!("virtio state lacks {n}"));
+    pub fn load(&mut self, st: &State) -> Result<(), LoadError> {
+        let u = |s: &State, n: &str| {
+            s.uint(n)
+                .ok_or_else(|| bad(format!("virtio state lacks {n}")))
+        };
         let n = u(st, "num_queues")? as usize;
         if n != self.queues.len() {
-            return Err(format!(
+            return Err(bad(format!(
                 "the stream's device has {n} queues, this one {} (num-queues differs between source and destination)",
                 self.queues.len()
-            ));
+            )));
         }
         if let Some((_, sub)) = st
             .subsections
@@ -485,20 +495,20 @@ impl Common {
         {
             let e = u(sub, "device_endian")?;
             if e != ENDIAN_LITTLE as u64 {
-                return Err(format!(
+                return Err(bad(format!(
                     "the stream's device is big-endian ({e}); vmm devices are little-endian"
-                ));
+                )));
             }
         }
         let Some(Val::Struct(qs)) = st.get("queues") else {
-            return Err("virtio state lacks queues".into());
+            return Err(bad("virtio state lacks queues"));
         };
         let Some(Val::Array(list)) = qs.get("q") else {
-            return Err("virtio state lacks the queue array".into());
+            return Err(bad("virtio state lacks the queue array"));
         };
         for (i, q) in self.queues.iter_mut().enumerate() {
             let Some(Val::Struct(s)) = list.get(i) else {
-                return Err(format!("virtio state lacks queue {i}"));
+                return Err(bad(format!("virtio state lacks queue {i}")));
             };
             let qs = QueueState {
                 max_size: q.max_size(),
@@ -511,7 +521,7 @@ impl Common {
                 avail_ring: u(s, "avail")?,
                 used_ring: u(s, "used")?,
             };
-            *q = Queue::try_from(qs).map_err(|e| format!("queue {i}: {e}"))?;
+            *q = Queue::try_from(qs).map_err(|e| bad(format!("queue {i}: {e}")))?;
             self.vectors[i] = u(s, "vector")? as u16;
         }
         self.status = u(st, "status")? as u8;
@@ -610,7 +620,7 @@ mod tests {
     fn queue_count_mismatch_names_num_queues() {
         let c = Common::new(&[256, 256]);
         let mut one = Common::new(&[256]);
-        let err = one.load(&c.state()).unwrap_err();
+        let err = one.load(&c.state()).unwrap_err().to_string();
         assert!(err.contains("num-queues"), "{err}");
     }
 }

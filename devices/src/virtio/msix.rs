@@ -3,7 +3,7 @@
 //! sent when unmasked, as the PCI spec requires.
 
 use super::VmOps;
-use migration::vmstate::{Description, Field, Kind, State, Val};
+use migration::vmstate::{Description, Field, Kind, LoadError, State, Val};
 
 const ENTRY: usize = 16;
 const CTRL_MASKED: u32 = 1;
@@ -163,12 +163,12 @@ impl Msix {
         st
     }
 
-    pub fn load(&mut self, st: &State) -> Result<(), String> {
+    pub fn load(&mut self, st: &State) -> Result<(), LoadError> {
         let Some(Val::Bytes(t)) = st.get("table") else {
-            return Err("msix state lacks the table".into());
+            return Err(LoadError::field("msix", "table"));
         };
         let Some(Val::Array(pba)) = st.get("pba") else {
-            return Err("msix state lacks the pending bits".into());
+            return Err(LoadError::field("msix", "pba"));
         };
         let n = self.table.len();
         self.table.copy_from_slice(&t[..n]);

@@ -229,13 +229,13 @@ impl VirtioDevice for Net {
         st
     }
 
-    fn load(&mut self, st: &State) -> Result<(), String> {
+    fn load(&mut self, st: &State) -> Result<(), LoadError> {
         match st.get("mac") {
             Some(Val::Bytes(m)) if m.len() == 6 => {
                 self.mac.copy_from_slice(m);
                 Ok(())
             }
-            _ => Err("virtio-net state lacks the MAC address".into()),
+            _ => Err(LoadError::field("virtio-net", "mac")),
         }
     }
 }

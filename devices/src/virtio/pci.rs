@@ -905,6 +905,12 @@ impl PciFunction for VirtioPci {
 
     fn load(&mut self, device: &str, st: &State) -> Result<(), crate::pci::LoadError> {
         let shape = |what: String| crate::pci::LoadError::new(device, what);
+        // A part's refusal, under this function's name.
+        let part = |e: LoadError| LoadError {
+            device: device.to_string(),
+            what: format!("{}: {}", e.device, e.what),
+            hint: e.hint,
+        };
         let sub = |n: &str| match st.get(n) {
             Some(Val::Struct(s)) => Ok(s),
             _ => Err(shape(format!("the stream's state lacks '{n}'"))),
@@ -920,11 +926,11 @@ impl PciFunction for VirtioPci {
             .lock()
             .expect("msix lock")
             .load(sub("msix")?)
-            .map_err(shape)?;
+            .map_err(part)?;
         {
             let mut inner = self.shared.inner.lock().expect("virtio lock");
-            inner.common.load(sub("virtio")?).map_err(shape)?;
-            inner.dev.load(sub("device")?).map_err(shape)?;
+            inner.common.load(sub("virtio")?).map_err(part)?;
+            inner.dev.load(sub("device")?).map_err(part)?;
             if inner.common.running() {
                 let f = inner.common.driver_features;
                 inner.dev.activate(f);

@@ -75,7 +75,7 @@ impl VirtioDevice for Rng {
         State::default()
     }
 
-    fn load(&mut self, _st: &State) -> Result<(), String> {
+    fn load(&mut self, _st: &State) -> Result<(), LoadError> {
         Ok(())
     }
 }
