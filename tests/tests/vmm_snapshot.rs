@@ -492,3 +492,67 @@ fn file_save_runs_off_the_main_loop() {
     assert_eq!(wait_tick_after(&vm, 0).0, last.0 + 1, "{}", vm.log());
     verify_then_pass(&mut vm);
 }
+
+/// A reset while a save is held up fails the save, and the guest boots
+/// and runs again: the new board must not inherit `finish-migrate` (which
+/// would keep its vCPUs parked for good and refuse `cont`).
+#[test]
+fn reset_during_a_held_save_fails_it_and_the_guest_runs_again() {
+    let dir = TempDir::new("snap-fifo-reset");
+    let sock = dir.path("qmp.sock");
+    let fifo = dir.path("save.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let vm = base(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", sock.display()),
+    ])
+    .spawn("snap-fifo-reset");
+    vm.wait_prefix("mem.filled", BOOT);
+    wait_tick_after(&vm, 1);
+    let mut q = Qmp::connect(&sock, T);
+    q.execute(
+        "migrate",
+        json!({"uri": format!("file:{}", fifo.display())}),
+    );
+    assert_eq!(
+        q.execute("query-status", json!({}))["status"],
+        "finish-migrate"
+    );
+    q.execute("system_reset", json!({}));
+    let deadline = std::time::Instant::now() + T;
+    while q.execute("query-status", json!({}))["status"] != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VM did not run again after the reset: {}",
+            q.execute("query-status", json!({}))
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(q.execute("query-migrate", json!({}))["status"], "failed");
+    // The guest boots again and its counter ticks.
+    let ticking_again = |vm: &Vm| {
+        let lines = vm.lines();
+        let second_boot = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("guest=vmm-test-guest"))
+            .nth(1)
+            .map(|(i, _)| i);
+        second_boot.is_some_and(|i| lines[i..].iter().any(|l| l.starts_with("tick n=")))
+    };
+    let deadline = std::time::Instant::now() + BOOT;
+    while !ticking_again(&vm) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest did not run again\n{}",
+            vm.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the held save end (it opens the FIFO once a reader does).
+    let _ = std::fs::read(&fifo);
+}

@@ -234,6 +234,19 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
                 Some(json!({"status": MigrationStatus::Failed.as_str()})),
             );
         }
+        // The next board must not inherit `finish-migrate`: that state
+        // waits for a migration that has just ended, and refuses `cont`.
+        // A guest stopped only for the migration runs on, as after any
+        // failed migration; one already paused stays paused.
+        if status == RunState::FinishMigrate {
+            status = if session.stopped_for_migration {
+                gate.set_running(true);
+                events.emit("RESUME", None);
+                RunState::Running
+            } else {
+                RunState::Paused
+            };
+        }
         board.shutdown();
         match end {
             Outcome::Device(VmEvent::PowerOff) => {
