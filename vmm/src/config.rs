@@ -29,7 +29,7 @@ pub struct DebugExitConfig {
 pub enum Incoming {
     File(PathBuf),
     /// Listen on tcp:HOST:PORT or unix:PATH for one migration stream.
-    Listen(crate::migrate::Uri),
+    Listen(migration::uri::Uri),
     /// Wait for QMP `migrate-incoming`.
     Defer,
 }
@@ -402,9 +402,9 @@ pub fn from_args(a: Args) -> Result<Action> {
         incoming: match a.incoming.as_deref() {
             None => None,
             Some("defer") => Some(Incoming::Defer),
-            Some(u) => match u.parse::<crate::migrate::Uri>() {
-                Ok(crate::migrate::Uri::File(p)) => Some(Incoming::File(p)),
-                Ok(l @ (crate::migrate::Uri::Tcp(_) | crate::migrate::Uri::Unix(_))) => Some(Incoming::Listen(l)),
+            Some(u) => match u.parse::<migration::uri::Uri>() {
+                Ok(migration::uri::Uri::File(p)) => Some(Incoming::File(p)),
+                Ok(l @ (migration::uri::Uri::Tcp(_) | migration::uri::Uri::Unix(_))) => Some(Incoming::Listen(l)),
                 _ => bail!("invalid -incoming '{u}': expected tcp:HOST:PORT, unix:PATH, file:PATH or defer"),
             },
         },

@@ -6,7 +6,6 @@ mod config;
 mod fault;
 mod hypervisor;
 mod kvm;
-mod migrate;
 mod qmp;
 mod runstate;
 mod snapshot;

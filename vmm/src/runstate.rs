@@ -73,38 +73,7 @@ impl fmt::Display for RunState {
     }
 }
 
-/// QEMU's `MigrationStatus`, for the statuses vmm reports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum MigrationStatus {
-    /// No migration yet (`query-migrate` answers `{}`).
-    #[default]
-    None,
-    Setup,
-    Active,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl MigrationStatus {
-    /// The name `query-migrate` and the `MIGRATION` event use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MigrationStatus::None => "none",
-            MigrationStatus::Setup => "setup",
-            MigrationStatus::Active => "active",
-            MigrationStatus::Completed => "completed",
-            MigrationStatus::Failed => "failed",
-            MigrationStatus::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl fmt::Display for MigrationStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use migration::status::MigrationStatus;
 
 #[cfg(test)]
 mod tests {
@@ -140,6 +109,5 @@ mod tests {
             assert!(!from.can_become(to), "{from} -> {to}");
         }
         assert_eq!(FinishMigrate.to_string(), "finish-migrate");
-        assert_eq!(MigrationStatus::Cancelled.to_string(), "cancelled");
     }
 }

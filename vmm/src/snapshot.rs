@@ -1,19 +1,21 @@
-//! Whole-VM save and restore in QEMU's savevm stream: guest RAM as the
-//! `ram` section (one block, `pc.ram`, of the `-m` size; the part above
-//! 4 GiB follows the part below, as in QEMU), then FULL sections for every
-//! vCPU, the in-kernel irqchip and PIT, kvm-clock, the UART, the ACPI PM
-//! block and every PCI function. The VM must be stopped.
+//! The board's side of migration and save/restore: its RAM as the
+//! engine's one block (`pc.ram`, the part above 4 GiB following the part
+//! below, as in QEMU) with the dirty log, every device's state as sections
+//! in stream order (every vCPU, the in-kernel irqchip and PIT, kvm-clock,
+//! the UART, the ACPI PM block and every PCI function), and the
+//! [`LoadTarget`] a stream loads into. The engine is in the `migration`
+//! crate.
 
 use crate::hypervisor::{Blobs, Vcpu, Vm};
-use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::layout;
 use devices::pci::{Bdf, PciRoot};
 use devices::virtio::Memory as GuestMemoryMmap;
-use migration::stream::{RamSink, Reader, Record, Writer, PAGE_SIZE};
-use migration::vmstate::{Description, Field, Kind, Migratable, State, Val};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use migration::destination::LoadTarget;
+use migration::ram::{Ram, RamRegion};
+use migration::source::{Section, SourceVm};
+use migration::vmstate::{Description, Field, Kind, LoadError, Migratable, State, Val};
 use std::sync::{Arc, Mutex};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// kvm-clock's value at the stop.
 pub static KVMCLOCK: Description = Description {
@@ -67,19 +69,9 @@ fn state_to_blobs(desc: &Description, st: &State) -> Blobs {
         .collect()
 }
 
-/// What a save moved.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    pub bytes: u64,
-    pub pages: u64,
-    pub zero_pages: u64,
-}
-
 /// The parts of a running board a snapshot touches.
 pub struct Parts<'a> {
     pub vm: &'a dyn Vm,
-    pub mem: &'a GuestMemoryMmap,
-    pub ram: u64,
     pub vcpus: &'a [Arc<Mutex<Box<dyn Vcpu>>>],
     pub serial: &'a Mutex<devices::serial::Serial>,
     pub pm: &'a Mutex<devices::acpi_pm::AcpiPm>,
@@ -88,119 +80,77 @@ pub struct Parts<'a> {
     pub clock: u64,
 }
 
-/// The parts of a board a save holds while it runs off the main loop (the
-/// board may be replaced meanwhile: a reset; the save then finishes on the
-/// old one, and its result is dropped).
-pub struct Held {
+/// The guest's RAM as the engine's block: each memory region mapped at
+/// its block offset (RAM above 4 GiB follows RAM below).
+pub fn guest_ram(mem: &GuestMemoryMmap, ram: u64) -> Ram {
+    let regions = mem
+        .iter()
+        .map(|r| {
+            let offset = if r.start_addr().0 >= layout::HIGH_RAM_START {
+                layout::low_ram_size(ram)
+            } else {
+                0
+            };
+            let host = r.as_ptr();
+            // SAFETY: the region's mapping lives as long as `mem`'s clone
+            // that the Ram keeps as its owner.
+            unsafe { RamRegion::new(offset, host, r.len() as usize) }
+        })
+        .collect();
+    // SAFETY: the regions are `mem`'s mappings and the Ram owns a clone of
+    // `mem`; pages are written only into an incoming VM, before it runs.
+    unsafe { Ram::new(RAM_BLOCK, ram, regions, Box::new(mem.clone())) }
+}
+
+/// A running VM as the migration engine sees it: its RAM, and the dirty
+/// log of both writers — the vCPUs (KVM's log of every slot) and the
+/// devices (the bitmap of their writes through guest memory).
+pub struct Dirty {
     pub vm: Arc<dyn Vm>,
     pub mem: GuestMemoryMmap,
-    pub ram: u64,
-    pub vcpus: Vec<Arc<Mutex<Box<dyn Vcpu>>>>,
-    pub serial: Arc<Mutex<devices::serial::Serial>>,
-    pub pm: Arc<Mutex<devices::acpi_pm::AcpiPm>>,
-    pub pci: Arc<Mutex<PciRoot>>,
-    pub pci_io: Arc<Mutex<devices::pci::PciConfigIo>>,
-    pub clock: u64,
+    pub ram: Ram,
 }
 
-impl Held {
-    pub fn parts(&self) -> Parts<'_> {
-        Parts {
-            vm: &*self.vm,
-            mem: &self.mem,
-            ram: self.ram,
-            vcpus: &self.vcpus,
-            serial: &self.serial,
-            pm: &self.pm,
-            pci: &self.pci,
-            pci_io: &self.pci_io,
-            clock: self.clock,
+impl SourceVm for Dirty {
+    fn ram(&self) -> &Ram {
+        &self.ram
+    }
+
+    fn start_dirty_log(&self) -> Result<(), String> {
+        self.vm.set_dirty_logging(true).map_err(|e| e.to_string())?;
+        for r in self.mem.iter() {
+            region_bitmap(r).reset();
         }
+        Ok(())
     }
-}
 
-/// Block offset -> guest physical address.
-pub fn gpa(ram: u64, offset: u64) -> u64 {
-    let low = layout::low_ram_size(ram);
-    if offset < low {
-        offset
-    } else {
-        layout::HIGH_RAM_START + (offset - low)
+    fn stop_dirty_log(&self) {
+        let _ = self.vm.set_dirty_logging(false);
     }
-}
 
-/// Writes the whole (stopped) VM to `path`, counting the bytes written in
-/// `bytes`; `cancel` stops it after the RAM region it is in.
-pub fn save(
-    p: &Parts,
-    path: &std::path::Path,
-    machine: &str,
-    bytes: &AtomicU64,
-    cancel: &AtomicBool,
-) -> Result<Stats> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let counter = Counter {
-        w: std::io::BufWriter::with_capacity(1 << 20, file),
-        n: bytes,
-    };
-    let mut w = Writer::new(counter, machine)?;
-    let id = w.ram_start(&[(RAM_BLOCK, p.ram)])?;
-    let mut stats = Stats::default();
-    // All of RAM in one pass (the VM is stopped), straight from the guest
-    // mapping. Pages never touched by anyone (neither present nor swapped,
-    // per /proc/self/pagemap) are zero and need not be read, let alone
-    // sent: the destination's memory is fresh. Reading them would fault in
-    // the zero page for each.
-    for region in p.mem.iter() {
-        let start = region.start_addr().0;
-        let host = p
-            .mem
-            .get_host_address(region.start_addr())
-            .map_err(|e| anyhow!("guest memory: {e}"))?;
-        // SAFETY: the region is mapped for the VM's lifetime and nothing writes
-        // guest RAM while the VM is stopped (vCPUs parked, devices idle).
-        let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, region.len() as usize) };
-        let touched = touched_pages(host as usize, bytes.len());
-        let block_base = if start >= layout::HIGH_RAM_START {
-            layout::low_ram_size(p.ram)
-        } else {
-            0
-        };
-        let total = bytes.len() / PAGE_SIZE;
-        let pages = bytes.chunks(PAGE_SIZE).enumerate().filter_map(|(i, d)| {
-            touched.as_ref().is_none_or(|t| t[i]).then_some((
-                RAM_BLOCK,
-                block_base + (i * PAGE_SIZE) as u64,
-                d,
-            ))
-        });
-        let (sent, zeros) = w.ram_pages(id, false, pages)?;
-        if cancel.load(Ordering::Relaxed) {
-            bail!("cancelled");
+    fn dirty_pages(&self) -> Result<Vec<Vec<u64>>, String> {
+        let mut out = vec![];
+        for (slot, r) in self.mem.iter().enumerate() {
+            let mut kvm = self.vm.dirty_log(slot as u32).map_err(|e| e.to_string())?;
+            let dev = region_bitmap(r).get_and_reset();
+            for (i, w) in dev.iter().enumerate() {
+                if let Some(k) = kvm.get_mut(i) {
+                    *k |= w;
+                }
+            }
+            out.push(kvm);
         }
-        // Never-touched pages count as zero pages too.
-        stats.pages += total as u64;
-        stats.zero_pages += zeros + (total as u64 - sent);
+        Ok(out)
     }
-    w.ram_pages(id, true, [])?;
-    write_devices(&mut w, p)?;
-    w.finish()?;
-    stats.bytes = bytes.load(Ordering::Relaxed);
-    Ok(stats)
 }
 
-/// Every device's state, as FULL sections (after the RAM). The VM must be
-/// stopped and its devices paused.
-pub fn write_devices<W: std::io::Write>(w: &mut Writer<W>, p: &Parts) -> Result<()> {
-    for s in device_sections(p)? {
-        w.section(&s.0, s.1, s.2, &s.3)?;
-    }
-    Ok(())
+/// The bitmap of the writes devices did to region `r`.
+fn region_bitmap(
+    r: &vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>,
+) -> &vm_memory::bitmap::AtomicBitmap {
+    let m: &vm_memory::MmapRegion<vm_memory::bitmap::AtomicBitmap> = r;
+    m.bitmap()
 }
-
-/// One device section: id, instance, description, state.
-pub type Section = (String, u32, &'static Description, State);
 
 /// The board's devices besides the PCI functions, in stream order: each
 /// named by its description, saved and loaded through [`Migratable`].
@@ -210,7 +160,7 @@ fn board_devices<'a>(p: &Parts<'a>) -> [&'a Mutex<dyn Migratable + Send>; 3] {
 
 /// Every device's state, in stream order. The VM must be stopped and its
 /// devices paused.
-pub fn device_sections(p: &Parts) -> Result<Vec<Section>> {
+pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Error> {
     let mut out: Vec<Section> = vec![];
     for (i, v) in p.vcpus.iter().enumerate() {
         let v = v.lock().expect("vcpu lock");
@@ -244,246 +194,125 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>> {
     Ok(out)
 }
 
-/// Which pages of [addr, addr+len) were ever touched (present in memory or
-/// swapped out), from /proc/self/pagemap; `None` if it cannot be read, and
-/// then every page counts as touched.
-pub fn touched_pages(addr: usize, len: usize) -> Option<Vec<bool>> {
-    use std::io::{Read, Seek, SeekFrom};
-    const PRESENT: u64 = 1 << 63;
-    const SWAPPED: u64 = 1 << 62;
-    let mut f = std::fs::File::open("/proc/self/pagemap").ok()?;
-    f.seek(SeekFrom::Start((addr / PAGE_SIZE * 8) as u64))
-        .ok()?;
-    let n = len / PAGE_SIZE;
-    let mut raw = vec![0u8; n * 8];
-    f.read_exact(&mut raw).ok()?;
-    Some(
-        raw.chunks_exact(8)
-            .map(|e| {
-                u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8])) & (PRESENT | SWAPPED) != 0
-            })
-            .collect(),
-    )
+/// A freshly built, stopped board taking a stream; kvm-clock's value
+/// once loaded.
+pub struct Target<'a> {
+    parts: &'a Parts<'a>,
+    cpu: &'static Description,
+    hv: &'static Description,
+    pub clock: Option<u64>,
+    cpus: usize,
 }
 
-/// Whether a page is all zero (word at a time).
-pub fn is_zero(page: &[u8]) -> bool {
-    migration::stream::is_zero(page)
-}
-
-struct Counter<'a, W> {
-    w: W,
-    n: &'a AtomicU64,
-}
-
-impl<W: std::io::Write> std::io::Write for Counter<'_, W> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let n = self.w.write(b)?;
-        self.n.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+impl<'a> Target<'a> {
+    pub fn new(parts: &'a Parts<'a>) -> Result<Target<'a>, LoadError> {
+        // The hypervisor's own sections, as its backend describes them.
+        let cpu = parts
+            .vcpus
+            .first()
+            .ok_or_else(|| LoadError::new("cpu", "a VM without vCPUs"))?
+            .lock()
+            .expect("vcpu lock")
+            .state_description();
+        Ok(Target {
+            parts,
+            cpu,
+            hv: parts.vm.state_description(),
+            clock: None,
+            cpus: 0,
+        })
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.w.flush()
+
+    fn board_device(&self, id: &str) -> Option<&'a Mutex<dyn Migratable + Send>> {
+        board_devices(self.parts)
+            .into_iter()
+            .find(|d| d.lock().expect("device lock").description().name == id)
     }
 }
 
-/// Writes incoming pages into guest memory.
-pub struct GuestRam<'a> {
-    mem: &'a GuestMemoryMmap,
-    ram: u64,
-    pub error: Option<String>,
-}
-
-impl<'a> GuestRam<'a> {
-    pub fn new(mem: &'a GuestMemoryMmap, ram: u64) -> GuestRam<'a> {
-        GuestRam {
-            mem,
-            ram,
-            error: None,
+impl LoadTarget for Target<'_> {
+    fn description(&self, id: &str, instance: u32) -> Option<&'static Description> {
+        let p = self.parts;
+        if id == self.cpu.name {
+            return ((instance as usize) < p.vcpus.len()).then_some(self.cpu);
         }
+        if id == self.hv.name {
+            return Some(self.hv);
+        }
+        if id == KVMCLOCK.name {
+            return Some(&KVMCLOCK);
+        }
+        if let Some(dev) = self.board_device(id) {
+            return Some(dev.lock().expect("device lock").description());
+        }
+        // A PCI function: its description decides the section name; a
+        // different device at that address is not ours.
+        let (bdf, name) = parse_bdf(id)?;
+        let root = p.pci.lock().expect("pci lock");
+        let (_, f) = root.functions().find(|(b, _)| **b == bdf)?;
+        let desc = f.vmstate();
+        (desc.name == name).then_some(desc)
     }
-}
 
-impl RamSink for GuestRam<'_> {
-    fn block_len(&self, name: &str) -> Option<u64> {
-        (name == RAM_BLOCK).then_some(self.ram)
-    }
-    fn page(&mut self, _block: &str, offset: u64, data: &[u8]) {
-        // A zero page onto a page that already reads as zero (fresh memory)
-        // is skipped: writing it would allocate the page for nothing.
-        if is_zero(data) {
-            let mut cur = [0u8; PAGE_SIZE];
-            if self
-                .mem
-                .read_slice(&mut cur, GuestAddress(gpa(self.ram, offset)))
-                .is_ok()
-                && is_zero(&cur)
-            {
-                return;
-            }
+    fn load(&mut self, id: &str, instance: u32, state: &State) -> Result<(), LoadError> {
+        let p = self.parts;
+        let hv_error = |e: crate::hypervisor::Error| LoadError::new(id, e.to_string());
+        if id == self.cpu.name {
+            let vcpu = p
+                .vcpus
+                .get(instance as usize)
+                .ok_or_else(|| LoadError::new(id, format!("no vCPU {instance}")))?;
+            vcpu.lock()
+                .expect("vcpu lock")
+                .restore(&state_to_blobs(self.cpu, state))
+                .map_err(hv_error)?;
+            self.cpus += 1;
+            return Ok(());
         }
-        if let Err(e) = self
-            .mem
-            .write_slice(data, GuestAddress(gpa(self.ram, offset)))
-        {
-            self.error
-                .get_or_insert(format!("cannot write guest RAM at {offset:#x}: {e}"));
+        if id == self.hv.name {
+            // Tests kill this side in the middle of the device state.
+            crate::fault::delay("VMM_TEST_DELAY_DEVICES_MS");
+            return p
+                .vm
+                .restore(&state_to_blobs(self.hv, state))
+                .map_err(hv_error);
         }
+        if id == KVMCLOCK.name {
+            self.clock = state.uint("clock");
+            return Ok(());
+        }
+        if let Some(dev) = self.board_device(id) {
+            return dev.lock().expect("device lock").load(state);
+        }
+        let (bdf, _) =
+            parse_bdf(id).ok_or_else(|| LoadError::new(id, "not a PCI function's section name"))?;
+        let mut root = p.pci.lock().expect("pci lock");
+        let f = root.function_mut(bdf).ok_or_else(|| {
+            LoadError::new(
+                bdf.to_string(),
+                "the stream has a PCI function here that this VM does not",
+            )
+        })?;
+        f.load(&bdf.to_string(), state)
     }
-    fn page_target(&mut self, _block: &str, offset: u64) -> Option<&mut [u8]> {
-        self.page_mut(offset)
-    }
-}
 
-impl GuestRam<'_> {
-    /// The guest page at block offset `offset` (page aligned, below the
-    /// RAM size), to be read into directly.
-    pub fn page_mut(&mut self, offset: u64) -> Option<&mut [u8]> {
-        if offset & (PAGE_SIZE as u64 - 1) != 0 || offset >= self.ram {
-            return None;
+    fn finish(&mut self) -> Result<(), LoadError> {
+        let have = self.parts.vcpus.len();
+        if self.cpus != have {
+            return Err(LoadError::new(
+                "cpu",
+                format!("the stream has {} vCPUs, this VM {have}", self.cpus),
+            )
+            .hint("start the destination with the same -smp"));
         }
-        let at = GuestAddress(gpa(self.ram, offset));
-        let r = self.mem.find_region(at)?;
-        if at.0 + PAGE_SIZE as u64 > r.start_addr().0 + r.len() {
-            return None;
+        if self.clock.is_none() {
+            return Err(LoadError::new(
+                KVMCLOCK.name,
+                "the stream has no kvmclock section",
+            ));
         }
-        let host = self.mem.get_host_address(at).ok()?;
-        // SAFETY: the page lies inside one region, mapped for the VM's
-        // lifetime. The destination's vCPUs and devices do not run while
-        // RAM loads, and each page arrives on one connection only, so
-        // nothing else accesses it while this borrow lives.
-        Some(unsafe { std::slice::from_raw_parts_mut(host, PAGE_SIZE) })
+        Ok(())
     }
-}
-
-/// Loads `path` into a freshly built, stopped board. Returns kvm-clock.
-pub fn load(p: &Parts, path: &std::path::Path, machine: &str) -> Result<u64> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    load_from(p, file, machine, &mut || {})
-}
-
-/// Loads a stream (a file, or a migration connection: RAM may come in
-/// several passes) into a freshly built, stopped board. Returns kvm-clock.
-///
-/// `on_sync` runs at each empty `ram` PART: a live migration's sync point,
-/// which the destination acknowledges.
-pub fn load_from<R: std::io::Read>(
-    p: &Parts,
-    from: R,
-    machine: &str,
-    on_sync: &mut dyn FnMut(),
-) -> Result<u64> {
-    let t0 = std::time::Instant::now();
-    let mut ram_started = false;
-    let mut r = Reader::new(std::io::BufReader::with_capacity(256 << 10, from), machine)?;
-    let mut sink = GuestRam {
-        mem: p.mem,
-        ram: p.ram,
-        error: None,
-    };
-    // The hypervisor's own sections, as its backend describes them.
-    let cpu = p
-        .vcpus
-        .first()
-        .ok_or_else(|| anyhow!("a VM without vCPUs"))?
-        .lock()
-        .expect("vcpu lock")
-        .state_description();
-    let hv = p.vm.state_description();
-    let board: Vec<(&str, &Mutex<dyn Migratable + Send>)> = board_devices(p)
-        .into_iter()
-        .map(|d| (d.lock().expect("device lock").description().name, d))
-        .collect();
-    let board_device = |id: &str| board.iter().find(|(name, _)| *name == id).map(|(_, d)| *d);
-    let lookup = |id: &str, inst: u32| -> Option<&'static Description> {
-        match id {
-            _ if id == cpu.name => ((inst as usize) < p.vcpus.len()).then_some(cpu),
-            _ if id == hv.name => Some(hv),
-            "kvmclock" => Some(&KVMCLOCK),
-            _ if board_device(id).is_some() => {
-                board_device(id).map(|d| d.lock().expect("device lock").description())
-            }
-            s => {
-                // A PCI function: its description decides the section
-                // name; a different device at that address is not ours.
-                let (bdf, name) = parse_bdf(s)?;
-                let root = p.pci.lock().expect("pci lock");
-                let (_, f) = root.functions().find(|(b, _)| **b == bdf)?;
-                let desc = f.vmstate();
-                (desc.name == name).then_some(desc)
-            }
-        }
-    };
-    let mut clock = None;
-    let mut cpus = 0;
-    loop {
-        match r.next_record(&lookup, &mut sink)? {
-            Record::Ram { pages, last } => {
-                log::trace!(
-                    "load: ram pages={pages} last={last} at wall {} us",
-                    migration::protocol::wall_us()
-                );
-                if let Some(e) = sink.error.take() {
-                    bail!(e);
-                }
-                // The first is the START record (the block list), not a
-                // sync point.
-                if pages == 0 && !last && std::mem::replace(&mut ram_started, true) {
-                    on_sync();
-                }
-            }
-            Record::Eof { .. } => break,
-            Record::Section {
-                idstr,
-                instance,
-                state,
-                ..
-            } => {
-                log::trace!(
-                    "load: section {idstr} {instance} at +{} us",
-                    t0.elapsed().as_micros()
-                );
-                // Tests kill this side in the middle of the device state.
-                if idstr == hv.name {
-                    crate::fault::delay("VMM_TEST_DELAY_DEVICES_MS");
-                }
-                match idstr.as_str() {
-                    id if id == cpu.name => {
-                        p.vcpus[instance as usize]
-                            .lock()
-                            .expect("vcpu lock")
-                            .restore(&state_to_blobs(cpu, &state))?;
-                        cpus += 1;
-                    }
-                    id if id == hv.name => p.vm.restore(&state_to_blobs(hv, &state))?,
-                    "kvmclock" => clock = state.uint("clock"),
-                    id if board_device(id).is_some() => {
-                        if let Some(dev) = board_device(id) {
-                            dev.lock().expect("device lock").load(&state)?;
-                        }
-                    }
-                    s => {
-                        let (bdf, _) =
-                            parse_bdf(s).ok_or_else(|| anyhow!("bad PCI section name '{s}'"))?;
-                        let mut root = p.pci.lock().expect("pci lock");
-                        let f = root.function_mut(bdf).ok_or_else(|| {
-                            anyhow!("the stream has a PCI function at {bdf} that this VM does not")
-                        })?;
-                        f.load(&bdf.to_string(), &state)?;
-                    }
-                }
-            }
-        }
-    }
-    log::trace!("load: EOF at +{} us", t0.elapsed().as_micros());
-    if cpus != p.vcpus.len() {
-        bail!(
-            "the stream has {cpus} vCPUs, this VM {}: start the destination with the same -smp",
-            p.vcpus.len()
-        );
-    }
-    clock.ok_or_else(|| anyhow!("the stream has no kvmclock section"))
 }
 
 /// `0000:BB:DD.F/NAME` -> (address, NAME).

@@ -56,9 +56,9 @@ pub(super) enum Control {
     Vm(u64, Outcome),
     Qmp(qmp::Request),
     /// From the migration thread of board N.
-    Migration(u64, crate::migrate::Msg),
+    Migration(u64, migration::source::Msg),
     /// An incoming migration connected (or the listener failed).
-    Incoming(Result<crate::migrate::Incoming, String>),
+    Incoming(Result<migration::destination::Incoming, String>),
     /// The incoming stream's loader finished (wakes the main loop at once:
     /// the guest is paused on both sides until it answers).
     Loaded,
@@ -116,7 +116,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         (None, false) => RunState::Running,
     };
     let mut migration = MigrationInfo::default();
-    let mut params = crate::migrate::Params::default();
+    let mut params = migration::status::Params::default();
     let mut named_fds = std::collections::HashMap::new();
     if cfg.paused {
         log::info!("starting paused (-S)");
@@ -132,7 +132,8 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             cfg.memory >> 20
         );
         if gen == 1 && cfg.incoming.is_some() {
-            let _ = incoming_memory().set((board.mem.clone(), cfg.memory));
+            let _ =
+                incoming_memory().set(Arc::new(crate::snapshot::guest_ram(&board.mem, cfg.memory)));
         }
         let mut session = Session {
             cfg,

@@ -8,6 +8,10 @@ use crate::config::VmConfig;
 use crate::qmp::{commands::Target as _, QmpError};
 use crate::runstate::{MigrationStatus, RunState};
 use anyhow::{Context, Result};
+use migration::source::{DeviceState, Msg, Source};
+use migration::status::{Params, Progress};
+use migration::transport::{connect, Conn};
+use migration::uri::Uri;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
@@ -27,11 +31,11 @@ pub(super) struct Session<'a> {
     pub(super) queued: Vec<(&'static str, Option<serde_json::Value>)>,
     /// The last (or current) migration, for query-migrate.
     pub(super) migration: &'a mut MigrationInfo,
-    pub(super) params: &'a mut crate::migrate::Params,
+    pub(super) params: &'a mut Params,
     /// The running migration's counters.
-    pub(super) progress: Option<Arc<crate::migrate::Progress>>,
+    pub(super) progress: Option<Arc<Progress>>,
     /// Its connection (shut down by migrate_cancel).
-    pub(super) conn: Option<crate::migrate::Conn>,
+    pub(super) conn: Option<Conn>,
     /// The migration stopped a running VM to finish (resumed on failure).
     pub(super) stopped_for_migration: bool,
     pub(super) ctl: Sender<Control>,
@@ -47,11 +51,11 @@ pub(super) struct Session<'a> {
 pub(super) struct MigrationInfo {
     pub(super) status: MigrationStatus,
     pub(super) total_ms: u64,
-    pub(super) stats: crate::snapshot::Stats,
+    pub(super) stats: migration::file::Stats,
     pub(super) error: Option<String>,
     /// A live migration (not a file): its start, and the final counters.
     pub(super) started: Option<std::time::Instant>,
-    pub(super) live: Option<Arc<crate::migrate::Progress>>,
+    pub(super) live: Option<Arc<Progress>>,
 }
 
 impl Session<'_> {
@@ -68,8 +72,12 @@ impl Session<'_> {
     /// Loads a saved VM into this (fresh, held) board, then runs it unless
     /// -S. Nothing of the guest runs before everything is loaded.
     pub(super) fn restore(&mut self, path: &std::path::Path) -> Result<()> {
-        let clock = crate::snapshot::load(&self.parts(0), path, self.cfg.machine.name)
+        let parts = self.parts(0);
+        let mut target = crate::snapshot::Target::new(&parts)?;
+        let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
+        migration::file::load(path, self.cfg.machine.name, &mut target, &ram)
             .with_context(|| format!("cannot restore the VM from {}", path.display()))?;
+        let clock = target.clock.unwrap_or_default();
         self.board.vm.set_clock(clock)?;
         log::info!("restored from {}", path.display());
         self.queued.push((
@@ -89,7 +97,7 @@ impl Session<'_> {
 
     /// Starts a live migration to `uri` (tcp:, unix:, fd:); it runs on its
     /// own thread while the guest runs.
-    pub(super) fn migrate_live(&mut self, uri: &crate::migrate::Uri) -> Result<(), QmpError> {
+    pub(super) fn migrate_live(&mut self, uri: &Uri) -> Result<(), QmpError> {
         if !matches!(self.status, RunState::Running | RunState::Paused) {
             return Err(QmpError::generic(format!(
                 "cannot migrate a VM in state {}",
@@ -99,24 +107,22 @@ impl Session<'_> {
         let t0 = std::time::Instant::now();
         // multifd channels first: the destination tells them from the main
         // stream by their header, and has them all when the main one comes.
-        let channels = if self.params.multifd && !matches!(uri, crate::migrate::Uri::Fd(_)) {
-            crate::migrate::connect_channels(uri, self.params.multifd_channels)
-                .map_err(|e| QmpError::generic(format!("{e:#}")))?
+        let channels = if self.params.multifd && !matches!(uri, Uri::Fd(_)) {
+            migration::multifd::connect_channels(uri, self.params.multifd_channels)
+                .map_err(|e| QmpError::generic(e.chain()))?
         } else {
             vec![]
         };
         // fd:NAME takes the descriptor getfd kept (QEMU consumes it too).
         let named = match uri {
-            crate::migrate::Uri::Fd(name) => self.fds.remove(name),
+            Uri::Fd(name) => self.fds.remove(name),
             _ => None,
         };
         let conn = match named {
-            Some(fd) => crate::migrate::conn_from_fd(fd),
-            None => {
-                crate::migrate::connect(uri).map_err(|e| QmpError::generic(format!("{e:#}")))?
-            }
+            Some(fd) => Conn::from(fd),
+            None => connect(uri).map_err(|e| QmpError::generic(e.chain()))?,
         };
-        let progress = Arc::new(crate::migrate::Progress::default());
+        let progress = Arc::new(Progress::default());
         *self.migration = MigrationInfo {
             status: MigrationStatus::Setup,
             started: Some(t0),
@@ -128,14 +134,16 @@ impl Session<'_> {
         ));
         let ctl = Mutex::new(self.ctl.clone());
         let gen = self.gen;
-        let src = crate::migrate::Source {
+        let src = Source {
             channels,
             conn: conn
                 .try_clone()
                 .map_err(|e| QmpError::generic(e.to_string()))?,
-            mem: self.board.mem.clone(),
-            vm: self.board.vm.clone(),
-            ram: self.cfg.memory,
+            vm: Arc::new(crate::snapshot::Dirty {
+                vm: self.board.vm.clone(),
+                mem: self.board.mem.clone(),
+                ram: crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory),
+            }),
             machine: self.cfg.machine.name,
             params: self.params.clone(),
             progress: progress.clone(),
@@ -157,7 +165,7 @@ impl Session<'_> {
 
     /// Saves the VM to `path` (QMP `migrate file:`): the VM stops here, the
     /// save runs on its own thread while the monitor goes on answering,
-    /// and its end arrives as [`Msg::Saved`](crate::migrate::Msg::Saved).
+    /// and its end arrives as [`Msg::Saved`].
     pub(super) fn save_to_file(&mut self, path: std::path::PathBuf) -> Result<(), QmpError> {
         let was_running = self.status == RunState::Running;
         let t0 = std::time::Instant::now();
@@ -177,23 +185,33 @@ impl Session<'_> {
             "MIGRATION",
             Some(json!({"status": MigrationStatus::Active.as_str()})),
         ));
-        let progress = Arc::new(crate::migrate::Progress::default());
-        let held = self.held(self.saved_clock.unwrap_or_default());
+        let progress = Arc::new(Progress::default());
+        // The VM is stopped: the devices' state is taken here, and the
+        // thread writes it after RAM.
+        let sections = match crate::snapshot::device_sections(
+            &self.parts(self.saved_clock.unwrap_or_default()),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                self.migration_msg(Msg::Saved(Err(e.to_string())));
+                return Ok(());
+            }
+        };
+        let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
         let machine = self.cfg.machine.name;
         let (ctl, gen, p) = (self.ctl.clone(), self.gen, progress.clone());
         let saver = std::thread::Builder::new()
             .name("save".into())
             .spawn(move || {
-                let r =
-                    crate::snapshot::save(&held.parts(), &path, machine, &p.transferred, &p.cancel)
-                        .map_err(|e| format!("{e:#}"));
+                let r = migration::file::save(&path, machine, &ram, &sections, &p)
+                    .map_err(|e| e.chain());
                 if let Err(why) = &r {
                     log::error!("saving to {} failed: {why}", path.display());
                 }
-                let _ = ctl.send(Control::Migration(gen, crate::migrate::Msg::Saved(r)));
+                let _ = ctl.send(Control::Migration(gen, Msg::Saved(r)));
             });
         if let Err(e) = saver {
-            self.migration_msg(crate::migrate::Msg::Saved(Err(format!(
+            self.migration_msg(Msg::Saved(Err(format!(
                 "cannot start the save thread: {e}"
             ))));
             return Ok(());
@@ -203,8 +221,7 @@ impl Session<'_> {
     }
 
     /// A message from the migration thread.
-    pub(super) fn migration_msg(&mut self, m: crate::migrate::Msg) {
-        use crate::migrate::Msg;
+    pub(super) fn migration_msg(&mut self, m: Msg) {
         match m {
             Msg::Event(name, data) => {
                 if name == "MIGRATION" && data["status"] == MigrationStatus::Active.as_str() {
@@ -223,10 +240,9 @@ impl Session<'_> {
                     self.stopped_for_migration = was_running;
                     self.set_status(RunState::FinishMigrate);
                     let clock = self.saved_clock.unwrap_or_default();
-                    crate::snapshot::device_sections(&self.parts(clock))
-                        .map_err(|e| format!("{e:#}"))
+                    crate::snapshot::device_sections(&self.parts(clock)).map_err(|e| e.to_string())
                 });
-                let _ = reply.send(r.map(|sections| crate::migrate::DeviceState {
+                let _ = reply.send(r.map(|sections| DeviceState {
                     sections,
                     paused_at,
                 }));
@@ -320,26 +336,9 @@ impl Session<'_> {
         }
     }
 
-    /// The board's parts, held for a save that runs on its own thread.
-    pub(super) fn held(&self, clock: u64) -> crate::snapshot::Held {
-        crate::snapshot::Held {
-            vm: self.board.vm.clone(),
-            mem: self.board.mem.clone(),
-            ram: self.cfg.memory,
-            vcpus: self.board.vcpu_objs.clone(),
-            serial: self.board.serial.clone(),
-            pm: self.board.pm.clone(),
-            pci: self.board.pci.clone(),
-            pci_io: self.board.pci_io.clone(),
-            clock,
-        }
-    }
-
     pub(super) fn parts(&self, clock: u64) -> crate::snapshot::Parts<'_> {
         crate::snapshot::Parts {
             vm: &*self.board.vm,
-            mem: &self.board.mem,
-            ram: self.cfg.memory,
             vcpus: &self.board.vcpu_objs,
             serial: &self.board.serial,
             pm: &self.board.pm,

@@ -1,0 +1,178 @@
+//! multifd: RAM on extra connections beside the main stream, each page
+//! always on the same channel (so a newer copy never overtakes an older
+//! one), written by the destination straight into guest RAM.
+//!
+//! A channel starts with [`CHANNEL_MAGIC`], be32 index and be32 count;
+//! then records: be64 (block offset | flags), followed by the page for
+//! DATA. SYNC asks for a [`Line::Sync`] back once everything before it is
+//! in; END closes the channel.
+
+use crate::error::{Error, Result};
+use crate::protocol::Line;
+use crate::ram::{set_bits, Ram, RamWriter};
+use crate::status::Progress;
+use crate::stream::{is_zero, Gather, RamSink, PAGE_SIZE};
+use crate::transport::{connect, Conn};
+use crate::uri::Uri;
+use std::io::{BufReader, Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// The first bytes of a multifd channel.
+pub(crate) const CHANNEL_MAGIC: &[u8; 8] = b"VMMMFD01";
+const CH_DATA: u64 = 1;
+const CH_ZERO: u64 = 2;
+const CH_END: u64 = u64::MAX;
+/// Answered with [`Line::Sync`] on the channel once everything before it is in.
+pub(crate) const CH_SYNC: u64 = u64::MAX - 1;
+
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+/// The source's multifd channels: connected before the main stream.
+pub fn connect_channels(uri: &Uri, n: u64) -> Result<Vec<Conn>> {
+    (0..n)
+        .map(|i| {
+            let mut c = connect(uri)?;
+            let mut head = CHANNEL_MAGIC.to_vec();
+            head.extend_from_slice(&(i as u32).to_be_bytes());
+            head.extend_from_slice(&(n as u32).to_be_bytes());
+            c.write_all(&head)
+                .map_err(Error::io("cannot start a multifd channel"))?;
+            Ok(c)
+        })
+        .collect()
+}
+
+/// The channel a page travels on: a page always takes the same one, so a
+/// newer copy never overtakes an older one.
+fn channel_of(offset: u64, n: usize) -> usize {
+    ((offset >> 21) as usize) % n
+}
+
+/// One pass over the channels, in parallel: the pages set in `dirty`
+/// (per region of `ram`); with `last`, each channel ends with END.
+pub(crate) fn send<C: Write + Send>(
+    ram: &Ram,
+    chans: &mut [C],
+    dirty: &[Vec<u64>],
+    last: bool,
+    p: &Progress,
+) -> Result<()> {
+    let n = chans.len();
+    // (block offset, page) for every dirty page, per channel.
+    let mut work: Vec<Vec<(u64, &[u8])>> = vec![vec![]; n];
+    for (r, bits) in ram.regions().iter().zip(dirty) {
+        for i in set_bits(bits, r.pages()) {
+            let off = r.offset + (i * PAGE_SIZE) as u64;
+            work[channel_of(off, n)].push((off, r.page(i)));
+        }
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chans
+            .iter_mut()
+            .zip(work)
+            .map(|(c, pages)| {
+                scope.spawn(move || -> std::io::Result<()> {
+                    let mut g = Gather::new();
+                    // Counted per batch written: the channels share the
+                    // counter.
+                    let mut batch = 0;
+                    for (off, d) in pages {
+                        batch += 1;
+                        if is_zero(d) {
+                            p.duplicate.fetch_add(1, Ordering::Relaxed);
+                            g.head(&(off | CH_ZERO).to_be_bytes());
+                        } else {
+                            p.normal.fetch_add(1, Ordering::Relaxed);
+                            g.head(&(off | CH_DATA).to_be_bytes());
+                            g.page(d);
+                        }
+                        if g.full() {
+                            g.write_to(c)?;
+                            p.pages_sent(std::mem::take(&mut batch));
+                        }
+                    }
+                    if last {
+                        g.head(&CH_END.to_be_bytes());
+                    }
+                    g.write_to(c)?;
+                    p.pages_sent(batch);
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("multifd sender panicked")))
+            })
+            .collect::<std::io::Result<Vec<()>>>()
+    })
+    .map_err(Error::io("sending RAM on a multifd channel"))?;
+    Ok(())
+}
+
+/// The destination's side of one channel (its magic already read):
+/// writes its pages into guest RAM, once there is RAM, until its END.
+/// Ends with the number of pages written.
+pub(crate) fn receive(mut c: Conn, ram: &OnceLock<Arc<Ram>>) -> Result<u64> {
+    let io = || Error::io("multifd channel");
+    let mut id = [0u8; 8];
+    c.read_exact(&mut id).map_err(io())?;
+    let index = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+    log::info!("multifd channel {index} connected");
+    let mut answer = c.try_clone().map_err(io())?;
+    let mut r = BufReader::with_capacity(256 << 10, c);
+    let ram = loop {
+        if let Some(m) = ram.get() {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut sink = RamWriter::new(ram);
+    let mut n = 0u64;
+    loop {
+        let mut h = [0u8; 8];
+        r.read_exact(&mut h).map_err(io())?;
+        let h = u64::from_be_bytes(h);
+        if h == CH_END {
+            return Ok(n);
+        }
+        if h == CH_SYNC {
+            answer.write_all(&Line::Sync.encode()).map_err(io())?;
+            continue;
+        }
+        let offset = h & !(PAGE_SIZE as u64 - 1);
+        if offset >= ram.size {
+            return Err(Error::Protocol(format!(
+                "multifd channel: page offset {offset:#x} beyond RAM ({:#x})",
+                ram.size
+            )));
+        }
+        match h & (PAGE_SIZE as u64 - 1) {
+            CH_DATA => {
+                // Straight from the socket's buffer into guest RAM.
+                // SAFETY: an incoming VM's RAM, written before it runs, and
+                // this page travels on this channel only.
+                let target = unsafe { ram.page_mut(offset) }.ok_or_else(|| {
+                    Error::Protocol(format!("multifd channel: no guest page at {offset:#x}"))
+                })?;
+                r.read_exact(target).map_err(io())?;
+            }
+            CH_ZERO => {
+                sink.page(ram.block, offset, &ZERO_PAGE);
+                if let Some(e) = sink.error.take() {
+                    return Err(Error::Protocol(format!("multifd channel: {e}")));
+                }
+            }
+            f => {
+                return Err(Error::Protocol(format!(
+                    "multifd channel: bad record flags {f:#x} at page {n}"
+                )))
+            }
+        }
+        n += 1;
+    }
+}

@@ -1,0 +1,278 @@
+//! The connections a migration travels on (`tcp:`, `unix:`, `fd:`), with
+//! dead-link detection and the kernel's arrival stamps for the return path.
+
+use crate::error::{Error, Result};
+use crate::uri::Uri;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// A silent peer is given up on after this (no FIN, no RST: a cut cable).
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Socket buffer size for migration connections (the kernel doubles it).
+/// Small: what the source counts as sent is close to what the destination
+/// has loaded, so the last pass (the downtime) is not stuck behind
+/// megabytes queued in the sockets.
+const SOCKET_BUFFER: libc::c_int = 256 << 10;
+
+/// A migration connection.
+pub enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    pub fn try_clone(&self) -> std::io::Result<Conn> {
+        Ok(match self {
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+        })
+    }
+
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.set_read_timeout(t),
+            Conn::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// Ends reading on the socket (a reader blocked in it sees the end).
+    pub(crate) fn shutdown_read(&self) {
+        let _ = match self {
+            Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Read),
+            Conn::Unix(s) => s.shutdown(std::net::Shutdown::Read),
+        };
+    }
+
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Conn::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Conn::Tcp(s) => s.as_raw_fd(),
+            Conn::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Asks the kernel to timestamp what arrives from now on
+    /// (SO_TIMESTAMPNS); false if it will not.
+    pub(crate) fn stamp_arrivals(&self) -> bool {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt with an int option on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                self.raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    }
+
+    /// One receive straight from the socket into `buf`, with the time it
+    /// arrived if the kernel stamped it (see [`Conn::stamp_arrivals`]).
+    pub(crate) fn recv_stamped(
+        &self,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, Option<SystemTime>)> {
+        // Room for a few cmsgs (u64-aligned).
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; zero is a valid empty value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: every pointer in msg refers to a live local buffer of
+        // the length given.
+        let n = unsafe { libc::recvmsg(self.raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut at = None;
+        // SAFETY: the CMSG_* walk stays inside msg's control buffer, which
+        // the kernel filled and sized in msg_controllen.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                    if ts.tv_sec > 0 {
+                        at = Some(
+                            std::time::UNIX_EPOCH
+                                + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                        );
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        Ok((n as usize, at))
+    }
+}
+
+impl From<std::os::fd::OwnedFd> for Conn {
+    /// A socket passed with `getfd`.
+    fn from(fd: std::os::fd::OwnedFd) -> Conn {
+        Conn::Unix(UnixStream::from(fd))
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(b),
+            Conn::Unix(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(b),
+            Conn::Unix(s) => s.write(b),
+        }
+    }
+    fn write_vectored(&mut self, b: &[std::io::IoSlice]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write_vectored(b),
+            Conn::Unix(s) => s.write_vectored(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Dead-link detection for a TCP connection: unacknowledged data and idle
+/// links are given up on within [`LINK_TIMEOUT`].
+fn tune_tcp(s: &TcpStream) {
+    let fd = s.as_raw_fd();
+    let _ = s.set_nodelay(true);
+    let set = |level: libc::c_int, opt: libc::c_int, v: libc::c_int| {
+        // SAFETY: setsockopt with an int option on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                &v as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+    };
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        LINK_TIMEOUT.as_millis() as i32,
+    );
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+    set(libc::SOL_SOCKET, libc::SO_SNDBUF, SOCKET_BUFFER);
+    set(libc::SOL_SOCKET, libc::SO_RCVBUF, SOCKET_BUFFER);
+}
+
+/// The source's side: connects (within [`LINK_TIMEOUT`]).
+pub fn connect(uri: &Uri) -> Result<Conn> {
+    match uri {
+        Uri::Tcp(a) => {
+            let addr = a
+                .to_socket_addrs()
+                .map_err(Error::io(format!("cannot resolve {a}")))?
+                .next()
+                .ok_or_else(|| Error::Protocol(format!("{a} resolves to no address")))?;
+            let s = TcpStream::connect_timeout(&addr, LINK_TIMEOUT)
+                .map_err(Error::io(format!("cannot connect to tcp:{a}")))?;
+            tune_tcp(&s);
+            Ok(Conn::Tcp(s))
+        }
+        Uri::Unix(p) => Ok(Conn::Unix(
+            UnixStream::connect(p)
+                .map_err(Error::io(format!("cannot connect to unix:{}", p.display())))?,
+        )),
+        Uri::Fd(name) => {
+            let fd: i32 = name.parse().map_err(|_| {
+                Error::Protocol(format!(
+                    "fd:{name}: no descriptor of that name was passed with getfd"
+                ))
+            })?;
+            // SAFETY: fstat on any integer is harmless; the fd is checked
+            // to be a socket before it is owned.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `st` is a valid out-pointer.
+            if unsafe { libc::fstat(fd, &mut st) } != 0
+                || st.st_mode & libc::S_IFMT != libc::S_IFSOCK
+            {
+                return Err(Error::Protocol(format!(
+                    "fd:{fd} is not an open socket of this process"
+                )));
+            }
+            // SAFETY: a socket fd handed to us for this migration; we own it
+            // from now on.
+            Ok(Conn::Unix(unsafe { UnixStream::from_raw_fd(fd) }))
+        }
+        Uri::File(_) => Err(Error::Protocol("file: is not a connection".into())),
+    }
+}
+
+/// The destination's listening socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    pub fn bind(uri: &Uri) -> Result<Listener> {
+        match uri {
+            Uri::Tcp(a) => Ok(Listener::Tcp(
+                TcpListener::bind(a).map_err(Error::io(format!("cannot listen on tcp:{a}")))?,
+            )),
+            Uri::Unix(p) => {
+                let _ = std::fs::remove_file(p);
+                Ok(Listener::Unix(
+                    UnixListener::bind(p)
+                        .map_err(Error::io(format!("cannot listen on unix:{}", p.display())))?,
+                    p.clone(),
+                ))
+            }
+            Uri::Fd(_) | Uri::File(_) => Err(Error::Protocol(format!("cannot listen on {uri:?}"))),
+        }
+    }
+
+    pub(crate) fn accept_one(&self) -> Result<Conn> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().map_err(Error::io("accept failed"))?;
+                log::info!("incoming migration connection from {peer}");
+                tune_tcp(&s);
+                Ok(Conn::Tcp(s))
+            }
+            Listener::Unix(l, _) => Ok(Conn::Unix(
+                l.accept().map_err(Error::io("accept failed"))?.0,
+            )),
+        }
+    }
+
+    /// Removes a unix socket's path (the source has connected).
+    pub(crate) fn unlink(&self) {
+        if let Listener::Unix(_, p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
