@@ -7,10 +7,11 @@ use crate::multifd::{self, CHANNEL_MAGIC};
 use crate::protocol::Line;
 use crate::ram::{Ram, RamWriter};
 use crate::return_path::LineReader;
-use crate::stream::{Reader, Record};
+use crate::stream::{Reader, Record, MAGIC};
 use crate::transport::{Conn, Listener};
 use crate::vmstate::{Description, LoadError, State};
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,9 +45,19 @@ pub fn load_stream<R: Read>(
     ram: &Ram,
     on_sync: &mut dyn FnMut(),
 ) -> Result<()> {
+    let r = Reader::new(std::io::BufReader::with_capacity(256 << 10, from), machine)?;
+    load_records(r, target, ram, on_sync)
+}
+
+/// The records after the header, to EOF (see [`load_stream`]).
+fn load_records<R: Read>(
+    mut r: Reader<R>,
+    target: &mut dyn LoadTarget,
+    ram: &Ram,
+    on_sync: &mut dyn FnMut(),
+) -> Result<()> {
     let t0 = Instant::now();
     let mut ram_started = false;
-    let mut r = Reader::new(std::io::BufReader::with_capacity(256 << 10, from), machine)?;
     let mut sink = RamWriter::new(ram);
     loop {
         let record = r.next_record(&|id, i| target.description(id, i), &mut sink)?;
@@ -84,71 +95,175 @@ pub fn load_stream<R: Read>(
     Ok(target.finish()?)
 }
 
-/// An accepted incoming migration.
+/// A source's connections, accepted: the main stream and the multifd
+/// channels it opened first.
 pub struct Incoming {
     main: Conn,
     /// The first bytes of the main stream (read to tell it from channels).
     head: [u8; 8],
-    /// multifd receivers: each ends with the pages it wrote, or why not.
-    channels: Vec<JoinHandle<Result<u64>>>,
+    /// multifd receivers, each with its connection (to end it) and a
+    /// thread that ends with the pages it wrote, or why not.
+    channels: Vec<(Conn, JoinHandle<Result<u64>>)>,
 }
 
-/// Accepts a migration on `l`: any multifd channels (the source connects
-/// them first), then the main stream. Channel receivers start at once and
-/// write into the RAM `ram` holds once it is there.
-pub fn accept(l: Listener, ram: Arc<OnceLock<Arc<Ram>>>) -> Result<Incoming> {
-    let mut channels = vec![];
-    loop {
-        let mut c = l.accept_one()?;
-        c.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(Error::io("the source sent nothing"))?;
-        let mut head = [0u8; 8];
-        c.read_exact(&mut head)
-            .map_err(Error::io("the source sent nothing"))?;
-        if &head != CHANNEL_MAGIC {
-            l.unlink();
-            return Ok(Incoming {
-                main: c,
-                head,
-                channels,
-            });
-        }
-        let ram = ram.clone();
-        channels.push(
-            std::thread::Builder::new()
-                .name(format!("multifd-recv{}", channels.len()))
-                .spawn(move || multifd::receive(c, &ram))
-                .map_err(Error::io("cannot start a multifd receiver"))?,
-        );
+/// Why a load failed, and whether the VM had taken anything from the
+/// stream by then (if not, the destination can wait for another source).
+#[derive(Debug)]
+pub struct LoadFailed {
+    pub error: Error,
+    pub vm_touched: bool,
+}
+
+/// How long a new connection has to say what it is.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a new connection turned out to be.
+enum Hello {
+    /// The savevm stream's header: a source's main stream.
+    Main(Conn, [u8; 8]),
+    /// A multifd channel.
+    Channel(Conn),
+    /// Anything else: a port scanner, a health check, a stranger.
+    Other(String),
+}
+
+/// Reads a connection's first bytes, within [`HELLO_TIMEOUT`].
+fn hello(mut c: Conn, peer: String) -> Hello {
+    let mut head = [0u8; 8];
+    let got = c
+        .set_read_timeout(Some(HELLO_TIMEOUT))
+        .and_then(|()| c.read_exact(&mut head))
+        .and_then(|()| c.set_read_timeout(None));
+    if let Err(e) = got {
+        return Hello::Other(format!("{peer} sent no stream header: {e}"));
     }
+    if &head == CHANNEL_MAGIC {
+        Hello::Channel(c)
+    } else if head[..4] == MAGIC.to_be_bytes() {
+        Hello::Main(c, head)
+    } else {
+        Hello::Other(format!(
+            "{peer} is not a migration source (it began {head:02x?})"
+        ))
+    }
+}
+
+/// Serves `l` until `done`: every source's main stream arrives in
+/// `deliver` with the multifd channels it opened before it, whose
+/// receivers write into the RAM `ram` holds once it is there. A connection
+/// that does not start like a migration (a port probe, a health check, a
+/// stranger saying nothing) is logged and ignored; each says what it is on
+/// its own thread, so a silent one holds up nobody.
+pub fn serve(
+    l: Listener,
+    ram: Arc<OnceLock<Arc<Ram>>>,
+    done: Arc<AtomicBool>,
+    mut deliver: impl FnMut(Incoming),
+) -> Result<()> {
+    l.set_nonblocking()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut channels = vec![];
+    while !done.load(Ordering::SeqCst) {
+        let mut idle = true;
+        if let Some((c, peer)) = l.try_accept()? {
+            idle = false;
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name("migration-hello".into())
+                .spawn(move || {
+                    let _ = tx.send(hello(c, peer));
+                })
+                .map_err(Error::io("cannot start a connection's reader"))?;
+        }
+        while let Ok(h) = rx.try_recv() {
+            idle = false;
+            match h {
+                Hello::Channel(c) => {
+                    let ram = ram.clone();
+                    let conn = c.try_clone().map_err(Error::io("a multifd channel"))?;
+                    let rx = std::thread::Builder::new()
+                        .name(format!("multifd-recv{}", channels.len()))
+                        .spawn(move || multifd::receive(c, &ram))
+                        .map_err(Error::io("cannot start a multifd receiver"))?;
+                    channels.push((conn, rx));
+                }
+                Hello::Main(main, head) => deliver(Incoming {
+                    main,
+                    head,
+                    channels: std::mem::take(&mut channels),
+                }),
+                Hello::Other(why) => {
+                    log::warn!("incoming migration: ignoring a connection: {why}")
+                }
+            }
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    l.unlink();
+    Ok(())
 }
 
 impl Incoming {
     /// Loads the stream into `target` (RAM into `ram`), answering each
     /// sync point, until EOF and every multifd channel's END.
-    pub fn load(&mut self, machine: &str, target: &mut dyn LoadTarget, ram: &Ram) -> Result<()> {
+    ///
+    /// No read times out: the main stream is silent while RAM travels on
+    /// the channels, and a paced source sends nothing for a while. A dead
+    /// peer is TCP's to notice (keepalive, user timeout: `transport`), a
+    /// unix peer's end closes the socket.
+    pub fn load(
+        &mut self,
+        machine: &str,
+        target: &mut dyn LoadTarget,
+        ram: &Ram,
+    ) -> std::result::Result<(), LoadFailed> {
+        let untouched = |error| LoadFailed {
+            error,
+            vm_touched: false,
+        };
         let io = || Error::io("the migration connection");
-        // A source that goes silent is given up on.
-        self.main
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(io())?;
-        let mut sync = self.main.try_clone().map_err(io())?;
-        let stream = (&self.head[..]).chain(self.main.try_clone().map_err(io())?);
-        load_stream(stream, machine, target, ram, &mut || {
+        let mut sync = self.main.try_clone().map_err(io()).map_err(untouched)?;
+        let conn = self.main.try_clone().map_err(io()).map_err(untouched)?;
+        // The header and the configuration (the machine type) first: a
+        // stream refused there has changed nothing here.
+        let reader = Reader::new(
+            std::io::BufReader::with_capacity(256 << 10, (&self.head[..]).chain(conn)),
+            machine,
+        )
+        .map_err(|e| untouched(e.into()))?;
+        let touched = |error| LoadFailed {
+            error,
+            vm_touched: true,
+        };
+        load_records(reader, target, ram, &mut || {
             let _ = sync.write_all(&Line::Sync.encode());
-        })?;
-        for ch in self.channels.drain(..) {
+        })
+        .map_err(touched)?;
+        for (_, ch) in self.channels.drain(..) {
             let pages = ch
                 .join()
-                .map_err(|_| Error::Vm("a multifd receiver panicked".into()))??;
+                .map_err(|_| Error::Vm("a multifd receiver panicked".into()))
+                .and_then(|r| r)
+                .map_err(touched)?;
             log::debug!("multifd channel done: {pages} pages");
         }
         Ok(())
     }
 
+    /// Ends the multifd channels that came with this stream.
+    fn end_channels(&mut self) {
+        for (c, _) in self.channels.drain(..) {
+            c.shutdown();
+        }
+    }
+
     /// Tells the source why the stream was refused, then keeps reading
-    /// for a moment (so the source sees the reason, not a reset).
-    pub fn refuse(&mut self, why: &str) {
+    /// for a moment (so the source sees the reason, not a reset), and
+    /// closes its connections.
+    pub fn refuse(mut self, why: &str) {
+        self.end_channels();
         let conn = &mut self.main;
         let _ = conn.write_all(&Line::Err(why.to_string()).encode());
         let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));

@@ -114,7 +114,8 @@ pub(crate) fn send<C: Write + Send>(
     Ok(())
 }
 
-/// The destination's side of one channel (its magic already read):
+/// The destination's side of one channel (its magic already read; no
+/// read times out, as on the main stream):
 /// writes its pages into guest RAM, once there is RAM, until its END.
 /// Ends with the number of pages written.
 pub(crate) fn receive(mut c: Conn, ram: &OnceLock<Arc<Ram>>) -> Result<u64> {

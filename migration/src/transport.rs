@@ -255,17 +255,42 @@ impl Listener {
         }
     }
 
-    pub(crate) fn accept_one(&self) -> Result<Conn> {
+    /// Makes [`Listener::try_accept`] return at once when nobody waits.
+    pub(crate) fn set_nonblocking(&self) -> Result<()> {
         match self {
-            Listener::Tcp(l) => {
-                let (s, peer) = l.accept().map_err(Error::io("accept failed"))?;
-                log::info!("incoming migration connection from {peer}");
+            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Unix(l, _) => l.set_nonblocking(true),
+        }
+        .map_err(Error::io("cannot set up the listening socket"))
+    }
+
+    /// A connection and who it is from, if one is waiting (on a
+    /// non-blocking listener).
+    pub(crate) fn try_accept(&self) -> Result<Option<(Conn, String)>> {
+        let got = match self {
+            Listener::Tcp(l) => l.accept().map(|(s, peer)| {
                 tune_tcp(&s);
-                Ok(Conn::Tcp(s))
+                (Conn::Tcp(s), peer.to_string())
+            }),
+            Listener::Unix(l, p) => l
+                .accept()
+                .map(|(s, _)| (Conn::Unix(s), format!("unix:{}", p.display()))),
+        };
+        match got {
+            Ok((c, peer)) => {
+                // Accepted sockets do not inherit non-blocking mode on
+                // Linux; say so rather than rely on it.
+                let blocking = match &c {
+                    Conn::Tcp(s) => s.set_nonblocking(false),
+                    Conn::Unix(s) => s.set_nonblocking(false),
+                };
+                blocking.map_err(Error::io("accept failed"))?;
+                log::info!("incoming migration connection from {peer}");
+                Ok(Some((c, peer)))
             }
-            Listener::Unix(l, _) => Ok(Conn::Unix(
-                l.accept().map_err(Error::io("accept failed"))?.0,
-            )),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(Error::io("accept failed")(e)),
         }
     }
 

@@ -95,13 +95,20 @@ fn start(dir: &TempDir, name: &str, binary: Option<&PathBuf>, extra: &[&str]) ->
 }
 
 fn ticks(vm: &Vm) -> usize {
-    vm.lines().iter().filter(|l| l.starts_with("tick n=")).count()
+    vm.lines()
+        .iter()
+        .filter(|l| l.starts_with("tick n="))
+        .count()
 }
 
 fn wait_ticks(vm: &Vm, n: usize) {
     let deadline = Instant::now() + BOOT;
     while ticks(vm) < n {
-        assert!(Instant::now() < deadline, "fewer than {n} ticks\n{}", vm.log());
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} ticks\n{}",
+            vm.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -113,7 +120,12 @@ fn verify(vm: &mut Vm) {
     vm.send(b"v");
     vm.wait_count("a verify", before + 1, T, is_verify);
     let v = vm.lines().into_iter().rfind(|l| is_verify(l)).unwrap();
-    assert_eq!(field(&v, "bad_pages").as_deref(), Some("0"), "{v}\n{}", vm.log());
+    assert_eq!(
+        field(&v, "bad_pages").as_deref(),
+        Some("0"),
+        "{v}\n{}",
+        vm.log()
+    );
 }
 
 /// Moves `src` live to a new node running `binary`; the guest runs on
@@ -124,7 +136,13 @@ fn live_move(dir: &TempDir, src: Node, name: &str, binary: Option<&PathBuf>) -> 
     let mut q = src.qmp();
     q.execute("migrate", json!({ "uri": listen }));
     let m = q.wait_migration(T);
-    assert_eq!(m["status"], "completed", "{m}\n{}\n{}", src.vm.log(), dst.vm.log());
+    assert_eq!(
+        m["status"],
+        "completed",
+        "{m}\n{}\n{}",
+        src.vm.log(),
+        dst.vm.log()
+    );
     drop(src);
     let seen = ticks(&dst.vm);
     wait_ticks(&dst.vm, seen + 2);
@@ -152,7 +170,10 @@ fn a_vm_saved_by_every_release_restores_here() {
         wait_ticks(&src.vm, 3);
         let file = dir.path("vm.save");
         let mut q = src.qmp();
-        q.execute("migrate", json!({ "uri": format!("file:{}", file.display()) }));
+        q.execute(
+            "migrate",
+            json!({ "uri": format!("file:{}", file.display()) }),
+        );
         let m = q.wait_migration(T);
         assert_eq!(m["status"], "completed", "{m}\n{}", src.vm.log());
         drop(src);

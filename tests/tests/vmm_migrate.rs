@@ -140,10 +140,27 @@ fn move_and_verify(dir: &TempDir, src: Node, name: &str, extra: &[&str]) -> Node
     dst
 }
 
+/// When a destination refuses a stream.
+#[derive(PartialEq)]
+enum Refused {
+    /// At its header or machine type, before taking anything from it:
+    /// the destination waits on for another source.
+    Before,
+    /// While loading (a device's state): the destination exits non-zero.
+    While,
+}
+
 /// Destination `name` (with `extra` options) must refuse `src`'s stream:
-/// the migration fails naming every `want`, the destination exits
-/// non-zero, and the source keeps the guest.
-fn assert_refused(dir: &TempDir, src: &mut Node, name: &str, extra: &[&str], want: &[&str]) {
+/// the migration fails naming every `want`, the destination waits on or
+/// exits as `when` says, and the source keeps the guest.
+fn assert_refused(
+    dir: &TempDir,
+    src: &mut Node,
+    name: &str,
+    extra: &[&str],
+    want: &[&str],
+    when: Refused,
+) {
     let (mut bad, uri) = incoming(dir, name, extra);
     let m = migrate(src, &uri);
     assert_eq!(m["status"], "failed", "{m}");
@@ -151,7 +168,11 @@ fn assert_refused(dir: &TempDir, src: &mut Node, name: &str, extra: &[&str], wan
     for w in want {
         assert!(why.contains(w), "{w:?} not in: {m}");
     }
-    assert_ne!(bad.vm.wait_exit(T).code(), Some(0));
+    if when == Refused::Before {
+        assert_eq!(bad.status(), "inmigrate", "{}", bad.vm.log());
+    } else {
+        assert_ne!(bad.vm.wait_exit(T).code(), Some(0));
+    }
     assert!(bad.vm.log().contains(want[0]), "{}", bad.vm.log());
     assert_still_running(src);
 }
@@ -325,6 +346,7 @@ fn wrong_machine_type_is_refused_and_the_source_runs_on() {
         "bad",
         &["-M", "pc-q35-8.0"],
         &["machine type", "pc-q35-8.0"],
+        Refused::Before,
     );
     // A new migration works.
     move_and_verify(&dir, src, "good", &[]);
@@ -588,7 +610,7 @@ fn seed_chain_keeps_num_queues_on_pc_q35_5_1() {
     // A destination whose device has two queues is refused, naming it.
     let mut two = dev.clone();
     two.extend_from_slice(&["-global", "virtio-blk-pci.num-queues=2"]);
-    assert_refused(&dir, &mut src, "bad", &two, &["num-queues"]);
+    assert_refused(&dir, &mut src, "bad", &two, &["num-queues"], Refused::While);
     for name in ["B", "C"] {
         src = move_and_verify(&dir, src, name, &dev);
         assert_eq!(queues(&src), json!(1), "hop to {name}");
@@ -994,6 +1016,7 @@ fn seed_modern_exposure_on_pc_q35_2_7() {
         "gated",
         &gated,
         &["legacy", "x-ignore-backend-features"],
+        Refused::While,
     );
     move_and_verify(&dir, src, "B", &dev);
 }
@@ -1093,4 +1116,111 @@ fn the_release_binary_has_no_fault_injection() {
     };
     assert_eq!(has(&vmm_tests::vmm::binary()), 0);
     assert_eq!(has(&vmm_tests::vmm::fault_injection_binary()), hooks.len());
+}
+
+/// A guest that wrote 64 MiB once and now writes little: precopy time is
+/// set by the bandwidth cap.
+const IDLE_GUEST: &str =
+    "cpus=1 work=mem,counter mem_mb=64 mem_rate=10 tick_ms=100 max_gap_ms=30000 seed=5";
+
+/// multifd with a bandwidth cap that makes precopy last well over 10 s:
+/// the main stream is silent all that time (RAM goes on the channels), and
+/// the destination must not take the silence for a dead source.
+#[test]
+fn a_long_multifd_migration_completes() {
+    let dir = TempDir::new("mig-long-multifd");
+    let (v, sock) = vmm(&dir, "src", &[]);
+    let v = Vmm {
+        append: IDLE_GUEST.into(),
+        ..v
+    };
+    let src = Node {
+        vm: v.spawn("src"),
+        sock,
+    };
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let mut q = src.qmp();
+    q.execute(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "multifd", "state": true}]}),
+    );
+    // 64 MiB at 5 MB/s: about 13 s of precopy.
+    q.execute(
+        "migrate-set-parameters",
+        json!({"multifd-channels": 2, "max-bandwidth": 5_000_000u64}),
+    );
+    let (mut dst, uri) = incoming(&dir, "dst", &[]);
+    let t0 = Instant::now();
+    let m = migrate(&src, &uri);
+    assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
+    assert!(
+        t0.elapsed() > Duration::from_secs(11),
+        "only {:?}",
+        t0.elapsed()
+    );
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+}
+
+/// What a port scanner or a load balancer's health check does to the
+/// incoming port — connect and close, send a few bytes, or connect and
+/// say nothing — does not end the destination; the real source then
+/// migrates.
+#[test]
+fn probes_on_the_incoming_port_are_ignored() {
+    use std::io::Write;
+    let dir = TempDir::new("mig-probe");
+    let src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let (mut dst, uri) = incoming(&dir, "dst", &[]);
+    let addr = uri.strip_prefix("tcp:").unwrap();
+    drop(std::net::TcpStream::connect(addr).unwrap());
+    let mut five = std::net::TcpStream::connect(addr).unwrap();
+    five.write_all(b"HELLO").unwrap();
+    drop(five);
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(dst.status(), "inmigrate", "{}", dst.vm.log());
+    let m = migrate(&src, &uri);
+    assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+}
+
+/// A stranger that connects first with a stream header is answered with
+/// the reason and ignored; the destination keeps waiting, and the real
+/// source, connecting second, migrates.
+#[test]
+fn a_stranger_first_is_refused_and_the_real_source_then_migrates() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("mig-stranger");
+    let src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let (mut dst, uri) = incoming(&dir, "dst", &[]);
+    let addr = uri.strip_prefix("tcp:").unwrap();
+    let mut stranger = std::net::TcpStream::connect(addr).unwrap();
+    // QEMU's header: magic, version 3, a configuration section naming a
+    // machine type the destination does not run.
+    let mut head = b"QEVM\x00\x00\x00\x03\x07".to_vec();
+    head.extend_from_slice(&(6u32).to_be_bytes());
+    head.extend_from_slice(b"pc-q35");
+    stranger.write_all(&head).unwrap();
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stranger.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("ERR ") && answer.contains("machine type"),
+        "{answer:?}"
+    );
+    drop(stranger);
+    assert_eq!(dst.status(), "inmigrate", "{}", dst.vm.log());
+    let m = migrate(&src, &uri);
+    assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
 }

@@ -6,10 +6,11 @@ use super::{Control, Outcome, Wake};
 use crate::qmp::QmpError;
 use crate::runstate::{MigrationStatus, RunState};
 use anyhow::{Context, Result};
-use migration::destination::Incoming;
+use migration::destination::{Incoming, LoadFailed};
 use migration::ram::Ram;
 use migration::uri::Uri;
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -33,17 +34,30 @@ pub(super) fn busy_reply(command: &str) -> Result<serde_json::Value, QmpError> {
     }
 }
 
-/// Listens for one incoming migration; the connection (or the failure)
-/// arrives in the main loop as [`Control::Incoming`].
+/// Set once an incoming migration has loaded (or failed for good): the
+/// listener then closes.
+fn incoming_done() -> Arc<AtomicBool> {
+    static DONE: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    DONE.get_or_init(Default::default).clone()
+}
+
+/// Listens for incoming migrations: each source's connection arrives in
+/// the main loop as [`Control::Incoming`] (a broken listener as the
+/// error), until one has loaded.
 pub(super) fn listen_incoming(uri: &Uri, ctl: Sender<Control>) -> Result<()> {
     let l = migration::transport::Listener::bind(uri)?;
     log::info!("waiting for an incoming migration on {uri:?}");
     std::thread::Builder::new()
         .name("incoming".into())
         .spawn(move || {
-            let _ = ctl.send(Control::Incoming(
-                migration::destination::accept(l, incoming_memory()).map_err(|e| e.chain()),
-            ));
+            let deliver = |i| {
+                let _ = ctl.send(Control::Incoming(Ok(i)));
+            };
+            if let Err(e) =
+                migration::destination::serve(l, incoming_memory(), incoming_done(), deliver)
+            {
+                let _ = ctl.send(Control::Incoming(Err(e.chain())));
+            }
         })
         .context("cannot start the incoming-migration thread")?;
     Ok(())
@@ -51,15 +65,29 @@ pub(super) fn listen_incoming(uri: &Uri, ctl: Sender<Control>) -> Result<()> {
 
 impl Session<'_> {
     /// An incoming migration: load the stream, confirm, wait for GO, run.
-    /// Any failure ends the process (nothing of the guest ran).
+    /// A stream refused before this VM took anything from it (its header,
+    /// its machine type) is answered and the destination waits on for the
+    /// real source; any later failure ends the process (nothing of the
+    /// guest ran).
     pub(super) fn receive(
         &mut self,
         incoming: Result<Incoming, String>,
         ctl: &std::sync::mpsc::Receiver<Control>,
     ) {
+        if self.status != RunState::InMigrate {
+            // A second source after the first one loaded.
+            if let Ok(i) = incoming {
+                spawn_refusal(
+                    i,
+                    "this destination has already received its migration".into(),
+                );
+            }
+            return;
+        }
         let mut incoming = match incoming {
             Ok(i) => i,
             Err(e) => {
+                incoming_done().store(true, Ordering::SeqCst);
                 self.ended = Some(Outcome::Fatal(format!("incoming migration: {e}")));
                 return;
             }
@@ -74,9 +102,12 @@ impl Session<'_> {
         let loaded = std::thread::scope(|scope| {
             let h = scope.spawn(|| {
                 let _wake = Wake(wake);
-                let mut target = crate::snapshot::Target::new(&parts)?;
+                let mut target = crate::snapshot::Target::new(&parts).map_err(|e| LoadFailed {
+                    error: e.into(),
+                    vm_touched: false,
+                })?;
                 incoming.load(machine, &mut target, &ram)?;
-                Ok::<u64, migration::Error>(target.clock.unwrap_or_default())
+                Ok(target.clock.unwrap_or_default())
             });
             // Until the loader says it is done (then join waits only for
             // its thread to exit).
@@ -89,9 +120,10 @@ impl Session<'_> {
                 }
             }
             h.join().unwrap_or_else(|_| {
-                Err(migration::Error::Vm(
-                    "the incoming migration thread panicked".into(),
-                ))
+                Err(LoadFailed {
+                    error: migration::Error::Vm("the incoming migration thread panicked".into()),
+                    vm_touched: true,
+                })
             })
         });
         log::debug!(
@@ -100,13 +132,24 @@ impl Session<'_> {
         );
         let clock = match loaded {
             Ok(c) => c,
-            Err(e) => {
-                let why = e.chain();
+            Err(LoadFailed {
+                error,
+                vm_touched: false,
+            }) => {
+                let why = error.chain();
+                log::warn!("incoming migration refused, still waiting for a source: {why}");
+                spawn_refusal(incoming, why);
+                return;
+            }
+            Err(LoadFailed { error, .. }) => {
+                incoming_done().store(true, Ordering::SeqCst);
+                let why = error.chain();
                 incoming.refuse(&why);
                 self.ended = Some(Outcome::Fatal(format!("incoming migration failed: {why}")));
                 return;
             }
         };
+        incoming_done().store(true, Ordering::SeqCst);
         // Tests kill this side while the source sits paused waiting.
         crate::fault::delay("VMM_TEST_DELAY_LOADED_MS");
         let go = incoming.confirm();
@@ -177,4 +220,12 @@ impl Session<'_> {
             self.queued.push(("RESUME", None));
         }
     }
+}
+
+/// Answers a refused source with its reason off the main loop (the answer
+/// lingers a moment so the source reads it rather than a reset).
+fn spawn_refusal(incoming: Incoming, why: String) {
+    let _ = std::thread::Builder::new()
+        .name("migration-refuse".into())
+        .spawn(move || incoming.refuse(&why));
 }
