@@ -402,17 +402,24 @@ impl Source {
             .map_err(Error::io("cannot send GO to the destination"))?;
         go.write_all(&Line::Go.encode())
             .map_err(Error::io("cannot send GO to the destination"))?;
+        self.progress.committed.store(true, Ordering::SeqCst);
         // Committed: from here the destination owns the guest.
         let answer = rp.next(LINK_TIMEOUT, "waiting for RUNNING");
         let mut downtime = paused_at.elapsed();
         match answer {
             Ok((Line::Running, at)) => {
+                self.progress
+                    .running_confirmed
+                    .store(true, Ordering::SeqCst);
                 if let Some(d) = at.and_then(|t| t.duration_since(paused_wall).ok()) {
                     downtime = d.min(downtime);
                 }
             }
             Ok((l, _)) => log::warn!("the destination answered {l} after GO"),
-            Err(e) => log::warn!("no RUNNING from the destination after GO: {}", e.chain()),
+            Err(e) => log::warn!(
+                "no RUNNING from the destination after GO: {}; the guest is the destination's all the same",
+                e.chain()
+            ),
         }
         log::debug!(
             "downtime: RUNNING arrived at +{} us, read at +{} us",

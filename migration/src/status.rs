@@ -131,6 +131,11 @@ pub struct Progress {
     /// Why the migration has not converged yet, when it has not.
     pub not_converging: Mutex<Option<String>>,
     pub cancel: AtomicBool,
+    /// GO was sent: the guest is the destination's from here, whatever
+    /// happens next.
+    pub committed: AtomicBool,
+    /// The destination said RUNNING after GO (its vCPUs run).
+    pub running_confirmed: AtomicBool,
 }
 
 impl Progress {

@@ -1224,3 +1224,61 @@ fn a_stranger_first_is_refused_and_the_real_source_then_migrates() {
     wait_ticks(&dst.vm, 2);
     verify(&mut dst.vm);
 }
+
+/// Once GO is sent the guest is the destination's, whatever happens next:
+/// here the destination holds its vCPUs for 6 s after GO, so RUNNING never
+/// reaches the source in time. The migration completes with that visible
+/// in query-migrate, and the source refuses to run the guest a second time
+/// (cont, system_reset) unless forced.
+#[test]
+fn after_go_the_source_does_not_run_the_guest_again() {
+    let dir = TempDir::new("mig-after-go");
+    let src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let port = free_port();
+    let (mut v, sock) = vmm(
+        &dir,
+        "dst",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    v.binary = Some(vmm_tests::vmm::fault_injection_binary());
+    let mut cmd = v.command();
+    cmd.env("VMM_TEST_DELAY_RUNNING_MS", "6000");
+    let mut dst = Node {
+        vm: Vm::spawn("dst", cmd),
+        sock,
+    };
+    dst.qmp();
+    let mut q = src.qmp();
+    q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
+    let m = q.wait_migration(T);
+    assert_eq!(m["status"], "completed", "{m}");
+    assert_eq!(m["x-running-confirmed"], false, "{m}");
+    assert!(src.vm.log().contains("no RUNNING"), "{}", src.vm.log());
+    assert_eq!(
+        q.execute("query-status", json!({}))["status"],
+        "postmigrate"
+    );
+    for cmd in ["cont", "system_reset"] {
+        let e = q
+            .try_execute(cmd, json!({}))
+            .expect_err(&format!("{cmd} after GO was accepted"));
+        assert!(
+            e["desc"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("handed over"),
+            "{cmd}: {e}"
+        );
+    }
+    assert_eq!(
+        q.execute("query-status", json!({}))["status"],
+        "postmigrate"
+    );
+    // The guest runs on the destination once it lets go.
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+    // The operator's override exists, and says what it does.
+    q.execute("cont", json!({"force": true}));
+    assert_eq!(q.execute("query-status", json!({}))["status"], "running");
+}

@@ -10,7 +10,9 @@ pub trait Target {
     /// `running`, `paused`, `prelaunch`, `shutdown`...
     fn status(&self) -> crate::runstate::RunState;
     fn stop(&mut self) -> Result<(), QmpError>;
-    fn cont(&mut self) -> Result<(), QmpError>;
+    /// `cont`; `force` runs a guest even after it was handed over to a
+    /// migration's destination.
+    fn cont(&mut self, force: bool) -> Result<(), QmpError>;
     fn powerdown(&mut self) -> Result<(), QmpError>;
     fn reset(&mut self) -> Result<(), QmpError>;
     fn quit(&mut self);
@@ -78,7 +80,10 @@ pub const COMMANDS: &[Command] = &[
     Command("query-machines", &[], query_machines),
     Command("query-cpus-fast", &[], query_cpus_fast),
     Command("stop", &[], |t, _| t.stop().map(|_| json!({}))),
-    Command("cont", &[], |t, _| t.cont().map(|_| json!({}))),
+    Command("cont", &[("force", "?bool")], |t, a| {
+        let force = a.get("force").and_then(Value::as_bool).unwrap_or(false);
+        t.cont(force).map(|_| json!({}))
+    }),
     Command("system_powerdown", &[], |t, _| {
         t.powerdown().map(|_| json!({}))
     }),

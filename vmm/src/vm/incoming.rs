@@ -164,6 +164,9 @@ impl Session<'_> {
             )));
             return;
         }
+        // Tests hold the guest here, after GO, to see the source keep its
+        // hands off it.
+        crate::fault::delay("VMM_TEST_DELAY_RUNNING_MS");
         if let Err(e) = self.board.vm.set_clock(clock) {
             self.ended = Some(Outcome::Fatal(format!("incoming migration: {e}")));
             return;

@@ -221,26 +221,32 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         status = session.status;
         // A migration of this board cannot go on (reset, power-off, quit):
         // it fails, and its thread ends on the closed connection.
+        // One that sent GO is complete: the guest is the destination's.
+        let handed_over = session.handed_over();
         if let Some(p) = session.progress.take() {
-            p.cancel.store(true, Ordering::SeqCst);
-            if let Some(c) = session.conn.take() {
-                c.shutdown();
-            }
-            session.migration.status = MigrationStatus::Failed;
+            let outcome = if handed_over {
+                MigrationStatus::Completed
+            } else {
+                p.cancel.store(true, Ordering::SeqCst);
+                if let Some(c) = session.conn.take() {
+                    c.shutdown();
+                }
+                session.migration.error =
+                    Some("the VM was reset or stopped during the migration".into());
+                MigrationStatus::Failed
+            };
+            session.migration.status = outcome;
             session.migration.live = Some(p);
-            session.migration.error =
-                Some("the VM was reset or stopped during the migration".into());
-            events.emit(
-                "MIGRATION",
-                Some(json!({"status": MigrationStatus::Failed.as_str()})),
-            );
+            events.emit("MIGRATION", Some(json!({"status": outcome.as_str()})));
         }
         // The next board must not inherit `finish-migrate`: that state
         // waits for a migration that has just ended, and refuses `cont`.
         // A guest stopped only for the migration runs on, as after any
         // failed migration; one already paused stays paused.
         if status == RunState::FinishMigrate {
-            status = if session.stopped_for_migration {
+            status = if handed_over {
+                RunState::PostMigrate
+            } else if session.stopped_for_migration {
                 gate.set_running(true);
                 events.emit("RESUME", None);
                 RunState::Running

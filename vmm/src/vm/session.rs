@@ -59,6 +59,13 @@ pub(super) struct MigrationInfo {
 }
 
 impl Session<'_> {
+    /// Whether the guest now belongs to a live migration's destination:
+    /// GO was sent (the migration may still be waiting for RUNNING).
+    pub(super) fn handed_over(&self) -> bool {
+        let live = self.progress.as_ref().or(self.migration.live.as_ref());
+        live.is_some_and(|p| p.committed.load(Ordering::SeqCst))
+    }
+
     /// Moves the VM to run state `to`, which QEMU's transition table must
     /// allow from where it is: anything else is a bug in vmm, logged.
     pub(super) fn set_status(&mut self, to: RunState) {
@@ -285,7 +292,7 @@ impl Session<'_> {
                 ));
                 // A failed save loses nothing: a running guest runs on.
                 if std::mem::take(&mut self.stopped_for_migration) {
-                    if let Err(e) = self.cont() {
+                    if let Err(e) = self.cont(false) {
                         log::error!("cannot resume after the failed save: {}", e.desc);
                     }
                 }
@@ -322,7 +329,7 @@ impl Session<'_> {
                         }
                         // The source keeps the guest: nothing was lost.
                         if std::mem::take(&mut self.stopped_for_migration) {
-                            if let Err(e) = self.cont() {
+                            if let Err(e) = self.cont(false) {
                                 log::error!("cannot resume after the failed migration: {}", e.desc);
                             }
                         }

@@ -41,7 +41,12 @@ impl qmp::commands::Target for Session<'_> {
         Ok(())
     }
 
-    fn cont(&mut self) -> Result<(), QmpError> {
+    fn cont(&mut self, force: bool) -> Result<(), QmpError> {
+        if self.handed_over() && !force {
+            return Err(QmpError::generic(
+                "the guest was handed over to the migration's destination and runs there: running it here too would run it twice (cont with force=true to do so all the same)",
+            ));
+        }
         match self.status {
             RunState::Running => return Ok(()),
             // The guest must not run while its last state is on the way,
@@ -78,6 +83,11 @@ impl qmp::commands::Target for Session<'_> {
     }
 
     fn reset(&mut self) -> Result<(), QmpError> {
+        if self.handed_over() {
+            return Err(QmpError::generic(
+                "the guest was handed over to the migration's destination and runs there: a reset here would boot it a second time",
+            ));
+        }
         self.ended = Some(Outcome::HostReset);
         Ok(())
     }
@@ -169,6 +179,8 @@ impl qmp::commands::Target for Session<'_> {
             v["multifd-channels-used"] = get(&p.channels).into();
             if m.status == MigrationStatus::Completed {
                 v["downtime"] = get(&p.downtime_ms).into();
+                // vmm's own: whether the destination said its vCPUs run.
+                v["x-running-confirmed"] = p.running_confirmed.load(Ordering::SeqCst).into();
             }
             v["ram"] = json!({
                 "transferred": get(&p.transferred),
