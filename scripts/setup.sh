@@ -16,6 +16,8 @@ command -v cpio >/dev/null || need+=(cpio)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v zstd >/dev/null || need+=(zstd)
 command -v flock >/dev/null || need+=(util-linux)
+# A test watches a file save's system calls (its fsync).
+command -v strace >/dev/null || need+=(strace)
 # The Linux guest downloads Debian's kernel package: the lists must know it.
 if [ ${#need[@]} -gt 0 ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive

@@ -58,7 +58,15 @@ pub fn save(
     for (idstr, instance, desc, state) in sections {
         w.section(idstr, *instance, desc, state)?;
     }
-    w.finish()?;
+    // Complete only once on stable storage: a host crash right after
+    // must not lose the only copy of the guest.
+    let durable = || Error::io(format!("cannot write {} to disk", path.display()));
+    w.finish()?
+        .w
+        .into_inner()
+        .map_err(|e| durable()(e.into_error()))?
+        .sync_all()
+        .map_err(durable())?;
     stats.bytes = progress.transferred.load(Ordering::Relaxed);
     Ok(stats)
 }

@@ -556,3 +556,40 @@ fn reset_during_a_held_save_fails_it_and_the_guest_runs_again() {
     // Let the held save end (it opens the FIFO once a reader does).
     let _ = std::fs::read(&fifo);
 }
+
+/// `migrate file:` says `completed` only once the file is on stable
+/// storage: the save ends with an fsync of the file (seen with strace), so
+/// a host crash right after cannot lose the only copy of the guest.
+#[test]
+fn a_file_save_is_durable_when_it_completes() {
+    let dir = TempDir::new("snap-fsync");
+    let sock = dir.path("qmp.sock");
+    let trace = dir.path("strace.log");
+    let file = dir.path("vm.save");
+    let v = base(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", sock.display()),
+    ]);
+    let c = v.command();
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-e", "trace=fsync,fdatasync,openat", "-o"])
+        .arg(&trace)
+        .arg(c.get_program())
+        .args(c.get_args());
+    let vm = Vm::spawn("snap-fsync", cmd);
+    vm.wait_prefix("mem.filled", BOOT);
+    save(&vm, &sock, &file);
+    let log = std::fs::read_to_string(&trace).expect("the strace log");
+    // The file's descriptor, from its openat, then a sync of it.
+    let name = file.display().to_string();
+    let fd = log
+        .lines()
+        .filter(|l| l.contains("openat(") && l.contains(&name))
+        .find_map(|l| l.rsplit("= ").next()?.trim().parse::<i32>().ok())
+        .unwrap_or_else(|| panic!("no openat of {name} in:\n{log}"));
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("fsync({fd})")) || l.contains(&format!("fdatasync({fd})"))),
+        "no fsync of fd {fd} ({name}):\n{log}"
+    );
+}
