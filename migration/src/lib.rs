@@ -7,7 +7,9 @@
 //! * [`vmstate`]: descriptions (name, `version_id`, `minimum_version_id`,
 //!   ordered typed fields, fields that appeared in a later version,
 //!   subsections with a `needed` predicate) and [`vmstate::State`], the
-//!   value tree a device converts its runtime state to and from.
+//!   value tree a device converts its runtime state to and from; a
+//!   device declares its state once with [`vmstate!`], which generates
+//!   the typed state struct, the description and both conversions.
 //! * [`stream`]: the writer and the reader (header, configuration section
 //!   with the machine type, FULL sections with footers, subsections, the
 //!   iterative `ram` section: START with the block list, PART/END with
