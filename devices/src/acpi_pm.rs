@@ -3,7 +3,7 @@
 
 use crate::bus::BusDevice;
 use crate::{EventSink, VmEvent};
-use migration::vmstate::{Description, Field, Kind, LoadError, Migratable, State, Val};
+use migration::vmstate::{Description, LoadError, Migratable, State, Vmstate};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -12,35 +12,16 @@ const PWRBTN: u16 = 1 << 8;
 const SLP_EN: u16 = 1 << 13;
 const PM_TIMER_HZ: u128 = 3_579_545;
 
-/// PM1 registers and the PM timer's value (which continues from it).
-pub static VMSTATE: Description = Description {
-    name: "acpi-pm",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[
-        Field {
-            name: "pm1_status",
-            kind: Kind::U16,
-            since: 0,
-        },
-        Field {
-            name: "pm1_enable",
-            kind: Kind::U16,
-            since: 0,
-        },
-        Field {
-            name: "pm1_control",
-            kind: Kind::U16,
-            since: 0,
-        },
-        Field {
-            name: "pm_timer",
-            kind: Kind::U32,
-            since: 0,
-        },
-    ],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// PM1 registers and the PM timer's value (which continues from it).
+    pub static VMSTATE = "acpi-pm", version 1, minimum 1;
+    pub struct AcpiPmState {
+        pm1_status: u16,
+        pm1_enable: u16,
+        pm1_control: u16,
+        pm_timer: u32,
+    }
+}
 
 /// The whole 12-byte block: PM1a_EVT (status, enable), PM1a_CNT, PM_TMR.
 pub struct AcpiPm {
@@ -99,34 +80,23 @@ impl Migratable for AcpiPm {
     }
 
     fn state(&self) -> State {
-        let mut st = State::default();
-        st.set("pm1_status", Val::Uint(self.status as u64))
-            .set("pm1_enable", Val::Uint(self.enable as u64))
-            .set("pm1_control", Val::Uint(self.control as u64))
-            .set("pm_timer", Val::Uint(self.timer() as u64));
-        st
+        AcpiPmState {
+            pm1_status: self.status,
+            pm1_enable: self.enable,
+            pm1_control: self.control,
+            pm_timer: self.timer(),
+        }
+        .to_state()
     }
 
     /// The PM timer continues from the saved value.
     fn load(&mut self, st: &State) -> Result<(), LoadError> {
-        let u16_of = |n: &str| {
-            st.uint(n)
-                .filter(|v| *v <= 0xffff)
-                .map(|v| v as u16)
-                .ok_or_else(|| LoadError::field("acpi-pm", n))
-        };
-        let (status, enable, control) = (
-            u16_of("pm1_status")?,
-            u16_of("pm1_enable")?,
-            u16_of("pm1_control")?,
-        );
-        let ticks = st
-            .uint("pm_timer")
-            .ok_or_else(|| LoadError::field("acpi-pm", "pm_timer"))? as u128;
+        let s = AcpiPmState::from_state(st, "acpi-pm")?;
+        let ticks = s.pm_timer as u128;
         let since = Duration::from_nanos((ticks * 1_000_000_000 / PM_TIMER_HZ) as u64);
-        self.status = status;
-        self.enable = enable;
-        self.control = control | SCI_EN;
+        self.status = s.pm1_status;
+        self.enable = s.pm1_enable;
+        self.control = s.pm1_control | SCI_EN;
         self.start = Instant::now()
             .checked_sub(since)
             .unwrap_or_else(Instant::now);

@@ -3,7 +3,7 @@
 //! nothing), its input fed by the VMM.
 
 use crate::bus::BusDevice;
-use migration::vmstate::{Description, Field, Kind, LoadError, Migratable, State, Val};
+use migration::vmstate::{Description, LoadError, Migratable, State, Vmstate};
 use std::io::Write;
 use vm_superio::serial::SerialState;
 use vm_superio::{Serial as Uart, Trigger};
@@ -12,76 +12,26 @@ use vmm_sys_util::eventfd::EventFd;
 /// The receive FIFO's size (bytes in flight from the host to the guest).
 pub const FIFO_SIZE: usize = 64;
 
-/// The UART's registers and the bytes waiting in its receive FIFO.
-pub static VMSTATE: Description = Description {
-    name: "serial",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[
-        Field {
-            name: "divisor_low",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "divisor_high",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "ier",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "iir",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "lcr",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "lsr",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "mcr",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "msr",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "scr",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "rx_len",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "rx",
-            kind: Kind::Buffer(FIFO_SIZE),
-            since: 0,
-        },
-    ],
-    subsections: &[],
-};
-
-fn field(name: &str) -> LoadError {
-    LoadError::field("serial", name)
+migration::vmstate! {
+    /// The UART's registers and the bytes waiting in its receive FIFO.
+    pub static VMSTATE = "serial", version 1, minimum 1;
+    pub struct UartState {
+        divisor_low: u8,
+        divisor_high: u8,
+        ier: u8,
+        iir: u8,
+        lcr: u8,
+        lsr: u8,
+        mcr: u8,
+        msr: u8,
+        scr: u8,
+        /// How many bytes of `rx` are in the FIFO.
+        rx_len: u8,
+        rx: [u8; FIFO_SIZE],
+    }
 }
 
-fn fifo(len: u64) -> LoadError {
+fn fifo(len: u8) -> LoadError {
     LoadError::new(
         "serial",
         format!("{len} bytes in flight, more than the {FIFO_SIZE}-byte FIFO"),
@@ -111,25 +61,23 @@ impl Serial {
 
     fn to_state(&self) -> State {
         let s = self.uart.state();
-        let mut rx = s.in_buffer.clone();
-        rx.resize(FIFO_SIZE, 0);
-        let mut st = State::default();
-        for (name, v) in [
-            ("divisor_low", s.baud_divisor_low),
-            ("divisor_high", s.baud_divisor_high),
-            ("ier", s.interrupt_enable),
-            ("iir", s.interrupt_identification),
-            ("lcr", s.line_control),
-            ("lsr", s.line_status),
-            ("mcr", s.modem_control),
-            ("msr", s.modem_status),
-            ("scr", s.scratch),
-            ("rx_len", s.in_buffer.len().min(FIFO_SIZE) as u8),
-        ] {
-            st.set(name, Val::Uint(v as u64));
+        let mut rx = [0u8; FIFO_SIZE];
+        let len = s.in_buffer.len().min(FIFO_SIZE);
+        rx[..len].copy_from_slice(&s.in_buffer[..len]);
+        UartState {
+            divisor_low: s.baud_divisor_low,
+            divisor_high: s.baud_divisor_high,
+            ier: s.interrupt_enable,
+            iir: s.interrupt_identification,
+            lcr: s.line_control,
+            lsr: s.line_status,
+            mcr: s.modem_control,
+            msr: s.modem_status,
+            scr: s.scratch,
+            rx_len: len as u8,
+            rx,
         }
-        st.set("rx", Val::Bytes(rx));
-        st
+        .to_state()
     }
 
     /// Builds a UART from a saved state (restore by construction).
@@ -138,33 +86,25 @@ impl Serial {
         irq: EventFd,
         out: Box<dyn Write + Send>,
     ) -> Result<Serial, LoadError> {
-        let u8_of = |n: &'static str| {
-            st.uint(n)
-                .filter(|v| *v <= 0xff)
-                .map(|v| v as u8)
-                .ok_or_else(|| field(n))
-        };
-        let len = st.uint("rx_len").ok_or_else(|| field("rx_len"))?;
-        if len as usize > FIFO_SIZE {
-            return Err(fifo(len));
-        }
-        let Some(Val::Bytes(rx)) = st.get("rx") else {
-            return Err(field("rx"));
-        };
+        let s = UartState::from_state(st, "serial")?;
+        let in_buffer =
+            s.rx.get(..s.rx_len as usize)
+                .ok_or_else(|| fifo(s.rx_len))?
+                .to_vec();
         let state = SerialState {
-            baud_divisor_low: u8_of("divisor_low")?,
-            baud_divisor_high: u8_of("divisor_high")?,
-            interrupt_enable: u8_of("ier")?,
-            interrupt_identification: u8_of("iir")?,
-            line_control: u8_of("lcr")?,
-            line_status: u8_of("lsr")?,
-            modem_control: u8_of("mcr")?,
-            modem_status: u8_of("msr")?,
-            scratch: u8_of("scr")?,
-            in_buffer: rx.get(..len as usize).ok_or_else(|| field("rx"))?.to_vec(),
+            baud_divisor_low: s.divisor_low,
+            baud_divisor_high: s.divisor_high,
+            interrupt_enable: s.ier,
+            interrupt_identification: s.iir,
+            line_control: s.lcr,
+            line_status: s.lsr,
+            modem_control: s.mcr,
+            modem_status: s.msr,
+            scratch: s.scr,
+            in_buffer,
         };
         let uart = Uart::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
-            .map_err(|_| fifo(len))?;
+            .map_err(|_| fifo(s.rx_len))?;
         Ok(Serial { uart })
     }
 
@@ -241,6 +181,7 @@ impl BusDevice for Serial {
 mod tests {
     use super::*;
     use migration::stream::{NoRam, Reader, Record, Writer};
+    use migration::vmstate::Val;
 
     fn evt() -> EventFd {
         EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap()

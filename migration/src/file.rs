@@ -59,14 +59,17 @@ pub fn save(
         w.section(idstr, *instance, desc, state)?;
     }
     // Complete only once on stable storage: a host crash right after
-    // must not lose the only copy of the guest.
+    // must not lose the only copy of the guest. (A pipe or a socket has no
+    // storage to sync: whoever reads it keeps the copy.)
     let durable = || Error::io(format!("cannot write {} to disk", path.display()));
-    w.finish()?
+    let file = w
+        .finish()?
         .w
         .into_inner()
-        .map_err(|e| durable()(e.into_error()))?
-        .sync_all()
-        .map_err(durable())?;
+        .map_err(|e| durable()(e.into_error()))?;
+    if file.metadata().map_err(durable())?.is_file() {
+        file.sync_all().map_err(durable())?;
+    }
     stats.bytes = progress.transferred.load(Ordering::Relaxed);
     Ok(stats)
 }

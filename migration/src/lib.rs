@@ -6,8 +6,10 @@
 //! * [`vmstate`]: descriptions (name, `version_id`, `minimum_version_id`,
 //!   ordered typed fields, fields that appeared in a later version,
 //!   subsections with a `needed` predicate), [`vmstate::State`], the value
-//!   tree a device converts its runtime state to and from, and the one
-//!   [`vmstate::Migratable`] trait with its one [`vmstate::LoadError`].
+//!   tree a device converts its runtime state to and from, the one
+//!   [`vmstate::Migratable`] trait with its one [`vmstate::LoadError`];
+//!   a device declares its state once with [`vmstate!`], which generates
+//!   the typed state struct, the description and both conversions.
 //! * [`stream`]: the writer and the reader (header, configuration section
 //!   with the machine type, FULL sections with footers, subsections, the
 //!   iterative `ram` section, EOF, the trailing JSON description), every

@@ -2,6 +2,12 @@
 
 use serde_json::{json, Value as Json};
 
+mod typed;
+pub use typed::{
+    field, present, struct_from_val, subsection, BadValue, Described, Element, FieldKind,
+    FieldValue, Vmstate, U8,
+};
+
 /// How a field is encoded (big-endian integers, as QEMU).
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {

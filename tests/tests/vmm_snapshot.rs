@@ -578,6 +578,7 @@ fn a_file_save_is_durable_when_it_completes() {
         .args(c.get_args());
     let vm = Vm::spawn("snap-fsync", cmd);
     vm.wait_prefix("mem.filled", BOOT);
+    wait_tick_after(&vm, 1);
     save(&vm, &sock, &file);
     let log = std::fs::read_to_string(&trace).expect("the strace log");
     // The file's descriptor, from its openat, then a sync of it.

@@ -18,7 +18,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use migration::vmstate::{Description, Field, Kind};
+use migration::vmstate::{Described, Description, State, Val, Vmstate};
 use std::mem::size_of;
 use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
@@ -45,47 +45,36 @@ pub struct KvmVm {
 /// Maximum MSRs migrated per vCPU.
 pub const MAX_MSRS: usize = 128;
 
-const fn buf(name: &'static str, n: usize) -> Field {
-    Field {
-        name,
-        kind: Kind::Buffer(n),
-        since: 0,
+migration::vmstate! {
+    /// One vCPU: the kernel's own state structs, as KVM hands them out.
+    pub static CPU = "cpu", version 1, minimum 1;
+    pub struct CpuState {
+        regs: [u8; size_of::<kvm_regs>()],
+        sregs: [u8; size_of::<kvm_sregs>()],
+        xsave: [u8; size_of::<kvm_xsave>()],
+        xcrs: [u8; size_of::<kvm_xcrs>()],
+        lapic: [u8; size_of::<kvm_lapic_state>()],
+        mp_state: [u8; size_of::<kvm_mp_state>()],
+        events: [u8; size_of::<kvm_vcpu_events>()],
+        debugregs: [u8; size_of::<kvm_debugregs>()],
+        /// How many entries of `msrs` hold an MSR (a little-endian u32).
+        msr_count: [u8; 4],
+        /// 16 bytes an MSR: its index (little-endian u32), 4 reserved,
+        /// its value (little-endian u64).
+        msrs: [u8; MAX_MSRS * 16],
     }
 }
 
-/// One vCPU: the kernel's own state structs, as KVM hands them out.
-pub static CPU: Description = Description {
-    name: "cpu",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[
-        buf("regs", size_of::<kvm_regs>()),
-        buf("sregs", size_of::<kvm_sregs>()),
-        buf("xsave", size_of::<kvm_xsave>()),
-        buf("xcrs", size_of::<kvm_xcrs>()),
-        buf("lapic", size_of::<kvm_lapic_state>()),
-        buf("mp_state", size_of::<kvm_mp_state>()),
-        buf("events", size_of::<kvm_vcpu_events>()),
-        buf("debugregs", size_of::<kvm_debugregs>()),
-        buf("msr_count", 4),
-        buf("msrs", MAX_MSRS * 16),
-    ],
-    subsections: &[],
-};
-
-/// The in-kernel PIC pair, IOAPIC and PIT.
-pub static IRQCHIP: Description = Description {
-    name: "kvm-irqchip",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[
-        buf("pic_master", size_of::<kvm_irqchip>()),
-        buf("pic_slave", size_of::<kvm_irqchip>()),
-        buf("ioapic", size_of::<kvm_irqchip>()),
-        buf("pit", size_of::<kvm_pit_state2>()),
-    ],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// The in-kernel PIC pair, IOAPIC and PIT.
+    pub static IRQCHIP = "kvm-irqchip", version 1, minimum 1;
+    pub struct IrqchipState {
+        pic_master: [u8; size_of::<kvm_irqchip>()],
+        pic_slave: [u8; size_of::<kvm_irqchip>()],
+        ioapic: [u8; size_of::<kvm_irqchip>()],
+        pit: [u8; size_of::<kvm_pit_state2>()],
+    }
+}
 
 /// Every description of KVM state, for -dump-vmstate.
 pub static DESCRIPTIONS: &[&Description] = &[&CPU, &IRQCHIP];
@@ -99,39 +88,47 @@ impl Hypervisor for KvmHypervisor {
     }
 }
 
-/// The bytes of a plain kernel ABI struct (callers pass only kvm-bindings
-/// POD structs: no pointers, no Drop).
-fn blob<T>(v: &T) -> Vec<u8> {
-    // SAFETY: T is a plain-old-data kernel struct; reading its bytes is sound.
-    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
-        .to_vec()
+/// The bytes of a plain kernel ABI struct of `N` bytes (callers pass only
+/// kvm-bindings POD structs: no pointers, no Drop).
+fn blob<T, const N: usize>(v: &T) -> [u8; N] {
+    const { assert!(size_of::<T>() == N) };
+    let mut b = [0u8; N];
+    // SAFETY: T is a plain-old-data kernel struct of exactly N bytes (checked
+    // at compile time above); reading its bytes is sound.
+    unsafe { std::ptr::copy_nonoverlapping(v as *const T as *const u8, b.as_mut_ptr(), N) };
+    b
 }
 
-/// A plain kernel ABI struct from bytes of exactly its size.
-fn unblob<T>(b: &[u8], what: &'static str) -> Result<T, Error> {
-    if b.len() != std::mem::size_of::<T>() {
-        return Err(Error {
-            what,
-            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
-        });
-    }
-    // SAFETY: all-zero and any byte pattern are valid for these POD structs; sizes match.
-    unsafe {
-        let mut v: T = std::mem::zeroed();
-        std::ptr::copy_nonoverlapping(b.as_ptr(), &mut v as *mut T as *mut u8, b.len());
-        Ok(v)
-    }
+/// A plain kernel ABI struct from its `N` bytes.
+fn unblob<T, const N: usize>(b: &[u8; N]) -> T {
+    const { assert!(size_of::<T>() == N) };
+    // SAFETY: any byte pattern is valid for these POD structs, and the
+    // source holds exactly size_of::<T>() bytes (checked above).
+    unsafe { std::ptr::read_unaligned(b.as_ptr() as *const T) }
 }
 
-fn find<'a>(state: &'a Blobs, name: &'static str) -> Result<&'a [u8], Error> {
-    state
-        .iter()
-        .find(|b| b.0 == name)
-        .map(|b| b.1.as_slice())
-        .ok_or(Error {
-            what: name,
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+/// A declared state of buffers as the hypervisor interface's blobs.
+fn to_blobs(st: State) -> Blobs {
+    st.fields
+        .into_iter()
+        .filter_map(|(name, v)| match v {
+            Val::Bytes(b) => Some((name, b)),
+            _ => None,
         })
+        .collect()
+}
+
+/// The hypervisor interface's blobs as the state `S` declares; `what`
+/// says whose state was refused.
+fn from_blobs<S: Described>(b: &Blobs, what: &'static str) -> Result<S, Error> {
+    let st = State {
+        fields: b.iter().map(|(n, v)| (*n, Val::Bytes(v.clone()))).collect(),
+        subsections: vec![],
+    };
+    S::from_state(&st, S::DESCRIPTION.name).map_err(|e| Error {
+        what,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
 }
 
 /// Opens /dev/kvm and creates a VM with the in-kernel irqchip and PIT.
@@ -289,37 +286,35 @@ impl Vm for KvmVm {
     }
 
     fn save(&self) -> Result<Blobs, Error> {
-        let mut out = vec![];
-        for (name, chip) in [
-            ("pic_master", KVM_IRQCHIP_PIC_MASTER),
-            ("pic_slave", KVM_IRQCHIP_PIC_SLAVE),
-            ("ioapic", KVM_IRQCHIP_IOAPIC),
-        ] {
+        let chip = |chip_id| {
             let mut c = kvm_irqchip {
-                chip_id: chip,
+                chip_id,
                 ..Default::default()
             };
             self.vm
                 .get_irqchip(&mut c)
                 .map_err(err("KVM_GET_IRQCHIP failed"))?;
-            out.push((name, blob(&c)));
-        }
-        out.push((
-            "pit",
-            blob(&self.vm.get_pit2().map_err(err("KVM_GET_PIT2 failed"))?),
-        ));
-        Ok(out)
+            Ok(blob(&c))
+        };
+        let st = IrqchipState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: blob(&self.vm.get_pit2().map_err(err("KVM_GET_PIT2 failed"))?),
+        };
+        Ok(to_blobs(st.to_state()))
     }
 
     fn restore(&self, state: &Blobs) -> Result<(), Error> {
-        for name in ["pic_master", "pic_slave", "ioapic"] {
-            let c: kvm_irqchip = unblob(find(state, name)?, name)?;
+        let st: IrqchipState = from_blobs(state, "saved irqchip state refused")?;
+        for chip in [&st.pic_master, &st.pic_slave, &st.ioapic] {
             self.vm
-                .set_irqchip(&c)
+                .set_irqchip(&unblob(chip))
                 .map_err(err("KVM_SET_IRQCHIP failed"))?;
         }
-        let pit: kvm_pit_state2 = unblob(find(state, "pit")?, "pit")?;
-        self.vm.set_pit2(&pit).map_err(err("KVM_SET_PIT2 failed"))
+        self.vm
+            .set_pit2(&unblob(&st.pit))
+            .map_err(err("KVM_SET_PIT2 failed"))
     }
 
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, Error> {
@@ -414,75 +409,57 @@ impl Vcpu for KvmVcpu {
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         })?;
         let n = f.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS failed"))?;
-        let mut msr_bytes = vec![0u8; MAX_MSRS * 16];
-        for (i, e) in msrs.as_slice()[..n].iter().enumerate() {
-            msr_bytes[i * 16..i * 16 + 4].copy_from_slice(&e.index.to_le_bytes());
-            msr_bytes[i * 16 + 8..i * 16 + 16].copy_from_slice(&e.data.to_le_bytes());
+        let mut msr_bytes = [0u8; MAX_MSRS * 16];
+        for (e, b) in msrs.as_slice()[..n]
+            .iter()
+            .zip(msr_bytes.chunks_exact_mut(16))
+        {
+            b[..4].copy_from_slice(&e.index.to_le_bytes());
+            b[8..].copy_from_slice(&e.data.to_le_bytes());
         }
-        Ok(vec![
-            (
-                "regs",
-                blob(&f.get_regs().map_err(err("KVM_GET_REGS failed"))?),
+        let st = CpuState {
+            regs: blob(&f.get_regs().map_err(err("KVM_GET_REGS failed"))?),
+            sregs: blob(&f.get_sregs().map_err(err("KVM_GET_SREGS failed"))?),
+            xsave: blob(&f.get_xsave().map_err(err("KVM_GET_XSAVE failed"))?),
+            xcrs: blob(&f.get_xcrs().map_err(err("KVM_GET_XCRS failed"))?),
+            lapic: blob(&f.get_lapic().map_err(err("KVM_GET_LAPIC failed"))?),
+            mp_state: blob(&f.get_mp_state().map_err(err("KVM_GET_MP_STATE failed"))?),
+            events: blob(
+                &f.get_vcpu_events()
+                    .map_err(err("KVM_GET_VCPU_EVENTS failed"))?,
             ),
-            (
-                "sregs",
-                blob(&f.get_sregs().map_err(err("KVM_GET_SREGS failed"))?),
+            debugregs: blob(
+                &f.get_debug_regs()
+                    .map_err(err("KVM_GET_DEBUGREGS failed"))?,
             ),
-            (
-                "xsave",
-                blob(&f.get_xsave().map_err(err("KVM_GET_XSAVE failed"))?),
-            ),
-            (
-                "xcrs",
-                blob(&f.get_xcrs().map_err(err("KVM_GET_XCRS failed"))?),
-            ),
-            (
-                "lapic",
-                blob(&f.get_lapic().map_err(err("KVM_GET_LAPIC failed"))?),
-            ),
-            (
-                "mp_state",
-                blob(&f.get_mp_state().map_err(err("KVM_GET_MP_STATE failed"))?),
-            ),
-            (
-                "events",
-                blob(
-                    &f.get_vcpu_events()
-                        .map_err(err("KVM_GET_VCPU_EVENTS failed"))?,
-                ),
-            ),
-            (
-                "debugregs",
-                blob(
-                    &f.get_debug_regs()
-                        .map_err(err("KVM_GET_DEBUGREGS failed"))?,
-                ),
-            ),
-            ("msr_count", (n as u32).to_le_bytes().to_vec()),
-            ("msrs", msr_bytes),
-        ])
+            msr_count: (n as u32).to_le_bytes(),
+            msrs: msr_bytes,
+        };
+        Ok(to_blobs(st.to_state()))
     }
 
     fn restore(&mut self, st: &Blobs) -> Result<(), Error> {
+        let st: CpuState = from_blobs(st, "saved vCPU state refused")?;
         let f = &self.fd;
         // Order as QEMU's kvm_arch_put_registers: registers, then MSRs, then
         // the local APIC and events, MP state last.
-        f.set_sregs(&unblob::<kvm_sregs>(find(st, "sregs")?, "sregs")?)
+        f.set_sregs(&unblob(&st.sregs))
             .map_err(err("KVM_SET_SREGS failed"))?;
-        f.set_regs(&unblob::<kvm_regs>(find(st, "regs")?, "regs")?)
+        f.set_regs(&unblob(&st.regs))
             .map_err(err("KVM_SET_REGS failed"))?;
-        let xsave: kvm_xsave = unblob(find(st, "xsave")?, "xsave")?;
+        let xsave: kvm_xsave = unblob(&st.xsave);
         // SAFETY: a kvm_xsave of exactly the legacy 4 KiB size, as KVM_GET_XSAVE returned it.
         unsafe { f.set_xsave(&xsave) }.map_err(err("KVM_SET_XSAVE failed"))?;
-        f.set_xcrs(&unblob::<kvm_xcrs>(find(st, "xcrs")?, "xcrs")?)
+        f.set_xcrs(&unblob(&st.xcrs))
             .map_err(err("KVM_SET_XCRS failed"))?;
-        let count =
-            u32::from_le_bytes(find(st, "msr_count")?.try_into().unwrap_or([0; 4])) as usize;
-        let raw = find(st, "msrs")?;
-        let entries: Vec<kvm_msr_entry> = (0..count.min(MAX_MSRS))
-            .map(|i| kvm_msr_entry {
-                index: u32::from_le_bytes(raw[i * 16..i * 16 + 4].try_into().unwrap_or([0; 4])),
-                data: u64::from_le_bytes(raw[i * 16 + 8..i * 16 + 16].try_into().unwrap_or([0; 8])),
+        let count = u32::from_le_bytes(st.msr_count) as usize;
+        let entries: Vec<kvm_msr_entry> = st
+            .msrs
+            .chunks_exact(16)
+            .take(count)
+            .map(|e| kvm_msr_entry {
+                index: u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+                data: u64::from_le_bytes([e[8], e[9], e[10], e[11], e[12], e[13], e[14], e[15]]),
                 ..Default::default()
             })
             .collect();
@@ -498,16 +475,13 @@ impl Vcpu for KvmVcpu {
                 entries[set].index
             );
         }
-        f.set_lapic(&unblob::<kvm_lapic_state>(find(st, "lapic")?, "lapic")?)
+        f.set_lapic(&unblob(&st.lapic))
             .map_err(err("KVM_SET_LAPIC failed"))?;
-        f.set_vcpu_events(&unblob::<kvm_vcpu_events>(find(st, "events")?, "events")?)
+        f.set_vcpu_events(&unblob(&st.events))
             .map_err(err("KVM_SET_VCPU_EVENTS failed"))?;
-        f.set_debug_regs(&unblob::<kvm_debugregs>(
-            find(st, "debugregs")?,
-            "debugregs",
-        )?)
-        .map_err(err("KVM_SET_DEBUGREGS failed"))?;
-        f.set_mp_state(unblob::<kvm_mp_state>(find(st, "mp_state")?, "mp_state")?)
+        f.set_debug_regs(&unblob(&st.debugregs))
+            .map_err(err("KVM_SET_DEBUGREGS failed"))?;
+        f.set_mp_state(unblob(&st.mp_state))
             .map_err(err("KVM_SET_MP_STATE failed"))
     }
 

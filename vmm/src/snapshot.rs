@@ -13,22 +13,17 @@ use devices::virtio::Memory as GuestMemoryMmap;
 use migration::destination::LoadTarget;
 use migration::ram::{Ram, RamRegion};
 use migration::source::{Section, SourceVm};
-use migration::vmstate::{Description, Field, Kind, LoadError, Migratable, State, Val};
+use migration::vmstate::{Description, LoadError, Migratable, State, Val, Vmstate};
 use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-/// kvm-clock's value at the stop.
-pub static KVMCLOCK: Description = Description {
-    name: "kvmclock",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[Field {
-        name: "clock",
-        kind: Kind::U64,
-        since: 0,
-    }],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// kvm-clock's value at the stop.
+    pub static KVMCLOCK = "kvmclock", version 1, minimum 1;
+    pub struct KvmClockState {
+        clock: u64,
+    }
+}
 
 pub const RAM_BLOCK: &str = "pc.ram";
 
@@ -179,9 +174,8 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Err
         desc,
         blobs_to_state(desc, &p.vm.save()?),
     ));
-    let mut clock = State::default();
-    clock.set("clock", Val::Uint(p.clock));
-    out.push(("kvmclock".into(), 0, &KVMCLOCK, clock));
+    let clock = KvmClockState { clock: p.clock }.to_state();
+    out.push((KVMCLOCK.name.into(), 0, &KVMCLOCK, clock));
     for dev in board_devices(p) {
         let dev = dev.lock().expect("device lock");
         let desc = dev.description();
@@ -278,7 +272,7 @@ impl LoadTarget for Target<'_> {
                 .map_err(hv_error);
         }
         if id == KVMCLOCK.name {
-            self.clock = state.uint("clock");
+            self.clock = Some(KvmClockState::from_state(state, id)?.clock);
             return Ok(());
         }
         if let Some(dev) = self.board_device(id) {

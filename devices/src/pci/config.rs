@@ -3,37 +3,19 @@
 //! `w1cmask` (write-one-to-clear bits). Everything else is read-only for
 //! the guest; migration compares those bits against the destination's.
 
-use migration::vmstate::{Description, Field, Kind, State, Val};
-
 pub const CONFIG_SIZE: usize = 4096;
 
-static I32: Kind = Kind::I32;
-
-/// QEMU's `PCIDevice` state (PCIe-sized config space): the config bytes
-/// and the INTx levels.
-pub static VMSTATE: Description = Description {
-    name: "PCIDevice",
-    version_id: 2,
-    minimum_version_id: 1,
-    fields: &[
-        Field {
-            name: "version_id",
-            kind: Kind::I32,
-            since: 0,
-        },
-        Field {
-            name: "config",
-            kind: Kind::Buffer(CONFIG_SIZE),
-            since: 0,
-        },
-        Field {
-            name: "irq_state",
-            kind: Kind::Array(&I32, 4),
-            since: 2,
-        },
-    ],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// QEMU's `PCIDevice` state (PCIe-sized config space): the config bytes
+    /// and the INTx levels.
+    pub static VMSTATE = "PCIDevice", version 2, minimum 1;
+    pub struct PciDeviceState {
+        version_id: i32,
+        config: [u8; CONFIG_SIZE],
+        #[since(2)]
+        irq_state: [i32; 4],
+    }
+}
 
 /// A read-only configuration register that differs between the stream and
 /// this side (QEMU's "Bad config data").
@@ -170,26 +152,22 @@ impl ConfigSpace {
         }
     }
 
-    /// The migratable state.
-    pub fn state(&self) -> State {
-        let mut st = State::default();
-        st.set("version_id", Val::Int(2))
-            .set("config", Val::Bytes(self.data.to_vec()))
-            .set("irq_state", Val::Array(vec![Val::Int(0); 4]));
-        st
+    /// The migratable state (`irq_state` all 0: a function that raises
+    /// INTx derives the line's level again on load, virtio from its ISR).
+    pub fn state(&self) -> PciDeviceState {
+        PciDeviceState {
+            version_id: 2,
+            config: *self.data,
+            irq_state: [0; 4],
+        }
     }
 
     /// Loads `st` with QEMU's rule: bits the guest cannot write must be
     /// what this side has, else the configurations differ and the load
     /// fails naming the first such register; guest-writable bits come from
     /// the stream.
-    pub fn load(&mut self, st: &State) -> Result<(), Option<ConfigMismatch>> {
-        let Some(Val::Bytes(incoming)) = st.get("config") else {
-            return Err(None);
-        };
-        if incoming.len() != CONFIG_SIZE {
-            return Err(None);
-        }
+    pub fn load(&mut self, st: &PciDeviceState) -> Result<(), ConfigMismatch> {
+        let incoming = &st.config;
         for i in 0..CONFIG_SIZE {
             let ro = !self.wmask[i] & !self.w1cmask[i];
             if (incoming[i] ^ self.data[i]) & ro != 0 {
@@ -210,12 +188,12 @@ impl ConfigSpace {
                         .try_into()
                         .unwrap_or([0; 4]),
                 );
-                return Err(Some(ConfigMismatch {
+                return Err(ConfigMismatch {
                     offset: off,
                     stream: dword(incoming),
                     local: dword(&self.data[..]),
                     mask,
-                }));
+                });
             }
         }
         for (i, inc) in incoming.iter().enumerate() {

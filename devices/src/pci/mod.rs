@@ -9,6 +9,7 @@ use crate::bus::BusDevice;
 use crate::{EventSink, VmEvent};
 pub use config::ConfigSpace;
 pub use migration::vmstate::LoadError;
+use migration::vmstate::Vmstate;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -72,7 +73,7 @@ pub trait PciFunction: Send {
     }
     /// The migratable state (QEMU's PCIDevice layout).
     fn state(&self) -> migration::vmstate::State {
-        self.config().state()
+        self.config().state().to_state()
     }
     /// The name of the register at `offset`, for errors.
     fn register_name(&self, offset: u16) -> Option<&'static str> {
@@ -88,15 +89,18 @@ pub trait PciFunction: Send {
     /// Loads a saved state with QEMU's rule: read-only bits must match.
     /// `device` names the function in the error.
     fn load(&mut self, device: &str, st: &migration::vmstate::State) -> Result<(), LoadError> {
-        let r = self.config_mut().load(st);
-        r.map_err(|m| {
+        let error = |f: &Self, m| {
             config_load_error(
                 device,
                 m,
-                |o| self.register_name(o),
-                |o, v| self.reconcile_hint(o, v),
+                |o| f.register_name(o),
+                |o, v| f.reconcile_hint(o, v),
             )
-        })
+        };
+        let saved =
+            config::PciDeviceState::from_state(st, device).map_err(|_| error(self, None))?;
+        let r = self.config_mut().load(&saved);
+        r.map_err(|m| error(self, Some(m)))
     }
 }
 
@@ -324,19 +328,14 @@ fn put(data: &mut [u8], v: u32) {
     data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
 }
 
-/// The host bridge's guest-visible state: the CF8 address latch (a guest
-/// may be stopped between writing CF8 and reading CFC).
-pub static HOST_VMSTATE: migration::vmstate::Description = migration::vmstate::Description {
-    name: "pci-host",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[migration::vmstate::Field {
-        name: "config_address",
-        kind: migration::vmstate::Kind::U32,
-        since: 0,
-    }],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// The host bridge's guest-visible state: the CF8 address latch (a guest
+    /// may be stopped between writing CF8 and reading CFC).
+    pub static HOST_VMSTATE = "pci-host", version 1, minimum 1;
+    pub struct PciHostState {
+        config_address: u32,
+    }
+}
 
 /// The legacy configuration mechanism at 0xCF8..0xCFF, plus q35's reset
 /// control register at 0xCF9 (byte access).
@@ -371,22 +370,17 @@ impl migration::vmstate::Migratable for PciConfigIo {
     }
 
     fn state(&self) -> migration::vmstate::State {
-        let mut st = migration::vmstate::State::default();
-        st.set(
-            "config_address",
-            migration::vmstate::Val::Uint(self.address as u64),
-        );
-        st
+        PciHostState {
+            config_address: self.address,
+        }
+        .to_state()
     }
 
     fn load(
         &mut self,
         st: &migration::vmstate::State,
     ) -> Result<(), migration::vmstate::LoadError> {
-        self.address = st
-            .uint("config_address")
-            .and_then(|a| u32::try_from(a).ok())
-            .ok_or_else(|| migration::vmstate::LoadError::field("pci-host", "config_address"))?;
+        self.address = PciHostState::from_state(st, "pci-host")?.config_address;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 
 use super::io::{self, Buf, Op, XferError};
 use super::*;
+use migration::vmstate::Vmstate;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -267,35 +268,31 @@ impl VirtioDevice for Blk {
     }
 
     fn state(&self) -> State {
-        let mut st = State::default();
-        st.set("capacity", Val::Uint(self.sectors));
-        st
+        BlkState {
+            capacity: self.sectors,
+        }
+        .to_state()
     }
 
     fn load(&mut self, st: &State) -> Result<(), LoadError> {
-        match st.uint("capacity") {
-            Some(c) if c == self.sectors => Ok(()),
-            Some(c) => Err(LoadError::new("virtio-blk", format!(
+        let c = BlkState::from_state(st, "virtio-blk")?.capacity;
+        if c != self.sectors {
+            return Err(LoadError::new("virtio-blk", format!(
                 "the source's drive has {c} sectors, {} here has {}: the destination must use the same disk",
                 self.cfg.path.display(),
                 self.sectors
-            ))),
-            None => Err(LoadError::field("virtio-blk", "capacity")),
+            )));
         }
+        Ok(())
     }
 }
 
-/// virtio-blk's own state: the drive size, checked on arrival.
-pub static VMSTATE: Description = Description {
-    name: "virtio-blk-device",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[Field {
-        name: "capacity",
-        kind: Kind::U64,
-        since: 0,
-    }],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// virtio-blk's own state: the drive size, checked on arrival.
+    pub static VMSTATE = "virtio-blk-device", version 1, minimum 1;
+    pub struct BlkState {
+        capacity: u64,
+    }
+}
 
-crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-blk", &VMSTATE);
+crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-blk", BlkState);

@@ -4,6 +4,7 @@
 
 use super::io;
 use super::*;
+use migration::vmstate::Vmstate;
 use std::io::Write;
 
 /// Its queues: the console port's receive and transmit.
@@ -69,41 +70,28 @@ impl VirtioDevice for Console {
     }
 
     fn state(&self) -> State {
-        let mut st = State::default();
-        st.set("cols", Val::Uint(self.cols as u64))
-            .set("rows", Val::Uint(self.rows as u64));
-        st
+        ConsoleState {
+            cols: self.cols,
+            rows: self.rows,
+        }
+        .to_state()
     }
 
     fn load(&mut self, st: &State) -> Result<(), LoadError> {
-        let u = |n: &str| {
-            st.uint(n)
-                .ok_or_else(|| LoadError::field("virtio-console", n))
-        };
-        self.cols = u("cols")? as u16;
-        self.rows = u("rows")? as u16;
+        let s = ConsoleState::from_state(st, "virtio-console")?;
+        self.cols = s.cols;
+        self.rows = s.rows;
         Ok(())
     }
 }
 
-/// The console's size as the guest last saw it.
-pub static VMSTATE: Description = Description {
-    name: "virtio-console-device",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[
-        Field {
-            name: "cols",
-            kind: Kind::U16,
-            since: 0,
-        },
-        Field {
-            name: "rows",
-            kind: Kind::U16,
-            since: 0,
-        },
-    ],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// The console's size as the guest last saw it.
+    pub static VMSTATE = "virtio-console-device", version 1, minimum 1;
+    pub struct ConsoleState {
+        cols: u16,
+        rows: u16,
+    }
+}
 
-crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-console", &VMSTATE);
+crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-console", ConsoleState);

@@ -15,7 +15,7 @@ pub mod rng;
 mod worker;
 
 pub use migration::vmstate::LoadError;
-use migration::vmstate::{Description, Field, Kind, State, Subsection, Val};
+use migration::vmstate::{Description, State};
 use std::os::fd::RawFd;
 use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::bitmap::AtomicBitmap;
@@ -188,173 +188,76 @@ pub trait VirtioDevice: Send {
     fn load(&mut self, st: &State) -> Result<(), LoadError>;
 }
 
-static QUEUE: Description = Description {
-    name: "virtqueue_state",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[
-        Field {
-            name: "size",
-            kind: Kind::U16,
-            since: 0,
-        },
-        Field {
-            name: "ready",
-            kind: Kind::Bool,
-            since: 0,
-        },
-        Field {
-            name: "desc",
-            kind: Kind::U64,
-            since: 0,
-        },
-        Field {
-            name: "avail",
-            kind: Kind::U64,
-            since: 0,
-        },
-        Field {
-            name: "used",
-            kind: Kind::U64,
-            since: 0,
-        },
-        Field {
-            name: "last_avail_idx",
-            kind: Kind::U16,
-            since: 0,
-        },
-        Field {
-            name: "used_idx",
-            kind: Kind::U16,
-            since: 0,
-        },
-        Field {
-            name: "vector",
-            kind: Kind::U16,
-            since: 0,
-        },
-    ],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// One virtqueue: its rings, where the device is in them, its vector.
+    static QUEUE = "virtqueue_state", version 1, minimum 1;
+    pub struct VirtqueueState {
+        size: u16,
+        ready: bool,
+        desc: u64,
+        avail: u64,
+        used: u64,
+        last_avail_idx: u16,
+        used_idx: u16,
+        vector: u16,
+    }
+}
 
-static BROKEN: Description = Description {
-    name: "virtio/broken",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[Field {
-        name: "broken",
-        kind: Kind::Bool,
-        since: 0,
-    }],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// Queue states, as many as `num_queues` (up to the largest device's).
+    static QUEUES = "virtqueues", version 1, minimum 1;
+    pub struct VirtqueuesState {
+        q: [VirtqueueState; MAX_QUEUES],
+    }
+}
 
-static DEVICE_ENDIAN: Description = Description {
-    name: "virtio/device_endian",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[Field {
-        name: "device_endian",
-        kind: Kind::U8,
-        since: 0,
-    }],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// The device found a guest error and stopped (until a reset).
+    static BROKEN = "virtio/broken", version 1, minimum 1;
+    pub struct BrokenState {
+        broken: bool,
+    }
+}
+
+migration::vmstate! {
+    /// The device's endianness, when not little-endian.
+    static DEVICE_ENDIAN = "virtio/device_endian", version 1, minimum 1;
+    pub struct DeviceEndianState {
+        device_endian: u8,
+    }
+}
 
 /// Device endianness values (QEMU's VIRTIO_DEVICE_ENDIAN_*).
 pub const ENDIAN_LITTLE: u8 = 1;
 
-/// The device-independent state every virtio device migrates (QEMU's
-/// "virtio" section, with its later additions in subsections: a stream
-/// from a device that never broke and is little-endian carries neither,
-/// so an older reader loads it; one that needs them names them).
-pub static VMSTATE: Description = Description {
-    name: "virtio",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[
-        Field {
-            name: "status",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "isr",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "queue_sel",
-            kind: Kind::U16,
-            since: 0,
-        },
-        Field {
-            name: "guest_features",
-            kind: Kind::U64,
-            since: 0,
-        },
-        // The modern interface's feature-word selectors: a vCPU may stop
-        // between selecting a word and reading it (QEMU migrates them in
-        // virtio_pci/modern_state).
-        Field {
-            name: "device_features_sel",
-            kind: Kind::U32,
-            since: 0,
-        },
-        Field {
-            name: "driver_features_sel",
-            kind: Kind::U32,
-            since: 0,
-        },
-        Field {
-            name: "config_vector",
-            kind: Kind::U16,
-            since: 0,
-        },
-        Field {
-            name: "config_generation",
-            kind: Kind::U8,
-            since: 0,
-        },
-        Field {
-            name: "num_queues",
-            kind: Kind::U16,
-            since: 0,
-        },
-        Field {
-            name: "queues",
-            kind: Kind::Struct(&QUEUES),
-            since: 0,
-        },
-    ],
-    subsections: &[
-        Subsection {
-            desc: &BROKEN,
-            needed: |st| st.uint("broken") == Some(1),
-        },
-        Subsection {
-            desc: &DEVICE_ENDIAN,
-            needed: |st| {
-                st.uint("device_endian")
-                    .is_some_and(|e| e != ENDIAN_LITTLE as u64)
-            },
-        },
-    ],
-};
-
-/// Queue states, as many as `num_queues` (up to the largest device's).
-static QUEUES: Description = Description {
-    name: "virtqueues",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[Field {
-        name: "q",
-        kind: Kind::Array(&QUEUE_KIND, MAX_QUEUES),
-        since: 0,
-    }],
-    subsections: &[],
-};
-static QUEUE_KIND: Kind = Kind::Struct(&QUEUE);
+migration::vmstate! {
+    /// The device-independent state every virtio device migrates (QEMU's
+    /// "virtio" section, with its later additions in subsections: a stream
+    /// from a device that never broke and is little-endian carries neither,
+    /// so an older reader loads it; one that needs them names them).
+    pub static VMSTATE = "virtio", version 1, minimum 1;
+    pub struct VirtioState {
+        status: u8,
+        isr: u8,
+        queue_sel: u16,
+        guest_features: u64,
+        /// The modern interface's feature-word selectors: a vCPU may stop
+        /// between selecting a word and reading it (QEMU migrates them in
+        /// virtio_pci/modern_state).
+        device_features_sel: u32,
+        driver_features_sel: u32,
+        config_vector: u16,
+        config_generation: u8,
+        num_queues: u16,
+        queues: VirtqueuesState,
+    }
+    subsections {
+        /// Only from a device that broke.
+        broken: Option<BrokenState>,
+        /// Only from a device that is not little-endian (none of vmm's).
+        device_endian: Option<DeviceEndianState>,
+    }
+}
 
 /// Queues a device may have (virtio-blk with one per vCPU, up to 64).
 pub const MAX_QUEUES: usize = 64;
@@ -419,124 +322,82 @@ impl Common {
     }
 
     /// The migratable state ([`VMSTATE`]).
-    pub fn state(&self) -> State {
-        let mut queues = State::default();
-        let q: Vec<Val> = (0..MAX_QUEUES)
-            .map(|i| {
-                let mut s = State::default();
-                if let Some(q) = self.queues.get(i) {
-                    let qs = q.state();
-                    s.set("size", Val::Uint(qs.size as u64))
-                        .set("ready", Val::Bool(qs.ready))
-                        .set("desc", Val::Uint(qs.desc_table))
-                        .set("avail", Val::Uint(qs.avail_ring))
-                        .set("used", Val::Uint(qs.used_ring))
-                        .set("last_avail_idx", Val::Uint(qs.next_avail as u64))
-                        .set("used_idx", Val::Uint(qs.next_used as u64))
-                        .set("vector", Val::Uint(self.vectors[i] as u64));
-                } else {
-                    for f in QUEUE.fields {
-                        s.set(f.name, Val::Uint(0));
-                    }
-                    s.set("ready", Val::Bool(false));
-                }
-                Val::Struct(s)
-            })
-            .collect();
-        queues.set("q", Val::Array(q));
-        let mut st = State::default();
-        st.set("status", Val::Uint(self.status as u64))
-            .set("isr", Val::Uint(self.isr as u64))
-            .set("queue_sel", Val::Uint(self.queue_sel as u64))
-            .set("guest_features", Val::Uint(self.driver_features))
-            .set(
-                "device_features_sel",
-                Val::Uint(self.device_features_sel as u64),
-            )
-            .set(
-                "driver_features_sel",
-                Val::Uint(self.driver_features_sel as u64),
-            )
-            .set("config_vector", Val::Uint(self.config_vector as u64))
-            .set(
-                "config_generation",
-                Val::Uint(self.config_generation as u64),
-            )
-            .set("num_queues", Val::Uint(self.queues.len() as u64))
-            .set("queues", Val::Struct(queues));
-        // Inputs of the subsections' `needed`, not fields of the section.
-        st.set("broken", Val::Bool(self.broken))
-            .set("device_endian", Val::Uint(ENDIAN_LITTLE as u64));
-        if self.broken {
-            let mut b = State::default();
-            b.set("broken", Val::Bool(true));
-            st.subsections.push(("virtio/broken", b));
+    pub fn state(&self) -> VirtioState {
+        let mut queues = VirtqueuesState::default();
+        for ((q, &vector), saved) in self.queues.iter().zip(&self.vectors).zip(&mut queues.q) {
+            let qs = q.state();
+            *saved = VirtqueueState {
+                size: qs.size,
+                ready: qs.ready,
+                desc: qs.desc_table,
+                avail: qs.avail_ring,
+                used: qs.used_ring,
+                last_avail_idx: qs.next_avail,
+                used_idx: qs.next_used,
+                vector,
+            };
         }
-        st
+        VirtioState {
+            status: self.status,
+            isr: self.isr,
+            queue_sel: self.queue_sel,
+            guest_features: self.driver_features,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            config_vector: self.config_vector,
+            config_generation: self.config_generation,
+            num_queues: self.queues.len() as u16,
+            queues,
+            broken: self.broken.then_some(BrokenState { broken: true }),
+            // vmm's devices are little-endian: nothing to send.
+            device_endian: None,
+        }
     }
 
     /// Loads [`VMSTATE`]; the queue count must match this device's.
-    pub fn load(&mut self, st: &State) -> Result<(), LoadError> {
-        let u = |s: &State, n: &str| {
-            s.uint(n)
-                .ok_or_else(|| bad(format!("virtio state lacks {n}")))
-        };
-        let n = u(st, "num_queues")? as usize;
+    pub fn load(&mut self, st: &VirtioState) -> Result<(), LoadError> {
+        let n = st.num_queues as usize;
         if n != self.queues.len() {
             return Err(bad(format!(
                 "the stream's device has {n} queues, this one {} (num-queues differs between source and destination)",
                 self.queues.len()
             )));
         }
-        if let Some((_, sub)) = st
-            .subsections
-            .iter()
-            .find(|s| s.0 == "virtio/device_endian")
-        {
-            let e = u(sub, "device_endian")?;
-            if e != ENDIAN_LITTLE as u64 {
+        if let Some(e) = &st.device_endian {
+            if e.device_endian != ENDIAN_LITTLE {
                 return Err(bad(format!(
-                    "the stream's device is big-endian ({e}); vmm devices are little-endian"
+                    "the stream's device is big-endian ({}); vmm devices are little-endian",
+                    e.device_endian
                 )));
             }
         }
-        let Some(Val::Struct(qs)) = st.get("queues") else {
-            return Err(bad("virtio state lacks queues"));
-        };
-        let Some(Val::Array(list)) = qs.get("q") else {
-            return Err(bad("virtio state lacks the queue array"));
-        };
-        for (i, q) in self.queues.iter_mut().enumerate() {
-            let Some(Val::Struct(s)) = list.get(i) else {
+        for (i, (q, vector)) in self.queues.iter_mut().zip(&mut self.vectors).enumerate() {
+            let Some(s) = st.queues.q.get(i) else {
                 return Err(bad(format!("virtio state lacks queue {i}")));
             };
             let qs = QueueState {
                 max_size: q.max_size(),
-                next_avail: u(s, "last_avail_idx")? as u16,
-                next_used: u(s, "used_idx")? as u16,
+                next_avail: s.last_avail_idx,
+                next_used: s.used_idx,
                 event_idx_enabled: false,
-                size: u(s, "size")? as u16,
-                ready: u(s, "ready")? != 0,
-                desc_table: u(s, "desc")?,
-                avail_ring: u(s, "avail")?,
-                used_ring: u(s, "used")?,
+                size: s.size,
+                ready: s.ready,
+                desc_table: s.desc,
+                avail_ring: s.avail,
+                used_ring: s.used,
             };
             *q = Queue::try_from(qs).map_err(|e| bad(format!("queue {i}: {e}")))?;
-            self.vectors[i] = u(s, "vector")? as u16;
+            *vector = s.vector;
         }
-        self.status = u(st, "status")? as u8;
-        self.isr = u(st, "isr")? as u8;
-        self.queue_sel = u(st, "queue_sel")? as u16;
-        self.driver_features = u(st, "guest_features")?;
-        self.device_features_sel = u(st, "device_features_sel")? as u32;
-        self.driver_features_sel = u(st, "driver_features_sel")? as u32;
-        self.config_vector = u(st, "config_vector")? as u16;
-        self.config_generation = u(st, "config_generation")? as u8;
-        self.broken = st
-            .subsections
-            .iter()
-            .find(|s| s.0 == "virtio/broken")
-            .is_some_and(|(_, b)| b.uint("broken") == Some(1));
+        self.status = st.status;
+        self.isr = st.isr;
+        self.queue_sel = st.queue_sel;
+        self.driver_features = st.guest_features;
+        self.device_features_sel = st.device_features_sel;
+        self.driver_features_sel = st.driver_features_sel;
+        self.config_vector = st.config_vector;
+        self.config_generation = st.config_generation;
+        self.broken = st.broken.as_ref().is_some_and(|b| b.broken);
         Ok(())
     }
 }
@@ -584,6 +445,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::roundtrip;
     use super::*;
+    use migration::vmstate::Vmstate;
 
     /// The description a reader had before the broken flag existed.
     static OLD: Description = Description {
@@ -600,19 +462,23 @@ mod tests {
         c.status = S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
         c.device_features_sel = 1;
         // A healthy device: no subsection, an old reader loads it.
-        let st = roundtrip(&VMSTATE, &c.state(), &OLD).expect("old reader loads a healthy device");
+        let load = |back: &mut Common, st: &State| {
+            back.load(&VirtioState::from_state(st, "virtio").unwrap())
+        };
+        let st = roundtrip(&VMSTATE, &c.state().to_state(), &OLD)
+            .expect("old reader loads a healthy device");
         let mut back = Common::new(&[256]);
-        back.load(&st).unwrap();
+        load(&mut back, &st).unwrap();
         assert!(!back.broken);
         assert_eq!(back.status, c.status);
         assert_eq!(back.device_features_sel, 1, "the selector latch travels");
         // A broken device: the new reader restores the flag ...
         c.broken = true;
-        let st = roundtrip(&VMSTATE, &c.state(), &VMSTATE).unwrap();
-        back.load(&st).unwrap();
+        let st = roundtrip(&VMSTATE, &c.state().to_state(), &VMSTATE).unwrap();
+        load(&mut back, &st).unwrap();
         assert!(back.broken, "the broken flag survives migration");
         // ... and an old one fails naming the subsection, never misparses.
-        let err = roundtrip(&VMSTATE, &c.state(), &OLD).unwrap_err();
+        let err = roundtrip(&VMSTATE, &c.state().to_state(), &OLD).unwrap_err();
         assert!(err.contains("virtio/broken"), "{err}");
     }
 

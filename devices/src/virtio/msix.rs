@@ -3,7 +3,7 @@
 //! sent when unmasked, as the PCI spec requires.
 
 use super::VmOps;
-use migration::vmstate::{Description, Field, Kind, LoadError, State, Val};
+use migration::vmstate::U8;
 
 const ENTRY: usize = 16;
 const CTRL_MASKED: u32 = 1;
@@ -22,28 +22,17 @@ pub struct Msix {
     pub function_masked: bool,
 }
 
-static VMSTATE_TABLE: Kind = Kind::U8;
-
-/// The MSI-X table and pending bits (QEMU migrates both raw with the
-/// function: `msix_save`).
-pub static VMSTATE: Description = Description {
-    name: "msix",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[
-        Field {
-            name: "table",
-            kind: Kind::Buffer(MAX_VECTORS as usize * ENTRY),
-            since: 0,
-        },
-        Field {
-            name: "pba",
-            kind: Kind::Array(&VMSTATE_TABLE, MAX_VECTORS as usize / 8),
-            since: 0,
-        },
-    ],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// The MSI-X table and pending bits (QEMU migrates both raw with the
+    /// function: `msix_save`).
+    pub static VMSTATE = "msix", version 1, minimum 1;
+    pub struct MsixState {
+        /// Every vector's entry; those beyond the function's are zero.
+        table: [u8; MAX_VECTORS as usize * ENTRY],
+        /// The pending bits, eight vectors a byte.
+        pba: [U8; MAX_VECTORS as usize / 8],
+    }
+}
 
 impl Msix {
     pub fn new(vectors: u16) -> Msix {
@@ -145,40 +134,27 @@ impl Msix {
         self.flush(vm);
     }
 
-    pub fn state(&self) -> State {
-        let mut table = self.table.clone();
-        table.resize(MAX_VECTORS as usize * ENTRY, 0);
-        let pba = (0..MAX_VECTORS as usize / 8)
-            .map(|i| {
-                Val::Uint(
-                    (0..8)
-                        .filter(|b| self.pending.get(i * 8 + b).copied().unwrap_or(false))
-                        .fold(0u64, |acc, b| acc | 1 << b),
-                )
-            })
-            .collect();
-        let mut st = State::default();
-        st.set("table", Val::Bytes(table))
-            .set("pba", Val::Array(pba));
+    /// The migratable state.
+    pub fn state(&self) -> MsixState {
+        let mut st = MsixState::default();
+        let n = self.table.len().min(st.table.len());
+        st.table[..n].copy_from_slice(&self.table[..n]);
+        for (v, _) in self.pending.iter().enumerate().filter(|p| *p.1) {
+            if let Some(byte) = st.pba.get_mut(v / 8) {
+                byte.0 |= 1 << (v % 8);
+            }
+        }
         st
     }
 
-    pub fn load(&mut self, st: &State) -> Result<(), LoadError> {
-        let Some(Val::Bytes(t)) = st.get("table") else {
-            return Err(LoadError::field("msix", "table"));
-        };
-        let Some(Val::Array(pba)) = st.get("pba") else {
-            return Err(LoadError::field("msix", "pba"));
-        };
-        let n = self.table.len();
-        self.table.copy_from_slice(&t[..n]);
-        for v in 0..self.pending.len() {
-            let byte = match pba.get(v / 8) {
-                Some(Val::Uint(b)) => *b,
-                _ => 0,
-            };
-            self.pending[v] = byte & 1 << (v % 8) != 0;
+    /// Takes over a saved table and pending bits (as many vectors as this
+    /// function has; the flush waits for [`Msix::set_control`]).
+    pub fn load(&mut self, st: &MsixState) {
+        let n = self.table.len().min(st.table.len());
+        self.table[..n].copy_from_slice(&st.table[..n]);
+        for (v, p) in self.pending.iter_mut().enumerate() {
+            let byte = st.pba.get(v / 8).map_or(0, |b| b.0);
+            *p = byte & 1 << (v % 8) != 0;
         }
-        Ok(())
     }
 }

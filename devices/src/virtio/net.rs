@@ -4,6 +4,7 @@
 
 use super::io::{self, Buf, Op, XferError};
 use super::*;
+use migration::vmstate::Vmstate;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use virtio_queue::QueueOwnedT;
@@ -224,33 +225,21 @@ impl VirtioDevice for Net {
     }
 
     fn state(&self) -> State {
-        let mut st = State::default();
-        st.set("mac", Val::Bytes(self.mac.to_vec()));
-        st
+        NetState { mac: self.mac }.to_state()
     }
 
     fn load(&mut self, st: &State) -> Result<(), LoadError> {
-        match st.get("mac") {
-            Some(Val::Bytes(m)) if m.len() == 6 => {
-                self.mac.copy_from_slice(m);
-                Ok(())
-            }
-            _ => Err(LoadError::field("virtio-net", "mac")),
-        }
+        self.mac = NetState::from_state(st, "virtio-net")?.mac;
+        Ok(())
     }
 }
 
-/// virtio-net's own state: the MAC address the guest was given.
-pub static VMSTATE: Description = Description {
-    name: "virtio-net-device",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[Field {
-        name: "mac",
-        kind: Kind::Buffer(6),
-        since: 0,
-    }],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// virtio-net's own state: the MAC address the guest was given.
+    pub static VMSTATE = "virtio-net-device", version 1, minimum 1;
+    pub struct NetState {
+        mac: [u8; 6],
+    }
+}
 
-crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-net", &VMSTATE);
+crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-net", NetState);

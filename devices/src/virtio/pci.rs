@@ -8,11 +8,12 @@
 //! no modern interface unless `x-ignore-backend-features=on` (what
 //! `hw_compat_2_7` sets, keeping 2.7's behaviour).
 
-use super::msix::{self, Msix};
+use super::msix::{self, Msix, MsixState};
 use super::worker::{Served, Worker};
 use super::*;
-use crate::pci::config::{self, ConfigSpace};
+use crate::pci::config::{self, ConfigSpace, PciDeviceState};
 use crate::pci::{BarDecl, BarKind, PciFunction};
+use migration::vmstate::Vmstate;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -892,32 +893,25 @@ impl PciFunction for VirtioPci {
 
     fn state(&self) -> State {
         let inner = self.shared.inner.lock().expect("virtio lock");
-        let mut st = State::default();
-        st.set("pci", Val::Struct(self.cfg.state()))
-            .set(
-                "msix",
-                Val::Struct(self.shared.msix.lock().expect("msix lock").state()),
-            )
-            .set("virtio", Val::Struct(inner.common.state()))
-            .set("device", Val::Struct(inner.dev.state()));
-        st
+        VirtioPciState {
+            pci: self.cfg.state(),
+            msix: self.shared.msix.lock().expect("msix lock").state(),
+            virtio: inner.common.state(),
+            device: inner.dev.state(),
+        }
+        .to_state()
     }
 
     fn load(&mut self, device: &str, st: &State) -> Result<(), crate::pci::LoadError> {
-        let shape = |what: String| crate::pci::LoadError::new(device, what);
         // A part's refusal, under this function's name.
         let part = |e: LoadError| LoadError {
             device: device.to_string(),
             what: format!("{}: {}", e.device, e.what),
             hint: e.hint,
         };
-        let sub = |n: &str| match st.get(n) {
-            Some(Val::Struct(s)) => Ok(s),
-            _ => Err(shape(format!("the stream's state lacks '{n}'"))),
-        };
-        let pci = sub("pci")?.clone();
-        self.config_mut().load(&pci).map_err(|m| {
-            crate::pci::config_load_error(device, m, register_name, |o, _| {
+        let saved = VirtioPciState::<State>::from_state(st, device)?;
+        self.config_mut().load(&saved.pci).map_err(|m| {
+            crate::pci::config_load_error(device, Some(m), register_name, |o, _| {
                 hint_for(o, self.legacy, self.modern)
             })
         })?;
@@ -925,12 +919,11 @@ impl PciFunction for VirtioPci {
             .msix
             .lock()
             .expect("msix lock")
-            .load(sub("msix")?)
-            .map_err(part)?;
+            .load(&saved.msix);
         {
             let mut inner = self.shared.inner.lock().expect("virtio lock");
-            inner.common.load(sub("virtio")?).map_err(part)?;
-            inner.dev.load(sub("device")?).map_err(part)?;
+            inner.common.load(&saved.virtio).map_err(part)?;
+            inner.dev.load(&saved.device).map_err(part)?;
             if inner.common.running() {
                 let f = inner.common.driver_features;
                 inner.dev.activate(f);
@@ -1004,38 +997,29 @@ fn hint_for(offset: u16, legacy: bool, modern: bool) -> Option<String> {
     ))
 }
 
-/// Builds the migration description of a virtio-pci device: its PCI
-/// config, MSI-X, the virtio core and the device's own state.
+migration::vmstate! {
+    /// A virtio-pci function's state: its PCI config, MSI-X, the virtio core
+    /// and the device's own state (`D`: the device's declared state for a
+    /// description, a [`State`] the device reads for the transport).
+    pub struct VirtioPciState<D> {
+        pci: PciDeviceState,
+        msix: MsixState,
+        virtio: VirtioState,
+        device: D,
+    }
+}
+
+/// Declares the migration description of a virtio-pci device, `$device`
+/// its own declared state ([`VirtioPciState`] with it, named `$section`).
 #[macro_export]
 macro_rules! virtio_pci_vmstate {
-    ($name:ident, $section:literal, $dev:expr) => {
+    ($name:ident, $section:literal, $device:ty) => {
         pub static $name: migration::vmstate::Description = migration::vmstate::Description {
             name: $section,
             version_id: 1,
             minimum_version_id: 1,
-            fields: &[
-                migration::vmstate::Field {
-                    name: "pci",
-                    kind: migration::vmstate::Kind::Struct(&$crate::pci::config::VMSTATE),
-                    since: 0,
-                },
-                migration::vmstate::Field {
-                    name: "msix",
-                    kind: migration::vmstate::Kind::Struct(&$crate::virtio::msix::VMSTATE),
-                    since: 0,
-                },
-                migration::vmstate::Field {
-                    name: "virtio",
-                    kind: migration::vmstate::Kind::Struct(&$crate::virtio::VMSTATE),
-                    since: 0,
-                },
-                migration::vmstate::Field {
-                    name: "device",
-                    kind: migration::vmstate::Kind::Struct($dev),
-                    since: 0,
-                },
-            ],
-            subsections: &[],
+            fields: $crate::virtio::pci::VirtioPciState::<$device>::FIELDS,
+            subsections: $crate::virtio::pci::VirtioPciState::<$device>::SUBSECTIONS,
         };
     };
 }
@@ -1301,12 +1285,10 @@ mod tests {
         }
         d.pause();
         let st = d.state();
-        let virtio = match st.get("virtio") {
-            Some(Val::Struct(v)) => v.clone(),
-            _ => panic!("no virtio state"),
-        };
-        assert!(
-            virtio.subsection("virtio/broken").is_some(),
+        let saved = VirtioPciState::<State>::from_state(&st, "rng").unwrap();
+        assert_eq!(
+            saved.virtio.broken,
+            Some(BrokenState { broken: true }),
             "the broken flag is in its subsection"
         );
         let state = crate::virtio::testing::roundtrip(d.vmstate(), &st, d.vmstate()).unwrap();

@@ -2,6 +2,7 @@
 
 use super::io;
 use super::*;
+use migration::vmstate::Vmstate;
 
 /// Its queues: one request queue.
 pub const QUEUES: usize = 1;
@@ -72,21 +73,18 @@ impl VirtioDevice for Rng {
     }
 
     fn state(&self) -> State {
-        State::default()
+        RngState {}.to_state()
     }
 
-    fn load(&mut self, _st: &State) -> Result<(), LoadError> {
-        Ok(())
+    fn load(&mut self, st: &State) -> Result<(), LoadError> {
+        RngState::from_state(st, "virtio-rng").map(|_| ())
     }
 }
 
-/// virtio-rng has no state of its own.
-pub static VMSTATE: Description = Description {
-    name: "virtio-rng-device",
-    version_id: 1,
-    minimum_version_id: 1,
-    fields: &[],
-    subsections: &[],
-};
+migration::vmstate! {
+    /// virtio-rng has no state of its own.
+    pub static VMSTATE = "virtio-rng-device", version 1, minimum 1;
+    pub struct RngState {}
+}
 
-crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-rng", &VMSTATE);
+crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-rng", RngState);
