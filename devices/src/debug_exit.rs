@@ -2,7 +2,26 @@
 //! `(v << 1) | 1`, so a guest's tests exit the same way on vmm and QEMU.
 
 use crate::bus::BusDevice;
+use crate::model::property::PropKind;
+use crate::model::types::{p, TypeInfo};
+use crate::registry::{Build, DeviceType};
 use crate::{EventSink, VmEvent};
+
+/// The `isa-debug-exit` type: the board puts it at its `iobase`.
+pub static DEVICE: DeviceType = DeviceType {
+    info: TypeInfo {
+        name: "isa-debug-exit",
+        parent: Some("device"),
+        abstract_: false,
+        bus: Some("ISA"),
+        description: "exit the VMM with status (value << 1) | 1 on a port write, as QEMU's",
+        props: &[
+            p("iobase", PropKind::U32, "0x501", "I/O port"),
+            p("iosize", PropKind::U32, "2", "port width in bytes"),
+        ],
+    },
+    build: Build::Board,
+};
 
 pub struct DebugExit {
     events: EventSink,

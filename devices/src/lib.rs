@@ -8,6 +8,7 @@ pub mod bus;
 pub mod debug_exit;
 pub mod model;
 pub mod pci;
+pub mod registry;
 pub mod serial;
 pub mod virtio;
 

@@ -28,18 +28,20 @@ migration::vmstate! {
 pub const RAM_BLOCK: &str = "pc.ram";
 
 /// Every description a save writes besides `ram` and the hypervisor's own
-/// (the backend lists those), for -dump-vmstate.
-pub static DESCRIPTIONS: &[&Description] = &[
-    &KVMCLOCK,
-    &devices::serial::VMSTATE,
-    &devices::acpi_pm::VMSTATE,
-    &devices::pci::HOST_VMSTATE,
-    &devices::pci::config::VMSTATE,
-    &devices::virtio::blk::PCI_VMSTATE,
-    &devices::virtio::net::PCI_VMSTATE,
-    &devices::virtio::console::PCI_VMSTATE,
-    &devices::virtio::rng::PCI_VMSTATE,
-];
+/// (the backend lists those), for -dump-vmstate: the board's, then every
+/// PCI function type's from the device registry.
+pub fn descriptions() -> Vec<&'static Description> {
+    [
+        &KVMCLOCK,
+        &devices::serial::VMSTATE,
+        &devices::acpi_pm::VMSTATE,
+        &devices::pci::HOST_VMSTATE,
+        &devices::pci::config::VMSTATE,
+    ]
+    .into_iter()
+    .chain(devices::registry::pci_descriptions())
+    .collect()
+}
 
 fn blobs_to_state(desc: &Description, b: &Blobs) -> State {
     let mut st = State::default();

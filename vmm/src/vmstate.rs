@@ -11,8 +11,8 @@ use std::path::Path;
 pub fn descriptions(_m: &machine::MachineType) -> Vec<&'static Description> {
     crate::kvm::DESCRIPTIONS
         .iter()
-        .chain(crate::snapshot::DESCRIPTIONS)
         .copied()
+        .chain(crate::snapshot::descriptions())
         .collect()
 }
 

@@ -22,7 +22,7 @@ pub struct TypeInfo {
     pub props: &'static [PropDecl],
 }
 
-const fn p(
+pub(crate) const fn p(
     name: &'static str,
     kind: PropKind,
     default: &'static str,
@@ -36,7 +36,8 @@ const fn p(
     }
 }
 
-/// Every type. Parents come before children.
+/// The abstract types the devices derive from; the devices themselves are
+/// in [`crate::registry::DEVICES`]. Parents come before children.
 pub static TYPES: &[TypeInfo] = &[
     TypeInfo { name: "device", parent: None, abstract_: true, bus: None, description: "the root of all devices", props: &[] },
     TypeInfo {
@@ -53,18 +54,6 @@ pub static TYPES: &[TypeInfo] = &[
                 "on",
                 "initialise AER PCI_ERR_UNCOR_MASK and make it writable, as QEMU 8.0 (off: 7.2's read-only zero)",
             ),
-        ],
-    },
-    TypeInfo {
-        name: "pcie-root-port",
-        parent: Some("pci-device"),
-        abstract_: false,
-        bus: Some("PCI"),
-        description: "PCI Express root port, with the AER capability",
-        props: &[
-            p("chassis", PropKind::U8, "0", "chassis number (with slot, unique on the board)"),
-            p("slot", PropKind::U16, "0", "physical slot number in the Slot Capabilities"),
-            p("port", PropKind::U8, "0", "port number in the Link Capabilities"),
         ],
     },
     TypeInfo {
@@ -86,69 +75,17 @@ pub static TYPES: &[TypeInfo] = &[
             p("page-per-vq", PropKind::Bool, "off", "one 4 KiB notify page per queue (2.7's layout)"),
         ],
     },
-    TypeInfo {
-        name: "virtio-blk-pci",
-        parent: Some("virtio-pci"),
-        abstract_: false,
-        bus: Some("PCI"),
-        description: "virtio block device",
-        props: &[
-            p("drive", PropKind::Str, "", "the -drive (or -blockdev) id of the backing image"),
-            p("num-queues", PropKind::U16, "65535", "request queues (65535: one per vCPU)"),
-            p("queue-size", PropKind::U16, "256", "descriptors per queue (a power of two)"),
-            p("serial", PropKind::Str, "", "serial number the guest reads (GET_ID)"),
-        ],
-    },
-    TypeInfo {
-        name: "virtio-net-pci",
-        parent: Some("virtio-pci"),
-        abstract_: false,
-        bus: Some("PCI"),
-        description: "virtio network device",
-        props: &[
-            p("netdev", PropKind::Str, "", "the -netdev id of the backend"),
-            p("mac", PropKind::Str, "", "MAC address (default 52:54:00:12:34:NN)"),
-        ],
-    },
-    TypeInfo {
-        name: "virtio-rng-pci",
-        parent: Some("virtio-pci"),
-        abstract_: false,
-        bus: Some("PCI"),
-        description: "virtio entropy source (the host's getrandom)",
-        props: &[],
-    },
-    TypeInfo {
-        name: "virtio-serial-pci",
-        parent: Some("virtio-pci"),
-        abstract_: false,
-        bus: Some("PCI"),
-        description: "virtio serial device with one console port (attach a virtconsole)",
-        props: &[],
-    },
-    TypeInfo {
-        name: "virtconsole",
-        parent: Some("device"),
-        abstract_: false,
-        bus: Some("virtio-serial-bus"),
-        description: "the console port of a virtio-serial-pci",
-        props: &[p("chardev", PropKind::Str, "", "the -chardev id the port writes to")],
-    },
-    TypeInfo {
-        name: "isa-debug-exit",
-        parent: Some("device"),
-        abstract_: false,
-        bus: Some("ISA"),
-        description: "exit the VMM with status (value << 1) | 1 on a port write, as QEMU's",
-        props: &[
-            p("iobase", PropKind::U32, "0x501", "I/O port"),
-            p("iosize", PropKind::U32, "2", "port width in bytes"),
-        ],
-    },
 ];
 
+/// Every type: the abstract ones, then every device's.
+pub fn all() -> impl Iterator<Item = &'static TypeInfo> {
+    TYPES
+        .iter()
+        .chain(crate::registry::DEVICES.iter().map(|d| &d.info))
+}
+
 pub fn find(name: &str) -> Option<&'static TypeInfo> {
-    TYPES.iter().find(|t| t.name == name)
+    all().find(|t| t.name == name)
 }
 
 /// `name` and its ancestors, the type itself first.
@@ -194,8 +131,7 @@ pub fn nearest(name: &str) -> Vec<&'static str> {
         }
         prev[b.len()]
     }
-    let mut v: Vec<(usize, &str)> = TYPES
-        .iter()
+    let mut v: Vec<(usize, &str)> = all()
         .filter(|t| !t.abstract_)
         .map(|t| (distance(name, t.name), t.name))
         .filter(|(d, n)| *d <= 4 || n.contains(name) || name.contains(n))

@@ -8,6 +8,41 @@
 
 use super::config::{self, ConfigSpace};
 use super::PciFunction;
+use crate::model::property::PropKind;
+use crate::model::types::{p, TypeInfo};
+use crate::registry::{Build, DeviceType};
+
+/// The `pcie-root-port` type: the board gives each the next bus number.
+pub static DEVICE: DeviceType = DeviceType {
+    info: TypeInfo {
+        name: "pcie-root-port",
+        parent: Some("pci-device"),
+        abstract_: false,
+        bus: Some("PCI"),
+        description: "PCI Express root port, with the AER capability",
+        props: &[
+            p(
+                "chassis",
+                PropKind::U8,
+                "0",
+                "chassis number (with slot, unique on the board)",
+            ),
+            p(
+                "slot",
+                PropKind::U16,
+                "0",
+                "physical slot number in the Slot Capabilities",
+            ),
+            p(
+                "port",
+                PropKind::U8,
+                "0",
+                "port number in the Link Capabilities",
+            ),
+        ],
+    },
+    build: Build::Board,
+};
 
 /// `cap_present` bit of `x-pcie-err-unc-mask` (QEMU_PCIE_ERR_UNC_MASK_BITNR).
 pub const CAP_ERR_UNC_MASK: u64 = 1 << 4;

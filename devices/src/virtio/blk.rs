@@ -7,11 +7,81 @@
 
 use super::io::{self, Buf, Op, XferError};
 use super::*;
+use crate::model::property::{PropKind, Value};
+use crate::model::types::{p, TypeInfo};
+use crate::registry::{Backend, BackendKind, Build, DeviceType, VirtioType};
 use migration::vmstate::Vmstate;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use vm_memory::GuestAddress;
+
+/// The `virtio-blk-pci` type.
+pub static DEVICE: DeviceType = DeviceType {
+    info: TypeInfo {
+        name: "virtio-blk-pci",
+        parent: Some("virtio-pci"),
+        abstract_: false,
+        bus: Some("PCI"),
+        description: "virtio block device",
+        props: &[
+            p(
+                "drive",
+                PropKind::Str,
+                "",
+                "the -drive (or -blockdev) id of the backing image",
+            ),
+            p(
+                "num-queues",
+                PropKind::U16,
+                "65535",
+                "request queues (65535: one per vCPU)",
+            ),
+            p(
+                "queue-size",
+                PropKind::U16,
+                "256",
+                "descriptors per queue (a power of two)",
+            ),
+            p(
+                "serial",
+                PropKind::Str,
+                "",
+                "serial number the guest reads (GET_ID)",
+            ),
+        ],
+    },
+    build: Build::Virtio(VirtioType {
+        vmstate: &PCI_VMSTATE,
+        queues: |props| props.uint("num-queues").unwrap_or(1),
+        auto: |props, board| {
+            if props.uint("num-queues") == Some(u64::from(AUTO_QUEUES)) {
+                let why = format!("-smp {}", board.vcpus);
+                props.resolve_auto("num-queues", Value::Uint(board.vcpus.into()), why);
+            }
+        },
+        backend: BackendKind::Drive("drive"),
+        create: |props, backend| {
+            let Backend::Drive {
+                path,
+                read_only,
+                version_1,
+            } = backend
+            else {
+                return Err("no drive".into());
+            };
+            let blk = Blk::new(BlkConfig {
+                path,
+                read_only,
+                num_queues: props.uint("num-queues").unwrap_or(1) as u16,
+                queue_size: props.uint("queue-size").unwrap_or(256) as u16,
+                serial: props.str("serial").unwrap_or_default(),
+                version_1,
+            })?;
+            Ok(Box::new(blk))
+        },
+    }),
+};
 
 /// `num-queues` left at its default: one request queue per vCPU.
 pub const AUTO_QUEUES: u16 = 0xffff;

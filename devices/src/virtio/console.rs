@@ -4,11 +4,55 @@
 
 use super::io;
 use super::*;
+use crate::model::property::PropKind;
+use crate::model::types::{p, TypeInfo};
+use crate::registry::{Backend, BackendKind, Build, DeviceType, VirtioType};
 use migration::vmstate::Vmstate;
 use std::io::Write;
 
 /// Its queues: the console port's receive and transmit.
 pub const QUEUES: usize = 2;
+
+/// The `virtio-serial-pci` type: its console port writes where the port's
+/// chardev says.
+pub static DEVICE: DeviceType = DeviceType {
+    info: TypeInfo {
+        name: "virtio-serial-pci",
+        parent: Some("virtio-pci"),
+        abstract_: false,
+        bus: Some("PCI"),
+        description: "virtio serial device with one console port (attach a virtconsole)",
+        props: &[],
+    },
+    build: Build::Virtio(VirtioType {
+        vmstate: &PCI_VMSTATE,
+        queues: |_| QUEUES as u64,
+        auto: |_, _| {},
+        backend: BackendKind::Console,
+        create: |_, backend| match backend {
+            Backend::Output(out) => Ok(Box::new(Console::new(out))),
+            _ => Ok(Box::new(Console::new(Box::new(std::io::sink())))),
+        },
+    }),
+};
+
+/// The `virtconsole` type: the port of a virtio-serial-pci.
+pub static PORT: DeviceType = DeviceType {
+    info: TypeInfo {
+        name: "virtconsole",
+        parent: Some("device"),
+        abstract_: false,
+        bus: Some("virtio-serial-bus"),
+        description: "the console port of a virtio-serial-pci",
+        props: &[p(
+            "chardev",
+            PropKind::Str,
+            "",
+            "the -chardev id the port writes to",
+        )],
+    },
+    build: Build::Board,
+};
 
 pub struct Console {
     out: Box<dyn Write + Send>,

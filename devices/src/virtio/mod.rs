@@ -67,22 +67,12 @@ pub struct Board {
 /// the guest sees. The board builds the device from these values.
 pub fn resolve_auto(props: &mut crate::model::Props, board: &Board) {
     use crate::model::property::{OnOffAuto, Value};
-    let queues = match props.type_name {
-        "virtio-blk-pci" => {
-            let n = props.uint("num-queues").unwrap_or(1);
-            if n == u64::from(blk::AUTO_QUEUES) {
-                let why = format!("-smp {}", board.vcpus);
-                props.resolve_auto("num-queues", Value::Uint(board.vcpus.into()), why);
-                u64::from(board.vcpus)
-            } else {
-                n
-            }
-        }
-        "virtio-net-pci" => net::QUEUES as u64,
-        "virtio-rng-pci" => rng::QUEUES as u64,
-        "virtio-serial-pci" => console::QUEUES as u64,
-        _ => return,
+    use crate::registry::Build;
+    let Some(Build::Virtio(ty)) = crate::registry::find(props.type_name).map(|d| &d.build) else {
+        return;
     };
+    (ty.auto)(props, board);
+    let queues = (ty.queues)(props);
     if props.uint("vectors") == Some(pci::AUTO_VECTORS) {
         let why = format!("{queues} queue(s) + 1 for configuration changes");
         props.resolve_auto("vectors", Value::Uint(queues + 1), why);
@@ -94,12 +84,6 @@ pub fn resolve_auto(props: &mut crate::model::Props, board: &Board) {
             (OnOffAuto::Off, "on the root bus")
         };
         props.resolve_auto("disable-legacy", Value::OnOffAuto(v), why.into());
-    }
-    if props.type_name == "virtio-net-pci" && props.str("mac").unwrap_or_default().is_empty() {
-        let mac = net::default_mac(board.nic);
-        let mac = mac.map(|b| format!("{b:02x}")).join(":");
-        let why = format!("virtio-net device {} of the board", board.nic);
-        props.resolve_auto("mac", Value::Str(mac), why);
     }
 }
 

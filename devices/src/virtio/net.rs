@@ -4,6 +4,9 @@
 
 use super::io::{self, Buf, Op, XferError};
 use super::*;
+use crate::model::property::{PropKind, Value};
+use crate::model::types::{p, TypeInfo};
+use crate::registry::{Backend, BackendKind, Build, DeviceType, VirtioType};
 use migration::vmstate::Vmstate;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -11,6 +14,57 @@ use virtio_queue::QueueOwnedT;
 
 /// Its queues: receive and transmit.
 pub const QUEUES: usize = 2;
+
+/// The `virtio-net-pci` type.
+pub static DEVICE: DeviceType = DeviceType {
+    info: TypeInfo {
+        name: "virtio-net-pci",
+        parent: Some("virtio-pci"),
+        abstract_: false,
+        bus: Some("PCI"),
+        description: "virtio network device",
+        props: &[
+            p("netdev", PropKind::Str, "", "the -netdev id of the backend"),
+            p(
+                "mac",
+                PropKind::Str,
+                "",
+                "MAC address (default 52:54:00:12:34:NN)",
+            ),
+        ],
+    },
+    build: Build::Virtio(VirtioType {
+        vmstate: &PCI_VMSTATE,
+        queues: |_| QUEUES as u64,
+        auto: |props, board| {
+            if props.str("mac").unwrap_or_default().is_empty() {
+                let mac = default_mac(board.nic).map(|b| format!("{b:02x}")).join(":");
+                let why = format!("virtio-net device {} of the board", board.nic);
+                props.resolve_auto("mac", Value::Str(mac), why);
+            }
+        },
+        backend: BackendKind::Netdev("netdev"),
+        create: |props, backend| {
+            let Backend::Tap { ifname, version_1 } = backend else {
+                return Err("no netdev".into());
+            };
+            let mac = props.str("mac").unwrap_or_default();
+            let mac = parse_mac(&mac).ok_or_else(|| {
+                format!("invalid mac '{mac}': expected six hex bytes like 52:54:00:12:34:56")
+            })?;
+            Ok(Box::new(Net::new(Tap::open(&ifname)?, mac, version_1)))
+        },
+    }),
+};
+
+/// `52:54:00:12:34:56` as bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).ok())
+        .collect::<Option<_>>()?;
+    v.try_into().ok()
+}
 
 /// The MAC address of the board's `nic`-th virtio-net device when none is
 /// given: QEMU's 52:54:00:12:34:56 counting up.

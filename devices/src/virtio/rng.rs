@@ -2,10 +2,31 @@
 
 use super::io;
 use super::*;
+use crate::model::types::TypeInfo;
+use crate::registry::{BackendKind, Build, DeviceType, VirtioType};
 use migration::vmstate::Vmstate;
 
 /// Its queues: one request queue.
 pub const QUEUES: usize = 1;
+
+/// The `virtio-rng-pci` type.
+pub static DEVICE: DeviceType = DeviceType {
+    info: TypeInfo {
+        name: "virtio-rng-pci",
+        parent: Some("virtio-pci"),
+        abstract_: false,
+        bus: Some("PCI"),
+        description: "virtio entropy source (the host's getrandom)",
+        props: &[],
+    },
+    build: Build::Virtio(VirtioType {
+        vmstate: &PCI_VMSTATE,
+        queues: |_| QUEUES as u64,
+        auto: |_, _| {},
+        backend: BackendKind::None,
+        create: |_, _| Ok(Box::new(Rng::new())),
+    }),
+};
 
 /// Bytes served per buffer at most (the driver asks again for more).
 const MAX_CHUNK: usize = 64 * 1024;

@@ -1,13 +1,16 @@
-//! The virtio-pci devices of the board, built from their resolved
-//! properties and their backends.
+//! The virtio-pci devices of the board: each built by its type in the
+//! device registry from its resolved properties and the backend its type
+//! names, and put on the virtio-pci transport at its address.
 
 use super::GuestMemoryMmap;
-use crate::config::VmConfig;
+use crate::config::{DeviceConfig, VmConfig};
 use crate::hypervisor::Vm;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
+use devices::model::property::OnOffAuto;
 use devices::pci::{Bdf, PciRoot};
+use devices::registry::{Backend, BackendKind, Build};
+use devices::virtio::{self, pci::TransportConfig};
 use std::fs::File;
-use std::io::Write;
 use std::sync::Arc;
 
 /// Creates every virtio-pci device with its backend and puts it on the
@@ -18,20 +21,16 @@ pub(super) fn add_virtio_devices(
     vm: &Arc<dyn Vm>,
     mem: &GuestMemoryMmap,
 ) -> Result<()> {
-    use devices::model::property::OnOffAuto;
-    use devices::virtio::{self, pci::TransportConfig, VirtioDevice};
     let ops: Arc<dyn virtio::VmOps> = vm.clone();
-    let consoles: Vec<&crate::config::DeviceConfig> = cfg
+    let mut consoles = cfg
         .devices
         .iter()
-        .filter(|d| d.props.type_name == "virtconsole")
-        .collect();
-    let mut serials = 0usize;
+        .filter(|d| d.props.type_name == devices::virtio::console::PORT.info.name);
     for d in &cfg.devices {
         let ty = d.props.type_name;
-        if !devices::model::types::is_a(ty, "virtio-pci") {
+        let Some(Build::Virtio(vt)) = devices::registry::find(ty).map(|t| &t.build) else {
             continue;
-        }
+        };
         let devfn = d
             .devfn
             .ok_or_else(|| anyhow!("{ty} without a PCI address"))?;
@@ -39,80 +38,8 @@ pub(super) fn add_virtio_devices(
             Some(id) => format!("{ty} '{id}'"),
             None => format!("{ty} at {:02x}:{:02x}.{}", d.bus, devfn >> 3, devfn & 7),
         };
-        let prop = |p: &str| d.props.str(p).unwrap_or_default();
-        let (dev, vmstate): (
-            Box<dyn VirtioDevice>,
-            &'static migration::vmstate::Description,
-        ) = match ty {
-            "virtio-blk-pci" => {
-                let drive = cfg
-                    .backends
-                    .drives
-                    .iter()
-                    .find(|x| x.id == prop("drive"))
-                    .ok_or_else(|| anyhow!("{name}: drive '{}' not found", prop("drive")))?;
-                // Effective values: config::from_args resolved `auto`.
-                let nq = d.props.uint("num-queues").unwrap_or(1) as u16;
-                let blk = virtio::blk::Blk::new(virtio::blk::BlkConfig {
-                    path: drive.path.clone(),
-                    read_only: drive.read_only,
-                    num_queues: nq,
-                    queue_size: d.props.uint("queue-size").unwrap_or(256) as u16,
-                    serial: prop("serial"),
-                    version_1: drive.version_1,
-                })
-                .with_context(|| name.clone())?;
-                (Box::new(blk), &virtio::blk::PCI_VMSTATE)
-            }
-            "virtio-net-pci" => {
-                let nd = cfg
-                    .backends
-                    .netdevs
-                    .iter()
-                    .find(|x| x.id == prop("netdev"))
-                    .ok_or_else(|| anyhow!("{name}: netdev '{}' not found", prop("netdev")))?;
-                let tap = virtio::net::Tap::open(&nd.ifname).with_context(|| name.clone())?;
-                let mac = parse_mac(&prop("mac")).ok_or_else(|| {
-                    anyhow!(
-                        "{name}: invalid mac '{}': expected six hex bytes like 52:54:00:12:34:56",
-                        prop("mac")
-                    )
-                })?;
-                (
-                    Box::new(virtio::net::Net::new(tap, mac, nd.version_1)),
-                    &virtio::net::PCI_VMSTATE,
-                )
-            }
-            "virtio-rng-pci" => (Box::new(virtio::rng::Rng::new()), &virtio::rng::PCI_VMSTATE),
-            "virtio-serial-pci" => {
-                let out: Box<dyn Write + Send> = match consoles.get(serials) {
-                    Some(c) => {
-                        let id = c.props.str("chardev").unwrap_or_default();
-                        match cfg
-                            .backends
-                            .chardevs
-                            .iter()
-                            .find(|x| x.id == id)
-                            .map(|x| &x.kind)
-                        {
-                            Some(crate::backends::ChardevKind::File(p)) => {
-                                Box::new(File::create(p).with_context(|| {
-                                    format!("chardev '{id}': cannot create {}", p.display())
-                                })?)
-                            }
-                            _ => Box::new(std::io::sink()),
-                        }
-                    }
-                    None => Box::new(std::io::sink()),
-                };
-                serials += 1;
-                (
-                    Box::new(virtio::console::Console::new(out)),
-                    &virtio::console::PCI_VMSTATE,
-                )
-            }
-            _ => bail!("{ty} is not implemented"),
-        };
+        let backend = backend(cfg, d, vt.backend, &mut consoles).with_context(|| name.clone())?;
+        let dev = (vt.create)(&d.props, backend).map_err(|e| anyhow!(e).context(name.clone()))?;
         let vectors = d.props.uint("vectors").unwrap_or(virtio::pci::AUTO_VECTORS);
         let tc = TransportConfig {
             disable_legacy: match d.props.on_off_auto("disable-legacy") {
@@ -128,16 +55,67 @@ pub(super) fn add_virtio_devices(
             // PIRQ E-H style: GSIs 16-23 by slot.
             intx_gsi: 16 + ((devfn >> 3) & 7) as u32,
         };
-        let f = virtio::pci::VirtioPci::new(name, dev, &tc, ops.clone(), mem.clone(), vmstate)?;
+        let f = virtio::pci::VirtioPci::new(name, dev, &tc, ops.clone(), mem.clone(), vt.vmstate)?;
         root.add(Bdf::new(d.bus, devfn >> 3, devfn & 7), Box::new(f))?;
     }
     Ok(())
 }
 
-pub(super) fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).ok())
-        .collect::<Option<_>>()?;
-    v.try_into().ok()
+/// Opens the backend device `d`'s type takes (`kind`); a console takes the
+/// next console port's chardev.
+fn backend<'a>(
+    cfg: &'a VmConfig,
+    d: &DeviceConfig,
+    kind: BackendKind,
+    consoles: &mut impl Iterator<Item = &'a DeviceConfig>,
+) -> Result<Backend> {
+    let prop = |p: &str| d.props.str(p).unwrap_or_default();
+    Ok(match kind {
+        BackendKind::None => Backend::None,
+        BackendKind::Drive(p) => {
+            let drive = cfg
+                .backends
+                .drives
+                .iter()
+                .find(|x| x.id == prop(p))
+                .ok_or_else(|| anyhow!("drive '{}' not found", prop(p)))?;
+            Backend::Drive {
+                path: drive.path.clone(),
+                read_only: drive.read_only,
+                version_1: drive.version_1,
+            }
+        }
+        BackendKind::Netdev(p) => {
+            let nd = cfg
+                .backends
+                .netdevs
+                .iter()
+                .find(|x| x.id == prop(p))
+                .ok_or_else(|| anyhow!("netdev '{}' not found", prop(p)))?;
+            Backend::Tap {
+                ifname: nd.ifname.clone(),
+                version_1: nd.version_1,
+            }
+        }
+        BackendKind::Console => {
+            let chardev = consoles
+                .next()
+                .map(|c| c.props.str("chardev").unwrap_or_default());
+            let kind = chardev.as_ref().and_then(|id| {
+                cfg.backends
+                    .chardevs
+                    .iter()
+                    .find(|x| &x.id == id)
+                    .map(|x| &x.kind)
+            });
+            match (kind, chardev) {
+                (Some(crate::backends::ChardevKind::File(p)), Some(id)) => {
+                    Backend::Output(Box::new(File::create(p).with_context(|| {
+                        format!("chardev '{id}': cannot create {}", p.display())
+                    })?))
+                }
+                _ => Backend::Output(Box::new(std::io::sink())),
+            }
+        }
+    })
 }
