@@ -11,6 +11,47 @@ pub const MAX_VCPUS: u32 = 255;
 /// The q35 board's root bus, as QEMU names it.
 pub const ROOT_BUS: &str = "pcie.0";
 
+/// Where a `-qmp` listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QmpAddr {
+    Unix(std::path::PathBuf),
+    Tcp(String),
+}
+
+/// Parses `unix:PATH,server=on,wait=off` or `tcp:HOST:PORT,server=on,wait=off`.
+pub fn parse_qmp_addr(s: &str) -> Result<QmpAddr, String> {
+    let mut parts = s.split(',');
+    let addr = parts.next().unwrap_or("");
+    for opt in parts {
+        match opt {
+            "server" | "server=on" | "nowait" | "wait=off" => {}
+            "server=off" => {
+                return Err(format!(
+                    "invalid -qmp '{s}': vmm's monitor is always the server (server=on)"
+                ))
+            }
+            "wait=on" => {
+                return Err(format!(
+                    "invalid -qmp '{s}': wait=on is not supported; use wait=off"
+                ))
+            }
+            o => return Err(format!("invalid -qmp '{s}': unknown option '{o}'")),
+        }
+    }
+    if let Some(p) = addr.strip_prefix("unix:").filter(|p| !p.is_empty()) {
+        Ok(QmpAddr::Unix(p.into()))
+    } else if let Some(hp) = addr
+        .strip_prefix("tcp:")
+        .filter(|hp| hp.rsplit_once(':').is_some())
+    {
+        Ok(QmpAddr::Tcp(hp.to_string()))
+    } else {
+        Err(format!(
+            "invalid -qmp '{s}': expected unix:PATH or tcp:HOST:PORT"
+        ))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum SerialBackend {
     Stdio,
@@ -71,7 +112,7 @@ pub struct VmConfig {
     pub no_reboot: bool,
     pub debug_exit: Option<DebugExitConfig>,
     pub devices: Vec<DeviceConfig>,
-    pub qmp: Vec<crate::qmp::QmpAddr>,
+    pub qmp: Vec<QmpAddr>,
     /// `-incoming file:PATH` or `-incoming defer`.
     pub incoming: Option<Incoming>,
     pub backends: crate::backends::Backends,
@@ -396,7 +437,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         qmp: a
             .qmp
             .iter()
-            .map(|q| crate::qmp::parse_addr(q))
+            .map(|q| parse_qmp_addr(q))
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow!(e))?,
         incoming: match a.incoming.as_deref() {
@@ -422,4 +463,23 @@ pub fn from_args(a: Args) -> Result<Action> {
         std::fs::metadata(i).with_context(|| format!("cannot open initrd {}", i.display()))?;
     }
     Ok(Action::Run(Box::new(cfg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_qmp_addr("unix:/tmp/q.sock,server=on,wait=off"),
+            Ok(QmpAddr::Unix("/tmp/q.sock".into()))
+        );
+        assert_eq!(
+            parse_qmp_addr("tcp:127.0.0.1:4444,server,nowait"),
+            Ok(QmpAddr::Tcp("127.0.0.1:4444".into()))
+        );
+        assert!(parse_qmp_addr("unix:/x,wait=on").is_err());
+        assert!(parse_qmp_addr("stdio").is_err());
+    }
 }

@@ -19,46 +19,7 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Where a `-qmp` listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QmpAddr {
-    Unix(std::path::PathBuf),
-    Tcp(String),
-}
-
-/// Parses `unix:PATH,server=on,wait=off` or `tcp:HOST:PORT,server=on,wait=off`.
-pub fn parse_addr(s: &str) -> Result<QmpAddr, String> {
-    let mut parts = s.split(',');
-    let addr = parts.next().unwrap_or("");
-    for opt in parts {
-        match opt {
-            "server" | "server=on" | "nowait" | "wait=off" => {}
-            "server=off" => {
-                return Err(format!(
-                    "invalid -qmp '{s}': vmm's monitor is always the server (server=on)"
-                ))
-            }
-            "wait=on" => {
-                return Err(format!(
-                    "invalid -qmp '{s}': wait=on is not supported; use wait=off"
-                ))
-            }
-            o => return Err(format!("invalid -qmp '{s}': unknown option '{o}'")),
-        }
-    }
-    if let Some(p) = addr.strip_prefix("unix:").filter(|p| !p.is_empty()) {
-        Ok(QmpAddr::Unix(p.into()))
-    } else if let Some(hp) = addr
-        .strip_prefix("tcp:")
-        .filter(|hp| hp.rsplit_once(':').is_some())
-    {
-        Ok(QmpAddr::Tcp(hp.to_string()))
-    } else {
-        Err(format!(
-            "invalid -qmp '{s}': expected unix:PATH or tcp:HOST:PORT"
-        ))
-    }
-}
+pub use crate::config::QmpAddr;
 
 /// A client's ordered output queue (replies and events), with a count of
 /// lines not yet written so that the VMM can flush before it exits.
@@ -503,20 +464,6 @@ mod tests {
         let mut b = b"{oops\n{\"execute\": \"c\"}".to_vec();
         assert!(matches!(next_value(&mut b), Framed::Bad(_)));
         assert!(matches!(next_value(&mut b), Framed::Value(v) if v["execute"] == "c"));
-    }
-
-    #[test]
-    fn addresses() {
-        assert_eq!(
-            parse_addr("unix:/tmp/q.sock,server=on,wait=off"),
-            Ok(QmpAddr::Unix("/tmp/q.sock".into()))
-        );
-        assert_eq!(
-            parse_addr("tcp:127.0.0.1:4444,server,nowait"),
-            Ok(QmpAddr::Tcp("127.0.0.1:4444".into()))
-        );
-        assert!(parse_addr("unix:/x,wait=on").is_err());
-        assert!(parse_addr("stdio").is_err());
     }
 
     #[test]
