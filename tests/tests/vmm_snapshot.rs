@@ -570,16 +570,25 @@ fn a_file_save_is_durable_when_it_completes() {
         "-qmp",
         &format!("unix:{},server=on,wait=off", sock.display()),
     ]);
-    let c = v.command();
-    let mut cmd = std::process::Command::new("strace");
-    cmd.args(["-f", "-e", "trace=fsync,fdatasync,openat", "-o"])
-        .arg(&trace)
-        .arg(c.get_program())
-        .args(c.get_args());
-    let vm = Vm::spawn("snap-fsync", cmd);
+    let vm = v.spawn("snap-fsync");
     vm.wait_prefix("mem.filled", BOOT);
     wait_tick_after(&vm, 1);
+    // Attached to the running vmm (which the harness owns and kills), so
+    // nothing outlives the test.
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=fsync,fdatasync,openat", "-o"])
+        .arg(&trace)
+        .args(["-p", &vm.pid().to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run strace");
+    std::thread::sleep(Duration::from_millis(500));
     save(&vm, &sock, &file);
+    // SIGINT: strace detaches and writes out its log.
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status();
+    let _ = strace.wait();
     let log = std::fs::read_to_string(&trace).expect("the strace log");
     // The file's descriptor, from its openat, then a sync of it.
     let name = file.display().to_string();

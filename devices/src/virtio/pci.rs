@@ -130,10 +130,12 @@ pub struct Shared {
 impl Served for Shared {
     /// Serves queue `q` after a doorbell.
     fn process(&self, q: usize) {
+        let mut inner = self.inner.lock().expect("virtio lock");
+        // Checked under the lock: `pause` sets the flag, then takes the
+        // lock, so once it returns no thread is past this check.
         if self.paused.load(Ordering::SeqCst) {
             return;
         }
-        let mut inner = self.inner.lock().expect("virtio lock");
         let Inner { common, dev } = &mut *inner;
         if !common.running() || !common.queues.get(q).is_some_and(|q| q.ready()) {
             return;
@@ -152,10 +154,11 @@ impl Served for Shared {
 
     /// The backend has input (a tap frame).
     fn backend_ready(&self) {
+        let mut inner = self.inner.lock().expect("virtio lock");
+        // Under the lock, as in `process`.
         if self.paused.load(Ordering::SeqCst) {
             return;
         }
-        let mut inner = self.inner.lock().expect("virtio lock");
         let Inner { common, dev } = &mut *inner;
         if !common.running() {
             return;
@@ -939,7 +942,9 @@ impl PciFunction for VirtioPci {
             .expect("msix lock")
             .set_control(&*self.shared.vm, en, masked);
         self.update_doorbells();
-        // Buffers the source had not yet seen are served here.
+        // Buffers the source had not yet seen are served here — once the
+        // function runs: a destination's stay paused until the migration
+        // commits (`resume` kicks them again).
         self.kick_all();
         Ok(())
     }

@@ -93,6 +93,10 @@ impl Session<'_> {
             }
         };
         let t0 = std::time::Instant::now();
+        // The devices take their state but do nothing with it before GO:
+        // no request the source may still serve runs here, nor any before
+        // the last pages (on other connections) have landed.
+        self.board.pci.lock().expect("pci lock").pause();
         // The load runs on its own thread; meanwhile the monitor answers
         // what a management stack polls (QEMU's stays responsive too).
         let parts = self.parts(0);
@@ -179,10 +183,13 @@ impl Session<'_> {
             }
         };
         if self.cfg.paused {
-            self.board.pci.lock().expect("pci lock").pause();
+            // The devices stay paused until `cont`.
             self.set_status(RunState::Paused);
             running();
         } else {
+            // Committed: the devices serve what is pending (and what the
+            // source had not seen yet).
+            self.board.pci.lock().expect("pci lock").resume();
             // The first vCPU out of the gate tells the source, just before
             // its KVM_RUN: that ends the downtime the source reports.
             *self.gate.on_run.lock().expect("gate lock") = Some(Box::new(move || {

@@ -79,6 +79,8 @@ impl Session<'_> {
     /// Loads a saved VM into this (fresh, held) board, then runs it unless
     /// -S. Nothing of the guest runs before everything is loaded.
     pub(super) fn restore(&mut self, path: &std::path::Path) -> Result<()> {
+        // The devices take their state, and run only with the vCPUs.
+        self.board.pci.lock().expect("pci lock").pause();
         let parts = self.parts(0);
         let mut target = crate::snapshot::Target::new(&parts)?;
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
@@ -92,9 +94,9 @@ impl Session<'_> {
             Some(json!({"status": MigrationStatus::Completed.as_str()})),
         ));
         if self.cfg.paused {
-            self.board.pci.lock().expect("pci lock").pause();
             self.set_status(RunState::Paused);
         } else {
+            self.board.pci.lock().expect("pci lock").resume();
             self.gate.set_running(true);
             self.set_status(RunState::Running);
             self.queued.push(("RESUME", None));
