@@ -104,8 +104,24 @@ impl Source {
         let mut m = self.setup()?;
         m.iterate()?;
         m.catch_up()?;
-        let (rp, paused_at) = m.stop_and_copy()?;
-        self.commit(&rp, paused_at)
+        let watchdog = Watchdog::new(self.paused_bound());
+        let r = m
+            .stop_and_copy(&watchdog)
+            .and_then(|(rp, paused_at)| self.commit(&rp, paused_at, watchdog.disarm()));
+        if watchdog.fired() {
+            return Err(Error::Protocol(format!(
+                "the destination did not take the last of the state within {} ms of the guest's pause (alive but stalled?): given up, the guest runs on here",
+                self.paused_bound().as_millis()
+            )));
+        }
+        r
+    }
+
+    /// How long the guest may stay paused before the destination has
+    /// confirmed the stream: ten times the downtime limit, and at least 5 s
+    /// (what is left at the pause fits the limit by construction).
+    fn paused_bound(&self) -> Duration {
+        Duration::from_millis((self.params.downtime_limit_ms * 10).max(5000))
     }
 
     /// Phase 1: the dirty log, the return path, the stream's start.
@@ -324,7 +340,7 @@ impl Precopy<'_> {
 
     /// Phase 4: stop the VM, send the last pages, the devices and EOF.
     /// Returns the return path and when the VM stopped.
-    fn stop_and_copy(mut self) -> Result<(ReturnPath, Instant)> {
+    fn stop_and_copy(mut self, watchdog: &Watchdog) -> Result<(ReturnPath, Instant)> {
         let (tx, rx) = std::sync::mpsc::channel();
         (self.src.ctl)(Msg::Converged(tx));
         let devices = rx
@@ -332,6 +348,14 @@ impl Precopy<'_> {
             .map_err(|_| Error::Vm("the VM went away".into()))?
             .map_err(|e| Error::Vm(format!("cannot stop the VM: {e}")))?;
         let paused_at = devices.paused_at;
+        // From here the guest is paused: a destination that stalls (alive,
+        // its window shut) must not keep it paused for ever.
+        let conns = std::iter::once(&self.src.conn)
+            .chain(&self.src.channels)
+            .map(|c| c.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(Error::io("the migration connection"))?;
+        watchdog.arm(conns)?;
         log::debug!(
             "downtime: devices taken at +{} us (wall {})",
             paused_at.elapsed().as_micros(),
@@ -368,7 +392,7 @@ impl Precopy<'_> {
 
 impl Source {
     /// Phase 5: LOADED, GO (committed), RUNNING (the downtime ends).
-    fn commit(&self, rp: &ReturnPath, paused_at: Instant) -> Result<()> {
+    fn commit(&self, rp: &ReturnPath, paused_at: Instant, disarm: impl FnOnce()) -> Result<()> {
         let answer = loop {
             let (l, _) = rp.next(
                 Duration::from_secs(30),
@@ -387,6 +411,8 @@ impl Source {
                 )))
             }
         }
+        // Confirmed in time: nothing may cut the connection from here.
+        disarm();
         log::debug!(
             "downtime: LOADED at +{} us",
             paused_at.elapsed().as_micros()
@@ -457,6 +483,63 @@ impl Precopy<'_> {
             self.w.ram_pages(self.id, true, [])?;
         }
         Ok(())
+    }
+}
+
+/// Bounds how long the guest stays paused for a migration that has not
+/// committed: past the bound it shuts the migration's connections, which
+/// ends whatever the migration waits for (a write into a shut window, the
+/// confirmation), and the source resumes the guest.
+struct Watchdog {
+    bound: Duration,
+    /// Dropped (or taken) to disarm: the watchdog thread then ends.
+    disarm: std::sync::Mutex<Option<Sender<()>>>,
+    fired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    fn new(bound: Duration) -> Watchdog {
+        Watchdog {
+            bound,
+            disarm: Default::default(),
+            fired: Default::default(),
+        }
+    }
+
+    /// Starts counting; at the bound, `conns` are shut.
+    fn arm(&self, conns: Vec<Conn>) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (bound, fired) = (self.bound, self.fired.clone());
+        std::thread::Builder::new()
+            .name("migration-watchdog".into())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(bound) {
+                    log::warn!(
+                        "migration: the guest has been paused {} ms without a confirmation: giving up",
+                        bound.as_millis()
+                    );
+                    fired.store(true, Ordering::SeqCst);
+                    conns.iter().for_each(Conn::shutdown);
+                }
+            })
+            .map_err(Error::io("cannot start the migration watchdog"))?;
+        *self.disarm.lock().expect("watchdog lock") = Some(tx);
+        Ok(())
+    }
+
+    /// What stops it (the confirmation arrived).
+    fn disarm(&self) -> impl FnOnce() + '_ {
+        move || drop(self.disarm.lock().expect("watchdog lock").take())
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.disarm()();
     }
 }
 

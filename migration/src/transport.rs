@@ -125,9 +125,29 @@ impl Conn {
 }
 
 impl From<std::os::fd::OwnedFd> for Conn {
-    /// A socket passed with `getfd`.
+    /// A socket passed with `getfd` (or inherited): a TCP one gets the
+    /// same dead-link detection as one vmm connected itself.
     fn from(fd: std::os::fd::OwnedFd) -> Conn {
-        Conn::Unix(UnixStream::from(fd))
+        let mut domain: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt with an int out-parameter of the given size on
+        // a descriptor we own.
+        let got = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+                &mut domain as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if got == 0 && (domain == libc::AF_INET || domain == libc::AF_INET6) {
+            let s = TcpStream::from(fd);
+            tune_tcp(&s);
+            Conn::Tcp(s)
+        } else {
+            Conn::Unix(UnixStream::from(fd))
+        }
     }
 }
 
@@ -225,7 +245,7 @@ pub fn connect(uri: &Uri) -> Result<Conn> {
             }
             // SAFETY: a socket fd handed to us for this migration; we own it
             // from now on.
-            Ok(Conn::Unix(unsafe { UnixStream::from_raw_fd(fd) }))
+            Ok(Conn::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
         }
         Uri::File(_) => Err(Error::Protocol("file: is not a connection".into())),
     }
@@ -299,5 +319,43 @@ impl Listener {
         if let Listener::Unix(_, p) = self {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TCP_USER_TIMEOUT on a socket, in ms.
+    fn user_timeout(c: &Conn) -> libc::c_int {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt with an int out-parameter on a live socket.
+        let got = unsafe {
+            libc::getsockopt(
+                c.raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                &mut v as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        assert_eq!(got, 0, "{}", std::io::Error::last_os_error());
+        v
+    }
+
+    #[test]
+    fn a_passed_tcp_socket_gets_dead_link_detection() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let c = Conn::from(std::os::fd::OwnedFd::from(s));
+        assert!(matches!(c, Conn::Tcp(_)));
+        assert_eq!(user_timeout(&c), LINK_TIMEOUT.as_millis() as libc::c_int);
+        // A unix socket stays one.
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(matches!(
+            Conn::from(std::os::fd::OwnedFd::from(a)),
+            Conn::Unix(_)
+        ));
     }
 }

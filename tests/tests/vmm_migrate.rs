@@ -1364,3 +1364,55 @@ fn destination_devices_wait_for_go() {
     // The source finished the guest's writes.
     src.vm.assert_pass(BOOT);
 }
+
+/// A destination that is alive but stalls with the guest paused (here it
+/// sleeps 25 s in the middle of the device state) does not keep the source
+/// paused: past ten times the downtime limit (at least 5 s) the source
+/// gives up and the guest runs on there.
+#[test]
+fn a_stalled_destination_does_not_keep_the_guest_paused() {
+    let dir = TempDir::new("mig-stalled");
+    let mut src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let port = free_port();
+    let (mut v, sock) = vmm(
+        &dir,
+        "dst",
+        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
+    );
+    v.binary = Some(vmm_tests::vmm::fault_injection_binary());
+    let mut cmd = v.command();
+    cmd.env("VMM_TEST_DELAY_DEVICES_MS", "25000");
+    let dst = Node {
+        vm: Vm::spawn("dst", cmd),
+        sock,
+    };
+    dst.qmp();
+    let mut q = src.qmp();
+    q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
+    let deadline = Instant::now() + T;
+    while q.execute("query-status", json!({}))["status"] != "finish-migrate" {
+        assert!(
+            Instant::now() < deadline,
+            "the source never paused to finish"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let paused = Instant::now();
+    let m = q.wait_migration(T);
+    let waited = paused.elapsed();
+    assert_eq!(m["status"], "failed", "{m}");
+    assert!(
+        m["error-desc"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stalled"),
+        "{m}"
+    );
+    assert!(
+        waited < Duration::from_secs(12),
+        "the guest stayed paused {waited:?}"
+    );
+    assert_still_running(&mut src);
+    drop(dst);
+}
