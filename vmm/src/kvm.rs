@@ -154,6 +154,17 @@ pub fn create_vm() -> Result<KvmVm, Error> {
         .map_err(err("KVM_GET_MSR_INDEX_LIST failed"))?
         .as_slice()
         .to_vec();
+    if msrs.len() > MAX_MSRS {
+        // The cpu section has room for MAX_MSRS; the rest would need a
+        // subsection (a newer stream that older releases refuse only when
+        // it is there).
+        log::warn!(
+            "this host's KVM saves {} MSRs; a migration carries the first {MAX_MSRS}, not {:x?}",
+            msrs.len(),
+            &msrs[MAX_MSRS..]
+        );
+    }
+    log::debug!("migrating {} MSRs per vCPU", msrs.len().min(MAX_MSRS));
     msrs.truncate(MAX_MSRS);
     Ok(KvmVm {
         vm,
@@ -468,12 +479,18 @@ impl Vcpu for KvmVcpu {
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         })?;
         let set = f.set_msrs(&msrs).map_err(err("KVM_SET_MSRS failed"))?;
-        if set < entries.len() {
-            log::warn!(
-                "restored {set} of {} MSRs; MSR {:#x} was refused",
-                entries.len(),
-                entries[set].index
-            );
+        // KVM stops at the first MSR it refuses: every one after it would
+        // be lost too. A guest whose state this host cannot hold is not run.
+        if let Some(refused) = entries.get(set) {
+            return Err(Error {
+                what: "KVM_SET_MSRS refused an MSR",
+                source: std::io::Error::other(format!(
+                    "MSR {:#x} (value {:#x}) is refused by this host's KVM; {set} of the {} saved MSRs were restored",
+                    refused.index,
+                    refused.data,
+                    entries.len()
+                )),
+            });
         }
         f.set_lapic(&unblob(&st.lapic))
             .map_err(err("KVM_SET_LAPIC failed"))?;

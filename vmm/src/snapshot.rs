@@ -252,7 +252,8 @@ impl LoadTarget for Target<'_> {
 
     fn load(&mut self, id: &str, instance: u32, state: &State) -> Result<(), LoadError> {
         let p = self.parts;
-        let hv_error = |e: crate::hypervisor::Error| LoadError::new(id, e.to_string());
+        let hv_error =
+            |e: crate::hypervisor::Error| LoadError::new(id, format!("{e}: {}", e.source));
         if id == self.cpu.name {
             let vcpu = p
                 .vcpus
