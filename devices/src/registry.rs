@@ -77,6 +77,9 @@ pub enum Backend {
         read_only: bool,
         /// The backend offers VIRTIO_F_VERSION_1.
         version_1: bool,
+        /// Lock the image at once; an incoming VM claims it only when the
+        /// migration commits ([`crate::virtio::VirtioDevice::claim_backend`]).
+        claim: bool,
     },
     /// A tap interface.
     Tap {

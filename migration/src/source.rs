@@ -62,6 +62,9 @@ pub enum Msg {
     /// RAM is close enough: stop the VM and hand over every device's state
     /// (the reply), to go into the stream.
     Converged(Sender<std::result::Result<DeviceState, String>>),
+    /// The destination confirmed the stream and GO follows: give up what
+    /// only one side may hold (disk image locks) and reply.
+    HandOver(Sender<()>),
     /// An event for QMP clients.
     Event(&'static str, serde_json::Value),
     /// The migration ended: Ok = the destination runs the guest.
@@ -413,6 +416,12 @@ impl Source {
         }
         // Confirmed in time: nothing may cut the connection from here.
         disarm();
+        // What only one VM may hold goes first, so the destination can
+        // take it at GO.
+        let (tx, rx) = std::sync::mpsc::channel();
+        (self.ctl)(Msg::HandOver(tx));
+        rx.recv()
+            .map_err(|_| Error::Vm("the VM went away".into()))?;
         log::debug!(
             "downtime: LOADED at +{} us",
             paused_at.elapsed().as_micros()
@@ -801,6 +810,9 @@ mod tests {
                         sections: vec![],
                         paused_at: Instant::now(),
                     }));
+                }
+                Msg::HandOver(reply) => {
+                    let _ = reply.send(());
                 }
                 Msg::Done(r) => {
                     let _ = tx.lock().unwrap().send(r);

@@ -1416,3 +1416,37 @@ fn a_stalled_destination_does_not_keep_the_guest_paused() {
     assert_still_running(&mut src);
     drop(dst);
 }
+
+/// A writable disk image is used by one VM at a time (an open-file-
+/// description lock, as QEMU locks images): a second VM on it is refused
+/// at start, a live migration hands it over at GO (the source lets go,
+/// the destination takes it), and the handed-over source cannot take it
+/// back, even forced, while the destination runs.
+#[test]
+fn a_disk_image_is_used_by_one_vm_at_a_time() {
+    let dir = TempDir::new("mig-lock");
+    let img = dir.path("disk.raw");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+    let disk = ["-drive", &drive, "-device", "virtio-blk-pci,drive=d0"];
+    let src = start(&dir, "A", &disk);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let (second, _) = vmm(&dir, "B", &disk);
+    let mut second = second.spawn("B");
+    assert_eq!(second.wait_exit(T).code(), Some(1), "{}", second.log());
+    let log = second.log();
+    assert!(log.contains("in use by another process"), "{log}");
+    let (mut dst, uri) = incoming(&dir, "C", &disk);
+    let m = migrate(&src, &uri);
+    assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+    let e = src
+        .qmp()
+        .try_execute("cont", json!({"force": true}))
+        .expect_err("the source took the image back from a running destination");
+    let why = e["desc"].as_str().unwrap_or_default();
+    assert!(why.contains("in use by another process"), "{e}");
+}

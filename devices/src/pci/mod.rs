@@ -62,6 +62,13 @@ pub trait PciFunction: Send {
     fn announce(&mut self) {}
     /// The VM runs again.
     fn resume(&mut self) {}
+    /// Takes what only one VM may hold of its backend (see
+    /// `VirtioDevice::claim_backend`).
+    fn claim(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Gives it up, for a migration's destination.
+    fn release(&mut self) {}
     fn config(&self) -> &ConfigSpace;
     fn config_mut(&mut self) -> &mut ConfigSpace;
     /// Config read; the default reads the (masked) register file.
@@ -261,6 +268,19 @@ impl PciRoot {
 
     pub fn resume(&mut self) {
         self.funcs.values_mut().for_each(|f| f.resume());
+    }
+
+    /// Every function claims its backend; the first refusal, by address.
+    pub fn claim(&mut self) -> Result<(), String> {
+        for (bdf, f) in self.funcs.iter_mut() {
+            f.claim().map_err(|e| format!("{bdf}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Every function gives its backend up.
+    pub fn release(&mut self) {
+        self.funcs.values_mut().for_each(|f| f.release());
     }
 
     pub fn announce(&mut self) {

@@ -66,6 +66,7 @@ pub static DEVICE: DeviceType = DeviceType {
                 path,
                 read_only,
                 version_1,
+                claim,
             } = backend
             else {
                 return Err("no drive".into());
@@ -77,6 +78,7 @@ pub static DEVICE: DeviceType = DeviceType {
                 queue_size: props.uint("queue-size").unwrap_or(256) as u16,
                 serial: props.str("serial").unwrap_or_default(),
                 version_1,
+                claim,
             })?;
             Ok(Box::new(blk))
         },
@@ -91,6 +93,20 @@ const F_RO: u64 = 1 << 5;
 const F_BLK_SIZE: u64 = 1 << 6;
 const F_FLUSH: u64 = 1 << 9;
 const F_MQ: u64 = 1 << 12;
+
+/// Sets (or clears, `F_UNLCK`) an open-file-description lock on all of
+/// `file`; a conflicting lock of another process is an error at once.
+fn lock(file: &File, kind: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock is plain data; zero is a valid empty value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK with a valid flock on a descriptor we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
@@ -116,6 +132,8 @@ pub struct BlkConfig {
     /// The backend supports VIRTIO_F_VERSION_1 (a test knob:
     /// `-drive ...,x-virtio-version-1=off`).
     pub version_1: bool,
+    /// Lock the image at once (see [`Blk::claim`]).
+    pub claim: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,11 +146,15 @@ pub enum Error {
     Queues(u16),
     #[error("queue-size={0} must be a power of two from 2 to 1024")]
     QueueSize(u16),
+    #[error("drive file {path} is in use by another process ({err}): two VMs writing one image corrupt it")]
+    Locked { path: String, err: std::io::Error },
 }
 
 pub struct Blk {
     cfg: BlkConfig,
     file: File,
+    /// This process holds the image's lock.
+    claimed: bool,
     sectors: u64,
     config: [u8; 60],
 }
@@ -171,12 +193,49 @@ impl Blk {
         config[12..16].copy_from_slice(&(cfg.queue_size as u32 - 2).to_le_bytes());
         config[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
         config[34..36].copy_from_slice(&cfg.num_queues.to_le_bytes());
-        Ok(Blk {
+        let claim = cfg.claim;
+        let mut blk = Blk {
             cfg,
             file,
+            claimed: false,
             sectors,
             config,
-        })
+        };
+        if claim {
+            blk.claim()?;
+        }
+        Ok(blk)
+    }
+
+    /// Takes the image's lock (an open-file-description lock on the whole
+    /// file, as QEMU locks images): exclusive for a writable drive, shared
+    /// for a read-only one. Another process holding a conflicting one
+    /// refuses it, so no two VMs write one image. A migration hands it
+    /// over: the source releases it at GO, the destination claims it then.
+    pub fn claim(&mut self) -> Result<(), Error> {
+        if self.claimed {
+            return Ok(());
+        }
+        let kind = if self.cfg.read_only {
+            libc::F_RDLCK
+        } else {
+            libc::F_WRLCK
+        };
+        lock(&self.file, kind).map_err(|err| Error::Locked {
+            path: self.cfg.path.display().to_string(),
+            err,
+        })?;
+        self.claimed = true;
+        Ok(())
+    }
+
+    /// Gives up the image's lock.
+    pub fn release(&mut self) {
+        if std::mem::take(&mut self.claimed) {
+            if let Err(e) = lock(&self.file, libc::F_UNLCK) {
+                log::warn!("cannot unlock {}: {e}", self.cfg.path.display());
+            }
+        }
     }
 
     /// Serves one request; returns the bytes written into the chain.
@@ -298,6 +357,14 @@ fn split_status(bufs: &[Buf]) -> Option<(Vec<Buf>, GuestAddress)> {
 }
 
 impl VirtioDevice for Blk {
+    fn claim_backend(&mut self) -> Result<(), String> {
+        self.claim().map_err(|e| e.to_string())
+    }
+
+    fn release_backend(&mut self) {
+        self.release();
+    }
+
     fn device_type(&self) -> u16 {
         TYPE_BLOCK
     }

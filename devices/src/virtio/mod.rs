@@ -166,6 +166,13 @@ pub trait VirtioDevice: Send {
     }
     /// Back to the power-on state (the driver wrote status 0).
     fn reset(&mut self) {}
+    /// Takes what only one VM may hold of its backend (a disk image's
+    /// lock): at start, or when an incoming migration commits.
+    fn claim_backend(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Gives it up: the migration's destination takes it next.
+    fn release_backend(&mut self) {}
     /// The device-specific migratable state and its description.
     fn vmstate(&self) -> &'static Description;
     fn state(&self) -> State;

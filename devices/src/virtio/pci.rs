@@ -964,6 +964,24 @@ impl PciFunction for VirtioPci {
         drop(self.shared.inner.lock().expect("virtio lock"));
     }
 
+    fn claim(&mut self) -> Result<(), String> {
+        self.shared
+            .inner
+            .lock()
+            .expect("virtio lock")
+            .dev
+            .claim_backend()
+    }
+
+    fn release(&mut self) {
+        self.shared
+            .inner
+            .lock()
+            .expect("virtio lock")
+            .dev
+            .release_backend();
+    }
+
     fn resume(&mut self) {
         self.shared.paused.store(false, Ordering::SeqCst);
         // Doorbells rung while paused, and backend input, are served now.

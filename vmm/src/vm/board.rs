@@ -153,7 +153,10 @@ pub(super) fn build(
         });
         root.add(Bdf::new(0, devfn >> 3, devfn & 7), Box::new(port))?;
     }
-    add_virtio_devices(cfg, &mut root, &vm, &mem)?;
+    // The first board of an incoming VM takes the disk images only when
+    // the migration commits: its source holds them until then.
+    let claim = !(gen == 1 && cfg.incoming.is_some());
+    add_virtio_devices(cfg, &mut root, &vm, &mem, claim)?;
     root.assign_bars(PCI_IO_START, layout::PCI_MMIO32_START);
     let root = Arc::new(Mutex::new(root));
     io.insert(

@@ -168,6 +168,14 @@ impl Session<'_> {
             )));
             return;
         }
+        // The disk images are this side's now (the source let them go
+        // before GO).
+        if let Err(e) = self.board.pci.lock().expect("pci lock").claim() {
+            self.ended = Some(Outcome::Fatal(format!(
+                "incoming migration: the guest cannot run here: {e}"
+            )));
+            return;
+        }
         // Tests hold the guest here, after GO, to see the source keep its
         // hands off it.
         crate::fault::delay("VMM_TEST_DELAY_RUNNING_MS");

@@ -88,6 +88,12 @@ impl Session<'_> {
             .with_context(|| format!("cannot restore the VM from {}", path.display()))?;
         let clock = target.clock.unwrap_or_default();
         self.board.vm.set_clock(clock)?;
+        self.board
+            .pci
+            .lock()
+            .expect("pci lock")
+            .claim()
+            .map_err(|e| anyhow::anyhow!("cannot run the restored VM: {e}"))?;
         log::info!("restored from {}", path.display());
         self.queued.push((
             "MIGRATION",
@@ -237,6 +243,11 @@ impl Session<'_> {
                     self.migration.status = MigrationStatus::Active;
                 }
                 self.queued.push((name, Some(data)));
+            }
+            Msg::HandOver(reply) => {
+                // The destination claims the disk images at GO.
+                self.board.pci.lock().expect("pci lock").release();
+                let _ = reply.send(());
             }
             Msg::Converged(reply) => {
                 let paused_at = std::time::Instant::now();

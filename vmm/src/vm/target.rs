@@ -63,6 +63,14 @@ impl qmp::commands::Target for Session<'_> {
             }
             _ => {}
         }
+        // The disks first (after a failed migration, or a forced cont of
+        // a handed-over guest, they may be elsewhere).
+        self.board
+            .pci
+            .lock()
+            .expect("pci lock")
+            .claim()
+            .map_err(|e| QmpError::generic(format!("cannot run the guest here: {e}")))?;
         if let Some(c) = self.saved_clock.take() {
             self.board
                 .vm

@@ -15,11 +15,13 @@ use std::sync::Arc;
 
 /// Creates every virtio-pci device with its backend and puts it on the
 /// root bus.
+/// `claim`: lock disk images now (an incoming VM claims them at GO).
 pub(super) fn add_virtio_devices(
     cfg: &VmConfig,
     root: &mut PciRoot,
     vm: &Arc<dyn Vm>,
     mem: &GuestMemoryMmap,
+    claim: bool,
 ) -> Result<()> {
     let ops: Arc<dyn virtio::VmOps> = vm.clone();
     let mut consoles = cfg
@@ -38,7 +40,8 @@ pub(super) fn add_virtio_devices(
             Some(id) => format!("{ty} '{id}'"),
             None => format!("{ty} at {:02x}:{:02x}.{}", d.bus, devfn >> 3, devfn & 7),
         };
-        let backend = backend(cfg, d, vt.backend, &mut consoles).with_context(|| name.clone())?;
+        let backend =
+            backend(cfg, d, vt.backend, claim, &mut consoles).with_context(|| name.clone())?;
         let dev = (vt.create)(&d.props, backend).map_err(|e| anyhow!(e).context(name.clone()))?;
         let vectors = d.props.uint("vectors").unwrap_or(virtio::pci::AUTO_VECTORS);
         let tc = TransportConfig {
@@ -67,6 +70,7 @@ fn backend<'a>(
     cfg: &'a VmConfig,
     d: &DeviceConfig,
     kind: BackendKind,
+    claim: bool,
     consoles: &mut impl Iterator<Item = &'a DeviceConfig>,
 ) -> Result<Backend> {
     let prop = |p: &str| d.props.str(p).unwrap_or_default();
@@ -83,6 +87,7 @@ fn backend<'a>(
                 path: drive.path.clone(),
                 read_only: drive.read_only,
                 version_1: drive.version_1,
+                claim,
             }
         }
         BackendKind::Netdev(p) => {
