@@ -516,3 +516,38 @@ system_powerdown
     assert_eq!(vm.wait_exit(BOOT).code(), Some(0), "{}", vm.log());
     assert!(vm.boots() >= 2, "{}", vm.log());
 }
+
+/// Threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A client that connects, negotiates and leaves takes nothing with it
+/// that stays: 50 of them (a monitoring loop's `vmmctl status` every 10 s
+/// for 8 minutes) leave the thread count where it was, and an event after
+/// them still reaches a client that stayed.
+#[test]
+fn clients_that_leave_leave_no_threads_behind() {
+    let dir = TempDir::new("qmp-leak");
+    let (v, sock) = with_qmp(&dir, Vmm::new().append("cpus=1 work=counter tick_ms=100"));
+    let vm = v.spawn("qmp-leak");
+    wait_ticks(&vm, 1);
+    let mut stays = Qmp::connect(&sock, T);
+    let settle = || std::thread::sleep(Duration::from_millis(300));
+    settle();
+    let before = threads(vm.pid());
+    for _ in 0..50 {
+        let mut q = Qmp::connect(&sock, T);
+        q.execute("query-status", json!({}));
+    }
+    settle();
+    let after = threads(vm.pid());
+    assert!(
+        after <= before + 1,
+        "{before} threads before 50 clients, {after} after"
+    );
+    stays.execute("stop", json!({}));
+    assert_eq!(stays.execute("query-status", json!({}))["status"], "paused");
+}

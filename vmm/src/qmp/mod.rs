@@ -174,6 +174,15 @@ impl Events {
         self.clients.lock().expect("events lock").push(out);
     }
 
+    /// A client that left gets no more events; with its last sender gone,
+    /// its writer thread ends.
+    fn unsubscribe(&self, out: &ClientOut) {
+        self.clients
+            .lock()
+            .expect("events lock")
+            .retain(|c| !Arc::ptr_eq(&c.pending, &out.pending));
+    }
+
     /// Waits (at most a second) until every queued line reached its client.
     pub fn flush(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
@@ -291,7 +300,12 @@ fn spawn_client(
         });
     let _ = std::thread::Builder::new()
         .name("qmp-client".into())
-        .spawn(move || serve(r, out, fds, requests, events));
+        .spawn(move || {
+            serve(r, out.clone(), fds, requests, events.clone());
+            // The client left: its writer ends once the main loop has
+            // answered what it still had (those replies hold a sender).
+            events.unsubscribe(&out);
+        });
 }
 
 /// Splits complete JSON values off the front of `buf`.
