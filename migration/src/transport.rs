@@ -251,6 +251,64 @@ pub fn connect(uri: &Uri) -> Result<Conn> {
     }
 }
 
+/// Binds a unix socket at `path` that only this user can connect to:
+/// mode 0600, set on the socket before it has a name, so there is no
+/// moment when anyone else could connect. A stale socket at `path` (a
+/// previous run's) is replaced; anything else there is refused, never
+/// removed.
+pub fn bind_unix_private(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket (left as it is)",
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // SAFETY: socket() has no memory preconditions; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor socket() just returned, owned from here.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: plain data, zero is a valid empty address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the path is longer than {} bytes", addr.sun_path.len() - 1),
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let raw = fd.as_raw_fd();
+    // SAFETY: fchmod, bind and listen on the socket we own, with an
+    // address of the size given. Linux makes the socket's file with the
+    // mode its inode has at bind (less the umask): 0600 here.
+    unsafe {
+        if libc::fchmod(raw, 0o600) != 0
+            || libc::bind(
+                raw,
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            ) != 0
+            || libc::listen(raw, 128) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(UnixListener::from(fd))
+}
+
 /// The destination's listening socket.
 pub enum Listener {
     Tcp(TcpListener),
@@ -260,17 +318,21 @@ pub enum Listener {
 impl Listener {
     pub fn bind(uri: &Uri) -> Result<Listener> {
         match uri {
-            Uri::Tcp(a) => Ok(Listener::Tcp(
-                TcpListener::bind(a).map_err(Error::io(format!("cannot listen on tcp:{a}")))?,
-            )),
-            Uri::Unix(p) => {
-                let _ = std::fs::remove_file(p);
-                Ok(Listener::Unix(
-                    UnixListener::bind(p)
-                        .map_err(Error::io(format!("cannot listen on unix:{}", p.display())))?,
-                    p.clone(),
-                ))
+            Uri::Tcp(a) => {
+                let l =
+                    TcpListener::bind(a).map_err(Error::io(format!("cannot listen on tcp:{a}")))?;
+                if l.local_addr().is_ok_and(|s| !s.ip().is_loopback()) {
+                    log::warn!(
+                        "the incoming migration on tcp:{a} is reachable from the network, without authentication: whoever connects first with a valid stream becomes this VM"
+                    );
+                }
+                Ok(Listener::Tcp(l))
             }
+            Uri::Unix(p) => Ok(Listener::Unix(
+                bind_unix_private(p)
+                    .map_err(Error::io(format!("cannot listen on unix:{}", p.display())))?,
+                p.clone(),
+            )),
             Uri::Fd(_) | Uri::File(_) => Err(Error::Protocol(format!("cannot listen on {uri:?}"))),
         }
     }

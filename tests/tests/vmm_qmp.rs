@@ -551,3 +551,68 @@ fn clients_that_leave_leave_no_threads_behind() {
     stays.execute("stop", json!({}));
     assert_eq!(stays.execute("query-status", json!({}))["status"], "paused");
 }
+
+/// The monitor's unix socket is this user's alone (0600, from the start)
+/// and gone when vmm exits; a path that is not a socket is never removed:
+/// vmm refuses to start on it, naming it, and leaves the file as it was
+/// (for `-qmp` and for `-incoming unix:` alike).
+#[test]
+fn the_monitor_socket_is_private_and_nothing_else_is_removed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("qmp-private");
+    let (v, sock) = with_qmp(&dir, Vmm::new().append("cpus=1 work=counter tick_ms=100"));
+    let mut vm = v.spawn("qmp-private");
+    let mut q = Qmp::connect(&sock, T);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the QMP socket is {mode:o}");
+    q.execute("quit", json!({}));
+    vm.wait_exit(T);
+    assert!(!sock.exists(), "the QMP socket outlived vmm");
+
+    let precious = dir.path("precious.txt");
+    std::fs::write(&precious, "keep me").unwrap();
+    for opt in [
+        [
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", precious.display()),
+        ],
+        ["-incoming", &format!("unix:{}", precious.display())],
+    ] {
+        let mut vm = Vmm::new()
+            .args(opt)
+            .append("cpus=1 work=counter tick_ms=100")
+            .spawn("qmp-not-a-socket");
+        assert_eq!(vm.wait_exit(T).code(), Some(1), "{opt:?}: {}", vm.log());
+        let log = vm.log();
+        assert!(
+            log.contains("precious.txt") && log.contains("not a socket"),
+            "{opt:?}: {log}"
+        );
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+    }
+}
+
+/// A monitor or an incoming migration on a non-loopback address says, at
+/// start, that it is reachable from the network without authentication.
+#[test]
+fn listening_beyond_loopback_is_warned_about() {
+    let port = vmm_tests::free_port();
+    let mut vm = Vmm::new()
+        .args(["-qmp", &format!("tcp:0.0.0.0:{port},server=on,wait=off")])
+        .args([
+            "-incoming",
+            &format!("tcp:0.0.0.0:{}", vmm_tests::free_port()),
+        ])
+        .append("cpus=1 work=counter tick_ms=100")
+        .spawn("qmp-exposed");
+    let deadline = std::time::Instant::now() + T;
+    while vm.log().matches("reachable from the network").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning:\n{}",
+            vm.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    vm.kill();
+}

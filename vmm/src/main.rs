@@ -50,6 +50,7 @@ fn main() {
             1
         }
     };
+    qmp::remove_sockets();
     use std::io::Write;
     let _ = std::io::stdout().flush();
     std::process::exit(code);

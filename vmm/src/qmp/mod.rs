@@ -13,7 +13,6 @@ pub mod commands;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
@@ -221,15 +220,29 @@ type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>, Fds);
 
 /// Binds every address (before the VM starts, so a bad path fails early)
 /// and starts serving.
+/// The unix sockets the monitor made, removed at exit ([`remove_sockets`]).
+static SOCKETS: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes the monitor's unix sockets (at exit): only what it made, and
+/// only while it is still a socket.
+pub fn remove_sockets() {
+    use std::os::unix::fs::FileTypeExt;
+    for p in SOCKETS.lock().expect("sockets lock").drain(..) {
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
 pub fn start(addrs: &[QmpAddr], requests: Sender<Request>, events: Events) -> anyhow::Result<()> {
     use anyhow::Context;
     for a in addrs {
         // Each listener becomes an iterator of connected clients.
         let clients: Box<dyn Iterator<Item = Halves> + Send> = match a {
             QmpAddr::Unix(p) => {
-                let _ = std::fs::remove_file(p);
-                let l = UnixListener::bind(p)
+                let l = migration::transport::bind_unix_private(p)
                     .with_context(|| format!("cannot listen for QMP on {}", p.display()))?;
+                SOCKETS.lock().expect("sockets lock").push(p.clone());
                 let accepted =
                     std::iter::repeat_with(move || l.accept()).filter_map(|r| r.ok().map(|c| c.0));
                 Box::new(accepted.filter_map(|s| {
@@ -244,6 +257,11 @@ pub fn start(addrs: &[QmpAddr], requests: Sender<Request>, events: Events) -> an
             QmpAddr::Tcp(hp) => {
                 let l = TcpListener::bind(hp)
                     .with_context(|| format!("cannot listen for QMP on tcp:{hp}"))?;
+                if l.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+                    log::warn!(
+                        "QMP on tcp:{hp} is reachable from the network, without authentication: whoever connects controls this VM (use a unix socket, or a loopback address)"
+                    );
+                }
                 let accepted =
                     std::iter::repeat_with(move || l.accept()).filter_map(|r| r.ok().map(|c| c.0));
                 Box::new(accepted.filter_map(|s| {
