@@ -18,6 +18,8 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v flock >/dev/null || need+=(util-linux)
 # A test watches a file save's system calls (its fsync).
 command -v strace >/dev/null || need+=(strace)
+# Test certificates for TLS migration (scripts/tls-certs.sh).
+command -v openssl >/dev/null || need+=(openssl)
 # The Linux guest downloads Debian's kernel package: the lists must know it.
 if [ ${#need[@]} -gt 0 ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive

@@ -127,8 +127,20 @@ enum Hello {
     Other(String),
 }
 
-/// Reads a connection's first bytes, within [`HELLO_TIMEOUT`].
-fn hello(mut c: Conn, peer: String) -> Hello {
+/// Reads a connection's first bytes, within [`HELLO_TIMEOUT`] (after the
+/// TLS handshake, when the destination takes TLS only).
+fn hello(c: Conn, peer: String, tls: Option<&crate::tls::Creds>) -> Hello {
+    let wrapped = match tls {
+        Some(t) => t.accept(c),
+        None => Ok(c),
+    };
+    match wrapped {
+        Ok(c) => hello_plain(c, peer),
+        Err(e) => Hello::Other(format!("{peer}: {}", e.chain())),
+    }
+}
+
+fn hello_plain(mut c: Conn, peer: String) -> Hello {
     let mut head = [0u8; 8];
     let got = c
         .set_read_timeout(Some(HELLO_TIMEOUT))
@@ -158,8 +170,10 @@ pub fn serve(
     l: Listener,
     ram: Arc<OnceLock<Arc<Ram>>>,
     done: Arc<AtomicBool>,
+    tls: Option<crate::tls::Creds>,
     mut deliver: impl FnMut(Incoming),
 ) -> Result<()> {
+    let tls = tls.map(Arc::new);
     l.set_nonblocking()?;
     let (tx, rx) = std::sync::mpsc::channel();
     let mut channels = vec![];
@@ -167,11 +181,11 @@ pub fn serve(
         let mut idle = true;
         if let Some((c, peer)) = l.try_accept()? {
             idle = false;
-            let tx = tx.clone();
+            let (tx, tls) = (tx.clone(), tls.clone());
             std::thread::Builder::new()
                 .name("migration-hello".into())
                 .spawn(move || {
-                    let _ = tx.send(hello(c, peer));
+                    let _ = tx.send(hello(c, peer, tls.as_deref()));
                 })
                 .map_err(Error::io("cannot start a connection's reader"))?;
         }

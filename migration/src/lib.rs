@@ -45,6 +45,7 @@ pub(crate) mod return_path;
 pub mod source;
 pub mod status;
 pub mod stream;
+pub mod tls;
 pub mod transport;
 pub mod uri;
 pub mod vmstate;

@@ -29,11 +29,19 @@ pub(crate) const CH_SYNC: u64 = u64::MAX - 1;
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
-/// The source's multifd channels: connected before the main stream.
-pub fn connect_channels(uri: &Uri, n: u64) -> Result<Vec<Conn>> {
+/// The source's multifd channels: connected before the main stream, each
+/// in TLS when `tls` says so (the credentials and the server's name).
+pub fn connect_channels(
+    uri: &Uri,
+    n: u64,
+    tls: Option<(&crate::tls::Creds, &str)>,
+) -> Result<Vec<Conn>> {
     (0..n)
         .map(|i| {
             let mut c = connect(uri)?;
+            if let Some((creds, host)) = tls {
+                c = creds.connect(c, host)?;
+            }
             let mut head = CHANNEL_MAGIC.to_vec();
             head.extend_from_slice(&(i as u32).to_be_bytes());
             head.extend_from_slice(&(n as u32).to_be_bytes());

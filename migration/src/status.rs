@@ -53,6 +53,11 @@ pub struct Params {
     pub throttle_initial: u64,
     pub throttle_increment: u64,
     pub max_throttle: u64,
+    /// The `tls-creds-x509` object migrations use (empty: no TLS).
+    pub tls_creds: String,
+    /// The name the destination's certificate must carry (empty: the
+    /// URI's host).
+    pub tls_hostname: String,
 }
 
 impl Default for Params {
@@ -66,6 +71,8 @@ impl Default for Params {
             throttle_initial: 20,
             throttle_increment: 10,
             max_throttle: 99,
+            tls_creds: String::new(),
+            tls_hostname: String::new(),
         }
     }
 }
@@ -79,6 +86,8 @@ impl Params {
             "cpu-throttle-initial": self.throttle_initial,
             "cpu-throttle-increment": self.throttle_increment,
             "max-cpu-throttle": self.max_throttle,
+            "tls-creds": self.tls_creds,
+            "tls-hostname": self.tls_hostname,
         })
     }
 
@@ -87,6 +96,15 @@ impl Params {
     pub fn set(&mut self, args: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
         let mut next = self.clone();
         for (k, v) in args {
+            // The string parameters: TLS credentials (an -object id; ""
+            // turns TLS off) and the name the server's certificate carries.
+            if let ("tls-creds" | "tls-hostname", Some(s)) = (k.as_str(), v.as_str()) {
+                match k.as_str() {
+                    "tls-creds" => next.tls_creds = s.to_string(),
+                    _ => next.tls_hostname = s.to_string(),
+                }
+                continue;
+            }
             let n = v
                 .as_u64()
                 .ok_or_else(|| format!("Parameter '{k}' expects a non-negative integer"))?;

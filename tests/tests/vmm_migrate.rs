@@ -1450,3 +1450,109 @@ fn a_disk_image_is_used_by_one_vm_at_a_time() {
     let why = e["desc"].as_str().unwrap_or_default();
     assert!(why.contains("in use by another process"), "{e}");
 }
+
+/// Makes QEMU's tls-creds-x509 layout in `dir` (scripts/tls-certs.sh).
+fn tls_dir(dir: &std::path::Path) {
+    let st = Command::new(vmm_tests::workspace().join("scripts/tls-certs.sh"))
+        .arg(dir)
+        .status()
+        .expect("run scripts/tls-certs.sh");
+    assert!(st.success());
+}
+
+/// Live migration in TLS with QEMU's credentials (`-object
+/// tls-creds-x509`, `tls-creds` set on both sides, the destination with
+/// `-incoming defer`): a hop on the main stream and one with multifd
+/// channels arrive with every page; a source whose CA the destination's
+/// certificate does not chain to is refused with the reason, and the
+/// destination waits on for a source it trusts.
+#[test]
+fn migration_in_tls_with_qemus_credentials() {
+    let dir = TempDir::new("mig-tls");
+    let (good, other) = (dir.path("pki"), dir.path("other-pki"));
+    tls_dir(&good);
+    tls_dir(&other);
+    let creds = |d: &std::path::Path, end: &str| {
+        format!("tls-creds-x509,id=tls0,dir={},endpoint={end}", d.display())
+    };
+    let tls_on = |q: &mut Qmp| {
+        q.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    };
+    let src = start(&dir, "src", &["-object", &creds(&good, "client")]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    tls_on(&mut src.qmp());
+    // A destination in TLS, waiting; it can leave in TLS too (`tlsc`).
+    let client_too = format!(
+        "tls-creds-x509,id=tlsc,dir={},endpoint=client",
+        good.display()
+    );
+    let tls_dst = |name: &str| {
+        let dst = start(
+            &dir,
+            name,
+            &[
+                "-incoming",
+                "defer",
+                "-object",
+                &creds(&good, "server"),
+                "-object",
+                &client_too,
+            ],
+        );
+        let port = free_port();
+        let mut q = dst.qmp();
+        tls_on(&mut q);
+        q.execute(
+            "migrate-incoming",
+            json!({"uri": format!("tcp:127.0.0.1:{port}")}),
+        );
+        (dst, format!("tcp:127.0.0.1:{port}"))
+    };
+    // A source with another CA: refused in the handshake, on both sides.
+    let stranger = start(&dir, "stranger", &["-object", &creds(&other, "client")]);
+    stranger.vm.wait_prefix("mem.filled", BOOT);
+    tls_on(&mut stranger.qmp());
+    let (mut dst, uri) = tls_dst("dst1");
+    let e = stranger
+        .qmp()
+        .try_execute("migrate", json!({ "uri": uri }))
+        .expect_err("a source with another CA got through the handshake");
+    let why = e["desc"].as_str().unwrap_or_default();
+    assert!(why.contains("TLS") && why.contains("certificate"), "{e}");
+    assert_eq!(stranger.status(), "running");
+    assert_eq!(dst.status(), "inmigrate", "{}", dst.vm.log());
+    let deadline = Instant::now() + T;
+    while !dst.vm.log().contains("ignoring a connection") {
+        assert!(Instant::now() < deadline, "{}", dst.vm.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stranger);
+    // The trusted source: the main stream in TLS.
+    let m = migrate(&src, &uri);
+    assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+    // And on: multifd, every channel in TLS. The server's credentials
+    // cannot connect; the client's (`tlsc`) do.
+    let (mut dst2, uri2) = tls_dst("dst2");
+    let mut q = dst.qmp();
+    q.execute(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "multifd", "state": true}]}),
+    );
+    let e = q
+        .try_execute("migrate", json!({ "uri": uri2 }))
+        .expect_err("server credentials used to connect");
+    assert!(
+        e["desc"].as_str().unwrap_or_default().contains("side"),
+        "{e}"
+    );
+    q.execute("migrate-set-parameters", json!({"tls-creds": "tlsc"}));
+    let m = migrate(&dst, &uri2);
+    assert_eq!(m["status"], "completed", "{m}\n{}", dst2.vm.log());
+    assert_eq!(m["multifd-channels-used"], 2, "{m}");
+    drop(dst);
+    wait_ticks(&dst2.vm, 2);
+    verify(&mut dst2.vm);
+}

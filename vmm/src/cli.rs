@@ -73,6 +73,9 @@ pub struct Args {
     /// A character device: file,id=ID,path=PATH or null,id=ID
     #[arg(long = "chardev", value_name = "OPTIONS")]
     pub chardev: Vec<String>,
+    /// An object: tls-creds-x509,id=ID,dir=DIR,endpoint=server|client[,verify-peer=on|off]
+    #[arg(long = "object", value_name = "OPTIONS")]
+    pub object: Vec<String>,
     /// A QMP monitor: unix:PATH,server=on,wait=off or tcp:HOST:PORT,server=on,wait=off
     #[arg(long = "qmp", value_name = "ADDRESS")]
     pub qmp: Vec<String>,

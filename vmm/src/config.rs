@@ -65,6 +65,40 @@ pub struct DebugExitConfig {
     pub iosize: u16,
 }
 
+/// `-object tls-creds-x509,id=ID,dir=DIR,endpoint=server|client
+/// [,verify-peer=on|off]`, QEMU's spelling; its files are read now, so a
+/// bad directory is an error before the VM starts.
+fn parse_tls_creds(o: &str) -> Result<migration::tls::Creds> {
+    use migration::tls::{Creds, Endpoint};
+    let mut parts = o.split(',');
+    let kind = parts.next().unwrap_or_default();
+    if kind != "tls-creds-x509" {
+        bail!("invalid -object '{o}': vmm knows tls-creds-x509 objects only");
+    }
+    let (mut id, mut dir, mut endpoint, mut verify_peer) = (None, None, Endpoint::Client, true);
+    for kv in parts {
+        match kv.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("dir", v)) => dir = Some(PathBuf::from(v)),
+            Some(("endpoint", "server")) => endpoint = Endpoint::Server,
+            Some(("endpoint", "client")) => endpoint = Endpoint::Client,
+            Some(("verify-peer", "on" | "yes" | "true")) => verify_peer = true,
+            Some(("verify-peer", "off" | "no" | "false")) => verify_peer = false,
+            _ => bail!("invalid -object '{o}': unknown or bad '{kv}' (id, dir, endpoint=server|client, verify-peer=on|off)"),
+        }
+    }
+    let creds = Creds {
+        id: id.ok_or_else(|| anyhow!("invalid -object '{o}': id= is missing"))?,
+        dir: dir.ok_or_else(|| anyhow!("invalid -object '{o}': dir= is missing"))?,
+        endpoint,
+        verify_peer,
+    };
+    creds
+        .check()
+        .with_context(|| format!("-object {}", creds.id))?;
+    Ok(creds)
+}
+
 /// Where an incoming VM's state comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
@@ -115,6 +149,8 @@ pub struct VmConfig {
     pub qmp: Vec<QmpAddr>,
     /// `-incoming file:PATH` or `-incoming defer`.
     pub incoming: Option<Incoming>,
+    /// `-object tls-creds-x509`, checked at start.
+    pub tls: Vec<migration::tls::Creds>,
     pub backends: crate::backends::Backends,
 }
 
@@ -450,6 +486,11 @@ pub fn from_args(a: Args) -> Result<Action> {
             },
         },
         backends,
+        tls: a
+            .object
+            .iter()
+            .map(|o| parse_tls_creds(o))
+            .collect::<Result<_>>()?,
     };
     if a.print_config {
         return Ok(Action::Print(print_config(&cfg)));

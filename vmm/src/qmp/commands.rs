@@ -118,6 +118,8 @@ pub const COMMANDS: &[Command] = &[
             ("cpu-throttle-initial", "?int"),
             ("cpu-throttle-increment", "?int"),
             ("max-cpu-throttle", "?int"),
+            ("tls-creds", "?string"),
+            ("tls-hostname", "?string"),
         ],
         |t, a| t.migrate_set_parameters(a).map(|_| json!({})),
     ),

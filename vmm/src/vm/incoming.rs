@@ -44,7 +44,11 @@ fn incoming_done() -> Arc<AtomicBool> {
 /// Listens for incoming migrations: each source's connection arrives in
 /// the main loop as [`Control::Incoming`] (a broken listener as the
 /// error), until one has loaded.
-pub(super) fn listen_incoming(uri: &Uri, ctl: Sender<Control>) -> Result<()> {
+pub(super) fn listen_incoming(
+    uri: &Uri,
+    ctl: Sender<Control>,
+    tls: Option<migration::tls::Creds>,
+) -> Result<()> {
     let l = migration::transport::Listener::bind(uri)?;
     log::info!("waiting for an incoming migration on {uri:?}");
     std::thread::Builder::new()
@@ -54,7 +58,7 @@ pub(super) fn listen_incoming(uri: &Uri, ctl: Sender<Control>) -> Result<()> {
                 let _ = ctl.send(Control::Incoming(Ok(i)));
             };
             if let Err(e) =
-                migration::destination::serve(l, incoming_memory(), incoming_done(), deliver)
+                migration::destination::serve(l, incoming_memory(), incoming_done(), tls, deliver)
             {
                 let _ = ctl.send(Control::Incoming(Err(e.chain())));
             }

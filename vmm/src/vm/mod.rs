@@ -93,7 +93,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     // Listening before the monitor answers: a client that sees QMP up can
     // start the source's migrate.
     if let Some(crate::config::Incoming::Listen(uri)) = &cfg.incoming {
-        listen_incoming(uri, ctl_tx.clone())?;
+        listen_incoming(uri, ctl_tx.clone(), None)?;
     }
     qmp::start(&cfg.qmp, req_tx, events.clone())?;
     {

@@ -59,6 +59,31 @@ pub(super) struct MigrationInfo {
 }
 
 impl Session<'_> {
+    /// The TLS credentials migrations use (`tls-creds`), for `endpoint`'s
+    /// side; `None` without TLS.
+    pub(super) fn tls(
+        &self,
+        endpoint: migration::tls::Endpoint,
+    ) -> Result<Option<migration::tls::Creds>, QmpError> {
+        let id = &self.params.tls_creds;
+        if id.is_empty() {
+            return Ok(None);
+        }
+        let c = self
+            .cfg
+            .tls
+            .iter()
+            .find(|c| &c.id == id)
+            .ok_or_else(|| QmpError::generic(format!("No TLS credentials with id '{id}'")))?;
+        if c.endpoint != endpoint {
+            return Err(QmpError::generic(format!(
+                "TLS credentials '{id}' are for the {:?} side, not the {endpoint:?} side",
+                c.endpoint
+            )));
+        }
+        Ok(Some(c.clone()))
+    }
+
     /// Whether the guest now belongs to a live migration's destination:
     /// GO was sent (the migration may still be waiting for RUNNING).
     pub(super) fn handed_over(&self) -> bool {
@@ -122,8 +147,24 @@ impl Session<'_> {
         let t0 = std::time::Instant::now();
         // multifd channels first: the destination tells them from the main
         // stream by their header, and has them all when the main one comes.
+        let tls = self.tls(migration::tls::Endpoint::Client)?;
+        let host = match (&tls, self.params.tls_hostname.as_str(), uri) {
+            (None, ..) => String::new(),
+            (Some(_), "", Uri::Tcp(a)) => a
+                .rsplit_once(':')
+                .map_or(a.as_str(), |h| h.0)
+                .trim_matches(['[', ']'])
+                .to_string(),
+            (Some(_), "", _) => {
+                return Err(QmpError::generic(
+                    "TLS needs tls-hostname for a migration that is not tcp:",
+                ))
+            }
+            (Some(_), h, _) => h.to_string(),
+        };
+        let tls = tls.as_ref().map(|c| (c, host.as_str()));
         let channels = if self.params.multifd && !matches!(uri, Uri::Fd(_)) {
-            migration::multifd::connect_channels(uri, self.params.multifd_channels)
+            migration::multifd::connect_channels(uri, self.params.multifd_channels, tls)
                 .map_err(|e| QmpError::generic(e.chain()))?
         } else {
             vec![]
@@ -136,6 +177,12 @@ impl Session<'_> {
         let conn = match named {
             Some(fd) => Conn::from(fd),
             None => connect(uri).map_err(|e| QmpError::generic(e.chain()))?,
+        };
+        let conn = match tls {
+            Some((creds, host)) => creds
+                .connect(conn, host)
+                .map_err(|e| QmpError::generic(e.chain()))?,
+            None => conn,
         };
         let progress = Arc::new(Progress::default());
         *self.migration = MigrationInfo {

@@ -147,7 +147,8 @@ impl qmp::commands::Target for Session<'_> {
         let path = match uri {
             Uri::File(p) => p,
             l @ (Uri::Tcp(_) | Uri::Unix(_)) => {
-                listen_incoming(&l, self.ctl.clone())
+                let tls = self.tls(migration::tls::Endpoint::Server)?;
+                listen_incoming(&l, self.ctl.clone(), tls)
                     .map_err(|e| QmpError::generic(format!("{e:#}")))?;
                 // Once: a second migrate-incoming is refused.
                 self.migration.status = MigrationStatus::Active;
