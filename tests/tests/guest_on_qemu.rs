@@ -519,3 +519,56 @@ fn virtio_mode_not_offered_fails() {
         vm.log()
     );
 }
+
+/// The TLS credentials vmm reads are QEMU's layout: a directory made by
+/// `scripts/tls-certs.sh` (what vmm's own TLS test uses) carries a QEMU
+/// 7.2 -> QEMU 7.2 migration with `tls-creds-x509` on both sides.
+#[test]
+fn qemu_migrates_in_tls_with_the_same_credentials() {
+    let dir = TempDir::new("qemu-tls");
+    let pki = dir.path("pki");
+    let st = std::process::Command::new(vmm_tests::workspace().join("scripts/tls-certs.sh"))
+        .arg(&pki)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let creds = |end: &str| {
+        format!(
+            "tls-creds-x509,id=tls0,dir={},endpoint={end}",
+            pki.display()
+        )
+    };
+    let (src_sock, dst_sock) = (dir.path("src.sock"), dir.path("dst.sock"));
+    let base = |sock: &std::path::Path, end: &str| {
+        Qemu::new("q35")
+            .mem("256M")
+            .append("cpus=1 mem=256M work=counter tick_ms=100 max_gap_ms=5000")
+            .args([
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", sock.display()),
+                "-object",
+                &creds(end),
+            ])
+    };
+    let src = base(&src_sock, "client").spawn("tls-source");
+    let dst = base(&dst_sock, "server")
+        .args(["-incoming", "defer"])
+        .spawn("tls-destination");
+    src.wait_prefix("tick n=", BOOT);
+    let port = free_port();
+    let mut d = Qmp::connect(&dst_sock, Duration::from_secs(10));
+    d.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    d.execute(
+        "migrate-incoming",
+        json!({"uri": format!("tcp:127.0.0.1:{port}")}),
+    );
+    let mut q = Qmp::connect(&src_sock, Duration::from_secs(10));
+    q.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
+    let m = q.wait_migration(Duration::from_secs(60));
+    assert_eq!(m["status"], "completed", "{m}\n{}", src.log());
+    let before = dst.count(|l| l.starts_with("tick n="));
+    dst.wait_count("ticks after the migration", before + 2, BOOT, |l| {
+        l.starts_with("tick n=")
+    });
+}
