@@ -53,15 +53,25 @@ def one(kind, mode, scenario, d):
         if os.path.exists(f):
             os.remove(f)
     port = free_port()
-    src = subprocess.Popen(cmdline(kind, mem, smp, append, ssock, []), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE)
-    dst = subprocess.Popen(cmdline(kind, mem, smp, append, dsock, ["-incoming", f"tcp:127.0.0.1:{port}"]),
+    # TLS: QEMU's tls-creds-x509 on both sides, the destination deferred
+    # until its tls-creds is set.
+    tls = mode == "tls"
+    creds = lambda end: ["-object", f"tls-creds-x509,id=tls0,dir={os.path.join(d, 'pki')},endpoint={end}"]
+    src_extra = creds("client") if tls else []
+    dst_extra = creds("server") + ["-incoming", "defer"] if tls else ["-incoming", f"tcp:127.0.0.1:{port}"]
+    src = subprocess.Popen(cmdline(kind, mem, smp, append, ssock, src_extra), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE)
+    dst = subprocess.Popen(cmdline(kind, mem, smp, append, dsock, dst_extra),
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE)
     try:
         wait_line(src, "mem.filled")
         drain(src)
         qs, qd = Qmp(ssock), Qmp(dsock)
-        if mode in ("bw", "multifd"):
+        if mode in ("bw", "multifd") or (tls and kind == "qemu"):
             qs.cmd("migrate-set-parameters", {"max-bandwidth": 100 * 2**30})
+        if tls:
+            for q in (qs, qd):
+                q.cmd("migrate-set-parameters", {"tls-creds": "tls0"})
+            qd.cmd("migrate-incoming", {"uri": f"tcp:127.0.0.1:{port}"})
         if mode == "multifd":
             for q in (qs, qd):
                 q.cmd("migrate-set-capabilities", {"capabilities": [{"capability": "multifd", "state": True}]})
@@ -142,9 +152,16 @@ def main():
     only_vmm = os.environ.get("ONLY") == "vmm"
     if only_vmm:
         configs = configs[:2]
+    # TLS=1: both in TLS too (QEMU with max-bandwidth raised).
+    tls = os.environ.get("TLS") == "1"
+    if tls:
+        configs += [("vmm", "tls")] + ([] if only_vmm else [("qemu", "tls")])
     names = {("vmm", "default"): "vmm", ("vmm", "multifd"): "vmm, multifd x4", ("qemu", "default"): "QEMU 7.2 defaults",
-             ("qemu", "bw"): "QEMU 7.2, max-bandwidth 100 GiB/s", ("qemu", "multifd"): "QEMU 7.2, max-bandwidth + multifd x4"}
+             ("qemu", "bw"): "QEMU 7.2, max-bandwidth 100 GiB/s", ("qemu", "multifd"): "QEMU 7.2, max-bandwidth + multifd x4",
+             ("vmm", "tls"): "vmm, TLS", ("qemu", "tls"): "QEMU 7.2, max-bandwidth + TLS"}
     with tempfile.TemporaryDirectory() as d:
+        if tls:
+            subprocess.run([os.path.join(os.path.dirname(__file__), "../tls-certs.sh"), os.path.join(d, "pki")], check=True)
         for scenario in SCENARIOS:
             print(f"\n### {scenario}\n")
             print("| VMM | total ms (median [min-max]) | downtime ms (median [min-max]) | MB sent | GB/s (sent / total, median) | converged |")

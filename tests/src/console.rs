@@ -146,6 +146,36 @@ impl Vm {
         }
     }
 
+    /// The guest's counter ticks so far (`tick n=` lines).
+    pub fn ticks(&self) -> usize {
+        self.count(|l| l.starts_with("tick n="))
+    }
+
+    /// Waits until the guest printed `n` ticks.
+    pub fn wait_ticks(&self, n: usize, timeout: Duration) {
+        self.wait_count("ticking", n, timeout, |l| l.starts_with("tick n="));
+    }
+
+    /// Has the guest verify every page it wrote (`v` on its console) and
+    /// asserts that none is bad.
+    pub fn verify_memory(&mut self, timeout: Duration) {
+        let is_verify = |l: &str| l.starts_with("mem.verify") && l.contains("reason=request");
+        let before = self.count(is_verify);
+        self.send(b"v");
+        self.wait_count("a verify", before + 1, timeout, is_verify);
+        let v = self
+            .lines()
+            .into_iter()
+            .rfind(|l| is_verify(l))
+            .unwrap_or_default();
+        assert_eq!(
+            field(&v, "bad_pages").as_deref(),
+            Some("0"),
+            "{v}\n{}",
+            self.log()
+        );
+    }
+
     /// Guest boots so far (a reset may cut the previous line, so the
     /// banner is searched anywhere in a line).
     pub fn boots(&self) -> usize {

@@ -8,8 +8,8 @@
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
-use vmm_tests::console::{field, Vm};
+use std::time::Duration;
+use vmm_tests::console::Vm;
 use vmm_tests::qmp::Qmp;
 use vmm_tests::vmm::Vmm;
 use vmm_tests::{free_port, TempDir};
@@ -94,40 +94,6 @@ fn start(dir: &TempDir, name: &str, binary: Option<&PathBuf>, extra: &[&str]) ->
     n
 }
 
-fn ticks(vm: &Vm) -> usize {
-    vm.lines()
-        .iter()
-        .filter(|l| l.starts_with("tick n="))
-        .count()
-}
-
-fn wait_ticks(vm: &Vm, n: usize) {
-    let deadline = Instant::now() + BOOT;
-    while ticks(vm) < n {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {n} ticks\n{}",
-            vm.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The guest's own verdict on every page it wrote.
-fn verify(vm: &mut Vm) {
-    let is_verify = |l: &str| l.starts_with("mem.verify") && l.contains("reason=request");
-    let before = vm.count(is_verify);
-    vm.send(b"v");
-    vm.wait_count("a verify", before + 1, T, is_verify);
-    let v = vm.lines().into_iter().rfind(|l| is_verify(l)).unwrap();
-    assert_eq!(
-        field(&v, "bad_pages").as_deref(),
-        Some("0"),
-        "{v}\n{}",
-        vm.log()
-    );
-}
-
 /// Moves `src` live to a new node running `binary`; the guest runs on
 /// there and finds every page it wrote.
 fn live_move(dir: &TempDir, src: Node, name: &str, binary: Option<&PathBuf>) -> Node {
@@ -144,9 +110,8 @@ fn live_move(dir: &TempDir, src: Node, name: &str, binary: Option<&PathBuf>) -> 
         dst.vm.log()
     );
     drop(src);
-    let seen = ticks(&dst.vm);
-    wait_ticks(&dst.vm, seen + 2);
-    verify(&mut dst.vm);
+    dst.vm.wait_ticks(dst.vm.ticks() + 2, BOOT);
+    dst.vm.verify_memory(T);
     dst
 }
 
@@ -155,7 +120,7 @@ fn every_release_migrates_live_to_this_build_and_back() {
     for (version, old) in releases() {
         let dir = TempDir::new(&format!("release-{version}-live"));
         let src = start(&dir, &format!("{version}-src"), Some(&old), &[]);
-        wait_ticks(&src.vm, 3);
+        src.vm.wait_ticks(3, BOOT);
         let here = live_move(&dir, src, "this-build", None);
         let back = live_move(&dir, here, &format!("{version}-again"), Some(&old));
         drop(back);
@@ -167,7 +132,7 @@ fn a_vm_saved_by_every_release_restores_here() {
     for (version, old) in releases() {
         let dir = TempDir::new(&format!("release-{version}-file"));
         let src = start(&dir, &format!("{version}-saver"), Some(&old), &[]);
-        wait_ticks(&src.vm, 3);
+        src.vm.wait_ticks(3, BOOT);
         let file = dir.path("vm.save");
         let mut q = src.qmp();
         q.execute(
@@ -179,8 +144,7 @@ fn a_vm_saved_by_every_release_restores_here() {
         drop(src);
         let incoming = format!("file:{}", file.display());
         let mut dst = start(&dir, "restored", None, &["-incoming", &incoming]);
-        let seen = ticks(&dst.vm);
-        wait_ticks(&dst.vm, seen + 2);
-        verify(&mut dst.vm);
+        dst.vm.wait_ticks(dst.vm.ticks() + 2, BOOT);
+        dst.vm.verify_memory(T);
     }
 }

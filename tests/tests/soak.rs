@@ -72,36 +72,6 @@ fn node(dir: &TempDir, name: &str, first: bool, extra: &[&str], env: &[(&str, &s
     n
 }
 
-fn ticks(vm: &Vm) -> usize {
-    vm.count(|l| l.starts_with("tick n="))
-}
-
-fn wait_ticks(vm: &Vm, n: usize) {
-    let deadline = Instant::now() + T;
-    while ticks(vm) < n {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {n} ticks\n{}",
-            vm.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn verify(vm: &mut Vm) {
-    let is_verify = |l: &str| l.starts_with("mem.verify") && l.contains("reason=request");
-    let before = vm.count(is_verify);
-    vm.send(b"v");
-    vm.wait_count("a verify", before + 1, T, is_verify);
-    let v = vm.lines().into_iter().rfind(|l| is_verify(l)).unwrap();
-    assert_eq!(
-        field(&v, "bad_pages").as_deref(),
-        Some("0"),
-        "{v}\n{}",
-        vm.log()
-    );
-}
-
 fn wait_status(q: &mut Qmp, want: &str) {
     let deadline = Instant::now() + T;
     while q.execute("query-status", json!({}))["status"] != want {
@@ -124,9 +94,9 @@ enum Fault {
 /// The source after a failed hop: running, counting, every page intact.
 fn still_running(src: &mut Node) {
     assert_eq!(src.status(), "running", "{}", src.vm.log());
-    let n = ticks(&src.vm);
-    wait_ticks(&src.vm, n + 2);
-    verify(&mut src.vm);
+    let n = src.vm.ticks();
+    src.vm.wait_ticks(n + 2, T);
+    src.vm.verify_memory(T);
 }
 
 /// The guest's disk check, once some node printed it.
@@ -161,9 +131,9 @@ fn hop(dir: &TempDir, mut src: Node, i: usize, fault: Fault, disk: &mut Option<S
             );
             *disk = disk.take().or_else(|| disk_check(&src.vm));
             drop(src);
-            let n = ticks(&dst.vm);
-            wait_ticks(&dst.vm, n + 2);
-            verify(&mut dst.vm);
+            let n = dst.vm.ticks();
+            dst.vm.wait_ticks(n + 2, T);
+            dst.vm.verify_memory(T);
             dst
         }
         Fault::KilledMidRam => {
@@ -269,12 +239,12 @@ fn migrations_with_faults_lose_nothing() {
         t0.elapsed()
     );
     // The disk check ran to its end somewhere along the way, clean.
-    wait_ticks(&cur.vm, ticks(&cur.vm) + 2);
+    cur.vm.wait_ticks(cur.vm.ticks() + 2, T);
     let l = disk
         .or_else(|| disk_check(&cur.vm))
         .expect("the guest's disk check never ended");
     assert_eq!(field(&l, "errors").as_deref(), Some("0"), "{l}");
     assert_eq!(field(&l, "bad_words").as_deref(), Some("0"), "{l}");
-    verify(&mut cur.vm);
+    cur.vm.verify_memory(T);
     check_image(&dir.path("disk.raw"));
 }

@@ -399,6 +399,21 @@ fn destination_killed_mid_ram_then_cancel_then_success() {
     move_and_verify(&dir, src, "dst3", &[]);
 }
 
+/// A destination on `port` from the fault-injection build, which pauses
+/// for `ms` at the named `hook` of its side of the migration.
+fn held_destination(dir: &TempDir, port: u16, hook: &str, ms: &str) -> Node {
+    let (mut v, sock) = vmm(dir, "dst", &["-incoming", &format!("tcp:127.0.0.1:{port}")]);
+    v.binary = Some(vmm_tests::vmm::fault_injection_binary());
+    let mut cmd = v.command();
+    cmd.env(hook, ms);
+    let dst = Node {
+        vm: Vm::spawn("dst", cmd),
+        sock,
+    };
+    dst.qmp();
+    dst
+}
+
 /// The destination dies after the source paused for the last pass — in
 /// the middle of the device state, or with everything loaded but not yet
 /// confirmed: the source resumes the guest.
@@ -407,19 +422,7 @@ fn killed_while_paused(hook: &str) {
     let mut src = start(&dir, "src", &[]);
     src.vm.wait_prefix("mem.filled", BOOT);
     let port = free_port();
-    let (mut v, sock) = vmm(
-        &dir,
-        "dst",
-        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
-    );
-    v.binary = Some(vmm_tests::vmm::fault_injection_binary());
-    let mut cmd = v.command();
-    cmd.env(hook, "3000");
-    let mut dst = Node {
-        vm: Vm::spawn("dst", cmd),
-        sock,
-    };
-    dst.qmp();
+    let mut dst = held_destination(&dir, port, hook, "3000");
     let mut q = src.qmp();
     q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
     let deadline = Instant::now() + T;
@@ -1236,19 +1239,7 @@ fn after_go_the_source_does_not_run_the_guest_again() {
     let src = start(&dir, "src", &[]);
     src.vm.wait_prefix("mem.filled", BOOT);
     let port = free_port();
-    let (mut v, sock) = vmm(
-        &dir,
-        "dst",
-        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
-    );
-    v.binary = Some(vmm_tests::vmm::fault_injection_binary());
-    let mut cmd = v.command();
-    cmd.env("VMM_TEST_DELAY_RUNNING_MS", "6000");
-    let mut dst = Node {
-        vm: Vm::spawn("dst", cmd),
-        sock,
-    };
-    dst.qmp();
+    let mut dst = held_destination(&dir, port, "VMM_TEST_DELAY_RUNNING_MS", "6000");
     let mut q = src.qmp();
     q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
     let m = q.wait_migration(T);
@@ -1375,19 +1366,7 @@ fn a_stalled_destination_does_not_keep_the_guest_paused() {
     let mut src = start(&dir, "src", &[]);
     src.vm.wait_prefix("mem.filled", BOOT);
     let port = free_port();
-    let (mut v, sock) = vmm(
-        &dir,
-        "dst",
-        &["-incoming", &format!("tcp:127.0.0.1:{port}")],
-    );
-    v.binary = Some(vmm_tests::vmm::fault_injection_binary());
-    let mut cmd = v.command();
-    cmd.env("VMM_TEST_DELAY_DEVICES_MS", "25000");
-    let dst = Node {
-        vm: Vm::spawn("dst", cmd),
-        sock,
-    };
-    dst.qmp();
+    let dst = held_destination(&dir, port, "VMM_TEST_DELAY_DEVICES_MS", "25000");
     let mut q = src.qmp();
     q.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
     let deadline = Instant::now() + T;
