@@ -128,15 +128,21 @@ fn incoming(dir: &TempDir, name: &str, extra: &[&str]) -> (Node, String) {
     (start(dir, name, &a), listen)
 }
 
+/// Moves `src` to the waiting `dst` at `uri`; the guest runs on there and
+/// finds every page it wrote.
+fn hand_over(src: Node, dst: &mut Node, uri: &str) {
+    let m = migrate(&src, uri);
+    assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+}
+
 /// Moves `src` to a new destination `name` (with `extra` options), then
 /// has the guest verify every page there; returns the destination.
 fn move_and_verify(dir: &TempDir, src: Node, name: &str, extra: &[&str]) -> Node {
     let (mut dst, uri) = incoming(dir, name, extra);
-    let m = migrate(&src, &uri);
-    assert_eq!(m["status"], "completed", "{m}");
-    drop(src);
-    wait_ticks(&dst.vm, 2);
-    verify(&mut dst.vm);
+    hand_over(src, &mut dst, &uri);
     dst
 }
 
@@ -1185,11 +1191,7 @@ fn probes_on_the_incoming_port_are_ignored() {
     let _silent = std::net::TcpStream::connect(addr).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(dst.status(), "inmigrate", "{}", dst.vm.log());
-    let m = migrate(&src, &uri);
-    assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
-    drop(src);
-    wait_ticks(&dst.vm, 2);
-    verify(&mut dst.vm);
+    hand_over(src, &mut dst, &uri);
 }
 
 /// A stranger that connects first with a stream header is answered with
@@ -1221,11 +1223,7 @@ fn a_stranger_first_is_refused_and_the_real_source_then_migrates() {
     );
     drop(stranger);
     assert_eq!(dst.status(), "inmigrate", "{}", dst.vm.log());
-    let m = migrate(&src, &uri);
-    assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
-    drop(src);
-    wait_ticks(&dst.vm, 2);
-    verify(&mut dst.vm);
+    hand_over(src, &mut dst, &uri);
 }
 
 /// Once GO is sent the guest is the destination's, whatever happens next:
@@ -1507,11 +1505,7 @@ fn migration_in_tls_with_qemus_credentials() {
     }
     drop(stranger);
     // The trusted source: the main stream in TLS.
-    let m = migrate(&src, &uri);
-    assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
-    drop(src);
-    wait_ticks(&dst.vm, 2);
-    verify(&mut dst.vm);
+    hand_over(src, &mut dst, &uri);
     // And on: multifd, every channel in TLS. The server's credentials
     // cannot connect; the client's (`tlsc`) do.
     let (mut dst2, uri2) = tls_dst("dst2");
