@@ -376,3 +376,22 @@ fn a_kernel_segment_outside_ram_is_named() {
         ],
     );
 }
+
+/// A bug that panics a thread ends the whole VMM at once, saying which
+/// thread and what it said, instead of leaving a VM half alive (a dead
+/// vCPU, locks poisoned for whoever comes next).
+#[test]
+fn a_panic_ends_the_vmm_naming_the_thread() {
+    let mut v = Vmm::new().append("cpus=1 work=counter tick_ms=100");
+    v.binary = Some(vmm_tests::vmm::fault_injection_binary());
+    let mut cmd = v.command();
+    cmd.env("VMM_TEST_PANIC", "vcpu");
+    let mut vm = vmm_tests::console::Vm::spawn("panic", cmd);
+    let status = vm.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "{status:?}");
+    let log = vm.log();
+    assert!(
+        log.contains("thread 'vcpu0' panicked") && log.contains("fault injection: a panic at vcpu"),
+        "{log}"
+    );
+}

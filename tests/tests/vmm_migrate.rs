@@ -1115,7 +1115,12 @@ sys.exit(asyncio.run(main(sys.argv[1], int(sys.argv[2]))))
 /// exist only in the binary built with the feature.
 #[test]
 fn the_release_binary_has_no_fault_injection() {
-    let hooks = ["VMM_TEST_DELAY_DEVICES_MS", "VMM_TEST_DELAY_LOADED_MS"];
+    let hooks = [
+        "VMM_TEST_DELAY_DEVICES_MS",
+        "VMM_TEST_DELAY_LOADED_MS",
+        "VMM_TEST_DELAY_RUNNING_MS",
+        "VMM_TEST_PANIC",
+    ];
     let has = |bin: &std::path::Path| {
         let bytes = std::fs::read(bin).unwrap();
         hooks

@@ -17,3 +17,17 @@ pub fn delay(hook: &str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn delay(_hook: &str) {}
+
+/// Panics here if `VMM_TEST_PANIC` names this point: how a test sees what
+/// a bug in one thread does to the whole VMM.
+#[cfg(feature = "fault-injection")]
+pub fn panic_point(point: &str) {
+    if std::env::var("VMM_TEST_PANIC").is_ok_and(|p| p == point) {
+        panic!("fault injection: a panic at {point}");
+    }
+}
+
+/// Without the feature: nothing.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn panic_point(_point: &str) {}

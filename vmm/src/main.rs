@@ -16,6 +16,22 @@ use clap::Parser;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // A panic is a bug: say where, in one line, and end the process (the
+    // release build aborts; nothing goes on half alive).
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info.location().map(|l| l.to_string()).unwrap_or_default();
+        eprintln!(
+            "vmm: thread '{}' panicked at {at}: {what}; vmm stops (a bug: please report it)",
+            thread.name().unwrap_or("unnamed")
+        );
+    }));
     let argv = cli::normalize(std::env::args().collect());
     let args = match cli::Args::try_parse_from(argv) {
         Ok(a) => a,

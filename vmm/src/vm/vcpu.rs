@@ -98,6 +98,7 @@ pub(super) fn vcpu_loop(
     events: &Sender<Control>,
     gate: &RunGate,
 ) {
+    crate::fault::panic_point("vcpu");
     while !stop.load(Ordering::SeqCst) {
         // Paused (-S, QMP stop): wait here, outside KVM_RUN.
         gate.wait_running(stop);
