@@ -208,6 +208,41 @@ fn tune_tcp(s: &TcpStream) {
     set(libc::SOL_SOCKET, libc::SO_RCVBUF, SOCKET_BUFFER);
 }
 
+/// The descriptors this process inherited at start, which `fd:N` may take
+/// (each once); [`note_inherited_fds`] fills it.
+static INHERITED: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
+
+/// Notes the descriptors (above stderr) this process inherited: call it
+/// first thing, before anything is opened. `fd:N` takes only those (or one
+/// passed with `getfd`), never a descriptor vmm opened itself.
+pub fn note_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let listed: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    // The listing's own descriptor is closed by now: keep the open ones.
+    // SAFETY: F_GETFD only asks whether the descriptor is open.
+    let open = listed
+        .into_iter()
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+    INHERITED.lock().expect("inherited lock").extend(open);
+}
+
+/// Whether `fd` is an inherited descriptor not taken yet; takes it.
+fn take_inherited(fd: RawFd) -> bool {
+    let mut v = INHERITED.lock().expect("inherited lock");
+    match v.iter().position(|&f| f == fd) {
+        Some(i) => {
+            v.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
 /// The source's side: connects (within [`LINK_TIMEOUT`]).
 pub fn connect(uri: &Uri) -> Result<Conn> {
     match uri {
@@ -241,6 +276,11 @@ pub fn connect(uri: &Uri) -> Result<Conn> {
             {
                 return Err(Error::Protocol(format!(
                     "fd:{fd} is not an open socket of this process"
+                )));
+            }
+            if !take_inherited(fd) {
+                return Err(Error::Protocol(format!(
+                    "fd:{fd} is not a descriptor vmm inherited at start: one of its own (a monitor connection, a disk) is never taken; pass one with getfd"
                 )));
             }
             // SAFETY: a socket fd handed to us for this migration; we own it

@@ -1534,3 +1534,37 @@ fn migration_in_tls_with_qemus_credentials() {
     wait_ticks(&dst2.vm, 2);
     verify(&mut dst2.vm);
 }
+
+/// `migrate fd:N` takes a descriptor vmm inherited (or one passed with
+/// getfd), never one of its own: every socket vmm opened itself — its
+/// monitor's listener and connections among them — is refused by number,
+/// and the monitor goes on answering.
+#[test]
+fn fd_n_never_takes_a_descriptor_of_vmms_own() {
+    let dir = TempDir::new("mig-own-fd");
+    let src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let mut q = src.qmp();
+    let own: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", src.vm.pid()))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let link = std::fs::read_link(e.path()).ok()?;
+            link.to_string_lossy()
+                .starts_with("socket:")
+                .then(|| e.file_name().to_string_lossy().to_string())
+        })
+        .collect();
+    assert!(own.len() >= 2, "the monitor's sockets: {own:?}");
+    for fd in &own {
+        let e = q
+            .try_execute("migrate", json!({"uri": format!("fd:{fd}")}))
+            .expect_err("vmm migrated into a socket of its own");
+        assert!(
+            e["desc"].as_str().unwrap_or_default().contains("inherited"),
+            "fd:{fd}: {e}"
+        );
+    }
+    assert_eq!(q.execute("query-status", json!({}))["status"], "running");
+    assert_eq!(src.status(), "running");
+}

@@ -15,6 +15,8 @@ mod vmstate;
 use clap::Parser;
 
 fn main() {
+    // Before anything is opened: what `migrate fd:N` may take.
+    migration::transport::note_inherited_fds();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     // A panic is a bug: say where, in one line, and end the process (the
     // release build aborts; nothing goes on half alive).
