@@ -5,14 +5,14 @@
 use crate::error::{Error, Result};
 use crate::multifd::{self, CHANNEL_MAGIC};
 use crate::protocol::Line;
-use crate::ram::{Ram, RamWriter};
+use crate::ram::{Ram, RamSlot, RamWriter};
 use crate::return_path::LineReader;
 use crate::stream::{Reader, Record, MAGIC};
 use crate::transport::{Conn, Listener};
 use crate::vmstate::{Description, LoadError, State};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -168,7 +168,7 @@ fn hello_plain(mut c: Conn, peer: String) -> Hello {
 /// its own thread, so a silent one holds up nobody.
 pub fn serve(
     l: Listener,
-    ram: Arc<OnceLock<Arc<Ram>>>,
+    ram: RamSlot,
     done: Arc<AtomicBool>,
     tls: Option<crate::tls::Creds>,
     mut deliver: impl FnMut(Incoming),

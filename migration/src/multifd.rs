@@ -9,15 +9,13 @@
 
 use crate::error::{Error, Result};
 use crate::protocol::Line;
-use crate::ram::{set_bits, Ram, RamWriter};
+use crate::ram::{set_bits, Ram, RamSlot, RamWriter};
 use crate::status::Progress;
 use crate::stream::{is_zero, Gather, RamSink, PAGE_SIZE};
 use crate::transport::{connect, Conn};
 use crate::uri::Uri;
 use std::io::{BufReader, Read, Write};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 /// The first bytes of a multifd channel.
 pub(crate) const CHANNEL_MAGIC: &[u8; 8] = b"VMMMFD01";
@@ -126,7 +124,7 @@ pub(crate) fn send<C: Write + Send>(
 /// read times out, as on the main stream):
 /// writes its pages into guest RAM, once there is RAM, until its END.
 /// Ends with the number of pages written.
-pub(crate) fn receive(mut c: Conn, ram: &OnceLock<Arc<Ram>>) -> Result<u64> {
+pub(crate) fn receive(mut c: Conn, ram: &RamSlot) -> Result<u64> {
     let io = || Error::io("multifd channel");
     let mut id = [0u8; 8];
     c.read_exact(&mut id).map_err(io())?;
@@ -134,13 +132,8 @@ pub(crate) fn receive(mut c: Conn, ram: &OnceLock<Arc<Ram>>) -> Result<u64> {
     log::info!("multifd channel {index} connected");
     let mut answer = c.try_clone().map_err(io())?;
     let mut r = BufReader::with_capacity(256 << 10, c);
-    let ram = loop {
-        if let Some(m) = ram.get() {
-            break m;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    let mut sink = RamWriter::new(ram);
+    let ram = ram.wait();
+    let mut sink = RamWriter::new(&ram);
     let mut n = 0u64;
     loop {
         let mut h = [0u8; 8];

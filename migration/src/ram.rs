@@ -196,6 +196,33 @@ pub fn merge(into: &mut [Vec<u64>], more: &[Vec<u64>]) {
     }
 }
 
+/// Where an incoming VM's RAM is found by the multifd receivers, once its
+/// board exists; emptied when the migration is over, so that the mapping
+/// lives no longer than its board.
+#[derive(Clone, Default)]
+pub struct RamSlot(std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<Ram>>>>);
+
+impl RamSlot {
+    pub fn set(&self, ram: std::sync::Arc<Ram>) {
+        *self.0.lock().expect("ram slot lock") = Some(ram);
+    }
+
+    /// Lets the RAM go (the migration is over).
+    pub fn clear(&self) {
+        self.0.lock().expect("ram slot lock").take();
+    }
+
+    /// The RAM, once there is some.
+    pub(crate) fn wait(&self) -> std::sync::Arc<Ram> {
+        loop {
+            if let Some(r) = self.0.lock().expect("ram slot lock").clone() {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
 /// Writes incoming pages into a [`Ram`] (the stream reader's sink).
 pub struct RamWriter<'a> {
     ram: &'a Ram,

@@ -1568,3 +1568,37 @@ fn fd_n_never_takes_a_descriptor_of_vmms_own() {
     assert_eq!(q.execute("query-status", json!({}))["status"], "running");
     assert_eq!(src.status(), "running");
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A guest that migrated in and then reboots does not leave its first RAM
+/// behind: the new board's RAM replaces it, and vmm's resident memory
+/// after the guest has written its pattern again is what it was before.
+#[test]
+fn a_migrated_guest_that_reboots_does_not_keep_its_old_ram() {
+    let dir = TempDir::new("mig-reboot-ram");
+    let src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let mut dst = move_and_verify(&dir, src, "dst", &[]);
+    let before = rss_kib(dst.vm.pid());
+    dst.qmp().execute("system_reset", json!({}));
+    // Its console here began after the migration: the fill after the
+    // reboot is the first one it shows.
+    dst.vm.wait_prefix("mem.filled", BOOT);
+    let n = ticks(&dst.vm).len();
+    wait_ticks(&dst.vm, n + 2);
+    let after = rss_kib(dst.vm.pid());
+    assert!(
+        after < before + (32 << 10),
+        "resident {before} KiB before the reboot, {after} KiB after"
+    );
+    verify(&mut dst.vm);
+}

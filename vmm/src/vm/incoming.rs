@@ -7,7 +7,7 @@ use crate::qmp::QmpError;
 use crate::runstate::{MigrationStatus, RunState};
 use anyhow::{Context, Result};
 use migration::destination::{Incoming, LoadFailed};
-use migration::ram::Ram;
+use migration::ram::RamSlot;
 use migration::uri::Uri;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +17,8 @@ use std::time::Duration;
 
 /// The guest RAM multifd receivers write into, set once the destination's
 /// board exists.
-pub(super) fn incoming_memory() -> Arc<OnceLock<Arc<Ram>>> {
-    static MEM: OnceLock<Arc<OnceLock<Arc<Ram>>>> = OnceLock::new();
+pub(super) fn incoming_memory() -> RamSlot {
+    static MEM: OnceLock<RamSlot> = OnceLock::new();
     MEM.get_or_init(Default::default).clone()
 }
 
@@ -158,6 +158,8 @@ impl Session<'_> {
             }
         };
         incoming_done().store(true, Ordering::SeqCst);
+        // The receivers are done with the RAM: it goes with its board.
+        incoming_memory().clear();
         // Tests kill this side while the source sits paused waiting.
         crate::fault::delay("VMM_TEST_DELAY_LOADED_MS");
         let go = incoming.confirm();

@@ -132,8 +132,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             cfg.memory >> 20
         );
         if gen == 1 && cfg.incoming.is_some() {
-            let _ =
-                incoming_memory().set(Arc::new(crate::snapshot::guest_ram(&board.mem, cfg.memory)));
+            incoming_memory().set(Arc::new(crate::snapshot::guest_ram(&board.mem, cfg.memory)));
         }
         let mut session = Session {
             cfg,
