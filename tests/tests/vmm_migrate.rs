@@ -1602,3 +1602,31 @@ fn a_migrated_guest_that_reboots_does_not_keep_its_old_ram() {
     );
     verify(&mut dst.vm);
 }
+
+/// A guest with a disk that is reset right after it migrated in boots
+/// again: the board the reset throws away lets go of the image at once
+/// (nothing of it outlives the board, not the self-announce either), so
+/// the new board can lock it.
+#[test]
+fn a_reset_right_after_arrival_keeps_the_disk() {
+    let dir = TempDir::new("mig-reset-arrival");
+    let img = dir.path("disk.raw");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+    let disk = ["-drive", &drive, "-device", "virtio-blk-pci,drive=d0"];
+    let src = start(&dir, "src", &disk);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let (mut dst, uri) = incoming(&dir, "dst", &disk);
+    let mut d = dst.qmp();
+    let m = migrate(&src, &uri);
+    assert_eq!(m["status"], "completed", "{m}");
+    d.execute("system_reset", json!({}));
+    dst.vm.wait_prefix("mem.filled", BOOT);
+    assert_eq!(dst.status(), "running", "{}", dst.vm.log());
+    drop(src);
+    let n = ticks(&dst.vm).len();
+    wait_ticks(&dst.vm, n + 2);
+    verify(&mut dst.vm);
+}

@@ -224,13 +224,16 @@ impl Session<'_> {
             "incoming migration loaded and running in {} ms",
             t0.elapsed().as_millis()
         );
-        // Self-announce, as QEMU: now and twice more, 50 and 150 ms later.
-        let pci = self.board.pci.clone();
+        // Self-announce, as QEMU: now and twice more, 50 and 150 ms later;
+        // not past its board (a reset meanwhile must free the devices and
+        // their disk locks at once).
+        let pci = Arc::downgrade(&self.board.pci);
         let _ = std::thread::Builder::new()
             .name("announce".into())
             .spawn(move || {
                 for wait in [0, 50, 100] {
                     std::thread::sleep(Duration::from_millis(wait));
+                    let Some(pci) = pci.upgrade() else { return };
                     pci.lock().expect("pci lock").announce();
                 }
             });
