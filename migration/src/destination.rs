@@ -3,7 +3,7 @@
 //! through [`LoadTarget`]), confirm, and run only after GO.
 
 use crate::error::{Error, Result};
-use crate::multifd::{self, CHANNEL_MAGIC};
+use crate::multifd::{self, SessionId, CHANNEL_MAGIC, CHANNEL_MAGIC_V1, SESSION_MAGIC};
 use crate::protocol::Line;
 use crate::ram::{Ram, RamSlot, RamWriter};
 use crate::return_path::LineReader;
@@ -96,10 +96,11 @@ fn load_records<R: Read>(
 }
 
 /// A source's connections, accepted: the main stream and the multifd
-/// channels it opened first.
+/// channels bound to it.
 pub struct Incoming {
     main: Conn,
-    /// The first bytes of the main stream (read to tell it from channels).
+    /// The first bytes of the main stream's savevm header (read to tell it
+    /// from channels).
     head: [u8; 8],
     /// multifd receivers, each with its connection (to end it) and a
     /// thread that ends with the pages it wrote, or why not.
@@ -114,15 +115,36 @@ pub struct LoadFailed {
     pub vm_touched: bool,
 }
 
-/// How long a new connection has to say what it is.
+/// How long a new connection has to say what it is, and a main stream's
+/// channels to join it.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A main stream, its header read.
+struct Main {
+    conn: Conn,
+    head: [u8; 8],
+    /// Its session and how many channels it announced; `None` from a
+    /// release up to 0.2.0, which announces nothing.
+    session: Option<(SessionId, u32)>,
+    since: Instant,
+    peer: String,
+}
+
+/// A multifd channel, its header read, not yet bound to a main stream.
+struct Channel {
+    conn: Conn,
+    index: u32,
+    count: u32,
+    /// `None`: a channel from a release up to 0.2.0.
+    session: Option<SessionId>,
+    since: Instant,
+    peer: String,
+}
 
 /// What a new connection turned out to be.
 enum Hello {
-    /// The savevm stream's header: a source's main stream.
-    Main(Conn, [u8; 8]),
-    /// A multifd channel.
-    Channel(Conn),
+    Main(Main),
+    Channel(Channel),
     /// Anything else: a port scanner, a health check, a stranger.
     Other(String),
 }
@@ -135,37 +157,145 @@ fn hello(c: Conn, peer: String, tls: Option<&crate::tls::Creds>) -> Hello {
         None => Ok(c),
     };
     match wrapped {
-        Ok(c) => hello_plain(c, peer),
+        Ok(c) => {
+            let got = c
+                .set_read_timeout(Some(HELLO_TIMEOUT))
+                .and_then(|()| hello_plain(c, &peer));
+            got.unwrap_or_else(|e| Hello::Other(format!("{peer} sent no stream header: {e}")))
+        }
         Err(e) => Hello::Other(format!("{peer}: {}", e.chain())),
     }
 }
 
-fn hello_plain(mut c: Conn, peer: String) -> Hello {
+fn hello_plain(mut c: Conn, peer: &str) -> std::io::Result<Hello> {
     let mut head = [0u8; 8];
-    let got = c
-        .set_read_timeout(Some(HELLO_TIMEOUT))
-        .and_then(|()| c.read_exact(&mut head))
-        .and_then(|()| c.set_read_timeout(None));
-    if let Err(e) = got {
-        return Hello::Other(format!("{peer} sent no stream header: {e}"));
-    }
-    if &head == CHANNEL_MAGIC {
-        Hello::Channel(c)
-    } else if head[..4] == MAGIC.to_be_bytes() {
-        Hello::Main(c, head)
-    } else {
-        Hello::Other(format!(
-            "{peer} is not a migration source (it began {head:02x?})"
-        ))
+    c.read_exact(&mut head)?;
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let since = Instant::now();
+    let peer = peer.to_string();
+    let hello = match &head {
+        m if m == CHANNEL_MAGIC || m == CHANNEL_MAGIC_V1 => {
+            let mut h = [0u8; 24];
+            let len = if m == CHANNEL_MAGIC { 24 } else { 8 };
+            c.read_exact(&mut h[..len])?;
+            let session =
+                (m == CHANNEL_MAGIC).then(|| SessionId(h[8..24].try_into().expect("16 bytes")));
+            Hello::Channel(Channel {
+                index: be32(&h[0..4]),
+                count: be32(&h[4..8]),
+                session,
+                conn: c,
+                since,
+                peer,
+            })
+        }
+        m if m == SESSION_MAGIC => {
+            let mut h = [0u8; 28];
+            c.read_exact(&mut h)?;
+            let id = SessionId(h[..16].try_into().expect("16 bytes"));
+            let n = be32(&h[16..20]);
+            let head: [u8; 8] = h[20..28].try_into().expect("8 bytes");
+            if head[..4] != MAGIC.to_be_bytes() {
+                return Ok(Hello::Other(format!(
+                    "{peer} announced a session but sent no stream header (it went on {head:02x?})"
+                )));
+            }
+            Hello::Main(Main {
+                conn: c,
+                head,
+                session: Some((id, n)),
+                since,
+                peer,
+            })
+        }
+        m if m[..4] == MAGIC.to_be_bytes() => Hello::Main(Main {
+            conn: c,
+            head,
+            session: None,
+            since,
+            peer,
+        }),
+        _ => {
+            return Ok(Hello::Other(format!(
+                "{peer} is not a migration source (it began {head:02x?})"
+            )))
+        }
+    };
+    clear_timeout(&hello)?;
+    Ok(hello)
+}
+
+/// Reads block again once a connection has said what it is.
+fn clear_timeout(h: &Hello) -> std::io::Result<()> {
+    match h {
+        Hello::Main(m) => m.conn.set_read_timeout(None),
+        Hello::Channel(c) => c.conn.set_read_timeout(None),
+        Hello::Other(_) => Ok(()),
     }
 }
 
+/// The channels of `main` among `pending`, in index order, once all have
+/// arrived (taken out of `pending`); `None` while some are missing.
+///
+/// A stream with a session takes exactly the channels that carry its id,
+/// one per index below the count it announced. A stream from a release up
+/// to 0.2.0 takes the 0.2.0 channels, which must form one whole set (each
+/// saying the same count, every index once); it waits while they do not.
+fn bind(main: &Main, pending: &mut Vec<Channel>) -> Option<Vec<Channel>> {
+    let taken = match main.session {
+        Some((id, n)) => whole_set(pending, Some(id), n)?,
+        // 0.2.0 sent no count on its main stream: its channels say it
+        // (the largest whole set, if a stranger's channels are about).
+        None => {
+            let mut counts: Vec<u32> = pending
+                .iter()
+                .filter(|c| c.session.is_none())
+                .map(|c| c.count)
+                .collect();
+            counts.sort_unstable();
+            counts.dedup();
+            match counts
+                .iter()
+                .rev()
+                .find_map(|&n| whole_set(pending, None, n))
+            {
+                Some(t) => t,
+                None if counts.is_empty() => vec![],
+                None => return None,
+            }
+        }
+    };
+    let mut chans: Vec<Channel> = taken
+        .into_iter()
+        .rev()
+        .map(|i| pending.swap_remove(i))
+        .collect();
+    chans.sort_by_key(|c| c.index);
+    Some(chans)
+}
+
+/// Where in `pending` channels 0..`count` of `session` are (one each,
+/// ascending positions), if all of them are there.
+fn whole_set(pending: &[Channel], session: Option<SessionId>, count: u32) -> Option<Vec<usize>> {
+    let mut slots: Vec<Option<usize>> = vec![None; count as usize];
+    for (i, c) in pending.iter().enumerate() {
+        if c.session == session && c.count == count && c.index < count {
+            slots[c.index as usize].get_or_insert(i);
+        }
+    }
+    let mut taken = slots.into_iter().collect::<Option<Vec<usize>>>()?;
+    taken.sort_unstable();
+    Some(taken)
+}
+
 /// Serves `l` until `done`: every source's main stream arrives in
-/// `deliver` with the multifd channels it opened before it, whose
+/// `deliver` with the multifd channels bound to it ([`bind`]), whose
 /// receivers write into the RAM `ram` holds once it is there. A connection
 /// that does not start like a migration (a port probe, a health check, a
 /// stranger saying nothing) is logged and ignored; each says what it is on
-/// its own thread, so a silent one holds up nobody.
+/// its own thread, so a silent one holds up nobody. A channel that no main
+/// stream takes within [`HELLO_TIMEOUT`] is closed unused, and so is a
+/// main stream whose channels do not all come.
 pub fn serve(
     l: Listener,
     ram: RamSlot,
@@ -176,7 +306,8 @@ pub fn serve(
     let tls = tls.map(Arc::new);
     l.set_nonblocking()?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut channels = vec![];
+    let mut pending: Vec<Channel> = vec![];
+    let mut mains: Vec<Main> = vec![];
     while !done.load(Ordering::SeqCst) {
         let mut idle = true;
         if let Some((c, peer)) = l.try_accept()? {
@@ -192,34 +323,83 @@ pub fn serve(
         while let Ok(h) = rx.try_recv() {
             idle = false;
             match h {
-                Hello::Channel(c) => {
-                    let ram = ram.clone();
-                    let conn = c.try_clone().map_err(Error::io("a multifd channel"))?;
-                    let rx = std::thread::Builder::new()
-                        .name(format!("multifd-recv{}", channels.len()))
-                        .spawn(move || multifd::receive(c, &ram))
-                        .map_err(Error::io("cannot start a multifd receiver"))?;
-                    channels.push((conn, rx));
-                }
-                Hello::Main(main, head) => deliver(Incoming {
-                    main,
-                    head,
-                    channels: std::mem::take(&mut channels),
-                }),
+                Hello::Channel(c) => pending.push(c),
+                Hello::Main(m) => mains.push(m),
                 Hello::Other(why) => {
                     log::warn!("incoming migration: ignoring a connection: {why}")
                 }
             }
         }
+        let mut i = 0;
+        while i < mains.len() {
+            if let Some(chans) = bind(&mains[i], &mut pending) {
+                let m = mains.remove(i);
+                deliver(Incoming::start(m, chans, &ram)?);
+            } else if mains[i].since.elapsed() > HELLO_TIMEOUT {
+                let m = mains.remove(i);
+                let why = format!(
+                    "not all of the multifd channels the stream announced ({:?}) arrived within {} s",
+                    m.session.map(|s| s.1),
+                    HELLO_TIMEOUT.as_secs()
+                );
+                log::warn!("incoming migration: refusing {}: {why}", m.peer);
+                let refused = Incoming {
+                    main: m.conn,
+                    head: m.head,
+                    channels: vec![],
+                };
+                std::thread::spawn(move || refused.refuse(&why));
+            } else {
+                i += 1;
+            }
+        }
+        pending.retain(|c| {
+            let keep = c.since.elapsed() <= HELLO_TIMEOUT || !mains.is_empty();
+            if !keep {
+                log::warn!(
+                    "incoming migration: closing a multifd channel from {} not part of any migration",
+                    c.peer
+                );
+            }
+            keep
+        });
         if idle {
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+    for c in pending {
+        log::warn!(
+            "incoming migration: closing a multifd channel from {} not part of the migration",
+            c.peer
+        );
+        c.conn.shutdown();
     }
     l.unlink();
     Ok(())
 }
 
 impl Incoming {
+    /// A main stream with its channels bound: their receivers start.
+    fn start(m: Main, chans: Vec<Channel>, ram: &RamSlot) -> Result<Incoming> {
+        let channels = chans
+            .into_iter()
+            .map(|c| {
+                let conn = c.conn.try_clone().map_err(Error::io("a multifd channel"))?;
+                let ram = ram.clone();
+                let rx = std::thread::Builder::new()
+                    .name(format!("multifd-recv{}", c.index))
+                    .spawn(move || multifd::receive(c.conn, c.index, &ram))
+                    .map_err(Error::io("cannot start a multifd receiver"))?;
+                Ok((conn, rx))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Incoming {
+            main: m.conn,
+            head: m.head,
+            channels,
+        })
+    }
+
     /// Loads the stream into `target` (RAM into `ram`), answering each
     /// sync point, until EOF and every multifd channel's END.
     ///
@@ -324,5 +504,79 @@ impl Incoming {
         Ok(move || {
             let _ = c.write_all(&Line::Running.encode());
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn channel(session: Option<SessionId>, index: u32, count: u32, peer: &str) -> Channel {
+        Channel {
+            conn: Conn::Unix(UnixStream::pair().unwrap().0),
+            index,
+            count,
+            session,
+            since: Instant::now(),
+            peer: peer.into(),
+        }
+    }
+
+    fn main(session: Option<(SessionId, u32)>) -> Main {
+        Main {
+            conn: Conn::Unix(UnixStream::pair().unwrap().0),
+            head: [0; 8],
+            session,
+            since: Instant::now(),
+            peer: "source".into(),
+        }
+    }
+
+    fn peers(chans: &[Channel]) -> Vec<&str> {
+        chans.iter().map(|c| c.peer.as_str()).collect()
+    }
+
+    #[test]
+    fn a_stream_takes_only_its_own_channels_and_all_of_them() {
+        let (ours, theirs) = (SessionId([1; 16]), SessionId([2; 16]));
+        let m = main(Some((ours, 2)));
+        let mut pending = vec![
+            channel(None, 0, 1, "0.2.0-style stranger"),
+            channel(Some(theirs), 0, 2, "another session"),
+            channel(Some(ours), 1, 2, "ours 1"),
+            channel(Some(ours), 1, 2, "ours 1 again"),
+        ];
+        assert!(bind(&m, &mut pending).is_none(), "channel 0 is missing");
+        assert_eq!(pending.len(), 4);
+        pending.push(channel(Some(ours), 0, 2, "ours 0"));
+        let got = bind(&m, &mut pending).expect("both channels are there");
+        assert_eq!(peers(&got), ["ours 0", "ours 1"]);
+        let mut left = peers(&pending);
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["0.2.0-style stranger", "another session", "ours 1 again"]
+        );
+        // A count other than the announced one is not ours either.
+        let mut pending = vec![channel(Some(ours), 0, 1, "says 1 of 1")];
+        assert!(bind(&m, &mut pending).is_none());
+    }
+
+    #[test]
+    fn a_0_2_0_stream_takes_a_whole_set_of_0_2_0_channels() {
+        let m = main(None);
+        let mut pending = vec![];
+        assert_eq!(bind(&m, &mut pending).map(|c| c.len()), Some(0));
+        pending.push(channel(None, 1, 2, "old 1"));
+        assert!(bind(&m, &mut pending).is_none(), "channel 0 is missing");
+        pending.extend([
+            channel(None, 0, 1, "stranger"),
+            channel(Some(SessionId([3; 16])), 0, 2, "new-style"),
+            channel(None, 0, 2, "old 0"),
+        ]);
+        let got = bind(&m, &mut pending).expect("the set of two is whole");
+        assert_eq!(peers(&got), ["old 0", "old 1"]);
+        assert_eq!(peers(&pending).len(), 2);
     }
 }

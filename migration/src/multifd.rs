@@ -2,10 +2,17 @@
 //! always on the same channel (so a newer copy never overtakes an older
 //! one), written by the destination straight into guest RAM.
 //!
-//! A channel starts with [`CHANNEL_MAGIC`], be32 index and be32 count;
-//! then records: be64 (block offset | flags), followed by the page for
-//! DATA. SYNC asks for a [`Line::Sync`] back once everything before it is
-//! in; END closes the channel.
+//! A channel starts with [`CHANNEL_MAGIC`], be32 index, be32 count and
+//! the migration's [`SessionId`], which the main stream announces first
+//! ([`SESSION_MAGIC`], the id, be32 count): the destination binds to a
+//! main stream only the channels that carry its id, and exactly as many
+//! as it announced. Then records: be64 (block offset | flags), followed by
+//! the page for DATA. SYNC asks for a [`Line::Sync`] back once everything
+//! before it is in; END closes the channel.
+//!
+//! Releases up to 0.2.0 start a channel with [`CHANNEL_MAGIC_V1`], index
+//! and count only, and their main stream announces nothing; a destination
+//! binds such channels only to such a stream (see `destination`).
 
 use crate::error::{Error, Result};
 use crate::protocol::Line;
@@ -18,7 +25,13 @@ use std::io::{BufReader, Read, Write};
 use std::sync::atomic::Ordering;
 
 /// The first bytes of a multifd channel.
-pub(crate) const CHANNEL_MAGIC: &[u8; 8] = b"VMMMFD01";
+pub(crate) const CHANNEL_MAGIC: &[u8; 8] = b"VMMMFD02";
+/// The first bytes of a multifd channel from releases up to 0.2.0 (no
+/// session id).
+pub(crate) const CHANNEL_MAGIC_V1: &[u8; 8] = b"VMMMFD01";
+/// The first bytes of a main stream with multifd channels, before its
+/// savevm header: the session id and the channel count follow.
+pub(crate) const SESSION_MAGIC: &[u8; 8] = b"VMMSESS1";
 const CH_DATA: u64 = 1;
 const CH_ZERO: u64 = 2;
 const CH_END: u64 = u64::MAX;
@@ -27,22 +40,57 @@ pub(crate) const CH_SYNC: u64 = u64::MAX - 1;
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
-/// The source's multifd channels: connected before the main stream, each
-/// in TLS when `tls` says so (the credentials and the server's name).
-pub fn connect_channels(
+/// One migration's identity: random, announced by its main stream and
+/// carried by each of its channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionId(pub [u8; 16]);
+
+impl SessionId {
+    /// A fresh one, from the kernel's random source.
+    pub fn new() -> Result<SessionId> {
+        let mut id = [0u8; 16];
+        // SAFETY: the kernel writes at most `id.len()` bytes into `id`.
+        let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+        if n != id.len() as isize {
+            return Err(Error::io("cannot draw a migration session id")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(SessionId(id))
+    }
+}
+
+/// What the main stream sends first when it has `n` channels.
+pub(crate) fn session_preamble(id: SessionId, n: u32) -> Vec<u8> {
+    let mut head = SESSION_MAGIC.to_vec();
+    head.extend_from_slice(&id.0);
+    head.extend_from_slice(&n.to_be_bytes());
+    head
+}
+
+/// The source's `n` multifd channels of session `id`: connected before
+/// the main stream, each in TLS when `tls` says so (the credentials and
+/// the server's name); `opened` sees each connection as soon as it exists
+/// (to shut it from outside).
+pub(crate) fn connect_channels(
     uri: &Uri,
-    n: u64,
-    tls: Option<(&crate::tls::Creds, &str)>,
+    n: u32,
+    id: SessionId,
+    tls: Option<&(crate::tls::Creds, String)>,
+    opened: &dyn Fn(&Conn) -> Result<()>,
 ) -> Result<Vec<Conn>> {
     (0..n)
         .map(|i| {
             let mut c = connect(uri)?;
+            opened(&c)?;
             if let Some((creds, host)) = tls {
                 c = creds.connect(c, host)?;
+                opened(&c)?;
             }
             let mut head = CHANNEL_MAGIC.to_vec();
-            head.extend_from_slice(&(i as u32).to_be_bytes());
-            head.extend_from_slice(&(n as u32).to_be_bytes());
+            head.extend_from_slice(&i.to_be_bytes());
+            head.extend_from_slice(&n.to_be_bytes());
+            head.extend_from_slice(&id.0);
             c.write_all(&head)
                 .map_err(Error::io("cannot start a multifd channel"))?;
             Ok(c)
@@ -120,15 +168,12 @@ pub(crate) fn send<C: Write + Send>(
     Ok(())
 }
 
-/// The destination's side of one channel (its magic already read; no
-/// read times out, as on the main stream):
+/// The destination's side of channel `index` (its header already read
+/// and bound to a main stream; no read times out, as on the main stream):
 /// writes its pages into guest RAM, once there is RAM, until its END.
 /// Ends with the number of pages written.
-pub(crate) fn receive(mut c: Conn, ram: &RamSlot) -> Result<u64> {
+pub(crate) fn receive(c: Conn, index: u32, ram: &RamSlot) -> Result<u64> {
     let io = || Error::io("multifd channel");
-    let mut id = [0u8; 8];
-    c.read_exact(&mut id).map_err(io())?;
-    let index = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
     log::info!("multifd channel {index} connected");
     let mut answer = c.try_clone().map_err(io())?;
     let mut r = BufReader::with_capacity(256 << 10, c);

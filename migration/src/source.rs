@@ -23,13 +23,15 @@
 //!    to resume with nothing lost.
 
 use crate::error::{Error, Result};
-use crate::multifd::{self, CH_SYNC};
+use crate::multifd::{self, SessionId, CH_SYNC};
 use crate::protocol::{wall_us, Line};
 use crate::ram::{count, merge, set_bits, Ram};
 use crate::return_path::{LineReader, ReturnPath};
 use crate::status::{MigrationStatus, Params, Progress};
 use crate::stream::{Writer, PAGE_SIZE};
-use crate::transport::{Conn, LINK_TIMEOUT};
+use crate::tls::Creds;
+use crate::transport::{connect, Conn, Links, LINK_TIMEOUT};
+use crate::uri::Uri;
 use crate::vmstate::{Description, State};
 use serde_json::json;
 use std::io::Write;
@@ -79,11 +81,60 @@ pub struct DeviceState {
     pub paused_at: Instant,
 }
 
+/// Where a live migration goes: the connections are opened on the
+/// migration's thread (a slow peer or TLS handshake never holds the
+/// monitor), the multifd channels first, then the main stream.
+pub struct Route {
+    pub uri: Uri,
+    /// The main stream's connection when the caller has it already
+    /// (`fd:`); otherwise `uri` is connected.
+    pub conn: Option<Conn>,
+    /// TLS credentials, and the name the destination's certificate must
+    /// carry.
+    pub tls: Option<(Creds, String)>,
+    /// How many multifd channels (0: RAM on the main stream).
+    pub channels: u32,
+}
+
+/// A migration's open connections.
+struct Open {
+    conn: Conn,
+    channels: Vec<Conn>,
+}
+
+impl Route {
+    /// Opens the connections; each is in `links` as soon as it exists.
+    ///
+    /// With channels, they carry a fresh session id that the main stream
+    /// announces first; without, the main stream is exactly what releases
+    /// up to 0.2.0 send and take.
+    fn open(&mut self, links: &Links) -> Result<Open> {
+        let opened = |c: &Conn| links.add(c);
+        let tls = self.tls.as_ref();
+        let id = SessionId::new()?;
+        let channels = multifd::connect_channels(&self.uri, self.channels, id, tls, &opened)?;
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => connect(&self.uri)?,
+        };
+        opened(&conn)?;
+        if let Some((creds, host)) = tls {
+            conn = creds.connect(conn, host)?;
+            opened(&conn)?;
+        }
+        if !channels.is_empty() {
+            conn.write_all(&multifd::session_preamble(id, self.channels))
+                .map_err(Error::io("the migration connection"))?;
+        }
+        Ok(Open { conn, channels })
+    }
+}
+
 /// A live migration to run on its own thread.
 pub struct Source {
-    pub conn: Conn,
-    /// multifd channels for RAM (empty: RAM on the main stream).
-    pub channels: Vec<Conn>,
+    pub route: Route,
+    /// The connections once open, shut by whoever cancels the migration.
+    pub links: Arc<Links>,
     pub vm: Arc<dyn SourceVm>,
     pub machine: &'static str,
     pub params: Params,
@@ -93,8 +144,11 @@ pub struct Source {
 
 impl Source {
     /// Runs the migration to its end; reports through `ctl`.
-    pub fn run(self) {
-        let r = self.precopy();
+    pub fn run(mut self) {
+        let r = self
+            .route
+            .open(&self.links)
+            .and_then(|open| self.precopy(&open));
         self.vm.stop_dirty_log();
         if let Err(e) = &r {
             log::error!("migration failed: {}", e.chain());
@@ -103,14 +157,14 @@ impl Source {
         (self.ctl)(Msg::Done(r.map_err(|e| e.chain())));
     }
 
-    fn precopy(&self) -> Result<()> {
-        let mut m = self.setup()?;
+    fn precopy(&self, open: &Open) -> Result<()> {
+        let mut m = self.setup(open)?;
         m.iterate()?;
         m.catch_up()?;
         let watchdog = Watchdog::new(self.paused_bound());
         let r = m
             .stop_and_copy(&watchdog)
-            .and_then(|(rp, paused_at)| self.commit(&rp, paused_at, watchdog.disarm()));
+            .and_then(|(rp, paused_at)| self.commit(open, &rp, paused_at, watchdog.disarm()));
         if watchdog.fired() {
             return Err(Error::Protocol(format!(
                 "the destination did not take the last of the state within {} ms of the guest's pause (alive but stalled?): given up, the guest runs on here",
@@ -128,20 +182,20 @@ impl Source {
     }
 
     /// Phase 1: the dirty log, the return path, the stream's start.
-    fn setup(&self) -> Result<Precopy<'_>> {
+    fn setup<'a>(&'a self, open: &'a Open) -> Result<Precopy<'a>> {
         let t0 = Instant::now();
         let p = &*self.progress;
         self.vm.start_dirty_log().map_err(Error::Vm)?;
         // The return path: SYNC answers now, the handshake at the end.
-        let rp = ReturnPath::start(&self.conn)?;
+        let rp = ReturnPath::start(&open.conn)?;
         let io = || Error::io("the migration connection");
-        let chan_lines = self
+        let chan_lines = open
             .channels
             .iter()
             .map(|c| c.try_clone().map(LineReader::new))
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(io())?;
-        let n = self.channels.len().max(1) as u64;
+        let n = open.channels.len().max(1) as u64;
         let meter = |c: &Conn, max_bandwidth| {
             Ok(Meter {
                 w: c.try_clone().map_err(io())?,
@@ -153,10 +207,10 @@ impl Source {
         };
         // No BufWriter: pages are gathered straight from guest memory
         // (stream::Gather), the other records are written whole.
-        let mut w = Writer::new(meter(&self.conn, self.params.max_bandwidth)?, self.machine)?;
+        let mut w = Writer::new(meter(&open.conn, self.params.max_bandwidth)?, self.machine)?;
         p.channels
-            .store(self.channels.len() as u64, Ordering::SeqCst);
-        let chans = self
+            .store(open.channels.len() as u64, Ordering::SeqCst);
+        let chans = open
             .channels
             .iter()
             .map(|c| meter(c, self.params.max_bandwidth / n))
@@ -178,6 +232,7 @@ impl Source {
         );
         Ok(Precopy {
             src: self,
+            open,
             w,
             chans,
             chan_lines,
@@ -192,6 +247,7 @@ impl Source {
 /// pages still to send.
 struct Precopy<'a> {
     src: &'a Source,
+    open: &'a Open,
     w: Writer<Meter<'a>>,
     chans: Vec<Meter<'a>>,
     /// Each channel's SYNC answers.
@@ -316,7 +372,7 @@ impl Precopy<'_> {
         } else {
             // Each channel: a SYNC record, answered when the destination
             // has written everything before it.
-            for (c, conn) in self.chans.iter_mut().zip(&self.src.channels) {
+            for (c, conn) in self.chans.iter_mut().zip(&self.open.channels) {
                 c.write_all(&CH_SYNC.to_be_bytes()).map_err(io())?;
                 conn.set_read_timeout(Some(Duration::from_secs(10)))
                     .map_err(io())?;
@@ -353,8 +409,8 @@ impl Precopy<'_> {
         let paused_at = devices.paused_at;
         // From here the guest is paused: a destination that stalls (alive,
         // its window shut) must not keep it paused for ever.
-        let conns = std::iter::once(&self.src.conn)
-            .chain(&self.src.channels)
+        let conns = std::iter::once(&self.open.conn)
+            .chain(&self.open.channels)
             .map(|c| c.try_clone())
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(Error::io("the migration connection"))?;
@@ -395,7 +451,13 @@ impl Precopy<'_> {
 
 impl Source {
     /// Phase 5: LOADED, GO (committed), RUNNING (the downtime ends).
-    fn commit(&self, rp: &ReturnPath, paused_at: Instant, disarm: impl FnOnce()) -> Result<()> {
+    fn commit(
+        &self,
+        open: &Open,
+        rp: &ReturnPath,
+        paused_at: Instant,
+        disarm: impl FnOnce(),
+    ) -> Result<()> {
         let answer = loop {
             let (l, _) = rp.next(
                 Duration::from_secs(30),
@@ -431,7 +493,7 @@ impl Source {
         // busy host the destination's freshly started vCPU can delay that
         // by milliseconds).
         let paused_wall = SystemTime::now() - paused_at.elapsed();
-        let mut go = self
+        let mut go = open
             .conn
             .try_clone()
             .map_err(Error::io("cannot send GO to the destination"))?;
@@ -798,8 +860,13 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
         let source = Source {
-            conn: Conn::Unix(a),
-            channels: vec![],
+            route: Route {
+                uri: Uri::Fd("test".into()),
+                conn: Some(Conn::Unix(a)),
+                tls: None,
+                channels: 0,
+            },
+            links: Default::default(),
             vm: vm.clone(),
             machine: MACHINE,
             params: Params::default(),

@@ -178,6 +178,37 @@ impl Write for Conn {
     }
 }
 
+/// A migration's connections, for whoever ends the migration from outside
+/// (cancel, a reset of the VM): [`Links::shutdown`] shuts every one opened
+/// so far, and any opened later at once.
+#[derive(Default)]
+pub struct Links {
+    conns: std::sync::Mutex<Vec<Conn>>,
+    shut: std::sync::atomic::AtomicBool,
+}
+
+impl Links {
+    /// Adds (a clone of) `c`.
+    pub fn add(&self, c: &Conn) -> Result<()> {
+        let c = c
+            .try_clone()
+            .map_err(Error::io("the migration connection"))?;
+        let mut conns = self.conns.lock().expect("links lock");
+        if self.shut.load(std::sync::atomic::Ordering::SeqCst) {
+            c.shutdown();
+            return Err(Error::Protocol("migration cancelled".into()));
+        }
+        conns.push(c);
+        Ok(())
+    }
+
+    pub fn shutdown(&self) {
+        let mut conns = self.conns.lock().expect("links lock");
+        self.shut.store(true, std::sync::atomic::Ordering::SeqCst);
+        conns.drain(..).for_each(|c| c.shutdown());
+    }
+}
+
 /// Dead-link detection for a TCP connection: unacknowledged data and idle
 /// links are given up on within [`LINK_TIMEOUT`].
 fn tune_tcp(s: &TcpStream) {

@@ -1231,6 +1231,53 @@ fn a_stranger_first_is_refused_and_the_real_source_then_migrates() {
     hand_over(src, &mut dst, &uri);
 }
 
+/// A stranger that opens a multifd channel (the 0.2.0 header, claiming to
+/// be channel 0 of 1) before the real source does not join the real
+/// source's migration: nothing it sends reaches guest RAM, and the
+/// migration does not wait for it. The real source migrates over its own
+/// two channels.
+#[test]
+fn a_strangers_channel_does_not_join_the_migration() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("mig-stranger-channel");
+    let src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let (mut dst, uri) = incoming(&dir, "dst", &[]);
+    let addr = uri.strip_prefix("tcp:").unwrap();
+    let mut stranger = std::net::TcpStream::connect(addr).unwrap();
+    let mut head = b"VMMMFD01".to_vec();
+    head.extend_from_slice(&0u32.to_be_bytes());
+    head.extend_from_slice(&1u32.to_be_bytes());
+    // One page of junk for the guest's first megabyte, then silence.
+    head.extend_from_slice(&(0x10_0000u64 | 1).to_be_bytes());
+    head.extend_from_slice(&[0xee; 4096]);
+    stranger.write_all(&head).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut q = src.qmp();
+    q.execute(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "multifd", "state": true}]}),
+    );
+    q.execute("migrate-set-parameters", json!({"multifd-channels": 2}));
+    let m = migrate(&src, &uri);
+    assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
+    assert_eq!(m["multifd-channels-used"], 2, "{m}");
+    drop(src);
+    wait_ticks(&dst.vm, 2);
+    verify(&mut dst.vm);
+    // The stranger was never taken in: its connection is closed.
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut rest = vec![];
+    let _ = stranger.read_to_end(&mut rest);
+    assert!(
+        dst.vm.log().contains("not part of"),
+        "the stranger's channel was not named: {}",
+        dst.vm.log()
+    );
+}
+
 /// Once GO is sent the guest is the destination's, whatever happens next:
 /// here the destination holds its vCPUs for 6 s after GO, so RUNNING never
 /// reaches the source in time. The migration completes with that visible
@@ -1495,12 +1542,11 @@ fn migration_in_tls_with_qemus_credentials() {
     stranger.vm.wait_prefix("mem.filled", BOOT);
     tls_on(&mut stranger.qmp());
     let (mut dst, uri) = tls_dst("dst1");
-    let e = stranger
-        .qmp()
-        .try_execute("migrate", json!({ "uri": uri }))
-        .expect_err("a source with another CA got through the handshake");
-    let why = e["desc"].as_str().unwrap_or_default();
-    assert!(why.contains("TLS") && why.contains("certificate"), "{e}");
+    // The handshake runs on the migration's thread: the migration fails.
+    let m = migrate(&stranger, &uri);
+    assert_eq!(m["status"], "failed", "{m}");
+    let why = m["error-desc"].as_str().unwrap_or_default();
+    assert!(why.contains("TLS") && why.contains("certificate"), "{m}");
     assert_eq!(stranger.status(), "running");
     assert_eq!(dst.status(), "inmigrate", "{}", dst.vm.log());
     let deadline = Instant::now() + T;
@@ -1533,6 +1579,46 @@ fn migration_in_tls_with_qemus_credentials() {
     drop(dst);
     wait_ticks(&dst2.vm, 2);
     verify(&mut dst2.vm);
+}
+
+/// A destination that accepts the connection and then says nothing holds
+/// a TLS handshake for as long as it likes: the handshake runs on the
+/// migration's thread, so `migrate` answers at once, the monitor goes on
+/// answering, and `migrate_cancel` ends the migration with the guest
+/// running.
+#[test]
+fn a_stalled_tls_handshake_does_not_hold_the_monitor() {
+    let dir = TempDir::new("mig-tls-stall");
+    let pki = dir.path("pki");
+    tls_dir(&pki);
+    let creds = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=client",
+        pki.display()
+    );
+    let src = start(&dir, "src", &["-object", &creds]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("tcp:{}", silent.local_addr().unwrap());
+    let mut q = src.qmp();
+    q.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    let t0 = Instant::now();
+    q.execute("migrate", json!({ "uri": uri }));
+    let mut answers = vec![t0.elapsed()];
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(q.execute("query-migrate", json!({}))["status"], "setup");
+        answers.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        answers.iter().all(|d| *d < Duration::from_secs(2)),
+        "the monitor waited for the handshake: {answers:?}"
+    );
+    q.execute("migrate_cancel", json!({}));
+    let m = q.wait_migration(T);
+    assert_eq!(m["status"], "cancelled", "{m}");
+    assert_eq!(src.status(), "running");
+    drop(silent);
 }
 
 /// `migrate fd:N` takes a descriptor vmm inherited (or one passed with

@@ -123,6 +123,10 @@ impl Session<'_> {
                 match ctl.recv_timeout(Duration::from_millis(100)) {
                     Ok(Control::Qmp(req)) => req.reply(busy_reply(&req.command)),
                     Ok(Control::Loaded) => break,
+                    Ok(Control::Incoming(Ok(other))) => spawn_refusal(
+                        other,
+                        "this destination is already receiving a migration".into(),
+                    ),
                     Ok(_) => log::debug!("incoming migration: a board message waits"),
                     Err(_) => {}
                 }

@@ -145,7 +145,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             migration: &mut migration,
             params: &mut params,
             progress: None,
-            conn: None,
+            links: None,
             stopped_for_migration: false,
             ctl: ctl_tx.clone(),
             gen,
@@ -227,8 +227,8 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
                 MigrationStatus::Completed
             } else {
                 p.cancel.store(true, Ordering::SeqCst);
-                if let Some(c) = session.conn.take() {
-                    c.shutdown();
+                if let Some(l) = session.links.take() {
+                    l.shutdown();
                 }
                 session.migration.error =
                     Some("the VM was reset or stopped during the migration".into());

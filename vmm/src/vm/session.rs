@@ -8,9 +8,9 @@ use crate::config::VmConfig;
 use crate::qmp::{commands::Target as _, QmpError};
 use crate::runstate::{MigrationStatus, RunState};
 use anyhow::{Context, Result};
-use migration::source::{DeviceState, Msg, Source};
+use migration::source::{DeviceState, Msg, Route, Source};
 use migration::status::{Params, Progress};
-use migration::transport::{connect, Conn};
+use migration::transport::{connect, Conn, Links};
 use migration::uri::Uri;
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -34,8 +34,8 @@ pub(super) struct Session<'a> {
     pub(super) params: &'a mut Params,
     /// The running migration's counters.
     pub(super) progress: Option<Arc<Progress>>,
-    /// Its connection (shut down by migrate_cancel).
-    pub(super) conn: Option<Conn>,
+    /// Its connections (shut by migrate_cancel, or a reset).
+    pub(super) links: Option<Arc<Links>>,
     /// The migration stopped a running VM to finish (resumed on failure).
     pub(super) stopped_for_migration: bool,
     pub(super) ctl: Sender<Control>,
@@ -145,44 +145,47 @@ impl Session<'_> {
             )));
         }
         let t0 = std::time::Instant::now();
-        // multifd channels first: the destination tells them from the main
-        // stream by their header, and has them all when the main one comes.
-        let tls = self.tls(migration::tls::Endpoint::Client)?;
-        let host = match (&tls, self.params.tls_hostname.as_str(), uri) {
-            (None, ..) => String::new(),
-            (Some(_), "", Uri::Tcp(a)) => a
-                .rsplit_once(':')
-                .map_or(a.as_str(), |h| h.0)
-                .trim_matches(['[', ']'])
-                .to_string(),
-            (Some(_), "", _) => {
-                return Err(QmpError::generic(
-                    "TLS needs tls-hostname for a migration that is not tcp:",
-                ))
+        // What can be refused at once is, here; the connections are opened
+        // on the migration's thread (a slow peer or TLS handshake never
+        // holds the monitor), and a failure there fails the migration.
+        let tls = match self.tls(migration::tls::Endpoint::Client)? {
+            None => None,
+            Some(creds) => {
+                let host = match (self.params.tls_hostname.as_str(), uri) {
+                    ("", Uri::Tcp(a)) => a
+                        .rsplit_once(':')
+                        .map_or(a.as_str(), |h| h.0)
+                        .trim_matches(['[', ']'])
+                        .to_string(),
+                    ("", _) => {
+                        return Err(QmpError::generic(
+                            "TLS needs tls-hostname for a migration that is not tcp:",
+                        ))
+                    }
+                    (h, _) => h.to_string(),
+                };
+                Some((creds, host))
             }
-            (Some(_), h, _) => h.to_string(),
         };
-        let tls = tls.as_ref().map(|c| (c, host.as_str()));
-        let channels = if self.params.multifd && !matches!(uri, Uri::Fd(_)) {
-            migration::multifd::connect_channels(uri, self.params.multifd_channels, tls)
-                .map_err(|e| QmpError::generic(e.chain()))?
-        } else {
-            vec![]
-        };
-        // fd:NAME takes the descriptor getfd kept (QEMU consumes it too).
-        let named = match uri {
-            Uri::Fd(name) => self.fds.remove(name),
+        // fd: is a descriptor already open (passed with getfd, which QEMU
+        // consumes too, or inherited): taken now, or refused now.
+        let conn = match uri {
+            Uri::Fd(name) => Some(match self.fds.remove(name) {
+                Some(fd) => Conn::from(fd),
+                None => connect(uri).map_err(|e| QmpError::generic(e.chain()))?,
+            }),
             _ => None,
         };
-        let conn = match named {
-            Some(fd) => Conn::from(fd),
-            None => connect(uri).map_err(|e| QmpError::generic(e.chain()))?,
+        let channels = if self.params.multifd && conn.is_none() {
+            self.params.multifd_channels as u32
+        } else {
+            0
         };
-        let conn = match tls {
-            Some((creds, host)) => creds
-                .connect(conn, host)
-                .map_err(|e| QmpError::generic(e.chain()))?,
-            None => conn,
+        let route = Route {
+            uri: uri.clone(),
+            conn,
+            tls,
+            channels,
         };
         let progress = Arc::new(Progress::default());
         *self.migration = MigrationInfo {
@@ -196,11 +199,10 @@ impl Session<'_> {
         ));
         let ctl = Mutex::new(self.ctl.clone());
         let gen = self.gen;
+        let links = Arc::new(Links::default());
         let src = Source {
-            channels,
-            conn: conn
-                .try_clone()
-                .map_err(|e| QmpError::generic(e.to_string()))?,
+            route,
+            links: links.clone(),
             vm: Arc::new(crate::snapshot::Dirty {
                 vm: self.board.vm.clone(),
                 mem: self.board.mem.clone(),
@@ -221,7 +223,7 @@ impl Session<'_> {
             .spawn(move || src.run())
             .map_err(|e| QmpError::generic(format!("cannot start the migration thread: {e}")))?;
         self.progress = Some(progress);
-        self.conn = Some(conn);
+        self.links = Some(links);
         Ok(())
     }
 
@@ -359,7 +361,7 @@ impl Session<'_> {
             }
             Msg::Done(r) => {
                 let p = self.progress.take();
-                self.conn = None;
+                self.links = None;
                 let total_ms = self
                     .migration
                     .started

@@ -233,8 +233,8 @@ impl qmp::commands::Target for Session<'_> {
     fn migrate_cancel(&mut self) -> Result<(), QmpError> {
         if let Some(p) = &self.progress {
             p.cancel.store(true, Ordering::SeqCst);
-            if let Some(c) = &self.conn {
-                c.shutdown();
+            if let Some(l) = &self.links {
+                l.shutdown();
             }
         }
         Ok(())
