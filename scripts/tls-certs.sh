@@ -15,7 +15,7 @@ openssl req -x509 -new -key ca-key.pem -out ca-cert.pem -days 30 -subj "/CN=vmm 
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
 for who in server client; do
     key "$who-key.pem"
-    openssl req -new -key "$who-key.pem" -out "$who.csr" -subj "/CN=vmm $who"
+    openssl req -new -key "$who-key.pem" -out "$who.csr" -subj "/C=GB/O=vmm tests/CN=vmm $who"
     eku=$([ "$who" = server ] && echo serverAuth || echo clientAuth)
     printf 'subjectAltName=%s\nextendedKeyUsage=%s\nbasicConstraints=CA:FALSE\n' "$san" "$eku" > "$who.ext"
     openssl x509 -req -in "$who.csr" -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \

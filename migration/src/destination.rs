@@ -141,6 +141,10 @@ struct Channel {
     peer: String,
 }
 
+/// The destination's TLS: its credentials, and the client `tls-authz`
+/// admits (if it is set).
+pub type Tls = (crate::tls::Creds, Option<crate::tls::Authz>);
+
 /// What a new connection turned out to be.
 enum Hello {
     Main(Main),
@@ -151,9 +155,9 @@ enum Hello {
 
 /// Reads a connection's first bytes, within [`HELLO_TIMEOUT`] (after the
 /// TLS handshake, when the destination takes TLS only).
-fn hello(c: Conn, peer: String, tls: Option<&crate::tls::Creds>) -> Hello {
+fn hello(c: Conn, peer: String, tls: Option<&Tls>) -> Hello {
     let wrapped = match tls {
-        Some(t) => t.accept(c),
+        Some((creds, authz)) => creds.accept(c, authz.as_ref()),
         None => Ok(c),
     };
     match wrapped {
@@ -300,7 +304,7 @@ pub fn serve(
     l: Listener,
     ram: RamSlot,
     done: Arc<AtomicBool>,
-    tls: Option<crate::tls::Creds>,
+    tls: Option<Tls>,
     mut deliver: impl FnMut(Incoming),
 ) -> Result<()> {
     let tls = tls.map(Arc::new);

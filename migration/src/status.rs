@@ -58,6 +58,9 @@ pub struct Params {
     /// The name the destination's certificate must carry (empty: the
     /// URI's host).
     pub tls_hostname: String,
+    /// The `authz-simple` object naming the one client a destination
+    /// admits (empty: any client the CA vouches for).
+    pub tls_authz: String,
 }
 
 impl Default for Params {
@@ -73,6 +76,7 @@ impl Default for Params {
             max_throttle: 99,
             tls_creds: String::new(),
             tls_hostname: String::new(),
+            tls_authz: String::new(),
         }
     }
 }
@@ -88,6 +92,7 @@ impl Params {
             "max-cpu-throttle": self.max_throttle,
             "tls-creds": self.tls_creds,
             "tls-hostname": self.tls_hostname,
+            "tls-authz": self.tls_authz,
         })
     }
 
@@ -97,12 +102,19 @@ impl Params {
         let mut next = self.clone();
         for (k, v) in args {
             // The string parameters: TLS credentials (an -object id; ""
-            // turns TLS off) and the name the server's certificate carries.
-            if let ("tls-creds" | "tls-hostname", Some(s)) = (k.as_str(), v.as_str()) {
-                match k.as_str() {
-                    "tls-creds" => next.tls_creds = s.to_string(),
-                    _ => next.tls_hostname = s.to_string(),
-                }
+            // turns TLS off), the name the server's certificate carries,
+            // the authz-simple object naming the one client admitted.
+            let text = match k.as_str() {
+                "tls-creds" => Some(&mut next.tls_creds),
+                "tls-hostname" => Some(&mut next.tls_hostname),
+                "tls-authz" => Some(&mut next.tls_authz),
+                _ => None,
+            };
+            if let Some(text) = text {
+                *text = v
+                    .as_str()
+                    .ok_or_else(|| format!("Parameter '{k}' expects a string"))?
+                    .to_string();
                 continue;
             }
             let n = v

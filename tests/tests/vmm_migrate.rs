@@ -1581,6 +1581,81 @@ fn migration_in_tls_with_qemus_credentials() {
     verify(&mut dst2.vm);
 }
 
+/// `tls-authz` with QEMU's `authz-simple` object: the destination admits
+/// only the client whose certificate's subject is the identity, spelled
+/// as QEMU spells it (the certificate's order, commas doubled on the
+/// command line). A
+/// client the CA vouches for but the identity does not name is refused
+/// after the handshake, naming both; the destination waits on, and the
+/// named client migrates.
+#[test]
+fn tls_authz_admits_only_the_client_it_names() {
+    let dir = TempDir::new("mig-tls-authz");
+    let pki = dir.path("pki");
+    tls_dir(&pki);
+    let creds = |end: &str| {
+        format!(
+            "tls-creds-x509,id=tls0,dir={},endpoint={end}",
+            pki.display()
+        )
+    };
+    let src = start(&dir, "src", &["-object", &creds("client")]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let mut q = src.qmp();
+    q.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    let dst = |name: &str, identity: &str| {
+        let authz = format!("authz-simple,id=auth0,identity={identity}");
+        let dst = start(
+            &dir,
+            name,
+            &[
+                "-incoming",
+                "defer",
+                "-object",
+                &creds("server"),
+                "-object",
+                &authz,
+            ],
+        );
+        let port = free_port();
+        let mut d = dst.qmp();
+        d.execute(
+            "migrate-set-parameters",
+            json!({"tls-creds": "tls0", "tls-authz": "auth0"}),
+        );
+        assert_eq!(
+            d.execute("query-migrate-parameters", json!({}))["tls-authz"],
+            "auth0"
+        );
+        d.execute(
+            "migrate-incoming",
+            json!({"uri": format!("tcp:127.0.0.1:{port}")}),
+        );
+        (dst, format!("tcp:127.0.0.1:{port}"))
+    };
+    // The server's own subject: a certificate the CA signed, not the
+    // client's.
+    let (wrong, uri) = dst("dst-wrong", "C=GB,,O=vmm tests,,CN=vmm server");
+    let m = migrate(&src, &uri);
+    assert_eq!(m["status"], "failed", "{m}");
+    assert_eq!(src.status(), "running");
+    let deadline = Instant::now() + T;
+    while !wrong.vm.log().contains("admits only") {
+        assert!(Instant::now() < deadline, "{}", wrong.vm.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = wrong.vm.log();
+    assert!(
+        log.contains("'C=GB,O=vmm tests,CN=vmm client'")
+            && log.contains("'C=GB,O=vmm tests,CN=vmm server'"),
+        "{log}"
+    );
+    assert_eq!(wrong.status(), "inmigrate");
+    drop(wrong);
+    let (mut right, uri) = dst("dst-right", "C=GB,,O=vmm tests,,CN=vmm client");
+    hand_over(src, &mut right, &uri);
+}
+
 /// A destination that accepts the connection and then says nothing holds
 /// a TLS handshake for as long as it likes: the handshake runs on the
 /// migration's thread, so `migrate` answers at once, the monitor goes on

@@ -74,6 +74,7 @@ pub struct Args {
     #[arg(long = "chardev", value_name = "OPTIONS")]
     pub chardev: Vec<String>,
     /// An object: tls-creds-x509,id=ID,dir=DIR,endpoint=server|client[,verify-peer=on|off]
+    /// or authz-simple,id=ID,identity=DN (a comma in DN written ',,')
     #[arg(long = "object", value_name = "OPTIONS")]
     pub object: Vec<String>,
     /// A QMP monitor: unix:PATH,server=on,wait=off or tcp:HOST:PORT,server=on,wait=off

@@ -65,15 +65,54 @@ pub struct DebugExitConfig {
     pub iosize: u16,
 }
 
+/// An `-object`: TLS credentials or the client a destination admits.
+enum Object {
+    TlsCreds(migration::tls::Creds),
+    Authz(migration::tls::Authz),
+}
+
+/// QEMU's option list: `,` separates, `,,` is a comma in a value.
+fn split_options(o: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = o.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                parts.last_mut().expect("one part").push(',');
+            }
+            ',' => parts.push(String::new()),
+            c => parts.last_mut().expect("one part").push(c),
+        }
+    }
+    parts
+}
+
 /// `-object tls-creds-x509,id=ID,dir=DIR,endpoint=server|client
-/// [,verify-peer=on|off]`, QEMU's spelling; its files are read now, so a
-/// bad directory is an error before the VM starts.
-fn parse_tls_creds(o: &str) -> Result<migration::tls::Creds> {
-    use migration::tls::{Creds, Endpoint};
-    let mut parts = o.split(',');
-    let kind = parts.next().unwrap_or_default();
+/// [,verify-peer=on|off]` (its files are read now, so a bad directory is
+/// an error before the VM starts), or `-object authz-simple,id=ID,
+/// identity=DN` (commas in the DN doubled), QEMU's spellings.
+fn parse_object(o: &str) -> Result<Object> {
+    use migration::tls::{Authz, Creds, Endpoint};
+    let parts = split_options(o);
+    let (kind, parts) = parts.split_first().expect("one part");
+    if kind == "authz-simple" {
+        let (mut id, mut identity) = (None, None);
+        for kv in parts {
+            match kv.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("identity", v)) => identity = Some(v.to_string()),
+                _ => bail!("invalid -object '{o}': unknown or bad '{kv}' (id, identity; a comma in the identity is written ',,')"),
+            }
+        }
+        return Ok(Object::Authz(Authz {
+            id: id.ok_or_else(|| anyhow!("invalid -object '{o}': id= is missing"))?,
+            identity: identity
+                .ok_or_else(|| anyhow!("invalid -object '{o}': identity= is missing"))?,
+        }));
+    }
     if kind != "tls-creds-x509" {
-        bail!("invalid -object '{o}': vmm knows tls-creds-x509 objects only");
+        bail!("invalid -object '{o}': vmm knows tls-creds-x509 and authz-simple objects only");
     }
     let (mut id, mut dir, mut endpoint, mut verify_peer) = (None, None, Endpoint::Client, true);
     for kv in parts {
@@ -96,7 +135,7 @@ fn parse_tls_creds(o: &str) -> Result<migration::tls::Creds> {
     creds
         .check()
         .with_context(|| format!("-object {}", creds.id))?;
-    Ok(creds)
+    Ok(Object::TlsCreds(creds))
 }
 
 /// Where an incoming VM's state comes from.
@@ -151,6 +190,8 @@ pub struct VmConfig {
     pub incoming: Option<Incoming>,
     /// `-object tls-creds-x509`, checked at start.
     pub tls: Vec<migration::tls::Creds>,
+    /// `-object authz-simple`.
+    pub authz: Vec<migration::tls::Authz>,
     pub backends: crate::backends::Backends,
 }
 
@@ -404,6 +445,13 @@ pub fn from_args(a: Args) -> Result<Action> {
     };
     let props: Vec<&Props> = devices.iter().map(|d| &d.props).collect();
     let backends = crate::backends::parse(&a, &props)?;
+    let (mut tls, mut authz) = (vec![], vec![]);
+    for o in &a.object {
+        match parse_object(o)? {
+            Object::TlsCreds(c) => tls.push(c),
+            Object::Authz(z) => authz.push(z),
+        }
+    }
     let memory = parse_size(&a.memory)?;
     if memory < MIN_MEMORY {
         bail!(
@@ -486,11 +534,8 @@ pub fn from_args(a: Args) -> Result<Action> {
             },
         },
         backends,
-        tls: a
-            .object
-            .iter()
-            .map(|o| parse_tls_creds(o))
-            .collect::<Result<_>>()?,
+        tls,
+        authz,
     };
     if a.print_config {
         return Ok(Action::Print(print_config(&cfg)));
@@ -522,5 +567,22 @@ mod tests {
         );
         assert!(parse_qmp_addr("unix:/x,wait=on").is_err());
         assert!(parse_qmp_addr("stdio").is_err());
+    }
+
+    #[test]
+    fn an_authz_identity_keeps_its_doubled_commas() {
+        let Ok(Object::Authz(a)) =
+            parse_object("authz-simple,id=auth0,identity=C=GB,,O=Example,, Org,,CN=vmm client")
+        else {
+            panic!("not an authz-simple object");
+        };
+        assert_eq!(a.id, "auth0");
+        assert_eq!(a.identity, "C=GB,O=Example, Org,CN=vmm client");
+        let e = parse_object("authz-simple,id=a,identity=C=GB,O=x")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("',,'"), "{e}");
+        assert!(parse_object("authz-simple,identity=C=GB").is_err());
+        assert!(parse_object("authz-list,id=a").is_err());
     }
 }

@@ -120,6 +120,7 @@ pub const COMMANDS: &[Command] = &[
             ("max-cpu-throttle", "?int"),
             ("tls-creds", "?string"),
             ("tls-hostname", "?string"),
+            ("tls-authz", "?string"),
         ],
         |t, a| t.migrate_set_parameters(a).map(|_| json!({})),
     ),

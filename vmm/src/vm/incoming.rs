@@ -47,7 +47,7 @@ fn incoming_done() -> Arc<AtomicBool> {
 pub(super) fn listen_incoming(
     uri: &Uri,
     ctl: Sender<Control>,
-    tls: Option<migration::tls::Creds>,
+    tls: Option<migration::destination::Tls>,
 ) -> Result<()> {
     let l = migration::transport::Listener::bind(uri)?;
     log::info!("waiting for an incoming migration on {uri:?}");

@@ -84,6 +84,27 @@ impl Session<'_> {
         Ok(Some(c.clone()))
     }
 
+    /// The destination's TLS: the credentials `tls-creds` names and the
+    /// client `tls-authz` admits; `None` without TLS.
+    pub(super) fn tls_server(&self) -> Result<Option<migration::destination::Tls>, QmpError> {
+        let Some(creds) = self.tls(migration::tls::Endpoint::Server)? else {
+            if !self.params.tls_authz.is_empty() {
+                return Err(QmpError::generic("tls-authz needs tls-creds"));
+            }
+            return Ok(None);
+        };
+        let id = &self.params.tls_authz;
+        let authz = if id.is_empty() {
+            None
+        } else {
+            let a = self.cfg.authz.iter().find(|a| &a.id == id).ok_or_else(|| {
+                QmpError::generic(format!("No authz-simple object with id '{id}'"))
+            })?;
+            Some(a.clone())
+        };
+        Ok(Some((creds, authz)))
+    }
+
     /// Whether the guest now belongs to a live migration's destination:
     /// GO was sent (the migration may still be waiting for RUNNING).
     pub(super) fn handed_over(&self) -> bool {

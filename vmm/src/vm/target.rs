@@ -147,7 +147,7 @@ impl qmp::commands::Target for Session<'_> {
         let path = match uri {
             Uri::File(p) => p,
             l @ (Uri::Tcp(_) | Uri::Unix(_)) => {
-                let tls = self.tls(migration::tls::Endpoint::Server)?;
+                let tls = self.tls_server()?;
                 listen_incoming(&l, self.ctl.clone(), tls)
                     .map_err(|e| QmpError::generic(format!("{e:#}")))?;
                 // Once: a second migrate-incoming is refused.

@@ -12,6 +12,8 @@
 //! outbound relay writes to the socket; the session lock is never held
 //! across socket I/O, so a peer that is slow to read cannot stall reading.
 
+pub mod dn;
+
 use crate::error::{Error, Result};
 use crate::transport::Conn;
 use rustls::pki_types::pem::PemObject;
@@ -39,6 +41,37 @@ pub struct Creds {
     /// A server asks for and checks the client's certificate (QEMU's
     /// default); a client always checks the server's.
     pub verify_peer: bool,
+}
+
+/// QEMU's `authz-simple` object: the one client a destination admits,
+/// by its certificate's subject (RFC 4514, as GnuTLS spells it; see
+/// [`dn`]). Selected with the `tls-authz` migration parameter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authz {
+    pub id: String,
+    pub identity: String,
+}
+
+impl Authz {
+    /// Admits the client whose certificate chain is `chain`, or says why
+    /// not.
+    fn admit(&self, chain: Option<&[CertificateDer<'_>]>) -> Result<()> {
+        let refused = |why: String| Err(Error::Protocol(format!("TLS: {why}")));
+        let Some(cert) = chain.and_then(|c| c.first()) else {
+            return refused(format!(
+                "the client presented no certificate, and tls-authz '{}' admits only '{}'",
+                self.id, self.identity
+            ));
+        };
+        match dn::subject(cert) {
+            Some(s) if s == self.identity => Ok(()),
+            Some(s) => refused(format!(
+                "the client's certificate is '{s}', and tls-authz '{}' admits only '{}'",
+                self.id, self.identity
+            )),
+            None => refused("the client's certificate has a subject this cannot read".into()),
+        }
+    }
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
@@ -132,19 +165,33 @@ impl Creds {
             .map_err(|e| Error::Protocol(format!("TLS: '{host}' is not a host name: {e}")))?;
         let session = rustls::ClientConnection::new(self.client()?, name)
             .map_err(|e| Error::Protocol(format!("TLS: {e}")))?;
-        wrap(conn, rustls::Connection::Client(session))
+        wrap(conn, rustls::Connection::Client(session), |_| Ok(()))
     }
 
-    /// Wraps a connection the destination accepted.
-    pub fn accept(&self, conn: Conn) -> Result<Conn> {
+    /// Wraps a connection the destination accepted; with `authz`, only
+    /// the client it names gets through.
+    pub fn accept(&self, conn: Conn, authz: Option<&Authz>) -> Result<Conn> {
+        if authz.is_some() && !self.verify_peer {
+            return Err(Error::Protocol(format!(
+                "TLS: tls-authz needs the client's certificate, and credentials '{}' do not ask for it (verify-peer=off)",
+                self.id
+            )));
+        }
         let session = rustls::ServerConnection::new(self.server()?)
             .map_err(|e| Error::Protocol(format!("TLS: {e}")))?;
-        wrap(conn, rustls::Connection::Server(session))
+        wrap(conn, rustls::Connection::Server(session), |s| {
+            authz.map_or(Ok(()), |a| a.admit(s.peer_certificates()))
+        })
     }
 }
 
-/// Runs the handshake on `conn`, then relays; returns the plaintext end.
-fn wrap(conn: Conn, mut session: rustls::Connection) -> Result<Conn> {
+/// Runs the handshake on `conn`, then `check` on the session, then
+/// relays; returns the plaintext end.
+fn wrap(
+    conn: Conn,
+    mut session: rustls::Connection,
+    check: impl FnOnce(&rustls::Connection) -> Result<()>,
+) -> Result<Conn> {
     let Conn::Tcp(mut tcp) = conn else {
         return Err(Error::Protocol(
             "TLS runs over tcp: connections only".into(),
@@ -161,6 +208,7 @@ fn wrap(conn: Conn, mut session: rustls::Connection) -> Result<Conn> {
         session.write_tls(&mut tcp).map_err(hs)?;
     }
     tcp.set_read_timeout(None).map_err(hs)?;
+    check(&session)?;
     let (plain, relay) = UnixStream::pair().map_err(Error::io("the TLS relay"))?;
     let session = Arc::new(Mutex::new(session));
     let io = || Error::io("the TLS relay");
