@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long soak (not in CI, which runs 6 hops in the test suite): 100
+# The long soak (not in CI, which runs 14 hops in the test suite): 100
 # consecutive live migrations with a fault in every other hop; see
 # tests/tests/soak.rs. VMM_SOAK_HOPS and VMM_SOAK_SEED override.
 set -euo pipefail

@@ -5,6 +5,7 @@
 //! lets a test wait for one, send bytes to the guest, and read the verdict.
 
 pub mod console;
+pub mod netns;
 pub mod peer;
 pub mod qemu;
 pub mod qmp;

@@ -90,19 +90,24 @@ impl Vmm {
     }
     /// The same, inside network namespace `ns` (a second "host").
     pub fn spawn_in(&self, ns: &str, name: &str) -> Vm {
-        let c = self.command();
-        let mut w = Command::new("ip");
-        w.args(["netns", "exec", ns])
-            .arg(c.get_program())
-            .args(c.get_args());
-        for (k, v) in c.get_envs() {
-            match v {
-                Some(v) => w.env(k, v),
-                None => w.env_remove(k),
-            };
-        }
-        Vm::spawn(name, w)
+        Vm::spawn(name, in_netns(ns, self.command()))
     }
+}
+
+/// Command `c` run inside network namespace `ns` (`ip netns exec` execs
+/// it: the process is `c`'s own).
+pub fn in_netns(ns: &str, c: Command) -> Command {
+    let mut w = Command::new("ip");
+    w.args(["netns", "exec", ns])
+        .arg(c.get_program())
+        .args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => w.env(k, v),
+            None => w.env_remove(k),
+        };
+    }
+    w
 }
 
 impl Default for Vmm {

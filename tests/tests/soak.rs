@@ -1,21 +1,26 @@
-//! The soak: consecutive live migrations of a guest that writes its memory
+//! The soak: consecutive live migrations between two hosts (two network
+//! namespaces joined by a veth pair) of a guest that writes its memory
 //! and, during the first hops, its disk (one image, handed over at every
 //! hop), with a fault in every other hop — the destination killed while RAM
 //! flows or while the source is paused, a destination that stalls, one
-//! that refuses the stream, probes on the port. After every failure the
-//! source must run on; after every success the guest checks every page;
-//! at the end the guest's disk check and the image itself must be intact.
+//! that refuses the stream, probes on the port, the link cut silently
+//! mid-RAM, a stranger's multifd channel waiting on the port. After every
+//! failure the source must run on; after every success the guest checks
+//! every page; at the end the guest's disk check and the image itself must
+//! be intact.
 //!
-//! `VMM_SOAK_HOPS` sets the number of hops (6 in the test suite;
+//! `VMM_SOAK_HOPS` sets the number of hops (14 in the test suite, each
+//! fault once;
 //! `scripts/soak.sh` runs 100), `VMM_SOAK_SEED` the order of the faults.
 
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vmm_tests::console::{field, Vm};
+use vmm_tests::netns::{probe, wait_for_listener, Hosts};
 use vmm_tests::qmp::Qmp;
-use vmm_tests::vmm::Vmm;
-use vmm_tests::{blk_pattern, free_port, TempDir};
+use vmm_tests::vmm::{in_netns, Vmm};
+use vmm_tests::{blk_pattern, TempDir};
 
 const T: Duration = Duration::from_secs(60);
 const GUEST: &str =
@@ -24,7 +29,11 @@ const GUEST: &str =
 struct Node {
     vm: Vm,
     sock: PathBuf,
+    /// On host A (or B).
+    on_a: bool,
+    /// Where it listens for the guest (`tcp:ADDR:PORT`), and the port.
     uri: String,
+    port: u16,
 }
 
 impl Node {
@@ -39,12 +48,27 @@ impl Node {
     }
 }
 
-/// A node named `name`: the fault-injection build (its hooks are set by
-/// `env`), the shared disk, `-incoming` on a fresh port unless `first`.
-fn node(dir: &TempDir, name: &str, first: bool, extra: &[&str], env: &[(&str, &str)]) -> Node {
+/// Where a node runs: host A or B, and the hop it is for (its port).
+struct Place<'a> {
+    hosts: &'a Hosts,
+    on_a: bool,
+    hop: usize,
+}
+
+/// A node named `name` at `at`: the fault-injection build (its hooks are
+/// set by `env`), the shared disk, `-incoming` unless `first`.
+fn node(
+    dir: &TempDir,
+    name: &str,
+    at: Place,
+    first: bool,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Node {
     let sock = dir.path(&format!("{name}.sock"));
     let img = dir.path("disk.raw");
-    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let port = 4400 + at.hop as u16;
+    let uri = format!("tcp:{}:{port}", at.hosts.addr(at.on_a));
     let drive = format!("file={},if=none,id=d0,format=raw", img.display());
     let mut v = Vmm::new()
         .args(["-m", "256M", "-smp", "2"])
@@ -64,11 +88,16 @@ fn node(dir: &TempDir, name: &str, first: bool, extra: &[&str], env: &[(&str, &s
         cmd.env(k, val);
     }
     let n = Node {
-        vm: Vm::spawn(name, cmd),
+        vm: Vm::spawn(name, in_netns(at.hosts.ns(at.on_a), cmd)),
         sock,
+        on_a: at.on_a,
         uri,
+        port,
     };
     n.qmp();
+    if !first {
+        wait_for_listener(at.hosts.ns(at.on_a), port, T);
+    }
     n
 }
 
@@ -89,6 +118,8 @@ enum Fault {
     Stalled,
     Refused,
     Probed,
+    LinkCut,
+    StrayChannel,
 }
 
 /// The source after a failed hop: running, counting, every page intact.
@@ -108,21 +139,57 @@ fn disk_check(vm: &Vm) -> Option<String> {
 
 /// One hop from `src` with `fault`; returns the node the guest runs on.
 /// The guest's disk check is kept in `disk` wherever it ended.
-fn hop(dir: &TempDir, mut src: Node, i: usize, fault: Fault, disk: &mut Option<String>) -> Node {
+fn hop(
+    dir: &TempDir,
+    hosts: &Hosts,
+    mut src: Node,
+    i: usize,
+    fault: Fault,
+    disk: &mut Option<String>,
+) -> Node {
     let name = format!("n{i}");
     let mut q = src.qmp();
+    // The destination is on the other host.
+    let there = || Place {
+        hosts,
+        on_a: !src.on_a,
+        hop: i,
+    };
+    let (src_ns, dst_addr) = (hosts.ns(src.on_a), hosts.addr(!src.on_a));
     match fault {
-        Fault::None | Fault::Probed => {
-            let mut dst = node(dir, &name, false, &[], &[]);
-            if let Fault::Probed = fault {
-                use std::io::Write;
-                let addr = dst.uri.strip_prefix("tcp:").unwrap().to_string();
-                drop(std::net::TcpStream::connect(&addr).unwrap());
-                let mut junk = std::net::TcpStream::connect(&addr).unwrap();
-                let _ = junk.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        Fault::None | Fault::Probed | Fault::StrayChannel => {
+            let mut dst = node(dir, &name, there(), false, &[], &[]);
+            let mut stray = None;
+            match fault {
+                Fault::Probed => probe(src_ns, &dst_addr, dst.port),
+                Fault::StrayChannel => {
+                    // A channel in 0.2.0's shape, claiming to be 0 of 1,
+                    // silent; the guest moves on two channels of its own.
+                    let script = format!(
+                        "exec 3<>/dev/tcp/{dst_addr}/{}; printf 'VMMMFD01\\0\\0\\0\\0\\0\\0\\0\\1' >&3; sleep 60",
+                        dst.port
+                    );
+                    stray = Some(
+                        std::process::Command::new("ip")
+                            .args(["netns", "exec", src_ns, "bash", "-c", &script])
+                            .spawn()
+                            .unwrap(),
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                    q.execute(
+                        "migrate-set-capabilities",
+                        json!({"capabilities": [{"capability": "multifd", "state": true}]}),
+                    );
+                }
+                _ => {}
             }
             q.execute("migrate", json!({ "uri": dst.uri }));
             let m = q.wait_migration(T);
+            if let Some(mut s) = stray {
+                let _ = s.kill();
+                let _ = s.wait();
+                assert_eq!(m["multifd-channels-used"], 2, "hop {i}: {m}");
+            }
             assert_eq!(
                 m["status"],
                 "completed",
@@ -141,7 +208,7 @@ fn hop(dir: &TempDir, mut src: Node, i: usize, fault: Fault, disk: &mut Option<S
                 "migrate-set-parameters",
                 json!({"max-bandwidth": 16u64 << 20}),
             );
-            let mut dst = node(dir, &name, false, &[], &[]);
+            let mut dst = node(dir, &name, there(), false, &[], &[]);
             q.execute("migrate", json!({ "uri": dst.uri }));
             std::thread::sleep(Duration::from_millis(400));
             dst.vm.kill();
@@ -151,12 +218,30 @@ fn hop(dir: &TempDir, mut src: Node, i: usize, fault: Fault, disk: &mut Option<S
             still_running(&mut src);
             src
         }
+        Fault::LinkCut => {
+            q.execute(
+                "migrate-set-parameters",
+                json!({"max-bandwidth": 16u64 << 20}),
+            );
+            let mut dst = node(dir, &name, there(), false, &[], &[]);
+            q.execute("migrate", json!({ "uri": dst.uri }));
+            std::thread::sleep(Duration::from_millis(400));
+            hosts.cut();
+            let m = q.wait_migration(T);
+            hosts.mend();
+            assert_eq!(m["status"], "failed", "hop {i} ({fault:?}): {m}");
+            q.execute("migrate-set-parameters", json!({"max-bandwidth": 0}));
+            // The half-fed destination gives up on its own.
+            assert_ne!(dst.vm.wait_exit(T).code(), Some(0));
+            still_running(&mut src);
+            src
+        }
         Fault::KilledWhilePaused | Fault::Stalled => {
             let env = match fault {
                 Fault::Stalled => ("VMM_TEST_DELAY_DEVICES_MS", "25000"),
                 _ => ("VMM_TEST_DELAY_LOADED_MS", "3000"),
             };
-            let mut dst = node(dir, &name, false, &[], &[env]);
+            let mut dst = node(dir, &name, there(), false, &[], &[env]);
             q.execute("migrate", json!({ "uri": dst.uri }));
             wait_status(&mut q, "finish-migrate");
             if let Fault::KilledWhilePaused = fault {
@@ -170,7 +255,7 @@ fn hop(dir: &TempDir, mut src: Node, i: usize, fault: Fault, disk: &mut Option<S
             src
         }
         Fault::Refused => {
-            let mut dst = node(dir, &name, false, &["-M", "pc-q35-7.2"], &[]);
+            let mut dst = node(dir, &name, there(), false, &["-M", "pc-q35-7.2"], &[]);
             q.execute("migrate", json!({ "uri": dst.uri }));
             let m = q.wait_migration(T);
             assert_eq!(m["status"], "failed", "hop {i} ({fault:?}): {m}");
@@ -201,38 +286,53 @@ fn migrations_with_faults_lose_nothing() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let hops = env("VMM_SOAK_HOPS", 6) as usize;
+    let hops = env("VMM_SOAK_HOPS", 14) as usize;
     let mut seed = env("VMM_SOAK_SEED", 1);
-    let faults = [
+    let mut faults = [
         Fault::KilledMidRam,
         Fault::KilledWhilePaused,
         Fault::Stalled,
         Fault::Refused,
         Fault::Probed,
+        Fault::LinkCut,
+        Fault::StrayChannel,
     ];
     let dir = TempDir::new("soak");
     std::fs::File::create(dir.path("disk.raw"))
         .and_then(|f| f.set_len(128 << 20))
         .unwrap();
-    let mut cur = node(&dir, "n0", true, &[], &[]);
+    let hosts = Hosts::new();
+    let at = Place {
+        hosts: &hosts,
+        on_a: true,
+        hop: 0,
+    };
+    let mut cur = node(&dir, "n0", at, true, &[], &[]);
     // The first hops run while the guest's disk check writes.
     cur.vm.wait_prefix("virtio.00:01.0.blk queues_used", T);
     let mut disk = None;
     let t0 = Instant::now();
     let mut failed = 0;
     for i in 1..=hops {
-        // Every other hop a fault, chosen by a small xorshift.
+        // Every other hop a fault: each kind in turn, in an order a small
+        // xorshift shuffles anew for every round.
         let fault = if i % 2 == 0 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            faults[(seed % faults.len() as u64) as usize]
+            let k = (i / 2 - 1) % faults.len();
+            if k == 0 {
+                for j in (1..faults.len()).rev() {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    faults.swap(j, (seed % (j as u64 + 1)) as usize);
+                }
+            }
+            faults[k]
         } else {
             Fault::None
         };
         eprintln!("soak: hop {i}/{hops}: {fault:?} ({:.0?} in)", t0.elapsed());
-        failed += !matches!(fault, Fault::None | Fault::Probed) as usize;
-        cur = hop(&dir, cur, i, fault, &mut disk);
+        failed += !matches!(fault, Fault::None | Fault::Probed | Fault::StrayChannel) as usize;
+        cur = hop(&dir, &hosts, cur, i, fault, &mut disk);
     }
     eprintln!(
         "soak: {hops} hops, {failed} failed on purpose, in {:.1?}",

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use vmm_tests::console::{field, Vm};
+use vmm_tests::netns::{wait_for_listener, Hosts};
 use vmm_tests::qmp::Qmp;
 use vmm_tests::vmm::Vmm;
 use vmm_tests::{blk_pattern, free_port, TempDir};
@@ -475,50 +476,6 @@ fn destination_killed_while_the_source_is_paused() {
     killed_while_paused("VMM_TEST_DELAY_LOADED_MS");
 }
 
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().expect("run ip");
-    assert!(st.success(), "ip {args:?}");
-}
-
-/// Two network namespaces joined by a veth pair: two "hosts".
-struct Hosts {
-    a: String,
-    b: String,
-}
-
-impl Hosts {
-    fn new() -> Hosts {
-        let id = std::process::id() % 100_000;
-        let (a, b) = (format!("vmmA{id}"), format!("vmmB{id}"));
-        ip(&["netns", "add", &a]);
-        ip(&["netns", "add", &b]);
-        let (va, vb) = (format!("va{id}"), format!("vb{id}"));
-        ip(&[
-            "link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b,
-        ]);
-        ip(&["-n", &a, "addr", "add", "10.231.0.1/24", "dev", &va]);
-        ip(&["-n", &b, "addr", "add", "10.231.0.2/24", "dev", &vb]);
-        for (ns, dev) in [(&a, &va), (&b, &vb)] {
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        Hosts { a, b }
-    }
-
-    /// Cuts the wire silently: frames are dropped, no RST, no FIN.
-    fn cut(&self) {
-        let id = std::process::id() % 100_000;
-        ip(&["-n", &self.b, "link", "set", &format!("vb{id}"), "down"]);
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
-    }
-}
-
 fn start_in(dir: &TempDir, ns: &str, name: &str, extra: &[&str]) -> Node {
     let (v, sock) = vmm(dir, name, extra);
     Node {
@@ -531,28 +488,34 @@ fn start_in(dir: &TempDir, ns: &str, name: &str, extra: &[&str]) -> Node {
 fn between_two_hosts_and_a_cut_link_is_detected() {
     let dir = TempDir::new("mig-hosts");
     let hosts = Hosts::new();
+    let (a, b) = (hosts.addr(true), hosts.addr(false));
     let src = start_in(&dir, &hosts.a, "src", &[]);
     src.vm.wait_prefix("mem.filled", BOOT);
-    let dst = start_in(&dir, &hosts.b, "dst", &["-incoming", "tcp:10.231.0.2:4444"]);
-    wait_for_listener(&hosts.b, 4444);
-    let m = migrate(&src, "tcp:10.231.0.2:4444");
+    let dst = start_in(
+        &dir,
+        &hosts.b,
+        "dst",
+        &["-incoming", &format!("tcp:{b}:4444")],
+    );
+    wait_for_listener(&hosts.b, 4444, T);
+    let m = migrate(&src, &format!("tcp:{b}:4444"));
     assert_eq!(m["status"], "completed", "{m}\n{}", dst.vm.log());
     // Back, slowly, and the wire is cut half-way.
     let mut back = start_in(
         &dir,
         &hosts.a,
         "back",
-        &["-incoming", "tcp:10.231.0.1:4445"],
+        &["-incoming", &format!("tcp:{a}:4445")],
     );
     drop(src);
     let mut dst = dst;
-    wait_for_listener(&hosts.a, 4445);
+    wait_for_listener(&hosts.a, 4445, T);
     let mut q = dst.qmp();
     q.execute(
         "migrate-set-parameters",
         json!({"max-bandwidth": 16u64 << 20}),
     );
-    q.execute("migrate", json!({"uri": "tcp:10.231.0.1:4445"}));
+    q.execute("migrate", json!({"uri": format!("tcp:{a}:4445")}));
     std::thread::sleep(Duration::from_millis(600));
     hosts.cut();
     let t0 = Instant::now();
@@ -569,24 +532,6 @@ fn between_two_hosts_and_a_cut_link_is_detected() {
     // The half-fed destination gives up on its own, never runs the guest.
     assert_ne!(back.vm.wait_exit(T).code(), Some(0));
     assert!(ticks(&back.vm).is_empty());
-}
-
-fn wait_for_listener(ns: &str, port: u16) {
-    let deadline = Instant::now() + T;
-    loop {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "ss", "-ltnH"])
-            .output()
-            .expect("ss");
-        if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port}")) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {port} in {ns}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The seed chain: pc-q35-5.1 keeps virtio-blk at one queue on every hop,

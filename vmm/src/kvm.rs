@@ -42,8 +42,13 @@ pub struct KvmVm {
     slots: std::sync::Mutex<Vec<kvm_userspace_memory_region>>,
 }
 
-/// Maximum MSRs migrated per vCPU.
+/// MSRs in the cpu section itself.
 pub const MAX_MSRS: usize = 128;
+/// MSRs in its `cpu/msrs` subsection, sent only by a host whose KVM saves
+/// more than [`MAX_MSRS`] (none of the hosts vmm has run on yet: 40 here),
+/// so streams stay what releases up to 0.2.0 take. Together they hold
+/// what one KVM_GET_MSRS call can (kvm-bindings' 256).
+pub const MORE_MSRS: usize = 128;
 
 migration::vmstate! {
     /// One vCPU: the kernel's own state structs, as KVM hands them out.
@@ -63,6 +68,41 @@ migration::vmstate! {
         /// its value (little-endian u64).
         msrs: [u8; MAX_MSRS * 16],
     }
+    subsections {
+        /// The MSRs past the first [`MAX_MSRS`].
+        more_msrs: Option<MoreMsrs>,
+    }
+}
+
+migration::vmstate! {
+    /// A vCPU's MSRs past the first [`MAX_MSRS`], laid out as those.
+    pub static CPU_MSRS = "cpu/msrs", version 1, minimum 1;
+    pub struct MoreMsrs {
+        msr_count: [u8; 4],
+        msrs: [u8; MORE_MSRS * 16],
+    }
+}
+
+/// MSRs as the cpu section carries them: a count and 16 bytes each.
+fn put_msrs(entries: &[kvm_msr_entry], count: &mut [u8; 4], bytes: &mut [u8]) {
+    let n = entries.len().min(bytes.len() / 16);
+    *count = (n as u32).to_le_bytes();
+    for (e, b) in entries.iter().zip(bytes.chunks_exact_mut(16)) {
+        b[..4].copy_from_slice(&e.index.to_le_bytes());
+        b[8..].copy_from_slice(&e.data.to_le_bytes());
+    }
+}
+
+/// The MSRs [`put_msrs`] wrote (a count beyond the room means all of it).
+fn get_msrs(count: [u8; 4], bytes: &[u8]) -> impl Iterator<Item = kvm_msr_entry> + use<'_> {
+    bytes
+        .chunks_exact(16)
+        .take(u32::from_le_bytes(count) as usize)
+        .map(|e| kvm_msr_entry {
+            index: u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+            data: u64::from_le_bytes([e[8], e[9], e[10], e[11], e[12], e[13], e[14], e[15]]),
+            ..Default::default()
+        })
 }
 
 migration::vmstate! {
@@ -154,18 +194,16 @@ pub fn create_vm() -> Result<KvmVm, Error> {
         .map_err(err("KVM_GET_MSR_INDEX_LIST failed"))?
         .as_slice()
         .to_vec();
-    if msrs.len() > MAX_MSRS {
-        // The cpu section has room for MAX_MSRS; the rest would need a
-        // subsection (a newer stream that older releases refuse only when
-        // it is there).
+    let room = MAX_MSRS + MORE_MSRS;
+    if msrs.len() > room {
         log::warn!(
-            "this host's KVM saves {} MSRs; a migration carries the first {MAX_MSRS}, not {:x?}",
+            "this host's KVM saves {} MSRs; a migration carries the first {room}, not {:x?}",
             msrs.len(),
-            &msrs[MAX_MSRS..]
+            &msrs[room..]
         );
     }
-    log::debug!("migrating {} MSRs per vCPU", msrs.len().min(MAX_MSRS));
-    msrs.truncate(MAX_MSRS);
+    log::debug!("migrating {} MSRs per vCPU", msrs.len().min(room));
+    msrs.truncate(room);
     Ok(KvmVm {
         vm,
         cpuid,
@@ -394,6 +432,31 @@ impl VcpuX86_64 for KvmVcpu {
     }
 }
 
+/// A cpu state holding only `msrs`: the first [`MAX_MSRS`] in the
+/// section, the rest in its `cpu/msrs` subsection.
+fn save_msrs(msrs: &[kvm_msr_entry]) -> CpuState {
+    let mut st = CpuState::default();
+    let (first, rest) = msrs.split_at(msrs.len().min(MAX_MSRS));
+    put_msrs(first, &mut st.msr_count, &mut st.msrs);
+    if !rest.is_empty() {
+        let mut more = MoreMsrs::default();
+        put_msrs(rest, &mut more.msr_count, &mut more.msrs);
+        st.more_msrs = Some(more);
+    }
+    st
+}
+
+/// Every MSR a cpu state holds, the section's and its subsection's.
+fn saved_msrs(st: &CpuState) -> Vec<kvm_msr_entry> {
+    let more = st.more_msrs.as_ref();
+    get_msrs(st.msr_count, &st.msrs)
+        .chain(
+            more.into_iter()
+                .flat_map(|m| get_msrs(m.msr_count, &m.msrs)),
+        )
+        .collect()
+}
+
 impl Vcpu for KvmVcpu {
     fn x86_64(&mut self) -> Option<&mut dyn VcpuX86_64> {
         Some(self)
@@ -420,14 +483,7 @@ impl Vcpu for KvmVcpu {
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         })?;
         let n = f.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS failed"))?;
-        let mut msr_bytes = [0u8; MAX_MSRS * 16];
-        for (e, b) in msrs.as_slice()[..n]
-            .iter()
-            .zip(msr_bytes.chunks_exact_mut(16))
-        {
-            b[..4].copy_from_slice(&e.index.to_le_bytes());
-            b[8..].copy_from_slice(&e.data.to_le_bytes());
-        }
+        let msrs = save_msrs(&msrs.as_slice()[..n]);
         let st = CpuState {
             regs: blob(&f.get_regs().map_err(err("KVM_GET_REGS failed"))?),
             sregs: blob(&f.get_sregs().map_err(err("KVM_GET_SREGS failed"))?),
@@ -443,8 +499,7 @@ impl Vcpu for KvmVcpu {
                 &f.get_debug_regs()
                     .map_err(err("KVM_GET_DEBUGREGS failed"))?,
             ),
-            msr_count: (n as u32).to_le_bytes(),
-            msrs: msr_bytes,
+            ..msrs
         };
         Ok(to_blobs(st.to_state()))
     }
@@ -463,17 +518,7 @@ impl Vcpu for KvmVcpu {
         unsafe { f.set_xsave(&xsave) }.map_err(err("KVM_SET_XSAVE failed"))?;
         f.set_xcrs(&unblob(&st.xcrs))
             .map_err(err("KVM_SET_XCRS failed"))?;
-        let count = u32::from_le_bytes(st.msr_count) as usize;
-        let entries: Vec<kvm_msr_entry> = st
-            .msrs
-            .chunks_exact(16)
-            .take(count)
-            .map(|e| kvm_msr_entry {
-                index: u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
-                data: u64::from_le_bytes([e[8], e[9], e[10], e[11], e[12], e[13], e[14], e[15]]),
-                ..Default::default()
-            })
-            .collect();
+        let entries = saved_msrs(&st);
         let msrs = Msrs::from_entries(&entries).map_err(|_| Error {
             what: "too many MSRs",
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
@@ -551,5 +596,51 @@ impl Vcpu for KvmVcpu {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msrs(n: u32) -> Vec<kvm_msr_entry> {
+        (0..n)
+            .map(|i| kvm_msr_entry {
+                index: 0xc000_0000 + i,
+                data: u64::from(i) << 32 | 0xabc,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn same(a: &[kvm_msr_entry], b: &[kvm_msr_entry]) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.index == y.index && x.data == y.data)
+    }
+
+    #[test]
+    fn msrs_past_128_travel_in_a_subsection_and_come_back() {
+        // What every host so far has: the section alone, as 0.2.0 sends.
+        let few = msrs(40);
+        let st = save_msrs(&few).to_state();
+        assert!(st.subsections.is_empty());
+        assert!(same(
+            &saved_msrs(&CpuState::from_state(&st, "cpu").unwrap()),
+            &few
+        ));
+        // A host that saves more: the rest in cpu/msrs, none lost.
+        let many = msrs(200);
+        let st = save_msrs(&many).to_state();
+        assert_eq!(st.subsections.len(), 1);
+        assert_eq!(st.subsections[0].0, "cpu/msrs");
+        let back = CpuState::from_state(&st, "cpu").unwrap();
+        assert_eq!(u32::from_le_bytes(back.msr_count), 128);
+        assert!(same(&saved_msrs(&back), &many));
+        // A count larger than the room reads what is there, no more.
+        let mut odd = save_msrs(&many);
+        odd.msr_count = u32::MAX.to_le_bytes();
+        assert_eq!(saved_msrs(&odd).len(), 200);
     }
 }
