@@ -446,6 +446,30 @@ fn save_msrs(msrs: &[kvm_msr_entry]) -> CpuState {
     st
 }
 
+/// XCR0 components whose state lies past the legacy 4 KiB XSAVE area
+/// (AMX: XTILECFG, bit 17, and XTILEDATA, bit 18), which only
+/// `KVM_GET_XSAVE2` returns.
+const XSAVE2_ONLY: u64 = 3 << 17;
+
+/// Fails when the guest has enabled state the saved XSAVE area cannot
+/// hold: a save that carried on would lose it without a word.
+fn beyond_legacy_xsave(xcrs: &kvm_xcrs) -> Result<(), Error> {
+    let n = (xcrs.nr_xcrs as usize).min(xcrs.xcrs.len());
+    let xcr0 = xcrs.xcrs[..n]
+        .iter()
+        .find(|x| x.xcr == 0)
+        .map_or(0, |x| x.value);
+    if xcr0 & XSAVE2_ONLY == 0 {
+        return Ok(());
+    }
+    Err(Error {
+        what: "the guest's CPU state cannot be saved",
+        source: std::io::Error::other(format!(
+            "it has AMX tile state enabled (XCR0 {xcr0:#x}), which lies past the 4 KiB XSAVE area vmm saves; KVM_GET_XSAVE2 is not supported yet"
+        )),
+    })
+}
+
 /// Every MSR a cpu state holds, the section's and its subsection's.
 fn saved_msrs(st: &CpuState) -> Vec<kvm_msr_entry> {
     let more = st.more_msrs.as_ref();
@@ -484,11 +508,13 @@ impl Vcpu for KvmVcpu {
         })?;
         let n = f.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS failed"))?;
         let msrs = save_msrs(&msrs.as_slice()[..n]);
+        let xcrs = f.get_xcrs().map_err(err("KVM_GET_XCRS failed"))?;
+        beyond_legacy_xsave(&xcrs)?;
         let st = CpuState {
             regs: blob(&f.get_regs().map_err(err("KVM_GET_REGS failed"))?),
             sregs: blob(&f.get_sregs().map_err(err("KVM_GET_SREGS failed"))?),
             xsave: blob(&f.get_xsave().map_err(err("KVM_GET_XSAVE failed"))?),
-            xcrs: blob(&f.get_xcrs().map_err(err("KVM_GET_XCRS failed"))?),
+            xcrs: blob(&xcrs),
             lapic: blob(&f.get_lapic().map_err(err("KVM_GET_LAPIC failed"))?),
             mp_state: blob(&f.get_mp_state().map_err(err("KVM_GET_MP_STATE failed"))?),
             events: blob(
@@ -618,6 +644,20 @@ mod tests {
             && a.iter()
                 .zip(b)
                 .all(|(x, y)| x.index == y.index && x.data == y.data)
+    }
+
+    #[test]
+    fn a_guest_with_amx_enabled_is_not_saved_without_its_tiles() {
+        let mut xcrs = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0].value = 0x7; // x87, SSE, AVX
+        assert!(beyond_legacy_xsave(&xcrs).is_ok());
+        xcrs.xcrs[0].value = 0x6_0007;
+        let e = beyond_legacy_xsave(&xcrs).unwrap_err();
+        let why = e.source.to_string();
+        assert!(why.contains("AMX") && why.contains("0x60007"), "{why}");
     }
 
     #[test]
