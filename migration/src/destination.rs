@@ -102,9 +102,14 @@ pub struct Incoming {
     /// The first bytes of the main stream's savevm header (read to tell it
     /// from channels).
     head: [u8; 8],
-    /// multifd receivers, each with its connection (to end it) and a
-    /// thread that ends with the pages it wrote, or why not.
-    channels: Vec<(Conn, JoinHandle<Result<u64>>)>,
+    /// The multifd channels bound to it, in index order: their receivers
+    /// start once the stream's header and machine type are accepted.
+    channels: Vec<Channel>,
+    /// Where the receivers write.
+    ram: RamSlot,
+    /// The receivers, each with its connection (to end it) and a thread
+    /// that ends with the pages it wrote, or why not.
+    receivers: Vec<(Conn, JoinHandle<Result<u64>>)>,
 }
 
 /// Why a load failed, and whether the VM had taken anything from the
@@ -118,6 +123,11 @@ pub struct LoadFailed {
 /// How long a new connection has to say what it is, and a main stream's
 /// channels to join it.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most channels a migration has (`multifd-channels` is 1..=255).
+const MAX_CHANNELS: u32 = 255;
+/// The most connections waiting to be bound: past it the oldest go.
+const MAX_PENDING: usize = 1024;
+const MAX_WAITING_MAINS: usize = 16;
 
 /// A main stream, its header read.
 struct Main {
@@ -184,9 +194,15 @@ fn hello_plain(mut c: Conn, peer: &str) -> std::io::Result<Hello> {
             c.read_exact(&mut h[..len])?;
             let session =
                 (m == CHANNEL_MAGIC).then(|| SessionId(h[8..24].try_into().expect("16 bytes")));
+            let (index, count) = (be32(&h[0..4]), be32(&h[4..8]));
+            if !(1..=MAX_CHANNELS).contains(&count) || index >= count {
+                return Ok(Hello::Other(format!(
+                    "{peer} opened multifd channel {index} of {count}: out of range"
+                )));
+            }
             Hello::Channel(Channel {
-                index: be32(&h[0..4]),
-                count: be32(&h[4..8]),
+                index,
+                count,
                 session,
                 conn: c,
                 since,
@@ -198,6 +214,11 @@ fn hello_plain(mut c: Conn, peer: &str) -> std::io::Result<Hello> {
             c.read_exact(&mut h)?;
             let id = SessionId(h[..16].try_into().expect("16 bytes"));
             let n = be32(&h[16..20]);
+            if n > MAX_CHANNELS {
+                return Ok(Hello::Other(format!(
+                    "{peer} announced {n} multifd channels, more than {MAX_CHANNELS}"
+                )));
+            }
             let head: [u8; 8] = h[20..28].try_into().expect("8 bytes");
             if head[..4] != MAGIC.to_be_bytes() {
                 return Ok(Hello::Other(format!(
@@ -247,21 +268,23 @@ fn clear_timeout(h: &Hello) -> std::io::Result<()> {
 /// saying the same count, every index once); it waits while they do not.
 fn bind(main: &Main, pending: &mut Vec<Channel>) -> Option<Vec<Channel>> {
     let taken = match main.session {
-        Some((id, n)) => whole_set(pending, Some(id), n)?,
+        Some((id, n)) => whole_set(pending, Some(id), n, &|_| true)?,
         // 0.2.0 sent no count on its main stream: its channels say it
-        // (the largest whole set, if a stranger's channels are about).
+        // (the largest whole set, if a stranger's channels are about). A
+        // 0.2.0 source opened them first, from its own host; this build
+        // without multifd opens none, and a stranger's from elsewhere never
+        // join it.
         None => {
-            let mut counts: Vec<u32> = pending
-                .iter()
-                .filter(|c| c.session.is_none())
-                .map(|c| c.count)
-                .collect();
+            let own = |c: &Channel| {
+                c.session.is_none() && c.since <= main.since && host(&c.peer) == host(&main.peer)
+            };
+            let mut counts: Vec<u32> = pending.iter().filter(|c| own(c)).map(|c| c.count).collect();
             counts.sort_unstable();
             counts.dedup();
             match counts
                 .iter()
                 .rev()
-                .find_map(|&n| whole_set(pending, None, n))
+                .find_map(|&n| whole_set(pending, None, n, &own))
             {
                 Some(t) => t,
                 None if counts.is_empty() => vec![],
@@ -278,12 +301,22 @@ fn bind(main: &Main, pending: &mut Vec<Channel>) -> Option<Vec<Channel>> {
     Some(chans)
 }
 
-/// Where in `pending` channels 0..`count` of `session` are (one each,
+/// The host part of a peer's address (`unix` peers are all one).
+fn host(peer: &str) -> &str {
+    peer.rsplit_once(':').map_or(peer, |h| h.0)
+}
+
+/// Where in `pending` channels 0..`count` of `session` (and `eligible`) are (one each,
 /// ascending positions), if all of them are there.
-fn whole_set(pending: &[Channel], session: Option<SessionId>, count: u32) -> Option<Vec<usize>> {
-    let mut slots: Vec<Option<usize>> = vec![None; count as usize];
+fn whole_set(
+    pending: &[Channel],
+    session: Option<SessionId>,
+    count: u32,
+    eligible: &dyn Fn(&Channel) -> bool,
+) -> Option<Vec<usize>> {
+    let mut slots: Vec<Option<usize>> = vec![None; count.min(MAX_CHANNELS) as usize];
     for (i, c) in pending.iter().enumerate() {
-        if c.session == session && c.count == count && c.index < count {
+        if c.session == session && c.count == count && c.index < count && eligible(c) {
             slots[c.index as usize].get_or_insert(i);
         }
     }
@@ -328,7 +361,16 @@ pub fn serve(
             idle = false;
             match h {
                 Hello::Channel(c) => pending.push(c),
-                Hello::Main(m) => mains.push(m),
+                Hello::Main(m) => {
+                    if mains.len() >= MAX_WAITING_MAINS {
+                        let old = mains.remove(0);
+                        log::warn!(
+                            "incoming migration: closing a stream from {}: too many wait for their channels",
+                            old.peer
+                        );
+                    }
+                    mains.push(m)
+                }
                 Hello::Other(why) => {
                     log::warn!("incoming migration: ignoring a connection: {why}")
                 }
@@ -338,27 +380,40 @@ pub fn serve(
         while i < mains.len() {
             if let Some(chans) = bind(&mains[i], &mut pending) {
                 let m = mains.remove(i);
-                deliver(Incoming::start(m, chans, &ram)?);
+                deliver(Incoming::new(m, chans, &ram));
             } else if mains[i].since.elapsed() > HELLO_TIMEOUT {
                 let m = mains.remove(i);
                 let why = format!(
-                    "not all of the multifd channels the stream announced ({:?}) arrived within {} s",
-                    m.session.map(|s| s.1),
+                    "not all of the {} multifd channels the stream announced arrived within {} s",
+                    m.session.map_or(0, |s| s.1),
                     HELLO_TIMEOUT.as_secs()
                 );
                 log::warn!("incoming migration: refusing {}: {why}", m.peer);
-                let refused = Incoming {
-                    main: m.conn,
-                    head: m.head,
-                    channels: vec![],
-                };
+                let refused = Incoming::new(m, vec![], &ram);
                 std::thread::spawn(move || refused.refuse(&why));
             } else {
                 i += 1;
             }
         }
+        // A channel waits while its session's channels keep arriving (a
+        // source opens them one after another, each with its handshake);
+        // 10 s after the last, they were nobody's.
+        let latest = |c: &Channel| {
+            pending
+                .iter()
+                .filter(|o| o.session == c.session && host(&o.peer) == host(&c.peer))
+                .map(|o| o.since)
+                .max()
+                .unwrap_or(c.since)
+        };
+        let stale: Vec<bool> = pending
+            .iter()
+            .enumerate()
+            .map(|(i, c)| latest(c).elapsed() > HELLO_TIMEOUT || pending.len() - i > MAX_PENDING)
+            .collect();
+        let mut stale = stale.into_iter();
         pending.retain(|c| {
-            let keep = c.since.elapsed() <= HELLO_TIMEOUT || !mains.is_empty();
+            let keep = !stale.next().unwrap_or(false);
             if !keep {
                 log::warn!(
                     "incoming migration: closing a multifd channel from {} not part of any migration",
@@ -383,25 +438,29 @@ pub fn serve(
 }
 
 impl Incoming {
-    /// A main stream with its channels bound: their receivers start.
-    fn start(m: Main, chans: Vec<Channel>, ram: &RamSlot) -> Result<Incoming> {
-        let channels = chans
-            .into_iter()
-            .map(|c| {
-                let conn = c.conn.try_clone().map_err(Error::io("a multifd channel"))?;
-                let ram = ram.clone();
-                let rx = std::thread::Builder::new()
-                    .name(format!("multifd-recv{}", c.index))
-                    .spawn(move || multifd::receive(c.conn, c.index, &ram))
-                    .map_err(Error::io("cannot start a multifd receiver"))?;
-                Ok((conn, rx))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Incoming {
+    /// A main stream with the channels bound to it.
+    fn new(m: Main, channels: Vec<Channel>, ram: &RamSlot) -> Incoming {
+        Incoming {
             main: m.conn,
             head: m.head,
             channels,
-        })
+            ram: ram.clone(),
+            receivers: vec![],
+        }
+    }
+
+    /// Starts the channels' receivers: from here they write guest RAM.
+    fn start_receivers(&mut self) -> Result<()> {
+        for c in self.channels.drain(..) {
+            let conn = c.conn.try_clone().map_err(Error::io("a multifd channel"))?;
+            let ram = self.ram.clone();
+            let rx = std::thread::Builder::new()
+                .name(format!("multifd-recv{}", c.index))
+                .spawn(move || multifd::receive(c.conn, c.index, &ram))
+                .map_err(Error::io("cannot start a multifd receiver"))?;
+            self.receivers.push((conn, rx));
+        }
+        Ok(())
     }
 
     /// Loads the stream into `target` (RAM into `ram`), answering each
@@ -427,7 +486,10 @@ impl Incoming {
         // The header and the configuration (the machine type) first: a
         // stream refused there has changed nothing here.
         let reader = Reader::new(
-            std::io::BufReader::with_capacity(256 << 10, (&self.head[..]).chain(conn)),
+            std::io::BufReader::with_capacity(
+                256 << 10,
+                std::io::Cursor::new(self.head).chain(conn),
+            ),
             machine,
         )
         .map_err(|e| untouched(e.into()))?;
@@ -435,11 +497,13 @@ impl Incoming {
             error,
             vm_touched: true,
         };
+        // Accepted: the channels' pages may land now.
+        self.start_receivers().map_err(touched)?;
         load_records(reader, target, ram, &mut || {
             let _ = sync.write_all(&Line::Sync.encode());
         })
         .map_err(touched)?;
-        for (_, ch) in self.channels.drain(..) {
+        for (_, ch) in self.receivers.drain(..) {
             let pages = ch
                 .join()
                 .map_err(|_| Error::Vm("a multifd receiver panicked".into()))
@@ -452,7 +516,10 @@ impl Incoming {
 
     /// Ends the multifd channels that came with this stream.
     fn end_channels(&mut self) {
-        for (c, _) in self.channels.drain(..) {
+        for c in self.channels.drain(..) {
+            c.conn.shutdown();
+        }
+        for (c, _) in self.receivers.drain(..) {
             c.shutdown();
         }
     }
@@ -527,13 +594,13 @@ mod tests {
         }
     }
 
-    fn main(session: Option<(SessionId, u32)>) -> Main {
+    fn main(session: Option<(SessionId, u32)>, peer: &str) -> Main {
         Main {
             conn: Conn::Unix(UnixStream::pair().unwrap().0),
             head: [0; 8],
             session,
             since: Instant::now(),
-            peer: "source".into(),
+            peer: peer.into(),
         }
     }
 
@@ -544,7 +611,7 @@ mod tests {
     #[test]
     fn a_stream_takes_only_its_own_channels_and_all_of_them() {
         let (ours, theirs) = (SessionId([1; 16]), SessionId([2; 16]));
-        let m = main(Some((ours, 2)));
+        let m = main(Some((ours, 2)), "source");
         let mut pending = vec![
             channel(None, 0, 1, "0.2.0-style stranger"),
             channel(Some(theirs), 0, 2, "another session"),
@@ -568,19 +635,24 @@ mod tests {
     }
 
     #[test]
-    fn a_0_2_0_stream_takes_a_whole_set_of_0_2_0_channels() {
-        let m = main(None);
-        let mut pending = vec![];
-        assert_eq!(bind(&m, &mut pending).map(|c| c.len()), Some(0));
-        pending.push(channel(None, 1, 2, "old 1"));
-        assert!(bind(&m, &mut pending).is_none(), "channel 0 is missing");
+    fn a_0_2_0_stream_takes_a_whole_set_of_0_2_0_channels_from_its_host() {
+        let mut pending = vec![channel(None, 1, 2, "10.0.0.1:5002")];
         pending.extend([
-            channel(None, 0, 1, "stranger"),
-            channel(Some(SessionId([3; 16])), 0, 2, "new-style"),
-            channel(None, 0, 2, "old 0"),
+            channel(None, 0, 1, "10.0.0.9:7000"),
+            channel(Some(SessionId([3; 16])), 0, 2, "10.0.0.1:5003"),
         ]);
+        let m = main(None, "10.0.0.1:5000");
+        assert!(bind(&m, &mut pending).is_none(), "channel 0 is missing");
+        pending.insert(0, channel(None, 0, 2, "10.0.0.1:5001"));
+        let m = main(None, "10.0.0.1:5000");
         let got = bind(&m, &mut pending).expect("the set of two is whole");
-        assert_eq!(peers(&got), ["old 0", "old 1"]);
+        assert_eq!(peers(&got), ["10.0.0.1:5001", "10.0.0.1:5002"]);
         assert_eq!(peers(&pending).len(), 2);
+        // A stream without channels (this build, multifd off) takes no
+        // stranger's: not one from another host, nor one opened after it.
+        let m = main(None, "10.0.0.1:5000");
+        pending.push(channel(None, 0, 1, "10.0.0.1:5009"));
+        assert_eq!(bind(&m, &mut pending).map(|c| c.len()), Some(0));
+        assert_eq!(pending.len(), 3);
     }
 }

@@ -111,10 +111,14 @@ impl Params {
                 _ => None,
             };
             if let Some(text) = text {
-                *text = v
-                    .as_str()
-                    .ok_or_else(|| format!("Parameter '{k}' expects a string"))?
-                    .to_string();
+                // null is "" (QEMU's StrOrNull).
+                *text = match v {
+                    serde_json::Value::Null => String::new(),
+                    v => v
+                        .as_str()
+                        .ok_or_else(|| format!("Parameter '{k}' expects a string"))?
+                        .to_string(),
+                };
                 continue;
             }
             let n = v

@@ -443,6 +443,13 @@ impl Listener {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(None),
+            // Out of descriptors: the connection waits in the backlog
+            // until some are closed.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                log::warn!("incoming migration: cannot accept a connection yet: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                Ok(None)
+            }
             Err(e) => Err(Error::io("accept failed")(e)),
         }
     }

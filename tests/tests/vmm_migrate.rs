@@ -1215,7 +1215,9 @@ fn a_strangers_channel_does_not_join_the_migration() {
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
     let mut rest = vec![];
+    let t = Instant::now();
     let _ = stranger.read_to_end(&mut rest);
+    assert!(t.elapsed() < Duration::from_secs(14), "still open");
     assert!(
         dst.vm.log().contains("not part of"),
         "the stranger's channel was not named: {}",

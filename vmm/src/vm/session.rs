@@ -100,6 +100,12 @@ impl Session<'_> {
             let a = self.cfg.authz.iter().find(|a| &a.id == id).ok_or_else(|| {
                 QmpError::generic(format!("No authz-simple object with id '{id}'"))
             })?;
+            if !creds.verify_peer {
+                return Err(QmpError::generic(format!(
+                    "tls-authz '{id}' needs the client's certificate, and TLS credentials '{}' do not ask for it (verify-peer=off)",
+                    creds.id
+                )));
+            }
             Some(a.clone())
         };
         Ok(Some((creds, authz)))
