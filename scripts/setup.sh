@@ -20,6 +20,9 @@ command -v flock >/dev/null || need+=(util-linux)
 command -v strace >/dev/null || need+=(strace)
 # Test certificates for TLS migration (scripts/tls-certs.sh).
 command -v openssl >/dev/null || need+=(openssl)
+# TLS with pre-shared keys links OpenSSL (the openssl crate finds it with
+# pkg-config).
+{ command -v pkg-config >/dev/null && pkg-config --exists openssl; } || need+=(pkg-config libssl-dev)
 # The Linux guest downloads Debian's kernel package: the lists must know it.
 if [ ${#need[@]} -gt 0 ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive

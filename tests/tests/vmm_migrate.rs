@@ -1603,6 +1603,119 @@ fn tls_authz_admits_only_the_client_it_names() {
     hand_over(src, &mut right, &uri);
 }
 
+/// Live migration in TLS with a pre-shared key, QEMU's `tls-creds-psk`
+/// (`keys.psk` of `username:hexkey` lines; the client's username defaults
+/// to `qemu`): a hop on the main stream and one with multifd. A client
+/// with another key is refused in the handshake and the destination waits
+/// on; `tls-authz` admits by username.
+#[test]
+fn migration_in_tls_with_a_pre_shared_key() {
+    let dir = TempDir::new("mig-psk");
+    let (good, other) = (dir.path("psk"), dir.path("other-psk"));
+    for (d, key) in [
+        (&good, "1f2e3d4c5b6a79881f2e3d4c5b6a7988"),
+        (&other, "00112233445566778899aabbccddeeff"),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("keys.psk"), format!("qemu:{key}\nalice:{key}\n")).unwrap();
+    }
+    let creds = |d: &std::path::Path, end: &str, extra: &str| {
+        format!(
+            "tls-creds-psk,id=tls0,dir={},endpoint={end}{extra}",
+            d.display()
+        )
+    };
+    let dst = |name: &str, authz: Option<&str>| {
+        // It can leave in TLS too (`tlsc`, username qemu).
+        let mut args = vec![
+            "-incoming".to_string(),
+            "defer".into(),
+            "-object".into(),
+            creds(&good, "server", ""),
+            "-object".into(),
+            creds(&good, "client", "").replace("id=tls0", "id=tlsc"),
+        ];
+        if let Some(who) = authz {
+            args.extend([
+                "-object".into(),
+                format!("authz-simple,id=auth0,identity={who}"),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let dst = start(&dir, name, &args);
+        let port = free_port();
+        let mut q = dst.qmp();
+        q.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+        if authz.is_some() {
+            q.execute("migrate-set-parameters", json!({"tls-authz": "auth0"}));
+        }
+        q.execute(
+            "migrate-incoming",
+            json!({"uri": format!("tcp:127.0.0.1:{port}")}),
+        );
+        (dst, format!("tcp:127.0.0.1:{port}"))
+    };
+    let wait_log = |n: &Node, what: &str| {
+        let deadline = Instant::now() + T;
+        while !n.vm.log().contains(what) {
+            assert!(Instant::now() < deadline, "no '{what}': {}", n.vm.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Another key: refused in the handshake, the destination waits on.
+    let stranger = start(&dir, "stranger", &["-object", &creds(&other, "client", "")]);
+    stranger.vm.wait_prefix("mem.filled", BOOT);
+    stranger
+        .qmp()
+        .execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    let (mut dst1, uri) = dst("dst1", None);
+    let m = migrate(&stranger, &uri);
+    assert_eq!(m["status"], "failed", "{m}");
+    assert!(
+        m["error-desc"].as_str().unwrap_or_default().contains("TLS"),
+        "{m}"
+    );
+    assert_eq!(stranger.status(), "running");
+    wait_log(&dst1, "ignoring a connection");
+    assert_eq!(dst1.status(), "inmigrate");
+    drop(stranger);
+    // The right key: a hop on one stream.
+    let src = start(&dir, "src", &["-object", &creds(&good, "client", "")]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    src.qmp()
+        .execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    hand_over(src, &mut dst1, &uri);
+    // tls-authz names alice: qemu (this source) is refused, alice is not;
+    // the second hop runs multifd.
+    let mut q = dst1.qmp();
+    q.execute("migrate-set-parameters", json!({"tls-creds": "tlsc"}));
+    let (dst2, uri2) = dst("dst2", Some("alice"));
+    let m = migrate(&dst1, &uri2);
+    assert_eq!(m["status"], "failed", "{m}");
+    wait_log(&dst2, "'qemu', and tls-authz 'auth0' admits only 'alice'");
+    drop(dst2);
+    drop(dst1);
+    let alice = start(
+        &dir,
+        "alice",
+        &["-object", &creds(&good, "client", ",username=alice")],
+    );
+    alice.vm.wait_prefix("mem.filled", BOOT);
+    let mut q = alice.qmp();
+    q.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    q.execute(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "multifd", "state": true}]}),
+    );
+    let (mut dst3, uri3) = dst("dst3", Some("alice"));
+    let m = migrate(&alice, &uri3);
+    assert_eq!(m["status"], "completed", "{m}\n{}", dst3.vm.log());
+    assert_eq!(m["multifd-channels-used"], 2, "{m}");
+    drop(alice);
+    wait_ticks(&dst3.vm, 2);
+    verify(&mut dst3.vm);
+}
+
 /// A destination that accepts the connection and then says nothing holds
 /// a TLS handshake for as long as it likes: the handshake runs on the
 /// migration's thread, so `migrate` answers at once, the monitor goes on

@@ -73,7 +73,8 @@ pub struct Args {
     /// A character device: file,id=ID,path=PATH or null,id=ID
     #[arg(long = "chardev", value_name = "OPTIONS")]
     pub chardev: Vec<String>,
-    /// An object: tls-creds-x509,id=ID,dir=DIR,endpoint=server|client[,verify-peer=on|off]
+    /// An object: tls-creds-x509,id=ID,dir=DIR,endpoint=server|client[,verify-peer=on|off],
+    /// tls-creds-psk,id=ID,dir=DIR,endpoint=server|client[,username=NAME],
     /// or authz-simple,id=ID,identity=DN (a comma in DN written ',,')
     #[arg(long = "object", value_name = "OPTIONS")]
     pub object: Vec<String>,

@@ -89,9 +89,11 @@ fn split_options(o: &str) -> Vec<String> {
 }
 
 /// `-object tls-creds-x509,id=ID,dir=DIR,endpoint=server|client
-/// [,verify-peer=on|off]` (its files are read now, so a bad directory is
-/// an error before the VM starts), or `-object authz-simple,id=ID,
-/// identity=DN` (commas in the DN doubled), QEMU's spellings.
+/// [,verify-peer=on|off]` or `tls-creds-psk,id=ID,dir=DIR,
+/// endpoint=server|client[,username=NAME]` (their files are read now, so a
+/// bad directory is an error before the VM starts), or `-object
+/// authz-simple,id=ID,identity=DN` (commas in the DN doubled), QEMU's
+/// spellings.
 fn parse_object(o: &str) -> Result<Object> {
     use migration::tls::{Authz, Creds, Endpoint};
     let parts = split_options(o);
@@ -111,26 +113,39 @@ fn parse_object(o: &str) -> Result<Object> {
                 .ok_or_else(|| anyhow!("invalid -object '{o}': identity= is missing"))?,
         }));
     }
-    if kind != "tls-creds-x509" {
-        bail!("invalid -object '{o}': vmm knows tls-creds-x509 and authz-simple objects only");
-    }
+    let psk = match kind.as_str() {
+        "tls-creds-x509" => false,
+        "tls-creds-psk" => true,
+        _ => bail!("invalid -object '{o}': vmm knows tls-creds-x509, tls-creds-psk and authz-simple objects only"),
+    };
     let (mut id, mut dir, mut endpoint, mut verify_peer) = (None, None, Endpoint::Client, true);
+    let mut username = None;
     for kv in parts {
         match kv.split_once('=') {
             Some(("id", v)) => id = Some(v.to_string()),
             Some(("dir", v)) => dir = Some(PathBuf::from(v)),
             Some(("endpoint", "server")) => endpoint = Endpoint::Server,
             Some(("endpoint", "client")) => endpoint = Endpoint::Client,
-            Some(("verify-peer", "on" | "yes" | "true")) => verify_peer = true,
-            Some(("verify-peer", "off" | "no" | "false")) => verify_peer = false,
+            Some(("verify-peer", "on" | "yes" | "true")) if !psk => verify_peer = true,
+            Some(("verify-peer", "off" | "no" | "false")) if !psk => verify_peer = false,
+            Some(("username", v)) if psk => username = Some(v.to_string()),
+            _ if psk => bail!("invalid -object '{o}': unknown or bad '{kv}' (id, dir, endpoint=server|client, username)"),
             _ => bail!("invalid -object '{o}': unknown or bad '{kv}' (id, dir, endpoint=server|client, verify-peer=on|off)"),
         }
     }
+    let kind = if psk {
+        // QEMU's default name for a client.
+        migration::tls::Kind::Psk {
+            username: username.unwrap_or_else(|| "qemu".into()),
+        }
+    } else {
+        migration::tls::Kind::X509 { verify_peer }
+    };
     let creds = Creds {
         id: id.ok_or_else(|| anyhow!("invalid -object '{o}': id= is missing"))?,
         dir: dir.ok_or_else(|| anyhow!("invalid -object '{o}': dir= is missing"))?,
         endpoint,
-        verify_peer,
+        kind,
     };
     creds
         .check()

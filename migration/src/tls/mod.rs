@@ -1,8 +1,10 @@
-//! TLS for migration connections, with QEMU's credentials: a
-//! `tls-creds-x509` directory holds `ca-cert.pem`, and `server-cert.pem`
-//! with `server-key.pem` (and, for a client that presents one,
-//! `client-cert.pem` with `client-key.pem`), so an operator moving from
-//! QEMU reuses the same directory.
+//! TLS for migration connections, with QEMU's credentials, so an operator
+//! moving from QEMU reuses the same directory: a `tls-creds-x509` one
+//! holds `ca-cert.pem`, and `server-cert.pem` with `server-key.pem` (and,
+//! for a client that presents one, `client-cert.pem` with
+//! `client-key.pem`), used with rustls ([`x509`]); a `tls-creds-psk` one
+//! holds `keys.psk`, used with OpenSSL ([`psk`]: rustls has no external
+//! pre-shared keys).
 //!
 //! A connection is wrapped after its TCP handshake: the TLS handshake runs
 //! at once (a wrong certificate fails the migration on both sides, naming
@@ -13,15 +15,15 @@
 //! across socket I/O, so a peer that is slow to read cannot stall reading.
 
 pub mod dn;
+mod psk;
+mod x509;
 
 use crate::error::{Error, Result};
 use crate::transport::Conn;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,20 +34,29 @@ pub enum Endpoint {
     Client,
 }
 
-/// QEMU's `tls-creds-x509` object.
+/// What kind of credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `tls-creds-x509`: a server asks for and checks the client's
+    /// certificate when `verify_peer` (QEMU's default); a client always
+    /// checks the server's.
+    X509 { verify_peer: bool },
+    /// `tls-creds-psk`: the client's `username` (QEMU's default `qemu`).
+    Psk { username: String },
+}
+
+/// QEMU's `tls-creds-x509` or `tls-creds-psk` object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Creds {
     pub id: String,
     pub dir: PathBuf,
     pub endpoint: Endpoint,
-    /// A server asks for and checks the client's certificate (QEMU's
-    /// default); a client always checks the server's.
-    pub verify_peer: bool,
+    pub kind: Kind,
 }
 
-/// QEMU's `authz-simple` object: the one client a destination admits,
-/// by its certificate's subject (RFC 4514, as GnuTLS spells it; see
-/// [`dn`]). Selected with the `tls-authz` migration parameter.
+/// QEMU's `authz-simple` object: the one client a destination admits, by
+/// its certificate's subject (spelled as GnuTLS spells it; see [`dn`]) or
+/// its PSK username. Selected with the `tls-authz` migration parameter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Authz {
     pub id: String,
@@ -53,183 +64,159 @@ pub struct Authz {
 }
 
 impl Authz {
-    /// Admits the client whose certificate chain is `chain`, or says why
-    /// not.
-    fn admit(&self, chain: Option<&[CertificateDer<'_>]>) -> Result<()> {
-        let refused = |why: String| Err(Error::Protocol(format!("TLS: {why}")));
-        let Some(cert) = chain.and_then(|c| c.first()) else {
-            return refused(format!(
-                "the client presented no certificate, and tls-authz '{}' admits only '{}'",
+    /// Admits the client that presented `peer` (its subject or username),
+    /// or says why not.
+    fn admit(&self, peer: Option<String>) -> Result<()> {
+        match peer {
+            Some(p) if p == self.identity => Ok(()),
+            Some(p) => Err(Error::Protocol(format!(
+                "TLS: the client is '{p}', and tls-authz '{}' admits only '{}'",
                 self.id, self.identity
-            ));
-        };
-        match dn::subject(cert) {
-            Some(s) if s == self.identity => Ok(()),
-            Some(s) => refused(format!(
-                "the client's certificate is '{s}', and tls-authz '{}' admits only '{}'",
+            ))),
+            None => Err(Error::Protocol(format!(
+                "TLS: the client presented no identity, and tls-authz '{}' admits only '{}'",
                 self.id, self.identity
-            )),
-            None => refused("the client's certificate has a subject this cannot read".into()),
+            ))),
         }
     }
-}
-
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bad = |e: String| Error::Protocol(format!("TLS credentials: {}: {e}", path.display()));
-    let v = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(e.to_string()))?
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?;
-    if v.is_empty() {
-        return Err(bad("no certificate in it".into()));
-    }
-    Ok(v)
-}
-
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| Error::Protocol(format!("TLS credentials: {}: {e}", path.display())))
-}
-
-fn roots(dir: &Path) -> Result<Arc<rustls::RootCertStore>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(&dir.join("ca-cert.pem"))? {
-        roots
-            .add(c)
-            .map_err(|e| Error::Protocol(format!("TLS credentials: ca-cert.pem: {e}")))?;
-    }
-    Ok(Arc::new(roots))
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 impl Creds {
-    /// Checks the files now (at start), so that a bad directory is an
-    /// error before any migration.
-    pub fn check(&self) -> Result<()> {
-        match self.endpoint {
-            Endpoint::Server => self.server().map(|_| ()),
-            Endpoint::Client => self.client().map(|_| ()),
+    /// Whether a server with these credentials learns who the client is
+    /// (what `tls-authz` needs).
+    pub fn identifies_clients(&self) -> bool {
+        match self.kind {
+            Kind::X509 { verify_peer } => verify_peer,
+            Kind::Psk { .. } => true,
         }
     }
 
-    fn server(&self) -> Result<Arc<rustls::ServerConfig>> {
-        let d = &self.dir;
-        let builder = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Protocol(format!("TLS: {e}")))?;
-        let builder = if self.verify_peer {
-            let v =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots(d)?, provider())
-                    .build()
-                    .map_err(|e| Error::Protocol(format!("TLS credentials: {e}")))?;
-            builder.with_client_cert_verifier(v)
-        } else {
-            builder.with_no_client_auth()
-        };
-        let mut c = builder
-            .with_single_cert(
-                certs(&d.join("server-cert.pem"))?,
-                key(&d.join("server-key.pem"))?,
-            )
-            .map_err(|e| Error::Protocol(format!("TLS credentials: server-cert.pem: {e}")))?;
-        // No session tickets: after the handshake the destination's side
-        // of the session never has anything of its own to send.
-        c.send_tls13_tickets = 0;
-        Ok(Arc::new(c))
+    /// Checks the files now (at start), so that a bad directory is an
+    /// error before any migration.
+    pub fn check(&self) -> Result<()> {
+        match (&self.kind, self.endpoint) {
+            (Kind::X509 { .. }, Endpoint::Server) => self.x509_server().map(|_| ()),
+            (Kind::X509 { .. }, Endpoint::Client) => self.x509_client().map(|_| ()),
+            (Kind::Psk { username }, _) => {
+                self.psk_context(username, Default::default()).map(|_| ())
+            }
+        }
     }
 
-    fn client(&self) -> Result<Arc<rustls::ClientConfig>> {
-        let d = &self.dir;
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Protocol(format!("TLS: {e}")))?
-            .with_root_certificates(roots(d)?);
-        let (cert, key_file) = (d.join("client-cert.pem"), d.join("client-key.pem"));
-        let c = if cert.exists() {
-            builder
-                .with_client_auth_cert(certs(&cert)?, key(&key_file)?)
-                .map_err(|e| Error::Protocol(format!("TLS credentials: client-cert.pem: {e}")))?
-        } else {
-            builder.with_no_client_auth()
-        };
-        Ok(Arc::new(c))
-    }
-
-    /// Wraps the source's connection to `host` (the name its certificate
-    /// must carry: `tls-hostname`, or the URI's host).
+    /// Wraps the source's connection to `host` (for x509, the name its
+    /// certificate must carry: `tls-hostname`, or the URI's host).
     pub fn connect(&self, conn: Conn, host: &str) -> Result<Conn> {
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|e| Error::Protocol(format!("TLS: '{host}' is not a host name: {e}")))?;
-        let session = rustls::ClientConnection::new(self.client()?, name)
-            .map_err(|e| Error::Protocol(format!("TLS: {e}")))?;
-        wrap(conn, rustls::Connection::Client(session), |_| Ok(()))
+        match &self.kind {
+            Kind::X509 { .. } => {
+                let name =
+                    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                        Error::Protocol(format!("TLS: '{host}' is not a host name: {e}"))
+                    })?;
+                let session = rustls::ClientConnection::new(self.x509_client()?, name)
+                    .map_err(|e| Error::Protocol(format!("TLS: {e}")))?;
+                wrap(conn, rustls::Connection::Client(session), None)
+            }
+            Kind::Psk { username } => wrap(conn, self.psk_session(username)?, None),
+        }
     }
 
     /// Wraps a connection the destination accepted; with `authz`, only
     /// the client it names gets through.
     pub fn accept(&self, conn: Conn, authz: Option<&Authz>) -> Result<Conn> {
-        if authz.is_some() && !self.verify_peer {
+        if authz.is_some() && !self.identifies_clients() {
             return Err(Error::Protocol(format!(
                 "TLS: tls-authz needs the client's certificate, and credentials '{}' do not ask for it (verify-peer=off)",
                 self.id
             )));
         }
-        let session = rustls::ServerConnection::new(self.server()?)
-            .map_err(|e| Error::Protocol(format!("TLS: {e}")))?;
-        wrap(conn, rustls::Connection::Server(session), |s| {
-            authz.map_or(Ok(()), |a| a.admit(s.peer_certificates()))
-        })
+        match &self.kind {
+            Kind::X509 { .. } => {
+                let session = rustls::ServerConnection::new(self.x509_server()?)
+                    .map_err(|e| Error::Protocol(format!("TLS: {e}")))?;
+                wrap(conn, rustls::Connection::Server(session), authz)
+            }
+            Kind::Psk { username } => wrap(conn, self.psk_session(username)?, authz),
+        }
     }
 }
 
-/// Runs the handshake on `conn`, then `check` on the session, then
-/// relays; returns the plaintext end.
-fn wrap(
-    conn: Conn,
-    mut session: rustls::Connection,
-    check: impl FnOnce(&rustls::Connection) -> Result<()>,
-) -> Result<Conn> {
+/// A TLS session as the relays drive it: ciphertext in and out, plaintext
+/// in and out; it never touches the socket itself.
+trait Session: Send + 'static {
+    fn handshaking(&self) -> bool;
+    /// The peer's identity once the handshake is done: its certificate's
+    /// subject, or its PSK username.
+    fn peer(&self) -> Option<String>;
+    /// One handshake step on ciphertext `tls` from the peer (none, to
+    /// start); what to send back goes to `out`.
+    fn handshake_step(&mut self, tls: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), String>;
+    /// Ciphertext from the peer; what it decrypts goes to `plain`.
+    fn receive(&mut self, tls: &[u8], plain: &mut Vec<u8>) -> std::result::Result<(), String>;
+    /// Encrypts `plain` (empty: close the session); ciphertext to send
+    /// goes to `tls`.
+    fn send(&mut self, plain: &[u8], tls: &mut Vec<u8>) -> std::result::Result<(), String>;
+}
+
+/// Runs the handshake on `conn` (within 10 s a read), admits the peer
+/// `authz` names (if set), then relays; returns the plaintext end.
+fn wrap<S: Session>(conn: Conn, mut session: S, authz: Option<&Authz>) -> Result<Conn> {
     let Conn::Tcp(mut tcp) = conn else {
         return Err(Error::Protocol(
             "TLS runs over tcp: connections only".into(),
         ));
     };
     let hs = |e: std::io::Error| Error::io("the TLS handshake")(e);
+    let failed = |e: String| Error::Protocol(format!("TLS: {e}"));
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(hs)?;
-    while session.is_handshaking() {
-        session.complete_io(&mut tcp).map_err(hs)?;
-    }
-    // What the handshake left to send (the client's last flight).
-    while session.wants_write() {
-        session.write_tls(&mut tcp).map_err(hs)?;
+    let mut out = vec![];
+    let mut buf = vec![0u8; 16 << 10];
+    session.handshake_step(&[], &mut out).map_err(failed)?;
+    loop {
+        tcp.write_all(&out).map_err(hs)?;
+        out.clear();
+        if !session.handshaking() {
+            break;
+        }
+        let n = tcp.read(&mut buf).map_err(hs)?;
+        if n == 0 {
+            return Err(Error::Protocol(
+                "TLS: the peer closed the connection during the handshake".into(),
+            ));
+        }
+        session
+            .handshake_step(&buf[..n], &mut out)
+            .map_err(failed)?;
     }
     tcp.set_read_timeout(None).map_err(hs)?;
-    check(&session)?;
+    if let Some(a) = authz {
+        a.admit(session.peer())?;
+    }
     let (plain, relay) = UnixStream::pair().map_err(Error::io("the TLS relay"))?;
+    // Whatever came with the handshake's last flight.
+    let mut early = vec![];
+    session.receive(&[], &mut early).map_err(failed)?;
     let session = Arc::new(Mutex::new(session));
     let io = || Error::io("the TLS relay");
-    let (tcp_in, relay_out) = (
+    let (tcp_in, mut relay_out) = (
         tcp.try_clone().map_err(io())?,
         relay.try_clone().map_err(io())?,
     );
+    relay_out.write_all(&early).map_err(io())?;
     let s = session.clone();
     std::thread::Builder::new()
         .name("tls-in".into())
-        .spawn(move || inbound(tcp_in, relay_out, &s))
+        .spawn(move || inbound(tcp_in, relay_out, &*s))
         .map_err(io())?;
     std::thread::Builder::new()
         .name("tls-out".into())
-        .spawn(move || outbound(relay, tcp, &session))
+        .spawn(move || outbound(relay, tcp, &*session))
         .map_err(io())?;
     Ok(Conn::Unix(plain))
 }
 
 /// Socket -> session -> plaintext.
-fn inbound(mut tcp: TcpStream, mut plain: UnixStream, session: &Mutex<rustls::Connection>) {
+fn inbound<S: Session>(mut tcp: TcpStream, mut plain: UnixStream, session: &Mutex<S>) {
     let mut buf = vec![0u8; 64 << 10];
     let mut out = Vec::with_capacity(64 << 10);
     loop {
@@ -238,38 +225,15 @@ fn inbound(mut tcp: TcpStream, mut plain: UnixStream, session: &Mutex<rustls::Co
             Ok(n) => n,
         };
         out.clear();
-        {
-            let mut s = session.lock().expect("tls lock");
-            let mut data = &buf[..n];
-            let mut ok = true;
-            while !data.is_empty() && ok {
-                ok = s.read_tls(&mut data).is_ok()
-                    && match s.process_new_packets() {
-                        Ok(_) => true,
-                        Err(e) => {
-                            log::warn!("migration TLS: {e}");
-                            false
-                        }
-                    };
-                loop {
-                    let len = out.len();
-                    out.resize(len + (64 << 10), 0);
-                    match s.reader().read(&mut out[len..]) {
-                        Ok(0) | Err(_) => {
-                            out.truncate(len);
-                            break;
-                        }
-                        Ok(m) => out.truncate(len + m),
-                    }
-                }
-            }
-            if !ok {
-                drop(s);
-                let _ = plain.write_all(&out);
-                break;
-            }
-        }
+        let r = session
+            .lock()
+            .expect("tls lock")
+            .receive(&buf[..n], &mut out);
         if plain.write_all(&out).is_err() {
+            break;
+        }
+        if let Err(e) = r {
+            log::warn!("migration TLS: {e}");
             break;
         }
     }
@@ -278,7 +242,7 @@ fn inbound(mut tcp: TcpStream, mut plain: UnixStream, session: &Mutex<rustls::Co
 }
 
 /// Plaintext -> session -> socket.
-fn outbound(mut plain: UnixStream, mut tcp: TcpStream, session: &Mutex<rustls::Connection>) {
+fn outbound<S: Session>(mut plain: UnixStream, mut tcp: TcpStream, session: &Mutex<S>) {
     let mut buf = vec![0u8; 64 << 10];
     let mut tls = Vec::with_capacity(80 << 10);
     loop {
@@ -287,20 +251,8 @@ fn outbound(mut plain: UnixStream, mut tcp: TcpStream, session: &Mutex<rustls::C
             Ok(n) => n,
         };
         tls.clear();
-        {
-            let mut s = session.lock().expect("tls lock");
-            if n == 0 {
-                s.send_close_notify();
-            } else if s.writer().write_all(&buf[..n]).is_err() {
-                break;
-            }
-            while s.wants_write() {
-                if s.write_tls(&mut tls).is_err() {
-                    break;
-                }
-            }
-        }
-        if tcp.write_all(&tls).is_err() || n == 0 {
+        let r = session.lock().expect("tls lock").send(&buf[..n], &mut tls);
+        if r.is_err() || tcp.write_all(&tls).is_err() || n == 0 {
             break;
         }
     }

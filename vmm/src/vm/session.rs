@@ -100,7 +100,7 @@ impl Session<'_> {
             let a = self.cfg.authz.iter().find(|a| &a.id == id).ok_or_else(|| {
                 QmpError::generic(format!("No authz-simple object with id '{id}'"))
             })?;
-            if !creds.verify_peer {
+            if !creds.identifies_clients() {
                 return Err(QmpError::generic(format!(
                     "tls-authz '{id}' needs the client's certificate, and TLS credentials '{}' do not ask for it (verify-peer=off)",
                     creds.id
