@@ -53,10 +53,11 @@ def one(kind, mode, scenario, d):
         if os.path.exists(f):
             os.remove(f)
     port = free_port()
-    # TLS: QEMU's tls-creds-x509 on both sides, the destination deferred
-    # until its tls-creds is set.
-    tls = mode == "tls"
-    creds = lambda end: ["-object", f"tls-creds-x509,id=tls0,dir={os.path.join(d, 'pki')},endpoint={end}"]
+    # TLS: QEMU's tls-creds-x509 (or, "psk", tls-creds-psk) on both sides,
+    # the destination deferred until its tls-creds is set.
+    tls = mode in ("tls", "psk")
+    kind_dir = ("tls-creds-psk", "psk") if mode == "psk" else ("tls-creds-x509", "pki")
+    creds = lambda end: ["-object", f"{kind_dir[0]},id=tls0,dir={os.path.join(d, kind_dir[1])},endpoint={end}"]
     src_extra = creds("client") if tls else []
     dst_extra = creds("server") + ["-incoming", "defer"] if tls else ["-incoming", f"tcp:127.0.0.1:{port}"]
     src = subprocess.Popen(cmdline(kind, mem, smp, append, ssock, src_extra), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE)
@@ -156,13 +157,22 @@ def main():
     tls = os.environ.get("TLS") == "1"
     if tls:
         configs += [("vmm", "tls")] + ([] if only_vmm else [("qemu", "tls")])
+        configs += [("vmm", "psk")] + ([] if only_vmm else [("qemu", "psk")])
     names = {("vmm", "default"): "vmm", ("vmm", "multifd"): "vmm, multifd x4", ("qemu", "default"): "QEMU 7.2 defaults",
              ("qemu", "bw"): "QEMU 7.2, max-bandwidth 100 GiB/s", ("qemu", "multifd"): "QEMU 7.2, max-bandwidth + multifd x4",
-             ("vmm", "tls"): "vmm, TLS", ("qemu", "tls"): "QEMU 7.2, max-bandwidth + TLS"}
+             ("vmm", "tls"): "vmm, TLS", ("qemu", "tls"): "QEMU 7.2, max-bandwidth + TLS",
+             ("vmm", "psk"): "vmm, TLS-PSK", ("qemu", "psk"): "QEMU 7.2, max-bandwidth + TLS-PSK"}
     with tempfile.TemporaryDirectory() as d:
         if tls:
             subprocess.run([os.path.join(os.path.dirname(__file__), "../tls-certs.sh"), os.path.join(d, "pki")], check=True)
+            os.makedirs(os.path.join(d, "psk"))
+            with open(os.path.join(d, "psk", "keys.psk"), "w") as f:
+                f.write("qemu:" + os.urandom(32).hex() + "\n")
+        # SCENARIOS=idle-1G,idle-4G: only those.
+        only = os.environ.get("SCENARIOS")
         for scenario in SCENARIOS:
+            if only and scenario not in only.split(","):
+                continue
             print(f"\n### {scenario}\n")
             print("| VMM | total ms (median [min-max]) | downtime ms (median [min-max]) | MB sent | GB/s (sent / total, median) | converged |")
             print("|---|---|---|---|---|---|")

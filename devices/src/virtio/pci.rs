@@ -412,7 +412,7 @@ impl VirtioPci {
             err: e.to_string(),
         };
         let kicks: Vec<EventFd> = (0..queue_count)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))
             .collect::<Result<_, _>>()
             .map_err(err)?;
         let worker_kicks = kicks

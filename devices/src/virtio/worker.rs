@@ -28,7 +28,7 @@ impl Worker {
         kicks: Vec<EventFd>,
         backend: Option<RawFd>,
     ) -> std::io::Result<Worker> {
-        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let epoll = Epoll::new()?;
         let n = kicks.len() as u64;
         for (i, k) in kicks.iter().enumerate() {

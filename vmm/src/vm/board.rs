@@ -116,7 +116,8 @@ pub(super) fn build(
         ),
         SerialBackend::None => Box::new(std::io::sink()),
     };
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).context("cannot create an eventfd")?;
+    let serial_irq =
+        EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).context("cannot create an eventfd")?;
     vm.add_irqfd(&serial_irq, 4)?;
     let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_out)));
     io.insert(0x3f8, 8, serial.clone())?;
@@ -124,7 +125,8 @@ pub(super) fn build(
         *console_input().lock().expect("console lock") = Some(serial.clone());
         start_stdin_thread();
     }
-    let sci = EventFd::new(libc::EFD_NONBLOCK).context("cannot create an eventfd")?;
+    let sci =
+        EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).context("cannot create an eventfd")?;
     vm.add_irqfd(&sci, layout::SCI_IRQ as u32)?;
     let pm = Arc::new(Mutex::new(devices::acpi_pm::AcpiPm::new(
         layout::S5_SLP_TYP,
