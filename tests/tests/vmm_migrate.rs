@@ -1065,6 +1065,7 @@ fn the_release_binary_has_no_fault_injection() {
         "VMM_TEST_DELAY_LOADED_MS",
         "VMM_TEST_DELAY_RUNNING_MS",
         "VMM_TEST_PANIC",
+        "VMM_TEST_FORBIDDEN",
     ];
     let has = |bin: &std::path::Path| {
         let bytes = std::fs::read(bin).unwrap();

@@ -49,6 +49,9 @@ pub struct Args {
     /// Exit instead of resetting when the guest reboots
     #[arg(long = "no-reboot")]
     pub no_reboot: bool,
+    /// The seccomp sandbox: on (the default) or off
+    #[arg(long = "sandbox", value_name = "on|off")]
+    pub sandbox: Option<String>,
     /// Add a device: TYPE[,PROP=VALUE...] (`-device help` lists them)
     #[arg(long = "device", value_name = "TYPE[,PROP=VALUE]")]
     pub device: Vec<String>,

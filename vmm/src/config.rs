@@ -65,6 +65,32 @@ pub struct DebugExitConfig {
     pub iosize: u16,
 }
 
+/// `-sandbox on|off[,OPTION=deny...]`, QEMU's spelling: on by default.
+/// QEMU's options (obsolete, elevateprivileges, spawn, resourcecontrol)
+/// name what its filter denies; vmm's lists deny all of them, so `=deny`
+/// is accepted and `=allow` refused.
+fn parse_sandbox(s: Option<&str>) -> Result<sandbox::Mode> {
+    let Some(s) = s else {
+        return Ok(sandbox::Mode::On);
+    };
+    let mut parts = s.split(',');
+    let mode = match parts.next() {
+        Some("on") => sandbox::Mode::On,
+        Some("off") => sandbox::Mode::Off,
+        _ => bail!("invalid -sandbox '{s}': expected on or off"),
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("obsolete" | "elevateprivileges" | "spawn" | "resourcecontrol", "deny")) => {}
+            Some(("obsolete" | "elevateprivileges" | "spawn" | "resourcecontrol", _)) => {
+                bail!("invalid -sandbox '{s}': '{opt}': vmm's filters always deny that")
+            }
+            _ => bail!("invalid -sandbox '{s}': unknown option '{opt}'"),
+        }
+    }
+    Ok(mode)
+}
+
 /// An `-object`: TLS credentials or the client a destination admits.
 enum Object {
     TlsCreds(migration::tls::Creds),
@@ -198,6 +224,8 @@ pub struct VmConfig {
     pub name: Option<String>,
     pub paused: bool,
     pub no_reboot: bool,
+    /// `-sandbox on|off`.
+    pub sandbox: sandbox::Mode,
     pub debug_exit: Option<DebugExitConfig>,
     pub devices: Vec<DeviceConfig>,
     pub qmp: Vec<QmpAddr>,
@@ -531,6 +559,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         name: a.name,
         paused: a.paused,
         no_reboot: a.no_reboot,
+        sandbox: parse_sandbox(a.sandbox.as_deref())?,
         debug_exit,
         devices,
         qmp: a
@@ -599,5 +628,20 @@ mod tests {
         assert!(e.to_string().contains("',,'"), "{e}");
         assert!(parse_object("authz-simple,identity=C=GB").is_err());
         assert!(parse_object("authz-list,id=a").is_err());
+    }
+
+    #[test]
+    fn sandbox_takes_qemus_spelling() {
+        assert_eq!(parse_sandbox(None).unwrap(), sandbox::Mode::On);
+        assert_eq!(parse_sandbox(Some("off")).unwrap(), sandbox::Mode::Off);
+        assert_eq!(
+            parse_sandbox(Some("on,obsolete=deny,spawn=deny")).unwrap(),
+            sandbox::Mode::On
+        );
+        let e = parse_sandbox(Some("on,spawn=allow"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("always deny"), "{e}");
+        assert!(parse_sandbox(Some("yes")).is_err());
     }
 }

@@ -54,6 +54,7 @@ impl Worker {
         }
         let stop_fd = stop.try_clone()?;
         let handle = std::thread::Builder::new().name(name).spawn(move || {
+            sandbox::enter_or_exit(sandbox::Class::Worker);
             let mut events = vec![EpollEvent::default(); 16];
             loop {
                 let k = match epoll.wait(-1, &mut events) {

@@ -277,6 +277,7 @@ pub fn start(addrs: &[QmpAddr], requests: Sender<Request>, events: Events) -> an
         std::thread::Builder::new()
             .name("qmp-accept".into())
             .spawn(move || {
+                sandbox::enter_or_exit(sandbox::Class::Qmp);
                 for (r, w, fds) in clients {
                     spawn_client(r, w, fds, requests.clone(), events.clone());
                 }

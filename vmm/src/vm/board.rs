@@ -259,6 +259,7 @@ pub(super) fn build(
         let h = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                sandbox::enter_or_exit(sandbox::Class::Vcpu);
                 // SAFETY: gettid has no preconditions.
                 tids[id as usize].store(unsafe { libc::gettid() } as i64, Ordering::SeqCst);
                 vcpu_loop(id, gen, vcpu, &buses, &stop, &events, &gate)

@@ -54,6 +54,7 @@ pub(super) fn listen_incoming(
     std::thread::Builder::new()
         .name("incoming".into())
         .spawn(move || {
+            sandbox::enter_or_exit(sandbox::Class::Migration);
             let deliver = |i| {
                 let _ = ctl.send(Control::Incoming(Ok(i)));
             };

@@ -77,6 +77,10 @@ impl Drop for Wake {
 pub fn run(cfg: &VmConfig) -> Result<i32> {
     register_signal_handler(SIGRTMIN(), kick_handler)
         .map_err(|e| anyhow!("cannot install the vCPU kick signal handler: {e}"))?;
+    // From here every thread runs under a seccomp filter: the main loop's,
+    // inherited by every thread it starts, each narrowing it to its class.
+    sandbox::set_mode(cfg.sandbox);
+    sandbox::enter(sandbox::Class::Main)?;
     let gate = Arc::new(RunGate {
         running: Mutex::new(!cfg.paused && cfg.incoming.is_none()),
         open: AtomicBool::new(!cfg.paused && cfg.incoming.is_none()),
@@ -101,6 +105,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         std::thread::Builder::new()
             .name("qmp-forward".into())
             .spawn(move || {
+                sandbox::enter_or_exit(sandbox::Class::Qmp);
                 for r in req_rx {
                     if ctl_tx.send(Control::Qmp(r)).is_err() {
                         return;

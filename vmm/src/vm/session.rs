@@ -247,7 +247,10 @@ impl Session<'_> {
         };
         std::thread::Builder::new()
             .name("migration".into())
-            .spawn(move || src.run())
+            .spawn(move || {
+                sandbox::enter_or_exit(sandbox::Class::Migration);
+                src.run()
+            })
             .map_err(|e| QmpError::generic(format!("cannot start the migration thread: {e}")))?;
         self.progress = Some(progress);
         self.links = Some(links);
@@ -294,6 +297,7 @@ impl Session<'_> {
         let saver = std::thread::Builder::new()
             .name("save".into())
             .spawn(move || {
+                sandbox::enter_or_exit(sandbox::Class::Migration);
                 let r = migration::file::save(&path, machine, &ram, &sections, &p)
                     .map_err(|e| e.chain());
                 if let Err(why) = &r {
