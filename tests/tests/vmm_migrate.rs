@@ -1429,6 +1429,17 @@ fn a_disk_image_is_used_by_one_vm_at_a_time() {
 }
 
 /// Makes QEMU's tls-creds-x509 layout in `dir` (scripts/tls-certs.sh).
+/// TLS with credentials `creds` for the next migration, and auto-converge:
+/// a TLS link on this loaded 2-core host can fall to the test guest's
+/// dirty rate (the guest's pages are verified all the same).
+fn tls_on_with_auto_converge(q: &mut Qmp, creds: &str) {
+    q.execute("migrate-set-parameters", json!({ "tls-creds": creds }));
+    q.execute(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "auto-converge", "state": true}]}),
+    );
+}
+
 fn tls_dir(dir: &std::path::Path) {
     let st = Command::new(vmm_tests::workspace().join("scripts/tls-certs.sh"))
         .arg(dir)
@@ -1453,7 +1464,7 @@ fn migration_in_tls_with_qemus_credentials() {
         format!("tls-creds-x509,id=tls0,dir={},endpoint={end}", d.display())
     };
     let tls_on = |q: &mut Qmp| {
-        q.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+        tls_on_with_auto_converge(q, "tls0");
     };
     let src = start(&dir, "src", &["-object", &creds(&good, "client")]);
     src.vm.wait_prefix("mem.filled", BOOT);
@@ -1520,7 +1531,7 @@ fn migration_in_tls_with_qemus_credentials() {
         e["desc"].as_str().unwrap_or_default().contains("side"),
         "{e}"
     );
-    q.execute("migrate-set-parameters", json!({"tls-creds": "tlsc"}));
+    tls_on_with_auto_converge(&mut q, "tlsc");
     let m = migrate(&dst, &uri2);
     assert_eq!(m["status"], "completed", "{m}\n{}", dst2.vm.log());
     assert_eq!(m["multifd-channels-used"], 2, "{m}");
@@ -1550,7 +1561,7 @@ fn tls_authz_admits_only_the_client_it_names() {
     let src = start(&dir, "src", &["-object", &creds("client")]);
     src.vm.wait_prefix("mem.filled", BOOT);
     let mut q = src.qmp();
-    q.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    tls_on_with_auto_converge(&mut q, "tls0");
     let dst = |name: &str, identity: &str| {
         let authz = format!("authz-simple,id=auth0,identity={identity}");
         let dst = start(
@@ -1646,7 +1657,7 @@ fn migration_in_tls_with_a_pre_shared_key() {
         let dst = start(&dir, name, &args);
         let port = free_port();
         let mut q = dst.qmp();
-        q.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+        tls_on_with_auto_converge(&mut q, "tls0");
         if authz.is_some() {
             q.execute("migrate-set-parameters", json!({"tls-authz": "auth0"}));
         }
@@ -1666,9 +1677,7 @@ fn migration_in_tls_with_a_pre_shared_key() {
     // Another key: refused in the handshake, the destination waits on.
     let stranger = start(&dir, "stranger", &["-object", &creds(&other, "client", "")]);
     stranger.vm.wait_prefix("mem.filled", BOOT);
-    stranger
-        .qmp()
-        .execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    tls_on_with_auto_converge(&mut stranger.qmp(), "tls0");
     let (mut dst1, uri) = dst("dst1", None);
     let m = migrate(&stranger, &uri);
     assert_eq!(m["status"], "failed", "{m}");
@@ -1683,13 +1692,12 @@ fn migration_in_tls_with_a_pre_shared_key() {
     // The right key: a hop on one stream.
     let src = start(&dir, "src", &["-object", &creds(&good, "client", "")]);
     src.vm.wait_prefix("mem.filled", BOOT);
-    src.qmp()
-        .execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    tls_on_with_auto_converge(&mut src.qmp(), "tls0");
     hand_over(src, &mut dst1, &uri);
     // tls-authz names alice: qemu (this source) is refused, alice is not;
     // the second hop runs multifd.
     let mut q = dst1.qmp();
-    q.execute("migrate-set-parameters", json!({"tls-creds": "tlsc"}));
+    tls_on_with_auto_converge(&mut q, "tlsc");
     let (dst2, uri2) = dst("dst2", Some("alice"));
     let m = migrate(&dst1, &uri2);
     assert_eq!(m["status"], "failed", "{m}");
@@ -1703,7 +1711,7 @@ fn migration_in_tls_with_a_pre_shared_key() {
     );
     alice.vm.wait_prefix("mem.filled", BOOT);
     let mut q = alice.qmp();
-    q.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    tls_on_with_auto_converge(&mut q, "tls0");
     q.execute(
         "migrate-set-capabilities",
         json!({"capabilities": [{"capability": "multifd", "state": true}]}),
@@ -1736,7 +1744,7 @@ fn a_stalled_tls_handshake_does_not_hold_the_monitor() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let uri = format!("tcp:{}", silent.local_addr().unwrap());
     let mut q = src.qmp();
-    q.execute("migrate-set-parameters", json!({"tls-creds": "tls0"}));
+    tls_on_with_auto_converge(&mut q, "tls0");
     let t0 = Instant::now();
     q.execute("migrate", json!({ "uri": uri }));
     let mut answers = vec![t0.elapsed()];
