@@ -616,3 +616,97 @@ fn listening_beyond_loopback_is_warned_about() {
     }
     vm.kill();
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A client that sends commands and never reads the replies costs vmm a
+/// bounded amount of memory: past a bound of unread output it is
+/// disconnected, and the monitor goes on serving everyone else.
+#[test]
+fn a_client_that_never_reads_is_dropped_not_buffered() {
+    use std::io::Read;
+    let dir = TempDir::new("qmp-flood");
+    let (v, sock) = with_qmp(&dir, Vmm::new().append("cpus=1 work=counter tick_ms=100"));
+    let vm = v.spawn("qmp-flood");
+    wait_ticks(&vm, 1);
+    let mut other = Qmp::connect(&sock, T);
+    let before = rss_kib(vm.pid());
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut greeting = [0u8; 64];
+    s.read_exact(&mut greeting).unwrap();
+    s.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+        .unwrap();
+    // 2 million commands, 60 MB; the replies are never read.
+    let batch = b"{\"execute\":\"query-status\"}\n".repeat(10_000);
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut sent = 0;
+    let mut dropped = false;
+    for _ in 0..200 {
+        if s.write_all(&batch).is_err() {
+            dropped = true;
+            break;
+        }
+        sent += 10_000;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(vm.pid());
+    eprintln!("resident {before} KiB before, {after} KiB after {sent} commands");
+    assert!(
+        after < before + 64 * 1024,
+        "vmm grew from {before} KiB to {after} KiB for {sent} unread replies"
+    );
+    assert!(
+        dropped,
+        "the client was never dropped ({sent} commands sent)"
+    );
+    assert_eq!(
+        other.execute("query-status", json!({}))["status"],
+        "running"
+    );
+    assert!(
+        vm.log().contains("does not read"),
+        "the drop was not logged: {}",
+        vm.log()
+    );
+}
+
+/// A monitor socket serves 32 clients at once: the 33rd is told so and
+/// turned away, and once one leaves a new one is served.
+#[test]
+fn a_monitor_serves_a_bounded_number_of_clients() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new("qmp-many");
+    let (v, sock) = with_qmp(&dir, Vmm::new().append("cpus=1 work=counter tick_ms=100"));
+    let vm = v.spawn("qmp-many");
+    wait_ticks(&vm, 1);
+    let connect = || {
+        let s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut first = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        (s, first)
+    };
+    let mut held: Vec<_> = (0..32)
+        .map(|_| {
+            let (s, greeting) = connect();
+            assert!(greeting.contains("\"QMP\""), "{greeting}");
+            s
+        })
+        .collect();
+    let (_, refused) = connect();
+    assert!(refused.contains("32 clients at once"), "{refused}");
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, greeting) = connect();
+    assert!(greeting.contains("\"QMP\""), "{greeting}");
+}

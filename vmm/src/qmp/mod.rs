@@ -14,26 +14,56 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use crate::config::QmpAddr;
 
+/// The most output a client may leave unread; past it the client is
+/// disconnected (a client that never reads would otherwise grow vmm
+/// without bound).
+const MAX_UNREAD: usize = 8 << 20;
+/// The most descriptors a client may pass that no command took yet.
+const MAX_PASSED_FDS: usize = 64;
+/// The most clients a monitor socket serves at once.
+const MAX_CLIENTS: usize = 32;
+/// The most commands waiting for the main loop, from all clients: a
+/// client that sends faster waits (its reader blocks).
+pub const MAX_WAITING_REQUESTS: usize = 256;
+
 /// A client's ordered output queue (replies and events), with a count of
-/// lines not yet written so that the VMM can flush before it exits.
+/// lines and bytes not yet written (the VMM flushes before it exits; a
+/// client that leaves too much unread is disconnected).
 #[derive(Clone)]
 pub struct ClientOut {
     tx: Sender<String>,
     pending: Arc<AtomicUsize>,
+    unread: Arc<AtomicUsize>,
+    /// Ends the client's connection (both ways).
+    hangup: Arc<dyn Fn() + Send + Sync>,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ClientOut {
     fn send(&self, line: String) -> bool {
+        let len = line.len() + 2;
+        if self.unread.fetch_add(len, Ordering::SeqCst) + len > MAX_UNREAD {
+            self.unread.fetch_sub(len, Ordering::SeqCst);
+            if !self.dropped.swap(true, Ordering::SeqCst) {
+                log::warn!(
+                    "QMP: a client does not read its replies ({} MiB waiting): disconnected",
+                    MAX_UNREAD >> 20
+                );
+                (self.hangup)();
+            }
+            return false;
+        }
         self.pending.fetch_add(1, Ordering::SeqCst);
         let ok = self.tx.send(line).is_ok();
         if !ok {
             self.pending.fetch_sub(1, Ordering::SeqCst);
+            self.unread.fetch_sub(len, Ordering::SeqCst);
         }
         ok
     }
@@ -93,11 +123,17 @@ impl Read for ScmReader {
                     let data = libc::CMSG_DATA(c) as *const i32;
                     let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
                     for i in 0..count {
-                        let fd = std::ptr::read_unaligned(data.add(i));
-                        self.fds
-                            .lock()
-                            .expect("fds lock")
-                            .push(OwnedFd::from_raw_fd(fd));
+                        let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                        let mut fds = self.fds.lock().expect("fds lock");
+                        if fds.len() < MAX_PASSED_FDS {
+                            fds.push(fd);
+                        } else {
+                            // Closed here (dropped): no command took the
+                            // ones before it.
+                            log::warn!(
+                                "QMP: a client passed more than {MAX_PASSED_FDS} descriptors no command took: closing the rest"
+                            );
+                        }
                     }
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
@@ -216,7 +252,14 @@ pub fn version() -> (u64, u64, u64) {
 }
 
 /// A connected client's two halves, and where its passed fds go.
-type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>, Fds);
+/// A connected client: its reading and writing halves, the descriptors it
+/// passed, and what ends its connection.
+type Halves = (
+    Box<dyn Read + Send>,
+    Box<dyn Write + Send>,
+    Fds,
+    Arc<dyn Fn() + Send + Sync>,
+);
 
 /// Binds every address (before the VM starts, so a bad path fails early)
 /// and starts serving.
@@ -234,7 +277,11 @@ pub fn remove_sockets() {
     }
 }
 
-pub fn start(addrs: &[QmpAddr], requests: Sender<Request>, events: Events) -> anyhow::Result<()> {
+pub fn start(
+    addrs: &[QmpAddr],
+    requests: SyncSender<Request>,
+    events: Events,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     for a in addrs {
         // Each listener becomes an iterator of connected clients.
@@ -251,7 +298,11 @@ pub fn start(addrs: &[QmpAddr], requests: Sender<Request>, events: Events) -> an
                         s: s.try_clone().ok()?,
                         fds: fds.clone(),
                     };
-                    Some((Box::new(r) as _, Box::new(s) as _, fds))
+                    let h = s.try_clone().ok()?;
+                    let hangup = Arc::new(move || {
+                        let _ = h.shutdown(std::net::Shutdown::Both);
+                    });
+                    Some((Box::new(r) as _, Box::new(s) as _, fds, hangup as _))
                 }))
             }
             QmpAddr::Tcp(hp) => {
@@ -265,10 +316,15 @@ pub fn start(addrs: &[QmpAddr], requests: Sender<Request>, events: Events) -> an
                 let accepted =
                     std::iter::repeat_with(move || l.accept()).filter_map(|r| r.ok().map(|c| c.0));
                 Box::new(accepted.filter_map(|s| {
+                    let h = s.try_clone().ok()?;
+                    let hangup = Arc::new(move || {
+                        let _ = h.shutdown(std::net::Shutdown::Both);
+                    });
                     Some((
                         Box::new(s.try_clone().ok()?) as _,
                         Box::new(s) as _,
                         Fds::default(),
+                        hangup as _,
                     ))
                 }))
             }
@@ -278,8 +334,30 @@ pub fn start(addrs: &[QmpAddr], requests: Sender<Request>, events: Events) -> an
             .name("qmp-accept".into())
             .spawn(move || {
                 sandbox::enter_or_exit(sandbox::Class::Qmp);
-                for (r, w, fds) in clients {
-                    spawn_client(r, w, fds, requests.clone(), events.clone());
+                let serving = Arc::new(AtomicUsize::new(0));
+                for (r, mut w, fds, hangup) in clients {
+                    if serving.load(Ordering::SeqCst) >= MAX_CLIENTS {
+                        log::warn!("QMP: {MAX_CLIENTS} clients already: one more turned away");
+                        let e = QmpError::generic(format!(
+                            "this monitor serves {MAX_CLIENTS} clients at once"
+                        ));
+                        let _ = w.write_all(format!("{}\r\n", error_reply(&e, None)).as_bytes());
+                        hangup();
+                        continue;
+                    }
+                    serving.fetch_add(1, Ordering::SeqCst);
+                    let done = serving.clone();
+                    spawn_client(
+                        r,
+                        w,
+                        fds,
+                        hangup,
+                        requests.clone(),
+                        events.clone(),
+                        move || {
+                            done.fetch_sub(1, Ordering::SeqCst);
+                        },
+                    );
                 }
             })?;
     }
@@ -290,8 +368,10 @@ fn spawn_client(
     r: Box<dyn Read + Send>,
     w: Box<dyn Write + Send>,
     fds: Fds,
-    requests: Sender<Request>,
+    hangup: Arc<dyn Fn() + Send + Sync>,
+    requests: SyncSender<Request>,
     events: Events,
+    on_leave: impl FnOnce() + Send + 'static,
 ) {
     // One writer thread per client: lines never interleave, and a stuck
     // client only blocks its own writer.
@@ -299,8 +379,11 @@ fn spawn_client(
     let out = ClientOut {
         tx,
         pending: Arc::new(AtomicUsize::new(0)),
+        unread: Arc::new(AtomicUsize::new(0)),
+        hangup,
+        dropped: Default::default(),
     };
-    let pending = out.pending.clone();
+    let (pending, unread) = (out.pending.clone(), out.unread.clone());
     let mut w = w;
     let _ = std::thread::Builder::new()
         .name("qmp-write".into())
@@ -314,6 +397,7 @@ fn spawn_client(
                         .and_then(|_| w.flush())
                         .is_err();
                 }
+                unread.fetch_sub(line.len() + 2, Ordering::SeqCst);
                 pending.fetch_sub(1, Ordering::SeqCst);
             }
         });
@@ -324,6 +408,7 @@ fn spawn_client(
             // The client left: its writer ends once the main loop has
             // answered what it still had (those replies hold a sender).
             events.unsubscribe(&out);
+            on_leave();
         });
 }
 
@@ -368,7 +453,7 @@ fn serve(
     mut r: Box<dyn Read + Send>,
     out: ClientOut,
     fds: Fds,
-    requests: Sender<Request>,
+    requests: SyncSender<Request>,
     events: Events,
 ) {
     if !out.send(greeting().to_string()) {

@@ -93,7 +93,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     let hypervisor = crate::kvm::KvmHypervisor;
     let events = qmp::Events::default();
     let (ctl_tx, ctl_rx) = channel::<Control>();
-    let (req_tx, req_rx) = channel::<qmp::Request>();
+    let (req_tx, req_rx) = std::sync::mpsc::sync_channel::<qmp::Request>(qmp::MAX_WAITING_REQUESTS);
     // Listening before the monitor answers: a client that sees QMP up can
     // start the source's migrate.
     if let Some(crate::config::Incoming::Listen(uri)) = &cfg.incoming {
