@@ -41,6 +41,15 @@ if [ ! -x "$top/target/qmp-venv/bin/qmp-shell" ]; then
     python3 -m venv "$top/target/qmp-venv"
     "$top/target/qmp-venv/bin/pip" install -q qemu.qmp==0.0.6
 fi
+# Running unprivileged (docs/security.md): /dev/kvm through the kvm group,
+# as on a stock Debian host (udev sets that up there; here nobody did), and
+# a user of that group the tests run vmm as.
+getent group kvm >/dev/null || groupadd --system kvm
+if [ -e /dev/kvm ]; then
+    chgrp kvm /dev/kvm
+    chmod 660 /dev/kvm
+fi
+id vmm-test >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin --gid kvm vmm-test
 cd "$top" && cargo build --release --workspace --quiet
 # The tests that kill a process inside a short window of a migration use a
 # binary of their own with the fault-injection hooks; the release binary

@@ -14,6 +14,13 @@
 //!
 //! x86_64 only: seccompiler has no ppc64 backend; there the sandbox is off
 //! and says so.
+//!
+//! [`run_as`] (`-runas USER`) is the other half of confinement: vmm becomes
+//! an unprivileged user before it opens anything.
+
+mod user;
+
+pub use user::{run_as, RunAsError};
 
 #[cfg(target_arch = "x86_64")]
 mod lists;

@@ -43,6 +43,23 @@ pub fn require_kvm() {
     }
 }
 
+/// The unprivileged user the tests run vmm as (`vmm-test`, in group
+/// `kvm`, made by scripts/setup.sh): its uid and gid.
+pub fn unprivileged_user() -> (u32, u32) {
+    let id = |flag: &str| {
+        let out = std::process::Command::new("id")
+            .args([flag, "vmm-test"])
+            .output()
+            .expect("run id");
+        assert!(
+            out.status.success(),
+            "the user vmm-test is missing: run scripts/setup.sh (it makes it, in group kvm)"
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
 /// A scratch directory removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -56,6 +73,11 @@ impl TempDir {
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
+    }
+    /// Hands the directory to `uid`:`gid` (an unprivileged vmm writes its
+    /// sockets and files there).
+    pub fn give_to(&self, uid: u32, gid: u32) {
+        std::os::unix::fs::chown(&self.0, Some(uid), Some(gid)).expect("chown the temp dir");
     }
 }
 

@@ -49,6 +49,10 @@ pub struct Args {
     /// Exit instead of resetting when the guest reboots
     #[arg(long = "no-reboot")]
     pub no_reboot: bool,
+    /// Become USER (and its groups) before opening anything: the images,
+    /// taps, sockets and /dev/kvm must then be that user's to open
+    #[arg(long = "runas", value_name = "USER")]
+    pub runas: Option<String>,
     /// The seccomp sandbox: on (the default) or off
     #[arg(long = "sandbox", value_name = "on|off")]
     pub sandbox: Option<String>,

@@ -226,6 +226,8 @@ pub struct VmConfig {
     pub no_reboot: bool,
     /// `-sandbox on|off`.
     pub sandbox: sandbox::Mode,
+    /// `-runas USER`.
+    pub runas: Option<String>,
     pub debug_exit: Option<DebugExitConfig>,
     pub devices: Vec<DeviceConfig>,
     pub qmp: Vec<QmpAddr>,
@@ -560,6 +562,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         paused: a.paused,
         no_reboot: a.no_reboot,
         sandbox: parse_sandbox(a.sandbox.as_deref())?,
+        runas: a.runas.clone(),
         debug_exit,
         devices,
         qmp: a

@@ -75,6 +75,10 @@ impl Drop for Wake {
 
 /// Runs the VM until it ends; returns the process exit status.
 pub fn run(cfg: &VmConfig) -> Result<i32> {
+    // Before anything is opened, and before any thread exists.
+    if let Some(user) = &cfg.runas {
+        sandbox::run_as(user)?;
+    }
     register_signal_handler(SIGRTMIN(), kick_handler)
         .map_err(|e| anyhow!("cannot install the vCPU kick signal handler: {e}"))?;
     // From here every thread runs under a seccomp filter: the main loop's,
