@@ -1,12 +1,32 @@
 #!/usr/bin/env bash
-# Fuzzes the savevm stream reader (migration/fuzz) with libFuzzer through
-# cargo-fuzz. Only a stable toolchain exists here, so the sanitizer flags
-# are enabled with RUSTC_BOOTSTRAP=1. Usage: scripts/fuzz.sh [SECONDS]
+# Fuzzes vmm's parsers of untrusted input with libFuzzer through cargo-fuzz
+# (migration/fuzz): the savevm stream reader (what a migration peer or a
+# saved file sends) for SECONDS, and the certificate-subject reader
+# tls-authz runs on a client's certificate for half of that. Each starts
+# from its corpus in the repository; a crash fails the run and leaves the
+# input in migration/fuzz/artifacts/. Only a stable toolchain exists here,
+# so the sanitizer flags are enabled with RUSTC_BOOTSTRAP=1.
+# Usage: scripts/fuzz.sh [SECONDS] (60 by default; the test command runs it)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+secs=${1:-60}
+command -v cargo-fuzz >/dev/null || cargo install --locked --quiet cargo-fuzz
 cd "$top/migration"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cp fuzz/corpus/stream_reader/* "$work/"
-RUSTC_BOOTSTRAP=1 cargo fuzz run stream_reader "$work" -- -max_total_time="${1:-60}" -rss_limit_mb=2048
+RUSTC_BOOTSTRAP=1 cargo fuzz build --release >/dev/null 2>&1 \
+    || RUSTC_BOOTSTRAP=1 cargo fuzz build --release
+for target in stream_reader:$secs cert_subject:$((secs / 2)); do
+    name=${target%%:*}
+    work=$(mktemp -d)
+    log=$(mktemp)
+    cp fuzz/corpus/"$name"/* "$work/"
+    if ! RUSTC_BOOTSTRAP=1 cargo fuzz run --release "$name" "$work" -- \
+        -max_total_time="${target##*:}" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+        tail -40 "$log"
+        echo "fuzz: $name found a failure (the input is in migration/fuzz/artifacts/$name/)" >&2
+        rm -rf "$work" "$log"
+        exit 1
+    fi
+    done_line=$(grep -E "^#[0-9]+[[:space:]]+DONE" "$log" | tail -1)
+    echo "fuzz: $name ${target##*:} s: ${done_line#*DONE}"
+    rm -rf "$work" "$log"
+done
