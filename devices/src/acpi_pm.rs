@@ -136,7 +136,7 @@ impl BusDevice for AcpiPm {
                     log::info!("ACPI: guest entered S5, powering off");
                     (self.events)(VmEvent::PowerOff);
                 } else {
-                    log::warn!("ACPI: guest asked for unsupported sleep type {typ}");
+                    crate::guest_warn!("ACPI: guest asked for unsupported sleep type {typ}");
                 }
             }
         }

@@ -6,6 +6,7 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod debug_exit;
+pub mod guest_log;
 pub mod model;
 pub mod pci;
 pub mod registry;

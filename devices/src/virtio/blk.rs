@@ -284,7 +284,7 @@ impl Blk {
                 }
             }
             T_IN | T_OUT => {
-                log::warn!(
+                crate::guest_warn!(
                     "{}: request beyond the end of the drive (sector {sector})",
                     self.cfg.path.display()
                 );
@@ -341,11 +341,12 @@ fn scatter(mem: &Memory, bufs: &[Buf], src: &[u8]) -> Result<usize, GuestError> 
     Ok(done)
 }
 
-/// Splits off the last byte of the writable buffers (the status).
+/// Splits off the last byte of the writable buffers (the status); `None`
+/// without one (or with one past the end of the address space).
 fn split_status(bufs: &[Buf]) -> Option<(Vec<Buf>, GuestAddress)> {
     let last = bufs.iter().rposition(|b| b.len > 0)?;
     let b = bufs[last];
-    let status = GuestAddress(b.addr.0 + b.len as u64 - 1);
+    let status = GuestAddress(b.addr.0.checked_add(b.len as u64 - 1)?);
     let mut data = bufs[..last].to_vec();
     if b.len > 1 {
         data.push(Buf {
@@ -433,3 +434,24 @@ migration::vmstate! {
 }
 
 crate::virtio_pci_vmstate!(PCI_VMSTATE, "virtio-blk", BlkState);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_byte_past_the_address_space_is_no_status_byte() {
+        let at = |addr: u64, len: u32| Buf {
+            addr: GuestAddress(addr),
+            len,
+            write: true,
+        };
+        let (data, status) = split_status(&[at(0x1000, 512), at(0x2000, 1)]).unwrap();
+        assert_eq!((data.len(), status), (1, GuestAddress(0x2000)));
+        let (data, status) = split_status(&[at(0x1000, 513)]).unwrap();
+        assert_eq!((data[0].len, status), (512, GuestAddress(0x1200)));
+        // The guest's own numbers: an address and a length whose sum does
+        // not fit in 64 bits.
+        assert!(split_status(&[at(u64::MAX - 2, 16)]).is_none());
+    }
+}

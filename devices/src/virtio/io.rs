@@ -197,7 +197,9 @@ pub fn skip(bufs: &[Buf], mut n: u64) -> Vec<Buf> {
             continue;
         }
         out.push(Buf {
-            addr: GuestAddress(b.addr.0 + n),
+            // Past the end of the address space is no guest address: the
+            // access that follows fails as the guest's error.
+            addr: GuestAddress(b.addr.0.saturating_add(n)),
             len: b.len - n as u32,
             write: b.write,
         });

@@ -75,7 +75,7 @@ impl Msix {
     fn send(&self, vm: &dyn VmOps, v: usize) {
         let addr = (self.word(v, 4) as u64) << 32 | self.word(v, 0) as u64;
         if let Err(e) = vm.signal_msi(addr, self.word(v, 8)) {
-            log::warn!("MSI-X vector {v} to {addr:#x}: {e}");
+            crate::guest_warn!("MSI-X vector {v} to {addr:#x}: {e}");
         }
     }
 

@@ -185,7 +185,7 @@ impl Shared {
         }
         if let Err(e) = r {
             // QEMU's virtio_error: stop, tell the driver, keep the VM.
-            log::warn!(
+            crate::guest_warn!(
                 "{}: {e}; the device stops until the driver resets it",
                 self.name
             );
@@ -703,7 +703,7 @@ impl VirtioPci {
                     // A size the ring cannot have is ignored (spec: a power
                     // of two up to the maximum).
                     if q.try_set_size(v as u16).is_err() {
-                        log::warn!("{}: queue {sel}: size {v} refused", self.name);
+                        crate::guest_warn!("{}: queue {sel}: size {v} refused", self.name);
                     }
                 }
             }
