@@ -3,4 +3,6 @@
 //! (PVH; Linux's), CPUID and the vCPUs' initial registers. Depends on
 //! rust-vmm crates only; nothing here touches a VM.
 
+#![forbid(unsafe_code)]
+
 pub mod x86_64;

@@ -3,6 +3,10 @@
 //! Devices never stop the VM themselves: lifecycle requests (power off,
 //! reset, the debug-exit port) go to the VMM through an [`EventSink`].
 
+// Device models parse what a guest writes: only the modules that move
+// bytes between guest memory and host files or devices use unsafe code.
+#![deny(unsafe_code)]
+
 pub mod acpi_pm;
 pub mod bus;
 pub mod debug_exit;

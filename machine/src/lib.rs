@@ -8,6 +8,8 @@
 //! every newer one, newest first, so the entries closest to X.Y win, as in
 //! QEMU. The arrays are data, in one table, below.
 
+#![forbid(unsafe_code)]
+
 use devices::model::CompatEntry;
 
 /// One `hw_compat_X_Y`: its name, its version, and its (type, property,

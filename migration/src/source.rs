@@ -672,6 +672,7 @@ impl Meter<'_> {
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
     use crate::destination::{load_stream, LoadTarget};

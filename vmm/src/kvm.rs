@@ -128,22 +128,53 @@ impl Hypervisor for KvmHypervisor {
     }
 }
 
-/// The bytes of a plain kernel ABI struct of `N` bytes (callers pass only
-/// kvm-bindings POD structs: no pointers, no Drop).
-fn blob<T, const N: usize>(v: &T) -> [u8; N] {
+/// A kernel ABI struct that is plain bytes both ways: no pointers, no
+/// padding the kernel reads, no Drop, and every byte pattern a valid value.
+///
+/// # Safety
+/// Implement it only for such structs (kvm-bindings' generated ones listed
+/// below): [`blob`] reads their bytes and [`unblob`] makes one from any
+/// bytes.
+unsafe trait KernelPod {}
+
+// SAFETY: each is a #[repr(C)] struct of integers and integer arrays
+// (kvm-bindings, generated from the kernel's uapi headers), which KVM
+// itself copies to and from user memory byte for byte.
+unsafe impl KernelPod for kvm_regs {}
+// SAFETY: as above.
+unsafe impl KernelPod for kvm_sregs {}
+// SAFETY: as above.
+unsafe impl KernelPod for kvm_xsave {}
+// SAFETY: as above.
+unsafe impl KernelPod for kvm_xcrs {}
+// SAFETY: as above.
+unsafe impl KernelPod for kvm_lapic_state {}
+// SAFETY: as above.
+unsafe impl KernelPod for kvm_mp_state {}
+// SAFETY: as above.
+unsafe impl KernelPod for kvm_vcpu_events {}
+// SAFETY: as above.
+unsafe impl KernelPod for kvm_debugregs {}
+// SAFETY: as above (a union of integer arrays, the largest covering it).
+unsafe impl KernelPod for kvm_irqchip {}
+// SAFETY: as above.
+unsafe impl KernelPod for kvm_pit_state2 {}
+
+/// The bytes of a kernel ABI struct of `N` bytes.
+fn blob<T: KernelPod, const N: usize>(v: &T) -> [u8; N] {
     const { assert!(size_of::<T>() == N) };
     let mut b = [0u8; N];
-    // SAFETY: T is a plain-old-data kernel struct of exactly N bytes (checked
-    // at compile time above); reading its bytes is sound.
+    // SAFETY: T is plain bytes (KernelPod) of exactly N bytes (checked at
+    // compile time above); reading them is sound.
     unsafe { std::ptr::copy_nonoverlapping(v as *const T as *const u8, b.as_mut_ptr(), N) };
     b
 }
 
-/// A plain kernel ABI struct from its `N` bytes.
-fn unblob<T, const N: usize>(b: &[u8; N]) -> T {
+/// A kernel ABI struct from its `N` bytes.
+fn unblob<T: KernelPod, const N: usize>(b: &[u8; N]) -> T {
     const { assert!(size_of::<T>() == N) };
-    // SAFETY: any byte pattern is valid for these POD structs, and the
-    // source holds exactly size_of::<T>() bytes (checked above).
+    // SAFETY: every byte pattern is a valid T (KernelPod), and the source
+    // holds exactly size_of::<T>() bytes (checked above).
     unsafe { std::ptr::read_unaligned(b.as_ptr() as *const T) }
 }
 

@@ -5,12 +5,16 @@
 //! Every guest-memory write a device does goes through [`Memory`], whose
 //! per-region [`AtomicBitmap`] records the page as dirty for migration.
 
+#[allow(unsafe_code)]
 pub mod blk;
 pub mod console;
+#[allow(unsafe_code)]
 pub mod io;
 pub mod msix;
+#[allow(unsafe_code)]
 pub mod net;
 pub mod pci;
+#[allow(unsafe_code)]
 pub mod rng;
 mod worker;
 
