@@ -60,6 +60,16 @@ pub fn unprivileged_user() -> (u32, u32) {
     (id("-u"), id("-g"))
 }
 
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// A scratch directory removed when dropped.
 pub struct TempDir(pub PathBuf);
 

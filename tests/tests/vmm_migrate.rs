@@ -1440,6 +1440,33 @@ fn tls_on_with_auto_converge(q: &mut Qmp, creds: &str) {
     );
 }
 
+/// A destination in TLS, deferred, with `objects` (`-object` each) and
+/// `params` set before `migrate-incoming`: the node and its URI.
+fn tls_destination(dir: &TempDir, name: &str, objects: &[String], params: Value) -> (Node, String) {
+    let args: Vec<&str> = ["-incoming", "defer"]
+        .into_iter()
+        .chain(objects.iter().flat_map(|o| ["-object", o.as_str()]))
+        .collect();
+    let dst = start(dir, name, &args);
+    let port = free_port();
+    let mut q = dst.qmp();
+    q.execute("migrate-set-parameters", params);
+    q.execute(
+        "migrate-incoming",
+        json!({"uri": format!("tcp:127.0.0.1:{port}")}),
+    );
+    (dst, format!("tcp:127.0.0.1:{port}"))
+}
+
+/// Waits until `n`'s log says `what`.
+fn wait_log(n: &Node, what: &str) {
+    let deadline = Instant::now() + T;
+    while !n.vm.log().contains(what) {
+        assert!(Instant::now() < deadline, "no '{what}': {}", n.vm.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn tls_dir(dir: &std::path::Path) {
     let st = Command::new(vmm_tests::workspace().join("scripts/tls-certs.sh"))
         .arg(dir)
@@ -1475,26 +1502,12 @@ fn migration_in_tls_with_qemus_credentials() {
         good.display()
     );
     let tls_dst = |name: &str| {
-        let dst = start(
+        tls_destination(
             &dir,
             name,
-            &[
-                "-incoming",
-                "defer",
-                "-object",
-                &creds(&good, "server"),
-                "-object",
-                &client_too,
-            ],
-        );
-        let port = free_port();
-        let mut q = dst.qmp();
-        tls_on(&mut q);
-        q.execute(
-            "migrate-incoming",
-            json!({"uri": format!("tcp:127.0.0.1:{port}")}),
-        );
-        (dst, format!("tcp:127.0.0.1:{port}"))
+            &[creds(&good, "server"), client_too.clone()],
+            json!({"tls-creds": "tls0"}),
+        )
     };
     // A source with another CA: refused in the handshake, on both sides.
     let stranger = start(&dir, "stranger", &["-object", &creds(&other, "client")]);
@@ -1508,11 +1521,7 @@ fn migration_in_tls_with_qemus_credentials() {
     assert!(why.contains("TLS") && why.contains("certificate"), "{m}");
     assert_eq!(stranger.status(), "running");
     assert_eq!(dst.status(), "inmigrate", "{}", dst.vm.log());
-    let deadline = Instant::now() + T;
-    while !dst.vm.log().contains("ignoring a connection") {
-        assert!(Instant::now() < deadline, "{}", dst.vm.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_log(&dst, "ignoring a connection");
     drop(stranger);
     // The trusted source: the main stream in TLS.
     hand_over(src, &mut dst, &uri);
@@ -1564,33 +1573,17 @@ fn tls_authz_admits_only_the_client_it_names() {
     tls_on_with_auto_converge(&mut q, "tls0");
     let dst = |name: &str, identity: &str| {
         let authz = format!("authz-simple,id=auth0,identity={identity}");
-        let dst = start(
+        let (dst, uri) = tls_destination(
             &dir,
             name,
-            &[
-                "-incoming",
-                "defer",
-                "-object",
-                &creds("server"),
-                "-object",
-                &authz,
-            ],
-        );
-        let port = free_port();
-        let mut d = dst.qmp();
-        d.execute(
-            "migrate-set-parameters",
+            &[creds("server"), authz],
             json!({"tls-creds": "tls0", "tls-authz": "auth0"}),
         );
         assert_eq!(
-            d.execute("query-migrate-parameters", json!({}))["tls-authz"],
+            dst.qmp().execute("query-migrate-parameters", json!({}))["tls-authz"],
             "auth0"
         );
-        d.execute(
-            "migrate-incoming",
-            json!({"uri": format!("tcp:127.0.0.1:{port}")}),
-        );
-        (dst, format!("tcp:127.0.0.1:{port}"))
+        (dst, uri)
     };
     // The server's own subject: a certificate the CA signed, not the
     // client's.
@@ -1598,11 +1591,7 @@ fn tls_authz_admits_only_the_client_it_names() {
     let m = migrate(&src, &uri);
     assert_eq!(m["status"], "failed", "{m}");
     assert_eq!(src.status(), "running");
-    let deadline = Instant::now() + T;
-    while !wrong.vm.log().contains("admits only") {
-        assert!(Instant::now() < deadline, "{}", wrong.vm.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_log(&wrong, "admits only");
     let log = wrong.vm.log();
     assert!(
         log.contains("'C=GB,O=vmm tests,CN=vmm client'")
@@ -1639,40 +1628,16 @@ fn migration_in_tls_with_a_pre_shared_key() {
     };
     let dst = |name: &str, authz: Option<&str>| {
         // It can leave in TLS too (`tlsc`, username qemu).
-        let mut args = vec![
-            "-incoming".to_string(),
-            "defer".into(),
-            "-object".into(),
+        let mut objects = vec![
             creds(&good, "server", ""),
-            "-object".into(),
             creds(&good, "client", "").replace("id=tls0", "id=tlsc"),
         ];
+        let mut params = json!({"tls-creds": "tls0"});
         if let Some(who) = authz {
-            args.extend([
-                "-object".into(),
-                format!("authz-simple,id=auth0,identity={who}"),
-            ]);
+            objects.push(format!("authz-simple,id=auth0,identity={who}"));
+            params["tls-authz"] = "auth0".into();
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let dst = start(&dir, name, &args);
-        let port = free_port();
-        let mut q = dst.qmp();
-        tls_on_with_auto_converge(&mut q, "tls0");
-        if authz.is_some() {
-            q.execute("migrate-set-parameters", json!({"tls-authz": "auth0"}));
-        }
-        q.execute(
-            "migrate-incoming",
-            json!({"uri": format!("tcp:127.0.0.1:{port}")}),
-        );
-        (dst, format!("tcp:127.0.0.1:{port}"))
-    };
-    let wait_log = |n: &Node, what: &str| {
-        let deadline = Instant::now() + T;
-        while !n.vm.log().contains(what) {
-            assert!(Instant::now() < deadline, "no '{what}': {}", n.vm.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        tls_destination(&dir, name, &objects, params)
     };
     // Another key: refused in the handshake, the destination waits on.
     let stranger = start(&dir, "stranger", &["-object", &creds(&other, "client", "")]);
@@ -1799,16 +1764,6 @@ fn fd_n_never_takes_a_descriptor_of_vmms_own() {
     assert_eq!(src.status(), "running");
 }
 
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// A guest that migrated in and then reboots does not leave its first RAM
 /// behind: the new board's RAM replaces it, and vmm's resident memory
 /// after the guest has written its pattern again is what it was before.
@@ -1818,14 +1773,14 @@ fn a_migrated_guest_that_reboots_does_not_keep_its_old_ram() {
     let src = start(&dir, "src", &[]);
     src.vm.wait_prefix("mem.filled", BOOT);
     let mut dst = move_and_verify(&dir, src, "dst", &[]);
-    let before = rss_kib(dst.vm.pid());
+    let before = vmm_tests::rss_kib(dst.vm.pid());
     dst.qmp().execute("system_reset", json!({}));
     // Its console here began after the migration: the fill after the
     // reboot is the first one it shows.
     dst.vm.wait_prefix("mem.filled", BOOT);
     let n = ticks(&dst.vm).len();
     wait_ticks(&dst.vm, n + 2);
-    let after = rss_kib(dst.vm.pid());
+    let after = vmm_tests::rss_kib(dst.vm.pid());
     assert!(
         after < before + (32 << 10),
         "resident {before} KiB before the reboot, {after} KiB after"

@@ -617,16 +617,6 @@ fn listening_beyond_loopback_is_warned_about() {
     vm.kill();
 }
 
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// A client that sends commands and never reads the replies costs vmm a
 /// bounded amount of memory: past a bound of unread output it is
 /// disconnected, and the monitor goes on serving everyone else.
@@ -638,7 +628,7 @@ fn a_client_that_never_reads_is_dropped_not_buffered() {
     let vm = v.spawn("qmp-flood");
     wait_ticks(&vm, 1);
     let mut other = Qmp::connect(&sock, T);
-    let before = rss_kib(vm.pid());
+    let before = vmm_tests::rss_kib(vm.pid());
     let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     let mut greeting = [0u8; 64];
     s.read_exact(&mut greeting).unwrap();
@@ -657,7 +647,7 @@ fn a_client_that_never_reads_is_dropped_not_buffered() {
         sent += 10_000;
     }
     std::thread::sleep(Duration::from_millis(500));
-    let after = rss_kib(vm.pid());
+    let after = vmm_tests::rss_kib(vm.pid());
     eprintln!("resident {before} KiB before, {after} KiB after {sent} commands");
     assert!(
         after < before + 64 * 1024,

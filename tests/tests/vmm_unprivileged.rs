@@ -80,10 +80,13 @@ fn an_unprivileged_vmm_boots_saves_restores_and_migrates() {
     restored.verify_memory(T);
     // And live, to another unprivileged vmm.
     let uri = format!("tcp:127.0.0.1:{}", free_port());
-    let (mut moved, _) = user_vmm(&dir, "moved", &["-incoming", &uri]);
+    let (mut moved, moved_sock) = user_vmm(&dir, "moved", &["-incoming", &uri]);
+    // It listens once its monitor answers.
+    Qmp::connect(&moved_sock, T);
     let mut q = Qmp::connect(&sock, T);
     q.execute("migrate", json!({ "uri": uri }));
-    assert_eq!(q.wait_migration(T)["status"], "completed");
+    let m = q.wait_migration(T);
+    assert_eq!(m["status"], "completed", "{m}\n{}", moved.log());
     drop(restored);
     moved.wait_ticks(moved.ticks() + 2, T);
     moved.verify_memory(T);
