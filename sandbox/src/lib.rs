@@ -138,8 +138,13 @@ fn forbidden_call(class: Class) {
             // The main loop (a migration) opens sockets, these do not.
             Class::Vcpu | Class::Worker | Class::Qmp => libc::SYS_socket,
         };
+        // A vCPU's ioctls are KVM's only: a terminal's, on stdin, is not.
+        let (nr, a0, a1) = match std::env::var("VMM_TEST_FORBIDDEN_IOCTL") {
+            Ok(_) if class == Class::Vcpu => (libc::SYS_ioctl, 0, libc::TCGETS as i64),
+            _ => (nr, 0, 0),
+        };
         // SAFETY: the call is denied before it does anything.
-        unsafe { libc::syscall(nr, 0, 0, 0) };
+        unsafe { libc::syscall(nr, a0, a1, 0) };
     }
 }
 
@@ -172,6 +177,21 @@ fn install(class: Class, mode: Mode) -> Result<(), Error> {
         Mode::Log => SeccompAction::Log,
         _ => SeccompAction::Trap,
     };
+    if lists::ioctls_kvm_only(class) {
+        // ioctl(fd, request, ...): the request's type byte (bits 8-15) is
+        // KVMIO.
+        let kvm = SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(0xff00),
+            0xae00,
+        )
+        .map_err(build)?;
+        rules.insert(
+            libc::SYS_ioctl,
+            vec![SeccompRule::new(vec![kvm]).map_err(build)?],
+        );
+    }
     let filter = SeccompFilter::new(rules, denied, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(build)?;
     let program: seccompiler::BpfProgram = filter

@@ -147,6 +147,13 @@ pub fn opens_read_only(class: Class) -> bool {
     !allowed(class).contains(&SYS_openat)
 }
 
+/// Whether `class`'s `ioctl`s are KVM's only (request type `KVMIO`,
+/// 0xAE): a vCPU thread runs the guest and the devices it reaches, and
+/// none of that needs another device's ioctls.
+pub fn ioctls_kvm_only(class: Class) -> bool {
+    class == Class::Vcpu
+}
+
 /// The system calls `class` may make.
 pub fn allowed(class: Class) -> Vec<c_long> {
     let own: &[&[c_long]] = match class {

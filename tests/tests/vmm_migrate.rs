@@ -1066,6 +1066,7 @@ fn the_release_binary_has_no_fault_injection() {
         "VMM_TEST_DELAY_RUNNING_MS",
         "VMM_TEST_PANIC",
         "VMM_TEST_FORBIDDEN",
+        "VMM_TEST_FORBIDDEN_IOCTL",
     ];
     let has = |bin: &std::path::Path| {
         let bytes = std::fs::read(bin).unwrap();

@@ -13,7 +13,18 @@ const T: Duration = Duration::from_secs(60);
 /// (and `extra`), so that a thread of every class starts; the thread of
 /// class `forbidden` makes a call outside its list once it is confined.
 fn spawn(dir: &TempDir, forbidden: &str, extra: &[&str]) -> Vm {
-    let qmp = format!("unix:{},server=on,wait=off", dir.path(forbidden).display());
+    spawn_with(dir, forbidden, forbidden, extra, &[])
+}
+
+/// [`spawn`], the console named `name`, with `env` set too.
+fn spawn_with(
+    dir: &TempDir,
+    name: &str,
+    forbidden: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Vm {
+    let qmp = format!("unix:{},server=on,wait=off", dir.path(name).display());
     let mut v = Vmm::new()
         .args(["-m", "128M", "-qmp", &qmp, "-device", "virtio-rng-pci"])
         .args(extra)
@@ -21,7 +32,8 @@ fn spawn(dir: &TempDir, forbidden: &str, extra: &[&str]) -> Vm {
     v.binary = Some(fault_injection_binary());
     let mut cmd = v.command();
     cmd.env("VMM_TEST_FORBIDDEN", forbidden);
-    Vm::spawn(forbidden, cmd)
+    cmd.envs(env.iter().copied());
+    Vm::spawn(name, cmd)
 }
 
 #[test]
@@ -49,6 +61,26 @@ fn a_call_outside_a_threads_list_ends_vmm_naming_both() {
             "{class}: {line}"
         );
     }
+}
+
+/// A vCPU may make KVM's ioctls only: a terminal's (TCGETS) ends vmm.
+#[test]
+fn a_vcpu_makes_kvm_ioctls_only() {
+    let dir = TempDir::new("sandbox-ioctl");
+    let mut vm = spawn_with(
+        &dir,
+        "vcpu-ioctl",
+        "vcpu",
+        &[],
+        &[("VMM_TEST_FORBIDDEN_IOCTL", "1")],
+    );
+    let st = vm.wait_exit(T);
+    let log = vm.log();
+    assert_eq!(st.code(), Some(159), "{log}");
+    assert!(
+        log.contains("thread 'vcpu0' made a system call outside its seccomp list: ioctl (16)"),
+        "{log}"
+    );
 }
 
 /// `-sandbox off`: the same call is just a call, and vmm runs on.
