@@ -204,6 +204,7 @@ pub fn analyze(bytes: &[u8]) -> Result<Vec<String>, Error> {
 mod tests {
     use super::*;
     use crate::stream::Writer;
+    use vm_memory::VolatileSlice;
 
     static INNER: Description = Description {
         name: "inner",
@@ -278,8 +279,8 @@ mod tests {
             id,
             true,
             [
-                ("pc.ram", 0, &[0u8; 4096][..]),
-                ("pc.ram", 4096, &[1u8; 4096][..]),
+                ("pc.ram", 0, VolatileSlice::from(&mut [0u8; 4096][..])),
+                ("pc.ram", 4096, VolatileSlice::from(&mut [1u8; 4096][..])),
             ],
         )
         .unwrap();

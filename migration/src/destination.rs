@@ -325,6 +325,28 @@ fn whole_set(
     Some(taken)
 }
 
+/// Which of `pending` (oldest first) are closed now. A channel waits
+/// while its session's channels keep arriving (a source opens them one
+/// after another, each with its handshake): 10 s after the last from its
+/// session and host, they were nobody's. Beyond [`MAX_PENDING`] the
+/// oldest go. One pass over the channels, however many a stranger opens.
+fn stale(pending: &[Channel]) -> Vec<bool> {
+    let mut latest: std::collections::HashMap<(Option<SessionId>, &str), Instant> =
+        std::collections::HashMap::new();
+    for c in pending {
+        let t = latest.entry((c.session, host(&c.peer))).or_insert(c.since);
+        *t = (*t).max(c.since);
+    }
+    pending
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            latest[&(c.session, host(&c.peer))].elapsed() > HELLO_TIMEOUT
+                || pending.len() - i > MAX_PENDING
+        })
+        .collect()
+}
+
 /// Serves `l` until `done`: every source's main stream arrives in
 /// `deliver` with the multifd channels bound to it ([`bind`]), whose
 /// receivers write into the RAM `ram` holds once it is there. A connection
@@ -395,22 +417,7 @@ pub fn serve(
                 i += 1;
             }
         }
-        // A channel waits while its session's channels keep arriving (a
-        // source opens them one after another, each with its handshake);
-        // 10 s after the last, they were nobody's.
-        let latest = |c: &Channel| {
-            pending
-                .iter()
-                .filter(|o| o.session == c.session && host(&o.peer) == host(&c.peer))
-                .map(|o| o.since)
-                .max()
-                .unwrap_or(c.since)
-        };
-        let stale: Vec<bool> = pending
-            .iter()
-            .enumerate()
-            .map(|(i, c)| latest(c).elapsed() > HELLO_TIMEOUT || pending.len() - i > MAX_PENDING)
-            .collect();
+        let stale = stale(&pending);
         let mut stale = stale.into_iter();
         pending.retain(|c| {
             let keep = !stale.next().unwrap_or(false);
@@ -654,5 +661,31 @@ mod tests {
         pending.push(channel(None, 0, 1, "10.0.0.1:5009"));
         assert_eq!(bind(&m, &mut pending).map(|c| c.len()), Some(0));
         assert_eq!(pending.len(), 3);
+    }
+
+    #[test]
+    fn a_channel_waits_while_its_sessions_channels_keep_arriving() {
+        let ours = Some(SessionId([1; 16]));
+        let old = Instant::now() - HELLO_TIMEOUT - Duration::from_secs(1);
+        let aged = |mut c: Channel| {
+            c.since = old;
+            c
+        };
+        let pending = vec![
+            aged(channel(ours, 0, 3, "10.0.0.1:5001")),
+            aged(channel(None, 0, 2, "10.0.0.2:6001")),
+            aged(channel(ours, 1, 3, "10.0.0.9:5002")),
+            channel(ours, 2, 3, "10.0.0.1:5003"),
+        ];
+        // Channel 0 waits for its session's newer channel from its host;
+        // the others have nothing newer from theirs.
+        assert_eq!(stale(&pending), [false, true, true, false]);
+        // Past the cap, the oldest go first.
+        let many: Vec<Channel> = (0..MAX_PENDING as u32 + 2)
+            .map(|i| channel(None, i, 1, &format!("10.0.1.{}:1", i % 250)))
+            .collect();
+        let s = stale(&many);
+        assert_eq!(s.iter().filter(|&&x| x).count(), 2);
+        assert!(s[0] && s[1] && !s[2]);
     }
 }

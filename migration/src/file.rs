@@ -81,6 +81,13 @@ pub fn load(path: &Path, machine: &str, target: &mut dyn LoadTarget, ram: &Ram) 
     load_stream(file, machine, target, ram, &mut || {})
 }
 
+impl<W: std::io::Write> crate::stream::GuestWrite for Counter<'_, W> {
+    /// Copied out (volatile) into the file's buffer.
+    fn write_slices(&mut self, b: &[vm_memory::VolatileSlice]) -> std::io::Result<usize> {
+        crate::stream::copy_out(self, b)
+    }
+}
+
 /// Counts what reaches the file.
 struct Counter<'a, W> {
     w: W,

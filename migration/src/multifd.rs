@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::protocol::Line;
 use crate::ram::{set_bits, Ram, RamSlot, RamWriter};
 use crate::status::Progress;
-use crate::stream::{is_zero, Gather, RamSink, PAGE_SIZE};
+use crate::stream::{is_zero_page, Gather, GuestWrite, RamSink, PAGE_SIZE};
 use crate::transport::{connect, Conn};
 use crate::uri::Uri;
 use std::io::{BufReader, Read, Write};
@@ -42,7 +42,7 @@ static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// One migration's identity: random, announced by its main stream and
 /// carried by each of its channels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SessionId(pub [u8; 16]);
 
 impl SessionId {
@@ -106,7 +106,7 @@ fn channel_of(offset: u64, n: usize) -> usize {
 
 /// One pass over the channels, in parallel: the pages set in `dirty`
 /// (per region of `ram`); with `last`, each channel ends with END.
-pub(crate) fn send<C: Write + Send>(
+pub(crate) fn send<C: GuestWrite + Send>(
     ram: &Ram,
     chans: &mut [C],
     dirty: &[Vec<u64>],
@@ -140,7 +140,7 @@ pub(crate) fn send<C: Write + Send>(
                     let mut batch = 0;
                     for (off, d) in pages {
                         batch += 1;
-                        if is_zero(d) {
+                        if is_zero_page(&d) {
                             p.duplicate.fetch_add(1, Ordering::Relaxed);
                             g.head(&(off | CH_ZERO).to_be_bytes());
                         } else {

@@ -5,6 +5,7 @@
 
 use crate::stream::{is_zero, RamSink, PAGE_SIZE};
 use std::any::Any;
+use vm_memory::VolatileSlice;
 
 /// One host mapping of guest RAM and where it sits in the block.
 #[derive(Clone, Copy, Debug)]
@@ -42,17 +43,19 @@ impl RamRegion {
         self.len / PAGE_SIZE
     }
 
-    /// The region as bytes. A running guest may write them meanwhile: a
-    /// torn page is dirty again and travels again in the next pass, or the
-    /// VM is stopped.
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: mapped for the Ram's lifetime (RamRegion::new's contract).
-        unsafe { std::slice::from_raw_parts(self.host, self.len) }
-    }
-
-    /// Page `i` of the region.
-    pub fn page(&self, i: usize) -> &[u8] {
-        &self.bytes()[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]
+    /// Page `i` of the region, which a running guest may write while it
+    /// is read: a torn page is dirty again and travels again in the next
+    /// pass, or the VM is stopped. A volatile slice, never a `&[u8]`.
+    pub fn page(&self, i: usize) -> VolatileSlice<'_> {
+        assert!(
+            i < self.pages(),
+            "page {i} of a {}-page region",
+            self.pages()
+        );
+        // SAFETY: inside the mapping (asserted), which is valid for the
+        // Ram's lifetime (RamRegion::new's contract); volatile accesses
+        // only, so concurrent writes by the guest are allowed.
+        unsafe { VolatileSlice::new(self.host.add(i * PAGE_SIZE), PAGE_SIZE) }
     }
 }
 

@@ -636,6 +636,12 @@ impl Write for Meter<'_> {
     }
 }
 
+impl crate::stream::GuestWrite for Meter<'_> {
+    fn write_slices(&mut self, b: &[vm_memory::VolatileSlice]) -> std::io::Result<usize> {
+        self.send(|w| w.write_slices(b))
+    }
+}
+
 impl Meter<'_> {
     /// One write to the connection, unless cancelled; counted.
     fn send(

@@ -16,6 +16,7 @@
 
 use crate::vmstate::{default_value, Description, Field, Kind, State, Val};
 use std::io::{Read, Write};
+use vm_memory::VolatileSlice;
 
 pub const MAGIC: u32 = 0x5145_564d;
 pub const VERSION: u32 = 3;
@@ -48,90 +49,6 @@ pub fn is_zero(data: &[u8]) -> bool {
     let mut words = data.chunks_exact(8);
     words.all(|w| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) == 0)
         && words.remainder().iter().all(|b| *b == 0)
-}
-
-/// Small record bytes and whole pages, written with one `writev` per
-/// [`Gather::FULL`] bytes: pages go from guest memory to the socket (or
-/// file) without being copied into a buffer first. The writer must not be
-/// a `BufWriter` (it would copy them after all).
-pub struct Gather<'p> {
-    head: Vec<u8>,
-    segs: Vec<Seg<'p>>,
-    bytes: usize,
-}
-
-enum Seg<'p> {
-    /// A range of `head`.
-    Head(usize, usize),
-    Page(&'p [u8]),
-}
-
-impl<'p> Gather<'p> {
-    /// Bytes gathered before a write is due.
-    pub const FULL: usize = 1 << 20;
-    /// Segments per `writev` (below Linux's IOV_MAX of 1024).
-    const MAX_SEGS: usize = 1000;
-
-    pub fn new() -> Gather<'p> {
-        Gather {
-            head: Vec::with_capacity(16 << 10),
-            segs: Vec::with_capacity(Self::MAX_SEGS),
-            bytes: 0,
-        }
-    }
-
-    /// Record bytes (copied; consecutive ones share a segment).
-    pub fn head(&mut self, b: &[u8]) {
-        let start = self.head.len();
-        self.head.extend_from_slice(b);
-        match self.segs.last_mut() {
-            Some(Seg::Head(_, end)) if *end == start => *end = self.head.len(),
-            _ => self.segs.push(Seg::Head(start, self.head.len())),
-        }
-        self.bytes += b.len();
-    }
-
-    /// A page, referenced until the next write.
-    pub fn page(&mut self, p: &'p [u8]) {
-        self.segs.push(Seg::Page(p));
-        self.bytes += p.len();
-    }
-
-    /// Whether a write is due.
-    pub fn full(&self) -> bool {
-        self.bytes >= Self::FULL || self.segs.len() + 2 >= Self::MAX_SEGS
-    }
-
-    /// Writes everything gathered, then starts over.
-    pub fn write_to<W: Write + ?Sized>(&mut self, w: &mut W) -> std::io::Result<()> {
-        let mut slices: Vec<std::io::IoSlice> = self
-            .segs
-            .iter()
-            .map(|s| match *s {
-                Seg::Head(a, b) => std::io::IoSlice::new(&self.head[a..b]),
-                Seg::Page(p) => std::io::IoSlice::new(p),
-            })
-            .collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            match w.write_vectored(rest) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.head.clear();
-        self.segs.clear();
-        self.bytes = 0;
-        Ok(())
-    }
-}
-
-impl Default for Gather<'_> {
-    fn default() -> Self {
-        Gather::new()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -328,15 +245,18 @@ impl<W: Write> Writer<W> {
         &mut self,
         id: u32,
         last: bool,
-        pages: impl IntoIterator<Item = (&'p str, u64, &'p [u8])>,
-    ) -> Result<(u64, u64)> {
+        pages: impl IntoIterator<Item = (&'p str, u64, VolatileSlice<'p>)>,
+    ) -> Result<(u64, u64)>
+    where
+        W: GuestWrite,
+    {
         let (mut count, mut zeros) = (0u64, 0u64);
         let mut g = Gather::new();
         g.head(&[if last { SECTION_END } else { SECTION_PART }]);
         g.head(&id.to_be_bytes());
         let mut prev: Option<&str> = None;
         for (block, off, data) in pages {
-            let zero = is_zero(data);
+            let zero = is_zero_page(&data);
             count += 1;
             zeros += zero as u64;
             let mut flags = if zero { RAM_ZERO } else { RAM_PAGE };
@@ -355,8 +275,8 @@ impl<W: Write> Writer<W> {
             } else if data.len() == PAGE_SIZE {
                 g.page(data);
             } else {
-                let mut p = data[..PAGE_SIZE.min(data.len())].to_vec();
-                p.resize(PAGE_SIZE, 0);
+                let mut p = vec![0; PAGE_SIZE];
+                data.copy_to(&mut p);
                 g.head(&p);
             }
             if g.full() {
@@ -971,6 +891,11 @@ impl<R: Read> Reader<R> {
         })
     }
 }
+
+// Reads guest memory that a running guest writes (volatile loads).
+#[allow(unsafe_code)]
+mod gather;
+pub use gather::{copy_out, is_zero_page, Gather, GuestWrite};
 
 #[cfg(test)]
 mod tests;

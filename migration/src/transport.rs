@@ -178,6 +178,30 @@ impl Write for Conn {
     }
 }
 
+impl crate::stream::GuestWrite for Conn {
+    /// One `writev` straight from the slices (guest memory included): the
+    /// kernel reads them, nothing here does.
+    fn write_slices(&mut self, bufs: &[vm_memory::VolatileSlice]) -> std::io::Result<usize> {
+        let guards: Vec<_> = bufs.iter().take(1024).map(|b| b.ptr_guard()).collect();
+        let iov: Vec<libc::iovec> = guards
+            .iter()
+            .zip(bufs)
+            .map(|(g, b)| libc::iovec {
+                iov_base: g.as_ptr().cast_mut().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: every iovec is a live VolatileSlice (valid for reads of
+        // its length while its guard, held here, lives); the kernel only
+        // reads them.
+        let n = unsafe { libc::writev(self.raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
 /// A migration's connections, for whoever ends the migration from outside
 /// (cancel, a reset of the VM): [`Links::shutdown`] shuts every one opened
 /// so far, and any opened later at once.

@@ -1,5 +1,6 @@
 use super::*;
 use crate::vmstate::{Field, Subsection};
+use vm_memory::VolatileSlice;
 
 static U16: Kind = Kind::U16;
 
@@ -407,10 +408,13 @@ impl RamSink for Mem {
     }
 }
 
-fn pages_of<'a>(name: &'a str, mem: &'a [u8]) -> impl Iterator<Item = (&'a str, u64, &'a [u8])> {
-    mem.chunks(PAGE_SIZE)
+fn pages_of<'a>(
+    name: &'a str,
+    mem: &'a mut [u8],
+) -> impl Iterator<Item = (&'a str, u64, VolatileSlice<'a>)> {
+    mem.chunks_mut(PAGE_SIZE)
         .enumerate()
-        .map(move |(i, p)| (name, (i * PAGE_SIZE) as u64, p))
+        .map(move |(i, p)| (name, (i * PAGE_SIZE) as u64, VolatileSlice::from(p)))
 }
 
 fn read_ram(bytes: &[u8], sink: &mut Mem) -> Result<Vec<Record>> {
@@ -427,6 +431,7 @@ fn read_ram(bytes: &[u8], sink: &mut Mem) -> Result<Vec<Record>> {
 }
 
 fn ram_stream(ram: &[u8], rom: &[u8], dirty: &[u8]) -> Vec<u8> {
+    let (mut ram, mut rom, mut dirty) = (ram.to_vec(), rom.to_vec(), dirty.to_vec());
     let mut w = Writer::new(Vec::new(), "pc-q35-8.0").unwrap();
     let id = w
         .ram_start(&[
@@ -437,10 +442,11 @@ fn ram_stream(ram: &[u8], rom: &[u8], dirty: &[u8]) -> Vec<u8> {
     w.ram_pages(
         id,
         false,
-        pages_of("pc.ram", ram).chain(pages_of("/rom@etc/acpi/tables", rom)),
+        pages_of("pc.ram", &mut ram).chain(pages_of("/rom@etc/acpi/tables", &mut rom)),
     )
     .unwrap();
     // A second pass with one page dirtied since, then the final pass.
+    let dirty = VolatileSlice::from(&mut dirty[..]);
     w.ram_pages(id, false, [("pc.ram", 10 * PAGE_SIZE as u64, dirty)])
         .unwrap();
     w.ram_pages(id, true, []).unwrap();
@@ -503,8 +509,9 @@ fn ram_errors_name_the_block() {
     // A page beyond its block.
     let mut w = Writer::new(Vec::new(), "pc-q35-8.0").unwrap();
     let id = w.ram_start(&[("pc.ram", PAGE_SIZE as u64)]).unwrap();
-    w.ram_pages(id, true, [("pc.ram", 1 << 30, &[9u8; PAGE_SIZE][..])])
-        .unwrap();
+    let mut nine = [9u8; PAGE_SIZE];
+    let page = VolatileSlice::from(&mut nine[..]);
+    w.ram_pages(id, true, [("pc.ram", 1 << 30, page)]).unwrap();
     let mut one = Mem(vec![("pc.ram", vec![0; PAGE_SIZE])]);
     let e = read_ram(&w.finish().unwrap(), &mut one)
         .unwrap_err()
@@ -618,7 +625,13 @@ impl Write for Trickle {
         self.0.extend_from_slice(&b[..n]);
         Ok(n)
     }
-    fn write_vectored(&mut self, bufs: &[std::io::IoSlice]) -> std::io::Result<usize> {
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl GuestWrite for Trickle {
+    fn write_slices(&mut self, bufs: &[VolatileSlice]) -> std::io::Result<usize> {
         // Across several buffers, stopping anywhere (even mid-buffer).
         let mut room = {
             self.1 = self.1 * 7 % 9001 + 1;
@@ -627,7 +640,9 @@ impl Write for Trickle {
         let mut n = 0;
         for b in bufs {
             let k = b.len().min(room);
-            self.0.extend_from_slice(&b[..k]);
+            let mut part = vec![0; k];
+            b.copy_to(&mut part);
+            self.0.extend_from_slice(&part);
             n += k;
             room -= k;
             if room == 0 {
@@ -636,37 +651,35 @@ impl Write for Trickle {
         }
         Ok(n)
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[test]
 fn gathered_pages_survive_short_writes() {
-    let ram: Vec<u8> = (0..600 * PAGE_SIZE)
+    let mut ram: Vec<u8> = (0..600 * PAGE_SIZE)
         .map(|i| (i / 4096 + i % 251) as u8)
         .collect();
     let whole = {
         let mut w = Writer::new(Vec::new(), "pc-q35-8.0").unwrap();
         let id = w.ram_start(&[("pc.ram", ram.len() as u64)]).unwrap();
-        w.ram_pages(id, true, pages_of("pc.ram", &ram)).unwrap();
+        w.ram_pages(id, true, pages_of("pc.ram", &mut ram)).unwrap();
         w.finish().unwrap()
     };
     let mut w = Writer::new(Trickle(vec![], 0), "pc-q35-8.0").unwrap();
     let id = w.ram_start(&[("pc.ram", ram.len() as u64)]).unwrap();
-    w.ram_pages(id, true, pages_of("pc.ram", &ram)).unwrap();
+    w.ram_pages(id, true, pages_of("pc.ram", &mut ram)).unwrap();
     let trickled = w.finish().unwrap().0;
     assert!(trickled == whole, "short writes changed the stream");
+    let first = ram[..PAGE_SIZE].to_vec();
     let mut g = Gather::new();
     g.head(b"ab");
     g.head(b"c");
-    g.page(&ram[..PAGE_SIZE]);
+    g.page(VolatileSlice::from(&mut ram[..PAGE_SIZE]));
     g.head(b"d");
     assert!(!g.full());
     let mut out = Trickle(vec![], 0);
     g.write_to(&mut out).unwrap();
     let mut want = b"abc".to_vec();
-    want.extend_from_slice(&ram[..PAGE_SIZE]);
+    want.extend_from_slice(&first);
     want.push(b'd');
     assert!(out.0 == want);
     // A writer that takes nothing is an error, not a hang.
@@ -677,6 +690,11 @@ fn gathered_pages_survive_short_writes() {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+    impl GuestWrite for Full {
+        fn write_slices(&mut self, _: &[VolatileSlice]) -> std::io::Result<usize> {
+            Ok(0)
         }
     }
     g.head(b"x");
