@@ -49,6 +49,9 @@ if [ -e /dev/kvm ]; then
     chgrp kvm /dev/kvm
     chmod 660 /dev/kvm
 fi
+# /dev/net/tun is open to all on Debian (the kernel checks that a tap is
+# the user's when vmm attaches to it); here it was root's only.
+[ -e /dev/net/tun ] && chmod 666 /dev/net/tun
 id vmm-test >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin --gid kvm vmm-test
 cd "$top" && cargo build --release --workspace --quiet
 # The tests that kill a process inside a short window of a migration use a

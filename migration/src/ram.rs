@@ -134,7 +134,13 @@ impl Ram {
             .iter()
             .map(|r| {
                 let pages = r.pages();
-                let touched = touched_pages(r.host as usize, r.len);
+                let touched = touched_pages(r.host as usize, r.len)
+                    .inspect_err(|e| {
+                        log::warn!(
+                            "cannot read /proc/self/pagemap ({e}): every page of guest RAM is read and sent"
+                        )
+                    })
+                    .ok();
                 let mut bits = vec![0u64; pages.div_ceil(64)];
                 for i in 0..pages {
                     if touched.as_ref().is_none_or(|t| t[i]) {
@@ -148,24 +154,20 @@ impl Ram {
 }
 
 /// Which pages of [addr, addr+len) were ever touched (present in memory or
-/// swapped out), from /proc/self/pagemap; `None` if it cannot be read.
-fn touched_pages(addr: usize, len: usize) -> Option<Vec<bool>> {
+/// swapped out), from /proc/self/pagemap.
+fn touched_pages(addr: usize, len: usize) -> std::io::Result<Vec<bool>> {
     use std::io::{Read, Seek, SeekFrom};
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
-    let mut f = std::fs::File::open("/proc/self/pagemap").ok()?;
-    f.seek(SeekFrom::Start((addr / PAGE_SIZE * 8) as u64))
-        .ok()?;
+    let mut f = std::fs::File::open("/proc/self/pagemap")?;
+    f.seek(SeekFrom::Start((addr / PAGE_SIZE * 8) as u64))?;
     let n = len / PAGE_SIZE;
     let mut raw = vec![0u8; n * 8];
-    f.read_exact(&mut raw).ok()?;
-    Some(
-        raw.chunks_exact(8)
-            .map(|e| {
-                u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8])) & (PRESENT | SWAPPED) != 0
-            })
-            .collect(),
-    )
+    f.read_exact(&mut raw)?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|e| u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8])) & (PRESENT | SWAPPED) != 0)
+        .collect())
 }
 
 /// The indices of the set bits below `n`, skipping empty words (a pass

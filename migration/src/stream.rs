@@ -307,6 +307,39 @@ impl<W: Write> Writer<W> {
     }
 }
 
+/// One section's body as a writer sends it (after the section header,
+/// before the footer): `state` described by `desc`.
+pub fn encode_state(desc: &Description, state: &State) -> Result<Vec<u8>> {
+    let mut b = vec![];
+    encode(&mut b, desc, state)?;
+    Ok(b)
+}
+
+/// One section's body read as a loader reads it, with `desc` at stream
+/// version `version`: what a device's `load` is handed. The body must be
+/// all of `body`. For the device-state fuzzer and tools.
+pub fn decode_state(desc: &'static Description, version: u32, body: &[u8]) -> Result<State> {
+    // The footer ends the body as it would in a stream.
+    let mut rd = Reader {
+        r: body.chain(&[FOOTER][..]),
+        offset: 0,
+        ahead: Vec::new(),
+        ram_id: None,
+        ram_blocks: vec![],
+    };
+    rd.check_version(desc, desc.name, version, 0)?;
+    let state = rd.decode(desc, version)?;
+    let at = rd.offset;
+    match rd.u8("the end of the section")? {
+        FOOTER if at == body.len() as u64 => Ok(state),
+        found => Err(Error::FooterMissing {
+            section: desc.name.to_string(),
+            offset: at,
+            found,
+        }),
+    }
+}
+
 fn encode(b: &mut Vec<u8>, desc: &Description, state: &State) -> Result<()> {
     let shape = |f: &Field| Error::StateShape {
         device: desc.name.to_string(),

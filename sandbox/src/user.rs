@@ -57,6 +57,14 @@ pub fn run_as(user: &str) -> Result<(), RunAsError> {
         if uid != 0 && libc::setuid(0) == 0 {
             return Err(RunAsError::StillRoot(user.into()));
         }
+        // Changing uid made the process undumpable, which gives its /proc
+        // files to root: vmm could no longer read its own page map (which
+        // pages a migration must read). Dumpable again, it is what the
+        // same vmm started by the user would be; it holds nothing of
+        // root's by now.
+        if libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0 {
+            return Err(failed("prctl(PR_SET_DUMPABLE)"));
+        }
     }
     log::info!("running as {user} (uid {uid}, gid {gid})");
     Ok(())

@@ -60,6 +60,14 @@ pub fn unprivileged_user() -> (u32, u32) {
     (id("-u"), id("-g"))
 }
 
+/// Who the tests run vmm as: `vmm-test` (uid, gid) when the tests run as
+/// root, as CI does; `None` when they already run as an ordinary user.
+/// Nothing in vmm needs root (docs/security.md): the suite proves it.
+pub fn vmm_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid cannot fail.
+    (unsafe { libc::geteuid() } == 0).then(unprivileged_user)
+}
+
 /// Resident memory of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -79,15 +87,45 @@ impl TempDir {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let p = std::env::temp_dir().join(format!("vmm-test-{}-{}-{}", tag, std::process::id(), n));
         std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
+        let dir = TempDir(p);
+        // vmm, run as its user, writes its sockets and files here.
+        dir.give(&dir.0);
+        dir
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
-    /// Hands the directory to `uid`:`gid` (an unprivileged vmm writes its
-    /// sockets and files there).
-    pub fn give_to(&self, uid: u32, gid: u32) {
-        std::os::unix::fs::chown(&self.0, Some(uid), Some(gid)).expect("chown the temp dir");
+    /// A sparse file of `len` bytes, `name` in the directory, that vmm
+    /// (run as its user) may write: a disk image.
+    pub fn image(&self, name: &str, len: u64) -> PathBuf {
+        self.file(name, |f| f.set_len(len))
+    }
+    /// A file `name` in the directory holding `bytes`, that vmm may write.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        self.file(name, |mut f| std::io::Write::write_all(&mut f, bytes))
+    }
+    /// A FIFO `name` in the directory that vmm may open for writing.
+    pub fn fifo(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("a path");
+        // SAFETY: a NUL-terminated path.
+        let r = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(r, 0, "mkfifo {}: {}", p.display(), std::io::Error::last_os_error());
+        self.give(&p);
+        p
+    }
+    fn give(&self, p: &std::path::Path) {
+        if let Some((uid, gid)) = vmm_user() {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown");
+        }
+    }
+    fn file(&self, name: &str, fill: impl FnOnce(std::fs::File) -> std::io::Result<()>) -> PathBuf {
+        let p = self.path(name);
+        std::fs::File::create(&p)
+            .and_then(fill)
+            .unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+        self.give(&p);
+        p
     }
 }
 

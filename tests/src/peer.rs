@@ -88,7 +88,9 @@ impl TapEcho {
         };
         let taps: Vec<String> = (0..n).map(|_| name()).collect();
         for t in &taps {
-            ip(&["tuntap", "add", "dev", t, "mode", "tap"]);
+            // vmm, run as its user, may attach to it.
+            let user = crate::vmm_user().map_or(0, |u| u.0).to_string();
+            ip(&["tuntap", "add", "dev", t, "mode", "tap", "user", &user]);
             let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{t}/disable_ipv6"), "1");
         }
         let bridge = (n > 1).then(|| {

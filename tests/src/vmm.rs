@@ -1,6 +1,7 @@
 //! The `vmm` binary under test (built by `cargo build --release`).
 
 use crate::console::Vm;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -37,6 +38,9 @@ pub struct Vmm {
     pub kernel: PathBuf,
     /// The binary: the release build unless a test needs another.
     pub binary: Option<PathBuf>,
+    /// vmm is started as root and left so (the test makes it someone
+    /// else itself); otherwise it runs as [`crate::vmm_user`].
+    pub as_root: bool,
 }
 
 impl Vmm {
@@ -49,6 +53,7 @@ impl Vmm {
             append: String::new(),
             kernel: crate::guest_kernel(),
             binary: None,
+            as_root: false,
         }
     }
     pub fn arg(mut self, a: impl AsRef<str>) -> Self {
@@ -77,9 +82,27 @@ impl Vmm {
         );
         self
     }
+    /// Leaves vmm started as root: the test makes it someone itself
+    /// (`-runas`, or its own `Command::uid`).
+    pub fn as_root(mut self) -> Self {
+        self.as_root = true;
+        self
+    }
+    /// The command line, run as [`crate::vmm_user`] unless [`Vmm::as_root`]:
+    /// with `-runas` (this build's binaries, which may also be started by
+    /// `ip netns exec`), or started as that user (a recorded release,
+    /// which may predate `-runas`).
     pub fn command(&self) -> Command {
         crate::require_kvm();
-        let mut c = Command::new(self.binary.clone().unwrap_or_else(binary));
+        let bin = self.binary.clone().unwrap_or_else(binary);
+        let mut c = Command::new(&bin);
+        if let Some((uid, gid)) = crate::vmm_user().filter(|_| !self.as_root) {
+            if bin.starts_with(crate::workspace().join("target")) {
+                c.args(["-runas", "vmm-test"]);
+            } else {
+                c.uid(uid).gid(gid);
+            }
+        }
         c.args(&self.args);
         c.arg("-kernel").arg(&self.kernel);
         c.args(["-append", &self.append]);

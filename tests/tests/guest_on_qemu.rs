@@ -49,10 +49,7 @@ fn microvm_platform_checks_pass_2_cpus() {
 /// every virtio device type; AER seen through the extended capabilities.
 fn q35_full(cpus: u32, extra: &str) {
     let dir = TempDir::new("q35");
-    let disk = dir.path("disk.raw");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(16 << 20))
-        .expect("disk image");
+    let disk = dir.image("disk.raw", 16 << 20);
     let console = dir.path("console.out");
     let echo = UdpEcho::start();
     let seed = 4242 + cpus as u64;

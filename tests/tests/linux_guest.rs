@@ -141,10 +141,7 @@ fn linux_guest_boots_on_vmm() {
     // Every virtio device vmm has: Linux's own drivers must bind to them
     // (the initramfs loads Debian's virtio modules).
     let tmp = vmm_tests::TempDir::new("linux-virtio");
-    let img = tmp.path("disk.raw");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(16 << 20))
-        .unwrap();
+    let img = tmp.image("disk.raw", 16 << 20);
     let tap = vmm_tests::peer::TapEcho::start();
     let mut cmd = Command::new(vmm_tests::vmm::binary());
     cmd.args(["-m", "512M", "-smp", "1", "-no-reboot"]);

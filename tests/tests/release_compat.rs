@@ -67,7 +67,7 @@ fn start(dir: &TempDir, name: &str, binary: Option<&PathBuf>, extra: &[&str]) ->
     let sock = dir.path(&format!("{name}.sock"));
     let disk = dir.path("disk.img");
     if !disk.exists() {
-        std::fs::write(&disk, vec![0u8; 1 << 20]).expect("create the disk image");
+        dir.image("disk.img", 1 << 20);
     }
     let mut v = Vmm::new()
         .args(["-M", MACHINE, "-m", "256M", "-smp", "2"])

@@ -298,9 +298,7 @@ fn migrations_with_faults_lose_nothing() {
         Fault::StrayChannel,
     ];
     let dir = TempDir::new("soak");
-    std::fs::File::create(dir.path("disk.raw"))
-        .and_then(|f| f.set_len(128 << 20))
-        .unwrap();
+    dir.image("disk.raw", 128 << 20);
     let hosts = Hosts::new();
     let at = Place {
         hosts: &hosts,

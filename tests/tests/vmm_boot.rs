@@ -403,10 +403,7 @@ fn a_panic_ends_the_vmm_naming_the_thread() {
 #[test]
 fn every_descriptor_vmm_opens_is_close_on_exec() {
     let dir = vmm_tests::TempDir::new("cloexec");
-    let img = dir.path("disk.raw");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(16 << 20))
-        .unwrap();
+    let img = dir.image("disk.raw", 16 << 20);
     let drive = format!("file={},if=none,id=d0,format=raw", img.display());
     let qmp = format!("unix:{},server=on,wait=off", dir.path("q.sock").display());
     let mut cmd = Vmm::new()

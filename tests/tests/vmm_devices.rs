@@ -336,10 +336,7 @@ fn device_errors_are_one_sentence() {
 #[test]
 fn print_config_shows_the_effective_value_of_auto_settings() {
     let dir = vmm_tests::TempDir::new("effective");
-    let img = dir.path("d.raw");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(1 << 20))
-        .unwrap();
+    let img = dir.image("d.raw", 1 << 20);
     let drive = format!("file={},if=none,id=d0,format=raw", img.display());
     let cfg = |machine: &str, smp: &str| {
         print_config(&[

@@ -292,10 +292,7 @@ fn unix_socket_and_incoming_defer() {
 #[test]
 fn block_io_in_flight_loses_nothing() {
     let dir = TempDir::new("mig-blk");
-    let img = dir.path("disk.raw");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(320 << 20))
-        .unwrap();
+    let img = dir.image("disk.raw", 320 << 20);
     let drive = format!("file={},if=none,id=d0,format=raw", img.display());
     let args = ["-drive", &drive, "-device", "virtio-blk-pci,drive=d0"];
     let guest = "cpus=2 mem=256M msix=1 seed=31 blk_mb=256 blk_big_sector=8192";
@@ -539,10 +536,7 @@ fn between_two_hosts_and_a_cut_link_is_detected() {
 #[test]
 fn seed_chain_keeps_num_queues_on_pc_q35_5_1() {
     let dir = TempDir::new("mig-seed");
-    let img = dir.path("disk.raw");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(16 << 20))
-        .unwrap();
+    let img = dir.image("disk.raw", 16 << 20);
     let drive = format!("file={},if=none,id=d0,format=raw", img.display());
     let dev = vec![
         "-M",
@@ -944,10 +938,7 @@ fn reset_during_migration_fails_it_and_a_new_one_works() {
 #[test]
 fn seed_modern_exposure_on_pc_q35_2_7() {
     let dir = TempDir::new("mig-seed27");
-    let img = dir.path("disk.raw");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(16 << 20))
-        .unwrap();
+    let img = dir.image("disk.raw", 16 << 20);
     let drive = format!(
         "file={},if=none,id=d0,format=raw,x-virtio-version-1=off",
         img.display()
@@ -1283,14 +1274,10 @@ fn after_go_the_source_does_not_run_the_guest_again() {
 #[test]
 fn destination_devices_wait_for_go() {
     let dir = TempDir::new("mig-devices-wait");
-    let mk_img = |name: &str| {
-        let img = dir.path(name);
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(320 << 20))
-            .unwrap();
-        img
-    };
-    let (src_img, dst_img) = (mk_img("src.raw"), mk_img("dst.raw"));
+    let (src_img, dst_img) = (
+        dir.image("src.raw", 320 << 20),
+        dir.image("dst.raw", 320 << 20),
+    );
     let guest = "cpus=2 mem=256M msix=1 seed=31 blk_mb=256 blk_big_sector=8192";
     let mk = |name: &str, img: &std::path::Path, extra: &[&str], hold: bool| {
         let sock = dir.path(&format!("{name}.sock"));
@@ -1403,10 +1390,7 @@ fn a_stalled_destination_does_not_keep_the_guest_paused() {
 #[test]
 fn a_disk_image_is_used_by_one_vm_at_a_time() {
     let dir = TempDir::new("mig-lock");
-    let img = dir.path("disk.raw");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(1 << 20))
-        .unwrap();
+    let img = dir.image("disk.raw", 1 << 20);
     let drive = format!("file={},if=none,id=d0,format=raw", img.display());
     let disk = ["-drive", &drive, "-device", "virtio-blk-pci,drive=d0"];
     let src = start(&dir, "A", &disk);
@@ -1474,6 +1458,13 @@ fn tls_dir(dir: &std::path::Path) {
         .status()
         .expect("run scripts/tls-certs.sh");
     assert!(st.success());
+    // The keys are 0600: they are vmm's user's to read, as an operator
+    // gives them to the user their vmm runs as.
+    if let Some((uid, gid)) = vmm_tests::vmm_user() {
+        for f in std::fs::read_dir(dir).unwrap() {
+            std::os::unix::fs::chown(f.unwrap().path(), Some(uid), Some(gid)).unwrap();
+        }
+    }
 }
 
 /// Live migration in TLS with QEMU's credentials (`-object
@@ -1796,10 +1787,7 @@ fn a_migrated_guest_that_reboots_does_not_keep_its_old_ram() {
 #[test]
 fn a_reset_right_after_arrival_keeps_the_disk() {
     let dir = TempDir::new("mig-reset-arrival");
-    let img = dir.path("disk.raw");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(1 << 20))
-        .unwrap();
+    let img = dir.image("disk.raw", 1 << 20);
     let drive = format!("file={},if=none,id=d0,format=raw", img.display());
     let disk = ["-drive", &drive, "-device", "virtio-blk-pci,drive=d0"];
     let src = start(&dir, "src", &disk);

@@ -188,10 +188,7 @@ fn restore_fails(v: Vmm, file: &std::path::Path, want: &[&str]) {
 fn bad_streams_are_refused_before_anything_runs() {
     let dir = TempDir::new("snap-bad");
     // Every device type, so that the stream has every kind of section.
-    let img = dir.path("disk.raw");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(1 << 20))
-        .unwrap();
+    let img = dir.image("disk.raw", 1 << 20);
     let tap = vmm_tests::peer::TapEcho::start();
     let devices = vmm_tests::vmm::every_virtio_device(&img, &tap.netdev("n0"));
     let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
@@ -430,12 +427,7 @@ fn second_save_after_cont_is_complete() {
 fn file_save_runs_off_the_main_loop() {
     let dir = TempDir::new("snap-fifo");
     let sock = dir.path("qmp.sock");
-    let fifo = dir.path("save.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
+    let fifo = dir.fifo("save.fifo");
     let qmp = format!("unix:{},server=on,wait=off", sock.display());
     let big = |extra: &[&str]| {
         Vmm::new()
@@ -500,12 +492,7 @@ fn file_save_runs_off_the_main_loop() {
 fn reset_during_a_held_save_fails_it_and_the_guest_runs_again() {
     let dir = TempDir::new("snap-fifo-reset");
     let sock = dir.path("qmp.sock");
-    let fifo = dir.path("save.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
+    let fifo = dir.fifo("save.fifo");
     let vm = base(&[
         "-qmp",
         &format!("unix:{},server=on,wait=off", sock.display()),

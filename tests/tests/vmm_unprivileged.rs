@@ -44,6 +44,7 @@ fn user_vmm(dir: &TempDir, name: &str, extra: &[&str]) -> (Vm, PathBuf) {
         .args(["-drive", &drive, "-device", "virtio-blk-pci,drive=d0"])
         .args(extra)
         .append(GUEST)
+        .as_root()
         .command();
     cmd.uid(uid).gid(gid);
     let vm = Vm::spawn(name, cmd);
@@ -53,14 +54,8 @@ fn user_vmm(dir: &TempDir, name: &str, extra: &[&str]) -> (Vm, PathBuf) {
 
 #[test]
 fn an_unprivileged_vmm_boots_saves_restores_and_migrates() {
-    let (uid, gid) = unprivileged_user();
     let dir = TempDir::new("unprivileged");
-    dir.give_to(uid, gid);
-    let img = dir.path("disk.raw");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(16 << 20))
-        .unwrap();
-    std::os::unix::fs::chown(&img, Some(uid), Some(gid)).unwrap();
+    dir.image("disk.raw", 16 << 20);
     // Boot and QMP.
     let (vm, sock) = user_vmm(&dir, "boot", &[]);
     vm.wait_prefix("mem.filled", T);
@@ -98,9 +93,9 @@ fn an_unprivileged_vmm_boots_saves_restores_and_migrates() {
 fn runas_drops_root_before_anything_is_opened() {
     let (uid, gid) = unprivileged_user();
     let dir = TempDir::new("runas");
-    dir.give_to(uid, gid);
     let sock = dir.path("q.sock");
     let vm = Vmm::new()
+        .as_root()
         .args(["-m", "128M", "-runas", "vmm-test", "-qmp"])
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
         .append(GUEST)
@@ -118,8 +113,19 @@ fn runas_drops_root_before_anything_is_opened() {
     assert_eq!(meta, uid);
     let mut q = Qmp::connect(&sock, T);
     assert_eq!(q.execute("query-status", json!({}))["status"], "running");
+    // Its own page map stays readable (a process that changed its uid
+    // is not dumpable, and its /proc files are root's): a save reads
+    // only the pages the guest touched.
+    let saved = dir.path("saved.vmm");
+    q.execute(
+        "migrate",
+        json!({"uri": format!("file:{}", saved.display())}),
+    );
+    assert_eq!(q.wait_migration(T)["status"], "completed");
+    assert!(!vm.log().contains("pagemap"), "{}", vm.log());
     // A user that does not exist: one sentence, before anything runs.
     let mut bad = Vmm::new()
+        .as_root()
         .args(["-m", "128M", "-runas", "no-such-user-here"])
         .append(GUEST)
         .spawn("runas-bad");

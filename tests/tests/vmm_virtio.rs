@@ -16,11 +16,7 @@ use vmm_tests::{blk_pattern, TempDir};
 const BOOT: Duration = Duration::from_secs(60);
 
 fn disk(dir: &TempDir, name: &str, mib: u64) -> std::path::PathBuf {
-    let p = dir.path(name);
-    std::fs::File::create(&p)
-        .and_then(|f| f.set_len(mib << 20))
-        .expect("disk image");
-    p
+    dir.image(name, mib << 20)
 }
 
 fn drive(path: &Path, id: &str, extra: &str) -> [String; 2] {

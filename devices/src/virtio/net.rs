@@ -94,6 +94,16 @@ pub enum Error {
 }
 
 impl Tap {
+    /// A tap opened elsewhere (a descriptor passed in, as QEMU's
+    /// `-netdev tap,fd=N`), or anything that reads and writes whole
+    /// frames, non-blocking (a datagram socket: the device fuzzer's wire).
+    pub fn from_file(file: File, name: &str) -> Tap {
+        Tap {
+            file,
+            name: name.into(),
+        }
+    }
+
     pub fn open(name: &str) -> Result<Tap, Error> {
         if name.len() > 15 {
             return Err(Error::Name(name.into()));
