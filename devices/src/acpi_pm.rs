@@ -4,7 +4,7 @@
 use crate::bus::BusDevice;
 use crate::{EventSink, VmEvent};
 use migration::vmstate::{Description, LoadError, Migratable, State, Vmstate};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 
 const SCI_EN: u16 = 1;
@@ -29,6 +29,8 @@ pub struct AcpiPm {
     enable: u16,
     control: u16,
     s5_slp_typ: u8,
+    /// The PM timer counts on from `timer_base` since `start`.
+    timer_base: u32,
     start: Instant,
     events: EventSink,
     /// The SCI (IRQ 9), raised when an enabled status bit is set.
@@ -43,6 +45,7 @@ impl AcpiPm {
             enable: 0,
             control: SCI_EN,
             s5_slp_typ,
+            timer_base: 0,
             start: Instant::now(),
             events,
             sci,
@@ -61,7 +64,8 @@ impl AcpiPm {
     }
 
     fn timer(&self) -> u32 {
-        (self.start.elapsed().as_nanos() * PM_TIMER_HZ / 1_000_000_000) as u32
+        let ticks = self.start.elapsed().as_nanos() * PM_TIMER_HZ / 1_000_000_000;
+        self.timer_base.wrapping_add(ticks as u32)
     }
 
     fn regs(&self) -> [u8; 12] {
@@ -92,14 +96,14 @@ impl Migratable for AcpiPm {
     /// The PM timer continues from the saved value.
     fn load(&mut self, st: &State) -> Result<(), LoadError> {
         let s = AcpiPmState::from_state(st, "acpi-pm")?;
-        let ticks = s.pm_timer as u128;
-        let since = Duration::from_nanos((ticks * 1_000_000_000 / PM_TIMER_HZ) as u64);
         self.status = s.pm1_status;
         self.enable = s.pm1_enable;
         self.control = s.pm1_control | SCI_EN;
-        self.start = Instant::now()
-            .checked_sub(since)
-            .unwrap_or_else(Instant::now);
+        // Counted on from the value, not from a start time moved back by
+        // it: a host up for less than the timer's value has no such
+        // instant.
+        self.timer_base = s.pm_timer;
+        self.start = Instant::now();
         Ok(())
     }
 }

@@ -110,7 +110,13 @@ impl TempDir {
         let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("a path");
         // SAFETY: a NUL-terminated path.
         let r = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-        assert_eq!(r, 0, "mkfifo {}: {}", p.display(), std::io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "mkfifo {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        );
         self.give(&p);
         p
     }

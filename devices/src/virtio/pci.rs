@@ -821,6 +821,29 @@ fn put(data: &mut [u8], v: u32) {
     data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
 }
 
+impl VirtioPci {
+    /// Takes each part of a saved state in turn (configuration space,
+    /// MSI-X, the virtio core, the device), stopping at the first that
+    /// refuses.
+    fn take(&mut self, device: &str, s: &VirtioPciState<State>) -> Result<(), LoadError> {
+        // A part's refusal, under this function's name.
+        let part = |e: LoadError| LoadError {
+            device: device.to_string(),
+            what: format!("{}: {}", e.device, e.what),
+            hint: e.hint,
+        };
+        self.config_mut().load(&s.pci).map_err(|m| {
+            crate::pci::config_load_error(device, Some(m), register_name, |o, _| {
+                hint_for(o, self.legacy, self.modern)
+            })
+        })?;
+        self.shared.msix.lock().expect("msix lock").load(&s.msix);
+        let mut inner = self.shared.inner.lock().expect("virtio lock");
+        inner.common.load(&s.virtio).map_err(part)?;
+        inner.dev.load(&s.device).map_err(part)
+    }
+}
+
 impl PciFunction for VirtioPci {
     fn config(&self) -> &ConfigSpace {
         &self.cfg
@@ -906,27 +929,18 @@ impl PciFunction for VirtioPci {
     }
 
     fn load(&mut self, device: &str, st: &State) -> Result<(), crate::pci::LoadError> {
-        // A part's refusal, under this function's name.
-        let part = |e: LoadError| LoadError {
-            device: device.to_string(),
-            what: format!("{}: {}", e.device, e.what),
-            hint: e.hint,
-        };
         let saved = VirtioPciState::<State>::from_state(st, device)?;
-        self.config_mut().load(&saved.pci).map_err(|m| {
-            crate::pci::config_load_error(device, Some(m), register_name, |o, _| {
-                hint_for(o, self.legacy, self.modern)
-            })
-        })?;
-        self.shared
-            .msix
-            .lock()
-            .expect("msix lock")
-            .load(&saved.msix);
+        // All or nothing: what the first parts took goes back if a later
+        // one refuses (the function's own state always loads).
+        let before = VirtioPciState::<State>::from_state(&self.state(), device)?;
+        if let Err(e) = self.take(device, &saved) {
+            if let Err(again) = self.take(device, &before) {
+                log::error!("{device}: its own state does not load back: {again}");
+            }
+            return Err(e);
+        }
         {
             let mut inner = self.shared.inner.lock().expect("virtio lock");
-            inner.common.load(&saved.virtio).map_err(part)?;
-            inner.dev.load(&saved.device).map_err(part)?;
             if inner.common.running() {
                 let f = inner.common.driver_features;
                 inner.dev.activate(f);
@@ -1050,6 +1064,7 @@ macro_rules! virtio_pci_vmstate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use migration::vmstate::Val;
 
     fn tc() -> TransportConfig {
         TransportConfig {
@@ -1178,6 +1193,38 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    /// A state refused by a later part (here the virtio core: the source
+    /// had another queue count) leaves what earlier parts took (MSI-X,
+    /// the configuration space) as it was. Found by the device_state
+    /// fuzzer: the old load kept the first parts of a refused state.
+    #[test]
+    fn a_refused_state_leaves_the_function_as_it_was() {
+        let mem = Memory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let vm = Arc::new(FakeVm::default());
+        let mut d = rng(&vm, &mem);
+        start_modern(&mut d);
+        d.pause();
+        let before = d.state();
+        // Another device's state: MSI-X on, and two queues.
+        let mut other = rng(&Arc::new(FakeVm::default()), &mem);
+        other.config_write(CAP_OFF_MSIX + 2, 2, 0x8000);
+        w(&mut other, BAR_MSIX, 0, 0xfee0_0000, 4);
+        other.pause();
+        let mut bad = other.state();
+        let Some(Val::Struct(virtio)) = bad
+            .fields
+            .iter_mut()
+            .find(|f| f.0 == "virtio")
+            .map(|f| &mut f.1)
+        else {
+            panic!("no virtio part in {bad:?}");
+        };
+        virtio.set("num_queues", Val::Uint(2));
+        let e = d.load("00:03.0", &bad).unwrap_err();
+        assert!(e.to_string().contains("queues"), "{e}");
+        assert!(d.state() == before, "a refused state changed the function");
     }
 
     /// Firecracker's persist test for a device: build, drive it as a

@@ -701,3 +701,16 @@ fn gathered_pages_survive_short_writes() {
     let e = g.write_to(&mut Full).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::WriteZero);
 }
+
+#[test]
+fn a_section_body_decodes_alone_as_in_a_stream() {
+    let st = state(false);
+    let body = encode_state(&DEV, &st).unwrap();
+    assert_eq!(decode_state(&DEV, DEV.version_id, &body).unwrap(), st);
+    // All of it, no more and no less.
+    let mut longer = body.clone();
+    longer.push(0);
+    assert!(decode_state(&DEV, DEV.version_id, &longer).is_err());
+    assert!(decode_state(&DEV, DEV.version_id, &body[..body.len() - 1]).is_err());
+    assert!(decode_state(&DEV, DEV.version_id + 1, &body).is_err());
+}

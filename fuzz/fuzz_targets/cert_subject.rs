@@ -8,6 +8,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(s) = migration::tls::dn::subject(data) {
-        assert!(s.len() <= data.len() * 4 + 64, "a subject longer than its certificate can say");
+        assert!(
+            s.len() <= data.len() * 4 + 64,
+            "a subject longer than its certificate can say"
+        );
     }
 });
