@@ -1,18 +1,7 @@
 //! `vmm`: boot a guest on KVM, QEMU-style command line.
 
-mod backends;
-mod cli;
-mod config;
-mod fault;
-mod hypervisor;
-mod kvm;
-mod qmp;
-mod runstate;
-mod snapshot;
-mod vm;
-mod vmstate;
-
 use clap::Parser;
+use vmm::{cli, config, qmp, vm, vmstate};
 
 fn main() {
     // Before anything is opened: what `migrate fd:N` may take.

@@ -9,6 +9,10 @@
 //! negotiated client.
 
 pub mod commands;
+pub mod session;
+
+use session::error_reply;
+pub use session::{reply_line, Session, Step};
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -145,17 +149,7 @@ impl Read for ScmReader {
 
 impl Request {
     pub fn reply(&self, result: Result<Value, QmpError>) {
-        let line = match result {
-            Ok(v) => {
-                let mut o = json!({"return": v});
-                if let Some(id) = &self.id {
-                    o["id"] = id.clone();
-                }
-                o.to_string()
-            }
-            Err(e) => error_reply(&e, self.id.clone()),
-        };
-        self.out.send(line);
+        self.out.send(reply_line(result, self.id.clone()));
     }
 }
 
@@ -412,43 +406,6 @@ fn spawn_client(
         });
 }
 
-/// Splits complete JSON values off the front of `buf`.
-enum Framed {
-    Value(Value),
-    Bad(String),
-    NeedMore,
-}
-
-fn next_value(buf: &mut Vec<u8>) -> Framed {
-    let start = buf
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(buf.len());
-    buf.drain(..start);
-    if buf.is_empty() {
-        return Framed::NeedMore;
-    }
-    let mut it = serde_json::Deserializer::from_slice(buf).into_iter::<Value>();
-    match it.next() {
-        Some(Ok(v)) => {
-            let used = it.byte_offset();
-            buf.drain(..used);
-            Framed::Value(v)
-        }
-        Some(Err(e)) if e.is_eof() => Framed::NeedMore,
-        Some(Err(e)) => {
-            // Resynchronise at the next line.
-            let cut = buf
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(buf.len(), |p| p + 1);
-            buf.drain(..cut);
-            Framed::Bad(format!("JSON parse error, {e}"))
-        }
-        None => Framed::NeedMore,
-    }
-}
-
 fn serve(
     mut r: Box<dyn Read + Send>,
     out: ClientOut,
@@ -459,140 +416,42 @@ fn serve(
     if !out.send(greeting().to_string()) {
         return;
     }
-    let mut negotiated = false;
-    let mut buf = Vec::new();
+    let mut session = Session::default();
     let mut chunk = [0u8; 4096];
     loop {
-        let msg = match next_value(&mut buf) {
-            Framed::NeedMore => match r.read(&mut chunk) {
+        let step = match session.next_step() {
+            Some(step) => step,
+            None => match r.read(&mut chunk) {
                 Ok(0) | Err(_) => return, // the client left; nothing to undo
                 Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > 1 << 20 {
-                        out.send(error_reply(&QmpError::generic("message too large"), None));
-                        buf.clear();
+                    if let Some(e) = session.feed(&chunk[..n]) {
+                        out.send(e);
                     }
                     continue;
                 }
             },
-            Framed::Bad(e) => {
-                out.send(error_reply(&QmpError::generic(e), None));
-                continue;
-            }
-            Framed::Value(v) => v,
         };
-        let id = msg.get("id").cloned();
-        let local = match parse_command(&msg) {
-            Err(e) => Err(e),
-            Ok((cmd, _)) if !negotiated && cmd != "qmp_capabilities" => Err(QmpError::not_found(
-                "Expecting capabilities negotiation with 'qmp_capabilities'",
-            )),
-            Ok((cmd, _)) if cmd == "qmp_capabilities" => {
-                if negotiated {
-                    Err(QmpError::not_found(
-                        "Capabilities negotiation is already complete, command ignored",
-                    ))
-                } else {
-                    negotiated = true;
-                    events.subscribe(out.clone());
-                    Ok(json!({}))
-                }
+        match step {
+            Step::Reply(line) => {
+                out.send(line);
             }
-            Ok((command, args)) => {
-                // The main loop answers on `out`.
-                if requests
-                    .send(Request {
-                        command,
-                        args,
-                        id,
-                        out: out.clone(),
-                        fds: fds.clone(),
-                    })
-                    .is_err()
-                {
+            Step::Negotiated(line) => {
+                events.subscribe(out.clone());
+                out.send(line);
+            }
+            // The main loop answers on `out`.
+            Step::Command { command, args, id } => {
+                let req = Request {
+                    command,
+                    args,
+                    id,
+                    out: out.clone(),
+                    fds: fds.clone(),
+                };
+                if requests.send(req).is_err() {
                     return;
                 }
-                continue;
             }
-        };
-        let req = Request {
-            command: String::new(),
-            args: Default::default(),
-            id,
-            out: out.clone(),
-            fds: fds.clone(),
-        };
-        req.reply(local);
-    }
-}
-
-fn error_reply(e: &QmpError, id: Option<Value>) -> String {
-    let mut o = json!({"error": {"class": e.class, "desc": e.desc}});
-    if let Some(id) = id {
-        o["id"] = id;
-    }
-    o.to_string()
-}
-
-/// `{"execute": NAME, "arguments": {...}}` → (NAME, arguments).
-fn parse_command(msg: &Value) -> Result<(String, serde_json::Map<String, Value>), QmpError> {
-    let obj = msg
-        .as_object()
-        .ok_or_else(|| QmpError::generic("QMP input must be a JSON object"))?;
-    let cmd = match obj.get("execute") {
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => {
-            return Err(QmpError::generic(
-                "QMP input member 'execute' must be a string",
-            ))
         }
-        None => return Err(QmpError::generic("QMP input lacks member 'execute'")),
-    };
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "execute" | "arguments" | "id"))
-    {
-        return Err(QmpError::generic(format!(
-            "QMP input member '{k}' is unexpected"
-        )));
-    }
-    let args = match obj.get("arguments") {
-        None => serde_json::Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(_) => {
-            return Err(QmpError::generic(
-                "QMP input member 'arguments' must be an object",
-            ))
-        }
-    };
-    Ok((cmd, args))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn framing_handles_split_joined_and_bad_input() {
-        let mut b = br#"{"execute": "a"}{"execute""#.to_vec();
-        assert!(matches!(next_value(&mut b), Framed::Value(v) if v["execute"] == "a"));
-        assert!(matches!(next_value(&mut b), Framed::NeedMore));
-        b.extend_from_slice(br#": "b"}"#);
-        assert!(matches!(next_value(&mut b), Framed::Value(v) if v["execute"] == "b"));
-        let mut b = b"{oops\n{\"execute\": \"c\"}".to_vec();
-        assert!(matches!(next_value(&mut b), Framed::Bad(_)));
-        assert!(matches!(next_value(&mut b), Framed::Value(v) if v["execute"] == "c"));
-    }
-
-    #[test]
-    fn command_shape() {
-        assert!(parse_command(&json!({"execute": "x", "arguments": {"a": 1}, "id": 3})).is_ok());
-        assert_eq!(
-            parse_command(&json!({"execute": 1})).unwrap_err().class,
-            "GenericError"
-        );
-        assert!(parse_command(&json!({"exec": "x"})).is_err());
-        assert!(parse_command(&json!({"execute": "x", "arguments": []})).is_err());
-        assert!(parse_command(&json!([1])).is_err());
     }
 }

@@ -1,0 +1,17 @@
+//! The parts of the `vmm` binary (src/main.rs is its entry point): the
+//! command line, the VM and its threads, the monitor, the migration
+//! orchestration. A library so that the fuzzers (`fuzz/`) reach the
+//! monitor's framing and dispatch as the binary runs them; nothing else
+//! depends on it.
+
+pub mod backends;
+pub mod cli;
+pub mod config;
+pub mod fault;
+pub mod hypervisor;
+pub mod kvm;
+pub mod qmp;
+pub mod runstate;
+pub mod snapshot;
+pub mod vm;
+pub mod vmstate;
