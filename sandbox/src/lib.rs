@@ -138,9 +138,10 @@ fn forbidden_call(class: Class) {
             // The main loop (a migration) opens sockets, these do not.
             Class::Vcpu | Class::Worker | Class::Qmp => libc::SYS_socket,
         };
-        // A vCPU's ioctls are KVM's only: a terminal's, on stdin, is not.
+        // Only the main loop makes other than KVM's ioctls: a terminal's,
+        // on stdin, is another's.
         let (nr, a0, a1) = match std::env::var("VMM_TEST_FORBIDDEN_IOCTL") {
-            Ok(_) if class == Class::Vcpu => (libc::SYS_ioctl, 0, libc::TCGETS as i64),
+            Ok(_) if class != Class::Main => (libc::SYS_ioctl, 0, libc::TCGETS as i64),
             _ => (nr, 0, 0),
         };
         // SAFETY: the call is denied before it does anything.
@@ -177,9 +178,9 @@ fn install(class: Class, mode: Mode) -> Result<(), Error> {
         Mode::Log => SeccompAction::Log,
         _ => SeccompAction::Trap,
     };
-    if lists::ioctls_kvm_only(class) {
+    if let Some(also) = lists::ioctls(class) {
         // ioctl(fd, request, ...): the request's type byte (bits 8-15) is
-        // KVMIO.
+        // KVMIO, or the request is one of `also`.
         let kvm = SeccompCondition::new(
             1,
             SeccompCmpArgLen::Dword,
@@ -187,10 +188,14 @@ fn install(class: Class, mode: Mode) -> Result<(), Error> {
             0xae00,
         )
         .map_err(build)?;
-        rules.insert(
-            libc::SYS_ioctl,
-            vec![SeccompRule::new(vec![kvm]).map_err(build)?],
-        );
+        let mut allowed = vec![SeccompRule::new(vec![kvm]).map_err(build)?];
+        for &request in also {
+            let exactly =
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
+                    .map_err(build)?;
+            allowed.push(SeccompRule::new(vec![exactly]).map_err(build)?);
+        }
+        rules.insert(libc::SYS_ioctl, allowed);
     }
     let filter = SeccompFilter::new(rules, denied, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(build)?;

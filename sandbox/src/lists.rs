@@ -147,11 +147,20 @@ pub fn opens_read_only(class: Class) -> bool {
     !allowed(class).contains(&SYS_openat)
 }
 
-/// Whether `class`'s `ioctl`s are KVM's only (request type `KVMIO`,
-/// 0xAE): a vCPU thread runs the guest and the devices it reaches, and
-/// none of that needs another device's ioctls.
-pub fn ioctls_kvm_only(class: Class) -> bool {
-    class == Class::Vcpu
+/// Which `ioctl`s `class` may make, if not any: KVM's (request type
+/// `KVMIO`, 0xAE), and these requests besides. A vCPU runs the guest and
+/// the devices it reaches; a device thread signals interrupts (MSI,
+/// INTx) through KVM; a migration reads the dirty log and the VM's state
+/// through KVM and makes its sockets non-blocking (std's
+/// `set_nonblocking` is FIONBIO). None of that needs another device's
+/// ioctls. The main loop builds boards (a tap's TUNSETIFF) and may make
+/// any.
+pub fn ioctls(class: Class) -> Option<&'static [u64]> {
+    match class {
+        Class::Vcpu | Class::Worker => Some(&[]),
+        Class::Migration => Some(&[libc::FIONBIO]),
+        Class::Main | Class::Qmp => None,
+    }
 }
 
 /// The system calls `class` may make.

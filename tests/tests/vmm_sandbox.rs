@@ -63,24 +63,35 @@ fn a_call_outside_a_threads_list_ends_vmm_naming_both() {
     }
 }
 
-/// A vCPU may make KVM's ioctls only: a terminal's (TCGETS) ends vmm.
+/// A vCPU, a device thread and a migration may make KVM's ioctls only
+/// (a migration FIONBIO too), and the monitor none: a terminal's (TCGETS)
+/// ends vmm, naming the thread.
 #[test]
-fn a_vcpu_makes_kvm_ioctls_only() {
+fn only_the_main_loop_makes_other_than_kvms_ioctls() {
     let dir = TempDir::new("sandbox-ioctl");
-    let mut vm = spawn_with(
-        &dir,
-        "vcpu-ioctl",
-        "vcpu",
-        &[],
-        &[("VMM_TEST_FORBIDDEN_IOCTL", "1")],
-    );
-    let st = vm.wait_exit(T);
-    let log = vm.log();
-    assert_eq!(st.code(), Some(159), "{log}");
-    assert!(
-        log.contains("thread 'vcpu0' made a system call outside its seccomp list: ioctl (16)"),
-        "{log}"
-    );
+    for (class, thread) in [
+        ("vcpu", "vcpu0"),
+        ("worker", "virtio-rng-pci"),
+        ("qmp", "qmp-"),
+        ("migration", "incoming"),
+    ] {
+        let incoming = format!("tcp:127.0.0.1:{}", free_port());
+        let mut vm = spawn_with(
+            &dir,
+            &format!("{class}-ioctl"),
+            class,
+            &["-incoming", &incoming],
+            &[("VMM_TEST_FORBIDDEN_IOCTL", "1")],
+        );
+        let st = vm.wait_exit(T);
+        let log = vm.log();
+        assert_eq!(st.code(), Some(159), "{class}: {log}");
+        assert!(
+            log.contains(&format!("thread '{thread}"))
+                && log.contains("outside its seccomp list: ioctl (16)"),
+            "{class}: {log}"
+        );
+    }
 }
 
 /// `-sandbox off`: the same call is just a call, and vmm runs on.
