@@ -86,6 +86,12 @@ pub enum Backend {
         ifname: String,
         version_1: bool,
     },
+    /// A descriptor already open that carries whole frames: a tap someone
+    /// else opened, or a socket (what `-dump-abi` builds a NIC on).
+    Frames {
+        file: std::fs::File,
+        version_1: bool,
+    },
     /// A console's output.
     Output(Box<dyn Write + Send>),
 }

@@ -65,6 +65,11 @@ pub struct Args {
     /// Write every state description of the machine type as JSON to FILE and exit
     #[arg(long = "dump-vmstate", value_name = "FILE")]
     pub dump_vmstate: Option<PathBuf>,
+    /// Write what a guest sees of the machine type's hardware (every device
+    /// type with default properties, config space, features, ACPI, memory
+    /// map) as JSON to FILE and exit
+    #[arg(long = "dump-abi", value_name = "FILE")]
+    pub dump_abi: Option<PathBuf>,
     /// Wait for the VM's state instead of booting: file:PATH (a `migrate file:` stream)
     #[arg(long = "incoming", value_name = "URI")]
     pub incoming: Option<String>,

@@ -246,6 +246,8 @@ pub enum Action {
     Print(String),
     /// `-dump-vmstate FILE`.
     DumpVmstate(PathBuf, &'static machine::MachineType),
+    /// `-dump-abi FILE`.
+    DumpAbi(PathBuf, &'static machine::MachineType),
 }
 
 fn machine_help() -> String {
@@ -477,6 +479,9 @@ pub fn from_args(a: Args) -> Result<Action> {
     let spec = machine::parse(a.machine.as_deref().unwrap_or(""))?;
     if let Some(p) = a.dump_vmstate {
         return Ok(Action::DumpVmstate(p, spec.machine));
+    }
+    if let Some(p) = a.dump_abi {
+        return Ok(Action::DumpAbi(p, spec.machine));
     }
     let compat = machine::compat_props(spec.machine);
     let globals = a

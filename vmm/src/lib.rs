@@ -4,6 +4,7 @@
 //! monitor's framing and dispatch as the binary runs them; nothing else
 //! depends on it.
 
+pub mod abi;
 pub mod backends;
 pub mod cli;
 pub mod config;

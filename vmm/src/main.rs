@@ -1,7 +1,7 @@
 //! `vmm`: boot a guest on KVM, QEMU-style command line.
 
 use clap::Parser;
-use vmm::{cli, config, qmp, vm, vmstate};
+use vmm::{abi, cli, config, qmp, vm, vmstate};
 
 fn main() {
     // Before anything is opened: what `migrate fd:N` may take.
@@ -50,6 +50,7 @@ fn main() {
         }
         config::Action::Run(cfg) => vm::run(&cfg),
         config::Action::DumpVmstate(path, m) => vmstate::dump(&path, m).map(|_| 0),
+        config::Action::DumpAbi(path, m) => abi::dump(&path, m).map(|_| 0),
     }) {
         Ok(code) => code,
         Err(e) => {

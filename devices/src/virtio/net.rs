@@ -45,14 +45,16 @@ pub static DEVICE: DeviceType = DeviceType {
         },
         backend: BackendKind::Netdev("netdev"),
         create: |props, backend| {
-            let Backend::Tap { ifname, version_1 } = backend else {
-                return Err("no netdev".into());
+            let (tap, version_1) = match backend {
+                Backend::Tap { ifname, version_1 } => (Tap::open(&ifname)?, version_1),
+                Backend::Frames { file, version_1 } => (Tap::from_file(file, "fd"), version_1),
+                _ => return Err("no netdev".into()),
             };
             let mac = props.str("mac").unwrap_or_default();
             let mac = parse_mac(&mac).ok_or_else(|| {
                 format!("invalid mac '{mac}': expected six hex bytes like 52:54:00:12:34:56")
             })?;
-            Ok(Box::new(Net::new(Tap::open(&ifname)?, mac, version_1)))
+            Ok(Box::new(Net::new(tap, mac, version_1)))
         },
     }),
 };

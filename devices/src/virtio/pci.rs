@@ -821,6 +821,40 @@ fn put(data: &mut [u8], v: u32) {
     data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
 }
 
+/// What a guest sees of a virtio-pci function beyond its configuration
+/// space (`-dump-abi`).
+pub struct GuestView {
+    pub device_type: u16,
+    /// The features offered (what the driver reads from the device).
+    pub features: u64,
+    pub queue_sizes: Vec<u16>,
+    pub vectors: u16,
+    pub legacy: bool,
+    pub modern: bool,
+    /// Bytes between two queues' doorbells.
+    pub notify_mul: u32,
+    /// The device-specific configuration's first 64 bytes at reset.
+    pub device_config: Vec<u8>,
+}
+
+impl VirtioPci {
+    pub fn guest_view(&self) -> GuestView {
+        let inner = self.shared.inner.lock().expect("virtio lock");
+        let mut device_config = vec![0u8; 64];
+        inner.dev.config_read(0, &mut device_config);
+        GuestView {
+            device_type: inner.dev.device_type(),
+            features: self.offered,
+            queue_sizes: inner.dev.queue_sizes(),
+            vectors: self.vectors,
+            legacy: self.legacy,
+            modern: self.modern,
+            notify_mul: self.notify_mul,
+            device_config,
+        }
+    }
+}
+
 impl VirtioPci {
     /// Takes each part of a saved state in turn (configuration space,
     /// MSI-X, the virtio core, the device), stopping at the first that

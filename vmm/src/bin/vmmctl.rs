@@ -4,6 +4,11 @@
 //! dumps and lists every change that breaks migration between them; exit
 //! status 1 if there is any.
 //!
+//! `vmmctl abi-check KEPT.json NOW.json` compares a release's record of a
+//! machine type's guest ABI (`vmm -M TYPE -dump-abi`) with a build's and
+//! lists every difference, naming device, property or register and both
+//! values; exit status 1 if there is any.
+//!
 //! `vmmctl analyze-migration FILE` prints a saved stream's sections and
 //! their field values, decoded with the description the stream carries.
 //!
@@ -17,7 +22,7 @@ use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: vmmctl vmstate-check OLD.json NEW.json | vmmctl analyze-migration FILE | vmmctl --qmp SOCKET migrate URI | vmmctl --qmp SOCKET status";
+const USAGE: &str = "usage: vmmctl vmstate-check OLD.json NEW.json | vmmctl abi-check KEPT.json NOW.json | vmmctl analyze-migration FILE | vmmctl --qmp SOCKET migrate URI | vmmctl --qmp SOCKET status";
 
 /// A QMP connection: greeting, capabilities, then commands (events are
 /// skipped).
@@ -214,6 +219,18 @@ fn run() -> Result<i32> {
             }
             if report.errors.is_empty() {
                 println!("compatible: {new} can receive migrations from {old} and send to it");
+                Ok(0)
+            } else {
+                Ok(1)
+            }
+        }
+        ["abi-check", kept, now] => {
+            let diff = vmm::abi::compare(&read(kept)?, &read(now)?);
+            for d in &diff {
+                println!("changed: {d}");
+            }
+            if diff.is_empty() {
+                println!("same: {now} shows a guest what {kept} recorded");
                 Ok(0)
             } else {
                 Ok(1)

@@ -17,7 +17,7 @@ mod incoming;
 mod session;
 mod target;
 mod vcpu;
-mod virtio;
+pub(crate) mod virtio;
 
 use crate::config::VmConfig;
 use crate::qmp;

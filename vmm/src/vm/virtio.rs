@@ -7,6 +7,7 @@ use crate::config::{DeviceConfig, VmConfig};
 use crate::hypervisor::Vm;
 use anyhow::{anyhow, Context, Result};
 use devices::model::property::OnOffAuto;
+use devices::model::Props;
 use devices::pci::{Bdf, PciRoot};
 use devices::registry::{Backend, BackendKind, Build};
 use devices::virtio::{self, pci::TransportConfig};
@@ -43,25 +44,35 @@ pub(super) fn add_virtio_devices(
         let backend =
             backend(cfg, d, vt.backend, claim, &mut consoles).with_context(|| name.clone())?;
         let dev = (vt.create)(&d.props, backend).map_err(|e| anyhow!(e).context(name.clone()))?;
-        let vectors = d.props.uint("vectors").unwrap_or(virtio::pci::AUTO_VECTORS);
-        let tc = TransportConfig {
-            disable_legacy: match d.props.on_off_auto("disable-legacy") {
-                Some(OnOffAuto::On) => Some(true),
-                Some(OnOffAuto::Off) => Some(false),
-                _ => None,
-            },
-            disable_modern: d.props.bool("disable-modern").unwrap_or(false),
-            ignore_backend_features: d.props.bool("x-ignore-backend-features").unwrap_or(false),
-            on_pcie_port: d.bus != 0,
-            vectors: u16::try_from(vectors).unwrap_or(u16::MAX),
-            page_per_vq: d.props.bool("page-per-vq").unwrap_or(false),
-            // PIRQ E-H style: GSIs 16-23 by slot.
-            intx_gsi: 16 + ((devfn >> 3) & 7) as u32,
-        };
+        // PIRQ E-H style: GSIs 16-23 by slot.
+        let tc = transport_config(&d.props, d.bus != 0, 16 + ((devfn >> 3) & 7) as u32);
         let f = virtio::pci::VirtioPci::new(name, dev, &tc, ops.clone(), mem.clone(), vt.vmstate)?;
         root.add(Bdf::new(d.bus, devfn >> 3, devfn & 7), Box::new(f))?;
     }
     Ok(())
+}
+
+/// The virtio-pci transport a device's resolved properties ask for, behind
+/// a PCIe port or not, its INTx line `intx_gsi`.
+pub(crate) fn transport_config(
+    props: &Props,
+    on_pcie_port: bool,
+    intx_gsi: u32,
+) -> TransportConfig {
+    let vectors = props.uint("vectors").unwrap_or(virtio::pci::AUTO_VECTORS);
+    TransportConfig {
+        disable_legacy: match props.on_off_auto("disable-legacy") {
+            Some(OnOffAuto::On) => Some(true),
+            Some(OnOffAuto::Off) => Some(false),
+            _ => None,
+        },
+        disable_modern: props.bool("disable-modern").unwrap_or(false),
+        ignore_backend_features: props.bool("x-ignore-backend-features").unwrap_or(false),
+        on_pcie_port,
+        vectors: u16::try_from(vectors).unwrap_or(u16::MAX),
+        page_per_vq: props.bool("page-per-vq").unwrap_or(false),
+        intx_gsi,
+    }
 }
 
 /// Opens the backend device `d`'s type takes (`kind`); a console takes the
