@@ -1,24 +1,24 @@
 //! Every recorded release that can migrate (`tests/compat/releases`),
 //! built from its own commit by `scripts/build-release.sh`, against this
-//! build, with real processes over real TCP and real files: a running
-//! guest that keeps writing memory moves from the release to this build
-//! and back again, and a VM the release saved to a file restores here.
-//! After every move the guest's own checker verifies every page it wrote.
+//! build, on every machine type both offer, with real processes over real
+//! TCP and real files: a running guest that keeps writing memory, with
+//! every virtio device, moves from the release to this build and back
+//! again, and a VM saved to a file by either restores on the other. After
+//! every move the guest's own checker verifies every page it wrote.
 
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 use vmm_tests::console::Vm;
+use vmm_tests::peer::TapEcho;
 use vmm_tests::qmp::Qmp;
-use vmm_tests::vmm::Vmm;
+use vmm_tests::vmm::{every_virtio_device, Vmm};
 use vmm_tests::{free_port, TempDir};
 
 const BOOT: Duration = Duration::from_secs(60);
 const T: Duration = Duration::from_secs(60);
 const GUEST: &str = "cpus=2 work=mem,counter mem_mb=64 tick_ms=100 max_gap_ms=3000 seed=11";
-/// A machine type every release that migrates has.
-const MACHINE: &str = "pc-q35-8.0";
 
 /// The releases that can migrate, as (version, vmm binary).
 fn releases() -> Vec<(String, PathBuf)> {
@@ -50,6 +50,38 @@ fn releases() -> Vec<(String, PathBuf)> {
         .collect()
 }
 
+/// The versioned machine types `binary` offers (`-M help`).
+fn machine_types(binary: &std::path::Path) -> Vec<String> {
+    let out = Command::new(binary)
+        .args(["-M", "help"])
+        .output()
+        .expect("run -M help");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("pc-q35-"))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect()
+}
+
+/// Every (release, its binary, machine type) where the release and this
+/// build both offer the machine type.
+fn pairs() -> Vec<(String, PathBuf, String)> {
+    let ours = machine_types(&vmm_tests::vmm::binary());
+    let mut out = vec![];
+    for (version, old) in releases() {
+        for m in machine_types(&old) {
+            if ours.contains(&m) {
+                out.push((version.clone(), old.clone(), m));
+            }
+        }
+    }
+    assert!(
+        !out.is_empty(),
+        "no machine type in common with any release"
+    );
+    out
+}
+
 struct Node {
     vm: Vm,
     sock: PathBuf,
@@ -61,28 +93,29 @@ impl Node {
     }
 }
 
-/// Starts `binary` (None: this build) with the guest and one virtio disk
-/// and rng; waits for its monitor.
-fn start(dir: &TempDir, name: &str, binary: Option<&PathBuf>, extra: &[&str]) -> Node {
+/// Starts `binary` (None: this build) on machine type `machine` with the
+/// guest and every virtio device: the disk every node in `dir` shares, the
+/// NIC on `netdev`; waits for its monitor.
+fn start(
+    dir: &TempDir,
+    netdev: &str,
+    machine: &str,
+    name: &str,
+    binary: Option<&PathBuf>,
+    extra: &[&str],
+) -> Node {
     let sock = dir.path(&format!("{name}.sock"));
     let disk = dir.path("disk.img");
     if !disk.exists() {
         dir.image("disk.img", 1 << 20);
     }
     let mut v = Vmm::new()
-        .args(["-M", MACHINE, "-m", "256M", "-smp", "2"])
+        .args(["-M", machine, "-m", "256M", "-smp", "2"])
         .args([
             "-qmp",
             &format!("unix:{},server=on,wait=off", sock.display()),
         ])
-        .args([
-            "-drive",
-            &format!("file={},if=none,id=d0,format=raw", disk.display()),
-            "-device",
-            "virtio-blk-pci,drive=d0",
-            "-device",
-            "virtio-rng-pci",
-        ])
+        .args(every_virtio_device(&disk, netdev))
         .args(extra)
         .append(GUEST);
     v.binary = binary.cloned();
@@ -94,18 +127,26 @@ fn start(dir: &TempDir, name: &str, binary: Option<&PathBuf>, extra: &[&str]) ->
     n
 }
 
-/// Moves `src` live to a new node running `binary`; the guest runs on
-/// there and finds every page it wrote.
-fn live_move(dir: &TempDir, src: Node, name: &str, binary: Option<&PathBuf>) -> Node {
+/// Moves `src` live to a new node running `binary`, its NIC on `netdev`
+/// (another tap on the same bridge: the source holds its own until it
+/// ends); the guest runs on there and finds every page it wrote.
+fn live_move(
+    dir: &TempDir,
+    netdev: &str,
+    machine: &str,
+    src: Node,
+    name: &str,
+    binary: Option<&PathBuf>,
+) -> Node {
     let listen = format!("tcp:127.0.0.1:{}", free_port());
-    let mut dst = start(dir, name, binary, &["-incoming", &listen]);
+    let mut dst = start(dir, netdev, machine, name, binary, &["-incoming", &listen]);
     let mut q = src.qmp();
     q.execute("migrate", json!({ "uri": listen }));
     let m = q.wait_migration(T);
     assert_eq!(
         m["status"],
         "completed",
-        "{m}\n{}\n{}",
+        "{machine}: {m}\n{}\n{}",
         src.vm.log(),
         dst.vm.log()
     );
@@ -115,36 +156,90 @@ fn live_move(dir: &TempDir, src: Node, name: &str, binary: Option<&PathBuf>) -> 
     dst
 }
 
+/// Saves `src` to a file and restores it on a new node running `binary`.
+fn file_move(
+    dir: &TempDir,
+    netdev: &str,
+    machine: &str,
+    src: Node,
+    name: &str,
+    binary: Option<&PathBuf>,
+) -> Node {
+    let file = dir.path(&format!("{name}.save"));
+    let mut q = src.qmp();
+    q.execute(
+        "migrate",
+        json!({ "uri": format!("file:{}", file.display()) }),
+    );
+    let m = q.wait_migration(T);
+    assert_eq!(m["status"], "completed", "{machine}: {m}\n{}", src.vm.log());
+    drop(src);
+    let incoming = format!("file:{}", file.display());
+    let mut dst = start(
+        dir,
+        netdev,
+        machine,
+        name,
+        binary,
+        &["-incoming", &incoming],
+    );
+    dst.vm.wait_ticks(dst.vm.ticks() + 2, BOOT);
+    dst.vm.verify_memory(T);
+    dst
+}
+
 #[test]
-fn every_release_migrates_live_to_this_build_and_back() {
-    for (version, old) in releases() {
-        let dir = TempDir::new(&format!("release-{version}-live"));
-        let src = start(&dir, &format!("{version}-src"), Some(&old), &[]);
+fn every_release_migrates_live_to_this_build_and_back_on_every_machine_type() {
+    for (version, old, machine) in pairs() {
+        let dir = TempDir::new(&format!("release-{version}-{machine}-live"));
+        let net = TapEcho::bridged(2);
+        let (a, b) = (net.netdev("n0"), net.netdev_other("n0", 0));
+        let src = start(
+            &dir,
+            &a,
+            &machine,
+            &format!("{version}-src"),
+            Some(&old),
+            &[],
+        );
         src.vm.wait_ticks(3, BOOT);
-        let here = live_move(&dir, src, "this-build", None);
-        let back = live_move(&dir, here, &format!("{version}-again"), Some(&old));
+        let here = live_move(&dir, &b, &machine, src, "this-build", None);
+        let back = live_move(
+            &dir,
+            &a,
+            &machine,
+            here,
+            &format!("{version}-again"),
+            Some(&old),
+        );
         drop(back);
     }
 }
 
 #[test]
-fn a_vm_saved_by_every_release_restores_here() {
-    for (version, old) in releases() {
-        let dir = TempDir::new(&format!("release-{version}-file"));
-        let src = start(&dir, &format!("{version}-saver"), Some(&old), &[]);
-        src.vm.wait_ticks(3, BOOT);
-        let file = dir.path("vm.save");
-        let mut q = src.qmp();
-        q.execute(
-            "migrate",
-            json!({ "uri": format!("file:{}", file.display()) }),
+fn a_vm_saved_by_either_restores_on_the_other_on_every_machine_type() {
+    for (version, old, machine) in pairs() {
+        let dir = TempDir::new(&format!("release-{version}-{machine}-file"));
+        let tap = TapEcho::start();
+        let net = tap.netdev("n0");
+        let src = start(
+            &dir,
+            &net,
+            &machine,
+            &format!("{version}-saver"),
+            Some(&old),
+            &[],
         );
-        let m = q.wait_migration(T);
-        assert_eq!(m["status"], "completed", "{m}\n{}", src.vm.log());
-        drop(src);
-        let incoming = format!("file:{}", file.display());
-        let mut dst = start(&dir, "restored", None, &["-incoming", &incoming]);
-        dst.vm.wait_ticks(dst.vm.ticks() + 2, BOOT);
-        dst.vm.verify_memory(T);
+        src.vm.wait_ticks(3, BOOT);
+        let here = file_move(&dir, &net, &machine, src, "restored-here", None);
+        let back = file_move(
+            &dir,
+            &net,
+            &machine,
+            here,
+            &format!("restored-on-{version}"),
+            Some(&old),
+        );
+        drop(back);
     }
 }
