@@ -32,6 +32,15 @@ pub const HW_COMPAT: &[CompatArray] = &[
         (7, 2),
         &[("pci-device", "x-pcie-err-unc-mask", "off")],
     ),
+    // QEMU 7.2 gave virtio-rng-pci MSI-X; 7.1 and older have none. vmm up
+    // to 0.2.0 gave it MSI-X on every machine type: guests started there
+    // keep it through migrations (carried configuration, vmm/src/vm/
+    // carried.rs), a fresh start gets QEMU's.
+    (
+        "hw_compat_7_1",
+        (7, 1),
+        &[("virtio-rng-pci", "vectors", "0")],
+    ),
     ("hw_compat_5_2", (5, 2), &[]),
     // QEMU 5.2 gave virtio-blk one queue per vCPU (QEMU sets this on
     // virtio-blk-device, the device inside virtio-blk-pci).
@@ -269,3 +278,6 @@ mod tests {
         assert!(parse("q35,accel=kvm").is_ok());
     }
 }
+
+#[cfg(test)]
+mod compat_table;

@@ -29,8 +29,9 @@ pub trait LoadTarget {
         instance: u32,
         state: &State,
     ) -> std::result::Result<(), LoadError>;
-    /// The stream ended: fails if it lacked something this VM needs.
-    fn finish(&mut self) -> std::result::Result<(), LoadError>;
+    /// The stream ended, with its trailing description if it had one:
+    /// fails if it lacked something this VM needs.
+    fn finish(&mut self, vmdesc: Option<&serde_json::Value>) -> std::result::Result<(), LoadError>;
 }
 
 /// Loads a stream (a file, or a migration connection: RAM may come in
@@ -76,7 +77,10 @@ fn load_records<R: Read>(
                     on_sync();
                 }
             }
-            Record::Eof { .. } => break,
+            Record::Eof { vmdesc } => {
+                log::trace!("load: EOF at +{} us", t0.elapsed().as_micros());
+                return Ok(target.finish(vmdesc.as_ref())?);
+            }
             Record::Section {
                 idstr,
                 instance,
@@ -91,8 +95,6 @@ fn load_records<R: Read>(
             }
         }
     }
-    log::trace!("load: EOF at +{} us", t0.elapsed().as_micros());
-    Ok(target.finish()?)
 }
 
 /// A source's connections, accepted: the main stream and the multifd

@@ -27,6 +27,7 @@ pub fn save(
     machine: &str,
     ram: &Ram,
     sections: &[Section],
+    carried: Option<&serde_json::Value>,
     progress: &Progress,
 ) -> Result<Stats> {
     let file = std::fs::File::create(path)
@@ -63,7 +64,7 @@ pub fn save(
     // storage to sync: whoever reads it keeps the copy.)
     let durable = || Error::io(format!("cannot write {} to disk", path.display()));
     let file = w
-        .finish()?
+        .finish_with(carried)?
         .w
         .into_inner()
         .map_err(|e| durable()(e.into_error()))?;

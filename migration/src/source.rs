@@ -79,6 +79,9 @@ pub enum Msg {
 pub struct DeviceState {
     pub sections: Vec<Section>,
     pub paused_at: Instant,
+    /// What the stream's description carries for vmm (the devices'
+    /// configuration, which the destination adopts).
+    pub carried: Option<serde_json::Value>,
 }
 
 /// Where a live migration goes: the connections are opened on the
@@ -438,7 +441,7 @@ impl Precopy<'_> {
         for (idstr, instance, desc, state) in &devices.sections {
             self.w.section(idstr, *instance, desc, state)?;
         }
-        self.w.finish()?;
+        self.w.finish_with(devices.carried.as_ref())?;
         log::debug!(
             "downtime: stream sent at +{} us (wall {} us)",
             paused_at.elapsed().as_micros(),
@@ -780,7 +783,7 @@ mod tests {
         fn load(&mut self, id: &str, _: u32, _: &State) -> std::result::Result<(), LoadError> {
             Err(LoadError::new(id, "unexpected"))
         }
-        fn finish(&mut self) -> std::result::Result<(), LoadError> {
+        fn finish(&mut self, _: Option<&serde_json::Value>) -> std::result::Result<(), LoadError> {
             Ok(())
         }
     }
@@ -882,6 +885,7 @@ mod tests {
                 Msg::Converged(reply) => {
                     let _ = reply.send(Ok(DeviceState {
                         sections: vec![],
+                        carried: None,
                         paused_at: Instant::now(),
                     }));
                 }

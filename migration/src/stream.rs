@@ -296,8 +296,19 @@ impl<W: Write> Writer<W> {
     }
 
     /// EOF and the trailing JSON description; returns the writer.
-    pub fn finish(mut self) -> Result<W> {
-        let json = serde_json::json!({"page_size": 4096, "devices": self.vmdesc}).to_string();
+    pub fn finish(self) -> Result<W> {
+        self.finish_with(None)
+    }
+
+    /// [`Writer::finish`], the description carrying `vmm` too: what vmm
+    /// itself needs beyond QEMU's sections (the devices' configuration).
+    /// A reader that does not know the key ignores it.
+    pub fn finish_with(mut self, vmm: Option<&serde_json::Value>) -> Result<W> {
+        let mut desc = serde_json::json!({"page_size": 4096, "devices": self.vmdesc});
+        if let Some(v) = vmm {
+            desc["vmm"] = v.clone();
+        }
+        let json = desc.to_string();
         let mut b = vec![EOF, VMDESCRIPTION];
         b.extend_from_slice(&(json.len() as u32).to_be_bytes());
         b.extend_from_slice(json.as_bytes());

@@ -555,14 +555,33 @@ fn seed_chain_keeps_num_queues_on_pc_q35_5_1() {
         )
     };
     assert_eq!(queues(&src), json!(1));
-    // A destination whose device has two queues is refused, naming it.
+    // A destination whose device has two queues: in strict mode (QEMU's
+    // behaviour) it refuses, naming the property.
     let mut two = dev.clone();
     two.extend_from_slice(&["-global", "virtio-blk-pci.num-queues=2"]);
-    assert_refused(&dir, &mut src, "bad", &two, &["num-queues"], Refused::While);
+    let mut strict = two.clone();
+    strict.extend_from_slice(&["-global", "migration.x-strict-config=on"]);
+    assert_refused(
+        &dir,
+        &mut src,
+        "bad",
+        &strict,
+        &["num-queues"],
+        Refused::While,
+    );
     for name in ["B", "C"] {
         src = move_and_verify(&dir, src, name, &dev);
         assert_eq!(queues(&src), json!(1), "hop to {name}");
     }
+    // Otherwise it builds the device as the source's guest has it: one
+    // queue, whatever its own -global says (carried configuration).
+    src = move_and_verify(&dir, src, "D", &two);
+    assert_eq!(queues(&src), json!(1), "a destination told 2 queues");
+    let from = src.qmp().execute(
+        "qom-get",
+        json!({"path": "/machine/peripheral/blk0", "property": "x-provenance"}),
+    );
+    assert_eq!(from["num-queues"], "migration", "{from}");
 }
 
 /// A number written just before `unit` in `line` ("12.5 MiB sent").
@@ -955,15 +974,20 @@ fn seed_modern_exposure_on_pc_q35_2_7() {
     src.vm.wait_prefix("mem.filled", BOOT);
     let mut gated = dev.clone();
     gated.extend_from_slice(&["-global", "virtio-pci.x-ignore-backend-features=off"]);
+    let mut strict = gated.clone();
+    strict.extend_from_slice(&["-global", "migration.x-strict-config=on"]);
     assert_refused(
         &dir,
         &mut src,
         "gated",
-        &gated,
+        &strict,
         &["legacy", "x-ignore-backend-features"],
         Refused::While,
     );
-    move_and_verify(&dir, src, "B", &dev);
+    let src = move_and_verify(&dir, src, "B", &dev);
+    // Not strict, the gating destination keeps the guest's modern
+    // interface: it adopts the source's x-ignore-backend-features.
+    move_and_verify(&dir, src, "C", &gated);
 }
 
 /// What a management stack does (libvirt passes migration sockets this

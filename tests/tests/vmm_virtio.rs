@@ -206,15 +206,14 @@ fn blk_queues(machine: &str, cpus: u32) -> (u64, u64) {
     let used = vm.wait_prefix("virtio.00:01.0.blk queues_used", BOOT);
     let n: u64 = field(&cap, "num_queues").unwrap().parse().unwrap();
     assert_eq!(qom_queues, n, "qom-get blk.num-queues\n{}", vm.log());
-    assert_eq!((qom_vectors, rng_vectors), (n + 1, 2), "qom-get vectors");
-    let table = |slot: &str| {
-        let l = vm.wait_prefix(&format!("virtio.00:{slot}.0 msix"), BOOT);
-        field(&l, "table_size").map(|t| t.parse::<u64>().unwrap())
-    };
-    assert_eq!(
-        (table("01"), table("02")),
-        (Some(n + 1), Some(2)),
-        "{}",
+    // The rng has no MSI-X up to 7.1 (QEMU's hw_compat_7_1).
+    assert_eq!((qom_vectors, rng_vectors), (n + 1, 0), "qom-get vectors");
+    let l = vm.wait_prefix("virtio.00:01.0 msix", BOOT);
+    let table = field(&l, "table_size").map(|t| t.parse::<u64>().unwrap());
+    assert_eq!(table, Some(n + 1), "{}", vm.log());
+    assert!(
+        !vm.log().contains("virtio.00:02.0 msix"),
+        "the rng has an MSI-X table: {}",
         vm.log()
     );
     assert_eq!(

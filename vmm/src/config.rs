@@ -228,6 +228,10 @@ pub struct VmConfig {
     pub sandbox: sandbox::Mode,
     /// `-runas USER`.
     pub runas: Option<String>,
+    /// `-global migration.x-strict-config=on`: an incoming migration whose
+    /// devices are configured otherwise than here is refused, instead of
+    /// this VM adopting the source's configuration (QEMU's behaviour).
+    pub strict_config: bool,
     pub debug_exit: Option<DebugExitConfig>,
     pub devices: Vec<DeviceConfig>,
     pub qmp: Vec<QmpAddr>,
@@ -484,9 +488,25 @@ pub fn from_args(a: Args) -> Result<Action> {
         return Ok(Action::DumpAbi(p, spec.machine));
     }
     let compat = machine::compat_props(spec.machine);
+    // QEMU's `-global migration.PROP=VALUE` sets a migration property,
+    // not a device's.
+    let mut strict_config = false;
+    for g in a.global.iter().filter_map(|g| g.strip_prefix("migration.")) {
+        match g.split_once('=') {
+            Some(("x-strict-config", "on" | "true")) => strict_config = true,
+            Some(("x-strict-config", "off" | "false")) => strict_config = false,
+            Some(("x-strict-config", v)) => {
+                bail!("-global migration.x-strict-config={v}: expected on or off")
+            }
+            _ => bail!(
+                "-global migration.{g}: unknown migration property; vmm has x-strict-config=on|off"
+            ),
+        }
+    }
     let globals = a
         .global
         .iter()
+        .filter(|g| !g.starts_with("migration."))
         .map(|g| model::parse_global(g))
         .collect::<Result<Vec<_>, _>>()?;
     let devices = match parse_devices(&a, &compat, &globals)? {
@@ -568,6 +588,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         no_reboot: a.no_reboot,
         sandbox: parse_sandbox(a.sandbox.as_deref())?,
         runas: a.runas.clone(),
+        strict_config,
         debug_exit,
         devices,
         qmp: a

@@ -190,6 +190,54 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Err
     Ok(out)
 }
 
+/// The configuration a stream carries for vmm (its description's `vmm`
+/// key): per PCI function, its address, type and every property the
+/// guest sees (none that names a host backend, nor the address), as this
+/// VM has them. A destination adopts it (`vm/carried.rs`).
+pub fn carried(cfg: &crate::config::VmConfig) -> serde_json::Value {
+    let devices: Vec<serde_json::Value> = cfg
+        .devices
+        .iter()
+        .filter_map(|d| {
+            let devfn = d.devfn?;
+            let host = host_side(d.props.type_name);
+            let props: serde_json::Map<String, serde_json::Value> = d
+                .props
+                .values
+                .iter()
+                .filter(|r| !host.contains(&r.name))
+                .map(|r| (r.name.to_string(), serde_json::json!(r.value.to_string())))
+                .collect();
+            Some(serde_json::json!({
+                "addr": Bdf::new(d.bus, devfn >> 3, devfn & 7).to_string(),
+                "type": d.props.type_name,
+                "properties": props,
+            }))
+        })
+        .collect();
+    serde_json::json!({ "devices": devices })
+}
+
+/// The properties of `type_name` that name something on the host (its
+/// backend) or its slot: not the guest's hardware, never carried.
+pub fn host_side(type_name: &str) -> Vec<&'static str> {
+    use devices::registry::{BackendKind, Build};
+    let mut v = vec!["addr"];
+    if let Some(Build::Virtio(vt)) = devices::registry::find(type_name).map(|t| &t.build) {
+        if let BackendKind::Drive(p) | BackendKind::Netdev(p) = vt.backend {
+            v.push(p);
+        }
+    }
+    v
+}
+
+/// Builds the PCI function at an address anew with the configuration its
+/// source's guest has (type, properties in `-device` syntax), where this
+/// VM's differs.
+pub type Adopt<'a> = dyn FnMut(Bdf, &str, &serde_json::Map<String, serde_json::Value>) -> Result<(), LoadError>
+    + Send
+    + 'a;
+
 /// A freshly built, stopped board taking a stream; kvm-clock's value
 /// once loaded.
 pub struct Target<'a> {
@@ -198,10 +246,14 @@ pub struct Target<'a> {
     hv: &'static Description,
     pub clock: Option<u64>,
     cpus: usize,
+    /// The PCI functions' states, loaded at the end of the stream once
+    /// the configuration it carries (in its description) is adopted.
+    functions: Vec<(Bdf, State)>,
+    adopt: &'a mut Adopt<'a>,
 }
 
 impl<'a> Target<'a> {
-    pub fn new(parts: &'a Parts<'a>) -> Result<Target<'a>, LoadError> {
+    pub fn new(parts: &'a Parts<'a>, adopt: &'a mut Adopt<'a>) -> Result<Target<'a>, LoadError> {
         // The hypervisor's own sections, as its backend describes them.
         let cpu = parts
             .vcpus
@@ -216,6 +268,8 @@ impl<'a> Target<'a> {
             hv: parts.vm.state_description(),
             clock: None,
             cpus: 0,
+            functions: vec![],
+            adopt,
         })
     }
 
@@ -283,17 +337,19 @@ impl LoadTarget for Target<'_> {
         }
         let (bdf, _) =
             parse_bdf(id).ok_or_else(|| LoadError::new(id, "not a PCI function's section name"))?;
-        let mut root = p.pci.lock().expect("pci lock");
-        let f = root.function_mut(bdf).ok_or_else(|| {
-            LoadError::new(
+        if p.pci.lock().expect("pci lock").function_mut(bdf).is_none() {
+            return Err(LoadError::new(
                 bdf.to_string(),
                 "the stream has a PCI function here that this VM does not",
-            )
-        })?;
-        f.load(&bdf.to_string(), state)
+            ));
+        }
+        // Loaded at the end, into the function as the source's guest has
+        // it (the configuration comes in the stream's description).
+        self.functions.push((bdf, state.clone()));
+        Ok(())
     }
 
-    fn finish(&mut self) -> Result<(), LoadError> {
+    fn finish(&mut self, vmdesc: Option<&serde_json::Value>) -> Result<(), LoadError> {
         let have = self.parts.vcpus.len();
         if self.cpus != have {
             return Err(LoadError::new(
@@ -308,8 +364,66 @@ impl LoadTarget for Target<'_> {
                 "the stream has no kvmclock section",
             ));
         }
+        let carried = vmdesc.and_then(|d| d["vmm"]["devices"].as_array());
+        for (bdf, state) in std::mem::take(&mut self.functions) {
+            let at = bdf.to_string();
+            match carried {
+                Some(carried) => {
+                    if let Some(c) = carried.iter().find(|c| c["addr"] == at.as_str()) {
+                        let ty = c["type"].as_str().unwrap_or_default();
+                        let props = c["properties"].as_object().cloned().unwrap_or_default();
+                        (self.adopt)(bdf, ty, &props)?;
+                    }
+                }
+                // A source up to 0.2.0 carries no configuration. What its
+                // guest has is read where the state says it: a virtio
+                // function's MSI-X table size is its `vectors`. Anything
+                // else a guest could see differently is refused by the
+                // function's own load (its read-only registers).
+                None => {
+                    if let Some(vectors) = msix_vectors(&state) {
+                        let mut props = serde_json::Map::new();
+                        props.insert("vectors".into(), serde_json::json!(vectors.to_string()));
+                        (self.adopt)(bdf, "", &props)?;
+                    }
+                }
+            }
+            let mut root = self.parts.pci.lock().expect("pci lock");
+            let f = root.function_mut(bdf).ok_or_else(|| {
+                LoadError::new(
+                    at.clone(),
+                    "the function went away while adopting its configuration",
+                )
+            })?;
+            f.load(&at, &state)?;
+        }
         Ok(())
     }
+}
+
+/// A virtio-pci function's MSI-X table size as its saved configuration
+/// space shows it (0 without the capability); `None` for a function
+/// whose state is not a virtio-pci one.
+fn msix_vectors(state: &State) -> Option<u64> {
+    state.get("msix")?;
+    let Some(Val::Struct(pci)) = state.get("pci") else {
+        return None;
+    };
+    let Some(Val::Bytes(config)) = pci.get("config") else {
+        return None;
+    };
+    let at = |i: usize| config.get(i).copied().unwrap_or(0) as usize;
+    let mut cap = at(0x34) & !3;
+    for _ in 0..48 {
+        if cap < 0x40 || cap + 3 >= config.len() {
+            break;
+        }
+        if at(cap) == 0x11 {
+            return Some(((at(cap + 2) | at(cap + 3) << 8) & 0x7ff) as u64 + 1);
+        }
+        cap = at(cap + 1) & !3;
+    }
+    Some(0)
 }
 
 /// `0000:BB:DD.F/NAME` -> (address, NAME).

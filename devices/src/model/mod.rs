@@ -23,6 +23,9 @@ pub enum Source {
     /// An `auto` setting resolved when the device is realized, from what
     /// the board has (the reason, e.g. `-smp 4`).
     Auto(String),
+    /// The value the guest had on the source of a migration: a running
+    /// guest's hardware does not change under it (carried configuration).
+    Migration,
 }
 
 impl fmt::Display for Source {
@@ -33,6 +36,7 @@ impl fmt::Display for Source {
             Source::Global => write!(f, "global"),
             Source::Device => write!(f, "device"),
             Source::Auto(why) => write!(f, "auto: {why}"),
+            Source::Migration => write!(f, "migration"),
         }
     }
 }
@@ -124,6 +128,37 @@ impl Props {
                 setting: None,
             });
         }
+    }
+    /// Takes `value` for property `name` from a migration's source (its
+    /// guest's hardware), in `-device` syntax. Returns the value it had
+    /// here when that differs (now with source `migration`), `None` when
+    /// it was the same; an error when this device has no such property or
+    /// the value does not fit it.
+    pub fn adopt(&mut self, name: &str, value: &str) -> Result<Option<Value>, Error> {
+        let type_name = self.type_name;
+        let Some(r) = self.values.iter_mut().find(|r| r.name == name) else {
+            let valid = self
+                .values
+                .iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::UnknownProperty {
+                type_name: type_name.to_string(),
+                property: name.to_string(),
+                valid,
+            });
+        };
+        let v = property::parse(name, r.kind, value).map_err(|source| Error::BadValue {
+            type_name: type_name.to_string(),
+            source,
+        })?;
+        if v == r.value {
+            return Ok(None);
+        }
+        r.setting = None;
+        r.source = Source::Migration;
+        Ok(Some(std::mem::replace(&mut r.value, v)))
     }
     pub fn uint(&self, name: &str) -> Option<u64> {
         match self.get(name)?.value {

@@ -201,6 +201,11 @@ impl PciRoot {
         self.funcs.iter()
     }
 
+    /// Takes the function at `bdf` off the bus (to build it anew).
+    pub fn remove(&mut self, bdf: Bdf) -> Option<Box<dyn PciFunction>> {
+        self.funcs.remove(&bdf)
+    }
+
     pub fn function_mut(&mut self, bdf: Bdf) -> Option<&mut Box<dyn PciFunction>> {
         self.funcs.get_mut(&bdf)
     }

@@ -320,6 +320,17 @@ fn qom_get(t: &mut dyn Target, a: &Map<String, Value>) -> Result<Value, QmpError
             if prop == "type" {
                 return Ok(json!(d.props.type_name));
             }
+            // vmm's own: where each property's value came from (default,
+            // compat:ARRAY, global, device, auto, migration).
+            if prop == "x-provenance" {
+                let m: Map<String, Value> = d
+                    .props
+                    .values
+                    .iter()
+                    .map(|r| (r.name.to_string(), json!(r.source.to_string())))
+                    .collect();
+                return Ok(Value::Object(m));
+            }
             let r = d.props.get(prop).ok_or_else(|| {
                 QmpError::generic(format!("Property '{}.{prop}' not found", d.props.type_name))
             })?;

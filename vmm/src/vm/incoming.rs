@@ -108,13 +108,20 @@ impl Session<'_> {
         let machine = self.cfg.machine.name;
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
         let wake = self.ctl.clone();
+        let (cfg, board) = (&*self.cfg, self.board);
+        let mut adopted = vec![];
         let loaded = std::thread::scope(|scope| {
             let h = scope.spawn(|| {
                 let _wake = Wake(wake);
-                let mut target = crate::snapshot::Target::new(&parts).map_err(|e| LoadFailed {
-                    error: e.into(),
-                    vm_touched: false,
-                })?;
+                let mut adopt =
+                    |bdf, ty: &str, props: &serde_json::Map<String, serde_json::Value>| {
+                        super::carried::adopt(cfg, board, bdf, ty, props).map(|a| adopted.extend(a))
+                    };
+                let mut target =
+                    crate::snapshot::Target::new(&parts, &mut adopt).map_err(|e| LoadFailed {
+                        error: e.into(),
+                        vm_touched: false,
+                    })?;
                 incoming.load(machine, &mut target, &ram)?;
                 Ok(target.clock.unwrap_or_default())
             });
@@ -143,6 +150,7 @@ impl Session<'_> {
             "incoming: loaded (wall {} us)",
             migration::protocol::wall_us()
         );
+        super::carried::record(self.cfg, std::mem::take(&mut adopted));
         let clock = match loaded {
             Ok(c) => c,
             Err(LoadFailed {

@@ -12,6 +12,7 @@
 
 mod board;
 mod boot;
+mod carried;
 mod console;
 mod incoming;
 mod session;
@@ -75,6 +76,10 @@ impl Drop for Wake {
 
 /// Runs the VM until it ends; returns the process exit status.
 pub fn run(cfg: &VmConfig) -> Result<i32> {
+    // The VM's own copy: a migration's carried configuration changes it
+    // (vm/carried.rs), for every later board of this process.
+    let mut cfg = cfg.clone();
+    let cfg = &mut cfg;
     // Before anything is opened, and before any thread exists.
     if let Some(user) = &cfg.runas {
         sandbox::run_as(user)?;
@@ -118,7 +123,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             })
             .context("cannot start the QMP forwarder")?;
     }
-    let name = cfg.name.as_deref().unwrap_or("vm");
+    let name = cfg.name.clone().unwrap_or_else(|| "vm".into());
     let mut status = match (&cfg.incoming, cfg.paused) {
         (Some(_), _) => RunState::InMigrate,
         (None, true) => RunState::Prelaunch,
@@ -131,6 +136,8 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         log::info!("starting paused (-S)");
     }
     let mut gen = 0u64;
+    let restore_from = cfg.incoming.clone();
+    let no_reboot = cfg.no_reboot;
     loop {
         gen += 1;
         let board = build(&hypervisor, cfg, ctl_tx.clone(), gate.clone(), gen)?;
@@ -161,7 +168,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             fds: &mut named_fds,
             passed: None,
         };
-        if let (1, Some(crate::config::Incoming::File(path))) = (gen, &cfg.incoming) {
+        if let (1, Some(crate::config::Incoming::File(path))) = (gen, restore_from.as_ref()) {
             session.restore(path)?;
             for (name, data) in session.queued.drain(..) {
                 events.emit(name, data);
@@ -282,7 +289,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
                 events.flush();
                 return Ok(0);
             }
-            Outcome::Device(VmEvent::Reset) if cfg.no_reboot => {
+            Outcome::Device(VmEvent::Reset) if no_reboot => {
                 log::info!("{name}: guest reset, exiting (-no-reboot)");
                 events.emit(
                     "SHUTDOWN",

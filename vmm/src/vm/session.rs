@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 /// The live VM as QMP commands see it.
 pub(super) struct Session<'a> {
-    pub(super) cfg: &'a VmConfig,
+    pub(super) cfg: &'a mut VmConfig,
     pub(super) board: &'a Board,
     pub(super) gate: &'a RunGate,
     pub(super) status: RunState,
@@ -134,11 +134,18 @@ impl Session<'_> {
         // The devices take their state, and run only with the vCPUs.
         self.board.pci.lock().expect("pci lock").pause();
         let parts = self.parts(0);
-        let mut target = crate::snapshot::Target::new(&parts)?;
+        let (cfg, board) = (&*self.cfg, self.board);
+        let mut adopted = vec![];
+        let mut adopt = |bdf, ty: &str, props: &serde_json::Map<String, serde_json::Value>| {
+            super::carried::adopt(cfg, board, bdf, ty, props).map(|a| adopted.extend(a))
+        };
+        let mut target = crate::snapshot::Target::new(&parts, &mut adopt)?;
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
         migration::file::load(path, self.cfg.machine.name, &mut target, &ram)
             .with_context(|| format!("cannot restore the VM from {}", path.display()))?;
         let clock = target.clock.unwrap_or_default();
+        drop(target);
+        super::carried::record(self.cfg, adopted);
         self.board.vm.set_clock(clock)?;
         self.board
             .pci
@@ -293,12 +300,13 @@ impl Session<'_> {
         };
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
         let machine = self.cfg.machine.name;
+        let carried = crate::snapshot::carried(self.cfg);
         let (ctl, gen, p) = (self.ctl.clone(), self.gen, progress.clone());
         let saver = std::thread::Builder::new()
             .name("save".into())
             .spawn(move || {
                 sandbox::enter_or_exit(sandbox::Class::Migration);
-                let r = migration::file::save(&path, machine, &ram, &sections, &p)
+                let r = migration::file::save(&path, machine, &ram, &sections, Some(&carried), &p)
                     .map_err(|e| e.chain());
                 if let Err(why) = &r {
                     log::error!("saving to {} failed: {why}", path.display());
@@ -342,9 +350,11 @@ impl Session<'_> {
                     let clock = self.saved_clock.unwrap_or_default();
                     crate::snapshot::device_sections(&self.parts(clock)).map_err(|e| e.to_string())
                 });
+                let carried = crate::snapshot::carried(self.cfg);
                 let _ = reply.send(r.map(|sections| DeviceState {
                     sections,
                     paused_at,
+                    carried: Some(carried),
                 }));
             }
             Msg::Saved(r) => {

@@ -24,32 +24,61 @@ pub(super) fn add_virtio_devices(
     mem: &GuestMemoryMmap,
     claim: bool,
 ) -> Result<()> {
-    let ops: Arc<dyn virtio::VmOps> = vm.clone();
+    for (i, d) in cfg.devices.iter().enumerate() {
+        if let Some((bdf, f)) = virtio_function(cfg, i, d, vm, mem, claim)? {
+            root.add(bdf, Box::new(f))?;
+        }
+    }
+    Ok(())
+}
+
+/// Device `d`, the `index`-th of `cfg`'s (its properties may differ from
+/// the entry's: a configuration carried by a migration), as a virtio-pci
+/// function with its backend, and its address; `None` if it is not a
+/// virtio device.
+pub(super) fn virtio_function(
+    cfg: &VmConfig,
+    index: usize,
+    d: &DeviceConfig,
+    vm: &Arc<dyn Vm>,
+    mem: &GuestMemoryMmap,
+    claim: bool,
+) -> Result<Option<(Bdf, virtio::pci::VirtioPci)>> {
+    let ty = d.props.type_name;
+    let Some(Build::Virtio(vt)) = devices::registry::find(ty).map(|t| &t.build) else {
+        return Ok(None);
+    };
+    let devfn = d
+        .devfn
+        .ok_or_else(|| anyhow!("{ty} without a PCI address"))?;
+    let name = match &d.id {
+        Some(id) => format!("{ty} '{id}'"),
+        None => format!("{ty} at {:02x}:{:02x}.{}", d.bus, devfn >> 3, devfn & 7),
+    };
+    // A console device takes the console port of its rank among them.
+    let takes_console = |d: &DeviceConfig| {
+        matches!(
+            devices::registry::find(d.props.type_name).map(|t| &t.build),
+            Some(Build::Virtio(v)) if v.backend == BackendKind::Console
+        )
+    };
+    let rank = cfg.devices[..index]
+        .iter()
+        .filter(|d| takes_console(d))
+        .count();
     let mut consoles = cfg
         .devices
         .iter()
-        .filter(|d| d.props.type_name == devices::virtio::console::PORT.info.name);
-    for d in &cfg.devices {
-        let ty = d.props.type_name;
-        let Some(Build::Virtio(vt)) = devices::registry::find(ty).map(|t| &t.build) else {
-            continue;
-        };
-        let devfn = d
-            .devfn
-            .ok_or_else(|| anyhow!("{ty} without a PCI address"))?;
-        let name = match &d.id {
-            Some(id) => format!("{ty} '{id}'"),
-            None => format!("{ty} at {:02x}:{:02x}.{}", d.bus, devfn >> 3, devfn & 7),
-        };
-        let backend =
-            backend(cfg, d, vt.backend, claim, &mut consoles).with_context(|| name.clone())?;
-        let dev = (vt.create)(&d.props, backend).map_err(|e| anyhow!(e).context(name.clone()))?;
-        // PIRQ E-H style: GSIs 16-23 by slot.
-        let tc = transport_config(&d.props, d.bus != 0, 16 + ((devfn >> 3) & 7) as u32);
-        let f = virtio::pci::VirtioPci::new(name, dev, &tc, ops.clone(), mem.clone(), vt.vmstate)?;
-        root.add(Bdf::new(d.bus, devfn >> 3, devfn & 7), Box::new(f))?;
-    }
-    Ok(())
+        .filter(|d| d.props.type_name == devices::virtio::console::PORT.info.name)
+        .skip(rank);
+    let backend =
+        backend(cfg, d, vt.backend, claim, &mut consoles).with_context(|| name.clone())?;
+    let dev = (vt.create)(&d.props, backend).map_err(|e| anyhow!(e).context(name.clone()))?;
+    // PIRQ E-H style: GSIs 16-23 by slot.
+    let tc = transport_config(&d.props, d.bus != 0, 16 + ((devfn >> 3) & 7) as u32);
+    let ops: Arc<dyn virtio::VmOps> = vm.clone();
+    let f = virtio::pci::VirtioPci::new(name, dev, &tc, ops, mem.clone(), vt.vmstate)?;
+    Ok(Some((Bdf::new(d.bus, devfn >> 3, devfn & 7), f)))
 }
 
 /// The virtio-pci transport a device's resolved properties ask for, behind
