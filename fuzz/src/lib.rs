@@ -3,28 +3,9 @@
 //! that records interrupts, a scratch file for a disk, a datagram socket
 //! for a tap, a sink for a console).
 
-use devices::virtio::{self, pci::TransportConfig, Doorbell, Memory, VirtioDevice, VmOps};
+use devices::virtio::{self, pci::TransportConfig, Memory, NoVm, VirtioDevice};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
-use vmm_sys_util::eventfd::EventFd;
-
-/// A VMM without KVM: interrupts and doorbells go nowhere.
-pub struct NoVm;
-
-impl VmOps for NoVm {
-    fn signal_msi(&self, _: u64, _: u32) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn set_irq_line(&self, _: u32, _: bool) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn add_doorbell(&self, _: &EventFd, _: Doorbell) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn remove_doorbell(&self, _: &EventFd, _: Doorbell) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Guest memory of `len` bytes at address 0.
 pub fn memory(len: usize) -> Memory {

@@ -20,11 +20,10 @@ use devices::model::{CompatEntry, Props};
 use devices::pci::root_port::{RootPort, RootPortConfig};
 use devices::pci::{config::ConfigSpace, host_bridge::HostBridge, PciFunction};
 use devices::registry::{Backend, BackendKind, Build, DEVICES};
-use devices::virtio::{self, Doorbell, VmOps};
+use devices::virtio::{self, NoVm};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::sync::Arc;
-use vmm_sys_util::eventfd::EventFd;
 
 /// The reference guest the tables and the map are made for.
 const CPUS: u8 = 2;
@@ -159,24 +158,6 @@ fn backend(kind: BackendKind) -> Result<Backend> {
         }
         BackendKind::Console => Backend::Output(Box::new(std::io::sink())),
     })
-}
-
-/// A VMM without KVM: the devices' interrupts and doorbells go nowhere.
-struct NoVm;
-
-impl VmOps for NoVm {
-    fn signal_msi(&self, _: u64, _: u32) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn set_irq_line(&self, _: u32, _: bool) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn add_doorbell(&self, _: &EventFd, _: Doorbell) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn remove_doorbell(&self, _: &EventFd, _: Doorbell) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Effective property values, by name.

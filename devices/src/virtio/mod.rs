@@ -111,6 +111,26 @@ pub trait VmOps: Send + Sync {
     fn remove_doorbell(&self, fd: &EventFd, bell: Doorbell) -> std::io::Result<()>;
 }
 
+/// A VMM with no guest behind it: interrupts and doorbells go nowhere.
+/// What tools build devices on to look at them (`-dump-abi`), and the
+/// fuzzers.
+pub struct NoVm;
+
+impl VmOps for NoVm {
+    fn signal_msi(&self, _: u64, _: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn set_irq_line(&self, _: u32, _: bool) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn add_doorbell(&self, _: &EventFd, _: Doorbell) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn remove_doorbell(&self, _: &EventFd, _: Doorbell) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A guest mistake a device refuses to act on; the device marks itself
 /// broken (QEMU's `virtio_error`) until the driver resets it.
 #[derive(Debug, thiserror::Error)]
