@@ -201,17 +201,21 @@ pub fn carried(cfg: &crate::config::VmConfig) -> serde_json::Value {
         .filter_map(|d| {
             let devfn = d.devfn?;
             let host = host_side(d.props.type_name);
-            let props: serde_json::Map<String, serde_json::Value> = d
-                .props
-                .values
-                .iter()
-                .filter(|r| !host.contains(&r.name))
+            let shown = || d.props.values.iter().filter(|r| !host.contains(&r.name));
+            let props: serde_json::Map<String, serde_json::Value> = shown()
                 .map(|r| (r.name.to_string(), serde_json::json!(r.value.to_string())))
+                .collect();
+            // Those at their type's default: a destination (an older
+            // release) that lacks such a property may go without it.
+            let defaults: Vec<&str> = shown()
+                .filter(|r| r.source == devices::model::Source::Default)
+                .map(|r| r.name)
                 .collect();
             Some(serde_json::json!({
                 "addr": Bdf::new(d.bus, devfn >> 3, devfn & 7).to_string(),
                 "type": d.props.type_name,
                 "properties": props,
+                "defaults": defaults,
             }))
         })
         .collect();
@@ -234,9 +238,9 @@ pub fn host_side(type_name: &str) -> Vec<&'static str> {
 /// Builds the PCI function at an address anew with the configuration its
 /// source's guest has (type, properties in `-device` syntax), where this
 /// VM's differs.
-pub type Adopt<'a> = dyn FnMut(Bdf, &str, &serde_json::Map<String, serde_json::Value>) -> Result<(), LoadError>
-    + Send
-    + 'a;
+/// The configuration is the stream's entry for the function (`properties`,
+/// `defaults`).
+pub type Adopt<'a> = dyn FnMut(Bdf, &str, &serde_json::Value) -> Result<(), LoadError> + Send + 'a;
 
 /// A freshly built, stopped board taking a stream; kvm-clock's value
 /// once loaded.
@@ -337,6 +341,12 @@ impl LoadTarget for Target<'_> {
         }
         let (bdf, _) =
             parse_bdf(id).ok_or_else(|| LoadError::new(id, "not a PCI function's section name"))?;
+        if self.functions.iter().any(|(b, _)| *b == bdf) {
+            return Err(LoadError::new(
+                bdf.to_string(),
+                "the stream has this PCI function's state twice",
+            ));
+        }
         if p.pci.lock().expect("pci lock").function_mut(bdf).is_none() {
             return Err(LoadError::new(
                 bdf.to_string(),
@@ -371,8 +381,7 @@ impl LoadTarget for Target<'_> {
                 Some(carried) => {
                     if let Some(c) = carried.iter().find(|c| c["addr"] == at.as_str()) {
                         let ty = c["type"].as_str().unwrap_or_default();
-                        let props = c["properties"].as_object().cloned().unwrap_or_default();
-                        (self.adopt)(bdf, ty, &props)?;
+                        (self.adopt)(bdf, ty, c)?;
                     }
                 }
                 // A source up to 0.2.0 carries no configuration. What its
@@ -382,9 +391,9 @@ impl LoadTarget for Target<'_> {
                 // function's own load (its read-only registers).
                 None => {
                     if let Some(vectors) = msix_vectors(&state) {
-                        let mut props = serde_json::Map::new();
-                        props.insert("vectors".into(), serde_json::json!(vectors.to_string()));
-                        (self.adopt)(bdf, "", &props)?;
+                        let entry =
+                            serde_json::json!({"properties": {"vectors": vectors.to_string()}});
+                        (self.adopt)(bdf, "", &entry)?;
                     }
                 }
             }

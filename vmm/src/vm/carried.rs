@@ -32,7 +32,7 @@ pub(super) fn adopt(
     board: &Board,
     bdf: Bdf,
     type_name: &str,
-    carried: &Map<String, Value>,
+    carried: &Value,
 ) -> Result<Option<Adopted>, LoadError> {
     let at = bdf.to_string();
     let index = cfg
@@ -66,33 +66,23 @@ pub(super) fn adopt(
     }
     let device = format!("{at} {type_name}");
     let host = crate::snapshot::host_side(type_name);
-    let mut props = d.props.clone();
-    let mut changed = vec![];
-    for (name, v) in carried.iter().filter(|(n, _)| !host.contains(&n.as_str())) {
-        let value = v.as_str().unwrap_or_default();
-        let was = props.adopt(name, value).map_err(|e| {
-            LoadError::new(
-                &device,
-                format!(
-                    "the source's guest has {name}={value}, which this build cannot give it: {e}"
-                ),
-            )
-        })?;
-        if let Some(was) = was {
-            changed.push(format!("{name}={value} (here {was})"));
-        }
-    }
-    if changed.is_empty() {
-        return Ok(None);
-    }
+    let (props, changed, problems) = merge(&d.props, &device, &host, carried);
     if cfg.strict_config {
         // QEMU's behaviour: nothing adopted; the function's own load then
         // refuses what its guest would see differently, naming the
         // register or the field.
-        log::info!(
-            "incoming migration: {device}: the source's guest has {}; not adopted (-global migration.x-strict-config=on)",
-            changed.join(", ")
-        );
+        if !changed.is_empty() || !problems.is_empty() {
+            log::info!(
+                "incoming migration: {device}: not adopted (-global migration.x-strict-config=on): {}",
+                changed.iter().chain(&problems).cloned().collect::<Vec<_>>().join("; ")
+            );
+        }
+        return Ok(None);
+    }
+    if let Some(p) = problems.first() {
+        return Err(LoadError::new(&device, p.clone()));
+    }
+    if changed.is_empty() {
         return Ok(None);
     }
     log::info!(
@@ -145,10 +135,97 @@ pub(super) fn adopt(
     Ok(Some((index, props)))
 }
 
+/// `props` with the values of the source's configuration (`carried`:
+/// its `properties`, and the names of those at their type's default),
+/// what that changed, and what this build cannot give; `device` names the
+/// function in messages, `host` the properties never carried.
+fn merge(
+    props: &Props,
+    device: &str,
+    host: &[&str],
+    carried: &Value,
+) -> (Props, Vec<String>, Vec<String>) {
+    let mut props = props.clone();
+    let (mut changed, mut problems) = (vec![], vec![]);
+    let none = Map::new();
+    let properties = carried["properties"].as_object().unwrap_or(&none);
+    let at_default = |name: &str| {
+        carried["defaults"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|n| n == name))
+    };
+    for (name, v) in properties
+        .iter()
+        .filter(|(n, _)| !host.contains(&n.as_str()))
+    {
+        let Some(value) = v.as_str() else {
+            problems.push(format!(
+                "the stream gives {name} as {v}, not a property value"
+            ));
+            continue;
+        };
+        match props.adopt(name, value) {
+            Ok(Some(was)) => changed.push(format!("{name}={value} (here {was})")),
+            Ok(None) => {}
+            // A property this build does not have, at the source's type
+            // default: a later release's, which an earlier one goes
+            // without (what the guest sees is then up to the state's own
+            // load, as in QEMU).
+            Err(devices::model::Error::UnknownProperty { .. }) if at_default(name) => {
+                log::debug!("incoming migration: {device}: no property {name} here (the source's is at its default)");
+            }
+            Err(e) => problems.push(format!(
+                "the source's guest has {name}={value}, which this build cannot give it: {e}"
+            )),
+        }
+    }
+    (props, changed, problems)
+}
+
 /// Records what a migration adopted in the VM's configuration: it lasts
 /// across resets and goes on with the next migration.
 pub(super) fn record(cfg: &mut VmConfig, adopted: Vec<Adopted>) {
     for (i, props) in adopted {
         cfg.devices[i].props = props;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the source carries is taken value by value: a difference is
+    /// adopted, a property this build lacks is gone without only if the
+    /// source's was at its default, a value that does not fit is refused.
+    #[test]
+    fn a_carried_configuration_is_merged_property_by_property() {
+        let here = devices::model::resolve("virtio-rng-pci", &[], &[], &[]).unwrap();
+        let carried = serde_json::json!({
+            "properties": {"vectors": "5", "x-from-later": "on", "disable-modern": "off"},
+            "defaults": ["x-from-later", "disable-modern"],
+        });
+        let (props, changed, problems) = merge(&here, "00:03.0 virtio-rng-pci", &[], &carried);
+        assert_eq!(props.uint("vectors"), Some(5));
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert!(changed[0].starts_with("vectors=5 (here "), "{changed:?}");
+        assert!(problems.is_empty(), "{problems:?}");
+        let vectors = props.values.iter().find(|r| r.name == "vectors").unwrap();
+        assert_eq!(vectors.source, devices::model::Source::Migration);
+
+        let carried = serde_json::json!({
+            "properties": {"x-set-later": "on", "vectors": "many", "id": 3},
+            "defaults": [],
+        });
+        let (_, changed, problems) = merge(&here, "00:03.0 virtio-rng-pci", &[], &carried);
+        assert!(changed.is_empty());
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("x-set-later=on")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("vectors=many")),
+            "{problems:?}"
+        );
     }
 }

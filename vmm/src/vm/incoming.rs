@@ -113,10 +113,9 @@ impl Session<'_> {
         let loaded = std::thread::scope(|scope| {
             let h = scope.spawn(|| {
                 let _wake = Wake(wake);
-                let mut adopt =
-                    |bdf, ty: &str, props: &serde_json::Map<String, serde_json::Value>| {
-                        super::carried::adopt(cfg, board, bdf, ty, props).map(|a| adopted.extend(a))
-                    };
+                let mut adopt = |bdf, ty: &str, entry: &serde_json::Value| {
+                    super::carried::adopt(cfg, board, bdf, ty, entry).map(|a| adopted.extend(a))
+                };
                 let mut target =
                     crate::snapshot::Target::new(&parts, &mut adopt).map_err(|e| LoadFailed {
                         error: e.into(),

@@ -136,8 +136,8 @@ impl Session<'_> {
         let parts = self.parts(0);
         let (cfg, board) = (&*self.cfg, self.board);
         let mut adopted = vec![];
-        let mut adopt = |bdf, ty: &str, props: &serde_json::Map<String, serde_json::Value>| {
-            super::carried::adopt(cfg, board, bdf, ty, props).map(|a| adopted.extend(a))
+        let mut adopt = |bdf, ty: &str, entry: &serde_json::Value| {
+            super::carried::adopt(cfg, board, bdf, ty, entry).map(|a| adopted.extend(a))
         };
         let mut target = crate::snapshot::Target::new(&parts, &mut adopt)?;
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
