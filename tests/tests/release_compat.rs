@@ -119,12 +119,50 @@ fn start(
         .args(extra)
         .append(GUEST);
     v.binary = binary.cloned();
+    let mut cmd = v.command();
+    // What a destination adopts is logged at info (for the matrix).
+    cmd.env("RUST_LOG", "info");
     let n = Node {
-        vm: v.spawn(name),
+        vm: Vm::spawn(name, cmd),
         sock,
     };
     n.qmp();
     n
+}
+
+/// Who runs a node: a release's version, or this build.
+fn who(version: &str, binary: Option<&PathBuf>) -> String {
+    match binary {
+        Some(_) => version.to_string(),
+        None => "this build".into(),
+    }
+}
+
+/// One hop that worked, for scripts/compat-matrix.sh: appended to the
+/// file `VMM_COMPAT_MATRIX` names (one JSON object a line), with what the
+/// destination adopted of its source's configuration.
+fn note(machine: &str, from: &str, to: &str, how: &str, dst: &Node) {
+    let Some(path) = std::env::var_os("VMM_COMPAT_MATRIX") else {
+        return;
+    };
+    let carried: Vec<String> = dst
+        .vm
+        .lines()
+        .iter()
+        .filter_map(|l| {
+            l.split("keeps its guest's hardware: ")
+                .nth(1)
+                .map(String::from)
+        })
+        .collect();
+    let line = json!({"machine": machine, "from": from, "to": to, "how": how, "carried": carried});
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open VMM_COMPAT_MATRIX");
+    writeln!(f, "{line}").expect("write VMM_COMPAT_MATRIX");
 }
 
 /// Moves `src` live to a new node running `binary`, its NIC on `netdev`
@@ -134,9 +172,9 @@ fn live_move(
     dir: &TempDir,
     netdev: &str,
     machine: &str,
-    src: Node,
+    (src, from): (Node, &str),
     name: &str,
-    binary: Option<&PathBuf>,
+    (binary, version): (Option<&PathBuf>, &str),
 ) -> Node {
     let listen = format!("tcp:127.0.0.1:{}", free_port());
     let mut dst = start(dir, netdev, machine, name, binary, &["-incoming", &listen]);
@@ -153,6 +191,7 @@ fn live_move(
     drop(src);
     dst.vm.wait_ticks(dst.vm.ticks() + 2, BOOT);
     dst.vm.verify_memory(T);
+    note(machine, from, &who(version, binary), "live", &dst);
     dst
 }
 
@@ -161,9 +200,9 @@ fn file_move(
     dir: &TempDir,
     netdev: &str,
     machine: &str,
-    src: Node,
+    (src, from): (Node, &str),
     name: &str,
-    binary: Option<&PathBuf>,
+    (binary, version): (Option<&PathBuf>, &str),
 ) -> Node {
     let file = dir.path(&format!("{name}.save"));
     let mut q = src.qmp();
@@ -185,6 +224,7 @@ fn file_move(
     );
     dst.vm.wait_ticks(dst.vm.ticks() + 2, BOOT);
     dst.vm.verify_memory(T);
+    note(machine, from, &who(version, binary), "file", &dst);
     dst
 }
 
@@ -194,25 +234,21 @@ fn every_release_migrates_live_to_this_build_and_back_on_every_machine_type() {
         let dir = TempDir::new(&format!("release-{version}-{machine}-live"));
         let net = TapEcho::bridged(2);
         let (a, b) = (net.netdev("n0"), net.netdev_other("n0", 0));
-        let src = start(
-            &dir,
-            &a,
-            &machine,
-            &format!("{version}-src"),
-            Some(&old),
-            &[],
-        );
+        let v = version.as_str();
+        let src = start(&dir, &a, &machine, &format!("{v}-src"), Some(&old), &[]);
         src.vm.wait_ticks(3, BOOT);
-        let here = live_move(&dir, &b, &machine, src, "this-build", None);
+        // A chain: the release, this build, the release, this build.
+        let here = live_move(&dir, &b, &machine, (src, v), "this-build", (None, v));
         let back = live_move(
             &dir,
             &a,
             &machine,
-            here,
-            &format!("{version}-again"),
-            Some(&old),
+            (here, "this build"),
+            &format!("{v}-again"),
+            (Some(&old), v),
         );
-        drop(back);
+        let again = live_move(&dir, &b, &machine, (back, v), "this-build-again", (None, v));
+        drop(again);
     }
 }
 
@@ -222,23 +258,17 @@ fn a_vm_saved_by_either_restores_on_the_other_on_every_machine_type() {
         let dir = TempDir::new(&format!("release-{version}-{machine}-file"));
         let tap = TapEcho::start();
         let net = tap.netdev("n0");
-        let src = start(
-            &dir,
-            &net,
-            &machine,
-            &format!("{version}-saver"),
-            Some(&old),
-            &[],
-        );
+        let v = version.as_str();
+        let src = start(&dir, &net, &machine, &format!("{v}-saver"), Some(&old), &[]);
         src.vm.wait_ticks(3, BOOT);
-        let here = file_move(&dir, &net, &machine, src, "restored-here", None);
+        let here = file_move(&dir, &net, &machine, (src, v), "restored-here", (None, v));
         let back = file_move(
             &dir,
             &net,
             &machine,
-            here,
-            &format!("restored-on-{version}"),
-            Some(&old),
+            (here, "this build"),
+            &format!("restored-on-{v}"),
+            (Some(&old), v),
         );
         drop(back);
     }
