@@ -1053,7 +1053,9 @@ fn register_name(offset: u16) -> Option<&'static str> {
 
 /// Advice for a config mismatch on a virtio device.
 fn hint_for(offset: u16, legacy: bool, modern: bool) -> Option<String> {
-    if offset == CAP_OFF_MSIX {
+    // BAR1 holds the MSI-X table: a function without MSI-X has none.
+    let msix_bar = config::BAR0 + 4 * BAR_MSIX as u16;
+    if offset == CAP_OFF_MSIX || (msix_bar..msix_bar + 4).contains(&offset) {
         return Some(
             "the MSI-X vector counts differ: vectors= (by default one per queue plus one, so num-queues too) must agree with the source".into(),
         );
@@ -1227,6 +1229,15 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    /// A refused BAR1 (the MSI-X table's: a function without MSI-X has
+    /// none) names `vectors`, not the interfaces.
+    #[test]
+    fn a_refused_msix_bar_names_vectors() {
+        assert!(hint_for(0x14, true, true).unwrap().contains("vectors="));
+        assert!(hint_for(CAP_OFF_MSIX, true, true).unwrap().contains("vectors="));
+        assert!(hint_for(0x10, true, true).unwrap().contains("legacy and modern"));
     }
 
     /// A state refused by a later part (here the virtio core: the source
