@@ -1236,8 +1236,12 @@ mod tests {
     #[test]
     fn a_refused_msix_bar_names_vectors() {
         assert!(hint_for(0x14, true, true).unwrap().contains("vectors="));
-        assert!(hint_for(CAP_OFF_MSIX, true, true).unwrap().contains("vectors="));
-        assert!(hint_for(0x10, true, true).unwrap().contains("legacy and modern"));
+        assert!(hint_for(CAP_OFF_MSIX, true, true)
+            .unwrap()
+            .contains("vectors="));
+        assert!(hint_for(0x10, true, true)
+            .unwrap()
+            .contains("legacy and modern"));
     }
 
     /// A state refused by a later part (here the virtio core: the source
