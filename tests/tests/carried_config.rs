@@ -111,3 +111,72 @@ fn a_guest_keeps_its_hardware_through_migrations_and_a_fresh_start_gets_the_mach
     assert_eq!(vectors(&fresh_sock), (0, "compat:hw_compat_7_1".into()));
     assert_eq!(msix_boots(&fresh), 0, "{}", fresh.log());
 }
+
+/// The seeds' 8.0 → 8.0.1 chain, across processes: a guest on pc-q35-7.2
+/// whose root port had the AER mask (QEMU 8.0.0's bug, here by `-global`)
+/// moves to a fixed destination (7.2 as it should be), keeps the mask,
+/// moves on to another one started without any flag and keeps it still;
+/// started fresh, it gets 7.2's root port.
+#[test]
+fn the_aer_chain_keeps_the_guests_root_port_and_a_fresh_start_gets_7_2s() {
+    let dir = TempDir::new("carried-aer");
+    let mask = |sock: &Path| {
+        let mut q = Qmp::connect(sock, T);
+        let path = "/machine/peripheral/rp0";
+        let v = q.execute(
+            "qom-get",
+            json!({"path": path, "property": "x-pcie-err-unc-mask"}),
+        );
+        let from = q.execute("qom-get", json!({"path": path, "property": "x-provenance"}));
+        (
+            v.as_bool(),
+            from["x-pcie-err-unc-mask"].as_str().map(String::from),
+        )
+    };
+    let port = |dir: &TempDir, name: &str, extra: &[&str]| {
+        let sock = dir.path(&format!("{name}.sock"));
+        let vm = Vmm::new()
+            .args(["-M", "pc-q35-7.2", "-m", "128M"])
+            .args(["-device", "pcie-root-port,id=rp0,chassis=1"])
+            .args([
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", sock.display()),
+            ])
+            .args(extra)
+            .append(GUEST)
+            .spawn(name);
+        Qmp::connect(&sock, T);
+        (vm, sock)
+    };
+    let (src, src_sock) = port(
+        &dir,
+        "8.0.0",
+        &["-global", "pcie-root-port.x-pcie-err-unc-mask=on"],
+    );
+    src.wait_prefix("mem.filled", T);
+    assert_eq!(mask(&src_sock), (Some(true), Some("global".into())));
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (one, one_sock) = port(&dir, "8.0.1", &["-incoming", &uri]);
+    assert_eq!(
+        mask(&one_sock),
+        (Some(false), Some("compat:hw_compat_7_2".into()))
+    );
+    migrate(&src_sock, &uri);
+    drop(src);
+    one.wait_ticks(one.ticks() + 2, T);
+    assert_eq!(mask(&one_sock), (Some(true), Some("migration".into())));
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (mut two, two_sock) = port(&dir, "onward", &["-incoming", &uri]);
+    migrate(&one_sock, &uri);
+    drop(one);
+    two.wait_ticks(two.ticks() + 2, T);
+    two.verify_memory(T);
+    assert_eq!(mask(&two_sock), (Some(true), Some("migration".into())));
+    drop(two);
+    let (fresh, fresh_sock) = port(&dir, "fresh", &[]);
+    fresh.wait_prefix("mem.filled", T);
+    assert_eq!(
+        mask(&fresh_sock),
+        (Some(false), Some("compat:hw_compat_7_2".into()))
+    );
+}
