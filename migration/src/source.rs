@@ -631,9 +631,6 @@ impl Write for Meter<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         self.send(|w| w.write(b))
     }
-    fn write_vectored(&mut self, b: &[std::io::IoSlice]) -> std::io::Result<usize> {
-        self.send(|w| w.write_vectored(b))
-    }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }

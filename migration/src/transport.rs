@@ -167,12 +167,6 @@ impl Write for Conn {
             Conn::Unix(s) => s.write(b),
         }
     }
-    fn write_vectored(&mut self, b: &[std::io::IoSlice]) -> std::io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.write_vectored(b),
-            Conn::Unix(s) => s.write_vectored(b),
-        }
-    }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }

@@ -52,6 +52,15 @@ fn user_vmm(dir: &TempDir, name: &str, extra: &[&str]) -> (Vm, PathBuf) {
     (vm, sock)
 }
 
+/// Saves the VM behind `q` to `file` (`migrate file:`).
+fn save(q: &mut Qmp, file: &std::path::Path) {
+    q.execute(
+        "migrate",
+        json!({"uri": format!("file:{}", file.display())}),
+    );
+    assert_eq!(q.wait_migration(T)["status"], "completed");
+}
+
 #[test]
 fn an_unprivileged_vmm_boots_saves_restores_and_migrates() {
     let dir = TempDir::new("unprivileged");
@@ -63,11 +72,7 @@ fn an_unprivileged_vmm_boots_saves_restores_and_migrates() {
     assert_eq!(q.execute("query-status", json!({}))["status"], "running");
     // Save to a file and restore from it.
     let saved = dir.path("saved.vmm");
-    q.execute(
-        "migrate",
-        json!({"uri": format!("file:{}", saved.display())}),
-    );
-    assert_eq!(q.wait_migration(T)["status"], "completed");
+    save(&mut q, &saved);
     drop(vm);
     let incoming = format!("file:{}", saved.display());
     let (mut restored, sock) = user_vmm(&dir, "restored", &["-incoming", &incoming]);
@@ -117,11 +122,7 @@ fn runas_drops_root_before_anything_is_opened() {
     // is not dumpable, and its /proc files are root's): a save reads
     // only the pages the guest touched.
     let saved = dir.path("saved.vmm");
-    q.execute(
-        "migrate",
-        json!({"uri": format!("file:{}", saved.display())}),
-    );
-    assert_eq!(q.wait_migration(T)["status"], "completed");
+    save(&mut q, &saved);
     assert!(!vm.log().contains("pagemap"), "{}", vm.log());
     // A user that does not exist: one sentence, before anything runs.
     let mut bad = Vmm::new()

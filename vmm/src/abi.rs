@@ -84,13 +84,7 @@ pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
                 devices.push(function(name, &shown, &f, Some(virtio)));
             }
             Build::Board if name == "pcie-root-port" => {
-                let port = RootPort::new(&RootPortConfig {
-                    chassis: props.uint("chassis").unwrap_or(0) as u8,
-                    slot: props.uint("slot").unwrap_or(0) as u16,
-                    port: props.uint("port").unwrap_or(0) as u8,
-                    cap_present: props.bits("cap_present"),
-                    secondary_bus: 1,
-                });
+                let port = RootPort::new(&RootPortConfig::from_props(&props, 1));
                 devices.push(function(name, &shown, &port, None));
             }
             Build::Board => devices.push(json!({"type": name, "properties": shown})),

@@ -390,7 +390,7 @@ impl LoadTarget for Target<'_> {
                 // else a guest could see differently is refused by the
                 // function's own load (its read-only registers).
                 None => {
-                    if let Some(vectors) = msix_vectors(&state) {
+                    if let Some(vectors) = devices::virtio::pci::vectors_in_state(&state) {
                         let entry =
                             serde_json::json!({"properties": {"vectors": vectors.to_string()}});
                         (self.adopt)(bdf, "", &entry)?;
@@ -408,31 +408,6 @@ impl LoadTarget for Target<'_> {
         }
         Ok(())
     }
-}
-
-/// A virtio-pci function's MSI-X table size as its saved configuration
-/// space shows it (0 without the capability); `None` for a function
-/// whose state is not a virtio-pci one.
-fn msix_vectors(state: &State) -> Option<u64> {
-    state.get("msix")?;
-    let Some(Val::Struct(pci)) = state.get("pci") else {
-        return None;
-    };
-    let Some(Val::Bytes(config)) = pci.get("config") else {
-        return None;
-    };
-    let at = |i: usize| config.get(i).copied().unwrap_or(0) as usize;
-    let mut cap = at(0x34) & !3;
-    for _ in 0..48 {
-        if cap < 0x40 || cap + 3 >= config.len() {
-            break;
-        }
-        if at(cap) == 0x11 {
-            return Some(((at(cap + 2) | at(cap + 3) << 8) & 0x7ff) as u64 + 1);
-        }
-        cap = at(cap + 1) & !3;
-    }
-    Some(0)
 }
 
 /// `0000:BB:DD.F/NAME` -> (address, NAME).

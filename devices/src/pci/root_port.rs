@@ -77,6 +77,20 @@ pub struct RootPortConfig {
     pub secondary_bus: u8,
 }
 
+impl RootPortConfig {
+    /// The port `-device pcie-root-port` with resolved properties `props`
+    /// describes, with bus `secondary_bus` behind it.
+    pub fn from_props(props: &crate::model::Props, secondary_bus: u8) -> RootPortConfig {
+        RootPortConfig {
+            chassis: props.uint("chassis").unwrap_or(0) as u8,
+            slot: props.uint("slot").unwrap_or(0) as u16,
+            port: props.uint("port").unwrap_or(0) as u8,
+            cap_present: props.bits("cap_present"),
+            secondary_bus,
+        }
+    }
+}
+
 pub struct RootPort {
     cfg: ConfigSpace,
 }

@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 const BAR_LEGACY: u8 = 0;
 const BAR_MSIX: u8 = 1;
 const BAR_MODERN: u8 = 4;
+/// The MSI-X capability's ID.
+const MSIX_CAP_ID: u8 = 0x11;
 
 // Regions of the modern BAR (QEMU's layout).
 const COMMON: u64 = 0x0000;
@@ -376,7 +378,7 @@ impl VirtioPci {
             ]);
         }
         if tc.vectors > 0 {
-            cfg.set_u8(CAP_OFF_MSIX, 0x11);
+            cfg.set_u8(CAP_OFF_MSIX, MSIX_CAP_ID);
             cfg.set_u16(CAP_OFF_MSIX + 2, tc.vectors - 1);
             cfg.set_wmask_u16(CAP_OFF_MSIX + 2, 0xc000);
             cfg.set_u32(
@@ -821,6 +823,32 @@ fn put(data: &mut [u8], v: u32) {
     data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
 }
 
+/// The `vectors` a saved virtio-pci state shows: the MSI-X table size in
+/// its configuration space (0 without the capability); `None` for a state
+/// that is not a virtio-pci function's. What a source that carries no
+/// configuration (up to vmm 0.2.0) says of it.
+pub fn vectors_in_state(st: &State) -> Option<u64> {
+    st.get("msix")?;
+    let Some(migration::vmstate::Val::Struct(pci)) = st.get("pci") else {
+        return None;
+    };
+    let Some(migration::vmstate::Val::Bytes(config)) = pci.get("config") else {
+        return None;
+    };
+    let at = |i: usize| config.get(i).copied().unwrap_or(0) as usize;
+    let mut cap = at(config::CAPABILITIES as usize) & !3;
+    for _ in 0..48 {
+        if cap < 0x40 || cap + 3 >= config.len() {
+            break;
+        }
+        if at(cap) == MSIX_CAP_ID as usize {
+            return Some(((at(cap + 2) | at(cap + 3) << 8) & 0x7ff) as u64 + 1);
+        }
+        cap = at(cap + 1) & !3;
+    }
+    Some(0)
+}
+
 /// What a guest sees of a virtio-pci function beyond its configuration
 /// space (`-dump-abi`).
 pub struct GuestView {
@@ -1229,6 +1257,33 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    /// The MSI-X table size a saved state shows is the function's
+    /// `vectors`, whatever it was built with; a state that is not a
+    /// virtio-pci function's says nothing.
+    #[test]
+    fn a_saved_state_tells_its_vectors() {
+        let mem = Memory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        for vectors in [0u16, 2, 5] {
+            let tc = TransportConfig { vectors, ..tc() };
+            let mut d = VirtioPci::new(
+                "rng".into(),
+                Box::new(super::super::rng::Rng::new()),
+                &tc,
+                Arc::new(FakeVm::default()),
+                mem.clone(),
+                &super::super::rng::PCI_VMSTATE,
+            )
+            .unwrap();
+            d.pause();
+            assert_eq!(vectors_in_state(&d.state()), Some(vectors as u64));
+        }
+        let port = crate::pci::host_bridge::HostBridge::new();
+        assert_eq!(
+            vectors_in_state(&crate::pci::PciFunction::state(&port)),
+            None
+        );
     }
 
     /// A refused BAR1 (the MSI-X table's: a function without MSI-X has

@@ -94,7 +94,7 @@ impl<'p> Gather<'p> {
     /// Bytes gathered before a write is due.
     pub const FULL: usize = 1 << 20;
     /// Segments per `writev` (below Linux's IOV_MAX of 1024).
-    pub const MAX_SEGS: usize = 1000;
+    const MAX_SEGS: usize = 1000;
 
     pub fn new() -> Gather<'p> {
         Gather {

@@ -146,13 +146,7 @@ pub(super) fn build(
         let devfn = d
             .devfn
             .ok_or_else(|| anyhow!("pcie-root-port without a PCI address"))?;
-        let port = RootPort::new(&RootPortConfig {
-            chassis: d.props.uint("chassis").unwrap_or(0) as u8,
-            slot: d.props.uint("slot").unwrap_or(0) as u16,
-            port: d.props.uint("port").unwrap_or(0) as u8,
-            cap_present: d.props.bits("cap_present"),
-            secondary_bus,
-        });
+        let port = RootPort::new(&RootPortConfig::from_props(&d.props, secondary_bus));
         root.add(Bdf::new(0, devfn >> 3, devfn & 7), Box::new(port))?;
     }
     // The first board of an incoming VM takes the disk images only when

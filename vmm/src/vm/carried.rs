@@ -115,13 +115,10 @@ pub(super) fn adopt(
                     .iter()
                     .filter(|d| d.props.type_name == "pcie-root-port")
                     .count() as u8;
-                Box::new(RootPort::new(&RootPortConfig {
-                    chassis: props.uint("chassis").unwrap_or(0) as u8,
-                    slot: props.uint("slot").unwrap_or(0) as u16,
-                    port: props.uint("port").unwrap_or(0) as u8,
-                    cap_present: props.bits("cap_present"),
+                Box::new(RootPort::new(&RootPortConfig::from_props(
+                    &props,
                     secondary_bus,
-                }))
+                )))
             }
             _ => return Err(LoadError::new(
                 &device,
