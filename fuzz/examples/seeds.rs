@@ -81,6 +81,7 @@ fn main() {
                 port: 0,
                 cap_present: 0,
                 secondary_bus: 1,
+                writeable_slt: false,
             },
         )),
     ];

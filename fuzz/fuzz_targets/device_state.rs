@@ -51,6 +51,7 @@ fn build(kind: usize) -> Dev {
                 port: 0,
                 cap_present: 0,
                 secondary_bus: 1,
+                writeable_slt: false,
             },
         ))),
         k => Dev::Pci(Box::new(virtio_pci(k - BOARD - PCI, mem))),

@@ -45,6 +45,8 @@ const RELEVANT: &[&str] = &[
 fn vmm_type(qemu: &str) -> &str {
     match qemu {
         "virtio-blk-device" => "virtio-blk-pci",
+        // vmm's only PCI bridge.
+        "base-pci-bridge" => "pcie-root-port",
         other => other,
     }
 }

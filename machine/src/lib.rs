@@ -20,10 +20,19 @@ pub type CompatArray = (
     &'static [(&'static str, &'static str, &'static str)],
 );
 
-/// `hw_compat_X_Y`, newest first, mirroring QEMU's entries for the devices
-/// vmm implements. An array may be empty: the version still exists as a
+/// `hw_compat_X_Y` (and `pc_compat_X_Y`, the board's), newest first,
+/// mirroring QEMU's entries for the devices vmm implements. An array may be empty: the version still exists as a
 /// machine type, and later issues add entries (virtio's, for instance).
 pub const HW_COMPAT: &[CompatArray] = &[
+    // QEMU 8.2 made a PCI Express bridge's Secondary Latency Timer
+    // read-only zero; 8.1 and older let the guest write it. vmm up to
+    // 0.2.0 had it read-only on every machine type: guests started there
+    // keep that through migrations (vmm/src/vm/carried.rs).
+    (
+        "hw_compat_8_1",
+        (8, 1),
+        &[("pcie-root-port", "x-pci-express-writeable-slt-bug", "true")],
+    ),
     ("hw_compat_8_0", (8, 0), &[]),
     // QEMU 8.0 started initialising AER's PCI_ERR_UNCOR_MASK (and made it
     // writable); 7.2 left it zero and read-only. QEMU 8.0.1's fix.
@@ -54,6 +63,15 @@ pub const HW_COMPAT: &[CompatArray] = &[
         "hw_compat_4_2",
         (4, 2),
         &[("virtio-blk-pci", "queue-size", "128")],
+    ),
+    // QEMU 2.11 declared the whole 64-bit PCI window in ACPI; 2.10 and
+    // older only the range firmware gave 64-bit BARs (a pc_compat entry:
+    // the board's host bridge). vmm up to 0.2.0 declared the window on
+    // every machine type: guests started there keep it.
+    (
+        "pc_compat_2_10",
+        (2, 10),
+        &[("q35-pcihost", "x-pci-hole64-fix", "off")],
     ),
     ("hw_compat_2_8", (2, 8), &[]),
     // QEMU 2.8 stopped exposing modern virtio when the backend lacks

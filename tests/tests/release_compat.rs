@@ -273,3 +273,98 @@ fn a_vm_saved_by_either_restores_on_the_other_on_every_machine_type() {
         drop(back);
     }
 }
+
+/// vmm up to 0.2.0 carried no configuration and gave every machine type
+/// a read-only Secondary Latency Timer on its root ports and the whole
+/// 64-bit PCI window in ACPI; pc-q35-2.7 here gives what QEMU's does
+/// (hw_compat_8_1, pc_compat_2_10): a writable timer and no window. A
+/// guest started on the release keeps its hardware on this build, through
+/// a reset (which rebuilds the board and its tables) and onward to
+/// another process started without flags; started fresh, it gets
+/// QEMU's. The guest itself reports both at every boot.
+#[test]
+fn a_guest_from_a_release_keeps_its_bridge_and_acpi_window_through_resets() {
+    const M: &str = "pc-q35-2.7";
+    let Some((version, old)) = releases()
+        .into_iter()
+        .find(|(_, b)| machine_types(b).iter().any(|m| m == M))
+    else {
+        panic!("no recorded release offers {M}");
+    };
+    let dir = TempDir::new("release-bridge-acpi");
+    let node = |name: &str, binary: Option<&PathBuf>, extra: &[&str]| {
+        let sock = dir.path(&format!("{name}.sock"));
+        let mut v = Vmm::new()
+            .args(["-M", M, "-m", "128M"])
+            .args(["-device", "pcie-root-port,id=rp0,chassis=1"])
+            .args([
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", sock.display()),
+            ])
+            .args(extra)
+            .append("cpus=1 work=mem,counter mem_mb=16 tick_ms=100 max_gap_ms=5000 seed=5");
+        v.binary = binary.cloned();
+        let mut cmd = v.command();
+        cmd.env("RUST_LOG", "info");
+        let vm = Vm::spawn(name, cmd);
+        Qmp::connect(&sock, T);
+        (vm, sock)
+    };
+    // Boots so far that showed (timer writable, 64-bit windows).
+    let seen = |vm: &Vm, writable: &str, windows: &str| {
+        let t = vm.count(|l| l.starts_with("pci.00:01.0.bridge") && l.ends_with(writable));
+        let w = vm.count(|l| l == format!("acpi.dsdt.qword_memory_windows={windows}"));
+        (t, w)
+    };
+    let reboot = |vm: &Vm, sock: &PathBuf, boots: usize| {
+        Qmp::connect(sock, T).execute("system_reset", json!({}));
+        let deadline = std::time::Instant::now() + BOOT;
+        while vm.count(|l| l.starts_with("pci.00:01.0.bridge")) < boots {
+            assert!(std::time::Instant::now() < deadline, "{}", vm.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let migrate = |from: &PathBuf, to: &str| {
+        let mut q = Qmp::connect(from, T);
+        q.execute("migrate", json!({ "uri": to }));
+        assert_eq!(q.wait_migration(T)["status"], "completed");
+    };
+
+    let (src, src_sock) = node(&version, Some(&old), &[]);
+    src.wait_prefix("mem.filled", BOOT);
+    assert_eq!(seen(&src, "writable=0x0", "1"), (1, 1), "{}", src.log());
+
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (mut one, one_sock) = node("this-build", None, &["-incoming", &uri]);
+    migrate(&src_sock, &uri);
+    drop(src);
+    one.wait_ticks(one.ticks() + 2, T);
+    one.verify_memory(T);
+    for kept in [
+        "x-pci-express-writeable-slt-bug=off (here on)",
+        "x-pci-hole64-fix=on (here off)",
+    ] {
+        assert!(one.log().contains(kept), "{kept}\n{}", one.log());
+    }
+    reboot(&one, &one_sock, 1);
+    one.wait_prefix("mem.filled", BOOT);
+    assert_eq!(seen(&one, "writable=0x0", "1"), (1, 1), "{}", one.log());
+
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (two, two_sock) = node("onward", None, &["-incoming", &uri]);
+    migrate(&one_sock, &uri);
+    drop(one);
+    reboot(&two, &two_sock, 1);
+    two.wait_prefix("mem.filled", BOOT);
+    assert_eq!(seen(&two, "writable=0x0", "1"), (1, 1), "{}", two.log());
+    drop(two);
+
+    let (fresh, _) = node("fresh", None, &[]);
+    fresh.wait_prefix("mem.filled", BOOT);
+    assert_eq!(
+        seen(&fresh, "writable=0xff", "0"),
+        (1, 1),
+        "{}",
+        fresh.log()
+    );
+}

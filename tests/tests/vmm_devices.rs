@@ -412,3 +412,42 @@ fn print_config_shows_the_effective_value_of_auto_settings() {
     assert!(prop(&c, "blk", "num-queues").get("setting").is_none());
     assert_eq!(prop(&c, "blk", "vectors")["value"], 0);
 }
+
+/// The board's host bridge has the machine's properties: the compat
+/// arrays set them (pc_compat_2_10 on pc-q35-2.7/2.8), `-global` may too,
+/// `--print-config` shows them with provenance, and `-device` cannot make
+/// a second one.
+#[test]
+fn the_host_bridge_takes_compat_and_global_but_not_device() {
+    let hole64 = |args: &[&str]| {
+        let c = print_config(args);
+        let p = &c["machine"]["host_bridge"]["properties"]["x-pci-hole64-fix"];
+        (
+            p["value"].clone(),
+            p["source"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(
+        hole64(&["-M", "pc-q35-2.7"]),
+        (Value::Bool(false), "compat:pc_compat_2_10".into())
+    );
+    assert_eq!(
+        hole64(&["-M", "pc-q35-5.1"]),
+        (Value::Bool(true), "default".into())
+    );
+    assert_eq!(
+        hole64(&[
+            "-M",
+            "pc-q35-2.8",
+            "-global",
+            "q35-pcihost.x-pci-hole64-fix=on"
+        ]),
+        (Value::Bool(true), "global".into())
+    );
+    let (code, _, err) = vmm(&["-device", "q35-pcihost", "--print-config"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("-device q35-pcihost") && err.contains("-global q35-pcihost."),
+        "{err}"
+    );
+}

@@ -40,9 +40,11 @@ pub fn dump(path: &Path, m: &'static machine::MachineType) -> Result<()> {
 pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
     let mem = devices::virtio::Memory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)])
         .map_err(|e| anyhow!("guest memory: {e}"))?;
+    let host_bridge = devices::model::resolve("q35-pcihost", compat, &[], &[])
+        .map_err(|e| anyhow!("q35-pcihost: {e}"))?;
     let mut devices = vec![function(
         "q35-pcihost",
-        &Map::new(),
+        &properties(&host_bridge),
         &HostBridge::new(),
         None,
     )];
@@ -109,6 +111,7 @@ pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
     let tables = arch::x86_64::acpi::build(&arch::x86_64::acpi::AcpiConfig {
         cpus: CPUS,
         ram: 1 << 30,
+        pci_hole64: host_bridge.bool("x-pci-hole64-fix") != Some(false),
     });
     Ok(json!({
         "machine": m.name,

@@ -233,6 +233,9 @@ pub struct VmConfig {
     /// this VM adopting the source's configuration (QEMU's behaviour).
     pub strict_config: bool,
     pub debug_exit: Option<DebugExitConfig>,
+    /// The board's host bridge (`q35-pcihost`): its properties, resolved
+    /// like a device's, shape the firmware tables.
+    pub host_bridge: Props,
     pub devices: Vec<DeviceConfig>,
     pub qmp: Vec<QmpAddr>,
     /// `-incoming file:PATH` or `-incoming defer`.
@@ -292,6 +295,9 @@ fn parse_devices(
                 "bus" => bus = Some(v.to_string()),
                 _ => props.push((k.to_string(), v.to_string())),
             }
+        }
+        if model::types::BOARD_TYPES.iter().any(|t| t.name == ty) {
+            bail!("-device {ty}: the board has its own {ty}; set its properties with -global {ty}.PROPERTY=VALUE");
         }
         let props = model::resolve(ty, compat, globals, &props)?;
         if let Some(id) = &id {
@@ -432,25 +438,31 @@ pub fn json_value(v: &Value) -> serde_json::Value {
     }
 }
 
+/// Resolved properties with their provenance, as `--print-config` shows
+/// them.
+fn props_json(props: &Props) -> serde_json::Map<String, serde_json::Value> {
+    props
+        .values
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::json!({"value": json_value(&r.value), "type": r.kind.name(), "source": r.source.to_string()});
+            if let Some((setting, source)) = &r.setting {
+                v["setting"] = serde_json::json!({"value": json_value(setting), "source": source.to_string()});
+            }
+            (r.name.to_string(), v)
+        })
+        .collect()
+}
+
 /// `--print-config`: the resolved machine and devices, with provenance.
 pub fn print_config(c: &VmConfig) -> String {
     let devices: Vec<serde_json::Value> = c
         .devices
         .iter()
         .map(|d| {
-            let props: serde_json::Map<String, serde_json::Value> = d
-                .props
-                .values
-                .iter()
-                .map(|r| {
-                    let mut v = serde_json::json!({"value": json_value(&r.value), "type": r.kind.name(), "source": r.source.to_string()});
-                    if let Some((setting, source)) = &r.setting {
-                        v["setting"] = serde_json::json!({"value": json_value(setting), "source": source.to_string()});
-                    }
-                    (r.name.to_string(), v)
-                })
-                .collect();
-            let mut o = serde_json::json!({"id": d.id, "type": d.props.type_name, "properties": props});
+            let props = props_json(&d.props);
+            let mut o =
+                serde_json::json!({"id": d.id, "type": d.props.type_name, "properties": props});
             if let Some(devfn) = d.devfn {
                 o["bus"] = d.bus_name.clone().into();
                 o["addr"] = format!("{:02x}.{}", devfn >> 3, devfn & 7).into();
@@ -467,7 +479,8 @@ pub fn print_config(c: &VmConfig) -> String {
         v
     };
     let cfg = serde_json::json!({
-        "machine": {"type": c.machine.name, "memory": c.memory, "cpus": c.vcpus, "compat_arrays_applied": arrays},
+        "machine": {"type": c.machine.name, "memory": c.memory, "cpus": c.vcpus, "compat_arrays_applied": arrays,
+                    "host_bridge": {"type": c.host_bridge.type_name, "properties": props_json(&c.host_bridge)}},
         "devices": devices,
     });
     serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n"
@@ -509,6 +522,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         .filter(|g| !g.starts_with("migration."))
         .map(|g| model::parse_global(g))
         .collect::<Result<Vec<_>, _>>()?;
+    let host_bridge = model::resolve("q35-pcihost", &compat, &globals, &[])?;
     let devices = match parse_devices(&a, &compat, &globals)? {
         Ok(d) => d,
         Err(help) => return Ok(Action::Print(help)),
@@ -590,6 +604,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         runas: a.runas.clone(),
         strict_config,
         debug_exit,
+        host_bridge,
         devices,
         qmp: a
             .qmp

@@ -193,34 +193,39 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Err
 /// The configuration a stream carries for vmm (its description's `vmm`
 /// key): per PCI function, its address, type and every property the
 /// guest sees (none that names a host backend, nor the address), as this
-/// VM has them. A destination adopts it (`vm/carried.rs`).
+/// VM has them; the board's host bridge at 00:00.0 with the machine's
+/// properties. A destination adopts it (`vm/carried.rs`).
 pub fn carried(cfg: &crate::config::VmConfig) -> serde_json::Value {
-    let devices: Vec<serde_json::Value> = cfg
-        .devices
-        .iter()
-        .filter_map(|d| {
-            let devfn = d.devfn?;
-            let host = host_side(d.props.type_name);
-            let shown = || d.props.values.iter().filter(|r| !host.contains(&r.name));
-            let props: serde_json::Map<String, serde_json::Value> = shown()
-                .map(|r| (r.name.to_string(), serde_json::json!(r.value.to_string())))
-                .collect();
-            // Those at their type's default: a destination (an older
-            // release) that lacks such a property may go without it.
-            let defaults: Vec<&str> = shown()
-                .filter(|r| r.source == devices::model::Source::Default)
-                .map(|r| r.name)
-                .collect();
-            Some(serde_json::json!({
-                "addr": Bdf::new(d.bus, devfn >> 3, devfn & 7).to_string(),
-                "type": d.props.type_name,
-                "properties": props,
-                "defaults": defaults,
-            }))
+    let entry = |at: Bdf, props: &devices::model::Props| {
+        let host = host_side(props.type_name);
+        let shown = || props.values.iter().filter(|r| !host.contains(&r.name));
+        let values: serde_json::Map<String, serde_json::Value> = shown()
+            .map(|r| (r.name.to_string(), serde_json::json!(r.value.to_string())))
+            .collect();
+        // Those at their type's default: a destination (an older
+        // release) that lacks such a property may go without it.
+        let defaults: Vec<&str> = shown()
+            .filter(|r| r.source == devices::model::Source::Default)
+            .map(|r| r.name)
+            .collect();
+        serde_json::json!({
+            "addr": at.to_string(),
+            "type": props.type_name,
+            "properties": values,
+            "defaults": defaults,
         })
+    };
+    let devices: Vec<serde_json::Value> = std::iter::once(entry(HOST_BRIDGE, &cfg.host_bridge))
+        .chain(cfg.devices.iter().filter_map(|d| {
+            let devfn = d.devfn?;
+            Some(entry(Bdf::new(d.bus, devfn >> 3, devfn & 7), &d.props))
+        }))
         .collect();
     serde_json::json!({ "devices": devices })
 }
+
+/// Where the board puts its host bridge.
+pub const HOST_BRIDGE: Bdf = Bdf::new(0, 0, 0);
 
 /// The properties of `type_name` that name something on the host (its
 /// backend) or its slot: not the guest's hardware, never carried.
@@ -235,12 +240,13 @@ pub fn host_side(type_name: &str) -> Vec<&'static str> {
     v
 }
 
-/// Builds the PCI function at an address anew with the configuration its
-/// source's guest has (type, properties in `-device` syntax), where this
-/// VM's differs.
-/// The configuration is the stream's entry for the function (`properties`,
-/// `defaults`).
-pub type Adopt<'a> = dyn FnMut(Bdf, &str, &serde_json::Value) -> Result<(), LoadError> + Send + 'a;
+/// Gives the PCI function at an address the configuration its source's
+/// guest has, where this VM's differs, before it takes its state: the
+/// stream's entry for it (`type`, `properties` in `-device` syntax,
+/// `defaults`), or `None` when the source carried no configuration at all
+/// (vmm up to 0.2.0), then the state tells.
+pub type Adopt<'a> =
+    dyn FnMut(Bdf, Option<&serde_json::Value>, &State) -> Result<(), LoadError> + Send + 'a;
 
 /// A freshly built, stopped board taking a stream; kvm-clock's value
 /// once loaded.
@@ -380,22 +386,10 @@ impl LoadTarget for Target<'_> {
             match carried {
                 Some(carried) => {
                     if let Some(c) = carried.iter().find(|c| c["addr"] == at.as_str()) {
-                        let ty = c["type"].as_str().unwrap_or_default();
-                        (self.adopt)(bdf, ty, c)?;
+                        (self.adopt)(bdf, Some(c), &state)?;
                     }
                 }
-                // A source up to 0.2.0 carries no configuration. What its
-                // guest has is read where the state says it: a virtio
-                // function's MSI-X table size is its `vectors`. Anything
-                // else a guest could see differently is refused by the
-                // function's own load (its read-only registers).
-                None => {
-                    if let Some(vectors) = devices::virtio::pci::vectors_in_state(&state) {
-                        let entry =
-                            serde_json::json!({"properties": {"vectors": vectors.to_string()}});
-                        (self.adopt)(bdf, "", &entry)?;
-                    }
-                }
+                None => (self.adopt)(bdf, None, &state)?,
             }
             let mut root = self.parts.pci.lock().expect("pci lock");
             let f = root.function_mut(bdf).ok_or_else(|| {

@@ -18,6 +18,10 @@ const OEM_TABLE: [u8; 8] = *b"VMMBOARD";
 pub struct AcpiConfig {
     pub cpus: u8,
     pub ram: u64,
+    /// The PCI host's `_CRS` declares the whole 64-bit MMIO window (the
+    /// host bridge's `x-pci-hole64-fix`); without it, only the range
+    /// 64-bit BARs use, and vmm places every BAR below 4 GiB, so none.
+    pub pci_hole64: bool,
 }
 
 /// The tables, ready to copy to `base`.
@@ -57,7 +61,11 @@ fn dsdt(cfg: &AcpiConfig) -> Sdt {
         mmio64_start + layout::PCI_MMIO64_SIZE - 1,
         None,
     );
-    let crs = ResourceTemplate::new(vec![&buses, &cfg_io, &io_lo, &io_hi, &mem32, &mem64]);
+    let mut resources: Vec<&dyn Aml> = vec![&buses, &cfg_io, &io_lo, &io_hi, &mem32];
+    if cfg.pci_hole64 {
+        resources.push(&mem64);
+    }
+    let crs = ResourceTemplate::new(resources);
     let (hid, cid) = (EISAName::new("PNP0A08"), EISAName::new("PNP0A03"));
     let names = [
         Name::new("_HID".into(), &hid),
@@ -240,6 +248,7 @@ mod tests {
         let t = build(&AcpiConfig {
             cpus: 4,
             ram: 5 << 30,
+            pci_hole64: true,
         });
         assert!(t.bytes.len() as u64 <= layout::ACPI_END - layout::ACPI_START);
         let rsdp = &t.bytes[..36];
@@ -275,6 +284,33 @@ mod tests {
             sigs,
             vec![b"FACP".to_vec(), b"APIC".to_vec(), b"MCFG".to_vec()]
         );
+    }
+
+    /// QWord memory descriptors (ACPI 6.4.3.5.1: tag 0x8a, length 0x2b,
+    /// resource type 0) in `aml`.
+    fn qword_memory_windows(aml: &[u8]) -> usize {
+        aml.windows(4)
+            .filter(|w| w[..3] == [0x8a, 0x2b, 0x00] && w[3] == 0)
+            .count()
+    }
+
+    /// The 64-bit window is in the PCI host's _CRS only with
+    /// x-pci-hole64-fix (QEMU's pc-q35-2.7/2.8 declare none when no
+    /// 64-bit BAR is placed, and vmm places none).
+    #[test]
+    fn the_64_bit_window_follows_hole64_fix() {
+        for (fix, want) in [(true, 1), (false, 0)] {
+            let t = build(&AcpiConfig {
+                cpus: 1,
+                ram: 1 << 30,
+                pci_hole64: fix,
+            });
+            let dsdt_at = t.bytes.windows(4).position(|w| w == b"DSDT").unwrap();
+            let len = u32::from_le_bytes(t.bytes[dsdt_at + 4..dsdt_at + 8].try_into().unwrap());
+            let dsdt = &t.bytes[dsdt_at..dsdt_at + len as usize];
+            assert_eq!(dsdt.iter().fold(0u8, |s, b| s.wrapping_add(*b)), 0);
+            assert_eq!(qword_memory_windows(dsdt), want, "hole64 fix {fix}");
+        }
     }
 
     fn count_madt(tab: &[u8], ty: u8) -> usize {

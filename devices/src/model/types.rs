@@ -77,11 +77,16 @@ pub static TYPES: &[TypeInfo] = &[
     },
 ];
 
-/// Every type: the abstract ones, then every device's.
+/// Types the board creates itself, which `-device` cannot: their
+/// properties come from the compat arrays and `-global`.
+pub static BOARD_TYPES: &[&TypeInfo] = &[&crate::pci::host_bridge::TYPE];
+
+/// Every type: the abstract ones, every device's, the board's.
 pub fn all() -> impl Iterator<Item = &'static TypeInfo> {
     TYPES
         .iter()
         .chain(crate::registry::DEVICES.iter().map(|d| &d.info))
+        .chain(BOARD_TYPES.iter().copied())
 }
 
 pub fn find(name: &str) -> Option<&'static TypeInfo> {

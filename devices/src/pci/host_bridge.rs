@@ -3,6 +3,26 @@
 
 use super::config::{self, ConfigSpace};
 use super::PciFunction;
+use crate::model::property::PropKind;
+use crate::model::types::{p, TypeInfo};
+
+/// The `q35-pcihost` type: the board's own (`-device` cannot create it);
+/// its properties are the machine's, set with `-global q35-pcihost.P=V`
+/// and by the compat arrays. They shape what the board's firmware tables
+/// say about the PCI host, not the function's configuration space.
+pub static TYPE: TypeInfo = TypeInfo {
+    name: "q35-pcihost",
+    parent: Some("device"),
+    abstract_: false,
+    bus: None,
+    description: "the Q35 PCI host bridge (the board's)",
+    props: &[p(
+        "x-pci-hole64-fix",
+        PropKind::Bool,
+        "on",
+        "declare the whole 64-bit PCI window in ACPI (off: only what 64-bit BARs use, as QEMU up to 2.10)",
+    )],
+};
 
 pub struct HostBridge {
     cfg: ConfigSpace,

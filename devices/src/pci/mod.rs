@@ -145,7 +145,7 @@ pub fn config_load_error(
 pub struct Bdf(pub u16);
 
 impl Bdf {
-    pub fn new(bus: u8, dev: u8, func: u8) -> Bdf {
+    pub const fn new(bus: u8, dev: u8, func: u8) -> Bdf {
         Bdf((bus as u16) << 8 | ((dev as u16) & 0x1f) << 3 | (func as u16 & 7))
     }
 }

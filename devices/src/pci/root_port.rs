@@ -5,6 +5,11 @@
 //! `cap_present`, as in QEMU): on, it starts at `INTN | TLP_PRF_BLOCKED` and
 //! the guest may write the supported bits (QEMU 8.0); off, it is a
 //! read-only zero (QEMU 7.2). `hw_compat_7_2` turns it off.
+//!
+//! The Secondary Latency Timer (0x1b) means nothing on PCI Express and is
+//! read-only zero, as QEMU 8.2 made it; `x-pci-express-writeable-slt-bug`
+//! (on through `hw_compat_8_1`) keeps it guest-writable, as QEMU up to 8.1
+//! left it.
 
 use super::config::{self, ConfigSpace};
 use super::PciFunction;
@@ -38,6 +43,12 @@ pub static DEVICE: DeviceType = DeviceType {
                 PropKind::U8,
                 "0",
                 "port number in the Link Capabilities",
+            ),
+            p(
+                "x-pci-express-writeable-slt-bug",
+                PropKind::Bool,
+                "off",
+                "keep the Secondary Latency Timer (0x1b) guest-writable, as QEMU up to 8.1 (off: read-only zero)",
             ),
         ],
     },
@@ -75,6 +86,9 @@ pub struct RootPortConfig {
     pub cap_present: u64,
     /// Bus number behind the port, as firmware would assign it.
     pub secondary_bus: u8,
+    /// `x-pci-express-writeable-slt-bug`: the Secondary Latency Timer is
+    /// guest-writable.
+    pub writeable_slt: bool,
 }
 
 impl RootPortConfig {
@@ -87,6 +101,7 @@ impl RootPortConfig {
             port: props.uint("port").unwrap_or(0) as u8,
             cap_present: props.bits("cap_present"),
             secondary_bus,
+            writeable_slt: props.bool("x-pci-express-writeable-slt-bug") == Some(true),
         }
     }
 }
@@ -106,7 +121,16 @@ impl RootPort {
         cfg.set_u8(0x18, 0);
         cfg.set_u8(0x19, c.secondary_bus);
         cfg.set_u8(0x1a, c.secondary_bus);
-        cfg.set_wmask_u32(0x18, 0x00ff_ffff);
+        // Primary, secondary and subordinate bus; the Secondary Latency
+        // Timer only with the 8.1-and-older bug.
+        cfg.set_wmask_u32(
+            0x18,
+            if c.writeable_slt {
+                0xffff_ffff
+            } else {
+                0x00ff_ffff
+            },
+        );
         cfg.set_wmask_u16(0x1c, 0xf0f0); // I/O base/limit
         cfg.set_w1cmask_u16(0x1e, 0xf900); // secondary status
         cfg.set_wmask_u32(0x20, 0xfff0_fff0); // memory base/limit
@@ -170,6 +194,10 @@ impl PciFunction for RootPort {
         let known = [
             (0x00, "PCI_VENDOR_ID/PCI_DEVICE_ID"),
             (0x08, "PCI_CLASS_REVISION"),
+            (
+                0x18,
+                "PCI_PRIMARY_BUS/SECONDARY_BUS/SUBORDINATE_BUS/SEC_LATENCY_TIMER",
+            ),
             (PCIE_CAP, "PCI_EXP capability header"),
             (AER_CAP, "PCI_EXT_CAP (AER header)"),
             (AER_UNCOR_STATUS, "PCI_ERR_UNCOR_STATUS"),
@@ -206,7 +234,29 @@ mod tests {
             port: 0,
             cap_present,
             secondary_bus: 1,
+            writeable_slt: false,
         })
+    }
+
+    /// The Secondary Latency Timer reads back what the guest wrote only
+    /// with `x-pci-express-writeable-slt-bug` (QEMU up to 8.1).
+    #[test]
+    fn secondary_latency_timer_follows_the_property() {
+        let props = |v: &str| {
+            let set = [("x-pci-express-writeable-slt-bug".to_string(), v.to_string())];
+            crate::model::resolve("pcie-root-port", &[], &[], &set).unwrap()
+        };
+        for (v, want) in [("off", 0), ("on", 0x40)] {
+            let mut port = RootPort::new(&RootPortConfig::from_props(&props(v), 1));
+            port.config_write(0x1b, 1, 0x40);
+            assert_eq!(port.config_read(0x1b, 1), want, "slt bug {v}");
+            port.config_write(0x1a, 1, 0x05);
+            assert_eq!(
+                port.config_read(0x1a, 1),
+                0x05,
+                "subordinate bus, slt bug {v}"
+            );
+        }
     }
 
     #[test]

@@ -213,7 +213,25 @@ fn fadt(a: &mut Acpi, t: u64) {
             Some(v) => println!("acpi.dsdt.s5_slp_typ={}", v),
             None => println!("acpi.dsdt.s5=absent"),
         }
+        println!(
+            "acpi.dsdt.qword_memory_windows={}",
+            qword_memory_windows(dsdt)
+        );
     }
+}
+
+/// QWord Address Space Descriptors of memory (tag 0x8a, length 0x2b,
+/// resource type 0) in the AML: the 64-bit PCI window of a _CRS.
+fn qword_memory_windows(dsdt: u64) -> u32 {
+    let len = read32(dsdt + 4) as u64;
+    let mut n = 0;
+    for i in 36..len.saturating_sub(3) {
+        let at = |o: u64| read8(dsdt + i + o);
+        if at(0) == 0x8a && at(1) == 0x2b && at(2) == 0 && at(3) == 0 {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Finds `_S5_` Package { SLP_TYPa, ... } in the AML and returns SLP_TYPa.

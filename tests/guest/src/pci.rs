@@ -359,6 +359,21 @@ fn print_func(f: &Func, ecam: Option<Cfg>) {
             if b.prefetch { ",prefetch" } else { "" }
         );
     }
+    if f.hdr & 0x7f == 1 {
+        // A bridge: whether the guest may set its Secondary Latency Timer
+        // (QEMU up to 8.1 let it on PCI Express; 8.2 made it read-only).
+        let slt = Cfg::Ports.read8(f.bdf, 0x1b);
+        let dword = Cfg::Ports.read32(f.bdf, 0x18);
+        Cfg::Ports.write32(f.bdf, 0x18, dword | 0xff00_0000);
+        let writable = Cfg::Ports.read8(f.bdf, 0x1b);
+        Cfg::Ports.write32(f.bdf, 0x18, dword);
+        println!(
+            "pci.{}.bridge secondary_latency_timer={:#x} writable={:#x}",
+            BdfFmt(f.bdf),
+            slt,
+            writable
+        );
+    }
     if let Some(pcie) = f.cap(0x10) {
         let flags = Cfg::Ports.read16(f.bdf, pcie as u16 + 2);
         println!(

@@ -135,7 +135,7 @@ pub(super) fn build(
     )));
     io.insert(layout::PM_BASE as u64, 12, pm.clone())?;
     let mut root = PciRoot::default();
-    root.add(Bdf::new(0, 0, 0), Box::new(HostBridge::new()))?;
+    root.add(crate::snapshot::HOST_BRIDGE, Box::new(HostBridge::new()))?;
     // Root ports get bus numbers 1, 2, ... behind them, as firmware would.
     for (d, secondary_bus) in cfg
         .devices
@@ -197,6 +197,7 @@ pub(super) fn build(
     let tables = acpi::build(&acpi::AcpiConfig {
         cpus: cfg.vcpus,
         ram: cfg.memory,
+        pci_hole64: cfg.host_bridge.bool("x-pci-hole64-fix") != Some(false),
     });
     mem.write_slice(&tables.bytes, GuestAddress(tables.base))
         .map_err(|e| anyhow!("cannot write ACPI tables: {e}"))?;

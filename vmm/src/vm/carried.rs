@@ -10,63 +10,89 @@
 //! started fresh. A value this build cannot provide (a property it does
 //! not have, a value that does not fit it) refuses the stream before the
 //! guest runs here, naming the device, the property and the value.
+//!
+//! The board's host bridge is carried too (the machine's properties that
+//! shape the firmware tables): adopting them rebuilds nothing, since the
+//! tables the guest has came with its RAM; they shape the tables of every
+//! later reset. A source up to vmm 0.2.0 carried nothing: what it gave
+//! its guest is known ([`as_released`]).
 
 use super::board::Board;
 use super::virtio::virtio_function;
 use crate::config::VmConfig;
+use crate::snapshot::HOST_BRIDGE;
 use devices::model::Props;
 use devices::pci::root_port::{RootPort, RootPortConfig};
 use devices::pci::{Bdf, PciFunction};
 use devices::registry::Build;
-use migration::vmstate::LoadError;
-use serde_json::{Map, Value};
+use migration::vmstate::{LoadError, State};
+use serde_json::{json, Map, Value};
 
-/// What a migration made of one device's configuration: its index in the
-/// VM's devices and its properties with the adopted values.
-pub(super) type Adopted = (usize, Props);
+/// What a migration made of one device's configuration: the device, and
+/// its properties with the adopted values.
+pub(super) enum Adopted {
+    /// The VM's device of that index.
+    Device(usize, Props),
+    /// The board's host bridge.
+    HostBridge(Props),
+}
 
-/// Rebuilds the function at `bdf` of `board` with the source's `carried`
-/// properties where `cfg`'s differ; `None` when nothing differs.
+/// Gives the function at `bdf` of `board` the source's configuration
+/// (`carried`, or what a source that carried none gave its guest, from
+/// the function's `state`) where `cfg`'s differs, rebuilding it; `None`
+/// when nothing differs.
 pub(super) fn adopt(
     cfg: &VmConfig,
     board: &Board,
     bdf: Bdf,
-    type_name: &str,
-    carried: &Value,
+    carried: Option<&Value>,
+    state: &State,
 ) -> Result<Option<Adopted>, LoadError> {
     let at = bdf.to_string();
-    let index = cfg
-        .devices
-        .iter()
-        .position(|d| {
-            d.devfn
-                .is_some_and(|f| Bdf::new(d.bus, f >> 3, f & 7) == bdf)
-        })
-        .ok_or_else(|| {
-            LoadError::new(
-                &at,
-                "the source has a PCI function here that this VM does not",
-            )
-        })?;
-    let d = &cfg.devices[index];
-    // An inferred configuration (a source that carried none) names no type.
-    let type_name = if type_name.is_empty() {
-        d.props.type_name
+    let index = if bdf == HOST_BRIDGE {
+        None
     } else {
-        type_name
+        Some(
+            cfg.devices
+                .iter()
+                .position(|d| {
+                    d.devfn
+                        .is_some_and(|f| Bdf::new(d.bus, f >> 3, f & 7) == bdf)
+                })
+                .ok_or_else(|| {
+                    LoadError::new(
+                        &at,
+                        "the source has a PCI function here that this VM does not",
+                    )
+                })?,
+        )
     };
-    if d.props.type_name != type_name {
+    let here = match index {
+        Some(i) => &cfg.devices[i].props,
+        None => &cfg.host_bridge,
+    };
+    let inferred;
+    let carried = match carried {
+        Some(c) => c,
+        None => {
+            inferred = as_released(here.type_name, state);
+            &inferred
+        }
+    };
+    // An inferred configuration names no type.
+    let type_name = carried["type"].as_str().unwrap_or(here.type_name);
+    if here.type_name != type_name {
         return Err(LoadError::new(
             &at,
             format!(
                 "the source has a {type_name} here, this VM a {}",
-                d.props.type_name
+                here.type_name
             ),
         ));
     }
     let device = format!("{at} {type_name}");
     let host = crate::snapshot::host_side(type_name);
-    let (props, changed, problems) = merge(&d.props, &device, &host, carried);
+    let (props, changed, problems) = merge(here, &device, &host, carried);
     if cfg.strict_config {
         // QEMU's behaviour: nothing adopted; the function's own load then
         // refuses what its guest would see differently, naming the
@@ -89,7 +115,11 @@ pub(super) fn adopt(
         "incoming migration: {device} keeps its guest's hardware: {}",
         changed.join(", ")
     );
-    let mut rebuilt = d.clone();
+    let Some(index) = index else {
+        // The host bridge's properties shape only the firmware tables.
+        return Ok(Some(Adopted::HostBridge(props)));
+    };
+    let mut rebuilt = cfg.devices[index].clone();
     rebuilt.props = props.clone();
     let build_error = |e: anyhow::Error| {
         LoadError::new(
@@ -129,7 +159,26 @@ pub(super) fn adopt(
     f.pause();
     root.add(bdf, f)
         .map_err(|e| LoadError::new(&device, e.to_string()))?;
-    Ok(Some((index, props)))
+    Ok(Some(Adopted::Device(index, props)))
+}
+
+/// What vmm up to 0.2.0, whose streams carry no configuration, gave a
+/// guest where this build's machine types may give another: read from
+/// the state where it tells (a virtio function's MSI-X table size is its
+/// `vectors`), and what 0.2.0 gave on every machine type where it does
+/// not (the Secondary Latency Timer read-only, the whole 64-bit window in
+/// ACPI). What else a guest could see differently, the function's own
+/// load refuses (its read-only registers).
+fn as_released(type_name: &str, state: &State) -> Value {
+    let properties = match type_name {
+        "q35-pcihost" => json!({"x-pci-hole64-fix": "on"}),
+        "pcie-root-port" => json!({"x-pci-express-writeable-slt-bug": "off"}),
+        _ => match devices::virtio::pci::vectors_in_state(state) {
+            Some(v) => json!({"vectors": v.to_string()}),
+            None => json!({}),
+        },
+    };
+    json!({ "properties": properties })
 }
 
 /// `props` with the values of the source's configuration (`carried`:
@@ -182,14 +231,40 @@ fn merge(
 /// Records what a migration adopted in the VM's configuration: it lasts
 /// across resets and goes on with the next migration.
 pub(super) fn record(cfg: &mut VmConfig, adopted: Vec<Adopted>) {
-    for (i, props) in adopted {
-        cfg.devices[i].props = props;
+    for a in adopted {
+        match a {
+            Adopted::Device(i, props) => cfg.devices[i].props = props,
+            Adopted::HostBridge(props) => cfg.host_bridge = props,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream from vmm 0.2.0 carries no configuration: its root port's
+    /// Secondary Latency Timer was read-only and its DSDT had the 64-bit
+    /// window on every machine type, which this build's pc-q35-2.7 gives
+    /// otherwise; the merge brings 0.2.0's back.
+    #[test]
+    fn a_source_that_carried_nothing_gave_what_0_2_0_gave() {
+        let compat = machine::compat_props(machine::find("pc-q35-2.7").unwrap());
+        let state = State::default();
+        for (ty, name, want) in [
+            ("pcie-root-port", "x-pci-express-writeable-slt-bug", false),
+            ("q35-pcihost", "x-pci-hole64-fix", true),
+        ] {
+            let here = devices::model::resolve(ty, &compat, &[], &[]).unwrap();
+            assert_eq!(here.bool(name), Some(!want), "{ty} on pc-q35-2.7 here");
+            let (props, changed, problems) = merge(&here, ty, &[], &as_released(ty, &state));
+            assert!(problems.is_empty(), "{problems:?}");
+            assert_eq!(changed.len(), 1, "{changed:?}");
+            assert_eq!(props.bool(name), Some(want), "{ty}");
+            let r = props.values.iter().find(|r| r.name == name).unwrap();
+            assert_eq!(r.source, devices::model::Source::Migration);
+        }
+    }
 
     /// What the source carries is taken value by value: a difference is
     /// adopted, a property this build lacks is gone without only if the

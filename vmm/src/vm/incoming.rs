@@ -113,9 +113,11 @@ impl Session<'_> {
         let loaded = std::thread::scope(|scope| {
             let h = scope.spawn(|| {
                 let _wake = Wake(wake);
-                let mut adopt = |bdf, ty: &str, entry: &serde_json::Value| {
-                    super::carried::adopt(cfg, board, bdf, ty, entry).map(|a| adopted.extend(a))
-                };
+                let mut adopt =
+                    |bdf, entry: Option<&serde_json::Value>, state: &migration::vmstate::State| {
+                        super::carried::adopt(cfg, board, bdf, entry, state)
+                            .map(|a| adopted.extend(a))
+                    };
                 let mut target =
                     crate::snapshot::Target::new(&parts, &mut adopt).map_err(|e| LoadFailed {
                         error: e.into(),

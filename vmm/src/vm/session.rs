@@ -136,9 +136,10 @@ impl Session<'_> {
         let parts = self.parts(0);
         let (cfg, board) = (&*self.cfg, self.board);
         let mut adopted = vec![];
-        let mut adopt = |bdf, ty: &str, entry: &serde_json::Value| {
-            super::carried::adopt(cfg, board, bdf, ty, entry).map(|a| adopted.extend(a))
-        };
+        let mut adopt =
+            |bdf, entry: Option<&serde_json::Value>, state: &migration::vmstate::State| {
+                super::carried::adopt(cfg, board, bdf, entry, state).map(|a| adopted.extend(a))
+            };
         let mut target = crate::snapshot::Target::new(&parts, &mut adopt)?;
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
         migration::file::load(path, self.cfg.machine.name, &mut target, &ram)
