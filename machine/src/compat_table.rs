@@ -75,7 +75,9 @@ fn markdown() -> String {
          Generated from `machine/compat/vmm.tsv` (`VMM_BLESS=1 cargo test -p machine`);\n\
          QEMU's entries are `machine/compat/qemu-10.0.13.tsv`. Every QEMU 10.0\n\
          `hw_compat_X_Y` / `pc_compat_X_Y` entry for X.Y from 2.7 to 9.2 that reaches a\n\
-         device type vmm implements, or a QEMU parent of one, with what vmm does about it:\n\n\
+         device type vmm implements, or a QEMU parent of one, with what vmm does about it\n\
+         (and the machine class options QEMU sets in code that vmm models as properties,\n\
+         under the name of QEMU's function):\n\n\
          - **applied**: in `HW_COMPAT` (machine/src/lib.rs);\n\
          - **equivalent**: no entry, and vmm's machine types show the guest what QEMU's do;\n\
          - **not modelled**: vmm has no such feature on any machine type (where QEMU's newer\n  machine types have it, a gap, not a compat bug);\n\

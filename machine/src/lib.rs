@@ -51,6 +51,15 @@ pub const HW_COMPAT: &[CompatArray] = &[
         &[("virtio-rng-pci", "vectors", "0")],
     ),
     ("hw_compat_5_2", (5, 2), &[]),
+    // QEMU 5.2 gave PCI0 the _UID 0; 5.1 and older say 1 (QEMU sets it
+    // in pc_q35_machine_5_1_options, a machine class field rather than a
+    // compat property; here it is the board's host bridge's). vmm up to
+    // 0.2.0 said 0 on every machine type: guests started there keep it.
+    (
+        "pc_q35_machine_5_1_options",
+        (5, 1),
+        &[("q35-pcihost", "x-pci-root-uid", "1")],
+    ),
     // QEMU 5.2 gave virtio-blk one queue per vCPU (QEMU sets this on
     // virtio-blk-device, the device inside virtio-blk-pci).
     (

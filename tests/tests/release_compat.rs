@@ -275,9 +275,10 @@ fn a_vm_saved_by_either_restores_on_the_other_on_every_machine_type() {
 }
 
 /// vmm up to 0.2.0 carried no configuration and gave every machine type
-/// a read-only Secondary Latency Timer on its root ports and the whole
-/// 64-bit PCI window in ACPI; pc-q35-2.7 here gives what QEMU's does
-/// (hw_compat_8_1, pc_compat_2_10): a writable timer and no window. A
+/// a read-only Secondary Latency Timer on its root ports, the whole
+/// 64-bit PCI window in ACPI and PCI0._UID 0; pc-q35-2.7 here gives what
+/// QEMU's does (hw_compat_8_1, pc_compat_2_10, the 5.1 machine class):
+/// a writable timer, no window, _UID 1. A
 /// guest started on the release keeps its hardware on this build, through
 /// a reset (which rebuilds the board and its tables) and onward to
 /// another process started without flags; started fresh, it gets
@@ -310,11 +311,17 @@ fn a_guest_from_a_release_keeps_its_bridge_and_acpi_window_through_resets() {
         Qmp::connect(&sock, T);
         (vm, sock)
     };
-    // Boots so far that showed (timer writable, 64-bit windows).
-    let seen = |vm: &Vm, writable: &str, windows: &str| {
+    // Boots so far that showed 0.2.0's hardware, and QEMU 2.7's.
+    let seen = |vm: &Vm, released: bool| {
+        let (writable, windows, uid) = if released {
+            ("writable=0x0", "1", "0")
+        } else {
+            ("writable=0xff", "0", "1")
+        };
         let t = vm.count(|l| l.starts_with("pci.00:01.0.bridge") && l.ends_with(writable));
         let w = vm.count(|l| l == format!("acpi.dsdt.qword_memory_windows={windows}"));
-        (t, w)
+        let u = vm.count(|l| l == format!("acpi.dsdt.pci0_uid={uid}"));
+        (t, w, u)
     };
     let reboot = |vm: &Vm, sock: &PathBuf, boots: usize| {
         Qmp::connect(sock, T).execute("system_reset", json!({}));
@@ -332,7 +339,7 @@ fn a_guest_from_a_release_keeps_its_bridge_and_acpi_window_through_resets() {
 
     let (src, src_sock) = node(&version, Some(&old), &[]);
     src.wait_prefix("mem.filled", BOOT);
-    assert_eq!(seen(&src, "writable=0x0", "1"), (1, 1), "{}", src.log());
+    assert_eq!(seen(&src, true), (1, 1, 1), "{}", src.log());
 
     let uri = format!("tcp:127.0.0.1:{}", free_port());
     let (mut one, one_sock) = node("this-build", None, &["-incoming", &uri]);
@@ -343,12 +350,13 @@ fn a_guest_from_a_release_keeps_its_bridge_and_acpi_window_through_resets() {
     for kept in [
         "x-pci-express-writeable-slt-bug=off (here on)",
         "x-pci-hole64-fix=on (here off)",
+        "x-pci-root-uid=0 (here 1)",
     ] {
         assert!(one.log().contains(kept), "{kept}\n{}", one.log());
     }
     reboot(&one, &one_sock, 1);
     one.wait_prefix("mem.filled", BOOT);
-    assert_eq!(seen(&one, "writable=0x0", "1"), (1, 1), "{}", one.log());
+    assert_eq!(seen(&one, true), (1, 1, 1), "{}", one.log());
 
     let uri = format!("tcp:127.0.0.1:{}", free_port());
     let (two, two_sock) = node("onward", None, &["-incoming", &uri]);
@@ -356,15 +364,10 @@ fn a_guest_from_a_release_keeps_its_bridge_and_acpi_window_through_resets() {
     drop(one);
     reboot(&two, &two_sock, 1);
     two.wait_prefix("mem.filled", BOOT);
-    assert_eq!(seen(&two, "writable=0x0", "1"), (1, 1), "{}", two.log());
+    assert_eq!(seen(&two, true), (1, 1, 1), "{}", two.log());
     drop(two);
 
     let (fresh, _) = node("fresh", None, &[]);
     fresh.wait_prefix("mem.filled", BOOT);
-    assert_eq!(
-        seen(&fresh, "writable=0xff", "0"),
-        (1, 1),
-        "{}",
-        fresh.log()
-    );
+    assert_eq!(seen(&fresh, false), (1, 1, 1), "{}", fresh.log());
 }

@@ -435,6 +435,19 @@ fn the_host_bridge_takes_compat_and_global_but_not_device() {
         hole64(&["-M", "pc-q35-5.1"]),
         (Value::Bool(true), "default".into())
     );
+    let uid = |m: &str| {
+        let c = print_config(&["-M", m]);
+        let p = &c["machine"]["host_bridge"]["properties"]["x-pci-root-uid"];
+        (
+            p["value"].as_u64(),
+            p["source"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(
+        uid("pc-q35-5.1"),
+        (Some(1), "compat:pc_q35_machine_5_1_options".into())
+    );
+    assert_eq!(uid("pc-q35-5.2"), (Some(0), "default".into()));
     assert_eq!(
         hole64(&[
             "-M",

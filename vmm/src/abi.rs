@@ -112,6 +112,7 @@ pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
         cpus: CPUS,
         ram: 1 << 30,
         pci_hole64: host_bridge.bool("x-pci-hole64-fix") != Some(false),
+        pci_root_uid: host_bridge.uint("x-pci-root-uid").unwrap_or(0) as u8,
     });
     Ok(json!({
         "machine": m.name,

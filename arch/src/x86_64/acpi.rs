@@ -22,6 +22,8 @@ pub struct AcpiConfig {
     /// host bridge's `x-pci-hole64-fix`); without it, only the range
     /// 64-bit BARs use, and vmm places every BAR below 4 GiB, so none.
     pub pci_hole64: bool,
+    /// The PCI host's `_UID` (the host bridge's `x-pci-root-uid`).
+    pub pci_root_uid: u8,
 }
 
 /// The tables, ready to copy to `base`.
@@ -72,7 +74,7 @@ fn dsdt(cfg: &AcpiConfig) -> Sdt {
         Name::new("_CID".into(), &cid),
         Name::new("_ADR".into(), &aml::ZERO),
         Name::new("_SEG".into(), &aml::ZERO),
-        Name::new("_UID".into(), &aml::ZERO),
+        Name::new("_UID".into(), &cfg.pci_root_uid),
         Name::new("_BBN".into(), &aml::ZERO),
         Name::new("_CRS".into(), &crs),
     ];
@@ -249,6 +251,7 @@ mod tests {
             cpus: 4,
             ram: 5 << 30,
             pci_hole64: true,
+            pci_root_uid: 0,
         });
         assert!(t.bytes.len() as u64 <= layout::ACPI_END - layout::ACPI_START);
         let rsdp = &t.bytes[..36];
@@ -304,12 +307,35 @@ mod tests {
                 cpus: 1,
                 ram: 1 << 30,
                 pci_hole64: fix,
+                pci_root_uid: 0,
             });
             let dsdt_at = t.bytes.windows(4).position(|w| w == b"DSDT").unwrap();
             let len = u32::from_le_bytes(t.bytes[dsdt_at + 4..dsdt_at + 8].try_into().unwrap());
             let dsdt = &t.bytes[dsdt_at..dsdt_at + len as usize];
             assert_eq!(dsdt.iter().fold(0u8, |s, b| s.wrapping_add(*b)), 0);
             assert_eq!(qword_memory_windows(dsdt), want, "hole64 fix {fix}");
+        }
+    }
+
+    /// PCI0's `_UID` is the host bridge's (QEMU's pc-q35-5.1 and older
+    /// say 1, newer 0), encoded as QEMU does (ZeroOp, OneOp).
+    #[test]
+    fn the_pci_root_uid_is_the_host_bridges() {
+        for (uid, op) in [(0u8, 0x00u8), (1, 0x01)] {
+            let t = build(&AcpiConfig {
+                cpus: 1,
+                ram: 1 << 30,
+                pci_hole64: true,
+                pci_root_uid: uid,
+            });
+            let pci0 = t.bytes.windows(4).position(|w| w == b"PCI0").unwrap();
+            let at = pci0
+                + t.bytes[pci0..]
+                    .windows(4)
+                    .position(|w| w == b"_UID")
+                    .unwrap();
+            assert_eq!(t.bytes[at - 1], 0x08, "NameOp");
+            assert_eq!(t.bytes[at + 4], op, "_UID {uid}");
         }
     }
 

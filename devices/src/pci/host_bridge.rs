@@ -16,12 +16,20 @@ pub static TYPE: TypeInfo = TypeInfo {
     abstract_: false,
     bus: None,
     description: "the Q35 PCI host bridge (the board's)",
-    props: &[p(
-        "x-pci-hole64-fix",
-        PropKind::Bool,
-        "on",
-        "declare the whole 64-bit PCI window in ACPI (off: only what 64-bit BARs use, as QEMU up to 2.10)",
-    )],
+    props: &[
+        p(
+            "x-pci-hole64-fix",
+            PropKind::Bool,
+            "on",
+            "declare the whole 64-bit PCI window in ACPI (off: only what 64-bit BARs use, as QEMU up to 2.10)",
+        ),
+        p(
+            "x-pci-root-uid",
+            PropKind::U8,
+            "0",
+            "PCI0._UID in the DSDT (1 on QEMU's pc-q35-5.1 and older, a machine class option there)",
+        ),
+    ],
 };
 
 pub struct HostBridge {

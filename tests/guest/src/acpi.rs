@@ -217,6 +217,26 @@ fn fadt(a: &mut Acpi, t: u64) {
             "acpi.dsdt.qword_memory_windows={}",
             qword_memory_windows(dsdt)
         );
+        match pci0_uid(dsdt) {
+            Some(v) => println!("acpi.dsdt.pci0_uid={}", v),
+            None => println!("acpi.dsdt.pci0_uid=absent"),
+        }
+    }
+}
+
+/// `Name (_UID, n)` in Device (PCI0): the first `_UID` after `PCI0`.
+fn pci0_uid(dsdt: u64) -> Option<u8> {
+    let len = read32(dsdt + 4) as u64;
+    let pci0 = (36..len.saturating_sub(4)).find(|&i| &sig(dsdt + i) == b"PCI0")?;
+    let at = (pci0..len.saturating_sub(6)).find(|&i| &sig(dsdt + i) == b"_UID")?;
+    if read8(dsdt + at - 1) != 0x08 {
+        return None;
+    }
+    match read8(dsdt + at + 4) {
+        0x00 => Some(0),
+        0x01 => Some(1),
+        0x0a => Some(read8(dsdt + at + 5)),
+        _ => None,
     }
 }
 

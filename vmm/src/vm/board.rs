@@ -198,6 +198,7 @@ pub(super) fn build(
         cpus: cfg.vcpus,
         ram: cfg.memory,
         pci_hole64: cfg.host_bridge.bool("x-pci-hole64-fix") != Some(false),
+        pci_root_uid: cfg.host_bridge.uint("x-pci-root-uid").unwrap_or(0) as u8,
     });
     mem.write_slice(&tables.bytes, GuestAddress(tables.base))
         .map_err(|e| anyhow!("cannot write ACPI tables: {e}"))?;

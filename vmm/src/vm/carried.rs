@@ -167,11 +167,11 @@ pub(super) fn adopt(
 /// the state where it tells (a virtio function's MSI-X table size is its
 /// `vectors`), and what 0.2.0 gave on every machine type where it does
 /// not (the Secondary Latency Timer read-only, the whole 64-bit window in
-/// ACPI). What else a guest could see differently, the function's own
+/// ACPI, PCI0._UID 0). What else a guest could see differently, the function's own
 /// load refuses (its read-only registers).
 fn as_released(type_name: &str, state: &State) -> Value {
     let properties = match type_name {
-        "q35-pcihost" => json!({"x-pci-hole64-fix": "on"}),
+        "q35-pcihost" => json!({"x-pci-hole64-fix": "on", "x-pci-root-uid": "0"}),
         "pcie-root-port" => json!({"x-pci-express-writeable-slt-bug": "off"}),
         _ => match devices::virtio::pci::vectors_in_state(state) {
             Some(v) => json!({"vectors": v.to_string()}),
@@ -259,7 +259,8 @@ mod tests {
             assert_eq!(here.bool(name), Some(!want), "{ty} on pc-q35-2.7 here");
             let (props, changed, problems) = merge(&here, ty, &[], &as_released(ty, &state));
             assert!(problems.is_empty(), "{problems:?}");
-            assert_eq!(changed.len(), 1, "{changed:?}");
+            let others = usize::from(ty == "q35-pcihost"); // x-pci-root-uid
+            assert_eq!(changed.len(), 1 + others, "{changed:?}");
             assert_eq!(props.bool(name), Some(want), "{ty}");
             let r = props.values.iter().find(|r| r.name == name).unwrap();
             assert_eq!(r.source, devices::model::Source::Migration);
