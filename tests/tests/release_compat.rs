@@ -371,3 +371,134 @@ fn a_guest_from_a_release_keeps_its_bridge_and_acpi_window_through_resets() {
     fresh.wait_prefix("mem.filled", BOOT);
     assert_eq!(seen(&fresh, false), (1, 1, 1), "{}", fresh.log());
 }
+
+/// The VM every kept stream is of (`tests/compat/vmm-VERSION/streams/`):
+/// its size and vCPUs, with every virtio device, and the guest it ran: a
+/// small one, so that a stream (untouched pages are not in it) is small.
+const STREAM_VM: [&str; 4] = ["-m", "128M", "-smp", "2"];
+const STREAM_GUEST: &str =
+    "cpus=2 work=mem,counter mem_pages=32 tick_ms=100 max_gap_ms=5000 seed=21";
+
+/// Where release `version`'s kept streams are.
+fn streams_of(version: &str) -> PathBuf {
+    vmm_tests::workspace().join(format!("tests/compat/vmm-{version}/streams"))
+}
+
+/// Not a check: `scripts/freeze-streams.sh VERSION` runs it to keep, for
+/// a recorded release, one saved stream per machine type it offers (the
+/// guest running, every device in use), gzipped, for
+/// `every_kept_stream_loads_and_runs_on_this_build`.
+#[test]
+#[ignore = "run by scripts/freeze-streams.sh"]
+fn freeze_saved_streams() {
+    let version = std::env::var("VMM_FREEZE_STREAMS").expect("VMM_FREEZE_STREAMS=VERSION");
+    let (_, binary) = releases()
+        .into_iter()
+        .find(|(v, _)| *v == version)
+        .unwrap_or_else(|| panic!("{version} is not a recorded release that migrates"));
+    let out = streams_of(&version);
+    std::fs::create_dir_all(&out).expect("create the streams directory");
+    for machine in machine_types(&binary) {
+        let dir = TempDir::new(&format!("freeze-{version}-{machine}"));
+        let tap = TapEcho::start();
+        let sock = dir.path("qmp.sock");
+        let disk = dir.image("disk.img", 1 << 20);
+        let mut v = Vmm::new()
+            .args(["-M", &machine])
+            .args(STREAM_VM)
+            .args([
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", sock.display()),
+            ])
+            .args(every_virtio_device(&disk, &tap.netdev("n0")))
+            .append(STREAM_GUEST);
+        v.binary = Some(binary.clone());
+        let vm = v.spawn(&format!("{version}-{machine}"));
+        vm.wait_prefix("mem.filled", BOOT);
+        vm.wait_ticks(3, T);
+        let saved = dir.path("saved.vmm");
+        let mut q = Qmp::connect(&sock, T);
+        q.execute(
+            "migrate",
+            json!({ "uri": format!("file:{}", saved.display()) }),
+        );
+        assert_eq!(q.wait_migration(T)["status"], "completed", "{}", vm.log());
+        let gz = out.join(format!("{machine}.vmm.gz"));
+        let zipped = Command::new("gzip")
+            .args(["-9", "-n", "-c"])
+            .arg(&saved)
+            .output()
+            .expect("run gzip");
+        assert!(zipped.status.success());
+        std::fs::write(&gz, &zipped.stdout).expect("write the stream");
+        eprintln!(
+            "{}: {} bytes ({} gzipped)",
+            gz.display(),
+            std::fs::metadata(&saved).map(|m| m.len()).unwrap_or(0),
+            zipped.stdout.len()
+        );
+    }
+}
+
+/// A VM saved by every release that migrates, on every machine type it
+/// offered, kept in the repository: this build loads each (no old binary
+/// needed) into a VM of the same shape and the guest runs on and finds
+/// every page it wrote.
+#[test]
+fn every_kept_stream_loads_and_runs_on_this_build() {
+    let record = std::fs::read_to_string(vmm_tests::workspace().join("tests/compat/releases"))
+        .expect("read tests/compat/releases");
+    let mut loaded = 0;
+    for line in record.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() != 3 || f[2] != "live" {
+            continue;
+        }
+        let version = f[0];
+        // The machine types the release offered: its vmstate dumps.
+        let dumps = vmm_tests::workspace().join(format!("tests/compat/vmm-{version}"));
+        let mut machines: Vec<String> = std::fs::read_dir(&dumps)
+            .unwrap_or_else(|e| panic!("{}: {e}", dumps.display()))
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".json").map(String::from))
+            .collect();
+        machines.sort();
+        for machine in machines {
+            let gz = streams_of(version).join(format!("{machine}.vmm.gz"));
+            assert!(
+                gz.exists(),
+                "{version} offered {machine} but kept no stream of it: scripts/freeze-streams.sh {version}"
+            );
+            let dir = TempDir::new(&format!("kept-{version}-{machine}"));
+            let stream = dir.write("saved.vmm", &gunzip(&gz));
+            let tap = TapEcho::start();
+            let disk = dir.image("disk.img", 1 << 20);
+            let mut vm = Vmm::new()
+                .args(["-M", &machine])
+                .args(STREAM_VM)
+                .args(every_virtio_device(&disk, &tap.netdev("n0")))
+                .args(["-incoming", &format!("file:{}", stream.display())])
+                .append(STREAM_GUEST)
+                .spawn(&format!("{version}-{machine}-here"));
+            vm.wait_ticks(vm.ticks() + 3, BOOT);
+            vm.verify_memory(T);
+            loaded += 1;
+        }
+    }
+    assert!(loaded > 0, "no release keeps a stream");
+}
+
+fn gunzip(path: &std::path::Path) -> Vec<u8> {
+    let out = Command::new("gzip")
+        .args(["-d", "-c"])
+        .arg(path)
+        .output()
+        .expect("run gzip");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

@@ -1,6 +1,6 @@
 //! Workloads, chosen with `work=` on the command line:
 //!
-//! * `mem`: fill `mem_mb` MiB with a pattern derived from `seed`, the page
+//! * `mem`: fill `mem_mb` MiB (or `mem_pages` pages) with a pattern derived from `seed`, the page
 //!   number and the page's generation, then keep rewriting pages (each CPU
 //!   its own, at `mem_rate` pages/s per CPU or as fast as it can), bumping
 //!   the page's generation each time. A verify (every `verify_ms`, on `v`
@@ -204,7 +204,7 @@ pub fn run(map: &[E820], cmd: &Cmdline) -> Option<&'static str> {
     let max_gap_ms = cmd.u64("max_gap_ms", 0);
     let verify_ms = cmd.u64("verify_ms", 0);
     if mem {
-        let pages = cmd.u64("mem_mb", 16) * 256;
+        let pages = cmd.u64("mem_pages", cmd.u64("mem_mb", 16) * 256).max(1);
         let gens_bytes = (pages * 4).next_multiple_of(PAGE);
         let Some(gens) = region(map, pages * PAGE + gens_bytes) else {
             println!("mem.error=no_region pages={}", pages);
