@@ -44,7 +44,12 @@ fn current_build_stays_compatible_with_every_kept_release() {
         .flatten()
         .filter(|e| e.path().is_dir() && e.file_name().to_string_lossy().starts_with("vmm-"))
     {
-        for dump in std::fs::read_dir(release.path()).unwrap().flatten() {
+        // The dumps; `streams/` holds the release's saved VMs.
+        for dump in std::fs::read_dir(release.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        {
             let machine = dump
                 .path()
                 .file_stem()
