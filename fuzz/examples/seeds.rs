@@ -82,6 +82,8 @@ fn main() {
                 cap_present: 0,
                 secondary_bus: 1,
                 writeable_slt: false,
+            link_speed: 1,
+            link_width: 1,
             },
         )),
     ];

@@ -52,6 +52,8 @@ fn build(kind: usize) -> Dev {
                 cap_present: 0,
                 secondary_bus: 1,
                 writeable_slt: false,
+            link_speed: 1,
+            link_width: 1,
             },
         ))),
         k => Dev::Pci(Box::new(virtio_pci(k - BOARD - PCI, mem))),

@@ -82,6 +82,17 @@ pub const HW_COMPAT: &[CompatArray] = &[
         (2, 10),
         &[("q35-pcihost", "x-pci-hole64-fix", "off")],
     ),
+    // QEMU 4.0 gave the root port a 16 GT/s x32 link; 3.1 and older
+    // x1 at 2.5 GT/s. vmm up to 0.2.0 had x1 at 2.5 GT/s on every machine
+    // type: guests started there keep it.
+    (
+        "hw_compat_3_1",
+        (3, 1),
+        &[
+            ("pcie-root-port", "x-speed", "2_5"),
+            ("pcie-root-port", "x-width", "1"),
+        ],
+    ),
     ("hw_compat_2_8", (2, 8), &[]),
     // QEMU 2.8 stopped exposing modern virtio when the backend lacks
     // VIRTIO_F_VERSION_1, and shrank the notify area to 4 bytes per queue.

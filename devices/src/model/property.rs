@@ -24,6 +24,12 @@ pub enum PropKind {
         word: &'static str,
         bit: u8,
     },
+    /// One of a fixed list of names (a QAPI enum: QEMU's `PCIELinkSpeed`
+    /// and the like), named `name` in help.
+    Enum {
+        name: &'static str,
+        values: &'static [&'static str],
+    },
 }
 
 impl PropKind {
@@ -39,10 +45,14 @@ impl PropKind {
             PropKind::Size => "size",
             PropKind::Str => "str",
             PropKind::PciDevfn => "int32 (slot[.fn])",
+            PropKind::Enum { name, .. } => name,
         }
     }
 
-    fn expected(self) -> &'static str {
+    fn expected(self) -> String {
+        if let PropKind::Enum { values, .. } = self {
+            return format!("one of {}", values.join(", "));
+        }
         match self {
             PropKind::Bool | PropKind::Bit { .. } => "on, off, true, false, yes or no",
             PropKind::OnOffAuto => "on, off or auto",
@@ -55,7 +65,9 @@ impl PropKind {
             PropKind::PciDevfn => {
                 "a PCI slot 0-31 with an optional function 0-7, such as 3 or 0x1f.2"
             }
+            PropKind::Enum { .. } => unreachable!("answered above"),
         }
+        .to_string()
     }
 }
 
@@ -98,7 +110,7 @@ pub struct BadValue {
     pub name: String,
     pub value: String,
     pub kind: &'static str,
-    pub expected: &'static str,
+    pub expected: String,
 }
 
 fn parse_uint(s: &str) -> Option<u64> {
@@ -149,6 +161,9 @@ pub fn parse(name: &str, kind: PropKind, value: &str) -> Result<Value, BadValue>
         PropKind::U64 => parse_uint(value).map(Value::Uint),
         PropKind::Size => parse_size(value).map(Value::Uint),
         PropKind::Str => Some(Value::Str(value.to_string())),
+        PropKind::Enum { values, .. } => values
+            .contains(&value)
+            .then(|| Value::Str(value.to_string())),
         PropKind::PciDevfn => {
             let (slot, func) = value.split_once('.').unwrap_or((value, "0"));
             match (parse_uint(slot), parse_uint(func)) {
@@ -190,6 +205,16 @@ mod tests {
             Ok(Value::Devfn(0xfa))
         );
         assert!(parse("p", PropKind::PciDevfn, "32").is_err());
+        let speed = PropKind::Enum {
+            name: "PCIELinkSpeed",
+            values: &["2_5", "16"],
+        };
+        assert_eq!(parse("p", speed, "2_5"), Ok(Value::Str("2_5".into())));
+        let e = parse("p", speed, "3").unwrap_err().to_string();
+        assert!(
+            e.contains("PCIELinkSpeed") && e.contains("one of 2_5, 16"),
+            "{e}"
+        );
         let e = parse("num-queues", PropKind::U16, "many")
             .unwrap_err()
             .to_string();

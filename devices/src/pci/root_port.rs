@@ -45,6 +45,24 @@ pub static DEVICE: DeviceType = DeviceType {
                 "port number in the Link Capabilities",
             ),
             p(
+                "x-speed",
+                PropKind::Enum {
+                    name: "PCIELinkSpeed",
+                    values: &LINK_SPEEDS,
+                },
+                "16",
+                "maximum link speed in GT/s in the Link Capabilities (2_5: QEMU 3.1's fixed 2.5 GT/s)",
+            ),
+            p(
+                "x-width",
+                PropKind::Enum {
+                    name: "PCIELinkWidth",
+                    values: &LINK_WIDTHS,
+                },
+                "32",
+                "maximum link width in the Link Capabilities (1: QEMU 3.1's fixed x1)",
+            ),
+            p(
                 "x-pci-express-writeable-slt-bug",
                 PropKind::Bool,
                 "off",
@@ -54,6 +72,12 @@ pub static DEVICE: DeviceType = DeviceType {
     },
     build: Build::Board,
 };
+
+/// `x-speed`'s values, in the Link Capabilities' encoding order (1 = 2.5
+/// GT/s).
+pub const LINK_SPEEDS: [&str; 6] = ["2_5", "5", "8", "16", "32", "64"];
+/// `x-width`'s values.
+pub const LINK_WIDTHS: [&str; 7] = ["1", "2", "4", "8", "12", "16", "32"];
 
 /// `cap_present` bit of `x-pcie-err-unc-mask` (QEMU_PCIE_ERR_UNC_MASK_BITNR).
 pub const CAP_ERR_UNC_MASK: u64 = 1 << 4;
@@ -89,6 +113,11 @@ pub struct RootPortConfig {
     /// `x-pci-express-writeable-slt-bug`: the Secondary Latency Timer is
     /// guest-writable.
     pub writeable_slt: bool,
+    /// `x-speed` as the Link Capabilities encode it (1 = 2.5 GT/s ... 6 =
+    /// 64 GT/s).
+    pub link_speed: u8,
+    /// `x-width`: lanes.
+    pub link_width: u8,
 }
 
 impl RootPortConfig {
@@ -102,6 +131,14 @@ impl RootPortConfig {
             cap_present: props.bits("cap_present"),
             secondary_bus,
             writeable_slt: props.bool("x-pci-express-writeable-slt-bug") == Some(true),
+            link_speed: props
+                .str("x-speed")
+                .and_then(|v| LINK_SPEEDS.iter().position(|s| *s == v))
+                .map_or(1, |i| i as u8 + 1),
+            link_width: props
+                .str("x-width")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
         }
     }
 }
@@ -153,7 +190,23 @@ impl RootPort {
         cfg.set_u32(p + 4, 1 << 15); // role-based error reporting
         cfg.set_wmask_u16(p + 8, 0x7cff); // device control
         cfg.set_w1cmask_u16(p + 0x0a, 0x000f); // device status
-        cfg.set_u32(p + 0x0c, (c.port as u32) << 24 | (1 << 20) | (1 << 4) | 1); // link: x1 2.5GT/s, DLL active reporting
+                                               // Link: the port number, DLL active reporting, the maximum width
+                                               // and speed; wider or faster than x1 at 2.5 GT/s, also bandwidth
+                                               // notification, the target speed and the supported speeds (QEMU's
+                                               // pcie_cap_fill_slot_lnk). The link status stays x1 at 2.5 GT/s,
+                                               // what a device behind the port negotiates in QEMU.
+        let (speed, width) = (c.link_speed as u32, c.link_width as u32);
+        let mut lnkcap = (c.port as u32) << 24 | (1 << 20) | (width << 4) | speed;
+        if width > 1 || speed > 1 {
+            lnkcap |= 1 << 21;
+        }
+        cfg.set_u32(p + 0x0c, lnkcap);
+        if speed > 1 {
+            cfg.set_u16(p + 0x30, speed as u16); // LNKCTL2: target link speed
+        }
+        if speed > 2 {
+            cfg.set_u32(p + 0x2c, (1 << (speed + 1)) - 2); // LNKCAP2: 2.5 GT/s up to it
+        }
         cfg.set_wmask_u16(p + 0x10, 0x01fb);
         cfg.set_u16(p + 0x12, 0x2011); // link status: DLL active, x1, 2.5GT/s
         cfg.set_u32(p + 0x14, (c.slot as u32) << 19);
@@ -199,6 +252,9 @@ impl PciFunction for RootPort {
                 "PCI_PRIMARY_BUS/SECONDARY_BUS/SUBORDINATE_BUS/SEC_LATENCY_TIMER",
             ),
             (PCIE_CAP, "PCI_EXP capability header"),
+            (PCIE_CAP + 0x0c, "PCI_EXP_LNKCAP"),
+            (PCIE_CAP + 0x2c, "PCI_EXP_LNKCAP2"),
+            (PCIE_CAP + 0x30, "PCI_EXP_LNKCTL2"),
             (AER_CAP, "PCI_EXT_CAP (AER header)"),
             (AER_UNCOR_STATUS, "PCI_ERR_UNCOR_STATUS"),
             (AER_UNCOR_MASK, "PCI_ERR_UNCOR_MASK"),
@@ -235,7 +291,41 @@ mod tests {
             cap_present,
             secondary_bus: 1,
             writeable_slt: false,
+            link_speed: 1,
+            link_width: 1,
         })
+    }
+
+    /// QEMU's root port link at 16 GT/s x32 (its default since 4.0) and
+    /// at 2.5 GT/s x1 (hw_compat_3_1's), register by register.
+    #[test]
+    fn the_link_follows_speed_and_width() {
+        let props = |speed: &str, width: &str| {
+            let set = [
+                ("x-speed".to_string(), speed.to_string()),
+                ("x-width".to_string(), width.to_string()),
+                ("port".to_string(), "3".to_string()),
+            ];
+            crate::model::resolve("pcie-root-port", &[], &[], &set).unwrap()
+        };
+        let fast = RootPort::new(&RootPortConfig::from_props(&props("16", "32"), 1));
+        let r = |f: &RootPort, o: u16, n| f.config().read(PCIE_CAP + o, n);
+        assert_eq!(
+            r(&fast, 0x0c, 4),
+            0x0330_0204,
+            "LNKCAP: port 3, LBNC, DLLLARC, x32, 16 GT/s"
+        );
+        assert_eq!(
+            r(&fast, 0x12, 2),
+            0x2011,
+            "LNKSTA: DLL active, x1, 2.5 GT/s"
+        );
+        assert_eq!(r(&fast, 0x2c, 4), 0x1e, "LNKCAP2: 2.5 to 16 GT/s");
+        assert_eq!(r(&fast, 0x30, 2), 4, "LNKCTL2: target 16 GT/s");
+        let slow = RootPort::new(&RootPortConfig::from_props(&props("2_5", "1"), 1));
+        assert_eq!(r(&slow, 0x0c, 4), 0x0310_0011, "LNKCAP as vmm 0.2.0 had it");
+        assert_eq!(r(&slow, 0x2c, 4), 0);
+        assert_eq!(r(&slow, 0x30, 2), 0);
     }
 
     /// The Secondary Latency Timer reads back what the guest wrote only

@@ -376,11 +376,14 @@ fn print_func(f: &Func, ecam: Option<Cfg>) {
     }
     if let Some(pcie) = f.cap(0x10) {
         let flags = Cfg::Ports.read16(f.bdf, pcie as u16 + 2);
+        let lnkcap = Cfg::Ports.read32(f.bdf, pcie as u16 + 0x0c);
         println!(
-            "pci.{}.pcie version={} port_type={}",
+            "pci.{}.pcie version={} port_type={} link_max_speed={} link_max_width={}",
             BdfFmt(f.bdf),
             flags & 0xf,
-            (flags >> 4) & 0xf
+            (flags >> 4) & 0xf,
+            lnkcap & 0xf,
+            (lnkcap >> 4) & 0x3f
         );
     }
     if let (Some(cfg), Some(&(_, off))) =
