@@ -25,6 +25,10 @@ pub struct Args {
     /// Number of vCPUs
     #[arg(long = "smp", value_name = "N", default_value = "1")]
     pub smp: String,
+    /// The CPU: host (the default) or a named model, with +FEATURE,
+    /// -FEATURE, FEATURE=on|off, enforce, check, migratable (-cpu help)
+    #[arg(long = "cpu", value_name = "MODEL[,OPTION...]")]
+    pub cpu: Option<String>,
     /// The kernel: an ELF with a PVH entry note (e.g. Linux vmlinux, the test guest)
     #[arg(long = "kernel", value_name = "FILE")]
     pub kernel: Option<PathBuf>,

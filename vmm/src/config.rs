@@ -217,6 +217,11 @@ pub struct VmConfig {
     pub machine: &'static machine::MachineType,
     pub memory: u64,
     pub vcpus: u8,
+    /// `-cpu`.
+    pub cpu: arch::x86_64::cpu::CpuSpec,
+    /// The CPUID table a migration's source gave the guest, which this
+    /// VM keeps for every later board (`vm/carried.rs`).
+    pub cpu_carried: Option<std::sync::Arc<Vec<crate::hypervisor::CpuidEntry>>>,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
@@ -479,7 +484,7 @@ pub fn print_config(c: &VmConfig) -> String {
         v
     };
     let cfg = serde_json::json!({
-        "machine": {"type": c.machine.name, "memory": c.memory, "cpus": c.vcpus, "compat_arrays_applied": arrays,
+        "machine": {"type": c.machine.name, "memory": c.memory, "cpus": c.vcpus, "cpu": c.cpu.to_string(), "compat_arrays_applied": arrays,
                     "host_bridge": {"type": c.host_bridge.type_name, "properties": props_json(&c.host_bridge)}},
         "devices": devices,
     });
@@ -493,6 +498,12 @@ pub fn from_args(a: Args) -> Result<Action> {
     if a.device.iter().any(|d| d == "help") {
         return Ok(Action::Print(model::list()));
     }
+    if a.cpu.as_deref() == Some("help") {
+        // What this host lacks of each model, when /dev/kvm says.
+        let host = crate::kvm::supported_cpuid().ok();
+        return Ok(Action::Print(arch::x86_64::cpu::help(host.as_deref())));
+    }
+    let cpu: arch::x86_64::cpu::CpuSpec = a.cpu.as_deref().unwrap_or("host").parse()?;
     let spec = machine::parse(a.machine.as_deref().unwrap_or(""))?;
     if let Some(p) = a.dump_vmstate {
         return Ok(Action::DumpVmstate(p, spec.machine));
@@ -593,6 +604,8 @@ pub fn from_args(a: Args) -> Result<Action> {
         machine: spec.machine,
         memory,
         vcpus: vcpus as u8,
+        cpu,
+        cpu_carried: None,
         kernel,
         initrd: a.initrd,
         cmdline: a.append,

@@ -31,3 +31,23 @@ pub fn panic_point(point: &str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn panic_point(_point: &str) {}
+
+/// The CPUID features `VMM_TEST_HOST_LACKS` names (comma-separated): a
+/// destination that believes its host lacks them, as a weaker host would.
+#[cfg(feature = "fault-injection")]
+pub fn host_lacks() -> Vec<&'static arch::x86_64::cpu::Feature> {
+    let Ok(v) = std::env::var("VMM_TEST_HOST_LACKS") else {
+        return vec![];
+    };
+    log::warn!("fault injection: this host is taken to lack {v}");
+    v.split(',')
+        .filter_map(arch::x86_64::cpu::feature)
+        .collect()
+}
+
+/// Without the feature: the host is what KVM says.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn host_lacks() -> Vec<&'static arch::x86_64::cpu::Feature> {
+    vec![]
+}

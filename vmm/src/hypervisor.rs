@@ -36,13 +36,18 @@ pub trait ExitHandler: Sync {
 }
 
 /// How an x86_64 vCPU starts.
-pub struct X86BootState {
+pub struct X86BootState<'a> {
     /// The BSP's entry: (rip, rbx, rsi) in 32-bit protected mode; APs have
     /// none and wait for INIT-SIPI.
     pub entry: Option<(u64, u64, u64)>,
     pub apic_id: u32,
     pub cpus: u32,
+    /// The guest's CPUID table (`-cpu`), before this vCPU's topology.
+    pub cpuid: &'a [CpuidEntry],
 }
+
+/// One CPUID leaf as x86 KVM takes it (also what `arch` builds).
+pub type CpuidEntry = kvm_bindings::kvm_cpuid_entry2;
 
 /// Hypervisor state as named raw blobs (the kernel's ABI structs), for
 /// migration. Names are stable: they become field names in the stream.
@@ -57,6 +62,15 @@ pub trait Hypervisor {
 pub trait VcpuX86_64 {
     /// CPUID, the local APIC's wiring, and for the BSP the entry state.
     fn configure(&mut self, boot: &X86BootState) -> Result<(), Error>;
+    /// Gives the vCPU (which has not run) the CPUID table `cpuid`, as
+    /// vCPU `apic_id` of `cpus`.
+    fn set_cpuid(&mut self, cpuid: &[CpuidEntry], apic_id: u32, cpus: u32) -> Result<(), Error>;
+}
+
+/// The x86_64 side of a VM.
+pub trait VmX86_64 {
+    /// The CPUID this host's hypervisor can give a guest.
+    fn supported_cpuid(&self) -> &[CpuidEntry];
 }
 
 pub trait Vcpu: Send {
@@ -76,6 +90,9 @@ pub trait Vcpu: Send {
 
 /// Also what devices need of it ([`devices::virtio::VmOps`]).
 pub trait Vm: devices::virtio::VmOps + Send + Sync {
+    fn x86_64(&self) -> Option<&dyn VmX86_64> {
+        None
+    }
     /// Maps `size` bytes of host memory at `host` to guest address `gpa`.
     ///
     /// # Safety

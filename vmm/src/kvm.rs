@@ -3,7 +3,8 @@
 //! hands them out.
 
 use crate::hypervisor::{
-    Blobs, Error, Exit, ExitHandler, Hypervisor, Vcpu, VcpuX86_64, Vm, X86BootState,
+    Blobs, CpuidEntry, Error, Exit, ExitHandler, Hypervisor, Vcpu, VcpuX86_64, Vm, VmX86_64,
+    X86BootState,
 };
 use devices::virtio::Doorbell;
 use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
@@ -35,7 +36,8 @@ fn err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 
 pub struct KvmVm {
     vm: VmFd,
-    cpuid: CpuId,
+    /// What KVM_GET_SUPPORTED_CPUID says.
+    cpuid: Vec<CpuidEntry>,
     /// The MSRs KVM can save and restore.
     msrs: Vec<u32>,
     /// The memory slots, to turn dirty logging on and off.
@@ -202,6 +204,16 @@ fn from_blobs<S: Described>(b: &Blobs, what: &'static str) -> Result<S, Error> {
     })
 }
 
+/// What KVM_GET_SUPPORTED_CPUID says on this host (for `-cpu help`).
+pub fn supported_cpuid() -> Result<Vec<CpuidEntry>, Error> {
+    let kvm = Kvm::new().map_err(err("cannot open /dev/kvm"))?;
+    Ok(kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(err("KVM_GET_SUPPORTED_CPUID failed"))?
+        .as_slice()
+        .to_vec())
+}
+
 /// Opens /dev/kvm and creates a VM with the in-kernel irqchip and PIT.
 pub fn create_vm() -> Result<KvmVm, Error> {
     let kvm = Kvm::new().map_err(err("cannot open /dev/kvm"))?;
@@ -217,9 +229,14 @@ pub fn create_vm() -> Result<KvmVm, Error> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(err("KVM_CREATE_PIT2 failed"))?;
-    let cpuid = kvm
+    let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(err("KVM_GET_SUPPORTED_CPUID failed"))?;
+        .map_err(err("KVM_GET_SUPPORTED_CPUID failed"))?
+        .as_slice()
+        .to_vec();
+    for f in crate::fault::host_lacks() {
+        arch::x86_64::cpu::clear(&mut cpuid, f);
+    }
     let mut msrs = kvm
         .get_msr_index_list()
         .map_err(err("KVM_GET_MSR_INDEX_LIST failed"))?
@@ -292,7 +309,17 @@ impl devices::virtio::VmOps for KvmVm {
     }
 }
 
+impl VmX86_64 for KvmVm {
+    fn supported_cpuid(&self) -> &[CpuidEntry] {
+        &self.cpuid
+    }
+}
+
 impl Vm for KvmVm {
+    fn x86_64(&self) -> Option<&dyn VmX86_64> {
+        Some(self)
+    }
+
     unsafe fn add_memory(
         &self,
         slot: u32,
@@ -404,7 +431,6 @@ impl Vm for KvmVm {
             .map_err(err("KVM_CREATE_VCPU failed"))?;
         Ok(Box::new(KvmVcpu {
             fd,
-            cpuid: self.cpuid.clone(),
             msrs: self.msrs.clone(),
         }))
     }
@@ -412,7 +438,6 @@ impl Vm for KvmVm {
 
 pub struct KvmVcpu {
     fd: VcpuFd,
-    cpuid: CpuId,
     msrs: Vec<u32>,
 }
 
@@ -423,12 +448,20 @@ const APIC_MODE_EXTINT: u32 = 0x7 << 8;
 const APIC_MODE_NMI: u32 = 0x4 << 8;
 
 impl VcpuX86_64 for KvmVcpu {
-    fn configure(&mut self, boot: &X86BootState) -> Result<(), Error> {
-        let mut cpuid = self.cpuid.clone();
-        arch::x86_64::cpuid::patch(cpuid.as_mut_slice(), boot.apic_id, boot.cpus);
+    fn set_cpuid(&mut self, cpuid: &[CpuidEntry], apic_id: u32, cpus: u32) -> Result<(), Error> {
+        let mut table = cpuid.to_vec();
+        arch::x86_64::cpuid::patch(&mut table, apic_id, cpus);
+        let table = CpuId::from_entries(&table).map_err(|_| Error {
+            what: "KVM_SET_CPUID2 failed",
+            source: std::io::Error::other(format!("{} CPUID entries are too many", table.len())),
+        })?;
         self.fd
-            .set_cpuid2(&cpuid)
-            .map_err(err("KVM_SET_CPUID2 failed"))?;
+            .set_cpuid2(&table)
+            .map_err(err("KVM_SET_CPUID2 failed"))
+    }
+
+    fn configure(&mut self, boot: &X86BootState) -> Result<(), Error> {
+        self.set_cpuid(boot.cpuid, boot.apic_id, boot.cpus)?;
         // LINT0 delivers the 8259's ExtINT, LINT1 NMIs, as firmware would.
         let mut lapic = self.fd.get_lapic().map_err(err("KVM_GET_LAPIC failed"))?;
         for (off, mode) in [

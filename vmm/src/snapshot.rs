@@ -194,8 +194,12 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Err
 /// key): per PCI function, its address, type and every property the
 /// guest sees (none that names a host backend, nor the address), as this
 /// VM has them; the board's host bridge at 00:00.0 with the machine's
-/// properties. A destination adopts it (`vm/carried.rs`).
-pub fn carried(cfg: &crate::config::VmConfig) -> serde_json::Value {
+/// properties; and the CPU the guest was given (`-cpu` and the CPUID
+/// table). A destination adopts it (`vm/carried.rs`).
+pub fn carried(
+    cfg: &crate::config::VmConfig,
+    cpuid: &[crate::hypervisor::CpuidEntry],
+) -> serde_json::Value {
     let entry = |at: Bdf, props: &devices::model::Props| {
         let host = host_side(props.type_name);
         let shown = || props.values.iter().filter(|r| !host.contains(&r.name));
@@ -221,7 +225,41 @@ pub fn carried(cfg: &crate::config::VmConfig) -> serde_json::Value {
             Some(entry(Bdf::new(d.bus, devfn >> 3, devfn & 7), &d.props))
         }))
         .collect();
-    serde_json::json!({ "devices": devices })
+    let cpuid = cfg.cpu_carried.as_deref().map_or(cpuid, |t| t.as_slice());
+    let table: Vec<[u32; 7]> = cpuid
+        .iter()
+        .map(|e| [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx])
+        .collect();
+    serde_json::json!({
+        "devices": devices,
+        // The CPU the guest was given: the destination takes it only if it
+        // can give it (vm/carried.rs).
+        "cpu": {"spec": cfg.cpu.to_string(), "cpuid": table},
+    })
+}
+
+/// A carried CPUID table (`carried`'s `cpu.cpuid`).
+pub fn cpuid_table(v: &serde_json::Value) -> Option<Vec<crate::hypervisor::CpuidEntry>> {
+    v.as_array()?
+        .iter()
+        .map(|e| {
+            let w: Vec<u32> = e
+                .as_array()?
+                .iter()
+                .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+                .collect::<Option<_>>()?;
+            (w.len() == 7).then(|| crate::hypervisor::CpuidEntry {
+                function: w[0],
+                index: w[1],
+                flags: w[2],
+                eax: w[3],
+                ebx: w[4],
+                ecx: w[5],
+                edx: w[6],
+                ..Default::default()
+            })
+        })
+        .collect()
 }
 
 /// Where the board puts its host bridge.
@@ -240,13 +278,25 @@ pub fn host_side(type_name: &str) -> Vec<&'static str> {
     v
 }
 
-/// Gives the PCI function at an address the configuration its source's
-/// guest has, where this VM's differs, before it takes its state: the
-/// stream's entry for it (`type`, `properties` in `-device` syntax,
-/// `defaults`), or `None` when the source carried no configuration at all
-/// (vmm up to 0.2.0), then the state tells.
-pub type Adopt<'a> =
-    dyn FnMut(Bdf, Option<&serde_json::Value>, &State) -> Result<(), LoadError> + Send + 'a;
+/// What a destination makes of the configuration a stream carries, before
+/// the parts it concerns take their state (`vm/carried.rs`).
+pub trait Adopt: Send {
+    /// Gives the PCI function at `bdf` the configuration its source's
+    /// guest has, where this VM's differs: the stream's entry for it
+    /// (`type`, `properties` in `-device` syntax, `defaults`), or `None`
+    /// when the source carried no configuration at all (vmm up to 0.2.0),
+    /// then its `state` tells.
+    fn function(
+        &mut self,
+        bdf: Bdf,
+        carried: Option<&serde_json::Value>,
+        state: &State,
+    ) -> Result<(), LoadError>;
+    /// Before any vCPU takes its state: the CPU the guest was given (the
+    /// stream's `vmm.cpu`: `-cpu` and the CPUID table), or `None` from a
+    /// source that says nothing of it. Refuses a CPU this side cannot give.
+    fn cpu(&mut self, carried: Option<&serde_json::Value>) -> Result<(), LoadError>;
+}
 
 /// A freshly built, stopped board taking a stream; kvm-clock's value
 /// once loaded.
@@ -256,14 +306,17 @@ pub struct Target<'a> {
     hv: &'static Description,
     pub clock: Option<u64>,
     cpus: usize,
+    /// The vCPUs' states, loaded at the end of the stream once the CPU it
+    /// carries (in its description) is found runnable here.
+    cpu_states: Vec<(usize, Blobs)>,
     /// The PCI functions' states, loaded at the end of the stream once
-    /// the configuration it carries (in its description) is adopted.
+    /// the configuration it carries is adopted.
     functions: Vec<(Bdf, State)>,
-    adopt: &'a mut Adopt<'a>,
+    adopt: &'a mut dyn Adopt,
 }
 
 impl<'a> Target<'a> {
-    pub fn new(parts: &'a Parts<'a>, adopt: &'a mut Adopt<'a>) -> Result<Target<'a>, LoadError> {
+    pub fn new(parts: &'a Parts<'a>, adopt: &'a mut dyn Adopt) -> Result<Target<'a>, LoadError> {
         // The hypervisor's own sections, as its backend describes them.
         let cpu = parts
             .vcpus
@@ -278,6 +331,7 @@ impl<'a> Target<'a> {
             hv: parts.vm.state_description(),
             clock: None,
             cpus: 0,
+            cpu_states: vec![],
             functions: vec![],
             adopt,
         })
@@ -319,14 +373,12 @@ impl LoadTarget for Target<'_> {
         let hv_error =
             |e: crate::hypervisor::Error| LoadError::new(id, format!("{e}: {}", e.source));
         if id == self.cpu.name {
-            let vcpu = p
-                .vcpus
-                .get(instance as usize)
-                .ok_or_else(|| LoadError::new(id, format!("no vCPU {instance}")))?;
-            vcpu.lock()
-                .expect("vcpu lock")
-                .restore(&state_to_blobs(self.cpu, state))
-                .map_err(hv_error)?;
+            if instance as usize >= p.vcpus.len() {
+                return Err(LoadError::new(id, format!("no vCPU {instance}")));
+            }
+            // Taken at the end, once the CPU is known to run here.
+            self.cpu_states
+                .push((instance as usize, state_to_blobs(self.cpu, state)));
             self.cpus += 1;
             return Ok(());
         }
@@ -380,16 +432,25 @@ impl LoadTarget for Target<'_> {
                 "the stream has no kvmclock section",
             ));
         }
-        let carried = vmdesc.and_then(|d| d["vmm"]["devices"].as_array());
+        let vmm = vmdesc.and_then(|d| d.get("vmm"));
+        self.adopt.cpu(vmm.and_then(|v| v.get("cpu")))?;
+        for (i, blobs) in std::mem::take(&mut self.cpu_states) {
+            self.parts.vcpus[i]
+                .lock()
+                .expect("vcpu lock")
+                .restore(&blobs)
+                .map_err(|e| LoadError::new(self.cpu.name, format!("{e}: {}", e.source)))?;
+        }
+        let carried = vmm.and_then(|v| v["devices"].as_array());
         for (bdf, state) in std::mem::take(&mut self.functions) {
             let at = bdf.to_string();
             match carried {
                 Some(carried) => {
                     if let Some(c) = carried.iter().find(|c| c["addr"] == at.as_str()) {
-                        (self.adopt)(bdf, Some(c), &state)?;
+                        self.adopt.function(bdf, Some(c), &state)?;
                     }
                 }
-                None => (self.adopt)(bdf, None, &state)?,
+                None => self.adopt.function(bdf, None, &state)?,
             }
             let mut root = self.parts.pci.lock().expect("pci lock");
             let f = root.function_mut(bdf).ok_or_else(|| {

@@ -1,6 +1,7 @@
 //! x86_64: the q35-style board's layout, ACPI tables, boot and CPU set-up.
 
 pub mod acpi;
+pub mod cpu;
 pub mod cpuid;
 pub mod elf;
 pub mod layout;

@@ -364,7 +364,9 @@ cpl0_gate:
     ret
 
 /* rax = op: 1 = rdmsr(rdi), 2 = wrmsr(rdi, rsi), 3 = enable interrupts,
- * 4 = disable interrupts, 5 = triple fault (for the VMM's lifecycle tests) (PVM raises #GP for sti/cli at CPL3 even with
+ * 4 = disable interrupts, 5 = triple fault (for the VMM's lifecycle tests),
+ * 6 = cpuid(leaf rdi, sub-leaf rsi) -> ebx:eax, 7 = the same -> edx:ecx
+ * (CPUID at CPL3 is the host's on PVM; at CPL0 it is the VM's) (PVM raises #GP for sti/cli at CPL3 even with
  * IOPL=3, so IF is changed in the frame iretq returns through). Called with
  * the #UD frame on the stack (vector, error, rip, cs, rflags, ...). */
 gate_op:
@@ -378,6 +380,10 @@ gate_op:
     je 4f
     cmpq $5, %rax
     je 5f
+    cmpq $6, %rax
+    je 6f
+    cmpq $7, %rax
+    je 7f
     movq $-1, %rax
     jmp 9f
 1:
@@ -407,6 +413,26 @@ gate_op:
     /* An empty IDT: the #UD below can be delivered nowhere -> #DF -> shutdown. */
     lidt null_idt_ptr(%rip)
     ud2
+6:
+    pushq %rbx
+    movl %edi, %eax
+    movl %esi, %ecx
+    cpuid
+    shlq $32, %rbx
+    movl %eax, %eax
+    orq %rbx, %rax
+    popq %rbx
+    jmp 9f
+7:
+    pushq %rbx
+    movl %edi, %eax
+    movl %esi, %ecx
+    cpuid
+    shlq $32, %rdx
+    movl %ecx, %eax
+    orq %rdx, %rax
+    popq %rbx
+    jmp 9f
 9:
     addq $2, 16(%rsp)
     addq $16, %rsp

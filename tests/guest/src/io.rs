@@ -82,10 +82,35 @@ pub fn write64(addr: u64, v: u64) {
     unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
 }
 
+/// CPUID at CPL3: on a PVM host without CPUID faulting, the host's.
 pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     let r = core::arch::x86_64::__cpuid_count(leaf, sub);
     (r.eax, r.ebx, r.ecx, r.edx)
 }
+
+/// CPUID through the CPL0 gate: what the VMM configured for this vCPU.
+pub fn cpuid_vm(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+    let ab = gate(6, leaf as u64, sub as u64);
+    let cd = gate(7, leaf as u64, sub as u64);
+    (ab as u32, (ab >> 32) as u32, cd as u32, (cd >> 32) as u32)
+}
+
+/// The leaves (and sub-leaves) that hold QEMU's feature words, and the
+/// identity: what the guest reports of its CPU at boot.
+pub const REPORTED_LEAVES: [(u32, u32); 12] = [
+    (0, 0),
+    (1, 0),
+    (6, 0),
+    (7, 0),
+    (7, 1),
+    (0xd, 0),
+    (0xd, 1),
+    (0x8000_0000, 0),
+    (0x8000_0001, 0),
+    (0x8000_0007, 0),
+    (0x8000_0008, 0),
+    (0x8000_0002, 0),
+];
 
 pub fn rdtsc() -> u64 {
     // SAFETY: rdtsc is allowed at CPL3 (CR4.TSD is clear).

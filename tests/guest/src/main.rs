@@ -98,6 +98,15 @@ extern "C" fn cpu_entry(index: u64, start_info: u64, boot_params: u64) -> ! {
         report::check("cpus.count", want as usize == acpi.cpus);
     }
 
+    // The CPU the VMM gave this vCPU (CPUID at CPL0), one line per leaf.
+    for (leaf, sub) in io::REPORTED_LEAVES {
+        let (a, b, c, d) = io::cpuid_vm(leaf, sub);
+        println!(
+            "cpu.cpuid leaf={:#x} index={} eax={:#x} ebx={:#x} ecx={:#x} edx={:#x}",
+            leaf, sub, a, b, c, d
+        );
+    }
+
     clock::init_cpu(0, acpi.pm_tmr);
     smp::start_aps(&acpi, cmd.u64("ap_timeout_ms", 5000));
     clock::check(

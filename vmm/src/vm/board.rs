@@ -7,7 +7,7 @@ use super::vcpu::{vcpu_loop, Buses, RunGate};
 use super::virtio::add_virtio_devices;
 use super::{Control, GuestMemoryMmap, Outcome};
 use crate::config::{SerialBackend, VmConfig};
-use crate::hypervisor::{Hypervisor, Vcpu, Vm, X86BootState};
+use crate::hypervisor::{CpuidEntry, Hypervisor, Vcpu, Vm, X86BootState};
 use anyhow::{anyhow, Context, Result};
 use arch::x86_64::{acpi, layout, pvh};
 use devices::bus::{Bus, BusDevice};
@@ -34,6 +34,8 @@ pub(super) struct Board {
     /// The vCPUs themselves; each thread locks its own only around KVM_RUN,
     /// so a parked vCPU's state can be read and written.
     pub(super) vcpu_objs: Vec<Arc<Mutex<Box<dyn Vcpu>>>>,
+    /// The CPUID table its vCPUs got (before each one's topology).
+    pub(super) cpuid: Arc<Vec<CpuidEntry>>,
     pub(super) serial: Arc<Mutex<Serial>>,
     /// Host thread id of each vCPU (0 until it has started).
     pub(super) tids: Arc<Vec<AtomicI64>>,
@@ -54,6 +56,7 @@ pub(super) fn build(
     gen: u64,
 ) -> Result<Board> {
     let vm = hypervisor.create_vm()?;
+    let cpuid = guest_cpuid(cfg, &*vm)?;
 
     // Guest RAM: below the PCI hole, the rest from 4 GiB.
     let regions: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.memory)
@@ -242,6 +245,7 @@ pub(super) fn build(
                 entry: (id == 0).then_some(boot),
                 apic_id: id as u32,
                 cpus: cfg.vcpus as u32,
+                cpuid: &cpuid,
             })?;
         let vcpu = Arc::new(Mutex::new(vcpu));
         vcpu_objs.push(vcpu.clone());
@@ -275,6 +279,7 @@ pub(super) fn build(
         mem,
         vcpus: handles,
         vcpu_objs,
+        cpuid,
         serial,
         tids,
         stop,
@@ -282,6 +287,27 @@ pub(super) fn build(
         pci_io,
         pm,
     })
+}
+
+/// The CPUID table the guest's vCPUs get: the one a migration's source
+/// gave it, or else what `-cpu` asks of this host.
+fn guest_cpuid(cfg: &VmConfig, vm: &dyn crate::hypervisor::Vm) -> Result<Arc<Vec<CpuidEntry>>> {
+    if let Some(t) = &cfg.cpu_carried {
+        return Ok(t.clone());
+    }
+    let host = vm
+        .x86_64()
+        .ok_or_else(|| anyhow!("the q35 board needs an x86_64 VM"))?
+        .supported_cpuid();
+    let (table, dropped) = arch::x86_64::cpu::build(&cfg.cpu, host)?;
+    if !dropped.is_empty() {
+        log::warn!(
+            "-cpu {}: this host lacks {}; the guest goes without (check=on)",
+            cfg.cpu,
+            arch::x86_64::cpu::describe(&dropped)
+        );
+    }
+    Ok(Arc::new(table))
 }
 
 impl Board {

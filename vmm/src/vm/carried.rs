@@ -11,6 +11,14 @@
 //! not have, a value that does not fit it) refuses the stream before the
 //! guest runs here, naming the device, the property and the value.
 //!
+//! The CPU travels the same way: the source's `-cpu` and the CPUID table
+//! its guest was given. A destination whose host cannot give every
+//! feature the guest has refuses the stream before any vCPU takes its
+//! state, naming what it lacks; one started with another `-cpu` that
+//! would give the guest a different CPU refuses too; one with the same
+//! `-cpu` whose table differs (another host, another release's model)
+//! gives the guest its source's table.
+//!
 //! The board's host bridge is carried too (the machine's properties that
 //! shape the firmware tables): adopting them rebuilds nothing, since the
 //! tables the guest has came with its RAM; they shape the tables of every
@@ -20,13 +28,16 @@
 use super::board::Board;
 use super::virtio::virtio_function;
 use crate::config::VmConfig;
+use crate::hypervisor::CpuidEntry;
 use crate::snapshot::HOST_BRIDGE;
+use arch::x86_64::cpu::CpuSpec;
 use devices::model::Props;
 use devices::pci::root_port::{RootPort, RootPortConfig};
 use devices::pci::{Bdf, PciFunction};
 use devices::registry::Build;
 use migration::vmstate::{LoadError, State};
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 /// What a migration made of one device's configuration: the device, and
 /// its properties with the adopted values.
@@ -35,13 +46,137 @@ pub(super) enum Adopted {
     Device(usize, Props),
     /// The board's host bridge.
     HostBridge(Props),
+    /// The vCPUs' CPUID table.
+    Cpu(Arc<Vec<CpuidEntry>>),
+}
+
+/// A destination's adoption of what its source's stream carries, for the
+/// stream's load (`snapshot::Target`); [`record`] keeps it afterwards.
+pub(super) struct Adoption<'a> {
+    cfg: &'a VmConfig,
+    board: &'a Board,
+    pub(super) adopted: Vec<Adopted>,
+}
+
+impl<'a> Adoption<'a> {
+    pub(super) fn new(cfg: &'a VmConfig, board: &'a Board) -> Adoption<'a> {
+        Adoption {
+            cfg,
+            board,
+            adopted: vec![],
+        }
+    }
+}
+
+impl crate::snapshot::Adopt for Adoption<'_> {
+    fn function(
+        &mut self,
+        bdf: Bdf,
+        carried: Option<&Value>,
+        state: &State,
+    ) -> Result<(), LoadError> {
+        let a = adopt(self.cfg, self.board, bdf, carried, state)?;
+        self.adopted.extend(a);
+        Ok(())
+    }
+
+    fn cpu(&mut self, carried: Option<&Value>) -> Result<(), LoadError> {
+        let a = cpu(self.cfg, self.board, carried)?;
+        self.adopted.extend(a.map(Adopted::Cpu));
+        Ok(())
+    }
+}
+
+/// Checks the CPU the guest was given (`carried`: the source's `-cpu`
+/// and CPUID table; `None` from vmm up to 0.2.0) against what this VM
+/// gives and its host can; gives the vCPUs the guest's table where this
+/// VM's differs and may.
+fn cpu(
+    cfg: &VmConfig,
+    board: &Board,
+    carried: Option<&Value>,
+) -> Result<Option<Arc<Vec<CpuidEntry>>>, LoadError> {
+    const CPU: &str = "cpu";
+    let host = board
+        .vm
+        .x86_64()
+        .ok_or_else(|| LoadError::new(CPU, "not an x86_64 VM"))?
+        .supported_cpuid();
+    let here: &[CpuidEntry] = &board.cpuid;
+    let Some(c) = carried else {
+        // vmm up to 0.2.0 had no -cpu: its guests got the host's CPU as
+        // KVM supports it, invtsc included. Nothing to check it against.
+        if cfg.cpu != CpuSpec::default() || cfg.strict_config {
+            log::warn!(
+                "incoming migration: the source (vmm up to 0.2.0) says nothing of its CPU; the guest gets this VM's -cpu {}",
+                cfg.cpu
+            );
+            return Ok(None);
+        }
+        let released = CpuSpec {
+            migratable: false,
+            ..CpuSpec::default()
+        };
+        let (t, _) = arch::x86_64::cpu::build(&released, host)
+            .map_err(|e| LoadError::new(CPU, e.to_string()))?;
+        if t == here {
+            return Ok(None);
+        }
+        log::info!("incoming migration: the guest keeps its CPU: -cpu {released}, as vmm up to 0.2.0 gave it");
+        return give(cfg, board, t).map(Some);
+    };
+    let spec = c["spec"].as_str().unwrap_or("?");
+    let guest = crate::snapshot::cpuid_table(&c["cpuid"])
+        .ok_or_else(|| LoadError::new(CPU, "the stream's CPUID table is not a list of leaves"))?;
+    let d = arch::x86_64::cpu::differences(&guest, here, host);
+    if d.is_empty() {
+        return Ok(None);
+    }
+    let said = d.sentences().join("; ");
+    if !d.host_can_give() {
+        return Err(LoadError::new(
+            CPU,
+            format!("the guest's CPU (-cpu {spec} on its source) cannot run on this host: {said}"),
+        )
+        .hint("move it to a host that has these, or start guests with a -cpu model every host of the fleet can give"));
+    }
+    if spec != cfg.cpu.to_string() || cfg.strict_config {
+        return Err(LoadError::new(
+            CPU,
+            format!(
+                "the guest's CPU (-cpu {spec} on its source) is not what this destination's -cpu {} gives: {said}",
+                cfg.cpu
+            ),
+        )
+        .hint("start the destination with the source's -cpu"));
+    }
+    log::info!(
+        "incoming migration: the guest keeps its CPU (-cpu {spec}, as its source gave it): {said}"
+    );
+    give(cfg, board, guest).map(Some)
+}
+
+/// Gives every vCPU (none has run) the CPUID table `t`.
+fn give(
+    cfg: &VmConfig,
+    board: &Board,
+    t: Vec<CpuidEntry>,
+) -> Result<Arc<Vec<CpuidEntry>>, LoadError> {
+    for (i, v) in board.vcpu_objs.iter().enumerate() {
+        let mut v = v.lock().expect("vcpu lock");
+        v.x86_64()
+            .ok_or_else(|| LoadError::new("cpu", "not an x86_64 vCPU"))?
+            .set_cpuid(&t, i as u32, cfg.vcpus as u32)
+            .map_err(|e| LoadError::new("cpu", format!("{e}: {}", e.source)))?;
+    }
+    Ok(Arc::new(t))
 }
 
 /// Gives the function at `bdf` of `board` the source's configuration
 /// (`carried`, or what a source that carried none gave its guest, from
 /// the function's `state`) where `cfg`'s differs, rebuilding it; `None`
 /// when nothing differs.
-pub(super) fn adopt(
+fn adopt(
     cfg: &VmConfig,
     board: &Board,
     bdf: Bdf,
@@ -239,6 +374,7 @@ pub(super) fn record(cfg: &mut VmConfig, adopted: Vec<Adopted>) {
         match a {
             Adopted::Device(i, props) => cfg.devices[i].props = props,
             Adopted::HostBridge(props) => cfg.host_bridge = props,
+            Adopted::Cpu(t) => cfg.cpu_carried = Some(t),
         }
     }
 }

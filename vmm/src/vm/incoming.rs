@@ -109,19 +109,16 @@ impl Session<'_> {
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
         let wake = self.ctl.clone();
         let (cfg, board) = (&*self.cfg, self.board);
-        let mut adopted = vec![];
+        let mut adoption = super::carried::Adoption::new(cfg, board);
         let loaded = std::thread::scope(|scope| {
             let h = scope.spawn(|| {
                 let _wake = Wake(wake);
-                let mut adopt =
-                    |bdf, entry: Option<&serde_json::Value>, state: &migration::vmstate::State| {
-                        super::carried::adopt(cfg, board, bdf, entry, state)
-                            .map(|a| adopted.extend(a))
-                    };
                 let mut target =
-                    crate::snapshot::Target::new(&parts, &mut adopt).map_err(|e| LoadFailed {
-                        error: e.into(),
-                        vm_touched: false,
+                    crate::snapshot::Target::new(&parts, &mut adoption).map_err(|e| {
+                        LoadFailed {
+                            error: e.into(),
+                            vm_touched: false,
+                        }
                     })?;
                 incoming.load(machine, &mut target, &ram)?;
                 Ok(target.clock.unwrap_or_default())
@@ -151,7 +148,8 @@ impl Session<'_> {
             "incoming: loaded (wall {} us)",
             migration::protocol::wall_us()
         );
-        super::carried::record(self.cfg, std::mem::take(&mut adopted));
+        let adopted = std::mem::take(&mut adoption.adopted);
+        super::carried::record(self.cfg, adopted);
         let clock = match loaded {
             Ok(c) => c,
             Err(LoadFailed {

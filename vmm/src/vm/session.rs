@@ -135,17 +135,14 @@ impl Session<'_> {
         self.board.pci.lock().expect("pci lock").pause();
         let parts = self.parts(0);
         let (cfg, board) = (&*self.cfg, self.board);
-        let mut adopted = vec![];
-        let mut adopt =
-            |bdf, entry: Option<&serde_json::Value>, state: &migration::vmstate::State| {
-                super::carried::adopt(cfg, board, bdf, entry, state).map(|a| adopted.extend(a))
-            };
-        let mut target = crate::snapshot::Target::new(&parts, &mut adopt)?;
+        let mut adoption = super::carried::Adoption::new(cfg, board);
+        let mut target = crate::snapshot::Target::new(&parts, &mut adoption)?;
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
         migration::file::load(path, self.cfg.machine.name, &mut target, &ram)
             .with_context(|| format!("cannot restore the VM from {}", path.display()))?;
         let clock = target.clock.unwrap_or_default();
         drop(target);
+        let adopted = std::mem::take(&mut adoption.adopted);
         super::carried::record(self.cfg, adopted);
         self.board.vm.set_clock(clock)?;
         self.board
@@ -301,7 +298,7 @@ impl Session<'_> {
         };
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
         let machine = self.cfg.machine.name;
-        let carried = crate::snapshot::carried(self.cfg);
+        let carried = crate::snapshot::carried(self.cfg, &self.board.cpuid);
         let (ctl, gen, p) = (self.ctl.clone(), self.gen, progress.clone());
         let saver = std::thread::Builder::new()
             .name("save".into())
@@ -351,7 +348,7 @@ impl Session<'_> {
                     let clock = self.saved_clock.unwrap_or_default();
                     crate::snapshot::device_sections(&self.parts(clock)).map_err(|e| e.to_string())
                 });
-                let carried = crate::snapshot::carried(self.cfg);
+                let carried = crate::snapshot::carried(self.cfg, &self.board.cpuid);
                 let _ = reply.send(r.map(|sections| DeviceState {
                     sections,
                     paused_at,

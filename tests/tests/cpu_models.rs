@@ -1,0 +1,290 @@
+//! `-cpu`: QEMU's named models and `host`, with `+feat`/`-feat`, enforced
+//! at start; and the CPU travelling with a migrating guest: a destination
+//! whose host lacks a feature the guest was given refuses it, naming the
+//! feature, and the source runs on.
+//!
+//! What the guest sees is read by the guest itself (CPUID executed at
+//! CPL0, `cpu.cpuid` lines). On these PVM hosts a guest's CPUID reflects
+//! vmm's table for the features KVM reports as supported and the identity
+//! leaves; features KVM does not report (SSE3, AVX2, ...) the guest sees
+//! as the host has them whatever the table says, so the tests hide and
+//! check features KVM reports (x2apic, lahf-lm, ...).
+
+use arch::x86_64::cpu;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use vmm_tests::console::Vm;
+use vmm_tests::qmp::Qmp;
+use vmm_tests::vmm::Vmm;
+use vmm_tests::{free_port, TempDir};
+
+const T: Duration = Duration::from_secs(60);
+const GUEST: &str = "cpus=1 work=mem,counter mem_mb=8 tick_ms=100 max_gap_ms=5000 seed=3";
+
+fn vmm(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(vmm_tests::vmm::binary())
+        .args(args)
+        .output()
+        .expect("run vmm");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// The CPUID leaves the guest reported, by (leaf, index).
+fn guest_cpuid(vm: &Vm) -> HashMap<(u32, u32), [u32; 4]> {
+    vm.wait_prefix("cpu.cpuid leaf=0x80000002", T);
+    let num = |l: &str, key: &str| {
+        let v = l.split(&format!("{key}=")).nth(1)?.split(' ').next()?;
+        match v.strip_prefix("0x") {
+            Some(h) => u32::from_str_radix(h, 16).ok(),
+            None => v.parse().ok(),
+        }
+    };
+    vm.lines()
+        .iter()
+        .filter(|l| l.starts_with("cpu.cpuid "))
+        .filter_map(|l| {
+            Some((
+                (num(l, "leaf")?, num(l, "index")?),
+                [
+                    num(l, "eax")?,
+                    num(l, "ebx")?,
+                    num(l, "ecx")?,
+                    num(l, "edx")?,
+                ],
+            ))
+        })
+        .collect()
+}
+
+fn sees(leaves: &HashMap<(u32, u32), [u32; 4]>, name: &str) -> bool {
+    let f = cpu::feature(name).unwrap();
+    let r = leaves[&(f.word.leaf, f.word.index)];
+    let reg = match f.word.reg {
+        cpu::Reg::Eax => r[0],
+        cpu::Reg::Ebx => r[1],
+        cpu::Reg::Ecx => r[2],
+        cpu::Reg::Edx => r[3],
+    };
+    reg & f.mask() != 0
+}
+
+fn boot(cpu: &str) -> Vm {
+    Vmm::new()
+        .args(["-cpu", cpu, "-m", "64M"])
+        .append("cpus=1")
+        .spawn(&format!("cpu-{cpu}"))
+}
+
+#[test]
+fn cpu_help_lists_every_model_and_what_this_host_lacks() {
+    let (code, out, err) = vmm(&["-cpu", "help"]);
+    assert_eq!(code, Some(0), "{err}");
+    for m in cpu::models() {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().next() == Some(m.name)),
+            "{} missing from -cpu help:\n{out}",
+            m.name
+        );
+    }
+    assert!(out.contains("host"), "{out}");
+}
+
+/// Every model this host lacks something of fails to start, naming
+/// exactly what `-cpu help` says it lacks, grouped by CPUID word; with
+/// `check=on` the same model starts and the guest runs.
+#[test]
+fn a_model_this_host_cannot_give_fails_at_start_naming_the_features() {
+    let (_, help, _) = vmm(&["-cpu", "help"]);
+    let lacking: Vec<(&str, Vec<&str>)> = help
+        .lines()
+        .filter_map(|l| {
+            let name = l.split_whitespace().next()?;
+            let list = l.split("[this host lacks: ").nth(1)?.trim_end_matches(']');
+            Some((name, list.split(' ').collect()))
+        })
+        .collect();
+    let Some((model, missing)) = lacking
+        .iter()
+        .find(|(m, _)| *m == "Haswell")
+        .or(lacking.first())
+    else {
+        eprintln!("this host can give every model: nothing to refuse");
+        return;
+    };
+    let out = Vmm::new()
+        .args(["-cpu", model, "-m", "64M"])
+        .command()
+        .output()
+        .expect("run vmm");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains(&format!("cannot give -cpu {model}")), "{err}");
+    for f in missing {
+        let feat = cpu::feature(f).unwrap();
+        assert!(
+            err.contains(f) && err.contains(&feat.word.to_string()),
+            "{f}: {err}"
+        );
+    }
+    let mut vm = boot(&format!("{model},check=on"));
+    vm.assert_pass(T);
+    assert!(vm.log().contains("the guest goes without"), "{}", vm.log());
+}
+
+/// A named model: the guest sees its vendor, signature and name, and
+/// none of the features KVM could give that the model does not have.
+#[test]
+fn the_guest_sees_the_model() {
+    let m = cpu::model("EPYC-Rome").unwrap();
+    let vm = boot("EPYC-Rome,check=on");
+    let leaves = guest_cpuid(&vm);
+    let vendor: Vec<u8> = [leaves[&(0, 0)][1], leaves[&(0, 0)][3], leaves[&(0, 0)][2]]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    assert_eq!(vendor, m.vendor.as_bytes());
+    assert_eq!(leaves[&(0, 0)][0], m.level);
+    assert_eq!(leaves[&(0x8000_0000, 0)][0], m.xlevel);
+    let sig = leaves[&(1, 0)][0];
+    let family = ((sig >> 8) & 0xf) + ((sig >> 20) & 0xff);
+    let model = ((sig >> 4) & 0xf) | ((sig >> 12) & 0xf0);
+    assert_eq!((family, model, sig & 0xf), (m.family, m.model, m.stepping));
+    let brand: Vec<u8> = leaves[&(0x8000_0002, 0)]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    assert!(m.model_id.as_bytes().starts_with(&brand[..16]), "{brand:?}");
+    // x2apic and invtsc: KVM gives them here, EPYC-Rome has neither.
+    for f in ["x2apic", "invtsc"] {
+        assert!(!m.features.iter().any(|x| x.name == f));
+        assert!(!sees(&leaves, f), "the guest sees {f}:\n{}", vm.log());
+    }
+}
+
+/// `host` leaves out what cannot migrate (invtsc) unless
+/// `migratable=off`; `-FEATURE` hides a feature.
+#[test]
+fn host_with_and_without_features() {
+    let plain = guest_cpuid(&boot("host"));
+    assert!(sees(&plain, "x2apic") && sees(&plain, "lahf-lm"));
+    assert!(!sees(&plain, "invtsc"));
+    let fewer = guest_cpuid(&boot("host,-x2apic,lahf_lm=off"));
+    assert!(!sees(&fewer, "x2apic") && !sees(&fewer, "lahf-lm"));
+    let all = guest_cpuid(&boot("host,migratable=off"));
+    assert!(sees(&all, "invtsc"));
+    let (code, _, err) = vmm(&["-cpu", "host,+avx9", "-kernel", "/dev/null"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("unknown CPU feature 'avx9'"), "{err}");
+}
+
+/// A running guest with a monitor.
+fn node(
+    dir: &TempDir,
+    name: &str,
+    cpu: &str,
+    lacks: Option<&str>,
+    extra: &[&str],
+) -> (Vm, PathBuf) {
+    let sock = dir.path(&format!("{name}.sock"));
+    let mut v = Vmm::new()
+        .args(["-cpu", cpu, "-m", "128M"])
+        .args([
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", sock.display()),
+        ])
+        .args(extra)
+        .append(GUEST);
+    if lacks.is_some() {
+        v.binary = Some(vmm_tests::vmm::fault_injection_binary());
+    }
+    let mut cmd = v.command();
+    cmd.env("RUST_LOG", "info");
+    if let Some(l) = lacks {
+        cmd.env("VMM_TEST_HOST_LACKS", l);
+    }
+    let vm = Vm::spawn(name, cmd);
+    Qmp::connect(&sock, T);
+    (vm, sock)
+}
+
+/// Migrates `src` to a new destination; the final query-migrate.
+fn migrate(
+    dir: &TempDir,
+    src: &std::path::Path,
+    name: &str,
+    cpu: &str,
+    lacks: Option<&str>,
+) -> (Vm, serde_json::Value) {
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (dst, _) = node(dir, name, cpu, lacks, &["-incoming", &uri]);
+    let mut q = Qmp::connect(src, T);
+    q.execute("migrate", json!({ "uri": uri }));
+    (dst, q.wait_migration(T))
+}
+
+/// A weaker destination (one whose host lacks x2apic, by the test
+/// switch) refuses a guest that was given x2apic, naming it, before the
+/// guest moves; the source runs on. The same guest started with a model
+/// without x2apic moves there.
+#[test]
+fn a_destination_that_lacks_a_feature_the_guest_has_refuses_it() {
+    let dir = TempDir::new("cpu-weaker");
+    let (mut src, src_sock) = node(&dir, "src", "host", None, &[]);
+    src.wait_prefix("mem.filled", T);
+    let (_dst, m) = migrate(&dir, &src_sock, "weaker", "host", Some("x2apic"));
+    assert_eq!(m["status"], "failed", "{m}");
+    let why = m["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("this host lacks x2apic (leaf 0x1 ecx)") && why.contains("-cpu host"),
+        "{m}"
+    );
+    let mut q = Qmp::connect(&src_sock, T);
+    assert_eq!(q.execute("query-status", json!({}))["status"], "running");
+    src.wait_ticks(src.ticks() + 3, T);
+    src.verify_memory(T);
+    drop(src);
+
+    let (rome, rome_sock) = node(&dir, "rome", "EPYC-Rome,check=on", None, &[]);
+    rome.wait_prefix("mem.filled", T);
+    let (mut dst, m) = migrate(
+        &dir,
+        &rome_sock,
+        "weaker-rome",
+        "EPYC-Rome,check=on",
+        Some("x2apic"),
+    );
+    assert_eq!(m["status"], "completed", "{m}");
+    drop(rome);
+    dst.wait_ticks(dst.ticks() + 2, T);
+    dst.verify_memory(T);
+}
+
+/// A destination started with another `-cpu` that would change the
+/// guest's CPU refuses it, naming the difference; one with the source's
+/// `-cpu` takes it.
+#[test]
+fn a_destination_with_another_cpu_refuses_and_one_with_the_same_takes_it() {
+    let dir = TempDir::new("cpu-other");
+    let (src, src_sock) = node(&dir, "src", "host", None, &[]);
+    src.wait_prefix("mem.filled", T);
+    let (_dst, m) = migrate(&dir, &src_sock, "other", "host,-x2apic", None);
+    assert_eq!(m["status"], "failed", "{m}");
+    let why = m["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("this destination's -cpu does not give the guest x2apic"),
+        "{m}"
+    );
+    let (mut dst, m) = migrate(&dir, &src_sock, "same", "host", None);
+    assert_eq!(m["status"], "completed", "{m}");
+    drop(src);
+    dst.wait_ticks(dst.ticks() + 2, T);
+    dst.verify_memory(T);
+}
