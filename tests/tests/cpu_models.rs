@@ -22,7 +22,22 @@ use vmm_tests::vmm::Vmm;
 use vmm_tests::{free_port, TempDir};
 
 const T: Duration = Duration::from_secs(60);
-const GUEST: &str = "cpus=1 work=mem,counter mem_mb=8 tick_ms=100 max_gap_ms=5000 seed=3";
+/// The guest also keeps a pattern in its YMM registers (`work=avx`): each
+/// move checks the XSAVE state arrived whole.
+const GUEST: &str = "cpus=1 work=mem,avx,counter mem_mb=8 tick_ms=100 max_gap_ms=5000 seed=3";
+
+/// Has the guest check its memory and its vector registers.
+fn verify(vm: &mut Vm) {
+    let before = vm.count(|l| l.starts_with("avx.verify"));
+    vm.verify_memory(T);
+    let lines = vm.lines();
+    let avx: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("avx.verify"))
+        .collect();
+    assert!(avx.len() > before, "no avx.verify\n{}", vm.log());
+    assert!(avx.last().unwrap().contains(" bad=0 "), "{}", vm.log());
+}
 
 fn vmm(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(vmm_tests::vmm::binary())
@@ -249,7 +264,7 @@ fn a_destination_that_lacks_a_feature_the_guest_has_refuses_it() {
     let mut q = Qmp::connect(&src_sock, T);
     assert_eq!(q.execute("query-status", json!({}))["status"], "running");
     src.wait_ticks(src.ticks() + 3, T);
-    src.verify_memory(T);
+    verify(&mut src);
     drop(src);
 
     let (rome, rome_sock) = node(&dir, "rome", "EPYC-Rome,check=on", None, &[]);
@@ -264,7 +279,7 @@ fn a_destination_that_lacks_a_feature_the_guest_has_refuses_it() {
     assert_eq!(m["status"], "completed", "{m}");
     drop(rome);
     dst.wait_ticks(dst.ticks() + 2, T);
-    dst.verify_memory(T);
+    verify(&mut dst);
 }
 
 /// A destination started with another `-cpu` that would change the
@@ -286,5 +301,33 @@ fn a_destination_with_another_cpu_refuses_and_one_with_the_same_takes_it() {
     assert_eq!(m["status"], "completed", "{m}");
     drop(src);
     dst.wait_ticks(dst.ticks() + 2, T);
-    dst.verify_memory(T);
+    verify(&mut dst);
+}
+
+/// XSAVE state travels: the guest's YMM registers keep their pattern
+/// through a save to a file and its restore, and through a live move.
+#[test]
+fn vector_registers_survive_save_restore_and_migration() {
+    let dir = TempDir::new("cpu-avx");
+    let (src, src_sock) = node(&dir, "src", "host", None, &[]);
+    src.wait_prefix("avx.loaded", T);
+    src.wait_prefix("mem.filled", T);
+    let file = dir.path("saved.vmm");
+    let mut q = Qmp::connect(&src_sock, T);
+    q.execute(
+        "migrate",
+        json!({ "uri": format!("file:{}", file.display()) }),
+    );
+    assert_eq!(q.wait_migration(T)["status"], "completed");
+    drop(src);
+    let incoming = format!("file:{}", file.display());
+    let (mut restored, restored_sock) =
+        node(&dir, "restored", "host", None, &["-incoming", &incoming]);
+    restored.wait_ticks(restored.ticks() + 2, T);
+    verify(&mut restored);
+    let (mut dst, m) = migrate(&dir, &restored_sock, "moved", "host", None);
+    assert_eq!(m["status"], "completed", "{m}");
+    drop(restored);
+    dst.wait_ticks(dst.ticks() + 2, T);
+    verify(&mut dst);
 }

@@ -365,7 +365,8 @@ cpl0_gate:
 
 /* rax = op: 1 = rdmsr(rdi), 2 = wrmsr(rdi, rsi), 3 = enable interrupts,
  * 4 = disable interrupts, 5 = triple fault (for the VMM's lifecycle tests),
- * 6 = cpuid(leaf rdi, sub-leaf rsi) -> ebx:eax, 7 = the same -> edx:ecx
+ * 6 = cpuid(leaf rdi, sub-leaf rsi) -> ebx:eax, 7 = the same -> edx:ecx,
+ * 8 = enable AVX (CR4.OSXSAVE, XCR0 = x87 | SSE | AVX)
  * (CPUID at CPL3 is the host's on PVM; at CPL0 it is the VM's) (PVM raises #GP for sti/cli at CPL3 even with
  * IOPL=3, so IF is changed in the frame iretq returns through). Called with
  * the #UD frame on the stack (vector, error, rip, cs, rflags, ...). */
@@ -384,6 +385,8 @@ gate_op:
     je 6f
     cmpq $7, %rax
     je 7f
+    cmpq $8, %rax
+    je 8f
     movq $-1, %rax
     jmp 9f
 1:
@@ -432,6 +435,16 @@ gate_op:
     movl %ecx, %eax
     orq %rdx, %rax
     popq %rbx
+    jmp 9f
+8:
+    movq %cr4, %rax
+    orq $(1 << 18), %rax
+    movq %rax, %cr4
+    xorl %ecx, %ecx
+    movl $7, %eax
+    xorl %edx, %edx
+    xsetbv
+    xorl %eax, %eax
     jmp 9f
 9:
     addq $2, 16(%rsp)

@@ -152,6 +152,11 @@ pub fn disable_interrupts() {
     gate(4, 0, 0);
 }
 
+/// Turns AVX on for this CPU (CR4.OSXSAVE, XCR0 with the YMM state).
+pub fn enable_avx() {
+    gate(8, 0, 0);
+}
+
 /// Shuts the CPU down with a triple fault (an empty IDT, then #UD).
 pub fn triple_fault() -> ! {
     gate(5, 0, 0);

@@ -7,6 +7,7 @@
 
 mod acpi;
 mod alloc;
+mod avx;
 mod clock;
 mod cmdline;
 mod io;

@@ -7,6 +7,7 @@
 //!   from the host on the serial console, and at the end) checks every page
 //!   holds what its generation explains; a page that does not is reported
 //!   with its address. This is what judges a migration.
+//! * `avx`: YMM registers holding a pattern (`avx.rs`), checked with memory.
 //! * `counter`: `tick` lines every `tick_ms` with the clock, which must
 //!   never go backwards nor stall for more than `max_gap_ms`.
 //!
@@ -196,8 +197,12 @@ pub fn ap_main(cpu: usize) -> ! {
 pub fn run(map: &[E820], cmd: &Cmdline) -> Option<&'static str> {
     let mem = cmd.list_has("work", "mem");
     let counter = cmd.list_has("work", "counter") || cmd.get("tick_ms").is_some();
-    if !mem && !counter {
+    let avx = cmd.list_has("work", "avx");
+    if !mem && !counter && !avx {
         return None;
+    }
+    if avx {
+        crate::avx::start(cmd.u64("seed", 1));
     }
     let duration_ms = cmd.u64("duration_ms", 0);
     let tick_ms = cmd.u64("tick_ms", if counter { 100 } else { 0 });
@@ -283,8 +288,13 @@ pub fn run(map: &[E820], cmd: &Cmdline) -> Option<&'static str> {
             quit = true;
         }
         match serial::try_read() {
-            Some(b'v') if mem => {
-                verify_all("request");
+            Some(b'v') if mem || avx => {
+                if avx {
+                    crate::avx::verify(cmd.u64("seed", 1), "request");
+                }
+                if mem {
+                    verify_all("request");
+                }
             }
             Some(b'q') => quit = true,
             Some(b'a') => crate::acpi::recheck(),
@@ -301,6 +311,9 @@ pub fn run(map: &[E820], cmd: &Cmdline) -> Option<&'static str> {
         writer(0, &mut poll);
     } else {
         while !poll() {}
+    }
+    if avx {
+        crate::avx::verify(cmd.u64("seed", 1), "final");
     }
     let bad = if mem { verify_all("final") } else { 0 };
     STOP.store(true, Ordering::SeqCst);

@@ -439,7 +439,7 @@ pub fn build(
     if let Base::Model(m) = spec.base {
         identify(&mut t, m);
     }
-    xsave_components(&mut t);
+    xsave_components(&mut t, host);
     Ok((t, missing))
 }
 
@@ -504,12 +504,14 @@ const XSAVE_NEEDS: [(u32, &str); 8] = [
 
 /// Leaf 0xd offers only the XSAVE components whose feature the table has
 /// (a guest without avx512f cannot enable its state, so the destination
-/// need not hold it), with the sizes that follow.
-fn xsave_components(t: &mut Vec<kvm_cpuid_entry2>) {
+/// need not hold it), with the sizes that follow. A component whose
+/// feature the host's KVM does not report at all stays as KVM gives it
+/// (PVM reports no AVX yet runs it natively).
+fn xsave_components(t: &mut Vec<kvm_cpuid_entry2>, host: &[kvm_cpuid_entry2]) {
     let mut off = 0u64;
     for (bit, need) in XSAVE_NEEDS {
-        let has_it = feature(need).is_some_and(|f| has(t, f));
-        if !has_it {
+        let left_out = feature(need).is_some_and(|f| has(host, f) && !has(t, f));
+        if left_out {
             off |= 1 << bit;
             if bit == 17 {
                 off |= 1 << 18; // XTILEDATA with XTILECFG
@@ -653,7 +655,7 @@ mod tests {
     use super::*;
 
     fn host() -> Vec<kvm_cpuid_entry2> {
-        // A host with every named feature but hle/rtm and avx512f, leaves
+        // A host with every named feature but hle/rtm, leaves
         // 0..0xd and 0x80000000..0x80000008, 0xd with AVX-512 components.
         let mut t = vec![];
         for leaf in (0..=0xdu32).chain(0x8000_0000..=0x8000_0008) {
@@ -682,7 +684,7 @@ mod tests {
             });
         }
         for f in features() {
-            if !["hle", "rtm", "avx512f"].contains(&f.name) {
+            if !["hle", "rtm"].contains(&f.name) {
                 set(&mut t, f, true);
             }
         }
@@ -787,7 +789,7 @@ mod tests {
         let (t, _) = build(&"host,migratable=off,-avx2".parse().unwrap(), &host()).unwrap();
         assert!(has(&t, invtsc));
         assert!(!has(&t, feature("avx2").unwrap()));
-        assert!(build(&"host,+avx512f".parse().unwrap(), &host()).is_err());
+        assert!(build(&"host,+hle".parse().unwrap(), &host()).is_err());
     }
 
     #[test]
