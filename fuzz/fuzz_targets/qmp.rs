@@ -40,6 +40,9 @@ impl Target for Obliging {
     fn cpus(&self) -> Vec<(u32, i64)> {
         vec![(0, 1), (1, 2)]
     }
+    fn supported_cpuid(&self) -> Vec<vmm::hypervisor::CpuidEntry> {
+        vec![]
+    }
     fn machine(&self) -> &'static machine::MachineType {
         machine::find("pc-q35-8.0").expect("a machine type")
     }

@@ -331,3 +331,54 @@ fn vector_registers_survive_save_restore_and_migration() {
     dst.wait_ticks(dst.ticks() + 2, T);
     verify(&mut dst);
 }
+
+/// QEMU's QMP view of the models: every one defined, with what this host
+/// lacks; a model expanded to its features with the props applied.
+#[test]
+fn qmp_lists_and_expands_the_models() {
+    let dir = TempDir::new("cpu-qmp");
+    let (_vm, sock) = node(&dir, "qmp", "host", None, &[]);
+    let mut q = Qmp::connect(&sock, T);
+    let defs = q.execute("query-cpu-definitions", json!({}));
+    let defs = defs.as_array().unwrap();
+    assert_eq!(defs.len(), cpu::models().len() + 1);
+    let (_, help, _) = vmm(&["-cpu", "help"]);
+    for d in defs.iter().filter(|d| d["name"] != "host") {
+        let name = d["name"].as_str().unwrap();
+        let lacking: Vec<&str> = d["unavailable-features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        let line = help
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap();
+        match line.split("[this host lacks: ").nth(1) {
+            Some(l) => assert_eq!(
+                l.trim_end_matches(']').split(' ').collect::<Vec<_>>(),
+                lacking
+            ),
+            None => assert!(lacking.is_empty(), "{name}: {lacking:?}"),
+        }
+    }
+    let e = q.execute(
+        "query-cpu-model-expansion",
+        json!({"type": "full", "model": {"name": "Haswell-noTSX", "props": {"avx2": false, "avx512f": true}}}),
+    );
+    let props = &e["model"]["props"];
+    assert_eq!(props["fma"], true, "{e}");
+    assert_eq!(props["hle"], false, "{e}");
+    assert_eq!(props["avx2"], false, "{e}");
+    assert_eq!(props["avx512f"], true, "{e}");
+    assert_eq!(props["model"], 60, "{e}");
+    let bad = q.try_execute(
+        "query-cpu-model-expansion",
+        json!({"type": "full", "model": {"name": "Haswel"}}),
+    );
+    assert!(bad.unwrap_err()["desc"]
+        .as_str()
+        .unwrap()
+        .contains("unknown CPU model 'Haswel'"),);
+}

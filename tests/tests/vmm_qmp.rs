@@ -485,6 +485,7 @@ query-status
 query-name
 query-machines
 query-cpus-fast
+query-cpu-definitions
 stop
 query-status
 cont

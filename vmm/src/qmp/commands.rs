@@ -19,6 +19,8 @@ pub trait Target {
     fn name(&self) -> Option<String>;
     /// (cpu index, host thread id) per vCPU.
     fn cpus(&self) -> Vec<(u32, i64)>;
+    /// The CPUID this host's hypervisor can give a guest.
+    fn supported_cpuid(&self) -> Vec<crate::hypervisor::CpuidEntry>;
     fn machine(&self) -> &'static machine::MachineType;
     fn devices(&self) -> &[crate::config::DeviceConfig];
     fn pci(&self) -> Vec<PciInfo>;
@@ -79,6 +81,12 @@ pub const COMMANDS: &[Command] = &[
     }),
     Command("query-machines", &[], query_machines),
     Command("query-cpus-fast", &[], query_cpus_fast),
+    Command("query-cpu-definitions", &[], query_cpu_definitions),
+    Command(
+        "query-cpu-model-expansion",
+        &[("type", "string"), ("model", "object")],
+        query_cpu_model_expansion,
+    ),
     Command("stop", &[], |t, _| t.stop().map(|_| json!({}))),
     Command("cont", &[("force", "?bool")], |t, a| {
         let force = a.get("force").and_then(Value::as_bool).unwrap_or(false);
@@ -231,6 +239,80 @@ fn query_machines(t: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, Q
         .collect();
     v.reverse();
     Ok(Value::Array(v))
+}
+
+/// Every CPU model, with what this host lacks of each (QEMU's
+/// `unavailable-features`: `-cpu NAME` fails here unless `check=on`).
+fn query_cpu_definitions(t: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, QmpError> {
+    use arch::x86_64::cpu;
+    let host = t.supported_cpuid();
+    let mut v = vec![
+        json!({"name": "host", "typename": "host-x86_64-cpu", "static": false,
+        "migration-safe": false, "deprecated": false, "unavailable-features": []}),
+    ];
+    for m in cpu::models() {
+        let lacking: Vec<&str> = m
+            .features
+            .iter()
+            .filter(|f| !cpu::has(&host, f))
+            .map(|f| f.name)
+            .collect();
+        v.push(
+            json!({"name": m.name, "typename": format!("{}-x86_64-cpu", m.name), "static": false,
+            "migration-safe": true, "deprecated": false, "unavailable-features": lacking}),
+        );
+    }
+    Ok(Value::Array(v))
+}
+
+/// A model (`model`: `name` and `props`, as `-cpu NAME,PROP=VALUE`)
+/// expanded to every feature it has or not, as QEMU's `full` expansion
+/// (`static` is answered the same way: vmm's models have no static base).
+fn query_cpu_model_expansion(
+    t: &mut dyn Target,
+    a: &Map<String, Value>,
+) -> Result<Value, QmpError> {
+    use arch::x86_64::cpu;
+    let ty = a["type"].as_str().unwrap_or_default();
+    if !["full", "static"].contains(&ty) {
+        return Err(QmpError::generic(format!(
+            "invalid expansion type '{ty}': expected full or static"
+        )));
+    }
+    let model = &a["model"];
+    let name = model["name"].as_str().unwrap_or_default();
+    let mut spec = name.to_string();
+    if let Some(props) = model.get("props").and_then(Value::as_object) {
+        for (k, v) in props {
+            let on = match v {
+                Value::Bool(b) => *b,
+                Value::String(s) if s == "on" => true,
+                Value::String(s) if s == "off" => false,
+                other => {
+                    return Err(QmpError::generic(format!(
+                        "property '{k}' of model '{name}': {other} is not a boolean"
+                    )))
+                }
+            };
+            spec += &format!(",{k}={}", if on { "on" } else { "off" });
+        }
+    }
+    let spec: cpu::CpuSpec = spec
+        .parse()
+        .map_err(|e: cpu::Error| QmpError::generic(e.to_string()))?;
+    let host = t.supported_cpuid();
+    let mut props = Map::new();
+    for (f, on) in cpu::expand(&spec, &host) {
+        props.insert(f.name.to_string(), Value::Bool(on));
+    }
+    if let cpu::Base::Model(m) = spec.base {
+        props.insert("vendor".into(), m.vendor.into());
+        props.insert("family".into(), m.family.into());
+        props.insert("model".into(), m.model.into());
+        props.insert("stepping".into(), m.stepping.into());
+        props.insert("model-id".into(), m.model_id.into());
+    }
+    Ok(json!({"model": {"name": name, "props": props}}))
 }
 
 fn query_cpus_fast(t: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, QmpError> {

@@ -108,6 +108,14 @@ impl qmp::commands::Target for Session<'_> {
         self.cfg.name.clone()
     }
 
+    fn supported_cpuid(&self) -> Vec<crate::hypervisor::CpuidEntry> {
+        self.board
+            .vm
+            .x86_64()
+            .map(|v| v.supported_cpuid().to_vec())
+            .unwrap_or_default()
+    }
+
     fn cpus(&self) -> Vec<(u32, i64)> {
         self.board
             .tids

@@ -388,14 +388,19 @@ pub fn features_of(t: &[kvm_cpuid_entry2]) -> Vec<&'static Feature> {
     features().iter().filter(|f| has(t, f)).collect()
 }
 
-/// The guest's CPUID table for `spec` on a host whose KVM supports
-/// `host`, before each vCPU's topology (`super::cpuid::patch`); and the
-/// features left out because the host lacks them (`check=on`).
-pub fn build(
-    spec: &CpuSpec,
-    host: &[kvm_cpuid_entry2],
-) -> Result<(Vec<kvm_cpuid_entry2>, Vec<&'static Feature>), Error> {
-    let mut t = host.to_vec();
+/// What `spec` asks for, feature by feature (a model's definition with
+/// its changes, `host`'s from what KVM supports), whether or not the
+/// host can give it: QEMU's model expansion.
+pub fn expand(spec: &CpuSpec, host: &[kvm_cpuid_entry2]) -> Vec<(&'static Feature, bool)> {
+    let wanted = wanted(spec, host);
+    features()
+        .iter()
+        .map(|f| (f, wanted.contains(&f)))
+        .collect()
+}
+
+/// The features `spec` asks for.
+fn wanted(spec: &CpuSpec, host: &[kvm_cpuid_entry2]) -> Vec<&'static Feature> {
     let mut wanted: Vec<&'static Feature> = match spec.base {
         Base::Host => features_of(host)
             .into_iter()
@@ -409,6 +414,18 @@ pub fn build(
             wanted.push(f);
         }
     }
+    wanted
+}
+
+/// The guest's CPUID table for `spec` on a host whose KVM supports
+/// `host`, before each vCPU's topology (`super::cpuid::patch`); and the
+/// features left out because the host lacks them (`check=on`).
+pub fn build(
+    spec: &CpuSpec,
+    host: &[kvm_cpuid_entry2],
+) -> Result<(Vec<kvm_cpuid_entry2>, Vec<&'static Feature>), Error> {
+    let mut t = host.to_vec();
+    let wanted = wanted(spec, host);
     let missing: Vec<&'static Feature> = wanted.iter().copied().filter(|f| !has(host, f)).collect();
     if spec.enforce && !missing.is_empty() {
         return Err(Error::Unavailable {
