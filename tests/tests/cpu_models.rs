@@ -200,12 +200,13 @@ fn host_with_and_without_features() {
     assert!(err.contains("unknown CPU feature 'avx9'"), "{err}");
 }
 
-/// A running guest with a monitor.
+/// A running guest with a monitor; `env` (test switches) runs the
+/// fault-injection build.
 fn node(
     dir: &TempDir,
     name: &str,
     cpu: &str,
-    lacks: Option<&str>,
+    env: &[(&str, &str)],
     extra: &[&str],
 ) -> (Vm, PathBuf) {
     let sock = dir.path(&format!("{name}.sock"));
@@ -217,14 +218,12 @@ fn node(
         ])
         .args(extra)
         .append(GUEST);
-    if lacks.is_some() {
+    if !env.is_empty() {
         v.binary = Some(vmm_tests::vmm::fault_injection_binary());
     }
     let mut cmd = v.command();
     cmd.env("RUST_LOG", "info");
-    if let Some(l) = lacks {
-        cmd.env("VMM_TEST_HOST_LACKS", l);
-    }
+    cmd.envs(env.iter().copied());
     let vm = Vm::spawn(name, cmd);
     Qmp::connect(&sock, T);
     (vm, sock)
@@ -236,10 +235,10 @@ fn migrate(
     src: &std::path::Path,
     name: &str,
     cpu: &str,
-    lacks: Option<&str>,
+    env: &[(&str, &str)],
 ) -> (Vm, serde_json::Value) {
     let uri = format!("tcp:127.0.0.1:{}", free_port());
-    let (dst, _) = node(dir, name, cpu, lacks, &["-incoming", &uri]);
+    let (dst, _) = node(dir, name, cpu, env, &["-incoming", &uri]);
     let mut q = Qmp::connect(src, T);
     q.execute("migrate", json!({ "uri": uri }));
     (dst, q.wait_migration(T))
@@ -252,9 +251,15 @@ fn migrate(
 #[test]
 fn a_destination_that_lacks_a_feature_the_guest_has_refuses_it() {
     let dir = TempDir::new("cpu-weaker");
-    let (mut src, src_sock) = node(&dir, "src", "host", None, &[]);
+    let (mut src, src_sock) = node(&dir, "src", "host", &[], &[]);
     src.wait_prefix("mem.filled", T);
-    let (_dst, m) = migrate(&dir, &src_sock, "weaker", "host", Some("x2apic"));
+    let (_dst, m) = migrate(
+        &dir,
+        &src_sock,
+        "weaker",
+        "host",
+        &[("VMM_TEST_HOST_LACKS", "x2apic")],
+    );
     assert_eq!(m["status"], "failed", "{m}");
     let why = m["error-desc"].as_str().unwrap_or_default();
     assert!(
@@ -267,14 +272,14 @@ fn a_destination_that_lacks_a_feature_the_guest_has_refuses_it() {
     verify(&mut src);
     drop(src);
 
-    let (rome, rome_sock) = node(&dir, "rome", "EPYC-Rome,check=on", None, &[]);
+    let (rome, rome_sock) = node(&dir, "rome", "EPYC-Rome,check=on", &[], &[]);
     rome.wait_prefix("mem.filled", T);
     let (mut dst, m) = migrate(
         &dir,
         &rome_sock,
         "weaker-rome",
         "EPYC-Rome,check=on",
-        Some("x2apic"),
+        &[("VMM_TEST_HOST_LACKS", "x2apic")],
     );
     assert_eq!(m["status"], "completed", "{m}");
     drop(rome);
@@ -288,16 +293,16 @@ fn a_destination_that_lacks_a_feature_the_guest_has_refuses_it() {
 #[test]
 fn a_destination_with_another_cpu_refuses_and_one_with_the_same_takes_it() {
     let dir = TempDir::new("cpu-other");
-    let (src, src_sock) = node(&dir, "src", "host", None, &[]);
+    let (src, src_sock) = node(&dir, "src", "host", &[], &[]);
     src.wait_prefix("mem.filled", T);
-    let (_dst, m) = migrate(&dir, &src_sock, "other", "host,-x2apic", None);
+    let (_dst, m) = migrate(&dir, &src_sock, "other", "host,-x2apic", &[]);
     assert_eq!(m["status"], "failed", "{m}");
     let why = m["error-desc"].as_str().unwrap_or_default();
     assert!(
         why.contains("this destination's -cpu does not give the guest x2apic"),
         "{m}"
     );
-    let (mut dst, m) = migrate(&dir, &src_sock, "same", "host", None);
+    let (mut dst, m) = migrate(&dir, &src_sock, "same", "host", &[]);
     assert_eq!(m["status"], "completed", "{m}");
     drop(src);
     dst.wait_ticks(dst.ticks() + 2, T);
@@ -309,7 +314,7 @@ fn a_destination_with_another_cpu_refuses_and_one_with_the_same_takes_it() {
 #[test]
 fn vector_registers_survive_save_restore_and_migration() {
     let dir = TempDir::new("cpu-avx");
-    let (src, src_sock) = node(&dir, "src", "host", None, &[]);
+    let (src, src_sock) = node(&dir, "src", "host", &[], &[]);
     src.wait_prefix("avx.loaded", T);
     src.wait_prefix("mem.filled", T);
     let file = dir.path("saved.vmm");
@@ -322,10 +327,10 @@ fn vector_registers_survive_save_restore_and_migration() {
     drop(src);
     let incoming = format!("file:{}", file.display());
     let (mut restored, restored_sock) =
-        node(&dir, "restored", "host", None, &["-incoming", &incoming]);
+        node(&dir, "restored", "host", &[], &["-incoming", &incoming]);
     restored.wait_ticks(restored.ticks() + 2, T);
     verify(&mut restored);
-    let (mut dst, m) = migrate(&dir, &restored_sock, "moved", "host", None);
+    let (mut dst, m) = migrate(&dir, &restored_sock, "moved", "host", &[]);
     assert_eq!(m["status"], "completed", "{m}");
     drop(restored);
     dst.wait_ticks(dst.ticks() + 2, T);
@@ -337,7 +342,7 @@ fn vector_registers_survive_save_restore_and_migration() {
 #[test]
 fn qmp_lists_and_expands_the_models() {
     let dir = TempDir::new("cpu-qmp");
-    let (_vm, sock) = node(&dir, "qmp", "host", None, &[]);
+    let (_vm, sock) = node(&dir, "qmp", "host", &[], &[]);
     let mut q = Qmp::connect(&sock, T);
     let defs = q.execute("query-cpu-definitions", json!({}));
     let defs = defs.as_array().unwrap();
@@ -381,4 +386,53 @@ fn qmp_lists_and_expands_the_models() {
         .as_str()
         .unwrap()
         .contains("unknown CPU model 'Haswel'"),);
+}
+
+/// A guest given an invariant TSC moves only to a host whose TSC runs at
+/// the same rate (this one's KVM cannot scale it): a destination taken to
+/// run at another rate (the test switch) refuses it, naming both; a guest
+/// without invtsc (`-cpu host`'s default) moves there.
+#[test]
+fn an_invariant_tsc_moves_only_at_its_rate() {
+    let dir = TempDir::new("cpu-tsc");
+    let other = [("VMM_TEST_TSC_KHZ", "1234567")];
+    let (src, src_sock) = node(&dir, "invtsc", "host,migratable=off", &[], &[]);
+    src.wait_prefix("mem.filled", T);
+    let (_dst, m) = migrate(&dir, &src_sock, "other-rate", "host,migratable=off", &other);
+    assert_eq!(m["status"], "failed", "{m}");
+    let why = m["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("invariant TSC") && why.contains("1234567 kHz"),
+        "{m}"
+    );
+    drop(src);
+    let (src, src_sock) = node(&dir, "plain", "host", &[], &[]);
+    src.wait_prefix("mem.filled", T);
+    let (mut dst, m) = migrate(&dir, &src_sock, "other-rate-ok", "host", &other);
+    assert_eq!(m["status"], "completed", "{m}");
+    drop(src);
+    dst.wait_ticks(dst.ticks() + 2, T);
+    verify(&mut dst);
+}
+
+/// A destination whose KVM cannot restore an MSR the guest's state holds
+/// (the time-stamp counter's, by the test switch) refuses the guest,
+/// naming the MSR; the source runs on.
+#[test]
+fn a_destination_that_cannot_restore_an_msr_refuses() {
+    let dir = TempDir::new("cpu-msr");
+    let (mut src, src_sock) = node(&dir, "src", "host", &[], &[]);
+    src.wait_prefix("mem.filled", T);
+    let lack = [("VMM_TEST_MSRS_LACK", "0x10")];
+    let (_dst, m) = migrate(&dir, &src_sock, "no-tsc-msr", "host", &lack);
+    assert_eq!(m["status"], "failed", "{m}");
+    assert!(
+        m["error-desc"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("MSRs this host's KVM cannot restore: 0x10"),
+        "{m}"
+    );
+    src.wait_ticks(src.ticks() + 2, T);
+    verify(&mut src);
 }

@@ -51,3 +51,34 @@ pub fn host_lacks() -> Vec<&'static arch::x86_64::cpu::Feature> {
 pub fn host_lacks() -> Vec<&'static arch::x86_64::cpu::Feature> {
     vec![]
 }
+
+/// `VMM_TEST_TSC_KHZ`: the TSC frequency this host is taken to have.
+#[cfg(feature = "fault-injection")]
+pub fn tsc_khz() -> Option<u32> {
+    std::env::var("VMM_TEST_TSC_KHZ").ok()?.parse().ok()
+}
+
+/// Without the feature: the host's.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn tsc_khz() -> Option<u32> {
+    None
+}
+
+/// `VMM_TEST_MSRS_LACK`: MSRs (comma-separated, hex) this host's KVM is
+/// taken not to save or restore.
+#[cfg(feature = "fault-injection")]
+pub fn msrs_lack() -> Vec<u32> {
+    std::env::var("VMM_TEST_MSRS_LACK")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|m| u32::from_str_radix(m.trim_start_matches("0x"), 16).ok())
+        .collect()
+}
+
+/// Without the feature: none.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn msrs_lack() -> Vec<u32> {
+    vec![]
+}

@@ -65,12 +65,20 @@ pub trait VcpuX86_64 {
     /// Gives the vCPU (which has not run) the CPUID table `cpuid`, as
     /// vCPU `apic_id` of `cpus`.
     fn set_cpuid(&mut self, cpuid: &[CpuidEntry], apic_id: u32, cpus: u32) -> Result<(), Error>;
+    /// The guest's TSC frequency, in kHz.
+    fn tsc_khz(&self) -> Result<u32, Error>;
+    /// Runs the guest's TSC at `khz` (needs [`VmX86_64::tsc_scaling`]).
+    fn set_tsc_khz(&mut self, khz: u32) -> Result<(), Error>;
 }
 
 /// The x86_64 side of a VM.
 pub trait VmX86_64 {
     /// The CPUID this host's hypervisor can give a guest.
     fn supported_cpuid(&self) -> &[CpuidEntry];
+    /// Whether a guest's TSC can run at another rate than this host's.
+    fn tsc_scaling(&self) -> bool;
+    /// The MSRs a vCPU's state holds (what KVM can save and restore here).
+    fn msrs(&self) -> &[u32];
 }
 
 pub trait Vcpu: Send {

@@ -36,6 +36,8 @@ fn err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 
 pub struct KvmVm {
     vm: VmFd,
+    /// KVM_CAP_TSC_CONTROL.
+    tsc_control: bool,
     /// What KVM_GET_SUPPORTED_CPUID says.
     cpuid: Vec<CpuidEntry>,
     /// The MSRs KVM can save and restore.
@@ -242,6 +244,8 @@ pub fn create_vm() -> Result<KvmVm, Error> {
         .map_err(err("KVM_GET_MSR_INDEX_LIST failed"))?
         .as_slice()
         .to_vec();
+    let lack = crate::fault::msrs_lack();
+    msrs.retain(|m| !lack.contains(m));
     let room = MAX_MSRS + MORE_MSRS;
     if msrs.len() > room {
         log::warn!(
@@ -252,8 +256,10 @@ pub fn create_vm() -> Result<KvmVm, Error> {
     }
     log::debug!("migrating {} MSRs per vCPU", msrs.len().min(room));
     msrs.truncate(room);
+    let tsc_control = kvm.check_extension(kvm_ioctls::Cap::TscControl);
     Ok(KvmVm {
         vm,
+        tsc_control,
         cpuid,
         msrs,
         slots: Default::default(),
@@ -312,6 +318,14 @@ impl devices::virtio::VmOps for KvmVm {
 impl VmX86_64 for KvmVm {
     fn supported_cpuid(&self) -> &[CpuidEntry] {
         &self.cpuid
+    }
+
+    fn tsc_scaling(&self) -> bool {
+        self.tsc_control
+    }
+
+    fn msrs(&self) -> &[u32] {
+        &self.msrs
     }
 }
 
@@ -458,6 +472,19 @@ impl VcpuX86_64 for KvmVcpu {
         self.fd
             .set_cpuid2(&table)
             .map_err(err("KVM_SET_CPUID2 failed"))
+    }
+
+    fn tsc_khz(&self) -> Result<u32, Error> {
+        if let Some(khz) = crate::fault::tsc_khz() {
+            return Ok(khz);
+        }
+        self.fd.get_tsc_khz().map_err(err("KVM_GET_TSC_KHZ failed"))
+    }
+
+    fn set_tsc_khz(&mut self, khz: u32) -> Result<(), Error> {
+        self.fd
+            .set_tsc_khz(khz)
+            .map_err(err("KVM_SET_TSC_KHZ failed"))
     }
 
     fn configure(&mut self, boot: &X86BootState) -> Result<(), Error> {

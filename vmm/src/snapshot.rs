@@ -199,6 +199,8 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Err
 pub fn carried(
     cfg: &crate::config::VmConfig,
     cpuid: &[crate::hypervisor::CpuidEntry],
+    tsc_khz: Option<u32>,
+    msrs: &[u32],
 ) -> serde_json::Value {
     let entry = |at: Bdf, props: &devices::model::Props| {
         let host = host_side(props.type_name);
@@ -234,7 +236,7 @@ pub fn carried(
         "devices": devices,
         // The CPU the guest was given: the destination takes it only if it
         // can give it (vm/carried.rs).
-        "cpu": {"spec": cfg.cpu.to_string(), "cpuid": table},
+        "cpu": {"spec": cfg.cpu.to_string(), "cpuid": table, "tsc_khz": tsc_khz, "msrs": msrs},
     })
 }
 

@@ -36,6 +36,8 @@ pub(super) struct Board {
     pub(super) vcpu_objs: Vec<Arc<Mutex<Box<dyn Vcpu>>>>,
     /// The CPUID table its vCPUs got (before each one's topology).
     pub(super) cpuid: Arc<Vec<CpuidEntry>>,
+    /// The guest's TSC frequency in kHz (its vCPUs' first), when KVM says.
+    pub(super) tsc_khz: Option<u32>,
     pub(super) serial: Arc<Mutex<Serial>>,
     /// Host thread id of each vCPU (0 until it has started).
     pub(super) tids: Arc<Vec<AtomicI64>>,
@@ -236,6 +238,7 @@ pub(super) fn build(
     let buses = Arc::new(Buses { io, mmio });
     let mut handles = vec![];
     let mut vcpu_objs = vec![];
+    let mut tsc_khz = None;
     let tids: Arc<Vec<AtomicI64>> = Arc::new((0..cfg.vcpus).map(|_| AtomicI64::new(0)).collect());
     for id in 0..cfg.vcpus {
         let mut vcpu = vm.create_vcpu(id)?;
@@ -247,6 +250,9 @@ pub(super) fn build(
                 cpus: cfg.vcpus as u32,
                 cpuid: &cpuid,
             })?;
+        if id == 0 {
+            tsc_khz = vcpu.x86_64().and_then(|v| v.tsc_khz().ok());
+        }
         let vcpu = Arc::new(Mutex::new(vcpu));
         vcpu_objs.push(vcpu.clone());
         let (buses, stop, events, gate, tids) = (
@@ -280,6 +286,7 @@ pub(super) fn build(
         vcpus: handles,
         vcpu_objs,
         cpuid,
+        tsc_khz,
         serial,
         tids,
         stop,

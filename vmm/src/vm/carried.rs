@@ -128,6 +128,8 @@ fn cpu(
     let spec = c["spec"].as_str().unwrap_or("?");
     let guest = crate::snapshot::cpuid_table(&c["cpuid"])
         .ok_or_else(|| LoadError::new(CPU, "the stream's CPUID table is not a list of leaves"))?;
+    tsc(board, &guest, c["tsc_khz"].as_u64())?;
+    msrs(board, &c["msrs"])?;
     let d = arch::x86_64::cpu::differences(&guest, here, host);
     if d.is_empty() {
         return Ok(None);
@@ -154,6 +156,61 @@ fn cpu(
         "incoming migration: the guest keeps its CPU (-cpu {spec}, as its source gave it): {said}"
     );
     give(cfg, board, guest).map(Some)
+}
+
+/// A guest given an invariant TSC counts on its rate: it runs here only at
+/// the source's (scaled, where KVM can), as QEMU does with `invtsc`.
+fn tsc(board: &Board, guest: &[CpuidEntry], source_khz: Option<u64>) -> Result<(), LoadError> {
+    let invtsc = arch::x86_64::cpu::feature("invtsc").expect("invtsc is a feature");
+    let (Some(want), Some(have)) = (source_khz, board.tsc_khz) else {
+        return Ok(());
+    };
+    if !arch::x86_64::cpu::has(guest, invtsc) || want == have as u64 {
+        return Ok(());
+    }
+    let scaling = board.vm.x86_64().is_some_and(|v| v.tsc_scaling());
+    if !scaling {
+        return Err(LoadError::new(
+            "cpu",
+            format!(
+                "the guest was given an invariant TSC (invtsc) running at {want} kHz; this host's runs at {have} kHz and its KVM cannot scale it (no KVM_CAP_TSC_CONTROL)"
+            ),
+        )
+        .hint("move it to a host with the same TSC frequency, or start guests without invtsc (-cpu host leaves it out unless migratable=off)"));
+    }
+    for v in &board.vcpu_objs {
+        let mut v = v.lock().expect("vcpu lock");
+        if let Some(x) = v.x86_64() {
+            x.set_tsc_khz(want as u32)
+                .map_err(|e| LoadError::new("cpu", format!("{e}: {}", e.source)))?;
+        }
+    }
+    log::info!("incoming migration: the guest's TSC runs at its source's {want} kHz (this host's: {have} kHz)");
+    Ok(())
+}
+
+/// Every MSR the source's vCPU state holds must be one this host's KVM
+/// restores: KVM would stop at the first it refuses.
+fn msrs(board: &Board, carried: &Value) -> Result<(), LoadError> {
+    let here = board.vm.x86_64().map_or(&[][..], |v| v.msrs());
+    let missing: Vec<String> = carried
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_u64())
+        .filter(|m| !here.contains(&(*m as u32)))
+        .map(|m| format!("{m:#x}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(LoadError::new(
+        "cpu",
+        format!(
+            "the guest's state holds MSRs this host's KVM cannot restore: {}",
+            missing.join(", ")
+        ),
+    ))
 }
 
 /// Gives every vCPU (none has run) the CPUID table `t`.

@@ -298,7 +298,12 @@ impl Session<'_> {
         };
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
         let machine = self.cfg.machine.name;
-        let carried = crate::snapshot::carried(self.cfg, &self.board.cpuid);
+        let carried = crate::snapshot::carried(
+            self.cfg,
+            &self.board.cpuid,
+            self.board.tsc_khz,
+            self.board.vm.x86_64().map_or(&[], |v| v.msrs()),
+        );
         let (ctl, gen, p) = (self.ctl.clone(), self.gen, progress.clone());
         let saver = std::thread::Builder::new()
             .name("save".into())
@@ -348,7 +353,12 @@ impl Session<'_> {
                     let clock = self.saved_clock.unwrap_or_default();
                     crate::snapshot::device_sections(&self.parts(clock)).map_err(|e| e.to_string())
                 });
-                let carried = crate::snapshot::carried(self.cfg, &self.board.cpuid);
+                let carried = crate::snapshot::carried(
+                    self.cfg,
+                    &self.board.cpuid,
+                    self.board.tsc_khz,
+                    self.board.vm.x86_64().map_or(&[], |v| v.msrs()),
+                );
                 let _ = reply.send(r.map(|sections| DeviceState {
                     sections,
                     paused_at,
