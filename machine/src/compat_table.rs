@@ -10,7 +10,8 @@ const QEMU: &str = include_str!("../compat/qemu-10.0.13.tsv");
 const VMM: &str = include_str!("../compat/vmm.tsv");
 
 /// vmm's device types and their QEMU parents (QEMU 10.0's type tree),
-/// and the board's QEMU devices vmm stands in for (ICH9-LPC, mch).
+/// and the board's QEMU devices vmm stands in for (ICH9-LPC, mch); every
+/// CPU type (`x86_64-cpu`, `MODEL-x86_64-cpu`) counts too.
 const RELEVANT: &[&str] = &[
     "pcie-root-port",
     "pcie-root-port-base",
@@ -108,7 +109,8 @@ fn every_qemu_entry_for_a_vmm_device_is_accounted_for() {
     let oldest = (2, 7);
     let mut missing = vec![];
     for q in rows(QEMU) {
-        if q[1] == "-" || !RELEVANT.contains(&q[1]) || version(q[0]) < oldest {
+        let cpu = q[1] == "x86_64-cpu" || q[1].ends_with("-x86_64-cpu");
+        if q[1] == "-" || !(RELEVANT.contains(&q[1]) || cpu) || version(q[0]) < oldest {
             continue;
         }
         if !vmm.iter().any(|v| v[..4] == q[..4]) {

@@ -50,6 +50,18 @@ pub const HW_COMPAT: &[CompatArray] = &[
         (7, 1),
         &[("virtio-rng-pci", "vectors", "0")],
     ),
+    // QEMU 6.1 made qemu64 look like a recent AMD part. (Entries for
+    // MODEL-x86_64-cpu and x86_64-cpu reach -cpu:
+    // arch::x86_64::cpu::CpuSpec::apply_compat.)
+    (
+        "pc_compat_6_0",
+        (6, 0),
+        &[
+            ("qemu64-x86_64-cpu", "family", "6"),
+            ("qemu64-x86_64-cpu", "model", "6"),
+            ("qemu64-x86_64-cpu", "stepping", "3"),
+        ],
+    ),
     ("hw_compat_5_2", (5, 2), &[]),
     // QEMU 5.2 gave PCI0 the _UID 0; 5.1 and older say 1 (QEMU sets it
     // in pc_q35_machine_5_1_options, a machine class field rather than a
@@ -82,6 +94,47 @@ pub const HW_COMPAT: &[CompatArray] = &[
         (2, 10),
         &[("q35-pcihost", "x-pci-hole64-fix", "off")],
     ),
+    // QEMU 4.0 took MPX out of the Skylake and later models and raised
+    // Cascadelake-Server's stepping.
+    (
+        "pc_compat_3_1",
+        (3, 1),
+        &[
+            ("Skylake-Client-x86_64-cpu", "mpx", "on"),
+            ("Skylake-Client-IBRS-x86_64-cpu", "mpx", "on"),
+            ("Skylake-Server-x86_64-cpu", "mpx", "on"),
+            ("Skylake-Server-IBRS-x86_64-cpu", "mpx", "on"),
+            ("Cascadelake-Server-x86_64-cpu", "mpx", "on"),
+            ("Icelake-Server-x86_64-cpu", "mpx", "on"),
+            ("Cascadelake-Server-x86_64-cpu", "stepping", "5"),
+        ],
+    ),
+    // QEMU 3.1 gave Skylake-Server PKU.
+    (
+        "pc_compat_3_0",
+        (3, 0),
+        &[
+            ("Skylake-Server-x86_64-cpu", "pku", "off"),
+            ("Skylake-Server-IBRS-x86_64-cpu", "pku", "off"),
+        ],
+    ),
+    // QEMU 3.0 gave EPYC the extended leaves up to 0x8000001e and every
+    // CPU the AMD topology extensions.
+    (
+        "pc_compat_2_12",
+        (2, 12),
+        &[
+            ("EPYC-x86_64-cpu", "xlevel", "0x8000000a"),
+            ("EPYC-IBPB-x86_64-cpu", "xlevel", "0x8000000a"),
+            ("x86_64-cpu", "topoext", "off"),
+        ],
+    ),
+    // QEMU 2.12 gave Skylake-Server CLFLUSHOPT.
+    (
+        "pc_compat_2_11",
+        (2, 11),
+        &[("Skylake-Server-x86_64-cpu", "clflushopt", "off")],
+    ),
     // QEMU 4.0 gave the root port a 16 GT/s x32 link; 3.1 and older
     // x1 at 2.5 GT/s. vmm up to 0.2.0 had x1 at 2.5 GT/s on every machine
     // type: guests started there keep it.
@@ -92,6 +145,12 @@ pub const HW_COMPAT: &[CompatArray] = &[
             ("pcie-root-port", "x-speed", "2_5"),
             ("pcie-root-port", "x-width", "1"),
         ],
+    ),
+    // QEMU 2.9 gave Haswell stepping 4.
+    (
+        "pc_compat_2_8",
+        (2, 8),
+        &[("Haswell-x86_64-cpu", "stepping", "1")],
     ),
     ("hw_compat_2_8", (2, 8), &[]),
     // QEMU 2.8 stopped exposing modern virtio when the backend lacks
@@ -267,6 +326,20 @@ mod tests {
         for (array, _, entries) in HW_COMPAT {
             for (t, p, v) in entries.iter() {
                 let g = format!("{t}.{p}={v}");
+                if let Some(cpu) = t.strip_suffix("x86_64-cpu") {
+                    // A CPU type: every CPU's, or a model's.
+                    let model = cpu.strip_suffix('-');
+                    assert!(
+                        model.is_none_or(|m| arch::x86_64::cpu::model(m).is_some()),
+                        "{array}: {g}: no such CPU model"
+                    );
+                    let identity = ["family", "model", "stepping", "xlevel"].contains(p);
+                    assert!(
+                        identity || arch::x86_64::cpu::feature(p).is_some(),
+                        "{array}: {g}: no such CPU property"
+                    );
+                    continue;
+                }
                 devices::model::parse_global(&g).unwrap_or_else(|e| panic!("{array}: {g}: {e}"));
             }
         }

@@ -436,3 +436,36 @@ fn a_destination_that_cannot_restore_an_msr_refuses() {
     src.wait_ticks(src.ticks() + 2, T);
     verify(&mut src);
 }
+
+/// The machine type's compat entries reach the CPU as QEMU's do: on
+/// pc-q35-2.7 Skylake-Server keeps MPX and lacks PKU (pc_compat_3_1,
+/// 3_0), Haswell has stepping 1 (2_8), and every CPU lacks topoext
+/// (2_12) — the guest sees that one; on the newest type none of it.
+#[test]
+fn old_machine_types_give_the_cpu_qemus_old_defaults() {
+    let dir = TempDir::new("cpu-compat");
+    let expand = |machine: &str, model: &str| {
+        let (_vm, sock) = node(&dir, machine, "host", &[], &["-M", machine]);
+        let mut q = Qmp::connect(&sock, T);
+        q.execute(
+            "query-cpu-model-expansion",
+            json!({"type": "full", "model": {"name": model}}),
+        )["model"]["props"]
+            .clone()
+    };
+    let old = expand("pc-q35-2.7", "Skylake-Server");
+    let new = expand("pc-q35-10.0", "Skylake-Server");
+    assert_eq!((&old["mpx"], &old["pku"]), (&json!(true), &json!(false)));
+    assert_eq!((&new["mpx"], &new["pku"]), (&json!(false), &json!(true)));
+    assert_eq!(expand("pc-q35-2.8", "Haswell")["stepping"], 1);
+    assert_eq!(expand("pc-q35-10.0", "Haswell")["stepping"], 4);
+    let topoext = |machine: &str| {
+        let vm = Vmm::new()
+            .args(["-M", machine, "-m", "64M"])
+            .append("cpus=1")
+            .spawn(&format!("topoext-{machine}"));
+        sees(&guest_cpuid(&vm), "topoext")
+    };
+    assert!(!topoext("pc-q35-2.7"));
+    assert!(topoext("pc-q35-10.0"));
+}

@@ -503,7 +503,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         let host = crate::kvm::supported_cpuid().ok();
         return Ok(Action::Print(arch::x86_64::cpu::help(host.as_deref())));
     }
-    let cpu: arch::x86_64::cpu::CpuSpec = a.cpu.as_deref().unwrap_or("host").parse()?;
+    let mut cpu: arch::x86_64::cpu::CpuSpec = a.cpu.as_deref().unwrap_or("host").parse()?;
     let spec = machine::parse(a.machine.as_deref().unwrap_or(""))?;
     if let Some(p) = a.dump_vmstate {
         return Ok(Action::DumpVmstate(p, spec.machine));
@@ -512,6 +512,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         return Ok(Action::DumpAbi(p, spec.machine));
     }
     let compat = machine::compat_props(spec.machine);
+    cpu.apply_compat(compat.iter().map(|e| (e.type_name, e.property, e.value)));
     // QEMU's `-global migration.PROP=VALUE` sets a migration property,
     // not a device's.
     let mut strict_config = false;

@@ -297,9 +297,12 @@ fn query_cpu_model_expansion(
             spec += &format!(",{k}={}", if on { "on" } else { "off" });
         }
     }
-    let spec: cpu::CpuSpec = spec
+    let mut spec: cpu::CpuSpec = spec
         .parse()
         .map_err(|e: cpu::Error| QmpError::generic(e.to_string()))?;
+    // The machine type's compat entries set the model's defaults.
+    let compat = machine::compat_props(t.machine());
+    spec.apply_compat(compat.iter().map(|e| (e.type_name, e.property, e.value)));
     let host = t.supported_cpuid();
     let mut props = Map::new();
     for (f, on) in cpu::expand(&spec, &host) {
@@ -307,9 +310,11 @@ fn query_cpu_model_expansion(
     }
     if let cpu::Base::Model(m) = spec.base {
         props.insert("vendor".into(), m.vendor.into());
-        props.insert("family".into(), m.family.into());
-        props.insert("model".into(), m.model.into());
-        props.insert("stepping".into(), m.stepping.into());
+        let id = spec.compat_identity;
+        props.insert("family".into(), id[0].unwrap_or(m.family).into());
+        props.insert("model".into(), id[1].unwrap_or(m.model).into());
+        props.insert("stepping".into(), id[2].unwrap_or(m.stepping).into());
+        props.insert("xlevel".into(), id[3].unwrap_or(m.xlevel).into());
         props.insert("model-id".into(), m.model_id.into());
     }
     Ok(json!({"model": {"name": name, "props": props}}))

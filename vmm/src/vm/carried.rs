@@ -106,7 +106,9 @@ fn cpu(
     let Some(c) = carried else {
         // vmm up to 0.2.0 had no -cpu: its guests got the host's CPU as
         // KVM supports it, invtsc included. Nothing to check it against.
-        if cfg.cpu != CpuSpec::default() || cfg.strict_config {
+        let plain_host =
+            cfg.cpu.base == arch::x86_64::cpu::Base::Host && cfg.cpu.changes.is_empty();
+        if !plain_host || cfg.strict_config {
             log::warn!(
                 "incoming migration: the source (vmm up to 0.2.0) says nothing of its CPU; the guest gets this VM's -cpu {}",
                 cfg.cpu

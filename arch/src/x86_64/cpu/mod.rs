@@ -219,6 +219,12 @@ pub struct CpuSpec {
     pub enforce: bool,
     /// `host` only: leave out what cannot migrate.
     pub migratable: bool,
+    /// What the machine type's compat arrays set on the model's CPU type
+    /// (QEMU's `pc_compat_X_Y` entries for `MODEL-x86_64-cpu`): features
+    /// applied before `changes`, and the identity (family, model,
+    /// stepping) where they change it. Not part of the `-cpu` text.
+    pub compat: Vec<(&'static Feature, bool)>,
+    pub compat_identity: [Option<u32>; 4],
 }
 
 impl Default for CpuSpec {
@@ -228,6 +234,8 @@ impl Default for CpuSpec {
             changes: vec![],
             enforce: true,
             migratable: true,
+            compat: vec![],
+            compat_identity: [None; 4],
         }
     }
 }
@@ -293,6 +301,56 @@ impl std::str::FromStr for CpuSpec {
             }
         }
         Ok(spec)
+    }
+}
+
+impl CpuSpec {
+    /// Applies the machine type's compat entries (`(type, property,
+    /// value)`) that name this model's CPU type, as QEMU's compat
+    /// properties set its defaults. Returns the entries it took.
+    pub fn apply_compat<'e>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'e str, &'e str, &'e str)>,
+    ) -> Vec<(&'e str, &'e str, &'e str)> {
+        // Entries for every CPU type, and for this model's.
+        let ty = match self.base {
+            Base::Model(m) => format!("{}-x86_64-cpu", m.name),
+            Base::Host => "host-x86_64-cpu".to_string(),
+        };
+        let mut taken = vec![];
+        for (t, prop, value) in entries
+            .into_iter()
+            .filter(|(t, _, _)| *t == ty || *t == "x86_64-cpu")
+        {
+            let slot = match prop {
+                "family" => Some(0),
+                "model" => Some(1),
+                "stepping" => Some(2),
+                "xlevel" => Some(3),
+                _ => None,
+            };
+            match (slot, feature(prop), on_off(value)) {
+                // `host` is this host's CPU: no identity to change.
+                (Some(_), _, _) if self.base == Base::Host => {}
+                (Some(i), _, _) => {
+                    let n = match value.strip_prefix("0x") {
+                        Some(h) => u32::from_str_radix(h, 16).ok(),
+                        None => value.parse().ok(),
+                    };
+                    if let Some(v) = n {
+                        self.compat_identity[i] = Some(v);
+                        taken.push((t, prop, value));
+                    }
+                }
+                (None, Some(f), Some(on)) => {
+                    self.compat.retain(|(c, _)| *c != f);
+                    self.compat.push((f, on));
+                    taken.push((t, prop, value));
+                }
+                _ => {}
+            }
+        }
+        taken
     }
 }
 
@@ -408,7 +466,7 @@ fn wanted(spec: &CpuSpec, host: &[kvm_cpuid_entry2]) -> Vec<&'static Feature> {
             .collect(),
         Base::Model(m) => m.features.clone(),
     };
-    for (f, on) in &spec.changes {
+    for (f, on) in spec.compat.iter().chain(&spec.changes) {
         wanted.retain(|w| w != f);
         if *on {
             wanted.push(f);
@@ -454,7 +512,7 @@ pub fn build(
         };
     }
     if let Base::Model(m) = spec.base {
-        identify(&mut t, m);
+        identify(&mut t, m, spec.compat_identity);
     }
     xsave_components(&mut t, host);
     Ok((t, missing))
@@ -463,28 +521,32 @@ pub fn build(
 /// A model's identity: vendor, levels, family/model/stepping, brand
 /// string; leaves past its levels are gone (KVM's own, 0x40000000...,
 /// stay).
-fn identify(t: &mut Vec<kvm_cpuid_entry2>, m: &Model) {
+fn identify(t: &mut Vec<kvm_cpuid_entry2>, m: &Model, identity: [Option<u32>; 4]) {
+    let family = identity[0].unwrap_or(m.family);
+    let model = identity[1].unwrap_or(m.model);
+    let stepping = identity[2].unwrap_or(m.stepping);
+    let xlevel = identity[3].unwrap_or(m.xlevel);
     t.retain(|e| {
         let f = e.function;
         (f <= m.level)
             || (0x4000_0000..0x8000_0000).contains(&f)
-            || (0x8000_0000..=m.xlevel).contains(&f)
+            || (0x8000_0000..=xlevel).contains(&f)
     });
     let v = m.vendor.as_bytes();
     let word = |i: usize| u32::from_le_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
     let (b, d, c) = (word(0), word(4), word(8));
-    for (leaf, level) in [(0, m.level), (0x8000_0000, m.xlevel)] {
+    for (leaf, level) in [(0, m.level), (0x8000_0000, xlevel)] {
         if let Some(e) = entry_mut(t, leaf, 0) {
             (e.eax, e.ebx, e.ecx, e.edx) = (level, b, c, d);
         }
     }
     if let Some(e) = entry_mut(t, 1, 0) {
-        let mut eax = if m.family > 0xf {
-            0xf00 | ((m.family - 0xf) << 20)
+        let mut eax = if family > 0xf {
+            0xf00 | ((family - 0xf) << 20)
         } else {
-            m.family << 8
+            family << 8
         };
-        eax |= ((m.model & 0xf) << 4) | ((m.model >> 4) << 16) | (m.stepping & 0xf);
+        eax |= ((model & 0xf) << 4) | ((model >> 4) << 16) | (stepping & 0xf);
         e.eax = eax;
     }
     // Leaf 0x80000001 repeats the signature (QEMU's cpuid_version).
@@ -796,6 +858,35 @@ mod tests {
         let xsave = entry(&t, 0xd, 0).unwrap();
         assert_eq!(xsave.eax & 0xe0, 0);
         assert_eq!(xsave.ecx, 576 + 256);
+    }
+
+    /// The machine type's compat entries for the model's CPU type set its
+    /// defaults (QEMU's pc_compat_3_1 kept MPX on Skylake-Server, 2.8
+    /// Haswell's stepping 1); `-cpu` changes still win.
+    #[test]
+    fn compat_entries_set_the_models_defaults() {
+        let entries = [
+            ("Skylake-Server-x86_64-cpu", "mpx", "on"),
+            ("Skylake-Server-x86_64-cpu", "pku", "off"),
+            ("Haswell-x86_64-cpu", "stepping", "1"),
+            ("x86_64-cpu", "l3-cache", "off"),
+            ("x86_64-cpu", "topoext", "off"),
+        ];
+        let mut s: CpuSpec = "Skylake-Server,check=on,pku=on".parse().unwrap();
+        assert_eq!(s.apply_compat(entries).len(), 3);
+        let (t, _) = build(&s, &host()).unwrap();
+        assert!(has(&t, feature("mpx").unwrap()));
+        assert!(has(&t, feature("pku").unwrap()), "-cpu pku=on wins");
+        assert_eq!(s.to_string(), "Skylake-Server,+pku");
+        let mut h: CpuSpec = "Haswell,check=on".parse().unwrap();
+        assert_eq!(h.apply_compat(entries).len(), 2);
+        let (t, _) = build(&h, &host()).unwrap();
+        assert_eq!(entry(&t, 1, 0).unwrap().eax & 0xf, 1);
+        // Every CPU type's entries reach host too, but not an identity.
+        let mut host_spec = CpuSpec::default();
+        assert_eq!(host_spec.apply_compat(entries).len(), 1);
+        let (t, _) = build(&host_spec, &host()).unwrap();
+        assert!(!has(&t, feature("topoext").unwrap()));
     }
 
     #[test]
