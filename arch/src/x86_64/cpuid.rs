@@ -1,45 +1,71 @@
-//! CPUID for each vCPU, from KVM's supported set: APIC IDs and topology
-//! (one socket, `cpus` cores, one thread each), the hypervisor bit; KVM's
-//! own leaves (0x40000000..) stay as KVM reports them, so kvm-clock works.
+//! CPUID for each vCPU, from the guest's table (`cpu::build`): its APIC
+//! ID and the topology (`-smp`) in the leaves that describe them — 1, 4,
+//! 0xB/0x1F, and AMD's 0x80000008 and 0x8000001E — as QEMU's
+//! `cpu_x86_cpuid` fills them; the hypervisor bit. KVM's own leaves
+//! (0x40000000..) stay as KVM reports them, so kvm-clock works.
 
+use super::topology::Topology;
 use kvm_bindings::kvm_cpuid_entry2;
 
-/// Patches `entries` (KVM's supported CPUID) for vCPU `apic_id` of `cpus`.
-pub fn patch(entries: &mut [kvm_cpuid_entry2], apic_id: u32, cpus: u32) {
-    // Bits needed to number the cores.
-    let core_bits = 32 - (cpus.max(1) - 1).leading_zeros();
+/// Patches `entries` for the vCPU with APIC ID `apic_id` in `topo`.
+pub fn patch(entries: &mut [kvm_cpuid_entry2], apic_id: u32, topo: &Topology) {
+    let per_pkg = topo.threads_per_pkg();
     for e in entries.iter_mut() {
         match e.function {
             1 => {
-                e.ebx = (e.ebx & 0xffff) | (cpus.min(255) << 16) | (apic_id << 24);
+                e.ebx = (e.ebx & 0xffff) | (per_pkg.min(255) << 16) | ((apic_id & 0xff) << 24);
                 e.ecx |= 1 << 31; // running under a hypervisor
-                if cpus > 1 {
+                if per_pkg > 1 {
                     e.edx |= 1 << 28; // HTT: the count in EBX[23:16] is valid
+                } else {
+                    e.edx &= !(1 << 28);
                 }
             }
             4 => {
-                // Cores per package sharing this cache level.
-                e.eax = (e.eax & 0x3ff) | ((cpus.saturating_sub(1)) << 26);
+                // Cores per package (as vmm up to 0.2.0 set it, for one
+                // socket of `cpus` cores).
+                e.eax = (e.eax & 0x3ff) | ((topo.cores * topo.dies).saturating_sub(1) << 26);
             }
             0xb | 0x1f => {
                 e.edx = apic_id;
-                match e.index {
-                    0 => {
-                        e.eax = 0;
-                        e.ebx = 1;
-                        e.ecx = 1 << 8; // SMT level
+                // 0xB: SMT and core; 0x1F also the die when there are dies.
+                let levels: &[(u32, u32, u32)] = if e.function == 0x1f && topo.dies > 1 {
+                    &[
+                        (topo.smt_width(), topo.threads, 1),
+                        (topo.die_offset(), topo.threads * topo.cores, 2),
+                        (topo.pkg_offset(), per_pkg, 5),
+                    ]
+                } else {
+                    &[
+                        (topo.smt_width(), topo.threads, 1),
+                        (topo.pkg_offset(), per_pkg, 2),
+                    ]
+                };
+                match levels.get(e.index as usize) {
+                    Some(&(shift, count, kind)) => {
+                        e.eax = shift;
+                        e.ebx = count;
+                        e.ecx = (kind << 8) | e.index;
                     }
-                    1 => {
-                        e.eax = core_bits;
-                        e.ebx = cpus;
-                        e.ecx = (2 << 8) | 1; // core level
-                    }
-                    _ => {
+                    None => {
                         e.eax = 0;
                         e.ebx = 0;
                         e.ecx = e.index;
                     }
                 }
+            }
+            0x8000_0008 => {
+                // NC: threads per package - 1; ApicIdSize: the package shift.
+                e.ecx = (e.ecx & !0xf0ff) | (per_pkg - 1).min(255) | (topo.pkg_offset() << 12);
+            }
+            0x8000_001e => {
+                let (socket, die, core, _) = (0..topo.maxcpus)
+                    .map(|i| (i, topo.apic_id(i)))
+                    .find(|(_, id)| *id == apic_id)
+                    .map_or((0, 0, 0, 0), |(i, _)| topo.position(i));
+                e.eax = apic_id;
+                e.ebx = (topo.threads - 1) << 8 | (core & 0xff);
+                e.ecx = (topo.dies - 1) << 8 | ((socket * topo.dies + die) & 0xff);
             }
             0xa => {
                 // No virtual PMU: PVM hosts have none to give.
@@ -57,24 +83,39 @@ pub fn patch(entries: &mut [kvm_cpuid_entry2], apic_id: u32, cpus: u32) {
 mod tests {
     use super::*;
 
+    fn leaf(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn apic_id_and_count_land_in_leaf_1_and_0xb() {
+    fn apic_id_and_topology_land_in_every_leaf_that_tells_them() {
+        let topo = Topology::parse("8,sockets=2,cores=2,threads=2", false, 255).unwrap();
         let mut v = vec![
             kvm_cpuid_entry2 {
                 function: 1,
                 ebx: 0x0000_0800,
                 ..Default::default()
             },
-            kvm_cpuid_entry2 {
-                function: 0xb,
-                index: 1,
-                ..Default::default()
-            },
+            leaf(0xb, 0),
+            leaf(0xb, 1),
+            leaf(0xb, 2),
+            leaf(0x8000_0008, 0),
+            leaf(0x8000_001e, 0),
         ];
-        patch(&mut v, 3, 4);
-        assert_eq!(v[0].ebx >> 24, 3);
-        assert_eq!((v[0].ebx >> 16) & 0xff, 4);
+        // vCPU 5: socket 1, core 0, thread 1.
+        patch(&mut v, topo.apic_id(5), &topo);
+        assert_eq!(v[0].ebx >> 24, 5);
+        assert_eq!((v[0].ebx >> 16) & 0xff, 4, "logical processors per package");
         assert_ne!(v[0].ecx & (1 << 31), 0);
-        assert_eq!((v[1].eax, v[1].ebx, v[1].edx), (2, 4, 3));
+        assert_ne!(v[0].edx & (1 << 28), 0);
+        assert_eq!((v[1].eax, v[1].ebx, v[1].ecx, v[1].edx), (1, 2, 0x100, 5));
+        assert_eq!((v[2].eax, v[2].ebx, v[2].ecx, v[2].edx), (2, 4, 0x201, 5));
+        assert_eq!((v[3].eax, v[3].ebx, v[3].ecx), (0, 0, 2));
+        assert_eq!(v[4].ecx & 0xf0ff, 0x2003);
+        assert_eq!((v[5].eax, v[5].ebx & 0xffff, v[5].ecx & 0xff), (5, 0x100, 1));
     }
 }

@@ -8,6 +8,7 @@ pub mod layout;
 pub mod linux;
 pub mod pvh;
 pub mod regs;
+pub mod topology;
 
 /// E820 / PVH memory map entry types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
