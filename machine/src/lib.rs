@@ -191,6 +191,15 @@ pub struct MachineType {
     pub description: &'static str,
 }
 
+impl MachineType {
+    /// `-smp N` without a split fills sockets first (QEMU's
+    /// `smp_props.prefer_sockets`, set by pc_q35_machine_6_1_options and
+    /// older), cores first on later machine types.
+    pub fn prefer_sockets(&self) -> bool {
+        self.version < (6, 2)
+    }
+}
+
 /// Every x86_64 machine type, oldest first; the last is the newest and
 /// the default.
 pub const PC_Q35: &[MachineType] = &[

@@ -469,3 +469,121 @@ fn old_machine_types_give_the_cpu_qemus_old_defaults() {
     assert!(!topoext("pc-q35-2.7"));
     assert!(topoext("pc-q35-10.0"));
 }
+
+/// What the guest found of its topology: each CPU's APIC ID (agreeing
+/// among its local APIC, CPUID leaf 1 and leaf 0xB: the guest checks),
+/// threads per core and logical processors per package (CPUID 0xB).
+fn topology_seen(vm: &Vm) -> (Vec<u32>, u32, u32) {
+    vm.wait_prefix("smp.topology", T);
+    let ids = vm
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("smp.cpu") && l.contains("lapic_id="))
+        .filter_map(|l| l.split("lapic_id=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    let num = |k: &str| {
+        vm.value("smp.topology", k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (ids, num("threads_per_core"), num("logical_per_package"))
+}
+
+/// `-smp` with QEMU's syntax: the guest's CPUID, its APIC IDs and the
+/// MADT agree (the guest starts every CPU the MADT lists by its APIC ID
+/// and checks CPUID gives each the same); the default split follows the
+/// machine type (sockets first before 6.2, cores since).
+#[test]
+fn topology_shows_in_cpuid_apic_ids_and_the_madt() {
+    for (machine, smp, ids, threads, per_pkg) in [
+        (
+            "pc-q35-10.0",
+            "8,sockets=2,cores=2,threads=2",
+            vec![0, 1, 2, 3, 4, 5, 6, 7],
+            2,
+            4,
+        ),
+        (
+            "pc-q35-10.0",
+            "6,sockets=2,cores=3",
+            vec![0, 1, 2, 4, 5, 6],
+            1,
+            3,
+        ),
+        ("pc-q35-10.0", "4", vec![0, 1, 2, 3], 1, 4),
+        ("pc-q35-5.2", "4", vec![0, 1, 2, 3], 1, 1),
+        ("pc-q35-10.0", "2,maxcpus=4", vec![0, 1], 1, 4),
+    ] {
+        let cpus = smp.split(',').next().unwrap();
+        let mut vm = Vmm::new()
+            .args(["-M", machine, "-smp", smp, "-m", "128M"])
+            .append(&format!("cpus={cpus}"))
+            .spawn(&format!("smp-{smp}"));
+        assert_eq!(
+            topology_seen(&vm),
+            (ids, threads, per_pkg),
+            "{machine} -smp {smp}\n{}",
+            vm.log()
+        );
+        vm.assert_pass(T);
+    }
+    let (code, _, err) = vmm(&["-smp", "8,sockets=3,cores=2", "--print-config"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("sockets (3) * dies (1) * cores (2) * threads (1) != maxcpus (8)"),
+        "{err}"
+    );
+}
+
+/// The topology travels with the guest: a destination started with
+/// another split of the same vCPUs gives the guest its source's (same
+/// APIC IDs, so the vCPUs fit), which a reset there keeps; one whose
+/// split would number the vCPUs otherwise refuses, naming both.
+#[test]
+fn a_guests_topology_travels_with_it() {
+    let dir = TempDir::new("cpu-smp");
+    let guest = ["-M", "pc-q35-5.2", "-smp"];
+    let (src, src_sock) = node(
+        &dir,
+        "src",
+        "host",
+        &[],
+        &[&guest[..], &["4,cores=4"]].concat(),
+    );
+    src.wait_prefix("mem.filled", T);
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (dst, dst_sock) = node(
+        &dir,
+        "sockets",
+        "host",
+        &[],
+        &[&guest[..], &["4", "-incoming", &uri]].concat(),
+    );
+    let mut q = Qmp::connect(&src_sock, T);
+    q.execute("migrate", json!({ "uri": uri }));
+    assert_eq!(q.wait_migration(T)["status"], "completed");
+    drop(src);
+    assert!(
+        dst.log()
+            .contains("-smp 4,maxcpus=4,sockets=1,dies=1,cores=4,threads=1"),
+        "{}",
+        dst.log()
+    );
+    Qmp::connect(&dst_sock, T).execute("system_reset", json!({}));
+    assert_eq!(topology_seen(&dst).2, 4, "{}", dst.log());
+    drop(dst);
+
+    let (src, src_sock) = node(&dir, "odd", "host", &[], &["-smp", "6,sockets=2,cores=3"]);
+    src.wait_prefix("mem.filled", T);
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let (_dst, _) = node(&dir, "flat", "host", &[], &["-smp", "6", "-incoming", &uri]);
+    let mut q = Qmp::connect(&src_sock, T);
+    q.execute("migrate", json!({ "uri": uri }));
+    let m = q.wait_migration(T);
+    assert_eq!(m["status"], "failed", "{m}");
+    let why = m["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("APIC IDs [0, 1, 2, 4, 5, 6]") && why.contains("[0, 1, 2, 3, 4, 5]"),
+        "{m}"
+    );
+}

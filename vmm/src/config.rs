@@ -217,11 +217,13 @@ pub struct VmConfig {
     pub machine: &'static machine::MachineType,
     pub memory: u64,
     pub vcpus: u8,
+    /// `-smp`: the vCPUs' arrangement (`vcpus` of them present).
+    pub smp: arch::x86_64::topology::Topology,
     /// `-cpu`.
     pub cpu: arch::x86_64::cpu::CpuSpec,
-    /// The CPUID table a migration's source gave the guest, which this
-    /// VM keeps for every later board (`vm/carried.rs`).
-    pub cpu_carried: Option<std::sync::Arc<Vec<crate::hypervisor::CpuidEntry>>>,
+    /// The CPU a migration's source gave the guest, which this VM keeps
+    /// for every later board (`vm/carried.rs`).
+    pub cpu_carried: Option<CarriedCpu>,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
@@ -250,6 +252,21 @@ pub struct VmConfig {
     /// `-object authz-simple`.
     pub authz: Vec<migration::tls::Authz>,
     pub backends: crate::backends::Backends,
+}
+
+/// The CPU a migration's source gave its guest, kept by a destination.
+#[derive(Clone, Debug)]
+pub struct CarriedCpu {
+    /// The CPUID table, before each vCPU's topology.
+    pub cpuid: std::sync::Arc<Vec<crate::hypervisor::CpuidEntry>>,
+    pub topology: arch::x86_64::topology::Topology,
+}
+
+impl VmConfig {
+    /// The vCPUs' arrangement the guest has: its source's, or `-smp`'s.
+    pub fn topology(&self) -> arch::x86_64::topology::Topology {
+        self.cpu_carried.as_ref().map_or(self.smp, |c| c.topology)
+    }
 }
 
 /// What to do: run, or print something and exit.
@@ -484,7 +501,7 @@ pub fn print_config(c: &VmConfig) -> String {
         v
     };
     let cfg = serde_json::json!({
-        "machine": {"type": c.machine.name, "memory": c.memory, "cpus": c.vcpus, "cpu": c.cpu.to_string(), "compat_arrays_applied": arrays,
+        "machine": {"type": c.machine.name, "memory": c.memory, "cpus": c.vcpus, "smp": c.smp.to_string(), "cpu": c.cpu.to_string(), "compat_arrays_applied": arrays,
                     "host_bridge": {"type": c.host_bridge.type_name, "properties": props_json(&c.host_bridge)}},
         "devices": devices,
     });
@@ -556,16 +573,9 @@ pub fn from_args(a: Args) -> Result<Action> {
             MIN_MEMORY >> 20
         );
     }
-    let vcpus: u32 = a
-        .smp
-        .split(',')
-        .next()
-        .unwrap_or("")
-        .parse()
-        .map_err(|_| anyhow!("invalid -smp '{}': expected a number of vCPUs", a.smp))?;
-    if !(1..=MAX_VCPUS).contains(&vcpus) {
-        bail!("invalid -smp {vcpus}: the number of vCPUs must be between 1 and {MAX_VCPUS}");
-    }
+    let smp =
+        arch::x86_64::topology::Topology::parse(&a.smp, spec.machine.prefer_sockets(), MAX_VCPUS)?;
+    let vcpus = smp.cpus;
     let mut devices = devices;
     resolve_auto(&mut devices, vcpus as u8);
     let serial = match a.serial.as_str() {
@@ -605,6 +615,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         machine: spec.machine,
         memory,
         vcpus: vcpus as u8,
+        smp,
         cpu,
         cpu_carried: None,
         kernel,

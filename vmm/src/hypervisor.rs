@@ -41,7 +41,7 @@ pub struct X86BootState<'a> {
     /// none and wait for INIT-SIPI.
     pub entry: Option<(u64, u64, u64)>,
     pub apic_id: u32,
-    pub cpus: u32,
+    pub topology: &'a arch::x86_64::topology::Topology,
     /// The guest's CPUID table (`-cpu`), before this vCPU's topology.
     pub cpuid: &'a [CpuidEntry],
 }
@@ -63,8 +63,13 @@ pub trait VcpuX86_64 {
     /// CPUID, the local APIC's wiring, and for the BSP the entry state.
     fn configure(&mut self, boot: &X86BootState) -> Result<(), Error>;
     /// Gives the vCPU (which has not run) the CPUID table `cpuid`, as
-    /// vCPU `apic_id` of `cpus`.
-    fn set_cpuid(&mut self, cpuid: &[CpuidEntry], apic_id: u32, cpus: u32) -> Result<(), Error>;
+    /// the vCPU with APIC ID `apic_id` in `topology`.
+    fn set_cpuid(
+        &mut self,
+        cpuid: &[CpuidEntry],
+        apic_id: u32,
+        topology: &arch::x86_64::topology::Topology,
+    ) -> Result<(), Error>;
     /// The guest's TSC frequency, in kHz.
     fn tsc_khz(&self) -> Result<u32, Error>;
     /// Runs the guest's TSC at `khz` (needs [`VmX86_64::tsc_scaling`]).

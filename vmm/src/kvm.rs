@@ -462,9 +462,14 @@ const APIC_MODE_EXTINT: u32 = 0x7 << 8;
 const APIC_MODE_NMI: u32 = 0x4 << 8;
 
 impl VcpuX86_64 for KvmVcpu {
-    fn set_cpuid(&mut self, cpuid: &[CpuidEntry], apic_id: u32, cpus: u32) -> Result<(), Error> {
+    fn set_cpuid(
+        &mut self,
+        cpuid: &[CpuidEntry],
+        apic_id: u32,
+        topology: &arch::x86_64::topology::Topology,
+    ) -> Result<(), Error> {
         let mut table = cpuid.to_vec();
-        arch::x86_64::cpuid::patch(&mut table, apic_id, cpus);
+        arch::x86_64::cpuid::patch(&mut table, apic_id, topology);
         let table = CpuId::from_entries(&table).map_err(|_| Error {
             what: "KVM_SET_CPUID2 failed",
             source: std::io::Error::other(format!("{} CPUID entries are too many", table.len())),
@@ -488,7 +493,7 @@ impl VcpuX86_64 for KvmVcpu {
     }
 
     fn configure(&mut self, boot: &X86BootState) -> Result<(), Error> {
-        self.set_cpuid(boot.cpuid, boot.apic_id, boot.cpus)?;
+        self.set_cpuid(boot.cpuid, boot.apic_id, boot.topology)?;
         // LINT0 delivers the 8259's ExtINT, LINT1 NMIs, as firmware would.
         let mut lapic = self.fd.get_lapic().map_err(err("KVM_GET_LAPIC failed"))?;
         for (off, mode) in [

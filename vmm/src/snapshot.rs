@@ -227,7 +227,11 @@ pub fn carried(
             Some(entry(Bdf::new(d.bus, devfn >> 3, devfn & 7), &d.props))
         }))
         .collect();
-    let cpuid = cfg.cpu_carried.as_deref().map_or(cpuid, |t| t.as_slice());
+    let cpuid = cfg
+        .cpu_carried
+        .as_ref()
+        .map_or(cpuid, |c| c.cpuid.as_slice());
+    let topo = cfg.topology();
     let table: Vec<[u32; 7]> = cpuid
         .iter()
         .map(|e| [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx])
@@ -236,7 +240,9 @@ pub fn carried(
         "devices": devices,
         // The CPU the guest was given: the destination takes it only if it
         // can give it (vm/carried.rs).
-        "cpu": {"spec": cfg.cpu.to_string(), "cpuid": table, "tsc_khz": tsc_khz, "msrs": msrs},
+        "cpu": {"spec": cfg.cpu.to_string(), "cpuid": table, "tsc_khz": tsc_khz, "msrs": msrs,
+            "topology": {"cpus": topo.cpus, "maxcpus": topo.maxcpus, "sockets": topo.sockets,
+                "dies": topo.dies, "cores": topo.cores, "threads": topo.threads}},
     })
 }
 

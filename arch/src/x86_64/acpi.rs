@@ -16,7 +16,9 @@ const OEM_TABLE: [u8; 8] = *b"VMMBOARD";
 
 /// What the tables describe.
 pub struct AcpiConfig {
-    pub cpus: u8,
+    /// The vCPUs: every possible one gets a MADT entry, the present ones
+    /// enabled.
+    pub topology: super::topology::Topology,
     pub ram: u64,
     /// The PCI host's `_CRS` declares the whole 64-bit MMIO window (the
     /// host bridge's `x-pci-hole64-fix`); without it, only the range
@@ -155,12 +157,14 @@ fn fadt(dsdt: u64, facs: u64) -> Sdt {
     t
 }
 
-fn madt(cpus: u8) -> Sdt {
+fn madt(topo: &super::topology::Topology) -> Sdt {
     let mut t = sdt(b"APIC", 44, 4);
     t.write_u32(36, layout::LAPIC_START as u32);
     t.write_u32(40, 1); // PCAT_COMPAT: 8259s present
-    for i in 0..cpus {
-        t.append_slice(&[0, 8, i, i, 1, 0, 0, 0]); // processor local APIC, enabled
+    for i in 0..topo.maxcpus {
+        // Processor local APIC: UID, APIC ID, enabled when present.
+        let enabled = u8::from(i < topo.cpus);
+        t.append_slice(&[0, 8, i as u8, topo.apic_id(i) as u8, enabled, 0, 0, 0]);
     }
     let mut ioapic = vec![1, 12, 0, 0];
     ioapic.extend_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
@@ -208,7 +212,7 @@ pub fn build(cfg: &AcpiConfig) -> AcpiTables {
     let facs_at = place(&mut bytes, &facs());
     let dsdt_at = place(&mut bytes, dsdt(cfg).as_slice());
     let fadt_at = place(&mut bytes, fadt(dsdt_at, facs_at).as_slice());
-    let madt_at = place(&mut bytes, madt(cfg.cpus).as_slice());
+    let madt_at = place(&mut bytes, madt(&cfg.topology).as_slice());
     let mcfg_at = place(&mut bytes, mcfg().as_slice());
     let mut xsdt = sdt(b"XSDT", 36, 1);
     for t in [fadt_at, madt_at, mcfg_at] {
@@ -248,7 +252,7 @@ mod tests {
     #[test]
     fn every_checksum_is_valid_and_tables_are_reachable() {
         let t = build(&AcpiConfig {
-            cpus: 4,
+            topology: super::super::topology::Topology::flat(4),
             ram: 5 << 30,
             pci_hole64: true,
             pci_root_uid: 0,
@@ -304,7 +308,7 @@ mod tests {
     fn the_64_bit_window_follows_hole64_fix() {
         for (fix, want) in [(true, 1), (false, 0)] {
             let t = build(&AcpiConfig {
-                cpus: 1,
+                topology: super::super::topology::Topology::flat(1),
                 ram: 1 << 30,
                 pci_hole64: fix,
                 pci_root_uid: 0,
@@ -323,7 +327,7 @@ mod tests {
     fn the_pci_root_uid_is_the_host_bridges() {
         for (uid, op) in [(0u8, 0x00u8), (1, 0x01)] {
             let t = build(&AcpiConfig {
-                cpus: 1,
+                topology: super::super::topology::Topology::flat(1),
                 ram: 1 << 30,
                 pci_hole64: true,
                 pci_root_uid: uid,

@@ -8,8 +8,23 @@ use super::topology::Topology;
 use kvm_bindings::kvm_cpuid_entry2;
 
 /// Patches `entries` for the vCPU with APIC ID `apic_id` in `topo`.
-pub fn patch(entries: &mut [kvm_cpuid_entry2], apic_id: u32, topo: &Topology) {
+pub fn patch(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u32, topo: &Topology) {
     let per_pkg = topo.threads_per_pkg();
+    // Every level of 0xB (and 0x1F) the topology needs, and the empty one
+    // that ends them, where KVM's table has the leaf at all.
+    for (leaf, levels) in [(0xb, 3), (0x1f, if topo.dies > 1 { 4 } else { 3 })] {
+        let Some(first) = entries.iter().find(|e| e.function == leaf).copied() else {
+            continue;
+        };
+        for index in 0..levels {
+            if !entries
+                .iter()
+                .any(|e| e.function == leaf && e.index == index)
+            {
+                entries.push(kvm_cpuid_entry2 { index, ..first });
+            }
+        }
+    }
     for e in entries.iter_mut() {
         match e.function {
             1 => {
@@ -108,6 +123,11 @@ mod tests {
         ];
         // vCPU 5: socket 1, core 0, thread 1.
         patch(&mut v, topo.apic_id(5), &topo);
+        v.sort_by_key(|e| (e.function, e.index));
+        let v: Vec<_> = v
+            .into_iter()
+            .filter(|e| e.function != 0xb || e.index < 3)
+            .collect();
         assert_eq!(v[0].ebx >> 24, 5);
         assert_eq!((v[0].ebx >> 16) & 0xff, 4, "logical processors per package");
         assert_ne!(v[0].ecx & (1 << 31), 0);
@@ -116,6 +136,9 @@ mod tests {
         assert_eq!((v[2].eax, v[2].ebx, v[2].ecx, v[2].edx), (2, 4, 0x201, 5));
         assert_eq!((v[3].eax, v[3].ebx, v[3].ecx), (0, 0, 2));
         assert_eq!(v[4].ecx & 0xf0ff, 0x2003);
-        assert_eq!((v[5].eax, v[5].ebx & 0xffff, v[5].ecx & 0xff), (5, 0x100, 1));
+        assert_eq!(
+            (v[5].eax, v[5].ebx & 0xffff, v[5].ecx & 0xff),
+            (5, 0x100, 1)
+        );
     }
 }

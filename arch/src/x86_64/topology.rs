@@ -20,7 +20,9 @@ pub struct Topology {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("invalid -smp '{0}': expected N[,maxcpus=M][,sockets=S][,dies=D][,cores=C][,threads=T]")]
+    #[error(
+        "invalid -smp '{0}': expected N[,maxcpus=M][,sockets=S][,dies=D][,cores=C][,threads=T]"
+    )]
     Syntax(String),
     #[error("invalid CPU topology: product of the hierarchy must match maxcpus: sockets ({sockets}) * dies ({dies}) * cores ({cores}) * threads ({threads}) != maxcpus ({maxcpus})")]
     Product {
@@ -30,10 +32,12 @@ pub enum Error {
         threads: u32,
         maxcpus: u32,
     },
-    #[error("invalid CPU topology: maxcpus ({maxcpus}) must be at least the number of vCPUs ({cpus})")]
+    #[error(
+        "invalid CPU topology: maxcpus ({maxcpus}) must be at least the number of vCPUs ({cpus})"
+    )]
     Maxcpus { cpus: u32, maxcpus: u32 },
-    #[error("invalid -smp: {what} must be at least 1")]
-    Zero { what: &'static str },
+    #[error("invalid -smp {smp}: {what} must be at least 1")]
+    Zero { smp: String, what: &'static str },
     #[error("invalid -smp: {maxcpus} vCPUs is more than this machine's {limit}")]
     TooMany { maxcpus: u32, limit: u32 },
 }
@@ -65,25 +69,25 @@ impl Topology {
     /// cores first since; at most `limit` vCPUs.
     pub fn parse(s: &str, prefer_sockets: bool, limit: u32) -> Result<Topology, Error> {
         let bad = || Error::Syntax(s.to_string());
-        let mut v = [0u32; 6]; // cpus, maxcpus, sockets, dies, cores, threads
+        const NAMES: [&str; 6] = ["cpus", "maxcpus", "sockets", "dies", "cores", "threads"];
+        let mut v = [0u32; 6];
         for (i, part) in s.split(',').enumerate() {
             let (k, val) = match part.split_once('=') {
                 Some(kv) => kv,
                 None if i == 0 => ("cpus", part),
                 None => return Err(bad()),
             };
-            let slot = ["cpus", "maxcpus", "sockets", "dies", "cores", "threads"]
-                .iter()
-                .position(|n| *n == k)
-                .ok_or_else(bad)?;
+            let slot = NAMES.iter().position(|n| *n == k).ok_or_else(bad)?;
             v[slot] = val.parse().map_err(|_| bad())?;
-        }
-        let [cpus, mut maxcpus, mut sockets, dies, mut cores, mut threads] = v;
-        for (what, n) in [("sockets", sockets), ("dies", dies), ("cores", cores), ("threads", threads)] {
-            if n == 0 && s.contains(&format!("{what}=")) {
-                return Err(Error::Zero { what });
+            // As QEMU 6.2+: a count given must be at least 1.
+            if v[slot] == 0 {
+                return Err(Error::Zero {
+                    smp: s.to_string(),
+                    what: NAMES[slot],
+                });
             }
         }
+        let [cpus, mut maxcpus, mut sockets, dies, mut cores, mut threads] = v;
         let dies = dies.max(1);
         if cpus == 0 && maxcpus == 0 {
             sockets = sockets.max(1);
@@ -220,12 +224,21 @@ mod tests {
         let t = p("sockets=2,cores=3", false).unwrap();
         assert_eq!((t.cpus, t.maxcpus), (6, 6));
         let e = p("8,sockets=3,cores=2", false).unwrap_err().to_string();
-        assert!(e.contains("sockets (3) * dies (1) * cores (2) * threads (1) != maxcpus (8)"), "{e}");
-        assert!(matches!(p("4,maxcpus=2", false), Err(Error::Maxcpus { .. })));
+        assert!(
+            e.contains("sockets (3) * dies (1) * cores (2) * threads (1) != maxcpus (8)"),
+            "{e}"
+        );
+        assert!(matches!(
+            p("4,maxcpus=2", false),
+            Err(Error::Maxcpus { .. })
+        ));
         assert!(matches!(p("4,nodes=2", false), Err(Error::Syntax(_))));
         assert!(matches!(p("x", false), Err(Error::Syntax(_))));
         assert!(matches!(p("300", false), Err(Error::TooMany { .. })));
-        assert!(matches!(p("4,cores=0", false), Err(Error::Zero { what: "cores" })));
+        assert!(matches!(
+            p("4,cores=0", false),
+            Err(Error::Zero { what: "cores", .. })
+        ));
     }
 
     #[test]
@@ -240,6 +253,9 @@ mod tests {
         assert_eq!(ids, [0, 1, 2, 4, 5, 6]);
         assert_eq!(t.position(4), (1, 0, 1, 0));
         let flat = Topology::flat(3);
-        assert_eq!((0..3).map(|i| flat.apic_id(i)).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            (0..3).map(|i| flat.apic_id(i)).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
     }
 }

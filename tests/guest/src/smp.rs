@@ -21,6 +21,17 @@ extern "C" {
 
 /// APIC ID each CPU saw for itself (u32::MAX = not alive).
 pub static ALIVE_APIC_ID: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
+/// The APIC IDs CPUID gave each CPU: leaf 1 EBX[31:24], leaf 0xB EDX.
+static CPUID_APIC_ID: [[AtomicU32; 2]; MAX_CPUS] =
+    [const { [AtomicU32::new(u32::MAX), AtomicU32::new(u32::MAX)] }; MAX_CPUS];
+
+/// Records what CPUID (the VM's, at CPL0) says this CPU's APIC ID is.
+fn note_cpuid_apic_id(index: usize) {
+    let leaf1 = crate::io::cpuid_vm(1, 0).1 >> 24;
+    let leaf_b = crate::io::cpuid_vm(0xb, 0).3;
+    CPUID_APIC_ID[index][0].store(leaf1, Ordering::SeqCst);
+    CPUID_APIC_ID[index][1].store(leaf_b, Ordering::SeqCst);
+}
 static ONLINE: AtomicU32 = AtomicU32::new(1);
 pub static LAPIC_BASE: AtomicU64 = AtomicU64::new(0xfee0_0000);
 
@@ -56,6 +67,7 @@ pub fn start_aps(acpi: &Acpi, timeout_ms: u64) {
     LAPIC_BASE.store(lapic, Ordering::SeqCst);
     let bsp_id = apic_id_self();
     ALIVE_APIC_ID[0].store(bsp_id, Ordering::SeqCst);
+    note_cpuid_apic_id(0);
     // Software-enable the local APIC, spurious vector 0xff.
     write32(lapic + APIC_SVR, 0x1ff);
     // SAFETY: both are boot.S symbols; the trampoline is position-dependent
@@ -108,10 +120,36 @@ pub fn start_aps(acpi: &Acpi, timeout_ms: u64) {
     }
     println!("smp.online={} madt_cpus={}", online(), acpi.cpus);
     report::check("smp.all_alive", online() as usize == acpi.cpus);
+    // Each CPU's APIC ID as its local APIC, CPUID leaf 1 and leaf 0xB say.
+    let mut agree = true;
+    for i in 0..(online() as usize).min(MAX_CPUS) {
+        let lapic = ALIVE_APIC_ID[i].load(Ordering::SeqCst);
+        let [a, b] = [0, 1].map(|k| CPUID_APIC_ID[i][k].load(Ordering::SeqCst));
+        println!(
+            "smp.cpu{} lapic_id={} cpuid1_id={} cpuid_b_id={}",
+            i, lapic, a, b
+        );
+        agree &= a == lapic & 0xff && b == lapic;
+    }
+    report::check("smp.cpuid_apic_ids", agree);
+    // The topology CPUID describes.
+    let smt = crate::io::cpuid_vm(0xb, 0);
+    let pkg = crate::io::cpuid_vm(0xb, 1);
+    let (_, b1, _, _) = crate::io::cpuid_vm(1, 0);
+    let (_, _, c8, _) = crate::io::cpuid_vm(0x8000_0008, 0);
+    println!(
+        "smp.topology threads_per_core={} logical_per_package={} leaf1_count={} amd_nc={} apic_id_bits={}",
+        smt.1 & 0xffff,
+        pkg.1 & 0xffff,
+        (b1 >> 16) & 0xff,
+        (c8 & 0xff) + 1,
+        pkg.0 & 0x1f
+    );
 }
 
 /// An AP's first CPL3 code.
 pub fn ap_entry(index: usize) {
     clock::init_cpu(index, 0);
+    note_cpuid_apic_id(index);
     ALIVE_APIC_ID[index].store(apic_id_self(), Ordering::SeqCst);
 }

@@ -59,6 +59,7 @@ pub(super) fn build(
 ) -> Result<Board> {
     let vm = hypervisor.create_vm()?;
     let cpuid = guest_cpuid(cfg, &*vm)?;
+    let topology = cfg.topology();
 
     // Guest RAM: below the PCI hole, the rest from 4 GiB.
     let regions: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.memory)
@@ -200,7 +201,7 @@ pub(super) fn build(
 
     // Firmware tables and the kernel.
     let tables = acpi::build(&acpi::AcpiConfig {
-        cpus: cfg.vcpus,
+        topology,
         ram: cfg.memory,
         pci_hole64: cfg.host_bridge.bool("x-pci-hole64-fix") != Some(false),
         pci_root_uid: cfg.host_bridge.uint("x-pci-root-uid").unwrap_or(0) as u8,
@@ -241,13 +242,15 @@ pub(super) fn build(
     let mut tsc_khz = None;
     let tids: Arc<Vec<AtomicI64>> = Arc::new((0..cfg.vcpus).map(|_| AtomicI64::new(0)).collect());
     for id in 0..cfg.vcpus {
-        let mut vcpu = vm.create_vcpu(id)?;
+        // KVM's vCPU id is the APIC ID the topology gives it.
+        let apic_id = topology.apic_id(id as u32);
+        let mut vcpu = vm.create_vcpu(apic_id as u8)?;
         vcpu.x86_64()
             .ok_or_else(|| anyhow!("the q35 board needs x86_64 vCPUs"))?
             .configure(&X86BootState {
                 entry: (id == 0).then_some(boot),
-                apic_id: id as u32,
-                cpus: cfg.vcpus as u32,
+                apic_id,
+                topology: &topology,
                 cpuid: &cpuid,
             })?;
         if id == 0 {
@@ -300,7 +303,7 @@ pub(super) fn build(
 /// gave it, or else what `-cpu` asks of this host.
 fn guest_cpuid(cfg: &VmConfig, vm: &dyn crate::hypervisor::Vm) -> Result<Arc<Vec<CpuidEntry>>> {
     if let Some(t) = &cfg.cpu_carried {
-        return Ok(t.clone());
+        return Ok(t.cpuid.clone());
     }
     let host = vm
         .x86_64()

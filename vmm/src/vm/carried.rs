@@ -27,10 +27,11 @@
 
 use super::board::Board;
 use super::virtio::virtio_function;
-use crate::config::VmConfig;
+use crate::config::{CarriedCpu, VmConfig};
 use crate::hypervisor::CpuidEntry;
 use crate::snapshot::HOST_BRIDGE;
 use arch::x86_64::cpu::CpuSpec;
+use arch::x86_64::topology::Topology;
 use devices::model::Props;
 use devices::pci::root_port::{RootPort, RootPortConfig};
 use devices::pci::{Bdf, PciFunction};
@@ -46,8 +47,8 @@ pub(super) enum Adopted {
     Device(usize, Props),
     /// The board's host bridge.
     HostBridge(Props),
-    /// The vCPUs' CPUID table.
-    Cpu(Arc<Vec<CpuidEntry>>),
+    /// The vCPUs' CPU.
+    Cpu(CarriedCpu),
 }
 
 /// A destination's adoption of what its source's stream carries, for the
@@ -87,15 +88,15 @@ impl crate::snapshot::Adopt for Adoption<'_> {
     }
 }
 
-/// Checks the CPU the guest was given (`carried`: the source's `-cpu`
-/// and CPUID table; `None` from vmm up to 0.2.0) against what this VM
-/// gives and its host can; gives the vCPUs the guest's table where this
-/// VM's differs and may.
+/// Checks the CPU the guest was given (`carried`: the source's `-cpu`,
+/// CPUID table, topology, TSC rate and MSRs; `None` from vmm up to
+/// 0.2.0) against what this VM gives and its host can; gives the vCPUs
+/// the guest's CPU where this VM's differs and may.
 fn cpu(
     cfg: &VmConfig,
     board: &Board,
     carried: Option<&Value>,
-) -> Result<Option<Arc<Vec<CpuidEntry>>>, LoadError> {
+) -> Result<Option<CarriedCpu>, LoadError> {
     const CPU: &str = "cpu";
     let host = board
         .vm
@@ -103,14 +104,18 @@ fn cpu(
         .ok_or_else(|| LoadError::new(CPU, "not an x86_64 VM"))?
         .supported_cpuid();
     let here: &[CpuidEntry] = &board.cpuid;
+    let here_topo = cfg.topology();
     let Some(c) = carried else {
-        // vmm up to 0.2.0 had no -cpu: its guests got the host's CPU as
-        // KVM supports it, invtsc included. Nothing to check it against.
+        // vmm up to 0.2.0 had no -cpu and no topology: its guests got the
+        // host's CPU as KVM supports it, invtsc included, as one socket of
+        // cores. Nothing to check the CPU against.
+        let topo = Topology::flat(cfg.vcpus as u32);
+        same_apic_ids(&topo, &here_topo)?;
         let plain_host =
             cfg.cpu.base == arch::x86_64::cpu::Base::Host && cfg.cpu.changes.is_empty();
         if !plain_host || cfg.strict_config {
             log::warn!(
-                "incoming migration: the source (vmm up to 0.2.0) says nothing of its CPU; the guest gets this VM's -cpu {}",
+                "incoming migration: the source (vmm up to 0.2.0) says nothing of its CPU; the guest gets this VM's -cpu {} -smp {here_topo}",
                 cfg.cpu
             );
             return Ok(None);
@@ -121,19 +126,22 @@ fn cpu(
         };
         let (t, _) = arch::x86_64::cpu::build(&released, host)
             .map_err(|e| LoadError::new(CPU, e.to_string()))?;
-        if t == here {
+        if t == here && topo == here_topo {
             return Ok(None);
         }
-        log::info!("incoming migration: the guest keeps its CPU: -cpu {released}, as vmm up to 0.2.0 gave it");
-        return give(cfg, board, t).map(Some);
+        log::info!(
+            "incoming migration: the guest keeps its CPU: -cpu {released} -smp {topo}, as vmm up to 0.2.0 gave it"
+        );
+        return give(board, t, topo).map(Some);
     };
     let spec = c["spec"].as_str().unwrap_or("?");
     let guest = crate::snapshot::cpuid_table(&c["cpuid"])
         .ok_or_else(|| LoadError::new(CPU, "the stream's CPUID table is not a list of leaves"))?;
+    let topo = topology(&c["topology"]).unwrap_or(here_topo);
     tsc(board, &guest, c["tsc_khz"].as_u64())?;
     msrs(board, &c["msrs"])?;
     let d = arch::x86_64::cpu::differences(&guest, here, host);
-    if d.is_empty() {
+    if d.is_empty() && topo == here_topo {
         return Ok(None);
     }
     let said = d.sentences().join("; ");
@@ -144,7 +152,7 @@ fn cpu(
         )
         .hint("move it to a host that has these, or start guests with a -cpu model every host of the fleet can give"));
     }
-    if spec != cfg.cpu.to_string() || cfg.strict_config {
+    if !d.is_empty() && (spec != cfg.cpu.to_string() || cfg.strict_config) {
         return Err(LoadError::new(
             CPU,
             format!(
@@ -154,10 +162,52 @@ fn cpu(
         )
         .hint("start the destination with the source's -cpu"));
     }
+    if topo != here_topo {
+        same_apic_ids(&topo, &here_topo)?;
+        if cfg.strict_config {
+            return Err(LoadError::new(
+                CPU,
+                format!("the guest's vCPUs are arranged -smp {topo}, this destination's -smp {here_topo}"),
+            )
+            .hint("start the destination with the source's -smp"));
+        }
+    }
     log::info!(
-        "incoming migration: the guest keeps its CPU (-cpu {spec}, as its source gave it): {said}"
+        "incoming migration: the guest keeps its CPU (-cpu {spec} -smp {topo}, as its source gave it){}",
+        if said.is_empty() { String::new() } else { format!(": {said}") }
     );
-    give(cfg, board, guest).map(Some)
+    give(board, guest, topo).map(Some)
+}
+
+/// The topology a stream carries.
+fn topology(v: &Value) -> Option<Topology> {
+    let n = |k: &str| v[k].as_u64().and_then(|x| u32::try_from(x).ok());
+    Some(Topology {
+        cpus: n("cpus")?,
+        maxcpus: n("maxcpus")?,
+        sockets: n("sockets")?,
+        dies: n("dies")?,
+        cores: n("cores")?,
+        threads: n("threads")?,
+    })
+}
+
+/// The vCPUs were made with this VM's APIC IDs: a guest whose topology
+/// numbers them otherwise cannot take them.
+fn same_apic_ids(guest: &Topology, here: &Topology) -> Result<(), LoadError> {
+    let ids = |t: &Topology| (0..here.cpus).map(|i| t.apic_id(i)).collect::<Vec<_>>();
+    if ids(guest) == ids(here) {
+        return Ok(());
+    }
+    Err(LoadError::new(
+        "cpu",
+        format!(
+            "the guest's vCPUs have APIC IDs {:?} (-smp {guest}), this destination's -smp {here} gives {:?}",
+            ids(guest),
+            ids(here)
+        ),
+    )
+    .hint("start the destination with the source's -smp"))
 }
 
 /// A guest given an invariant TSC counts on its rate: it runs here only at
@@ -215,20 +265,20 @@ fn msrs(board: &Board, carried: &Value) -> Result<(), LoadError> {
     ))
 }
 
-/// Gives every vCPU (none has run) the CPUID table `t`.
-fn give(
-    cfg: &VmConfig,
-    board: &Board,
-    t: Vec<CpuidEntry>,
-) -> Result<Arc<Vec<CpuidEntry>>, LoadError> {
+/// Gives every vCPU (none has run) the CPUID table `t` as `topo` numbers
+/// it.
+fn give(board: &Board, t: Vec<CpuidEntry>, topo: Topology) -> Result<CarriedCpu, LoadError> {
     for (i, v) in board.vcpu_objs.iter().enumerate() {
         let mut v = v.lock().expect("vcpu lock");
         v.x86_64()
             .ok_or_else(|| LoadError::new("cpu", "not an x86_64 vCPU"))?
-            .set_cpuid(&t, i as u32, cfg.vcpus as u32)
+            .set_cpuid(&t, topo.apic_id(i as u32), &topo)
             .map_err(|e| LoadError::new("cpu", format!("{e}: {}", e.source)))?;
     }
-    Ok(Arc::new(t))
+    Ok(CarriedCpu {
+        cpuid: Arc::new(t),
+        topology: topo,
+    })
 }
 
 /// Gives the function at `bdf` of `board` the source's configuration
