@@ -466,7 +466,21 @@ fn wanted(spec: &CpuSpec, host: &[kvm_cpuid_entry2]) -> Vec<&'static Feature> {
             .collect(),
         Base::Model(m) => m.features.clone(),
     };
-    for (f, on) in spec.compat.iter().chain(&spec.changes) {
+    // QEMU's defaults for a model on KVM (kvm_default_props): x2apic on,
+    // acpi, monitor and svm off; compat entries and -cpu override them.
+    let kvm_defaults: Vec<(&'static Feature, bool)> = match spec.base {
+        Base::Model(_) => [
+            ("x2apic", true),
+            ("acpi", false),
+            ("monitor", false),
+            ("svm", false),
+        ]
+        .iter()
+        .filter_map(|(n, on)| Some((feature(n)?, *on)))
+        .collect(),
+        Base::Host => vec![],
+    };
+    for (f, on) in kvm_defaults.iter().chain(&spec.compat).chain(&spec.changes) {
         wanted.retain(|w| w != f);
         if *on {
             wanted.push(f);
@@ -513,6 +527,13 @@ pub fn build(
     }
     if let Base::Model(m) = spec.base {
         identify(&mut t, m, spec.compat_identity);
+        // Leaf 7's highest sub-leaf: 1 only when the model has a 7.1
+        // feature (QEMU's cpuid_level_func7).
+        let func7 = u32::from(wanted.iter().any(|f| f.word.leaf == 7 && f.word.index == 1));
+        if let Some(e) = entry_mut(&mut t, 7, 0) {
+            e.eax = func7;
+        }
+        t.retain(|e| e.function != 7 || e.index <= func7);
     }
     xsave_components(&mut t, host);
     Ok((t, missing))
