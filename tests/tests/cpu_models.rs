@@ -27,6 +27,12 @@ const T: Duration = Duration::from_secs(60);
 /// move checks the XSAVE state arrived whole.
 const GUEST: &str = "cpus=1 work=mem,avx,counter mem_mb=8 tick_ms=100 max_gap_ms=5000 seed=3";
 
+/// The guest runs on (two more ticks) and finds its memory and registers.
+fn runs_on(vm: &mut Vm) {
+    vm.wait_ticks(vm.ticks() + 2, T);
+    verify(vm);
+}
+
 /// Has the guest check its memory and its vector registers.
 fn verify(vm: &mut Vm) {
     let before = vm.count(|l| l.starts_with("avx.verify"));
@@ -284,8 +290,7 @@ fn a_destination_that_lacks_a_feature_the_guest_has_refuses_it() {
     );
     assert_eq!(m["status"], "completed", "{m}");
     drop(rome);
-    dst.wait_ticks(dst.ticks() + 2, T);
-    verify(&mut dst);
+    runs_on(&mut dst);
 }
 
 /// A destination started with another `-cpu` that would change the
@@ -306,8 +311,7 @@ fn a_destination_with_another_cpu_refuses_and_one_with_the_same_takes_it() {
     let (mut dst, m) = migrate(&dir, &src_sock, "same", "host", &[]);
     assert_eq!(m["status"], "completed", "{m}");
     drop(src);
-    dst.wait_ticks(dst.ticks() + 2, T);
-    verify(&mut dst);
+    runs_on(&mut dst);
 }
 
 /// XSAVE state travels: the guest's YMM registers keep their pattern
@@ -329,13 +333,11 @@ fn vector_registers_survive_save_restore_and_migration() {
     let incoming = format!("file:{}", file.display());
     let (mut restored, restored_sock) =
         node(&dir, "restored", "host", &[], &["-incoming", &incoming]);
-    restored.wait_ticks(restored.ticks() + 2, T);
-    verify(&mut restored);
+    runs_on(&mut restored);
     let (mut dst, m) = migrate(&dir, &restored_sock, "moved", "host", &[]);
     assert_eq!(m["status"], "completed", "{m}");
     drop(restored);
-    dst.wait_ticks(dst.ticks() + 2, T);
-    verify(&mut dst);
+    runs_on(&mut dst);
 }
 
 /// QEMU's QMP view of the models: every one defined, with what this host
@@ -412,8 +414,7 @@ fn an_invariant_tsc_moves_only_at_its_rate() {
     let (mut dst, m) = migrate(&dir, &src_sock, "other-rate-ok", "host", &other);
     assert_eq!(m["status"], "completed", "{m}");
     drop(src);
-    dst.wait_ticks(dst.ticks() + 2, T);
-    verify(&mut dst);
+    runs_on(&mut dst);
 }
 
 /// A destination whose KVM cannot restore an MSR the guest's state holds
