@@ -23,6 +23,15 @@ command -v openssl >/dev/null || need+=(openssl)
 # TLS with pre-shared keys links OpenSSL (the openssl crate finds it with
 # pkg-config).
 { command -v pkg-config >/dev/null && pkg-config --exists openssl; } || need+=(pkg-config libssl-dev)
+# ppc64le (scripts/ppc64le.sh): Debian's rustc-web with the powerpc64le
+# standard library, the cross linker, OpenSSL for the target, qemu-user.
+if ! dpkg --print-foreign-architectures | grep -qx ppc64el; then
+    dpkg --add-architecture ppc64el
+    need+=(libc6:ppc64el)
+fi
+for p in rustc-web libstd-rust-web-dev:ppc64el gcc-powerpc64le-linux-gnu qemu-user-static libssl-dev:ppc64el; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
 # The Linux guest downloads Debian's kernel package: the lists must know it.
 if [ ${#need[@]} -gt 0 ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive

@@ -12,5 +12,8 @@ cargo clippy -p vmm --all-targets --features fault-injection --locked --quiet --
 (cd tests/guest && cargo clippy --release --locked --quiet -- -D warnings)
 "$top/scripts/check-guest-reproducible.sh"
 cargo nextest run --workspace --no-fail-fast
+# The architecture-neutral crates built for ppc64le, their unit tests under
+# qemu-user.
+"$top/scripts/ppc64le.sh"
 # The fuzzers, for a fixed budget each, from the corpus in the repository.
 "$top/scripts/fuzz.sh" 60
