@@ -40,6 +40,10 @@ pub enum Error {
     Zero { smp: String, what: &'static str },
     #[error("invalid -smp: {maxcpus} vCPUs is more than this machine's {limit}")]
     TooMany { maxcpus: u32, limit: u32 },
+    #[error(
+        "invalid -smp {smp}: its APIC IDs reach {highest}, past the 254 an xAPIC MADT entry holds"
+    )]
+    ApicIds { smp: String, highest: u32 },
 }
 
 /// The bits a level of `count` members needs in an APIC ID.
@@ -138,14 +142,23 @@ impl Topology {
         if maxcpus > limit {
             return Err(Error::TooMany { maxcpus, limit });
         }
-        Ok(Topology {
+        let t = Topology {
             cpus,
             maxcpus,
             sockets,
             dies,
             cores,
             threads,
-        })
+        };
+        // APIC IDs grow with the index; the last is the highest.
+        let highest = t.apic_id(maxcpus - 1);
+        if highest > 254 {
+            return Err(Error::ApicIds {
+                smp: s.to_string(),
+                highest,
+            });
+        }
+        Ok(t)
     }
 
     pub fn smt_width(&self) -> u32 {
@@ -235,6 +248,11 @@ mod tests {
         assert!(matches!(p("4,nodes=2", false), Err(Error::Syntax(_))));
         assert!(matches!(p("x", false), Err(Error::Syntax(_))));
         assert!(matches!(p("300", false), Err(Error::TooMany { .. })));
+        // 85 cores need 7 bits: the third socket starts at APIC ID 256.
+        assert!(matches!(
+            p("255,sockets=3,cores=85", false),
+            Err(Error::ApicIds { highest: 340, .. })
+        ));
         assert!(matches!(
             p("4,cores=0", false),
             Err(Error::Zero { what: "cores", .. })
