@@ -4,6 +4,7 @@
 pub mod config;
 pub mod host_bridge;
 pub mod root_port;
+pub mod spapr_phb;
 
 use crate::bus::BusDevice;
 use crate::{EventSink, VmEvent};

@@ -1,0 +1,325 @@
+//! `spapr-pci-host-bridge`'s migration state, as QEMU's `spapr_pci`
+//! section (`hw/ppc/spapr_pci.c`), and the seed it carries
+//! (`../shared/seeds/spapr-phb-2.7-2.8-migration.txt`).
+//!
+//! QEMU 2.8 split the bridge's single MMIO window into a 32-bit and a
+//! 64-bit one, converting 2.7's property on the way in; but 2.7's stream
+//! compared the window (and the LIOBN, the I/O window) with
+//! `VMSTATE_EQUAL`, so the raw 2.7 value met the converted one and every
+//! 2.7 -> 2.8 migration failed. The fix, kept here: no equality check on
+//! configuration in the stream. With `pre-2.8-migration` (on for
+//! pseries-2.7 and older, off from pseries-2.8) the stream keeps 2.7's
+//! layout through scratch fields (`mig_*`): read and ignored on load,
+//! filled with 2.7-style values (the windows merged again) before save,
+//! so a 2.7 destination's checks pass. Without it they are not sent.
+//!
+//! Only the state is here: the board (pseries, RTAS, the windows' MMIO)
+//! is issue 19's. The PHB's MSI map (`msi_devs`, a variable-length array
+//! the stream framework does not describe yet) travels only empty: a
+//! state with MSI devices is refused, naming that.
+
+use migration::vmstate::{Description, LoadError, State, Vmstate};
+
+/// QEMU's `SPAPR_PCI_MEM32_WIN_SIZE`: the 32-bit window 2.8 carves out of
+/// 2.7's single one.
+pub const MEM32_WIN_SIZE: u64 = 0x8000_0000;
+
+/// Interrupt pins, each an LSI of its own.
+pub const PCI_NUM_PINS: usize = 4;
+
+/// A bridge's configuration, as QEMU 2.8 and later hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhbConfig {
+    pub buid: u64,
+    pub dma_liobn: u32,
+    pub mem_win_addr: u64,
+    pub mem_win_size: u64,
+    pub mem64_win_addr: u64,
+    pub mem64_win_size: u64,
+    pub io_win_addr: u64,
+    pub io_win_size: u64,
+    /// The LSI each pin raises.
+    pub lsi: [u32; PCI_NUM_PINS],
+    /// `pre-2.8-migration`: the stream keeps 2.7's layout.
+    pub pre_2_8_migration: bool,
+}
+
+impl PhbConfig {
+    /// A 2.7-style configuration (one MMIO window, `mem_win_size` past
+    /// 2 GiB) converted as QEMU 2.8 does: the first 2 GiB stay the 32-bit
+    /// window, the rest becomes the 64-bit window right after it.
+    pub fn converted(mut self) -> PhbConfig {
+        if self.mem64_win_size == 0 && self.mem_win_size > MEM32_WIN_SIZE {
+            self.mem64_win_addr = self.mem_win_addr + MEM32_WIN_SIZE;
+            self.mem64_win_size = self.mem_win_size - MEM32_WIN_SIZE;
+            self.mem_win_size = MEM32_WIN_SIZE;
+        }
+        self
+    }
+
+    /// The single window 2.7 would show for this configuration (QEMU's
+    /// `spapr_pci_pre_save`): the 64-bit window merged back when it
+    /// follows the 32-bit one.
+    fn mig_mem_win_size(&self) -> u64 {
+        if self.mem64_win_size != 0 && self.mem64_win_addr == self.mem_win_addr + self.mem_win_size
+        {
+            self.mem_win_size + self.mem64_win_size
+        } else {
+            self.mem_win_size
+        }
+    }
+}
+
+migration::vmstate! {
+    /// One interrupt pin's LSI, checked equal on load.
+    pub static LSI = "spapr_pci/lsi", version 1, minimum 1;
+    pub struct PhbLsi {
+        irq: u32,
+    }
+}
+
+migration::vmstate! {
+    /// `spapr_pci` without `pre-2.8-migration` (pseries-2.8 and later).
+    pub static SPAPR_PCI = "spapr_pci", version 2, minimum 2;
+    pub struct PhbState {
+        buid: u64,
+        lsi_table: [PhbLsi; 4],
+        msi_devs_num: i32,
+    }
+}
+
+migration::vmstate! {
+    /// `spapr_pci` with `pre-2.8-migration` (pseries-2.7 and older): 2.7's
+    /// layout, its configuration fields now scratch.
+    pub static SPAPR_PCI_PRE_2_8 = "spapr_pci", version 2, minimum 2;
+    pub struct PhbStatePre28 {
+        buid: u64,
+        mig_liobn: u32,
+        mig_mem_win_addr: u64,
+        mig_mem_win_size: u64,
+        mig_io_win_addr: u64,
+        mig_io_win_size: u64,
+        lsi_table: [PhbLsi; 4],
+        msi_devs_num: i32,
+    }
+}
+
+/// The bridge's migrated side.
+#[derive(Debug)]
+pub struct SpaprPhb {
+    pub cfg: PhbConfig,
+}
+
+impl SpaprPhb {
+    const NAME: &'static str = "spapr_pci";
+
+    fn lsi_table(&self) -> [PhbLsi; PCI_NUM_PINS] {
+        self.cfg.lsi.map(|irq| PhbLsi { irq })
+    }
+
+    /// What must hold of a saved state whatever the layout: the same
+    /// bridge (BUID), the same LSIs (QEMU's `VMSTATE_*_EQUAL`, kept for
+    /// what cannot change under a guest), no MSI devices (not modelled).
+    fn check(&self, buid: u64, lsi: &[PhbLsi; PCI_NUM_PINS], msis: i32) -> Result<(), LoadError> {
+        if buid != self.cfg.buid {
+            return Err(LoadError::new(
+                Self::NAME,
+                format!(
+                    "the stream's bridge has BUID {buid:#x}, this one {:#x}",
+                    self.cfg.buid
+                ),
+            ));
+        }
+        for (pin, (have, want)) in lsi.iter().zip(self.cfg.lsi).enumerate() {
+            if have.irq != want {
+                return Err(LoadError::new(
+                    Self::NAME,
+                    format!("pin {pin}'s LSI is {} in the stream, {want} here", have.irq),
+                ));
+            }
+        }
+        if msis != 0 {
+            return Err(LoadError::new(
+                Self::NAME,
+                format!("the stream has {msis} MSI devices; vmm does not migrate the bridge's MSI map yet"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl migration::vmstate::Migratable for SpaprPhb {
+    fn description(&self) -> &'static Description {
+        if self.cfg.pre_2_8_migration {
+            &SPAPR_PCI_PRE_2_8
+        } else {
+            &SPAPR_PCI
+        }
+    }
+
+    fn state(&self) -> State {
+        let c = &self.cfg;
+        if c.pre_2_8_migration {
+            // What 2.7 would send, for a 2.7 destination's checks.
+            PhbStatePre28 {
+                buid: c.buid,
+                mig_liobn: c.dma_liobn,
+                mig_mem_win_addr: c.mem_win_addr,
+                mig_mem_win_size: c.mig_mem_win_size(),
+                mig_io_win_addr: c.io_win_addr,
+                mig_io_win_size: c.io_win_size,
+                lsi_table: self.lsi_table(),
+                msi_devs_num: 0,
+            }
+            .to_state()
+        } else {
+            PhbState {
+                buid: c.buid,
+                lsi_table: self.lsi_table(),
+                msi_devs_num: 0,
+            }
+            .to_state()
+        }
+    }
+
+    fn load(&mut self, st: &State) -> Result<(), LoadError> {
+        if self.cfg.pre_2_8_migration {
+            // The mig_* fields are scratch: read, and ignored.
+            let s = PhbStatePre28::from_state(st, Self::NAME)?;
+            self.check(s.buid, &s.lsi_table, s.msi_devs_num)
+        } else {
+            let s = PhbState::from_state(st, Self::NAME)?;
+            self.check(s.buid, &s.lsi_table, s.msi_devs_num)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use migration::stream::{decode_state, encode_state};
+    use migration::vmstate::Migratable;
+
+    /// A pseries-2.7 bridge as QEMU 2.7 configured it: one MMIO window of
+    /// 64 GiB at 1 TiB (past the 2 GiB a 2.8 32-bit window holds).
+    fn raw_2_7() -> PhbConfig {
+        PhbConfig {
+            buid: 0x0800_0000_2000_0000, // SPAPR_PCI_BASE_BUID
+            dma_liobn: 0x8000_0000,
+            mem_win_addr: 0x100_0000_0000,
+            mem_win_size: 0x10_0000_0000,
+            mem64_win_addr: 0,
+            mem64_win_size: 0,
+            io_win_addr: 0x100_8000_0000,
+            io_win_size: 0x1_0000,
+            lsi: [0x1000, 0x1001, 0x1002, 0x1003],
+            pre_2_8_migration: true,
+        }
+    }
+
+    /// What QEMU 2.7's `VMSTATE_*_EQUAL` fields compared, on a destination
+    /// with configuration `here`: the stream's values (at the scratch
+    /// fields' places, 2.7's layout being the pre-2.8 one) against its own.
+    fn equal_checks_of_2_7(here: &PhbConfig, st: &State) -> Result<(), String> {
+        let s = PhbStatePre28::from_state(st, "spapr_pci").map_err(|e| e.to_string())?;
+        for (name, stream, own) in [
+            ("dma_liobn", s.mig_liobn as u64, here.dma_liobn as u64),
+            ("mem_win_addr", s.mig_mem_win_addr, here.mem_win_addr),
+            ("mem_win_size", s.mig_mem_win_size, here.mem_win_size),
+            ("io_win_addr", s.mig_io_win_addr, here.io_win_addr),
+            ("io_win_size", s.mig_io_win_size, here.io_win_size),
+        ] {
+            if stream != own {
+                return Err(format!("{name}: {stream:#x} in the stream, {own:#x} here"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream QEMU 2.7 sent for its bridge: its raw values in 2.7's
+    /// layout (which the pre-2.8 description keeps, byte for byte).
+    fn stream_of_2_7() -> Vec<u8> {
+        let c = raw_2_7();
+        let st = PhbStatePre28 {
+            buid: c.buid,
+            mig_liobn: c.dma_liobn,
+            mig_mem_win_addr: c.mem_win_addr,
+            mig_mem_win_size: c.mem_win_size,
+            mig_io_win_addr: c.io_win_addr,
+            mig_io_win_size: c.io_win_size,
+            lsi_table: c.lsi.map(|irq| PhbLsi { irq }),
+            msi_devs_num: 0,
+        }
+        .to_state();
+        encode_state(&SPAPR_PCI_PRE_2_8, &st).unwrap()
+    }
+
+    /// The seed's bug: a 2.8 destination converts 2.7's window (2 GiB
+    /// 32-bit + the rest 64-bit); comparing the stream's raw 2.7 window
+    /// with the converted one fails, as QEMU 2.8-rc's `VMSTATE_EQUAL` did.
+    /// The fix's description reads the same bytes into scratch and takes
+    /// them.
+    #[test]
+    fn forward_2_7_to_2_8_fails_with_equal_checks_and_loads_with_scratch_fields() {
+        let here = raw_2_7().converted();
+        assert_eq!(
+            (here.mem_win_size, here.mem64_win_size),
+            (MEM32_WIN_SIZE, 0xf_8000_0000)
+        );
+        let st = decode_state(&SPAPR_PCI_PRE_2_8, 2, &stream_of_2_7()).unwrap();
+        let e = equal_checks_of_2_7(&here, &st).unwrap_err();
+        assert_eq!(
+            e,
+            "mem_win_size: 0x1000000000 in the stream, 0x80000000 here"
+        );
+        let mut phb = SpaprPhb { cfg: here };
+        phb.load(&st).unwrap();
+        assert_eq!(phb.cfg, here, "scratch fields change nothing");
+    }
+
+    /// Backward: a 2.8 bridge with pre-2.8-migration sends 2.7's values
+    /// (the windows merged again), so a 2.7 destination's checks pass.
+    #[test]
+    fn backward_2_8_to_2_7_sends_what_2_7_checks() {
+        let phb = SpaprPhb {
+            cfg: raw_2_7().converted(),
+        };
+        let bytes = encode_state(phb.description(), &phb.state()).unwrap();
+        assert_eq!(bytes, stream_of_2_7(), "2.7's bytes exactly");
+        let st = decode_state(&SPAPR_PCI_PRE_2_8, 2, &bytes).unwrap();
+        equal_checks_of_2_7(&raw_2_7(), &st).unwrap();
+    }
+
+    /// From pseries-2.8 on, the scratch fields are not in the stream: its
+    /// layout is buid, the LSIs and the MSI count; a bridge that differs
+    /// where the guest would notice (BUID, an LSI) or has MSI devices is
+    /// refused, naming it.
+    #[test]
+    fn from_2_8_the_stream_has_no_scratch_and_checks_only_what_cannot_change() {
+        let cfg = PhbConfig {
+            pre_2_8_migration: false,
+            ..raw_2_7().converted()
+        };
+        let phb = SpaprPhb { cfg };
+        let bytes = encode_state(phb.description(), &phb.state()).unwrap();
+        assert_eq!(bytes.len(), 8 + 4 * 4 + 4);
+        let st = decode_state(&SPAPR_PCI, 2, &bytes).unwrap();
+        let mut same = SpaprPhb { cfg };
+        same.load(&st).unwrap();
+        let mut other = SpaprPhb {
+            cfg: PhbConfig {
+                lsi: [0x1000, 0x1001, 0x1002, 0x1004],
+                ..cfg
+            },
+        };
+        let e = other.load(&st).unwrap_err().to_string();
+        assert!(
+            e.contains("pin 3's LSI is 4099 in the stream, 4100 here"),
+            "{e}"
+        );
+        let mut with_msi = PhbState::from_state(&st, "spapr_pci").unwrap();
+        with_msi.msi_devs_num = 2;
+        let e = same.load(&with_msi.to_state()).unwrap_err().to_string();
+        assert!(e.contains("2 MSI devices"), "{e}");
+    }
+}
