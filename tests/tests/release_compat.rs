@@ -282,7 +282,8 @@ fn a_vm_saved_by_either_restores_on_the_other_on_every_machine_type() {
 /// machine class). A guest started on the release keeps its hardware on
 /// this build, through a reset (which rebuilds the board and its tables)
 /// and onward to another process started without flags; started fresh,
-/// it gets QEMU's. The guest itself reports all four at every boot.
+/// it gets QEMU's. The guest itself reports all four at every boot, and the
+/// topology CPUID tells it, which 0.2.0's guest keeps too.
 #[test]
 fn a_guest_from_a_release_keeps_its_root_port_and_acpi_through_resets() {
     let bridge = |writable: &str| {
@@ -363,6 +364,9 @@ fn a_guest_from_a_release_keeps_its_root_port_and_acpi_through_resets() {
         let (src, src_sock) = node(version, Some(old), &[]);
         src.wait_prefix("mem.filled", BOOT);
         shows(&src, &released);
+        // The topology CPUID told the guest (leaves 1, 0xB, 0x80000008).
+        let topology = |vm: &Vm| vm.wait_prefix("smp.topology", BOOT);
+        let released_topology = topology(&src);
 
         let uri = format!("tcp:127.0.0.1:{}", free_port());
         let (mut one, one_sock) = node("this-build", None, &["-incoming", &uri]);
@@ -377,6 +381,7 @@ fn a_guest_from_a_release_keeps_its_root_port_and_acpi_through_resets() {
         // its first.
         reboot(&one, &one_sock);
         shows(&one, &released);
+        assert_eq!(topology(&one), released_topology, "{}", one.log());
 
         let uri = format!("tcp:127.0.0.1:{}", free_port());
         let (two, two_sock) = node("onward", None, &["-incoming", &uri]);
@@ -384,6 +389,7 @@ fn a_guest_from_a_release_keeps_its_root_port_and_acpi_through_resets() {
         drop(one);
         reboot(&two, &two_sock);
         shows(&two, &released);
+        assert_eq!(topology(&two), released_topology, "{}", two.log());
         drop(two);
 
         let (fresh, _) = node("fresh", None, &[]);

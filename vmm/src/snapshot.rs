@@ -242,7 +242,7 @@ pub fn carried(
         // can give it (vm/carried.rs).
         "cpu": {"spec": cfg.cpu.to_string(), "cpuid": table, "tsc_khz": tsc_khz, "msrs": msrs,
             "topology": {"cpus": topo.cpus, "maxcpus": topo.maxcpus, "sockets": topo.sockets,
-                "dies": topo.dies, "cores": topo.cores, "threads": topo.threads}},
+                "dies": topo.dies, "cores": topo.cores, "threads": topo.threads, "full_cpuid": topo.full_cpuid}},
     })
 }
 

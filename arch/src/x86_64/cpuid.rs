@@ -12,7 +12,12 @@ pub fn patch(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u32, topo: &Topology)
     let per_pkg = topo.threads_per_pkg();
     // Every level of 0xB (and 0x1F) the topology needs, and the empty one
     // that ends them, where KVM's table has the leaf at all.
-    for (leaf, levels) in [(0xb, 3), (0x1f, if topo.dies > 1 { 4 } else { 3 })] {
+    let added = if topo.full_cpuid {
+        [(0xb, 3), (0x1f, if topo.dies > 1 { 4 } else { 3 })]
+    } else {
+        [(0xb, 0), (0x1f, 0)]
+    };
+    for (leaf, levels) in added {
         let Some(first) = entries.iter().find(|e| e.function == leaf).copied() else {
             continue;
         };
@@ -69,18 +74,19 @@ pub fn patch(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u32, topo: &Topology)
                     }
                 }
             }
-            0x8000_0008 => {
+            0x8000_0008 if topo.full_cpuid => {
                 // NC: threads per package - 1; ApicIdSize: the package shift.
                 e.ecx = (e.ecx & !0xf0ff) | (per_pkg - 1).min(255) | (topo.pkg_offset() << 12);
             }
-            0x8000_001e => {
-                let (socket, die, core, _) = (0..topo.maxcpus)
-                    .map(|i| (i, topo.apic_id(i)))
-                    .find(|(_, id)| *id == apic_id)
-                    .map_or((0, 0, 0, 0), |(i, _)| topo.position(i));
+            0x8000_001e if topo.full_cpuid => {
+                // QEMU's (legacy-multi-node) encoding: the core within its
+                // die, threads per core; the node (die) number and nodes
+                // per package.
+                let core_mask = (1 << (topo.die_offset() - topo.core_offset())) - 1;
                 e.eax = apic_id;
-                e.ebx = (topo.threads - 1) << 8 | (core & 0xff);
-                e.ecx = (topo.dies - 1) << 8 | ((socket * topo.dies + die) & 0xff);
+                e.ebx =
+                    (topo.threads - 1) << 8 | ((apic_id >> topo.core_offset()) & core_mask & 0xff);
+                e.ecx = (topo.dies - 1) << 8 | ((apic_id >> topo.die_offset()) & 0xff);
             }
             0xa => {
                 // No virtual PMU: PVM hosts have none to give.
@@ -140,5 +146,28 @@ mod tests {
             (v[5].eax, v[5].ebx & 0xffff, v[5].ecx & 0xff),
             (5, 0x100, 1)
         );
+        // Three cores of two threads: core 2 of socket 1 is APIC ID 12.
+        let topo = Topology::parse("12,sockets=2,cores=3,threads=2", false, 255).unwrap();
+        let mut w = vec![leaf(0x8000_001e, 0)];
+        patch(&mut w, topo.apic_id(10), &topo);
+        assert_eq!(topo.apic_id(10), 0b1_10_0);
+        assert_eq!((w[0].ebx, w[0].ecx), (0x100 | 2, 1));
+    }
+
+    /// A guest from vmm 0.2.0 keeps the leaves 0.2.0 left as KVM gave them:
+    /// AMD's 0x80000008 ECX, and no 0xB sub-leaf KVM's table lacked.
+    #[test]
+    fn released_0_2_topologies_leave_the_full_cpuid_alone() {
+        let mut v = vec![kvm_cpuid_entry2 {
+            function: 0x8000_0008,
+            ecx: 0x7001,
+            ..Default::default()
+        }];
+        v.push(leaf(0xb, 0));
+        patch(&mut v, 0, &Topology::released_0_2(1));
+        assert_eq!(v[0].ecx, 0x7001);
+        assert_eq!(v.len(), 2, "no 0xB sub-leaf added");
+        patch(&mut v, 0, &Topology::flat(1));
+        assert_eq!(v[0].ecx, 0);
     }
 }

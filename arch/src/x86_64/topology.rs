@@ -16,6 +16,12 @@ pub struct Topology {
     pub dies: u32,
     pub cores: u32,
     pub threads: u32,
+    /// CPUID tells the whole arrangement: the 0xB/0x1F sub-leaves KVM's
+    /// table lacks are added, and AMD's 0x80000008 ECX and 0x8000001E are
+    /// filled. Off, only leaves 1, 4 and the 0xB/0x1F sub-leaves KVM gave
+    /// are patched, as vmm up to 0.2.0 did; its guests keep that
+    /// ([`Topology::released_0_2`]).
+    pub full_cpuid: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,6 +71,16 @@ impl Topology {
             dies: 1,
             cores: cpus,
             threads: 1,
+            full_cpuid: true,
+        }
+    }
+
+    /// What vmm up to 0.2.0 gave a guest of `cpus` vCPUs: one socket of
+    /// cores, CPUID patched only where it patched it.
+    pub fn released_0_2(cpus: u32) -> Topology {
+        Topology {
+            full_cpuid: false,
+            ..Topology::flat(cpus)
         }
     }
 
@@ -149,6 +165,7 @@ impl Topology {
             dies,
             cores,
             threads,
+            full_cpuid: true,
         };
         // APIC IDs grow with the index; the last is the highest.
         let highest = t.apic_id(maxcpus - 1);

@@ -109,7 +109,7 @@ fn cpu(
         // vmm up to 0.2.0 had no -cpu and no topology: its guests got the
         // host's CPU as KVM supports it, invtsc included, as one socket of
         // cores. Nothing to check the CPU against.
-        let topo = Topology::flat(cfg.vcpus as u32);
+        let topo = Topology::released_0_2(cfg.vcpus as u32);
         same_apic_ids(&topo, &here_topo)?;
         let plain_host =
             cfg.cpu.base == arch::x86_64::cpu::Base::Host && cfg.cpu.changes.is_empty();
@@ -189,6 +189,7 @@ fn topology(v: &Value) -> Option<Topology> {
         dies: n("dies")?,
         cores: n("cores")?,
         threads: n("threads")?,
+        full_cpuid: v["full_cpuid"].as_bool().unwrap_or(true),
     })
 }
 
