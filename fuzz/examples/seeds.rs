@@ -7,7 +7,7 @@ use devices::pci::PciFunction;
 use migration::stream::encode_state;
 use migration::vmstate::Migratable;
 use std::path::Path;
-use vmm_fuzz::{memory, virtio_pci, VIRTIO};
+use vmm_fuzz::{memory, root_port, virtio_pci, VIRTIO};
 
 const WRITE: u16 = 2;
 const NEXT: u16 = 1;
@@ -74,18 +74,7 @@ fn main() {
     }
     let mut pci: Vec<Box<dyn PciFunction>> = vec![
         Box::new(devices::pci::host_bridge::HostBridge::new()),
-        Box::new(devices::pci::root_port::RootPort::new(
-            &devices::pci::root_port::RootPortConfig {
-                chassis: 1,
-                slot: 0,
-                port: 0,
-                cap_present: 0,
-                secondary_bus: 1,
-                writeable_slt: false,
-            link_speed: 1,
-            link_width: 1,
-            },
-        )),
+        Box::new(root_port()),
     ];
     for k in 0..VIRTIO.len() {
         pci.push(Box::new(virtio_pci(k, &mem)));

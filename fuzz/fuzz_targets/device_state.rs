@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use migration::stream::{decode_state, encode_state};
 use migration::vmstate::{Description, Migratable, State, Val};
 use std::sync::{Arc, Mutex, OnceLock};
-use vmm_fuzz::{memory, virtio_pci, VIRTIO};
+use vmm_fuzz::{memory, root_port, virtio_pci, VIRTIO};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The board devices and the PCI functions, loaded the way the board
@@ -28,7 +28,7 @@ const PCI: usize = 2;
 const KINDS: usize = BOARD + PCI + VIRTIO.len();
 
 fn build(kind: usize) -> Dev {
-    use devices::pci::{host_bridge::HostBridge, root_port, PciConfigIo, PciRoot};
+    use devices::pci::{host_bridge::HostBridge, PciConfigIo, PciRoot};
     static MEM: OnceLock<devices::virtio::Memory> = OnceLock::new();
     let mem = MEM.get_or_init(|| memory(1 << 16));
     let event = || EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
@@ -44,18 +44,7 @@ fn build(kind: usize) -> Dev {
             sink,
         ))),
         3 => Dev::Pci(Box::new(HostBridge::new())),
-        4 => Dev::Pci(Box::new(root_port::RootPort::new(
-            &root_port::RootPortConfig {
-                chassis: 1,
-                slot: 0,
-                port: 0,
-                cap_present: 0,
-                secondary_bus: 1,
-                writeable_slt: false,
-            link_speed: 1,
-            link_width: 1,
-            },
-        ))),
+        4 => Dev::Pci(Box::new(root_port())),
         k => Dev::Pci(Box::new(virtio_pci(k - BOARD - PCI, mem))),
     }
 }

@@ -121,3 +121,12 @@ pub fn virtio_pci(kind: usize, mem: &Memory) -> virtio::pci::VirtioPci {
     )
     .expect("a default virtio-pci device")
 }
+
+/// A root port as `-device pcie-root-port` builds one (default
+/// properties), bus 1 behind it.
+pub fn root_port() -> devices::pci::root_port::RootPort {
+    use devices::pci::root_port::{RootPort, RootPortConfig};
+    let props =
+        devices::model::resolve("pcie-root-port", &[], &[], &[]).expect("pcie-root-port resolves");
+    RootPort::new(&RootPortConfig::from_props(&props, 1))
+}

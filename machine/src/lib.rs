@@ -85,15 +85,6 @@ pub const HW_COMPAT: &[CompatArray] = &[
         (4, 2),
         &[("virtio-blk-pci", "queue-size", "128")],
     ),
-    // QEMU 2.11 declared the whole 64-bit PCI window in ACPI; 2.10 and
-    // older only the range firmware gave 64-bit BARs (a pc_compat entry:
-    // the board's host bridge). vmm up to 0.2.0 declared the window on
-    // every machine type: guests started there keep it.
-    (
-        "pc_compat_2_10",
-        (2, 10),
-        &[("q35-pcihost", "x-pci-hole64-fix", "off")],
-    ),
     // QEMU 4.0 took MPX out of the Skylake and later models and raised
     // Cascadelake-Server's stepping.
     (
@@ -107,6 +98,17 @@ pub const HW_COMPAT: &[CompatArray] = &[
             ("Cascadelake-Server-x86_64-cpu", "mpx", "on"),
             ("Icelake-Server-x86_64-cpu", "mpx", "on"),
             ("Cascadelake-Server-x86_64-cpu", "stepping", "5"),
+        ],
+    ),
+    // QEMU 4.0 gave the root port a 16 GT/s x32 link; 3.1 and older
+    // x1 at 2.5 GT/s. vmm up to 0.2.0 had x1 at 2.5 GT/s on every machine
+    // type: guests started there keep it.
+    (
+        "hw_compat_3_1",
+        (3, 1),
+        &[
+            ("pcie-root-port", "x-speed", "2_5"),
+            ("pcie-root-port", "x-width", "1"),
         ],
     ),
     // QEMU 3.1 gave Skylake-Server PKU.
@@ -135,16 +137,14 @@ pub const HW_COMPAT: &[CompatArray] = &[
         (2, 11),
         &[("Skylake-Server-x86_64-cpu", "clflushopt", "off")],
     ),
-    // QEMU 4.0 gave the root port a 16 GT/s x32 link; 3.1 and older
-    // x1 at 2.5 GT/s. vmm up to 0.2.0 had x1 at 2.5 GT/s on every machine
-    // type: guests started there keep it.
+    // QEMU 2.11 declared the whole 64-bit PCI window in ACPI; 2.10 and
+    // older only the range firmware gave 64-bit BARs (a pc_compat entry:
+    // the board's host bridge). vmm up to 0.2.0 declared the window on
+    // every machine type: guests started there keep it.
     (
-        "hw_compat_3_1",
-        (3, 1),
-        &[
-            ("pcie-root-port", "x-speed", "2_5"),
-            ("pcie-root-port", "x-width", "1"),
-        ],
+        "pc_compat_2_10",
+        (2, 10),
+        &[("q35-pcihost", "x-pci-hole64-fix", "off")],
     ),
     // QEMU 2.9 gave Haswell stepping 4.
     (
@@ -377,6 +377,8 @@ mod tests {
         assert!(arrays("pc-q35-5.1").contains(&"hw_compat_7_2"));
         assert!(!arrays("pc-q35-8.0").contains(&"hw_compat_7_2"));
         assert!(arrays("q35").is_empty());
+        // Newest first: the entries closest to a machine type win.
+        assert!(HW_COMPAT.windows(2).all(|w| w[0].1 >= w[1].1));
         // Every version but the newest has its own array.
         for m in PC_Q35.iter().filter(|m| m.version != newest().version) {
             let name = format!("hw_compat_{}_{}", m.version.0, m.version.1);

@@ -108,16 +108,13 @@ pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
             json!({"ram": format!("{} MiB", ram >> 20), "e820": entries})
         })
         .collect();
-    let tables = arch::x86_64::acpi::build(&arch::x86_64::acpi::AcpiConfig {
-        topology: arch::x86_64::topology::Topology::parse(
-            &CPUS.to_string(),
-            m.prefer_sockets(),
-            crate::config::MAX_VCPUS,
-        )?,
-        ram: 1 << 30,
-        pci_hole64: host_bridge.bool("x-pci-hole64-fix") != Some(false),
-        pci_root_uid: host_bridge.uint("x-pci-root-uid").unwrap_or(0) as u8,
-    });
+    let topology = arch::x86_64::topology::Topology::parse(
+        &CPUS.to_string(),
+        m.prefer_sockets(),
+        crate::config::MAX_VCPUS,
+    )?;
+    let tables =
+        arch::x86_64::acpi::build(&crate::config::acpi_config(&host_bridge, topology, 1 << 30));
     Ok(json!({
         "machine": m.name,
         "reference_guest": {"cpus": CPUS},

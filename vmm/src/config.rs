@@ -254,12 +254,29 @@ pub struct VmConfig {
     pub backends: crate::backends::Backends,
 }
 
+/// The firmware tables' configuration for `topology` and `ram`, with what
+/// the board's host bridge (`q35-pcihost`) properties say of the PCI host.
+pub fn acpi_config(
+    host_bridge: &Props,
+    topology: arch::x86_64::topology::Topology,
+    ram: u64,
+) -> arch::x86_64::acpi::AcpiConfig {
+    arch::x86_64::acpi::AcpiConfig {
+        topology,
+        ram,
+        pci_hole64: host_bridge.bool("x-pci-hole64-fix") != Some(false),
+        pci_root_uid: host_bridge.uint("x-pci-root-uid").unwrap_or(0) as u8,
+    }
+}
+
 /// The CPU a migration's source gave its guest, kept by a destination.
 #[derive(Clone, Debug)]
 pub struct CarriedCpu {
     /// The CPUID table, before each vCPU's topology.
     pub cpuid: std::sync::Arc<Vec<crate::hypervisor::CpuidEntry>>,
     pub topology: arch::x86_64::topology::Topology,
+    /// The TSC rate (kHz) the vCPUs were scaled to, when not this host's.
+    pub tsc_khz: Option<u32>,
 }
 
 impl VmConfig {

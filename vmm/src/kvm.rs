@@ -208,12 +208,21 @@ fn from_blobs<S: Described>(b: &Blobs, what: &'static str) -> Result<S, Error> {
 
 /// What KVM_GET_SUPPORTED_CPUID says on this host (for `-cpu help`).
 pub fn supported_cpuid() -> Result<Vec<CpuidEntry>, Error> {
-    let kvm = Kvm::new().map_err(err("cannot open /dev/kvm"))?;
-    Ok(kvm
+    supported(&Kvm::new().map_err(err("cannot open /dev/kvm"))?)
+}
+
+/// KVM_GET_SUPPORTED_CPUID, less what the test switch takes this host to
+/// lack (`fault::host_lacks`).
+fn supported(kvm: &Kvm) -> Result<Vec<CpuidEntry>, Error> {
+    let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(err("KVM_GET_SUPPORTED_CPUID failed"))?
         .as_slice()
-        .to_vec())
+        .to_vec();
+    for f in crate::fault::host_lacks() {
+        arch::x86_64::cpu::clear(&mut cpuid, f);
+    }
+    Ok(cpuid)
 }
 
 /// Opens /dev/kvm and creates a VM with the in-kernel irqchip and PIT.
@@ -231,14 +240,7 @@ pub fn create_vm() -> Result<KvmVm, Error> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(err("KVM_CREATE_PIT2 failed"))?;
-    let mut cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(err("KVM_GET_SUPPORTED_CPUID failed"))?
-        .as_slice()
-        .to_vec();
-    for f in crate::fault::host_lacks() {
-        arch::x86_64::cpu::clear(&mut cpuid, f);
-    }
+    let cpuid = supported(&kvm)?;
     let mut msrs = kvm
         .get_msr_index_list()
         .map_err(err("KVM_GET_MSR_INDEX_LIST failed"))?

@@ -232,6 +232,10 @@ pub fn carried(
         .as_ref()
         .map_or(cpuid, |c| c.cpuid.as_slice());
     let topo = cfg.topology();
+    // The -cpu this VM was started with (a destination with the same one
+    // takes the table, whatever release or host made it).
+    let spec = cfg.cpu.to_string();
+    let tsc_khz = cfg.cpu_carried.as_ref().and_then(|c| c.tsc_khz).or(tsc_khz);
     let table: Vec<[u32; 7]> = cpuid
         .iter()
         .map(|e| [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx])
@@ -240,7 +244,7 @@ pub fn carried(
         "devices": devices,
         // The CPU the guest was given: the destination takes it only if it
         // can give it (vm/carried.rs).
-        "cpu": {"spec": cfg.cpu.to_string(), "cpuid": table, "tsc_khz": tsc_khz, "msrs": msrs,
+        "cpu": {"spec": spec, "cpuid": table, "tsc_khz": tsc_khz, "msrs": msrs,
             "topology": {"cpus": topo.cpus, "maxcpus": topo.maxcpus, "sockets": topo.sockets,
                 "dies": topo.dies, "cores": topo.cores, "threads": topo.threads, "full_cpuid": topo.full_cpuid}},
     })

@@ -150,7 +150,7 @@ mod tests {
         let topo = Topology::parse("12,sockets=2,cores=3,threads=2", false, 255).unwrap();
         let mut w = vec![leaf(0x8000_001e, 0)];
         patch(&mut w, topo.apic_id(10), &topo);
-        assert_eq!(topo.apic_id(10), 0b1_10_0);
+        assert_eq!(topo.apic_id(10), 1 << 3 | 2 << 1, "socket 1, core 2");
         assert_eq!((w[0].ebx, w[0].ecx), (0x100 | 2, 1));
     }
 

@@ -137,16 +137,10 @@ impl Props {
     pub fn adopt(&mut self, name: &str, value: &str) -> Result<Option<Value>, Error> {
         let type_name = self.type_name;
         let Some(r) = self.values.iter_mut().find(|r| r.name == name) else {
-            let valid = self
-                .values
-                .iter()
-                .map(|r| r.name)
-                .collect::<Vec<_>>()
-                .join(", ");
             return Err(Error::UnknownProperty {
                 type_name: type_name.to_string(),
                 property: name.to_string(),
-                valid,
+                valid: valid_props(type_name),
             });
         };
         let v = property::parse(name, r.kind, value).map_err(|source| Error::BadValue {

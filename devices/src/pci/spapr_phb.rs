@@ -272,9 +272,7 @@ mod tests {
             e,
             "mem_win_size: 0x1000000000 in the stream, 0x80000000 here"
         );
-        let mut phb = SpaprPhb { cfg: here };
-        phb.load(&st).unwrap();
-        assert_eq!(phb.cfg, here, "scratch fields change nothing");
+        SpaprPhb { cfg: here }.load(&st).unwrap();
     }
 
     /// Backward: a 2.8 bridge with pre-2.8-migration sends 2.7's values
@@ -317,6 +315,8 @@ mod tests {
             e.contains("pin 3's LSI is 4099 in the stream, 4100 here"),
             "{e}"
         );
+        // Built by hand: a stream with MSI devices carries their entries,
+        // which the description cannot read yet (the load stops there).
         let mut with_msi = PhbState::from_state(&st, "spapr_pci").unwrap();
         with_msi.msi_devs_num = 2;
         let e = same.load(&with_msi.to_state()).unwrap_err().to_string();

@@ -251,12 +251,7 @@ fn query_cpu_definitions(t: &mut dyn Target, _: &Map<String, Value>) -> Result<V
         "migration-safe": false, "deprecated": false, "unavailable-features": []}),
     ];
     for m in cpu::models() {
-        let lacking: Vec<&str> = m
-            .features
-            .iter()
-            .filter(|f| !cpu::has(&host, f))
-            .map(|f| f.name)
-            .collect();
+        let lacking: Vec<&str> = cpu::lacking(m, &host).iter().map(|f| f.name).collect();
         v.push(
             json!({"name": m.name, "typename": format!("{}-x86_64-cpu", m.name), "static": false,
             "migration-safe": true, "deprecated": false, "unavailable-features": lacking}),

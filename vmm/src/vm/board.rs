@@ -200,12 +200,11 @@ pub(super) fn build(
     }
 
     // Firmware tables and the kernel.
-    let tables = acpi::build(&acpi::AcpiConfig {
+    let tables = acpi::build(&crate::config::acpi_config(
+        &cfg.host_bridge,
         topology,
-        ram: cfg.memory,
-        pci_hole64: cfg.host_bridge.bool("x-pci-hole64-fix") != Some(false),
-        pci_root_uid: cfg.host_bridge.uint("x-pci-root-uid").unwrap_or(0) as u8,
-    });
+        cfg.memory,
+    ));
     mem.write_slice(&tables.bytes, GuestAddress(tables.base))
         .map_err(|e| anyhow!("cannot write ACPI tables: {e}"))?;
     let memmap = layout::e820(cfg.memory);
@@ -253,6 +252,12 @@ pub(super) fn build(
                 topology: &topology,
                 cpuid: &cpuid,
             })?;
+        // A guest that came scaled to its source's TSC rate keeps it.
+        if let Some(khz) = cfg.cpu_carried.as_ref().and_then(|c| c.tsc_khz) {
+            vcpu.x86_64()
+                .ok_or_else(|| anyhow!("the q35 board needs x86_64 vCPUs"))?
+                .set_tsc_khz(khz)?;
+        }
         if id == 0 {
             tsc_khz = vcpu.x86_64().and_then(|v| v.tsc_khz().ok());
         }

@@ -132,18 +132,18 @@ fn cpu(
         log::info!(
             "incoming migration: the guest keeps its CPU: -cpu {released} -smp {topo}, as vmm up to 0.2.0 gave it"
         );
-        return give(board, t, topo).map(Some);
+        return give(board, t, topo, None).map(Some);
     };
     let spec = c["spec"].as_str().unwrap_or("?");
     let guest = crate::snapshot::cpuid_table(&c["cpuid"])
         .ok_or_else(|| LoadError::new(CPU, "the stream's CPUID table is not a list of leaves"))?;
     let topo = topology(&c["topology"]).unwrap_or(here_topo);
-    tsc(board, &guest, c["tsc_khz"].as_u64())?;
+    let scaled = tsc(board, &guest, c["tsc_khz"].as_u64())?;
     msrs(board, &c["msrs"])?;
-    let d = arch::x86_64::cpu::differences(&guest, here, host);
-    if d.is_empty() && topo == here_topo {
+    if guest == here && topo == here_topo && scaled.is_none() {
         return Ok(None);
     }
+    let d = arch::x86_64::cpu::differences(&guest, here, host);
     let said = d.sentences().join("; ");
     if !d.host_can_give() {
         return Err(LoadError::new(
@@ -176,7 +176,12 @@ fn cpu(
         "incoming migration: the guest keeps its CPU (-cpu {spec} -smp {topo}, as its source gave it){}",
         if said.is_empty() { String::new() } else { format!(": {said}") }
     );
-    give(board, guest, topo).map(Some)
+    if cfg.strict_config && scaled.is_none() {
+        // QEMU's behaviour: the destination's own table, where no named
+        // feature differs.
+        return Ok(None);
+    }
+    give(board, guest, topo, scaled).map(Some)
 }
 
 /// The topology a stream carries.
@@ -213,13 +218,21 @@ fn same_apic_ids(guest: &Topology, here: &Topology) -> Result<(), LoadError> {
 
 /// A guest given an invariant TSC counts on its rate: it runs here only at
 /// the source's (scaled, where KVM can), as QEMU does with `invtsc`.
-fn tsc(board: &Board, guest: &[CpuidEntry], source_khz: Option<u64>) -> Result<(), LoadError> {
+/// Returns the rate the vCPUs were scaled to, if they were. Rates within
+/// KVM's own tolerance (250 ppm, `tsc_tolerance_ppm`) count as the same.
+fn tsc(
+    board: &Board,
+    guest: &[CpuidEntry],
+    source_khz: Option<u64>,
+) -> Result<Option<u32>, LoadError> {
     let invtsc = arch::x86_64::cpu::feature("invtsc").expect("invtsc is a feature");
     let (Some(want), Some(have)) = (source_khz, board.tsc_khz) else {
-        return Ok(());
+        return Ok(None);
     };
-    if !arch::x86_64::cpu::has(guest, invtsc) || want == have as u64 {
-        return Ok(());
+    if !arch::x86_64::cpu::has(guest, invtsc)
+        || want.abs_diff(have as u64) * 1_000_000 <= have as u64 * 250
+    {
+        return Ok(None);
     }
     let scaling = board.vm.x86_64().is_some_and(|v| v.tsc_scaling());
     if !scaling {
@@ -239,7 +252,7 @@ fn tsc(board: &Board, guest: &[CpuidEntry], source_khz: Option<u64>) -> Result<(
         }
     }
     log::info!("incoming migration: the guest's TSC runs at its source's {want} kHz (this host's: {have} kHz)");
-    Ok(())
+    Ok(Some(want as u32))
 }
 
 /// Every MSR the source's vCPU state holds must be one this host's KVM
@@ -268,7 +281,12 @@ fn msrs(board: &Board, carried: &Value) -> Result<(), LoadError> {
 
 /// Gives every vCPU (none has run) the CPUID table `t` as `topo` numbers
 /// it.
-fn give(board: &Board, t: Vec<CpuidEntry>, topo: Topology) -> Result<CarriedCpu, LoadError> {
+fn give(
+    board: &Board,
+    t: Vec<CpuidEntry>,
+    topo: Topology,
+    tsc_khz: Option<u32>,
+) -> Result<CarriedCpu, LoadError> {
     for (i, v) in board.vcpu_objs.iter().enumerate() {
         let mut v = v.lock().expect("vcpu lock");
         v.x86_64()
@@ -279,6 +297,7 @@ fn give(board: &Board, t: Vec<CpuidEntry>, topo: Topology) -> Result<CarriedCpu,
     Ok(CarriedCpu {
         cpuid: Arc::new(t),
         topology: topo,
+        tsc_khz,
     })
 }
 

@@ -298,12 +298,7 @@ impl Session<'_> {
         };
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
         let machine = self.cfg.machine.name;
-        let carried = crate::snapshot::carried(
-            self.cfg,
-            &self.board.cpuid,
-            self.board.tsc_khz,
-            self.board.vm.x86_64().map_or(&[], |v| v.msrs()),
-        );
+        let carried = self.carried();
         let (ctl, gen, p) = (self.ctl.clone(), self.gen, progress.clone());
         let saver = std::thread::Builder::new()
             .name("save".into())
@@ -353,12 +348,7 @@ impl Session<'_> {
                     let clock = self.saved_clock.unwrap_or_default();
                     crate::snapshot::device_sections(&self.parts(clock)).map_err(|e| e.to_string())
                 });
-                let carried = crate::snapshot::carried(
-                    self.cfg,
-                    &self.board.cpuid,
-                    self.board.tsc_khz,
-                    self.board.vm.x86_64().map_or(&[], |v| v.msrs()),
-                );
+                let carried = self.carried();
                 let _ = reply.send(r.map(|sections| DeviceState {
                     sections,
                     paused_at,
@@ -452,6 +442,17 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// What this VM's stream carries of its guest's configuration
+    /// (`snapshot::carried`).
+    fn carried(&self) -> serde_json::Value {
+        crate::snapshot::carried(
+            self.cfg,
+            &self.board.cpuid,
+            self.board.tsc_khz,
+            self.board.vm.x86_64().map_or(&[], |v| v.msrs()),
+        )
     }
 
     pub(super) fn parts(&self, clock: u64) -> crate::snapshot::Parts<'_> {

@@ -105,18 +105,15 @@ pub fn features() -> &'static [Feature] {
     static F: OnceLock<Vec<Feature>> = OnceLock::new();
     F.get_or_init(|| {
         rows(FEATURES)
-            .map(|f| {
-                let hex = |s: &str| u32::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
-                Feature {
-                    name: f[5],
-                    word: Word {
-                        leaf: hex(f[1]),
-                        index: f[2].parse().unwrap(),
-                        reg: Reg::parse(f[3]),
-                    },
-                    bit: f[4].parse().unwrap(),
-                    unmigratable: f[6] == "1",
-                }
+            .map(|f| Feature {
+                name: f[5],
+                word: Word {
+                    leaf: hex(f[1]).unwrap(),
+                    index: f[2].parse().unwrap(),
+                    reg: Reg::parse(f[3]),
+                },
+                bit: f[4].parse().unwrap(),
+                unmigratable: f[6] == "1",
             })
             .collect()
     })
@@ -162,23 +159,20 @@ pub fn models() -> &'static [Model] {
     static M: OnceLock<Vec<Model>> = OnceLock::new();
     M.get_or_init(|| {
         rows(MODELS)
-            .map(|f| {
-                let hex = |s: &str| u32::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
-                Model {
-                    name: f[0],
-                    version: f[1].parse().unwrap(),
-                    vendor: f[2],
-                    family: f[3].parse().unwrap(),
-                    model: f[4].parse().unwrap(),
-                    stepping: f[5].parse().unwrap(),
-                    level: hex(f[6]),
-                    xlevel: hex(f[7]),
-                    model_id: f[8],
-                    features: f[9]
-                        .split_whitespace()
-                        .map(|n| feature(n).unwrap_or_else(|| panic!("models.tsv: feature {n}")))
-                        .collect(),
-                }
+            .map(|f| Model {
+                name: f[0],
+                version: f[1].parse().unwrap(),
+                vendor: f[2],
+                family: f[3].parse().unwrap(),
+                model: f[4].parse().unwrap(),
+                stepping: f[5].parse().unwrap(),
+                level: hex(f[6]).unwrap(),
+                xlevel: hex(f[7]).unwrap(),
+                model_id: f[8],
+                features: f[9]
+                    .split_whitespace()
+                    .map(|n| feature(n).unwrap_or_else(|| panic!("models.tsv: feature {n}")))
+                    .collect(),
             })
             .collect()
     })
@@ -294,7 +288,12 @@ impl std::str::FromStr for CpuSpec {
                 let v = on_off(v).ok_or_else(bad)?;
                 match k {
                     "enforce" => spec.enforce = v,
-                    "check" => spec.enforce = !v,
+                    // check only warns: off never makes a start stricter.
+                    "check" => {
+                        if v {
+                            spec.enforce = false;
+                        }
+                    }
                     "migratable" => spec.migratable = v,
                     _ => spec.changes.push((feat(k)?, v)),
                 }
@@ -333,9 +332,10 @@ impl CpuSpec {
                 // `host` is this host's CPU: no identity to change.
                 (Some(_), _, _) if self.base == Base::Host => {}
                 (Some(i), _, _) => {
-                    let n = match value.strip_prefix("0x") {
-                        Some(h) => u32::from_str_radix(h, 16).ok(),
-                        None => value.parse().ok(),
+                    let n = if value.starts_with("0x") {
+                        hex(value)
+                    } else {
+                        value.parse().ok()
                     };
                     if let Some(v) = n {
                         self.compat_identity[i] = Some(v);
@@ -387,14 +387,31 @@ pub fn describe(features: &[&Feature]) -> String {
         .join("; ")
 }
 
+/// Whether `e` answers CPUID `leaf`, sub-leaf `index`.
+fn answers(e: &kvm_cpuid_entry2, leaf: u32, index: u32) -> bool {
+    e.function == leaf && (e.index == index || !indexed(leaf))
+}
+
 fn entry(t: &[kvm_cpuid_entry2], leaf: u32, index: u32) -> Option<&kvm_cpuid_entry2> {
-    t.iter()
-        .find(|e| e.function == leaf && (e.index == index || !indexed(leaf)))
+    t.iter().find(|e| answers(e, leaf, index))
 }
 
 fn entry_mut(t: &mut [kvm_cpuid_entry2], leaf: u32, index: u32) -> Option<&mut kvm_cpuid_entry2> {
-    t.iter_mut()
-        .find(|e| e.function == leaf && (e.index == index || !indexed(leaf)))
+    t.iter_mut().find(|e| answers(e, leaf, index))
+}
+
+/// A hex number, with or without `0x`.
+fn hex(s: &str) -> Option<u32> {
+    u32::from_str_radix(s.trim_start_matches("0x"), 16).ok()
+}
+
+/// What `host` lacks of model `m`.
+pub fn lacking(m: &Model, host: &[kvm_cpuid_entry2]) -> Vec<&'static Feature> {
+    m.features
+        .iter()
+        .copied()
+        .filter(|f| !has(host, f))
+        .collect()
 }
 
 /// Leaves whose sub-leaf (ECX) selects the output.
@@ -732,13 +749,8 @@ pub fn differences(
 pub fn help(host: Option<&[kvm_cpuid_entry2]>) -> String {
     let mut s = String::from("Available CPUs:\n  host      this host's CPU as KVM supports it (migratable=on: without invtsc)\n");
     for m in models() {
-        let lacking: Vec<&str> = host.map_or(vec![], |h| {
-            m.features
-                .iter()
-                .filter(|f| !has(h, f))
-                .map(|f| f.name)
-                .collect()
-        });
+        let lacking: Vec<&str> =
+            host.map_or(vec![], |h| lacking(m, h).iter().map(|f| f.name).collect());
         let note = if lacking.is_empty() {
             String::new()
         } else {
