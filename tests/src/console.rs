@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 struct Lines {
     lines: Vec<String>,
+    /// Pipes (stdout, stderr) whose reader has reached end of file.
+    ended: u8,
+    /// Both pipes ended: every line the process wrote is in `lines`.
     closed: bool,
 }
 
@@ -32,9 +35,9 @@ impl Vm {
         let out = Arc::new((Mutex::new(Lines::default()), Condvar::new()));
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        for (stream, prefix, closes) in [
-            (Box::new(stdout) as Box<dyn std::io::Read + Send>, "", true),
-            (Box::new(stderr), "stderr: ", false),
+        for (stream, prefix) in [
+            (Box::new(stdout) as Box<dyn std::io::Read + Send>, ""),
+            (Box::new(stderr), "stderr: "),
         ] {
             let out = out.clone();
             std::thread::spawn(move || {
@@ -52,11 +55,14 @@ impl Vm {
                         }
                     }
                 }
-                if closes {
-                    let (m, cv) = &*out;
-                    m.lock().unwrap().closed = true;
-                    cv.notify_all();
-                }
+                // The process's last words may be on either pipe (an error
+                // goes to stderr after the console closed): the log is
+                // complete only when both readers are done.
+                let (m, cv) = &*out;
+                let mut g = m.lock().unwrap();
+                g.ended += 1;
+                g.closed = g.ended == 2;
+                cv.notify_all();
             });
         }
         let stdin = child.stdin.take();
@@ -196,8 +202,8 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.try_wait().expect("wait for the VM") {
-                // Let the reader threads drain the pipes.
-                let _ = self.try_wait_for(Duration::from_secs(2), |_| false);
+                // Let the reader threads drain both pipes.
+                let _ = self.try_wait_for(Duration::from_secs(5), |_| false);
                 return st;
             }
             if Instant::now() >= deadline {
@@ -288,5 +294,27 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that closes its console and then writes its error to
+    /// stderr right before exiting (what a refusing destination does):
+    /// after `wait_exit` the log holds every stderr line.
+    #[test]
+    fn the_log_after_exit_holds_the_last_stderr_line() {
+        for _ in 0..100 {
+            let mut cmd = Command::new("sh");
+            cmd.args([
+                "-c",
+                "exec >&-; i=0; while [ $i -lt 40 ]; do echo line$i >&2; i=$((i+1)); done; echo last >&2",
+            ]);
+            let mut vm = Vm::spawn("closer", cmd);
+            assert!(vm.wait_exit(Duration::from_secs(30)).success());
+            assert!(vm.log().contains("stderr: last"), "{}", vm.log());
+        }
     }
 }
