@@ -119,6 +119,13 @@ impl Vm {
         }
     }
 
+    /// Whether a line containing `what` arrives within `timeout`: for what
+    /// vmm logs on stderr, which its reader may not have read yet when
+    /// something else (a QMP reply, a console line) shows it happened.
+    pub fn logged(&self, what: &str, timeout: Duration) -> bool {
+        self.try_wait_for(timeout, |l| l.contains(what)).is_some()
+    }
+
     /// Waits for a line starting with `prefix`.
     pub fn wait_prefix(&self, prefix: &str, timeout: Duration) -> String {
         self.wait_for(&format!("starting with {prefix:?}"), timeout, |l| {

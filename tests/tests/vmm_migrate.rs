@@ -180,7 +180,7 @@ fn assert_refused(
     } else {
         assert_ne!(bad.vm.wait_exit(T).code(), Some(0));
     }
-    assert!(bad.vm.log().contains(want[0]), "{}", bad.vm.log());
+    assert!(bad.vm.logged(want[0], T), "{}", bad.vm.log());
     assert_still_running(src);
 }
 
@@ -1236,7 +1236,7 @@ fn a_strangers_channel_does_not_join_the_migration() {
     let _ = stranger.read_to_end(&mut rest);
     assert!(t.elapsed() < Duration::from_secs(14), "still open");
     assert!(
-        dst.vm.log().contains("not part of"),
+        dst.vm.logged("not part of", T),
         "the stranger's channel was not named: {}",
         dst.vm.log()
     );
@@ -1259,7 +1259,7 @@ fn after_go_the_source_does_not_run_the_guest_again() {
     let m = q.wait_migration(T);
     assert_eq!(m["status"], "completed", "{m}");
     assert_eq!(m["x-running-confirmed"], false, "{m}");
-    assert!(src.vm.log().contains("no RUNNING"), "{}", src.vm.log());
+    assert!(src.vm.logged("no RUNNING", T), "{}", src.vm.log());
     assert_eq!(
         q.execute("query-status", json!({}))["status"],
         "postmigrate"

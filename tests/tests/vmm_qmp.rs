@@ -663,7 +663,7 @@ fn a_client_that_never_reads_is_dropped_not_buffered() {
         "running"
     );
     assert!(
-        vm.log().contains("does not read"),
+        vm.logged("does not read", Duration::from_secs(10)),
         "the drop was not logged: {}",
         vm.log()
     );
