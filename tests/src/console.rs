@@ -204,6 +204,11 @@ impl Vm {
             .expect("write to the VM's console");
     }
 
+    /// The exit status if the process has ended.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for the VM")
+    }
+
     /// Waits for the process to exit; kills it after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;

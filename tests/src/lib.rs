@@ -9,6 +9,7 @@ pub mod netns;
 pub mod peer;
 pub mod qemu;
 pub mod qmp;
+pub mod qtest;
 pub mod vmm;
 
 use std::path::PathBuf;

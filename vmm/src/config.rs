@@ -212,7 +212,16 @@ impl DeviceConfig {
     }
 }
 
+/// What runs the guest (`-accel`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    /// No vCPUs: the client at this address drives the board.
+    Qtest(crate::qtest::QtestAddr),
+}
+
 #[derive(Debug, Clone)]
+
 pub struct VmConfig {
     pub machine: &'static machine::MachineType,
     pub memory: u64,
@@ -224,8 +233,11 @@ pub struct VmConfig {
     /// The CPU a migration's source gave the guest, which this VM keeps
     /// for every later board (`vm/carried.rs`).
     pub cpu_carried: Option<CarriedCpu>,
-    pub kernel: PathBuf,
+    /// `-kernel` (none only with the qtest accelerator).
+    pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
+    /// `-accel`.
+    pub accel: Accel,
     pub cmdline: String,
     pub serial: SerialBackend,
     pub name: Option<String>,
@@ -525,6 +537,21 @@ pub fn print_config(c: &VmConfig) -> String {
     serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n"
 }
 
+/// `-accel kvm|qtest` with `-qtest ADDR`: each needs the other.
+fn parse_accel(accel: Option<&str>, qtest: Option<&str>) -> Result<Accel> {
+    match (accel.unwrap_or("kvm"), qtest) {
+        ("kvm", None) => Ok(Accel::Kvm),
+        ("kvm", Some(q)) => {
+            bail!("-qtest {q} needs -accel qtest (the client is the VM's only CPU)")
+        }
+        ("qtest", Some(q)) => Ok(Accel::Qtest(q.parse()?)),
+        ("qtest", None) => {
+            bail!("-accel qtest needs -qtest unix:PATH or -qtest stdio: where its client is")
+        }
+        (other, _) => bail!("-accel {other}: unknown accelerator; vmm has kvm and qtest"),
+    }
+}
+
 pub fn from_args(a: Args) -> Result<Action> {
     if a.machine.as_deref() == Some("help") {
         return Ok(Action::Print(machine_help()));
@@ -623,10 +650,19 @@ pub fn from_args(a: Args) -> Result<Action> {
             iosize: iosize as u16,
         });
     }
-    let kernel = match (a.kernel, a.print_config) {
-        (Some(k), _) => k,
-        (None, true) => PathBuf::new(),
-        (None, false) => bail!("no kernel given: use -kernel FILE"),
+    let accel = parse_accel(a.accel.as_deref(), a.qtest.as_deref())?;
+    if accel != Accel::Kvm && a.kernel.is_none() && a.initrd.is_some() {
+        bail!("-initrd needs -kernel");
+    }
+    if matches!(accel, Accel::Qtest(crate::qtest::QtestAddr::Stdio))
+        && matches!(serial, SerialBackend::Stdio)
+    {
+        bail!("-qtest stdio and the serial console cannot both have stdio: add -serial none or -serial file:PATH");
+    }
+    let kernel = match (a.kernel, a.print_config, &accel) {
+        (Some(k), _, _) => Some(k),
+        (None, true, _) | (None, _, Accel::Qtest(_)) => None,
+        (None, false, Accel::Kvm) => bail!("no kernel given: use -kernel FILE"),
     };
     let cfg = VmConfig {
         machine: spec.machine,
@@ -637,6 +673,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         cpu_carried: None,
         kernel,
         initrd: a.initrd,
+        accel,
         cmdline: a.append,
         serial,
         name: a.name,
@@ -670,10 +707,12 @@ pub fn from_args(a: Args) -> Result<Action> {
     if a.print_config {
         return Ok(Action::Print(print_config(&cfg)));
     }
-    let meta = std::fs::metadata(&cfg.kernel)
-        .with_context(|| format!("cannot open kernel {}", cfg.kernel.display()))?;
-    if !meta.is_file() {
-        bail!("kernel {} is not a file", cfg.kernel.display());
+    if let Some(k) = &cfg.kernel {
+        let meta =
+            std::fs::metadata(k).with_context(|| format!("cannot open kernel {}", k.display()))?;
+        if !meta.is_file() {
+            bail!("kernel {} is not a file", k.display());
+        }
     }
     if let Some(i) = &cfg.initrd {
         std::fs::metadata(i).with_context(|| format!("cannot open initrd {}", i.display()))?;

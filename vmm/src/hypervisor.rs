@@ -106,6 +106,11 @@ pub trait Vm: devices::virtio::VmOps + Send + Sync {
     fn x86_64(&self) -> Option<&dyn VmX86_64> {
         None
     }
+    /// The qtest accelerator's VM (no vCPUs; its client reaches RAM and
+    /// doorbells through it).
+    fn qtest(&self) -> Option<&crate::qtest::QtestVm> {
+        None
+    }
     /// Maps `size` bytes of host memory at `host` to guest address `gpa`.
     ///
     /// # Safety

@@ -12,6 +12,7 @@ pub mod fault;
 pub mod hypervisor;
 pub mod kvm;
 pub mod qmp;
+pub mod qtest;
 pub mod runstate;
 pub mod snapshot;
 pub mod vm;

@@ -314,7 +314,8 @@ pub trait Adopt: Send {
 /// once loaded.
 pub struct Target<'a> {
     parts: &'a Parts<'a>,
-    cpu: &'static Description,
+    /// How the vCPUs' sections are described (none without vCPUs: qtest).
+    cpu: Option<&'static Description>,
     hv: &'static Description,
     pub clock: Option<u64>,
     cpus: usize,
@@ -333,10 +334,7 @@ impl<'a> Target<'a> {
         let cpu = parts
             .vcpus
             .first()
-            .ok_or_else(|| LoadError::new("cpu", "a VM without vCPUs"))?
-            .lock()
-            .expect("vcpu lock")
-            .state_description();
+            .map(|v| v.lock().expect("vcpu lock").state_description());
         Ok(Target {
             parts,
             cpu,
@@ -359,8 +357,8 @@ impl<'a> Target<'a> {
 impl LoadTarget for Target<'_> {
     fn description(&self, id: &str, instance: u32) -> Option<&'static Description> {
         let p = self.parts;
-        if id == self.cpu.name {
-            return ((instance as usize) < p.vcpus.len()).then_some(self.cpu);
+        if let Some(cpu) = self.cpu.filter(|c| c.name == id) {
+            return ((instance as usize) < p.vcpus.len()).then_some(cpu);
         }
         if id == self.hv.name {
             return Some(self.hv);
@@ -384,13 +382,13 @@ impl LoadTarget for Target<'_> {
         let p = self.parts;
         let hv_error =
             |e: crate::hypervisor::Error| LoadError::new(id, format!("{e}: {}", e.source));
-        if id == self.cpu.name {
+        if let Some(cpu) = self.cpu.filter(|c| c.name == id) {
             if instance as usize >= p.vcpus.len() {
                 return Err(LoadError::new(id, format!("no vCPU {instance}")));
             }
             // Taken at the end, once the CPU is known to run here.
             self.cpu_states
-                .push((instance as usize, state_to_blobs(self.cpu, state)));
+                .push((instance as usize, state_to_blobs(cpu, state)));
             self.cpus += 1;
             return Ok(());
         }
@@ -445,13 +443,17 @@ impl LoadTarget for Target<'_> {
             ));
         }
         let vmm = vmdesc.and_then(|d| d.get("vmm"));
-        self.adopt.cpu(vmm.and_then(|v| v.get("cpu")))?;
-        for (i, blobs) in std::mem::take(&mut self.cpu_states) {
-            self.parts.vcpus[i]
-                .lock()
-                .expect("vcpu lock")
-                .restore(&blobs)
-                .map_err(|e| LoadError::new(self.cpu.name, format!("{e}: {}", e.source)))?;
+        // A VM without vCPUs (qtest) has no CPU to give the guest: what
+        // the source's was travels on untouched in its next stream.
+        if let Some(cpu) = self.cpu {
+            self.adopt.cpu(vmm.and_then(|v| v.get("cpu")))?;
+            for (i, blobs) in std::mem::take(&mut self.cpu_states) {
+                self.parts.vcpus[i]
+                    .lock()
+                    .expect("vcpu lock")
+                    .restore(&blobs)
+                    .map_err(|e| LoadError::new(cpu.name, format!("{e}: {}", e.source)))?;
+            }
         }
         let carried = vmm.and_then(|v| v["devices"].as_array());
         for (bdf, state) in std::mem::take(&mut self.functions) {

@@ -30,6 +30,8 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN};
 pub(super) struct Board {
     pub(super) vm: Arc<dyn Vm>,
     pub(super) mem: GuestMemoryMmap,
+    /// The port and MMIO buses (what vCPU exits and qtest requests reach).
+    pub(super) buses: Arc<Buses>,
     pub(super) vcpus: Vec<JoinHandle<()>>,
     /// The vCPUs themselves; each thread locks its own only around KVM_RUN,
     /// so a parked vCPU's state can be read and written.
@@ -58,7 +60,13 @@ pub(super) fn build(
     gen: u64,
 ) -> Result<Board> {
     let vm = hypervisor.create_vm()?;
-    let cpuid = guest_cpuid(cfg, &*vm)?;
+    // The qtest accelerator has no vCPUs: its client is the guest's CPU.
+    let vcpu_count = if vm.qtest().is_some() { 0 } else { cfg.vcpus };
+    let cpuid = if vcpu_count == 0 {
+        Arc::new(vec![])
+    } else {
+        guest_cpuid(cfg, &*vm)?
+    };
     let topology = cfg.topology();
 
     // Guest RAM: below the PCI hole, the rest from 4 GiB.
@@ -208,30 +216,9 @@ pub(super) fn build(
     mem.write_slice(&tables.bytes, GuestAddress(tables.base))
         .map_err(|e| anyhow!("cannot write ACPI tables: {e}"))?;
     let memmap = layout::e820(cfg.memory);
-    let boot = match load_kernel(cfg, &mem)? {
-        Kernel::Pvh { entry, end } => {
-            let initrd = load_initrd(cfg, &mem, end, u64::MAX)?;
-            let start_info = pvh::write(&mem, &cfg.cmdline, &memmap, tables.rsdp, initrd)?;
-            (entry, start_info, 0)
-        }
-        Kernel::Linux { entry, end, hdr } => {
-            let initrd_addr_max = hdr.initrd_addr_max;
-            let max = match initrd_addr_max {
-                0 => 0x3800_0000, // protocol < 2.03: the documented default
-                m => m as u64 + 1,
-            };
-            let initrd = load_initrd(cfg, &mem, end, max)?.map(|m| (m.addr, m.size));
-            let len = pvh::write_cmdline(&mem, &cfg.cmdline)?;
-            let zero_page = arch::x86_64::linux::write_boot_params(
-                &mem,
-                hdr,
-                len,
-                &memmap,
-                tables.rsdp,
-                initrd,
-            )?;
-            (entry, 0, zero_page)
-        }
+    let boot = match &cfg.kernel {
+        Some(path) => Some(boot(cfg, path, &mem, &memmap, tables.rsdp)?),
+        None => None,
     };
 
     // vCPUs: the BSP enters the kernel, the APs wait for INIT-SIPI.
@@ -239,15 +226,15 @@ pub(super) fn build(
     let mut handles = vec![];
     let mut vcpu_objs = vec![];
     let mut tsc_khz = None;
-    let tids: Arc<Vec<AtomicI64>> = Arc::new((0..cfg.vcpus).map(|_| AtomicI64::new(0)).collect());
-    for id in 0..cfg.vcpus {
+    let tids: Arc<Vec<AtomicI64>> = Arc::new((0..vcpu_count).map(|_| AtomicI64::new(0)).collect());
+    for id in 0..vcpu_count {
         // KVM's vCPU id is the APIC ID the topology gives it.
         let apic_id = topology.apic_id(id as u32);
         let mut vcpu = vm.create_vcpu(apic_id as u8)?;
         vcpu.x86_64()
             .ok_or_else(|| anyhow!("the q35 board needs x86_64 vCPUs"))?
             .configure(&X86BootState {
-                entry: (id == 0).then_some(boot),
+                entry: boot.filter(|_| id == 0),
                 apic_id,
                 topology: &topology,
                 cpuid: &cpuid,
@@ -291,6 +278,7 @@ pub(super) fn build(
     Ok(Board {
         vm,
         mem,
+        buses,
         vcpus: handles,
         vcpu_objs,
         cpuid,
@@ -301,6 +289,36 @@ pub(super) fn build(
         pci: root,
         pci_io,
         pm,
+    })
+}
+
+/// Loads the kernel (and initrd and command line) and says how the BSP
+/// enters it: (rip, rbx, rsi).
+fn boot(
+    cfg: &VmConfig,
+    path: &std::path::Path,
+    mem: &GuestMemoryMmap,
+    memmap: &[arch::x86_64::E820Entry],
+    rsdp: u64,
+) -> Result<(u64, u64, u64)> {
+    Ok(match load_kernel(path, mem)? {
+        Kernel::Pvh { entry, end } => {
+            let initrd = load_initrd(cfg, mem, end, u64::MAX)?;
+            let start_info = pvh::write(mem, &cfg.cmdline, memmap, rsdp, initrd)?;
+            (entry, start_info, 0)
+        }
+        Kernel::Linux { entry, end, hdr } => {
+            let initrd_addr_max = hdr.initrd_addr_max;
+            let max = match initrd_addr_max {
+                0 => 0x3800_0000, // protocol < 2.03: the documented default
+                m => m as u64 + 1,
+            };
+            let initrd = load_initrd(cfg, mem, end, max)?.map(|m| (m.addr, m.size));
+            let len = pvh::write_cmdline(mem, &cfg.cmdline)?;
+            let zero_page =
+                arch::x86_64::linux::write_boot_params(mem, hdr, len, memmap, rsdp, initrd)?;
+            (entry, 0, zero_page)
+        }
     })
 }
 

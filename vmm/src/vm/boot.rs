@@ -6,6 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use arch::x86_64::{layout, pvh};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 use vm_memory::{Bytes, GuestAddress};
 
 /// A loaded kernel and how to enter it.
@@ -20,9 +21,8 @@ pub(super) enum Kernel {
     },
 }
 
-pub(super) fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<Kernel> {
+pub(super) fn load_kernel(path: &Path, mem: &GuestMemoryMmap) -> Result<Kernel> {
     use linux_loader::loader::{bzimage::BzImage, KernelLoader};
-    let path = &cfg.kernel;
     let mut f =
         File::open(path).with_context(|| format!("cannot open kernel {}", path.display()))?;
     let mut head = [0u8; 0x210];

@@ -110,6 +110,8 @@ impl Session<'_> {
         let wake = self.ctl.clone();
         let (cfg, board) = (&*self.cfg, self.board);
         let mut adoption = super::carried::Adoption::new(cfg, board);
+        // The qtest client's requests wait for the guest to run here.
+        let mut held = vec![];
         let loaded = std::thread::scope(|scope| {
             let h = scope.spawn(|| {
                 let _wake = Wake(wake);
@@ -129,6 +131,7 @@ impl Session<'_> {
                 match ctl.recv_timeout(Duration::from_millis(100)) {
                     Ok(Control::Qmp(req)) => req.reply(busy_reply(&req.command)),
                     Ok(Control::Loaded) => break,
+                    Ok(Control::Qtest(call)) => held.push(call),
                     Ok(Control::Incoming(Ok(other))) => spawn_refusal(
                         other,
                         "this destination is already receiving a migration".into(),
@@ -144,6 +147,7 @@ impl Session<'_> {
                 })
             })
         });
+        self.qtest.extend(held);
         log::debug!(
             "incoming: loaded (wall {} us)",
             migration::protocol::wall_us()

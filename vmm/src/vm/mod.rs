@@ -15,6 +15,7 @@ mod boot;
 mod carried;
 mod console;
 mod incoming;
+mod qtest;
 mod session;
 mod target;
 mod vcpu;
@@ -63,6 +64,8 @@ pub(super) enum Control {
     /// The incoming stream's loader finished (wakes the main loop at once:
     /// the guest is paused on both sides until it answers).
     Loaded,
+    /// A request of the qtest client (`-accel qtest`).
+    Qtest(crate::qtest::Call),
 }
 
 /// Sends [`Control::Loaded`] when dropped: however the loader ends.
@@ -99,7 +102,10 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         on_run: Mutex::new(None),
     });
     // The one place the backend is chosen.
-    let hypervisor = crate::kvm::KvmHypervisor;
+    let hypervisor: Box<dyn crate::hypervisor::Hypervisor> = match &cfg.accel {
+        crate::config::Accel::Kvm => Box::new(crate::kvm::KvmHypervisor),
+        crate::config::Accel::Qtest(_) => Box::new(crate::qtest::QtestHypervisor),
+    };
     let events = qmp::Events::default();
     let (ctl_tx, ctl_rx) = channel::<Control>();
     let (req_tx, req_rx) = std::sync::mpsc::sync_channel::<qmp::Request>(qmp::MAX_WAITING_REQUESTS);
@@ -109,6 +115,17 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         listen_incoming(uri, ctl_tx.clone(), None)?;
     }
     qmp::start(&cfg.qmp, req_tx, events.clone())?;
+    if let crate::config::Accel::Qtest(addr) = &cfg.accel {
+        let ctl = Mutex::new(ctl_tx.clone());
+        crate::qtest::start(addr, move |c| {
+            ctl.lock()
+                .expect("qtest lock")
+                .send(Control::Qtest(c))
+                .is_ok()
+        })?;
+    }
+    // The qtest client's requests wait here while the VM does not run.
+    let mut qtest_waiting = std::collections::VecDeque::new();
     {
         let ctl_tx = ctl_tx.clone();
         std::thread::Builder::new()
@@ -140,7 +157,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     let no_reboot = cfg.no_reboot;
     loop {
         gen += 1;
-        let board = build(&hypervisor, cfg, ctl_tx.clone(), gate.clone(), gen)?;
+        let board = build(&*hypervisor, cfg, ctl_tx.clone(), gate.clone(), gen)?;
         log::info!(
             "{name}: {} with {} vCPU(s) and {} MiB started",
             cfg.machine.name,
@@ -167,6 +184,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             gen,
             fds: &mut named_fds,
             passed: None,
+            qtest: &mut qtest_waiting,
         };
         if let (1, Some(crate::config::Incoming::File(path))) = (gen, restore_from.as_ref()) {
             session.restore(path)?;
@@ -175,6 +193,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             }
         }
         let end = loop {
+            qtest::serve(&board, session.status, session.qtest);
             // Auto-converge: kick the vCPUs every 10 ms so they sleep their
             // share (they rarely exit on their own).
             let throttle = session
@@ -197,6 +216,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
                     .map_err(|_| anyhow!("the control channel closed"))?
             };
             match msg {
+                Control::Qtest(call) => session.qtest.push_back(call),
                 Control::Migration(g, m) if g == gen => {
                     session.migration_msg(m);
                     for (name, data) in session.queued.drain(..) {

@@ -44,6 +44,8 @@ pub(super) struct Session<'a> {
     pub(super) fds: &'a mut std::collections::HashMap<String, std::os::fd::OwnedFd>,
     /// The descriptor the client of the current `getfd` passed.
     pub(super) passed: Option<std::os::fd::OwnedFd>,
+    /// The qtest client's requests, waiting for the VM to run.
+    pub(super) qtest: &'a mut std::collections::VecDeque<crate::qtest::Call>,
 }
 
 /// What query-migrate reports.
