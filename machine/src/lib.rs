@@ -153,6 +153,22 @@ pub const HW_COMPAT: &[CompatArray] = &[
         &[("Haswell-x86_64-cpu", "stepping", "1")],
     ),
     ("hw_compat_2_8", (2, 8), &[]),
+    // QEMU 2.8 split the PHB's MMIO window in two (32-bit and 64-bit),
+    // placed the bridges from 32 TiB, and changed the bridge's stream
+    // (the seed, devices/src/pci/spapr_phb.rs); pseries-2.7 keeps one
+    // window above RAM and sends 2.7's layout. QEMU 9.2 dropped
+    // pseries-2.x; these are QEMU 9.1's spapr_machine_2_7_class_options
+    // (the placement a machine class field there).
+    (
+        "spapr_machine_2_7_class_options",
+        (2, 7),
+        &[
+            ("spapr-pci-host-bridge", "mem_win_size", "0xf80000000"),
+            ("spapr-pci-host-bridge", "mem64_win_size", "0"),
+            ("spapr-pci-host-bridge", "pre-2.8-migration", "on"),
+            ("spapr-pci-host-bridge", "x-placement-2-7", "on"),
+        ],
+    ),
     // QEMU 2.8 stopped exposing modern virtio when the backend lacks
     // VIRTIO_F_VERSION_1, and shrank the notify area to 4 bytes per queue.
     (
@@ -165,11 +181,27 @@ pub const HW_COMPAT: &[CompatArray] = &[
     ),
 ];
 
+/// The board an array is for, by QEMU's naming: `pc_*` arrays (and the
+/// q35 machine class options) are x86's, `spapr_*` pseries', `hw_*`
+/// every board's.
+pub fn array_arch(array: &str) -> Option<Arch> {
+    if array.starts_with("pc_") {
+        Some(Arch::X86_64)
+    } else if array.starts_with("spapr_") {
+        Some(Arch::Ppc64)
+    } else {
+        None
+    }
+}
+
 /// The compat entries `m` applies, in application order.
 pub fn compat_props(m: &MachineType) -> Vec<CompatEntry> {
     let mut v = vec![];
     for (array, version, entries) in HW_COMPAT {
-        if *version >= m.version && m.version != newest().version {
+        if array_arch(array).is_some_and(|a| a != m.arch) {
+            continue;
+        }
+        if *version >= m.version && m.version != newest_of(m.arch).version {
             for (t, p, val) in entries.iter() {
                 v.push(CompatEntry {
                     array,
@@ -183,11 +215,20 @@ pub fn compat_props(m: &MachineType) -> Vec<CompatEntry> {
     v
 }
 
+/// The guest architecture a machine type's board is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    /// sPAPR (pseries): big-endian as QEMU's target, whatever the guest runs.
+    Ppc64,
+}
+
 /// One machine type.
 #[derive(Debug, PartialEq, Eq)]
 pub struct MachineType {
     pub name: &'static str,
     pub version: (u32, u32),
+    pub arch: Arch,
     pub description: &'static str,
 }
 
@@ -206,45 +247,97 @@ pub const PC_Q35: &[MachineType] = &[
     MachineType {
         name: "pc-q35-2.7",
         version: (2, 7),
+        arch: Arch::X86_64,
         description: "Standard PC (Q35 + ICH9, 2009), ABI of QEMU 2.7",
     },
     MachineType {
         name: "pc-q35-2.8",
         version: (2, 8),
+        arch: Arch::X86_64,
         description: "Standard PC (Q35 + ICH9, 2009), ABI of QEMU 2.8",
     },
     MachineType {
         name: "pc-q35-5.1",
         version: (5, 1),
+        arch: Arch::X86_64,
         description: "Standard PC (Q35 + ICH9, 2009), ABI of QEMU 5.1",
     },
     MachineType {
         name: "pc-q35-5.2",
         version: (5, 2),
+        arch: Arch::X86_64,
         description: "Standard PC (Q35 + ICH9, 2009), ABI of QEMU 5.2",
     },
     MachineType {
         name: "pc-q35-7.2",
         version: (7, 2),
+        arch: Arch::X86_64,
         description: "Standard PC (Q35 + ICH9, 2009), ABI of QEMU 7.2",
     },
     MachineType {
         name: "pc-q35-8.0",
         version: (8, 0),
+        arch: Arch::X86_64,
         description: "Standard PC (Q35 + ICH9, 2009), ABI of QEMU 8.0",
     },
     MachineType {
         name: "pc-q35-10.0",
         version: (10, 0),
+        arch: Arch::X86_64,
         description: "Standard PC (Q35 + ICH9, 2009), ABI of QEMU 10.0",
     },
 ];
 
-/// Names that mean "the newest".
-pub const ALIASES: &[&str] = &["q35", "pc-q35"];
+/// Every pseries (sPAPR) machine type, oldest first: the versions whose
+/// settings change something vmm models, and the newest (the `pseries`
+/// alias). On an x86_64 host they run under `-accel qtest`.
+pub const PSERIES: &[MachineType] = &[
+    MachineType {
+        name: "pseries-2.7",
+        version: (2, 7),
+        arch: Arch::Ppc64,
+        description: "pSeries Logical Partition (PAPR compliant), ABI of QEMU 2.7",
+    },
+    MachineType {
+        name: "pseries-2.8",
+        version: (2, 8),
+        arch: Arch::Ppc64,
+        description: "pSeries Logical Partition (PAPR compliant), ABI of QEMU 2.8",
+    },
+    MachineType {
+        name: "pseries-7.2",
+        version: (7, 2),
+        arch: Arch::Ppc64,
+        description: "pSeries Logical Partition (PAPR compliant), ABI of QEMU 7.2",
+    },
+    MachineType {
+        name: "pseries-8.0",
+        version: (8, 0),
+        arch: Arch::Ppc64,
+        description: "pSeries Logical Partition (PAPR compliant), ABI of QEMU 8.0",
+    },
+    MachineType {
+        name: "pseries-10.0",
+        version: (10, 0),
+        arch: Arch::Ppc64,
+        description: "pSeries Logical Partition (PAPR compliant), ABI of QEMU 10.0",
+    },
+];
+
+/// Names that mean "the newest" of a board.
+pub const ALIASES: &[(&str, Arch)] = &[
+    ("q35", Arch::X86_64),
+    ("pc-q35", Arch::X86_64),
+    ("pseries", Arch::Ppc64),
+];
+
+/// Every machine type: q35's, then pseries'.
+pub fn all() -> impl Iterator<Item = &'static MachineType> {
+    PC_Q35.iter().chain(PSERIES)
+}
 
 /// Machine properties accepted after the type (`-M TYPE,prop=value`).
-pub const PROPERTIES: &[(&str, &str)] = &[("accel", "the accelerator; only `kvm` exists")];
+pub const PROPERTIES: &[(&str, &str)] = &[("accel", "the accelerator: kvm or qtest")];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
@@ -254,27 +347,35 @@ pub enum Error {
     PropertyWithoutValue(String),
     #[error("unknown machine property '{name}'; valid properties: {valid}")]
     UnknownProperty { name: String, valid: String },
-    #[error("machine property accel={0} is not supported; only kvm is")]
+    #[error("machine property accel={0} is not supported; vmm has kvm and qtest")]
     Accel(String),
 }
 
+/// The default machine type: the newest q35.
 pub fn newest() -> &'static MachineType {
-    PC_Q35.last().expect("at least one machine type")
+    newest_of(Arch::X86_64)
+}
+
+/// The newest machine type of a board.
+pub fn newest_of(arch: Arch) -> &'static MachineType {
+    all()
+        .filter(|m| m.arch == arch)
+        .last()
+        .expect("at least one machine type per board")
 }
 
 /// Every accepted name, for error messages and `-M help`.
 pub fn valid_names() -> String {
-    let mut v: Vec<&str> = PC_Q35.iter().map(|m| m.name).collect();
-    v.extend(ALIASES);
+    let mut v: Vec<&str> = all().map(|m| m.name).collect();
+    v.extend(ALIASES.iter().map(|a| a.0));
     v.join(", ")
 }
 
 pub fn find(name: &str) -> Result<&'static MachineType, Error> {
-    if ALIASES.contains(&name) {
-        return Ok(newest());
+    if let Some((_, arch)) = ALIASES.iter().find(|a| a.0 == name) {
+        return Ok(newest_of(*arch));
     }
-    PC_Q35
-        .iter()
+    all()
         .find(|m| m.name == name)
         .ok_or_else(|| Error::Unknown {
             name: name.to_string(),
@@ -304,7 +405,7 @@ pub fn parse(spec: &str) -> Result<MachineSpec, Error> {
             .split_once('=')
             .ok_or_else(|| Error::PropertyWithoutValue(p.to_string()))?;
         match k {
-            "accel" if v == "kvm" => {}
+            "accel" if v == "kvm" || v == "qtest" => {}
             "accel" => return Err(Error::Accel(v.to_string())),
             _ => {
                 let valid = PROPERTIES

@@ -326,3 +326,243 @@ fn a_qtest_vm_migrates_with_its_memory_and_device_state() {
     );
     assert!(src.try_exit().is_none() && dst.try_exit().is_none());
 }
+
+/// Where the qtest client keeps an RTAS call's argument and result cells.
+const RTAS_ARGS: u64 = 0x10_0000;
+const RTAS_RETS: u64 = 0x10_1000;
+/// PHB 0's BUID.
+const BUID: u64 = 0x0800_0000_2000_0000;
+
+/// An RTAS call through qtest's `rtas`: its results, status first.
+fn rtas(qt: &mut Qtest, name: &str, args: &[u32], nret: usize) -> Vec<u32> {
+    for (i, a) in args.iter().enumerate() {
+        qt.writel(RTAS_ARGS + 4 * i as u64, *a);
+    }
+    let r = qt.cmd(&format!(
+        "rtas {name} {} {RTAS_ARGS:#x} {nret} {RTAS_RETS:#x}",
+        args.len()
+    ));
+    assert_eq!(r, "OK 0", "rtas {name}");
+    (0..nret)
+        .map(|i| qt.readl(RTAS_RETS + 4 * i as u64))
+        .collect()
+}
+
+/// `ibm,read-pci-config` of bus 0: (status, value).
+fn cfg_read(qt: &mut Qtest, devfn: u8, reg: u32, size: u32) -> (i32, u32) {
+    let addr = u32::from(devfn) << 8 | reg;
+    let r = rtas(
+        qt,
+        "ibm,read-pci-config",
+        &[addr, (BUID >> 32) as u32, BUID as u32, size],
+        2,
+    );
+    (r[0] as i32, r[1])
+}
+
+fn cfg_write(qt: &mut Qtest, devfn: u8, reg: u32, size: u32, v: u32) -> i32 {
+    let addr = u32::from(devfn) << 8 | reg;
+    rtas(
+        qt,
+        "ibm,write-pci-config",
+        &[addr, (BUID >> 32) as u32, BUID as u32, size, v],
+        1,
+    )[0] as i32
+}
+
+/// The CPU address of virtio-pci function `devfn`'s common configuration
+/// behind PHB 0 whose 32-bit window starts at `mem32` (bus address 2 GiB).
+fn spapr_common_cfg(qt: &mut Qtest, devfn: u8, mem32: u64) -> u64 {
+    let mut p = cfg_read(qt, devfn, 0x34, 1).1 & 0xfc;
+    while p != 0 {
+        let c = cfg_read(qt, devfn, p, 4).1;
+        if c & 0xff == 0x09 && (c >> 24) & 0xff == 1 {
+            let bar = cfg_read(qt, devfn, p + 4, 1).1;
+            let off = cfg_read(qt, devfn, p + 8, 4).1;
+            let lo = cfg_read(qt, devfn, 0x10 + 4 * bar, 4).1;
+            let hi = cfg_read(qt, devfn, 0x14 + 4 * bar, 4).1;
+            let pci = u64::from(hi) << 32 | u64::from(lo & !0xf);
+            assert!(
+                (0x8000_0000..0x1_0000_0000).contains(&pci),
+                "BAR{bar} at {pci:#x}"
+            );
+            return mem32 + (pci - 0x8000_0000) + u64::from(off);
+        }
+        p = (c >> 8) & 0xfc;
+    }
+    panic!("function {devfn:#x} has no virtio common configuration");
+}
+
+/// A pseries board under qtest: big-endian as QEMU's ppc64 target, its
+/// functions behind PHB 0 reached through RTAS configuration calls (with
+/// QEMU's checks: BUID, size, alignment, a function there), its BARs
+/// through the PHB's 32-bit window, a little-endian device register
+/// seen byte-swapped by a big-endian access, as on the real bus.
+#[test]
+fn pseries_functions_are_reached_through_rtas_and_the_phb_windows() {
+    let dir = TempDir::new("qtest-spapr");
+    let img = dir.image("d.raw", 1 << 20);
+    let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+    let (_vm, mut q, mut qt) = start(
+        &dir,
+        "spapr",
+        &[
+            "-M",
+            "pseries-10.0",
+            "-drive",
+            &drive,
+            "-device",
+            "virtio-blk-pci,drive=d0",
+        ],
+    );
+    assert_eq!(q.execute("query-status", json!({}))["status"], "running");
+    assert_eq!(qt.ok("endianness"), "big");
+    qt.writel(0x2000, 0x1122_3344);
+    assert_eq!(qt.read(0x2000, 4), [0x11, 0x22, 0x33, 0x44]);
+
+    // The first function sits at 00:00.0 (the PHB is not one).
+    assert_eq!(cfg_read(&mut qt, 0, 0, 4), (0, 0x1001_1af4));
+    assert_eq!(cfg_read(&mut qt, 0, 2, 2), (0, 0x1001));
+    assert_eq!(cfg_read(&mut qt, 8, 0, 4).0, -1, "no function at 00:01.0");
+    assert_eq!(cfg_read(&mut qt, 0, 2, 4).0, -1, "misaligned");
+    assert_eq!(cfg_read(&mut qt, 0, 0, 3).0, -1, "size 3");
+    assert_eq!(cfg_read(&mut qt, 0, 0x100, 4).0, -1, "beyond 256 bytes");
+    let other = rtas(&mut qt, "ibm,read-pci-config", &[0, 0, 1, 4], 2);
+    assert_eq!(other[0] as i32, -1, "another BUID");
+    // An unknown call: QEMU's H_PARAMETER, unsigned.
+    assert_eq!(
+        qt.cmd("rtas ibm,nope 0 0x100000 1 0x101000"),
+        "OK 18446744073709551612"
+    );
+
+    // Memory decoding on; a driver's first steps through the window.
+    assert_eq!(cfg_write(&mut qt, 0, 4, 2, 0x6), 0);
+    assert_eq!(cfg_read(&mut qt, 0, 4, 2), (0, 0x6));
+    let cc = spapr_common_cfg(&mut qt, 0, 0x2000_8000_0000);
+    qt.writeb(cc + 0x14, 0x3);
+    assert_eq!(qt.readb(cc + 0x14), 0x3);
+    // device_feature_select = 1 (a big-endian store of bswap(1)), then
+    // device_feature's high word has VIRTIO_F_VERSION_1.
+    qt.writel(cc, 1u32.swap_bytes());
+    assert_eq!(qt.readl(cc + 4).swap_bytes() & 1, 1);
+}
+
+/// `vmmctl analyze-migration`'s lines for section `name`'s fields.
+fn section_fields(file: &std::path::Path, name: &str) -> Vec<String> {
+    let out = std::process::Command::new(vmm_tests::vmm::binary().with_file_name("vmmctl"))
+        .arg("analyze-migration")
+        .arg(file)
+        .output()
+        .expect("run vmmctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut inside = false;
+    let mut v = vec![];
+    for l in text.lines() {
+        if !l.starts_with(' ') {
+            inside = l.contains(name);
+        } else if inside {
+            v.push(l.trim().to_string());
+        }
+    }
+    assert!(!v.is_empty(), "no section {name} in:\n{text}");
+    v
+}
+
+/// The seed across processes (spapr-phb-2.7-2.8-migration): a pseries-2.7
+/// bridge sends 2.7's layout — the mig_* fields holding 2.7's single
+/// window (the 32-bit and 64-bit windows merged again), its I/O window
+/// and LIOBN — and pseries-2.8 sends none of it; each migrates over TCP
+/// to another process with the functions' configuration and registers
+/// intact; a destination expecting the other layout refuses the stream
+/// by name and the source runs on.
+#[test]
+fn the_spapr_phb_seed_across_processes() {
+    for (machine, scratch) in [("pseries-2.7", true), ("pseries-2.8", false)] {
+        let dir = TempDir::new("qtest-seed");
+        let img = dir.image("d.raw", 1 << 20);
+        let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+        let args = [
+            "-M",
+            machine,
+            "-drive",
+            &drive,
+            "-device",
+            "virtio-blk-pci,drive=d0",
+        ];
+        let (_src, mut q, mut qt) = start(&dir, "src", &args);
+        let mem32 = if scratch {
+            0x100_a000_0000
+        } else {
+            0x2000_8000_0000
+        };
+        assert_eq!(cfg_write(&mut qt, 0, 4, 2, 0x7), 0);
+        let cc = spapr_common_cfg(&mut qt, 0, mem32);
+        qt.writeb(cc + 0x14, 0x3);
+        let config: Vec<(i32, u32)> = (0..64).map(|i| cfg_read(&mut qt, 0, 4 * i, 4)).collect();
+
+        // What the stream says of the bridge.
+        let file = dir.path("saved.vmm");
+        q.execute(
+            "migrate",
+            json!({"uri": format!("file:{}", file.display())}),
+        );
+        assert_eq!(q.wait_migration(T)["status"], "completed");
+        let phb = section_fields(&file, "spapr_pci");
+        let has = |f: &str| phb.iter().any(|l| l.starts_with(f));
+        assert_eq!(has("mig_mem_win_size"), scratch, "{machine}: {phb:#?}");
+        if scratch {
+            for (f, v) in [
+                ("mig_liobn", "0x80000000"),
+                ("mig_mem_win_addr", "0x100a0000000"),
+                ("mig_mem_win_size", "0xf80000000"),
+                ("mig_io_win_addr", "0x10080000000"),
+                ("mig_io_win_size", "0x10000"),
+            ] {
+                assert!(
+                    phb.iter().any(|l| l.starts_with(f) && l.contains(v)),
+                    "{machine}: {f} is not {v}: {phb:#?}"
+                );
+            }
+        }
+        q.execute("cont", json!({}));
+
+        // A destination whose bridge expects the other layout refuses.
+        let flip = if scratch { "off" } else { "on" };
+        let port = free_port();
+        let (wqmp, _) = qmp_arg(&dir, "wrong");
+        let incoming = format!("tcp:127.0.0.1:{port}");
+        let global = format!("spapr-pci-host-bridge.pre-2.8-migration={flip}");
+        let mut wargs = vec!["-m", "128M", "-qmp", &wqmp, "-incoming", &incoming];
+        wargs.extend_from_slice(&args);
+        wargs.extend_from_slice(&["-global", &global]);
+        let (mut wrong, _wqt) = Qtest::spawn("wrong", &dir.path("wrong.qtest"), &wargs);
+        q.execute("migrate", json!({"uri": incoming}));
+        let m = q.wait_migration(T);
+        assert_eq!(m["status"], "failed", "{machine}: {m}");
+        assert!(!wrong.wait_exit(T).success());
+        assert!(wrong.logged("spapr_pci", T), "{}", wrong.log());
+        assert_eq!(q.execute("query-status", json!({}))["status"], "running");
+        assert_eq!(qt.readb(cc + 0x14), 0x3, "the source runs on");
+
+        // The same machine type takes it.
+        let port = free_port();
+        let (dqmp, dsock) = qmp_arg(&dir, "dst");
+        let incoming = format!("tcp:127.0.0.1:{port}");
+        let mut dargs = vec!["-m", "128M", "-qmp", &dqmp, "-incoming", &incoming];
+        dargs.extend_from_slice(&args);
+        let (_dst, mut dqt) = Qtest::spawn("dst", &dir.path("dst.qtest"), &dargs);
+        let mut dq = Qmp::connect(&dsock, T);
+        q.execute("migrate", json!({"uri": incoming}));
+        let m = q.wait_migration(T);
+        assert_eq!(m["status"], "completed", "{machine}: {m}");
+        assert_eq!(dq.execute("query-status", json!({}))["status"], "running");
+        let after: Vec<(i32, u32)> = (0..64).map(|i| cfg_read(&mut dqt, 0, 4 * i, 4)).collect();
+        assert_eq!(after, config, "{machine}: configuration space");
+        assert_eq!(dqt.readb(cc + 0x14), 0x3, "{machine}: device_status");
+    }
+}

@@ -9,7 +9,21 @@ use std::path::PathBuf;
 pub const MIN_MEMORY: u64 = 16 << 20;
 pub const MAX_VCPUS: u32 = 255;
 /// The q35 board's root bus, as QEMU names it.
-pub const ROOT_BUS: &str = "pcie.0";
+/// The name of a board's root PCI bus (`bus=` on `-device`), as QEMU's.
+pub fn root_bus(m: &machine::MachineType) -> &'static str {
+    match m.arch {
+        machine::Arch::X86_64 => "pcie.0",
+        machine::Arch::Ppc64 => "pci.0",
+    }
+}
+
+/// The type of a board's own PCI host bridge (`-global TYPE.PROP=V`).
+pub fn host_bridge_type(m: &machine::MachineType) -> &'static str {
+    match m.arch {
+        machine::Arch::X86_64 => "q35-pcihost",
+        machine::Arch::Ppc64 => "spapr-pci-host-bridge",
+    }
+}
 
 /// Where a `-qmp` listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,13 +324,36 @@ pub enum Action {
 
 fn machine_help() -> String {
     let mut s = String::from("Supported machines are:\n");
-    for m in machine::PC_Q35.iter().rev() {
-        let default = if std::ptr::eq(m, machine::newest()) {
-            " (default, alias of q35, pc-q35)"
-        } else {
-            ""
-        };
-        s.push_str(&format!("{:<14} {}{}\n", m.name, m.description, default));
+    for arch in [machine::Arch::X86_64, machine::Arch::Ppc64] {
+        let newest = machine::newest_of(arch);
+        let aliases: Vec<&str> = machine::ALIASES
+            .iter()
+            .filter(|a| a.1 == arch)
+            .map(|a| a.0)
+            .collect();
+        for m in machine::all()
+            .filter(|m| m.arch == arch)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            let mut notes = vec![];
+            if std::ptr::eq(m, machine::newest()) {
+                notes.push("default".to_string());
+            }
+            if std::ptr::eq(m, newest) {
+                notes.push(format!("alias of {}", aliases.join(", ")));
+            }
+            if arch == machine::Arch::Ppc64 && cfg!(target_arch = "x86_64") {
+                notes.push("-accel qtest on this host".to_string());
+            }
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join(", "))
+            };
+            s.push_str(&format!("{:<14} {}{notes}\n", m.name, m.description));
+        }
     }
     s
 }
@@ -326,9 +363,12 @@ fn machine_help() -> String {
 /// assigns PCI addresses. Returns `Err` on the first problem.
 fn parse_devices(
     a: &Args,
+    machine: &machine::MachineType,
     compat: &[model::CompatEntry],
     globals: &[model::Global],
 ) -> Result<Result<Vec<DeviceConfig>, String>> {
+    let root = root_bus(machine);
+    let pseries = machine.arch == machine::Arch::Ppc64;
     let mut out: Vec<DeviceConfig> = vec![];
     for d in &a.device {
         let mut parts = d.split(',');
@@ -350,6 +390,17 @@ fn parse_devices(
         if model::types::BOARD_TYPES.iter().any(|t| t.name == ty) {
             bail!("-device {ty}: the board has its own {ty}; set its properties with -global {ty}.PROPERTY=VALUE");
         }
+        if pseries && ["pcie-root-port", "isa-debug-exit"].contains(&ty) {
+            bail!(
+                "-device {ty}: {} has no {}",
+                machine.name,
+                if ty == "isa-debug-exit" {
+                    "ISA bus"
+                } else {
+                    "PCI Express bus (its host bridge is PCI)"
+                }
+            );
+        }
         let props = model::resolve(ty, compat, globals, &props)?;
         if let Some(id) = &id {
             if out.iter().any(|o| o.id.as_deref() == Some(id.as_str())) {
@@ -365,14 +416,14 @@ fn parse_devices(
             .collect();
         let bus_nr = match &bus {
             None => 0,
-            Some(b) if is_pci && b == ROOT_BUS => 0,
+            Some(b) if is_pci && b == root => 0,
             Some(b) if is_pci => match ports
                 .iter()
                 .position(|p| p.id.as_deref() == Some(b.as_str()))
             {
                 Some(i) => i as u8 + 1,
                 None => {
-                    let names: Vec<String> = std::iter::once(ROOT_BUS.to_string())
+                    let names: Vec<String> = std::iter::once(root.to_string())
                         .chain(ports.iter().filter_map(|p| p.id.clone()))
                         .collect();
                     bail!("bus '{b}' for {ty} not found; PCI buses so far: {} (a root port must come before the devices on it)", names.join(", "));
@@ -385,7 +436,7 @@ fn parse_devices(
             _ => None,
         };
         if bus_nr != 0 && ty == "pcie-root-port" {
-            bail!("pcie-root-port goes on {ROOT_BUS}, not behind another port");
+            bail!("pcie-root-port goes on {root}, not behind another port");
         }
         if bus_nr != 0 && devfn.is_some_and(|d| d >> 3 != 0) {
             bail!(
@@ -402,12 +453,17 @@ fn parse_devices(
                 None
             },
             bus: bus_nr,
-            bus_name: bus.unwrap_or_else(|| ROOT_BUS.to_string()),
+            bus_name: bus.unwrap_or_else(|| root.to_string()),
         });
     }
-    // PCI addresses: the host bridge holds 00.0; explicit ones first, then
-    // the first free slot for the others.
-    let mut taken: Vec<(u16, String)> = vec![(0, "the host bridge".to_string())];
+    // PCI addresses: q35's host bridge holds 00.0 (pseries' is not a
+    // function on its bus); explicit ones first, then the first free slot
+    // for the others.
+    let mut taken: Vec<(u16, String)> = if pseries {
+        vec![]
+    } else {
+        vec![(0, "the host bridge".to_string())]
+    };
     for d in out.iter().filter(|d| d.devfn.is_some()) {
         let devfn = (d.bus as u16) << 8 | d.devfn.unwrap_or_default() as u16;
         if let Some((_, by)) = taken.iter().find(|t| t.0 == devfn) {
@@ -422,9 +478,9 @@ fn parse_devices(
     }
     for d in out.iter_mut() {
         if d.devfn.is_none() && model::types::is_a(d.props.type_name, "pci-device") {
-            let slot = (1u8..32)
+            let slot = (u8::from(!pseries)..32)
                 .find(|s| !taken.iter().any(|t| t.0 >> 3 == *s as u16))
-                .ok_or_else(|| anyhow!("no free PCI slot left on {ROOT_BUS} for {}", d.name()))?;
+                .ok_or_else(|| anyhow!("no free PCI slot left on {root} for {}", d.name()))?;
             d.devfn = Some(slot << 3);
             taken.push(((slot as u16) << 3, d.name()));
         }
@@ -454,12 +510,13 @@ fn parse_devices(
 
 /// Resolves every `auto` setting to the value the guest sees, as QEMU's
 /// realize does: `--print-config`, `qom-get` and the board read the same.
-fn resolve_auto(devices: &mut [DeviceConfig], vcpus: u8) {
+fn resolve_auto(devices: &mut [DeviceConfig], machine: &machine::MachineType, vcpus: u8) {
+    let root = root_bus(machine);
     let mut nic = 0;
     for d in devices.iter_mut() {
         if let (Some(devfn), None) = (d.devfn, d.props.get("addr")) {
             let why = if d.bus == 0 {
-                format!("first free slot on {ROOT_BUS}")
+                format!("first free slot on {root}")
             } else {
                 format!("the one slot of {}", d.bus_name)
             };
@@ -595,8 +652,8 @@ pub fn from_args(a: Args) -> Result<Action> {
         .filter(|g| !g.starts_with("migration."))
         .map(|g| model::parse_global(g))
         .collect::<Result<Vec<_>, _>>()?;
-    let host_bridge = model::resolve("q35-pcihost", &compat, &globals, &[])?;
-    let devices = match parse_devices(&a, &compat, &globals)? {
+    let host_bridge = model::resolve(host_bridge_type(spec.machine), &compat, &globals, &[])?;
+    let devices = match parse_devices(&a, spec.machine, &compat, &globals)? {
         Ok(d) => d,
         Err(help) => return Ok(Action::Print(help)),
     };
@@ -621,7 +678,7 @@ pub fn from_args(a: Args) -> Result<Action> {
         arch::x86_64::topology::Topology::parse(&a.smp, spec.machine.prefer_sockets(), MAX_VCPUS)?;
     let vcpus = smp.cpus;
     let mut devices = devices;
-    resolve_auto(&mut devices, vcpus as u8);
+    resolve_auto(&mut devices, spec.machine, vcpus as u8);
     let serial = match a.serial.as_str() {
         "stdio" => SerialBackend::Stdio,
         "none" | "null" => SerialBackend::None,
@@ -650,7 +707,32 @@ pub fn from_args(a: Args) -> Result<Action> {
             iosize: iosize as u16,
         });
     }
-    let accel = parse_accel(a.accel.as_deref(), a.qtest.as_deref())?;
+    let machine_accel = spec
+        .properties
+        .iter()
+        .find(|(k, _)| k == "accel")
+        .map(|(_, v)| v.as_str());
+    let accel_name = match (a.accel.as_deref(), machine_accel) {
+        (Some(x), Some(y)) if x != y => {
+            bail!("-accel {x} and -machine accel={y} disagree: give one")
+        }
+        (x, y) => x.or(y),
+    };
+    let accel = parse_accel(accel_name, a.qtest.as_deref())?;
+    if spec.machine.arch == machine::Arch::Ppc64 {
+        if accel == Accel::Kvm {
+            bail!(
+                "{}: a ppc64 board needs KVM-PPC on a POWER host; on this host it runs only under -accel qtest (no vCPUs)",
+                spec.machine.name
+            );
+        }
+        if let Some(c) = &a.cpu {
+            bail!(
+                "-cpu {c}: {} takes no -cpu (its boards have no vCPUs here)",
+                spec.machine.name
+            );
+        }
+    }
     if accel != Accel::Kvm && a.kernel.is_none() && a.initrd.is_some() {
         bail!("-initrd needs -kernel");
     }

@@ -25,7 +25,13 @@ migration::vmstate! {
     }
 }
 
-pub const RAM_BLOCK: &str = "pc.ram";
+/// The RAM block's name in the stream, as QEMU names the board's RAM.
+pub fn ram_block(arch: machine::Arch) -> &'static str {
+    match arch {
+        machine::Arch::X86_64 => "pc.ram",
+        machine::Arch::Ppc64 => "ppc_spapr.ram",
+    }
+}
 
 /// Every description a save writes besides `ram` and the hypervisor's own
 /// (the backend lists those), for -dump-vmstate: the board's, then every
@@ -70,16 +76,17 @@ fn state_to_blobs(desc: &Description, st: &State) -> Blobs {
 pub struct Parts<'a> {
     pub vm: &'a dyn Vm,
     pub vcpus: &'a [Arc<Mutex<Box<dyn Vcpu>>>],
-    pub serial: &'a Mutex<devices::serial::Serial>,
-    pub pm: &'a Mutex<devices::acpi_pm::AcpiPm>,
+    /// The board's devices besides the PCI functions, in stream order
+    /// (q35: the UART, the ACPI PM block, the CF8 latch).
+    pub board: Vec<&'a Mutex<dyn Migratable + Send>>,
     pub pci: &'a Mutex<PciRoot>,
-    pub pci_io: &'a Mutex<devices::pci::PciConfigIo>,
     pub clock: u64,
 }
 
 /// The guest's RAM as the engine's block: each memory region mapped at
 /// its block offset (RAM above 4 GiB follows RAM below).
-pub fn guest_ram(mem: &GuestMemoryMmap, ram: u64) -> Ram {
+pub fn guest_ram(mem: &GuestMemoryMmap, cfg: &crate::config::VmConfig) -> Ram {
+    let ram = cfg.memory;
     let regions = mem
         .iter()
         .map(|r| {
@@ -96,7 +103,14 @@ pub fn guest_ram(mem: &GuestMemoryMmap, ram: u64) -> Ram {
         .collect();
     // SAFETY: the regions are `mem`'s mappings and the Ram owns a clone of
     // `mem`; pages are written only into an incoming VM, before it runs.
-    unsafe { Ram::new(RAM_BLOCK, ram, regions, Box::new(mem.clone())) }
+    unsafe {
+        Ram::new(
+            ram_block(cfg.machine.arch),
+            ram,
+            regions,
+            Box::new(mem.clone()),
+        )
+    }
 }
 
 /// A running VM as the migration engine sees it: its RAM, and the dirty
@@ -151,8 +165,8 @@ fn region_bitmap(
 
 /// The board's devices besides the PCI functions, in stream order: each
 /// named by its description, saved and loaded through [`Migratable`].
-fn board_devices<'a>(p: &Parts<'a>) -> [&'a Mutex<dyn Migratable + Send>; 3] {
-    [p.serial, p.pm, p.pci_io]
+fn board_devices<'a>(p: &Parts<'a>) -> Vec<&'a Mutex<dyn Migratable + Send>> {
+    p.board.clone()
 }
 
 /// Every device's state, in stream order. The VM must be stopped and its
@@ -221,7 +235,12 @@ pub fn carried(
             "defaults": defaults,
         })
     };
-    let devices: Vec<serde_json::Value> = std::iter::once(entry(HOST_BRIDGE, &cfg.host_bridge))
+    // q35's host bridge is the function at 00:00.0; pseries' PHB is not a
+    // function on its bus (its layout travels in its own section).
+    let host_bridge =
+        (cfg.machine.arch == machine::Arch::X86_64).then(|| entry(HOST_BRIDGE, &cfg.host_bridge));
+    let devices: Vec<serde_json::Value> = host_bridge
+        .into_iter()
         .chain(cfg.devices.iter().filter_map(|d| {
             let devfn = d.devfn?;
             Some(entry(Bdf::new(d.bus, devfn >> 3, devfn & 7), &d.props))

@@ -218,8 +218,10 @@ pub fn parse_global(s: &str) -> Result<Global, Error> {
     let (tp, value) = s
         .split_once('=')
         .ok_or_else(|| Error::GlobalSyntax(s.to_string()))?;
+    // QEMU splits at the first dot: type names have none, properties may
+    // (`pre-2.8-migration`).
     let (ty, prop) = tp
-        .rsplit_once('.')
+        .split_once('.')
         .ok_or_else(|| Error::GlobalSyntax(s.to_string()))?;
     let decl = lookup(ty, prop)?;
     property::parse(prop, decl.kind, value).map_err(|source| Error::BadValue {

@@ -79,7 +79,8 @@ pub static TYPES: &[TypeInfo] = &[
 
 /// Types the board creates itself, which `-device` cannot: their
 /// properties come from the compat arrays and `-global`.
-pub static BOARD_TYPES: &[&TypeInfo] = &[&crate::pci::host_bridge::TYPE];
+pub static BOARD_TYPES: &[&TypeInfo] =
+    &[&crate::pci::host_bridge::TYPE, &crate::pci::spapr_phb::TYPE];
 
 /// Every type: the abstract ones, every device's, the board's.
 pub fn all() -> impl Iterator<Item = &'static TypeInfo> {

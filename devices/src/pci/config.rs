@@ -152,6 +152,22 @@ impl ConfigSpace {
         }
     }
 
+    /// Where capability `id` is in the list, if the function has it.
+    pub fn capability(&self, id: u8) -> Option<u16> {
+        let mut at = self.data[CAPABILITIES as usize] & 0xfc;
+        // A well-formed list visits each of its 48 possible places once.
+        for _ in 0..48 {
+            if at == 0 {
+                return None;
+            }
+            if self.data[at as usize] == id {
+                return Some(at as u16);
+            }
+            at = self.data[at as usize + 1] & 0xfc;
+        }
+        None
+    }
+
     /// The migratable state (`irq_state` all 0: a function that raises
     /// INTx derives the line's level again on load, virtio from its ISR).
     pub fn state(&self) -> PciDeviceState {

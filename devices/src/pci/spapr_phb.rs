@@ -13,12 +13,79 @@
 //! filled with 2.7-style values (the windows merged again) before save,
 //! so a 2.7 destination's checks pass. Without it they are not sent.
 //!
-//! Only the state is here: the board (pseries, RTAS, the windows' MMIO)
-//! is issue 19's. The PHB's MSI map (`msi_devs`, a variable-length array
-//! the stream framework does not describe yet) travels only empty: a
-//! state with MSI devices is refused, naming that.
+//! Here too: the bridge's type and properties (`spapr-pci-host-bridge`,
+//! set with `-global` and by the pseries compat arrays), where its windows
+//! go (QEMU's `spapr_phb_placement` and 2.7's), and its configuration
+//! access as RTAS's `ibm,read-pci-config` / `ibm,write-pci-config` make it.
+//! The PHB's MSI map (`msi_devs`, a variable-length array the stream
+//! framework does not describe yet) travels only empty: a state with MSI
+//! devices is refused, naming that.
 
+use crate::model::property::PropKind;
+use crate::model::types::{p, TypeInfo};
+use crate::model::Props;
+use crate::pci::{Bdf, PciRoot};
 use migration::vmstate::{Description, LoadError, State, Vmstate};
+
+/// The `spapr-pci-host-bridge` type: the pseries board's PHB 0 (`-device`
+/// cannot create it); its properties are the machine's, set with
+/// `-global spapr-pci-host-bridge.P=V` and by the compat arrays.
+pub static TYPE: TypeInfo = TypeInfo {
+    name: "spapr-pci-host-bridge",
+    parent: Some("device"),
+    abstract_: false,
+    bus: None,
+    description: "the sPAPR PCI host bridge (the pseries board's)",
+    props: &[
+        p(
+            "mem_win_size",
+            PropKind::U64,
+            "0x80000000",
+            "the 32-bit MMIO window's size (more than 2 GiB: 2.7's single window, split at 2 GiB as QEMU 2.8 does)",
+        ),
+        p(
+            "mem64_win_size",
+            PropKind::U64,
+            "0x10000000000",
+            "the 64-bit MMIO window's size",
+        ),
+        p(
+            "io_win_size",
+            PropKind::U64,
+            "0x10000",
+            "the I/O window's size",
+        ),
+        p(
+            "pre-2.8-migration",
+            PropKind::Bool,
+            "off",
+            "send the bridge in 2.7's layout (the mig_* fields), for a QEMU 2.7 destination",
+        ),
+        p(
+            "x-placement-2-7",
+            PropKind::Bool,
+            "off",
+            "place the windows as QEMU 2.7 did, above RAM (QEMU's phb_placement_2_7, a machine class option there)",
+        ),
+    ],
+};
+
+/// QEMU's `SPAPR_PCI_BASE`: where 2.8's PHB windows start (32 TiB).
+pub const PCI_BASE: u64 = 1 << 45;
+/// `SPAPR_PCI_MEM_WIN_BUS_OFFSET`: the PCI address the 32-bit window's
+/// first byte is.
+pub const MEM_WIN_BUS_OFFSET: u64 = 0x8000_0000;
+/// `SPAPR_PCI_MEM64_WIN_SIZE`.
+pub const MEM64_WIN_SIZE: u64 = 1 << 40;
+/// The BUID of PHB 0.
+pub const BASE_BUID: u64 = 0x0800_0000_2000_0000;
+/// `SPAPR_IRQ_PCI_LSI`: PHB N's pins are LSIs from here + 4N.
+pub const IRQ_PCI_LSI: u32 = 0x1200;
+
+/// `SPAPR_PCI_LIOBN(index, window)`.
+pub fn liobn(index: u32, window: u32) -> u32 {
+    0x8000_0000 | index << 8 | window
+}
 
 /// QEMU's `SPAPR_PCI_MEM32_WIN_SIZE`: the 32-bit window 2.8 carves out of
 /// 2.7's single one.
@@ -36,6 +103,9 @@ pub struct PhbConfig {
     pub mem_win_size: u64,
     pub mem64_win_addr: u64,
     pub mem64_win_size: u64,
+    /// The PCI address of the 64-bit window's first byte (the CPU address
+    /// but for a split 2.7 window).
+    pub mem64_win_pciaddr: u64,
     pub io_win_addr: u64,
     pub io_win_size: u64,
     /// The LSI each pin raises.
@@ -51,10 +121,50 @@ impl PhbConfig {
     pub fn converted(mut self) -> PhbConfig {
         if self.mem64_win_size == 0 && self.mem_win_size > MEM32_WIN_SIZE {
             self.mem64_win_addr = self.mem_win_addr + MEM32_WIN_SIZE;
+            self.mem64_win_pciaddr = MEM_WIN_BUS_OFFSET + MEM32_WIN_SIZE;
             self.mem64_win_size = self.mem_win_size - MEM32_WIN_SIZE;
             self.mem_win_size = MEM32_WIN_SIZE;
         }
         self
+    }
+
+    /// The bridge `props` describe, as PHB `index` of a board with
+    /// `ram_top` bytes of RAM: placed as QEMU places it (its
+    /// `spapr_phb_placement`, or 2.7's above RAM), windows converted.
+    pub fn from_props(props: &Props, index: u32, ram_top: u64) -> PhbConfig {
+        let size = |n| props.uint(n).unwrap_or_default();
+        let i = u64::from(index);
+        let (io, mem32, mem64) = if props.bool("x-placement-2-7").unwrap_or(false) {
+            // phb_placement_2_7: from the first TiB boundary above RAM,
+            // 64 GiB a bridge: I/O at +2 GiB, memory at +2.5 GiB.
+            let base = ram_top.next_multiple_of(1 << 40) + i * 0x10_0000_0000;
+            (base + 0x8000_0000, base + 0xa000_0000, 0)
+        } else {
+            (
+                PCI_BASE + i * 0x1_0000,
+                PCI_BASE + (i + 1) * MEM32_WIN_SIZE,
+                PCI_BASE + (i + 1) * MEM64_WIN_SIZE,
+            )
+        };
+        let mem64_win_size = if mem64 == 0 {
+            0
+        } else {
+            size("mem64_win_size")
+        };
+        PhbConfig {
+            buid: BASE_BUID + i,
+            dma_liobn: liobn(index, 0),
+            mem_win_addr: mem32,
+            mem_win_size: size("mem_win_size"),
+            mem64_win_addr: mem64,
+            mem64_win_size,
+            mem64_win_pciaddr: mem64,
+            io_win_addr: io,
+            io_win_size: size("io_win_size"),
+            lsi: std::array::from_fn(|pin| IRQ_PCI_LSI + 4 * index + pin as u32),
+            pre_2_8_migration: props.bool("pre-2.8-migration").unwrap_or(false),
+        }
+        .converted()
     }
 
     /// The single window 2.7 would show for this configuration (QEMU's
@@ -104,6 +214,16 @@ migration::vmstate! {
     }
 }
 
+/// RTAS's status for a call that failed (`RTAS_OUT_HW_ERROR`).
+pub const RTAS_HW_ERROR: i32 = -1;
+
+/// An RTAS configuration address: (bus, devfn, register); bits 31:28
+/// are the register's bits 11:8 (extended configuration space).
+pub fn config_address(addr: u32) -> (u8, u8, u16) {
+    let reg = ((addr >> 20) & 0xf00) as u16 | (addr & 0xff) as u16;
+    ((addr >> 16) as u8, (addr >> 8) as u8, reg)
+}
+
 /// The bridge's migrated side.
 #[derive(Debug)]
 pub struct SpaprPhb {
@@ -112,6 +232,61 @@ pub struct SpaprPhb {
 
 impl SpaprPhb {
     const NAME: &'static str = "spapr_pci";
+
+    /// Which function and register an RTAS configuration access on this
+    /// bridge reaches, validated as QEMU's `finish_read_pci_config` does
+    /// (size 1, 2 or 4; a function there; aligned; inside its
+    /// configuration space); else RTAS's hardware error.
+    fn config_target(
+        &self,
+        root: &PciRoot,
+        buid: u64,
+        addr: u32,
+        size: u32,
+    ) -> Result<(Bdf, u16, u8), i32> {
+        let (bus, devfn, reg) = config_address(addr);
+        if buid != self.cfg.buid || ![1, 2, 4].contains(&size) || bus != 0 {
+            return Err(RTAS_HW_ERROR);
+        }
+        let bdf = Bdf::new(0, devfn >> 3, devfn & 7);
+        let (_, f) = root
+            .functions()
+            .find(|(b, _)| **b == bdf)
+            .ok_or(RTAS_HW_ERROR)?;
+        // PCI Express functions have 4 KiB of configuration space.
+        let express = f.config().capability(0x10).is_some();
+        let space = if express { 4096 } else { 256 };
+        if u32::from(reg) % size != 0 || reg >= space {
+            return Err(RTAS_HW_ERROR);
+        }
+        Ok((bdf, reg, size as u8))
+    }
+
+    /// `ibm,read-pci-config`: the register's value.
+    pub fn read_config(
+        &self,
+        root: &mut PciRoot,
+        buid: u64,
+        addr: u32,
+        size: u32,
+    ) -> Result<u32, i32> {
+        let (bdf, reg, size) = self.config_target(root, buid, addr, size)?;
+        Ok(root.read(bdf, reg, size))
+    }
+
+    /// `ibm,write-pci-config`.
+    pub fn write_config(
+        &self,
+        root: &mut PciRoot,
+        buid: u64,
+        addr: u32,
+        size: u32,
+        value: u32,
+    ) -> Result<(), i32> {
+        let (bdf, reg, size) = self.config_target(root, buid, addr, size)?;
+        root.write(bdf, reg, size, value);
+        Ok(())
+    }
 
     fn lsi_table(&self) -> [PhbLsi; PCI_NUM_PINS] {
         self.cfg.lsi.map(|irq| PhbLsi { irq })
@@ -210,6 +385,7 @@ mod tests {
             mem_win_size: 0x10_0000_0000,
             mem64_win_addr: 0,
             mem64_win_size: 0,
+            mem64_win_pciaddr: 0,
             io_win_addr: 0x100_8000_0000,
             io_win_size: 0x1_0000,
             lsi: [0x1000, 0x1001, 0x1002, 0x1003],

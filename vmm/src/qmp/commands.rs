@@ -222,16 +222,25 @@ fn query_commands(_: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, Q
     ))
 }
 
+/// The machine types of the running VM's board (QEMU's binaries are one
+/// per target: qemu-system-x86_64 lists only x86's).
 fn query_machines(t: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, QmpError> {
-    let _ = t;
-    let newest = machine::newest();
-    let mut v: Vec<Value> = machine::PC_Q35
-        .iter()
+    let arch = t.machine().arch;
+    let newest = machine::newest_of(arch);
+    let mut v: Vec<Value> = machine::all()
+        .filter(|m| m.arch == arch)
         .map(|m| {
+            let (ram_id, acpi) = match arch {
+                machine::Arch::X86_64 => ("pc.ram", true),
+                machine::Arch::Ppc64 => ("ppc_spapr.ram", false),
+            };
             let mut o = json!({"name": m.name, "cpu-max": crate::config::MAX_VCPUS, "hotpluggable-cpus": false,
-                "numa-mem-supported": false, "deprecated": false, "acpi": true, "default-ram-id": "pc.ram"});
+                "numa-mem-supported": false, "deprecated": false, "acpi": acpi, "default-ram-id": ram_id});
             if std::ptr::eq(m, newest) {
-                o["alias"] = "q35".into();
+                let alias = machine::ALIASES.iter().find(|a| a.1 == arch).map_or("", |a| a.0);
+                o["alias"] = alias.into();
+            }
+            if std::ptr::eq(m, machine::newest()) {
                 o["is-default"] = true.into();
             }
             o

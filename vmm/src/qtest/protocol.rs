@@ -74,8 +74,15 @@ pub enum Request {
     IrqIntercept { outbound: bool, path: String },
     /// `set_irq_in QOM-PATH NAME NUM LEVEL`.
     SetIrqIn { path: String },
-    /// `rtas NAME NARGS ARGS NRET RET` (sPAPR).
-    Rtas { name: String },
+    /// `rtas NAME NARGS ARGS NRET RET` (sPAPR): a call with NARGS
+    /// big-endian 32-bit arguments at ARGS, its NRET results to RET.
+    Rtas {
+        name: String,
+        nargs: u32,
+        args: u64,
+        nret: u32,
+        ret: u64,
+    },
 }
 
 /// Why a request line cannot be served; the text follows `FAIL ` (or
@@ -250,9 +257,26 @@ pub fn parse(line: &str) -> Result<Request, Error> {
         "set_irq_in" => Request::SetIrqIn {
             path: arg(1, "QOM path")?.to_string(),
         },
-        "rtas" => Request::Rtas {
-            name: arg(1, "RTAS call")?.to_string(),
-        },
+        "rtas" => {
+            let count = |i, what| -> Result<u32, Error> {
+                let n = num(i, what)?;
+                // RTAS buffers are a page; a count past it is a typo.
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= 1024)
+                    .ok_or_else(|| Error::Number {
+                        command: command.to_string(),
+                        word: n.to_string(),
+                    })
+            };
+            Request::Rtas {
+                name: arg(1, "RTAS call")?.to_string(),
+                nargs: count(2, "argument count")?,
+                args: num(3, "arguments' address")?,
+                nret: count(4, "result count")?,
+                ret: num(5, "results' address")?,
+            }
+        }
         other => return Err(Error::Unknown(other.to_string())),
     })
 }
@@ -376,6 +400,16 @@ mod tests {
             })
         );
         assert_eq!(parse("clock_step"), Ok(Request::ClockStep(None)));
+        assert_eq!(
+            parse("rtas ibm,read-pci-config 4 0x100000 2 0x101000"),
+            Ok(Request::Rtas {
+                name: "ibm,read-pci-config".into(),
+                nargs: 4,
+                args: 0x10_0000,
+                nret: 2,
+                ret: 0x10_1000
+            })
+        );
         assert_eq!(parse("clock_step 100"), Ok(Request::ClockStep(Some(100))));
         assert_eq!(
             parse("memset 0 16 0x1ff"),

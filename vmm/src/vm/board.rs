@@ -40,18 +40,41 @@ pub(super) struct Board {
     pub(super) cpuid: Arc<Vec<CpuidEntry>>,
     /// The guest's TSC frequency in kHz (its vCPUs' first), when KVM says.
     pub(super) tsc_khz: Option<u32>,
-    pub(super) serial: Arc<Mutex<Serial>>,
+    /// The board's own devices besides the PCI functions.
+    pub(super) platform: Platform,
     /// Host thread id of each vCPU (0 until it has started).
     pub(super) tids: Arc<Vec<AtomicI64>>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) pci: Arc<Mutex<PciRoot>>,
-    pub(super) pci_io: Arc<Mutex<PciConfigIo>>,
-    pub(super) pm: Arc<Mutex<devices::acpi_pm::AcpiPm>>,
+}
+
+/// The devices a board type has of its own (besides the PCI functions).
+pub(super) enum Platform {
+    Q35 {
+        serial: Arc<Mutex<Serial>>,
+        pm: Arc<Mutex<devices::acpi_pm::AcpiPm>>,
+        /// The CF8 address latch.
+        pci_io: Arc<Mutex<PciConfigIo>>,
+    },
+    Spapr {
+        phb: Arc<Mutex<devices::pci::spapr_phb::SpaprPhb>>,
+    },
+}
+
+impl Platform {
+    /// Those with migrated state, in stream order.
+    pub(super) fn migratable(&self) -> Vec<&Mutex<dyn migration::vmstate::Migratable + Send>> {
+        match self {
+            Platform::Q35 { serial, pm, pci_io } => vec![&**serial, &**pm, &**pci_io],
+            Platform::Spapr { phb } => vec![&**phb],
+        }
+    }
 }
 
 /// Where firmware would start I/O BARs (above the ISA and chipset ports).
 pub(super) const PCI_IO_START: u64 = 0xc000;
 
+/// Builds the board `cfg`'s machine type names.
 pub(super) fn build(
     hypervisor: &dyn Hypervisor,
     cfg: &VmConfig,
@@ -59,18 +82,19 @@ pub(super) fn build(
     gate: Arc<RunGate>,
     gen: u64,
 ) -> Result<Board> {
-    let vm = hypervisor.create_vm()?;
-    // The qtest accelerator has no vCPUs: its client is the guest's CPU.
-    let vcpu_count = if vm.qtest().is_some() { 0 } else { cfg.vcpus };
-    let cpuid = if vcpu_count == 0 {
-        Arc::new(vec![])
-    } else {
-        guest_cpuid(cfg, &*vm)?
-    };
-    let topology = cfg.topology();
+    match cfg.machine.arch {
+        machine::Arch::X86_64 => q35(hypervisor, cfg, events, gate, gen),
+        machine::Arch::Ppc64 => super::spapr::build(hypervisor, cfg, events, gen),
+    }
+}
 
-    // Guest RAM: below the PCI hole, the rest from 4 GiB.
-    let regions: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.memory)
+/// Guest RAM in `regions` (address, size), given to the VM slot by slot.
+pub(super) fn guest_memory(
+    cfg: &VmConfig,
+    vm: &dyn Vm,
+    regions: Vec<(u64, u64)>,
+) -> Result<GuestMemoryMmap> {
+    let regions: Vec<(GuestAddress, usize)> = regions
         .into_iter()
         .map(|(a, s)| (GuestAddress(a), s as usize))
         .collect();
@@ -103,21 +127,45 @@ pub(super) fn build(
         // SAFETY: `mem` owns the mapping and lives in the Board as long as the VM.
         unsafe { vm.add_memory(slot as u32, r.start_addr().0, r.len(), host) }?;
     }
+    Ok(mem)
+}
 
-    // A lifecycle event stops every vCPU: the one that caused it returns
-    // from its exit and sees the flag, so no guest code runs after it.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sink: EventSink = {
-        let tx = Mutex::new(events.clone());
-        let stop = stop.clone();
-        Arc::new(move |e| {
-            stop.store(true, Ordering::SeqCst);
-            let _ = tx
-                .lock()
-                .expect("event lock")
-                .send(Control::Vm(gen, Outcome::Device(e)));
-        })
+/// Where the board's devices report lifecycle events: the main loop, as
+/// board `gen`'s; the first stops every vCPU (the one that caused it
+/// returns from its exit and sees the flag, so no guest code runs after).
+pub(super) fn event_sink(events: &Sender<Control>, gen: u64, stop: &Arc<AtomicBool>) -> EventSink {
+    let tx = Mutex::new(events.clone());
+    let stop = stop.clone();
+    Arc::new(move |e| {
+        stop.store(true, Ordering::SeqCst);
+        let _ = tx
+            .lock()
+            .expect("event lock")
+            .send(Control::Vm(gen, Outcome::Device(e)));
+    })
+}
+
+fn q35(
+    hypervisor: &dyn Hypervisor,
+    cfg: &VmConfig,
+    events: Sender<Control>,
+    gate: Arc<RunGate>,
+    gen: u64,
+) -> Result<Board> {
+    let vm = hypervisor.create_vm()?;
+    // The qtest accelerator has no vCPUs: its client is the guest's CPU.
+    let vcpu_count = if vm.qtest().is_some() { 0 } else { cfg.vcpus };
+    let cpuid = if vcpu_count == 0 {
+        Arc::new(vec![])
+    } else {
+        guest_cpuid(cfg, &*vm)?
     };
+    let topology = cfg.topology();
+
+    // Guest RAM: below the PCI hole, the rest from 4 GiB.
+    let mem = guest_memory(cfg, &*vm, layout::ram_regions(cfg.memory))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sink = event_sink(&events, gen, &stop);
 
     // Devices.
     let mut io = Bus::new();
@@ -283,12 +331,10 @@ pub(super) fn build(
         vcpu_objs,
         cpuid,
         tsc_khz,
-        serial,
+        platform: Platform::Q35 { serial, pm, pci_io },
         tids,
         stop,
         pci: root,
-        pci_io,
-        pm,
     })
 }
 

@@ -313,7 +313,8 @@ fn adopt(
     state: &State,
 ) -> Result<Option<Adopted>, LoadError> {
     let at = bdf.to_string();
-    let index = if bdf == HOST_BRIDGE {
+    // q35's host bridge is the function at 00:00.0; on pseries a device is.
+    let index = if bdf == HOST_BRIDGE && cfg.machine.arch == machine::Arch::X86_64 {
         None
     } else {
         Some(

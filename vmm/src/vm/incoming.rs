@@ -106,7 +106,7 @@ impl Session<'_> {
         // what a management stack polls (QEMU's stays responsive too).
         let parts = self.parts(0);
         let machine = self.cfg.machine.name;
-        let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
+        let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg);
         let wake = self.ctl.clone();
         let (cfg, board) = (&*self.cfg, self.board);
         let mut adoption = super::carried::Adoption::new(cfg, board);

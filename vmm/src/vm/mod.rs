@@ -17,6 +17,7 @@ mod console;
 mod incoming;
 mod qtest;
 mod session;
+mod spapr;
 mod target;
 mod vcpu;
 pub(crate) mod virtio;
@@ -161,11 +162,11 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         log::info!(
             "{name}: {} with {} vCPU(s) and {} MiB started",
             cfg.machine.name,
-            cfg.vcpus,
+            board.vcpu_objs.len(),
             cfg.memory >> 20
         );
         if gen == 1 && cfg.incoming.is_some() {
-            incoming_memory().set(Arc::new(crate::snapshot::guest_ram(&board.mem, cfg.memory)));
+            incoming_memory().set(Arc::new(crate::snapshot::guest_ram(&board.mem, cfg)));
         }
         let mut session = Session {
             cfg,
@@ -193,7 +194,12 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             }
         }
         let end = loop {
-            qtest::serve(&board, session.status, session.qtest);
+            qtest::serve(
+                &board,
+                qtest::Endian::of(session.cfg.machine.arch),
+                session.status,
+                session.qtest,
+            );
             // Auto-converge: kick the vCPUs every 10 ms so they sleep their
             // share (they rarely exit on their own).
             let throttle = session

@@ -3,7 +3,7 @@
 //! RAM through the backend (its dirty log sees them), doorbells first as
 //! KVM's ioeventfds would take them.
 
-use super::board::Board;
+use super::board::{Board, Platform};
 use crate::qtest::protocol::{to_base64, to_hex, Request, Width};
 use crate::qtest::{QtestVm, Rang};
 use crate::runstate::RunState;
@@ -13,18 +13,34 @@ use std::collections::VecDeque;
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Endian {
     Little,
+    Big,
+}
+
+impl Endian {
+    pub(super) fn of(arch: machine::Arch) -> Endian {
+        match arch {
+            machine::Arch::X86_64 => Endian::Little,
+            // QEMU's ppc64 target is big-endian, whatever the guest runs.
+            machine::Arch::Ppc64 => Endian::Big,
+        }
+    }
 }
 
 /// Serves the waiting requests, in order, while the VM runs; once its
 /// guest has gone to a migration's destination they fail (the guest never
 /// runs here again); otherwise they wait.
-pub(super) fn serve(board: &Board, status: RunState, waiting: &mut VecDeque<crate::qtest::Call>) {
+pub(super) fn serve(
+    board: &Board,
+    endian: Endian,
+    status: RunState,
+    waiting: &mut VecDeque<crate::qtest::Call>,
+) {
     if !matches!(status, RunState::Running | RunState::PostMigrate) {
         return;
     }
     while let Some(call) = waiting.pop_front() {
         let reply = if status == RunState::Running {
-            execute(board, Endian::Little, call.request)
+            execute(board, endian, call.request)
         } else {
             "FAIL the guest has moved to its migration's destination: nothing runs here".into()
         };
@@ -56,17 +72,26 @@ fn execute(board: &Board, endian: Endian, request: Request) -> String {
         }
         Request::Write { width, addr, value } => {
             let v = width.truncate(value);
+            let n = width.bytes();
             let bytes = match endian {
-                Endian::Little => v.to_le_bytes(),
+                Endian::Little => v.to_le_bytes()[..n].to_vec(),
+                Endian::Big => v.to_be_bytes()[8 - n..].to_vec(),
             };
-            mem.write(addr, &bytes[..width.bytes()]);
+            mem.write(addr, &bytes);
             "OK".into()
         }
         Request::Read { width, addr } => {
+            let n = width.bytes();
             let mut bytes = [0; 8];
-            mem.read(addr, &mut bytes[..width.bytes()]);
             let v = match endian {
-                Endian::Little => u64::from_le_bytes(bytes),
+                Endian::Little => {
+                    mem.read(addr, &mut bytes[..n]);
+                    u64::from_le_bytes(bytes)
+                }
+                Endian::Big => {
+                    mem.read(addr, &mut bytes[8 - n..]);
+                    u64::from_be_bytes(bytes)
+                }
             };
             format!("OK 0x{:016x}", width.truncate(v))
         }
@@ -89,6 +114,7 @@ fn execute(board: &Board, endian: Endian, request: Request) -> String {
         }
         Request::Endianness => match endian {
             Endian::Little => "OK little".into(),
+            Endian::Big => "OK big".into(),
         },
         Request::ClockStep(None) => {
             // No device of vmm's runs a timer on the virtual clock.
@@ -119,8 +145,39 @@ fn execute(board: &Board, endian: Endian, request: Request) -> String {
         Request::IrqIntercept { path, .. } | Request::SetIrqIn { path } => format!(
             "FAIL {path}: vmm's qtest does not reach interrupt lines yet (MSI-X messages land in guest memory, where the device was told to write them)"
         ),
-        Request::Rtas { name } => {
-            format!("FAIL rtas {name}: this machine has no RTAS (sPAPR machines do)")
+        Request::Rtas {
+            name,
+            nargs,
+            args,
+            nret,
+            ret,
+        } => {
+            if !matches!(board.platform, Platform::Spapr { .. }) {
+                return format!("FAIL rtas {name}: this machine has no RTAS (sPAPR machines do)");
+            }
+            // RTAS cells are big-endian 32-bit words in guest memory.
+            let argv: Vec<u32> = (0..u64::from(nargs))
+                .map(|i| {
+                    let mut b = [0; 4];
+                    mem.read(args + 4 * i, &mut b);
+                    u32::from_be_bytes(b)
+                })
+                .collect();
+            match super::spapr::rtas(board, &name, &argv, nret as usize) {
+                Some(rets) => {
+                    for (i, r) in rets.iter().take(nret as usize).enumerate() {
+                        mem.write(ret + 4 * i as u64, &r.to_be_bytes());
+                    }
+                    // QEMU answers H_SUCCESS; the call's status is in
+                    // its first result.
+                    "OK 0".into()
+                }
+                // QEMU answers H_PARAMETER (-4) as an unsigned number.
+                None => {
+                    log::debug!("qtest: no RTAS call '{name}'");
+                    format!("OK {}", -4i64 as u64)
+                }
+            }
         }
     }
 }

@@ -139,7 +139,7 @@ impl Session<'_> {
         let (cfg, board) = (&*self.cfg, self.board);
         let mut adoption = super::carried::Adoption::new(cfg, board);
         let mut target = crate::snapshot::Target::new(&parts, &mut adoption)?;
-        let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
+        let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg);
         migration::file::load(path, self.cfg.machine.name, &mut target, &ram)
             .with_context(|| format!("cannot restore the VM from {}", path.display()))?;
         let clock = target.clock.unwrap_or_default();
@@ -240,7 +240,7 @@ impl Session<'_> {
             vm: Arc::new(crate::snapshot::Dirty {
                 vm: self.board.vm.clone(),
                 mem: self.board.mem.clone(),
-                ram: crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory),
+                ram: crate::snapshot::guest_ram(&self.board.mem, self.cfg),
             }),
             machine: self.cfg.machine.name,
             params: self.params.clone(),
@@ -298,7 +298,7 @@ impl Session<'_> {
                 return Ok(());
             }
         };
-        let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg.memory);
+        let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg);
         let machine = self.cfg.machine.name;
         let carried = self.carried();
         let (ctl, gen, p) = (self.ctl.clone(), self.gen, progress.clone());
@@ -461,10 +461,8 @@ impl Session<'_> {
         crate::snapshot::Parts {
             vm: &*self.board.vm,
             vcpus: &self.board.vcpu_objs,
-            serial: &self.board.serial,
-            pm: &self.board.pm,
+            board: self.board.platform.migratable(),
             pci: &self.board.pci,
-            pci_io: &self.board.pci_io,
             clock,
         }
     }

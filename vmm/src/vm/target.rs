@@ -1,6 +1,6 @@
 //! The QMP command table's view of the VM.
 
-use super::board::Board;
+use super::board::{Board, Platform};
 use super::incoming::listen_incoming;
 use super::session::Session;
 use super::Outcome;
@@ -85,7 +85,15 @@ impl qmp::commands::Target for Session<'_> {
     }
 
     fn powerdown(&mut self) -> Result<(), QmpError> {
-        self.board.pm.lock().expect("pm lock").power_button();
+        match &self.board.platform {
+            Platform::Q35 { pm, .. } => pm.lock().expect("pm lock").power_button(),
+            Platform::Spapr { .. } => {
+                return Err(QmpError::generic(format!(
+                    "{} has no power button yet (QEMU's raises an EPOW event)",
+                    self.cfg.machine.name
+                )))
+            }
+        }
         self.queued.push(("POWERDOWN", None));
         Ok(())
     }

@@ -1,0 +1,138 @@
+//! The pseries (sPAPR) board: RAM from address 0, PHB 0 with its I/O,
+//! 32-bit and 64-bit windows and the PCI functions behind it, and the
+//! RTAS calls that reach them. Its vCPUs need KVM-PPC on a POWER host
+//! (issue 19's backend, not here yet): on this host it runs under
+//! `-accel qtest`, whose client makes RTAS calls with qtest's `rtas`.
+
+use super::board::{event_sink, guest_memory, Board, Platform};
+use super::vcpu::Buses;
+use super::virtio::add_virtio_devices;
+use super::Control;
+use crate::config::VmConfig;
+use crate::hypervisor::Hypervisor;
+use anyhow::{bail, Result};
+use devices::bus::Bus;
+use devices::pci::spapr_phb::{PhbConfig, SpaprPhb, MEM_WIN_BUS_OFFSET, RTAS_HW_ERROR};
+use devices::pci::{BarWindow, PciRoot, Space};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+/// Where firmware would start the PHB's I/O BARs (as QEMU's libqos does).
+const PCI_IO_START: u64 = 0xc000;
+
+pub(super) fn build(
+    hypervisor: &dyn Hypervisor,
+    cfg: &VmConfig,
+    events: Sender<Control>,
+    gen: u64,
+) -> Result<Board> {
+    let vm = hypervisor.create_vm()?;
+    if vm.qtest().is_none() {
+        bail!(
+            "{}: pseries vCPUs need KVM-PPC, which vmm does not have yet: run it under -accel qtest",
+            cfg.machine.name
+        );
+    }
+    let mem = guest_memory(cfg, &*vm, vec![(0, cfg.memory)])?;
+    let stop = Arc::new(AtomicBool::new(false));
+    // No device of this board reports lifecycle events yet.
+    let _ = event_sink(&events, gen, &stop);
+
+    let phb = PhbConfig::from_props(&cfg.host_bridge, 0, cfg.memory);
+    let mut root = PciRoot::default();
+    let claim = !(gen == 1 && cfg.incoming.is_some());
+    add_virtio_devices(cfg, &mut root, &vm, &mem, claim)?;
+    root.assign_bars(PCI_IO_START, MEM_WIN_BUS_OFFSET);
+    let root = Arc::new(Mutex::new(root));
+    let window =
+        |space, pci_base| Arc::new(Mutex::new(BarWindow::new(root.clone(), space, pci_base)));
+    let mut mmio = Bus::new();
+    mmio.insert(phb.io_win_addr, phb.io_win_size, window(Space::Io, 0))?;
+    mmio.insert(
+        phb.mem_win_addr,
+        phb.mem_win_size,
+        window(Space::Mem, MEM_WIN_BUS_OFFSET),
+    )?;
+    if phb.mem64_win_size != 0 {
+        mmio.insert(
+            phb.mem64_win_addr,
+            phb.mem64_win_size,
+            window(Space::Mem, phb.mem64_win_pciaddr),
+        )?;
+    }
+    log::info!(
+        "{}: PHB 0 (BUID {:#x}): I/O {:#x}+{:#x}, 32-bit {:#x}+{:#x}, 64-bit {:#x}+{:#x}",
+        cfg.machine.name,
+        phb.buid,
+        phb.io_win_addr,
+        phb.io_win_size,
+        phb.mem_win_addr,
+        phb.mem_win_size,
+        phb.mem64_win_addr,
+        phb.mem64_win_size
+    );
+    Ok(Board {
+        vm,
+        mem,
+        buses: Arc::new(Buses {
+            io: Bus::new(),
+            mmio,
+        }),
+        vcpus: vec![],
+        vcpu_objs: vec![],
+        cpuid: Arc::new(vec![]),
+        tsc_khz: None,
+        tids: Arc::new(vec![]),
+        stop,
+        pci: root,
+        platform: Platform::Spapr {
+            phb: Arc::new(Mutex::new(SpaprPhb { cfg: phb })),
+        },
+    })
+}
+
+/// An RTAS call by name, its arguments and how many results the caller
+/// has room for: the results (status first), or `None` for a call this
+/// board does not have.
+pub(super) fn rtas(board: &Board, name: &str, args: &[u32], nret: usize) -> Option<Vec<u32>> {
+    let Platform::Spapr { phb } = &board.platform else {
+        return None;
+    };
+    let phb = phb.lock().expect("phb lock");
+    let mut root = board.pci.lock().expect("pci lock");
+    let status = |r: i32| r as u32;
+    // (nargs, nret) each call takes; anything else is a hardware error,
+    // as in QEMU.
+    let rets = match name {
+        "ibm,read-pci-config" | "read-pci-config" => {
+            let (buid, addr, size) = match (name, args) {
+                ("ibm,read-pci-config", &[addr, hi, lo, size]) if nret == 2 => {
+                    (u64::from(hi) << 32 | u64::from(lo), addr, size)
+                }
+                // The BUID-less call reaches no bridge (QEMU's takes 0).
+                ("read-pci-config", &[addr, size]) if nret == 2 => (0, addr, size),
+                _ => return Some(vec![status(RTAS_HW_ERROR)]),
+            };
+            match phb.read_config(&mut root, buid, addr, size) {
+                Ok(v) => vec![0, v],
+                Err(e) => vec![status(e)],
+            }
+        }
+        "ibm,write-pci-config" | "write-pci-config" => {
+            let (buid, addr, size, value) = match (name, args) {
+                ("ibm,write-pci-config", &[addr, hi, lo, size, value]) if nret == 1 => {
+                    (u64::from(hi) << 32 | u64::from(lo), addr, size, value)
+                }
+                ("write-pci-config", &[addr, size, value]) if nret == 1 => (0, addr, size, value),
+                _ => return Some(vec![status(RTAS_HW_ERROR)]),
+            };
+            match phb.write_config(&mut root, buid, addr, size, value) {
+                Ok(()) => vec![0],
+                Err(e) => vec![status(e)],
+            }
+        }
+        _ => return None,
+    };
+    Some(rets)
+}
