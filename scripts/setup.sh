@@ -4,6 +4,9 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+# QEMU's pseries descriptions, the reference for vmm's (it dumps them
+# without a POWER host).
+command -v qemu-system-ppc64 >/dev/null || need+=(qemu-system-ppc)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 # ip and ss: taps, bridges and network namespaces for the virtio-net and

@@ -70,6 +70,12 @@ fn description(path: &str, old: &Value, new: &Value, r: &mut Report) {
                         o["size"], n["size"]
                     ));
                 }
+                if n["count_field"] != o["count_field"] {
+                    r.errors.push(format!(
+                        "{path}: field '{name}' is counted by {} where it was by {}",
+                        n["count_field"], o["count_field"]
+                    ));
+                }
                 if let (Some(os), Some(ns)) = (o.get("struct"), n.get("struct")) {
                     description(&format!("{path}.{name}"), os, ns, r);
                 }

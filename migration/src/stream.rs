@@ -113,6 +113,13 @@ pub enum Error {
         value: u64,
         offset: u64,
     },
+    #[error("'{device}' says at offset {offset} that its '{field}' holds {count} elements: not a count from 0 to {MAX_VARRAY}")]
+    BadCount {
+        device: String,
+        field: String,
+        count: i64,
+        offset: u64,
+    },
     #[error("stream truncated at offset {offset}: {wanted} more bytes needed for {what}")]
     Truncated {
         offset: u64,
@@ -358,6 +365,12 @@ fn encode(b: &mut Vec<u8>, desc: &Description, state: &State) -> Result<()> {
     };
     for f in desc.fields {
         let v = state.get(f.name).ok_or_else(|| shape(f))?;
+        // A counted array has exactly as many elements as its count says.
+        if let (Kind::VarArray(_, count), Val::Array(xs)) = (f.kind, v) {
+            if varray_len(state, count) != Some(xs.len()) {
+                return Err(shape(f));
+            }
+        }
         encode_value(b, f.kind, v).ok_or_else(|| shape(f))??;
     }
     for s in desc.subsections {
@@ -401,10 +414,31 @@ fn encode_value(b: &mut Vec<u8>, kind: Kind, v: &Val) -> Option<Result<()>> {
             }
         }
         (Kind::Struct(d), Val::Struct(s)) => return Some(encode(b, d, s)),
+        (Kind::VarArray(k, _), Val::Array(xs)) => {
+            for x in xs {
+                if let Err(e) = encode_value(b, *k, x)? {
+                    return Some(Err(e));
+                }
+            }
+        }
         _ => return None,
     }
     Some(Ok(()))
 }
+
+/// The element count field `count` of `state` gives a counted array; `None`
+/// if it is missing, not an integer, or negative.
+fn varray_len(state: &State, count: &str) -> Option<usize> {
+    match state.get(count)? {
+        Val::Uint(n) => usize::try_from(*n).ok(),
+        Val::Int(n) => usize::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// The most elements a counted array may have in a stream (a count past
+/// it is a corrupt stream, refused before anything is allocated).
+const MAX_VARRAY: usize = 1 << 16;
 
 /// Where the reader puts guest RAM (the VMM's guest memory).
 pub trait RamSink {
@@ -857,6 +891,25 @@ impl<R: Read> Reader<R> {
         for f in desc.fields {
             let v = if f.since > version {
                 default_value(f.kind)
+            } else if let Kind::VarArray(k, count) = f.kind {
+                let at = self.offset;
+                let n = varray_len(&st, count)
+                    .filter(|n| *n <= MAX_VARRAY)
+                    .ok_or_else(|| Error::BadCount {
+                        device: desc.name.into(),
+                        field: f.name.into(),
+                        count: match st.get(count) {
+                            Some(Val::Int(n)) => *n,
+                            Some(Val::Uint(n)) => *n as i64,
+                            _ => -1,
+                        },
+                        offset: at,
+                    })?;
+                Val::Array(
+                    (0..n)
+                        .map(|_| self.value(desc, f, *k))
+                        .collect::<Result<_>>()?,
+                )
             } else {
                 self.value(desc, f, f.kind)?
             };
@@ -932,6 +985,14 @@ impl<R: Read> Reader<R> {
                     .collect::<Result<_>>()?,
             ),
             Kind::Struct(d) => Val::Struct(self.decode(d, d.version_id)?),
+            // Only a description's own field (`decode`, which knows the
+            // count) can be a counted array.
+            Kind::VarArray(..) => {
+                return Err(Error::StateShape {
+                    device: desc.name.into(),
+                    field: f.name.into(),
+                })
+            }
         })
     }
 }

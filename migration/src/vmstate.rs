@@ -24,6 +24,10 @@ pub enum Kind {
     Array(&'static Kind, usize),
     /// A nested description, inline (its fields, then its subsections).
     Struct(&'static Description),
+    /// As many elements as an earlier `int32`/`uint32` field of the same
+    /// description says (QEMU's `VMSTATE_*_VARRAY_*`), back to back: the
+    /// element kind and that field's name.
+    VarArray(&'static Kind, &'static str),
 }
 
 impl Kind {
@@ -38,8 +42,19 @@ impl Kind {
             Kind::I32 => "int32",
             Kind::I64 => "int64",
             Kind::Buffer(_) => "buffer",
-            Kind::Array(k, _) => k.type_name(),
+            Kind::Array(k, _) | Kind::VarArray(k, _) => k.type_name(),
             Kind::Struct(_) => "struct",
+        }
+    }
+
+    /// A `VarArray` counted by field `count` (for [`vmstate!`]'s
+    /// `#[count(FIELD)]`); any other kind as it is.
+    ///
+    /// [`vmstate!`]: crate::vmstate!
+    pub const fn counted(self, count: &'static str) -> Kind {
+        match self {
+            Kind::VarArray(k, _) => Kind::VarArray(k, count),
+            k => k,
         }
     }
 
@@ -52,6 +67,8 @@ impl Kind {
             Kind::U64 | Kind::I64 => 8,
             Kind::Buffer(n) => n,
             Kind::Array(k, n) => k.wire_size() * n,
+            // One element's (a struct's, like any struct's, varies).
+            Kind::VarArray(k, _) => k.wire_size(),
             Kind::Struct(_) => 0,
         }
     }
@@ -134,6 +151,7 @@ pub fn default_value(kind: Kind) -> Val {
         Kind::I32 | Kind::I64 => Val::Int(0),
         Kind::Buffer(n) => Val::Bytes(vec![0; n]),
         Kind::Array(k, n) => Val::Array(vec![default_value(*k); n]),
+        Kind::VarArray(..) => Val::Array(vec![]),
         Kind::Struct(d) => Val::Struct(State {
             fields: d
                 .fields
@@ -156,7 +174,20 @@ impl Description {
                 let mut o = json!({"field": f.name, "type": f.kind.type_name(), "version_id": f.since});
                 match f.kind {
                     Kind::Struct(d) => o["struct"] = d.to_json(),
-                    Kind::Array(_, n) => { o["array_len"] = n.into(); o["size"] = f.kind.wire_size().into(); }
+                    Kind::VarArray(k, count) => {
+                        o["count_field"] = count.into();
+                        match k {
+                            Kind::Struct(d) => o["struct"] = d.to_json(),
+                            k => o["size"] = k.wire_size().into(),
+                        }
+                    }
+                    Kind::Array(k, n) => {
+                        o["array_len"] = n.into();
+                        o["size"] = f.kind.wire_size().into();
+                        if let Kind::Struct(d) = k {
+                            o["struct"] = d.to_json();
+                        }
+                    }
                     k => o["size"] = k.wire_size().into(),
                 }
                 o
@@ -176,6 +207,14 @@ impl Description {
                     json!({"name": f.name, "type": f.kind.type_name(), "size": f.kind.wire_size()});
                 match (f.kind, state.get(f.name)) {
                     (Kind::Struct(d), Some(Val::Struct(s))) => o["struct"] = d.vmdesc(s),
+                    // As QEMU: the count this section was written with.
+                    (Kind::VarArray(k, _), Some(Val::Array(a))) => {
+                        o["array_len"] = a.len().into();
+                        o["size"] = k.wire_size().into();
+                        if let (Kind::Struct(d), Some(Val::Struct(first))) = (k, a.first()) {
+                            o["struct"] = d.vmdesc(first);
+                        }
+                    }
                     (Kind::Array(k, n), v) => {
                         o["array_len"] = n.into();
                         o["size"] = k.wire_size().into();

@@ -86,3 +86,108 @@ fn checker_reports_a_removed_field() {
         "{out}"
     );
 }
+
+/// One field as both dumps can say it: name, element size, and the
+/// nested description (name, version, its fields) of a struct field.
+#[derive(Debug, PartialEq)]
+struct Shape {
+    name: String,
+    size: u64,
+    nested: Option<(String, u64, Vec<Shape>)>,
+}
+
+/// A QEMU `-dump-vmstate` description's fields; `conditional` keeps only
+/// the fields QEMU sends under a test (`field_exists`), or only the others.
+fn qemu_fields(d: &serde_json::Value, conditional: Option<bool>) -> Vec<Shape> {
+    d["Fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| conditional.is_none_or(|c| f["field_exists"].as_bool() == Some(c)))
+        .map(|f| Shape {
+            name: f["field"].as_str().unwrap().to_string(),
+            size: f["size"].as_u64().unwrap(),
+            nested: f.get("Description").map(|n| {
+                (
+                    n["name"].as_str().unwrap().to_string(),
+                    n["version_id"].as_u64().unwrap(),
+                    qemu_fields(n, None),
+                )
+            }),
+        })
+        .collect()
+}
+
+/// vmm's description's fields, sized per element as QEMU's dump sizes them.
+fn vmm_fields(d: &serde_json::Value) -> Vec<Shape> {
+    d["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let nested = f.get("struct").map(|n| {
+                (
+                    n["name"].as_str().unwrap().to_string(),
+                    n["version_id"].as_u64().unwrap(),
+                    vmm_fields(n),
+                )
+            });
+            let size = match &nested {
+                Some((_, _, fields)) => fields.iter().map(|f| f.size).sum(),
+                None => f["size"].as_u64().unwrap() / f["array_len"].as_u64().unwrap_or(1),
+            };
+            Shape {
+                name: f["field"].as_str().unwrap().to_string(),
+                size,
+                nested,
+            }
+        })
+        .collect()
+}
+
+/// The sPAPR PHB's state as vmm describes it for pseries-2.7 and 2.8 is
+/// QEMU 7.2's (Debian's qemu-system-ppc64, which dumps without a POWER
+/// host): name, versions, every field in order with its size, the LSI and
+/// MSI structs; on pseries-2.7 with the conditional mig_* fields, on 2.8
+/// without them.
+#[test]
+fn pseries_bridge_state_is_qemus() {
+    let dir = TempDir::new("vmstate-spapr");
+    for (machine, scratch) in [("pseries-2.7", true), ("pseries-2.8", false)] {
+        let q = dir.path(&format!("qemu-{machine}.json"));
+        let st = Command::new("qemu-system-ppc64")
+            .args(["-M", machine, "-nodefaults", "-dump-vmstate"])
+            .arg(&q)
+            .status()
+            .expect("qemu-system-ppc64 (scripts/setup.sh installs qemu-system-ppc)");
+        assert!(
+            st.success(),
+            "qemu-system-ppc64 -M {machine} -dump-vmstate failed"
+        );
+        let q: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&q).unwrap()).unwrap();
+        let qd = &q["spapr-pci-host-bridge"]["Description"];
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dump_now(machine, &dir)).unwrap())
+                .unwrap();
+        let vd = &v["sections"]["spapr_pci"];
+        assert_eq!(vd["name"], qd["name"], "{machine}");
+        assert_eq!(vd["version_id"], qd["version_id"], "{machine}");
+        assert_eq!(
+            vd["minimum_version_id"], qd["minimum_version_id"],
+            "{machine}"
+        );
+        let want: Vec<Shape> = if scratch {
+            qemu_fields(qd, None)
+        } else {
+            qemu_fields(qd, Some(false))
+        };
+        assert!(want.iter().any(|f| f.name == "msi_devs"));
+        assert_eq!(
+            want.iter().any(|f| f.name.starts_with("mig_")),
+            scratch,
+            "{machine}"
+        );
+        assert_eq!(vmm_fields(vd), want, "{machine}");
+    }
+}

@@ -33,20 +33,35 @@ pub fn ram_block(arch: machine::Arch) -> &'static str {
     }
 }
 
-/// Every description a save writes besides `ram` and the hypervisor's own
-/// (the backend lists those), for -dump-vmstate: the board's, then every
-/// PCI function type's from the device registry.
-pub fn descriptions() -> Vec<&'static Description> {
-    [
-        &KVMCLOCK,
-        &devices::serial::VMSTATE,
-        &devices::acpi_pm::VMSTATE,
-        &devices::pci::HOST_VMSTATE,
-        &devices::pci::config::VMSTATE,
-    ]
-    .into_iter()
-    .chain(devices::registry::pci_descriptions())
-    .collect()
+/// Every description a save of machine type `m` writes besides `ram` and
+/// the hypervisor's own (the backend lists those), for -dump-vmstate: the
+/// board's, then every PCI function type's from the device registry.
+pub fn descriptions(m: &machine::MachineType) -> Vec<&'static Description> {
+    let board: Vec<&'static Description> = match m.arch {
+        machine::Arch::X86_64 => vec![
+            &devices::serial::VMSTATE,
+            &devices::acpi_pm::VMSTATE,
+            &devices::pci::HOST_VMSTATE,
+        ],
+        machine::Arch::Ppc64 => {
+            // The bridge's layout follows its pre-2.8-migration.
+            let compat = machine::compat_props(m);
+            let pre_2_8 = devices::model::resolve("spapr-pci-host-bridge", &compat, &[], &[])
+                .ok()
+                .and_then(|p| p.bool("pre-2.8-migration"))
+                .unwrap_or(false);
+            vec![if pre_2_8 {
+                &devices::pci::spapr_phb::SPAPR_PCI_PRE_2_8
+            } else {
+                &devices::pci::spapr_phb::SPAPR_PCI
+            }]
+        }
+    };
+    std::iter::once(&KVMCLOCK)
+        .chain(board)
+        .chain([&devices::pci::config::VMSTATE])
+        .chain(devices::registry::pci_descriptions())
+        .collect()
 }
 
 fn blobs_to_state(desc: &Description, b: &Blobs) -> State {

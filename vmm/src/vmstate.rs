@@ -7,12 +7,18 @@ use migration::vmstate::Description;
 use std::path::Path;
 
 /// The descriptions of machine type `m`'s migratable state: exactly the
-/// sections a save writes (the hypervisor's, then the board's).
-pub fn descriptions(_m: &machine::MachineType) -> Vec<&'static Description> {
-    crate::kvm::DESCRIPTIONS
+/// sections a save writes (the hypervisor's, then the board's). The
+/// hypervisor is KVM for q35, the qtest accelerator for pseries (the one
+/// that runs it on this host).
+pub fn descriptions(m: &machine::MachineType) -> Vec<&'static Description> {
+    let hypervisor: &[&'static Description] = match m.arch {
+        machine::Arch::X86_64 => crate::kvm::DESCRIPTIONS,
+        machine::Arch::Ppc64 => &[&crate::qtest::QTEST],
+    };
+    hypervisor
         .iter()
         .copied()
-        .chain(crate::snapshot::descriptions())
+        .chain(crate::snapshot::descriptions(m))
         .collect()
 }
 

@@ -17,9 +17,8 @@
 //! set with `-global` and by the pseries compat arrays), where its windows
 //! go (QEMU's `spapr_phb_placement` and 2.7's), and its configuration
 //! access as RTAS's `ibm,read-pci-config` / `ibm,write-pci-config` make it.
-//! The PHB's MSI map (`msi_devs`, a variable-length array the stream
-//! framework does not describe yet) travels only empty: a state with MSI
-//! devices is refused, naming that.
+//! The PHB's MSI map (`msi_devs`, a counted array) travels as a source
+//! had it.
 
 use crate::model::property::PropKind;
 use crate::model::types::{p, TypeInfo};
@@ -189,12 +188,27 @@ migration::vmstate! {
 }
 
 migration::vmstate! {
+    /// One entry of the bridge's MSI map: the function (its RTAS
+    /// configuration address) and the MSIs it was given.
+    pub static MSI = "spapr_pci/msi", version 1, minimum 1;
+    pub struct PhbMsi {
+        key: u32,
+        #[wire("value.first_irq")]
+        first_irq: u32,
+        #[wire("value.num")]
+        num: u32,
+    }
+}
+
+migration::vmstate! {
     /// `spapr_pci` without `pre-2.8-migration` (pseries-2.8 and later).
     pub static SPAPR_PCI = "spapr_pci", version 2, minimum 2;
     pub struct PhbState {
         buid: u64,
         lsi_table: [PhbLsi; 4],
         msi_devs_num: i32,
+        #[count(msi_devs_num)]
+        msi_devs: Vec<PhbMsi>,
     }
 }
 
@@ -211,6 +225,8 @@ migration::vmstate! {
         mig_io_win_size: u64,
         lsi_table: [PhbLsi; 4],
         msi_devs_num: i32,
+        #[count(msi_devs_num)]
+        msi_devs: Vec<PhbMsi>,
     }
 }
 
@@ -228,10 +244,17 @@ pub fn config_address(addr: u32) -> (u8, u8, u16) {
 #[derive(Debug)]
 pub struct SpaprPhb {
     pub cfg: PhbConfig,
+    /// The MSI map (RTAS `ibm,change-msi` fills it in QEMU; vmm does not
+    /// give MSIs through RTAS yet): what a source had travels on as is.
+    pub msi: Vec<PhbMsi>,
 }
 
 impl SpaprPhb {
     const NAME: &'static str = "spapr_pci";
+
+    pub fn new(cfg: PhbConfig) -> SpaprPhb {
+        SpaprPhb { cfg, msi: vec![] }
+    }
 
     /// Which function and register an RTAS configuration access on this
     /// bridge reaches, validated as QEMU's `finish_read_pci_config` does
@@ -294,8 +317,8 @@ impl SpaprPhb {
 
     /// What must hold of a saved state whatever the layout: the same
     /// bridge (BUID), the same LSIs (QEMU's `VMSTATE_*_EQUAL`, kept for
-    /// what cannot change under a guest), no MSI devices (not modelled).
-    fn check(&self, buid: u64, lsi: &[PhbLsi; PCI_NUM_PINS], msis: i32) -> Result<(), LoadError> {
+    /// what cannot change under a guest).
+    fn check(&self, buid: u64, lsi: &[PhbLsi; PCI_NUM_PINS]) -> Result<(), LoadError> {
         if buid != self.cfg.buid {
             return Err(LoadError::new(
                 Self::NAME,
@@ -312,12 +335,6 @@ impl SpaprPhb {
                     format!("pin {pin}'s LSI is {} in the stream, {want} here", have.irq),
                 ));
             }
-        }
-        if msis != 0 {
-            return Err(LoadError::new(
-                Self::NAME,
-                format!("the stream has {msis} MSI devices; vmm does not migrate the bridge's MSI map yet"),
-            ));
         }
         Ok(())
     }
@@ -344,14 +361,16 @@ impl migration::vmstate::Migratable for SpaprPhb {
                 mig_io_win_addr: c.io_win_addr,
                 mig_io_win_size: c.io_win_size,
                 lsi_table: self.lsi_table(),
-                msi_devs_num: 0,
+                msi_devs_num: self.msi.len() as i32,
+                msi_devs: self.msi.clone(),
             }
             .to_state()
         } else {
             PhbState {
                 buid: c.buid,
                 lsi_table: self.lsi_table(),
-                msi_devs_num: 0,
+                msi_devs_num: self.msi.len() as i32,
+                msi_devs: self.msi.clone(),
             }
             .to_state()
         }
@@ -361,11 +380,14 @@ impl migration::vmstate::Migratable for SpaprPhb {
         if self.cfg.pre_2_8_migration {
             // The mig_* fields are scratch: read, and ignored.
             let s = PhbStatePre28::from_state(st, Self::NAME)?;
-            self.check(s.buid, &s.lsi_table, s.msi_devs_num)
+            self.check(s.buid, &s.lsi_table)?;
+            self.msi = s.msi_devs;
         } else {
             let s = PhbState::from_state(st, Self::NAME)?;
-            self.check(s.buid, &s.lsi_table, s.msi_devs_num)
+            self.check(s.buid, &s.lsi_table)?;
+            self.msi = s.msi_devs;
         }
+        Ok(())
     }
 }
 
@@ -425,6 +447,7 @@ mod tests {
             mig_io_win_size: c.io_win_size,
             lsi_table: c.lsi.map(|irq| PhbLsi { irq }),
             msi_devs_num: 0,
+            msi_devs: vec![],
         }
         .to_state();
         encode_state(&SPAPR_PCI_PRE_2_8, &st).unwrap()
@@ -448,16 +471,14 @@ mod tests {
             e,
             "mem_win_size: 0x1000000000 in the stream, 0x80000000 here"
         );
-        SpaprPhb { cfg: here }.load(&st).unwrap();
+        SpaprPhb::new(here).load(&st).unwrap();
     }
 
     /// Backward: a 2.8 bridge with pre-2.8-migration sends 2.7's values
     /// (the windows merged again), so a 2.7 destination's checks pass.
     #[test]
     fn backward_2_8_to_2_7_sends_what_2_7_checks() {
-        let phb = SpaprPhb {
-            cfg: raw_2_7().converted(),
-        };
+        let phb = SpaprPhb::new(raw_2_7().converted());
         let bytes = encode_state(phb.description(), &phb.state()).unwrap();
         assert_eq!(bytes, stream_of_2_7(), "2.7's bytes exactly");
         let st = decode_state(&SPAPR_PCI_PRE_2_8, 2, &bytes).unwrap();
@@ -465,37 +486,48 @@ mod tests {
     }
 
     /// From pseries-2.8 on, the scratch fields are not in the stream: its
-    /// layout is buid, the LSIs and the MSI count; a bridge that differs
-    /// where the guest would notice (BUID, an LSI) or has MSI devices is
-    /// refused, naming it.
+    /// layout is buid, the LSIs and the MSI map; a bridge that differs
+    /// where the guest would notice (BUID, an LSI) is refused, naming it.
     #[test]
     fn from_2_8_the_stream_has_no_scratch_and_checks_only_what_cannot_change() {
         let cfg = PhbConfig {
             pre_2_8_migration: false,
             ..raw_2_7().converted()
         };
-        let phb = SpaprPhb { cfg };
+        let phb = SpaprPhb::new(cfg);
         let bytes = encode_state(phb.description(), &phb.state()).unwrap();
         assert_eq!(bytes.len(), 8 + 4 * 4 + 4);
         let st = decode_state(&SPAPR_PCI, 2, &bytes).unwrap();
-        let mut same = SpaprPhb { cfg };
+        let mut same = SpaprPhb::new(cfg);
         same.load(&st).unwrap();
-        let mut other = SpaprPhb {
-            cfg: PhbConfig {
-                lsi: [0x1000, 0x1001, 0x1002, 0x1004],
-                ..cfg
-            },
-        };
+        let mut other = SpaprPhb::new(PhbConfig {
+            lsi: [0x1000, 0x1001, 0x1002, 0x1004],
+            ..cfg
+        });
         let e = other.load(&st).unwrap_err().to_string();
         assert!(
             e.contains("pin 3's LSI is 4099 in the stream, 4100 here"),
             "{e}"
         );
-        // Built by hand: a stream with MSI devices carries their entries,
-        // which the description cannot read yet (the load stops there).
-        let mut with_msi = PhbState::from_state(&st, "spapr_pci").unwrap();
-        with_msi.msi_devs_num = 2;
-        let e = same.load(&with_msi.to_state()).unwrap_err().to_string();
-        assert!(e.contains("2 MSI devices"), "{e}");
+        // The MSI map travels: entries a source had (QEMU's layout, 12
+        // bytes each) load, and go on in the next stream.
+        same.msi = vec![
+            PhbMsi {
+                key: 0x800,
+                first_irq: 0x1300,
+                num: 2,
+            },
+            PhbMsi {
+                key: 0x1000,
+                first_irq: 0x1302,
+                num: 1,
+            },
+        ];
+        let bytes = encode_state(same.description(), &same.state()).unwrap();
+        assert_eq!(bytes.len(), 8 + 4 * 4 + 4 + 2 * 12);
+        let mut next = SpaprPhb::new(cfg);
+        next.load(&decode_state(&SPAPR_PCI, 2, &bytes).unwrap())
+            .unwrap();
+        assert_eq!(next.msi, same.msi);
     }
 }

@@ -214,6 +214,31 @@ impl<T: Element, const N: usize> FieldKind for [T; N] {
     const KIND: Kind = Kind::Array(&T::KIND, N);
 }
 
+/// As many elements as another field says (`#[count(FIELD)]` in
+/// [`vmstate!`](crate::vmstate!)): QEMU's `VMSTATE_*_VARRAY_*`.
+impl<T: Element> FieldValue for Vec<T> {
+    fn to_val(&self) -> Val {
+        Val::Array(self.iter().map(T::to_val).collect())
+    }
+    fn from_val(v: &Val) -> Result<Self, BadValue> {
+        let Val::Array(xs) = v else {
+            return Err(BadValue::default());
+        };
+        xs.iter()
+            .enumerate()
+            .map(|(i, x)| T::from_val(x).map_err(|e| BadValue(format!("[{i}]{}", e.0))))
+            .collect()
+    }
+    fn zero() -> Self {
+        Vec::new()
+    }
+}
+
+impl<T: Element> FieldKind for Vec<T> {
+    /// Its count field is named by the declaration ([`Kind::counted`]).
+    const KIND: Kind = Kind::VarArray(&T::KIND, "");
+}
+
 /// A nested state whose description someone else holds (a part of a
 /// generic declaration, such as a virtio device's own state).
 impl FieldValue for State {
@@ -321,7 +346,12 @@ pub fn present<S: Described>(st: &State) -> bool {
 /// * A field: `name: Type`, its wire name the Rust name. Types: `bool`,
 ///   `u8`, `u16`, `u32`, `u64`, `i32`, `i64`, `[u8; N]` (a buffer),
 ///   `[T; N]` (an array: integers, [`U8`], declared structs), a declared
-///   struct (nested inline), or [`State`] in a generic struct.
+///   struct (nested inline), `Vec<T>` with `#[count(FIELD)]` (as many
+///   elements as the earlier integer field FIELD says: QEMU's VARRAY; the
+///   writer refuses a state whose count and length differ), or [`State`]
+///   in a generic struct. `#[wire("NAME")]` (after `#[count]`): the
+///   field's name in the stream where QEMU's is no Rust name
+///   (`value.first_irq`).
 ///   `#[since(N)]` after its doc comment: the description version it
 ///   appeared in (a stream older than that does not carry it; it keeps its
 ///   zero value, as does a state that lacks it).
@@ -335,12 +365,18 @@ pub fn present<S: Described>(st: &State) -> bool {
 macro_rules! vmstate {
     (@since) => { 0 };
     (@since $since:literal) => { $since };
+    (@count) => { "" };
+    (@count $count:ident) => { ::core::stringify!($count) };
+    (@name $field:ident) => { ::core::stringify!($field) };
+    (@name $field:ident $wire:literal) => { $wire };
 
     (@struct [$($smeta:tt)*] $svis:vis $name:ident [$($g:ident),*]
         {
             $(
                 $(#[doc = $fdoc:literal])*
                 $(#[since($since:literal)])?
+                $(#[count($count:ident)])?
+                $(#[wire($wire:literal)])?
                 $field:ident : $fty:ty
             ),* $(,)?
         }
@@ -367,8 +403,9 @@ macro_rules! vmstate {
             /// The description's fields, in order.
             pub const FIELDS: &'static [$crate::vmstate::Field] = &[$(
                 $crate::vmstate::Field {
-                    name: ::core::stringify!($field),
-                    kind: <$fty as $crate::vmstate::FieldKind>::KIND,
+                    name: $crate::vmstate!(@name $field $($wire)?),
+                    kind: <$fty as $crate::vmstate::FieldKind>::KIND
+                        .counted($crate::vmstate!(@count $($count)?)),
                     since: $crate::vmstate!(@since $($since)?),
                 }
             ),*];
@@ -396,7 +433,7 @@ macro_rules! vmstate {
                 $crate::vmstate::State {
                     fields: ::std::vec![$(
                         (
-                            ::core::stringify!($field),
+                            $crate::vmstate!(@name $field $($wire)?),
                             $crate::vmstate::FieldValue::to_val(&self.$field),
                         )
                     ),*],
@@ -411,7 +448,7 @@ macro_rules! vmstate {
                     $(
                         $field: $crate::vmstate::field(
                             st,
-                            ::core::stringify!($field),
+                            $crate::vmstate!(@name $field $($wire)?),
                             $crate::vmstate!(@since $($since)?),
                         )?,
                     )*

@@ -17,7 +17,7 @@
 mod backend;
 pub mod protocol;
 
-pub use backend::{QtestHypervisor, QtestVm, Rang};
+pub use backend::{QtestHypervisor, QtestVm, Rang, QTEST};
 
 use anyhow::{anyhow, Context, Result};
 use std::io::{BufRead, BufReader, Write};

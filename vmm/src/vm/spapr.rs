@@ -87,7 +87,7 @@ pub(super) fn build(
         stop,
         pci: root,
         platform: Platform::Spapr {
-            phb: Arc::new(Mutex::new(SpaprPhb { cfg: phb })),
+            phb: Arc::new(Mutex::new(SpaprPhb::new(phb))),
         },
     })
 }
