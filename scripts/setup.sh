@@ -7,6 +7,8 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 # QEMU's pseries descriptions, the reference for vmm's (it dumps them
 # without a POWER host).
 command -v qemu-system-ppc64 >/dev/null || need+=(qemu-system-ppc)
+# dtc decompiles QEMU's and vmm's pseries device trees to compare them.
+command -v dtc >/dev/null || need+=(device-tree-compiler)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 # ip and ss: taps, bridges and network namespaces for the virtio-net and

@@ -5,4 +5,5 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ppc64;
 pub mod x86_64;

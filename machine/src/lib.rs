@@ -111,6 +111,14 @@ pub const HW_COMPAT: &[CompatArray] = &[
             ("pcie-root-port", "x-width", "1"),
         ],
     ),
+    // QEMU 3.1 gave the PHBs' LSIs fixed numbers (from 0x1200); 3.0 and
+    // older took the first free interrupt sources, after the event
+    // sources and the NVRAM (a machine class field there).
+    (
+        "spapr_machine_3_0_class_options",
+        (3, 0),
+        &[("spapr-pci-host-bridge", "x-legacy-irq-allocation", "on")],
+    ),
     // QEMU 3.1 gave Skylake-Server PKU.
     (
         "pc_compat_3_0",
@@ -167,6 +175,7 @@ pub const HW_COMPAT: &[CompatArray] = &[
             ("spapr-pci-host-bridge", "mem64_win_size", "0"),
             ("spapr-pci-host-bridge", "pre-2.8-migration", "on"),
             ("spapr-pci-host-bridge", "x-placement-2-7", "on"),
+            ("spapr-pci-host-bridge", "x-modern-hotplug-events", "off"),
         ],
     ),
     // QEMU 2.8 stopped exposing modern virtio when the backend lacks
@@ -337,7 +346,13 @@ pub fn all() -> impl Iterator<Item = &'static MachineType> {
 }
 
 /// Machine properties accepted after the type (`-M TYPE,prop=value`).
-pub const PROPERTIES: &[(&str, &str)] = &[("accel", "the accelerator: kvm or qtest")];
+pub const PROPERTIES: &[(&str, &str)] = &[
+    ("accel", "the accelerator: kvm or qtest"),
+    (
+        "dumpdtb",
+        "write the device tree (pseries) to FILE and exit",
+    ),
+];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
@@ -407,6 +422,7 @@ pub fn parse(spec: &str) -> Result<MachineSpec, Error> {
         match k {
             "accel" if v == "kvm" || v == "qtest" => {}
             "accel" => return Err(Error::Accel(v.to_string())),
+            "dumpdtb" => {}
             _ => {
                 let valid = PROPERTIES
                     .iter()

@@ -211,8 +211,15 @@ impl Description {
                     (Kind::VarArray(k, _), Some(Val::Array(a))) => {
                         o["array_len"] = a.len().into();
                         o["size"] = k.wire_size().into();
-                        if let (Kind::Struct(d), Some(Val::Struct(first))) = (k, a.first()) {
-                            o["struct"] = d.vmdesc(first);
+                        // The element's layout, even with no element (a
+                        // reader rebuilds the field's kind from it).
+                        if let Kind::Struct(d) = k {
+                            let st = match (a.first(), default_value(*k)) {
+                                (Some(Val::Struct(first)), _) => first.clone(),
+                                (_, Val::Struct(empty)) => empty,
+                                _ => State::default(),
+                            };
+                            o["struct"] = d.vmdesc(&st);
                         }
                     }
                     (Kind::Array(k, n), v) => {

@@ -320,6 +320,8 @@ pub enum Action {
     DumpVmstate(PathBuf, &'static machine::MachineType),
     /// `-dump-abi FILE`.
     DumpAbi(PathBuf, &'static machine::MachineType),
+    /// `-machine dumpdtb=FILE`: the device tree of the VM configured.
+    DumpDtb(PathBuf, Box<VmConfig>),
 }
 
 fn machine_help() -> String {
@@ -719,7 +721,13 @@ pub fn from_args(a: Args) -> Result<Action> {
         (x, y) => x.or(y),
     };
     let accel = parse_accel(accel_name, a.qtest.as_deref())?;
-    if spec.machine.arch == machine::Arch::Ppc64 {
+    // QEMU's dumpdtb needs no accelerator, kernel or host of the board's.
+    let dumpdtb = spec
+        .properties
+        .iter()
+        .find(|(k, _)| k == "dumpdtb")
+        .map(|(_, v)| PathBuf::from(v));
+    if spec.machine.arch == machine::Arch::Ppc64 && dumpdtb.is_none() {
         if accel == Accel::Kvm {
             bail!(
                 "{}: a ppc64 board needs KVM-PPC on a POWER host; on this host it runs only under -accel qtest (no vCPUs)",
@@ -741,7 +749,7 @@ pub fn from_args(a: Args) -> Result<Action> {
     {
         bail!("-qtest stdio and the serial console cannot both have stdio: add -serial none or -serial file:PATH");
     }
-    let kernel = match (a.kernel, a.print_config, &accel) {
+    let kernel = match (a.kernel, a.print_config || dumpdtb.is_some(), &accel) {
         (Some(k), _, _) => Some(k),
         (None, true, _) | (None, _, Accel::Qtest(_)) => None,
         (None, false, Accel::Kvm) => bail!("no kernel given: use -kernel FILE"),
@@ -788,6 +796,9 @@ pub fn from_args(a: Args) -> Result<Action> {
     };
     if a.print_config {
         return Ok(Action::Print(print_config(&cfg)));
+    }
+    if let Some(path) = dumpdtb {
+        return Ok(Action::DumpDtb(path, Box::new(cfg)));
     }
     if let Some(k) = &cfg.kernel {
         let meta =

@@ -51,6 +51,7 @@ fn main() {
         config::Action::Run(cfg) => vm::run(&cfg),
         config::Action::DumpVmstate(path, m) => vmstate::dump(&path, m).map(|_| 0),
         config::Action::DumpAbi(path, m) => abi::dump(&path, m).map(|_| 0),
+        config::Action::DumpDtb(path, cfg) => vm::dump_dtb(&path, &cfg).map(|_| 0),
     }) {
         Ok(code) => code,
         Err(e) => {

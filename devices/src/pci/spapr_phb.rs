@@ -61,6 +61,18 @@ pub static TYPE: TypeInfo = TypeInfo {
             "send the bridge in 2.7's layout (the mig_* fields), for a QEMU 2.7 destination",
         ),
         p(
+            "x-legacy-irq-allocation",
+            PropKind::Bool,
+            "off",
+            "the pins take the first free interrupt sources, as QEMU 3.0 and older allocated them (a machine class option there)",
+        ),
+        p(
+            "x-modern-hotplug-events",
+            PropKind::Bool,
+            "on",
+            "the machine has a hot-plug event source, claimed before the bridge (QEMU's modern-hotplug-events, off on pseries-2.7)",
+        ),
+        p(
             "x-placement-2-7",
             PropKind::Bool,
             "off",
@@ -80,6 +92,23 @@ pub const MEM64_WIN_SIZE: u64 = 1 << 40;
 pub const BASE_BUID: u64 = 0x0800_0000_2000_0000;
 /// `SPAPR_IRQ_PCI_LSI`: PHB N's pins are LSIs from here + 4N.
 pub const IRQ_PCI_LSI: u32 = 0x1200;
+
+/// `SPAPR_XIRQ_BASE`: the first interrupt source.
+pub const XIRQ_BASE: u32 = 0x1000;
+
+/// Where PHB 0's pins start: 3.1's fixed numbers, or (QEMU 3.0 and older)
+/// the first sources free once the board claimed its own before the
+/// bridge, as QEMU's pseries machine with -nodefaults does: the EPOW
+/// event source, the hot-plug one (where modern hot-plug events are on)
+/// and the NVRAM.
+fn lsi_base(props: &Props) -> u32 {
+    if props.bool("x-legacy-irq-allocation").unwrap_or(false) {
+        let hotplug = u32::from(props.bool("x-modern-hotplug-events").unwrap_or(true));
+        XIRQ_BASE + 1 + hotplug + 1
+    } else {
+        IRQ_PCI_LSI
+    }
+}
 
 /// `SPAPR_PCI_LIOBN(index, window)`.
 pub fn liobn(index: u32, window: u32) -> u32 {
@@ -160,7 +189,7 @@ impl PhbConfig {
             mem64_win_pciaddr: mem64,
             io_win_addr: io,
             io_win_size: size("io_win_size"),
-            lsi: std::array::from_fn(|pin| IRQ_PCI_LSI + 4 * index + pin as u32),
+            lsi: std::array::from_fn(|pin| lsi_base(props) + 4 * index + pin as u32),
             pre_2_8_migration: props.bool("pre-2.8-migration").unwrap_or(false),
         }
         .converted()

@@ -78,6 +78,21 @@ impl Drop for Wake {
     }
 }
 
+/// `-machine dumpdtb=FILE`: writes the device tree a guest of `cfg` gets
+/// (pseries; q35 guests read ACPI tables instead), as QEMU does.
+pub fn dump_dtb(path: &std::path::Path, cfg: &VmConfig) -> Result<()> {
+    if cfg.machine.arch != machine::Arch::Ppc64 {
+        bail!(
+            "dumpdtb: {} has no device tree (its guests read ACPI tables)",
+            cfg.machine.name
+        );
+    }
+    let dtb = spapr::device_tree(cfg)?;
+    std::fs::write(path, dtb).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("vmm: dtb dumped to {}", path.display());
+    Ok(())
+}
+
 /// Runs the VM until it ends; returns the process exit status.
 pub fn run(cfg: &VmConfig) -> Result<i32> {
     // The VM's own copy: a migration's carried configuration changes it

@@ -92,6 +92,49 @@ pub(super) fn build(
     })
 }
 
+/// The device tree a guest of `cfg` is given (arch::ppc64::fdt).
+pub(super) fn device_tree(cfg: &VmConfig) -> Result<Vec<u8>> {
+    use arch::ppc64::fdt;
+    let phb = PhbConfig::from_props(&cfg.host_bridge, 0, cfg.memory);
+    let legacy = cfg
+        .host_bridge
+        .bool("x-legacy-irq-allocation")
+        .unwrap_or(false);
+    let tree = fdt::Spapr {
+        ram: cfg.memory,
+        cmdline: cfg.cmdline.clone(),
+        // QEMU's pseries-4.2 and later tell Linux to assign BARs itself.
+        pci_probe: cfg.machine.version >= (4, 2),
+        // QEMU's XICS serves max CPUs x the virtual SMT mode: 8 up to
+        // pseries-4.1, the threads per core from 4.2 (smp_threads_vsmt).
+        max_cpus: cfg.smp.maxcpus
+            * if cfg.machine.version <= (4, 1) {
+                8
+            } else {
+                cfg.smp.threads
+            },
+        phb: fdt::Phb {
+            buid: phb.buid,
+            io_win_addr: phb.io_win_addr,
+            io_win_size: phb.io_win_size,
+            mem_win_addr: phb.mem_win_addr,
+            mem_win_size: phb.mem_win_size,
+            mem_win_pciaddr: MEM_WIN_BUS_OFFSET,
+            mem64_win_addr: phb.mem64_win_addr,
+            mem64_win_size: phb.mem64_win_size,
+            mem64_win_pciaddr: phb.mem64_win_pciaddr,
+            lsi: phb.lsi,
+            dma_liobn: phb.dma_liobn,
+            dma_win_addr: 0,
+            dma_win_size: 0x4000_0000,
+            // The MSI sources: what is left of the 0x1000 (legacy: 0x400)
+            // sources above the first 0x300.
+            total_msi: if legacy { 0x400 } else { 0xd00 },
+        },
+    };
+    fdt::build(&tree).map_err(|e| anyhow::anyhow!("cannot build the device tree: {e}"))
+}
+
 /// An RTAS call by name, its arguments and how many results the caller
 /// has room for: the results (status first), or `None` for a call this
 /// board does not have.

@@ -405,6 +405,7 @@ fn counted_arrays_travel_as_many_as_their_count() {
         // What analyze-migration reads it by: the count it was written with.
         let d = COUNTED.vmdesc(&st);
         assert_eq!(d["fields"][2]["array_len"], c.entries.len());
+        assert_eq!(d["fields"][2]["struct"]["vmsd_name"], "varray/entry");
     }
     let wrong = Counted {
         n: 3,

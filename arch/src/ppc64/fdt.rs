@@ -1,0 +1,228 @@
+//! The pseries device tree (QEMU's `spapr_build_fdt` for what vmm's board
+//! has): the root, memory, `/chosen`, `/rtas` with its call tokens, the
+//! XICS interrupt controller, and PHB 0 with its windows (`ranges`), DMA
+//! window and interrupt map. Node and property names and encodings are
+//! QEMU's, so a guest sees the same tree; `-machine dumpdtb=FILE` writes
+//! it. What vmm's board does not have (vCPU nodes, the event sources,
+//! dynamic reconfiguration connectors, VIO devices) is not in it yet.
+
+use vm_fdt::{FdtWriter, FdtWriterResult};
+
+/// QEMU's fixed phandle of the interrupt controller (`PHANDLE_INTC`).
+pub const PHANDLE_INTC: u32 = 0x1111;
+
+/// One PCI host bridge as the tree describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Phb {
+    pub buid: u64,
+    pub io_win_addr: u64,
+    pub io_win_size: u64,
+    pub mem_win_addr: u64,
+    pub mem_win_size: u64,
+    /// The PCI address of the 32-bit window's first byte.
+    pub mem_win_pciaddr: u64,
+    pub mem64_win_addr: u64,
+    pub mem64_win_size: u64,
+    pub mem64_win_pciaddr: u64,
+    /// The LSI each interrupt pin raises.
+    pub lsi: [u32; 4],
+    pub dma_liobn: u32,
+    pub dma_win_addr: u64,
+    pub dma_win_size: u64,
+    /// `ibm,pe-total-#msi`: the MSIs the platform can give.
+    pub total_msi: u32,
+}
+
+/// What the tree says of the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spapr {
+    pub ram: u64,
+    pub cmdline: String,
+    /// `linux,pci-probe-only = 0` in `/chosen` (QEMU's pseries-4.2 and later).
+    pub pci_probe: bool,
+    /// vCPU servers the interrupt controller serves.
+    pub max_cpus: u32,
+    pub phb: Phb,
+}
+
+/// `ranges` of a PCI bus node: per window `phys.hi` (its space), the PCI
+/// address, the CPU address, the size (3 + 2 + 2 cells).
+fn ranges(p: &Phb) -> Vec<u32> {
+    let mut v = vec![];
+    let mut window = |space: u32, pci: u64, cpu: u64, size: u64| {
+        v.extend_from_slice(&[
+            space << 24,
+            (pci >> 32) as u32,
+            pci as u32,
+            (cpu >> 32) as u32,
+            cpu as u32,
+            (size >> 32) as u32,
+            size as u32,
+        ]);
+    };
+    window(1, 0, p.io_win_addr, p.io_win_size);
+    window(2, p.mem_win_pciaddr, p.mem_win_addr, p.mem_win_size);
+    if p.mem64_win_size != 0 {
+        window(3, p.mem64_win_pciaddr, p.mem64_win_addr, p.mem64_win_size);
+    }
+    v
+}
+
+/// `interrupt-map`: for each of the bus's 32 slots and 4 pins, the LSI
+/// the pin raises after the usual swizzle (slot + pin).
+fn interrupt_map(p: &Phb) -> Vec<u32> {
+    let mut v = vec![];
+    for slot in 0..32u32 {
+        for pin in 0..4u32 {
+            let irq = p.lsi[((slot + pin) % 4) as usize];
+            v.extend_from_slice(&[slot << 11, 0, 0, pin + 1, PHANDLE_INTC, irq, 1]);
+        }
+    }
+    v
+}
+
+fn phb_node(f: &mut FdtWriter, p: &Phb) -> FdtWriterResult<()> {
+    let node = f.begin_node(&format!("pci@{:x}", p.buid))?;
+    f.property_string("device_type", "pci")?;
+    f.property_string("compatible", "IBM,Logical_PHB")?;
+    f.property_u32("#interrupt-cells", 1)?;
+    f.property_null("used-by-rtas")?;
+    f.property_array_u32("bus-range", &[0, 0xff])?;
+    f.property_array_u32("ranges", &ranges(p))?;
+    f.property_array_u32("reg", &[(p.buid >> 32) as u32, p.buid as u32, 0, 0])?;
+    f.property_u32("ibm,pci-config-space-type", 1)?;
+    f.property_u32("ibm,pe-total-#msi", p.total_msi)?;
+    f.property_array_u32("interrupt-map-mask", &[0xf800, 0, 0, 0xffff_ffff])?;
+    f.property_array_u32("interrupt-map", &interrupt_map(p))?;
+    f.property_u32("ibm,#dma-address-cells", 2)?;
+    f.property_u32("ibm,#dma-size-cells", 2)?;
+    f.property_array_u32(
+        "ibm,dma-window",
+        &[
+            p.dma_liobn,
+            (p.dma_win_addr >> 32) as u32,
+            p.dma_win_addr as u32,
+            (p.dma_win_size >> 32) as u32,
+            p.dma_win_size as u32,
+        ],
+    )?;
+    f.property_u32("qemu,phb-enumerated", 1)?;
+    f.property_u32("#address-cells", 3)?;
+    f.property_u32("#size-cells", 2)?;
+    f.end_node(node)
+}
+
+/// The flattened tree.
+pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
+    let mut f = FdtWriter::new()?;
+    let root = f.begin_node("")?;
+    f.property_string("device_type", "chrp")?;
+    f.property_string("model", "IBM pSeries (emulated by qemu)")?;
+    f.property_string("compatible", "qemu,pseries")?;
+    f.property_u32("#address-cells", 2)?;
+    f.property_u32("#size-cells", 2)?;
+
+    let chosen = f.begin_node("chosen")?;
+    if !m.cmdline.is_empty() {
+        f.property_string("bootargs", &m.cmdline)?;
+    }
+    if m.pci_probe {
+        f.property_u32("linux,pci-probe-only", 0)?;
+    }
+    f.end_node(chosen)?;
+
+    let rtas = f.begin_node("rtas")?;
+    for (name, token) in super::rtas::CALLS {
+        f.property_u32(name, *token)?;
+    }
+    f.end_node(rtas)?;
+
+    // XICS, as QEMU's `spapr_dt_xics`.
+    let intc = f.begin_node("interrupt-controller")?;
+    f.property_string("device_type", "PowerPC-External-Interrupt-Presentation")?;
+    f.property_string("compatible", "IBM,ppc-xicp")?;
+    f.property_null("interrupt-controller")?;
+    f.property_array_u32("ibm,interrupt-server-ranges", &[0, m.max_cpus])?;
+    f.property_u32("#interrupt-cells", 2)?;
+    f.property_u32("linux,phandle", PHANDLE_INTC)?;
+    f.property_u32("phandle", PHANDLE_INTC)?;
+    f.end_node(intc)?;
+
+    let mem = f.begin_node("memory@0")?;
+    f.property_string("device_type", "memory")?;
+    f.property_array_u64("reg", &[0, m.ram])?;
+    f.end_node(mem)?;
+
+    phb_node(&mut f, &m.phb)?;
+    f.end_node(root)?;
+    f.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phb() -> Phb {
+        Phb {
+            buid: 0x0800_0000_2000_0000,
+            io_win_addr: 0x2000_0000_0000,
+            io_win_size: 0x1_0000,
+            mem_win_addr: 0x2000_8000_0000,
+            mem_win_size: 0x8000_0000,
+            mem_win_pciaddr: 0x8000_0000,
+            mem64_win_addr: 0x2100_0000_0000,
+            mem64_win_size: 0x100_0000_0000,
+            mem64_win_pciaddr: 0x2100_0000_0000,
+            lsi: [0x1200, 0x1201, 0x1202, 0x1203],
+            dma_liobn: 0x8000_0000,
+            dma_win_addr: 0,
+            dma_win_size: 0x4000_0000,
+            total_msi: 0xd00,
+        }
+    }
+
+    /// QEMU 7.2's cells for PHB 0 (its `dumpdtb` of pseries-7.2).
+    #[test]
+    fn ranges_and_interrupt_map_are_qemus_cells() {
+        assert_eq!(
+            ranges(&phb()),
+            [
+                0x100_0000,
+                0,
+                0,
+                0x2000,
+                0,
+                0,
+                0x1_0000, //
+                0x200_0000,
+                0,
+                0x8000_0000,
+                0x2000,
+                0x8000_0000,
+                0,
+                0x8000_0000, //
+                0x300_0000,
+                0x2100,
+                0,
+                0x2100,
+                0,
+                0x100,
+                0,
+            ]
+        );
+        let map = interrupt_map(&phb());
+        assert_eq!(map.len(), 32 * 4 * 7);
+        assert_eq!(map[..7], [0, 0, 0, 1, 0x1111, 0x1200, 1]);
+        // Slot 1, pin A: swizzled to the second LSI.
+        assert_eq!(map[28..35], [0x800, 0, 0, 1, 0x1111, 0x1201, 1]);
+        let dtb = build(&Spapr {
+            ram: 256 << 20,
+            cmdline: "console=hvc0".into(),
+            pci_probe: true,
+            max_cpus: 1,
+            phb: phb(),
+        })
+        .unwrap();
+        assert_eq!(dtb[..4], [0xd0, 0x0d, 0xfe, 0xed]);
+    }
+}

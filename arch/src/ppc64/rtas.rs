@@ -1,0 +1,16 @@
+//! RTAS calls: QEMU's token numbers (`hw/ppc/spapr_rtas.c`, from
+//! `RTAS_TOKEN_BASE` 0x2000), which the guest learns from the device
+//! tree's `/rtas` node and passes back in each call.
+
+/// The calls vmm's pseries board serves, with QEMU's tokens.
+pub const CALLS: &[(&str, u32)] = &[
+    ("read-pci-config", 0x2014),
+    ("write-pci-config", 0x2015),
+    ("ibm,read-pci-config", 0x2016),
+    ("ibm,write-pci-config", 0x2017),
+];
+
+/// The call a token names, if the board serves it.
+pub fn name(token: u32) -> Option<&'static str> {
+    CALLS.iter().find(|c| c.1 == token).map(|c| c.0)
+}
