@@ -34,7 +34,9 @@ if ! dpkg --print-foreign-architectures | grep -qx ppc64el; then
     dpkg --add-architecture ppc64el
     need+=(libc6:ppc64el)
 fi
-for p in rustc-web libstd-rust-web-dev:ppc64el gcc-powerpc64le-linux-gnu qemu-user-static libssl-dev:ppc64el; do
+# libc6-dev-ppc64el-cross: the static C library and the kernel's uapi
+# headers the KVM-PPC layout probe is built against (kvm-ppc/probe).
+for p in rustc-web libstd-rust-web-dev:ppc64el gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross qemu-user-static libssl-dev:ppc64el; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # The Linux guest downloads Debian's kernel package: the lists must know it.

@@ -1,0 +1,143 @@
+//! The calls (powerpc64 only): a VM of the HV or PR flavour, what its MMU
+//! can do, its hash table, vCPU registers, PAPR mode, the in-kernel XICS
+//! and the HTAB fd. Thin: each is one ioctl and its error.
+
+use crate::ioctl::*;
+use crate::uapi::*;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// An ioctl with an integer argument.
+fn ioctl_val(fd: &impl AsRawFd, req: u64, arg: u64) -> io::Result<libc::c_int> {
+    // SAFETY: the request takes an integer (no memory is passed).
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) })
+}
+
+/// An ioctl with a pointer to `T`, which the kernel reads or fills.
+fn ioctl_ptr<T>(fd: &impl AsRawFd, req: u64, arg: &mut T) -> io::Result<libc::c_int> {
+    // SAFETY: `arg` is a live, writable `T` of the size the request encodes.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as *mut T) })
+}
+
+/// A file descriptor a call returned.
+fn owned(fd: libc::c_int) -> File {
+    // SAFETY: the kernel just returned this descriptor to us alone.
+    File::from(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn open_kvm() -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+}
+
+pub fn check_extension(kvm: &File, cap: u32) -> io::Result<i32> {
+    ioctl_val(kvm, KVM_CHECK_EXTENSION, cap.into())
+}
+
+/// A VM of type [`KVM_VM_PPC_HV`] or [`KVM_VM_PPC_PR`].
+pub fn create_vm(kvm: &File, ty: u64) -> io::Result<File> {
+    ioctl_val(kvm, KVM_CREATE_VM, ty).map(owned)
+}
+
+pub fn smmu_info(vm: &File) -> io::Result<KvmPpcSmmuInfo> {
+    let mut info = KvmPpcSmmuInfo::default();
+    ioctl_ptr(vm, KVM_PPC_GET_SMMU_INFO, &mut info)?;
+    Ok(info)
+}
+
+/// Asks for a hash table of 2^`shift` bytes; the order KVM gave.
+pub fn allocate_htab(vm: &File, shift: u32) -> io::Result<u32> {
+    let mut order = shift;
+    ioctl_ptr(vm, KVM_PPC_ALLOCATE_HTAB, &mut order)?;
+    Ok(order)
+}
+
+/// The HTAB fd, to read the table (or, with [`KVM_GET_HTAB_WRITE`], to
+/// write it) from entry `start`.
+pub fn htab_fd(vm: &File, flags: u64, start: u64) -> io::Result<File> {
+    let mut a = KvmGetHtabFd {
+        flags,
+        start_index: start,
+        reserved: [0; 2],
+    };
+    ioctl_ptr(vm, KVM_PPC_GET_HTAB_FD, &mut a).map(owned)
+}
+
+/// The in-kernel XICS.
+pub fn create_xics(vm: &File) -> io::Result<File> {
+    let mut d = KvmCreateDevice {
+        type_: KVM_DEV_TYPE_XICS,
+        fd: 0,
+        flags: 0,
+    };
+    ioctl_ptr(vm, KVM_CREATE_DEVICE, &mut d)?;
+    Ok(owned(d.fd as libc::c_int))
+}
+
+pub fn create_vcpu(vm: &File, id: u64) -> io::Result<File> {
+    ioctl_val(vm, KVM_CREATE_VCPU, id).map(owned)
+}
+
+/// PAPR mode: hypercalls KVM does not handle exit to userspace.
+pub fn enable_papr(vcpu: &File) -> io::Result<()> {
+    let mut c = KvmEnableCap {
+        cap: KVM_CAP_PPC_PAPR,
+        flags: 0,
+        args: [0; 4],
+        pad: [0; 64],
+    };
+    ioctl_ptr(vcpu, KVM_ENABLE_CAP, &mut c).map(|_| ())
+}
+
+pub fn get_regs(vcpu: &File) -> io::Result<KvmRegs> {
+    let mut r = KvmRegs::default();
+    ioctl_ptr(vcpu, KVM_GET_REGS, &mut r)?;
+    Ok(r)
+}
+
+pub fn set_regs(vcpu: &File, regs: &KvmRegs) -> io::Result<()> {
+    let mut r = *regs;
+    ioctl_ptr(vcpu, KVM_SET_REGS, &mut r).map(|_| ())
+}
+
+pub fn get_sregs(vcpu: &File) -> io::Result<KvmSregs> {
+    let mut r = KvmSregs::default();
+    ioctl_ptr(vcpu, KVM_GET_SREGS, &mut r)?;
+    Ok(r)
+}
+
+pub fn set_sregs(vcpu: &File, sregs: &KvmSregs) -> io::Result<()> {
+    let mut r = *sregs;
+    ioctl_ptr(vcpu, KVM_SET_SREGS, &mut r).map(|_| ())
+}
+
+/// A 64-bit (or 32-bit, zero-extended) `ONE_REG` register.
+pub fn get_one_reg(vcpu: &File, id: u64) -> io::Result<u64> {
+    let mut v = 0u64;
+    let mut r = KvmOneReg {
+        id,
+        addr: &mut v as *mut u64 as u64,
+    };
+    ioctl_ptr(vcpu, KVM_GET_ONE_REG, &mut r)?;
+    Ok(v)
+}
+
+pub fn set_one_reg(vcpu: &File, id: u64, value: u64) -> io::Result<()> {
+    let mut v = value;
+    let mut r = KvmOneReg {
+        id,
+        addr: &mut v as *mut u64 as u64,
+    };
+    ioctl_ptr(vcpu, KVM_SET_ONE_REG, &mut r).map(|_| ())
+}
