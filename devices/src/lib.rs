@@ -15,6 +15,7 @@ pub mod model;
 pub mod pci;
 pub mod registry;
 pub mod serial;
+pub mod spapr_rtc;
 pub mod virtio;
 
 use std::sync::Arc;

@@ -122,22 +122,51 @@ pub fn set_sregs(vcpu: &File, sregs: &KvmSregs) -> io::Result<()> {
     ioctl_ptr(vcpu, KVM_SET_SREGS, &mut r).map(|_| ())
 }
 
-/// A 64-bit (or 32-bit, zero-extended) `ONE_REG` register.
+/// The bytes a `ONE_REG` id's value has (its size field); only 4 and 8
+/// are taken here (wider ones, VSX and VMX, need a buffer of their own).
+fn one_reg_size(id: u64) -> io::Result<usize> {
+    match 1usize << ((id >> 52) & 0xf) {
+        n @ (4 | 8) => Ok(n),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ONE_REG {id:#x}: only 32- and 64-bit registers"),
+        )),
+    }
+}
+
+/// A 32- or 64-bit `ONE_REG` register, zero-extended.
 pub fn get_one_reg(vcpu: &File, id: u64) -> io::Result<u64> {
-    let mut v = 0u64;
+    let n = one_reg_size(id)?;
+    let mut buf = [0u8; 8];
     let mut r = KvmOneReg {
         id,
-        addr: &mut v as *mut u64 as u64,
+        addr: buf.as_mut_ptr() as u64,
     };
     ioctl_ptr(vcpu, KVM_GET_ONE_REG, &mut r)?;
-    Ok(v)
+    Ok(if n == 4 {
+        u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]).into()
+    } else {
+        u64::from_ne_bytes(buf)
+    })
 }
 
 pub fn set_one_reg(vcpu: &File, id: u64, value: u64) -> io::Result<()> {
-    let mut v = value;
+    let n = one_reg_size(id)?;
+    let mut buf = [0u8; 8];
+    if n == 4 {
+        let v = u32::try_from(value).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("ONE_REG {id:#x} is 32 bits: {value:#x} does not fit"),
+            )
+        })?;
+        buf[..4].copy_from_slice(&v.to_ne_bytes());
+    } else {
+        buf = value.to_ne_bytes();
+    }
     let mut r = KvmOneReg {
         id,
-        addr: &mut v as *mut u64 as u64,
+        addr: buf.as_mut_ptr() as u64,
     };
     ioctl_ptr(vcpu, KVM_SET_ONE_REG, &mut r).map(|_| ())
 }

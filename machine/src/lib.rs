@@ -232,6 +232,46 @@ pub enum Arch {
     Ppc64,
 }
 
+/// What a board is, for the code outside it that asks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BoardInfo {
+    /// The root PCI bus's name (`bus=` on `-device`), as QEMU's.
+    pub root_bus: &'static str,
+    /// The board's PCI host bridge type (`-global TYPE.PROP=V`).
+    pub host_bridge: &'static str,
+    /// Whether the host bridge is a function on the root bus (00:00.0).
+    pub host_bridge_is_function: bool,
+    /// The RAM block's name in the stream, as QEMU names it.
+    pub ram_block: &'static str,
+    /// The CPU's byte order as QEMU's target has it (qtest's accesses).
+    pub big_endian: bool,
+    /// Whether guests read ACPI tables (else a device tree).
+    pub acpi: bool,
+}
+
+impl Arch {
+    pub fn board(self) -> &'static BoardInfo {
+        match self {
+            Arch::X86_64 => &BoardInfo {
+                root_bus: "pcie.0",
+                host_bridge: "q35-pcihost",
+                host_bridge_is_function: true,
+                ram_block: "pc.ram",
+                big_endian: false,
+                acpi: true,
+            },
+            Arch::Ppc64 => &BoardInfo {
+                root_bus: "pci.0",
+                host_bridge: "spapr-pci-host-bridge",
+                host_bridge_is_function: false,
+                ram_block: "ppc_spapr.ram",
+                big_endian: true,
+                acpi: false,
+            },
+        }
+    }
+}
+
 /// One machine type.
 #[derive(Debug, PartialEq, Eq)]
 pub struct MachineType {

@@ -82,17 +82,10 @@ fn the_protocol_drives_the_q35_board() {
     assert!(qt.cmd("rtas get-time-of-day 0 0 0 0").contains("no RTAS"));
     assert_eq!(qt.readl(0x10_0000), 0xdead_beef);
 
-    // stop holds the client's requests as it holds vCPUs; cont serves them.
+    // A paused VM serves its client as QEMU's does.
     q.execute("stop", json!({}));
-    let mut held = qt.try_clone();
-    let h = std::thread::spawn(move || held.readl(0x10_0000));
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !h.is_finished(),
-        "a request was served while the VM was paused"
-    );
+    assert_eq!(qt.readl(0x10_0000), 0xdead_beef);
     q.execute("cont", json!({}));
-    assert_eq!(h.join().unwrap(), 0xdead_beef);
 
     // The guest's own way out: S5 through the ACPI PM control register.
     qt.ok("outw 0x604 0x3400");
@@ -248,6 +241,13 @@ fn a_qtest_vm_migrates_with_its_memory_and_device_state() {
     qt.writew(cc + 0x16, 0); // queue_select
     let qsize = qt.readw(cc + 0x18);
     let config_before = qt.read(ECAM + (3 << 15), 256);
+    // Read as registers (4 bytes at a time), not all ones.
+    assert_eq!(config_before[..4], qt.pci_read32(0, 3, 0, 0).to_le_bytes());
+    assert_eq!(
+        config_before[4..6],
+        [0x06, 0x00],
+        "memory and bus master on"
+    );
     // 24 MiB of pattern, sent at 64 MiB/s: the migration takes a while.
     let chunk: Vec<u8> = (0..65536u32).map(|i| (i ^ (i >> 8)) as u8).collect();
     for i in 0..384u64 {
@@ -265,12 +265,27 @@ fn a_qtest_vm_migrates_with_its_memory_and_device_state() {
     dargs.extend_from_slice(&args);
     let (mut dst, mut dqt) = Qtest::spawn("dst", &dir.path("dst.qtest"), &dargs);
     let mut dq = Qmp::connect(&dsock, T);
+    // libqtest's first request is answered while the VM waits for its
+    // stream; one that reads the guest waits until the guest is here.
+    assert_eq!(dqt.ok("endianness"), "little");
+    let mut early = dqt.try_clone();
+    let first = std::thread::spawn(move || early.read(0x100_0000, 4));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !first.is_finished(),
+        "a read was served before the guest arrived"
+    );
     q.execute("migrate", json!({"uri": incoming}));
 
     // Writes while the pages move: each acknowledged one must arrive.
     let mut acked: BTreeMap<u64, u32> = BTreeMap::new();
     let mut refused = false;
-    for n in 0..100_000u32 {
+    let deadline = std::time::Instant::now() + T;
+    for n in 0.. {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the migration never completed"
+        );
         let addr = 0x100_0000 + u64::from(n % 97) * 0x4_1000 + u64::from(n % 13) * 4;
         let r = qt.cmd(&format!("writel {addr:#x} {:#x}", n | 0x8000_0000));
         if r == "OK" {
@@ -281,7 +296,7 @@ fn a_qtest_vm_migrates_with_its_memory_and_device_state() {
             break;
         }
     }
-    assert!(refused, "the migration never completed while writing");
+    assert!(refused);
     let m = q.wait_migration(T);
     assert_eq!(m["status"], "completed", "{m}");
     assert!(
@@ -290,8 +305,14 @@ fn a_qtest_vm_migrates_with_its_memory_and_device_state() {
         acked.len()
     );
 
-    // The destination runs the guest: its client's requests are served.
+    // The destination runs the guest: its client's requests are served,
+    // the one that waited first (it reads what the source had there).
     assert_eq!(dq.execute("query-status", json!({}))["status"], "running");
+    let got = first.join().unwrap();
+    let want = acked
+        .get(&0x100_0000)
+        .map_or(chunk[..4].to_vec(), |v| v.to_le_bytes().to_vec());
+    assert_eq!(got, want);
     assert_eq!(
         dqt.read(ECAM + (3 << 15), 256),
         config_before,
@@ -545,7 +566,13 @@ fn the_spapr_phb_seed_across_processes() {
         let m = q.wait_migration(T);
         assert_eq!(m["status"], "failed", "{machine}: {m}");
         assert!(!wrong.wait_exit(T).success());
-        assert!(wrong.logged("spapr_pci", T), "{}", wrong.log());
+        // The other layout misreads (a count, the section's end): the
+        // load stops there, naming the bridge's section.
+        assert!(
+            wrong.logged("incoming migration failed", T) && wrong.logged("'spapr_pci'", T),
+            "{}",
+            wrong.log()
+        );
         assert_eq!(q.execute("query-status", json!({}))["status"], "running");
         assert_eq!(qt.readb(cc + 0x14), 0x3, "the source runs on");
 
@@ -565,4 +592,85 @@ fn the_spapr_phb_seed_across_processes() {
         assert_eq!(after, config, "{machine}: configuration space");
         assert_eq!(dqt.readb(cc + 0x14), 0x3, "{machine}: device_status");
     }
+}
+
+/// The RTAS calls a pseries guest needs beside PCI: its clock (read, set,
+/// and carried by a migration), its console, reboot and power-off; calls
+/// with the wrong number of arguments get RTAS's parameter error.
+#[test]
+fn pseries_rtas_clock_console_reboot_and_power_off() {
+    let dir = TempDir::new("qtest-rtas");
+    let (mut vm, mut q, mut qt) = start(&dir, "src", &["-M", "pseries-10.0"]);
+    let now = rtas(&mut qt, "get-time-of-day", &[], 8);
+    assert_eq!(now[0], 0);
+    assert!(
+        (2026..2100).contains(&now[1]) && (1..=12).contains(&now[2]),
+        "{now:?}"
+    );
+    assert_eq!(rtas(&mut qt, "get-time-of-day", &[0], 8)[0] as i32, -3);
+    assert_eq!(rtas(&mut qt, "get-time-of-day", &[], 7)[0] as i32, -3);
+
+    // The guest sets its clock; it runs on from there, and moves with it.
+    let then = [2001, 2, 3, 4, 5, 6, 0];
+    assert_eq!(rtas(&mut qt, "set-time-of-day", &then, 1), [0]);
+    assert_eq!(
+        rtas(&mut qt, "set-time-of-day", &[2001, 13, 1, 0, 0, 0, 0], 1)[0] as i32,
+        -3
+    );
+    let t = rtas(&mut qt, "get-time-of-day", &[], 8);
+    assert_eq!(t[1..6], [2001, 2, 3, 4, 5], "{t:?}");
+    let port = free_port();
+    let (dqmp, dsock) = qmp_arg(&dir, "dst");
+    let incoming = format!("tcp:127.0.0.1:{port}");
+    let (mut dst, mut dqt) = Qtest::spawn(
+        "dst",
+        &dir.path("dst.qtest"),
+        &[
+            "-m",
+            "128M",
+            "-qmp",
+            &dqmp,
+            "-incoming",
+            &incoming,
+            "-M",
+            "pseries-10.0",
+        ],
+    );
+    let mut dq = Qmp::connect(&dsock, T);
+    q.execute("migrate", json!({"uri": incoming}));
+    assert_eq!(q.wait_migration(T)["status"], "completed");
+    let t = rtas(&mut dqt, "get-time-of-day", &[], 8);
+    assert_eq!(
+        t[1..6],
+        [2001, 2, 3, 4, 5],
+        "the destination's clock: {t:?}"
+    );
+
+    // The console: -serial, here the process's stdout.
+    for c in b"rtas-console\n" {
+        assert_eq!(
+            rtas(&mut dqt, "display-character", &[u32::from(*c)], 1),
+            [0]
+        );
+    }
+    dst.wait_prefix("rtas-console", T);
+
+    // A reboot builds the board anew (the client stays); power-off ends.
+    let clock: u64 = dqt.ok("clock_step 1000").parse().unwrap();
+    assert_eq!(rtas(&mut dqt, "system-reboot", &[], 1), [0]);
+    dq.wait_event("RESET", T);
+    // The virtual clock goes on across the reset, as QEMU's.
+    assert_eq!(dqt.ok("clock_step 1"), (clock + 1).to_string());
+    assert_eq!(dqt.cmd("clock_step -5"), "FAIL could not advance time");
+    assert_eq!(rtas(&mut dqt, "power-off", &[0], 1)[0] as i32, -3);
+    // The VM ends with this call; its reply still arrives (vmm writes
+    // the last replies before it exits).
+    dqt.writel(RTAS_ARGS, 0);
+    dqt.writel(RTAS_ARGS + 4, 0);
+    assert_eq!(
+        dqt.cmd(&format!("rtas power-off 2 {RTAS_ARGS:#x} 1 {RTAS_RETS:#x}")),
+        "OK 0"
+    );
+    assert!(dst.wait_exit(T).success(), "{}", dst.log());
+    assert!(vm.try_exit().is_none(), "the source waits, postmigrate");
 }

@@ -145,13 +145,13 @@ fn vmm_fields(d: &serde_json::Value) -> Vec<Shape> {
         .collect()
 }
 
-/// The sPAPR PHB's state as vmm describes it for pseries-2.7 and 2.8 is
+/// The sPAPR PHB's and RTC's state as vmm describes it for pseries-2.7 and 2.8 is
 /// QEMU 7.2's (Debian's qemu-system-ppc64, which dumps without a POWER
 /// host): name, versions, every field in order with its size, the LSI and
 /// MSI structs; on pseries-2.7 with the conditional mig_* fields, on 2.8
 /// without them.
 #[test]
-fn pseries_bridge_state_is_qemus() {
+fn pseries_state_is_qemus() {
     let dir = TempDir::new("vmstate-spapr");
     for (machine, scratch) in [("pseries-2.7", true), ("pseries-2.8", false)] {
         let q = dir.path(&format!("qemu-{machine}.json"));
@@ -189,5 +189,10 @@ fn pseries_bridge_state_is_qemus() {
             "{machine}"
         );
         assert_eq!(vmm_fields(vd), want, "{machine}");
+        // The RTC's offset.
+        let (qr, vr) = (&q["spapr-rtc"]["Description"], &v["sections"]["spapr/rtc"]);
+        assert_eq!(vr["name"], qr["name"], "{machine}");
+        assert_eq!(vr["version_id"], qr["version_id"], "{machine}");
+        assert_eq!(vmm_fields(vr), qemu_fields(qr, None), "{machine}");
     }
 }

@@ -29,7 +29,6 @@ pub struct Args {
     /// -FEATURE, FEATURE=on|off, enforce, check, migratable (-cpu help)
     #[arg(long = "cpu", value_name = "MODEL[,OPTION...]")]
     pub cpu: Option<String>,
-    /// The kernel: an ELF with a PVH entry note (e.g. Linux vmlinux, the test guest)
     /// The accelerator: kvm (the default) or qtest (no vCPUs: a client
     /// drives the board over -qtest)
     #[arg(long = "accel", value_name = "kvm|qtest")]
@@ -39,6 +38,7 @@ pub struct Args {
     #[arg(long = "qtest", value_name = "unix:PATH[,server=on]|stdio")]
     pub qtest: Option<String>,
 
+    /// The kernel: an ELF with a PVH entry note (e.g. Linux vmlinux, the test guest)
     #[arg(long = "kernel", value_name = "FILE")]
     pub kernel: Option<PathBuf>,
     /// An initrd, handed to the kernel as a PVH module

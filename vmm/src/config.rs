@@ -8,22 +8,6 @@ use std::path::PathBuf;
 
 pub const MIN_MEMORY: u64 = 16 << 20;
 pub const MAX_VCPUS: u32 = 255;
-/// The q35 board's root bus, as QEMU names it.
-/// The name of a board's root PCI bus (`bus=` on `-device`), as QEMU's.
-pub fn root_bus(m: &machine::MachineType) -> &'static str {
-    match m.arch {
-        machine::Arch::X86_64 => "pcie.0",
-        machine::Arch::Ppc64 => "pci.0",
-    }
-}
-
-/// The type of a board's own PCI host bridge (`-global TYPE.PROP=V`).
-pub fn host_bridge_type(m: &machine::MachineType) -> &'static str {
-    match m.arch {
-        machine::Arch::X86_64 => "q35-pcihost",
-        machine::Arch::Ppc64 => "spapr-pci-host-bridge",
-    }
-}
 
 /// Where a `-qmp` listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,7 +219,6 @@ pub enum Accel {
 }
 
 #[derive(Debug, Clone)]
-
 pub struct VmConfig {
     pub machine: &'static machine::MachineType,
     pub memory: u64,
@@ -369,7 +352,8 @@ fn parse_devices(
     compat: &[model::CompatEntry],
     globals: &[model::Global],
 ) -> Result<Result<Vec<DeviceConfig>, String>> {
-    let root = root_bus(machine);
+    let root = machine.arch.board().root_bus;
+    let board = machine.arch.board();
     let pseries = machine.arch == machine::Arch::Ppc64;
     let mut out: Vec<DeviceConfig> = vec![];
     for d in &a.device {
@@ -461,10 +445,10 @@ fn parse_devices(
     // PCI addresses: q35's host bridge holds 00.0 (pseries' is not a
     // function on its bus); explicit ones first, then the first free slot
     // for the others.
-    let mut taken: Vec<(u16, String)> = if pseries {
-        vec![]
-    } else {
+    let mut taken: Vec<(u16, String)> = if board.host_bridge_is_function {
         vec![(0, "the host bridge".to_string())]
+    } else {
+        vec![]
     };
     for d in out.iter().filter(|d| d.devfn.is_some()) {
         let devfn = (d.bus as u16) << 8 | d.devfn.unwrap_or_default() as u16;
@@ -480,7 +464,7 @@ fn parse_devices(
     }
     for d in out.iter_mut() {
         if d.devfn.is_none() && model::types::is_a(d.props.type_name, "pci-device") {
-            let slot = (u8::from(!pseries)..32)
+            let slot = (u8::from(board.host_bridge_is_function)..32)
                 .find(|s| !taken.iter().any(|t| t.0 >> 3 == *s as u16))
                 .ok_or_else(|| anyhow!("no free PCI slot left on {root} for {}", d.name()))?;
             d.devfn = Some(slot << 3);
@@ -513,7 +497,7 @@ fn parse_devices(
 /// Resolves every `auto` setting to the value the guest sees, as QEMU's
 /// realize does: `--print-config`, `qom-get` and the board read the same.
 fn resolve_auto(devices: &mut [DeviceConfig], machine: &machine::MachineType, vcpus: u8) {
-    let root = root_bus(machine);
+    let root = machine.arch.board().root_bus;
     let mut nic = 0;
     for d in devices.iter_mut() {
         if let (Some(devfn), None) = (d.devfn, d.props.get("addr")) {
@@ -654,7 +638,12 @@ pub fn from_args(a: Args) -> Result<Action> {
         .filter(|g| !g.starts_with("migration."))
         .map(|g| model::parse_global(g))
         .collect::<Result<Vec<_>, _>>()?;
-    let host_bridge = model::resolve(host_bridge_type(spec.machine), &compat, &globals, &[])?;
+    let host_bridge = model::resolve(
+        spec.machine.arch.board().host_bridge,
+        &compat,
+        &globals,
+        &[],
+    )?;
     let devices = match parse_devices(&a, spec.machine, &compat, &globals)? {
         Ok(d) => d,
         Err(help) => return Ok(Action::Print(help)),

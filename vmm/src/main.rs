@@ -60,6 +60,8 @@ fn main() {
         }
     };
     qmp::remove_sockets();
+    // A qtest request that ended the VM still gets its reply.
+    vmm::qtest::flush(std::time::Duration::from_secs(2));
     use std::io::Write;
     let _ = std::io::stdout().flush();
     std::process::exit(code);

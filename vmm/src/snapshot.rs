@@ -25,14 +25,6 @@ migration::vmstate! {
     }
 }
 
-/// The RAM block's name in the stream, as QEMU names the board's RAM.
-pub fn ram_block(arch: machine::Arch) -> &'static str {
-    match arch {
-        machine::Arch::X86_64 => "pc.ram",
-        machine::Arch::Ppc64 => "ppc_spapr.ram",
-    }
-}
-
 /// Every description a save of machine type `m` writes besides `ram` and
 /// the hypervisor's own (the backend lists those), for -dump-vmstate: the
 /// board's, then every PCI function type's from the device registry.
@@ -50,11 +42,14 @@ pub fn descriptions(m: &machine::MachineType) -> Vec<&'static Description> {
                 .ok()
                 .and_then(|p| p.bool("pre-2.8-migration"))
                 .unwrap_or(false);
-            vec![if pre_2_8 {
-                &devices::pci::spapr_phb::SPAPR_PCI_PRE_2_8
-            } else {
-                &devices::pci::spapr_phb::SPAPR_PCI
-            }]
+            vec![
+                if pre_2_8 {
+                    &devices::pci::spapr_phb::SPAPR_PCI_PRE_2_8
+                } else {
+                    &devices::pci::spapr_phb::SPAPR_PCI
+                },
+                &devices::spapr_rtc::VMSTATE,
+            ]
         }
     };
     std::iter::once(&KVMCLOCK)
@@ -120,7 +115,7 @@ pub fn guest_ram(mem: &GuestMemoryMmap, cfg: &crate::config::VmConfig) -> Ram {
     // `mem`; pages are written only into an incoming VM, before it runs.
     unsafe {
         Ram::new(
-            ram_block(cfg.machine.arch),
+            cfg.machine.arch.board().ram_block,
             ram,
             regions,
             Box::new(mem.clone()),
@@ -178,12 +173,6 @@ fn region_bitmap(
     m.bitmap()
 }
 
-/// The board's devices besides the PCI functions, in stream order: each
-/// named by its description, saved and loaded through [`Migratable`].
-fn board_devices<'a>(p: &Parts<'a>) -> Vec<&'a Mutex<dyn Migratable + Send>> {
-    p.board.clone()
-}
-
 /// Every device's state, in stream order. The VM must be stopped and its
 /// devices paused.
 pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Error> {
@@ -207,7 +196,7 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Err
     ));
     let clock = KvmClockState { clock: p.clock }.to_state();
     out.push((KVMCLOCK.name.into(), 0, &KVMCLOCK, clock));
-    for dev in board_devices(p) {
+    for dev in &p.board {
         let dev = dev.lock().expect("device lock");
         let desc = dev.description();
         out.push((desc.name.into(), 0, desc, dev.state()));
@@ -382,8 +371,10 @@ impl<'a> Target<'a> {
     }
 
     fn board_device(&self, id: &str) -> Option<&'a Mutex<dyn Migratable + Send>> {
-        board_devices(self.parts)
-            .into_iter()
+        self.parts
+            .board
+            .iter()
+            .copied()
             .find(|d| d.lock().expect("device lock").description().name == id)
     }
 }
@@ -477,8 +468,8 @@ impl LoadTarget for Target<'_> {
             ));
         }
         let vmm = vmdesc.and_then(|d| d.get("vmm"));
-        // A VM without vCPUs (qtest) has no CPU to give the guest: what
-        // the source's was travels on untouched in its next stream.
+        // A VM without vCPUs (qtest) has no CPU to check or give (a
+        // stream with vCPU sections is refused before: none is described).
         if let Some(cpu) = self.cpu {
             self.adopt.cpu(vmm.and_then(|v| v.get("cpu")))?;
             for (i, blobs) in std::mem::take(&mut self.cpu_states) {

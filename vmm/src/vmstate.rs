@@ -32,3 +32,48 @@ pub fn dump(path: &Path, m: &'static machine::MachineType) -> Result<()> {
         serde_json::to_string_pretty(&json).context("cannot encode the descriptions")? + "\n";
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use migration::vmstate::Kind;
+
+    /// A counted array's count is an earlier integer field of the same
+    /// description (a declaration the macro cannot check).
+    fn check(d: &Description) {
+        for (i, f) in d.fields.iter().enumerate() {
+            let nested = match f.kind {
+                Kind::VarArray(elem, count) => {
+                    let c = d.fields[..i]
+                        .iter()
+                        .find(|g| g.name == count)
+                        .unwrap_or_else(|| {
+                            panic!("{}.{}: no earlier field '{count}'", d.name, f.name)
+                        });
+                    assert!(
+                        matches!(c.kind, Kind::I32 | Kind::U32 | Kind::U16 | Kind::U8),
+                        "{}.{}: '{count}' is no count",
+                        d.name,
+                        f.name
+                    );
+                    Some(elem)
+                }
+                Kind::Array(elem, _) => Some(elem),
+                _ => None,
+            };
+            if let Kind::Struct(s) = nested.copied().unwrap_or(f.kind) {
+                check(s);
+            }
+        }
+        for s in d.subsections {
+            check(s.desc);
+        }
+    }
+
+    #[test]
+    fn every_counted_array_names_an_earlier_count() {
+        for m in machine::all() {
+            descriptions(m).into_iter().for_each(check);
+        }
+    }
+}

@@ -4,6 +4,11 @@
 
 /// The calls vmm's pseries board serves, with QEMU's tokens.
 pub const CALLS: &[(&str, u32)] = &[
+    ("display-character", 0x2000),
+    ("get-time-of-day", 0x2001),
+    ("set-time-of-day", 0x2002),
+    ("power-off", 0x2003),
+    ("system-reboot", 0x2004),
     ("read-pci-config", 0x2014),
     ("write-pci-config", 0x2015),
     ("ibm,read-pci-config", 0x2016),

@@ -230,17 +230,13 @@ fn query_machines(t: &mut dyn Target, _: &Map<String, Value>) -> Result<Value, Q
     let mut v: Vec<Value> = machine::all()
         .filter(|m| m.arch == arch)
         .map(|m| {
-            let (ram_id, acpi) = match arch {
-                machine::Arch::X86_64 => ("pc.ram", true),
-                machine::Arch::Ppc64 => ("ppc_spapr.ram", false),
-            };
+            let board = arch.board();
             let mut o = json!({"name": m.name, "cpu-max": crate::config::MAX_VCPUS, "hotpluggable-cpus": false,
-                "numa-mem-supported": false, "deprecated": false, "acpi": acpi, "default-ram-id": ram_id});
+                "numa-mem-supported": false, "deprecated": false, "acpi": board.acpi, "default-ram-id": board.ram_block});
+            // The newest of the board is its binary's default in QEMU.
             if std::ptr::eq(m, newest) {
                 let alias = machine::ALIASES.iter().find(|a| a.1 == arch).map_or("", |a| a.0);
                 o["alias"] = alias.into();
-            }
-            if std::ptr::eq(m, machine::newest()) {
                 o["is-default"] = true.into();
             }
             o

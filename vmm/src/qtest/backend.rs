@@ -1,15 +1,17 @@
 //! The qtest accelerator as a hypervisor backend: a VM with RAM, doorbells
 //! and a virtual clock, and no vCPUs. The qtest client is its only CPU:
-//! its memory writes go through here, into this backend's dirty log, as a
-//! vCPU's go into KVM's; a message-signalled interrupt is the memory write
+//! its accesses reach RAM through the board's guest memory (volatile, and
+//! in the devices' dirty bitmap, which the migration reads with the
+//! hypervisor's log); a message-signalled interrupt is the memory write
 //! it is on the bus (QEMU's qtest sees MSI the same way); doorbells take
 //! the writes KVM's ioeventfds would.
 
 use crate::hypervisor::{Blobs, Error, Hypervisor, Vcpu, Vm};
-use devices::virtio::{Doorbell, VmOps};
+use devices::virtio::{Doorbell, Memory, VmOps};
 use migration::vmstate::Description;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 migration::vmstate! {
@@ -25,125 +27,72 @@ const PAGE: u64 = 4096;
 pub struct QtestHypervisor;
 
 impl Hypervisor for QtestHypervisor {
-    fn create_vm(&self) -> Result<Arc<dyn Vm>, Error> {
-        Ok(Arc::new(QtestVm::default()))
+    fn create_vm(&self) -> Result<std::sync::Arc<dyn Vm>, Error> {
+        Ok(std::sync::Arc::new(QtestVm::default()))
     }
 }
-
-/// One RAM slot: where the host has it, and the pages qtest wrote.
-struct Slot {
-    gpa: u64,
-    size: u64,
-    host: *mut u8,
-    dirty: Vec<AtomicU64>,
-}
-
-// SAFETY: `host` is a mapping the board owns for the VM's lifetime (the
-// contract of `Vm::add_memory`); every access goes through `copy` below,
-// which stays inside the slot.
-unsafe impl Send for Slot {}
-// SAFETY: as above; the dirty bitmap is atomic.
-unsafe impl Sync for Slot {}
 
 /// A VM run by a qtest client instead of vCPUs.
 #[derive(Default)]
 pub struct QtestVm {
-    slots: Mutex<Vec<Arc<Slot>>>,
+    /// The board's guest memory, once it has some ([`QtestVm::attach`]).
+    mem: OnceLock<Memory>,
+    /// Each memory slot's size (the dirty log's length).
+    slots: Mutex<Vec<u64>>,
     doorbells: Mutex<Vec<(EventFd, Doorbell)>>,
     /// QEMU_CLOCK_VIRTUAL: moved only by `clock_step`/`clock_set`.
     clock: AtomicU64,
-    logging: AtomicBool,
-}
-
-/// What a qtest access on the port or memory bus became.
-pub enum Rang {
-    /// A doorbell took the write.
-    Doorbell,
-    /// Nobody: it goes to the bus.
-    No,
 }
 
 impl QtestVm {
-    fn slot(&self, gpa: u64, len: usize) -> Option<Arc<Slot>> {
-        let end = gpa.checked_add(len as u64)?;
-        self.slots
-            .lock()
-            .expect("slots lock")
-            .iter()
-            .find(|s| gpa >= s.gpa && end <= s.gpa + s.size)
-            .cloned()
+    /// Gives the VM the board's guest memory (the same mappings its slots
+    /// were added from).
+    pub fn attach(&self, mem: &Memory) {
+        let _ = self.mem.set(mem.clone());
     }
 
-    /// Reads guest RAM at `gpa`; false if the range is not all in one RAM slot.
+    /// Reads guest RAM at `gpa`; false unless all of it is RAM.
     pub fn read_ram(&self, gpa: u64, data: &mut [u8]) -> bool {
-        let Some(s) = self.slot(gpa, data.len()) else {
-            return false;
-        };
-        // SAFETY: the range is inside the slot's mapping (checked above),
-        // which lives as long as the VM.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                s.host.add((gpa - s.gpa) as usize),
-                data.as_mut_ptr(),
-                data.len(),
-            )
-        };
-        true
+        self.mem
+            .get()
+            .is_some_and(|m| m.read_slice(data, GuestAddress(gpa)).is_ok())
     }
 
-    /// Writes guest RAM at `gpa` and logs the pages dirty; false if the
-    /// range is not all in one RAM slot.
+    /// Writes guest RAM at `gpa` (logged dirty); false unless all of it
+    /// is RAM.
     pub fn write_ram(&self, gpa: u64, data: &[u8]) -> bool {
-        let Some(s) = self.slot(gpa, data.len()) else {
-            return false;
-        };
-        // SAFETY: as in read_ram.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                s.host.add((gpa - s.gpa) as usize),
-                data.len(),
-            )
-        };
-        if !data.is_empty() {
-            let first = (gpa - s.gpa) / PAGE;
-            let last = (gpa - s.gpa + data.len() as u64 - 1) / PAGE;
-            for p in first..=last {
-                s.dirty[(p / 64) as usize].fetch_or(1 << (p % 64), Ordering::SeqCst);
-            }
-        }
-        true
+        self.mem
+            .get()
+            .is_some_and(|m| m.write_slice(data, GuestAddress(gpa)).is_ok())
     }
 
-    /// A port write of `data`: a doorbell registered for it takes it (as
-    /// a KVM ioeventfd with its queue index as data match).
-    pub fn ring_pio(&self, port: u16, data: &[u8]) -> Rang {
+    /// A port write of `data`: whether a doorbell took it (as a KVM
+    /// ioeventfd with its queue index as data match).
+    pub fn ring_pio(&self, port: u16, data: &[u8]) -> bool {
         let value = match *data {
             [a, b] => u16::from_le_bytes([a, b]),
-            _ => return Rang::No,
+            _ => return false,
         };
         self.ring(
             |b| matches!(b, Doorbell::Pio { port: p, queue } if *p == port && *queue == value),
         )
     }
 
-    /// A memory write at `addr`: a doorbell at that address takes it (any
-    /// value, as KVM's ioeventfd without data match).
-    pub fn ring_mmio(&self, addr: u64) -> Rang {
+    /// A memory write at `addr`: whether a doorbell at that address took
+    /// it (any value, as KVM's ioeventfd without data match).
+    pub fn ring_mmio(&self, addr: u64) -> bool {
         self.ring(|b| matches!(b, Doorbell::Mmio { addr: a } if *a == addr))
     }
 
-    fn ring(&self, hit: impl Fn(&Doorbell) -> bool) -> Rang {
+    fn ring(&self, hit: impl Fn(&Doorbell) -> bool) -> bool {
         let bells = self.doorbells.lock().expect("doorbells lock");
-        match bells.iter().find(|(_, b)| hit(b)) {
-            Some((fd, _)) => {
-                if let Err(e) = fd.write(1) {
-                    log::warn!("qtest: a doorbell's eventfd refused a write: {e}");
-                }
-                Rang::Doorbell
-            }
-            None => Rang::No,
+        let Some((fd, _)) = bells.iter().find(|(_, b)| hit(b)) else {
+            return false;
+        };
+        if let Err(e) = fd.write(1) {
+            log::warn!("qtest: a doorbell's eventfd refused a write: {e}");
         }
+        true
     }
 }
 
@@ -154,13 +103,6 @@ fn same_bell(a: &Doorbell, b: &Doorbell) -> bool {
         }
         (Doorbell::Mmio { addr: x }, Doorbell::Mmio { addr }) => x == addr,
         _ => false,
-    }
-}
-
-fn io_error(what: &'static str, kind: std::io::ErrorKind) -> Error {
-    Error {
-        what,
-        source: std::io::Error::from(kind),
     }
 }
 
@@ -190,70 +132,50 @@ impl VmOps for QtestVm {
         Ok(())
     }
 
-    fn remove_doorbell(&self, fd: &EventFd, bell: Doorbell) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let mut bells = self.doorbells.lock().expect("doorbells lock");
-        // The same eventfd (its clone here is another descriptor of it).
-        let same_file = |a: &EventFd| {
-            let st = |f: i32| {
-                // SAFETY: fstat on a descriptor we hold, into a zeroed struct.
-                let mut s: libc::stat = unsafe { std::mem::zeroed() };
-                // SAFETY: as above.
-                (unsafe { libc::fstat(f, &mut s) } == 0).then_some((s.st_dev, s.st_ino))
-            };
-            st(a.as_raw_fd()).is_some() && st(a.as_raw_fd()) == st(fd.as_raw_fd())
-        };
-        bells.retain(|(f, b)| !(same_bell(b, &bell) && same_file(f)));
+    /// Removes the doorbell at `bell` (one device's queue has one; the
+    /// eventfd is not compared: every eventfd is the same anonymous file).
+    fn remove_doorbell(&self, _: &EventFd, bell: Doorbell) -> std::io::Result<()> {
+        self.doorbells
+            .lock()
+            .expect("doorbells lock")
+            .retain(|(_, b)| !same_bell(b, &bell));
         Ok(())
     }
 }
 
 impl Vm for QtestVm {
+    /// Records the slot's size; the memory itself is reached through the
+    /// board's guest memory ([`QtestVm::attach`]), never this pointer.
     unsafe fn add_memory(
         &self,
         slot: u32,
-        gpa: u64,
+        _gpa: u64,
         size: u64,
-        host: *mut u8,
+        _host: *mut u8,
     ) -> Result<(), Error> {
-        let pages = size.div_ceil(PAGE);
         let mut slots = self.slots.lock().expect("slots lock");
         if slot as usize != slots.len() {
-            return Err(io_error(
-                "qtest: memory slots must be added in order",
-                std::io::ErrorKind::InvalidInput,
-            ));
+            return Err(Error {
+                what: "qtest: memory slots must be added in order",
+                source: std::io::ErrorKind::InvalidInput.into(),
+            });
         }
-        slots.push(Arc::new(Slot {
-            gpa,
-            size,
-            host,
-            dirty: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-        }));
+        slots.push(size);
         Ok(())
     }
 
-    fn set_dirty_logging(&self, on: bool) -> Result<(), Error> {
-        if on && !self.logging.swap(true, Ordering::SeqCst) {
-            for s in self.slots.lock().expect("slots lock").iter() {
-                for w in &s.dirty {
-                    w.store(0, Ordering::SeqCst);
-                }
-            }
-        }
-        self.logging.store(on, Ordering::SeqCst);
+    fn set_dirty_logging(&self, _: bool) -> Result<(), Error> {
         Ok(())
     }
 
+    /// No vCPU writes: every write is in the devices' bitmap.
     fn dirty_log(&self, slot: u32) -> Result<Vec<u64>, Error> {
         let slots = self.slots.lock().expect("slots lock");
-        let s = slots
-            .get(slot as usize)
-            .ok_or_else(|| io_error("qtest: no such memory slot", std::io::ErrorKind::NotFound))?;
-        Ok(s.dirty
-            .iter()
-            .map(|w| w.swap(0, Ordering::SeqCst))
-            .collect())
+        let size = slots.get(slot as usize).ok_or(Error {
+            what: "qtest: no such memory slot",
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        Ok(vec![0; size.div_ceil(PAGE).div_ceil(64) as usize])
     }
 
     fn add_irqfd(&self, _: &EventFd, gsi: u32) -> Result<(), Error> {
@@ -262,10 +184,10 @@ impl Vm for QtestVm {
     }
 
     fn create_vcpu(&self, _: u8) -> Result<Box<dyn Vcpu>, Error> {
-        Err(io_error(
-            "the qtest accelerator has no vCPUs",
-            std::io::ErrorKind::Unsupported,
-        ))
+        Err(Error {
+            what: "the qtest accelerator has no vCPUs",
+            source: std::io::ErrorKind::Unsupported.into(),
+        })
     }
 
     fn clock(&self) -> Result<u64, Error> {
@@ -299,25 +221,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn writes_are_logged_dirty_and_msi_lands_in_ram() {
-        let mut ram = vec![0u8; 8 * PAGE as usize];
+    fn ram_writes_and_msi_land_in_guest_memory_and_its_dirty_bitmap() {
+        let mem = Memory::from_ranges(&[(GuestAddress(0x10000), 8 * PAGE as usize)]).unwrap();
         let vm = QtestVm::default();
-        // SAFETY: `ram` outlives `vm` in this test.
-        unsafe { vm.add_memory(0, 0x10000, ram.len() as u64, ram.as_mut_ptr()) }.unwrap();
-        vm.set_dirty_logging(true).unwrap();
+        assert!(!vm.write_ram(0x10000, &[1]), "no memory yet");
+        vm.attach(&mem);
         assert!(vm.write_ram(0x10000 + PAGE - 2, &[1, 2, 3, 4]));
         assert!(
             !vm.write_ram(0x10000 + 8 * PAGE - 2, &[1, 2, 3, 4]),
-            "past the slot"
+            "past RAM"
         );
         vm.signal_msi(0x10000 + 5 * PAGE, 0xfeed).unwrap();
-        assert_eq!(vm.dirty_log(0).unwrap(), vec![0b100011]);
-        assert_eq!(vm.dirty_log(0).unwrap(), vec![0], "the log clears");
         let mut b = [0u8; 4];
         assert!(vm.read_ram(0x10000 + 5 * PAGE, &mut b));
         assert_eq!(u32::from_le_bytes(b), 0xfeed);
-        drop(vm);
-        assert_eq!(ram[PAGE as usize - 2..PAGE as usize + 2], [1, 2, 3, 4]);
+        use vm_memory::GuestMemoryBackend;
+        let region = mem.iter().next().unwrap();
+        let bitmap: &vm_memory::MmapRegion<vm_memory::bitmap::AtomicBitmap> = region;
+        let dirty = bitmap.bitmap().get_and_reset();
+        assert_eq!(dirty[0] & 0b100011, 0b100011, "{dirty:?}");
     }
 
     #[test]
@@ -334,16 +256,13 @@ mod tests {
         .unwrap();
         vm.add_doorbell(&fd, Doorbell::Mmio { addr: 0xfe00_3000 })
             .unwrap();
-        assert!(
-            matches!(vm.ring_pio(0xc010, &[0, 0]), Rang::No),
-            "queue 0 is not ours"
-        );
-        assert!(matches!(vm.ring_pio(0xc010, &[1, 0]), Rang::Doorbell));
-        assert!(matches!(vm.ring_mmio(0xfe00_3000), Rang::Doorbell));
+        assert!(!vm.ring_pio(0xc010, &[0, 0]), "queue 0 is not ours");
+        assert!(vm.ring_pio(0xc010, &[1, 0]));
+        assert!(vm.ring_mmio(0xfe00_3000));
         assert_eq!(fd.read().unwrap(), 2);
         vm.remove_doorbell(&fd, Doorbell::Mmio { addr: 0xfe00_3000 })
             .unwrap();
-        assert!(matches!(vm.ring_mmio(0xfe00_3000), Rang::No));
-        assert!(matches!(vm.ring_pio(0xc010, &[1, 0]), Rang::Doorbell));
+        assert!(!vm.ring_mmio(0xfe00_3000));
+        assert!(vm.ring_pio(0xc010, &[1, 0]));
     }
 }

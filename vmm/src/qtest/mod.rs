@@ -17,13 +17,15 @@
 mod backend;
 pub mod protocol;
 
-pub use backend::{QtestHypervisor, QtestVm, Rang, QTEST};
+pub use backend::{QtestHypervisor, QtestVm, QTEST};
 
 use anyhow::{anyhow, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
+use std::time::{Duration, Instant};
 
 /// Where the qtest client is (`-qtest`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,7 +81,31 @@ impl std::str::FromStr for QtestAddr {
 /// A request for the main loop and where its reply goes.
 pub struct Call {
     pub request: protocol::Request,
-    pub reply: SyncSender<String>,
+    reply: SyncSender<String>,
+}
+
+/// Replies handed to the client's thread and not written yet.
+static UNWRITTEN: AtomicUsize = AtomicUsize::new(0);
+
+impl Call {
+    /// Hands the reply to the client's thread, which writes it.
+    pub fn answer(self, reply: String) {
+        UNWRITTEN.fetch_add(1, Ordering::SeqCst);
+        if self.reply.send(reply).is_err() {
+            // The client left: nothing will be written.
+            UNWRITTEN.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Waits (up to `timeout`) until every answered request's reply is on
+/// the socket: the last request may have ended the VM (a power-off), and
+/// its `OK` must still reach the client before the process exits.
+pub fn flush(timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while UNWRITTEN.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 type Halves = (Box<dyn BufRead + Send>, Box<dyn Write + Send>);
@@ -99,9 +125,15 @@ pub fn start(addr: &QtestAddr, serve: impl Fn(Call) -> bool + Send + 'static) ->
             let l = migration::transport::bind_unix_private(p)
                 .with_context(|| format!("cannot listen for qtest on {}", p.display()))?;
             Box::new(
-                std::iter::repeat_with(move || l.accept())
-                    .filter_map(|r| r.ok())
-                    .filter_map(|(s, _)| halves(s).ok()),
+                std::iter::repeat_with(move || {
+                    l.accept().map_err(|e| {
+                        // Out of descriptors, say: not a busy loop.
+                        log::warn!("qtest: accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    })
+                })
+                .filter_map(|r| r.ok())
+                .filter_map(|(s, _)| halves(s).ok()),
             )
         }
         QtestAddr::Stdio => Box::new(std::iter::once((
@@ -155,20 +187,31 @@ fn serve_client(
                     return false;
                 }
                 match rx.recv() {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        let written = write_reply(&mut w, &r);
+                        UNWRITTEN.fetch_sub(1, Ordering::SeqCst);
+                        if !written {
+                            return true;
+                        }
+                        continue;
+                    }
                     // The VM ended with the request unanswered.
                     Err(_) => return false,
                 }
             }
         };
-        if w.write_all(reply.as_bytes())
-            .and_then(|_| w.write_all(b"\n"))
-            .and_then(|_| w.flush())
-            .is_err()
-        {
+        if !write_reply(&mut w, &reply) {
             return true;
         }
     }
+}
+
+/// One reply line; false if the client is gone.
+fn write_reply(w: &mut Box<dyn Write + Send>, reply: &str) -> bool {
+    w.write_all(reply.as_bytes())
+        .and_then(|_| w.write_all(b"\n"))
+        .and_then(|_| w.flush())
+        .is_ok()
 }
 
 #[cfg(test)]

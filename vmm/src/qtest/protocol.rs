@@ -66,10 +66,11 @@ pub enum Request {
     Memset { addr: u64, len: u64, byte: u8 },
     /// `endianness`.
     Endianness,
-    /// `clock_step [NS]`: by NS, or to the next timer deadline.
-    ClockStep(Option<u64>),
+    /// `clock_step [NS]`: by NS, or to the next timer deadline (NS is an
+    /// int64, as QEMU reads it: a negative step fails).
+    ClockStep(Option<i64>),
     /// `clock_set NS`.
-    ClockSet(u64),
+    ClockSet(i64),
     /// `irq_intercept_in|irq_intercept_out QOM-PATH [NAME]`.
     IrqIntercept { outbound: bool, path: String },
     /// `set_irq_in QOM-PATH NAME NUM LEVEL`.
@@ -140,6 +141,19 @@ pub fn number(s: &str) -> Option<u64> {
     Some(if neg { v.wrapping_neg() } else { v })
 }
 
+/// `qemu_strtoi64(s, NULL, 0)`: [`number`]'s syntax, signed.
+pub fn signed(s: &str) -> Option<i64> {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    if digits.starts_with(['-', '+']) {
+        return None;
+    }
+    let v = i64::try_from(number(digits)?).ok()?;
+    Some(if neg { -v } else { v })
+}
+
 /// Parses one request line (without its newline).
 pub fn parse(line: &str) -> Result<Request, Error> {
     let words: Vec<&str> = line.split(' ').collect();
@@ -157,6 +171,13 @@ pub fn parse(line: &str) -> Result<Request, Error> {
     let num = |i: usize, what: &'static str| -> Result<u64, Error> {
         let w = arg(i, what)?;
         number(w).ok_or_else(|| Error::Number {
+            command: command.to_string(),
+            word: w.to_string(),
+        })
+    };
+    let int = |i: usize, what: &'static str| -> Result<i64, Error> {
+        let w = arg(i, what)?;
+        signed(w).ok_or_else(|| Error::Number {
             command: command.to_string(),
             word: w.to_string(),
         })
@@ -246,10 +267,10 @@ pub fn parse(line: &str) -> Result<Request, Error> {
         },
         "endianness" => Request::Endianness,
         "clock_step" => Request::ClockStep(match words.get(1) {
-            Some(w) if !w.is_empty() => Some(num(1, "nanoseconds")?),
+            Some(w) if !w.is_empty() => Some(int(1, "nanoseconds")?),
             _ => None,
         }),
-        "clock_set" => Request::ClockSet(num(1, "nanoseconds")?),
+        "clock_set" => Request::ClockSet(int(1, "nanoseconds")?),
         "irq_intercept_in" | "irq_intercept_out" => Request::IrqIntercept {
             outbound: command.ends_with("out"),
             path: arg(1, "QOM path")?.to_string(),
@@ -300,7 +321,13 @@ fn from_hex(hex: &str, len: usize) -> Option<Vec<u8>> {
 
 /// Lower-case hex digits, two per byte (the `read` reply after `0x`).
 pub fn to_hex(data: &[u8]) -> String {
-    data.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * data.len());
+    for b in data {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -358,6 +385,11 @@ mod tests {
         assert_eq!(number("0x"), None);
         assert_eq!(number("09"), None);
         assert_eq!(number("x"), None);
+        assert_eq!(signed("-5"), Some(-5));
+        assert_eq!(signed("0x10"), Some(16));
+        assert_eq!(signed("--5"), None);
+        assert_eq!(signed("0xffffffffffffffff"), None);
+        assert_eq!(to_hex(&[0, 0xab, 0x7f]), "00ab7f");
     }
 
     #[test]
@@ -411,6 +443,7 @@ mod tests {
             })
         );
         assert_eq!(parse("clock_step 100"), Ok(Request::ClockStep(Some(100))));
+        assert_eq!(parse("clock_step -1"), Ok(Request::ClockStep(Some(-1))));
         assert_eq!(
             parse("memset 0 16 0x1ff"),
             Ok(Request::Memset {

@@ -58,6 +58,11 @@ pub(super) enum Platform {
     },
     Spapr {
         phb: Arc<Mutex<devices::pci::spapr_phb::SpaprPhb>>,
+        rtc: Arc<Mutex<devices::spapr_rtc::SpaprRtc>>,
+        /// Where RTAS power-off and system-reboot go.
+        events: EventSink,
+        /// Where RTAS display-character writes (the console).
+        console: Arc<Mutex<Box<dyn Write + Send>>>,
     },
 }
 
@@ -66,9 +71,21 @@ impl Platform {
     pub(super) fn migratable(&self) -> Vec<&Mutex<dyn migration::vmstate::Migratable + Send>> {
         match self {
             Platform::Q35 { serial, pm, pci_io } => vec![&**serial, &**pm, &**pci_io],
-            Platform::Spapr { phb } => vec![&**phb],
+            Platform::Spapr { phb, rtc, .. } => vec![&**phb, &**rtc],
         }
     }
+}
+
+/// Where the guest's console output goes (`-serial`).
+pub(super) fn console_output(cfg: &VmConfig) -> Result<Box<dyn Write + Send>> {
+    Ok(match &cfg.serial {
+        SerialBackend::Stdio => Box::new(Unbuffered(std::io::stdout())),
+        SerialBackend::File(p) => Box::new(
+            File::create(p)
+                .with_context(|| format!("cannot create serial output file {}", p.display()))?,
+        ),
+        SerialBackend::None => Box::new(std::io::sink()),
+    })
 }
 
 /// Where firmware would start I/O BARs (above the ISA and chipset ports).
@@ -164,20 +181,16 @@ fn q35(
 
     // Guest RAM: below the PCI hole, the rest from 4 GiB.
     let mem = guest_memory(cfg, &*vm, layout::ram_regions(cfg.memory))?;
+    if let Some(q) = vm.qtest() {
+        q.attach(&mem);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let sink = event_sink(&events, gen, &stop);
 
     // Devices.
     let mut io = Bus::new();
     let mut mmio = Bus::new();
-    let serial_out: Box<dyn Write + Send> = match &cfg.serial {
-        SerialBackend::Stdio => Box::new(Unbuffered(std::io::stdout())),
-        SerialBackend::File(p) => Box::new(
-            File::create(p)
-                .with_context(|| format!("cannot create serial output file {}", p.display()))?,
-        ),
-        SerialBackend::None => Box::new(std::io::sink()),
-    };
+    let serial_out = console_output(cfg)?;
     let serial_irq =
         EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).context("cannot create an eventfd")?;
     vm.add_irqfd(&serial_irq, 4)?;

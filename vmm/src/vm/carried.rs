@@ -314,7 +314,7 @@ fn adopt(
 ) -> Result<Option<Adopted>, LoadError> {
     let at = bdf.to_string();
     // q35's host bridge is the function at 00:00.0; on pseries a device is.
-    let index = if bdf == HOST_BRIDGE && cfg.machine.arch == machine::Arch::X86_64 {
+    let index = if bdf == HOST_BRIDGE && cfg.machine.arch.board().host_bridge_is_function {
         None
     } else {
         Some(

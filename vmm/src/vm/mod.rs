@@ -169,11 +169,16 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         log::info!("starting paused (-S)");
     }
     let mut gen = 0u64;
+    // qtest's virtual clock goes on across resets (QEMU's does).
+    let mut virtual_clock = None;
     let restore_from = cfg.incoming.clone();
     let no_reboot = cfg.no_reboot;
     loop {
         gen += 1;
         let board = build(&*hypervisor, cfg, ctl_tx.clone(), gate.clone(), gen)?;
+        if let Some(ns) = virtual_clock {
+            board.vm.set_clock(ns)?;
+        }
         log::info!(
             "{name}: {} with {} vCPU(s) and {} MiB started",
             cfg.machine.name,
@@ -209,10 +214,12 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             }
         }
         let end = loop {
+            let handed_over = session.handed_over();
             qtest::serve(
                 &board,
                 qtest::Endian::of(session.cfg.machine.arch),
                 session.status,
+                handed_over,
                 session.qtest,
             );
             // Auto-converge: kick the vCPUs every 10 ms so they sleep their
@@ -309,6 +316,9 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
             } else {
                 RunState::Paused
             };
+        }
+        if board.vm.qtest().is_some() {
+            virtual_clock = board.vm.clock().ok();
         }
         board.shutdown();
         match end {

@@ -1,11 +1,11 @@
 //! The qtest client's requests, served on the board (`-accel qtest`): the
 //! port and memory accesses a vCPU would make, through the same buses;
-//! RAM through the backend (its dirty log sees them), doorbells first as
-//! KVM's ioeventfds would take them.
+//! RAM through the board's guest memory, doorbells first as KVM's
+//! ioeventfds would take them.
 
 use super::board::{Board, Platform};
 use crate::qtest::protocol::{to_base64, to_hex, Request, Width};
-use crate::qtest::{QtestVm, Rang};
+use crate::qtest::{Call, QtestVm};
 use crate::runstate::RunState;
 use std::collections::VecDeque;
 
@@ -18,47 +18,70 @@ pub(super) enum Endian {
 
 impl Endian {
     pub(super) fn of(arch: machine::Arch) -> Endian {
-        match arch {
-            machine::Arch::X86_64 => Endian::Little,
-            // QEMU's ppc64 target is big-endian, whatever the guest runs.
-            machine::Arch::Ppc64 => Endian::Big,
+        if arch.board().big_endian {
+            Endian::Big
+        } else {
+            Endian::Little
         }
     }
 }
 
-/// Serves the waiting requests, in order, while the VM runs; once its
-/// guest has gone to a migration's destination they fail (the guest never
-/// runs here again); otherwise they wait.
+/// What becomes of a request in the VM's state.
+enum Turn {
+    Serve,
+    /// Until the state changes: a write now could escape the migration
+    /// (its last pass, or the stream being loaded, would not see it).
+    Hold,
+    /// The guest runs on the migration's destination now.
+    Refuse,
+}
+
+fn turn(request: &Request, status: RunState, handed_over: bool) -> Turn {
+    if matches!(request, Request::Endianness) {
+        return Turn::Serve;
+    }
+    if handed_over {
+        return Turn::Refuse;
+    }
+    match status {
+        RunState::InMigrate | RunState::FinishMigrate => Turn::Hold,
+        _ => Turn::Serve,
+    }
+}
+
+/// Serves the waiting requests in order, up to the first that must wait
+/// (QEMU serves every request at once; vmm holds those that touch the
+/// guest while a migration takes or gives its state).
 pub(super) fn serve(
     board: &Board,
     endian: Endian,
     status: RunState,
-    waiting: &mut VecDeque<crate::qtest::Call>,
+    handed_over: bool,
+    waiting: &mut VecDeque<Call>,
 ) {
-    if !matches!(status, RunState::Running | RunState::PostMigrate) {
-        return;
-    }
-    while let Some(call) = waiting.pop_front() {
-        let reply = if status == RunState::Running {
-            execute(board, endian, call.request)
-        } else {
-            "FAIL the guest has moved to its migration's destination: nothing runs here".into()
+    while let Some(call) = waiting.front() {
+        let reply = match turn(&call.request, status, handed_over) {
+            Turn::Hold => return,
+            Turn::Refuse => {
+                "FAIL the guest has moved to its migration's destination: nothing runs here".into()
+            }
+            Turn::Serve => execute(board, endian, &call.request),
         };
-        // A client that left no longer waits for it.
-        let _ = call.reply.send(reply);
+        let call = waiting.pop_front().expect("the front");
+        call.answer(reply);
     }
 }
 
-fn execute(board: &Board, endian: Endian, request: Request) -> String {
+fn execute(board: &Board, endian: Endian, request: &Request) -> String {
     let Some(q) = board.vm.qtest() else {
         return "FAIL this VM is not run by the qtest accelerator".into();
     };
     let mem = Mem { board, q };
-    match request {
+    match *request {
         Request::Out { width, port, value } => {
             let bytes = u64::from(value).to_le_bytes();
             let data = &bytes[..width.bytes()];
-            if let Rang::No = q.ring_pio(port, data) {
+            if !q.ring_pio(port, data) {
                 board.buses.io.write(u64::from(port), data);
             }
             "OK".into()
@@ -71,8 +94,8 @@ fn execute(board: &Board, endian: Endian, request: Request) -> String {
             format!("OK 0x{v:04x}")
         }
         Request::Write { width, addr, value } => {
-            let v = width.truncate(value);
             let n = width.bytes();
+            let v = width.truncate(value);
             let bytes = match endian {
                 Endian::Little => v.to_le_bytes()[..n].to_vec(),
                 Endian::Big => v.to_be_bytes()[8 - n..].to_vec(),
@@ -104,8 +127,8 @@ fn execute(board: &Board, endian: Endian, request: Request) -> String {
                 format!("OK 0x{}", to_hex(&data))
             }
         }
-        Request::WriteBuf { addr, data } => {
-            mem.write(addr, &data);
+        Request::WriteBuf { addr, ref data } => {
+            mem.write(addr, data);
             "OK".into()
         }
         Request::Memset { addr, len, byte } => {
@@ -123,30 +146,26 @@ fn execute(board: &Board, endian: Endian, request: Request) -> String {
         }
         Request::ClockStep(Some(ns)) => {
             let now = board.vm.clock().unwrap_or_default();
-            let to = now.saturating_add(ns);
-            if to > now && board.vm.set_clock(to).is_ok() {
-                format!("OK {to}")
-            } else {
-                "FAIL could not advance time".into()
+            match u64::try_from(ns).ok().and_then(|ns| now.checked_add(ns)) {
+                Some(to) if to > now && board.vm.set_clock(to).is_ok() => format!("OK {to}"),
+                _ => "FAIL could not advance time".into(),
             }
         }
         Request::ClockSet(ns) => {
             let now = board.vm.clock().unwrap_or_default();
             // The clock only moves forward; QEMU answers FAIL with where
             // it is when it cannot be where asked.
-            if ns > now && board.vm.set_clock(ns).is_ok() {
-                format!("OK {ns}")
-            } else if ns == now {
-                format!("OK {now}")
-            } else {
-                format!("FAIL {now}")
+            match u64::try_from(ns) {
+                Ok(to) if to > now && board.vm.set_clock(to).is_ok() => format!("OK {to}"),
+                Ok(to) if to == now => format!("OK {now}"),
+                _ => format!("FAIL {now}"),
             }
         }
-        Request::IrqIntercept { path, .. } | Request::SetIrqIn { path } => format!(
+        Request::IrqIntercept { ref path, .. } | Request::SetIrqIn { ref path } => format!(
             "FAIL {path}: vmm's qtest does not reach interrupt lines yet (MSI-X messages land in guest memory, where the device was told to write them)"
         ),
         Request::Rtas {
-            name,
+            ref name,
             nargs,
             args,
             nret,
@@ -155,18 +174,23 @@ fn execute(board: &Board, endian: Endian, request: Request) -> String {
             if !matches!(board.platform, Platform::Spapr { .. }) {
                 return format!("FAIL rtas {name}: this machine has no RTAS (sPAPR machines do)");
             }
-            // RTAS cells are big-endian 32-bit words in guest memory.
+            // RTAS cells are big-endian 32-bit words in guest memory;
+            // addresses wrap, as QEMU's do.
+            let cell = |base: u64, i: u64| base.wrapping_add(4 * i);
             let argv: Vec<u32> = (0..u64::from(nargs))
                 .map(|i| {
                     let mut b = [0; 4];
-                    mem.read(args + 4 * i, &mut b);
+                    mem.read(cell(args, i), &mut b);
                     u32::from_be_bytes(b)
                 })
                 .collect();
-            match super::spapr::rtas(board, &name, &argv, nret as usize) {
+            match super::spapr::rtas(board, name, &argv, nret as usize) {
                 Some(rets) => {
-                    for (i, r) in rets.iter().take(nret as usize).enumerate() {
-                        mem.write(ret + 4 * i as u64, &r.to_be_bytes());
+                    // A refused call's status is written even with no
+                    // room for it, as QEMU's `rtas_st(rets, 0, ...)`.
+                    let room = (nret as usize).max(1);
+                    for (i, r) in rets.iter().take(room).enumerate() {
+                        mem.write(cell(ret, i as u64), &r.to_be_bytes());
                     }
                     // QEMU answers H_SUCCESS; the call's status is in
                     // its first result.
@@ -208,20 +232,23 @@ impl Mem<'_> {
         }
         for (at, chunk) in pieces(addr, data.len()) {
             let buf = &data[chunk];
-            if self.q.write_ram(at, buf) {
+            if self.q.write_ram(at, buf) || self.q.ring_mmio(at) {
                 continue;
             }
-            if let Rang::No = self.q.ring_mmio(at) {
-                if !self.board.buses.mmio.write(at, buf) {
-                    log::debug!("qtest: write to unassigned memory {at:#x} dropped");
-                }
+            if !self.board.buses.mmio.write(at, buf) {
+                log::debug!("qtest: write to unassigned memory {at:#x} dropped");
             }
         }
     }
 }
 
-/// `len` bytes from `addr` as naturally aligned accesses of at most 8
-/// bytes (how a CPU's accesses reach a device register).
+/// The widest access a device register takes (PCI configuration space,
+/// virtio's registers): wider ones are split, as QEMU splits by a region's
+/// largest access size.
+const MAX_MMIO_ACCESS: usize = 4;
+
+/// `len` bytes from `addr` as naturally aligned accesses of at most
+/// [`MAX_MMIO_ACCESS`] bytes (how a CPU's accesses reach a register).
 fn pieces(addr: u64, len: usize) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> {
     let mut off = 0usize;
     std::iter::from_fn(move || {
@@ -229,7 +256,7 @@ fn pieces(addr: u64, len: usize) -> impl Iterator<Item = (u64, std::ops::Range<u
             return None;
         }
         let at = addr.wrapping_add(off as u64);
-        let mut size = Width::Q.bytes();
+        let mut size = MAX_MMIO_ACCESS.min(Width::Q.bytes());
         while size > 1 && (!at.is_multiple_of(size as u64) || size > len - off) {
             size /= 2;
         }
@@ -241,12 +268,54 @@ fn pieces(addr: u64, len: usize) -> impl Iterator<Item = (u64, std::ops::Range<u
 
 #[cfg(test)]
 mod tests {
-    use super::pieces;
+    use super::*;
 
     #[test]
-    fn bulk_accesses_split_into_aligned_pieces() {
+    fn bulk_accesses_split_into_aligned_register_accesses() {
         let p: Vec<_> = pieces(0x1003, 14).map(|(a, r)| (a, r.len())).collect();
-        assert_eq!(p, vec![(0x1003, 1), (0x1004, 4), (0x1008, 8), (0x1010, 1)]);
+        assert_eq!(
+            p,
+            vec![
+                (0x1003, 1),
+                (0x1004, 4),
+                (0x1008, 4),
+                (0x100c, 4),
+                (0x1010, 1)
+            ]
+        );
         assert_eq!(pieces(0x1000, 0).count(), 0);
+        // An 8-byte read of a register is two 4-byte ones.
+        assert_eq!(pieces(0x2000, 8).count(), 2);
+    }
+
+    #[test]
+    fn requests_wait_only_while_a_migration_takes_or_gives_the_state() {
+        let read = Request::Read {
+            width: Width::L,
+            addr: 0,
+        };
+        let serves = |r: &Request, s, h| matches!(turn(r, s, h), Turn::Serve);
+        // libqtest's first request, on a VM waiting for its stream.
+        assert!(serves(&Request::Endianness, RunState::InMigrate, false));
+        assert!(matches!(
+            turn(&read, RunState::InMigrate, false),
+            Turn::Hold
+        ));
+        assert!(matches!(
+            turn(&read, RunState::FinishMigrate, false),
+            Turn::Hold
+        ));
+        for s in [
+            RunState::Running,
+            RunState::Paused,
+            RunState::Prelaunch,
+            RunState::PostMigrate,
+        ] {
+            assert!(serves(&read, s, false), "{s}");
+        }
+        assert!(matches!(
+            turn(&read, RunState::PostMigrate, true),
+            Turn::Refuse
+        ));
     }
 }

@@ -4,7 +4,7 @@
 //! (issue 19's backend, not here yet): on this host it runs under
 //! `-accel qtest`, whose client makes RTAS calls with qtest's `rtas`.
 
-use super::board::{event_sink, guest_memory, Board, Platform};
+use super::board::{console_output, event_sink, guest_memory, Board, Platform, PCI_IO_START};
 use super::vcpu::Buses;
 use super::virtio::add_virtio_devices;
 use super::Control;
@@ -13,13 +13,16 @@ use crate::hypervisor::Hypervisor;
 use anyhow::{bail, Result};
 use devices::bus::Bus;
 use devices::pci::spapr_phb::{PhbConfig, SpaprPhb, MEM_WIN_BUS_OFFSET, RTAS_HW_ERROR};
+use std::io::Write;
+
+/// RTAS's status for a call with the wrong arguments (`RTAS_OUT_PARAM_ERROR`).
+const RTAS_PARAM_ERROR: i32 = -3;
 use devices::pci::{BarWindow, PciRoot, Space};
+use devices::spapr_rtc::{DateTime, SpaprRtc};
+use devices::VmEvent;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-
-/// Where firmware would start the PHB's I/O BARs (as QEMU's libqos does).
-const PCI_IO_START: u64 = 0xc000;
 
 pub(super) fn build(
     hypervisor: &dyn Hypervisor,
@@ -35,9 +38,11 @@ pub(super) fn build(
         );
     }
     let mem = guest_memory(cfg, &*vm, vec![(0, cfg.memory)])?;
+    if let Some(q) = vm.qtest() {
+        q.attach(&mem);
+    }
     let stop = Arc::new(AtomicBool::new(false));
-    // No device of this board reports lifecycle events yet.
-    let _ = event_sink(&events, gen, &stop);
+    let sink = event_sink(&events, gen, &stop);
 
     let phb = PhbConfig::from_props(&cfg.host_bridge, 0, cfg.memory);
     let mut root = PciRoot::default();
@@ -88,6 +93,9 @@ pub(super) fn build(
         pci: root,
         platform: Platform::Spapr {
             phb: Arc::new(Mutex::new(SpaprPhb::new(phb))),
+            rtc: Arc::new(Mutex::new(SpaprRtc::default())),
+            events: sink,
+            console: Arc::new(Mutex::new(console_output(cfg)?)),
         },
     })
 }
@@ -105,14 +113,18 @@ pub(super) fn device_tree(cfg: &VmConfig) -> Result<Vec<u8>> {
         cmdline: cfg.cmdline.clone(),
         // QEMU's pseries-4.2 and later tell Linux to assign BARs itself.
         pci_probe: cfg.machine.version >= (4, 2),
-        // QEMU's XICS serves max CPUs x the virtual SMT mode: 8 up to
-        // pseries-4.1, the threads per core from 4.2 (smp_threads_vsmt).
-        max_cpus: cfg.smp.maxcpus
-            * if cfg.machine.version <= (4, 1) {
-                8
+        // QEMU's XICS serves its highest server number: max CPUs x the
+        // virtual SMT mode (up to pseries-4.1 at least 8, then the
+        // threads per core) over the threads per core, rounded up.
+        max_cpus: {
+            let threads = cfg.smp.threads;
+            let vsmt = if cfg.machine.version <= (4, 1) {
+                threads.max(8)
             } else {
-                cfg.smp.threads
-            },
+                threads
+            };
+            (cfg.smp.maxcpus * vsmt).div_ceil(threads)
+        },
         phb: fdt::Phb {
             buid: phb.buid,
             io_win_addr: phb.io_win_addr,
@@ -139,14 +151,75 @@ pub(super) fn device_tree(cfg: &VmConfig) -> Result<Vec<u8>> {
 /// has room for: the results (status first), or `None` for a call this
 /// board does not have.
 pub(super) fn rtas(board: &Board, name: &str, args: &[u32], nret: usize) -> Option<Vec<u32>> {
-    let Platform::Spapr { phb } = &board.platform else {
+    let Platform::Spapr {
+        phb,
+        rtc,
+        events,
+        console,
+    } = &board.platform
+    else {
         return None;
     };
+    let status = |r: i32| r as u32;
+    // Calls that take the wrong number of arguments or results get
+    // QEMU's parameter error (PCI configuration: its hardware error).
+    let param_error = || Some(vec![status(RTAS_PARAM_ERROR)]);
+    match name {
+        "display-character" => {
+            // QEMU writes it to the spapr-vty console; vmm's is -serial.
+            let Some(&c) = args.first() else {
+                return Some(vec![status(RTAS_HW_ERROR)]);
+            };
+            let mut out = console.lock().expect("console lock");
+            let _ = out.write_all(&[c as u8]).and_then(|_| out.flush());
+            return Some(vec![0]);
+        }
+        "get-time-of-day" => {
+            if !args.is_empty() || nret != 8 {
+                return param_error();
+            }
+            let t = rtc.lock().expect("rtc lock").read();
+            return Some(vec![
+                0, t.year, t.month, t.day, t.hour, t.minute, t.second, t.ns,
+            ]);
+        }
+        "set-time-of-day" => {
+            let &[year, month, day, hour, minute, second, ns] = args else {
+                return param_error();
+            };
+            if nret != 1 {
+                return param_error();
+            }
+            let t = DateTime {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+                ns,
+            };
+            return Some(match rtc.lock().expect("rtc lock").set(t) {
+                Some(()) => vec![0],
+                None => vec![status(RTAS_PARAM_ERROR)],
+            });
+        }
+        "power-off" | "system-reboot" => {
+            let want = if name == "power-off" { 2 } else { 0 };
+            if args.len() != want || nret != 1 {
+                return param_error();
+            }
+            events(if name == "power-off" {
+                VmEvent::PowerOff
+            } else {
+                VmEvent::Reset
+            });
+            return Some(vec![0]);
+        }
+        _ => {}
+    }
     let phb = phb.lock().expect("phb lock");
     let mut root = board.pci.lock().expect("pci lock");
-    let status = |r: i32| r as u32;
-    // (nargs, nret) each call takes; anything else is a hardware error,
-    // as in QEMU.
     let rets = match name {
         "ibm,read-pci-config" | "read-pci-config" => {
             let (buid, addr, size) = match (name, args) {
