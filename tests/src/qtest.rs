@@ -18,9 +18,14 @@ impl Qtest {
     /// Starts vmm with `args` under the qtest accelerator, its client
     /// socket at `sock`, and waits for it to connect.
     pub fn spawn(name: &str, sock: &Path, args: &[&str]) -> (Vm, Qtest) {
+        Qtest::spawn_with(name, sock, Command::new(crate::vmm::binary()), args)
+    }
+
+    /// The same with the command `c` that runs vmm (another build, or
+    /// one under an emulator).
+    pub fn spawn_with(name: &str, sock: &Path, mut c: Command, args: &[&str]) -> (Vm, Qtest) {
         let _ = std::fs::remove_file(sock);
         let l = UnixListener::bind(sock).expect("bind the qtest socket");
-        let mut c = Command::new(crate::vmm::binary());
         c.args(["-accel", "qtest", "-qtest"])
             .arg(format!("unix:{}", sock.display()))
             .args(args);

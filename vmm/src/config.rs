@@ -604,7 +604,10 @@ pub fn from_args(a: Args) -> Result<Action> {
     }
     if a.cpu.as_deref() == Some("help") {
         // What this host lacks of each model, when /dev/kvm says.
+        #[cfg(target_arch = "x86_64")]
         let host = crate::kvm::supported_cpuid().ok();
+        #[cfg(not(target_arch = "x86_64"))]
+        let host: Option<Vec<crate::hypervisor::CpuidEntry>> = None;
         return Ok(Action::Print(arch::x86_64::cpu::help(host.as_deref())));
     }
     let mut cpu: arch::x86_64::cpu::CpuSpec = a.cpu.as_deref().unwrap_or("host").parse()?;

@@ -47,7 +47,7 @@ pub struct X86BootState<'a> {
 }
 
 /// One CPUID leaf as x86 KVM takes it (also what `arch` builds).
-pub type CpuidEntry = kvm_bindings::kvm_cpuid_entry2;
+pub type CpuidEntry = arch::x86_64::kvm_cpuid_entry2;
 
 /// Hypervisor state as named raw blobs (the kernel's ABI structs), for
 /// migration. Names are stable: they become field names in the stream.

@@ -10,6 +10,8 @@ pub mod cli;
 pub mod config;
 pub mod fault;
 pub mod hypervisor;
+/// The KVM x86_64 backend (kvm-ioctls has no ppc64).
+#[cfg(target_arch = "x86_64")]
 pub mod kvm;
 pub mod qmp;
 pub mod qtest;

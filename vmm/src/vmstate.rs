@@ -12,7 +12,11 @@ use std::path::Path;
 /// that runs it on this host).
 pub fn descriptions(m: &machine::MachineType) -> Vec<&'static Description> {
     let hypervisor: &[&'static Description] = match m.arch {
+        #[cfg(target_arch = "x86_64")]
         machine::Arch::X86_64 => crate::kvm::DESCRIPTIONS,
+        // Elsewhere a q35 board runs under qtest only.
+        #[cfg(not(target_arch = "x86_64"))]
+        machine::Arch::X86_64 => &[&crate::qtest::QTEST],
         machine::Arch::Ppc64 => &[&crate::qtest::QTEST],
     };
     hypervisor

@@ -4,8 +4,8 @@
 //! `cpu_x86_cpuid` fills them; the hypervisor bit. KVM's own leaves
 //! (0x40000000..) stay as KVM reports them, so kvm-clock works.
 
+use super::kvm_cpuid_entry2;
 use super::topology::Topology;
-use kvm_bindings::kvm_cpuid_entry2;
 
 /// Patches `entries` for the vCPU with APIC ID `apic_id` in `topo`.
 pub fn patch(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u32, topo: &Topology) {

@@ -366,6 +366,7 @@ fn boot(
             let start_info = pvh::write(mem, &cfg.cmdline, memmap, rsdp, initrd)?;
             (entry, start_info, 0)
         }
+        #[cfg(target_arch = "x86_64")]
         Kernel::Linux { entry, end, hdr } => {
             let initrd_addr_max = hdr.initrd_addr_max;
             let max = match initrd_addr_max {

@@ -13,7 +13,9 @@ use vm_memory::{Bytes, GuestAddress};
 pub(super) enum Kernel {
     /// An ELF with a PVH entry note.
     Pvh { entry: u64, end: u64 },
-    /// A bzImage: Linux's 32-bit boot protocol.
+    /// A bzImage: Linux's 32-bit boot protocol (linux-loader has it on
+    /// x86 hosts only).
+    #[cfg(target_arch = "x86_64")]
     Linux {
         entry: u64,
         end: u64,
@@ -22,6 +24,7 @@ pub(super) enum Kernel {
 }
 
 pub(super) fn load_kernel(path: &Path, mem: &GuestMemoryMmap) -> Result<Kernel> {
+    #[cfg(target_arch = "x86_64")]
     use linux_loader::loader::{bzimage::BzImage, KernelLoader};
     let mut f =
         File::open(path).with_context(|| format!("cannot open kernel {}", path.display()))?;
@@ -29,7 +32,6 @@ pub(super) fn load_kernel(path: &Path, mem: &GuestMemoryMmap) -> Result<Kernel> 
     let n = f
         .read(&mut head)
         .with_context(|| format!("cannot read kernel {}", path.display()))?;
-    let himem = Some(GuestAddress(layout::HIMEM_START));
     if n >= 4 && &head[..4] == b"\x7fELF" {
         let k = arch::x86_64::elf::load(mem, &mut f, layout::HIMEM_START)
             .with_context(|| format!("cannot load kernel {}", path.display()))?;
@@ -45,7 +47,9 @@ pub(super) fn load_kernel(path: &Path, mem: &GuestMemoryMmap) -> Result<Kernel> 
             end: k.end,
         });
     }
+    #[cfg(target_arch = "x86_64")]
     if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+        let himem = Some(GuestAddress(layout::HIMEM_START));
         let r = BzImage::load(mem, None, &mut f, himem)
             .map_err(|e| anyhow!("cannot load bzImage {}: {e}", path.display()))?;
         let hdr = r

@@ -119,7 +119,12 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     });
     // The one place the backend is chosen.
     let hypervisor: Box<dyn crate::hypervisor::Hypervisor> = match &cfg.accel {
+        #[cfg(target_arch = "x86_64")]
         crate::config::Accel::Kvm => Box::new(crate::kvm::KvmHypervisor),
+        #[cfg(not(target_arch = "x86_64"))]
+        crate::config::Accel::Kvm => bail!(
+            "vmm's KVM backend is x86_64's; on this host boards run under -accel qtest (KVM-PPC: the kvm-ppc crate, not wired yet)"
+        ),
         crate::config::Accel::Qtest(_) => Box::new(crate::qtest::QtestHypervisor),
     };
     let events = qmp::Events::default();

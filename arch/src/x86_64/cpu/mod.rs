@@ -8,7 +8,7 @@
 //! versions that have an alias), kept as data in `features.tsv` and
 //! `models.tsv`.
 
-use kvm_bindings::kvm_cpuid_entry2;
+use super::kvm_cpuid_entry2;
 use std::fmt;
 use std::sync::OnceLock;
 
