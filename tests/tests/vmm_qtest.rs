@@ -192,22 +192,28 @@ fn qtest_sees_the_pci_functions_the_guest_sees() {
     assert!(differ.is_empty(), "guest vs qtest: {differ:#?}");
 }
 
-/// Where a virtio-pci function's common configuration is: the BAR's
-/// address plus the capability's offset.
-fn common_cfg(qt: &mut Qtest, dev: u8) -> u64 {
-    let mut p = (qt.pci_read32(0, dev, 0, 0x34) & 0xfc) as u8;
+/// Where a virtio-pci function's common configuration is on its bus:
+/// its BAR's PCI address plus the capability's offset, found by walking
+/// the capabilities with `read` (a dword of configuration space).
+fn common_cfg_pci(mut read: impl FnMut(u8) -> u32) -> u64 {
+    let mut p = (read(0x34) & 0xfc) as u8;
     while p != 0 {
-        let c = qt.pci_read32(0, dev, 0, p);
+        let c = read(p);
         if c & 0xff == 0x09 && (c >> 24) & 0xff == 1 {
-            let bar = (qt.pci_read32(0, dev, 0, p + 4) & 0xff) as u8;
-            let off = qt.pci_read32(0, dev, 0, p + 8);
-            let lo = qt.pci_read32(0, dev, 0, 0x10 + 4 * bar);
-            let hi = qt.pci_read32(0, dev, 0, 0x14 + 4 * bar);
+            let bar = (read(p + 4) & 0xff) as u8;
+            let off = read(p + 8);
+            let lo = read(0x10 + 4 * bar);
+            let hi = read(0x14 + 4 * bar);
             return (u64::from(hi) << 32 | u64::from(lo & !0xf)) + u64::from(off);
         }
         p = ((c >> 8) & 0xfc) as u8;
     }
-    panic!("00:{dev:02x}.0 has no virtio common configuration capability");
+    panic!("no virtio common configuration capability");
+}
+
+/// q35: bus addresses are CPU addresses.
+fn common_cfg(qt: &mut Qtest, dev: u8) -> u64 {
+    common_cfg_pci(|off| qt.pci_read32(0, dev, 0, off))
 }
 
 /// A qtest VM migrates like any other: the client programs a virtio-blk
@@ -394,24 +400,9 @@ fn cfg_write(qt: &mut Qtest, devfn: u8, reg: u32, size: u32, v: u32) -> i32 {
 /// The CPU address of virtio-pci function `devfn`'s common configuration
 /// behind PHB 0 whose 32-bit window starts at `mem32` (bus address 2 GiB).
 fn spapr_common_cfg(qt: &mut Qtest, devfn: u8, mem32: u64) -> u64 {
-    let mut p = cfg_read(qt, devfn, 0x34, 1).1 & 0xfc;
-    while p != 0 {
-        let c = cfg_read(qt, devfn, p, 4).1;
-        if c & 0xff == 0x09 && (c >> 24) & 0xff == 1 {
-            let bar = cfg_read(qt, devfn, p + 4, 1).1;
-            let off = cfg_read(qt, devfn, p + 8, 4).1;
-            let lo = cfg_read(qt, devfn, 0x10 + 4 * bar, 4).1;
-            let hi = cfg_read(qt, devfn, 0x14 + 4 * bar, 4).1;
-            let pci = u64::from(hi) << 32 | u64::from(lo & !0xf);
-            assert!(
-                (0x8000_0000..0x1_0000_0000).contains(&pci),
-                "BAR{bar} at {pci:#x}"
-            );
-            return mem32 + (pci - 0x8000_0000) + u64::from(off);
-        }
-        p = (c >> 8) & 0xfc;
-    }
-    panic!("function {devfn:#x} has no virtio common configuration");
+    let pci = common_cfg_pci(|off| cfg_read(qt, devfn, u32::from(off), 4).1);
+    assert!((0x8000_0000..0x1_0000_0000).contains(&pci), "{pci:#x}");
+    mem32 + (pci - 0x8000_0000)
 }
 
 /// A pseries board under qtest: big-endian as QEMU's ppc64 target, its
