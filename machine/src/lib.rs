@@ -247,6 +247,8 @@ pub struct BoardInfo {
     pub big_endian: bool,
     /// Whether guests read ACPI tables (else a device tree).
     pub acpi: bool,
+    /// `-device` types this board has no bus for.
+    pub refuses: &'static [&'static str],
 }
 
 impl Arch {
@@ -259,6 +261,7 @@ impl Arch {
                 ram_block: "pc.ram",
                 big_endian: false,
                 acpi: true,
+                refuses: &[],
             },
             Arch::Ppc64 => &BoardInfo {
                 root_bus: "pci.0",
@@ -267,6 +270,8 @@ impl Arch {
                 ram_block: "ppc_spapr.ram",
                 big_endian: true,
                 acpi: false,
+                // No ISA bus; a conventional PCI host bridge.
+                refuses: &["pcie-root-port", "isa-debug-exit"],
             },
         }
     }

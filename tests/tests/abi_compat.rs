@@ -67,7 +67,10 @@ fn every_kept_machine_type_shows_its_guests_the_same_hardware() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
-    for line in help.lines().filter(|l| l.starts_with("pc-q35-")) {
+    for line in help
+        .lines()
+        .filter(|l| l.starts_with("pc-q35-") || l.starts_with("pseries-"))
+    {
         let m = line.split_whitespace().next().unwrap();
         assert!(
             kept.iter().any(|(_, k)| k == m),

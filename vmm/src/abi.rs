@@ -30,12 +30,6 @@ const CPUS: u8 = 2;
 
 /// Writes `m`'s ABI to `path`.
 pub fn dump(path: &Path, m: &'static machine::MachineType) -> Result<()> {
-    if m.arch != machine::Arch::X86_64 {
-        anyhow::bail!(
-            "-dump-abi covers the q35 boards; {} has no ABI record yet (its device tree will be it)",
-            m.name
-        );
-    }
     let abi = of(m, &machine::compat_props(m))?;
     let text = serde_json::to_string_pretty(&abi)? + "\n";
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
@@ -46,20 +40,28 @@ pub fn dump(path: &Path, m: &'static machine::MachineType) -> Result<()> {
 pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
     let mem = devices::virtio::Memory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)])
         .map_err(|e| anyhow!("guest memory: {e}"))?;
-    let host_bridge = devices::model::resolve("q35-pcihost", compat, &[], &[])
-        .map_err(|e| anyhow!("q35-pcihost: {e}"))?;
-    let mut devices = vec![function(
-        "q35-pcihost",
-        &properties(&host_bridge),
-        &HostBridge::new(),
-        None,
-    )];
+    let info = m.arch.board();
+    let host_bridge = devices::model::resolve(info.host_bridge, compat, &[], &[])
+        .map_err(|e| anyhow!("{}: {e}", info.host_bridge))?;
+    let mut devices = vec![if info.host_bridge_is_function {
+        function(
+            info.host_bridge,
+            &properties(&host_bridge),
+            &HostBridge::new(),
+            None,
+        )
+    } else {
+        json!({"type": info.host_bridge, "properties": properties(&host_bridge)})
+    }];
     let board = virtio::Board {
         vcpus: CPUS,
         on_pcie_port: false,
         nic: 0,
     };
-    for ty in DEVICES {
+    for ty in DEVICES
+        .iter()
+        .filter(|t| !info.refuses.contains(&t.info.name))
+    {
         let name = ty.info.name;
         let mut props = devices::model::resolve(name, compat, &[], &required(name))
             .map_err(|e| anyhow!("{name}: {e}"))?;
@@ -98,6 +100,33 @@ pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
             Build::Board => devices.push(json!({"type": name, "properties": shown})),
         }
     }
+    let topology = arch::x86_64::topology::Topology::parse(
+        &CPUS.to_string(),
+        m.prefer_sockets(),
+        crate::config::MAX_VCPUS,
+    )?;
+    if !info.acpi {
+        // The device tree of the reference guest (1 GiB), node by node.
+        let dtb = crate::vm::spapr::tree(m, &host_bridge, 1 << 30, "", &topology)?;
+        let nodes = arch::ppc64::fdt::parse(&dtb)
+            .ok_or_else(|| anyhow!("{}: the device tree does not read back", m.name))?;
+        let tree: Map<String, Value> = nodes
+            .into_iter()
+            .map(|(node, props)| {
+                let props: Map<String, Value> = props
+                    .into_iter()
+                    .map(|(p, v)| (p, json!(hex(&v))))
+                    .collect();
+                (node, Value::Object(props))
+            })
+            .collect();
+        return Ok(json!({
+            "machine": m.name,
+            "reference_guest": {"cpus": CPUS, "ram": "1024 MiB"},
+            "devices": devices,
+            "device_tree": tree,
+        }));
+    }
     let memory_map: Vec<Value> = [1u64 << 30, 4 << 30]
         .iter()
         .map(|&ram| {
@@ -114,11 +143,6 @@ pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
             json!({"ram": format!("{} MiB", ram >> 20), "e820": entries})
         })
         .collect();
-    let topology = arch::x86_64::topology::Topology::parse(
-        &CPUS.to_string(),
-        m.prefer_sockets(),
-        crate::config::MAX_VCPUS,
-    )?;
     let tables =
         arch::x86_64::acpi::build(&crate::config::acpi_config(&host_bridge, topology, 1 << 30));
     Ok(json!({
@@ -387,6 +411,38 @@ pub fn compare(kept: &Value, now: &Value) -> Vec<String> {
             Some(_) => {}
         }
     }
+    // A device tree (pseries): every property of every node, either way.
+    let (kt, nt) = (&kept["device_tree"], &now["device_tree"]);
+    let mut nodes: Vec<&String> = kt
+        .as_object()
+        .into_iter()
+        .chain(nt.as_object())
+        .flat_map(|o| o.keys())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    for node in nodes {
+        let (kp, np) = (&kt[node.as_str()], &nt[node.as_str()]);
+        let mut props: Vec<&String> = kp
+            .as_object()
+            .into_iter()
+            .chain(np.as_object())
+            .flat_map(|o| o.keys())
+            .collect();
+        props.sort();
+        props.dedup();
+        for p in props {
+            let (a, b) = (&kp[p.as_str()], &np[p.as_str()]);
+            if a != b {
+                let shown = |v: &Value| v.as_str().map_or("absent".to_string(), |s| s.to_string());
+                out.push(format!(
+                    "{m}: device tree {node} {p}: {} in the record, {} now",
+                    shown(a),
+                    shown(b)
+                ));
+            }
+        }
+    }
     if kept["memory_map"] != now["memory_map"] {
         out.push(format!(
             "{m}: memory map {} in the record, {} now",
@@ -407,6 +463,37 @@ mod tests {
             .filter(|e| drop != Some((e.type_name, e.property)))
             .collect();
         of(m, &compat).unwrap()
+    }
+
+    /// pseries-2.7 without `spapr_machine_3_0_class_options`'s legacy
+    /// interrupt numbering (what QEMU 3.1 changed): the gate names the
+    /// PHB's interrupt map in the device tree.
+    #[test]
+    fn the_gate_names_the_device_tree_a_missing_pseries_entry_changes() {
+        let kept = abi("pseries-2.7", None);
+        assert_eq!(compare(&kept, &kept), Vec::<String>::new());
+        assert!(kept["device_tree"]["/pci@800000020000000"]["ranges"].is_string());
+        assert!(
+            !kept["devices"].to_string().contains("pcie-root-port"),
+            "no PCI Express port on pseries"
+        );
+        let broken = abi(
+            "pseries-2.7",
+            Some(("spapr-pci-host-bridge", "x-legacy-irq-allocation")),
+        );
+        let diff = compare(&kept, &broken);
+        assert!(
+            diff.iter()
+                .any(|d| d
+                    .starts_with("pseries-2.7: device tree /pci@800000020000000 interrupt-map: ")),
+            "{diff:#?}"
+        );
+        assert!(
+            diff.iter()
+                .any(|d| d
+                    .contains("property x-legacy-irq-allocation: true in the record, false now")),
+            "{diff:#?}"
+        );
     }
 
     /// The seeds' AER bug reintroduced: pc-q35-7.2 without hw_compat_7_2's

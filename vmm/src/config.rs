@@ -354,7 +354,6 @@ fn parse_devices(
 ) -> Result<Result<Vec<DeviceConfig>, String>> {
     let root = machine.arch.board().root_bus;
     let board = machine.arch.board();
-    let pseries = machine.arch == machine::Arch::Ppc64;
     let mut out: Vec<DeviceConfig> = vec![];
     for d in &a.device {
         let mut parts = d.split(',');
@@ -376,7 +375,7 @@ fn parse_devices(
         if model::types::BOARD_TYPES.iter().any(|t| t.name == ty) {
             bail!("-device {ty}: the board has its own {ty}; set its properties with -global {ty}.PROPERTY=VALUE");
         }
-        if pseries && ["pcie-root-port", "isa-debug-exit"].contains(&ty) {
+        if board.refuses.contains(&ty) {
             bail!(
                 "-device {ty}: {} has no {}",
                 machine.name,

@@ -158,6 +158,68 @@ pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
     f.finish()
 }
 
+/// A flattened tree read back: node path -> property -> value.
+pub type Nodes = std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<u8>>>;
+
+/// Reads a flattened device tree (version 17's structure and strings
+/// blocks); `None` if it is not one or is cut short.
+pub fn parse(dtb: &[u8]) -> Option<Nodes> {
+    let be32 = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(dtb.get(at..at + 4)?.try_into().ok()?))
+    };
+    if be32(0)? != 0xd00d_feed {
+        return None;
+    }
+    let (structs, strings) = (be32(8)? as usize, be32(12)? as usize);
+    let mut nodes = Nodes::new();
+    let mut path: Vec<String> = vec![];
+    let mut at = structs;
+    loop {
+        let token = be32(at)?;
+        at += 4;
+        match token {
+            // FDT_BEGIN_NODE: a NUL-terminated name, padded to 4 bytes.
+            1 => {
+                let len = dtb.get(at..)?.iter().position(|&b| b == 0)?;
+                path.push(String::from_utf8_lossy(&dtb[at..at + len]).into_owned());
+                at += (len + 1).next_multiple_of(4);
+                let p = if path.len() == 1 {
+                    "/".to_string()
+                } else {
+                    path.join("/")
+                };
+                nodes.entry(p).or_default();
+            }
+            // FDT_END_NODE
+            2 => {
+                path.pop()?;
+            }
+            // FDT_PROP: length, name offset, the value padded to 4 bytes.
+            3 => {
+                let (len, name_off) = (be32(at)? as usize, be32(at + 4)? as usize);
+                let value = dtb.get(at + 8..at + 8 + len)?.to_vec();
+                at += 8 + len.next_multiple_of(4);
+                let names = dtb.get(strings + name_off..)?;
+                let name = &names[..names.iter().position(|&b| b == 0)?];
+                let p = if path.len() == 1 {
+                    "/".to_string()
+                } else {
+                    path.join("/")
+                };
+                nodes
+                    .entry(p)
+                    .or_default()
+                    .insert(String::from_utf8_lossy(name).into_owned(), value);
+            }
+            // FDT_NOP
+            4 => {}
+            // FDT_END
+            9 => return path.is_empty().then_some(nodes),
+            _ => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +286,13 @@ mod tests {
         })
         .unwrap();
         assert_eq!(dtb[..4], [0xd0, 0x0d, 0xfe, 0xed]);
+        let nodes = parse(&dtb).unwrap();
+        assert_eq!(nodes["/"]["compatible"], b"qemu,pseries\0");
+        assert_eq!(nodes["/chosen"]["bootargs"], b"console=hvc0\0");
+        let ranges = &nodes["/pci@800000020000000"]["ranges"];
+        assert_eq!(ranges.len(), 21 * 4);
+        assert_eq!(ranges[..4], [1, 0, 0, 0]);
+        assert!(parse(&dtb[..dtb.len() - 8]).is_none(), "cut short");
+        assert!(parse(b"not a tree at all").is_none());
     }
 }

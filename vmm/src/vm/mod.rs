@@ -17,7 +17,7 @@ mod console;
 mod incoming;
 mod qtest;
 mod session;
-mod spapr;
+pub(crate) mod spapr;
 mod target;
 mod vcpu;
 pub(crate) mod virtio;

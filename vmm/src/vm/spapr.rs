@@ -102,28 +102,44 @@ pub(super) fn build(
 
 /// The device tree a guest of `cfg` is given (arch::ppc64::fdt).
 pub(super) fn device_tree(cfg: &VmConfig) -> Result<Vec<u8>> {
+    tree(
+        cfg.machine,
+        &cfg.host_bridge,
+        cfg.memory,
+        &cfg.cmdline,
+        &cfg.smp,
+    )
+}
+
+/// The device tree of machine type `machine` with PHB properties
+/// `host_bridge`, `ram` bytes of RAM, kernel command line `cmdline` and
+/// CPUs `smp` (also what `-dump-abi` records).
+pub(crate) fn tree(
+    machine: &machine::MachineType,
+    host_bridge: &devices::model::Props,
+    ram: u64,
+    cmdline: &str,
+    smp: &arch::x86_64::topology::Topology,
+) -> Result<Vec<u8>> {
     use arch::ppc64::fdt;
-    let phb = PhbConfig::from_props(&cfg.host_bridge, 0, cfg.memory);
-    let legacy = cfg
-        .host_bridge
-        .bool("x-legacy-irq-allocation")
-        .unwrap_or(false);
+    let phb = PhbConfig::from_props(host_bridge, 0, ram);
+    let legacy = host_bridge.bool("x-legacy-irq-allocation").unwrap_or(false);
     let tree = fdt::Spapr {
-        ram: cfg.memory,
-        cmdline: cfg.cmdline.clone(),
+        ram,
+        cmdline: cmdline.to_string(),
         // QEMU's pseries-4.2 and later tell Linux to assign BARs itself.
-        pci_probe: cfg.machine.version >= (4, 2),
+        pci_probe: machine.version >= (4, 2),
         // QEMU's XICS serves its highest server number: max CPUs x the
         // virtual SMT mode (up to pseries-4.1 at least 8, then the
         // threads per core) over the threads per core, rounded up.
         max_cpus: {
-            let threads = cfg.smp.threads;
-            let vsmt = if cfg.machine.version <= (4, 1) {
+            let threads = smp.threads;
+            let vsmt = if machine.version <= (4, 1) {
                 threads.max(8)
             } else {
                 threads
             };
-            (cfg.smp.maxcpus * vsmt).div_ceil(threads)
+            (smp.maxcpus * vsmt).div_ceil(threads)
         },
         phb: fdt::Phb {
             buid: phb.buid,
