@@ -17,6 +17,7 @@ pub mod registry;
 pub mod serial;
 pub mod spapr_rtc;
 pub mod virtio;
+pub mod xics;
 
 use std::sync::Arc;
 

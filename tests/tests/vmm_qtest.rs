@@ -610,6 +610,23 @@ fn pseries_rtas_clock_console_reboot_and_power_off() {
     );
     let t = rtas(&mut qt, "get-time-of-day", &[], 8);
     assert_eq!(t[1..6], [2001, 2, 3, 4, 5], "{t:?}");
+
+    // The PHB's first LSI: masked at reset; routed, masked and unmasked.
+    assert_eq!(rtas(&mut qt, "ibm,get-xive", &[0x1200], 3), [0, 0, 0xff]);
+    assert_eq!(rtas(&mut qt, "ibm,set-xive", &[0x1200, 0, 5], 1), [0]);
+    assert_eq!(rtas(&mut qt, "ibm,int-off", &[0x1200], 1), [0]);
+    assert_eq!(rtas(&mut qt, "ibm,get-xive", &[0x1200], 3), [0, 0, 0xff]);
+    assert_eq!(rtas(&mut qt, "ibm,int-on", &[0x1200], 1), [0]);
+    assert_eq!(
+        rtas(&mut qt, "ibm,set-xive", &[0x2000, 0, 5], 1)[0] as i32,
+        -3
+    );
+    assert_eq!(
+        rtas(&mut qt, "ibm,set-xive", &[0x1200, 1, 5], 1)[0] as i32,
+        -3,
+        "one server"
+    );
+    assert_eq!(rtas(&mut qt, "ibm,set-xive", &[0x1201, 0, 7], 1), [0]);
     let port = free_port();
     let (dqmp, dsock) = qmp_arg(&dir, "dst");
     let incoming = format!("tcp:127.0.0.1:{port}");
@@ -636,6 +653,9 @@ fn pseries_rtas_clock_console_reboot_and_power_off() {
         [2001, 2, 3, 4, 5],
         "the destination's clock: {t:?}"
     );
+    // The interrupt routing came along.
+    assert_eq!(rtas(&mut dqt, "ibm,get-xive", &[0x1200], 3), [0, 0, 5]);
+    assert_eq!(rtas(&mut dqt, "ibm,get-xive", &[0x1201], 3), [0, 0, 7]);
 
     // The console: -serial, here the process's stdout.
     for c in b"rtas-console\n" {

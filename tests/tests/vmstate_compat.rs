@@ -189,6 +189,11 @@ fn pseries_state_is_qemus() {
             "{machine}"
         );
         assert_eq!(vmm_fields(vd), want, "{machine}");
+        // The interrupt sources' routing.
+        let (qi, vi) = (&q["ics-spapr"]["Description"], &v["sections"]["ics"]);
+        assert_eq!(vi["name"], qi["name"], "{machine}");
+        assert_eq!(vi["version_id"], qi["version_id"], "{machine}");
+        assert_eq!(vmm_fields(vi), qemu_fields(qi, None), "{machine}");
         // The RTC's offset.
         let (qr, vr) = (&q["spapr-rtc"]["Description"], &v["sections"]["spapr/rtc"]);
         assert_eq!(vr["name"], qr["name"], "{machine}");

@@ -43,6 +43,7 @@ pub fn descriptions(m: &machine::MachineType) -> Vec<&'static Description> {
                 .and_then(|p| p.bool("pre-2.8-migration"))
                 .unwrap_or(false);
             vec![
+                &devices::xics::VMSTATE,
                 if pre_2_8 {
                     &devices::pci::spapr_phb::SPAPR_PCI_PRE_2_8
                 } else {

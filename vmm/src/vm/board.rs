@@ -59,6 +59,7 @@ pub(super) enum Platform {
     Spapr {
         phb: Arc<Mutex<devices::pci::spapr_phb::SpaprPhb>>,
         rtc: Arc<Mutex<devices::spapr_rtc::SpaprRtc>>,
+        ics: Arc<Mutex<devices::xics::Ics>>,
         /// Where RTAS power-off and system-reboot go.
         events: EventSink,
         /// Where RTAS display-character writes (the console).
@@ -71,7 +72,7 @@ impl Platform {
     pub(super) fn migratable(&self) -> Vec<&Mutex<dyn migration::vmstate::Migratable + Send>> {
         match self {
             Platform::Q35 { serial, pm, pci_io } => vec![&**serial, &**pm, &**pci_io],
-            Platform::Spapr { phb, rtc, .. } => vec![&**phb, &**rtc],
+            Platform::Spapr { phb, rtc, ics, .. } => vec![&**ics, &**phb, &**rtc],
         }
     }
 }

@@ -19,6 +19,7 @@ use std::io::Write;
 const RTAS_PARAM_ERROR: i32 = -3;
 use devices::pci::{BarWindow, PciRoot, Space};
 use devices::spapr_rtc::{DateTime, SpaprRtc};
+use devices::xics::Ics;
 use devices::VmEvent;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
@@ -94,10 +95,38 @@ pub(super) fn build(
         platform: Platform::Spapr {
             phb: Arc::new(Mutex::new(SpaprPhb::new(phb))),
             rtc: Arc::new(Mutex::new(SpaprRtc::default())),
+            ics: Arc::new(Mutex::new(Ics::new(
+                xics_sources(&cfg.host_bridge),
+                xics_servers(cfg.machine, &cfg.smp),
+                &phb.lsi,
+            ))),
             events: sink,
             console: Arc::new(Mutex::new(console_output(cfg)?)),
         },
     })
+}
+
+/// The interrupt servers QEMU's XICS has: max CPUs x the virtual SMT mode
+/// (up to pseries-4.1 at least 8, then the threads per core) over the
+/// threads per core, rounded up.
+fn xics_servers(machine: &machine::MachineType, smp: &arch::x86_64::topology::Topology) -> u32 {
+    let threads = smp.threads;
+    let vsmt = if machine.version <= (4, 1) {
+        threads.max(8)
+    } else {
+        threads
+    };
+    (smp.maxcpus * vsmt).div_ceil(threads)
+}
+
+/// The interrupt sources of the board's XICS: 0x1000, or 0x400 where QEMU
+/// 3.0 and older allocated them the legacy way.
+fn xics_sources(host_bridge: &devices::model::Props) -> u32 {
+    if host_bridge.bool("x-legacy-irq-allocation").unwrap_or(false) {
+        0x400
+    } else {
+        0x1000
+    }
 }
 
 /// The device tree a guest of `cfg` is given (arch::ppc64::fdt).
@@ -129,18 +158,7 @@ pub(crate) fn tree(
         cmdline: cmdline.to_string(),
         // QEMU's pseries-4.2 and later tell Linux to assign BARs itself.
         pci_probe: machine.version >= (4, 2),
-        // QEMU's XICS serves its highest server number: max CPUs x the
-        // virtual SMT mode (up to pseries-4.1 at least 8, then the
-        // threads per core) over the threads per core, rounded up.
-        max_cpus: {
-            let threads = smp.threads;
-            let vsmt = if machine.version <= (4, 1) {
-                threads.max(8)
-            } else {
-                threads
-            };
-            (smp.maxcpus * vsmt).div_ceil(threads)
-        },
+        max_cpus: xics_servers(machine, smp),
         phb: fdt::Phb {
             buid: phb.buid,
             io_win_addr: phb.io_win_addr,
@@ -155,9 +173,13 @@ pub(crate) fn tree(
             dma_liobn: phb.dma_liobn,
             dma_win_addr: 0,
             dma_win_size: 0x4000_0000,
-            // The MSI sources: what is left of the 0x1000 (legacy: 0x400)
-            // sources above the first 0x300.
-            total_msi: if legacy { 0x400 } else { 0xd00 },
+            // The MSI sources: what is left of the sources above the
+            // first 0x300 (legacy: all of them).
+            total_msi: if legacy {
+                xics_sources(host_bridge)
+            } else {
+                xics_sources(host_bridge) - 0x300
+            },
         },
     };
     fdt::build(&tree).map_err(|e| anyhow::anyhow!("cannot build the device tree: {e}"))
@@ -170,6 +192,7 @@ pub(super) fn rtas(board: &Board, name: &str, args: &[u32], nret: usize) -> Opti
     let Platform::Spapr {
         phb,
         rtc,
+        ics,
         events,
         console,
     } = &board.platform
@@ -231,6 +254,21 @@ pub(super) fn rtas(board: &Board, name: &str, args: &[u32], nret: usize) -> Opti
                 VmEvent::Reset
             });
             return Some(vec![0]);
+        }
+        "ibm,set-xive" | "ibm,get-xive" | "ibm,int-off" | "ibm,int-on" => {
+            let mut ics = ics.lock().expect("ics lock");
+            let result = match (name, args, nret) {
+                ("ibm,set-xive", &[nr, server, priority], 1) => {
+                    ics.set_xive(nr, server, priority).map(|()| vec![0])
+                }
+                ("ibm,get-xive", &[nr], 3) => ics
+                    .get_xive(nr)
+                    .map(|(server, priority)| vec![0, server, priority]),
+                ("ibm,int-off", &[nr], 1) => ics.int_off(nr).map(|()| vec![0]),
+                ("ibm,int-on", &[nr], 1) => ics.int_on(nr).map(|()| vec![0]),
+                _ => return param_error(),
+            };
+            return Some(result.unwrap_or_else(|e| vec![status(e)]));
         }
         _ => {}
     }
