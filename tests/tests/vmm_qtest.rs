@@ -786,3 +786,85 @@ fn a_pseries_guest_moves_between_an_x86_64_and_a_ppc64le_build() {
     assert_eq!(bq.execute("query-status", json!({}))["status"], "running");
     check(&mut bqt, "back on x86_64");
 }
+
+/// The client's other two places: vmm listening on a unix socket
+/// (`server=on`, a client after another), and stdio (the console
+/// elsewhere); and command lines that cannot work, refused by name.
+#[test]
+fn the_client_may_connect_to_vmm_or_speak_on_stdio() {
+    use std::os::unix::net::UnixStream;
+    use std::process::Command;
+    let dir = TempDir::new("qtest-addr");
+    let sock = dir.path("listen.qtest");
+    let qtest = |extra: &[&str]| {
+        let mut c = Command::new(vmm_tests::vmm::binary());
+        c.args([
+            "-M",
+            "pc-q35-8.0",
+            "-m",
+            "128M",
+            "-accel",
+            "qtest",
+            "-qtest",
+        ])
+        .args(extra);
+        c
+    };
+    let listen = format!("unix:{},server=on,wait=off", sock.display());
+    let vm = Vm::spawn("listen", qtest(&[&listen]));
+    let connect = || {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            match UnixStream::connect(&sock) {
+                Ok(s) => return Qtest::new(s),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("{e}\n{}", vm.log()),
+            }
+        }
+    };
+    let mut first = connect();
+    assert_eq!(first.ok("endianness"), "little");
+    first.writel(0x1000, 7);
+    drop(first);
+    assert_eq!(
+        connect().readl(0x1000),
+        7,
+        "the next client sees the same guest"
+    );
+
+    let mut stdio = Vm::spawn("stdio", qtest(&["stdio", "-serial", "none"]));
+    stdio.send(b"endianness\nwritel 0x1000 0x2a\nreadl 0x1000\nfrob\n");
+    stdio.wait_prefix("OK little", T);
+    stdio.wait_for("the read", T, |l| l == "OK 0x000000000000002a");
+    stdio.wait_for("the refusal", T, |l| l == "FAIL Unknown command 'frob'");
+
+    for (args, says) in [
+        (&["-accel", "qtest"][..], "-accel qtest needs -qtest"),
+        (
+            &["-accel", "qtest", "-qtest", "stdio"],
+            "cannot both have stdio",
+        ),
+        (
+            &["-qtest", "unix:/nowhere", "-kernel", "/dev/null"],
+            "needs -accel qtest",
+        ),
+        (
+            &["-accel", "qtest", "-qtest", "tcp:1:2"],
+            "invalid -qtest 'tcp:1:2'",
+        ),
+        (
+            &["-M", "pseries-2.8", "-kernel", "/dev/null"],
+            "needs KVM-PPC",
+        ),
+    ] {
+        let out = Command::new(vmm_tests::vmm::binary())
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -14,6 +14,7 @@
 //! devices are built by the same code as the board's, without KVM or host
 //! devices behind them.
 
+use crate::qtest::protocol::to_hex as hex;
 use crate::vm::virtio::transport_config;
 use anyhow::{anyhow, Context, Result};
 use devices::model::{CompatEntry, Props};
@@ -309,10 +310,6 @@ fn fnv(b: &[u8]) -> String {
         (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{h:#018x}")
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Every difference between `kept` (a release's record of a machine type)

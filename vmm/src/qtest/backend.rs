@@ -96,16 +96,6 @@ impl QtestVm {
     }
 }
 
-fn same_bell(a: &Doorbell, b: &Doorbell) -> bool {
-    match (a, b) {
-        (Doorbell::Pio { port: p, queue: q }, Doorbell::Pio { port, queue }) => {
-            p == port && q == queue
-        }
-        (Doorbell::Mmio { addr: x }, Doorbell::Mmio { addr }) => x == addr,
-        _ => false,
-    }
-}
-
 impl VmOps for QtestVm {
     fn signal_msi(&self, addr: u64, data: u32) -> std::io::Result<()> {
         // On the bus an MSI is a 32-bit write; without an interrupt
@@ -138,7 +128,7 @@ impl VmOps for QtestVm {
         self.doorbells
             .lock()
             .expect("doorbells lock")
-            .retain(|(_, b)| !same_bell(b, &bell));
+            .retain(|(_, b)| *b != bell);
         Ok(())
     }
 }

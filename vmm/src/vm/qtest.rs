@@ -4,7 +4,7 @@
 //! ioeventfds would take them.
 
 use super::board::{Board, Platform};
-use crate::qtest::protocol::{to_base64, to_hex, Request, Width};
+use crate::qtest::protocol::{to_base64, to_hex, Request};
 use crate::qtest::{Call, QtestVm};
 use crate::runstate::RunState;
 use std::collections::VecDeque;
@@ -256,7 +256,7 @@ fn pieces(addr: u64, len: usize) -> impl Iterator<Item = (u64, std::ops::Range<u
             return None;
         }
         let at = addr.wrapping_add(off as u64);
-        let mut size = MAX_MMIO_ACCESS.min(Width::Q.bytes());
+        let mut size = MAX_MMIO_ACCESS;
         while size > 1 && (!at.is_multiple_of(size as u64) || size > len - off) {
             size /= 2;
         }
@@ -269,6 +269,7 @@ fn pieces(addr: u64, len: usize) -> impl Iterator<Item = (u64, std::ops::Range<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qtest::protocol::Width;
 
     #[test]
     fn bulk_accesses_split_into_aligned_register_accesses() {
