@@ -161,6 +161,8 @@ pub type Tls = (crate::tls::Creds, Option<crate::tls::Authz>);
 enum Hello {
     Main(Main),
     Channel(Channel),
+    /// A source that asked whether channels are taken, answered.
+    Probe(String),
     /// Anything else: a port scanner, a health check, a stranger.
     Other(String),
 }
@@ -197,6 +199,12 @@ fn hello_plain(mut c: Conn, peer: &str) -> std::io::Result<Hello> {
             let session =
                 (m == CHANNEL_MAGIC).then(|| SessionId(h[8..24].try_into().expect("16 bytes")));
             let (index, count) = (be32(&h[0..4]), be32(&h[4..8]));
+            if session.is_none() && (index, count) == (multifd::PROBE_INDEX, 0) {
+                multifd::answer_probe(c, MAX_CHANNELS)?;
+                return Ok(Hello::Probe(format!(
+                    "{peer} asked whether multifd channels are taken: up to {MAX_CHANNELS}"
+                )));
+            }
             if !(1..=MAX_CHANNELS).contains(&count) || index >= count {
                 return Ok(Hello::Other(format!(
                     "{peer} opened multifd channel {index} of {count}: out of range"
@@ -257,7 +265,7 @@ fn clear_timeout(h: &Hello) -> std::io::Result<()> {
     match h {
         Hello::Main(m) => m.conn.set_read_timeout(None),
         Hello::Channel(c) => c.conn.set_read_timeout(None),
-        Hello::Other(_) => Ok(()),
+        Hello::Probe(_) | Hello::Other(_) => Ok(()),
     }
 }
 
@@ -395,6 +403,7 @@ pub fn serve(
                     }
                     mains.push(m)
                 }
+                Hello::Probe(what) => log::info!("incoming migration: {what}"),
                 Hello::Other(why) => {
                     log::warn!("incoming migration: ignoring a connection: {why}")
                 }
@@ -537,9 +546,11 @@ impl Incoming {
     /// for a moment (so the source sees the reason, not a reset), and
     /// closes its connections.
     pub fn refuse(mut self, why: &str) {
+        // The reason first: the source may see its channels close before
+        // it reads the main connection.
+        let _ = self.main.write_all(&Line::Err(why.to_string()).encode());
         self.end_channels();
         let conn = &mut self.main;
-        let _ = conn.write_all(&Line::Err(why.to_string()).encode());
         let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut sink = [0u8; 65536];

@@ -13,6 +13,15 @@
 //! Releases up to 0.2.0 start a channel with [`CHANNEL_MAGIC_V1`], index
 //! and count only, and their main stream announces nothing; a destination
 //! binds such channels only to such a stream (see `destination`).
+//!
+//! Whether the destination takes channels at all is asked first ([`probe`]),
+//! on a connection that every destination since 0.2.0 takes harmlessly: a
+//! 0.2.0 channel header with index [`PROBE_INDEX`] and count 0, a SYNC
+//! record, then END. This build answers [`Line::Multifd`] with the most
+//! channels it takes; 0.2.0 takes it for a channel, answers its SYNC and
+//! ends it at END without a page (it counts it among the next stream's
+//! channels, which is harmless: it delivered everything it had, nothing).
+//! So multifd is on by default and an older destination gets one stream.
 
 use crate::error::{Error, Result};
 use crate::protocol::Line;
@@ -37,6 +46,10 @@ const CH_ZERO: u64 = 2;
 const CH_END: u64 = u64::MAX;
 /// Answered with [`Line::Sync`] on the channel once everything before it is in.
 pub(crate) const CH_SYNC: u64 = u64::MAX - 1;
+/// The index a probe's 0.2.0 channel header carries (with count 0).
+pub(crate) const PROBE_INDEX: u32 = u32::MAX;
+/// How long a probe waits for its answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
@@ -96,6 +109,73 @@ pub(crate) fn connect_channels(
             Ok(c)
         })
         .collect()
+}
+
+/// Asks the destination at `uri` (in TLS when `tls` says so) how many
+/// multifd channels it takes: up to its answer, or 0 when it is a release
+/// that takes none with a session (it answers SYNC) or a build that closes
+/// the probe unanswered. Fails only when the destination cannot be reached
+/// or answers neither in time nor sensibly.
+pub(crate) fn probe(
+    uri: &Uri,
+    tls: Option<&(crate::tls::Creds, String)>,
+    opened: &dyn Fn(&Conn) -> Result<()>,
+) -> Result<u32> {
+    let io = || Error::io("asking the destination whether it takes multifd channels");
+    let mut c = connect(uri)?;
+    opened(&c)?;
+    if let Some((creds, host)) = tls {
+        c = creds.connect(c, host)?;
+        opened(&c)?;
+    }
+    let mut head = CHANNEL_MAGIC_V1.to_vec();
+    head.extend_from_slice(&PROBE_INDEX.to_be_bytes());
+    head.extend_from_slice(&0u32.to_be_bytes());
+    head.extend_from_slice(&CH_SYNC.to_be_bytes());
+    c.write_all(&head).map_err(io())?;
+    c.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(io())?;
+    let answer = crate::return_path::LineReader::new(c.try_clone().map_err(io())?).next_line();
+    let n = match answer {
+        Ok((l, _)) => match Line::parse(&l) {
+            Ok(Line::Multifd(n)) => n,
+            Ok(Line::Sync) => 0,
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "the destination answered the multifd probe with '{l}'"
+                )))
+            }
+        },
+        // A build between 0.2.0 and this one closes the probe unanswered
+        // (unread bytes make that a reset): it takes no channels either.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            0
+        }
+        Err(e) => return Err(io()(e)),
+    };
+    // Ends the probe as a 0.2.0 channel ends (what it counts on).
+    let _ = c.write_all(&CH_END.to_be_bytes());
+    Ok(n)
+}
+
+/// A destination's answer to a probe whose header is read: `max` channels
+/// after its SYNC record, then nothing until its END (or its close).
+pub(crate) fn answer_probe(mut c: Conn, max: u32) -> std::io::Result<()> {
+    let mut h = [0u8; 8];
+    c.read_exact(&mut h)?;
+    if u64::from_be_bytes(h) != CH_SYNC {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a multifd probe without its SYNC",
+        ));
+    }
+    c.write_all(&Line::Multifd(max).encode())?;
+    let _ = c.read_exact(&mut h);
+    Ok(())
 }
 
 /// The channel a page travels on: a page always takes the same one, so a
@@ -227,5 +307,79 @@ pub(crate) fn receive(c: Conn, index: u32, ram: &RamSlot) -> Result<u64> {
             }
         }
         n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    /// Probes a destination that `serve` plays on a loopback port; what
+    /// the probe found, and what the destination read after its header.
+    fn probe_against(serve: fn(TcpStream) -> Vec<u8>) -> (Result<u32>, Vec<u8>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = Uri::Tcp(l.local_addr().unwrap().to_string());
+        let peer = std::thread::spawn(move || serve(l.accept().unwrap().0));
+        let got = probe(&uri, None, &|_| Ok(()));
+        (got, peer.join().unwrap())
+    }
+
+    /// The probe's header: 0.2.0's channel magic, index PROBE_INDEX, count 0.
+    fn read_header(s: &mut TcpStream) {
+        let mut h = [0u8; 16];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(&h[..8], CHANNEL_MAGIC_V1);
+        assert_eq!(h[8..], [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+    }
+
+    fn rest(mut s: TcpStream) -> Vec<u8> {
+        let mut v = vec![];
+        let _ = s.read_to_end(&mut v);
+        v
+    }
+
+    #[test]
+    fn this_build_answers_how_many_channels_it_takes() {
+        let (got, after) = probe_against(|mut s| {
+            read_header(&mut s);
+            answer_probe(Conn::Tcp(s.try_clone().unwrap()), 255).unwrap();
+            rest(s)
+        });
+        assert_eq!(got.unwrap(), 255);
+        // answer_probe read the END itself.
+        assert!(after.is_empty(), "{after:02x?}");
+    }
+
+    /// What 0.2.0's receiver does with a channel: answers SYNC records and
+    /// ends at END, having written no page (so the probe costs it nothing).
+    #[test]
+    fn a_0_2_0_destination_answers_sync_and_gets_one_stream() {
+        let (got, after) = probe_against(|mut s| {
+            read_header(&mut s);
+            let mut r = [0u8; 8];
+            s.read_exact(&mut r).unwrap();
+            assert_eq!(u64::from_be_bytes(r), CH_SYNC);
+            s.write_all(b"SYNC\n").unwrap();
+            rest(s)
+        });
+        assert_eq!(got.unwrap(), 0);
+        assert_eq!(after, CH_END.to_be_bytes(), "the probe ends as a channel");
+    }
+
+    #[test]
+    fn a_build_that_closes_the_probe_gets_one_stream_and_nonsense_is_an_error() {
+        let (got, _) = probe_against(|mut s| {
+            read_header(&mut s);
+            vec![]
+        });
+        assert_eq!(got.unwrap(), 0);
+        let (got, _) = probe_against(|mut s| {
+            read_header(&mut s);
+            s.write_all(b"HELLO\n").unwrap();
+            rest(s)
+        });
+        let e = got.unwrap_err().to_string();
+        assert!(e.contains("'HELLO'"), "{e}");
     }
 }

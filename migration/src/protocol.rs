@@ -15,6 +15,12 @@
 //!
 //! A destination that cannot take the stream answers `ERR` with the reason
 //! at any point; the source then resumes the guest.
+//!
+//! Before all this, a source that would send RAM on multifd channels asks
+//! on a connection of its own whether the destination takes them (the
+//! probe, see `multifd`): `MULTIFD n` says it takes up to `n`; `SYNC` is
+//! what a release up to 0.2.0 answers (it takes the probe for an empty
+//! channel), and then RAM goes on the main stream.
 
 use std::fmt;
 
@@ -31,6 +37,8 @@ pub enum Line {
     Running,
     /// Destination: the stream was refused, and why.
     Err(String),
+    /// Destination, to a multifd probe: it takes up to this many channels.
+    Multifd(u32),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,10 +56,15 @@ impl Line {
             "RUNNING" => Line::Running,
             // A refusal whose reason was empty (its trailing space trimmed).
             "ERR" => Line::Err(String::new()),
-            _ => match s.strip_prefix("ERR ") {
-                Some(why) => Line::Err(why.to_string()),
-                None => return Err(UnknownLine(s.to_string())),
-            },
+            _ => {
+                if let Some(why) = s.strip_prefix("ERR ") {
+                    Line::Err(why.to_string())
+                } else if let Some(n) = s.strip_prefix("MULTIFD ").and_then(|n| n.parse().ok()) {
+                    Line::Multifd(n)
+                } else {
+                    return Err(UnknownLine(s.to_string()));
+                }
+            }
         })
     }
 
@@ -70,6 +83,7 @@ impl fmt::Display for Line {
             Line::Go => f.write_str("GO"),
             Line::Running => f.write_str("RUNNING"),
             Line::Err(why) => write!(f, "ERR {}", why.replace(['\n', '\r'], " ")),
+            Line::Multifd(n) => write!(f, "MULTIFD {n}"),
         }
     }
 }
@@ -94,6 +108,7 @@ mod tests {
             Line::Go,
             Line::Running,
             Line::Err("machine type received is 'pc-q35-7.2'".into()),
+            Line::Multifd(255),
         ] {
             let wire = String::from_utf8(l.encode()).unwrap();
             assert!(wire.ends_with('\n') && wire.matches('\n').count() == 1);
@@ -109,5 +124,6 @@ mod tests {
         );
         assert_eq!(Line::parse("ERR"), Ok(Line::Err(String::new())));
         assert!(Line::parse("go").is_err() && Line::parse("ERRor").is_err());
+        assert!(Line::parse("MULTIFD").is_err() && Line::parse("MULTIFD -1").is_err());
     }
 }

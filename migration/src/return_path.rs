@@ -160,6 +160,26 @@ impl ReturnPath {
     }
 }
 
+impl ReturnPath {
+    /// The destination's reason, if it refuses the stream within `wait`
+    /// (or did already): what a failed send on another connection is
+    /// explained by (a refusing destination closes its channels too, and
+    /// their broken pipe may be seen before its ERR arrives).
+    pub(crate) fn refusal(&self, wait: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Err(Error::Refused(why)) = self.refused() {
+                return Some(why);
+            }
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            match self.rx.recv_timeout(left) {
+                Ok(Ok(l)) => self.held.borrow_mut().push_back(l),
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+}
+
 impl Drop for ReturnPath {
     fn drop(&mut self) {
         // Wakes the reader (its receive returns 0) so its thread ends.

@@ -95,7 +95,8 @@ pub struct Route {
     /// TLS credentials, and the name the destination's certificate must
     /// carry.
     pub tls: Option<(Creds, String)>,
-    /// How many multifd channels (0: RAM on the main stream).
+    /// How many multifd channels to ask for (0: RAM on the main stream;
+    /// fewer, or none, when the destination takes fewer).
     pub channels: u32,
 }
 
@@ -108,13 +109,24 @@ struct Open {
 impl Route {
     /// Opens the connections; each is in `links` as soon as it exists.
     ///
-    /// With channels, they carry a fresh session id that the main stream
-    /// announces first; without, the main stream is exactly what releases
-    /// up to 0.2.0 send and take.
+    /// Channels are opened when the destination says it takes them (the
+    /// probe: as many as asked for, or as it takes if fewer). They carry a
+    /// fresh session id that the main stream announces first; without
+    /// them, the main stream is exactly what releases up to 0.2.0 send and
+    /// take.
     fn open(&mut self, links: &Links) -> Result<Open> {
         let opened = |c: &Conn| links.add(c);
         let tls = self.tls.as_ref();
         let id = SessionId::new()?;
+        if self.channels > 0 {
+            let takes = multifd::probe(&self.uri, tls, &opened)?;
+            if takes == 0 {
+                log::info!(
+                    "the destination takes no multifd channels: RAM goes on the main stream"
+                );
+            }
+            self.channels = self.channels.min(takes);
+        }
         let channels = multifd::connect_channels(&self.uri, self.channels, id, tls, &opened)?;
         let mut conn = match self.conn.take() {
             Some(c) => c,
@@ -162,8 +174,9 @@ impl Source {
 
     fn precopy(&self, open: &Open) -> Result<()> {
         let mut m = self.setup(open)?;
-        m.iterate()?;
-        m.catch_up()?;
+        if let Err(e) = m.iterate().and_then(|()| m.catch_up()) {
+            return Err(m.explain(e));
+        }
         let watchdog = Watchdog::new(self.paused_bound());
         let r = m
             .stop_and_copy(&watchdog)
@@ -265,6 +278,19 @@ struct Precopy<'a> {
 impl Precopy<'_> {
     fn progress(&self) -> &Progress {
         &self.src.progress
+    }
+
+    /// `e`, or the destination's reason when it refused the stream: a
+    /// refusing destination closes every connection, and a channel's
+    /// broken pipe may come before its ERR line.
+    fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::Refused(_) => e,
+            e => match self.rp.refusal(Duration::from_secs(1)) {
+                Some(why) => Error::Refused(why),
+                None => e,
+            },
+        }
     }
 
     fn dirty_pages(&self) -> Result<Vec<Vec<u64>>> {
@@ -432,7 +458,7 @@ impl Precopy<'_> {
         self.progress()
             .remaining
             .store(count(&self.dirty) * PAGE_SIZE as u64, Ordering::SeqCst);
-        self.send_dirty(true)?;
+        self.send_dirty(true).map_err(|e| self.explain(e))?;
         log::debug!(
             "downtime: last {} pages sent at +{} us",
             count(&self.dirty),

@@ -48,6 +48,9 @@ pub struct Params {
     pub max_bandwidth: u64,
     pub multifd_channels: u64,
     pub auto_converge: bool,
+    /// RAM on `multifd_channels` connections of its own when the
+    /// destination takes them (it is asked first): on by default, unlike
+    /// QEMU, where both sides must be told. Off: one stream.
     pub multifd: bool,
     /// Auto-converge: the first throttle and each step, percent.
     pub throttle_initial: u64,
@@ -70,7 +73,7 @@ impl Default for Params {
             max_bandwidth: 0,
             multifd_channels: 2,
             auto_converge: false,
-            multifd: false,
+            multifd: true,
             throttle_initial: 20,
             throttle_increment: 10,
             max_throttle: 99,

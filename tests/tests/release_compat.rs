@@ -188,6 +188,11 @@ fn live_move(
         src.vm.log(),
         dst.vm.log()
     );
+    // A release takes no channels with a session: this build asked it
+    // first (the multifd probe, on by default) and sent one stream.
+    if binary.is_some() {
+        assert_eq!(m["multifd-channels-used"], 0, "{machine}: {m}");
+    }
     drop(src);
     dst.vm.wait_ticks(dst.vm.ticks() + 2, BOOT);
     dst.vm.verify_memory(T);

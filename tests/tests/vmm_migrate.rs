@@ -221,6 +221,13 @@ fn guest_moves_a_b_c_a_while_writing_memory() {
                 3
             );
         }
+        if hop == 2 {
+            // And this one on the main stream alone.
+            src.qmp().execute(
+                "migrate-set-capabilities",
+                json!({"capabilities": [{"capability": "multifd", "state": false}]}),
+            );
+        }
         let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
         assert_eq!(m["status"], "completed", "hop {hop}: {m}\n{}", dst.vm.log());
         assert!(
@@ -231,11 +238,9 @@ fn guest_moves_a_b_c_a_while_writing_memory() {
         assert_eq!(m["ram"]["remaining"], 0);
         assert_eq!(src.status(), "postmigrate");
         let n = ticks(&src.vm).last().copied().unwrap_or(last);
-        assert_eq!(
-            m["multifd-channels-used"],
-            if hop == 1 { 3 } else { 0 },
-            "{m}"
-        );
+        // The first hop with the defaults: the two channels the
+        // destination said it takes.
+        assert_eq!(m["multifd-channels-used"], [2, 3, 0][hop], "{m}");
         drop(src);
         src = dst;
         // The counter goes on from where the source left it.
@@ -1191,6 +1196,42 @@ fn a_stranger_first_is_refused_and_the_real_source_then_migrates() {
     drop(stranger);
     assert_eq!(dst.status(), "inmigrate", "{}", dst.vm.log());
     hand_over(src, &mut dst, &uri);
+}
+
+/// What an operator gets with no migration parameters set: RAM on the
+/// multifd channels the destination says it takes (two, QEMU's default
+/// count), the guest intact. With the capability turned off, one stream.
+#[test]
+fn the_default_migration_uses_the_channels_the_destination_takes() {
+    let dir = TempDir::new("mig-default-multifd");
+    let src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let caps = src.qmp().execute("query-migrate-capabilities", json!({}));
+    assert!(
+        caps.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["capability"] == "multifd" && c["state"] == true),
+        "{caps}"
+    );
+    let (mut b, uri) = incoming(&dir, "b", &[]);
+    let m = migrate(&src, &uri);
+    assert_eq!(m["status"], "completed", "{m}\n{}", b.vm.log());
+    assert_eq!(m["multifd-channels-used"], 2, "{m}");
+    drop(src);
+    wait_ticks(&b.vm, 2);
+    verify(&mut b.vm);
+    b.qmp().execute(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "multifd", "state": false}]}),
+    );
+    let (mut c, uri) = incoming(&dir, "c", &[]);
+    let m = migrate(&b, &uri);
+    assert_eq!(m["status"], "completed", "{m}\n{}", c.vm.log());
+    assert_eq!(m["multifd-channels-used"], 0, "{m}");
+    drop(b);
+    wait_ticks(&c.vm, 2);
+    verify(&mut c.vm);
 }
 
 /// A stranger that opens a multifd channel (the 0.2.0 header, claiming to
