@@ -71,7 +71,7 @@ impl Default for Params {
         Params {
             downtime_limit_ms: 300,
             max_bandwidth: 0,
-            multifd_channels: 2,
+            multifd_channels: 4,
             auto_converge: false,
             multifd: true,
             throttle_initial: 20,

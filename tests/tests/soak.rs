@@ -188,7 +188,7 @@ fn hop(
             if let Some(mut s) = stray {
                 let _ = s.kill();
                 let _ = s.wait();
-                assert_eq!(m["multifd-channels-used"], 2, "hop {i}: {m}");
+                assert_eq!(m["multifd-channels-used"], 4, "hop {i}: {m}");
             }
             assert_eq!(
                 m["status"],

@@ -238,9 +238,9 @@ fn guest_moves_a_b_c_a_while_writing_memory() {
         assert_eq!(m["ram"]["remaining"], 0);
         assert_eq!(src.status(), "postmigrate");
         let n = ticks(&src.vm).last().copied().unwrap_or(last);
-        // The first hop with the defaults: the two channels the
+        // The first hop with the defaults: the four channels the
         // destination said it takes.
-        assert_eq!(m["multifd-channels-used"], [2, 3, 0][hop], "{m}");
+        assert_eq!(m["multifd-channels-used"], [4, 3, 0][hop], "{m}");
         drop(src);
         src = dst;
         // The counter goes on from where the source left it.
@@ -1199,8 +1199,8 @@ fn a_stranger_first_is_refused_and_the_real_source_then_migrates() {
 }
 
 /// What an operator gets with no migration parameters set: RAM on the
-/// multifd channels the destination says it takes (two, QEMU's default
-/// count), the guest intact. With the capability turned off, one stream.
+/// multifd channels the destination says it takes (four: QEMU's default
+/// is two), the guest intact. With the capability turned off, one stream.
 #[test]
 fn the_default_migration_uses_the_channels_the_destination_takes() {
     let dir = TempDir::new("mig-default-multifd");
@@ -1217,7 +1217,7 @@ fn the_default_migration_uses_the_channels_the_destination_takes() {
     let (mut b, uri) = incoming(&dir, "b", &[]);
     let m = migrate(&src, &uri);
     assert_eq!(m["status"], "completed", "{m}\n{}", b.vm.log());
-    assert_eq!(m["multifd-channels-used"], 2, "{m}");
+    assert_eq!(m["multifd-channels-used"], 4, "{m}");
     drop(src);
     wait_ticks(&b.vm, 2);
     verify(&mut b.vm);
@@ -1600,7 +1600,7 @@ fn migration_in_tls_with_qemus_credentials() {
     tls_on_with_auto_converge(&mut q, "tlsc");
     let m = migrate(&dst, &uri2);
     assert_eq!(m["status"], "completed", "{m}\n{}", dst2.vm.log());
-    assert_eq!(m["multifd-channels-used"], 2, "{m}");
+    assert_eq!(m["multifd-channels-used"], 4, "{m}");
     drop(dst);
     wait_ticks(&dst2.vm, 2);
     verify(&mut dst2.vm);
@@ -1741,7 +1741,7 @@ fn migration_in_tls_with_a_pre_shared_key() {
     let (mut dst3, uri3) = dst("dst3", Some("alice"));
     let m = migrate(&alice, &uri3);
     assert_eq!(m["status"], "completed", "{m}\n{}", dst3.vm.log());
-    assert_eq!(m["multifd-channels-used"], 2, "{m}");
+    assert_eq!(m["multifd-channels-used"], 4, "{m}");
     drop(alice);
     wait_ticks(&dst3.vm, 2);
     verify(&mut dst3.vm);
