@@ -112,15 +112,16 @@ pub(crate) fn connect_channels(
 }
 
 /// Asks the destination at `uri` (in TLS when `tls` says so) how many
-/// multifd channels it takes: up to its answer, or 0 when it is a release
-/// that takes none with a session (it answers SYNC) or a build that closes
-/// the probe unanswered. Fails only when the destination cannot be reached
-/// or answers neither in time nor sensibly.
+/// multifd channels it takes: up to its answer (0 from a release that
+/// takes none with a session: it answers SYNC), or `None` when it closed
+/// the probe unanswered (a build between 0.2.0 and this one, or QEMU,
+/// which takes it for a stream and fails). Fails only when the
+/// destination cannot be reached or answers neither in time nor sensibly.
 pub(crate) fn probe(
     uri: &Uri,
     tls: Option<&(crate::tls::Creds, String)>,
     opened: &dyn Fn(&Conn) -> Result<()>,
-) -> Result<u32> {
+) -> Result<Option<u32>> {
     let io = || Error::io("asking the destination whether it takes multifd channels");
     let mut c = connect(uri)?;
     opened(&c)?;
@@ -133,12 +134,18 @@ pub(crate) fn probe(
     head.extend_from_slice(&0u32.to_be_bytes());
     head.extend_from_slice(&CH_SYNC.to_be_bytes());
     c.write_all(&head).map_err(io())?;
-    c.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(io())?;
-    let answer = crate::return_path::LineReader::new(c.try_clone().map_err(io())?).next_line();
-    let n = match answer {
+    let answered = c
+        .set_read_timeout(Some(PROBE_TIMEOUT))
+        .and_then(|()| c.try_clone())
+        .and_then(|r| crate::return_path::LineReader::new(r).next_line());
+    // Ended as a 0.2.0 channel ends, whatever came back: a 0.2.0
+    // destination counts the probe among its next stream's channels and
+    // fails that stream if one ends without END.
+    let _ = c.write_all(&CH_END.to_be_bytes());
+    let n = match answered {
         Ok((l, _)) => match Line::parse(&l) {
-            Ok(Line::Multifd(n)) => n,
-            Ok(Line::Sync) => 0,
+            Ok(Line::Multifd(n)) => Some(n),
+            Ok(Line::Sync) => Some(0),
             _ => {
                 return Err(Error::Protocol(format!(
                     "the destination answered the multifd probe with '{l}'"
@@ -153,12 +160,10 @@ pub(crate) fn probe(
                 std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
             ) =>
         {
-            0
+            None
         }
         Err(e) => return Err(io()(e)),
     };
-    // Ends the probe as a 0.2.0 channel ends (what it counts on).
-    let _ = c.write_all(&CH_END.to_be_bytes());
     Ok(n)
 }
 
@@ -317,7 +322,7 @@ mod tests {
 
     /// Probes a destination that `serve` plays on a loopback port; what
     /// the probe found, and what the destination read after its header.
-    fn probe_against(serve: fn(TcpStream) -> Vec<u8>) -> (Result<u32>, Vec<u8>) {
+    fn probe_against(serve: fn(TcpStream) -> Vec<u8>) -> (Result<Option<u32>>, Vec<u8>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let uri = Uri::Tcp(l.local_addr().unwrap().to_string());
         let peer = std::thread::spawn(move || serve(l.accept().unwrap().0));
@@ -346,7 +351,7 @@ mod tests {
             answer_probe(Conn::Tcp(s.try_clone().unwrap()), 255).unwrap();
             rest(s)
         });
-        assert_eq!(got.unwrap(), 255);
+        assert_eq!(got.unwrap(), Some(255));
         // answer_probe read the END itself.
         assert!(after.is_empty(), "{after:02x?}");
     }
@@ -363,7 +368,7 @@ mod tests {
             s.write_all(b"SYNC\n").unwrap();
             rest(s)
         });
-        assert_eq!(got.unwrap(), 0);
+        assert_eq!(got.unwrap(), Some(0));
         assert_eq!(after, CH_END.to_be_bytes(), "the probe ends as a channel");
     }
 
@@ -373,13 +378,16 @@ mod tests {
             read_header(&mut s);
             vec![]
         });
-        assert_eq!(got.unwrap(), 0);
-        let (got, _) = probe_against(|mut s| {
+        assert_eq!(got.unwrap(), None);
+        let (got, got_after) = probe_against(|mut s| {
             read_header(&mut s);
             s.write_all(b"HELLO\n").unwrap();
             rest(s)
         });
-        let e = got.unwrap_err().to_string();
+        let (e, after) = (got.unwrap_err().to_string(), got_after);
         assert!(e.contains("'HELLO'"), "{e}");
+        // Ended as a channel all the same (after its SYNC record).
+        assert_eq!(after[..8], CH_SYNC.to_be_bytes());
+        assert_eq!(after[8..], CH_END.to_be_bytes());
     }
 }

@@ -98,6 +98,9 @@ pub struct Route {
     /// How many multifd channels to ask for (0: RAM on the main stream;
     /// fewer, or none, when the destination takes fewer).
     pub channels: u32,
+    /// Whether the destination closed the multifd probe unanswered (an
+    /// older build, or QEMU, which then fails its incoming migration).
+    probe_unanswered: bool,
 }
 
 /// A migration's open connections.
@@ -107,6 +110,16 @@ struct Open {
 }
 
 impl Route {
+    pub fn new(uri: Uri, conn: Option<Conn>, tls: Option<(Creds, String)>, channels: u32) -> Route {
+        Route {
+            uri,
+            conn,
+            tls,
+            channels,
+            probe_unanswered: false,
+        }
+    }
+
     /// Opens the connections; each is in `links` as soon as it exists.
     ///
     /// Channels are opened when the destination says it takes them (the
@@ -119,13 +132,19 @@ impl Route {
         let tls = self.tls.as_ref();
         let id = SessionId::new()?;
         if self.channels > 0 {
-            let takes = multifd::probe(&self.uri, tls, &opened)?;
-            if takes == 0 {
+            let takes = multifd::probe(&self.uri, tls, &opened);
+            // A cancel shuts the probe too: its end is not an answer.
+            if links.is_shut() {
+                return Err(Error::Cancelled);
+            }
+            let takes = takes?;
+            if takes.is_none_or(|n| n == 0) {
                 log::info!(
                     "the destination takes no multifd channels: RAM goes on the main stream"
                 );
             }
-            self.channels = self.channels.min(takes);
+            self.probe_unanswered = takes.is_none();
+            self.channels = self.channels.min(takes.unwrap_or(0));
         }
         let channels = multifd::connect_channels(&self.uri, self.channels, id, tls, &opened)?;
         let mut conn = match self.conn.take() {
@@ -163,7 +182,8 @@ impl Source {
         let r = self
             .route
             .open(&self.links)
-            .and_then(|open| self.precopy(&open));
+            .and_then(|open| self.precopy(&open))
+            .map_err(|e| self.hint(e));
         self.vm.stop_dirty_log();
         if let Err(e) = &r {
             log::error!("migration failed: {}", e.chain());
@@ -172,10 +192,25 @@ impl Source {
         (self.ctl)(Msg::Done(r.map_err(|e| e.chain())));
     }
 
+    /// `e`, with what to do about it when the destination closed the
+    /// multifd probe unanswered and then the stream: QEMU does that (it
+    /// takes the probe for its stream and fails).
+    fn hint(&self, e: Error) -> Error {
+        let refused = |e: &Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused);
+        if self.route.probe_unanswered && (peer_closed(&e) || refused(&e)) {
+            Error::Protocol(format!(
+                "{}; the destination had closed the multifd probe unanswered: a QEMU destination does that and fails, turn the multifd capability off to migrate to it",
+                e.chain()
+            ))
+        } else {
+            e
+        }
+    }
+
     fn precopy(&self, open: &Open) -> Result<()> {
         let mut m = self.setup(open)?;
         if let Err(e) = m.iterate().and_then(|()| m.catch_up()) {
-            return Err(m.explain(e));
+            return Err(m.explain(e, Duration::from_secs(1)));
         }
         let watchdog = Watchdog::new(self.paused_bound());
         let r = m
@@ -282,14 +317,15 @@ impl Precopy<'_> {
 
     /// `e`, or the destination's reason when it refused the stream: a
     /// refusing destination closes every connection, and a channel's
-    /// broken pipe may come before its ERR line.
-    fn explain(&self, e: Error) -> Error {
-        match e {
-            Error::Refused(_) => e,
-            e => match self.rp.refusal(Duration::from_secs(1)) {
-                Some(why) => Error::Refused(why),
-                None => e,
-            },
+    /// broken pipe may come before its ERR line (waited for up to `wait`;
+    /// only when `e` is a connection the peer closed).
+    fn explain(&self, e: Error, wait: Duration) -> Error {
+        if !peer_closed(&e) {
+            return e;
+        }
+        match self.rp.refusal(wait) {
+            Some(why) => Error::Refused(why),
+            None => e,
         }
     }
 
@@ -458,7 +494,9 @@ impl Precopy<'_> {
         self.progress()
             .remaining
             .store(count(&self.dirty) * PAGE_SIZE as u64, Ordering::SeqCst);
-        self.send_dirty(true).map_err(|e| self.explain(e))?;
+        // The guest is paused: the reason is waited for briefly.
+        self.send_dirty(true)
+            .map_err(|e| self.explain(e, Duration::from_millis(200)))?;
         log::debug!(
             "downtime: last {} pages sent at +{} us",
             count(&self.dirty),
@@ -703,6 +741,25 @@ impl Meter<'_> {
     }
 }
 
+/// Whether `e` is a connection the peer closed (a broken pipe, a reset,
+/// an early end).
+fn peer_closed(e: &Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        if let Some(io) = x.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        cur = x.source();
+    }
+    false
+}
+
 #[cfg(test)]
 #[allow(unsafe_code)]
 mod tests {
@@ -893,12 +950,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
         let source = Source {
-            route: Route {
-                uri: Uri::Fd("test".into()),
-                conn: Some(Conn::Unix(a)),
-                tls: None,
-                channels: 0,
-            },
+            route: Route::new(Uri::Fd("test".into()), Some(Conn::Unix(a)), None, 0),
             links: Default::default(),
             vm: vm.clone(),
             machine: MACHINE,

@@ -220,6 +220,11 @@ impl Links {
         Ok(())
     }
 
+    /// Whether [`Links::shutdown`] ran (the migration was cancelled).
+    pub fn is_shut(&self) -> bool {
+        self.shut.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn shutdown(&self) {
         let mut conns = self.conns.lock().expect("links lock");
         self.shut.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -682,3 +682,49 @@ fn qemu_and_vmm_agree_on_tls_psk() {
     );
     wait_log(&|| q_dst.log(), "Machine type received is 'pc-q35-10.0'");
 }
+
+/// vmm asks its destination first whether it takes multifd channels (on
+/// by default). QEMU takes the question for its stream and fails: the
+/// migration fails saying what to do (turn multifd off), and the source
+/// runs on.
+#[test]
+fn a_qemu_destination_is_named_when_it_closes_the_multifd_probe() {
+    let dir = TempDir::new("qemu-probe");
+    let port = free_port();
+    let qd = dir.path("q-dst.sock");
+    let q_dst = Qemu::new("q35")
+        .mem("256M")
+        .append("cpus=1 mem=256M work=counter tick_ms=100")
+        .args(["-incoming", &format!("tcp:127.0.0.1:{port}")])
+        .args(["-qmp", &format!("unix:{},server=on,wait=off", qd.display())])
+        .spawn("qemu-destination");
+    // Listening once its monitor answers.
+    let mut d = Qmp::connect(&qd, Duration::from_secs(10));
+    assert_eq!(d.execute("query-status", json!({}))["status"], "inmigrate");
+    let vs = dir.path("v-src.sock");
+    let v_src = vmm_tests::vmm::Vmm::new()
+        .args(["-m", "256M", "-qmp"])
+        .arg(format!("unix:{},server=on,wait=off", vs.display()))
+        .append("cpus=1 work=counter tick_ms=100 max_gap_ms=5000")
+        .spawn("vmm-source");
+    v_src.wait_prefix("tick n=", BOOT);
+    let mut s = Qmp::connect(&vs, Duration::from_secs(10));
+    s.execute("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
+    let m = s.wait_migration(Duration::from_secs(60));
+    assert_eq!(m["status"], "failed", "{m}");
+    let why = m["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("closed the multifd probe unanswered")
+            && why.contains("multifd capability off"),
+        "{m}\n{}",
+        q_dst.log()
+    );
+    assert_eq!(s.execute("query-status", json!({}))["status"], "running");
+    let ticks = v_src.count(|l| l.starts_with("tick n="));
+    v_src.wait_count(
+        "ticks after the failure",
+        ticks + 2,
+        Duration::from_secs(10),
+        |l| l.starts_with("tick n="),
+    );
+}

@@ -215,12 +215,7 @@ impl Session<'_> {
         } else {
             0
         };
-        let route = Route {
-            uri: uri.clone(),
-            conn,
-            tls,
-            channels,
-        };
+        let route = Route::new(uri.clone(), conn, tls, channels);
         let progress = Arc::new(Progress::default());
         *self.migration = MigrationInfo {
             status: MigrationStatus::Setup,
