@@ -8,8 +8,8 @@ Scenarios (RUNS runs each, medians with min-max):
   dirty-256M         the guest rewrites 256 MiB as fast as it can (2 vCPUs)
 
 Configurations: vmm as it comes (no migration parameter set: multifd
-negotiated, 4 channels), vmm with 2 channels (QEMU's default count), vmm
-on one stream (multifd off); QEMU's defaults, QEMU with max-bandwidth raised to 100 GiB/s,
+negotiated, 4 channels), vmm with 2 channels (QEMU's default count) and
+with 8, vmm on one stream (multifd off); QEMU's defaults, QEMU with max-bandwidth raised to 100 GiB/s,
 and the same plus multifd (4 channels).
 
 What decides the spread on this host, and how it is controlled:
@@ -111,8 +111,8 @@ def one(kind, mode, scenario, d, memory="cold"):
             for q in (qs, qd):
                 q.cmd("migrate-set-capabilities", {"capabilities": [{"capability": "multifd", "state": True}]})
                 q.cmd("migrate-set-parameters", {"multifd-channels": 4})
-        if mode == "x2":
-            qs.cmd("migrate-set-parameters", {"multifd-channels": 2})
+        if mode in ("x2", "x8"):
+            qs.cmd("migrate-set-parameters", {"multifd-channels": int(mode[1:])})
         if mode == "single":
             qs.cmd("migrate-set-capabilities", {"capabilities": [{"capability": "multifd", "state": False}]})
         prepare_memory(memory)
@@ -188,7 +188,7 @@ def summary(ok):
 
 
 def main():
-    configs = [("vmm", "default"), ("vmm", "x2"), ("vmm", "single"),
+    configs = [("vmm", "default"), ("vmm", "x2"), ("vmm", "x8"), ("vmm", "single"),
                ("qemu", "default"), ("qemu", "bw"), ("qemu", "multifd")]
     # ONLY=vmm: vmm's configurations alone (comparing two builds, VMM_BIN).
     only_vmm = os.environ.get("ONLY") == "vmm"
@@ -200,7 +200,8 @@ def main():
         configs += [("vmm", "tls")] + ([] if only_vmm else [("qemu", "tls")])
         configs += [("vmm", "psk")] + ([] if only_vmm else [("qemu", "psk")])
     names = {("vmm", "default"): "vmm as it comes (multifd negotiated, 4 channels)",
-             ("vmm", "x2"): "vmm, multifd x2", ("vmm", "single"): "vmm, one stream (multifd off)",
+             ("vmm", "x2"): "vmm, multifd x2", ("vmm", "x8"): "vmm, multifd x8",
+             ("vmm", "single"): "vmm, one stream (multifd off)",
              ("qemu", "default"): "QEMU 7.2 defaults",
              ("qemu", "bw"): "QEMU 7.2, max-bandwidth 100 GiB/s", ("qemu", "multifd"): "QEMU 7.2, max-bandwidth + multifd x4",
              ("vmm", "tls"): "vmm, TLS", ("qemu", "tls"): "QEMU 7.2, max-bandwidth + TLS",
