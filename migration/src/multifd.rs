@@ -94,12 +94,7 @@ pub(crate) fn connect_channels(
 ) -> Result<Vec<Conn>> {
     (0..n)
         .map(|i| {
-            let mut c = connect(uri)?;
-            opened(&c)?;
-            if let Some((creds, host)) = tls {
-                c = creds.connect(c, host)?;
-                opened(&c)?;
-            }
+            let mut c = open_conn(uri, tls, opened)?;
             let mut head = CHANNEL_MAGIC.to_vec();
             head.extend_from_slice(&i.to_be_bytes());
             head.extend_from_slice(&n.to_be_bytes());
@@ -109,6 +104,23 @@ pub(crate) fn connect_channels(
             Ok(c)
         })
         .collect()
+}
+
+/// A connection of the source's beside its main stream: `uri` connected,
+/// in TLS when `tls` says so; `opened` sees it (and its TLS wrapper) as
+/// soon as it exists.
+fn open_conn(
+    uri: &Uri,
+    tls: Option<&(crate::tls::Creds, String)>,
+    opened: &dyn Fn(&Conn) -> Result<()>,
+) -> Result<Conn> {
+    let mut c = connect(uri)?;
+    opened(&c)?;
+    if let Some((creds, host)) = tls {
+        c = creds.connect(c, host)?;
+        opened(&c)?;
+    }
+    Ok(c)
 }
 
 /// Asks the destination at `uri` (in TLS when `tls` says so) how many
@@ -123,12 +135,7 @@ pub(crate) fn probe(
     opened: &dyn Fn(&Conn) -> Result<()>,
 ) -> Result<Option<u32>> {
     let io = || Error::io("asking the destination whether it takes multifd channels");
-    let mut c = connect(uri)?;
-    opened(&c)?;
-    if let Some((creds, host)) = tls {
-        c = creds.connect(c, host)?;
-        opened(&c)?;
-    }
+    let mut c = open_conn(uri, tls, opened)?;
     let mut head = CHANNEL_MAGIC_V1.to_vec();
     head.extend_from_slice(&PROBE_INDEX.to_be_bytes());
     head.extend_from_slice(&0u32.to_be_bytes());
