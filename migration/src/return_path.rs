@@ -158,9 +158,7 @@ impl ReturnPath {
             None => Ok(()),
         }
     }
-}
 
-impl ReturnPath {
     /// The destination's reason, if it refuses the stream within `wait`
     /// (or did already): what a failed send on another connection is
     /// explained by (a refusing destination closes its channels too, and
@@ -174,7 +172,11 @@ impl ReturnPath {
             let left = deadline.checked_duration_since(std::time::Instant::now())?;
             match self.rx.recv_timeout(left) {
                 Ok(Ok(l)) => self.held.borrow_mut().push_back(l),
-                Ok(Err(_)) | Err(_) => return None,
+                Ok(Err(e)) => {
+                    *self.ended.borrow_mut() = Some(e.to_string());
+                    return None;
+                }
+                Err(_) => return None,
             }
         }
     }

@@ -1787,6 +1787,39 @@ fn a_stalled_tls_handshake_does_not_hold_the_monitor() {
     drop(silent);
 }
 
+/// A destination that takes the multifd probe and never answers holds
+/// the migration in setup; `migrate_cancel` ends it there: cancelled, the
+/// guest running, and no connection opened after the cancel (a main
+/// stream opened then would be taken by a 0.2.0 destination, which dies
+/// on one that says nothing).
+#[test]
+fn a_cancel_while_the_probe_waits_opens_nothing_more() {
+    use std::io::Read;
+    let dir = TempDir::new("mig-probe-cancel");
+    let mut src = start(&dir, "src", &[]);
+    src.vm.wait_prefix("mem.filled", BOOT);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("tcp:{}", silent.local_addr().unwrap());
+    let mut q = src.qmp();
+    q.execute("migrate", json!({ "uri": uri }));
+    let (mut probe, _) = silent.accept().unwrap();
+    let mut head = [0u8; 24];
+    probe.read_exact(&mut head).unwrap();
+    assert_eq!(&head[..8], b"VMMMFD01", "not the probe: {head:02x?}");
+    assert_eq!(head[8..16], [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+    q.execute("migrate_cancel", json!({}));
+    let m = q.wait_migration(T);
+    assert_eq!(m["status"], "cancelled", "{m}");
+    silent.set_nonblocking(true).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        silent.accept().is_err(),
+        "a connection was opened after the cancel"
+    );
+    drop(q);
+    assert_still_running(&mut src);
+}
+
 /// `migrate fd:N` takes a descriptor vmm inherited (or one passed with
 /// getfd), never one of its own: every socket vmm opened itself — its
 /// monitor's listener and connections among them — is refused by number,
