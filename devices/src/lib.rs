@@ -14,6 +14,7 @@ pub mod guest_log;
 pub mod model;
 pub mod pci;
 pub mod registry;
+pub mod rtas;
 pub mod serial;
 pub mod spapr_rtc;
 pub mod virtio;

@@ -4,6 +4,7 @@
 //! `ibm,set-xive`, `ibm,get-xive`, `ibm,int-off` and `ibm,int-on` set
 //! them. The presentation side (ICPs, one per vCPU) comes with vCPUs.
 
+use crate::rtas::PARAM_ERROR;
 use migration::vmstate::{Description, LoadError, State, Vmstate};
 
 migration::vmstate! {
@@ -34,9 +35,6 @@ pub const IRQ_BASE: u32 = 0x1000;
 pub const MASKED: u8 = 0xff;
 /// `XICS_FLAGS_IRQ_LSI`: a level-triggered source.
 pub const FLAG_LSI: u8 = 1;
-
-/// RTAS's status for a call with a bad argument (`RTAS_OUT_PARAM_ERROR`).
-const PARAM_ERROR: i32 = -3;
 
 /// The source controller: `irqs[n]` is source `IRQ_BASE + n`.
 #[derive(Debug)]

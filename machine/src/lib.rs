@@ -193,7 +193,7 @@ pub const HW_COMPAT: &[CompatArray] = &[
 /// The board an array is for, by QEMU's naming: `pc_*` arrays (and the
 /// q35 machine class options) are x86's, `spapr_*` pseries', `hw_*`
 /// every board's.
-pub fn array_arch(array: &str) -> Option<Arch> {
+fn array_arch(array: &str) -> Option<Arch> {
     if array.starts_with("pc_") {
         Some(Arch::X86_64)
     } else if array.starts_with("spapr_") {

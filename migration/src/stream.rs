@@ -117,7 +117,7 @@ pub enum Error {
     BadCount {
         device: String,
         field: String,
-        count: i64,
+        count: i128,
         offset: u64,
     },
     #[error("stream truncated at offset {offset}: {wanted} more bytes needed for {what}")]
@@ -429,9 +429,16 @@ fn encode_value(b: &mut Vec<u8>, kind: Kind, v: &Val) -> Option<Result<()>> {
 /// The element count field `count` of `state` gives a counted array; `None`
 /// if it is missing, not an integer, or negative.
 fn varray_len(state: &State, count: &str) -> Option<usize> {
+    count_value(state, count)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n <= MAX_VARRAY)
+}
+
+/// Field `count`'s value as a count (-1 when it is no integer).
+fn count_value(state: &State, count: &str) -> Option<i128> {
     match state.get(count)? {
-        Val::Uint(n) => usize::try_from(*n).ok(),
-        Val::Int(n) => usize::try_from(*n).ok(),
+        Val::Uint(n) => Some(i128::from(*n)),
+        Val::Int(n) => Some(i128::from(*n)),
         _ => None,
     }
 }
@@ -893,18 +900,12 @@ impl<R: Read> Reader<R> {
                 default_value(f.kind)
             } else if let Kind::VarArray(k, count) = f.kind {
                 let at = self.offset;
-                let n = varray_len(&st, count)
-                    .filter(|n| *n <= MAX_VARRAY)
-                    .ok_or_else(|| Error::BadCount {
-                        device: desc.name.into(),
-                        field: f.name.into(),
-                        count: match st.get(count) {
-                            Some(Val::Int(n)) => *n,
-                            Some(Val::Uint(n)) => *n as i64,
-                            _ => -1,
-                        },
-                        offset: at,
-                    })?;
+                let n = varray_len(&st, count).ok_or_else(|| Error::BadCount {
+                    device: desc.name.into(),
+                    field: f.name.into(),
+                    count: count_value(&st, count).unwrap_or(-1),
+                    offset: at,
+                })?;
                 Val::Array(
                     (0..n)
                         .map(|_| self.value(desc, f, *k))

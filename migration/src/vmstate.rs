@@ -48,13 +48,19 @@ impl Kind {
     }
 
     /// A `VarArray` counted by field `count` (for [`vmstate!`]'s
-    /// `#[count(FIELD)]`); any other kind as it is.
+    /// `#[count(FIELD)]`; `""` without it). A `Vec` field must have its
+    /// count and no other field may: either mistake stops the description
+    /// from building (it is a constant).
     ///
     /// [`vmstate!`]: crate::vmstate!
     pub const fn counted(self, count: &'static str) -> Kind {
-        match self {
-            Kind::VarArray(k, _) => Kind::VarArray(k, count),
-            k => k,
+        match (self, count.is_empty()) {
+            (Kind::VarArray(..), true) => {
+                panic!("a Vec field (a counted array) needs #[count(FIELD)]")
+            }
+            (Kind::VarArray(k, _), false) => Kind::VarArray(k, count),
+            (_, false) => panic!("#[count] is for a Vec field (a counted array)"),
+            (k, true) => k,
         }
     }
 

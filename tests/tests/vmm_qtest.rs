@@ -285,7 +285,7 @@ fn a_qtest_vm_migrates_with_its_memory_and_device_state() {
 
     // Writes while the pages move: each acknowledged one must arrive.
     let mut acked: BTreeMap<u64, u32> = BTreeMap::new();
-    let mut refused = false;
+    // The loop ends at the first write refused after the handover.
     let deadline = std::time::Instant::now() + T;
     for n in 0.. {
         assert!(
@@ -298,11 +298,9 @@ fn a_qtest_vm_migrates_with_its_memory_and_device_state() {
             acked.insert(addr, n | 0x8000_0000);
         } else {
             assert!(r.contains("migration's destination"), "{r}");
-            refused = true;
             break;
         }
     }
-    assert!(refused);
     let m = q.wait_migration(T);
     assert_eq!(m["status"], "completed", "{m}");
     assert!(

@@ -352,8 +352,8 @@ fn parse_devices(
     compat: &[model::CompatEntry],
     globals: &[model::Global],
 ) -> Result<Result<Vec<DeviceConfig>, String>> {
-    let root = machine.arch.board().root_bus;
     let board = machine.arch.board();
+    let root = board.root_bus;
     let mut out: Vec<DeviceConfig> = vec![];
     for d in &a.device {
         let mut parts = d.split(',');

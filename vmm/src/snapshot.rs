@@ -44,11 +44,7 @@ pub fn descriptions(m: &machine::MachineType) -> Vec<&'static Description> {
                 .unwrap_or(false);
             vec![
                 &devices::xics::VMSTATE,
-                if pre_2_8 {
-                    &devices::pci::spapr_phb::SPAPR_PCI_PRE_2_8
-                } else {
-                    &devices::pci::spapr_phb::SPAPR_PCI
-                },
+                devices::pci::spapr_phb::description_for(pre_2_8),
                 &devices::spapr_rtc::VMSTATE,
             ]
         }

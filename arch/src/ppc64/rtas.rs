@@ -18,8 +18,3 @@ pub const CALLS: &[(&str, u32)] = &[
     ("ibm,read-pci-config", 0x2016),
     ("ibm,write-pci-config", 0x2017),
 ];
-
-/// The call a token names, if the board serves it.
-pub fn name(token: u32) -> Option<&'static str> {
-    CALLS.iter().find(|c| c.1 == token).map(|c| c.0)
-}

@@ -154,18 +154,7 @@ impl ConfigSpace {
 
     /// Where capability `id` is in the list, if the function has it.
     pub fn capability(&self, id: u8) -> Option<u16> {
-        let mut at = self.data[CAPABILITIES as usize] & 0xfc;
-        // A well-formed list visits each of its 48 possible places once.
-        for _ in 0..48 {
-            if at == 0 {
-                return None;
-            }
-            if self.data[at as usize] == id {
-                return Some(at as u16);
-            }
-            at = self.data[at as usize + 1] & 0xfc;
-        }
-        None
+        find_capability(&self.data[..], id).map(|at| at as u16)
     }
 
     /// The migratable state (`irq_state` all 0: a function that raises
@@ -232,6 +221,25 @@ impl ConfigSpace {
             self.data[i] &= !(b & c);
         }
     }
+}
+
+/// Where capability `id` is in the list of configuration space `config`
+/// (a function's, or one a stream carries: a list that leaves the space
+/// or points below the header ends the walk).
+pub fn find_capability(config: &[u8], id: u8) -> Option<usize> {
+    let byte = |i: usize| config.get(i).copied().unwrap_or(0);
+    let mut at = (byte(CAPABILITIES as usize) & 0xfc) as usize;
+    // A well-formed list visits each of its 48 possible places once.
+    for _ in 0..48 {
+        if at < 0x40 || at + 1 >= config.len() {
+            return None;
+        }
+        if byte(at) == id {
+            return Some(at);
+        }
+        at = (byte(at + 1) & 0xfc) as usize;
+    }
+    None
 }
 
 #[cfg(test)]

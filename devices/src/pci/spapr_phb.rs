@@ -93,9 +93,6 @@ pub const BASE_BUID: u64 = 0x0800_0000_2000_0000;
 /// `SPAPR_IRQ_PCI_LSI`: PHB N's pins are LSIs from here + 4N.
 pub const IRQ_PCI_LSI: u32 = 0x1200;
 
-/// `SPAPR_XIRQ_BASE`: the first interrupt source.
-pub const XIRQ_BASE: u32 = 0x1000;
-
 /// Where PHB 0's pins start: 3.1's fixed numbers, or (QEMU 3.0 and older)
 /// the first sources free once the board claimed its own before the
 /// bridge, as QEMU's pseries machine with -nodefaults does: the EPOW
@@ -104,7 +101,7 @@ pub const XIRQ_BASE: u32 = 0x1000;
 fn lsi_base(props: &Props) -> u32 {
     if props.bool("x-legacy-irq-allocation").unwrap_or(false) {
         let hotplug = u32::from(props.bool("x-modern-hotplug-events").unwrap_or(true));
-        XIRQ_BASE + 1 + hotplug + 1
+        crate::xics::IRQ_BASE + 1 + hotplug + 1
     } else {
         IRQ_PCI_LSI
     }
@@ -259,9 +256,6 @@ migration::vmstate! {
     }
 }
 
-/// RTAS's status for a call that failed (`RTAS_OUT_HW_ERROR`).
-pub const RTAS_HW_ERROR: i32 = -1;
-
 /// An RTAS configuration address: (bus, devfn, register); bits 31:28
 /// are the register's bits 11:8 (extended configuration space).
 pub fn config_address(addr: u32) -> (u8, u8, u16) {
@@ -298,18 +292,18 @@ impl SpaprPhb {
     ) -> Result<(Bdf, u16, u8), i32> {
         let (bus, devfn, reg) = config_address(addr);
         if buid != self.cfg.buid || ![1, 2, 4].contains(&size) || bus != 0 {
-            return Err(RTAS_HW_ERROR);
+            return Err(crate::rtas::HW_ERROR);
         }
         let bdf = Bdf::new(0, devfn >> 3, devfn & 7);
         let (_, f) = root
             .functions()
             .find(|(b, _)| **b == bdf)
-            .ok_or(RTAS_HW_ERROR)?;
+            .ok_or(crate::rtas::HW_ERROR)?;
         // PCI Express functions have 4 KiB of configuration space.
         let express = f.config().capability(0x10).is_some();
         let space = if express { 4096 } else { 256 };
         if u32::from(reg) % size != 0 || reg >= space {
-            return Err(RTAS_HW_ERROR);
+            return Err(crate::rtas::HW_ERROR);
         }
         Ok((bdf, reg, size as u8))
     }
@@ -369,13 +363,19 @@ impl SpaprPhb {
     }
 }
 
+/// The bridge's section layout: with `pre-2.8-migration`, 2.7's scratch
+/// fields too.
+pub fn description_for(pre_2_8_migration: bool) -> &'static Description {
+    if pre_2_8_migration {
+        &SPAPR_PCI_PRE_2_8
+    } else {
+        &SPAPR_PCI
+    }
+}
+
 impl migration::vmstate::Migratable for SpaprPhb {
     fn description(&self) -> &'static Description {
-        if self.cfg.pre_2_8_migration {
-            &SPAPR_PCI_PRE_2_8
-        } else {
-            &SPAPR_PCI
-        }
+        description_for(self.cfg.pre_2_8_migration)
     }
 
     fn state(&self) -> State {

@@ -835,18 +835,11 @@ pub fn vectors_in_state(st: &State) -> Option<u64> {
     let Some(migration::vmstate::Val::Bytes(config)) = pci.get("config") else {
         return None;
     };
-    let at = |i: usize| config.get(i).copied().unwrap_or(0) as usize;
-    let mut cap = at(config::CAPABILITIES as usize) & !3;
-    for _ in 0..48 {
-        if cap < 0x40 || cap + 3 >= config.len() {
-            break;
-        }
-        if at(cap) == MSIX_CAP_ID as usize {
-            return Some(((at(cap + 2) | at(cap + 3) << 8) & 0x7ff) as u64 + 1);
-        }
-        cap = at(cap + 1) & !3;
-    }
-    Some(0)
+    let at = |i: usize| config.get(i).copied().unwrap_or(0) as u64;
+    Some(
+        config::find_capability(config, MSIX_CAP_ID)
+            .map_or(0, |cap| ((at(cap + 2) | at(cap + 3) << 8) & 0x7ff) + 1),
+    )
 }
 
 /// What a guest sees of a virtio-pci function beyond its configuration

@@ -12,15 +12,13 @@ use crate::config::VmConfig;
 use crate::hypervisor::Hypervisor;
 use anyhow::{bail, Result};
 use devices::bus::Bus;
-use devices::pci::spapr_phb::{PhbConfig, SpaprPhb, MEM_WIN_BUS_OFFSET, RTAS_HW_ERROR};
-use std::io::Write;
-
-/// RTAS's status for a call with the wrong arguments (`RTAS_OUT_PARAM_ERROR`).
-const RTAS_PARAM_ERROR: i32 = -3;
+use devices::pci::spapr_phb::{PhbConfig, SpaprPhb, MEM_WIN_BUS_OFFSET};
 use devices::pci::{BarWindow, PciRoot, Space};
+use devices::rtas::{HW_ERROR as RTAS_HW_ERROR, PARAM_ERROR as RTAS_PARAM_ERROR};
 use devices::spapr_rtc::{DateTime, SpaprRtc};
 use devices::xics::Ics;
 use devices::VmEvent;
+use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
