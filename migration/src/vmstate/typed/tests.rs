@@ -416,6 +416,16 @@ fn counted_arrays_travel_as_many_as_their_count() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("'entries'"), "{e}");
+    // Nor is an array longer than any reader takes: refused when written.
+    let huge = Counted {
+        n: (1 << 16) + 1,
+        entries: vec![Entry::default(); (1 << 16) + 1],
+        ..Default::default()
+    };
+    let e = encode_state(&COUNTED, &huge.to_state())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'entries'"), "{e}");
 
     let mut bytes = encode_state(&COUNTED, &Counted::default().to_state()).unwrap();
     bytes[8..12].copy_from_slice(&(-5i32).to_be_bytes());
