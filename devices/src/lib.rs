@@ -17,6 +17,8 @@ pub mod registry;
 pub mod rtas;
 pub mod serial;
 pub mod spapr_rtc;
+pub mod spapr_vio;
+pub mod spapr_vty;
 pub mod virtio;
 pub mod xics;
 

@@ -35,6 +35,8 @@ pub const IRQ_BASE: u32 = 0x1000;
 pub const MASKED: u8 = 0xff;
 /// `XICS_FLAGS_IRQ_LSI`: a level-triggered source.
 pub const FLAG_LSI: u8 = 1;
+/// `XICS_FLAGS_IRQ_MSI`: a message-signalled (edge) source.
+pub const FLAG_MSI: u8 = 2;
 
 /// The source controller: `irqs[n]` is source `IRQ_BASE + n`.
 #[derive(Debug)]
@@ -46,13 +48,20 @@ pub struct Ics {
 
 impl Ics {
     /// `nr_irqs` sources for `servers` servers, masked and routed to
-    /// server 0 (QEMU's reset); `lsi` of them level-triggered.
-    pub fn new(nr_irqs: u32, servers: u32, lsi: &[u32]) -> Ics {
+    /// server 0 (QEMU's reset); `lsi` of them claimed level-triggered,
+    /// `msi` message-signalled.
+    pub fn new(nr_irqs: u32, servers: u32, lsi: &[u32], msi: &[u32]) -> Ics {
         let irqs = (IRQ_BASE..IRQ_BASE + nr_irqs)
             .map(|n| IcsIrq {
                 priority: MASKED,
                 saved_priority: MASKED,
-                flags: if lsi.contains(&n) { FLAG_LSI } else { 0 },
+                flags: if lsi.contains(&n) {
+                    FLAG_LSI
+                } else if msi.contains(&n) {
+                    FLAG_MSI
+                } else {
+                    0
+                },
                 ..Default::default()
             })
             .collect();
@@ -138,7 +147,7 @@ mod tests {
 
     #[test]
     fn routing_masking_and_its_migration() {
-        let mut ics = Ics::new(0x1000, 8, &[0x1200]);
+        let mut ics = Ics::new(0x1000, 8, &[0x1200], &[0x1100]);
         assert_eq!(ics.get_xive(0x1200), Ok((0, 0xff)), "masked at reset");
         ics.set_xive(0x1200, 3, 5).unwrap();
         assert_eq!(ics.get_xive(0x1200), Ok((3, 5)));
@@ -153,13 +162,14 @@ mod tests {
 
         let bytes = encode_state(&VMSTATE, &ics.state()).unwrap();
         assert_eq!(bytes.len(), 4 + 0x1000 * 8);
-        let mut there = Ics::new(0x1000, 8, &[0x1200]);
+        let mut there = Ics::new(0x1000, 8, &[0x1200], &[0x1100]);
         there
             .load(&decode_state(&VMSTATE, 1, &bytes).unwrap())
             .unwrap();
         assert_eq!(there.get_xive(0x1200), Ok((3, 5)));
         assert_eq!(there.irqs[0x200].flags, FLAG_LSI);
-        let mut legacy = Ics::new(0x400, 8, &[]);
+        assert_eq!(there.irqs[0x100].flags, FLAG_MSI);
+        let mut legacy = Ics::new(0x400, 8, &[], &[]);
         let e = legacy
             .load(&decode_state(&VMSTATE, 1, &bytes).unwrap())
             .unwrap_err();

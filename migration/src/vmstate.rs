@@ -262,6 +262,11 @@ impl Description {
 pub trait Migratable {
     /// What [`Migratable::state`] fills and [`Migratable::load`] reads.
     fn description(&self) -> &'static Description;
+    /// The section's name in the stream (QEMU's idstr): the description's
+    /// name, unless the device is known by its place on a bus.
+    fn section(&self) -> String {
+        self.description().name.to_string()
+    }
     fn state(&self) -> State;
     /// Takes over a saved state; nothing changes if it is refused.
     fn load(&mut self, st: &State) -> Result<(), LoadError>;

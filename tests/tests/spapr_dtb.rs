@@ -45,24 +45,30 @@ fn decompile(dtb: &Path) -> Tree {
     tree
 }
 
-fn qemu_dtb(machine: &str, smp: &str, dir: &TempDir) -> Tree {
-    let f = dir.path(&format!("qemu-{machine}-{smp}.dtb"));
+/// QEMU's tree; `console`: its `-serial` (a spapr-vty, made before the
+/// bridge) or none.
+fn qemu_dtb(machine: &str, smp: &str, console: bool, dir: &TempDir) -> Tree {
+    let f = dir.path(&format!("qemu-{machine}-{smp}-{console}.dtb"));
+    let serial: &[&str] = if console { &["-serial", "null"] } else { &[] };
     let st = Command::new("qemu-system-ppc64")
         .arg("-M")
         .arg(format!("{machine},dumpdtb={},cap-htm=off", f.display()))
         .args(["-nodefaults", "-m", "256M", "-smp", smp])
+        .args(serial)
         .output()
         .expect("qemu-system-ppc64 (scripts/setup.sh installs qemu-system-ppc)");
     assert!(f.exists(), "{}", String::from_utf8_lossy(&st.stderr));
     decompile(&f)
 }
 
-fn vmm_dtb(machine: &str, smp: &str, dir: &TempDir) -> Tree {
-    let f = dir.path(&format!("vmm-{machine}-{smp}.dtb"));
+fn vmm_dtb(machine: &str, smp: &str, console: bool, dir: &TempDir) -> Tree {
+    let f = dir.path(&format!("vmm-{machine}-{smp}-{console}.dtb"));
+    let serial: &[&str] = if console { &[] } else { &["-serial", "none"] };
     let st = Command::new(vmm_tests::vmm::binary())
         .arg("-M")
         .arg(format!("{machine},dumpdtb={}", f.display()))
         .args(["-m", "256M", "-smp", smp])
+        .args(serial)
         .output()
         .unwrap();
     assert!(
@@ -77,16 +83,23 @@ fn vmm_dtb(machine: &str, smp: &str, dir: &TempDir) -> Tree {
 fn the_device_tree_is_qemus_where_both_have_it() {
     let dir = TempDir::new("dtb");
     // QEMU's TCG takes one thread a core: its interrupt servers are
-    // compared for 1 and 4 CPUs (8 servers a CPU up to pseries-4.1).
-    for (machine, smp) in [
-        ("pseries-2.7", "1"),
-        ("pseries-2.8", "1"),
-        ("pseries-2.8", "4"),
-        ("pseries-7.2", "1"),
-        ("pseries-7.2", "4"),
+    // compared for 1 and 4 CPUs (8 servers a CPU up to pseries-4.1). The
+    // console (a vty on the VIO bus, made before the bridge) moves the
+    // bridge's pins where sources were taken in creation order (pseries
+    // 3.0 and older): with and without it.
+    for (machine, smp, console) in [
+        ("pseries-2.7", "1", true),
+        ("pseries-2.7", "1", false),
+        ("pseries-2.8", "1", true),
+        ("pseries-2.8", "4", false),
+        ("pseries-7.2", "1", true),
+        ("pseries-7.2", "4", false),
     ] {
-        let (q, v) = (qemu_dtb(machine, smp, &dir), vmm_dtb(machine, smp, &dir));
-        let machine = format!("{machine} -smp {smp}");
+        let (q, v) = (
+            qemu_dtb(machine, smp, console, &dir),
+            vmm_dtb(machine, smp, console, &dir),
+        );
+        let machine = format!("{machine} -smp {smp} console {console}");
         let mut compared = 0;
         for (node, props) in &v {
             let theirs = q
@@ -113,6 +126,17 @@ fn the_device_tree_is_qemus_where_both_have_it() {
             assert!(phb.contains_key(p), "{machine}: no {p}");
         }
         assert!(v["/rtas"].contains_key("ibm,read-pci-config"));
+        // The console, where the guest is told to write.
+        assert_eq!(
+            v.contains_key("/vdevice/vty@71000000"),
+            console,
+            "{machine}"
+        );
+        assert_eq!(
+            v["/chosen"].contains_key("stdout-path"),
+            console,
+            "{machine}"
+        );
         assert!(compared >= 35, "{machine}: only {compared} properties");
         // QEMU's pseries-4.2 and later let Linux assign BARs; vmm agrees
         // on which say so.

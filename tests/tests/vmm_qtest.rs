@@ -684,6 +684,147 @@ fn pseries_rtas_clock_console_reboot_and_power_off() {
     assert!(vm.try_exit().is_none(), "the source waits, postmigrate");
 }
 
+/// A hypercall through vmm's qtest `hcall`: r3, then r4 to r12.
+fn hcall(qt: &mut Qtest, opcode: u64, args: &[u64]) -> (i64, [u64; 9]) {
+    let line: Vec<String> = std::iter::once(format!("hcall {opcode:#x}"))
+        .chain(args.iter().map(|a| format!("{a:#x}")))
+        .collect();
+    let reply = qt.ok(&line.join(" "));
+    let n: Vec<u64> = reply
+        .split(' ')
+        .map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    assert_eq!(n.len(), 10, "{reply}");
+    (n[0] as i64, n[1..].try_into().unwrap())
+}
+
+const H_GET_TERM_CHAR: u64 = 0x54;
+const H_PUT_TERM_CHAR: u64 = 0x58;
+const H_RTAS: u64 = 0xf000;
+const H_FUNCTION: i64 = -2;
+const H_PARAMETER: i64 = -4;
+const VTY: u64 = 0x7100_0000;
+
+/// `H_PUT_TERM_CHAR` of up to 16 bytes to the vty at `reg`.
+fn put_chars(qt: &mut Qtest, reg: u64, bytes: &[u8]) -> i64 {
+    let mut b = [0u8; 16];
+    b[..bytes.len()].copy_from_slice(bytes);
+    let hi = u64::from_be_bytes(b[..8].try_into().unwrap());
+    let lo = u64::from_be_bytes(b[8..].try_into().unwrap());
+    hcall(qt, H_PUT_TERM_CHAR, &[reg, bytes.len() as u64, hi, lo]).0
+}
+
+/// `H_GET_TERM_CHAR` of the vty at `reg`: what it had waiting.
+fn get_chars(qt: &mut Qtest, reg: u64) -> Vec<u8> {
+    let (r3, out) = hcall(qt, H_GET_TERM_CHAR, &[reg]);
+    assert_eq!(r3, 0);
+    let mut b = out[1].to_be_bytes().to_vec();
+    b.extend_from_slice(&out[2].to_be_bytes());
+    b.truncate(out[0] as usize);
+    b
+}
+
+/// The pseries console as a guest reaches it: the vty QEMU's `-serial`
+/// makes, written and read with the PAPR hypercalls (the path a KVM-PPC
+/// vCPU's exits take), input waiting in its ring carried by a migration;
+/// RTAS entered the way a guest enters it, through `H_RTAS` and a buffer
+/// in its memory.
+#[test]
+fn the_pseries_console_and_rtas_through_hypercalls() {
+    let dir = TempDir::new("qtest-hcall");
+    let (mut vm, mut q, mut qt) = start(&dir, "src", &["-M", "pseries-2.7"]);
+
+    // Output, to the vty's address or to 0 (Linux's early console).
+    assert_eq!(put_chars(&mut qt, VTY, b"hvc0 says hi\n"), 0);
+    vm.wait_prefix("hvc0 says hi", T);
+    assert_eq!(put_chars(&mut qt, 0, b"early\n"), 0);
+    vm.wait_prefix("early", T);
+    assert_eq!(
+        put_chars(&mut qt, VTY + 1, b"x"),
+        H_PARAMETER,
+        "no vty there"
+    );
+    assert_eq!(
+        hcall(&mut qt, H_PUT_TERM_CHAR, &[VTY, 17, 0, 0]).0,
+        H_PARAMETER,
+        "17 bytes"
+    );
+
+    // Input: stdin into the ring, a return followed by its NUL.
+    vm.send(b"ab\r");
+    let mut got = vec![];
+    for _ in 0..500 {
+        got.extend(get_chars(&mut qt, VTY));
+        if got.len() >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(got, b"ab\r\0");
+    assert!(get_chars(&mut qt, VTY).is_empty());
+
+    // RTAS through H_RTAS: token, nargs, nret, arguments, results.
+    let rtas_buf = |qt: &mut Qtest, token: u32, nret: u32| {
+        for (i, w) in [token, 0, nret].iter().enumerate() {
+            qt.writel(RTAS_ARGS + 4 * i as u64, *w);
+        }
+        qt.writel(RTAS_ARGS + 12, 0xdead);
+        hcall(qt, H_RTAS, &[RTAS_ARGS]).0
+    };
+    assert_eq!(rtas_buf(&mut qt, 0x2001, 8), 0, "get-time-of-day");
+    assert_eq!(qt.readl(RTAS_ARGS + 12), 0, "its status");
+    let year = qt.readl(RTAS_ARGS + 16);
+    assert!((2026..2100).contains(&year), "{year}");
+    assert_eq!(rtas_buf(&mut qt, 0x2fff, 1), H_PARAMETER, "no such token");
+    assert_eq!(
+        qt.readl(RTAS_ARGS + 12) as i32,
+        -3,
+        "RTAS's parameter error"
+    );
+    // A hypercall the board leaves alone.
+    assert_eq!(hcall(&mut qt, 0x4, &[]).0, H_FUNCTION);
+
+    // Input waiting in the ring moves with the guest.
+    vm.send(b"carried");
+    // stdin's thread puts it in the ring at once; the migration must not
+    // start before (nothing shows it short of taking it).
+    std::thread::sleep(Duration::from_secs(1));
+    let port = free_port();
+    let (dqmp, dsock) = qmp_arg(&dir, "dst");
+    let incoming = format!("tcp:127.0.0.1:{port}");
+    let (dst, mut dqt) = Qtest::spawn(
+        "dst",
+        &dir.path("dst.qtest"),
+        &[
+            "-m",
+            "128M",
+            "-qmp",
+            &dqmp,
+            "-incoming",
+            &incoming,
+            "-M",
+            "pseries-2.7",
+        ],
+    );
+    let mut dq = Qmp::connect(&dsock, T);
+    q.execute("migrate", json!({"uri": incoming}));
+    assert_eq!(q.wait_migration(T)["status"], "completed");
+    assert_eq!(dq.execute("query-status", json!({}))["status"], "running");
+    assert_eq!(get_chars(&mut dqt, VTY), b"carried");
+    assert_eq!(put_chars(&mut dqt, VTY, b"on dst\n"), 0);
+    dst.wait_prefix("on dst", T);
+
+    // Without a console there is no vty: its calls and display-character
+    // fail, as QEMU's do.
+    let (_none, _nq, mut nqt) = start(&dir, "none", &["-M", "pseries-2.7", "-serial", "none"]);
+    assert_eq!(put_chars(&mut nqt, VTY, b"x"), H_PARAMETER);
+    assert_eq!(hcall(&mut nqt, H_GET_TERM_CHAR, &[0]).0, H_PARAMETER);
+    assert_eq!(
+        rtas(&mut nqt, "display-character", &[0x41], 1)[0] as i32,
+        -1
+    );
+}
+
 /// The ppc64le build of vmm (scripts/ppc64le.sh builds it), as a command
 /// run under qemu-user.
 fn ppc64le_vmm() -> std::process::Command {

@@ -104,16 +104,26 @@ fn qemu_fields(d: &serde_json::Value, conditional: Option<bool>) -> Vec<Shape> {
         .unwrap()
         .iter()
         .filter(|f| conditional.is_none_or(|c| f["field_exists"].as_bool() == Some(c)))
-        .map(|f| Shape {
-            name: f["field"].as_str().unwrap().to_string(),
-            size: f["size"].as_u64().unwrap(),
-            nested: f.get("Description").map(|n| {
+        .map(|f| {
+            let nested = f.get("Description").map(|n| {
                 (
                     n["name"].as_str().unwrap().to_string(),
                     n["version_id"].as_u64().unwrap(),
                     qemu_fields(n, None),
                 )
-            }),
+            });
+            // A struct's size in the dump is its C struct's (spapr_vty's
+            // `sdev` is 848 bytes of QEMU object); on the wire it is its
+            // fields'.
+            let size = match &nested {
+                Some((_, _, fields)) => fields.iter().map(|f| f.size).sum(),
+                None => f["size"].as_u64().unwrap(),
+            };
+            Shape {
+                name: f["field"].as_str().unwrap().to_string(),
+                size,
+                nested,
+            }
         })
         .collect()
 }
@@ -145,7 +155,7 @@ fn vmm_fields(d: &serde_json::Value) -> Vec<Shape> {
         .collect()
 }
 
-/// The sPAPR PHB's and RTC's state as vmm describes it for pseries-2.7 and 2.8 is
+/// The sPAPR PHB's, interrupt sources', RTC's and vty's state as vmm describes it for pseries-2.7 and 2.8 is
 /// QEMU 7.2's (Debian's qemu-system-ppc64, which dumps without a POWER
 /// host): name, versions, every field in order with its size, the LSI and
 /// MSI structs; on pseries-2.7 with the conditional mig_* fields, on 2.8
@@ -199,5 +209,12 @@ fn pseries_state_is_qemus() {
         assert_eq!(vr["name"], qr["name"], "{machine}");
         assert_eq!(vr["version_id"], qr["version_id"], "{machine}");
         assert_eq!(vmm_fields(vr), qemu_fields(qr, None), "{machine}");
+        // The console's vty, with the VIO device state it nests.
+        let (qv, vv) = (&q["spapr-vty"]["Description"], &v["sections"]["spapr_vty"]);
+        assert_eq!(vv["name"], qv["name"], "{machine}");
+        assert_eq!(vv["version_id"], qv["version_id"], "{machine}");
+        let fields = vmm_fields(vv);
+        assert_eq!(fields, qemu_fields(qv, None), "{machine}");
+        assert_eq!(fields[0].nested.as_ref().unwrap().2.len(), 6);
     }
 }

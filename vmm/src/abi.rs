@@ -107,8 +107,9 @@ pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
         crate::config::MAX_VCPUS,
     )?;
     if !info.acpi {
-        // The device tree of the reference guest (1 GiB), node by node.
-        let dtb = crate::vm::spapr::tree(m, &host_bridge, 1 << 30, "", &topology)?;
+        // The device tree of the reference guest (1 GiB, the console on
+        // -serial), node by node.
+        let dtb = crate::vm::spapr::tree(m, &host_bridge, 1 << 30, "", &topology, true)?;
         let nodes = arch::ppc64::fdt::parse(&dtb)
             .ok_or_else(|| anyhow!("{}: the device tree does not read back", m.name))?;
         let tree: Map<String, Value> = nodes

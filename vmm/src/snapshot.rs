@@ -46,6 +46,7 @@ pub fn descriptions(m: &machine::MachineType) -> Vec<&'static Description> {
                 &devices::xics::VMSTATE,
                 devices::pci::spapr_phb::description_for(pre_2_8),
                 &devices::spapr_rtc::VMSTATE,
+                &devices::spapr_vty::VMSTATE,
             ]
         }
     };
@@ -196,7 +197,7 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Err
     for dev in &p.board {
         let dev = dev.lock().expect("device lock");
         let desc = dev.description();
-        out.push((desc.name.into(), 0, desc, dev.state()));
+        out.push((dev.section(), 0, desc, dev.state()));
     }
     for (bdf, f) in p.pci.lock().expect("pci lock").functions() {
         let desc = f.vmstate();
@@ -372,7 +373,7 @@ impl<'a> Target<'a> {
             .board
             .iter()
             .copied()
-            .find(|d| d.lock().expect("device lock").description().name == id)
+            .find(|d| d.lock().expect("device lock").section() == id)
     }
 }
 

@@ -3,8 +3,9 @@
 //! XICS interrupt controller, and PHB 0 with its windows (`ranges`), DMA
 //! window and interrupt map. Node and property names and encodings are
 //! QEMU's, so a guest sees the same tree; `-machine dumpdtb=FILE` writes
-//! it. What vmm's board does not have (vCPU nodes, the event sources,
-//! dynamic reconfiguration connectors, VIO devices) is not in it yet.
+//! it. The VIO bus (`/vdevice`) has the console's vty. What vmm's board
+//! does not have (vCPU nodes, the event sources, dynamic reconfiguration
+//! connectors, the NVRAM) is not in it yet.
 
 use vm_fdt::{FdtWriter, FdtWriterResult};
 
@@ -43,6 +44,9 @@ pub struct Spapr {
     /// vCPU servers the interrupt controller serves.
     pub max_cpus: u32,
     pub phb: Phb,
+    /// The console's vty on the VIO bus: its address and interrupt source
+    /// (also `/chosen`'s stdout), if the board has one.
+    pub vty: Option<(u32, u32)>,
 }
 
 /// `ranges` of a PCI bus node: per window `phys.hi` (its space), the PCI
@@ -129,6 +133,11 @@ pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
     if m.pci_probe {
         f.property_u32("linux,pci-probe-only", 0)?;
     }
+    if let Some((reg, _)) = m.vty {
+        let path = format!("/vdevice/vty@{reg:x}");
+        f.property_string("stdout-path", &path)?;
+        f.property_string("linux,stdout-path", &path)?;
+    }
     f.end_node(chosen)?;
 
     let rtas = f.begin_node("rtas")?;
@@ -147,6 +156,25 @@ pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
     f.property_u32("linux,phandle", PHANDLE_INTC)?;
     f.property_u32("phandle", PHANDLE_INTC)?;
     f.end_node(intc)?;
+
+    // The VIO bus, as QEMU's `spapr_dt_vdevice`: its devices' interrupts
+    // are (source, 0: edge) pairs on the XICS.
+    let vdevice = f.begin_node("vdevice")?;
+    f.property_string("device_type", "vdevice")?;
+    f.property_string("compatible", "IBM,vdevice")?;
+    f.property_u32("#address-cells", 1)?;
+    f.property_u32("#size-cells", 0)?;
+    f.property_u32("#interrupt-cells", 2)?;
+    f.property_null("interrupt-controller")?;
+    if let Some((reg, irq)) = m.vty {
+        let vty = f.begin_node(&format!("vty@{reg:x}"))?;
+        f.property_u32("reg", reg)?;
+        f.property_string("device_type", "serial")?;
+        f.property_string("compatible", "hvterm1")?;
+        f.property_array_u32("interrupts", &[irq, 0])?;
+        f.end_node(vty)?;
+    }
+    f.end_node(vdevice)?;
 
     let mem = f.begin_node("memory@0")?;
     f.property_string("device_type", "memory")?;
@@ -283,12 +311,18 @@ mod tests {
             pci_probe: true,
             max_cpus: 1,
             phb: phb(),
+            vty: Some((0x7100_0000, 0x1100)),
         })
         .unwrap();
         assert_eq!(dtb[..4], [0xd0, 0x0d, 0xfe, 0xed]);
         let nodes = parse(&dtb).unwrap();
         assert_eq!(nodes["/"]["compatible"], b"qemu,pseries\0");
         assert_eq!(nodes["/chosen"]["bootargs"], b"console=hvc0\0");
+        assert_eq!(nodes["/chosen"]["stdout-path"], b"/vdevice/vty@71000000\0");
+        assert_eq!(
+            nodes["/vdevice/vty@71000000"]["interrupts"],
+            [0, 0, 0x11, 0, 0, 0, 0, 0]
+        );
         let ranges = &nodes["/pci@800000020000000"]["ranges"];
         assert_eq!(ranges.len(), 21 * 4);
         assert_eq!(ranges[..4], [1, 0, 0, 0]);

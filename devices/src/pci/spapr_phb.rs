@@ -93,20 +93,6 @@ pub const BASE_BUID: u64 = 0x0800_0000_2000_0000;
 /// `SPAPR_IRQ_PCI_LSI`: PHB N's pins are LSIs from here + 4N.
 pub const IRQ_PCI_LSI: u32 = 0x1200;
 
-/// Where PHB 0's pins start: 3.1's fixed numbers, or (QEMU 3.0 and older)
-/// the first sources free once the board claimed its own before the
-/// bridge, as QEMU's pseries machine with -nodefaults does: the EPOW
-/// event source, the hot-plug one (where modern hot-plug events are on)
-/// and the NVRAM.
-fn lsi_base(props: &Props) -> u32 {
-    if props.bool("x-legacy-irq-allocation").unwrap_or(false) {
-        let hotplug = u32::from(props.bool("x-modern-hotplug-events").unwrap_or(true));
-        crate::xics::IRQ_BASE + 1 + hotplug + 1
-    } else {
-        IRQ_PCI_LSI
-    }
-}
-
 /// `SPAPR_PCI_LIOBN(index, window)`.
 pub fn liobn(index: u32, window: u32) -> u32 {
     0x8000_0000 | index << 8 | window
@@ -154,9 +140,10 @@ impl PhbConfig {
     }
 
     /// The bridge `props` describe, as PHB `index` of a board with
-    /// `ram_top` bytes of RAM: placed as QEMU places it (its
+    /// `ram_top` bytes of RAM whose pins take the interrupt sources from
+    /// `lsi_base` (the board numbers them): placed as QEMU places it (its
     /// `spapr_phb_placement`, or 2.7's above RAM), windows converted.
-    pub fn from_props(props: &Props, index: u32, ram_top: u64) -> PhbConfig {
+    pub fn from_props(props: &Props, index: u32, ram_top: u64, lsi_base: u32) -> PhbConfig {
         let size = |n| props.uint(n).unwrap_or_default();
         let i = u64::from(index);
         let (io, mem32, mem64) = if props.bool("x-placement-2-7").unwrap_or(false) {
@@ -186,7 +173,7 @@ impl PhbConfig {
             mem64_win_pciaddr: mem64,
             io_win_addr: io,
             io_win_size: size("io_win_size"),
-            lsi: std::array::from_fn(|pin| lsi_base(props) + 4 * index + pin as u32),
+            lsi: std::array::from_fn(|pin| lsi_base + 4 * index + pin as u32),
             pre_2_8_migration: props.bool("pre-2.8-migration").unwrap_or(false),
         }
         .converted()

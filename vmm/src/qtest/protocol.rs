@@ -84,6 +84,10 @@ pub enum Request {
         nret: u32,
         ret: u64,
     },
+    /// `hcall OPCODE [ARG...]` (sPAPR; vmm's own, QEMU's qtest has none):
+    /// the PAPR hypercall a vCPU would make with r3 = OPCODE and up to
+    /// nine arguments from r4. The reply is `OK R3 R4 ... R12` in hex.
+    Hcall { opcode: u64, args: Vec<u64> },
 }
 
 /// Why a request line cannot be served; the text follows `FAIL ` (or
@@ -100,6 +104,8 @@ pub enum Error {
     Port { command: String, port: u64 },
     #[error("{command}: {len} bytes is more than one request may cover ({max} MiB)", max = MAX_TRANSFER >> 20)]
     TooLong { command: String, len: u64 },
+    #[error("hcall: {0} arguments, more than the nine registers r4 to r12")]
+    HcallArgs(usize),
     #[error("read: a length of 0 reads nothing")]
     EmptyRead,
     /// QEMU's own words for data shorter than `0x` plus one digit.
@@ -278,6 +284,17 @@ pub fn parse(line: &str) -> Result<Request, Error> {
         "set_irq_in" => Request::SetIrqIn {
             path: arg(1, "QOM path")?.to_string(),
         },
+        "hcall" => {
+            let opcode = num(1, "hypercall number")?;
+            let n = words.len().saturating_sub(2);
+            if n > 9 {
+                return Err(Error::HcallArgs(n));
+            }
+            let args = (2..words.len())
+                .map(|i| num(i, "argument"))
+                .collect::<Result<_, _>>()?;
+            Request::Hcall { opcode, args }
+        }
         "rtas" => {
             let count = |i, what| -> Result<u32, Error> {
                 let n = num(i, what)?;
@@ -441,6 +458,17 @@ mod tests {
                 nret: 2,
                 ret: 0x10_1000
             })
+        );
+        assert_eq!(
+            parse("hcall 0x58 0 2 0x6869000000000000"),
+            Ok(Request::Hcall {
+                opcode: 0x58,
+                args: vec![0, 2, 0x6869_0000_0000_0000]
+            })
+        );
+        assert_eq!(
+            parse("hcall 0x54 1 2 3 4 5 6 7 8 9 10"),
+            Err(Error::HcallArgs(10))
         );
         assert_eq!(parse("clock_step 100"), Ok(Request::ClockStep(Some(100))));
         assert_eq!(parse("clock_step -1"), Ok(Request::ClockStep(Some(-1))));

@@ -62,8 +62,8 @@ pub(super) enum Platform {
         ics: Arc<Mutex<devices::xics::Ics>>,
         /// Where RTAS power-off and system-reboot go.
         events: EventSink,
-        /// Where RTAS display-character writes (the console).
-        console: Arc<Mutex<Box<dyn Write + Send>>>,
+        /// The console (`-serial`), unless it is `none`.
+        vty: Option<Arc<Mutex<devices::spapr_vty::SpaprVty>>>,
     },
 }
 
@@ -72,7 +72,16 @@ impl Platform {
     pub(super) fn migratable(&self) -> Vec<&Mutex<dyn migration::vmstate::Migratable + Send>> {
         match self {
             Platform::Q35 { serial, pm, pci_io } => vec![&**serial, &**pm, &**pci_io],
-            Platform::Spapr { phb, rtc, ics, .. } => vec![&**ics, &**phb, &**rtc],
+            Platform::Spapr {
+                phb, rtc, ics, vty, ..
+            } => {
+                let mut v: Vec<&Mutex<dyn migration::vmstate::Migratable + Send>> =
+                    vec![&**ics, &**phb, &**rtc];
+                if let Some(vty) = vty {
+                    v.push(&**vty);
+                }
+                v
+            }
         }
     }
 }

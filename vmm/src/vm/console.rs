@@ -1,5 +1,5 @@
-//! The serial console on stdio: guest output written through at once,
-//! stdin fed to the current board's UART.
+//! The console on stdio: guest output written through at once, stdin fed
+//! to the current board's console device (q35's UART, pseries' vty).
 
 use devices::serial::Serial;
 use std::io::{Read, Write};
@@ -22,10 +22,30 @@ impl<W: Write> Write for Unbuffered<W> {
     }
 }
 
-/// Where stdin's bytes go: the serial port of the current board.
-pub(super) static CONSOLE_INPUT: OnceLock<Mutex<Option<Arc<Mutex<Serial>>>>> = OnceLock::new();
+/// A console device that takes the host's input: how many bytes fit now.
+pub(super) trait Input: Send {
+    fn input(&mut self, bytes: &[u8]) -> usize;
+}
 
-pub(super) fn console_input() -> &'static Mutex<Option<Arc<Mutex<Serial>>>> {
+impl Input for Serial {
+    fn input(&mut self, bytes: &[u8]) -> usize {
+        Serial::input(self, bytes)
+    }
+}
+
+impl Input for devices::spapr_vty::SpaprVty {
+    fn input(&mut self, bytes: &[u8]) -> usize {
+        devices::spapr_vty::SpaprVty::input(self, bytes)
+    }
+}
+
+type Console = Arc<Mutex<dyn Input>>;
+
+/// Where stdin's bytes go: the console of the current board (q35's UART,
+/// pseries' vty).
+pub(super) static CONSOLE_INPUT: OnceLock<Mutex<Option<Console>>> = OnceLock::new();
+
+pub(super) fn console_input() -> &'static Mutex<Option<Console>> {
     CONSOLE_INPUT.get_or_init(|| Mutex::new(None))
 }
 
@@ -47,13 +67,13 @@ pub(super) fn start_stdin_thread() {
                 };
                 let mut off = 0;
                 while off < n {
-                    let serial = console_input().lock().expect("console lock").clone();
-                    let took = serial.map_or(n - off, |s| {
-                        s.lock().expect("serial lock").input(&buf[off..n])
+                    let console = console_input().lock().expect("console lock").clone();
+                    let took = console.map_or(n - off, |c| {
+                        c.lock().expect("console lock").input(&buf[off..n])
                     });
                     off += took;
                     if took == 0 {
-                        std::thread::sleep(Duration::from_millis(1)); // FIFO full: let the guest drain it
+                        std::thread::sleep(Duration::from_millis(1)); // input full: let the guest drain it
                     }
                 }
             }

@@ -174,34 +174,24 @@ fn execute(board: &Board, endian: Endian, request: &Request) -> String {
             if !matches!(board.platform, Platform::Spapr { .. }) {
                 return format!("FAIL rtas {name}: this machine has no RTAS (sPAPR machines do)");
             }
-            // RTAS cells are big-endian 32-bit words in guest memory;
-            // addresses wrap, as QEMU's do.
-            let cell = |base: u64, i: u64| base.wrapping_add(4 * i);
-            let argv: Vec<u32> = (0..u64::from(nargs))
-                .map(|i| {
-                    let mut b = [0; 4];
-                    mem.read(cell(args, i), &mut b);
-                    u32::from_be_bytes(b)
-                })
-                .collect();
-            match super::spapr::rtas(board, name, &argv, nret as usize) {
-                Some(rets) => {
-                    // A refused call's status is written even with no
-                    // room for it, as QEMU's `rtas_st(rets, 0, ...)`.
-                    let room = (nret as usize).max(1);
-                    for (i, r) in rets.iter().take(room).enumerate() {
-                        mem.write(cell(ret, i as u64), &r.to_be_bytes());
-                    }
-                    // QEMU answers H_SUCCESS; the call's status is in
-                    // its first result.
-                    "OK 0".into()
-                }
+            if super::spapr::rtas_in_memory(board, name, nargs, args, nret, ret) {
+                // QEMU answers H_SUCCESS; the call's status is in its
+                // first result.
+                "OK 0".into()
+            } else {
                 // QEMU answers H_PARAMETER (-4) as an unsigned number.
-                None => {
-                    log::debug!("qtest: no RTAS call '{name}'");
-                    format!("OK {}", -4i64 as u64)
-                }
+                format!("OK {}", -4i64 as u64)
             }
+        }
+        Request::Hcall { opcode, ref args } => {
+            if !matches!(board.platform, Platform::Spapr { .. }) {
+                return format!("FAIL hcall {opcode:#x}: this machine has no hypercalls (sPAPR machines do)");
+            }
+            let mut regs = [0u64; 9];
+            regs[..args.len()].copy_from_slice(args);
+            let r3 = super::spapr::hcall(board, opcode, &mut regs);
+            let regs: Vec<String> = regs.iter().map(|r| format!("{r:#x}")).collect();
+            format!("OK {:#x} {}", r3 as u64, regs.join(" "))
         }
     }
 }

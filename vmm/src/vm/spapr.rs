@@ -5,10 +5,11 @@
 //! `-accel qtest`, whose client makes RTAS calls with qtest's `rtas`.
 
 use super::board::{console_output, event_sink, guest_memory, Board, Platform, PCI_IO_START};
+use super::console::{console_input, start_stdin_thread};
 use super::vcpu::Buses;
 use super::virtio::add_virtio_devices;
 use super::Control;
-use crate::config::VmConfig;
+use crate::config::{SerialBackend, VmConfig};
 use crate::hypervisor::Hypervisor;
 use anyhow::{bail, Result};
 use devices::bus::Bus;
@@ -16,9 +17,10 @@ use devices::pci::spapr_phb::{PhbConfig, SpaprPhb, MEM_WIN_BUS_OFFSET};
 use devices::pci::{BarWindow, PciRoot, Space};
 use devices::rtas::{HW_ERROR as RTAS_HW_ERROR, PARAM_ERROR as RTAS_PARAM_ERROR};
 use devices::spapr_rtc::{DateTime, SpaprRtc};
+use devices::spapr_vio::VioAddr;
+use devices::spapr_vty::SpaprVty;
 use devices::xics::Ics;
 use devices::VmEvent;
-use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -43,7 +45,19 @@ pub(super) fn build(
     let stop = Arc::new(AtomicBool::new(false));
     let sink = event_sink(&events, gen, &stop);
 
-    let phb = PhbConfig::from_props(&cfg.host_bridge, 0, cfg.memory);
+    let irqs = Irqs::of(&cfg.host_bridge, has_console(cfg));
+    let phb = PhbConfig::from_props(&cfg.host_bridge, 0, cfg.memory, irqs.lsi_base);
+    let vty = irqs
+        .vty
+        .map(|at| -> Result<_> {
+            let vty = Arc::new(Mutex::new(SpaprVty::new(at, console_output(cfg)?)));
+            if matches!(cfg.serial, SerialBackend::Stdio) {
+                *console_input().lock().expect("console lock") = Some(vty.clone());
+                start_stdin_thread();
+            }
+            Ok(vty)
+        })
+        .transpose()?;
     let mut root = PciRoot::default();
     let claim = !(gen == 1 && cfg.incoming.is_some());
     add_virtio_devices(cfg, &mut root, &vm, &mem, claim)?;
@@ -97,9 +111,10 @@ pub(super) fn build(
                 xics_sources(&cfg.host_bridge),
                 xics_servers(cfg.machine, &cfg.smp),
                 &phb.lsi,
+                &irqs.msi(),
             ))),
             events: sink,
-            console: Arc::new(Mutex::new(console_output(cfg)?)),
+            vty,
         },
     })
 }
@@ -115,6 +130,63 @@ fn xics_servers(machine: &machine::MachineType, smp: &arch::x86_64::topology::To
         threads
     };
     (smp.maxcpus * vsmt).div_ceil(threads)
+}
+
+/// Whether the board has a console (QEMU's pseries makes `-serial`'s
+/// character device a spapr-vty; `-serial none` has none).
+fn has_console(cfg: &VmConfig) -> bool {
+    !matches!(cfg.serial, SerialBackend::None)
+}
+
+/// Where the board's devices sit on the VIO bus and which interrupt
+/// sources they and the bridge's pins take, as QEMU's pseries gives them.
+/// QEMU's machine creates, in order, the console's vty (at the first VIO
+/// address), the NVRAM (the next; vmm has no NVRAM but keeps its place),
+/// then PHB 0. From pseries-3.1 VIO sources follow the address and the
+/// pins start at 0x1200. Up to 3.0 (`x-legacy-irq-allocation`) every
+/// device took the first free source in that order, after the EPOW event
+/// source and the hot-plug one (where modern hot-plug events are on): so
+/// a console moves the bridge's pins.
+#[derive(Debug, PartialEq, Eq)]
+struct Irqs {
+    vty: Option<VioAddr>,
+    lsi_base: u32,
+}
+
+impl Irqs {
+    fn of(host_bridge: &devices::model::Props, console: bool) -> Irqs {
+        use devices::spapr_vio::{reg_to_irq, REG_BASE};
+        let vty_reg = REG_BASE;
+        if !host_bridge.bool("x-legacy-irq-allocation").unwrap_or(false) {
+            return Irqs {
+                vty: console.then(|| VioAddr {
+                    reg: vty_reg,
+                    irq: reg_to_irq(vty_reg),
+                }),
+                lsi_base: devices::pci::spapr_phb::IRQ_PCI_LSI,
+            };
+        }
+        let hotplug = u32::from(host_bridge.bool("x-modern-hotplug-events").unwrap_or(true));
+        let mut next = devices::xics::IRQ_BASE + 1 + hotplug;
+        let vty = console.then(|| {
+            next += 1;
+            VioAddr {
+                reg: vty_reg,
+                irq: next - 1,
+            }
+        });
+        // The NVRAM's source.
+        next += 1;
+        Irqs {
+            vty,
+            lsi_base: next,
+        }
+    }
+
+    /// The message-signalled sources claimed (the vty's).
+    fn msi(&self) -> Vec<u32> {
+        self.vty.iter().map(|v| v.irq).collect()
+    }
 }
 
 /// The interrupt sources of the board's XICS: 0x1000, or 0x400 where QEMU
@@ -135,21 +207,24 @@ pub(super) fn device_tree(cfg: &VmConfig) -> Result<Vec<u8>> {
         cfg.memory,
         &cfg.cmdline,
         &cfg.smp,
+        has_console(cfg),
     )
 }
 
 /// The device tree of machine type `machine` with PHB properties
-/// `host_bridge`, `ram` bytes of RAM, kernel command line `cmdline` and
-/// CPUs `smp` (also what `-dump-abi` records).
+/// `host_bridge`, `ram` bytes of RAM, kernel command line `cmdline`, CPUs
+/// `smp` and a console or not (also what `-dump-abi` records).
 pub(crate) fn tree(
     machine: &machine::MachineType,
     host_bridge: &devices::model::Props,
     ram: u64,
     cmdline: &str,
     smp: &arch::x86_64::topology::Topology,
+    console: bool,
 ) -> Result<Vec<u8>> {
     use arch::ppc64::fdt;
-    let phb = PhbConfig::from_props(host_bridge, 0, ram);
+    let irqs = Irqs::of(host_bridge, console);
+    let phb = PhbConfig::from_props(host_bridge, 0, ram, irqs.lsi_base);
     let legacy = host_bridge.bool("x-legacy-irq-allocation").unwrap_or(false);
     let tree = fdt::Spapr {
         ram,
@@ -157,6 +232,7 @@ pub(crate) fn tree(
         // QEMU's pseries-4.2 and later tell Linux to assign BARs itself.
         pci_probe: machine.version >= (4, 2),
         max_cpus: xics_servers(machine, smp),
+        vty: irqs.vty.map(|v| (v.reg, v.irq)),
         phb: fdt::Phb {
             buid: phb.buid,
             io_win_addr: phb.io_win_addr,
@@ -192,7 +268,7 @@ pub(super) fn rtas(board: &Board, name: &str, args: &[u32], nret: usize) -> Opti
         rtc,
         ics,
         events,
-        console,
+        vty,
     } = &board.platform
     else {
         return None;
@@ -203,12 +279,11 @@ pub(super) fn rtas(board: &Board, name: &str, args: &[u32], nret: usize) -> Opti
     let param_error = || Some(vec![status(RTAS_PARAM_ERROR)]);
     match name {
         "display-character" => {
-            // QEMU writes it to the spapr-vty console; vmm's is -serial.
-            let Some(&c) = args.first() else {
+            // To the console's vty, as QEMU's; none with -serial none.
+            let (Some(&c), Some(vty)) = (args.first(), vty) else {
                 return Some(vec![status(RTAS_HW_ERROR)]);
             };
-            let mut out = console.lock().expect("console lock");
-            let _ = out.write_all(&[c as u8]).and_then(|_| out.flush());
+            vty.lock().expect("vty lock").put_chars(&[c as u8]);
             return Some(vec![0]);
         }
         "get-time-of-day" => {
@@ -303,4 +378,143 @@ pub(super) fn rtas(board: &Board, name: &str, args: &[u32], nret: usize) -> Opti
         _ => return None,
     };
     Some(rets)
+}
+
+/// An RTAS call as a guest makes it: `nargs` arguments at `args` and room
+/// for `nret` results at `ret`, big-endian 32-bit cells in guest memory
+/// (addresses wrap, as QEMU's do). False for a call this board does not
+/// have (nothing is written then).
+pub(super) fn rtas_in_memory(
+    board: &Board,
+    name: &str,
+    nargs: u32,
+    args: u64,
+    nret: u32,
+    ret: u64,
+) -> bool {
+    use vm_memory::{Bytes, GuestAddress};
+    let cell = |base: u64, i: u64| GuestAddress(base.wrapping_add(4 * i));
+    // Cells outside RAM read as zeros and take no writes, as QEMU's
+    // unassigned memory.
+    let argv: Vec<u32> = (0..u64::from(nargs))
+        .map(|i| {
+            board
+                .mem
+                .read_obj::<[u8; 4]>(cell(args, i))
+                .map_or(0, u32::from_be_bytes)
+        })
+        .collect();
+    let Some(rets) = rtas(board, name, &argv, nret as usize) else {
+        log::debug!("no RTAS call '{name}'");
+        return false;
+    };
+    // A refused call's status is written even with no room for it, as
+    // QEMU's `rtas_st(rets, 0, ...)`.
+    let room = (nret as usize).max(1);
+    for (i, r) in rets.iter().take(room).enumerate() {
+        let _ = board.mem.write_obj(r.to_be_bytes(), cell(ret, i as u64));
+    }
+    true
+}
+
+/// PAPR hypercalls the board serves (`hcall` numbers as in QEMU's
+/// `hw/ppc/spapr.h`): the console's, and `H_RTAS`, through which a guest
+/// enters RTAS (KVM-PPC leaves these to userspace).
+pub(super) mod hcall {
+    pub const H_GET_TERM_CHAR: u64 = 0x54;
+    pub const H_PUT_TERM_CHAR: u64 = 0x58;
+    /// `KVMPPC_H_RTAS`: the RTAS blob's one instruction hands its
+    /// argument buffer to the hypervisor.
+    pub const H_RTAS: u64 = 0xf000;
+
+    pub const H_SUCCESS: i64 = 0;
+    pub const H_FUNCTION: i64 = -2;
+    pub const H_PARAMETER: i64 = -4;
+}
+
+/// Hypercall `opcode` with its arguments in `args` (r4 to r12): its
+/// return code (r3); what it returns beside goes into `args`, as KVM's
+/// `papr_hcall` exit takes them back into r4 on.
+pub(super) fn hcall(board: &Board, opcode: u64, args: &mut [u64; 9]) -> i64 {
+    use hcall::*;
+    let Platform::Spapr { vty, .. } = &board.platform else {
+        return H_FUNCTION;
+    };
+    match opcode {
+        H_PUT_TERM_CHAR => {
+            let (reg, len) = (args[0], args[1]);
+            let Some(vty) = vty_at(vty, reg) else {
+                return H_PARAMETER;
+            };
+            if len > 16 {
+                return H_PARAMETER;
+            }
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&args[2].to_be_bytes());
+            bytes[8..].copy_from_slice(&args[3].to_be_bytes());
+            vty.lock()
+                .expect("vty lock")
+                .put_chars(&bytes[..len as usize]);
+            H_SUCCESS
+        }
+        H_GET_TERM_CHAR => {
+            let Some(vty) = vty_at(vty, args[0]) else {
+                return H_PARAMETER;
+            };
+            let got = vty.lock().expect("vty lock").get_chars(16);
+            let mut bytes = [0u8; 16];
+            bytes[..got.len()].copy_from_slice(&got);
+            args[0] = got.len() as u64;
+            args[1] = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+            args[2] = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
+            H_SUCCESS
+        }
+        H_RTAS => {
+            use vm_memory::{Bytes, GuestAddress};
+            let at = args[0];
+            let cell = |i: u64| {
+                board
+                    .mem
+                    .read_obj::<[u8; 4]>(GuestAddress(at.wrapping_add(4 * i)))
+                    .map_or(0, u32::from_be_bytes)
+            };
+            let (token, nargs, nret) = (cell(0), cell(1), cell(2));
+            let args_at = at.wrapping_add(12);
+            let ret_at = args_at.wrapping_add(4 * u64::from(nargs));
+            // Linux's early debug output calls display-character as token
+            // 0xa without reading the device tree; QEMU takes it too.
+            let name = if token == 0xa {
+                Some("display-character")
+            } else {
+                arch::ppc64::rtas::CALLS
+                    .iter()
+                    .find(|c| c.1 == token)
+                    .map(|c| c.0)
+            };
+            match name {
+                Some(name) if rtas_in_memory(board, name, nargs, args_at, nret, ret_at) => {
+                    H_SUCCESS
+                }
+                _ => {
+                    log::debug!("H_RTAS: no RTAS call has token {token:#x}");
+                    let _ = board.mem.write_obj(
+                        (RTAS_PARAM_ERROR as u32).to_be_bytes(),
+                        GuestAddress(ret_at),
+                    );
+                    H_PARAMETER
+                }
+            }
+        }
+        _ => {
+            log::debug!("hypercall {opcode:#x}: not served");
+            H_FUNCTION
+        }
+    }
+}
+
+/// The vty at VIO address `reg`; 0 means the console, as QEMU takes it
+/// (Linux's early debug output asks for 0).
+fn vty_at(vty: &Option<Arc<Mutex<SpaprVty>>>, reg: u64) -> Option<&Arc<Mutex<SpaprVty>>> {
+    vty.as_ref()
+        .filter(|v| reg == 0 || reg == u64::from(v.lock().expect("vty lock").addr().reg))
 }
