@@ -5,5 +5,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod elf;
 pub mod ppc64;
 pub mod x86_64;

@@ -825,6 +825,161 @@ fn the_pseries_console_and_rtas_through_hypercalls() {
     );
 }
 
+/// A little-endian ppc64 `vmlinux`: one segment of `code` linked where
+/// Linux links (0xc000000000000000) with `bss` bytes after it, entered at
+/// `entry` bytes in.
+fn vmlinux(code: &[u8], bss: u64, entry: u64) -> Vec<u8> {
+    const BASE: u64 = 0xc000_0000_0000_0000;
+    let mut f = b"\x7fELF\x02\x01\x01".to_vec();
+    f.resize(16, 0);
+    for (v, n) in [
+        (2u64, 2),
+        (21, 2),
+        (1, 4),
+        (BASE + entry, 8),
+        (64, 8),
+        (0, 8),
+        (0, 4),
+    ] {
+        f.extend_from_slice(&v.to_le_bytes()[..n]);
+    }
+    for (v, n) in [(64u64, 2), (56, 2), (1, 2), (0, 6)] {
+        f.extend_from_slice(&v.to_le_bytes()[..n.min(8)]);
+    }
+    f.resize(64, 0);
+    let memsz = code.len() as u64 + bss;
+    for (v, n) in [
+        (1u64, 4),
+        (7, 4),
+        (0x1000, 8),
+        (BASE, 8),
+        (BASE, 8),
+        (code.len() as u64, 8),
+        (memsz, 8),
+        (0x1_0000, 8),
+    ] {
+        f.extend_from_slice(&v.to_le_bytes()[..n]);
+    }
+    f.resize(0x1000, 0);
+    f.extend_from_slice(code);
+    f
+}
+
+/// `-kernel` on pseries: the kernel, the initrd, RTAS and the device tree
+/// in guest RAM where a kernel entered with r3 = the tree finds them, the
+/// tree telling it where each is (read back from guest memory through
+/// qtest and decompiled with dtc); a kernel too large for the guest is
+/// refused by name.
+#[test]
+fn a_pseries_kernel_finds_its_initrd_rtas_and_tree_in_memory() {
+    let dir = TempDir::new("qtest-kernel");
+    let kernel = dir.path("vmlinux");
+    std::fs::write(&kernel, vmlinux(b"vmlinux!", 0x1000, 0x100)).unwrap();
+    let initrd = dir.path("initrd");
+    std::fs::write(&initrd, b"the initrd's bytes").unwrap();
+    let (k, i) = (kernel.display().to_string(), initrd.display().to_string());
+    let (_vm, _q, mut qt) = start(
+        &dir,
+        "src",
+        &[
+            "-M",
+            "pseries-8.0",
+            "-kernel",
+            &k,
+            "-initrd",
+            &i,
+            "-append",
+            "console=hvc0",
+        ],
+    );
+    assert_eq!(qt.read(0, 8), b"vmlinux!", "the kernel at 0");
+    // The tree at the top of the real-mode area (here, of the 128 MiB of
+    // RAM) less 1 MiB.
+    let fdt = 0x7f0_0000;
+    assert_eq!(qt.readl(fdt), 0xd00d_feed);
+    let size = qt.readl(fdt + 4) as usize;
+    let dtb = dir.path("guest.dtb");
+    std::fs::write(&dtb, qt.read(fdt, size)).unwrap();
+    let out = std::process::Command::new("dtc")
+        .args(["-I", "dtb", "-O", "dts"])
+        .arg(&dtb)
+        .output()
+        .expect("dtc (scripts/setup.sh installs device-tree-compiler)");
+    let dts = String::from_utf8_lossy(&out.stdout).to_string();
+    let prop = |name: &str| -> u64 {
+        let line = dts
+            .lines()
+            .find(|l| l.trim().starts_with(&format!("{name} = <")))
+            .unwrap_or_else(|| panic!("no {name} in\n{dts}"));
+        let v = line.split('<').nth(1).unwrap().trim_end_matches(">;");
+        u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap()
+    };
+    assert!(dts.contains("bootargs = \"console=hvc0\""), "{dts}");
+    let (start, end) = (prop("linux,initrd-start"), prop("linux,initrd-end"));
+    assert_eq!(
+        start, 0x2_0000,
+        "after the kernel and its bss, 64 KiB aligned"
+    );
+    assert_eq!(
+        qt.read(start, (end - start) as usize),
+        b"the initrd's bytes"
+    );
+    // RTAS: the blob that makes the H_RTAS hypercall, where the tree says.
+    let rtas = prop("linux,rtas-base");
+    assert_eq!(prop("linux,rtas-entry"), rtas);
+    assert_eq!(qt.readl(rtas + 12), 0x4400_0022, "sc 1");
+    // The kernel must leave them alone.
+    let reserved: Vec<Vec<String>> = dts
+        .lines()
+        .filter(|l| l.starts_with("/memreserve/"))
+        .map(|l| {
+            l.trim_start_matches("/memreserve/")
+                .trim_end_matches(';')
+                .split_whitespace()
+                .map(|w| {
+                    u64::from_str_radix(w.trim_start_matches("0x"), 16)
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        })
+        .collect();
+    for (at, len) in [(0, 0x1008), (rtas, 0x1000), (start, end - start)] {
+        assert!(
+            reserved.contains(&vec![at.to_string(), len.to_string()]),
+            "{at:#x}+{len:#x} not reserved in\n{dts}"
+        );
+    }
+
+    // A kernel larger than the guest's memory.
+    let huge = dir.path("huge");
+    std::fs::write(&huge, vmlinux(b"x", 300 << 20, 0)).unwrap();
+    let out = std::process::Command::new(vmm_tests::vmm::binary())
+        .args([
+            "-M",
+            "pseries-8.0",
+            "-m",
+            "256M",
+            "-accel",
+            "qtest",
+            "-qtest",
+            "stdio",
+            "-serial",
+            "none",
+            "-kernel",
+        ])
+        .arg(&huge)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot load kernel") && err.contains("does not fit in the guest's 256 MiB"),
+        "{err}"
+    );
+}
+
 /// The ppc64le build of vmm (scripts/ppc64le.sh builds it), as a command
 /// run under qemu-user.
 fn ppc64le_vmm() -> std::process::Command {

@@ -109,7 +109,15 @@ pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
     if !info.acpi {
         // The device tree of the reference guest (1 GiB, the console on
         // -serial), node by node.
-        let dtb = crate::vm::spapr::tree(m, &host_bridge, 1 << 30, "", &topology, true)?;
+        let dtb = crate::vm::spapr::tree(&crate::vm::spapr::Shown {
+            machine: m,
+            host_bridge: &host_bridge,
+            ram: 1 << 30,
+            cmdline: "",
+            smp: &topology,
+            console: true,
+            boot: None,
+        })?;
         let nodes = arch::ppc64::fdt::parse(&dtb)
             .ok_or_else(|| anyhow!("{}: the device tree does not read back", m.name))?;
         let tree: Map<String, Value> = nodes

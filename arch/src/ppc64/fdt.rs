@@ -7,7 +7,7 @@
 //! does not have (vCPU nodes, the event sources, dynamic reconfiguration
 //! connectors, the NVRAM) is not in it yet.
 
-use vm_fdt::{FdtWriter, FdtWriterResult};
+use vm_fdt::{FdtReserveEntry, FdtWriter, FdtWriterResult};
 
 /// QEMU's fixed phandle of the interrupt controller (`PHANDLE_INTC`).
 pub const PHANDLE_INTC: u32 = 0x1111;
@@ -43,10 +43,32 @@ pub struct Spapr {
     pub pci_probe: bool,
     /// vCPU servers the interrupt controller serves.
     pub max_cpus: u32,
+    /// The room RTAS has ([`rtas_size`]).
+    pub rtas_size: u32,
     pub phb: Phb,
     /// The console's vty on the VIO bus: its address and interrupt source
     /// (also `/chosen`'s stdout), if the board has one.
     pub vty: Option<(u32, u32)>,
+    /// Where a kernel booted without firmware finds what firmware would
+    /// have set up (`-kernel`).
+    pub boot: Option<Boot>,
+}
+
+/// What a directly booted kernel learns from the tree (as kexec leaves
+/// it): where RTAS was put, the initrd, the memory it must not take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Boot {
+    pub rtas: u64,
+    /// Its first byte and one past its last.
+    pub initrd: Option<(u64, u64)>,
+    /// (address, size) of each range the kernel must leave alone.
+    pub reserved: Vec<(u64, u64)>,
+}
+
+/// `rtas-size` for a guest of `max_cpus` CPUs, QEMU's: the blob's 20
+/// bytes, the error log RTAS may fill (2 KiB), 16 bytes a CPU and 8 more.
+pub fn rtas_size(max_cpus: u32) -> u32 {
+    20 + 2048 + 16 * max_cpus + 8
 }
 
 /// `ranges` of a PCI bus node: per window `phys.hi` (its space), the PCI
@@ -118,7 +140,11 @@ fn phb_node(f: &mut FdtWriter, p: &Phb) -> FdtWriterResult<()> {
 
 /// The flattened tree.
 pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
-    let mut f = FdtWriter::new()?;
+    let reserved = m.boot.iter().flat_map(|b| &b.reserved);
+    let reserved = reserved
+        .map(|&(a, s)| FdtReserveEntry::new(a, s))
+        .collect::<FdtWriterResult<Vec<_>>>()?;
+    let mut f = FdtWriter::new_with_mem_reserv(&reserved)?;
     let root = f.begin_node("")?;
     f.property_string("device_type", "chrp")?;
     f.property_string("model", "IBM pSeries (emulated by qemu)")?;
@@ -138,11 +164,21 @@ pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
         f.property_string("stdout-path", &path)?;
         f.property_string("linux,stdout-path", &path)?;
     }
+    if let Some((start, end)) = m.boot.as_ref().and_then(|b| b.initrd) {
+        f.property_u32("linux,initrd-start", start as u32)?;
+        f.property_u32("linux,initrd-end", end as u32)?;
+    }
     f.end_node(chosen)?;
 
     let rtas = f.begin_node("rtas")?;
     for (name, token) in super::rtas::CALLS {
         f.property_u32(name, *token)?;
+    }
+    f.property_u32("rtas-size", m.rtas_size)?;
+    if let Some(b) = &m.boot {
+        // Instantiated already, as kexec tells a kernel.
+        f.property_u32("linux,rtas-base", b.rtas as u32)?;
+        f.property_u32("linux,rtas-entry", b.rtas as u32)?;
     }
     f.end_node(rtas)?;
 
@@ -310,14 +346,29 @@ mod tests {
             cmdline: "console=hvc0".into(),
             pci_probe: true,
             max_cpus: 1,
+            rtas_size: rtas_size(1),
             phb: phb(),
             vty: Some((0x7100_0000, 0x1100)),
+            boot: Some(Boot {
+                rtas: 0xfef_f000,
+                initrd: Some((0x3_0000, 0x4_0000)),
+                reserved: vec![(0, 0x2_0000), (0xfef_f000, 0x1000)],
+            }),
         })
         .unwrap();
         assert_eq!(dtb[..4], [0xd0, 0x0d, 0xfe, 0xed]);
         let nodes = parse(&dtb).unwrap();
         assert_eq!(nodes["/"]["compatible"], b"qemu,pseries\0");
         assert_eq!(nodes["/chosen"]["bootargs"], b"console=hvc0\0");
+        assert_eq!(nodes["/chosen"]["linux,initrd-start"], [0, 3, 0, 0]);
+        assert_eq!(nodes["/rtas"]["linux,rtas-entry"], [0x0f, 0xef, 0xf0, 0]);
+        // QEMU 7.2's, for one CPU and for four.
+        assert_eq!(nodes["/rtas"]["rtas-size"], 0x82cu32.to_be_bytes());
+        assert_eq!(rtas_size(4), 0x85c);
+        // The reserve map (after the header): the kernel, then RTAS.
+        let off = u32::from_be_bytes(dtb[16..20].try_into().unwrap()) as usize;
+        assert_eq!(dtb[off + 8..off + 16], 0x2_0000u64.to_be_bytes());
+        assert_eq!(dtb[off + 16..off + 24], 0xfef_f000u64.to_be_bytes());
         assert_eq!(nodes["/chosen"]["stdout-path"], b"/vdevice/vty@71000000\0");
         assert_eq!(
             nodes["/vdevice/vty@71000000"]["interrupts"],

@@ -1,5 +1,6 @@
-//! ppc64 (sPAPR, the pseries machines): the device tree a guest is given
-//! and the RTAS call table it names.
+//! ppc64 (sPAPR, the pseries machines): the device tree a guest is given,
+//! the RTAS call table it names, and booting its kernel.
 
+pub mod boot;
 pub mod fdt;
 pub mod rtas;

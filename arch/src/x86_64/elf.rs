@@ -4,64 +4,24 @@
 //! classes (the entry is 32-bit protected mode either way), as QEMU's
 //! `-kernel` does.
 
-use std::io::{Read, Seek, SeekFrom};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use crate::elf::{self, Endian, PT_LOAD, PT_NOTE};
+use std::io::{Read, Seek};
+use vm_memory::GuestMemoryBackend;
 
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
 const EM_386: u16 = 3;
 const EM_X86_64: u16 = 62;
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-/// More program headers than any kernel has; bounds what a file can ask for.
-const MAX_PHDRS: usize = 512;
 /// Notes are small; a larger note segment is not a kernel's.
 const MAX_NOTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read the kernel file")]
-    Read(#[source] std::io::Error),
-    #[error("the file is not an ELF")]
-    NotElf,
-    #[error("ELF class {0} is neither 1 (32-bit) nor 2 (64-bit)")]
-    Class(u8),
+    #[error(transparent)]
+    Elf(#[from] crate::elf::Error),
     #[error("the ELF is big-endian; x86 kernels are little-endian")]
     BigEndian,
     #[error("the ELF is for machine {0}, not x86 ({EM_386}) or x86-64 ({EM_X86_64})")]
     Machine(u16),
-    #[error("program header entries are {got} bytes; a {bits}-bit ELF has {want}")]
-    PhdrSize { bits: u32, got: u16, want: u16 },
-    #[error("the ELF has {0} program headers, more than the {MAX_PHDRS} vmm reads")]
-    TooManyPhdrs(usize),
-    #[error("segment {index} claims {filesz:#x} bytes of file but only {memsz:#x} of memory")]
-    FileLargerThanMemory {
-        index: usize,
-        filesz: u64,
-        memsz: u64,
-    },
-    #[error("segment {index} (address {addr:#x}, {size:#x} bytes) starts below {min:#x}, where vmm keeps the boot information")]
-    BelowKernelArea {
-        index: usize,
-        addr: u64,
-        size: u64,
-        min: u64,
-    },
-    #[error("segment {index} (address {addr:#x}, {size:#x} bytes) does not fit in the guest's {ram_mib} MiB of RAM ({ranges})")]
-    OutsideRam {
-        index: usize,
-        addr: u64,
-        size: u64,
-        ram_mib: u64,
-        ranges: String,
-    },
-    #[error(
-        "segment {index} (file offset {offset:#x}, {size:#x} bytes) lies past the end of the file"
-    )]
-    Truncated {
-        index: usize,
-        offset: u64,
-        size: u64,
-    },
     #[error("the PVH entry note holds {0} bytes, too few for an address")]
     BadEntryNote(u32),
     #[error("the PVH entry {0:#x} is above 4 GiB; the PVH entry runs in 32-bit mode")]
@@ -70,12 +30,6 @@ pub enum Error {
         "the ELF has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY), which vmm needs to boot an ELF"
     )]
     NoPvhEntry,
-    #[error("cannot write segment {index} to guest memory")]
-    Write {
-        index: usize,
-        #[source]
-        source: vm_memory::GuestMemoryError,
-    },
 }
 
 /// A loaded kernel: where to enter it and the end of its highest segment.
@@ -87,103 +41,12 @@ pub struct Loaded {
     pub bits: u32,
 }
 
-/// One program header, whichever the class.
-#[derive(Clone, Copy, Debug)]
-struct Phdr {
-    kind: u32,
-    offset: u64,
-    paddr: u64,
-    filesz: u64,
-    memsz: u64,
-    align: u64,
-}
-
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-
 fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+    Endian::Little.u32(b, o)
 }
 
 fn u64_at(b: &[u8], o: usize) -> u64 {
-    u64::from(u32_at(b, o)) | u64::from(u32_at(b, o + 4)) << 32
-}
-
-fn read_at<F: Read + Seek>(f: &mut F, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-    f.seek(SeekFrom::Start(offset))?;
-    f.read_exact(buf)
-}
-
-/// The class (32 or 64) and program headers of the ELF in `f`.
-fn program_headers<F: Read + Seek>(f: &mut F) -> Result<(u32, Vec<Phdr>), Error> {
-    let mut eh = [0u8; 64];
-    f.seek(SeekFrom::Start(0)).map_err(Error::Read)?;
-    let n = f.read(&mut eh).map_err(Error::Read)?;
-    if n < 52 || &eh[..4] != b"\x7fELF" {
-        return Err(Error::NotElf);
-    }
-    let bits = match eh[4] {
-        1 => 32,
-        2 if n == 64 => 64,
-        2 => return Err(Error::NotElf),
-        c => return Err(Error::Class(c)),
-    };
-    if eh[5] != 1 {
-        return Err(Error::BigEndian);
-    }
-    let machine = u16_at(&eh, 18);
-    if machine != EM_386 && machine != EM_X86_64 {
-        return Err(Error::Machine(machine));
-    }
-    let (phoff, phentsize, phnum, want) = if bits == 32 {
-        (
-            u64::from(u32_at(&eh, 28)),
-            u16_at(&eh, 42),
-            u16_at(&eh, 44),
-            32,
-        )
-    } else {
-        (u64_at(&eh, 32), u16_at(&eh, 54), u16_at(&eh, 56), 56)
-    };
-    if phentsize != want {
-        return Err(Error::PhdrSize {
-            bits,
-            got: phentsize,
-            want,
-        });
-    }
-    let phnum = phnum as usize;
-    if phnum > MAX_PHDRS {
-        return Err(Error::TooManyPhdrs(phnum));
-    }
-    let mut table = vec![0u8; phnum * want as usize];
-    read_at(f, phoff, &mut table).map_err(Error::Read)?;
-    let phdrs = table
-        .chunks_exact(want as usize)
-        .map(|p| {
-            if bits == 32 {
-                Phdr {
-                    kind: u32_at(p, 0),
-                    offset: u32_at(p, 4).into(),
-                    paddr: u32_at(p, 12).into(),
-                    filesz: u32_at(p, 16).into(),
-                    memsz: u32_at(p, 20).into(),
-                    align: u32_at(p, 28).into(),
-                }
-            } else {
-                Phdr {
-                    kind: u32_at(p, 0),
-                    offset: u64_at(p, 8),
-                    paddr: u64_at(p, 24),
-                    filesz: u64_at(p, 32),
-                    memsz: u64_at(p, 40),
-                    align: u64_at(p, 48),
-                }
-            }
-        })
-        .collect();
-    Ok((bits, phdrs))
+    Endian::Little.u64(b, o)
 }
 
 /// The PVH entry in a `PT_NOTE` segment's bytes, if it holds one. Notes
@@ -233,22 +96,6 @@ fn walk_notes(notes: &[u8], align: usize) -> Result<Option<u64>, Error> {
     Ok(None)
 }
 
-fn ram_ranges<M: GuestMemoryBackend>(mem: &M) -> (u64, String) {
-    let mut total = 0;
-    let ranges: Vec<String> = mem
-        .iter()
-        .map(|r| {
-            total += r.len();
-            format!(
-                "{:#x}-{:#x}",
-                r.start_addr().0,
-                r.start_addr().0 + r.len() - 1
-            )
-        })
-        .collect();
-    (total >> 20, format!("RAM at {}", ranges.join(", ")))
-}
-
 /// Loads the ELF kernel in `f` into `mem`, whose memory is fresh: the
 /// part of a segment past its file bytes (its bss) is left as it is, zero.
 /// Segments start at `min_addr` or above.
@@ -257,72 +104,39 @@ pub fn load<F: Read + Seek, M: GuestMemoryBackend>(
     f: &mut F,
     min_addr: u64,
 ) -> Result<Loaded, Error> {
-    let (bits, phdrs) = program_headers(f)?;
-    let file_len = f.seek(SeekFrom::End(0)).map_err(Error::Read)?;
+    let h = elf::read(f, |endian, machine| match (endian, machine) {
+        (Endian::Big, _) => Err(Error::BigEndian),
+        (_, EM_386 | EM_X86_64) => Ok(()),
+        (_, m) => Err(Error::Machine(m)),
+    })?;
     let mut entry = None;
     let mut end = 0;
-    for (index, p) in phdrs.iter().enumerate() {
-        let in_file = p
-            .offset
-            .checked_add(p.filesz)
-            .is_some_and(|e| e <= file_len);
+    for (index, p) in h.phdrs.iter().enumerate() {
         match p.kind {
-            PT_NOTE if entry.is_none() && p.filesz <= MAX_NOTES && in_file => {
+            PT_NOTE if entry.is_none() && p.filesz <= MAX_NOTES && h.in_file(p) => {
                 let mut notes = vec![0u8; p.filesz as usize];
-                read_at(f, p.offset, &mut notes).map_err(Error::Read)?;
+                elf::read_at(f, p.offset, &mut notes).map_err(elf::Error::Read)?;
                 entry = pvh_entry(&notes, p.align)?;
             }
             PT_LOAD if p.memsz > 0 => {
-                if p.filesz > p.memsz {
-                    return Err(Error::FileLargerThanMemory {
-                        index,
-                        filesz: p.filesz,
-                        memsz: p.memsz,
-                    });
-                }
-                if p.paddr < min_addr {
-                    return Err(Error::BelowKernelArea {
-                        index,
-                        addr: p.paddr,
-                        size: p.memsz,
-                        min: min_addr,
-                    });
-                }
-                if !mem.check_range(GuestAddress(p.paddr), p.memsz as usize) {
-                    let (ram_mib, ranges) = ram_ranges(mem);
-                    return Err(Error::OutsideRam {
-                        index,
-                        addr: p.paddr,
-                        size: p.memsz,
-                        ram_mib,
-                        ranges,
-                    });
-                }
-                if !in_file {
-                    return Err(Error::Truncated {
-                        index,
-                        offset: p.offset,
-                        size: p.filesz,
-                    });
-                }
-                let mut data = vec![0u8; p.filesz as usize];
-                read_at(f, p.offset, &mut data).map_err(Error::Read)?;
-                mem.write_slice(&data, GuestAddress(p.paddr))
-                    .map_err(|source| Error::Write { index, source })?;
-                end = end.max(p.paddr + p.memsz);
+                end = end.max(h.load_segment(mem, f, index, p.paddr, min_addr)?);
             }
             _ => {}
         }
     }
     let entry = entry.ok_or(Error::NoPvhEntry)?;
-    Ok(Loaded { entry, end, bits })
+    Ok(Loaded {
+        entry,
+        end,
+        bits: h.bits,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Cursor;
-    use vm_memory::GuestMemoryMmap;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     /// An ELF of `bits` with one PT_LOAD (`code` at `paddr`, `bss` more
     /// bytes of memory) and the PVH note naming `entry` (`entry_len` bytes).
@@ -469,7 +283,7 @@ mod tests {
         let image = elf(64, 0x1f_f000, b"x", 0x2000, 0x1f_f000, 4);
         assert!(matches!(
             load(&mem, &mut Cursor::new(image), 0x10_0000),
-            Err(Error::OutsideRam { index: 0, .. })
+            Err(Error::Elf(elf::Error::OutsideRam { index: 0, .. }))
         ));
     }
 

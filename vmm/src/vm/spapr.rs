@@ -42,6 +42,19 @@ pub(super) fn build(
     if let Some(q) = vm.qtest() {
         q.attach(&mem);
     }
+    if cfg.kernel.is_some() {
+        let entry = load_kernel(cfg, &mem)?;
+        // The KVM-PPC backend's boot vCPU starts here; under qtest there
+        // is none, and the client finds the images in RAM.
+        log::info!(
+            "pseries boot: entry {:#x}, r3 (device tree) {:#x}, r4 {:#x}, r5 {:#x}, MSR {:#x}",
+            entry.pc,
+            entry.fdt,
+            entry.kernel_base,
+            entry.client_interface,
+            entry.msr
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let sink = event_sink(&events, gen, &stop);
 
@@ -132,6 +145,81 @@ fn xics_servers(machine: &machine::MachineType, smp: &arch::x86_64::topology::To
     (smp.maxcpus * vsmt).div_ceil(threads)
 }
 
+/// Loads `-kernel` (and `-initrd`) as a pseries guest boots without
+/// firmware (arch::ppc64::boot): the kernel, the initrd after it, the
+/// RTAS blob and the device tree that tells the kernel where they are;
+/// how the boot vCPU enters it.
+fn load_kernel(cfg: &VmConfig, mem: &super::GuestMemoryMmap) -> Result<arch::ppc64::boot::Entry> {
+    use anyhow::Context;
+    use arch::ppc64::boot;
+    use vm_memory::{Bytes, GuestAddress};
+    let path = cfg.kernel.as_ref().expect("a kernel");
+    let mut f = std::fs::File::open(path)
+        .with_context(|| format!("cannot open kernel {}", path.display()))?;
+    let kernel = boot::load_kernel(mem, &mut f)
+        .with_context(|| format!("cannot load kernel {}", path.display()))?;
+    let layout = boot::layout(cfg.memory, arch::ppc64::fdt::rtas_size(cfg.smp.maxcpus));
+    if kernel.end > layout.rtas {
+        bail!(
+            "kernel {} ends at {:#x}, above the firmware area at {:#x}: give the guest more memory",
+            path.display(),
+            kernel.end,
+            layout.rtas
+        );
+    }
+    log::info!(
+        "kernel {}: {:?}-endian ppc64 ELF at {:#x}-{:#x}, entry {:#x}",
+        path.display(),
+        kernel.endian,
+        kernel.start,
+        kernel.end,
+        kernel.entry
+    );
+    let mut reserved = vec![(kernel.start, kernel.end - kernel.start)];
+    let initrd = match &cfg.initrd {
+        None => None,
+        Some(p) => {
+            let data =
+                std::fs::read(p).with_context(|| format!("cannot read initrd {}", p.display()))?;
+            let start = boot::initrd_addr(kernel.end);
+            let end = start + data.len() as u64;
+            if end > layout.rtas {
+                bail!(
+                    "initrd {} ({} bytes) does not fit between the kernel and the firmware area at {:#x}",
+                    p.display(),
+                    data.len(),
+                    layout.rtas
+                );
+            }
+            mem.write_slice(&data, GuestAddress(start))
+                .map_err(|e| anyhow::anyhow!("cannot copy the initrd into guest memory: {e}"))?;
+            reserved.push((start, end - start));
+            Some((start, end))
+        }
+    };
+    mem.write_slice(&boot::rtas_blob(), GuestAddress(layout.rtas))
+        .map_err(|e| anyhow::anyhow!("cannot copy RTAS into guest memory: {e}"))?;
+    reserved.push((layout.rtas, layout.rtas_size));
+    let dtb = tree(&Shown::of(
+        cfg,
+        Some(arch::ppc64::fdt::Boot {
+            rtas: layout.rtas,
+            initrd,
+            reserved,
+        }),
+    ))?;
+    if dtb.len() as u64 > boot::FDT_MAX_SIZE {
+        bail!(
+            "the device tree is {} bytes, more than the {} it has room for",
+            dtb.len(),
+            boot::FDT_MAX_SIZE
+        );
+    }
+    mem.write_slice(&dtb, GuestAddress(layout.fdt))
+        .map_err(|e| anyhow::anyhow!("cannot copy the device tree into guest memory: {e}"))?;
+    Ok(boot::entry(&kernel, &layout))
+}
+
 /// Whether the board has a console (QEMU's pseries makes `-serial`'s
 /// character device a spapr-vty; `-serial none` has none).
 fn has_console(cfg: &VmConfig) -> bool {
@@ -199,29 +287,50 @@ fn xics_sources(host_bridge: &devices::model::Props) -> u32 {
     }
 }
 
-/// The device tree a guest of `cfg` is given (arch::ppc64::fdt).
+/// The device tree a guest of `cfg` is given (arch::ppc64::fdt), before
+/// a kernel is loaded.
 pub(super) fn device_tree(cfg: &VmConfig) -> Result<Vec<u8>> {
-    tree(
-        cfg.machine,
-        &cfg.host_bridge,
-        cfg.memory,
-        &cfg.cmdline,
-        &cfg.smp,
-        has_console(cfg),
-    )
+    tree(&Shown::of(cfg, None))
 }
 
-/// The device tree of machine type `machine` with PHB properties
-/// `host_bridge`, `ram` bytes of RAM, kernel command line `cmdline`, CPUs
-/// `smp` and a console or not (also what `-dump-abi` records).
-pub(crate) fn tree(
-    machine: &machine::MachineType,
-    host_bridge: &devices::model::Props,
-    ram: u64,
-    cmdline: &str,
-    smp: &arch::x86_64::topology::Topology,
-    console: bool,
-) -> Result<Vec<u8>> {
+/// What of a guest its device tree shows.
+pub(crate) struct Shown<'a> {
+    pub(crate) machine: &'a machine::MachineType,
+    /// The PHB's properties.
+    pub(crate) host_bridge: &'a devices::model::Props,
+    pub(crate) ram: u64,
+    /// The kernel command line.
+    pub(crate) cmdline: &'a str,
+    pub(crate) smp: &'a arch::x86_64::topology::Topology,
+    pub(crate) console: bool,
+    pub(crate) boot: Option<arch::ppc64::fdt::Boot>,
+}
+
+impl<'a> Shown<'a> {
+    fn of(cfg: &'a VmConfig, boot: Option<arch::ppc64::fdt::Boot>) -> Shown<'a> {
+        Shown {
+            machine: cfg.machine,
+            host_bridge: &cfg.host_bridge,
+            ram: cfg.memory,
+            cmdline: &cfg.cmdline,
+            smp: &cfg.smp,
+            console: has_console(cfg),
+            boot,
+        }
+    }
+}
+
+/// The device tree `g` describes (also what `-dump-abi` records).
+pub(crate) fn tree(g: &Shown) -> Result<Vec<u8>> {
+    let Shown {
+        machine,
+        host_bridge,
+        ram,
+        cmdline,
+        smp,
+        console,
+        ..
+    } = *g;
     use arch::ppc64::fdt;
     let irqs = Irqs::of(host_bridge, console);
     let phb = PhbConfig::from_props(host_bridge, 0, ram, irqs.lsi_base);
@@ -232,7 +341,9 @@ pub(crate) fn tree(
         // QEMU's pseries-4.2 and later tell Linux to assign BARs itself.
         pci_probe: machine.version >= (4, 2),
         max_cpus: xics_servers(machine, smp),
+        rtas_size: fdt::rtas_size(smp.maxcpus),
         vty: irqs.vty.map(|v| (v.reg, v.irq)),
+        boot: g.boot.clone(),
         phb: fdt::Phb {
             buid: phb.buid,
             io_win_addr: phb.io_win_addr,
