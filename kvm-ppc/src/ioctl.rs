@@ -44,7 +44,10 @@ pub const KVM_CREATE_VM: u64 = io(0x01);
 pub const KVM_CHECK_EXTENSION: u64 = io(0x03);
 pub const KVM_GET_VCPU_MMAP_SIZE: u64 = io(0x04);
 pub const KVM_CREATE_VCPU: u64 = io(0x41);
+pub const KVM_GET_DIRTY_LOG: u64 = iow::<KvmDirtyLog>(0x42);
 pub const KVM_SET_USER_MEMORY_REGION: u64 = iow::<KvmUserspaceMemoryRegion>(0x46);
+pub const KVM_IRQFD: u64 = iow::<KvmIrqfd>(0x76);
+pub const KVM_IOEVENTFD: u64 = iow::<KvmIoeventfd>(0x79);
 pub const KVM_RUN: u64 = io(0x80);
 pub const KVM_GET_REGS: u64 = ior::<KvmRegs>(0x81);
 pub const KVM_SET_REGS: u64 = iow::<KvmRegs>(0x82);
@@ -58,6 +61,8 @@ pub const KVM_GET_ONE_REG: u64 = iow::<KvmOneReg>(0xab);
 pub const KVM_SET_ONE_REG: u64 = iow::<KvmOneReg>(0xac);
 pub const KVM_PPC_CONFIGURE_V3_MMU: u64 = iow::<KvmPpcMmuv3Cfg>(0xaf);
 pub const KVM_CREATE_DEVICE: u64 = iowr::<KvmCreateDevice>(0xe0);
+pub const KVM_SET_DEVICE_ATTR: u64 = iow::<KvmDeviceAttr>(0xe1);
+pub const KVM_GET_DEVICE_ATTR: u64 = iow::<KvmDeviceAttr>(0xe2);
 
 /// Every number above by its C name (for the probe's comparison).
 pub const ALL: &[(&str, u64)] = &[
@@ -66,7 +71,10 @@ pub const ALL: &[(&str, u64)] = &[
     ("KVM_CHECK_EXTENSION", KVM_CHECK_EXTENSION),
     ("KVM_GET_VCPU_MMAP_SIZE", KVM_GET_VCPU_MMAP_SIZE),
     ("KVM_CREATE_VCPU", KVM_CREATE_VCPU),
+    ("KVM_GET_DIRTY_LOG", KVM_GET_DIRTY_LOG),
     ("KVM_SET_USER_MEMORY_REGION", KVM_SET_USER_MEMORY_REGION),
+    ("KVM_IRQFD", KVM_IRQFD),
+    ("KVM_IOEVENTFD", KVM_IOEVENTFD),
     ("KVM_RUN", KVM_RUN),
     ("KVM_GET_REGS", KVM_GET_REGS),
     ("KVM_SET_REGS", KVM_SET_REGS),
@@ -80,6 +88,8 @@ pub const ALL: &[(&str, u64)] = &[
     ("KVM_SET_ONE_REG", KVM_SET_ONE_REG),
     ("KVM_PPC_CONFIGURE_V3_MMU", KVM_PPC_CONFIGURE_V3_MMU),
     ("KVM_CREATE_DEVICE", KVM_CREATE_DEVICE),
+    ("KVM_SET_DEVICE_ATTR", KVM_SET_DEVICE_ATTR),
+    ("KVM_GET_DEVICE_ATTR", KVM_GET_DEVICE_ATTR),
 ];
 
 #[cfg(test)]

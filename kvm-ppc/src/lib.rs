@@ -8,6 +8,10 @@
 //!   `ONE_REG` ids, laid out as the kernel's uapi headers say;
 //! * [`htab`]: the hash page table in the migration stream (QEMU's
 //!   `spapr/htab` chunks) from and to KVM's HTAB fd records;
+//! * [`exit`]: why a vCPU left `KVM_RUN` and the answer it takes back,
+//!   read from and written to its `kvm_run` page;
+//! * [`xics`]: the in-kernel XICS's source and presentation state to and
+//!   from what QEMU's `ics` and `icp` sections carry;
 //! * `sys` (on powerpc64 only): the calls themselves.
 //!
 //! Nothing here can run on these (x86) machines. The numbers and layouts
@@ -15,8 +19,10 @@
 //! the cross compiler and run under qemu-user (scripts/ppc64le.sh); the
 //! stream encoding by unit tests.
 
+pub mod exit;
 pub mod htab;
 pub mod ioctl;
 #[cfg(target_arch = "powerpc64")]
 pub mod sys;
 pub mod uapi;
+pub mod xics;

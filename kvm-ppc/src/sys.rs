@@ -170,3 +170,194 @@ pub fn set_one_reg(vcpu: &File, id: u64, value: u64) -> io::Result<()> {
     };
     ioctl_ptr(vcpu, KVM_SET_ONE_REG, &mut r).map(|_| ())
 }
+
+/// A 128-bit `ONE_REG` register (VSX, VMX), as its 16 bytes in host order.
+pub fn get_one_reg128(vcpu: &File, id: u64) -> io::Result<[u8; 16]> {
+    let mut buf = [0u8; 16];
+    let mut r = KvmOneReg {
+        id,
+        addr: buf.as_mut_ptr() as u64,
+    };
+    ioctl_ptr(vcpu, KVM_GET_ONE_REG, &mut r)?;
+    Ok(buf)
+}
+
+pub fn set_one_reg128(vcpu: &File, id: u64, value: [u8; 16]) -> io::Result<()> {
+    let mut buf = value;
+    let mut r = KvmOneReg {
+        id,
+        addr: buf.as_mut_ptr() as u64,
+    };
+    ioctl_ptr(vcpu, KVM_SET_ONE_REG, &mut r).map(|_| ())
+}
+
+/// Maps `size` bytes of host memory at `host` to guest address `gpa` in
+/// slot `slot`, logging its dirty pages if `flags` says so.
+///
+/// # Safety
+/// The host range must stay mapped for as long as the slot exists.
+pub unsafe fn set_memory(
+    vm: &File,
+    slot: u32,
+    flags: u32,
+    gpa: u64,
+    size: u64,
+    host: u64,
+) -> io::Result<()> {
+    let mut r = KvmUserspaceMemoryRegion {
+        slot,
+        flags,
+        guest_phys_addr: gpa,
+        memory_size: size,
+        userspace_addr: host,
+    };
+    ioctl_ptr(vm, KVM_SET_USER_MEMORY_REGION, &mut r).map(|_| ())
+}
+
+/// The pages of `slot` (`pages` of them) written since the last call.
+pub fn dirty_log(vm: &File, slot: u32, pages: usize) -> io::Result<Vec<u64>> {
+    let mut bitmap = vec![0u64; pages.div_ceil(64)];
+    let mut d = KvmDirtyLog {
+        slot,
+        padding1: 0,
+        dirty_bitmap: bitmap.as_mut_ptr() as u64,
+    };
+    ioctl_ptr(vm, KVM_GET_DIRTY_LOG, &mut d)?;
+    Ok(bitmap)
+}
+
+/// Makes `fd` raise interrupt source `gsi`.
+pub fn irqfd(vm: &File, fd: i32, gsi: u32) -> io::Result<()> {
+    let mut i = KvmIrqfd {
+        fd: fd as u32,
+        gsi,
+        ..Default::default()
+    };
+    ioctl_ptr(vm, KVM_IRQFD, &mut i).map(|_| ())
+}
+
+/// `KVM_IOEVENTFD_FLAG_DEASSIGN`.
+const IOEVENTFD_DEASSIGN: u32 = 4;
+
+/// Makes guest writes of `len` bytes to MMIO `addr` (of `value`, if
+/// given) signal `fd`; or, `assign` false, stops it.
+pub fn ioeventfd(
+    vm: &File,
+    fd: i32,
+    addr: u64,
+    len: u32,
+    value: Option<u64>,
+    assign: bool,
+) -> io::Result<()> {
+    let mut flags = 0;
+    if value.is_some() {
+        flags |= KVM_IOEVENTFD_FLAG_DATAMATCH;
+    }
+    if !assign {
+        flags |= IOEVENTFD_DEASSIGN;
+    }
+    let mut e = KvmIoeventfd {
+        datamatch: value.unwrap_or(0),
+        addr,
+        len,
+        fd,
+        flags,
+        pad: [0; 36],
+    };
+    ioctl_ptr(vm, KVM_IOEVENTFD, &mut e).map(|_| ())
+}
+
+/// A 64-bit attribute of an in-kernel device.
+pub fn get_device_attr(dev: &File, group: u32, attr: u64) -> io::Result<u64> {
+    let mut v = 0u64;
+    let mut a = KvmDeviceAttr {
+        flags: 0,
+        group,
+        attr,
+        addr: &mut v as *mut u64 as u64,
+    };
+    ioctl_ptr(dev, KVM_GET_DEVICE_ATTR, &mut a)?;
+    Ok(v)
+}
+
+pub fn set_device_attr(dev: &File, group: u32, attr: u64, value: u64) -> io::Result<()> {
+    let mut v = value;
+    let mut a = KvmDeviceAttr {
+        flags: 0,
+        group,
+        attr,
+        addr: &mut v as *mut u64 as u64,
+    };
+    ioctl_ptr(dev, KVM_SET_DEVICE_ATTR, &mut a).map(|_| ())
+}
+
+/// Connects the vCPU to the in-kernel XICS as interrupt server `server`.
+pub fn connect_xics(vcpu: &File, xics: &File, server: u32) -> io::Result<()> {
+    let mut c = KvmEnableCap {
+        cap: KVM_CAP_IRQ_XICS,
+        flags: 0,
+        args: [xics.as_raw_fd() as u64, server.into(), 0, 0],
+        pad: [0; 64],
+    };
+    ioctl_ptr(vcpu, KVM_ENABLE_CAP, &mut c).map(|_| ())
+}
+
+/// A vCPU's `kvm_run` page, shared with the kernel.
+pub struct RunPage {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value; the kernel writes it only
+// while its vCPU is in KVM_RUN, which takes `&mut` of the owner.
+unsafe impl Send for RunPage {}
+
+impl RunPage {
+    /// Maps `vcpu`'s page (`KVM_GET_VCPU_MMAP_SIZE` bytes, asked of `kvm`).
+    pub fn map(kvm: &File, vcpu: &File) -> io::Result<RunPage> {
+        let len = ioctl_val(kvm, KVM_GET_VCPU_MMAP_SIZE, 0)? as usize;
+        if len < crate::exit::RUN_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("kvm_run is {len} bytes, fewer than the exits need"),
+            ));
+        }
+        // SAFETY: a fresh shared mapping of the vCPU fd, checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                vcpu.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RunPage {
+            ptr: ptr as *mut u8,
+            len,
+        })
+    }
+
+    pub fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` maps `len` bytes for this value's life; the kernel
+        // does not write them outside KVM_RUN, and `&mut self` excludes
+        // KVM_RUN (it takes `&mut self` too).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for RunPage {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `map` mapped, once.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Runs the vCPU until it exits (or a signal interrupts it).
+pub fn run(vcpu: &File, _page: &mut RunPage) -> io::Result<()> {
+    ioctl_val(vcpu, KVM_RUN, 0).map(|_| ())
+}

@@ -16,10 +16,43 @@ pub const KVM_CAP_PPC_HTM: u32 = 132;
 pub const KVM_CAP_PPC_MMU_RADIX: u32 = 134;
 pub const KVM_CAP_PPC_MMU_HASH_V3: u32 = 135;
 
-/// `kvm_run.exit_reason` of a hypercall KVM leaves to userspace.
+/// `kvm_run.exit_reason`s a pseries vCPU comes back with.
+pub const KVM_EXIT_UNKNOWN: u32 = 0;
+pub const KVM_EXIT_DEBUG: u32 = 4;
+pub const KVM_EXIT_MMIO: u32 = 6;
+pub const KVM_EXIT_SHUTDOWN: u32 = 8;
+pub const KVM_EXIT_FAIL_ENTRY: u32 = 9;
+pub const KVM_EXIT_INTR: u32 = 10;
+pub const KVM_EXIT_INTERNAL_ERROR: u32 = 17;
+/// A hypercall KVM leaves to userspace.
 pub const KVM_EXIT_PAPR_HCALL: u32 = 19;
-/// Where `kvm_run`'s exit union starts (`papr_hcall` is in it).
+pub const KVM_EXIT_SYSTEM_EVENT: u32 = 24;
+/// Where `kvm_run.exit_reason` is.
+pub const KVM_RUN_EXIT_REASON_OFFSET: usize = 8;
+/// Where `kvm_run`'s exit union starts (`mmio`, `papr_hcall` are in it).
 pub const KVM_RUN_EXIT_OFFSET: usize = 32;
+
+/// `kvm_userspace_memory_region.flags`: log the slot's dirty pages.
+pub const KVM_MEM_LOG_DIRTY_PAGES: u32 = 1;
+/// `kvm_ioeventfd.flags`: signal only on the given value.
+pub const KVM_IOEVENTFD_FLAG_DATAMATCH: u32 = 1;
+
+/// The in-kernel XICS's attribute groups, and a source's 64-bit state in
+/// `KVM_DEV_XICS_GRP_SOURCES`.
+pub const KVM_DEV_XICS_GRP_SOURCES: u32 = 1;
+pub const KVM_DEV_XICS_GRP_CTRL: u32 = 2;
+pub const KVM_DEV_XICS_NR_SERVERS: u64 = 1;
+pub const KVM_XICS_PRIORITY_SHIFT: u32 = 32;
+pub const KVM_XICS_LEVEL_SENSITIVE: u64 = 1 << 40;
+pub const KVM_XICS_MASKED: u64 = 1 << 41;
+pub const KVM_XICS_PENDING: u64 = 1 << 42;
+pub const KVM_XICS_PRESENTED: u64 = 1 << 43;
+pub const KVM_XICS_QUEUED: u64 = 1 << 44;
+/// `KVM_REG_PPC_ICP_STATE`'s fields: CPPR, XISR, MFRR, pending priority.
+pub const KVM_REG_PPC_ICP_CPPR_SHIFT: u32 = 56;
+pub const KVM_REG_PPC_ICP_XISR_SHIFT: u32 = 32;
+pub const KVM_REG_PPC_ICP_MFRR_SHIFT: u32 = 24;
+pub const KVM_REG_PPC_ICP_PPRI_SHIFT: u32 = 16;
 /// `KVM_CREATE_DEVICE`'s type for the in-kernel XICS.
 pub const KVM_DEV_TYPE_XICS: u32 = 3;
 
@@ -44,6 +77,26 @@ pub const fn reg64(n: u64) -> u64 {
 pub const fn reg32(n: u64) -> u64 {
     KVM_REG_PPC | KVM_REG_SIZE_U32 | n
 }
+
+const KVM_REG_SIZE_U128: u64 = 0x0040_0000_0000_0000;
+
+/// A 128-bit powerpc `ONE_REG` id.
+pub const fn reg128(n: u64) -> u64 {
+    KVM_REG_PPC | KVM_REG_SIZE_U128 | n
+}
+
+/// `KVM_REG_PPC_VSR(n)`: VSX register n (0..32; its high half is FPR n).
+pub const fn vsr(n: u64) -> u64 {
+    reg128(0x40 + n)
+}
+/// `KVM_REG_PPC_VR(n)`: vector register n (VSX's 32..64).
+pub const fn vr(n: u64) -> u64 {
+    reg128(0x60 + n)
+}
+pub const KVM_REG_PPC_FPSCR: u64 = reg64(0x80);
+pub const KVM_REG_PPC_VSCR: u64 = reg32(0x81);
+/// The vCPU's interrupt presentation state with the in-kernel XICS.
+pub const KVM_REG_PPC_ICP_STATE: u64 = reg64(0x8c);
 
 /// The SPRs the backend saves and restores through `ONE_REG` (beside
 /// `KVM_GET_REGS`/`SREGS`), by their uapi names.
@@ -189,6 +242,53 @@ pub struct KvmUserspaceMemoryRegion {
     pub userspace_addr: u64,
 }
 
+/// `struct kvm_dirty_log`: a slot and where its bitmap goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvmDirtyLog {
+    pub slot: u32,
+    pub padding1: u32,
+    pub dirty_bitmap: u64,
+}
+
+/// `struct kvm_irqfd`: an eventfd that raises interrupt source `gsi`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvmIrqfd {
+    pub fd: u32,
+    pub gsi: u32,
+    pub flags: u32,
+    pub resamplefd: u32,
+    pub pad: [u8; 16],
+}
+
+/// `struct kvm_ioeventfd`: an eventfd guest writes to `addr` signal.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KvmIoeventfd {
+    pub datamatch: u64,
+    pub addr: u64,
+    pub len: u32,
+    pub fd: i32,
+    pub flags: u32,
+    pub pad: [u8; 36],
+}
+
+/// `struct kvm_device_attr`: one attribute of an in-kernel device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvmDeviceAttr {
+    pub flags: u32,
+    pub group: u32,
+    pub attr: u64,
+    pub addr: u64,
+}
+
+/// `kvm_run`'s `mmio` exit.
+pub const KVM_RUN_MMIO_DATA: usize = KVM_RUN_EXIT_OFFSET + 8;
+pub const KVM_RUN_MMIO_LEN: usize = KVM_RUN_EXIT_OFFSET + 16;
+pub const KVM_RUN_MMIO_IS_WRITE: usize = KVM_RUN_EXIT_OFFSET + 20;
+
 /// `kvm_run`'s `papr_hcall` exit: the hypercall, its arguments, and
 /// where the answer goes.
 #[repr(C)]
@@ -235,6 +335,32 @@ pub fn facts() -> Vec<(String, u64)> {
             size_of::<KvmUserspaceMemoryRegion>() as u64,
         ),
         (
+            "sizeof kvm_dirty_log".into(),
+            size_of::<KvmDirtyLog>() as u64,
+        ),
+        ("sizeof kvm_irqfd".into(), size_of::<KvmIrqfd>() as u64),
+        (
+            "sizeof kvm_ioeventfd".into(),
+            size_of::<KvmIoeventfd>() as u64,
+        ),
+        (
+            "sizeof kvm_device_attr".into(),
+            size_of::<KvmDeviceAttr>() as u64,
+        ),
+        (
+            "offsetof kvm_run.exit_reason".into(),
+            KVM_RUN_EXIT_REASON_OFFSET as u64,
+        ),
+        (
+            "offsetof kvm_run.mmio.data".into(),
+            KVM_RUN_MMIO_DATA as u64,
+        ),
+        ("offsetof kvm_run.mmio.len".into(), KVM_RUN_MMIO_LEN as u64),
+        (
+            "offsetof kvm_run.mmio.is_write".into(),
+            KVM_RUN_MMIO_IS_WRITE as u64,
+        ),
+        (
             "offsetof kvm_regs.gpr".into(),
             offset_of!(KvmRegs, gpr) as u64,
         ),
@@ -276,6 +402,55 @@ pub fn facts() -> Vec<(String, u64)> {
             KVM_CAP_PPC_MMU_HASH_V3.into(),
         ),
         ("KVM_EXIT_PAPR_HCALL".into(), KVM_EXIT_PAPR_HCALL.into()),
+        ("KVM_EXIT_MMIO".into(), KVM_EXIT_MMIO.into()),
+        ("KVM_EXIT_SHUTDOWN".into(), KVM_EXIT_SHUTDOWN.into()),
+        ("KVM_EXIT_FAIL_ENTRY".into(), KVM_EXIT_FAIL_ENTRY.into()),
+        ("KVM_EXIT_INTR".into(), KVM_EXIT_INTR.into()),
+        (
+            "KVM_EXIT_INTERNAL_ERROR".into(),
+            KVM_EXIT_INTERNAL_ERROR.into(),
+        ),
+        ("KVM_EXIT_SYSTEM_EVENT".into(), KVM_EXIT_SYSTEM_EVENT.into()),
+        (
+            "KVM_MEM_LOG_DIRTY_PAGES".into(),
+            KVM_MEM_LOG_DIRTY_PAGES.into(),
+        ),
+        (
+            "KVM_IOEVENTFD_FLAG_DATAMATCH".into(),
+            KVM_IOEVENTFD_FLAG_DATAMATCH.into(),
+        ),
+        (
+            "KVM_DEV_XICS_GRP_SOURCES".into(),
+            KVM_DEV_XICS_GRP_SOURCES.into(),
+        ),
+        ("KVM_DEV_XICS_GRP_CTRL".into(), KVM_DEV_XICS_GRP_CTRL.into()),
+        ("KVM_DEV_XICS_NR_SERVERS".into(), KVM_DEV_XICS_NR_SERVERS),
+        ("KVM_XICS_LEVEL_SENSITIVE".into(), KVM_XICS_LEVEL_SENSITIVE),
+        ("KVM_XICS_MASKED".into(), KVM_XICS_MASKED),
+        ("KVM_XICS_PENDING".into(), KVM_XICS_PENDING),
+        ("KVM_XICS_PRESENTED".into(), KVM_XICS_PRESENTED),
+        ("KVM_XICS_QUEUED".into(), KVM_XICS_QUEUED),
+        (
+            "KVM_REG_PPC_ICP_CPPR_SHIFT".into(),
+            KVM_REG_PPC_ICP_CPPR_SHIFT.into(),
+        ),
+        (
+            "KVM_REG_PPC_ICP_XISR_SHIFT".into(),
+            KVM_REG_PPC_ICP_XISR_SHIFT.into(),
+        ),
+        (
+            "KVM_REG_PPC_ICP_MFRR_SHIFT".into(),
+            KVM_REG_PPC_ICP_MFRR_SHIFT.into(),
+        ),
+        (
+            "KVM_REG_PPC_ICP_PPRI_SHIFT".into(),
+            KVM_REG_PPC_ICP_PPRI_SHIFT.into(),
+        ),
+        ("KVM_REG_PPC_FPSCR".into(), KVM_REG_PPC_FPSCR),
+        ("KVM_REG_PPC_VSCR".into(), KVM_REG_PPC_VSCR),
+        ("KVM_REG_PPC_ICP_STATE".into(), KVM_REG_PPC_ICP_STATE),
+        ("KVM_REG_PPC_VSR(31)".into(), vsr(31)),
+        ("KVM_REG_PPC_VR(31)".into(), vr(31)),
         ("KVM_DEV_TYPE_XICS".into(), KVM_DEV_TYPE_XICS.into()),
         ("KVM_PPC_PAGE_SIZES_REAL".into(), KVM_PPC_PAGE_SIZES_REAL),
         ("KVM_PPC_1T_SEGMENTS".into(), KVM_PPC_1T_SEGMENTS),

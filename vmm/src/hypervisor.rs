@@ -2,9 +2,10 @@
 //! it memory and interrupt lines, create vCPUs, run them, save and restore
 //! what the hypervisor holds. Nothing here names a backend or its structs:
 //! each backend describes its own migrated state. Per-architecture vCPU
-//! set-up is an extension trait ([`VcpuX86_64`]), reached through
-//! [`Vcpu::x86_64`]. KVM on x86_64 is the one backend today (`kvm.rs`); a
-//! ppc64 backend plugs in beside it with its own extension.
+//! set-up is an extension trait ([`VcpuX86_64`], [`VcpuPpc64`]), reached
+//! through [`Vcpu::x86_64`] and [`Vcpu::ppc64`]. The backends: KVM on
+//! x86_64 (`kvm.rs`), KVM-PPC on powerpc64 (`kvm_ppc.rs`), and the qtest
+//! accelerator (`qtest/`), which has no vCPUs.
 
 use migration::vmstate::Description;
 use std::fmt;
@@ -33,6 +34,13 @@ pub trait ExitHandler: Sync {
     fn pio_write(&self, port: u16, data: &[u8]);
     fn mmio_read(&self, addr: u64, data: &mut [u8]);
     fn mmio_write(&self, addr: u64, data: &[u8]);
+    /// A PAPR hypercall (ppc64): r3 is `opcode`, `args` r4 to r12, which
+    /// the call may change (they go back to the guest); its return code.
+    /// A board without hypercalls answers `H_FUNCTION`.
+    fn papr_hcall(&self, opcode: u64, args: &mut [u64; 9]) -> i64 {
+        let _ = (opcode, args);
+        -2
+    }
 }
 
 /// How an x86_64 vCPU starts.
@@ -86,9 +94,19 @@ pub trait VmX86_64 {
     fn msrs(&self) -> &[u32];
 }
 
+/// The ppc64 side of a vCPU.
+pub trait VcpuPpc64 {
+    /// Starts this vCPU at a kernel's entry (arch::ppc64::boot).
+    fn set_entry(&mut self, entry: &arch::ppc64::boot::Entry) -> Result<(), Error>;
+}
+
 pub trait Vcpu: Send {
     /// This vCPU's x86_64 extension, on an x86_64 backend.
     fn x86_64(&mut self) -> Option<&mut dyn VcpuX86_64> {
+        None
+    }
+    /// This vCPU's ppc64 extension, on a ppc64 backend.
+    fn ppc64(&mut self) -> Option<&mut dyn VcpuPpc64> {
         None
     }
     /// How [`Vcpu::save`]'s blobs travel in the stream (section `cpu`).

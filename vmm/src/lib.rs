@@ -13,6 +13,8 @@ pub mod hypervisor;
 /// The KVM x86_64 backend (kvm-ioctls has no ppc64).
 #[cfg(target_arch = "x86_64")]
 pub mod kvm;
+/// The KVM-PPC backend (powerpc64 hosts) and the state it migrates.
+pub mod kvm_ppc;
 pub mod qmp;
 pub mod qtest;
 pub mod runstate;

@@ -3,7 +3,7 @@
 
 use super::boot::{load_initrd, load_kernel, Kernel};
 use super::console::{console_input, start_stdin_thread, Unbuffered};
-use super::vcpu::{vcpu_loop, Buses, RunGate};
+use super::vcpu::{spawn_vcpus, Buses, RunGate};
 use super::virtio::add_virtio_devices;
 use super::{Control, GuestMemoryMmap, Outcome};
 use crate::config::{SerialBackend, VmConfig};
@@ -56,15 +56,7 @@ pub(super) enum Platform {
         /// The CF8 address latch.
         pci_io: Arc<Mutex<PciConfigIo>>,
     },
-    Spapr {
-        phb: Arc<Mutex<devices::pci::spapr_phb::SpaprPhb>>,
-        rtc: Arc<Mutex<devices::spapr_rtc::SpaprRtc>>,
-        ics: Arc<Mutex<devices::xics::Ics>>,
-        /// Where RTAS power-off and system-reboot go.
-        events: EventSink,
-        /// The console (`-serial`), unless it is `none`.
-        vty: Option<Arc<Mutex<devices::spapr_vty::SpaprVty>>>,
-    },
+    Spapr(super::spapr::Papr),
 }
 
 impl Platform {
@@ -72,12 +64,10 @@ impl Platform {
     pub(super) fn migratable(&self) -> Vec<&Mutex<dyn migration::vmstate::Migratable + Send>> {
         match self {
             Platform::Q35 { serial, pm, pci_io } => vec![&**serial, &**pm, &**pci_io],
-            Platform::Spapr {
-                phb, rtc, ics, vty, ..
-            } => {
+            Platform::Spapr(p) => {
                 let mut v: Vec<&Mutex<dyn migration::vmstate::Migratable + Send>> =
-                    vec![&**ics, &**phb, &**rtc];
-                if let Some(vty) = vty {
+                    vec![&*p.ics, &*p.phb, &*p.rtc];
+                if let Some(vty) = &p.vty {
                     v.push(&**vty);
                 }
                 v
@@ -111,7 +101,7 @@ pub(super) fn build(
 ) -> Result<Board> {
     match cfg.machine.arch {
         machine::Arch::X86_64 => q35(hypervisor, cfg, events, gate, gen),
-        machine::Arch::Ppc64 => super::spapr::build(hypervisor, cfg, events, gen),
+        machine::Arch::Ppc64 => super::spapr::build(hypervisor, cfg, events, gate, gen),
     }
 }
 
@@ -294,10 +284,8 @@ fn q35(
 
     // vCPUs: the BSP enters the kernel, the APs wait for INIT-SIPI.
     let buses = Arc::new(Buses { io, mmio });
-    let mut handles = vec![];
     let mut vcpu_objs = vec![];
     let mut tsc_khz = None;
-    let tids: Arc<Vec<AtomicI64>> = Arc::new((0..vcpu_count).map(|_| AtomicI64::new(0)).collect());
     for id in 0..vcpu_count {
         // KVM's vCPU id is the APIC ID the topology gives it.
         let apic_id = topology.apic_id(id as u32);
@@ -319,33 +307,10 @@ fn q35(
         if id == 0 {
             tsc_khz = vcpu.x86_64().and_then(|v| v.tsc_khz().ok());
         }
-        let vcpu = Arc::new(Mutex::new(vcpu));
-        vcpu_objs.push(vcpu.clone());
-        let (buses, stop, events, gate, tids) = (
-            buses.clone(),
-            stop.clone(),
-            events.clone(),
-            gate.clone(),
-            tids.clone(),
-        );
-        let h = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                sandbox::enter_or_exit(sandbox::Class::Vcpu);
-                // SAFETY: gettid has no preconditions.
-                tids[id as usize].store(unsafe { libc::gettid() } as i64, Ordering::SeqCst);
-                vcpu_loop(id, gen, vcpu, &buses, &stop, &events, &gate)
-            })
-            .context("cannot start a vCPU thread")?;
-        handles.push(h);
+        vcpu_objs.push(Arc::new(Mutex::new(vcpu)));
     }
-    // Every vCPU thread is up (and its host tid known) before the board is
-    // handed to QMP.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while tids.iter().any(|t| t.load(Ordering::SeqCst) == 0) && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_micros(100));
-    }
+    let (handles, tids) = spawn_vcpus(&vcpu_objs, buses.clone(), gen, &stop, &events, &gate)
+        .context("cannot start a vCPU thread")?;
     Ok(Board {
         vm,
         mem,

@@ -121,9 +121,11 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
     let hypervisor: Box<dyn crate::hypervisor::Hypervisor> = match &cfg.accel {
         #[cfg(target_arch = "x86_64")]
         crate::config::Accel::Kvm => Box::new(crate::kvm::KvmHypervisor),
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "powerpc64")]
+        crate::config::Accel::Kvm => Box::new(crate::kvm_ppc::KvmPpcHypervisor),
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "powerpc64")))]
         crate::config::Accel::Kvm => bail!(
-            "vmm's KVM backend is x86_64's; on this host boards run under -accel qtest (KVM-PPC: the kvm-ppc crate, not wired yet)"
+            "vmm has no KVM backend for this host's architecture: boards run under -accel qtest"
         ),
         crate::config::Accel::Qtest(_) => Box::new(crate::qtest::QtestHypervisor),
     };

@@ -6,12 +6,12 @@
 
 use super::board::{console_output, event_sink, guest_memory, Board, Platform, PCI_IO_START};
 use super::console::{console_input, start_stdin_thread};
-use super::vcpu::Buses;
+use super::vcpu::{spawn_vcpus, Buses, RunGate};
 use super::virtio::add_virtio_devices;
 use super::Control;
 use crate::config::{SerialBackend, VmConfig};
-use crate::hypervisor::Hypervisor;
-use anyhow::{bail, Result};
+use crate::hypervisor::{ExitHandler, Hypervisor};
+use anyhow::{bail, Context, Result};
 use devices::bus::Bus;
 use devices::pci::spapr_phb::{PhbConfig, SpaprPhb, MEM_WIN_BUS_OFFSET};
 use devices::pci::{BarWindow, PciRoot, Space};
@@ -29,30 +29,40 @@ pub(super) fn build(
     hypervisor: &dyn Hypervisor,
     cfg: &VmConfig,
     events: Sender<Control>,
+    gate: Arc<RunGate>,
     gen: u64,
 ) -> Result<Board> {
     let vm = hypervisor.create_vm()?;
-    if vm.qtest().is_none() {
+    let kvm = vm.qtest().is_none();
+    if kvm && !cfg!(target_arch = "powerpc64") {
         bail!(
-            "{}: pseries vCPUs need KVM-PPC, which vmm does not have yet: run it under -accel qtest",
+            "{}: pseries vCPUs need KVM-PPC on a POWER host: on this host run it under -accel qtest",
             cfg.machine.name
+        );
+    }
+    if kvm && cfg.smp.cpus > 1 {
+        bail!(
+            "{}: -smp {}: vmm's KVM-PPC board runs one vCPU so far (secondary CPUs start through RTAS start-cpu, which it does not have yet)",
+            cfg.machine.name,
+            cfg.smp.cpus
         );
     }
     let mem = guest_memory(cfg, &*vm, vec![(0, cfg.memory)])?;
     if let Some(q) = vm.qtest() {
         q.attach(&mem);
     }
-    if cfg.kernel.is_some() {
-        let entry = load_kernel(cfg, &mem)?;
-        // The KVM-PPC backend's boot vCPU starts here; under qtest there
-        // is none, and the client finds the images in RAM.
+    let entry = match cfg.kernel {
+        Some(_) => Some(load_kernel(cfg, &mem)?),
+        None => None,
+    };
+    if let Some(e) = &entry {
         log::info!(
             "pseries boot: entry {:#x}, r3 (device tree) {:#x}, r4 {:#x}, r5 {:#x}, MSR {:#x}",
-            entry.pc,
-            entry.fdt,
-            entry.kernel_base,
-            entry.client_interface,
-            entry.msr
+            e.pc,
+            e.fdt,
+            e.kernel_base,
+            e.client_interface,
+            e.msr
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -103,33 +113,94 @@ pub(super) fn build(
         phb.mem64_win_addr,
         phb.mem64_win_size
     );
+    let papr = Papr {
+        phb: Arc::new(Mutex::new(SpaprPhb::new(phb))),
+        rtc: Arc::new(Mutex::new(SpaprRtc::default())),
+        ics: Arc::new(Mutex::new(Ics::new(
+            xics_sources(&cfg.host_bridge),
+            xics_servers(cfg.machine, &cfg.smp),
+            &phb.lsi,
+            &irqs.msi(),
+        ))),
+        events: sink,
+        vty,
+        pci: root.clone(),
+        mem: mem.clone(),
+    };
+    let buses = Arc::new(Buses {
+        io: Bus::new(),
+        mmio,
+    });
+    // Under qtest the client is the only CPU; on KVM-PPC the boot vCPU
+    // enters the kernel.
+    let mut vcpu_objs = vec![];
+    if kvm {
+        let entry = entry.ok_or_else(|| anyhow::anyhow!("no kernel given: use -kernel FILE"))?;
+        let mut vcpu = vm.create_vcpu(0)?;
+        vcpu.ppc64()
+            .ok_or_else(|| anyhow::anyhow!("the pseries board needs ppc64 vCPUs"))?
+            .set_entry(&entry)?;
+        vcpu_objs.push(Arc::new(Mutex::new(vcpu)));
+    }
+    let exits = Arc::new(SpaprExits {
+        buses: buses.clone(),
+        papr: papr.clone(),
+    });
+    let (vcpus, tids) = spawn_vcpus(&vcpu_objs, exits, gen, &stop, &events, &gate)
+        .context("cannot start a vCPU thread")?;
     Ok(Board {
         vm,
         mem,
-        buses: Arc::new(Buses {
-            io: Bus::new(),
-            mmio,
-        }),
-        vcpus: vec![],
-        vcpu_objs: vec![],
+        buses,
+        vcpus,
+        vcpu_objs,
         cpuid: Arc::new(vec![]),
         tsc_khz: None,
-        tids: Arc::new(vec![]),
+        tids,
         stop,
         pci: root,
-        platform: Platform::Spapr {
-            phb: Arc::new(Mutex::new(SpaprPhb::new(phb))),
-            rtc: Arc::new(Mutex::new(SpaprRtc::default())),
-            ics: Arc::new(Mutex::new(Ics::new(
-                xics_sources(&cfg.host_bridge),
-                xics_servers(cfg.machine, &cfg.smp),
-                &phb.lsi,
-                &irqs.msi(),
-            ))),
-            events: sink,
-            vty,
-        },
+        platform: Platform::Spapr(papr),
     })
+}
+
+/// What RTAS calls and hypercalls reach: the board's sPAPR devices, its
+/// PCI functions and its RAM (each shared: a clone is cheap).
+#[derive(Clone)]
+pub(super) struct Papr {
+    pub(super) phb: Arc<Mutex<SpaprPhb>>,
+    pub(super) rtc: Arc<Mutex<SpaprRtc>>,
+    pub(super) ics: Arc<Mutex<Ics>>,
+    /// Where RTAS power-off and system-reboot go.
+    pub(super) events: devices::EventSink,
+    /// The console (`-serial`), unless it is `none`.
+    pub(super) vty: Option<Arc<Mutex<SpaprVty>>>,
+    pub(super) pci: Arc<Mutex<PciRoot>>,
+    pub(super) mem: super::GuestMemoryMmap,
+}
+
+/// A pseries vCPU's exits: MMIO on the buses (the PHB's windows), the
+/// hypercalls KVM-PPC leaves to userspace to the board.
+struct SpaprExits {
+    buses: Arc<Buses>,
+    papr: Papr,
+}
+
+impl ExitHandler for SpaprExits {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        self.buses.pio_read(port, data)
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        self.buses.pio_write(port, data)
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        self.buses.mmio_read(addr, data)
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        self.buses.mmio_write(addr, data)
+    }
+    fn papr_hcall(&self, opcode: u64, args: &mut [u64; 9]) -> i64 {
+        hcall(&self.papr, opcode, args)
+    }
 }
 
 /// The interrupt servers QEMU's XICS has: max CPUs x the virtual SMT mode
@@ -150,7 +221,6 @@ fn xics_servers(machine: &machine::MachineType, smp: &arch::x86_64::topology::To
 /// RTAS blob and the device tree that tells the kernel where they are;
 /// how the boot vCPU enters it.
 fn load_kernel(cfg: &VmConfig, mem: &super::GuestMemoryMmap) -> Result<arch::ppc64::boot::Entry> {
-    use anyhow::Context;
     use arch::ppc64::boot;
     use vm_memory::{Bytes, GuestAddress};
     let path = cfg.kernel.as_ref().expect("a kernel");
@@ -373,17 +443,15 @@ pub(crate) fn tree(g: &Shown) -> Result<Vec<u8>> {
 /// An RTAS call by name, its arguments and how many results the caller
 /// has room for: the results (status first), or `None` for a call this
 /// board does not have.
-pub(super) fn rtas(board: &Board, name: &str, args: &[u32], nret: usize) -> Option<Vec<u32>> {
-    let Platform::Spapr {
+pub(super) fn rtas(papr: &Papr, name: &str, args: &[u32], nret: usize) -> Option<Vec<u32>> {
+    let Papr {
         phb,
         rtc,
         ics,
         events,
         vty,
-    } = &board.platform
-    else {
-        return None;
-    };
+        ..
+    } = papr;
     let status = |r: i32| r as u32;
     // Calls that take the wrong number of arguments or results get
     // QEMU's parameter error (PCI configuration: its hardware error).
@@ -457,7 +525,7 @@ pub(super) fn rtas(board: &Board, name: &str, args: &[u32], nret: usize) -> Opti
         _ => {}
     }
     let phb = phb.lock().expect("phb lock");
-    let mut root = board.pci.lock().expect("pci lock");
+    let mut root = papr.pci.lock().expect("pci lock");
     let rets = match name {
         "ibm,read-pci-config" | "read-pci-config" => {
             let (buid, addr, size) = match (name, args) {
@@ -496,7 +564,7 @@ pub(super) fn rtas(board: &Board, name: &str, args: &[u32], nret: usize) -> Opti
 /// (addresses wrap, as QEMU's do). False for a call this board does not
 /// have (nothing is written then).
 pub(super) fn rtas_in_memory(
-    board: &Board,
+    papr: &Papr,
     name: &str,
     nargs: u32,
     args: u64,
@@ -509,13 +577,12 @@ pub(super) fn rtas_in_memory(
     // unassigned memory.
     let argv: Vec<u32> = (0..u64::from(nargs))
         .map(|i| {
-            board
-                .mem
+            papr.mem
                 .read_obj::<[u8; 4]>(cell(args, i))
                 .map_or(0, u32::from_be_bytes)
         })
         .collect();
-    let Some(rets) = rtas(board, name, &argv, nret as usize) else {
+    let Some(rets) = rtas(papr, name, &argv, nret as usize) else {
         log::debug!("no RTAS call '{name}'");
         return false;
     };
@@ -523,7 +590,7 @@ pub(super) fn rtas_in_memory(
     // QEMU's `rtas_st(rets, 0, ...)`.
     let room = (nret as usize).max(1);
     for (i, r) in rets.iter().take(room).enumerate() {
-        let _ = board.mem.write_obj(r.to_be_bytes(), cell(ret, i as u64));
+        let _ = papr.mem.write_obj(r.to_be_bytes(), cell(ret, i as u64));
     }
     true
 }
@@ -546,11 +613,9 @@ pub(super) mod hcall {
 /// Hypercall `opcode` with its arguments in `args` (r4 to r12): its
 /// return code (r3); what it returns beside goes into `args`, as KVM's
 /// `papr_hcall` exit takes them back into r4 on.
-pub(super) fn hcall(board: &Board, opcode: u64, args: &mut [u64; 9]) -> i64 {
+pub(super) fn hcall(papr: &Papr, opcode: u64, args: &mut [u64; 9]) -> i64 {
     use hcall::*;
-    let Platform::Spapr { vty, .. } = &board.platform else {
-        return H_FUNCTION;
-    };
+    let vty = &papr.vty;
     match opcode {
         H_PUT_TERM_CHAR => {
             let (reg, len) = (args[0], args[1]);
@@ -584,8 +649,7 @@ pub(super) fn hcall(board: &Board, opcode: u64, args: &mut [u64; 9]) -> i64 {
             use vm_memory::{Bytes, GuestAddress};
             let at = args[0];
             let cell = |i: u64| {
-                board
-                    .mem
+                papr.mem
                     .read_obj::<[u8; 4]>(GuestAddress(at.wrapping_add(4 * i)))
                     .map_or(0, u32::from_be_bytes)
             };
@@ -603,12 +667,10 @@ pub(super) fn hcall(board: &Board, opcode: u64, args: &mut [u64; 9]) -> i64 {
                     .map(|c| c.0)
             };
             match name {
-                Some(name) if rtas_in_memory(board, name, nargs, args_at, nret, ret_at) => {
-                    H_SUCCESS
-                }
+                Some(name) if rtas_in_memory(papr, name, nargs, args_at, nret, ret_at) => H_SUCCESS,
                 _ => {
                     log::debug!("H_RTAS: no RTAS call has token {token:#x}");
-                    let _ = board.mem.write_obj(
+                    let _ = papr.mem.write_obj(
                         (RTAS_PARAM_ERROR as u32).to_be_bytes(),
                         GuestAddress(ret_at),
                     );

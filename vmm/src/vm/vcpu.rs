@@ -5,9 +5,10 @@ use super::{Control, Outcome};
 use crate::hypervisor::{Exit, ExitHandler, Vcpu};
 use devices::bus::Bus;
 use devices::VmEvent;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// The port and MMIO buses: what vCPU exits are served by.
@@ -89,11 +90,55 @@ impl RunGate {
     }
 }
 
+/// The host thread id of each vCPU (0 until it has started).
+pub(super) type Tids = Arc<Vec<AtomicI64>>;
+
+/// Starts a thread for each of `vcpus` (vCPU N is the Nth) running it
+/// with `exits` serving its exits; returns once each is up and its host
+/// thread id known (QMP shows them), with those ids.
+pub(super) fn spawn_vcpus(
+    vcpus: &[Arc<Mutex<Box<dyn Vcpu>>>],
+    exits: Arc<dyn ExitHandler + Send>,
+    gen: u64,
+    stop: &Arc<AtomicBool>,
+    events: &Sender<Control>,
+    gate: &Arc<RunGate>,
+) -> std::io::Result<(Vec<JoinHandle<()>>, Tids)> {
+    let tids: Tids = Arc::new(vcpus.iter().map(|_| AtomicI64::new(0)).collect());
+    let mut handles = vec![];
+    for (id, vcpu) in vcpus.iter().enumerate() {
+        let (vcpu, exits, stop, events, gate, tids) = (
+            vcpu.clone(),
+            exits.clone(),
+            stop.clone(),
+            events.clone(),
+            gate.clone(),
+            tids.clone(),
+        );
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    sandbox::enter_or_exit(sandbox::Class::Vcpu);
+                    // SAFETY: gettid has no preconditions.
+                    tids[id].store(unsafe { libc::gettid() } as i64, Ordering::SeqCst);
+                    vcpu_loop(id as u8, gen, vcpu, &*exits, &stop, &events, &gate)
+                })?,
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tids.iter().any(|t| t.load(Ordering::SeqCst) == 0) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    Ok((handles, tids))
+}
+
 pub(super) fn vcpu_loop(
     id: u8,
     gen: u64,
     vcpu: Arc<Mutex<Box<dyn Vcpu>>>,
-    buses: &Buses,
+    exits: &dyn ExitHandler,
     stop: &AtomicBool,
     events: &Sender<Control>,
     gate: &RunGate,
@@ -105,7 +150,7 @@ pub(super) fn vcpu_loop(
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let exit = vcpu.lock().expect("vcpu lock").run(buses);
+        let exit = vcpu.lock().expect("vcpu lock").run(exits);
         // Auto-converge: the main loop kicks every 10 ms; sleep our share.
         let pct = gate.throttle_pct.load(Ordering::Relaxed);
         if pct > 0 {
