@@ -85,12 +85,12 @@ pub const fn reg128(n: u64) -> u64 {
     KVM_REG_PPC | KVM_REG_SIZE_U128 | n
 }
 
-/// `KVM_REG_PPC_VSR(n)`: VSX register n (0..32; its high half is FPR n).
-pub const fn vsr(n: u64) -> u64 {
-    reg128(0x40 + n)
-}
 /// `KVM_REG_PPC_VR(n)`: vector register n (VSX's 32..64).
 pub const fn vr(n: u64) -> u64 {
+    reg128(0x40 + n)
+}
+/// `KVM_REG_PPC_VSR(n)`: VSX register n (0..32; its high half is FPR n).
+pub const fn vsr(n: u64) -> u64 {
     reg128(0x60 + n)
 }
 pub const KVM_REG_PPC_FPSCR: u64 = reg64(0x80);
