@@ -22,10 +22,14 @@ migration::vmstate! {
     }
 }
 
+/// Raises the vty's interrupt source (an edge).
+pub type Raise = Box<dyn Fn() + Send>;
+
 /// The device: where its output goes, and its input ring (`in` and `out`
 /// count bytes ever queued and taken; they wrap, as QEMU's).
 pub struct SpaprVty {
     addr: VioAddr,
+    raise: Raise,
     signal_state: u64,
     in_: u32,
     out: u32,
@@ -34,9 +38,10 @@ pub struct SpaprVty {
 }
 
 impl SpaprVty {
-    pub fn new(addr: VioAddr, output: Box<dyn Write + Send>) -> SpaprVty {
+    pub fn new(addr: VioAddr, output: Box<dyn Write + Send>, raise: Raise) -> SpaprVty {
         SpaprVty {
             addr,
+            raise,
             signal_state: 0,
             in_: 0,
             out: 0,
@@ -56,10 +61,14 @@ impl SpaprVty {
     }
 
     /// Queues host input for the guest; how many bytes fit (the rest waits
-    /// with the host, as QEMU's `can_receive` makes it).
+    /// with the host, as QEMU's `can_receive` makes it). Input into an
+    /// empty ring raises the interrupt, as QEMU's.
     pub fn input(&mut self, bytes: &[u8]) -> usize {
         let room = BUF_SIZE - self.in_.wrapping_sub(self.out) as usize;
         let n = room.min(bytes.len());
+        if n > 0 && self.in_ == self.out {
+            (self.raise)();
+        }
         for &b in &bytes[..n] {
             self.buf[self.in_ as usize % BUF_SIZE] = b;
             self.in_ = self.in_.wrapping_add(1);
@@ -178,7 +187,7 @@ mod tests {
 
     #[test]
     fn input_waits_in_the_ring_and_a_return_brings_its_nul() {
-        let mut v = SpaprVty::new(AT, Box::new(Sink::default()));
+        let mut v = SpaprVty::new(AT, Box::new(Sink::default()), Box::new(|| {}));
         assert_eq!(v.input(&[b'x'; 20]), BUF_SIZE, "the ring holds 16");
         assert_eq!(v.input(b"y"), 0);
         assert_eq!(v.get_chars(BUF_SIZE), vec![b'x'; BUF_SIZE]);
@@ -189,10 +198,29 @@ mod tests {
         assert_eq!(v.get_chars(BUF_SIZE), b"\r\0b");
     }
 
+    /// Input into an empty ring raises the interrupt; more input into a
+    /// ring that holds some does not.
+    #[test]
+    fn input_raises_the_interrupt_once() {
+        let raised = Arc::new(Mutex::new(0));
+        let r = raised.clone();
+        let mut v = SpaprVty::new(
+            AT,
+            Box::new(Sink::default()),
+            Box::new(move || *r.lock().unwrap() += 1),
+        );
+        v.input(b"a");
+        v.input(b"b");
+        assert_eq!(*raised.lock().unwrap(), 1);
+        v.get_chars(BUF_SIZE);
+        v.input(b"c");
+        assert_eq!(*raised.lock().unwrap(), 2);
+    }
+
     #[test]
     fn output_goes_through() {
         let sink = Sink::default();
-        let mut v = SpaprVty::new(AT, Box::new(sink.clone()));
+        let mut v = SpaprVty::new(AT, Box::new(sink.clone()), Box::new(|| {}));
         v.put_chars(b"hvc0");
         assert_eq!(*sink.0.lock().unwrap(), b"hvc0");
     }
@@ -200,14 +228,14 @@ mod tests {
     /// Waiting input survives a migration; a vty elsewhere refuses it.
     #[test]
     fn the_ring_travels_and_the_address_is_checked() {
-        let mut a = SpaprVty::new(AT, Box::new(Sink::default()));
+        let mut a = SpaprVty::new(AT, Box::new(Sink::default()), Box::new(|| {}));
         for _ in 0..3 {
             a.input(b"0123456789");
             a.get_chars(BUF_SIZE);
         }
         a.input(b"left");
         let st = decode_state(&VMSTATE, 1, &encode_state(&VMSTATE, &a.state()).unwrap()).unwrap();
-        let mut b = SpaprVty::new(AT, Box::new(Sink::default()));
+        let mut b = SpaprVty::new(AT, Box::new(Sink::default()), Box::new(|| {}));
         b.load(&st).unwrap();
         assert_eq!(b.get_chars(BUF_SIZE), b"left");
         let mut c = SpaprVty::new(
@@ -216,6 +244,7 @@ mod tests {
                 irq: 0x1101,
             },
             Box::new(Sink::default()),
+            Box::new(|| {}),
         );
         let e = c.load(&st).unwrap_err().to_string();
         assert!(

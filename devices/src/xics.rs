@@ -1,8 +1,16 @@
-//! The XICS interrupt source controller of a pseries board (QEMU's
-//! `ics-spapr`, section `ics`): per interrupt source, the server it is
-//! routed to, its priority and the priority `ibm,int-off` saved, as RTAS
-//! `ibm,set-xive`, `ibm,get-xive`, `ibm,int-off` and `ibm,int-on` set
-//! them. The presentation side (ICPs, one per vCPU) comes with vCPUs.
+//! The XICS interrupt controller of a pseries board, emulated (QEMU's
+//! `hw/intc/xics.c`; on KVM-PPC the kernel's XICS does this):
+//!
+//! * the source controller (`ics-spapr`, section `ics`): per source, the
+//!   server it is routed to, its priority and the priority `ibm,int-off`
+//!   saved, as RTAS `ibm,set-xive`, `ibm,get-xive`, `ibm,int-off` and
+//!   `ibm,int-on` set them, and whether it is asserted, presented or
+//!   rejected;
+//! * the presentation controllers (ICPs, sections `icp/server`, one per
+//!   vCPU): what each server presents (XIRR: its current priority and the
+//!   source), the priority of that, and the inter-processor interrupt's
+//!   (MFRR), as the hypercalls `H_XIRR`, `H_CPPR`, `H_EOI`, `H_IPI` and
+//!   `H_IPOLL` read and set them.
 
 use crate::rtas::PARAM_ERROR;
 use migration::vmstate::{Description, LoadError, State, Vmstate};
@@ -29,8 +37,25 @@ migration::vmstate! {
     }
 }
 
+migration::vmstate! {
+    /// One server's presentation controller.
+    pub static ICP = "icp/server", version 1, minimum 1;
+    pub struct Icp {
+        xirr: u32,
+        pending_priority: u8,
+        mfrr: u8,
+    }
+}
+
 /// `XICS_IRQ_BASE`: the first source's number.
 pub const IRQ_BASE: u32 = 0x1000;
+/// `XICS_IPI`: the source an inter-processor interrupt presents as.
+pub const IPI: u32 = 0x2;
+const XISR_MASK: u32 = 0x00ff_ffff;
+const STATUS_ASSERTED: u8 = 0x1;
+const STATUS_SENT: u8 = 0x2;
+const STATUS_REJECTED: u8 = 0x4;
+const STATUS_MASKED_PENDING: u8 = 0x8;
 /// A masked source's priority.
 pub const MASKED: u8 = 0xff;
 /// `XICS_FLAGS_IRQ_LSI`: a level-triggered source.
@@ -38,12 +63,33 @@ pub const FLAG_LSI: u8 = 1;
 /// `XICS_FLAGS_IRQ_MSI`: a message-signalled (edge) source.
 pub const FLAG_MSI: u8 = 2;
 
-/// The source controller: `irqs[n]` is source `IRQ_BASE + n`.
+/// The controller: `irqs[n]` is source `IRQ_BASE + n`; `icps` the
+/// presentation controllers, by server number.
 #[derive(Debug)]
 pub struct Ics {
     irqs: Vec<IcsIrq>,
     /// Interrupt servers there are (a source may be routed to these).
     servers: u32,
+    icps: Vec<(u32, Icp)>,
+}
+
+impl Icp {
+    /// At reset: nothing presented, every priority taken (CPPR 0), no IPI.
+    fn reset() -> Icp {
+        Icp {
+            xirr: 0,
+            pending_priority: MASKED,
+            mfrr: MASKED,
+        }
+    }
+
+    fn cppr(&self) -> u8 {
+        (self.xirr >> 24) as u8
+    }
+
+    fn xisr(&self) -> u32 {
+        self.xirr & XISR_MASK
+    }
 }
 
 impl Ics {
@@ -65,7 +111,230 @@ impl Ics {
                 ..Default::default()
             })
             .collect();
-        Ics { irqs, servers }
+        Ics {
+            irqs,
+            servers,
+            icps: vec![],
+        }
+    }
+
+    /// With a presentation controller for each of the vCPUs' `servers`.
+    pub fn with_icps(mut self, servers: &[u32]) -> Ics {
+        self.icps = servers.iter().map(|&s| (s, Icp::reset())).collect();
+        self
+    }
+
+    fn icp(&mut self, server: u32) -> Option<&mut Icp> {
+        self.icps
+            .iter_mut()
+            .find(|(s, _)| *s == server)
+            .map(|(_, i)| i)
+    }
+
+    /// The servers with a presentation controller, in vCPU order.
+    pub fn icp_servers(&self) -> Vec<u32> {
+        self.icps.iter().map(|(s, _)| *s).collect()
+    }
+
+    /// Presents source `nr` at `priority` on `server`, or rejects it
+    /// (QEMU's `icp_irq`): a server takes it if the priority is more
+    /// favoured (lower) than its current one and than what it presents.
+    fn present(&mut self, server: u32, nr: u32, priority: u8) {
+        let Some(icp) = self.icp(server) else {
+            self.reject(nr);
+            return;
+        };
+        if priority >= icp.cppr() || (icp.xisr() != 0 && icp.pending_priority <= priority) {
+            self.reject(nr);
+            return;
+        }
+        let displaced = icp.xisr();
+        icp.xirr = (icp.xirr & !XISR_MASK) | (nr & XISR_MASK);
+        icp.pending_priority = priority;
+        if displaced != 0 {
+            self.reject(displaced);
+        }
+    }
+
+    /// The server gave `nr` back (QEMU's `ics_reject`): a message waits
+    /// for a resend, a level is sent again while it holds.
+    fn reject(&mut self, nr: u32) {
+        if nr == IPI {
+            return;
+        }
+        if let Ok(irq) = self.irq(nr) {
+            if irq.flags & FLAG_LSI != 0 {
+                irq.status &= !STATUS_SENT;
+            } else {
+                irq.status |= STATUS_REJECTED;
+            }
+        }
+    }
+
+    /// Delivers source `nr` if it should be now (QEMU's `ics_resend_*` and
+    /// `ics_set_irq_*`).
+    fn deliver(&mut self, nr: u32) {
+        let Ok(irq) = self.irq(nr) else {
+            return;
+        };
+        let (server, priority) = (irq.server, irq.priority);
+        if irq.flags & FLAG_LSI != 0 {
+            if irq.status & STATUS_ASSERTED == 0 || irq.status & STATUS_SENT != 0 {
+                return;
+            }
+            if priority == MASKED {
+                return;
+            }
+            irq.status |= STATUS_SENT;
+        } else {
+            let waiting = irq.status & (STATUS_REJECTED | STATUS_MASKED_PENDING) != 0;
+            if !waiting {
+                return;
+            }
+            if priority == MASKED {
+                irq.status = (irq.status & !STATUS_REJECTED) | STATUS_MASKED_PENDING;
+                return;
+            }
+            irq.status &= !(STATUS_REJECTED | STATUS_MASKED_PENDING);
+        }
+        self.present(server, nr, priority);
+    }
+
+    /// Sources the servers gave back, again (QEMU's `ics_resend`).
+    fn resend(&mut self) {
+        for n in 0..self.irqs.len() as u32 {
+            self.deliver(IRQ_BASE + n);
+        }
+    }
+
+    /// A message-signalled source fires (an edge: the vty's input, an
+    /// MSI). Masked, it waits until unmasked.
+    pub fn pulse(&mut self, nr: u32) {
+        if let Ok(irq) = self.irq(nr) {
+            irq.status |= STATUS_MASKED_PENDING;
+            self.deliver(nr);
+        }
+    }
+
+    /// A level-triggered source's line.
+    pub fn set_level(&mut self, nr: u32, level: bool) {
+        if let Ok(irq) = self.irq(nr) {
+            if level {
+                irq.status |= STATUS_ASSERTED;
+            } else {
+                irq.status &= !STATUS_ASSERTED;
+            }
+            self.deliver(nr);
+        }
+    }
+
+    /// An IPI's priority changed: present it if it is more favoured than
+    /// what the server has (QEMU's `icp_check_ipi`).
+    fn check_ipi(&mut self, server: u32) {
+        let Some(icp) = self.icp(server) else {
+            return;
+        };
+        if icp.xisr() != 0 && icp.pending_priority <= icp.mfrr {
+            return;
+        }
+        let displaced = icp.xisr();
+        icp.xirr = (icp.xirr & !XISR_MASK) | IPI;
+        icp.pending_priority = icp.mfrr;
+        if displaced != 0 {
+            self.reject(displaced);
+        }
+    }
+
+    /// What the server takes once nothing is presented (QEMU's
+    /// `icp_resend`).
+    fn icp_resend(&mut self, server: u32) {
+        if let Some(icp) = self.icp(server) {
+            if icp.mfrr < icp.cppr() {
+                self.check_ipi(server);
+            }
+        }
+        self.resend();
+    }
+
+    /// `H_XIRR`: takes what `server` presents; its XIRR before (the old
+    /// priority and the source), its priority now that of the source.
+    pub fn accept(&mut self, server: u32) -> Option<u32> {
+        let icp = self.icp(server)?;
+        let xirr = icp.xirr;
+        icp.xirr = u32::from(icp.pending_priority) << 24;
+        icp.pending_priority = MASKED;
+        Some(xirr)
+    }
+
+    /// `H_IPOLL`: what `server` presents, not taken, and its MFRR.
+    pub fn poll(&mut self, server: u32) -> Option<(u32, u8)> {
+        let icp = self.icp(server)?;
+        Some((icp.xirr, icp.mfrr))
+    }
+
+    /// `H_CPPR`: the server's current priority. A more favoured one
+    /// rejects what it presents unless that is still more favoured; a
+    /// less favoured one takes what waited.
+    pub fn set_cppr(&mut self, server: u32, cppr: u8) -> Option<()> {
+        let icp = self.icp(server)?;
+        let old = icp.cppr();
+        icp.xirr = (icp.xirr & XISR_MASK) | u32::from(cppr) << 24;
+        if cppr < old {
+            if icp.xisr() != 0 && cppr <= icp.pending_priority {
+                let was = icp.xisr();
+                icp.xirr &= !XISR_MASK;
+                icp.pending_priority = MASKED;
+                self.reject(was);
+            }
+        } else if icp.xisr() == 0 {
+            self.icp_resend(server);
+        }
+        Some(())
+    }
+
+    /// `H_IPI`: `server`'s inter-processor interrupt at `mfrr`.
+    pub fn set_mfrr(&mut self, server: u32, mfrr: u8) -> Option<()> {
+        let icp = self.icp(server)?;
+        icp.mfrr = mfrr;
+        if mfrr < icp.cppr() {
+            self.check_ipi(server);
+        }
+        Some(())
+    }
+
+    /// `H_EOI`: the server is done with the source `xirr` names and goes
+    /// back to `xirr`'s priority; a level still held is sent again.
+    pub fn eoi(&mut self, server: u32, xirr: u32) -> Option<()> {
+        let icp = self.icp(server)?;
+        icp.xirr = (icp.xirr & XISR_MASK) | (xirr & !XISR_MASK);
+        let idle = icp.xisr() == 0;
+        if let Ok(irq) = self.irq(xirr & XISR_MASK) {
+            if irq.flags & FLAG_LSI != 0 {
+                irq.status &= !STATUS_SENT;
+            }
+        }
+        if idle {
+            self.icp_resend(server);
+        }
+        Some(())
+    }
+
+    /// Server `server`'s presentation controller as a migratable section
+    /// (`icp/server`, instance: the vCPU).
+    pub fn icp_state(&self, server: u32) -> Option<State> {
+        self.icps
+            .iter()
+            .find(|(s, _)| *s == server)
+            .map(|(_, i)| i.to_state())
+    }
+
+    pub fn load_icp(&mut self, server: u32, st: &State) -> Result<(), LoadError> {
+        let i = Icp::from_state(st, ICP.name)?;
+        let icp = self
+            .icp(server)
+            .ok_or_else(|| LoadError::new(ICP.name, format!("no interrupt server {server}")))?;
+        *icp = i;
+        Ok(())
     }
 
     fn irq(&mut self, nr: u32) -> Result<&mut IcsIrq, i32> {
@@ -83,6 +352,7 @@ impl Ics {
         irq.server = server;
         irq.priority = priority as u8;
         irq.saved_priority = priority as u8;
+        self.deliver(nr);
         Ok(())
     }
 
@@ -100,11 +370,47 @@ impl Ics {
         Ok(())
     }
 
-    /// `ibm,int-on`: gives source `nr` back the priority it had.
+    /// `ibm,int-on`: gives source `nr` back the priority it had (and
+    /// delivers what waited while masked).
     pub fn int_on(&mut self, nr: u32) -> Result<(), i32> {
         let irq = self.irq(nr)?;
         irq.priority = irq.saved_priority;
+        self.deliver(nr);
         Ok(())
+    }
+}
+
+/// Server `server`'s presentation controller as its own section
+/// (`icp/server`, instance: the vCPU's index, as QEMU's), in the XICS it
+/// is part of.
+pub struct IcpSection {
+    pub xics: std::sync::Arc<std::sync::Mutex<Ics>>,
+    pub server: u32,
+    pub vcpu: u32,
+}
+
+impl migration::vmstate::Migratable for IcpSection {
+    fn description(&self) -> &'static Description {
+        &ICP
+    }
+
+    fn instance(&self) -> u32 {
+        self.vcpu
+    }
+
+    fn state(&self) -> State {
+        self.xics
+            .lock()
+            .expect("xics lock")
+            .icp_state(self.server)
+            .unwrap_or_default()
+    }
+
+    fn load(&mut self, st: &State) -> Result<(), LoadError> {
+        self.xics
+            .lock()
+            .expect("xics lock")
+            .load_icp(self.server, st)
     }
 }
 
@@ -178,5 +484,86 @@ mod tests {
                 .contains("4096 interrupt sources, this board 1024"),
             "{e}"
         );
+    }
+
+    /// QEMU's presentation rules: a source reaches a server only above its
+    /// current priority, a more favoured one rejects what is presented and
+    /// a less favoured one takes it back; the IPI; a level source sent
+    /// again after its EOI while it holds; masked sources wait.
+    #[test]
+    fn sources_are_presented_taken_and_ended() {
+        let mut x = Ics::new(0x1000, 2, &[0x1200], &[0x1100]).with_icps(&[0, 1]);
+        x.set_xive(0x1100, 0, 5).unwrap();
+        x.set_cppr(0, 0xff).unwrap();
+        x.pulse(0x1100);
+        assert_eq!(x.poll(0), Some((0xff00_1100, 0xff)));
+        // CPPR 0: given back; 0xff again: presented again.
+        x.set_cppr(0, 0).unwrap();
+        assert_eq!(x.poll(0), Some((0, 0xff)));
+        x.set_cppr(0, 0xff).unwrap();
+        assert_eq!(x.accept(0), Some(0xff00_1100));
+        assert_eq!(
+            x.poll(0).unwrap().0 >> 24,
+            5,
+            "CPPR is the source's priority"
+        );
+        x.eoi(0, 0xff00_1100).unwrap();
+        assert_eq!(x.poll(0), Some((0xff00_0000, 0xff)));
+        // The IPI (withdrawn before its EOI, as Linux does: it would be
+        // presented again), and a server that is not there.
+        x.set_mfrr(0, 3).unwrap();
+        assert_eq!(x.accept(0), Some(0xff00_0002));
+        x.set_mfrr(0, 0xff).unwrap();
+        x.eoi(0, 0xff00_0002).unwrap();
+        assert_eq!(x.poll(0), Some((0xff00_0000, 0xff)));
+        assert_eq!(x.set_mfrr(7, 3), None);
+        // A level source held through its EOI comes back.
+        x.set_xive(0x1200, 0, 4).unwrap();
+        x.set_level(0x1200, true);
+        assert_eq!(x.accept(0), Some(0xff00_1200));
+        x.eoi(0, 0xff00_1200).unwrap();
+        assert_eq!(x.poll(0).unwrap().0, 0xff00_1200, "still asserted");
+        x.set_level(0x1200, false);
+        assert_eq!(x.accept(0), Some(0xff00_1200));
+        x.eoi(0, 0xff00_1200).unwrap();
+        assert_eq!(x.poll(0).unwrap().0, 0xff00_0000);
+        // Masked, a message waits for ibm,int-on.
+        x.int_off(0x1100).unwrap();
+        x.pulse(0x1100);
+        assert_eq!(x.poll(0).unwrap().0, 0xff00_0000);
+        x.int_on(0x1100).unwrap();
+        assert_eq!(x.poll(0).unwrap().0, 0xff00_1100);
+    }
+
+    /// What a server presents travels in its own section.
+    #[test]
+    fn a_presented_source_travels_with_its_server() {
+        let xics = std::sync::Arc::new(std::sync::Mutex::new(
+            Ics::new(0x1000, 2, &[], &[0x1100]).with_icps(&[0, 1]),
+        ));
+        {
+            let mut x = xics.lock().unwrap();
+            x.set_xive(0x1100, 1, 5).unwrap();
+            x.set_cppr(1, 0xff).unwrap();
+            x.pulse(0x1100);
+        }
+        let icp = IcpSection {
+            xics: xics.clone(),
+            server: 1,
+            vcpu: 1,
+        };
+        assert_eq!(icp.instance(), 1);
+        let bytes = encode_state(&ICP, &icp.state()).unwrap();
+        assert_eq!(bytes, [0xff, 0, 0x11, 0, 5, 0xff]);
+        let there = std::sync::Arc::new(std::sync::Mutex::new(
+            Ics::new(0x1000, 2, &[], &[0x1100]).with_icps(&[0, 1]),
+        ));
+        let mut icp = IcpSection {
+            xics: there.clone(),
+            server: 1,
+            vcpu: 1,
+        };
+        icp.load(&decode_state(&ICP, 1, &bytes).unwrap()).unwrap();
+        assert_eq!(there.lock().unwrap().accept(1), Some(0xff00_1100));
     }
 }

@@ -267,6 +267,11 @@ pub trait Migratable {
     fn section(&self) -> String {
         self.description().name.to_string()
     }
+    /// The section's instance: 0, unless there are several of it (one
+    /// per vCPU, ...).
+    fn instance(&self) -> u32 {
+        0
+    }
     fn state(&self) -> State;
     /// Takes over a saved state; nothing changes if it is refused.
     fn load(&mut self, st: &State) -> Result<(), LoadError>;

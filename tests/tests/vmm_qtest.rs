@@ -825,6 +825,90 @@ fn the_pseries_console_and_rtas_through_hypercalls() {
     );
 }
 
+const H_EOI: u64 = 0x64;
+const H_CPPR: u64 = 0x68;
+const H_IPI: u64 = 0x6c;
+const H_IPOLL: u64 = 0x70;
+const H_XIRR: u64 = 0x74;
+
+/// What vCPU 0's presentation controller presents (`H_IPOLL`): its XIRR.
+fn ipoll(qt: &mut Qtest) -> u64 {
+    let (r3, out) = hcall(qt, H_IPOLL, &[]);
+    assert_eq!(r3, 0);
+    out[0]
+}
+
+/// The emulated XICS as a guest's vCPU 0 meets it: the console's input
+/// raises the vty's source, routed by RTAS; the server takes it above its
+/// current priority, gives it back below, takes and ends it with the
+/// hypercalls; an IPI; a source presented and not yet taken moves with
+/// the guest to another process.
+#[test]
+fn the_emulated_xics_presents_the_consoles_input_and_ipis() {
+    let dir = TempDir::new("qtest-xics");
+    let args = ["-M", "pseries-10.0", "-smp", "2"];
+    let (mut vm, mut q, mut qt) = start(&dir, "src", &args);
+    const VTY_IRQ: u32 = 0x1100;
+    assert_eq!(ipoll(&mut qt), 0, "nothing, CPPR 0 at reset");
+    assert_eq!(rtas(&mut qt, "ibm,set-xive", &[VTY_IRQ, 0, 5], 1), [0]);
+    assert_eq!(hcall(&mut qt, H_CPPR, &[0xff]).0, 0);
+    vm.send(b"x");
+    let presented = 0xff00_0000 | u64::from(VTY_IRQ);
+    let deadline = std::time::Instant::now() + T;
+    while ipoll(&mut qt) != presented {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the vty's input never raised {VTY_IRQ:#x}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A more favoured priority than the source's gives it back; a less
+    // favoured one takes it again.
+    hcall(&mut qt, H_CPPR, &[3]);
+    assert_eq!(ipoll(&mut qt), 3 << 24);
+    hcall(&mut qt, H_CPPR, &[0xff]);
+    assert_eq!(ipoll(&mut qt), presented);
+    let (r3, out) = hcall(&mut qt, H_XIRR, &[]);
+    assert_eq!((r3, out[0]), (0, presented));
+    assert_eq!(
+        ipoll(&mut qt) >> 24,
+        5,
+        "the server runs at the source's priority"
+    );
+    assert_eq!(get_chars(&mut qt, VTY), b"x");
+    assert_eq!(hcall(&mut qt, H_EOI, &[presented]).0, 0);
+    assert_eq!(ipoll(&mut qt), 0xff00_0000);
+    // An IPI to vCPU 0's server; none to a server that is not there.
+    assert_eq!(hcall(&mut qt, H_IPI, &[0, 4]).0, 0);
+    assert_eq!(hcall(&mut qt, H_XIRR, &[]).1[0], 0xff00_0002);
+    hcall(&mut qt, H_IPI, &[0, 0xff]);
+    hcall(&mut qt, H_EOI, &[0xff00_0002]);
+    assert_eq!(hcall(&mut qt, H_IPI, &[7, 4]).0, H_PARAMETER);
+
+    // Presented, not taken: it is on the destination.
+    vm.send(b"y");
+    while ipoll(&mut qt) != presented {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second input never raised {VTY_IRQ:#x}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let port = free_port();
+    let (dqmp, dsock) = qmp_arg(&dir, "dst");
+    let incoming = format!("tcp:127.0.0.1:{port}");
+    let mut dargs = vec!["-m", "128M", "-qmp", &dqmp, "-incoming", &incoming];
+    dargs.extend_from_slice(&args);
+    let (_dst, mut dqt) = Qtest::spawn("dst", &dir.path("dst.qtest"), &dargs);
+    let mut dq = Qmp::connect(&dsock, T);
+    q.execute("migrate", json!({"uri": incoming}));
+    assert_eq!(q.wait_migration(T)["status"], "completed");
+    assert_eq!(dq.execute("query-status", json!({}))["status"], "running");
+    assert_eq!(hcall(&mut dqt, H_XIRR, &[]).1[0], presented);
+    assert_eq!(get_chars(&mut dqt, VTY), b"y");
+    assert_eq!(rtas(&mut dqt, "ibm,get-xive", &[VTY_IRQ], 3), [0, 0, 5]);
+}
+
 /// A little-endian ppc64 `vmlinux`: one segment of `code` linked where
 /// Linux links (0xc000000000000000) with `bss` bytes after it, entered at
 /// `entry` bytes in.

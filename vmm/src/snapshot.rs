@@ -47,6 +47,8 @@ pub fn descriptions(m: &machine::MachineType) -> Vec<&'static Description> {
                 devices::pci::spapr_phb::description_for(pre_2_8),
                 &devices::spapr_rtc::VMSTATE,
                 &devices::spapr_vty::VMSTATE,
+                // One a vCPU, where the board's XICS is emulated (qtest).
+                &devices::xics::ICP,
             ]
         }
     };
@@ -197,7 +199,7 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Err
     for dev in &p.board {
         let dev = dev.lock().expect("device lock");
         let desc = dev.description();
-        out.push((dev.section(), 0, desc, dev.state()));
+        out.push((dev.section(), dev.instance(), desc, dev.state()));
     }
     for (bdf, f) in p.pci.lock().expect("pci lock").functions() {
         let desc = f.vmstate();
@@ -368,12 +370,11 @@ impl<'a> Target<'a> {
         })
     }
 
-    fn board_device(&self, id: &str) -> Option<&'a Mutex<dyn Migratable + Send>> {
-        self.parts
-            .board
-            .iter()
-            .copied()
-            .find(|d| d.lock().expect("device lock").section() == id)
+    fn board_device(&self, id: &str, instance: u32) -> Option<&'a Mutex<dyn Migratable + Send>> {
+        self.parts.board.iter().copied().find(|d| {
+            let d = d.lock().expect("device lock");
+            d.section() == id && d.instance() == instance
+        })
     }
 }
 
@@ -389,7 +390,7 @@ impl LoadTarget for Target<'_> {
         if id == KVMCLOCK.name {
             return Some(&KVMCLOCK);
         }
-        if let Some(dev) = self.board_device(id) {
+        if let Some(dev) = self.board_device(id, instance) {
             return Some(dev.lock().expect("device lock").description());
         }
         // A PCI function: its description decides the section name; a
@@ -427,7 +428,7 @@ impl LoadTarget for Target<'_> {
             self.clock = Some(KvmClockState::from_state(state, id)?.clock);
             return Ok(());
         }
-        if let Some(dev) = self.board_device(id) {
+        if let Some(dev) = self.board_device(id, instance) {
             return dev.lock().expect("device lock").load(state);
         }
         let (bdf, _) =

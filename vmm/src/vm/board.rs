@@ -70,6 +70,11 @@ impl Platform {
                 if let Some(vty) = &p.vty {
                     v.push(&**vty);
                 }
+                v.extend(
+                    p.icps
+                        .iter()
+                        .map(|i| &**i as &Mutex<dyn migration::vmstate::Migratable + Send>),
+                );
                 v
             }
         }

@@ -19,7 +19,7 @@ use devices::rtas::{HW_ERROR as RTAS_HW_ERROR, PARAM_ERROR as RTAS_PARAM_ERROR};
 use devices::spapr_rtc::{DateTime, SpaprRtc};
 use devices::spapr_vio::VioAddr;
 use devices::spapr_vty::SpaprVty;
-use devices::xics::Ics;
+use devices::xics::{IcpSection, Ics};
 use devices::VmEvent;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
@@ -70,10 +70,35 @@ pub(super) fn build(
 
     let irqs = Irqs::of(&cfg.host_bridge, has_console(cfg));
     let phb = PhbConfig::from_props(&cfg.host_bridge, 0, cfg.memory, irqs.lsi_base);
+    // The interrupt controller: emulated under qtest, with a presentation
+    // controller per vCPU; on KVM-PPC the kernel's presents (its state
+    // travels with each vCPU) and this one keeps the sources' routing.
+    let mut ics = Ics::new(
+        xics_sources(&cfg.host_bridge),
+        xics_servers(cfg.machine, &cfg.smp),
+        &phb.lsi,
+        &irqs.msi(),
+    );
+    if !kvm {
+        ics = ics.with_icps(&vcpu_servers(cfg.machine, &cfg.smp));
+    }
+    let ics = Arc::new(Mutex::new(ics));
     let vty = irqs
         .vty
         .map(|at| -> Result<_> {
-            let vty = Arc::new(Mutex::new(SpaprVty::new(at, console_output(cfg)?)));
+            // The vty's input raises its source.
+            let raise: devices::spapr_vty::Raise = if kvm {
+                let vm = vm.clone();
+                Box::new(move || {
+                    if let Err(e) = vm.signal_msi(0, at.irq) {
+                        log::warn!("spapr-vty: cannot raise interrupt {:#x}: {e}", at.irq);
+                    }
+                })
+            } else {
+                let ics = ics.clone();
+                Box::new(move || ics.lock().expect("xics lock").pulse(at.irq))
+            };
+            let vty = Arc::new(Mutex::new(SpaprVty::new(at, console_output(cfg)?, raise)));
             if matches!(cfg.serial, SerialBackend::Stdio) {
                 *console_input().lock().expect("console lock") = Some(vty.clone());
                 start_stdin_thread();
@@ -113,15 +138,25 @@ pub(super) fn build(
         phb.mem64_win_addr,
         phb.mem64_win_size
     );
+    let icps = ics
+        .lock()
+        .expect("xics lock")
+        .icp_servers()
+        .into_iter()
+        .enumerate()
+        .map(|(vcpu, server)| {
+            Arc::new(Mutex::new(IcpSection {
+                xics: ics.clone(),
+                server,
+                vcpu: vcpu as u32,
+            }))
+        })
+        .collect();
     let papr = Papr {
         phb: Arc::new(Mutex::new(SpaprPhb::new(phb))),
         rtc: Arc::new(Mutex::new(SpaprRtc::default())),
-        ics: Arc::new(Mutex::new(Ics::new(
-            xics_sources(&cfg.host_bridge),
-            xics_servers(cfg.machine, &cfg.smp),
-            &phb.lsi,
-            &irqs.msi(),
-        ))),
+        ics,
+        icps,
         events: sink,
         vty,
         pci: root.clone(),
@@ -170,6 +205,8 @@ pub(super) struct Papr {
     pub(super) phb: Arc<Mutex<SpaprPhb>>,
     pub(super) rtc: Arc<Mutex<SpaprRtc>>,
     pub(super) ics: Arc<Mutex<Ics>>,
+    /// The emulated presentation controllers' sections (none on KVM-PPC).
+    pub(super) icps: Vec<Arc<Mutex<IcpSection>>>,
     /// Where RTAS power-off and system-reboot go.
     pub(super) events: devices::EventSink,
     /// The console (`-serial`), unless it is `none`.
@@ -345,6 +382,24 @@ impl Irqs {
     fn msi(&self) -> Vec<u32> {
         self.vty.iter().map(|v| v.irq).collect()
     }
+}
+
+/// The interrupt server of each vCPU, as QEMU numbers them
+/// (`spapr_vcpu_id`): the core's first thread at a multiple of the
+/// virtual SMT mode.
+fn vcpu_servers(
+    machine: &machine::MachineType,
+    smp: &arch::x86_64::topology::Topology,
+) -> Vec<u32> {
+    let threads = smp.threads;
+    let vsmt = if machine.version <= (4, 1) {
+        threads.max(8)
+    } else {
+        threads
+    };
+    (0..smp.cpus)
+        .map(|i| (i / threads) * vsmt + i % threads)
+        .collect()
 }
 
 /// The interrupt sources of the board's XICS: 0x1000, or 0x400 where QEMU
@@ -599,6 +654,11 @@ pub(super) fn rtas_in_memory(
 /// `hw/ppc/spapr.h`): the console's, and `H_RTAS`, through which a guest
 /// enters RTAS (KVM-PPC leaves these to userspace).
 pub(super) mod hcall {
+    pub const H_EOI: u64 = 0x64;
+    pub const H_CPPR: u64 = 0x68;
+    pub const H_IPI: u64 = 0x6c;
+    pub const H_IPOLL: u64 = 0x70;
+    pub const H_XIRR: u64 = 0x74;
     pub const H_GET_TERM_CHAR: u64 = 0x54;
     pub const H_PUT_TERM_CHAR: u64 = 0x58;
     /// `KVMPPC_H_RTAS`: the RTAS blob's one instruction hands its
@@ -676,6 +736,31 @@ pub(super) fn hcall(papr: &Papr, opcode: u64, args: &mut [u64; 9]) -> i64 {
                     );
                     H_PARAMETER
                 }
+            }
+        }
+        H_XIRR | H_IPOLL | H_CPPR | H_EOI | H_IPI => {
+            // The emulated XICS's (qtest); KVM-PPC's kernel serves these.
+            // The caller is vCPU 0: qtest's client is the board's one CPU.
+            let mut ics = papr.ics.lock().expect("xics lock");
+            let Some(&me) = ics.icp_servers().first() else {
+                return H_FUNCTION;
+            };
+            let done = match opcode {
+                H_XIRR => ics.accept(me).map(|x| args[0] = x.into()),
+                H_IPOLL => ics.poll(me).map(|(x, mfrr)| {
+                    args[0] = x.into();
+                    args[1] = mfrr.into();
+                }),
+                H_CPPR => ics.set_cppr(me, args[0] as u8),
+                H_EOI => ics.eoi(me, args[0] as u32),
+                _ => u32::try_from(args[0])
+                    .ok()
+                    .and_then(|server| ics.set_mfrr(server, args[1] as u8)),
+            };
+            if done.is_some() {
+                H_SUCCESS
+            } else {
+                H_PARAMETER
             }
         }
         _ => {
