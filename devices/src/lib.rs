@@ -37,3 +37,23 @@ pub enum VmEvent {
 
 /// Where devices send [`VmEvent`]s.
 pub type EventSink = Arc<dyn Fn(VmEvent) + Send + Sync>;
+
+/// What the devices' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::{Arc, Mutex};
+
+    /// A console's output the test reads back.
+    #[derive(Clone, Default)]
+    pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}

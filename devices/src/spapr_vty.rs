@@ -164,21 +164,10 @@ impl migration::vmstate::Migratable for SpaprVty {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Sink;
     use migration::stream::{decode_state, encode_state};
     use migration::vmstate::Migratable;
     use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     const AT: VioAddr = VioAddr {
         reg: 0x7100_0000,

@@ -30,6 +30,16 @@ fn start(dir: &TempDir, name: &str, args: &[&str]) -> (Vm, Qmp, Qtest) {
     (vm, q, qt)
 }
 
+/// A qtest VM as [`start`] makes it, waiting for a migration on TCP; and
+/// the URI to migrate it to.
+fn incoming(dir: &TempDir, name: &str, args: &[&str]) -> (Vm, Qmp, Qtest, String) {
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let mut all = vec!["-incoming", uri.as_str()];
+    all.extend_from_slice(args);
+    let (vm, q, qt) = start(dir, name, &all);
+    (vm, q, qt, uri)
+}
+
 #[test]
 fn the_protocol_drives_the_q35_board() {
     let dir = TempDir::new("qtest-proto");
@@ -264,13 +274,7 @@ fn a_qtest_vm_migrates_with_its_memory_and_device_state() {
         json!({"max-bandwidth": 64u64 << 20}),
     );
 
-    let port = free_port();
-    let (qmp, dsock) = qmp_arg(&dir, "dst");
-    let incoming = format!("tcp:127.0.0.1:{port}");
-    let mut dargs = vec!["-m", "128M", "-qmp", &qmp, "-incoming", &incoming];
-    dargs.extend_from_slice(&args);
-    let (mut dst, mut dqt) = Qtest::spawn("dst", &dir.path("dst.qtest"), &dargs);
-    let mut dq = Qmp::connect(&dsock, T);
+    let (mut dst, mut dq, mut dqt, to) = incoming(&dir, "dst", &args);
     // libqtest's first request is answered while the VM waits for its
     // stream; one that reads the guest waits until the guest is here.
     assert_eq!(dqt.ok("endianness"), "little");
@@ -281,7 +285,7 @@ fn a_qtest_vm_migrates_with_its_memory_and_device_state() {
         !first.is_finished(),
         "a read was served before the guest arrived"
     );
-    q.execute("migrate", json!({"uri": incoming}));
+    q.execute("migrate", json!({"uri": to}));
 
     // Writes while the pages move: each acknowledged one must arrive.
     let mut acked: BTreeMap<u64, u32> = BTreeMap::new();
@@ -543,15 +547,11 @@ fn the_spapr_phb_seed_across_processes() {
 
         // A destination whose bridge expects the other layout refuses.
         let flip = if scratch { "off" } else { "on" };
-        let port = free_port();
-        let (wqmp, _) = qmp_arg(&dir, "wrong");
-        let incoming = format!("tcp:127.0.0.1:{port}");
         let global = format!("spapr-pci-host-bridge.pre-2.8-migration={flip}");
-        let mut wargs = vec!["-m", "128M", "-qmp", &wqmp, "-incoming", &incoming];
-        wargs.extend_from_slice(&args);
+        let mut wargs = args.to_vec();
         wargs.extend_from_slice(&["-global", &global]);
-        let (mut wrong, _wqt) = Qtest::spawn("wrong", &dir.path("wrong.qtest"), &wargs);
-        q.execute("migrate", json!({"uri": incoming}));
+        let (mut wrong, _wq, _wqt, to) = incoming(&dir, "wrong", &wargs);
+        q.execute("migrate", json!({"uri": to}));
         let m = q.wait_migration(T);
         assert_eq!(m["status"], "failed", "{machine}: {m}");
         assert!(!wrong.wait_exit(T).success());
@@ -566,14 +566,8 @@ fn the_spapr_phb_seed_across_processes() {
         assert_eq!(qt.readb(cc + 0x14), 0x3, "the source runs on");
 
         // The same machine type takes it.
-        let port = free_port();
-        let (dqmp, dsock) = qmp_arg(&dir, "dst");
-        let incoming = format!("tcp:127.0.0.1:{port}");
-        let mut dargs = vec!["-m", "128M", "-qmp", &dqmp, "-incoming", &incoming];
-        dargs.extend_from_slice(&args);
-        let (_dst, mut dqt) = Qtest::spawn("dst", &dir.path("dst.qtest"), &dargs);
-        let mut dq = Qmp::connect(&dsock, T);
-        q.execute("migrate", json!({"uri": incoming}));
+        let (_dst, mut dq, mut dqt, to) = incoming(&dir, "dst", &args);
+        q.execute("migrate", json!({"uri": to}));
         let m = q.wait_migration(T);
         assert_eq!(m["status"], "completed", "{machine}: {m}");
         assert_eq!(dq.execute("query-status", json!({}))["status"], "running");
@@ -625,25 +619,8 @@ fn pseries_rtas_clock_console_reboot_and_power_off() {
         "one server"
     );
     assert_eq!(rtas(&mut qt, "ibm,set-xive", &[0x1201, 0, 7], 1), [0]);
-    let port = free_port();
-    let (dqmp, dsock) = qmp_arg(&dir, "dst");
-    let incoming = format!("tcp:127.0.0.1:{port}");
-    let (mut dst, mut dqt) = Qtest::spawn(
-        "dst",
-        &dir.path("dst.qtest"),
-        &[
-            "-m",
-            "128M",
-            "-qmp",
-            &dqmp,
-            "-incoming",
-            &incoming,
-            "-M",
-            "pseries-10.0",
-        ],
-    );
-    let mut dq = Qmp::connect(&dsock, T);
-    q.execute("migrate", json!({"uri": incoming}));
+    let (mut dst, mut dq, mut dqt, to) = incoming(&dir, "dst", &["-M", "pseries-10.0"]);
+    q.execute("migrate", json!({"uri": to}));
     assert_eq!(q.wait_migration(T)["status"], "completed");
     let t = rtas(&mut dqt, "get-time-of-day", &[], 8);
     assert_eq!(
@@ -789,25 +766,8 @@ fn the_pseries_console_and_rtas_through_hypercalls() {
     // stdin's thread puts it in the ring at once; the migration must not
     // start before (nothing shows it short of taking it).
     std::thread::sleep(Duration::from_secs(1));
-    let port = free_port();
-    let (dqmp, dsock) = qmp_arg(&dir, "dst");
-    let incoming = format!("tcp:127.0.0.1:{port}");
-    let (dst, mut dqt) = Qtest::spawn(
-        "dst",
-        &dir.path("dst.qtest"),
-        &[
-            "-m",
-            "128M",
-            "-qmp",
-            &dqmp,
-            "-incoming",
-            &incoming,
-            "-M",
-            "pseries-2.7",
-        ],
-    );
-    let mut dq = Qmp::connect(&dsock, T);
-    q.execute("migrate", json!({"uri": incoming}));
+    let (dst, mut dq, mut dqt, to) = incoming(&dir, "dst", &["-M", "pseries-2.7"]);
+    q.execute("migrate", json!({"uri": to}));
     assert_eq!(q.wait_migration(T)["status"], "completed");
     assert_eq!(dq.execute("query-status", json!({}))["status"], "running");
     assert_eq!(get_chars(&mut dqt, VTY), b"carried");
@@ -894,14 +854,8 @@ fn the_emulated_xics_presents_the_consoles_input_and_ipis() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let port = free_port();
-    let (dqmp, dsock) = qmp_arg(&dir, "dst");
-    let incoming = format!("tcp:127.0.0.1:{port}");
-    let mut dargs = vec!["-m", "128M", "-qmp", &dqmp, "-incoming", &incoming];
-    dargs.extend_from_slice(&args);
-    let (_dst, mut dqt) = Qtest::spawn("dst", &dir.path("dst.qtest"), &dargs);
-    let mut dq = Qmp::connect(&dsock, T);
-    q.execute("migrate", json!({"uri": incoming}));
+    let (_dst, mut dq, mut dqt, to) = incoming(&dir, "dst", &args);
+    q.execute("migrate", json!({"uri": to}));
     assert_eq!(q.wait_migration(T)["status"], "completed");
     assert_eq!(dq.execute("query-status", json!({}))["status"], "running");
     assert_eq!(hcall(&mut dqt, H_XIRR, &[]).1[0], presented);

@@ -194,18 +194,8 @@ mod tests {
         q.set_used_ring_address(Some(used as u32), Some(0));
         q.set_ready(true);
         let mut queues = [Queue::new(16).unwrap(), q];
-        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl Write for Sink {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut c = Console::new(Box::new(Sink(out.clone())));
+        let out = crate::testing::Sink::default();
+        let mut c = Console::new(Box::new(out.clone()));
         mem.write_slice(b"hello", GuestAddress(data)).unwrap();
         post(0, 5);
         let mut used_list = vec![];
@@ -215,7 +205,7 @@ mod tests {
             used: &mut used_list,
         };
         c.process(1, &mut qs).unwrap();
-        assert_eq!(&out.lock().unwrap()[..], b"hello");
+        assert_eq!(&out.0.lock().unwrap()[..], b"hello");
         let before = vm_peak_kib();
         post(1, 0xffff_fff0);
         assert!(c.process(1, &mut qs).is_err(), "4 GiB in 1 MiB of RAM");
