@@ -207,6 +207,30 @@ impl Ics {
         }
     }
 
+    /// Claims `num` free sources (held by no device) from `from` on,
+    /// message-signalled; the first (QEMU's `spapr_irq_msi_alloc`, or
+    /// `spapr_irq_find` on pseries-3.0 and older: the first free run).
+    pub fn claim_msis(&mut self, from: u32, num: u32) -> Option<u32> {
+        let start = from.checked_sub(IRQ_BASE)? as usize;
+        let n = num as usize;
+        let first = (start..self.irqs.len().checked_sub(n)? + 1)
+            .find(|&i| self.irqs[i..i + n].iter().all(|irq| irq.flags == 0))?;
+        for irq in &mut self.irqs[first..first + n] {
+            irq.flags = FLAG_MSI;
+        }
+        Some(IRQ_BASE + first as u32)
+    }
+
+    /// Gives back `num` sources from `first` (a function's MSIs).
+    pub fn free(&mut self, first: u32, num: u32) {
+        for nr in first..first.saturating_add(num) {
+            if let Ok(irq) = self.irq(nr) {
+                irq.flags = 0;
+                irq.status = 0;
+            }
+        }
+    }
+
     /// A message-signalled source fires (an edge: the vty's input, an
     /// MSI). Masked, it waits until unmasked.
     pub fn pulse(&mut self, nr: u32) {

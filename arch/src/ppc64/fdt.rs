@@ -1,13 +1,15 @@
 //! The pseries device tree (QEMU's `spapr_build_fdt` for what vmm's board
 //! has): the root, memory, `/chosen`, `/rtas` with its call tokens, the
 //! XICS interrupt controller, and PHB 0 with its windows (`ranges`), DMA
-//! window and interrupt map. Node and property names and encodings are
-//! QEMU's, so a guest sees the same tree; `-machine dumpdtb=FILE` writes
+//! window and interrupt map, written in the flattened format by `dtb`.
+//! Node and property names and encodings are QEMU's, so a guest sees the same tree; `-machine dumpdtb=FILE` writes
 //! it. The VIO bus (`/vdevice`) has the console's vty. What vmm's board
 //! does not have (vCPU nodes, the event sources, dynamic reconfiguration
 //! connectors, the NVRAM) is not in it yet.
 
-use vm_fdt::{FdtReserveEntry, FdtWriter, FdtWriterResult};
+use super::dtb::{Error as FdtError, Writer as FdtWriter};
+
+type FdtWriterResult<T> = Result<T, FdtError>;
 
 /// QEMU's fixed phandle of the interrupt controller (`PHANDLE_INTC`).
 pub const PHANDLE_INTC: u32 = 0x1111;
@@ -140,11 +142,8 @@ fn phb_node(f: &mut FdtWriter, p: &Phb) -> FdtWriterResult<()> {
 
 /// The flattened tree.
 pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
-    let reserved = m.boot.iter().flat_map(|b| &b.reserved);
-    let reserved = reserved
-        .map(|&(a, s)| FdtReserveEntry::new(a, s))
-        .collect::<FdtWriterResult<Vec<_>>>()?;
-    let mut f = FdtWriter::new_with_mem_reserv(&reserved)?;
+    let reserved: Vec<(u64, u64)> = m.boot.iter().flat_map(|b| b.reserved.clone()).collect();
+    let mut f = FdtWriter::new(&reserved);
     let root = f.begin_node("")?;
     f.property_string("device_type", "chrp")?;
     f.property_string("model", "IBM pSeries (emulated by qemu)")?;
@@ -175,6 +174,8 @@ pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
         f.property_u32(name, *token)?;
     }
     f.property_u32("rtas-size", m.rtas_size)?;
+    // MSI-X through ibm,change-msi.
+    f.property_null("ibm,change-msix-capable")?;
     if let Some(b) = &m.boot {
         // Instantiated already, as kexec tells a kernel.
         f.property_u32("linux,rtas-base", b.rtas as u32)?;
@@ -222,67 +223,7 @@ pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
     f.finish()
 }
 
-/// A flattened tree read back: node path -> property -> value.
-pub type Nodes = std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<u8>>>;
-
-/// Reads a flattened device tree (version 17's structure and strings
-/// blocks); `None` if it is not one or is cut short.
-pub fn parse(dtb: &[u8]) -> Option<Nodes> {
-    let be32 = |at: usize| -> Option<u32> {
-        Some(u32::from_be_bytes(dtb.get(at..at + 4)?.try_into().ok()?))
-    };
-    if be32(0)? != 0xd00d_feed {
-        return None;
-    }
-    let (structs, strings) = (be32(8)? as usize, be32(12)? as usize);
-    let mut nodes = Nodes::new();
-    let mut path: Vec<String> = vec![];
-    let mut at = structs;
-    loop {
-        let token = be32(at)?;
-        at += 4;
-        match token {
-            // FDT_BEGIN_NODE: a NUL-terminated name, padded to 4 bytes.
-            1 => {
-                let len = dtb.get(at..)?.iter().position(|&b| b == 0)?;
-                path.push(String::from_utf8_lossy(&dtb[at..at + len]).into_owned());
-                at += (len + 1).next_multiple_of(4);
-                let p = if path.len() == 1 {
-                    "/".to_string()
-                } else {
-                    path.join("/")
-                };
-                nodes.entry(p).or_default();
-            }
-            // FDT_END_NODE
-            2 => {
-                path.pop()?;
-            }
-            // FDT_PROP: length, name offset, the value padded to 4 bytes.
-            3 => {
-                let (len, name_off) = (be32(at)? as usize, be32(at + 4)? as usize);
-                let value = dtb.get(at + 8..at + 8 + len)?.to_vec();
-                at += 8 + len.next_multiple_of(4);
-                let names = dtb.get(strings + name_off..)?;
-                let name = &names[..names.iter().position(|&b| b == 0)?];
-                let p = if path.len() == 1 {
-                    "/".to_string()
-                } else {
-                    path.join("/")
-                };
-                nodes
-                    .entry(p)
-                    .or_default()
-                    .insert(String::from_utf8_lossy(name).into_owned(), value);
-            }
-            // FDT_NOP
-            4 => {}
-            // FDT_END
-            9 => return path.is_empty().then_some(nodes),
-            _ => return None,
-        }
-    }
-}
+pub use super::dtb::{parse, Nodes};
 
 #[cfg(test)]
 mod tests {

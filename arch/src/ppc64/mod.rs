@@ -2,5 +2,6 @@
 //! the RTAS call table it names, and booting its kernel.
 
 pub mod boot;
+pub mod dtb;
 pub mod fdt;
 pub mod rtas;

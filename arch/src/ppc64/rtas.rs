@@ -17,4 +17,6 @@ pub const CALLS: &[(&str, u32)] = &[
     ("write-pci-config", 0x2015),
     ("ibm,read-pci-config", 0x2016),
     ("ibm,write-pci-config", 0x2017),
+    ("ibm,query-interrupt-source-number", 0x2018),
+    ("ibm,change-msi", 0x2019),
 ];

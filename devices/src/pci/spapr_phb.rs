@@ -92,6 +92,40 @@ pub const MEM64_WIN_SIZE: u64 = 1 << 40;
 pub const BASE_BUID: u64 = 0x0800_0000_2000_0000;
 /// `SPAPR_IRQ_PCI_LSI`: PHB N's pins are LSIs from here + 4N.
 pub const IRQ_PCI_LSI: u32 = 0x1200;
+/// `SPAPR_IRQ_MSI`: where MSI sources are taken from (pseries-3.1 on).
+pub const IRQ_MSI: u32 = 0x1300;
+/// `SPAPR_PCI_MSI_WINDOW`: a function's MSI write here raises the
+/// interrupt source its data names.
+pub const MSI_WINDOW: u64 = 0x400_0000_0000;
+
+/// A function's MSI-X table from its capability: the vectors, the BAR it
+/// is in and its offset there.
+pub fn msix_table(f: &dyn crate::pci::PciFunction) -> Option<(u32, u8, u64)> {
+    let cfg = f.config();
+    let at = cfg.capability(0x11)?;
+    let control = cfg.read(at + 2, 2);
+    let table = cfg.read(at + 4, 4);
+    Some((
+        (control & 0x7ff) + 1,
+        (table & 7) as u8,
+        u64::from(table & !7),
+    ))
+}
+
+/// Points `n` of `f`'s MSI-X vectors at the MSI window, vector i with data
+/// `first + i` (QEMU's `spapr_msi_setmsg`): written into its table as
+/// firmware would, through the BAR, each entry's mask left as it is.
+pub fn set_msix_messages(f: &mut dyn crate::pci::PciFunction, first: u32, n: u32) {
+    let Some((vectors, bar, offset)) = msix_table(f) else {
+        return;
+    };
+    for i in 0..n.min(vectors) {
+        let mut entry = [0u8; 12];
+        entry[..8].copy_from_slice(&MSI_WINDOW.to_le_bytes());
+        entry[8..].copy_from_slice(&(first + i).to_le_bytes());
+        f.bar_write(bar, offset + 16 * u64::from(i), &entry);
+    }
+}
 
 /// `SPAPR_PCI_LIOBN(index, window)`.
 pub fn liobn(index: u32, window: u32) -> u32 {
@@ -254,8 +288,8 @@ pub fn config_address(addr: u32) -> (u8, u8, u16) {
 #[derive(Debug)]
 pub struct SpaprPhb {
     pub cfg: PhbConfig,
-    /// The MSI map (RTAS `ibm,change-msi` fills it in QEMU; vmm does not
-    /// give MSIs through RTAS yet): what a source had travels on as is.
+    /// The MSI map RTAS `ibm,change-msi` fills: per function (by its
+    /// RTAS configuration address), its first source and how many.
     pub msi: Vec<PhbMsi>,
 }
 
@@ -293,6 +327,36 @@ impl SpaprPhb {
             return Err(crate::rtas::HW_ERROR);
         }
         Ok((bdf, reg, size as u8))
+    }
+
+    /// The function an RTAS MSI call names by its configuration address
+    /// on bridge `buid`; else RTAS's parameter error (QEMU's).
+    pub fn msi_function(&self, root: &PciRoot, buid: u64, addr: u32) -> Result<Bdf, i32> {
+        let (bus, devfn, _) = config_address(addr);
+        let bdf = Bdf::new(0, devfn >> 3, devfn & 7);
+        if buid != self.cfg.buid || bus != 0 || !root.functions().any(|(b, _)| *b == bdf) {
+            return Err(crate::rtas::PARAM_ERROR);
+        }
+        Ok(bdf)
+    }
+
+    /// The MSIs of the function at configuration address `addr`.
+    pub fn msi_of(&self, addr: u32) -> Option<&PhbMsi> {
+        self.msi.iter().find(|m| m.key == addr)
+    }
+
+    pub fn set_msi(&mut self, addr: u32, first_irq: u32, num: u32) {
+        self.msi.retain(|m| m.key != addr);
+        self.msi.push(PhbMsi {
+            key: addr,
+            first_irq,
+            num,
+        });
+    }
+
+    pub fn remove_msi(&mut self, addr: u32) -> Option<PhbMsi> {
+        let at = self.msi.iter().position(|m| m.key == addr)?;
+        Some(self.msi.remove(at))
     }
 
     /// `ibm,read-pci-config`: the register's value.

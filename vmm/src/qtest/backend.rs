@@ -3,8 +3,9 @@
 //! its accesses reach RAM through the board's guest memory (volatile, and
 //! in the devices' dirty bitmap, which the migration reads with the
 //! hypervisor's log); a message-signalled interrupt is the memory write
-//! it is on the bus (QEMU's qtest sees MSI the same way); doorbells take
-//! the writes KVM's ioeventfds would.
+//! it is on the bus (QEMU's qtest sees MSI the same way), unless the
+//! board's interrupt controller takes it (pseries' MSI window); doorbells
+//! take the writes KVM's ioeventfds would.
 
 use crate::hypervisor::{Blobs, Error, Hypervisor, Vcpu, Vm};
 use devices::virtio::{Doorbell, Memory, VmOps};
@@ -42,13 +43,25 @@ pub struct QtestVm {
     doorbells: Mutex<Vec<(EventFd, Doorbell)>>,
     /// QEMU_CLOCK_VIRTUAL: moved only by `clock_step`/`clock_set`.
     clock: AtomicU64,
+    /// The board's interrupt controller, for the MSIs it takes.
+    msi_route: OnceLock<MsiRoute>,
 }
+
+/// Takes an MSI (address, data) the board's interrupt controller serves;
+/// false for one that is a plain memory write.
+pub type MsiRoute = Box<dyn Fn(u64, u32) -> bool + Send + Sync>;
 
 impl QtestVm {
     /// Gives the VM the board's guest memory (the same mappings its slots
     /// were added from).
     pub fn attach(&self, mem: &Memory) {
         let _ = self.mem.set(mem.clone());
+    }
+
+    /// Gives the VM the board's interrupt controller (pseries: writes to
+    /// the MSI window raise the source their data names).
+    pub fn route_msi(&self, route: MsiRoute) {
+        let _ = self.msi_route.set(route);
     }
 
     /// Reads guest RAM at `gpa`; false unless all of it is RAM.
@@ -98,6 +111,9 @@ impl QtestVm {
 
 impl VmOps for QtestVm {
     fn signal_msi(&self, addr: u64, data: u32) -> std::io::Result<()> {
+        if self.msi_route.get().is_some_and(|route| route(addr, data)) {
+            return Ok(());
+        }
         // On the bus an MSI is a 32-bit write; without an interrupt
         // controller it lands where it points (the client polls there).
         if !self.write_ram(addr, &data.to_le_bytes()) {

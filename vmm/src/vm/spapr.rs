@@ -77,12 +77,25 @@ pub(super) fn build(
         xics_sources(&cfg.host_bridge),
         xics_servers(cfg.machine, &cfg.smp),
         &phb.lsi,
-        &irqs.msi(),
+        &irqs.claimed,
     );
     if !kvm {
         ics = ics.with_icps(&vcpu_servers(cfg.machine, &cfg.smp));
     }
     let ics = Arc::new(Mutex::new(ics));
+    if let Some(q) = vm.qtest() {
+        // A function's MSI to the window raises the source its data names
+        // (QEMU's `spapr_msi_write`; KVM-PPC's signal_msi does the same).
+        let ics = ics.clone();
+        q.route_msi(Box::new(move |addr, data| {
+            let window = devices::pci::spapr_phb::MSI_WINDOW;
+            let hit = (window..window + 0x1_0000).contains(&addr);
+            if hit {
+                ics.lock().expect("xics lock").pulse(data);
+            }
+            hit
+        }));
+    }
     let vty = irqs
         .vty
         .map(|at| -> Result<_> {
@@ -153,6 +166,7 @@ pub(super) fn build(
         })
         .collect();
     let papr = Papr {
+        msi_base: irqs.msi_base,
         phb: Arc::new(Mutex::new(SpaprPhb::new(phb))),
         rtc: Arc::new(Mutex::new(SpaprRtc::default())),
         ics,
@@ -202,6 +216,8 @@ pub(super) fn build(
 /// PCI functions and its RAM (each shared: a clone is cheap).
 #[derive(Clone)]
 pub(super) struct Papr {
+    /// Where `ibm,change-msi` takes sources from.
+    pub(super) msi_base: u32,
     pub(super) phb: Arc<Mutex<SpaprPhb>>,
     pub(super) rtc: Arc<Mutex<SpaprRtc>>,
     pub(super) ics: Arc<Mutex<Ics>>,
@@ -346,41 +362,49 @@ fn has_console(cfg: &VmConfig) -> bool {
 struct Irqs {
     vty: Option<VioAddr>,
     lsi_base: u32,
+    /// The message-signalled sources the board's own devices hold: the
+    /// event sources, the vty's, the NVRAM's (none left for MSIs).
+    claimed: Vec<u32>,
+    /// Where MSIs are taken from: the MSI range from pseries-3.1, any free
+    /// source before.
+    msi_base: u32,
 }
 
 impl Irqs {
     fn of(host_bridge: &devices::model::Props, console: bool) -> Irqs {
         use devices::spapr_vio::{reg_to_irq, REG_BASE};
-        let vty_reg = REG_BASE;
+        use devices::xics::IRQ_BASE;
+        let (vty_reg, nvram_reg) = (REG_BASE, REG_BASE + u32::from(console));
+        let hotplug = host_bridge.bool("x-modern-hotplug-events").unwrap_or(true);
+        // EPOW, then the hot-plug source where modern events are on.
+        let events = if hotplug { 2 } else { 1 };
         if !host_bridge.bool("x-legacy-irq-allocation").unwrap_or(false) {
+            let vty = console.then(|| VioAddr {
+                reg: vty_reg,
+                irq: reg_to_irq(vty_reg),
+            });
+            let mut claimed: Vec<u32> = (IRQ_BASE..IRQ_BASE + events).collect();
+            claimed.extend(vty.map(|v| v.irq));
+            claimed.push(reg_to_irq(nvram_reg));
             return Irqs {
-                vty: console.then(|| VioAddr {
-                    reg: vty_reg,
-                    irq: reg_to_irq(vty_reg),
-                }),
+                vty,
                 lsi_base: devices::pci::spapr_phb::IRQ_PCI_LSI,
+                claimed,
+                msi_base: devices::pci::spapr_phb::IRQ_MSI,
             };
         }
-        let hotplug = u32::from(host_bridge.bool("x-modern-hotplug-events").unwrap_or(true));
-        let mut next = devices::xics::IRQ_BASE + 1 + hotplug;
-        let vty = console.then(|| {
-            next += 1;
-            VioAddr {
-                reg: vty_reg,
-                irq: next - 1,
-            }
+        // In creation order: the events, the vty, the NVRAM, the bridge.
+        let vty = console.then(|| VioAddr {
+            reg: vty_reg,
+            irq: IRQ_BASE + events,
         });
-        // The NVRAM's source.
-        next += 1;
+        let lsi_base = IRQ_BASE + events + u32::from(console) + 1;
         Irqs {
             vty,
-            lsi_base: next,
+            lsi_base,
+            claimed: (IRQ_BASE..lsi_base).collect(),
+            msi_base: IRQ_BASE,
         }
-    }
-
-    /// The message-signalled sources claimed (the vty's).
-    fn msi(&self) -> Vec<u32> {
-        self.vty.iter().map(|v| v.irq).collect()
     }
 }
 
@@ -579,6 +603,9 @@ pub(super) fn rtas(papr: &Papr, name: &str, args: &[u32], nret: usize) -> Option
         }
         _ => {}
     }
+    if name == "ibm,change-msi" || name == "ibm,query-interrupt-source-number" {
+        return Some(msi_call(papr, name, args, nret).unwrap_or_else(|e| vec![status(e)]));
+    }
     let phb = phb.lock().expect("phb lock");
     let mut root = papr.pci.lock().expect("pci lock");
     let rets = match name {
@@ -612,6 +639,76 @@ pub(super) fn rtas(papr: &Papr, name: &str, args: &[u32], nret: usize) -> Option
         _ => return None,
     };
     Some(rets)
+}
+
+/// `ibm,change-msi` and `ibm,query-interrupt-source-number` (QEMU's
+/// `rtas_ibm_change_msi`): interrupt sources for a function's MSI-X
+/// vectors, taken from the XICS, its table pointed at the MSI window
+/// (vector i's data: the source), kept in the bridge's MSI map (which
+/// migrates); or given back; or which source a vector has. The results,
+/// or an RTAS status.
+fn msi_call(papr: &Papr, name: &str, args: &[u32], nret: usize) -> Result<Vec<u32>, i32> {
+    use devices::pci::spapr_phb::{msix_table, set_msix_messages};
+    let buid = |hi: u32, lo: u32| u64::from(hi) << 32 | u64::from(lo);
+    let mut phb = papr.phb.lock().expect("phb lock");
+    let mut root = papr.pci.lock().expect("pci lock");
+    if name == "ibm,query-interrupt-source-number" {
+        let &[addr, hi, lo, vector] = args else {
+            return Err(RTAS_PARAM_ERROR);
+        };
+        phb.msi_function(&root, buid(hi, lo), addr)?;
+        let m = phb
+            .msi_of(addr)
+            .filter(|m| m.first_irq != 0 && vector < m.num)
+            .ok_or(RTAS_HW_ERROR)?;
+        // Edge-triggered.
+        return Ok(vec![0, m.first_irq + vector, 1]);
+    }
+    let &[addr, hi, lo, func, req_num, seq] = args else {
+        return Err(RTAS_PARAM_ERROR);
+    };
+    if nret < 3 {
+        return Err(RTAS_PARAM_ERROR);
+    }
+    let bdf = phb.msi_function(&root, buid(hi, lo), addr)?;
+    let f = root.function_mut(bdf).ok_or(RTAS_PARAM_ERROR)?;
+    // vmm's functions have MSI-X and no MSI: the "change" and MSI-X
+    // functions reach it, the MSI one is refused, as QEMU's for a
+    // function without MSI.
+    const CHANGE_FN: u32 = 1;
+    const CHANGE_MSIX_FN: u32 = 4;
+    const TYPE_MSIX: u32 = 2;
+    let table = msix_table(&**f);
+    if !matches!(func, CHANGE_FN | CHANGE_MSIX_FN) || table.is_none() {
+        return Err(RTAS_PARAM_ERROR);
+    }
+    // The XICS is not held while the function's table is written: writing
+    // it may send a pending vector, which takes the XICS.
+    let xics = || papr.ics.lock().expect("xics lock");
+    if req_num == 0 {
+        let m = phb.remove_msi(addr).ok_or(RTAS_HW_ERROR)?;
+        xics().free(m.first_irq, m.num);
+        return Ok(vec![0, 0]);
+    }
+    let (vectors, _, _) = table.expect("checked");
+    let mut rets = if req_num > vectors {
+        // Fewer than asked: the guest asks again.
+        vec![0, vectors, seq + 1]
+    } else {
+        let first = xics()
+            .claim_msis(papr.msi_base, req_num)
+            .ok_or(RTAS_HW_ERROR)?;
+        if let Some(old) = phb.remove_msi(addr) {
+            xics().free(old.first_irq, old.num);
+        }
+        set_msix_messages(&mut **f, first, req_num);
+        phb.set_msi(addr, first, req_num);
+        vec![0, req_num, seq + 1]
+    };
+    if nret > 3 {
+        rets.push(TYPE_MSIX);
+    }
+    Ok(rets)
 }
 
 /// An RTAS call as a guest makes it: `nargs` arguments at `args` and room
