@@ -368,8 +368,12 @@ impl Ics {
     }
 
     /// `ibm,set-xive`: routes source `nr` to `server` at `priority`.
+    /// Where the presentation side is emulated, only to a server that has
+    /// a controller (QEMU 7.2's `xics_icp_get` check); else to any server
+    /// number there is.
     pub fn set_xive(&mut self, nr: u32, server: u32, priority: u32) -> Result<(), i32> {
-        if server >= self.servers || priority > u32::from(MASKED) {
+        let no_icp = !self.icps.is_empty() && !self.icps.iter().any(|(s, _)| *s == server);
+        if server >= self.servers || no_icp || priority > u32::from(MASKED) {
             return Err(PARAM_ERROR);
         }
         let irq = self.irq(nr)?;
@@ -516,7 +520,7 @@ mod tests {
     /// again after its EOI while it holds; masked sources wait.
     #[test]
     fn sources_are_presented_taken_and_ended() {
-        let mut x = Ics::new(0x1000, 2, &[0x1200], &[0x1100]).with_icps(&[0, 1]);
+        let mut x = Ics::new(0x1000, 8, &[0x1200], &[0x1100]).with_icps(&[0, 1]);
         x.set_xive(0x1100, 0, 5).unwrap();
         x.set_cppr(0, 0xff).unwrap();
         x.pulse(0x1100);
@@ -541,6 +545,11 @@ mod tests {
         x.eoi(0, 0xff00_0002).unwrap();
         assert_eq!(x.poll(0), Some((0xff00_0000, 0xff)));
         assert_eq!(x.set_mfrr(7, 3), None);
+        assert_eq!(
+            x.set_xive(0x1100, 2, 5),
+            Err(-3),
+            "no controller for server 2"
+        );
         // A level source held through its EOI comes back.
         x.set_xive(0x1200, 0, 4).unwrap();
         x.set_level(0x1200, true);

@@ -16,7 +16,7 @@ int main(void)
     S(kvm_regs); S(kvm_sregs); S(kvm_one_reg); S(kvm_enable_cap);
     S(kvm_ppc_smmu_info); S(kvm_get_htab_fd); S(kvm_get_htab_header);
     S(kvm_ppc_mmuv3_cfg); S(kvm_create_device); S(kvm_userspace_memory_region);
-    S(kvm_dirty_log); S(kvm_irqfd); S(kvm_ioeventfd); S(kvm_device_attr);
+    S(kvm_dirty_log); S(kvm_irq_level); S(kvm_irqfd); S(kvm_ioeventfd); S(kvm_device_attr);
     O(kvm_run, exit_reason); O(kvm_run, mmio.data); O(kvm_run, mmio.len);
     O(kvm_run, mmio.is_write);
     O(kvm_regs, gpr); O(kvm_sregs, u); O(kvm_ppc_smmu_info, sps);
@@ -28,6 +28,9 @@ int main(void)
     N(KVM_EXIT_PAPR_HCALL); N(KVM_DEV_TYPE_XICS);
     N(KVM_EXIT_MMIO); N(KVM_EXIT_SHUTDOWN); N(KVM_EXIT_FAIL_ENTRY); N(KVM_EXIT_INTR);
     N(KVM_EXIT_INTERNAL_ERROR); N(KVM_EXIT_SYSTEM_EVENT);
+    printf("KVM_INTERRUPT_SET %u\n", (unsigned)KVM_INTERRUPT_SET);
+    printf("KVM_INTERRUPT_UNSET %u\n", (unsigned)KVM_INTERRUPT_UNSET);
+    printf("KVM_INTERRUPT_SET_LEVEL %u\n", (unsigned)KVM_INTERRUPT_SET_LEVEL);
     N(KVM_MEM_LOG_DIRTY_PAGES); N(KVM_IOEVENTFD_FLAG_DATAMATCH);
     N(KVM_DEV_XICS_GRP_SOURCES); N(KVM_DEV_XICS_GRP_CTRL); N(KVM_DEV_XICS_NR_SERVERS);
     N(KVM_XICS_LEVEL_SENSITIVE); N(KVM_XICS_MASKED); N(KVM_XICS_PENDING);
@@ -43,7 +46,7 @@ int main(void)
     N(KVM_REG_PPC_ARCH_COMPAT); N(KVM_REG_PPC_DEC_EXPIRY); N(KVM_REG_PPC_PTCR);
     N(KVM_GET_API_VERSION); N(KVM_CREATE_VM); N(KVM_CHECK_EXTENSION);
     N(KVM_GET_VCPU_MMAP_SIZE); N(KVM_CREATE_VCPU); N(KVM_SET_USER_MEMORY_REGION);
-    N(KVM_GET_DIRTY_LOG); N(KVM_IRQFD); N(KVM_IOEVENTFD);
+    N(KVM_GET_DIRTY_LOG); N(KVM_IRQ_LINE); N(KVM_IRQFD); N(KVM_IOEVENTFD);
     N(KVM_SET_DEVICE_ATTR); N(KVM_GET_DEVICE_ATTR);
     N(KVM_RUN); N(KVM_GET_REGS); N(KVM_SET_REGS); N(KVM_GET_SREGS); N(KVM_SET_SREGS);
     N(KVM_ENABLE_CAP); N(KVM_PPC_GET_SMMU_INFO); N(KVM_PPC_ALLOCATE_HTAB);

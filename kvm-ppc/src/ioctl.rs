@@ -46,6 +46,7 @@ pub const KVM_GET_VCPU_MMAP_SIZE: u64 = io(0x04);
 pub const KVM_CREATE_VCPU: u64 = io(0x41);
 pub const KVM_GET_DIRTY_LOG: u64 = iow::<KvmDirtyLog>(0x42);
 pub const KVM_SET_USER_MEMORY_REGION: u64 = iow::<KvmUserspaceMemoryRegion>(0x46);
+pub const KVM_IRQ_LINE: u64 = iow::<KvmIrqLevel>(0x61);
 pub const KVM_IRQFD: u64 = iow::<KvmIrqfd>(0x76);
 pub const KVM_IOEVENTFD: u64 = iow::<KvmIoeventfd>(0x79);
 pub const KVM_RUN: u64 = io(0x80);
@@ -73,6 +74,7 @@ pub const ALL: &[(&str, u64)] = &[
     ("KVM_CREATE_VCPU", KVM_CREATE_VCPU),
     ("KVM_GET_DIRTY_LOG", KVM_GET_DIRTY_LOG),
     ("KVM_SET_USER_MEMORY_REGION", KVM_SET_USER_MEMORY_REGION),
+    ("KVM_IRQ_LINE", KVM_IRQ_LINE),
     ("KVM_IRQFD", KVM_IRQFD),
     ("KVM_IOEVENTFD", KVM_IOEVENTFD),
     ("KVM_RUN", KVM_RUN),

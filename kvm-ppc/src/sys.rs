@@ -171,8 +171,21 @@ pub fn set_one_reg(vcpu: &File, id: u64, value: u64) -> io::Result<()> {
     ioctl_ptr(vcpu, KVM_SET_ONE_REG, &mut r).map(|_| ())
 }
 
+/// That `id` is a 128-bit register (the kernel copies the size the id
+/// says into the buffer).
+fn check_128(id: u64) -> io::Result<()> {
+    if (id >> 52) & 0xf != 4 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ONE_REG {id:#x} is not a 128-bit register"),
+        ));
+    }
+    Ok(())
+}
+
 /// A 128-bit `ONE_REG` register (VSX, VMX), as its 16 bytes in host order.
 pub fn get_one_reg128(vcpu: &File, id: u64) -> io::Result<[u8; 16]> {
+    check_128(id)?;
     let mut buf = [0u8; 16];
     let mut r = KvmOneReg {
         id,
@@ -183,6 +196,7 @@ pub fn get_one_reg128(vcpu: &File, id: u64) -> io::Result<[u8; 16]> {
 }
 
 pub fn set_one_reg128(vcpu: &File, id: u64, value: [u8; 16]) -> io::Result<()> {
+    check_128(id)?;
     let mut buf = value;
     let mut r = KvmOneReg {
         id,
@@ -215,7 +229,11 @@ pub unsafe fn set_memory(
 }
 
 /// The pages of `slot` (`pages` of them) written since the last call.
-pub fn dirty_log(vm: &File, slot: u32, pages: usize) -> io::Result<Vec<u64>> {
+///
+/// # Safety
+/// `pages` must be at least the slot's size in host pages: the kernel
+/// writes a bit for each into the bitmap.
+pub unsafe fn dirty_log(vm: &File, slot: u32, pages: usize) -> io::Result<Vec<u64>> {
     let mut bitmap = vec![0u64; pages.div_ceil(64)];
     let mut d = KvmDirtyLog {
         slot,
@@ -224,6 +242,12 @@ pub fn dirty_log(vm: &File, slot: u32, pages: usize) -> io::Result<Vec<u64>> {
     };
     ioctl_ptr(vm, KVM_GET_DIRTY_LOG, &mut d)?;
     Ok(bitmap)
+}
+
+/// Sets interrupt source `irq` to `level` (`KVM_INTERRUPT_*`).
+pub fn irq_line(vm: &File, irq: u32, level: i32) -> io::Result<()> {
+    let mut l = KvmIrqLevel { irq, level };
+    ioctl_ptr(vm, KVM_IRQ_LINE, &mut l).map(|_| ())
 }
 
 /// Makes `fd` raise interrupt source `gsi`.

@@ -32,6 +32,11 @@ pub const KVM_RUN_EXIT_REASON_OFFSET: usize = 8;
 /// Where `kvm_run`'s exit union starts (`mmio`, `papr_hcall` are in it).
 pub const KVM_RUN_EXIT_OFFSET: usize = 32;
 
+/// `KVM_IRQ_LINE`'s levels on powerpc: an edge, a level lowered, raised.
+pub const KVM_INTERRUPT_SET: i32 = -1;
+pub const KVM_INTERRUPT_UNSET: i32 = -2;
+pub const KVM_INTERRUPT_SET_LEVEL: i32 = -3;
+
 /// `kvm_userspace_memory_region.flags`: log the slot's dirty pages.
 pub const KVM_MEM_LOG_DIRTY_PAGES: u32 = 1;
 /// `kvm_ioeventfd.flags`: signal only on the given value.
@@ -240,6 +245,14 @@ pub struct KvmUserspaceMemoryRegion {
     pub guest_phys_addr: u64,
     pub memory_size: u64,
     pub userspace_addr: u64,
+}
+
+/// `struct kvm_irq_level`: an interrupt source and its level.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvmIrqLevel {
+    pub irq: u32,
+    pub level: i32,
 }
 
 /// `struct kvm_dirty_log`: a slot and where its bitmap goes.

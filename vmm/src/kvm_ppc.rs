@@ -108,6 +108,24 @@ pub fn sregs_from_bytes(b: &[u8; SREGS_BYTES]) -> KvmSregs {
     s
 }
 
+/// A dirty bitmap of host pages, `ratio` small (4 KiB) pages each, as one
+/// of `pages` small pages.
+pub fn small_pages(host: &[u64], ratio: u64, pages: u64) -> Vec<u64> {
+    let mut out = vec![0u64; pages.div_ceil(64) as usize];
+    for (w, word) in host.iter().enumerate() {
+        for bit in 0..64 {
+            if word >> bit & 1 == 0 {
+                continue;
+            }
+            let first = (w as u64 * 64 + bit) * ratio;
+            for p in first..(first + ratio).min(pages) {
+                out[(p / 64) as usize] |= 1 << (p % 64);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(target_arch = "powerpc64")]
 pub use backend::KvmPpcHypervisor;
 
@@ -133,12 +151,6 @@ mod backend {
     /// a guest of up to 2 GiB; KVM may grant another order.
     const HTAB_SHIFT: u32 = 24;
 
-    /// `KVM_INTERRUPT_SET` (an edge) and `_SET_LEVEL`, `KVM_IRQ_LINE`'s
-    /// levels on powerpc.
-    const INTERRUPT_SET: i32 = -1;
-    const INTERRUPT_SET_LEVEL: i32 = -2;
-    const INTERRUPT_UNSET: i32 = 0;
-
     /// KVM-PPC (`/dev/kvm` on a POWER host).
     pub struct KvmPpcHypervisor;
 
@@ -156,6 +168,15 @@ mod backend {
                 log::info!("KVM-PPC: hash table of 2^{order} bytes");
             }
             let xics = sys::create_xics(&fd).map_err(err("cannot create the in-kernel XICS"))?;
+            // Every source exists in the kernel from the start (masked, as
+            // at reset; QEMU's xics_kvm_connect sets each), so MSIs and the
+            // vty's input reach one and a save can read them all.
+            let masked = 0xff << KVM_XICS_PRIORITY_SHIFT | KVM_XICS_MASKED;
+            for i in 0..XICS_SOURCES as u64 {
+                let irq = u64::from(devices::xics::IRQ_BASE) + i;
+                sys::set_device_attr(&xics, KVM_DEV_XICS_GRP_SOURCES, irq, masked)
+                    .map_err(err("cannot create the in-kernel XICS's sources"))?;
+            }
             Ok(Arc::new(PpcVm {
                 kvm,
                 fd,
@@ -179,41 +200,20 @@ mod backend {
         slots: Mutex<Vec<Slot>>,
     }
 
-    impl PpcVm {
-        fn irq_line(&self, irq: u32, level: i32) -> std::io::Result<()> {
-            // `struct kvm_irq_level`: the source and its level.
-            #[repr(C)]
-            struct IrqLevel {
-                irq: u32,
-                level: i32,
-            }
-            let req = kvm_ppc::ioctl::ioc(4, kvm_ppc::ioctl::KVMIO, 0x61, 8);
-            let mut l = IrqLevel { irq, level };
-            // SAFETY: KVM_IRQ_LINE reads one `struct kvm_irq_level`.
-            let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), req as _, &mut l as *mut IrqLevel) };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        }
-    }
-
     impl devices::virtio::VmOps for PpcVm {
         /// sPAPR MSIs are interrupt sources: the message's data names
         /// the source (as QEMU's `spapr_msi_write`).
         fn signal_msi(&self, _addr: u64, data: u32) -> std::io::Result<()> {
-            self.irq_line(data & 0xffff, INTERRUPT_SET)
+            sys::irq_line(&self.fd, data & 0xffff, KVM_INTERRUPT_SET)
         }
 
         fn set_irq_line(&self, gsi: u32, level: bool) -> std::io::Result<()> {
-            self.irq_line(
-                gsi,
-                if level {
-                    INTERRUPT_SET_LEVEL
-                } else {
-                    INTERRUPT_UNSET
-                },
-            )
+            let level = if level {
+                KVM_INTERRUPT_SET_LEVEL
+            } else {
+                KVM_INTERRUPT_UNSET
+            };
+            sys::irq_line(&self.fd, gsi, level)
         }
 
         fn add_doorbell(&self, fd: &EventFd, bell: Doorbell) -> std::io::Result<()> {
@@ -267,15 +267,22 @@ mod backend {
             Ok(())
         }
 
+        /// KVM logs host pages (64 KiB on most ppc64le hosts); the stream
+        /// counts 4 KiB ones: each host page's bit stands for all of its.
         fn dirty_log(&self, slot: u32) -> Result<Vec<u64>, Error> {
-            let pages = self
+            let size = self
                 .slots
                 .lock()
                 .expect("slots lock")
                 .iter()
                 .find(|s| s.slot == slot)
-                .map_or(0, |s| s.size / 4096);
-            sys::dirty_log(&self.fd, slot, pages as usize).map_err(err("KVM_GET_DIRTY_LOG failed"))
+                .map_or(0, |s| s.size);
+            // SAFETY: sysconf has no preconditions.
+            let host_page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+            // SAFETY: the bitmap has a bit for every host page of the slot.
+            let host = unsafe { sys::dirty_log(&self.fd, slot, size.div_ceil(host_page) as usize) }
+                .map_err(err("KVM_GET_DIRTY_LOG failed"))?;
+            Ok(small_pages(&host, host_page / 4096, size / 4096))
         }
 
         fn add_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
@@ -311,8 +318,11 @@ mod backend {
             let mut st = XicsState::default();
             for (i, out) in st.sources.chunks_exact_mut(8).enumerate() {
                 let irq = u64::from(devices::xics::IRQ_BASE) + i as u64;
-                let v = sys::get_device_attr(&self.xics, KVM_DEV_XICS_GRP_SOURCES, irq)
-                    .map_err(err("cannot read an in-kernel XICS source"))?;
+                let v = match sys::get_device_attr(&self.xics, KVM_DEV_XICS_GRP_SOURCES, irq) {
+                    // A source the kernel does not have: none there.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => 0,
+                    r => r.map_err(err("cannot read an in-kernel XICS source"))?,
+                };
                 out.copy_from_slice(&v.to_le_bytes());
             }
             Ok(to_blobs(st.to_state()))
@@ -525,6 +535,16 @@ mod tests {
     use super::*;
     use migration::stream::{decode_state, encode_state};
     use migration::vmstate::Vmstate;
+
+    /// A 64 KiB host page's bit marks its sixteen 4 KiB pages; a slot's
+    /// last host page may be cut short.
+    #[test]
+    fn host_pages_become_stream_pages() {
+        let host = [0b101u64];
+        let small = small_pages(&host, 16, 40);
+        assert_eq!(small, vec![0xffff | 0xff << 32]);
+        assert_eq!(small_pages(&[0b10], 1, 64), vec![0b10]);
+    }
 
     #[test]
     fn registers_round_trip_through_their_bytes() {

@@ -113,17 +113,22 @@ pub fn msix_table(f: &dyn crate::pci::PciFunction) -> Option<(u32, u8, u64)> {
 }
 
 /// Points `n` of `f`'s MSI-X vectors at the MSI window, vector i with data
-/// `first + i` (QEMU's `spapr_msi_setmsg`): written into its table as
-/// firmware would, through the BAR, each entry's mask left as it is.
+/// `first + i`, unmasked (QEMU's `spapr_msi_setmsg` and
+/// `msix_set_message`): written into its table as firmware would, through
+/// the BAR.
 pub fn set_msix_messages(f: &mut dyn crate::pci::PciFunction, first: u32, n: u32) {
     let Some((vectors, bar, offset)) = msix_table(f) else {
         return;
     };
     for i in 0..n.min(vectors) {
-        let mut entry = [0u8; 12];
+        let at = offset + 16 * u64::from(i);
+        let mut control = [0u8; 4];
+        f.bar_read(bar, at + 12, &mut control);
+        let mut entry = [0u8; 16];
         entry[..8].copy_from_slice(&MSI_WINDOW.to_le_bytes());
-        entry[8..].copy_from_slice(&(first + i).to_le_bytes());
-        f.bar_write(bar, offset + 16 * u64::from(i), &entry);
+        entry[8..12].copy_from_slice(&first.wrapping_add(i).to_le_bytes());
+        entry[12..].copy_from_slice(&(u32::from_le_bytes(control) & !1).to_le_bytes());
+        f.bar_write(bar, at, &entry);
     }
 }
 

@@ -657,12 +657,13 @@ fn msi_call(papr: &Papr, name: &str, args: &[u32], nret: usize) -> Result<Vec<u3
             return Err(RTAS_PARAM_ERROR);
         };
         phb.msi_function(&root, buid(hi, lo), addr)?;
-        let m = phb
+        let source = phb
             .msi_of(addr)
             .filter(|m| m.first_irq != 0 && vector < m.num)
+            .and_then(|m| m.first_irq.checked_add(vector))
             .ok_or(RTAS_HW_ERROR)?;
         // Edge-triggered.
-        return Ok(vec![0, m.first_irq + vector, 1]);
+        return Ok(vec![0, source, 1]);
     }
     let &[addr, hi, lo, func, req_num, seq] = args else {
         return Err(RTAS_PARAM_ERROR);
@@ -693,7 +694,7 @@ fn msi_call(papr: &Papr, name: &str, args: &[u32], nret: usize) -> Result<Vec<u3
     let (vectors, _, _) = table.expect("checked");
     let mut rets = if req_num > vectors {
         // Fewer than asked: the guest asks again.
-        vec![0, vectors, seq + 1]
+        vec![0, vectors, seq.wrapping_add(1)]
     } else {
         let first = xics()
             .claim_msis(papr.msi_base, req_num)
@@ -703,13 +704,16 @@ fn msi_call(papr: &Papr, name: &str, args: &[u32], nret: usize) -> Result<Vec<u3
         }
         set_msix_messages(&mut **f, first, req_num);
         phb.set_msi(addr, first, req_num);
-        vec![0, req_num, seq + 1]
+        vec![0, req_num, seq.wrapping_add(1)]
     };
     if nret > 3 {
         rets.push(TYPE_MSIX);
     }
     Ok(rets)
 }
+
+/// The RTAS arguments read of a call (a page of cells).
+const MAX_RTAS_ARGS: u32 = 1024;
 
 /// An RTAS call as a guest makes it: `nargs` arguments at `args` and room
 /// for `nret` results at `ret`, big-endian 32-bit cells in guest memory
@@ -726,8 +730,10 @@ pub(super) fn rtas_in_memory(
     use vm_memory::{Bytes, GuestAddress};
     let cell = |base: u64, i: u64| GuestAddress(base.wrapping_add(4 * i));
     // Cells outside RAM read as zeros and take no writes, as QEMU's
-    // unassigned memory.
-    let argv: Vec<u32> = (0..u64::from(nargs))
+    // unassigned memory. No call takes more than a few arguments: a
+    // count past a page of them is read as a page (every call that
+    // checks its count refuses it then, as QEMU's).
+    let argv: Vec<u32> = (0..u64::from(nargs.min(MAX_RTAS_ARGS)))
         .map(|i| {
             papr.mem
                 .read_obj::<[u8; 4]>(cell(args, i))
