@@ -351,6 +351,22 @@ pub fn facts() -> Vec<(String, u64)> {
             "sizeof kvm_dirty_log".into(),
             size_of::<KvmDirtyLog>() as u64,
         ),
+        (
+            "sizeof kvm_irq_level".into(),
+            size_of::<KvmIrqLevel>() as u64,
+        ),
+        (
+            "KVM_INTERRUPT_SET".into(),
+            u64::from(KVM_INTERRUPT_SET as u32),
+        ),
+        (
+            "KVM_INTERRUPT_UNSET".into(),
+            u64::from(KVM_INTERRUPT_UNSET as u32),
+        ),
+        (
+            "KVM_INTERRUPT_SET_LEVEL".into(),
+            u64::from(KVM_INTERRUPT_SET_LEVEL as u32),
+        ),
         ("sizeof kvm_irqfd".into(), size_of::<KvmIrqfd>() as u64),
         (
             "sizeof kvm_ioeventfd".into(),
