@@ -1111,6 +1111,33 @@ fn a_pseries_kernel_finds_its_initrd_rtas_and_tree_in_memory() {
     let size = qt.readl(fdt + 4) as usize;
     let dtb = dir.path("guest.dtb");
     std::fs::write(&dtb, qt.read(fdt, size)).unwrap();
+    // dumpdtb with the same command line writes that tree, byte for byte
+    // (as QEMU's dumpdtb shows the tree after its reset).
+    let dumped = dir.path("dumped.dtb");
+    let st = std::process::Command::new(vmm_tests::vmm::binary())
+        .arg("-M")
+        .arg(format!("pseries-8.0,dumpdtb={}", dumped.display()))
+        .args([
+            "-m",
+            "128M",
+            "-kernel",
+            &k,
+            "-initrd",
+            &i,
+            "-append",
+            "console=hvc0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&dumped).unwrap(),
+        std::fs::read(&dtb).unwrap()
+    );
     let out = std::process::Command::new("dtc")
         .args(["-I", "dtb", "-O", "dts"])
         .arg(&dtb)

@@ -52,7 +52,7 @@ pub(super) fn build(
         q.attach(&mem);
     }
     let entry = match cfg.kernel {
-        Some(_) => Some(load_kernel(cfg, &mem)?),
+        Some(_) => Some(load_kernel(cfg, &mem)?.0),
         None => None,
     };
     if let Some(e) = &entry {
@@ -273,7 +273,10 @@ fn xics_servers(machine: &machine::MachineType, smp: &arch::x86_64::topology::To
 /// firmware (arch::ppc64::boot): the kernel, the initrd after it, the
 /// RTAS blob and the device tree that tells the kernel where they are;
 /// how the boot vCPU enters it.
-fn load_kernel(cfg: &VmConfig, mem: &super::GuestMemoryMmap) -> Result<arch::ppc64::boot::Entry> {
+fn load_kernel(
+    cfg: &VmConfig,
+    mem: &super::GuestMemoryMmap,
+) -> Result<(arch::ppc64::boot::Entry, Vec<u8>)> {
     use arch::ppc64::boot;
     use vm_memory::{Bytes, GuestAddress};
     let path = cfg.kernel.as_ref().expect("a kernel");
@@ -340,7 +343,7 @@ fn load_kernel(cfg: &VmConfig, mem: &super::GuestMemoryMmap) -> Result<arch::ppc
     }
     mem.write_slice(&dtb, GuestAddress(layout.fdt))
         .map_err(|e| anyhow::anyhow!("cannot copy the device tree into guest memory: {e}"))?;
-    Ok(boot::entry(&kernel, &layout))
+    Ok((boot::entry(&kernel, &layout), dtb))
 }
 
 /// Whether the board has a console (QEMU's pseries makes `-serial`'s
@@ -436,10 +439,24 @@ fn xics_sources(host_bridge: &devices::model::Props) -> u32 {
     }
 }
 
-/// The device tree a guest of `cfg` is given (arch::ppc64::fdt), before
-/// a kernel is loaded.
+/// The device tree a guest of `cfg` is given (arch::ppc64::fdt): with
+/// `-kernel`, the one it finds in memory (where the kernel, initrd and
+/// RTAS went), as QEMU's dumpdtb after its reset.
 pub(super) fn device_tree(cfg: &VmConfig) -> Result<Vec<u8>> {
-    tree(&Shown::of(cfg, None))
+    if cfg.kernel.is_none() {
+        return tree(&Shown::of(cfg, None));
+    }
+    // Where the images go decides the tree: place them in scratch memory
+    // (mapped, only the images' pages touched).
+    let mem =
+        super::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), cfg.memory as usize)])
+            .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot map {} MiB for the device tree's images: {e}",
+                cfg.memory >> 20
+            )
+        })?;
+    Ok(load_kernel(cfg, &mem)?.1)
 }
 
 /// What of a guest its device tree shows.
