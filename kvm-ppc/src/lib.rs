@@ -10,8 +10,6 @@
 //!   `spapr/htab` chunks) from and to KVM's HTAB fd records;
 //! * [`exit`]: why a vCPU left `KVM_RUN` and the answer it takes back,
 //!   read from and written to its `kvm_run` page;
-//! * [`xics`]: the in-kernel XICS's source and presentation state to and
-//!   from what QEMU's `ics` and `icp` sections carry;
 //! * `sys` (on powerpc64 only): the calls themselves.
 //!
 //! Nothing here can run on these (x86) machines. The numbers and layouts
@@ -25,4 +23,3 @@ pub mod ioctl;
 #[cfg(target_arch = "powerpc64")]
 pub mod sys;
 pub mod uapi;
-pub mod xics;

@@ -806,6 +806,16 @@ fn ipoll(qt: &mut Qtest) -> u64 {
     out[0]
 }
 
+/// Waits until vCPU 0's controller presents `xirr` (a device thread or
+/// stdin's raises the source); `what` names it if it never does.
+fn wait_presented(qt: &mut Qtest, xirr: u64, what: &str) {
+    let deadline = std::time::Instant::now() + T;
+    while ipoll(qt) != xirr {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The emulated XICS as a guest's vCPU 0 meets it: the console's input
 /// raises the vty's source, routed by RTAS; the server takes it above its
 /// current priority, gives it back below, takes and ends it with the
@@ -822,14 +832,11 @@ fn the_emulated_xics_presents_the_consoles_input_and_ipis() {
     assert_eq!(hcall(&mut qt, H_CPPR, &[0xff]).0, 0);
     vm.send(b"x");
     let presented = 0xff00_0000 | u64::from(VTY_IRQ);
-    let deadline = std::time::Instant::now() + T;
-    while ipoll(&mut qt) != presented {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the vty's input never raised {VTY_IRQ:#x}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_presented(
+        &mut qt,
+        presented,
+        "the vty's input never raised its source",
+    );
     // A more favoured priority than the source's gives it back; a less
     // favoured one takes it again.
     hcall(&mut qt, H_CPPR, &[3]);
@@ -855,13 +862,11 @@ fn the_emulated_xics_presents_the_consoles_input_and_ipis() {
 
     // Presented, not taken: it is on the destination.
     vm.send(b"y");
-    while ipoll(&mut qt) != presented {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the second input never raised {VTY_IRQ:#x}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_presented(
+        &mut qt,
+        presented,
+        "the second input never raised its source",
+    );
     let (_dst, mut dq, mut dqt, to) = incoming(&dir, "dst", &args);
     q.execute("migrate", json!({"uri": to}));
     assert_eq!(q.wait_migration(T)["status"], "completed");
@@ -989,14 +994,7 @@ fn a_functions_msix_reaches_the_xics_through_rtas_msis() {
         + u64::from(u16::from_le_bytes(qo)) * u64::from(mult);
     le16(&mut qt, bell, 0);
     let presented = 0xff00_1301;
-    let deadline = std::time::Instant::now() + T;
-    while ipoll(&mut qt) != presented {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "vector 1 never reached the XICS"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_presented(&mut qt, presented, "vector 1 never reached the XICS");
     assert_eq!(qt.read(used + 2, 2), [1, 0], "the buffer came back");
 
     // The map moves with the guest.
