@@ -102,6 +102,10 @@ pub const KVM_REG_PPC_FPSCR: u64 = reg64(0x80);
 pub const KVM_REG_PPC_VSCR: u64 = reg32(0x81);
 /// The vCPU's interrupt presentation state with the in-kernel XICS.
 pub const KVM_REG_PPC_ICP_STATE: u64 = reg64(0x8c);
+/// Whether the vCPU is online (HV KVM counts a core's online threads).
+pub const KVM_REG_PPC_ONLINE: u64 = reg32(0xbf);
+/// The logical partitioning control register.
+pub const KVM_REG_PPC_LPCR_64: u64 = reg64(0xb5);
 
 /// The SPRs the backend saves and restores through `ONE_REG` (beside
 /// `KVM_GET_REGS`/`SREGS`), by their uapi names.
@@ -112,7 +116,7 @@ pub const ONE_REGS: &[(&str, u64)] = &[
     ("KVM_REG_PPC_AMR", reg64(0xe)),
     ("KVM_REG_PPC_TB_OFFSET", reg64(0x9c)),
     ("KVM_REG_PPC_VTB", reg64(0xae)),
-    ("KVM_REG_PPC_LPCR_64", reg64(0xb5)),
+    ("KVM_REG_PPC_LPCR_64", KVM_REG_PPC_LPCR_64),
     ("KVM_REG_PPC_ARCH_COMPAT", reg32(0xb7)),
     ("KVM_REG_PPC_DEC_EXPIRY", reg64(0xbe)),
     ("KVM_REG_PPC_PTCR", reg64(0xc0)),
@@ -478,6 +482,7 @@ pub fn facts() -> Vec<(String, u64)> {
         ("KVM_REG_PPC_FPSCR".into(), KVM_REG_PPC_FPSCR),
         ("KVM_REG_PPC_VSCR".into(), KVM_REG_PPC_VSCR),
         ("KVM_REG_PPC_ICP_STATE".into(), KVM_REG_PPC_ICP_STATE),
+        ("KVM_REG_PPC_ONLINE".into(), KVM_REG_PPC_ONLINE),
         ("KVM_REG_PPC_VSR(31)".into(), vsr(31)),
         ("KVM_REG_PPC_VR(31)".into(), vr(31)),
         ("KVM_DEV_TYPE_XICS".into(), KVM_DEV_TYPE_XICS.into()),

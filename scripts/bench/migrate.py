@@ -194,6 +194,10 @@ def main():
     only_vmm = os.environ.get("ONLY") == "vmm"
     if only_vmm:
         configs = [c for c in configs if c[0] == "vmm"]
+    # CONFIGS=vmm:default,qemu:bw: only those configurations.
+    if os.environ.get("CONFIGS"):
+        keep = {tuple(c.split(":")) for c in os.environ["CONFIGS"].split(",")}
+        configs = [c for c in configs if c in keep]
     # TLS=1: both in TLS too (QEMU with max-bandwidth raised).
     tls = os.environ.get("TLS") == "1"
     if tls:

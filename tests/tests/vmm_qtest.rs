@@ -1398,3 +1398,97 @@ fn the_client_may_connect_to_vmm_or_speak_on_stdio() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+const H_SET_MODE: u64 = 0x31c;
+const H_P2: i64 = -55;
+const H_P3: i64 = -56;
+const H_P4: i64 = -57;
+const H_UNSUPPORTED_FLAG: i64 = -256;
+/// LPCR[ILE] and LPCR[AIL] = 3 (interrupts at 0xc000000000004000).
+const LPCR_ILE: u64 = 1 << 25;
+const LPCR_AIL_3: u64 = 3 << 23;
+
+/// A guest's secondary CPUs as RTAS shows them: the boot CPU runs, the
+/// others are stopped until `start-cpu` (QEMU 7.2's codes for a CPU that
+/// is not there, a CPU that already runs, a call with the wrong counts);
+/// `H_SET_MODE` sets every CPU's LPCR bits; both move with the guest, in
+/// each vCPU's `spapr-cpu` section; `stop-self` stops its caller.
+#[test]
+fn secondary_cpus_start_through_rtas_and_keep_their_state_across_migration() {
+    let dir = TempDir::new("qtest-cpus");
+    // -smp 2 on pseries-2.7 (8 virtual threads a core): the second CPU is
+    // interrupt server 8, as QEMU numbers it.
+    let args = ["-M", "pseries-2.7", "-smp", "2"];
+    let (_vm, mut q, mut qt) = start(&dir, "src", &args);
+    let query = |qt: &mut Qtest, id: u32| rtas(qt, "query-cpu-stopped-state", &[id], 2);
+    assert_eq!(query(&mut qt, 0), [0, 2], "the boot CPU runs");
+    assert_eq!(query(&mut qt, 8), [0, 0], "the second is stopped");
+    assert_eq!(query(&mut qt, 1)[0] as i32, -3, "no server 1");
+    assert_eq!(
+        rtas(&mut qt, "query-cpu-stopped-state", &[8], 1)[0] as i32,
+        -3,
+        "one result"
+    );
+
+    // Little-endian interrupts and AIL 3, as a ppc64le Linux asks.
+    let set_mode = |qt: &mut Qtest, mflags: u64, resource: u64, v1: u64, v2: u64| {
+        hcall(qt, H_SET_MODE, &[mflags, resource, v1, v2]).0
+    };
+    assert_eq!(set_mode(&mut qt, 1, 4, 0, 0), 0);
+    assert_eq!(set_mode(&mut qt, 3, 3, 0, 0), 0);
+    assert_eq!(set_mode(&mut qt, 2, 4, 0, 0), H_UNSUPPORTED_FLAG);
+    assert_eq!(set_mode(&mut qt, 1, 3, 0, 0), H_UNSUPPORTED_FLAG, "AIL 1");
+    assert_eq!(set_mode(&mut qt, 1, 4, 1, 0), H_P3);
+    assert_eq!(set_mode(&mut qt, 1, 4, 0, 1), H_P4);
+    assert_eq!(set_mode(&mut qt, 0, 2, 0, 0), H_P2, "the DAWR is not ours");
+
+    assert_eq!(rtas(&mut qt, "start-cpu", &[8, 0x100, 0x1234], 1), [0]);
+    assert_eq!(query(&mut qt, 8), [0, 2]);
+    assert_eq!(
+        rtas(&mut qt, "start-cpu", &[8, 0x100, 0], 1)[0] as i32,
+        -1,
+        "it runs already"
+    );
+    assert_eq!(
+        rtas(&mut qt, "start-cpu", &[9, 0x100, 0], 1)[0] as i32,
+        -3,
+        "no server 9"
+    );
+    assert_eq!(rtas(&mut qt, "start-cpu", &[8, 0x100], 1)[0] as i32, -3);
+
+    // The stream: each vCPU's section.
+    let file = dir.path("saved.vmm");
+    q.execute(
+        "migrate",
+        json!({"uri": format!("file:{}", file.display())}),
+    );
+    assert_eq!(q.wait_migration(T)["status"], "completed");
+    let fields = section_fields(&file, "spapr-cpu");
+    let lpcr = format!("lpcr: {:#x}", LPCR_ILE | LPCR_AIL_3);
+    assert_eq!(
+        fields.iter().filter(|l| *l == "halted: 0x0").count(),
+        2,
+        "both run: {fields:#?}"
+    );
+    assert_eq!(
+        fields.iter().filter(|l| **l == lpcr).count(),
+        2,
+        "both have {lpcr}: {fields:#?}"
+    );
+    q.execute("cont", json!({}));
+
+    // Over TCP to another process: the second CPU still runs there.
+    let (_dst, mut dq, mut dqt, to) = incoming(&dir, "dst", &args);
+    q.execute("migrate", json!({"uri": to}));
+    assert_eq!(q.wait_migration(T)["status"], "completed");
+    assert_eq!(dq.execute("query-status", json!({}))["status"], "running");
+    assert_eq!(query(&mut dqt, 8), [0, 2]);
+    assert_eq!(
+        rtas(&mut dqt, "start-cpu", &[8, 0x100, 0], 1)[0] as i32,
+        -1,
+        "it runs there too"
+    );
+    // qtest's client is vCPU 0: stop-self stops it.
+    assert_eq!(rtas(&mut dqt, "stop-self", &[], 0), [] as [u32; 0]);
+    assert_eq!(query(&mut dqt, 0), [0, 0]);
+}

@@ -34,12 +34,21 @@ pub trait ExitHandler: Sync {
     fn pio_write(&self, port: u16, data: &[u8]);
     fn mmio_read(&self, addr: u64, data: &mut [u8]);
     fn mmio_write(&self, addr: u64, data: &[u8]);
-    /// A PAPR hypercall (ppc64): r3 is `opcode`, `args` r4 to r12, which
-    /// the call may change (they go back to the guest); its return code.
-    /// A board without hypercalls answers `H_FUNCTION`.
-    fn papr_hcall(&self, opcode: u64, args: &mut [u64; 9]) -> i64 {
-        let _ = (opcode, args);
+    /// A PAPR hypercall (ppc64) made by vCPU `vcpu`: r3 is `opcode`,
+    /// `args` r4 to r12, which the call may change (they go back to the
+    /// guest); its return code. A board without hypercalls answers
+    /// `H_FUNCTION`.
+    fn papr_hcall(&self, vcpu: u8, opcode: u64, args: &mut [u64; 9]) -> i64 {
+        let _ = (vcpu, opcode, args);
         -2
+    }
+    /// On vCPU `id`'s thread before each entry into the guest (the vCPU
+    /// not locked): loads what the board changed in it, or false to keep
+    /// it out of the guest for now (a pseries CPU nobody has started; the
+    /// thread comes back after passing its run gate). An error ends the VM.
+    fn before_entry(&self, id: u8, vcpu: &std::sync::Mutex<Box<dyn Vcpu>>) -> Result<bool, String> {
+        let _ = (id, vcpu);
+        Ok(true)
     }
 }
 
@@ -98,6 +107,11 @@ pub trait VmX86_64 {
 pub trait VcpuPpc64 {
     /// Starts this vCPU at a kernel's entry (arch::ppc64::boot).
     fn set_entry(&mut self, entry: &arch::ppc64::boot::Entry) -> Result<(), Error>;
+    /// Starts this (stopped) vCPU as RTAS `start-cpu` does: at `nip` with
+    /// `r3`, MSR SF|ME, r1, r4 and r5 zero, marked online.
+    fn start_cpu(&mut self, nip: u64, r3: u64) -> Result<(), Error>;
+    /// Sets the LPCR bits under `mask` to `bits`.
+    fn set_lpcr(&mut self, bits: u64, mask: u64) -> Result<(), Error>;
 }
 
 pub trait Vcpu: Send {

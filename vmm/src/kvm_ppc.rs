@@ -296,7 +296,7 @@ mod backend {
             sys::connect_xics(&fd, &self.xics, id.into())
                 .map_err(err("cannot connect the vCPU to the in-kernel XICS"))?;
             let run = sys::RunPage::map(&self.kvm, &fd).map_err(err("cannot map kvm_run"))?;
-            Ok(Box::new(PpcVcpu { fd, run }))
+            Ok(Box::new(PpcVcpu { fd, run, id }))
         }
 
         /// The guest's timebase is the host's plus each vCPU's offset,
@@ -372,6 +372,8 @@ mod backend {
     struct PpcVcpu {
         fd: File,
         run: sys::RunPage,
+        /// Its KVM vCPU id: its interrupt server number.
+        id: u8,
     }
 
     /// A `ONE_REG` a host's KVM may lack (PR lacks the HV ones and the
@@ -392,6 +394,33 @@ mod backend {
             r.gpr[4] = e.kernel_base;
             r.gpr[5] = e.client_interface;
             sys::set_regs(&self.fd, &r).map_err(err("KVM_SET_REGS failed"))
+        }
+
+        fn start_cpu(&mut self, nip: u64, r3: u64) -> Result<(), Error> {
+            let mut r = sys::get_regs(&self.fd).map_err(err("KVM_GET_REGS failed"))?;
+            r.pc = nip;
+            r.msr = arch::ppc64::boot::MSR_SF | arch::ppc64::boot::MSR_ME;
+            r.gpr[1] = 0;
+            r.gpr[3] = r3;
+            r.gpr[4] = 0;
+            r.gpr[5] = 0;
+            sys::set_regs(&self.fd, &r).map_err(err("KVM_SET_REGS failed"))?;
+            // HV KVM counts the online threads of a core (QEMU's
+            // kvmppc_set_reg_ppc_online); PR KVM has no such register.
+            optional(sys::set_one_reg(&self.fd, KVM_REG_PPC_ONLINE, 1).map(|()| 0))
+                .map(drop)
+                .map_err(err("cannot mark the vCPU online"))
+        }
+
+        fn set_lpcr(&mut self, bits: u64, mask: u64) -> Result<(), Error> {
+            let lpcr =
+                sys::get_one_reg(&self.fd, KVM_REG_PPC_LPCR_64).map_err(err("cannot read LPCR"))?;
+            sys::set_one_reg(
+                &self.fd,
+                KVM_REG_PPC_LPCR_64,
+                (lpcr & !mask) | (bits & mask),
+            )
+            .map_err(err("cannot set LPCR"))
         }
     }
 
@@ -503,7 +532,7 @@ mod backend {
                     Exit::Handled
                 }
                 RunExit::Hcall { opcode, mut args } => {
-                    let ret = h.papr_hcall(opcode, &mut args);
+                    let ret = h.papr_hcall(self.id, opcode, &mut args);
                     complete_hcall(page, ret, &args);
                     Exit::Handled
                 }

@@ -49,6 +49,8 @@ pub fn descriptions(m: &machine::MachineType) -> Vec<&'static Description> {
                 &devices::spapr_vty::VMSTATE,
                 // One a vCPU, where the board's XICS is emulated (qtest).
                 &devices::xics::ICP,
+                // One a vCPU: stopped or running, its platform LPCR bits.
+                &crate::vm::spapr_cpus::VMSTATE,
             ]
         }
     };

@@ -75,6 +75,11 @@ impl Platform {
                         .iter()
                         .map(|i| &**i as &Mutex<dyn migration::vmstate::Migratable + Send>),
                 );
+                v.extend(
+                    p.cpu_sections
+                        .iter()
+                        .map(|c| &**c as &Mutex<dyn migration::vmstate::Migratable + Send>),
+                );
                 v
             }
         }

@@ -18,6 +18,7 @@ mod incoming;
 mod qtest;
 mod session;
 pub(crate) mod spapr;
+pub(crate) mod spapr_cpus;
 mod target;
 mod vcpu;
 pub(crate) mod virtio;

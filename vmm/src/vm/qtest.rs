@@ -174,7 +174,7 @@ fn execute(board: &Board, endian: Endian, request: &Request) -> String {
             let Platform::Spapr(papr) = &board.platform else {
                 return format!("FAIL rtas {name}: this machine has no RTAS (sPAPR machines do)");
             };
-            if super::spapr::rtas_in_memory(papr, name, nargs, args, nret, ret) {
+            if super::spapr::rtas_in_memory(papr, 0, name, nargs, args, nret, ret) {
                 // QEMU answers H_SUCCESS; the call's status is in its
                 // first result.
                 "OK 0".into()
@@ -189,7 +189,7 @@ fn execute(board: &Board, endian: Endian, request: &Request) -> String {
             };
             let mut regs = [0u64; 9];
             regs[..args.len()].copy_from_slice(args);
-            let r3 = super::spapr::hcall(papr, opcode, &mut regs);
+            let r3 = super::spapr::hcall(papr, 0, opcode, &mut regs);
             let regs: Vec<String> = regs.iter().map(|r| format!("{r:#x}")).collect();
             format!("OK {:#x} {}", r3 as u64, regs.join(" "))
         }

@@ -6,11 +6,12 @@
 
 use super::board::{console_output, event_sink, guest_memory, Board, Platform, PCI_IO_START};
 use super::console::{console_input, start_stdin_thread};
+use super::spapr_cpus::{self, CpuSection, Entry, SpaprCpus};
 use super::vcpu::{spawn_vcpus, Buses, RunGate};
 use super::virtio::add_virtio_devices;
 use super::Control;
 use crate::config::{SerialBackend, VmConfig};
-use crate::hypervisor::{ExitHandler, Hypervisor};
+use crate::hypervisor::{ExitHandler, Hypervisor, Vcpu};
 use anyhow::{bail, Context, Result};
 use devices::bus::Bus;
 use devices::pci::spapr_phb::{PhbConfig, SpaprPhb, MEM_WIN_BUS_OFFSET};
@@ -38,13 +39,6 @@ pub(super) fn build(
         bail!(
             "{}: pseries vCPUs need KVM-PPC on a POWER host: on this host run it under -accel qtest",
             cfg.machine.name
-        );
-    }
-    if kvm && cfg.smp.cpus > 1 {
-        bail!(
-            "{}: -smp {}: vmm's KVM-PPC board runs one vCPU so far (secondary CPUs start through RTAS start-cpu, which it does not have yet)",
-            cfg.machine.name,
-            cfg.smp.cpus
         );
     }
     let mem = guest_memory(cfg, &*vm, vec![(0, cfg.memory)])?;
@@ -165,6 +159,16 @@ pub(super) fn build(
             }))
         })
         .collect();
+    let servers = vcpu_servers(cfg.machine, &cfg.smp);
+    let cpus = Arc::new(SpaprCpus::new(&servers));
+    let cpu_sections = (0..cfg.smp.cpus as usize)
+        .map(|vcpu| {
+            Arc::new(Mutex::new(CpuSection {
+                cpus: cpus.clone(),
+                vcpu,
+            }))
+        })
+        .collect();
     let papr = Papr {
         msi_base: irqs.msi_base,
         phb: Arc::new(Mutex::new(SpaprPhb::new(phb))),
@@ -175,21 +179,34 @@ pub(super) fn build(
         vty,
         pci: root.clone(),
         mem: mem.clone(),
+        cpus,
+        cpu_sections,
     };
     let buses = Arc::new(Buses {
         io: Bus::new(),
         mmio,
     });
     // Under qtest the client is the only CPU; on KVM-PPC the boot vCPU
-    // enters the kernel.
+    // enters the kernel and the others wait for the guest's start-cpu.
     let mut vcpu_objs = vec![];
     if kvm {
         let entry = entry.ok_or_else(|| anyhow::anyhow!("no kernel given: use -kernel FILE"))?;
-        let mut vcpu = vm.create_vcpu(0)?;
-        vcpu.ppc64()
-            .ok_or_else(|| anyhow::anyhow!("the pseries board needs ppc64 vCPUs"))?
-            .set_entry(&entry)?;
-        vcpu_objs.push(Arc::new(Mutex::new(vcpu)));
+        // KVM knows each vCPU by its interrupt server number, as QEMU's.
+        for (i, &server) in servers.iter().enumerate() {
+            let id = u8::try_from(server).map_err(|_| {
+                anyhow::anyhow!(
+                    "-smp {}: vCPU {i}'s interrupt server {server} is above the 255 vmm's KVM-PPC vCPUs can have",
+                    cfg.smp.cpus
+                )
+            })?;
+            let mut vcpu = vm.create_vcpu(id)?;
+            if i == 0 {
+                vcpu.ppc64()
+                    .ok_or_else(|| anyhow::anyhow!("the pseries board needs ppc64 vCPUs"))?
+                    .set_entry(&entry)?;
+            }
+            vcpu_objs.push(Arc::new(Mutex::new(vcpu)));
+        }
     }
     let exits = Arc::new(SpaprExits {
         buses: buses.clone(),
@@ -229,6 +246,10 @@ pub(super) struct Papr {
     pub(super) vty: Option<Arc<Mutex<SpaprVty>>>,
     pub(super) pci: Arc<Mutex<PciRoot>>,
     pub(super) mem: super::GuestMemoryMmap,
+    /// The vCPUs' platform state (stopped or running, LPCR bits).
+    pub(super) cpus: Arc<SpaprCpus>,
+    /// Each vCPU's as its own section.
+    pub(super) cpu_sections: Vec<Arc<Mutex<CpuSection>>>,
 }
 
 /// A pseries vCPU's exits: MMIO on the buses (the PHB's windows), the
@@ -251,8 +272,42 @@ impl ExitHandler for SpaprExits {
     fn mmio_write(&self, addr: u64, data: &[u8]) {
         self.buses.mmio_write(addr, data)
     }
-    fn papr_hcall(&self, opcode: u64, args: &mut [u64; 9]) -> i64 {
-        hcall(&self.papr, opcode, args)
+    /// `vcpu` is the KVM vCPU id: its interrupt server number.
+    fn papr_hcall(&self, vcpu: u8, opcode: u64, args: &mut [u64; 9]) -> i64 {
+        let Some(caller) = self.papr.cpus.index_of(vcpu.into()) else {
+            log::error!("hypercall {opcode:#x} from vCPU id {vcpu}, which the board does not have");
+            return hcall::H_PARAMETER;
+        };
+        hcall(&self.papr, caller, opcode, args)
+    }
+    fn before_entry(&self, id: u8, vcpu: &Mutex<Box<dyn Vcpu>>) -> Result<bool, String> {
+        // A stopped vCPU's thread waits here a while, then goes back by
+        // its run gate (a pause must find it there).
+        let (start, lpcr) = match self
+            .papr
+            .cpus
+            .before_entry(id.into(), std::time::Duration::from_millis(50))
+        {
+            Entry::Stopped => return Ok(false),
+            Entry::Run { start, lpcr } => (start, lpcr),
+        };
+        if start.is_none() && lpcr.is_none() {
+            return Ok(true);
+        }
+        let mut vcpu = vcpu.lock().expect("vcpu lock");
+        let ppc = vcpu
+            .ppc64()
+            .ok_or_else(|| "the pseries board needs ppc64 vCPUs".to_string())?;
+        if let Some(s) = start {
+            ppc.start_cpu(s.nip, s.r3)
+                .map_err(|e| format!("start-cpu at {:#x}: {e}", s.nip))?;
+        }
+        if let Some(bits) = lpcr {
+            let mask = spapr_cpus::LPCR_ILE | spapr_cpus::LPCR_AIL;
+            ppc.set_lpcr(bits, mask)
+                .map_err(|e| format!("cannot set LPCR bits {bits:#x}: {e}"))?;
+        }
+        Ok(true)
     }
 }
 
@@ -539,13 +594,20 @@ pub(crate) fn tree(g: &Shown) -> Result<Vec<u8>> {
 /// An RTAS call by name, its arguments and how many results the caller
 /// has room for: the results (status first), or `None` for a call this
 /// board does not have.
-pub(super) fn rtas(papr: &Papr, name: &str, args: &[u32], nret: usize) -> Option<Vec<u32>> {
+pub(super) fn rtas(
+    papr: &Papr,
+    caller: usize,
+    name: &str,
+    args: &[u32],
+    nret: usize,
+) -> Option<Vec<u32>> {
     let Papr {
         phb,
         rtc,
         ics,
         events,
         vty,
+        cpus,
         ..
     } = papr;
     let status = |r: i32| r as u32;
@@ -602,6 +664,29 @@ pub(super) fn rtas(papr: &Papr, name: &str, args: &[u32], nret: usize) -> Option
                 VmEvent::Reset
             });
             return Some(vec![0]);
+        }
+        "query-cpu-stopped-state" => {
+            let (&[id], 2) = (args, nret) else {
+                return param_error();
+            };
+            return Some(match cpus.query(id) {
+                Some(state) => vec![0, state],
+                None => vec![status(RTAS_PARAM_ERROR)],
+            });
+        }
+        "start-cpu" => {
+            let (&[id, start, r3], 1) = (args, nret) else {
+                return param_error();
+            };
+            return Some(match cpus.start(caller, id, start.into(), r3.into()) {
+                Ok(()) => vec![0],
+                Err(e) => vec![status(e)],
+            });
+        }
+        // The caller stops; nothing is returned (it may be started again).
+        "stop-self" => {
+            cpus.stop_self(caller);
+            return Some(vec![]);
         }
         "ibm,set-xive" | "ibm,get-xive" | "ibm,int-off" | "ibm,int-on" => {
             let mut ics = ics.lock().expect("ics lock");
@@ -738,6 +823,7 @@ const MAX_RTAS_ARGS: u32 = 1024;
 /// have (nothing is written then).
 pub(super) fn rtas_in_memory(
     papr: &Papr,
+    caller: usize,
     name: &str,
     nargs: u32,
     args: u64,
@@ -757,7 +843,7 @@ pub(super) fn rtas_in_memory(
                 .map_or(0, u32::from_be_bytes)
         })
         .collect();
-    let Some(rets) = rtas(papr, name, &argv, nret as usize) else {
+    let Some(rets) = rtas(papr, caller, name, &argv, nret as usize) else {
         log::debug!("no RTAS call '{name}'");
         return false;
     };
@@ -784,16 +870,27 @@ pub(super) mod hcall {
     /// `KVMPPC_H_RTAS`: the RTAS blob's one instruction hands its
     /// argument buffer to the hypervisor.
     pub const H_RTAS: u64 = 0xf000;
+    pub const H_SET_MODE: u64 = 0x31c;
+
+    /// `H_SET_MODE`'s resources vmm serves, and the endianness flags.
+    pub const H_SET_MODE_RESOURCE_ADDR_TRANS_MODE: u64 = 3;
+    pub const H_SET_MODE_RESOURCE_LE: u64 = 4;
+    pub const H_SET_MODE_ENDIAN_BIG: u64 = 0;
+    pub const H_SET_MODE_ENDIAN_LITTLE: u64 = 1;
 
     pub const H_SUCCESS: i64 = 0;
     pub const H_FUNCTION: i64 = -2;
     pub const H_PARAMETER: i64 = -4;
+    pub const H_P2: i64 = -55;
+    pub const H_P3: i64 = -56;
+    pub const H_P4: i64 = -57;
+    pub const H_UNSUPPORTED_FLAG: i64 = -256;
 }
 
-/// Hypercall `opcode` with its arguments in `args` (r4 to r12): its
-/// return code (r3); what it returns beside goes into `args`, as KVM's
-/// `papr_hcall` exit takes them back into r4 on.
-pub(super) fn hcall(papr: &Papr, opcode: u64, args: &mut [u64; 9]) -> i64 {
+/// Hypercall `opcode` made by vCPU `caller` with its arguments in `args`
+/// (r4 to r12): its return code (r3); what it returns beside goes into
+/// `args`, as KVM's `papr_hcall` exit takes them back into r4 on.
+pub(super) fn hcall(papr: &Papr, caller: usize, opcode: u64, args: &mut [u64; 9]) -> i64 {
     use hcall::*;
     let vty = &papr.vty;
     match opcode {
@@ -847,7 +944,9 @@ pub(super) fn hcall(papr: &Papr, opcode: u64, args: &mut [u64; 9]) -> i64 {
                     .map(|c| c.0)
             };
             match name {
-                Some(name) if rtas_in_memory(papr, name, nargs, args_at, nret, ret_at) => H_SUCCESS,
+                Some(name) if rtas_in_memory(papr, caller, name, nargs, args_at, nret, ret_at) => {
+                    H_SUCCESS
+                }
                 _ => {
                     log::debug!("H_RTAS: no RTAS call has token {token:#x}");
                     let _ = papr.mem.write_obj(
@@ -858,6 +957,7 @@ pub(super) fn hcall(papr: &Papr, opcode: u64, args: &mut [u64; 9]) -> i64 {
                 }
             }
         }
+        H_SET_MODE => set_mode(&papr.cpus, args[0], args[1], args[2], args[3]),
         H_XIRR | H_IPOLL | H_CPPR | H_EOI | H_IPI => {
             // The emulated XICS's (qtest); KVM-PPC's kernel serves these.
             // The caller is vCPU 0: qtest's client is the board's one CPU.
@@ -888,6 +988,36 @@ pub(super) fn hcall(papr: &Papr, opcode: u64, args: &mut [u64; 9]) -> i64 {
             H_FUNCTION
         }
     }
+}
+
+/// `H_SET_MODE(mflags, resource, value1, value2)`: interrupts' endianness
+/// (LPCR[ILE]) or where relocated interrupts go (LPCR[AIL]), on every
+/// vCPU, as QEMU 7.2's `h_set_mode` (its POWER9 rules: AIL 1 is
+/// reserved). Other resources (the breakpoint registers) are not the
+/// platform's: `H_P2`.
+fn set_mode(cpus: &SpaprCpus, mflags: u64, resource: u64, value1: u64, value2: u64) -> i64 {
+    use hcall::*;
+    use spapr_cpus::{LPCR_AIL, LPCR_AIL_SHIFT, LPCR_ILE};
+    if resource != H_SET_MODE_RESOURCE_LE && resource != H_SET_MODE_RESOURCE_ADDR_TRANS_MODE {
+        return H_P2;
+    }
+    if value1 != 0 {
+        return H_P3;
+    }
+    if value2 != 0 {
+        return H_P4;
+    }
+    match (resource, mflags) {
+        (H_SET_MODE_RESOURCE_LE, H_SET_MODE_ENDIAN_BIG) => cpus.set_all_lpcrs(0, LPCR_ILE),
+        (H_SET_MODE_RESOURCE_LE, H_SET_MODE_ENDIAN_LITTLE) => {
+            cpus.set_all_lpcrs(LPCR_ILE, LPCR_ILE)
+        }
+        (H_SET_MODE_RESOURCE_ADDR_TRANS_MODE, 0 | 2 | 3) => {
+            cpus.set_all_lpcrs(mflags << LPCR_AIL_SHIFT, LPCR_AIL)
+        }
+        _ => return H_UNSUPPORTED_FLAG,
+    }
+    H_SUCCESS
 }
 
 /// The vty at VIO address `reg`; 0 means the console, as QEMU takes it

@@ -150,6 +150,18 @@ pub(super) fn vcpu_loop(
         if stop.load(Ordering::SeqCst) {
             return;
         }
+        match exits.before_entry(id, &vcpu) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(why) => {
+                stop.store(true, Ordering::SeqCst);
+                let _ = events.send(Control::Vm(
+                    gen,
+                    Outcome::Fatal(format!("vCPU {id}: {why}")),
+                ));
+                return;
+            }
+        }
         let exit = vcpu.lock().expect("vcpu lock").run(exits);
         // Auto-converge: the main loop kicks every 10 ms; sleep our share.
         let pct = gate.throttle_pct.load(Ordering::Relaxed);
