@@ -377,73 +377,76 @@ pub fn serve(
     let (tx, rx) = std::sync::mpsc::channel();
     let mut pending: Vec<Channel> = vec![];
     let mut mains: Vec<Main> = vec![];
-    while !done.load(Ordering::SeqCst) {
-        let mut idle = true;
-        if let Some((c, peer)) = l.try_accept()? {
-            idle = false;
-            let (tx, tls) = (tx.clone(), tls.clone());
-            std::thread::Builder::new()
-                .name("migration-hello".into())
-                .spawn(move || {
-                    let _ = tx.send(hello(c, peer, tls.as_deref()));
-                })
-                .map_err(Error::io("cannot start a connection's reader"))?;
-        }
-        while let Ok(h) = rx.try_recv() {
-            idle = false;
-            match h {
-                Hello::Channel(c) => pending.push(c),
-                Hello::Main(m) => {
-                    if mains.len() >= MAX_WAITING_MAINS {
-                        let old = mains.remove(0);
-                        log::warn!(
-                            "incoming migration: closing a stream from {}: too many wait for their channels",
-                            old.peer
-                        );
+    std::thread::scope(|scope| {
+        // Connections are taken as they come and each says what it is on
+        // its own thread; this loop wakes for each answer (no polling
+        // interval between a source's connect and its stream's start).
+        let acceptor = scope.spawn(|| accept_all(&l, &done, tls, tx));
+        while !done.load(Ordering::SeqCst) && !acceptor.is_finished() {
+            let first = match rx.recv_timeout(WAKE) {
+                Ok(h) => Some(h),
+                Err(_) => None,
+            };
+            for h in first.into_iter().chain(rx.try_iter()) {
+                match h {
+                    Hello::Channel(c) => pending.push(c),
+                    Hello::Main(m) => {
+                        if mains.len() >= MAX_WAITING_MAINS {
+                            let old = mains.remove(0);
+                            log::warn!(
+                                "incoming migration: closing a stream from {}: too many wait for their channels",
+                                old.peer
+                            );
+                        }
+                        mains.push(m)
                     }
-                    mains.push(m)
+                    Hello::Probe(what) => log::info!("incoming migration: {what}"),
+                    Hello::Other(why) => {
+                        log::warn!("incoming migration: ignoring a connection: {why}")
+                    }
                 }
-                Hello::Probe(what) => log::info!("incoming migration: {what}"),
-                Hello::Other(why) => {
-                    log::warn!("incoming migration: ignoring a connection: {why}")
+            }
+            let mut i = 0;
+            while i < mains.len() {
+                if let Some(chans) = bind(&mains[i], &mut pending) {
+                    let m = mains.remove(i);
+                    deliver(Incoming::new(m, chans, &ram));
+                } else if mains[i].since.elapsed() > HELLO_TIMEOUT {
+                    let m = mains.remove(i);
+                    let why = format!(
+                        "not all of the {} multifd channels the stream announced arrived within {} s",
+                        m.session.map_or(0, |s| s.1),
+                        HELLO_TIMEOUT.as_secs()
+                    );
+                    log::warn!("incoming migration: refusing {}: {why}", m.peer);
+                    let refused = Incoming::new(m, vec![], &ram);
+                    std::thread::spawn(move || refused.refuse(&why));
+                } else {
+                    i += 1;
                 }
             }
+            let stale = stale(&pending);
+            let mut stale = stale.into_iter();
+            pending.retain(|c| {
+                let keep = !stale.next().unwrap_or(false);
+                if !keep {
+                    log::warn!(
+                        "incoming migration: closing a multifd channel from {} not part of any migration",
+                        c.peer
+                    );
+                }
+                keep
+            });
         }
-        let mut i = 0;
-        while i < mains.len() {
-            if let Some(chans) = bind(&mains[i], &mut pending) {
-                let m = mains.remove(i);
-                deliver(Incoming::new(m, chans, &ram));
-            } else if mains[i].since.elapsed() > HELLO_TIMEOUT {
-                let m = mains.remove(i);
-                let why = format!(
-                    "not all of the {} multifd channels the stream announced arrived within {} s",
-                    m.session.map_or(0, |s| s.1),
-                    HELLO_TIMEOUT.as_secs()
-                );
-                log::warn!("incoming migration: refusing {}: {why}", m.peer);
-                let refused = Incoming::new(m, vec![], &ram);
-                std::thread::spawn(move || refused.refuse(&why));
-            } else {
-                i += 1;
-            }
-        }
-        let stale = stale(&pending);
-        let mut stale = stale.into_iter();
-        pending.retain(|c| {
-            let keep = !stale.next().unwrap_or(false);
-            if !keep {
-                log::warn!(
-                    "incoming migration: closing a multifd channel from {} not part of any migration",
-                    c.peer
-                );
-            }
-            keep
-        });
-        if idle {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
+        // The acceptor sees `done` within one wake interval; an accept
+        // that failed ends the serving with its error.
+        done.store(true, Ordering::SeqCst);
+        acceptor.join().unwrap_or_else(|_| {
+            Err(Error::Vm(
+                "the incoming connection acceptor panicked".into(),
+            ))
+        })
+    })?;
     for c in pending {
         log::warn!(
             "incoming migration: closing a multifd channel from {} not part of the migration",
@@ -452,6 +455,39 @@ pub fn serve(
         c.conn.shutdown();
     }
     l.unlink();
+    Ok(())
+}
+
+/// How often the serving loops look at `done` while nothing happens.
+const WAKE: Duration = Duration::from_millis(50);
+
+/// Accepts every connection to `l` until `done`, each read on its own
+/// thread ([`hello`]), what it is sent to `tx`.
+fn accept_all(
+    l: &Listener,
+    done: &AtomicBool,
+    tls: Option<Arc<Tls>>,
+    tx: std::sync::mpsc::Sender<Hello>,
+) -> Result<()> {
+    while !done.load(Ordering::SeqCst) {
+        if !l.wait_readable(WAKE) {
+            continue;
+        }
+        let Some((c, peer)) = l.try_accept()? else {
+            // Readable but nothing taken: out of descriptors (the
+            // connection waits in the backlog) or it went away. Not a
+            // spin while descriptors are short.
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        let (tx, tls) = (tx.clone(), tls.clone());
+        std::thread::Builder::new()
+            .name("migration-hello".into())
+            .spawn(move || {
+                let _ = tx.send(hello(c, peer, tls.as_deref()));
+            })
+            .map_err(Error::io("cannot start a connection's reader"))?;
+    }
     Ok(())
 }
 

@@ -431,6 +431,26 @@ impl Listener {
         }
     }
 
+    /// Waits up to `timeout` for a connection to wait in the backlog;
+    /// whether one does (also true when poll fails: the accept says why).
+    pub(crate) fn wait_readable(&self, timeout: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
+        };
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one pollfd, alive across the call.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        n != 0
+            && !(n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
+    }
+
     /// Makes [`Listener::try_accept`] return at once when nobody waits.
     pub(crate) fn set_nonblocking(&self) -> Result<()> {
         match self {
