@@ -383,10 +383,7 @@ pub fn serve(
         // interval between a source's connect and its stream's start).
         let acceptor = scope.spawn(|| accept_all(&l, &done, tls, tx));
         while !done.load(Ordering::SeqCst) && !acceptor.is_finished() {
-            let first = match rx.recv_timeout(WAKE) {
-                Ok(h) => Some(h),
-                Err(_) => None,
-            };
+            let first = rx.recv_timeout(WAKE).ok();
             for h in first.into_iter().chain(rx.try_iter()) {
                 match h {
                     Hello::Channel(c) => pending.push(c),
