@@ -71,6 +71,29 @@ pub struct Ics {
     /// Interrupt servers there are (a source may be routed to these).
     servers: u32,
     icps: Vec<(u32, Icp)>,
+    mirror: Option<Mirror>,
+}
+
+/// A source's routing as an in-kernel controller takes it (what QEMU's
+/// `ics_set_kvm_state_one` sends): its server, its priority (`MASKED`
+/// while masked) and the one it had before, whether it is level-triggered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub server: u32,
+    pub priority: u8,
+    pub saved_priority: u8,
+    pub lsi: bool,
+}
+
+/// Where a source's routing goes each time it changes, besides this
+/// model: the in-kernel XICS on KVM-PPC, which presents the interrupts
+/// there (the board keeps the routing RTAS reads back).
+pub struct Mirror(pub Box<dyn Fn(u32, Route) + Send>);
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mirror")
+    }
 }
 
 impl Icp {
@@ -115,7 +138,41 @@ impl Ics {
             irqs,
             servers,
             icps: vec![],
+            mirror: None,
         }
+    }
+
+    /// With every routing change also sent to `mirror`; the sources
+    /// claimed so far are sent now (QEMU's `ics_set_irq_type` sends each
+    /// as it is claimed: the level-triggered ones must be so there).
+    pub fn with_mirror(mut self, mirror: Mirror) -> Ics {
+        self.mirror = Some(mirror);
+        for n in 0..self.irqs.len() as u32 {
+            if self.irqs[n as usize].flags != 0 {
+                self.mirror(IRQ_BASE + n);
+            }
+        }
+        self
+    }
+
+    /// Sends source `nr`'s routing to the mirror, if there is one.
+    fn mirror(&self, nr: u32) {
+        let (Some(m), Some(irq)) = (
+            &self.mirror,
+            nr.checked_sub(IRQ_BASE)
+                .and_then(|i| self.irqs.get(i as usize)),
+        ) else {
+            return;
+        };
+        (m.0)(
+            nr,
+            Route {
+                server: irq.server,
+                priority: irq.priority,
+                saved_priority: irq.saved_priority,
+                lsi: irq.flags & FLAG_LSI != 0,
+            },
+        );
     }
 
     /// With a presentation controller for each of the vCPUs' `servers`.
@@ -215,10 +272,18 @@ impl Ics {
         let n = num as usize;
         let first = (start..self.irqs.len().checked_sub(n)? + 1)
             .find(|&i| self.irqs[i..i + n].iter().all(|irq| irq.flags == 0))?;
+        // Claimed, a source starts masked (QEMU's `ics_reset_irq`).
         for irq in &mut self.irqs[first..first + n] {
             irq.flags = FLAG_MSI;
+            irq.priority = MASKED;
+            irq.saved_priority = MASKED;
+            irq.status = 0;
         }
-        Some(IRQ_BASE + first as u32)
+        let first = IRQ_BASE + first as u32;
+        for nr in first..first + num {
+            self.mirror(nr);
+        }
+        Some(first)
     }
 
     /// Gives back `num` sources from `first` (a function's MSIs).
@@ -380,6 +445,7 @@ impl Ics {
         irq.server = server;
         irq.priority = priority as u8;
         irq.saved_priority = priority as u8;
+        self.mirror(nr);
         self.deliver(nr);
         Ok(())
     }
@@ -395,6 +461,7 @@ impl Ics {
         let irq = self.irq(nr)?;
         irq.saved_priority = irq.priority;
         irq.priority = MASKED;
+        self.mirror(nr);
         Ok(())
     }
 
@@ -403,6 +470,7 @@ impl Ics {
     pub fn int_on(&mut self, nr: u32) -> Result<(), i32> {
         let irq = self.irq(nr)?;
         irq.priority = irq.saved_priority;
+        self.mirror(nr);
         self.deliver(nr);
         Ok(())
     }
@@ -478,6 +546,59 @@ mod tests {
     use super::*;
     use migration::stream::{decode_state, encode_state};
     use migration::vmstate::Migratable;
+
+    /// What an in-kernel controller is sent: the claimed sources at
+    /// once (the pins level-triggered), then each routing change, a
+    /// masked source with the priority it will get back.
+    #[test]
+    fn the_mirror_gets_every_claim_and_routing_change() {
+        use std::sync::{Arc, Mutex};
+        let sent: Arc<Mutex<Vec<(u32, Route)>>> = Arc::default();
+        let log = sent.clone();
+        let mut ics = Ics::new(0x1000, 8, &[0x1200], &[0x1100]).with_mirror(Mirror(Box::new(
+            move |nr, r| log.lock().unwrap().push((nr, r)),
+        )));
+        let route = |server, priority, saved_priority, lsi| Route {
+            server,
+            priority,
+            saved_priority,
+            lsi,
+        };
+        let take = || std::mem::take(&mut *sent.lock().unwrap());
+        assert_eq!(
+            take(),
+            [
+                (0x1100, route(0, MASKED, MASKED, false)),
+                (0x1200, route(0, MASKED, MASKED, true))
+            ]
+        );
+        ics.set_xive(0x1200, 3, 5).unwrap();
+        ics.int_off(0x1200).unwrap();
+        ics.int_on(0x1200).unwrap();
+        assert_eq!(
+            take(),
+            [
+                (0x1200, route(3, 5, 5, true)),
+                (0x1200, route(3, MASKED, 5, true)),
+                (0x1200, route(3, 5, 5, true))
+            ]
+        );
+        // A refused call sends nothing.
+        assert_eq!(ics.set_xive(0x1200, 8, 5), Err(-3));
+        assert!(take().is_empty());
+        // MSIs claimed later start masked, whatever they had before.
+        ics.set_xive(0x1300, 1, 4).unwrap();
+        take();
+        assert_eq!(ics.claim_msis(0x1300, 2), Some(0x1300));
+        assert_eq!(ics.get_xive(0x1300), Ok((1, 0xff)));
+        assert_eq!(
+            take(),
+            [
+                (0x1300, route(1, MASKED, MASKED, false)),
+                (0x1301, route(0, MASKED, MASKED, false))
+            ]
+        );
+    }
 
     #[test]
     fn routing_masking_and_its_migration() {

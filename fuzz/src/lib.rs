@@ -110,6 +110,7 @@ pub fn virtio_pci(kind: usize, mem: &Memory) -> virtio::pci::VirtioPci {
         vectors: queues + 1,
         page_per_vq: false,
         intx_gsi: 10,
+        interrupt_line: 10,
     };
     virtio::pci::VirtioPci::new(
         VIRTIO[kind % VIRTIO.len()].into(),

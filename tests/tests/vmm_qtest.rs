@@ -905,6 +905,46 @@ fn spapr_bar(qt: &mut Qtest, devfn: u8, bar: u32) -> u64 {
     }
 }
 
+/// A driver's first request to the virtio-rng function at 00:00.0 of PHB
+/// 0 (pseries-4.2 and later's 32-bit window): queue 0 with one 16-byte
+/// buffer, then its doorbell. Where the used ring is.
+fn rng_request(qt: &mut Qtest) -> u64 {
+    let cc = spapr_common_cfg(qt, 0, 0x2000_8000_0000);
+    let le16 = |qt: &mut Qtest, at: u64, v: u16| qt.write(at, &v.to_le_bytes());
+    let le32 = |qt: &mut Qtest, at: u64, v: u32| qt.write(at, &v.to_le_bytes());
+    let le64 = |qt: &mut Qtest, at: u64, v: u64| qt.write(at, &v.to_le_bytes());
+    qt.writeb(cc + 0x14, 0x3);
+    le32(qt, cc + 0x8, 1);
+    le32(qt, cc + 0xc, 1);
+    qt.writeb(cc + 0x14, 0xb);
+    le16(qt, cc + 0x10, 0xffff);
+    le16(qt, cc + 0x16, 0);
+    le16(qt, cc + 0x18, 16);
+    le16(qt, cc + 0x1a, 1);
+    let (desc, avail, used, buf) = (0x20_0000u64, 0x20_1000u64, 0x20_2000u64, 0x30_0000u64);
+    le64(qt, cc + 0x20, desc);
+    le64(qt, cc + 0x28, avail);
+    le64(qt, cc + 0x30, used);
+    le16(qt, cc + 0x1c, 1);
+    qt.writeb(cc + 0x14, 0xf);
+    le64(qt, desc, buf);
+    le32(qt, desc + 8, 16);
+    le16(qt, desc + 12, 2);
+    le16(qt, avail + 4, 0);
+    le16(qt, avail + 2, 1);
+    let notify = spapr_capability(qt, 0, 0x09, Some(2));
+    let bar = cfg_read(qt, 0, notify + 4, 1).1;
+    let off = cfg_read(qt, 0, notify + 8, 4).1;
+    let mut qo = [0u8; 2];
+    qo.copy_from_slice(&qt.read(cc + 0x1e, 2));
+    let mult = cfg_read(qt, 0, notify + 16, 4).1;
+    let bell = spapr_bar(qt, 0, bar)
+        + u64::from(off)
+        + u64::from(u16::from_le_bytes(qo)) * u64::from(mult);
+    le16(qt, bell, 0);
+    used
+}
+
 /// MSI-X on pseries as a guest gets it: `ibm,change-msi` takes sources for
 /// a virtio-rng function's vectors and points its table at the MSI window,
 /// `ibm,query-interrupt-source-number` names them; the device fills a
@@ -959,40 +999,7 @@ fn a_functions_msix_reaches_the_xics_through_rtas_msis() {
     assert_eq!(rtas(&mut qt, "ibm,set-xive", &[0x1301, 0, 5], 1), [0]);
     hcall(&mut qt, H_CPPR, &[0xff]);
 
-    // A driver's queue 0 with one 16-byte buffer, then its doorbell.
-    let cc = spapr_common_cfg(&mut qt, 0, 0x2000_8000_0000);
-    let le16 = |qt: &mut Qtest, at: u64, v: u16| qt.write(at, &v.to_le_bytes());
-    let le32 = |qt: &mut Qtest, at: u64, v: u32| qt.write(at, &v.to_le_bytes());
-    let le64 = |qt: &mut Qtest, at: u64, v: u64| qt.write(at, &v.to_le_bytes());
-    qt.writeb(cc + 0x14, 0x3);
-    le32(&mut qt, cc + 0x8, 1);
-    le32(&mut qt, cc + 0xc, 1);
-    qt.writeb(cc + 0x14, 0xb);
-    le16(&mut qt, cc + 0x10, 0xffff);
-    le16(&mut qt, cc + 0x16, 0);
-    le16(&mut qt, cc + 0x18, 16);
-    le16(&mut qt, cc + 0x1a, 1);
-    let (desc, avail, used, buf) = (0x20_0000u64, 0x20_1000u64, 0x20_2000u64, 0x30_0000u64);
-    le64(&mut qt, cc + 0x20, desc);
-    le64(&mut qt, cc + 0x28, avail);
-    le64(&mut qt, cc + 0x30, used);
-    le16(&mut qt, cc + 0x1c, 1);
-    qt.writeb(cc + 0x14, 0xf);
-    le64(&mut qt, desc, buf);
-    le32(&mut qt, desc + 8, 16);
-    le16(&mut qt, desc + 12, 2);
-    le16(&mut qt, avail + 4, 0);
-    le16(&mut qt, avail + 2, 1);
-    let notify = spapr_capability(&mut qt, 0, 0x09, Some(2));
-    let bar = cfg_read(&mut qt, 0, notify + 4, 1).1;
-    let off = cfg_read(&mut qt, 0, notify + 8, 4).1;
-    let mut qo = [0u8; 2];
-    qo.copy_from_slice(&qt.read(cc + 0x1e, 2));
-    let mult = cfg_read(&mut qt, 0, notify + 16, 4).1;
-    let bell = spapr_bar(&mut qt, 0, bar)
-        + u64::from(off)
-        + u64::from(u16::from_le_bytes(qo)) * u64::from(mult);
-    le16(&mut qt, bell, 0);
+    let used = rng_request(&mut qt);
     let presented = 0xff00_1301;
     wait_presented(&mut qt, presented, "vector 1 never reached the XICS");
     assert_eq!(qt.read(used + 2, 2), [1, 0], "the buffer came back");
@@ -1491,4 +1498,41 @@ fn secondary_cpus_start_through_rtas_and_keep_their_state_across_migration() {
     // qtest's client is vCPU 0: stop-self stops it.
     assert_eq!(rtas(&mut dqt, "stop-self", &[], 0), [] as [u32; 0]);
     assert_eq!(query(&mut dqt, 0), [0, 0]);
+}
+
+/// A function without MSI-X interrupts on its INTx pin as a pseries guest
+/// sees it: the bridge's pin for its slot (0x1200 for slot 0 from
+/// pseries-3.1, the tree's interrupt-map), a level-triggered source of
+/// the XICS. Ended while the device still holds the line, it is presented
+/// again; read, the ISR drops the line and the end is the last of it.
+/// The interrupt line register is 0, as QEMU's with no firmware.
+#[test]
+fn a_functions_intx_reaches_the_xics_as_its_bridges_pin() {
+    let dir = TempDir::new("qtest-intx");
+    let args = ["-M", "pseries-10.0", "-device", "virtio-rng-pci"];
+    let (_vm, _q, mut qt) = start(&dir, "src", &args);
+    assert_eq!(cfg_read(&mut qt, 0, 0x3c, 1), (0, 0), "interrupt line");
+    assert_eq!(cfg_read(&mut qt, 0, 0x3d, 1), (0, 1), "INTA");
+    assert_eq!(cfg_write(&mut qt, 0, 4, 2, 0x6), 0);
+    const PIN: u32 = 0x1200;
+    assert_eq!(rtas(&mut qt, "ibm,set-xive", &[PIN, 0, 5], 1), [0]);
+    hcall(&mut qt, H_CPPR, &[0xff]);
+
+    let used = rng_request(&mut qt);
+    let presented = 0xff00_0000 | u64::from(PIN);
+    wait_presented(&mut qt, presented, "the pin never reached the XICS");
+    assert_eq!(qt.read(used + 2, 2), [1, 0], "the buffer came back");
+    // Taken and ended with the line still up: presented again.
+    assert_eq!(hcall(&mut qt, H_XIRR, &[]).1[0], presented);
+    assert_eq!(hcall(&mut qt, H_EOI, &[presented]).0, 0);
+    assert_eq!(ipoll(&mut qt), presented, "a level is sent again");
+    // Taken, the ISR read (the device lowers its line), ended: done.
+    assert_eq!(hcall(&mut qt, H_XIRR, &[]).1[0], presented);
+    let isr = spapr_capability(&mut qt, 0, 0x09, Some(3));
+    let bar = cfg_read(&mut qt, 0, isr + 4, 1).1;
+    let off = cfg_read(&mut qt, 0, isr + 8, 4).1;
+    let isr_at = spapr_bar(&mut qt, 0, bar) + u64::from(off);
+    assert_eq!(qt.readb(isr_at) & 1, 1, "a queue interrupt");
+    assert_eq!(hcall(&mut qt, H_EOI, &[presented]).0, 0);
+    assert_eq!(ipoll(&mut qt), 0xff00_0000, "nothing more");
 }

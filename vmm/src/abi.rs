@@ -72,7 +72,13 @@ pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
             Build::Virtio(vt) => {
                 let backend = backend(vt.backend)?;
                 let dev = (vt.create)(&props, backend).map_err(|e| anyhow!("{name}: {e}"))?;
-                let tc = transport_config(&props, false, 16);
+                // The interrupt line register as the board sets it
+                // (x86: its GSI; pseries: 0).
+                let line = match m.arch {
+                    machine::Arch::X86_64 => 16,
+                    machine::Arch::Ppc64 => 0,
+                };
+                let tc = transport_config(&props, false, 16, line);
                 let f = virtio::pci::VirtioPci::new(
                     name.into(),
                     dev,

@@ -156,6 +156,13 @@ pub trait Vm: devices::virtio::VmOps + Send + Sync {
     fn dirty_log(&self, slot: u32) -> Result<Vec<u64>, Error>;
     /// Makes `evt` raise interrupt line `gsi`.
     fn add_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error>;
+    /// Routes interrupt source `nr` of the hypervisor's own interrupt
+    /// controller, where it presents the interrupts (KVM-PPC's XICS); the
+    /// others have nothing to route.
+    fn route_source(&self, nr: u32, route: devices::xics::Route) -> Result<(), Error> {
+        let _ = (nr, route);
+        Ok(())
+    }
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, Error>;
     /// The guest's clock (kvm-clock's base), in nanoseconds.
     fn clock(&self) -> Result<u64, Error>;

@@ -42,6 +42,28 @@ migration::vmstate! {
     }
 }
 
+/// An in-kernel XICS source's attribute for `route` (QEMU's
+/// `ics_set_kvm_state_one`): the server, the priority it has or will get
+/// back when unmasked, masked or not, level-triggered or not; what the
+/// kernel holds of its delivery (pending, presented, queued) is kept
+/// from `old`, its attribute now.
+pub fn xics_source_attr(old: u64, route: devices::xics::Route) -> u64 {
+    use kvm_ppc::uapi::{
+        KVM_XICS_LEVEL_SENSITIVE, KVM_XICS_MASKED, KVM_XICS_PENDING, KVM_XICS_PRESENTED,
+        KVM_XICS_PRIORITY_SHIFT, KVM_XICS_QUEUED,
+    };
+    let mut v = old & (KVM_XICS_PENDING | KVM_XICS_PRESENTED | KVM_XICS_QUEUED);
+    v |= u64::from(route.server);
+    v |= u64::from(route.saved_priority) << KVM_XICS_PRIORITY_SHIFT;
+    if route.priority == devices::xics::MASKED {
+        v |= KVM_XICS_MASKED;
+    }
+    if route.lsi {
+        v |= KVM_XICS_LEVEL_SENSITIVE;
+    }
+    v
+}
+
 /// The sources of the in-kernel XICS (from `devices::xics::IRQ_BASE`).
 pub const XICS_SOURCES: usize = 0x1000;
 
@@ -287,6 +309,14 @@ mod backend {
 
         fn add_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
             sys::irqfd(&self.fd, evt.as_raw_fd(), gsi).map_err(err("KVM_IRQFD failed"))
+        }
+
+        fn route_source(&self, nr: u32, route: devices::xics::Route) -> Result<(), Error> {
+            let group = KVM_DEV_XICS_GRP_SOURCES;
+            let old = sys::get_device_attr(&self.xics, group, nr.into())
+                .map_err(err("cannot read an in-kernel XICS source"))?;
+            sys::set_device_attr(&self.xics, group, nr.into(), xics_source_attr(old, route))
+                .map_err(err("cannot route an in-kernel XICS source"))
         }
 
         fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, Error> {
@@ -573,6 +603,28 @@ mod tests {
         let small = small_pages(&host, 16, 40);
         assert_eq!(small, vec![0xffff | 0xff << 32]);
         assert_eq!(small_pages(&[0b10], 1, 64), vec![0b10]);
+    }
+
+    /// The attribute QEMU's `ics_set_kvm_state_one` writes for the same
+    /// routing, with the kernel's delivery state kept.
+    #[test]
+    fn a_routing_becomes_the_kernels_source_attribute() {
+        use devices::xics::Route;
+        use kvm_ppc::uapi::*;
+        let r = |server, priority, saved_priority, lsi| Route {
+            server,
+            priority,
+            saved_priority,
+            lsi,
+        };
+        assert_eq!(xics_source_attr(0, r(3, 5, 5, false)), 3 | 5 << 32);
+        assert_eq!(
+            xics_source_attr(0, r(3, 0xff, 5, true)),
+            3 | 5 << 32 | KVM_XICS_MASKED | KVM_XICS_LEVEL_SENSITIVE
+        );
+        let busy = KVM_XICS_PENDING | KVM_XICS_PRESENTED | KVM_XICS_QUEUED;
+        let old = busy | KVM_XICS_MASKED | KVM_XICS_LEVEL_SENSITIVE | 7 | 0x10 << 32;
+        assert_eq!(xics_source_attr(old, r(1, 4, 4, false)), busy | 1 | 4 << 32);
     }
 
     #[test]

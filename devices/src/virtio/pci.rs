@@ -64,6 +64,9 @@ pub struct TransportConfig {
     pub page_per_vq: bool,
     /// The INTx line (GSI) when MSI-X is off.
     pub intx_gsi: u32,
+    /// The configuration space's interrupt line register at reset (what
+    /// firmware would have written there).
+    pub interrupt_line: u8,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -292,7 +295,7 @@ impl VirtioPci {
         cfg.set_u16(config::SUBSYSTEM_VENDOR_ID, 0x1af4);
         cfg.set_u16(config::SUBSYSTEM_ID, if legacy { ty } else { 0x1100 });
         cfg.set_u8(config::INTERRUPT_PIN, 1);
-        cfg.set_u8(config::INTERRUPT_LINE, tc.intx_gsi as u8);
+        cfg.set_u8(config::INTERRUPT_LINE, tc.interrupt_line);
         cfg.wmask[config::INTERRUPT_LINE as usize] = 0xff;
 
         let mut bars = vec![];
@@ -1132,6 +1135,7 @@ mod tests {
             vectors: 2,
             page_per_vq: false,
             intx_gsi: 16,
+            interrupt_line: 16,
         }
     }
 

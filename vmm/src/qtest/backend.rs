@@ -45,7 +45,12 @@ pub struct QtestVm {
     clock: AtomicU64,
     /// The board's interrupt controller, for the MSIs it takes.
     msi_route: OnceLock<MsiRoute>,
+    /// And for its interrupt lines.
+    line_route: OnceLock<LineRoute>,
 }
+
+/// Sets an interrupt line's level at the board's interrupt controller.
+pub type LineRoute = Box<dyn Fn(u32, bool) + Send + Sync>;
 
 /// Takes an MSI (address, data) the board's interrupt controller serves;
 /// false for one that is a plain memory write.
@@ -62,6 +67,12 @@ impl QtestVm {
     /// the MSI window raise the source their data names).
     pub fn route_msi(&self, route: MsiRoute) {
         let _ = self.msi_route.set(route);
+    }
+
+    /// Gives the VM the board's interrupt controller's lines (pseries:
+    /// the PCI bridge's pins are its sources).
+    pub fn route_lines(&self, route: LineRoute) {
+        let _ = self.line_route.set(route);
     }
 
     /// Reads guest RAM at `gpa`; false unless all of it is RAM.
@@ -127,6 +138,9 @@ impl VmOps for QtestVm {
             "qtest: line {gsi} {}",
             if level { "raised" } else { "lowered" }
         );
+        if let Some(route) = self.line_route.get() {
+            route(gsi, level);
+        }
         Ok(())
     }
 

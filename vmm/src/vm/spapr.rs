@@ -66,28 +66,42 @@ pub(super) fn build(
     let phb = PhbConfig::from_props(&cfg.host_bridge, 0, cfg.memory, irqs.lsi_base);
     // The interrupt controller: emulated under qtest, with a presentation
     // controller per vCPU; on KVM-PPC the kernel's presents (its state
-    // travels with each vCPU) and this one keeps the sources' routing.
+    // travels with each vCPU) and this one keeps the sources' routing,
+    // mirrored into the kernel's as it changes.
     let mut ics = Ics::new(
         xics_sources(&cfg.host_bridge),
         xics_servers(cfg.machine, &cfg.smp),
         &phb.lsi,
         &irqs.claimed,
     );
-    if !kvm {
+    if kvm {
+        // The kernel's XICS presents: it gets every routing change.
+        let vm = vm.clone();
+        ics = ics.with_mirror(devices::xics::Mirror(Box::new(move |nr, route| {
+            if let Err(e) = vm.route_source(nr, route) {
+                log::error!("interrupt source {nr:#x}: {e}");
+            }
+        })));
+    } else {
         ics = ics.with_icps(&vcpu_servers(cfg.machine, &cfg.smp));
     }
     let ics = Arc::new(Mutex::new(ics));
     if let Some(q) = vm.qtest() {
         // A function's MSI to the window raises the source its data names
         // (QEMU's `spapr_msi_write`; KVM-PPC's signal_msi does the same).
-        let ics = ics.clone();
+        let msi_ics = ics.clone();
         q.route_msi(Box::new(move |addr, data| {
             let window = devices::pci::spapr_phb::MSI_WINDOW;
             let hit = (window..window + 0x1_0000).contains(&addr);
             if hit {
-                ics.lock().expect("xics lock").pulse(data);
+                msi_ics.lock().expect("xics lock").pulse(data);
             }
             hit
+        }));
+        // A function's INTx is the bridge pin's level-triggered source.
+        let line_ics = ics.clone();
+        q.route_lines(Box::new(move |nr, level| {
+            line_ics.lock().expect("xics lock").set_level(nr, level)
         }));
     }
     let vty = irqs
@@ -399,6 +413,15 @@ fn load_kernel(
     mem.write_slice(&dtb, GuestAddress(layout.fdt))
         .map_err(|e| anyhow::anyhow!("cannot copy the device tree into guest memory: {e}"))?;
     Ok((boot::entry(&kernel, &layout), dtb))
+}
+
+/// The interrupt source a function in `slot` of PHB 0 raises on its INTA
+/// pin: the tree's `interrupt-map` swizzle (slot + pin) over the bridge's
+/// four pins.
+pub(super) fn intx_source(cfg: &VmConfig, slot: u8) -> u32 {
+    let irqs = Irqs::of(&cfg.host_bridge, has_console(cfg));
+    let phb = PhbConfig::from_props(&cfg.host_bridge, 0, cfg.memory, irqs.lsi_base);
+    phb.lsi[usize::from(slot) % 4]
 }
 
 /// Whether the board has a console (QEMU's pseries makes `-serial`'s

@@ -74,19 +74,33 @@ pub(super) fn virtio_function(
     let backend =
         backend(cfg, d, vt.backend, claim, &mut consoles).with_context(|| name.clone())?;
     let dev = (vt.create)(&d.props, backend).map_err(|e| anyhow!(e).context(name.clone()))?;
-    // PIRQ E-H style: GSIs 16-23 by slot.
-    let tc = transport_config(&d.props, d.bus != 0, 16 + ((devfn >> 3) & 7) as u32);
+    let slot = devfn >> 3;
+    let (gsi, line) = match cfg.machine.arch {
+        // PIRQ E-H style: GSIs 16-23 by slot, in the interrupt line
+        // register as firmware would have written it.
+        machine::Arch::X86_64 => {
+            let gsi = 16 + u32::from(slot & 7);
+            (gsi, gsi as u8)
+        }
+        // The bridge's pin for INTA of the slot: the guest finds it in
+        // the tree's interrupt-map (no firmware writes the register:
+        // 0, as QEMU's).
+        machine::Arch::Ppc64 => (super::spapr::intx_source(cfg, slot), 0),
+    };
+    let tc = transport_config(&d.props, d.bus != 0, gsi, line);
     let ops: Arc<dyn virtio::VmOps> = vm.clone();
     let f = virtio::pci::VirtioPci::new(name, dev, &tc, ops, mem.clone(), vt.vmstate)?;
     Ok(Some((Bdf::new(d.bus, devfn >> 3, devfn & 7), f)))
 }
 
 /// The virtio-pci transport a device's resolved properties ask for, behind
-/// a PCIe port or not, its INTx line `intx_gsi`.
+/// a PCIe port or not, its INTx line `intx_gsi` (`interrupt_line` in its
+/// configuration space).
 pub(crate) fn transport_config(
     props: &Props,
     on_pcie_port: bool,
     intx_gsi: u32,
+    interrupt_line: u8,
 ) -> TransportConfig {
     let vectors = props.uint("vectors").unwrap_or(virtio::pci::AUTO_VECTORS);
     TransportConfig {
@@ -101,6 +115,7 @@ pub(crate) fn transport_config(
         vectors: u16::try_from(vectors).unwrap_or(u16::MAX),
         page_per_vq: props.bool("page-per-vq").unwrap_or(false),
         intx_gsi,
+        interrupt_line,
     }
 }
 
