@@ -442,6 +442,12 @@ mod backend {
                 .map_err(err("cannot mark the vCPU online"))
         }
 
+        fn stop_cpu(&mut self) -> Result<(), Error> {
+            optional(sys::set_one_reg(&self.fd, KVM_REG_PPC_ONLINE, 0).map(|()| 0))
+                .map(drop)
+                .map_err(err("cannot mark the vCPU offline"))
+        }
+
         fn set_lpcr(&mut self, bits: u64, mask: u64) -> Result<(), Error> {
             let lpcr =
                 sys::get_one_reg(&self.fd, KVM_REG_PPC_LPCR_64).map_err(err("cannot read LPCR"))?;

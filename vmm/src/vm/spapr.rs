@@ -302,7 +302,16 @@ impl ExitHandler for SpaprExits {
             .cpus
             .before_entry(id.into(), std::time::Duration::from_millis(50))
         {
-            Entry::Stopped => return Ok(false),
+            Entry::Stopped { now: false } => return Ok(false),
+            Entry::Stopped { now: true } => {
+                // stop-self: offline until started again (QEMU's
+                // kvmppc_set_reg_ppc_online(cpu, 0)).
+                let mut vcpu = vcpu.lock().expect("vcpu lock");
+                if let Some(ppc) = vcpu.ppc64() {
+                    ppc.stop_cpu().map_err(|e| format!("stop-self: {e}"))?;
+                }
+                return Ok(false);
+            }
             Entry::Run { start, lpcr } => (start, lpcr),
         };
         if start.is_none() && lpcr.is_none() {

@@ -46,8 +46,9 @@ pub struct Start {
 /// What a vCPU's thread is to do before it enters the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
-    /// Stay out: the vCPU is stopped.
-    Stopped,
+    /// Stay out: the vCPU is stopped; `now` the first time since it ran
+    /// (its thread marks it offline).
+    Stopped { now: bool },
     /// Enter, first loading what changed: a start-cpu's entry, and the
     /// LPCR bits (within [`LPCR_ILE`] | [`LPCR_AIL`]) if they changed.
     Run {
@@ -66,6 +67,8 @@ struct Cpu {
     start: Option<Start>,
     /// LPCR bits its thread has not loaded yet.
     lpcr_changed: bool,
+    /// Stopped by `stop-self`, not yet seen by its thread.
+    stopped_now: bool,
 }
 
 /// The board's vCPUs (vCPU N is the Nth).
@@ -89,6 +92,7 @@ impl SpaprCpus {
                 lpcr: 0,
                 start: None,
                 lpcr_changed: false,
+                stopped_now: false,
             })
             .collect();
         SpaprCpus {
@@ -129,6 +133,7 @@ impl SpaprCpus {
             return Err(HW_ERROR);
         }
         c.halted = false;
+        c.stopped_now = false;
         c.start = Some(Start { nip, r3 });
         c.lpcr_changed |= c.lpcr != lpcr;
         c.lpcr = lpcr;
@@ -142,6 +147,7 @@ impl SpaprCpus {
         if let Some(c) = self.lock().get_mut(caller) {
             c.halted = true;
             c.start = None;
+            c.stopped_now = true;
         }
     }
 
@@ -180,7 +186,9 @@ impl SpaprCpus {
             };
         };
         if c.halted {
-            return Entry::Stopped;
+            return Entry::Stopped {
+                now: std::mem::take(&mut c.stopped_now),
+            };
         }
         let lpcr = std::mem::take(&mut c.lpcr_changed).then_some(c.lpcr);
         Entry::Run {
@@ -224,6 +232,7 @@ impl SpaprCpus {
         c.lpcr = s.lpcr;
         c.start = None;
         c.lpcr_changed = false;
+        c.stopped_now = false;
         drop(cpus);
         self.started.notify_all();
         Ok(())
@@ -270,7 +279,7 @@ mod tests {
         assert_eq!(cpus.query(1), None);
         let wait = Duration::from_millis(1);
         assert_eq!(cpus.before_entry(0, wait), run(None, None));
-        assert_eq!(cpus.before_entry(1, wait), Entry::Stopped);
+        assert_eq!(cpus.before_entry(1, wait), Entry::Stopped { now: false });
 
         assert_eq!(cpus.start(0, 1, 0x100, 7), Err(PARAM_ERROR));
         assert_eq!(cpus.start(0, 0, 0x100, 7), Err(HW_ERROR));
@@ -283,7 +292,8 @@ mod tests {
 
         cpus.stop_self(1);
         assert_eq!(cpus.query(8), Some(0));
-        assert_eq!(cpus.before_entry(1, wait), Entry::Stopped);
+        assert_eq!(cpus.before_entry(1, wait), Entry::Stopped { now: true });
+        assert_eq!(cpus.before_entry(1, wait), Entry::Stopped { now: false });
     }
 
     #[test]
