@@ -23,3 +23,7 @@ pub const CALLS: &[(&str, u32)] = &[
     ("ibm,query-interrupt-source-number", 0x2018),
     ("ibm,change-msi", 0x2019),
 ];
+
+/// The most argument or result cells a call is read with: RTAS buffers
+/// are a page of 4-byte cells.
+pub const MAX_CELLS: u32 = 1024;

@@ -301,7 +301,7 @@ pub fn parse(line: &str) -> Result<Request, Error> {
                 // RTAS buffers are a page; a count past it is a typo.
                 u32::try_from(n)
                     .ok()
-                    .filter(|n| *n <= 1024)
+                    .filter(|n| *n <= arch::ppc64::rtas::MAX_CELLS)
                     .ok_or_else(|| Error::Number {
                         command: command.to_string(),
                         word: n.to_string(),

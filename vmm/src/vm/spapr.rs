@@ -846,9 +846,6 @@ fn msi_call(papr: &Papr, name: &str, args: &[u32], nret: usize) -> Result<Vec<u3
     Ok(rets)
 }
 
-/// The RTAS arguments read of a call (a page of cells).
-const MAX_RTAS_ARGS: u32 = 1024;
-
 /// An RTAS call as a guest makes it: `nargs` arguments at `args` and room
 /// for `nret` results at `ret`, big-endian 32-bit cells in guest memory
 /// (addresses wrap, as QEMU's do). False for a call this board does not
@@ -868,7 +865,7 @@ pub(super) fn rtas_in_memory(
     // unassigned memory. No call takes more than a few arguments: a
     // count past a page of them is read as a page (every call that
     // checks its count refuses it then, as QEMU's).
-    let argv: Vec<u32> = (0..u64::from(nargs.min(MAX_RTAS_ARGS)))
+    let argv: Vec<u32> = (0..u64::from(nargs.min(arch::ppc64::rtas::MAX_CELLS)))
         .map(|i| {
             papr.mem
                 .read_obj::<[u8; 4]>(cell(args, i))
