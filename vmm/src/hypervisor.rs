@@ -110,8 +110,9 @@ pub trait VcpuPpc64 {
     /// Starts this (stopped) vCPU as RTAS `start-cpu` does: at `nip` with
     /// `r3`, MSR SF|ME, r1, r4 and r5 zero, marked online.
     fn start_cpu(&mut self, nip: u64, r3: u64) -> Result<(), Error>;
-    /// Marks this vCPU offline (RTAS `stop-self`).
-    fn stop_cpu(&mut self) -> Result<(), Error>;
+    /// Marks this vCPU online or offline (RTAS `stop-self`; a vCPU that
+    /// came with a migration).
+    fn set_online(&mut self, online: bool) -> Result<(), Error>;
     /// Sets the LPCR bits under `mask` to `bits`.
     fn set_lpcr(&mut self, bits: u64, mask: u64) -> Result<(), Error>;
 }

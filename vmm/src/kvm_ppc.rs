@@ -435,17 +435,15 @@ mod backend {
             r.gpr[4] = 0;
             r.gpr[5] = 0;
             sys::set_regs(&self.fd, &r).map_err(err("KVM_SET_REGS failed"))?;
-            // HV KVM counts the online threads of a core (QEMU's
-            // kvmppc_set_reg_ppc_online); PR KVM has no such register.
-            optional(sys::set_one_reg(&self.fd, KVM_REG_PPC_ONLINE, 1).map(|()| 0))
-                .map(drop)
-                .map_err(err("cannot mark the vCPU online"))
+            self.set_online(true)
         }
 
-        fn stop_cpu(&mut self) -> Result<(), Error> {
-            optional(sys::set_one_reg(&self.fd, KVM_REG_PPC_ONLINE, 0).map(|()| 0))
+        fn set_online(&mut self, online: bool) -> Result<(), Error> {
+            // HV KVM counts the online threads of a core (QEMU's
+            // kvmppc_set_reg_ppc_online); PR KVM has no such register.
+            optional(sys::set_one_reg(&self.fd, KVM_REG_PPC_ONLINE, online.into()).map(|()| 0))
                 .map(drop)
-                .map_err(err("cannot mark the vCPU offline"))
+                .map_err(err("cannot set the vCPU's online state"))
         }
 
         fn set_lpcr(&mut self, bits: u64, mask: u64) -> Result<(), Error> {

@@ -297,30 +297,39 @@ impl ExitHandler for SpaprExits {
     fn before_entry(&self, id: u8, vcpu: &Mutex<Box<dyn Vcpu>>) -> Result<bool, String> {
         // A stopped vCPU's thread waits here a while, then goes back by
         // its run gate (a pause must find it there).
-        let (start, lpcr) = match self
+        let (start, lpcr, online) = match self
             .papr
             .cpus
             .before_entry(id.into(), std::time::Duration::from_millis(50))
         {
             Entry::Stopped { now: false } => return Ok(false),
             Entry::Stopped { now: true } => {
-                // stop-self: offline until started again (QEMU's
-                // kvmppc_set_reg_ppc_online(cpu, 0)).
+                // stop-self (or came stopped with a migration): offline
+                // until started again (QEMU's kvmppc_set_reg_ppc_online).
                 let mut vcpu = vcpu.lock().expect("vcpu lock");
                 if let Some(ppc) = vcpu.ppc64() {
-                    ppc.stop_cpu().map_err(|e| format!("stop-self: {e}"))?;
+                    ppc.set_online(false)
+                        .map_err(|e| format!("stop-self: {e}"))?;
                 }
                 return Ok(false);
             }
-            Entry::Run { start, lpcr } => (start, lpcr),
+            Entry::Run {
+                start,
+                lpcr,
+                online,
+            } => (start, lpcr, online),
         };
-        if start.is_none() && lpcr.is_none() {
+        if start.is_none() && lpcr.is_none() && !online {
             return Ok(true);
         }
         let mut vcpu = vcpu.lock().expect("vcpu lock");
         let ppc = vcpu
             .ppc64()
             .ok_or_else(|| "the pseries board needs ppc64 vCPUs".to_string())?;
+        if online {
+            ppc.set_online(true)
+                .map_err(|e| format!("cannot mark the vCPU online: {e}"))?;
+        }
         if let Some(s) = start {
             ppc.start_cpu(s.nip, s.r3)
                 .map_err(|e| format!("start-cpu at {:#x}: {e}", s.nip))?;

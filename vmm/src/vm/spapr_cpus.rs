@@ -54,6 +54,8 @@ pub enum Entry {
     Run {
         start: Option<Start>,
         lpcr: Option<u64>,
+        /// Mark it online (it came running with a migration).
+        online: bool,
     },
 }
 
@@ -67,8 +69,11 @@ struct Cpu {
     start: Option<Start>,
     /// LPCR bits its thread has not loaded yet.
     lpcr_changed: bool,
-    /// Stopped by `stop-self`, not yet seen by its thread.
+    /// Stopped by `stop-self` (or came stopped with a migration), not
+    /// yet seen by its thread.
     stopped_now: bool,
+    /// Came running with a migration, not yet seen by its thread.
+    online_now: bool,
 }
 
 /// The board's vCPUs (vCPU N is the Nth).
@@ -93,6 +98,7 @@ impl SpaprCpus {
                 start: None,
                 lpcr_changed: false,
                 stopped_now: false,
+                online_now: false,
             })
             .collect();
         SpaprCpus {
@@ -183,6 +189,7 @@ impl SpaprCpus {
             return Entry::Run {
                 start: None,
                 lpcr: None,
+                online: false,
             };
         };
         if c.halted {
@@ -194,6 +201,7 @@ impl SpaprCpus {
         Entry::Run {
             start: c.start.take(),
             lpcr,
+            online: std::mem::take(&mut c.online_now),
         }
     }
 
@@ -232,7 +240,9 @@ impl SpaprCpus {
         c.lpcr = s.lpcr;
         c.start = None;
         c.lpcr_changed = false;
-        c.stopped_now = false;
+        // Its thread tells the kernel whether it is online, as it came.
+        c.stopped_now = c.halted;
+        c.online_now = !c.halted;
         drop(cpus);
         self.started.notify_all();
         Ok(())
@@ -268,7 +278,11 @@ mod tests {
     use super::*;
 
     fn run(start: Option<Start>, lpcr: Option<u64>) -> Entry {
-        Entry::Run { start, lpcr }
+        Entry::Run {
+            start,
+            lpcr,
+            online: false,
+        }
     }
 
     #[test]
@@ -349,6 +363,15 @@ mod tests {
         }
         assert_eq!(b.query(1), Some(2));
         assert_eq!(b.lpcr(1), Some(LPCR_ILE));
+        // The threads mark them online as they came, once.
+        let wait = Duration::from_millis(1);
+        let online = Entry::Run {
+            start: None,
+            lpcr: None,
+            online: true,
+        };
+        assert_eq!(b.before_entry(1, wait), online);
+        assert_eq!(b.before_entry(1, wait), run(None, None));
 
         let mut to = CpuSection { cpus: b, vcpu: 1 };
         let bad = CpuState { halted: 2, lpcr: 0 };
