@@ -103,6 +103,14 @@ pub trait VmX86_64 {
     fn msrs(&self) -> &[u32];
 }
 
+/// The ppc64 side of a VM.
+pub trait VmPpc64 {
+    /// Gives the guest a hash page table of 2^`shift` bytes, where the
+    /// host's MMU needs one (not on a radix-only host: `None`); the order
+    /// the kernel granted.
+    fn allocate_hpt(&self, shift: u32) -> Result<Option<u32>, Error>;
+}
+
 /// The ppc64 side of a vCPU.
 pub trait VcpuPpc64 {
     /// Starts this vCPU at a kernel's entry (arch::ppc64::boot).
@@ -139,6 +147,10 @@ pub trait Vcpu: Send {
 /// Also what devices need of it ([`devices::virtio::VmOps`]).
 pub trait Vm: devices::virtio::VmOps + Send + Sync {
     fn x86_64(&self) -> Option<&dyn VmX86_64> {
+        None
+    }
+    /// The ppc64 side of the VM, on a ppc64 backend.
+    fn ppc64(&self) -> Option<&dyn VmPpc64> {
         None
     }
     /// The qtest accelerator's VM (no vCPUs; its client reaches RAM and

@@ -154,7 +154,9 @@ pub use backend::KvmPpcHypervisor;
 #[cfg(target_arch = "powerpc64")]
 mod backend {
     use super::*;
-    use crate::hypervisor::{Blobs, Error, Exit, ExitHandler, Hypervisor, Vcpu, VcpuPpc64, Vm};
+    use crate::hypervisor::{
+        Blobs, Error, Exit, ExitHandler, Hypervisor, Vcpu, VcpuPpc64, Vm, VmPpc64,
+    };
     use devices::virtio::Doorbell;
     use kvm_ppc::exit::{complete_hcall, complete_mmio_read, decode, RunExit};
     use kvm_ppc::sys;
@@ -169,10 +171,6 @@ mod backend {
         move |source| Error { what, source }
     }
 
-    /// The hash table a guest gets: 2^24 bytes (16 MiB), what QEMU gives
-    /// a guest of up to 2 GiB; KVM may grant another order.
-    const HTAB_SHIFT: u32 = 24;
-
     /// KVM-PPC (`/dev/kvm` on a POWER host).
     pub struct KvmPpcHypervisor;
 
@@ -183,12 +181,6 @@ mod backend {
             let fd = sys::create_vm(&kvm, KVM_VM_PPC_HV)
                 .or_else(|_| sys::create_vm(&kvm, KVM_VM_PPC_PR))
                 .map_err(err("KVM_CREATE_VM failed (neither HV nor PR)"))?;
-            let radix = sys::check_extension(&kvm, KVM_CAP_PPC_MMU_RADIX).unwrap_or(0) > 0;
-            if !radix && sys::check_extension(&kvm, KVM_CAP_PPC_ALLOC_HTAB).unwrap_or(0) > 0 {
-                let order = sys::allocate_htab(&fd, HTAB_SHIFT)
-                    .map_err(err("KVM_PPC_ALLOCATE_HTAB failed"))?;
-                log::info!("KVM-PPC: hash table of 2^{order} bytes");
-            }
             let xics = sys::create_xics(&fd).map_err(err("cannot create the in-kernel XICS"))?;
             // Every source exists in the kernel from the start (masked, as
             // at reset; QEMU's xics_kvm_connect sets each), so MSIs and the
@@ -259,7 +251,23 @@ mod backend {
         }
     }
 
+    impl VmPpc64 for PpcVm {
+        fn allocate_hpt(&self, shift: u32) -> Result<Option<u32>, Error> {
+            let has = |cap| sys::check_extension(&self.kvm, cap).unwrap_or(0) > 0;
+            if has(KVM_CAP_PPC_MMU_RADIX) || !has(KVM_CAP_PPC_ALLOC_HTAB) {
+                return Ok(None);
+            }
+            sys::allocate_htab(&self.fd, shift)
+                .map(Some)
+                .map_err(err("KVM_PPC_ALLOCATE_HTAB failed"))
+        }
+    }
+
     impl Vm for PpcVm {
+        fn ppc64(&self) -> Option<&dyn VmPpc64> {
+            Some(self)
+        }
+
         unsafe fn add_memory(
             &self,
             slot: u32,

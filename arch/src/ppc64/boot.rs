@@ -151,11 +151,32 @@ pub fn entry(kernel: &Kernel, layout: &Layout) -> Entry {
     }
 }
 
+/// The order (log2 of bytes) of a guest's hash page table for `ram`
+/// bytes of RAM, QEMU's `spapr_hpt_shift_for_ramsize`: 1/128 of RAM
+/// rounded up to a power of two, between the architected 2^18 and 2^46.
+pub fn hpt_shift_for_ram(ram: u64) -> u32 {
+    let order = ram
+        .max(1)
+        .checked_next_power_of_two()
+        .map_or(64, u64::trailing_zeros);
+    let shift = order.saturating_sub(7);
+    shift.clamp(18, 46)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Cursor;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    #[test]
+    fn the_hash_table_is_a_128th_of_ram() {
+        assert_eq!(hpt_shift_for_ram(256 << 20), 21);
+        assert_eq!(hpt_shift_for_ram(2 << 30), 24);
+        assert_eq!(hpt_shift_for_ram(3 << 30), 25, "rounded up");
+        assert_eq!(hpt_shift_for_ram(16 << 20), 18, "the smallest there is");
+        assert_eq!(hpt_shift_for_ram(u64::MAX), 46);
+    }
 
     /// A 64-bit ppc64 ELF in `endian`: one PT_LOAD of `code` linked at
     /// `vaddr` (physical address the same), `bss` more bytes of memory,

@@ -41,6 +41,15 @@ pub(super) fn build(
             cfg.machine.name
         );
     }
+    // The hash page table, sized for the RAM as QEMU's (KVM-PPC on a host
+    // that needs one). The order granted is what the vCPU nodes' ibm,pft-size
+    // must say, once the tree has them.
+    if let Some(ppc) = vm.ppc64() {
+        let want = arch::ppc64::boot::hpt_shift_for_ram(cfg.memory);
+        if let Some(order) = ppc.allocate_hpt(want)? {
+            log::info!("KVM-PPC: hash page table of 2^{order} bytes (2^{want} asked)");
+        }
+    }
     let mem = guest_memory(cfg, &*vm, vec![(0, cfg.memory)])?;
     if let Some(q) = vm.qtest() {
         q.attach(&mem);
