@@ -272,12 +272,16 @@ impl Ics {
         let n = num as usize;
         let first = (start..self.irqs.len().checked_sub(n)? + 1)
             .find(|&i| self.irqs[i..i + n].iter().all(|irq| irq.flags == 0))?;
-        // Claimed, a source starts masked (QEMU's `ics_reset_irq`).
+        // Claimed with an in-kernel controller, a source starts masked
+        // there and here (QEMU's `ics_set_irq_type` resets it only then).
+        let reset = self.mirror.is_some();
         for irq in &mut self.irqs[first..first + n] {
             irq.flags = FLAG_MSI;
-            irq.priority = MASKED;
-            irq.saved_priority = MASKED;
-            irq.status = 0;
+            if reset {
+                irq.priority = MASKED;
+                irq.saved_priority = MASKED;
+                irq.status = 0;
+            }
         }
         let first = IRQ_BASE + first as u32;
         for nr in first..first + num {
@@ -586,7 +590,9 @@ mod tests {
         // A refused call sends nothing.
         assert_eq!(ics.set_xive(0x1200, 8, 5), Err(-3));
         assert!(take().is_empty());
-        // MSIs claimed later start masked, whatever they had before.
+        // MSIs claimed later start masked, whatever they had before (with
+        // a mirror only: the emulated controller keeps the routing, as
+        // QEMU's without an in-kernel one).
         ics.set_xive(0x1300, 1, 4).unwrap();
         take();
         assert_eq!(ics.claim_msis(0x1300, 2), Some(0x1300));
@@ -597,6 +603,14 @@ mod tests {
                 (0x1300, route(1, MASKED, MASKED, false)),
                 (0x1301, route(0, MASKED, MASKED, false))
             ]
+        );
+        let mut emulated = Ics::new(0x1000, 8, &[], &[]);
+        emulated.set_xive(0x1300, 1, 4).unwrap();
+        assert_eq!(emulated.claim_msis(0x1300, 1), Some(0x1300));
+        assert_eq!(
+            emulated.get_xive(0x1300),
+            Ok((1, 4)),
+            "kept without a mirror"
         );
     }
 

@@ -14,6 +14,8 @@ pub const KVM_CAP_PPC_HTAB_FD: u32 = 84;
 pub const KVM_CAP_IRQ_XICS: u32 = 92;
 pub const KVM_CAP_PPC_HTM: u32 = 132;
 pub const KVM_CAP_PPC_MMU_RADIX: u32 = 134;
+/// The guest may take interrupts with LPCR[AIL] = 3.
+pub const KVM_CAP_PPC_AIL_MODE_3: u32 = 210;
 pub const KVM_CAP_PPC_MMU_HASH_V3: u32 = 135;
 
 /// `kvm_run.exit_reason`s a pseries vCPU comes back with.
@@ -430,6 +432,10 @@ pub fn facts() -> Vec<(String, u64)> {
         ("KVM_CAP_IRQ_XICS".into(), KVM_CAP_IRQ_XICS.into()),
         ("KVM_CAP_PPC_HTM".into(), KVM_CAP_PPC_HTM.into()),
         ("KVM_CAP_PPC_MMU_RADIX".into(), KVM_CAP_PPC_MMU_RADIX.into()),
+        (
+            "KVM_CAP_PPC_AIL_MODE_3".into(),
+            KVM_CAP_PPC_AIL_MODE_3.into(),
+        ),
         (
             "KVM_CAP_PPC_MMU_HASH_V3".into(),
             KVM_CAP_PPC_MMU_HASH_V3.into(),

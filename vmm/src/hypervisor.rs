@@ -109,6 +109,9 @@ pub trait VmPpc64 {
     /// host's MMU needs one (not on a radix-only host: `None`); the order
     /// the kernel granted.
     fn allocate_hpt(&self, shift: u32) -> Result<Option<u32>, Error>;
+    /// Whether a guest may take its interrupts relocated with LPCR[AIL]
+    /// 3 (`KVM_CAP_PPC_AIL_MODE_3`).
+    fn ail_mode_3(&self) -> bool;
 }
 
 /// The ppc64 side of a vCPU.

@@ -196,6 +196,7 @@ mod backend {
                 fd,
                 xics,
                 slots: Mutex::new(vec![]),
+                pins: Default::default(),
             }))
         }
     }
@@ -212,6 +213,7 @@ mod backend {
         fd: File,
         xics: File,
         slots: Mutex<Vec<Slot>>,
+        pins: devices::pci::intx::SharedLines,
     }
 
     impl devices::virtio::VmOps for PpcVm {
@@ -221,7 +223,12 @@ mod backend {
             sys::irq_line(&self.fd, data & 0xffff, KVM_INTERRUPT_SET)
         }
 
+        /// A function's INTx: its bridge pin's source, up while any
+        /// function on the pin holds it.
         fn set_irq_line(&self, gsi: u32, level: bool) -> std::io::Result<()> {
+            let Some(level) = self.pins.set(gsi, level) else {
+                return Ok(());
+            };
             let level = if level {
                 KVM_INTERRUPT_SET_LEVEL
             } else {
@@ -260,6 +267,10 @@ mod backend {
             sys::allocate_htab(&self.fd, shift)
                 .map(Some)
                 .map_err(err("KVM_PPC_ALLOCATE_HTAB failed"))
+        }
+
+        fn ail_mode_3(&self) -> bool {
+            sys::check_extension(&self.kvm, KVM_CAP_PPC_AIL_MODE_3).unwrap_or(0) > 0
         }
     }
 

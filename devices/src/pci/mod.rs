@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod host_bridge;
+pub mod intx;
 pub mod root_port;
 pub mod spapr_phb;
 

@@ -127,6 +127,10 @@ pub struct Shared {
     vm: Arc<dyn VmOps>,
     mem: Memory,
     intx_gsi: u32,
+    /// Whether this function holds its INTx line up: the line is told
+    /// only of changes, so a board can combine the functions that share
+    /// a pin (QEMU's irq_count).
+    intx: AtomicBool,
     /// The VM is stopped: the device thread leaves guest memory alone.
     paused: AtomicBool,
     name: String,
@@ -212,7 +216,16 @@ impl Shared {
         }
         drop(msix);
         common.isr |= isr;
-        if let Err(e) = self.vm.set_irq_line(self.intx_gsi, true) {
+        self.set_intx(true);
+    }
+
+    /// Raises or lowers this function's INTx line, telling the VM of a
+    /// change only.
+    fn set_intx(&self, level: bool) {
+        if self.intx.swap(level, Ordering::SeqCst) == level {
+            return;
+        }
+        if let Err(e) = self.vm.set_irq_line(self.intx_gsi, level) {
             log::warn!("{}: INTx on GSI {}: {e}", self.name, self.intx_gsi);
         }
     }
@@ -220,7 +233,7 @@ impl Shared {
     fn read_isr(&self, common: &mut Common) -> u8 {
         let v = std::mem::take(&mut common.isr);
         if v != 0 {
-            let _ = self.vm.set_irq_line(self.intx_gsi, false);
+            self.set_intx(false);
         }
         v
     }
@@ -409,6 +422,7 @@ impl VirtioPci {
             vm,
             mem,
             intx_gsi: tc.intx_gsi,
+            intx: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             name: name.clone(),
         });
@@ -521,7 +535,7 @@ impl VirtioPci {
         if status == 0 {
             c.reset();
             inner.dev.reset();
-            let _ = self.shared.vm.set_irq_line(self.shared.intx_gsi, false);
+            self.shared.set_intx(false);
             return;
         }
         let mut status = status;
@@ -1004,7 +1018,7 @@ impl PciFunction for VirtioPci {
                 inner.dev.activate(f);
             }
             if inner.common.isr != 0 && !self.msix_control().0 {
-                let _ = self.shared.vm.set_irq_line(self.shared.intx_gsi, true);
+                self.shared.set_intx(true);
             }
         }
         let (en, masked) = self.msix_control();

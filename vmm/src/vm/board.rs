@@ -394,6 +394,10 @@ impl Board {
         for h in self.vcpus.iter().filter(|h| !h.is_finished()) {
             let _ = h.kill(SIGRTMIN());
         }
+        // pseries vCPUs the guest has not started wait outside KVM_RUN.
+        if let Platform::Spapr(p) = &self.platform {
+            p.cpus.wake();
+        }
     }
 
     /// Stops every vCPU thread: signals interrupt KVM_RUN until each has

@@ -220,9 +220,9 @@ impl Session<'_> {
             // Committed: the devices serve what is pending (and what the
             // source had not seen yet).
             self.board.pci.lock().expect("pci lock").resume();
-            // The first vCPU out of the gate tells the source, just before
-            // its KVM_RUN: that ends the downtime the source reports.
-            *self.gate.on_run.lock().expect("gate lock") = Some(Box::new(move || {
+            // The first vCPU to enter the guest tells the source, just
+            // before its KVM_RUN: that ends the downtime the source reports.
+            self.gate.set_on_run(Box::new(move || {
                 running();
                 log::debug!(
                     "incoming: vCPU running (wall {} us)",

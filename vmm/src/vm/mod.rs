@@ -117,6 +117,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         parked: AtomicUsize::new(0),
         throttle_pct: Default::default(),
         on_run: Mutex::new(None),
+        on_run_pending: AtomicBool::new(false),
     });
     // The one place the backend is chosen.
     let hypervisor: Box<dyn crate::hypervisor::Hypervisor> = match &cfg.accel {

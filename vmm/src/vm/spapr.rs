@@ -107,10 +107,14 @@ pub(super) fn build(
             }
             hit
         }));
-        // A function's INTx is the bridge pin's level-triggered source.
+        // A function's INTx is the bridge pin's level-triggered source,
+        // up while any function on the pin holds it.
         let line_ics = ics.clone();
+        let pins = devices::pci::intx::SharedLines::default();
         q.route_lines(Box::new(move |nr, level| {
-            line_ics.lock().expect("xics lock").set_level(nr, level)
+            if let Some(level) = pins.set(nr, level) {
+                line_ics.lock().expect("xics lock").set_level(nr, level)
+            }
         }));
     }
     let vty = irqs
@@ -204,6 +208,9 @@ pub(super) fn build(
         mem: mem.clone(),
         cpus,
         cpu_sections,
+        // QEMU turns the capability off for CPUs before POWER8 (its
+        // pseries-2.7 and older run POWER7).
+        ail_mode_3: cfg.machine.version >= (2, 8) && vm.ppc64().is_none_or(|p| p.ail_mode_3()),
     };
     let buses = Arc::new(Buses {
         io: Bus::new(),
@@ -273,6 +280,10 @@ pub(super) struct Papr {
     pub(super) cpus: Arc<SpaprCpus>,
     /// Each vCPU's as its own section.
     pub(super) cpu_sections: Vec<Arc<Mutex<CpuSection>>>,
+    /// QEMU's `cap-ail-mode-3`: interrupts may be taken relocated at
+    /// 0xc000000000004000 (the machine's CPU is POWER8 or later, and a
+    /// KVM-PPC host can do it).
+    pub(super) ail_mode_3: bool,
 }
 
 /// A pseries vCPU's exits: MMIO on the buses (the PHB's windows), the
@@ -1004,7 +1015,7 @@ pub(super) fn hcall(papr: &Papr, caller: usize, opcode: u64, args: &mut [u64; 9]
                 }
             }
         }
-        H_SET_MODE => set_mode(&papr.cpus, args[0], args[1], args[2], args[3]),
+        H_SET_MODE => set_mode(papr, args[0], args[1], args[2], args[3]),
         H_XIRR | H_IPOLL | H_CPPR | H_EOI | H_IPI => {
             // The emulated XICS's (qtest); KVM-PPC's kernel serves these.
             // The caller is vCPU 0: qtest's client is the board's one CPU.
@@ -1039,12 +1050,14 @@ pub(super) fn hcall(papr: &Papr, caller: usize, opcode: u64, args: &mut [u64; 9]
 
 /// `H_SET_MODE(mflags, resource, value1, value2)`: interrupts' endianness
 /// (LPCR[ILE]) or where relocated interrupts go (LPCR[AIL]), on every
-/// vCPU, as QEMU 7.2's `h_set_mode` (its POWER9 rules: AIL 1 is
-/// reserved). Other resources (the breakpoint registers) are not the
+/// vCPU, as QEMU 7.2's `h_set_mode`: AIL 0, or 3 where the machine has
+/// `cap-ail-mode-3` (AIL 1 is not architected, AIL 2 not offered on
+/// pseries). Other resources (the breakpoint registers) are not the
 /// platform's: `H_P2`.
-fn set_mode(cpus: &SpaprCpus, mflags: u64, resource: u64, value1: u64, value2: u64) -> i64 {
+fn set_mode(papr: &Papr, mflags: u64, resource: u64, value1: u64, value2: u64) -> i64 {
     use hcall::*;
     use spapr_cpus::{LPCR_AIL, LPCR_AIL_SHIFT, LPCR_ILE};
+    let cpus = &papr.cpus;
     if resource != H_SET_MODE_RESOURCE_LE && resource != H_SET_MODE_RESOURCE_ADDR_TRANS_MODE {
         return H_P2;
     }
@@ -1059,8 +1072,9 @@ fn set_mode(cpus: &SpaprCpus, mflags: u64, resource: u64, value1: u64, value2: u
         (H_SET_MODE_RESOURCE_LE, H_SET_MODE_ENDIAN_LITTLE) => {
             cpus.set_all_lpcrs(LPCR_ILE, LPCR_ILE)
         }
-        (H_SET_MODE_RESOURCE_ADDR_TRANS_MODE, 0 | 2 | 3) => {
-            cpus.set_all_lpcrs(mflags << LPCR_AIL_SHIFT, LPCR_AIL)
+        (H_SET_MODE_RESOURCE_ADDR_TRANS_MODE, 0) => cpus.set_all_lpcrs(0, LPCR_AIL),
+        (H_SET_MODE_RESOURCE_ADDR_TRANS_MODE, 3) if papr.ail_mode_3 => {
+            cpus.set_all_lpcrs(3 << LPCR_AIL_SHIFT, LPCR_AIL)
         }
         _ => return H_UNSUPPORTED_FLAG,
     }

@@ -26,12 +26,16 @@ pub const LPCR_AIL_SHIFT: u32 = 23;
 pub const LPCR_AIL: u64 = 3 << LPCR_AIL_SHIFT;
 
 migration::vmstate! {
-    /// One vCPU's platform state: stopped (1) or running (0), and the
-    /// LPCR bits the platform set in it (ILE, AIL).
+    /// One vCPU's platform state: stopped (1) or running (0), the LPCR
+    /// bits the platform set in it (ILE, AIL), and a start-cpu its thread
+    /// had not loaded yet when the VM paused (1, with its entry).
     pub static VMSTATE = "spapr-cpu", version 1, minimum 1;
     pub struct CpuState {
         halted: u8,
         lpcr: u64,
+        start_pending: u8,
+        start_nip: u64,
+        start_r3: u64,
     }
 }
 
@@ -79,8 +83,11 @@ struct Cpu {
 /// The board's vCPUs (vCPU N is the Nth).
 pub struct SpaprCpus {
     cpus: Mutex<Vec<Cpu>>,
-    /// Wakes a stopped vCPU's thread when it is started.
+    /// Wakes a stopped vCPU's thread when it is started, or when it must
+    /// go back to its run gate ([`SpaprCpus::wake`]).
     started: Condvar,
+    /// Counts [`SpaprCpus::wake`]s (under `cpus`'s lock).
+    wakes: std::sync::atomic::AtomicU64,
 }
 
 impl SpaprCpus {
@@ -104,7 +111,16 @@ impl SpaprCpus {
         SpaprCpus {
             cpus: Mutex::new(cpus),
             started: Condvar::new(),
+            wakes: Default::default(),
         }
+    }
+
+    /// Sends every waiting stopped vCPU's thread back to its run gate at
+    /// once (a pause, a shutdown: they must not wait out their interval).
+    pub fn wake(&self) {
+        let _cpus = self.lock();
+        self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.started.notify_all();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Cpu>> {
@@ -179,9 +195,12 @@ impl SpaprCpus {
     pub fn before_entry(&self, i: usize, wait: Duration) -> Entry {
         let mut cpus = self.lock();
         if cpus.get(i).is_some_and(|c| c.halted) {
+            let seen = self.wakes.load(std::sync::atomic::Ordering::SeqCst);
             cpus = self
                 .started
-                .wait_timeout_while(cpus, wait, |cpus| cpus[i].halted)
+                .wait_timeout_while(cpus, wait, |cpus| {
+                    cpus[i].halted && self.wakes.load(std::sync::atomic::Ordering::SeqCst) == seen
+                })
                 .expect("spapr cpus lock")
                 .0;
         }
@@ -208,19 +227,26 @@ impl SpaprCpus {
     fn state(&self, i: usize) -> State {
         let cpus = self.lock();
         let c = &cpus[i];
+        let start = c.start.unwrap_or(Start { nip: 0, r3: 0 });
         CpuState {
             halted: c.halted.into(),
             lpcr: c.lpcr,
+            start_pending: c.start.is_some().into(),
+            start_nip: start.nip,
+            start_r3: start.r3,
         }
         .to_state()
     }
 
     fn load(&self, i: usize, st: &State) -> Result<(), LoadError> {
         let s = CpuState::from_state(st, VMSTATE.name)?;
-        if s.halted > 1 {
+        if s.halted > 1 || s.start_pending > 1 || (s.halted == 1 && s.start_pending == 1) {
             return Err(LoadError::new(
                 VMSTATE.name,
-                format!("vCPU {i}: halted is {}, not 0 or 1", s.halted),
+                format!(
+                    "vCPU {i}: halted {} with start_pending {}: each 0 or 1, and a stopped vCPU has no start waiting",
+                    s.halted, s.start_pending
+                ),
             ));
         }
         if s.lpcr & !(LPCR_ILE | LPCR_AIL) != 0 {
@@ -235,11 +261,14 @@ impl SpaprCpus {
         let mut cpus = self.lock();
         let c = &mut cpus[i];
         c.halted = s.halted == 1;
-        // The vCPU's own LPCR travels with its registers; a stopped
-        // vCPU's entry comes with its next start-cpu.
         c.lpcr = s.lpcr;
-        c.start = None;
-        c.lpcr_changed = false;
+        // What its thread had not loaded before the pause is loaded here:
+        // the bits again (loading them twice changes nothing), a start.
+        c.lpcr_changed = true;
+        c.start = (s.start_pending == 1).then_some(Start {
+            nip: s.start_nip,
+            r3: s.start_r3,
+        });
         // Its thread tells the kernel whether it is online, as it came.
         c.stopped_now = c.halted;
         c.online_now = !c.halted;
@@ -318,9 +347,27 @@ mod tests {
             std::thread::spawn(move || cpus.before_entry(1, Duration::from_secs(10)))
         };
         std::thread::sleep(Duration::from_millis(20));
+        let t = std::time::Instant::now();
         cpus.start(0, 1, 0x40, 0).unwrap();
         let entered = Start { nip: 0x40, r3: 0 };
         assert_eq!(waiter.join().unwrap(), run(Some(entered), None));
+        assert!(t.elapsed() < Duration::from_secs(5), "woken, not timed out");
+
+        // A pause sends a stopped one's thread back at once.
+        cpus.stop_self(1);
+        assert_eq!(
+            cpus.before_entry(1, Duration::ZERO),
+            Entry::Stopped { now: true }
+        );
+        let waiter = {
+            let cpus = cpus.clone();
+            std::thread::spawn(move || cpus.before_entry(1, Duration::from_secs(10)))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let t = std::time::Instant::now();
+        cpus.wake();
+        assert_eq!(waiter.join().unwrap(), Entry::Stopped { now: false });
+        assert!(t.elapsed() < Duration::from_secs(5), "woken, not timed out");
     }
 
     #[test]
@@ -363,21 +410,35 @@ mod tests {
         }
         assert_eq!(b.query(1), Some(2));
         assert_eq!(b.lpcr(1), Some(LPCR_ILE));
-        // The threads mark them online as they came, once.
+        // The threads mark them online as they came, once, and load what
+        // they had not yet: vCPU 1's start (its thread never ran after
+        // start-cpu), the LPCR bits again.
         let wait = Duration::from_millis(1);
-        let online = Entry::Run {
-            start: None,
-            lpcr: None,
+        let came = |start| Entry::Run {
+            start,
+            lpcr: Some(LPCR_ILE),
             online: true,
         };
-        assert_eq!(b.before_entry(1, wait), online);
+        assert_eq!(b.before_entry(0, wait), came(None));
+        assert_eq!(
+            b.before_entry(1, wait),
+            came(Some(Start { nip: 0x10, r3: 0 }))
+        );
         assert_eq!(b.before_entry(1, wait), run(None, None));
 
         let mut to = CpuSection { cpus: b, vcpu: 1 };
-        let bad = CpuState { halted: 2, lpcr: 0 };
-        let e = to.load(&bad.to_state()).unwrap_err();
-        assert!(e.to_string().contains("halted is 2"), "{e}");
-        let bad = CpuState { halted: 0, lpcr: 1 };
+        let state = |halted, lpcr, start_pending| CpuState {
+            halted,
+            lpcr,
+            start_pending,
+            start_nip: 0,
+            start_r3: 0,
+        };
+        let e = to.load(&state(2, 0, 0).to_state()).unwrap_err();
+        assert!(e.to_string().contains("halted 2"), "{e}");
+        let e = to.load(&state(1, 0, 1).to_state()).unwrap_err();
+        assert!(e.to_string().contains("start_pending 1"), "{e}");
+        let bad = state(0, 1, 0);
         let e = to.load(&bad.to_state()).unwrap_err();
         assert!(e.to_string().contains("0x1"), "{e}");
     }

@@ -51,9 +51,12 @@ pub(super) struct RunGate {
     pub(super) parked: AtomicUsize,
     /// Auto-converge: the share of each 10 ms slice the vCPUs sleep.
     pub(super) throttle_pct: std::sync::atomic::AtomicU64,
-    /// Run by the first vCPU to leave the gate (an incoming migration's
-    /// RUNNING: the downtime ends when a vCPU really runs again).
+    /// Run by the first vCPU to enter the guest after the gate opens (an
+    /// incoming migration's RUNNING: the downtime ends when a vCPU really
+    /// runs again; a pseries vCPU nobody has started does not count).
     pub(super) on_run: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Whether `on_run` holds something: every entry checks it.
+    pub(super) on_run_pending: AtomicBool,
 }
 
 impl RunGate {
@@ -74,10 +77,21 @@ impl RunGate {
                 .0;
         }
         self.parked.fetch_sub(1, Ordering::SeqCst);
-        drop(r);
-        let first = self.on_run.lock().expect("gate lock").take();
-        if let Some(f) = first {
-            f();
+    }
+
+    /// Sets what the first vCPU to enter the guest runs.
+    pub(super) fn set_on_run(&self, f: Box<dyn FnOnce() + Send>) {
+        *self.on_run.lock().expect("gate lock") = Some(f);
+        self.on_run_pending.store(true, Ordering::SeqCst);
+    }
+
+    /// A vCPU is about to enter the guest.
+    fn entering(&self) {
+        if self.on_run_pending.swap(false, Ordering::SeqCst) {
+            let first = self.on_run.lock().expect("gate lock").take();
+            if let Some(f) = first {
+                f();
+            }
         }
     }
 
@@ -151,7 +165,7 @@ pub(super) fn vcpu_loop(
             return;
         }
         match exits.before_entry(id, &vcpu) {
-            Ok(true) => {}
+            Ok(true) => gate.entering(),
             Ok(false) => continue,
             Err(why) => {
                 stop.store(true, Ordering::SeqCst);
