@@ -22,7 +22,7 @@ int main(void)
     O(kvm_regs, gpr); O(kvm_sregs, u); O(kvm_ppc_smmu_info, sps);
     O(kvm_run, papr_hcall);
     printf("sizeof kvm_run.papr_hcall %zu\n", sizeof(run.papr_hcall));
-    N(KVM_CAP_PPC_GET_PVINFO); N(KVM_CAP_PPC_PAPR); N(KVM_CAP_PPC_ALLOC_HTAB);
+    N(KVM_CAP_PPC_GET_PVINFO); N(KVM_CAP_PPC_PAPR); N(KVM_CAP_PPC_SMT); N(KVM_CAP_PPC_ENABLE_HCALL); N(KVM_CAP_PPC_ALLOC_HTAB);
     N(KVM_CAP_PPC_GET_SMMU_INFO); N(KVM_CAP_PPC_HTAB_FD); N(KVM_CAP_IRQ_XICS);
     N(KVM_CAP_PPC_HTM); N(KVM_CAP_PPC_MMU_RADIX); N(KVM_CAP_PPC_AIL_MODE_3); N(KVM_CAP_PPC_MMU_HASH_V3);
     N(KVM_EXIT_PAPR_HCALL); N(KVM_DEV_TYPE_XICS);

@@ -89,6 +89,17 @@ pub fn create_vcpu(vm: &File, id: u64) -> io::Result<File> {
     ioctl_val(vm, KVM_CREATE_VCPU, id).map(owned)
 }
 
+/// Enables capability `cap` of the VM with `args`.
+pub fn enable_vm_cap(vm: &File, cap: u32, args: [u64; 4]) -> io::Result<()> {
+    let mut c = KvmEnableCap {
+        cap,
+        flags: 0,
+        args,
+        pad: [0; 64],
+    };
+    ioctl_ptr(vm, KVM_ENABLE_CAP, &mut c).map(|_| ())
+}
+
 /// PAPR mode: hypercalls KVM does not handle exit to userspace.
 pub fn enable_papr(vcpu: &File) -> io::Result<()> {
     let mut c = KvmEnableCap {

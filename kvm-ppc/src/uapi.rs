@@ -8,6 +8,10 @@ pub const KVM_VM_PPC_PR: u64 = 2;
 
 pub const KVM_CAP_PPC_GET_PVINFO: u32 = 57;
 pub const KVM_CAP_PPC_PAPR: u32 = 68;
+/// Threads per virtual core (`KVM_ENABLE_CAP` on the VM: args[0]).
+pub const KVM_CAP_PPC_SMT: u32 = 64;
+/// Which hypercalls the kernel handles itself (args: the hcall, on/off).
+pub const KVM_CAP_PPC_ENABLE_HCALL: u32 = 104;
 pub const KVM_CAP_PPC_ALLOC_HTAB: u32 = 80;
 pub const KVM_CAP_PPC_GET_SMMU_INFO: u32 = 78;
 pub const KVM_CAP_PPC_HTAB_FD: u32 = 84;
@@ -420,6 +424,11 @@ pub fn facts() -> Vec<(String, u64)> {
             KVM_CAP_PPC_GET_PVINFO.into(),
         ),
         ("KVM_CAP_PPC_PAPR".into(), KVM_CAP_PPC_PAPR.into()),
+        ("KVM_CAP_PPC_SMT".into(), KVM_CAP_PPC_SMT.into()),
+        (
+            "KVM_CAP_PPC_ENABLE_HCALL".into(),
+            KVM_CAP_PPC_ENABLE_HCALL.into(),
+        ),
         (
             "KVM_CAP_PPC_ALLOC_HTAB".into(),
             KVM_CAP_PPC_ALLOC_HTAB.into(),

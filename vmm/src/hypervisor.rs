@@ -112,6 +112,9 @@ pub trait VmPpc64 {
     /// Whether a guest may take its interrupts relocated with LPCR[AIL]
     /// 3 (`KVM_CAP_PPC_AIL_MODE_3`).
     fn ail_mode_3(&self) -> bool;
+    /// Gives virtual cores `vsmt` threads (QEMU's virtual SMT mode) for a
+    /// guest of `threads` threads a core, before any vCPU exists.
+    fn set_smt(&self, vsmt: u32, threads: u32) -> Result<(), Error>;
 }
 
 /// The ppc64 side of a vCPU.

@@ -181,6 +181,14 @@ mod backend {
             let fd = sys::create_vm(&kvm, KVM_VM_PPC_HV)
                 .or_else(|_| sys::create_vm(&kvm, KVM_VM_PPC_PR))
                 .map_err(err("KVM_CREATE_VM failed (neither HV nor PR)"))?;
+            // The kernel serves H_SET_MODE's breakpoint resources itself
+            // and leaves the rest to the board (QEMU's
+            // kvmppc_enable_set_mode_hcall; an older kernel forwards all).
+            const H_SET_MODE: u64 = 0x31c;
+            if let Err(e) = sys::enable_vm_cap(&fd, KVM_CAP_PPC_ENABLE_HCALL, [H_SET_MODE, 1, 0, 0])
+            {
+                log::debug!("KVM-PPC: H_SET_MODE stays with userspace: {e}");
+            }
             let xics = sys::create_xics(&fd).map_err(err("cannot create the in-kernel XICS"))?;
             // Every source exists in the kernel from the start (masked, as
             // at reset; QEMU's xics_kvm_connect sets each), so MSIs and the
@@ -271,6 +279,24 @@ mod backend {
 
         fn ail_mode_3(&self) -> bool {
             sys::check_extension(&self.kvm, KVM_CAP_PPC_AIL_MODE_3).unwrap_or(0) > 0
+        }
+
+        /// As QEMU's `spapr_set_vsmt_mode`: only where the host's mode
+        /// differs; a host that cannot change it will do if its cores hold
+        /// the guest's threads and divide the mode (vCPU ids are wasted).
+        fn set_smt(&self, vsmt: u32, threads: u32) -> Result<(), Error> {
+            let host = u32::try_from(sys::check_extension(&self.fd, KVM_CAP_PPC_SMT).unwrap_or(0))
+                .unwrap_or(0);
+            if host == 0 || host == vsmt {
+                return Ok(());
+            }
+            match sys::enable_vm_cap(&self.fd, KVM_CAP_PPC_SMT, [vsmt.into(), 0, 0, 0]) {
+                Err(e) if host >= threads && vsmt % host == 0 => {
+                    log::warn!("KVM-PPC: cannot set the virtual SMT mode to {vsmt} (the host's is {host}): {e}");
+                    Ok(())
+                }
+                r => r.map_err(err("cannot set KVM's threads per core (KVM_CAP_PPC_SMT)")),
+            }
         }
     }
 

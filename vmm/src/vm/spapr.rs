@@ -45,6 +45,7 @@ pub(super) fn build(
     // that needs one). The order granted is what the vCPU nodes' ibm,pft-size
     // must say, once the tree has them.
     if let Some(ppc) = vm.ppc64() {
+        ppc.set_smt(vsmt(cfg.machine, &cfg.smp), cfg.smp.threads)?;
         let want = arch::ppc64::boot::hpt_shift_for_ram(cfg.memory);
         if let Some(order) = ppc.allocate_hpt(want)? {
             log::info!("KVM-PPC: hash page table of 2^{order} bytes (2^{want} asked)");
@@ -363,17 +364,20 @@ impl ExitHandler for SpaprExits {
     }
 }
 
-/// The interrupt servers QEMU's XICS has: max CPUs x the virtual SMT mode
-/// (up to pseries-4.1 at least 8, then the threads per core) over the
-/// threads per core, rounded up.
-fn xics_servers(machine: &machine::MachineType, smp: &arch::x86_64::topology::Topology) -> u32 {
-    let threads = smp.threads;
-    let vsmt = if machine.version <= (4, 1) {
-        threads.max(8)
+/// QEMU's virtual SMT mode: threads a virtual core has (up to
+/// pseries-4.1 at least 8, then the threads per core).
+fn vsmt(machine: &machine::MachineType, smp: &arch::x86_64::topology::Topology) -> u32 {
+    if machine.version <= (4, 1) {
+        smp.threads.max(8)
     } else {
-        threads
-    };
-    (smp.maxcpus * vsmt).div_ceil(threads)
+        smp.threads
+    }
+}
+
+/// The interrupt servers QEMU's XICS has: max CPUs x the virtual SMT mode
+/// over the threads per core, rounded up.
+fn xics_servers(machine: &machine::MachineType, smp: &arch::x86_64::topology::Topology) -> u32 {
+    (smp.maxcpus * vsmt(machine, smp)).div_ceil(smp.threads)
 }
 
 /// Loads `-kernel` (and `-initrd`) as a pseries guest boots without
@@ -534,12 +538,7 @@ fn vcpu_servers(
     machine: &machine::MachineType,
     smp: &arch::x86_64::topology::Topology,
 ) -> Vec<u32> {
-    let threads = smp.threads;
-    let vsmt = if machine.version <= (4, 1) {
-        threads.max(8)
-    } else {
-        threads
-    };
+    let (threads, vsmt) = (smp.threads, vsmt(machine, smp));
     (0..smp.cpus)
         .map(|i| (i / threads) * vsmt + i % threads)
         .collect()
