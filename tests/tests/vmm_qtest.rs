@@ -909,7 +909,13 @@ fn spapr_bar(qt: &mut Qtest, devfn: u8, bar: u32) -> u64 {
 /// 0 (pseries-4.2 and later's 32-bit window): queue 0 with one 16-byte
 /// buffer, then its doorbell. Where the used ring is.
 fn rng_request(qt: &mut Qtest) -> u64 {
-    let cc = spapr_common_cfg(qt, 0, 0x2000_8000_0000);
+    rng_request_at(qt, 0, 0x20_0000)
+}
+
+/// [`rng_request`] to the function at `devfn`, its rings and buffer from
+/// guest address `rings` on.
+fn rng_request_at(qt: &mut Qtest, devfn: u8, rings: u64) -> u64 {
+    let cc = spapr_common_cfg(qt, devfn, 0x2000_8000_0000);
     let le16 = |qt: &mut Qtest, at: u64, v: u16| qt.write(at, &v.to_le_bytes());
     let le32 = |qt: &mut Qtest, at: u64, v: u32| qt.write(at, &v.to_le_bytes());
     let le64 = |qt: &mut Qtest, at: u64, v: u64| qt.write(at, &v.to_le_bytes());
@@ -921,7 +927,7 @@ fn rng_request(qt: &mut Qtest) -> u64 {
     le16(qt, cc + 0x16, 0);
     le16(qt, cc + 0x18, 16);
     le16(qt, cc + 0x1a, 1);
-    let (desc, avail, used, buf) = (0x20_0000u64, 0x20_1000u64, 0x20_2000u64, 0x30_0000u64);
+    let (desc, avail, used, buf) = (rings, rings + 0x1000, rings + 0x2000, rings + 0x10_0000);
     le64(qt, cc + 0x20, desc);
     le64(qt, cc + 0x28, avail);
     le64(qt, cc + 0x30, used);
@@ -932,13 +938,13 @@ fn rng_request(qt: &mut Qtest) -> u64 {
     le16(qt, desc + 12, 2);
     le16(qt, avail + 4, 0);
     le16(qt, avail + 2, 1);
-    let notify = spapr_capability(qt, 0, 0x09, Some(2));
-    let bar = cfg_read(qt, 0, notify + 4, 1).1;
-    let off = cfg_read(qt, 0, notify + 8, 4).1;
+    let notify = spapr_capability(qt, devfn, 0x09, Some(2));
+    let bar = cfg_read(qt, devfn, notify + 4, 1).1;
+    let off = cfg_read(qt, devfn, notify + 8, 4).1;
     let mut qo = [0u8; 2];
     qo.copy_from_slice(&qt.read(cc + 0x1e, 2));
-    let mult = cfg_read(qt, 0, notify + 16, 4).1;
-    let bell = spapr_bar(qt, 0, bar)
+    let mult = cfg_read(qt, devfn, notify + 16, 4).1;
+    let bell = spapr_bar(qt, devfn, bar)
         + u64::from(off)
         + u64::from(u16::from_le_bytes(qo)) * u64::from(mult);
     le16(qt, bell, 0);
@@ -1539,11 +1545,64 @@ fn a_functions_intx_reaches_the_xics_as_its_bridges_pin() {
     assert_eq!(ipoll(&mut qt), presented, "a level is sent again");
     // Taken, the ISR read (the device lowers its line), ended: done.
     assert_eq!(hcall(&mut qt, H_XIRR, &[]).1[0], presented);
-    let isr = spapr_capability(&mut qt, 0, 0x09, Some(3));
-    let bar = cfg_read(&mut qt, 0, isr + 4, 1).1;
-    let off = cfg_read(&mut qt, 0, isr + 8, 4).1;
-    let isr_at = spapr_bar(&mut qt, 0, bar) + u64::from(off);
-    assert_eq!(qt.readb(isr_at) & 1, 1, "a queue interrupt");
+    assert_eq!(read_isr(&mut qt, 0) & 1, 1, "a queue interrupt");
+    assert_eq!(hcall(&mut qt, H_EOI, &[presented]).0, 0);
+    assert_eq!(ipoll(&mut qt), 0xff00_0000, "nothing more");
+}
+
+/// The virtio ISR of the function at `devfn` (reading it lowers its line).
+fn read_isr(qt: &mut Qtest, devfn: u8) -> u8 {
+    let isr = spapr_capability(qt, devfn, 0x09, Some(3));
+    let bar = cfg_read(qt, devfn, isr + 4, 1).1;
+    let off = cfg_read(qt, devfn, isr + 8, 4).1;
+    let at = spapr_bar(qt, devfn, bar) + u64::from(off);
+    qt.readb(at)
+}
+
+/// Two functions on one pin (slots 0 and 4 both raise INTA as 0x1200):
+/// the pin stays up while either holds its line, as QEMU's bus counts
+/// them; it goes down when the last one lets go.
+#[test]
+fn a_pin_two_functions_share_stays_up_while_either_holds_it() {
+    let dir = TempDir::new("qtest-pin");
+    let args = [
+        "-M",
+        "pseries-10.0",
+        "-device",
+        "virtio-rng-pci,addr=0x0",
+        "-device",
+        "virtio-rng-pci,addr=0x4",
+    ];
+    let (_vm, _q, mut qt) = start(&dir, "src", &args);
+    const PIN: u32 = 0x1200;
+    let presented = 0xff00_0000 | u64::from(PIN);
+    assert_eq!(rtas(&mut qt, "ibm,set-xive", &[PIN, 0, 5], 1), [0]);
+    hcall(&mut qt, H_CPPR, &[0xff]);
+    for (devfn, rings) in [(0u8, 0x20_0000u64), (0x20, 0x40_0000)] {
+        assert_eq!(cfg_write(&mut qt, devfn, 4, 2, 0x6), 0);
+        let used = rng_request_at(&mut qt, devfn, rings);
+        let deadline = std::time::Instant::now() + T;
+        while qt.read(used + 2, 2) != [1, 0] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{devfn:#x}: no buffer back"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    wait_presented(&mut qt, presented, "the pin never reached the XICS");
+    // The first lets go; the second still holds the pin.
+    assert_eq!(hcall(&mut qt, H_XIRR, &[]).1[0], presented);
+    assert_eq!(read_isr(&mut qt, 0) & 1, 1);
+    assert_eq!(hcall(&mut qt, H_EOI, &[presented]).0, 0);
+    assert_eq!(
+        ipoll(&mut qt),
+        presented,
+        "the other function holds the pin"
+    );
+    // The second lets go: the pin is down.
+    assert_eq!(hcall(&mut qt, H_XIRR, &[]).1[0], presented);
+    assert_eq!(read_isr(&mut qt, 0x20) & 1, 1);
     assert_eq!(hcall(&mut qt, H_EOI, &[presented]).0, 0);
     assert_eq!(ipoll(&mut qt), 0xff00_0000, "nothing more");
 }
