@@ -686,11 +686,12 @@ mod tests {
         )
     }
 
-    /// Serving wakes for a connection at once (no polling interval: a
-    /// main stream is delivered well within one), and ends soon after
-    /// `done`.
+    /// Serving delivers a main stream that connects and ends soon after
+    /// `done`, its acceptor with it. (How soon a stream is delivered is
+    /// the migration benchmark's to measure: setup ~24 ms before the
+    /// acceptor, ~10 ms with it; docs/performance.md.)
     #[test]
-    fn serving_delivers_a_stream_at_once_and_ends_on_done() {
+    fn serving_delivers_a_stream_and_ends_on_done() {
         let (l, at) = listener();
         let done = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -702,13 +703,11 @@ mod tests {
                 })
             })
         };
-        let t = Instant::now();
         let mut c = std::net::TcpStream::connect(at).unwrap();
         c.write_all(&MAGIC.to_be_bytes()).unwrap();
         c.write_all(&[0, 0, 0, 3]).unwrap();
         let head = rx.recv_timeout(Duration::from_secs(5)).expect("delivered");
         assert_eq!(head[..4], MAGIC.to_be_bytes());
-        let took = t.elapsed();
         done.store(true, Ordering::SeqCst);
         let t = Instant::now();
         server.join().unwrap().unwrap();
@@ -717,10 +716,6 @@ mod tests {
             "ended {:?} after done",
             t.elapsed()
         );
-        // Generous for a loaded 2-core host; the old loop's sleeps alone
-        // took 5-10 ms, its worst case far less than this bound, so the
-        // bound guards the wake-up path's existence, not its speed.
-        assert!(took < Duration::from_secs(2), "delivered after {took:?}");
     }
 
     /// A `deliver` that panics ends serving with that panic, not a

@@ -15,7 +15,7 @@
 //! devices behind them.
 
 use crate::qtest::protocol::to_hex as hex;
-use crate::vm::virtio::transport_config;
+use crate::vm::virtio::{interrupt_line, transport_config};
 use anyhow::{anyhow, Context, Result};
 use devices::model::{CompatEntry, Props};
 use devices::pci::root_port::{RootPort, RootPortConfig};
@@ -72,13 +72,7 @@ pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
             Build::Virtio(vt) => {
                 let backend = backend(vt.backend)?;
                 let dev = (vt.create)(&props, backend).map_err(|e| anyhow!("{name}: {e}"))?;
-                // The interrupt line register as the board sets it
-                // (x86: its GSI; pseries: 0).
-                let line = match m.arch {
-                    machine::Arch::X86_64 => 16,
-                    machine::Arch::Ppc64 => 0,
-                };
-                let tc = transport_config(&props, false, 16, line);
+                let tc = transport_config(&props, false, 16, interrupt_line(m.arch, 16));
                 let f = virtio::pci::VirtioPci::new(
                     name.into(),
                     dev,

@@ -85,9 +85,12 @@ impl RunGate {
         self.on_run_pending.store(true, Ordering::SeqCst);
     }
 
-    /// A vCPU is about to enter the guest.
+    /// A vCPU is about to enter the guest: on every entry, so a plain
+    /// load first (a swap would write the shared line each time).
     fn entering(&self) {
-        if self.on_run_pending.swap(false, Ordering::SeqCst) {
+        if self.on_run_pending.load(Ordering::Acquire)
+            && self.on_run_pending.swap(false, Ordering::SeqCst)
+        {
             let first = self.on_run.lock().expect("gate lock").take();
             if let Some(f) = first {
                 f();

@@ -75,22 +75,31 @@ pub(super) fn virtio_function(
         backend(cfg, d, vt.backend, claim, &mut consoles).with_context(|| name.clone())?;
     let dev = (vt.create)(&d.props, backend).map_err(|e| anyhow!(e).context(name.clone()))?;
     let slot = devfn >> 3;
-    let (gsi, line) = match cfg.machine.arch {
-        // PIRQ E-H style: GSIs 16-23 by slot, in the interrupt line
-        // register as firmware would have written it.
-        machine::Arch::X86_64 => {
-            let gsi = 16 + u32::from(slot & 7);
-            (gsi, gsi as u8)
-        }
-        // The bridge's pin for INTA of the slot: the guest finds it in
-        // the tree's interrupt-map (no firmware writes the register:
-        // 0, as QEMU's).
-        machine::Arch::Ppc64 => (super::spapr::intx_source(cfg, slot), 0),
+    let gsi = match cfg.machine.arch {
+        // PIRQ E-H style: GSIs 16-23 by slot.
+        machine::Arch::X86_64 => 16 + u32::from(slot & 7),
+        // The bridge's pin for INTA of the slot.
+        machine::Arch::Ppc64 => super::spapr::intx_source(cfg, slot),
     };
-    let tc = transport_config(&d.props, d.bus != 0, gsi, line);
+    let tc = transport_config(
+        &d.props,
+        d.bus != 0,
+        gsi,
+        interrupt_line(cfg.machine.arch, gsi),
+    );
     let ops: Arc<dyn virtio::VmOps> = vm.clone();
     let f = virtio::pci::VirtioPci::new(name, dev, &tc, ops, mem.clone(), vt.vmstate)?;
     Ok(Some((Bdf::new(d.bus, devfn >> 3, devfn & 7), f)))
+}
+
+/// A function's interrupt line register at reset, as firmware would have
+/// left it: on x86 its GSI; on pseries 0 (no firmware writes it; the
+/// guest finds its pin in the tree's interrupt-map, as with QEMU's).
+pub(crate) fn interrupt_line(arch: machine::Arch, gsi: u32) -> u8 {
+    match arch {
+        machine::Arch::X86_64 => gsi as u8,
+        machine::Arch::Ppc64 => 0,
+    }
 }
 
 /// The virtio-pci transport a device's resolved properties ask for, behind
