@@ -174,6 +174,23 @@ pub fn analyze(bytes: &[u8]) -> Result<Vec<String>, Error> {
                     }
                 ));
             }
+            Record::Htab { pass, last } => {
+                let what = match pass {
+                    crate::htab::Pass::Free => "no table".to_string(),
+                    crate::htab::Pass::Order(o) => format!("table of 2^{o} bytes"),
+                    crate::htab::Pass::Chunks(c) => format!(
+                        "{} chunks, {} entries, {} cleared",
+                        c.len(),
+                        c.iter().map(|c| u64::from(c.n_valid())).sum::<u64>(),
+                        c.iter().map(|c| u64::from(c.n_invalid)).sum::<u64>()
+                    ),
+                };
+                out.push(format!(
+                    "@{at}: {} {} {what}",
+                    crate::htab::IDSTR,
+                    if last { "END" } else { "START/PART" }
+                ));
+            }
             Record::Section {
                 idstr,
                 instance,

@@ -29,6 +29,15 @@ pub trait LoadTarget {
         instance: u32,
         state: &State,
     ) -> std::result::Result<(), LoadError>;
+    /// A `spapr/htab` section (the sPAPR hash page table). A VM without
+    /// such a table refuses it.
+    fn htab(&mut self, pass: crate::htab::Pass) -> std::result::Result<(), LoadError> {
+        let _ = pass;
+        Err(LoadError::new(
+            crate::htab::IDSTR,
+            "the stream has a hash page table, this machine has none",
+        ))
+    }
     /// The stream ended, with its trailing description if it had one:
     /// fails if it lacked something this VM needs.
     fn finish(&mut self, vmdesc: Option<&serde_json::Value>) -> std::result::Result<(), LoadError>;
@@ -76,6 +85,10 @@ fn load_records<R: Read>(
                 if pages == 0 && !last && std::mem::replace(&mut ram_started, true) {
                     on_sync();
                 }
+            }
+            Record::Htab { pass, last } => {
+                log::trace!("load: spapr/htab last={last}");
+                target.htab(pass)?;
             }
             Record::Eof { vmdesc } => {
                 log::trace!("load: EOF at +{} us", t0.elapsed().as_micros());

@@ -4,6 +4,7 @@
 
 use crate::destination::{load_stream, LoadTarget};
 use crate::error::{Error, Result};
+use crate::htab::HtabSource;
 use crate::ram::{set_bits, Ram};
 use crate::source::Section;
 use crate::status::Progress;
@@ -19,13 +20,15 @@ pub struct Stats {
     pub zero_pages: u64,
 }
 
-/// Writes the stopped VM (`ram`, then `sections`) to `path`, counting the
+/// Writes the stopped VM (`ram`, the hash page table if it has one, then
+/// `sections`) to `path`, counting the
 /// bytes in `progress.transferred`; `progress.cancel` stops it after the
 /// RAM region it is in.
 pub fn save(
     path: &Path,
     machine: &str,
     ram: &Ram,
+    htab: Option<&dyn HtabSource>,
     sections: &[Section],
     carried: Option<&serde_json::Value>,
     progress: &Progress,
@@ -38,6 +41,10 @@ pub fn save(
     };
     let mut w = Writer::new(counter, machine)?;
     let id = w.ram_start(&[(ram.block, ram.size)])?;
+    let htab_id = match htab {
+        Some(h) => Some((w.htab_start(h.order())?, h)),
+        None => None,
+    };
     let mut stats = Stats::default();
     // All of RAM in one pass, straight from the guest mapping. Pages never
     // touched by anyone are zero and need not be read, let alone sent: the
@@ -56,6 +63,10 @@ pub fn save(
         stats.zero_pages += zeros + (total - sent);
     }
     w.ram_pages(id, true, [])?;
+    if let Some((id, h)) = htab_id {
+        let chunks = h.changes(true).map_err(Error::Vm)?;
+        w.htab_pass(id, true, h.order().is_some(), &chunks)?;
+    }
     for (idstr, instance, desc, state) in sections {
         w.section(idstr, *instance, desc, state)?;
     }

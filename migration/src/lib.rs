@@ -43,6 +43,7 @@ pub mod compat;
 pub mod destination;
 mod error;
 pub mod file;
+pub mod htab;
 #[allow(unsafe_code)]
 pub mod multifd;
 pub mod protocol;

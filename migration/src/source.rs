@@ -23,6 +23,7 @@
 //!    to resume with nothing lost.
 
 use crate::error::{Error, Result};
+use crate::htab::HtabSource;
 use crate::multifd::{self, SessionId, CH_SYNC};
 use crate::protocol::{wall_us, Line};
 use crate::ram::{count, merge, set_bits, Ram};
@@ -57,6 +58,11 @@ pub trait SourceVm: Send + Sync {
     /// Per region of [`SourceVm::ram`], the pages written since the last
     /// call (or the start).
     fn dirty_pages(&self) -> std::result::Result<Vec<Vec<u64>>, String>;
+    /// The sPAPR hash page table, on a pseries VM that has one in
+    /// userspace: it travels as QEMU's iterative `spapr/htab` section.
+    fn htab(&self) -> Option<&dyn HtabSource> {
+        None
+    }
 }
 
 /// Messages from the migration thread to whoever owns the VM.
@@ -268,6 +274,10 @@ impl Source {
             .collect::<Result<Vec<_>>>()?;
         let ram = self.vm.ram();
         let id = w.ram_start(&[(ram.block, ram.size)])?;
+        let htab = match self.vm.htab() {
+            Some(h) => Some(w.htab_start(h.order())?),
+            None => None,
+        };
         p.setup_ms
             .store(t0.elapsed().as_millis() as u64, Ordering::SeqCst);
         (self.ctl)(Msg::Event(
@@ -289,6 +299,7 @@ impl Source {
             chan_lines,
             rp,
             id,
+            htab,
             dirty,
         })
     }
@@ -306,6 +317,8 @@ struct Precopy<'a> {
     rp: ReturnPath,
     /// The stream's `ram` section.
     id: u32,
+    /// The stream's `spapr/htab` section, if the VM has the table.
+    htab: Option<u32>,
     /// Per region, the pages to send next.
     dirty: Vec<Vec<u64>>,
 }
@@ -620,6 +633,16 @@ impl Precopy<'_> {
         if last {
             self.w.ram_pages(self.id, true, [])?;
         }
+        self.send_htab(last)
+    }
+
+    /// One pass of the hash page table, after RAM's (QEMU's order).
+    fn send_htab(&mut self, last: bool) -> Result<()> {
+        let (Some(id), Some(h)) = (self.htab, self.src.vm.htab()) else {
+            return Ok(());
+        };
+        let chunks = h.changes(last).map_err(Error::Vm)?;
+        self.w.htab_pass(id, last, h.order().is_some(), &chunks)?;
         Ok(())
     }
 }

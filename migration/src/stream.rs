@@ -14,6 +14,7 @@
 //! read outside the description's layout, and every failure is a typed
 //! error saying what and at which byte offset.
 
+use crate::htab;
 use crate::vmstate::{default_value, Description, Field, Kind, State, Val};
 use std::io::{Read, Write};
 use vm_memory::VolatileSlice;
@@ -152,6 +153,19 @@ pub enum Error {
     RamFlags { flags: u64, offset: u64 },
     #[error("RAM record at offset {offset} continues a block, but no block was named yet in this section")]
     RamNoBlock { offset: u64 },
+    #[error("the hash page table's order {order} at offset {offset} is not one from {} to {}", htab::MIN_ORDER, htab::MAX_ORDER)]
+    HtabOrder { order: u32, offset: u64 },
+    #[error("hash page table entries at offset {offset} come before the table's size")]
+    HtabNoTable { offset: u64 },
+    #[error("hash page table chunk at offset {offset} covers entries {index} to {end}, past the table's {entries}")]
+    HtabOutOfRange {
+        index: u32,
+        end: u64,
+        entries: u64,
+        offset: u64,
+    },
+    #[error("hash page table section at offset {offset} goes on past twice the table's {entries} entries without its end marker")]
+    HtabTooLong { entries: u64, offset: u64 },
     #[error("section id {id} at offset {offset} was never started")]
     UnknownSectionId { id: u32, offset: u64 },
     #[error("the state of '{device}' lacks field '{field}' or has the wrong type for it")]
@@ -226,12 +240,7 @@ impl<W: Write> Writer<W> {
         let id = self.next_id;
         self.next_id += 1;
         let total: u64 = blocks.iter().map(|b| b.1).sum();
-        let mut b = vec![SECTION_START];
-        b.extend_from_slice(&id.to_be_bytes());
-        b.push(RAM_IDSTR.len() as u8);
-        b.extend_from_slice(RAM_IDSTR.as_bytes());
-        b.extend_from_slice(&0u32.to_be_bytes());
-        b.extend_from_slice(&RAM_VERSION.to_be_bytes());
+        let mut b = self.iterative_header(SECTION_START, id, RAM_IDSTR, RAM_VERSION);
         b.extend_from_slice(&(total | RAM_MEM_SIZE).to_be_bytes());
         for (name, len) in blocks {
             b.push(name.len().min(255) as u8);
@@ -297,6 +306,47 @@ impl<W: Write> Writer<W> {
         Ok((count, zeros))
     }
 
+    /// The `spapr/htab` START section: the table's order, or none.
+    /// Returns its section id, for [`Writer::htab_pass`].
+    pub fn htab_start(&mut self, order: Option<u32>) -> Result<u32> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut b = self.iterative_header(SECTION_START, id, htab::IDSTR, htab::VERSION);
+        b.extend_from_slice(&order.unwrap_or(htab::NONE).to_be_bytes());
+        b.push(FOOTER);
+        b.extend_from_slice(&id.to_be_bytes());
+        self.w.write_all(&b).map_err(Error::Write)
+            .map(|()| id)
+    }
+
+    /// One `spapr/htab` PART (or, with `last`, END) section: `chunks`, or
+    /// "no table" when `has_table` is false.
+    pub fn htab_pass(
+        &mut self,
+        id: u32,
+        last: bool,
+        has_table: bool,
+        chunks: &[htab::Chunk],
+    ) -> Result<()> {
+        let mut b = vec![if last { SECTION_END } else { SECTION_PART }];
+        b.extend_from_slice(&id.to_be_bytes());
+        htab::encode_pass(has_table, chunks, &mut b);
+        b.push(FOOTER);
+        b.extend_from_slice(&id.to_be_bytes());
+        self.w.write_all(&b).map_err(Error::Write)
+    }
+
+    /// A START section's header: type, id, name, instance 0, version.
+    fn iterative_header(&self, kind: u8, id: u32, idstr: &str, version: u32) -> Vec<u8> {
+        let mut b = vec![kind];
+        b.extend_from_slice(&id.to_be_bytes());
+        b.push(idstr.len() as u8);
+        b.extend_from_slice(idstr.as_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&version.to_be_bytes());
+        b
+    }
+
     /// Pushes what was written so far to the underlying writer.
     pub fn flush(&mut self) -> Result<()> {
         self.w.flush().map_err(Error::Write)
@@ -344,6 +394,8 @@ pub fn decode_state(desc: &'static Description, version: u32, body: &[u8]) -> Re
         ahead: Vec::new(),
         ram_id: None,
         ram_blocks: vec![],
+        htab_id: None,
+        htab_entries: None,
     };
     rd.check_version(desc, desc.name, version, 0)?;
     let state = rd.decode(desc, version)?;
@@ -485,6 +537,8 @@ pub enum Record {
     /// A `ram` START (the block list was checked) or PART/END section
     /// (`pages` pages went to the sink).
     Ram { pages: u64, last: bool },
+    /// A `spapr/htab` section (START, PART, or with `last` END).
+    Htab { pass: htab::Pass, last: bool },
     /// A device's state.
     Section {
         idstr: String,
@@ -506,6 +560,10 @@ pub struct Reader<R: Read> {
     ram_id: Option<u32>,
     /// This side's block lengths, from the START section.
     ram_blocks: Vec<(String, u64)>,
+    /// The stream's section id of `spapr/htab`, once started.
+    htab_id: Option<u32>,
+    /// The hash page table's entries, once its order came (0: none).
+    htab_entries: Option<u64>,
 }
 
 impl<R: Read> Reader<R> {
@@ -518,6 +576,8 @@ impl<R: Read> Reader<R> {
             ahead: Vec::new(),
             ram_id: None,
             ram_blocks: vec![],
+            htab_id: None,
+            htab_entries: None,
         };
         let magic = rd.u32("the stream header")?;
         if magic != MAGIC {
@@ -663,18 +723,21 @@ impl<R: Read> Reader<R> {
                 Ok(Record::Eof { vmdesc })
             }
             SECTION_FULL => self.full_section(lookup),
-            SECTION_START => self.ram_start(ram, at),
+            SECTION_START => self.start(ram, at),
             t @ (SECTION_PART | SECTION_END) => {
                 let id = self.u32("a section id")?;
+                let last = t == SECTION_END;
+                if self.htab_id == Some(id) {
+                    let pass = self.htab_pass()?;
+                    self.footer(htab::IDSTR, id)?;
+                    return Ok(Record::Htab { pass, last });
+                }
                 if self.ram_id != Some(id) {
                     return Err(Error::UnknownSectionId { id, offset: at });
                 }
                 let pages = self.ram_records(ram)?;
                 self.footer("ram", id)?;
-                Ok(Record::Ram {
-                    pages,
-                    last: t == SECTION_END,
-                })
+                Ok(Record::Ram { pages, last })
             }
             t => Err(Error::UnknownSectionType {
                 found: t,
@@ -742,19 +805,105 @@ impl<R: Read> Reader<R> {
         Ok(String::from_utf8_lossy(&self.bytes(len, what)?).into_owned())
     }
 
-    /// START: only `ram` is iterative here; check its blocks against ours.
-    fn ram_start(&mut self, ram: &mut dyn RamSink, at: u64) -> Result<Record> {
+    /// START: `ram` or `spapr/htab`, the iterative sections there are.
+    fn start(&mut self, ram: &mut dyn RamSink, at: u64) -> Result<Record> {
         let id = self.u32("a section id")?;
         let idstr = self.counted("a section name")?;
         let instance = self.u32("an instance id")?;
         let version = self.u32("a version id")?;
-        if idstr != RAM_IDSTR || instance != 0 {
-            return Err(Error::UnknownSection {
+        match (idstr.as_str(), instance) {
+            (RAM_IDSTR, 0) => self.ram_start(ram, id, idstr, version, at),
+            (htab::IDSTR, 0) => {
+                if version != htab::VERSION {
+                    return Err(Error::VersionTooNew {
+                        section: idstr,
+                        stream: version,
+                        local: htab::VERSION,
+                        offset: at,
+                    });
+                }
+                let pass = self.htab_pass()?;
+                self.footer(htab::IDSTR, id)?;
+                self.htab_id = Some(id);
+                Ok(Record::Htab { pass, last: false })
+            }
+            _ => Err(Error::UnknownSection {
                 idstr,
                 instance,
                 offset: at,
+            }),
+        }
+    }
+
+    /// One `spapr/htab` section's body, as QEMU's `htab_load` reads it: a
+    /// header word (no table, a new order, or 0: chunks to the end marker),
+    /// every chunk inside the table.
+    fn htab_pass(&mut self) -> Result<htab::Pass> {
+        let at = self.offset;
+        match self.u32("the hash page table's header")? {
+            htab::NONE => {
+                self.htab_entries = Some(0);
+                return Ok(htab::Pass::Free);
+            }
+            0 => {}
+            order if (htab::MIN_ORDER..=htab::MAX_ORDER).contains(&order) => {
+                self.htab_entries = Some(1 << (order - 4));
+                return Ok(htab::Pass::Order(order));
+            }
+            order => return Err(Error::HtabOrder { order, offset: at }),
+        }
+        let entries = self
+            .htab_entries
+            .ok_or(Error::HtabNoTable { offset: at })?;
+        let mut chunks = vec![];
+        let mut covered = 0u64;
+        loop {
+            let at = self.offset;
+            let index = self.u32("a hash page table chunk")?;
+            let mut h = [0u8; 4];
+            self.fill(&mut h, "a hash page table chunk")?;
+            let n_valid = u16::from_be_bytes([h[0], h[1]]);
+            let n_invalid = u16::from_be_bytes([h[2], h[3]]);
+            if index == 0 && n_valid == 0 && n_invalid == 0 {
+                return Ok(htab::Pass::Chunks(chunks));
+            }
+            let end = u64::from(index) + u64::from(n_valid) + u64::from(n_invalid);
+            if end > entries {
+                return Err(Error::HtabOutOfRange {
+                    index,
+                    end,
+                    entries,
+                    offset: at,
+                });
+            }
+            covered += (end - u64::from(index)).max(1);
+            if covered > 2 * entries {
+                return Err(Error::HtabTooLong {
+                    entries,
+                    offset: at,
+                });
+            }
+            let valid = self.bytes(
+                usize::from(n_valid) * htab::HPTE_SIZE,
+                "a hash page table chunk's entries",
+            )?;
+            chunks.push(htab::Chunk {
+                index,
+                n_invalid,
+                valid,
             });
         }
+    }
+
+    /// `ram`'s START: check its blocks against ours.
+    fn ram_start(
+        &mut self,
+        ram: &mut dyn RamSink,
+        id: u32,
+        idstr: String,
+        version: u32,
+        at: u64,
+    ) -> Result<Record> {
         if version > RAM_VERSION {
             return Err(Error::VersionTooNew {
                 section: idstr,
