@@ -146,7 +146,11 @@ mod tests {
         assert_eq!(b[start + 5] as usize, name.len());
         assert_eq!(&b[start + 6..start + 16], name);
         let at = start + 16;
-        assert_eq!(b[at..at + 8], [0, 0, 0, 0, 0, 0, 0, 1], "instance 0, version 1");
+        assert_eq!(
+            b[at..at + 8],
+            [0, 0, 0, 0, 0, 0, 0, 1],
+            "instance 0, version 1"
+        );
         assert_eq!(b[at + 8..at + 12], 20u32.to_be_bytes(), "the order");
         assert_eq!(b[at + 12], 0x7e);
         let part = at + 17;
@@ -196,7 +200,15 @@ mod tests {
         }];
         let e = read(&stream(18, &past)).unwrap_err();
         assert!(
-            matches!(e, Error::HtabOutOfRange { index: 16_380, end: 16_385, entries: 16_384, .. }),
+            matches!(
+                e,
+                Error::HtabOutOfRange {
+                    index: 16_380,
+                    end: 16_385,
+                    entries: 16_384,
+                    ..
+                }
+            ),
             "{e}"
         );
         // An order QEMU never makes.
@@ -223,7 +235,16 @@ mod tests {
             })
             .collect();
         let e = read(&stream(18, &again)).unwrap_err();
-        assert!(matches!(e, Error::HtabTooLong { entries: 16_384, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::HtabTooLong {
+                    entries: 16_384,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // Cut short inside a chunk's entries.
         let b = stream(20, &chunks());
         let e = read(&b[..24 + 33 + 5 + 4 + 8 + 20]).unwrap_err();

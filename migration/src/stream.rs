@@ -153,7 +153,11 @@ pub enum Error {
     RamFlags { flags: u64, offset: u64 },
     #[error("RAM record at offset {offset} continues a block, but no block was named yet in this section")]
     RamNoBlock { offset: u64 },
-    #[error("the hash page table's order {order} at offset {offset} is not one from {} to {}", htab::MIN_ORDER, htab::MAX_ORDER)]
+    #[error(
+        "the hash page table's order {order} at offset {offset} is not one from {} to {}",
+        htab::MIN_ORDER,
+        htab::MAX_ORDER
+    )]
     HtabOrder { order: u32, offset: u64 },
     #[error("hash page table entries at offset {offset} come before the table's size")]
     HtabNoTable { offset: u64 },
@@ -315,8 +319,7 @@ impl<W: Write> Writer<W> {
         b.extend_from_slice(&order.unwrap_or(htab::NONE).to_be_bytes());
         b.push(FOOTER);
         b.extend_from_slice(&id.to_be_bytes());
-        self.w.write_all(&b).map_err(Error::Write)
-            .map(|()| id)
+        self.w.write_all(&b).map_err(Error::Write).map(|()| id)
     }
 
     /// One `spapr/htab` PART (or, with `last`, END) section: `chunks`, or
@@ -852,9 +855,7 @@ impl<R: Read> Reader<R> {
             }
             order => return Err(Error::HtabOrder { order, offset: at }),
         }
-        let entries = self
-            .htab_entries
-            .ok_or(Error::HtabNoTable { offset: at })?;
+        let entries = self.htab_entries.ok_or(Error::HtabNoTable { offset: at })?;
         let mut chunks = vec![];
         let mut covered = 0u64;
         loop {

@@ -1606,3 +1606,161 @@ fn a_pin_two_functions_share_stays_up_while_either_holds_it() {
     assert_eq!(hcall(&mut qt, H_EOI, &[presented]).0, 0);
     assert_eq!(ipoll(&mut qt), 0xff00_0000, "nothing more");
 }
+
+const H_REMOVE: u64 = 0x04;
+const H_ENTER: u64 = 0x08;
+const H_READ: u64 = 0x0c;
+const H_PROTECT: u64 = 0x18;
+const H_EXACT: u64 = 1 << (63 - 24);
+const H_READ_4: u64 = 1 << (63 - 26);
+const H_PTEG_FULL: i64 = -6;
+const H_NOT_FOUND: i64 = -7;
+/// HPTE bits: valid (first doubleword); memory coherence, cache
+/// inhibited (second).
+const V_VALID: u64 = 0x1;
+const R_M: u64 = 0x10;
+const R_I: u64 = 0x20;
+
+/// `H_READ` of the entry at `ptex`.
+fn hpte(qt: &mut Qtest, ptex: u64) -> (u64, u64) {
+    let (r3, out) = hcall(qt, H_READ, &[0, ptex]);
+    assert_eq!(r3, 0, "H_READ {ptex}");
+    (out[0], out[1])
+}
+
+/// The hash page table a guest builds with the MMU hypercalls (QEMU's
+/// table under TCG and qtest, which KVM-PPC's kernel keeps itself)
+/// migrates as QEMU's iterative `spapr/htab` section: the entries made
+/// before, and those made, changed and removed while RAM moves, arrive;
+/// the destination's table is the source's, slot for slot: a full group
+/// stays full, a removed slot is free.
+#[test]
+fn the_hash_page_table_migrates_with_the_entries_made_while_it_moves() {
+    let dir = TempDir::new("qtest-htab");
+    let (mut src, mut q, mut qt) = start(&dir, "src", &["-M", "pseries-2.7"]);
+    // -m 128M: a table of 2^20 bytes (1/128 of RAM), 65,536 entries.
+    let v = |n: u64| (n << 7) | V_VALID;
+    let ram = |page: u64| (page << 12) | R_M;
+    // Group 0 (entries 0 to 7) fills from its first free slot.
+    for n in 0..8 {
+        let (r3, out) = hcall(&mut qt, H_ENTER, &[0, 5, v(n), ram(n)]);
+        assert_eq!((r3, out[0]), (0, n), "H_ENTER {n}");
+    }
+    assert_eq!(
+        hcall(&mut qt, H_ENTER, &[0, 3, v(9), ram(9)]).0,
+        H_PTEG_FULL
+    );
+    assert_eq!(hcall(&mut qt, H_REMOVE, &[0, 3, 0]).0, 0);
+    assert_eq!(hcall(&mut qt, H_PROTECT, &[0x2, 6, 0]).0, 0);
+    // The last entry, and an I/O page (cache-inhibited, above RAM).
+    assert_eq!(
+        hcall(&mut qt, H_ENTER, &[H_EXACT, 65_535, v(10), ram(10)]).0,
+        0
+    );
+    let io = (1u64 << 40) | R_I;
+    assert_eq!(hcall(&mut qt, H_ENTER, &[H_EXACT, 100, v(11), io]).0, 0);
+    assert_eq!(
+        hcall(&mut qt, H_ENTER, &[H_EXACT, 65_536, v(1), ram(1)]).0,
+        H_PARAMETER
+    );
+    assert_eq!(
+        hcall(&mut qt, H_ENTER, &[H_EXACT, 101, v(1), 1 << 12]).0,
+        H_PARAMETER,
+        "RAM, not coherent"
+    );
+    let mut want: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for ptex in (0..8).chain([100, 65_535]) {
+        want.insert(ptex, hpte(&mut qt, ptex));
+    }
+    assert_eq!(want[&3], (0, 0), "removed");
+    assert_eq!(want[&6].1, ram(6) | 0x2, "protected");
+
+    // 24 MiB of RAM at 64 MiB/s: entries keep changing while it moves.
+    let page: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
+    for i in 0..384u64 {
+        qt.write(0x100_0000 + i * 65536, &page);
+    }
+    q.execute(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 64u64 << 20}),
+    );
+    let (mut dst, mut dq, mut dqt, to) = incoming(&dir, "dst", &["-M", "pseries-2.7"]);
+    q.execute("migrate", json!({"uri": to}));
+    let deadline = std::time::Instant::now() + T;
+    for n in 0u64.. {
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "the migration never completed: {}\n{}",
+                q.execute("query-migrate", json!({})),
+                dst.log()
+            );
+        }
+        // A new entry in its own group; every third one removed again
+        // later, every fifth reprotected.
+        let ptex = 1000 + 8 * (n % 4000);
+        let line = if n % 3 == 2 {
+            format!("hcall {H_REMOVE:#x} 0 {:#x} 0", ptex - 16)
+        } else if n % 5 == 4 {
+            format!("hcall {H_PROTECT:#x} 0x1 {:#x} 0", ptex - 8)
+        } else {
+            format!(
+                "hcall {H_ENTER:#x} {H_EXACT:#x} {ptex:#x} {:#x} {:#x}",
+                v(n + 100),
+                ram(n)
+            )
+        };
+        let r = qt.cmd(&line);
+        if !r.starts_with("OK") {
+            assert!(r.contains("migration's destination"), "{r}");
+            break;
+        }
+        // Acknowledged: the source's table has it, so must the
+        // destination's.
+        let r3 = r.split(' ').nth(1).unwrap();
+        if r3 != "0x0" {
+            continue;
+        }
+        if n % 3 == 2 {
+            want.insert(ptex - 16, (0, 0));
+        } else if n % 5 == 4 {
+            let e = want.get_mut(&(ptex - 8)).unwrap();
+            e.1 |= 0x1;
+        } else {
+            want.insert(ptex, (v(n + 100), ram(n)));
+        }
+    }
+    let m = q.wait_migration(T);
+    assert_eq!(m["status"], "completed", "{m}");
+    let changed = want.len() - 10;
+    assert!(
+        changed > 30,
+        "too few entries changed while moving: {changed}"
+    );
+    assert!(
+        want.values().any(|e| *e == (0, 0)) && want.values().any(|e| e.1 & 0x3 == 0x1),
+        "no entry was removed or reprotected while moving"
+    );
+
+    for (ptex, e) in &want {
+        assert_eq!(hpte(&mut dqt, *ptex), *e, "entry {ptex}");
+    }
+    let (r3, four) = hcall(&mut dqt, H_READ, &[H_READ_4, 4]);
+    assert_eq!(r3, 0);
+    assert_eq!(
+        four[..8],
+        [
+            want[&4].0, want[&4].1, want[&5].0, want[&5].1, want[&6].0, want[&6].1, want[&7].0,
+            want[&7].1
+        ]
+    );
+    // Slot for slot: group 0's one free slot is 3, then it is full.
+    let (r3, out) = hcall(&mut dqt, H_ENTER, &[0, 0, v(12), ram(12)]);
+    assert_eq!((r3, out[0]), (0, 3));
+    assert_eq!(
+        hcall(&mut dqt, H_ENTER, &[0, 0, v(13), ram(13)]).0,
+        H_PTEG_FULL
+    );
+    assert_eq!(hcall(&mut dqt, H_REMOVE, &[0, 102, 0]).0, H_NOT_FOUND);
+    assert_eq!(dq.execute("query-status", json!({}))["status"], "running");
+    assert!(src.try_exit().is_none() && dst.try_exit().is_none());
+}

@@ -9,8 +9,10 @@
 use crate::hypervisor::{Blobs, Vcpu, Vm};
 use arch::x86_64::layout;
 use devices::pci::{Bdf, PciRoot};
+use devices::spapr_hpt::{Hpt, Migrated};
 use devices::virtio::Memory as GuestMemoryMmap;
 use migration::destination::LoadTarget;
+use migration::htab::{HtabSource, Pass, IDSTR};
 use migration::ram::{Ram, RamRegion};
 use migration::source::{Section, SourceVm};
 use migration::vmstate::{Description, LoadError, Migratable, State, Val, Vmstate};
@@ -92,6 +94,8 @@ pub struct Parts<'a> {
     /// (q35: the UART, the ACPI PM block, the CF8 latch).
     pub board: Vec<&'a Mutex<dyn Migratable + Send>>,
     pub pci: &'a Mutex<PciRoot>,
+    /// The sPAPR hash page table, where the board holds it.
+    pub hpt: Option<&'a Mutex<Hpt>>,
     pub clock: u64,
 }
 
@@ -132,6 +136,8 @@ pub struct Dirty {
     pub vm: Arc<dyn Vm>,
     pub mem: GuestMemoryMmap,
     pub ram: Ram,
+    /// The sPAPR hash page table, where the board holds it.
+    pub htab: Option<Migrated>,
 }
 
 impl SourceVm for Dirty {
@@ -149,6 +155,10 @@ impl SourceVm for Dirty {
 
     fn stop_dirty_log(&self) {
         let _ = self.vm.set_dirty_logging(false);
+    }
+
+    fn htab(&self) -> Option<&dyn HtabSource> {
+        self.htab.as_ref().map(|h| h as &dyn HtabSource)
     }
 
     fn dirty_pages(&self) -> Result<Vec<Vec<u64>>, String> {
@@ -451,6 +461,47 @@ impl LoadTarget for Target<'_> {
         // it (the configuration comes in the stream's description).
         self.functions.push((bdf, state.clone()));
         Ok(())
+    }
+
+    fn htab(&mut self, pass: Pass) -> Result<(), LoadError> {
+        let Some(hpt) = self.parts.hpt else {
+            return Err(LoadError::new(
+                IDSTR,
+                "the stream has a hash page table, this VM keeps none of its own",
+            ));
+        };
+        let mut t = hpt.lock().expect("hpt lock");
+        match pass {
+            Pass::Free => Err(LoadError::new(
+                IDSTR,
+                "the source's guest has no hash page table (radix), this VM's CPU needs one",
+            )),
+            // No guest here can resize its table: the source's is the one
+            // its RAM gives, as this side's is.
+            Pass::Order(order) if order != t.order() => Err(LoadError::new(
+                IDSTR,
+                format!(
+                    "the stream's hash page table is 2^{order} bytes, this VM's RAM gives 2^{}",
+                    t.order()
+                ),
+            )
+            .hint("start the destination with the source's -m")),
+            Pass::Order(order) => {
+                t.resize(order);
+                Ok(())
+            }
+            Pass::Chunks(chunks) => {
+                for c in &chunks {
+                    t.load(c).map_err(|_| {
+                        LoadError::new(
+                            IDSTR,
+                            format!("entries {} to {} are past the table", c.index, c.end()),
+                        )
+                    })?;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn finish(&mut self, vmdesc: Option<&serde_json::Value>) -> Result<(), LoadError> {

@@ -60,6 +60,15 @@ pub(super) enum Platform {
 }
 
 impl Platform {
+    /// The sPAPR hash page table, where the board holds it (pseries under
+    /// qtest; KVM-PPC keeps its own).
+    pub(super) fn hpt(&self) -> Option<&Arc<Mutex<devices::spapr_hpt::Hpt>>> {
+        match self {
+            Platform::Q35 { .. } => None,
+            Platform::Spapr(p) => p.hpt.as_ref(),
+        }
+    }
+
     /// Those with migrated state, in stream order.
     pub(super) fn migratable(&self) -> Vec<&Mutex<dyn migration::vmstate::Migratable + Send>> {
         match self {

@@ -8,6 +8,8 @@ use crate::config::VmConfig;
 use crate::qmp::{commands::Target as _, QmpError};
 use crate::runstate::{MigrationStatus, RunState};
 use anyhow::{Context, Result};
+use devices::spapr_hpt::Migrated;
+use migration::htab::HtabSource;
 use migration::source::{DeviceState, Msg, Route, Source};
 use migration::status::{Params, Progress};
 use migration::transport::{connect, Conn, Links};
@@ -236,6 +238,7 @@ impl Session<'_> {
                 vm: self.board.vm.clone(),
                 mem: self.board.mem.clone(),
                 ram: crate::snapshot::guest_ram(&self.board.mem, self.cfg),
+                htab: self.board.platform.hpt().cloned().map(Migrated),
             }),
             machine: self.cfg.machine.name,
             params: self.params.clone(),
@@ -294,6 +297,7 @@ impl Session<'_> {
             }
         };
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg);
+        let htab = self.board.platform.hpt().cloned().map(Migrated);
         let machine = self.cfg.machine.name;
         let carried = self.carried();
         let (ctl, gen, p) = (self.ctl.clone(), self.gen, progress.clone());
@@ -301,8 +305,17 @@ impl Session<'_> {
             .name("save".into())
             .spawn(move || {
                 sandbox::enter_or_exit(sandbox::Class::Migration);
-                let r = migration::file::save(&path, machine, &ram, &sections, Some(&carried), &p)
-                    .map_err(|e| e.chain());
+                let htab = htab.as_ref().map(|h| h as &dyn HtabSource);
+                let r = migration::file::save(
+                    &path,
+                    machine,
+                    &ram,
+                    htab,
+                    &sections,
+                    Some(&carried),
+                    &p,
+                )
+                .map_err(|e| e.chain());
                 if let Err(why) = &r {
                     log::error!("saving to {} failed: {why}", path.display());
                 }
@@ -457,6 +470,7 @@ impl Session<'_> {
             vm: &*self.board.vm,
             vcpus: &self.board.vcpu_objs,
             board: self.board.platform.migratable(),
+            hpt: self.board.platform.hpt().map(|h| &**h),
             pci: &self.board.pci,
             clock,
         }

@@ -17,6 +17,7 @@ use devices::bus::Bus;
 use devices::pci::spapr_phb::{PhbConfig, SpaprPhb, MEM_WIN_BUS_OFFSET};
 use devices::pci::{BarWindow, PciRoot, Space};
 use devices::rtas::{HW_ERROR as RTAS_HW_ERROR, PARAM_ERROR as RTAS_PARAM_ERROR};
+use devices::spapr_hpt::{Hpt, HptError};
 use devices::spapr_rtc::{DateTime, SpaprRtc};
 use devices::spapr_vio::VioAddr;
 use devices::spapr_vty::SpaprVty;
@@ -41,16 +42,18 @@ pub(super) fn build(
             cfg.machine.name
         );
     }
-    // The hash page table, sized for the RAM as QEMU's (KVM-PPC on a host
-    // that needs one). The order granted is what the vCPU nodes' ibm,pft-size
-    // must say, once the tree has them.
+    // The hash page table, sized for the RAM as QEMU's: KVM-PPC's on a
+    // host that keeps one, the board's own under qtest (QEMU's TCG and
+    // qtest table, which the MMU hypercalls edit). The order granted is
+    // what the vCPU nodes' ibm,pft-size must say, once the tree has them.
+    let hpt_order = arch::ppc64::boot::hpt_shift_for_ram(cfg.memory);
     if let Some(ppc) = vm.ppc64() {
         ppc.set_smt(vsmt(cfg.machine, &cfg.smp), cfg.smp.threads)?;
-        let want = arch::ppc64::boot::hpt_shift_for_ram(cfg.memory);
-        if let Some(order) = ppc.allocate_hpt(want)? {
-            log::info!("KVM-PPC: hash page table of 2^{order} bytes (2^{want} asked)");
+        if let Some(order) = ppc.allocate_hpt(hpt_order)? {
+            log::info!("KVM-PPC: hash page table of 2^{order} bytes (2^{hpt_order} asked)");
         }
     }
+    let hpt = (!kvm).then(|| Arc::new(Mutex::new(Hpt::new(hpt_order, cfg.memory))));
     let mem = guest_memory(cfg, &*vm, vec![(0, cfg.memory)])?;
     if let Some(q) = vm.qtest() {
         q.attach(&mem);
@@ -209,6 +212,7 @@ pub(super) fn build(
         mem: mem.clone(),
         cpus,
         cpu_sections,
+        hpt,
         // QEMU turns the capability off for CPUs before POWER8 (its
         // pseries-2.7 and older run POWER7).
         ail_mode_3: cfg.machine.version >= (2, 8) && vm.ppc64().is_none_or(|p| p.ail_mode_3()),
@@ -281,6 +285,9 @@ pub(super) struct Papr {
     pub(super) cpus: Arc<SpaprCpus>,
     /// Each vCPU's as its own section.
     pub(super) cpu_sections: Vec<Arc<Mutex<CpuSection>>>,
+    /// The hash page table the MMU hypercalls edit, where the board holds
+    /// it (qtest; KVM-PPC's kernel keeps and serves its own).
+    pub(super) hpt: Option<Arc<Mutex<Hpt>>>,
     /// QEMU's `cap-ail-mode-3`: interrupts may be taken relocated at
     /// 0xc000000000004000 (the machine's CPU is POWER8 or later, and a
     /// KVM-PPC host can do it).
@@ -915,8 +922,14 @@ pub(super) fn rtas_in_memory(
 
 /// PAPR hypercalls the board serves (`hcall` numbers as in QEMU's
 /// `hw/ppc/spapr.h`): the console's, and `H_RTAS`, through which a guest
-/// enters RTAS (KVM-PPC leaves these to userspace).
+/// enters RTAS (KVM-PPC leaves these to userspace); under qtest also the
+/// MMU's and the XICS's, which KVM-PPC's kernel serves itself.
 pub(super) mod hcall {
+    pub const H_REMOVE: u64 = 0x04;
+    pub const H_ENTER: u64 = 0x08;
+    pub const H_READ: u64 = 0x0c;
+    pub const H_PROTECT: u64 = 0x18;
+    pub const H_BULK_REMOVE: u64 = 0x24;
     pub const H_EOI: u64 = 0x64;
     pub const H_CPPR: u64 = 0x68;
     pub const H_IPI: u64 = 0x6c;
@@ -938,6 +951,8 @@ pub(super) mod hcall {
     pub const H_SUCCESS: i64 = 0;
     pub const H_FUNCTION: i64 = -2;
     pub const H_PARAMETER: i64 = -4;
+    pub const H_PTEG_FULL: i64 = -6;
+    pub const H_NOT_FOUND: i64 = -7;
     pub const H_P2: i64 = -55;
     pub const H_P3: i64 = -56;
     pub const H_P4: i64 = -57;
@@ -1015,6 +1030,35 @@ pub(super) fn hcall(papr: &Papr, caller: usize, opcode: u64, args: &mut [u64; 9]
             }
         }
         H_SET_MODE => set_mode(papr, args[0], args[1], args[2], args[3]),
+        H_ENTER | H_REMOVE | H_READ | H_PROTECT | H_BULK_REMOVE => {
+            let Some(hpt) = &papr.hpt else {
+                return H_FUNCTION;
+            };
+            let mut t = hpt.lock().expect("hpt lock");
+            let done = match opcode {
+                H_ENTER => t
+                    .enter(args[0], args[1], args[2], args[3])
+                    .map(|slot| args[0] = slot),
+                H_REMOVE => t.remove(args[0], args[1], args[2]).map(|(v, r)| {
+                    args[0] = v;
+                    args[1] = r;
+                }),
+                H_PROTECT => t.protect(args[0], args[1], args[2]),
+                H_READ => t.read(args[0], args[1]).map(|es| {
+                    for (i, (v, r)) in es.into_iter().enumerate() {
+                        args[2 * i] = v;
+                        args[2 * i + 1] = r;
+                    }
+                }),
+                _ => t.bulk_remove(&mut args[..8]),
+            };
+            match done {
+                Ok(()) => H_SUCCESS,
+                Err(HptError::Parameter) => H_PARAMETER,
+                Err(HptError::PtegFull) => H_PTEG_FULL,
+                Err(HptError::NotFound) => H_NOT_FOUND,
+            }
+        }
         H_XIRR | H_IPOLL | H_CPPR | H_EOI | H_IPI => {
             // The emulated XICS's (qtest); KVM-PPC's kernel serves these.
             // The caller is vCPU 0: qtest's client is the board's one CPU.
