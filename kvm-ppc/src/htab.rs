@@ -1,10 +1,8 @@
-//! The hash page table in the migration stream, as QEMU's `spapr/htab`
-//! section carries it: chunks of `index` (be32), `n_valid` (be16),
-//! `n_invalid` (be16) and `n_valid` HPTEs of 16 bytes, a chunk of zeros
-//! ending each pass. KVM hands the table out (and takes it back) through
-//! the HTAB fd as records of the same shape with the header in host
-//! order (`struct kvm_get_htab_header`); HPTEs are big-endian in both, as
-//! in the table itself.
+//! KVM's HTAB fd records: how KVM hands the hash page table out (and
+//! takes it back) — `struct kvm_get_htab_header` in host order (`index`,
+//! `n_valid`, `n_invalid`), then `n_valid` big-endian HPTEs of 16 bytes,
+//! the shape of the chunks QEMU's `spapr/htab` section carries
+//! big-endian (the `migration` crate's `htab`).
 
 use thiserror::Error;
 
@@ -115,33 +113,6 @@ pub fn to_kvm(chunks: &[Chunk]) -> Vec<u8> {
     b
 }
 
-/// One pass of the section: the chunks, then the end marker.
-pub fn encode(chunks: &[Chunk], out: &mut Vec<u8>) {
-    for c in chunks {
-        out.extend_from_slice(&c.index.to_be_bytes());
-        out.extend_from_slice(&c.n_valid().to_be_bytes());
-        out.extend_from_slice(&c.n_invalid.to_be_bytes());
-        out.extend_from_slice(&c.valid);
-    }
-    out.extend_from_slice(&[0; HEADER]);
-}
-
-/// One pass read back: the chunks up to the end marker, and the bytes
-/// it took; every chunk inside a table of `entries` HPTEs.
-pub fn decode(buf: &[u8], entries: u64) -> Result<(Vec<Chunk>, usize), Error> {
-    let mut out = vec![];
-    let mut at = 0;
-    loop {
-        let (c, next) = record(buf, at, u32::from_be_bytes, u16::from_be_bytes)?;
-        at = next;
-        if c.index == 0 && c.valid.is_empty() && c.n_invalid == 0 {
-            return Ok((out, at));
-        }
-        check(&c, entries)?;
-        out.push(c);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,21 +139,6 @@ mod tests {
         ]
     }
 
-    /// QEMU's bytes: be32 index, be16 valid, be16 invalid, the HPTEs; a
-    /// zero chunk ends the pass.
-    #[test]
-    fn a_pass_is_qemus_layout() {
-        let mut b = vec![];
-        encode(&chunks(), &mut b);
-        assert_eq!(b[..8], [0, 0, 0, 0, 0, 2, 0, 6]);
-        assert_eq!(b[8..24], hpte(1));
-        assert_eq!(b[40..48], [0, 0, 0x10, 0, 0, 1, 0, 0]);
-        assert_eq!(b[b.len() - 8..], [0; 8]);
-        assert_eq!(b.len(), 8 + 32 + 8 + 16 + 8);
-        let (back, used) = decode(&b, 1 << 16).unwrap();
-        assert_eq!((back, used), (chunks(), b.len()));
-    }
-
     /// KVM's records (host order) become the stream's chunks and back.
     #[test]
     fn kvm_records_round_trip() {
@@ -192,13 +148,11 @@ mod tests {
         assert_eq!(from_kvm(&raw, 1 << 16).unwrap(), chunks());
     }
 
-    /// A corrupt stream is refused by what is wrong, never read past.
+    /// A corrupt read is refused by what is wrong, never read past.
     #[test]
-    fn bad_chunks_are_refused() {
-        let mut b = vec![];
-        encode(&chunks(), &mut b);
+    fn bad_records_are_refused() {
         assert_eq!(
-            decode(&b, 4096).unwrap_err(),
+            from_kvm(&to_kvm(&chunks()), 4096).unwrap_err(),
             Error::OutOfRange {
                 index: 4096,
                 count: 1,
@@ -206,16 +160,12 @@ mod tests {
             }
         );
         assert!(matches!(
-            decode(&b[..20], 1 << 16),
-            Err(Error::Truncated {
-                at: 0,
-                need: 40,
-                have: 20
-            })
+            from_kvm(&to_kvm(&chunks())[..5], 1 << 16),
+            Err(Error::Truncated { at: 0, need: 8, have: 5 })
         ));
         assert!(matches!(
-            from_kvm(&to_kvm(&chunks())[..5], 1 << 16),
-            Err(Error::Truncated { .. })
+            from_kvm(&to_kvm(&chunks())[..20], 1 << 16),
+            Err(Error::Truncated { at: 0, need: 40, have: 20 })
         ));
     }
 }

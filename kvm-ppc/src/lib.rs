@@ -6,8 +6,8 @@
 //!   not x86's) and every KVM ioctl the backend makes;
 //! * [`uapi`]: the structures, capabilities, VM types, exit reasons and
 //!   `ONE_REG` ids, laid out as the kernel's uapi headers say;
-//! * [`htab`]: the hash page table in the migration stream (QEMU's
-//!   `spapr/htab` chunks) from and to KVM's HTAB fd records;
+//! * [`htab`]: the hash page table's records as KVM's HTAB fd reads and
+//!   writes them;
 //! * [`exit`]: why a vCPU left `KVM_RUN` and the answer it takes back,
 //!   read from and written to its `kvm_run` page;
 //! * `sys` (on powerpc64 only): the calls themselves.
@@ -15,7 +15,7 @@
 //! Nothing here can run on these (x86) machines. The numbers and layouts
 //! are checked against the ppc64el kernel headers by a probe built with
 //! the cross compiler and run under qemu-user (scripts/ppc64le.sh); the
-//! stream encoding by unit tests.
+//! record encoding by unit tests.
 
 pub mod exit;
 pub mod htab;
