@@ -62,32 +62,17 @@ pub enum HptError {
     NotFound,
 }
 
-/// The page sizes a large-page entry may encode, as QEMU's POWER7
-/// segment page size table (its POWER8 and POWER9 use the same): per
-/// segment base page size, (page shift, encoding in the RPN's low bits).
-const LARGE_ENCODINGS: [&[(u32, u64)]; 4] = [
-    &[(16, 0x7), (24, 0x38)],
-    &[(16, 0x1), (24, 0x8)],
-    &[(24, 0x0)],
-    &[(34, 0x0)],
-];
-
-/// The page an entry maps: 4 KiB unless it is large, then what its
-/// encoding says; 0 for an encoding no segment size has (QEMU's
-/// `ppc_hash64_hpte_page_shift_noslb`).
-pub fn page_shift(v: u64, r: u64) -> u32 {
+/// The page an entry maps: 4 KiB unless it is large, then the first of
+/// `large` (page shift, encoding in the RPN's low bits) its encoding
+/// matches; 0 for none (QEMU's `ppc_hash64_hpte_page_shift_noslb`).
+pub fn page_shift(large: &[(u32, u64)], v: u64, r: u64) -> u32 {
     if v & V_LARGE == 0 {
         return 12;
     }
-    for seg in LARGE_ENCODINGS {
-        for &(shift, enc) in seg {
-            let mask = ((1u64 << shift) - 1) & R_RPN;
-            if r & mask == enc << 12 {
-                return shift;
-            }
-        }
-    }
-    0
+    large
+        .iter()
+        .find(|&&(shift, enc)| r & (((1u64 << shift) - 1) & R_RPN) == enc << 12)
+        .map_or(0, |p| p.0)
 }
 
 /// The table and which of its entries changed since a migration last
@@ -98,6 +83,8 @@ pub struct Hpt {
     /// Guest RAM's size: entries mapping below it must be cacheable
     /// memory (WIMG = 0010).
     ram_size: u64,
+    /// The large pages the machine lets a guest map ([`page_shift`]).
+    large: Vec<(u32, u64)>,
     /// One bit an entry: stored since last sent.
     changed: Vec<u64>,
     /// No pass has sent the whole table yet.
@@ -106,13 +93,14 @@ pub struct Hpt {
 
 impl Hpt {
     /// An empty table of 2^order bytes for a guest with `ram_size` bytes
-    /// of RAM.
-    pub fn new(order: u32, ram_size: u64) -> Hpt {
+    /// of RAM that may map the `large` pages ([`page_shift`]).
+    pub fn new(order: u32, ram_size: u64, large: Vec<(u32, u64)>) -> Hpt {
         let entries = 1usize << (order - 4);
         Hpt {
             order,
             table: vec![0; 1 << order],
             ram_size,
+            large,
             changed: vec![0; entries.div_ceil(64)],
             first_pass: true,
         }
@@ -152,7 +140,7 @@ impl Hpt {
     /// free slot of `ptex`'s group (or exactly at `ptex` with `H_EXACT`);
     /// returns where.
     pub fn enter(&mut self, flags: u64, ptex: u64, pteh: u64, ptel: u64) -> Result<u64, HptError> {
-        let shift = page_shift(pteh, ptel);
+        let shift = page_shift(&self.large, pteh, ptel);
         if shift == 0 {
             return Err(HptError::Parameter);
         }
@@ -309,7 +297,7 @@ impl Hpt {
 
     /// A migration's table of 2^order bytes replaces this one, empty.
     pub fn resize(&mut self, order: u32) {
-        *self = Hpt::new(order, self.ram_size);
+        *self = Hpt::new(order, self.ram_size, std::mem::take(&mut self.large));
     }
 
     /// A chunk from a migration (inside the table: the stream's reader
@@ -345,9 +333,14 @@ impl HtabSource for Migrated {
 mod tests {
     use super::*;
 
+    /// pseries-2.8's large pages: 16 MiB and 16 GiB too.
+    fn large() -> Vec<(u32, u64)> {
+        vec![(24, 0x38), (16, 1), (24, 8), (24, 0), (34, 3)]
+    }
+
     /// 2^18 bytes: 16,384 entries, 2,048 groups; 256 MiB of RAM.
     fn hpt() -> Hpt {
-        Hpt::new(18, 256 << 20)
+        Hpt::new(18, 256 << 20, large())
     }
 
     /// A 4 KiB page of RAM at `page`, cacheable (WIMG = 0010).
@@ -400,12 +393,15 @@ mod tests {
             Err(HptError::Parameter),
             "I/O cached"
         );
-        // Large pages: 64 KiB (encoding 1 in a 64 KiB segment), 16 MiB.
-        assert_eq!(page_shift(V_LARGE, 0x1000), 16);
-        assert_eq!(page_shift(V_LARGE, 0x1_000_000), 24);
-        assert_eq!(page_shift(V_LARGE, 0x3000), 0);
+        // Large pages: 64 KiB (encoding 1 in a 64 KiB segment), 16 MiB,
+        // 16 GiB; from pseries-3.0 64 KiB only.
+        assert_eq!(page_shift(&large(), V_LARGE, 0x1000), 16);
+        assert_eq!(page_shift(&large(), V_LARGE, 0x1_000_000), 24);
+        assert_eq!(page_shift(&large(), V_LARGE, 0x4_0000_3000), 34);
+        assert_eq!(page_shift(&[(16, 1)], V_LARGE, 0x1_000_000), 0);
+        assert_eq!(page_shift(&large(), V_LARGE, 0x5000), 0);
         assert_eq!(
-            t.enter(0, 8, v | V_LARGE, 0x3000 | R_M),
+            t.enter(0, 8, v | V_LARGE, 0x5000 | R_M),
             Err(HptError::Parameter)
         );
         assert_eq!(t.enter(0, 8, v | V_LARGE, 0x1_0000 | 0x1000 | R_M), Ok(8));
@@ -456,7 +452,7 @@ mod tests {
         for i in [0, 1, 2, 100, 16_383] {
             t.enter(H_EXACT, i, v | (i << 7), ram_pte(i)).unwrap();
         }
-        let mut dst = Hpt::new(20, 256 << 20);
+        let mut dst = Hpt::new(20, 256 << 20, large());
         dst.resize(18);
         let first = t.changes();
         assert_eq!(

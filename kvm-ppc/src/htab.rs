@@ -161,11 +161,19 @@ mod tests {
         );
         assert!(matches!(
             from_kvm(&to_kvm(&chunks())[..5], 1 << 16),
-            Err(Error::Truncated { at: 0, need: 8, have: 5 })
+            Err(Error::Truncated {
+                at: 0,
+                need: 8,
+                have: 5
+            })
         ));
         assert!(matches!(
             from_kvm(&to_kvm(&chunks())[..20], 1 << 16),
-            Err(Error::Truncated { at: 0, need: 40, have: 20 })
+            Err(Error::Truncated {
+                at: 0,
+                need: 40,
+                have: 20
+            })
         ));
     }
 }

@@ -114,6 +114,21 @@ fn the_device_tree_is_qemus_where_both_have_it() {
                 compared += 1;
             }
         }
+        // Every CPU node QEMU has, with all it says but the hot-plug
+        // connector's index (vmm has no CPU hot-plug).
+        let cpus: Vec<&String> = q
+            .keys()
+            .filter(|n| n.starts_with("/cpus/PowerPC,"))
+            .collect();
+        assert_eq!(cpus.len(), smp.parse::<usize>().unwrap(), "{machine}");
+        for node in cpus {
+            let ours = v
+                .get(node)
+                .unwrap_or_else(|| panic!("{machine}: vmm has no node '{node}'"));
+            for p in q[node].keys().filter(|p| *p != "ibm,my-drc-index") {
+                assert!(ours.contains_key(p), "{machine}: {node} lacks {p}");
+            }
+        }
         // The PHB and what the guest needs of it are all there.
         let phb = &v["/pci@800000020000000"];
         for p in [

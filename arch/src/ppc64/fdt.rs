@@ -3,9 +3,10 @@
 //! XICS interrupt controller, and PHB 0 with its windows (`ranges`), DMA
 //! window and interrupt map, written in the flattened format by `dtb`.
 //! Node and property names and encodings are QEMU's, so a guest sees the same tree; `-machine dumpdtb=FILE` writes
-//! it. The VIO bus (`/vdevice`) has the console's vty. What vmm's board
-//! does not have (vCPU nodes, the event sources, dynamic reconfiguration
-//! connectors, the NVRAM) is not in it yet.
+//! it. The VIO bus (`/vdevice`) has the console's vty; `/cpus` a node a
+//! core ([`super::cpu`] has the models). What vmm's board does not have
+//! (the event sources, dynamic reconfiguration connectors, the NVRAM) is
+//! not in it yet.
 
 use super::dtb::{Error as FdtError, Writer as FdtWriter};
 
@@ -36,6 +37,30 @@ pub struct Phb {
     pub total_msi: u32,
 }
 
+/// The vCPUs as `/cpus` shows them: a node a core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cpus {
+    pub model: &'static super::cpu::CpuModel,
+    pub cores: Vec<Core>,
+    /// `ibm,segment-page-sizes` ([`super::cpu::segment_page_sizes`]).
+    pub page_sizes: Vec<u32>,
+    /// log2 of the hash page table's bytes (`ibm,pft-size`).
+    pub hpt_order: u32,
+}
+
+/// One core: its threads' interrupt servers (the first is its `reg`) and
+/// its socket (`ibm,chip-id`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Core {
+    pub servers: Vec<u32>,
+    pub chip: u32,
+}
+
+/// The timebase and core clocks QEMU gives a guest outside KVM (on
+/// KVM-PPC they are the host's): 512 MHz, 1 GHz.
+pub const TIMEBASE_HZ: u32 = 512_000_000;
+pub const CLOCK_HZ: u32 = 1_000_000_000;
+
 /// What the tree says of the machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spapr {
@@ -45,6 +70,7 @@ pub struct Spapr {
     pub pci_probe: bool,
     /// vCPU servers the interrupt controller serves.
     pub max_cpus: u32,
+    pub cpus: Cpus,
     /// The room RTAS has ([`rtas_size`]).
     pub rtas_size: u32,
     pub phb: Phb,
@@ -140,6 +166,59 @@ fn phb_node(f: &mut FdtWriter, p: &Phb) -> FdtWriterResult<()> {
     f.end_node(node)
 }
 
+/// `/cpus`, as QEMU's `spapr_dt_cpus` for what vmm has (no CPU hotplug:
+/// no dynamic reconfiguration connectors; one NUMA node).
+fn cpus_node(f: &mut FdtWriter, c: &Cpus) -> FdtWriterResult<()> {
+    let cpus = f.begin_node("cpus")?;
+    f.property_u32("#address-cells", 1)?;
+    f.property_u32("#size-cells", 0)?;
+    let m = c.model;
+    for core in &c.cores {
+        let reg = core.servers[0];
+        let node = f.begin_node(&format!("{}@{reg:x}", m.fw_name))?;
+        f.property_u32("reg", reg)?;
+        f.property_string("device_type", "cpu")?;
+        f.property_u32("cpu-version", m.pvr)?;
+        f.property_u32("d-cache-block-size", 128)?;
+        f.property_u32("d-cache-line-size", 128)?;
+        f.property_u32("i-cache-block-size", 128)?;
+        f.property_u32("i-cache-line-size", 128)?;
+        f.property_u32("d-cache-size", 0x8000)?;
+        f.property_u32("i-cache-size", 0x8000)?;
+        f.property_u32("timebase-frequency", TIMEBASE_HZ)?;
+        f.property_u32("clock-frequency", CLOCK_HZ)?;
+        f.property_u32("slb-size", 32)?;
+        f.property_u32("ibm,slb-size", 32)?;
+        f.property_string("status", "okay")?;
+        f.property_null("64-bit")?;
+        f.property_u32("ibm,purr", 1)?;
+        f.property_u32("ibm,spurr", 1)?;
+        // 256 MiB and 1 TiB segments.
+        f.property_array_u32(
+            "ibm,processor-segment-sizes",
+            &[0x1c, 0x28, 0xffff_ffff, 0xffff_ffff],
+        )?;
+        // VSX (cap-vsx), decimal floating point (cap-dfp).
+        f.property_u32("ibm,vmx", 2)?;
+        f.property_u32("ibm,dfp", 1)?;
+        f.property_array_u32("ibm,segment-page-sizes", &c.page_sizes)?;
+        f.property("ibm,pa-features", m.pa_features)?;
+        f.property_u32("ibm,chip-id", core.chip)?;
+        f.property_array_u32("ibm,pft-size", &[0, c.hpt_order])?;
+        f.property_array_u32("ibm,ppc-interrupt-server#s", &core.servers)?;
+        let gservers: Vec<u32> = core.servers.iter().flat_map(|s| [*s, 0]).collect();
+        f.property_array_u32("ibm,ppc-interrupt-gserver#s", &gservers)?;
+        if !m.radix_ap.is_empty() {
+            f.property_array_u32("ibm,processor-radix-AP-encodings", m.radix_ap)?;
+        }
+        if let Some(bits) = m.dec_bits {
+            f.property_u32("ibm,dec-bits", bits)?;
+        }
+        f.end_node(node)?;
+    }
+    f.end_node(cpus)
+}
+
 /// The flattened tree.
 pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
     let reserved: Vec<(u64, u64)> = m.boot.iter().flat_map(|b| b.reserved.clone()).collect();
@@ -212,6 +291,8 @@ pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
         f.end_node(vty)?;
     }
     f.end_node(vdevice)?;
+
+    cpus_node(&mut f, &m.cpus)?;
 
     let mem = f.begin_node("memory@0")?;
     f.property_string("device_type", "memory")?;
@@ -286,7 +367,22 @@ mod tests {
             ram: 256 << 20,
             cmdline: "console=hvc0".into(),
             pci_probe: true,
-            max_cpus: 1,
+            max_cpus: 16,
+            cpus: Cpus {
+                model: &super::super::cpu::POWER8,
+                cores: vec![
+                    Core {
+                        servers: vec![0],
+                        chip: 0,
+                    },
+                    Core {
+                        servers: vec![8],
+                        chip: 1,
+                    },
+                ],
+                page_sizes: super::super::cpu::segment_page_sizes(16),
+                hpt_order: 21,
+            },
             rtas_size: rtas_size(1),
             phb: phb(),
             vty: Some((0x7100_0000, 0x1100)),
@@ -318,6 +414,13 @@ mod tests {
         let ranges = &nodes["/pci@800000020000000"]["ranges"];
         assert_eq!(ranges.len(), 21 * 4);
         assert_eq!(ranges[..4], [1, 0, 0, 0]);
+        // A node a core, by its first thread's server.
+        let cpu = &nodes["/cpus/PowerPC,POWER8@8"];
+        assert_eq!(cpu["reg"], 8u32.to_be_bytes());
+        assert_eq!(cpu["ibm,chip-id"], 1u32.to_be_bytes());
+        assert_eq!(cpu["ibm,pft-size"], [0, 0, 0, 0, 0, 0, 0, 21]);
+        assert_eq!(cpu["ibm,pa-features"].len(), 26);
+        assert!(nodes.contains_key("/cpus/PowerPC,POWER8@0"));
         assert!(parse(&dtb[..dtb.len() - 8]).is_none(), "cut short");
         assert!(parse(b"not a tree at all").is_none());
     }

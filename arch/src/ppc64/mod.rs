@@ -2,6 +2,7 @@
 //! the RTAS call table it names, and booting its kernel.
 
 pub mod boot;
+pub mod cpu;
 pub mod dtb;
 pub mod fdt;
 pub mod rtas;

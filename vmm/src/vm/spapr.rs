@@ -53,7 +53,11 @@ pub(super) fn build(
             log::info!("KVM-PPC: hash page table of 2^{order} bytes (2^{hpt_order} asked)");
         }
     }
-    let hpt = (!kvm).then(|| Arc::new(Mutex::new(Hpt::new(hpt_order, cfg.memory))));
+    let hpt = (!kvm).then(|| {
+        let max_page = arch::ppc64::cpu::max_page_shift(cfg.machine.version);
+        let large = arch::ppc64::cpu::large_page_encodings(max_page);
+        Arc::new(Mutex::new(Hpt::new(hpt_order, cfg.memory, large)))
+    });
     let mem = guest_memory(cfg, &*vm, vec![(0, cfg.memory)])?;
     if let Some(q) = vm.qtest() {
         q.attach(&mem);
@@ -608,6 +612,34 @@ impl<'a> Shown<'a> {
     }
 }
 
+/// `/cpus`: the machine type's default CPU (QEMU's outside KVM), a node
+/// a core with its threads' interrupt servers, in its socket; the hash
+/// page table's order QEMU sizes for the RAM.
+fn cpus(
+    machine: &machine::MachineType,
+    smp: &arch::x86_64::topology::Topology,
+    ram: u64,
+) -> arch::ppc64::fdt::Cpus {
+    use arch::ppc64::{cpu, fdt};
+    let servers = vcpu_servers(machine, smp);
+    let threads = smp.threads as usize;
+    let per_socket = smp.threads * smp.cores;
+    let cores = servers
+        .chunks(threads)
+        .enumerate()
+        .map(|(core, s)| fdt::Core {
+            servers: s.to_vec(),
+            chip: (core * threads) as u32 / per_socket,
+        })
+        .collect();
+    fdt::Cpus {
+        model: cpu::default_for(machine.version),
+        cores,
+        page_sizes: cpu::segment_page_sizes(cpu::max_page_shift(machine.version)),
+        hpt_order: arch::ppc64::boot::hpt_shift_for_ram(ram),
+    }
+}
+
 /// The device tree `g` describes (also what `-dump-abi` records).
 pub(crate) fn tree(g: &Shown) -> Result<Vec<u8>> {
     let Shown {
@@ -629,6 +661,7 @@ pub(crate) fn tree(g: &Shown) -> Result<Vec<u8>> {
         // QEMU's pseries-4.2 and later tell Linux to assign BARs itself.
         pci_probe: machine.version >= (4, 2),
         max_cpus: xics_servers(machine, smp),
+        cpus: cpus(machine, smp, ram),
         rtas_size: fdt::rtas_size(smp.maxcpus),
         vty: irqs.vty.map(|v| (v.reg, v.irq)),
         boot: g.boot.clone(),
