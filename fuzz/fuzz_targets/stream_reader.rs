@@ -1,11 +1,13 @@
 //! Feeds arbitrary bytes to the savevm stream reader: device sections with
 //! a description that has every field kind and subsections, and RAM
-//! sections into a sink that panics on any page outside its blocks.
+//! sections into a sink that panics on any page outside its blocks, and
+//! `spapr/htab` sections whose chunks must stay inside the table.
 //! The reader must return errors, never panic, hang or over-allocate.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use migration::htab::Pass;
 use migration::stream::{RamSink, Reader, Record, PAGE_SIZE};
 use migration::vmstate::{Description, Field, Kind, Subsection};
 
@@ -101,12 +103,24 @@ fuzz_target!(|data: &[u8]| {
         ("pc.ram", vec![0; 16 * PAGE_SIZE]),
         ("rom", vec![0; PAGE_SIZE]),
     ]);
+    // The hash page table's entries, once a section gave its order.
+    let mut entries = None;
     for _ in 0..64 {
         match r.next_record(
             &|id, inst| (id == "dev" && inst == 0).then_some(&DEV),
             &mut ram,
         ) {
             Ok(Record::Eof { .. }) | Err(_) => return,
+            Ok(Record::Htab { pass, .. }) => match pass {
+                Pass::Order(o) => entries = Some(1u64 << (o - 4)),
+                Pass::Free => entries = Some(0),
+                Pass::Chunks(cs) => {
+                    let n = entries.expect("chunks before the table's order");
+                    for c in cs {
+                        assert!(c.end() <= n, "a chunk past the table");
+                    }
+                }
+            },
             Ok(_) => {}
         }
     }
