@@ -121,6 +121,13 @@ pub enum Error {
         count: i128,
         offset: u64,
     },
+    #[error("'{device}' says at offset {offset} that its '{field}' is {size} bytes: not a size from 0 to {MAX_VBUFFER}")]
+    BadSize {
+        device: String,
+        field: String,
+        size: i128,
+        offset: u64,
+    },
     #[error("stream truncated at offset {offset}: {wanted} more bytes needed for {what}")]
     Truncated {
         offset: u64,
@@ -420,11 +427,18 @@ fn encode(b: &mut Vec<u8>, desc: &Description, state: &State) -> Result<()> {
     };
     for f in desc.fields {
         let v = state.get(f.name).ok_or_else(|| shape(f))?;
-        // A counted array has exactly as many elements as its count says.
-        if let (Kind::VarArray(_, count), Val::Array(xs)) = (f.kind, v) {
-            if varray_len(state, count) != Some(xs.len()) {
-                return Err(shape(f));
+        // A counted array has exactly as many elements as its count says,
+        // a sized buffer as many bytes as its size.
+        match (f.kind, v) {
+            (Kind::VarArray(_, count), Val::Array(xs))
+                if varray_len(state, count) != Some(xs.len()) =>
+            {
+                return Err(shape(f))
             }
+            (Kind::VBuffer(size), Val::Bytes(b)) if vbuffer_len(state, size) != Some(b.len()) => {
+                return Err(shape(f))
+            }
+            _ => {}
         }
         encode_value(b, f.kind, v).ok_or_else(|| shape(f))??;
     }
@@ -461,6 +475,7 @@ fn encode_value(b: &mut Vec<u8>, kind: Kind, v: &Val) -> Option<Result<()>> {
         }
         (Kind::I64, Val::Int(x)) => b.extend_from_slice(&x.to_be_bytes()),
         (Kind::Buffer(n), Val::Bytes(x)) if x.len() == n => b.extend_from_slice(x),
+        (Kind::VBuffer(_), Val::Bytes(x)) => b.extend_from_slice(x),
         (Kind::Array(k, n), Val::Array(xs)) if xs.len() == n => {
             for x in xs {
                 if let Err(e) = encode_value(b, *k, x)? {
@@ -489,6 +504,14 @@ fn varray_len(state: &State, count: &str) -> Option<usize> {
         .filter(|n| *n <= MAX_VARRAY)
 }
 
+/// The bytes field `size` of `state` gives a sized buffer; `None` if it is
+/// missing, not an integer, or past [`MAX_VBUFFER`].
+fn vbuffer_len(state: &State, size: &str) -> Option<usize> {
+    count_value(state, size)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n <= MAX_VBUFFER)
+}
+
 /// Field `count`'s value as a count (-1 when it is no integer).
 fn count_value(state: &State, count: &str) -> Option<i128> {
     match state.get(count)? {
@@ -501,6 +524,9 @@ fn count_value(state: &State, count: &str) -> Option<i128> {
 /// The most elements a counted array may have in a stream (a count past
 /// it is a corrupt stream, refused before anything is allocated).
 const MAX_VARRAY: usize = 1 << 16;
+/// Bound on a sized buffer (QEMU's largest: an NVRAM's 1 MiB; a device
+/// tree blob's few hundred KiB).
+const MAX_VBUFFER: usize = 16 << 20;
 
 /// Where the reader puts guest RAM (the VMM's guest memory).
 pub trait RamSink {
@@ -1048,6 +1074,15 @@ impl<R: Read> Reader<R> {
         for f in desc.fields {
             let v = if f.since > version {
                 default_value(f.kind)
+            } else if let Kind::VBuffer(size) = f.kind {
+                let at = self.offset;
+                let n = vbuffer_len(&st, size).ok_or_else(|| Error::BadSize {
+                    device: desc.name.into(),
+                    field: f.name.into(),
+                    size: count_value(&st, size).unwrap_or(-1),
+                    offset: at,
+                })?;
+                Val::Bytes(self.bytes(n, &format!("field '{}' of '{}'", f.name, desc.name))?)
             } else if let Kind::VarArray(k, count) = f.kind {
                 let at = self.offset;
                 let n = varray_len(&st, count).ok_or_else(|| Error::BadCount {
@@ -1137,8 +1172,8 @@ impl<R: Read> Reader<R> {
             ),
             Kind::Struct(d) => Val::Struct(self.decode(d, d.version_id)?),
             // Only a description's own field (`decode`, which knows the
-            // count) can be a counted array.
-            Kind::VarArray(..) => {
+            // count) can be a counted array or a sized buffer.
+            Kind::VarArray(..) | Kind::VBuffer(_) => {
                 return Err(Error::StateShape {
                     device: desc.name.into(),
                     field: f.name.into(),

@@ -5,7 +5,7 @@ use serde_json::{json, Value as Json};
 mod typed;
 pub use typed::{
     field, present, struct_from_val, subsection, BadValue, Described, Element, FieldKind,
-    FieldValue, Vmstate, U8,
+    FieldValue, VBuffer, Vmstate, U8,
 };
 
 /// How a field is encoded (big-endian integers, as QEMU).
@@ -28,6 +28,9 @@ pub enum Kind {
     /// description says (QEMU's `VMSTATE_*_VARRAY_*`), back to back: the
     /// element kind and that field's name.
     VarArray(&'static Kind, &'static str),
+    /// As many bytes as an earlier `uint32` field of the same description
+    /// says (QEMU's `VMSTATE_VBUFFER_ALLOC_UINT32`): that field's name.
+    VBuffer(&'static str),
 }
 
 impl Kind {
@@ -41,7 +44,7 @@ impl Kind {
             Kind::U64 => "uint64",
             Kind::I32 => "int32",
             Kind::I64 => "int64",
-            Kind::Buffer(_) => "buffer",
+            Kind::Buffer(_) | Kind::VBuffer(_) => "buffer",
             Kind::Array(k, _) | Kind::VarArray(k, _) => k.type_name(),
             Kind::Struct(_) => "struct",
         }
@@ -58,8 +61,10 @@ impl Kind {
             (Kind::VarArray(..), true) => {
                 panic!("a Vec field (a counted array) needs #[count(FIELD)]")
             }
+            (Kind::VBuffer(_), true) => panic!("a VBuffer field needs #[count(FIELD)]"),
             (Kind::VarArray(k, _), false) => Kind::VarArray(k, count),
-            (_, false) => panic!("#[count] is for a Vec field (a counted array)"),
+            (Kind::VBuffer(_), false) => Kind::VBuffer(count),
+            (_, false) => panic!("#[count] is for a Vec or VBuffer field"),
             (k, true) => k,
         }
     }
@@ -75,7 +80,8 @@ impl Kind {
             Kind::Array(k, n) => k.wire_size() * n,
             // One element's (a struct's, like any struct's, varies).
             Kind::VarArray(k, _) => k.wire_size(),
-            Kind::Struct(_) => 0,
+            // Varies, as QEMU's dump says.
+            Kind::Struct(_) | Kind::VBuffer(_) => 0,
         }
     }
 }
@@ -158,6 +164,7 @@ pub fn default_value(kind: Kind) -> Val {
         Kind::Buffer(n) => Val::Bytes(vec![0; n]),
         Kind::Array(k, n) => Val::Array(vec![default_value(*k); n]),
         Kind::VarArray(..) => Val::Array(vec![]),
+        Kind::VBuffer(_) => Val::Bytes(vec![]),
         Kind::Struct(d) => Val::Struct(State {
             fields: d
                 .fields
@@ -187,6 +194,10 @@ impl Description {
                             k => o["size"] = k.wire_size().into(),
                         }
                     }
+                    Kind::VBuffer(size) => {
+                        o["size_field"] = size.into();
+                        o["size"] = 0.into();
+                    }
                     Kind::Array(k, n) => {
                         o["array_len"] = n.into();
                         o["size"] = f.kind.wire_size().into();
@@ -213,6 +224,8 @@ impl Description {
                     json!({"name": f.name, "type": f.kind.type_name(), "size": f.kind.wire_size()});
                 match (f.kind, state.get(f.name)) {
                     (Kind::Struct(d), Some(Val::Struct(s))) => o["struct"] = d.vmdesc(s),
+                    // As QEMU: the size this section was written with.
+                    (Kind::VBuffer(_), Some(Val::Bytes(b))) => o["size"] = b.len().into(),
                     // As QEMU: the count this section was written with.
                     (Kind::VarArray(k, _), Some(Val::Array(a))) => {
                         o["array_len"] = a.len().into();

@@ -43,7 +43,8 @@ mod tests {
     use migration::vmstate::Kind;
 
     /// A counted array's count is an earlier integer field of the same
-    /// description (a declaration the macro cannot check).
+    /// description, a sized buffer's size an earlier `uint32` (a
+    /// declaration the macro cannot check).
     fn check(d: &Description) {
         for (i, f) in d.fields.iter().enumerate() {
             let nested = match f.kind {
@@ -62,6 +63,16 @@ mod tests {
                     );
                     Some(elem)
                 }
+                Kind::VBuffer(size) => {
+                    let c = d.fields[..i].iter().find(|g| g.name == size);
+                    assert!(
+                        c.is_some_and(|c| matches!(c.kind, Kind::U32)),
+                        "{}.{}: '{size}' is no earlier uint32",
+                        d.name,
+                        f.name
+                    );
+                    None
+                }
                 Kind::Array(elem, _) => Some(elem),
                 _ => None,
             };
@@ -75,7 +86,7 @@ mod tests {
     }
 
     #[test]
-    fn every_counted_array_names_an_earlier_count() {
+    fn every_counted_array_and_sized_buffer_names_an_earlier_count() {
         for m in machine::all() {
             descriptions(m).into_iter().for_each(check);
         }

@@ -239,6 +239,32 @@ impl<T: Element> FieldKind for Vec<T> {
     const KIND: Kind = Kind::VarArray(&T::KIND, "");
 }
 
+/// As many bytes as another field says (`#[count(FIELD)]` in
+/// [`vmstate!`](crate::vmstate!)): QEMU's `VMSTATE_VBUFFER_ALLOC_UINT32`,
+/// a buffer whose size travels before it (an NVRAM's contents).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VBuffer(pub Vec<u8>);
+
+impl FieldValue for VBuffer {
+    fn to_val(&self) -> Val {
+        Val::Bytes(self.0.clone())
+    }
+    fn from_val(v: &Val) -> Result<Self, BadValue> {
+        match v {
+            Val::Bytes(b) => Ok(VBuffer(b.clone())),
+            _ => Err(BadValue::default()),
+        }
+    }
+    fn zero() -> Self {
+        VBuffer(Vec::new())
+    }
+}
+
+impl FieldKind for VBuffer {
+    /// Its size field is named by the declaration ([`Kind::counted`]).
+    const KIND: Kind = Kind::VBuffer("");
+}
+
 /// A nested state whose description someone else holds (a part of a
 /// generic declaration, such as a virtio device's own state).
 impl FieldValue for State {
@@ -348,7 +374,9 @@ pub fn present<S: Described>(st: &State) -> bool {
 ///   `[T; N]` (an array: integers, [`U8`], declared structs), a declared
 ///   struct (nested inline), `Vec<T>` with `#[count(FIELD)]` (as many
 ///   elements as the earlier integer field FIELD says: QEMU's VARRAY; the
-///   writer refuses a state whose count and length differ), or [`State`]
+///   writer refuses a state whose count and length differ), [`VBuffer`]
+///   with `#[count(FIELD)]` (as many bytes as the earlier `u32` FIELD
+///   says: QEMU's VBUFFER), or [`State`]
 ///   in a generic struct. `#[wire("NAME")]` (after `#[count]`): the
 ///   field's name in the stream where QEMU's is no Rust name
 ///   (`value.first_irq`).

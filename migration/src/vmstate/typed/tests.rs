@@ -438,3 +438,54 @@ fn counted_arrays_travel_as_many_as_their_count() {
     let e = decode_state(&COUNTED, 1, &bytes).unwrap_err().to_string();
     assert!(e.contains("truncated"), "{e}");
 }
+
+crate::vmstate! {
+    /// A size, then as many bytes (QEMU's VMSTATE_VBUFFER_ALLOC_UINT32,
+    /// as spapr_nvram's).
+    pub static SIZED = "vbuffer", version 1, minimum 1;
+    pub struct Sized {
+        size: u32,
+        #[since(1)]
+        #[count(size)]
+        buf: crate::vmstate::VBuffer,
+    }
+}
+
+/// A sized buffer travels as its size says, shows that size to
+/// analyze-migration and 0 to -dump-vmstate (as QEMU's); the writer
+/// refuses a size that disagrees with the bytes, a reader a size past its
+/// bound (before reading on) and a stream that ends inside the bytes.
+#[test]
+fn sized_buffers_travel_as_many_bytes_as_their_size() {
+    use crate::stream::{decode_state, encode_state};
+    use crate::vmstate::VBuffer;
+    assert!(matches!(SIZED.fields[1].kind, Kind::VBuffer("size")));
+    assert_eq!(SIZED.to_json()["fields"][1]["size"], 0);
+    assert_eq!(SIZED.to_json()["fields"][1]["type"], "buffer");
+    for n in [0usize, 65536] {
+        let s = Sized {
+            size: n as u32,
+            buf: VBuffer((0..n).map(|i| i as u8).collect()),
+        };
+        let bytes = encode_state(&SIZED, &s.to_state()).unwrap();
+        assert_eq!(bytes.len(), 4 + n);
+        let st = decode_state(&SIZED, 1, &bytes).unwrap();
+        assert_eq!(Sized::from_state(&st, "vbuffer").unwrap(), s);
+        assert_eq!(SIZED.vmdesc(&st)["fields"][1]["size"], n);
+    }
+    let wrong = Sized {
+        size: 3,
+        buf: VBuffer(vec![1]),
+    };
+    let e = encode_state(&SIZED, &wrong.to_state())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'buf'"), "{e}");
+    let mut bytes = encode_state(&SIZED, &Sized::default().to_state()).unwrap();
+    bytes[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+    let e = decode_state(&SIZED, 1, &bytes).unwrap_err().to_string();
+    assert!(e.contains("is 4294967295 bytes"), "{e}");
+    bytes[..4].copy_from_slice(&8u32.to_be_bytes());
+    let e = decode_state(&SIZED, 1, &bytes).unwrap_err().to_string();
+    assert!(e.contains("truncated"), "{e}");
+}
