@@ -17,6 +17,7 @@ pub mod registry;
 pub mod rtas;
 pub mod serial;
 pub mod spapr_hpt;
+pub mod spapr_nvram;
 pub mod spapr_rtc;
 pub mod spapr_vio;
 pub mod spapr_vty;

@@ -141,6 +141,14 @@ fn the_device_tree_is_qemus_where_both_have_it() {
             assert!(phb.contains_key(p), "{machine}: no {p}");
         }
         assert!(v["/rtas"].contains_key("ibm,read-pci-config"));
+        // The NVRAM, after the console on the VIO bus, and its calls.
+        let nvram = if console {
+            "/vdevice/nvram@71000001"
+        } else {
+            "/vdevice/nvram@71000000"
+        };
+        assert_eq!(v[nvram].len(), 5, "{machine}: {:?}", v[nvram]);
+        assert!(v["/rtas"].contains_key("nvram-fetch") && v["/rtas"].contains_key("nvram-store"));
         // The console, where the guest is told to write.
         assert_eq!(
             v.contains_key("/vdevice/vty@71000000"),

@@ -1764,3 +1764,70 @@ fn the_hash_page_table_migrates_with_the_entries_made_while_it_moves() {
     assert_eq!(dq.execute("query-status", json!({}))["status"], "running");
     assert!(src.try_exit().is_none() && dst.try_exit().is_none());
 }
+
+/// The NVRAM QEMU's pseries always has (`/vdevice/nvram@...`): what the
+/// guest stores from its memory with RTAS `nvram-store` it reads back
+/// with `nvram-fetch`, inside its 64 KiB only; a migration carries the
+/// contents (QEMU's `spapr_nvram` section: the size, then the bytes).
+#[test]
+fn the_nvram_keeps_what_the_guest_stores_across_a_migration() {
+    let dir = TempDir::new("qtest-nvram");
+    let (mut src, mut q, mut qt) = start(&dir, "src", &["-M", "pseries-7.2"]);
+    let log: Vec<u8> = b"oops: kernel BUG at mm/slub.c:42 "
+        .iter()
+        .cycle()
+        .take(600)
+        .copied()
+        .collect();
+    let (from, to_mem) = (0x20_0000u64, 0x30_0000u64);
+    qt.write(from, &log);
+    let end = 65536 - 600;
+    assert_eq!(
+        rtas(&mut qt, "nvram-store", &[end, from as u32, 600], 2),
+        [0, 600]
+    );
+    assert_eq!(
+        rtas(&mut qt, "nvram-store", &[0, from as u32, 4], 2),
+        [0, 4]
+    );
+    // Past the end, wrapping, or the wrong counts: RTAS's parameter
+    // error, and nothing moves.
+    let param = -3i32 as u32;
+    assert_eq!(
+        rtas(&mut qt, "nvram-store", &[end + 1, from as u32, 600], 2)[0],
+        param
+    );
+    assert_eq!(
+        rtas(&mut qt, "nvram-fetch", &[u32::MAX, to_mem as u32, 2], 2),
+        [param, 0]
+    );
+    assert_eq!(
+        rtas(&mut qt, "nvram-fetch", &[0, to_mem as u32], 2)[0],
+        param
+    );
+    // A buffer outside RAM: the hardware error.
+    assert_eq!(
+        rtas(&mut qt, "nvram-fetch", &[0, 0xf000_0000, 16], 2),
+        [-1i32 as u32, 0]
+    );
+    assert_eq!(
+        rtas(&mut qt, "nvram-fetch", &[end, to_mem as u32, 600], 2),
+        [0, 600]
+    );
+    assert_eq!(qt.read(to_mem, 600), log);
+
+    let (mut dst, _dq, mut dqt, to) = incoming(&dir, "dst", &["-M", "pseries-7.2"]);
+    q.execute("migrate", json!({"uri": to}));
+    assert_eq!(q.wait_migration(T)["status"], "completed");
+    assert_eq!(
+        rtas(&mut dqt, "nvram-fetch", &[end, to_mem as u32, 600], 2),
+        [0, 600]
+    );
+    assert_eq!(dqt.read(to_mem, 600), log, "the destination's NVRAM");
+    assert_eq!(
+        rtas(&mut dqt, "nvram-fetch", &[0, to_mem as u32, 8], 2),
+        [0, 8]
+    );
+    assert_eq!(dqt.read(to_mem, 8), b"oops\0\0\0\0");
+    assert!(src.try_exit().is_none() && dst.try_exit().is_none());
+}

@@ -155,7 +155,7 @@ fn vmm_fields(d: &serde_json::Value) -> Vec<Shape> {
         .collect()
 }
 
-/// The sPAPR PHB's, interrupt sources', RTC's and vty's state as vmm describes it for pseries-2.7 and 2.8 is
+/// The sPAPR PHB's, interrupt sources', RTC's, vty's and NVRAM's state as vmm describes it for pseries-2.7 and 2.8 is
 /// QEMU 7.2's (Debian's qemu-system-ppc64, which dumps without a POWER
 /// host): name, versions, every field in order with its size, the LSI and
 /// MSI structs; on pseries-2.7 with the conditional mig_* fields, on 2.8
@@ -216,5 +216,15 @@ fn pseries_state_is_qemus() {
         let fields = vmm_fields(vv);
         assert_eq!(fields, qemu_fields(qv, None), "{machine}");
         assert_eq!(fields[0].nested.as_ref().unwrap().2.len(), 6);
+        // The NVRAM: its size, then that many bytes (a VBUFFER, size 0 in
+        // the dump).
+        let (qn, vn) = (
+            &q["spapr-nvram"]["Description"],
+            &v["sections"]["spapr_nvram"],
+        );
+        assert_eq!(vn["name"], qn["name"], "{machine}");
+        assert_eq!(vn["version_id"], qn["version_id"], "{machine}");
+        assert_eq!(vmm_fields(vn), qemu_fields(qn, None), "{machine}");
+        assert_eq!(vn["fields"][1]["version_id"], qn["Fields"][1]["version_id"]);
     }
 }

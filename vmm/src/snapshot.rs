@@ -49,6 +49,7 @@ pub fn descriptions(m: &machine::MachineType) -> Vec<&'static Description> {
                 devices::pci::spapr_phb::description_for(pre_2_8),
                 &devices::spapr_rtc::VMSTATE,
                 &devices::spapr_vty::VMSTATE,
+                &devices::spapr_nvram::VMSTATE,
                 // One a vCPU, where the board's XICS is emulated (qtest).
                 &devices::xics::ICP,
                 // One a vCPU: stopped or running, its platform LPCR bits.

@@ -3,10 +3,10 @@
 //! XICS interrupt controller, and PHB 0 with its windows (`ranges`), DMA
 //! window and interrupt map, written in the flattened format by `dtb`.
 //! Node and property names and encodings are QEMU's, so a guest sees the same tree; `-machine dumpdtb=FILE` writes
-//! it. The VIO bus (`/vdevice`) has the console's vty; `/cpus` a node a
-//! core ([`super::cpu`] has the models). What vmm's board does not have
-//! (the event sources, dynamic reconfiguration connectors, the NVRAM) is
-//! not in it yet.
+//! it. The VIO bus (`/vdevice`) has the console's vty and the NVRAM;
+//! `/cpus` a node a core ([`super::cpu`] has the models). What vmm's board
+//! does not have (the event sources, dynamic reconfiguration connectors)
+//! is not in it yet.
 
 use super::dtb::{Error as FdtError, Writer as FdtWriter};
 
@@ -77,6 +77,8 @@ pub struct Spapr {
     /// The console's vty on the VIO bus: its address and interrupt source
     /// (also `/chosen`'s stdout), if the board has one.
     pub vty: Option<(u32, u32)>,
+    /// The NVRAM on the VIO bus: its address, interrupt source and size.
+    pub nvram: (u32, u32, u32),
     /// Where a kernel booted without firmware finds what firmware would
     /// have set up (`-kernel`).
     pub boot: Option<Boot>,
@@ -290,6 +292,14 @@ pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
         f.property_array_u32("interrupts", &[irq, 0])?;
         f.end_node(vty)?;
     }
+    let (reg, irq, bytes) = m.nvram;
+    let nvram = f.begin_node(&format!("nvram@{reg:x}"))?;
+    f.property_u32("reg", reg)?;
+    f.property_string("device_type", "nvram")?;
+    f.property_string("compatible", "qemu,spapr-nvram")?;
+    f.property_array_u32("interrupts", &[irq, 0])?;
+    f.property_u32("#bytes", bytes)?;
+    f.end_node(nvram)?;
     f.end_node(vdevice)?;
 
     cpus_node(&mut f, &m.cpus)?;
@@ -386,6 +396,7 @@ mod tests {
             rtas_size: rtas_size(1),
             phb: phb(),
             vty: Some((0x7100_0000, 0x1100)),
+            nvram: (0x7100_0001, 0x1101, 0x1_0000),
             boot: Some(Boot {
                 rtas: 0xfef_f000,
                 initrd: Some((0x3_0000, 0x4_0000)),
@@ -421,6 +432,10 @@ mod tests {
         assert_eq!(cpu["ibm,pft-size"], [0, 0, 0, 0, 0, 0, 0, 21]);
         assert_eq!(cpu["ibm,pa-features"].len(), 26);
         assert!(nodes.contains_key("/cpus/PowerPC,POWER8@0"));
+        assert_eq!(
+            nodes["/vdevice/nvram@71000001"]["#bytes"],
+            0x1_0000u32.to_be_bytes()
+        );
         assert!(parse(&dtb[..dtb.len() - 8]).is_none(), "cut short");
         assert!(parse(b"not a tree at all").is_none());
     }

@@ -16,6 +16,8 @@ pub const CALLS: &[(&str, u32)] = &[
     ("ibm,get-xive", 0x200b),
     ("ibm,int-off", 0x200c),
     ("ibm,int-on", 0x200d),
+    ("nvram-fetch", 0x2012),
+    ("nvram-store", 0x2013),
     ("read-pci-config", 0x2014),
     ("write-pci-config", 0x2015),
     ("ibm,read-pci-config", 0x2016),

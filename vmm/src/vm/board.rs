@@ -79,6 +79,7 @@ impl Platform {
                 if let Some(vty) = &p.vty {
                     v.push(&**vty);
                 }
+                v.push(&*p.nvram);
                 v.extend(
                     p.icps
                         .iter()

@@ -18,6 +18,7 @@ use devices::pci::spapr_phb::{PhbConfig, SpaprPhb, MEM_WIN_BUS_OFFSET};
 use devices::pci::{BarWindow, PciRoot, Space};
 use devices::rtas::{HW_ERROR as RTAS_HW_ERROR, PARAM_ERROR as RTAS_PARAM_ERROR};
 use devices::spapr_hpt::{Hpt, HptError};
+use devices::spapr_nvram::SpaprNvram;
 use devices::spapr_rtc::{DateTime, SpaprRtc};
 use devices::spapr_vio::VioAddr;
 use devices::spapr_vty::SpaprVty;
@@ -212,6 +213,7 @@ pub(super) fn build(
         icps,
         events: sink,
         vty,
+        nvram: Arc::new(Mutex::new(SpaprNvram::new(irqs.nvram))),
         pci: root.clone(),
         mem: mem.clone(),
         cpus,
@@ -283,6 +285,8 @@ pub(super) struct Papr {
     pub(super) events: devices::EventSink,
     /// The console (`-serial`), unless it is `none`.
     pub(super) vty: Option<Arc<Mutex<SpaprVty>>>,
+    /// The NVRAM (RTAS `nvram-fetch`, `nvram-store`).
+    pub(super) nvram: Arc<Mutex<SpaprNvram>>,
     pub(super) pci: Arc<Mutex<PciRoot>>,
     pub(super) mem: super::GuestMemoryMmap,
     /// The vCPUs' platform state (stopped or running, LPCR bits).
@@ -486,7 +490,7 @@ fn has_console(cfg: &VmConfig) -> bool {
 /// Where the board's devices sit on the VIO bus and which interrupt
 /// sources they and the bridge's pins take, as QEMU's pseries gives them.
 /// QEMU's machine creates, in order, the console's vty (at the first VIO
-/// address), the NVRAM (the next; vmm has no NVRAM but keeps its place),
+/// address), the NVRAM (the next),
 /// then PHB 0. From pseries-3.1 VIO sources follow the address and the
 /// pins start at 0x1200. Up to 3.0 (`x-legacy-irq-allocation`) every
 /// device took the first free source in that order, after the EPOW event
@@ -495,6 +499,7 @@ fn has_console(cfg: &VmConfig) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 struct Irqs {
     vty: Option<VioAddr>,
+    nvram: VioAddr,
     lsi_base: u32,
     /// The message-signalled sources the board's own devices hold: the
     /// event sources, the vty's, the NVRAM's (none left for MSIs).
@@ -517,11 +522,16 @@ impl Irqs {
                 reg: vty_reg,
                 irq: reg_to_irq(vty_reg),
             });
+            let nvram = VioAddr {
+                reg: nvram_reg,
+                irq: reg_to_irq(nvram_reg),
+            };
             let mut claimed: Vec<u32> = (IRQ_BASE..IRQ_BASE + events).collect();
             claimed.extend(vty.map(|v| v.irq));
-            claimed.push(reg_to_irq(nvram_reg));
+            claimed.push(nvram.irq);
             return Irqs {
                 vty,
+                nvram,
                 lsi_base: devices::pci::spapr_phb::IRQ_PCI_LSI,
                 claimed,
                 msi_base: devices::pci::spapr_phb::IRQ_MSI,
@@ -532,9 +542,14 @@ impl Irqs {
             reg: vty_reg,
             irq: IRQ_BASE + events,
         });
-        let lsi_base = IRQ_BASE + events + u32::from(console) + 1;
+        let nvram = VioAddr {
+            reg: nvram_reg,
+            irq: IRQ_BASE + events + u32::from(console),
+        };
+        let lsi_base = nvram.irq + 1;
         Irqs {
             vty,
+            nvram,
             lsi_base,
             claimed: (IRQ_BASE..lsi_base).collect(),
             msi_base: IRQ_BASE,
@@ -664,6 +679,11 @@ pub(crate) fn tree(g: &Shown) -> Result<Vec<u8>> {
         cpus: cpus(machine, smp, ram),
         rtas_size: fdt::rtas_size(smp.maxcpus),
         vty: irqs.vty.map(|v| (v.reg, v.irq)),
+        nvram: (
+            irqs.nvram.reg,
+            irqs.nvram.irq,
+            devices::spapr_nvram::DEFAULT_SIZE,
+        ),
         boot: g.boot.clone(),
         phb: fdt::Phb {
             buid: phb.buid,
@@ -781,6 +801,38 @@ pub(super) fn rtas(
             return Some(match cpus.start(caller, id, start.into(), r3.into()) {
                 Ok(()) => vec![0],
                 Err(e) => vec![status(e)],
+            });
+        }
+        // (offset, guest buffer, length), as QEMU's: the range inside the
+        // NVRAM, or RTAS's parameter error.
+        "nvram-fetch" | "nvram-store" => {
+            use devices::spapr_nvram::NvramError;
+            use vm_memory::{Bytes, GuestAddress};
+            let (&[offset, buffer, len], 2) = (args, nret) else {
+                return param_error();
+            };
+            let (offset, at) = (u64::from(offset), GuestAddress(buffer.into()));
+            let mut nvram = papr.nvram.lock().expect("nvram lock");
+            return Some(if name == "nvram-fetch" {
+                match nvram.fetch(offset, len.into()) {
+                    Err(NvramError::OutOfRange) => vec![status(RTAS_PARAM_ERROR), 0],
+                    Ok(bytes) => match papr.mem.write_slice(bytes, at) {
+                        Ok(()) => vec![0, len],
+                        Err(_) => vec![status(RTAS_HW_ERROR), 0],
+                    },
+                }
+            } else if nvram.fetch(offset, len.into()).is_err() {
+                vec![status(RTAS_PARAM_ERROR)]
+            } else {
+                let mut data = vec![0; len as usize];
+                match papr.mem.read_slice(&mut data, at) {
+                    Ok(()) => {
+                        let stored = nvram.store(offset, &data);
+                        debug_assert!(stored.is_ok(), "the range was checked");
+                        vec![0, len]
+                    }
+                    Err(_) => vec![status(RTAS_HW_ERROR), 0],
+                }
             });
         }
         // The caller stops; nothing is returned (it may be started again).
