@@ -766,8 +766,8 @@ fn the_pseries_console_and_rtas_through_hypercalls() {
         -3,
         "RTAS's parameter error"
     );
-    // A hypercall the board leaves alone (H_CLEAR_MOD: QEMU serves it
-    // only with KVM).
+    // A hypercall the board leaves alone (H_CLEAR_MOD: QEMU's TCG
+    // table has none either; KVM-PPC's kernel serves it).
     assert_eq!(hcall(&mut qt, 0x10, &[]).0, H_FUNCTION);
 
     // Input waiting in the ring moves with the guest.
