@@ -115,6 +115,13 @@ pub trait VmPpc64 {
     /// Gives virtual cores `vsmt` threads (QEMU's virtual SMT mode) for a
     /// guest of `threads` threads a core, before any vCPU exists.
     fn set_smt(&self, vsmt: u32, threads: u32) -> Result<(), Error>;
+    /// The kernel's hash page table as a migration reads it (its HTAB
+    /// fd), where the kernel keeps one (`None` on a radix-only host).
+    fn htab_source(&self) -> Result<Option<Box<dyn migration::htab::HtabSource>>, Error>;
+    /// One `spapr/htab` section of an incoming migration, into the
+    /// kernel's table: a new (empty) table of the stream's order, or
+    /// entries written through the HTAB fd.
+    fn load_htab(&self, pass: &migration::htab::Pass) -> Result<(), Error>;
 }
 
 /// The ppc64 side of a vCPU.

@@ -11,7 +11,11 @@
 //! powerpc64 only and cannot run on these machines (no POWER host).
 
 use kvm_ppc::uapi::{KvmRegs, KvmSregs, ONE_REGS};
+use migration::htab::{Chunk, HtabSource};
 use migration::vmstate::Description;
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// `kvm_regs` as 49 little-endian doublewords.
 pub const REGS_BYTES: usize = 49 * 8;
@@ -148,6 +152,77 @@ pub fn small_pages(host: &[u64], ratio: u64, pages: u64) -> Vec<u64> {
     out
 }
 
+/// How long a pass before the last reads KVM's hash page table (QEMU
+/// reads 5 ms an iteration, but iterates more often than vmm's RAM
+/// passes); the last reads it to the end.
+const HTAB_PASS: Duration = Duration::from_millis(50);
+/// What one read of the HTAB fd asks for.
+const HTAB_READ: usize = 64 << 10;
+
+/// KVM's hash page table as the migration engine reads it (QEMU's
+/// `kvmppc_save_htab`): one HTAB fd for the whole migration, which hands
+/// out every valid entry first and then only the entries changed since
+/// (the kernel keeps track), until a read returns nothing.
+pub struct KvmHtab<R> {
+    order: u32,
+    fd: Mutex<R>,
+}
+
+impl<R: Read + Send> KvmHtab<R> {
+    /// The table of 2^order bytes behind `fd` (the HTAB fd, opened to
+    /// read from entry 0).
+    pub fn new(order: u32, fd: R) -> KvmHtab<R> {
+        KvmHtab {
+            order,
+            fd: Mutex::new(fd),
+        }
+    }
+}
+
+impl<R: Read + Send> HtabSource for KvmHtab<R> {
+    fn order(&self) -> Option<u32> {
+        Some(self.order)
+    }
+
+    fn changes(&self, last: bool) -> Result<Vec<Chunk>, String> {
+        let entries = 1u64 << (self.order - 4);
+        let mut fd = self.fd.lock().expect("htab lock");
+        let mut buf = vec![0; HTAB_READ];
+        let mut out = vec![];
+        let t0 = Instant::now();
+        loop {
+            let n = match fd.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("cannot read KVM's hash page table: {e}")),
+            };
+            kvm_ppc::htab::from_kvm(&buf[..n], entries, |index, valid, n_invalid| {
+                out.push(Chunk {
+                    index,
+                    n_invalid,
+                    valid: valid.to_vec(),
+                })
+            })
+            .map_err(|e| format!("KVM's hash page table: {e}"))?;
+            if !last && t0.elapsed() >= HTAB_PASS {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What a write to KVM's HTAB fd takes for a stream's chunks (QEMU's
+/// `kvmppc_load_htab_chunk`, one record a chunk).
+pub fn htab_records(chunks: &[Chunk]) -> Vec<u8> {
+    let mut b = vec![];
+    for c in chunks {
+        kvm_ppc::htab::to_kvm(c.index, &c.valid, c.n_invalid, &mut b);
+    }
+    b
+}
+
 #[cfg(target_arch = "powerpc64")]
 pub use backend::KvmPpcHypervisor;
 
@@ -164,7 +239,7 @@ mod backend {
     use migration::vmstate::{State, Val, Vmstate};
     use std::fs::File;
     use std::os::fd::AsRawFd;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use vmm_sys_util::eventfd::EventFd;
 
     fn err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -205,6 +280,7 @@ mod backend {
                 xics,
                 slots: Mutex::new(vec![]),
                 pins: Default::default(),
+                hpt_order: Mutex::new(None),
             }))
         }
     }
@@ -222,6 +298,8 @@ mod backend {
         xics: File,
         slots: Mutex<Vec<Slot>>,
         pins: devices::pci::intx::SharedLines,
+        /// The hash page table's order the kernel granted, if it keeps one.
+        hpt_order: Mutex<Option<u32>>,
     }
 
     impl devices::virtio::VmOps for PpcVm {
@@ -272,9 +350,47 @@ mod backend {
             if has(KVM_CAP_PPC_MMU_RADIX) || !has(KVM_CAP_PPC_ALLOC_HTAB) {
                 return Ok(None);
             }
-            sys::allocate_htab(&self.fd, shift)
-                .map(Some)
-                .map_err(err("KVM_PPC_ALLOCATE_HTAB failed"))
+            let order =
+                sys::allocate_htab(&self.fd, shift).map_err(err("KVM_PPC_ALLOCATE_HTAB failed"))?;
+            *self.hpt_order.lock().expect("hpt lock") = Some(order);
+            Ok(Some(order))
+        }
+
+        fn htab_source(&self) -> Result<Option<Box<dyn HtabSource>>, Error> {
+            let Some(order) = *self.hpt_order.lock().expect("hpt lock") else {
+                return Ok(None);
+            };
+            let fd = sys::htab_fd(&self.fd, 0, 0).map_err(err(
+                "cannot open KVM's hash page table (KVM_PPC_GET_HTAB_FD)",
+            ))?;
+            Ok(Some(Box::new(super::KvmHtab::new(order, fd))))
+        }
+
+        /// As QEMU's `htab_load`: a new order reallocates (and clears)
+        /// the table; chunks go through a write-mode HTAB fd.
+        fn load_htab(&self, pass: &migration::htab::Pass) -> Result<(), Error> {
+            use migration::htab::Pass;
+            use std::io::Write;
+            match pass {
+                // A radix guest's: nothing to hold.
+                Pass::Free => Ok(()),
+                Pass::Order(order) => match self.allocate_hpt(*order)? {
+                    Some(got) if got == *order => Ok(()),
+                    got => Err(Error {
+                        what: "the host cannot give the stream's hash page table",
+                        source: std::io::Error::other(format!(
+                            "2^{order} bytes asked, {} given",
+                            got.map_or("none".into(), |g| format!("2^{g}"))
+                        )),
+                    }),
+                },
+                Pass::Chunks(chunks) => {
+                    let mut fd = sys::htab_fd(&self.fd, KVM_GET_HTAB_WRITE, 0)
+                        .map_err(err("cannot open KVM's hash page table to write it"))?;
+                    fd.write_all(&super::htab_records(chunks))
+                        .map_err(err("cannot write KVM's hash page table"))
+                }
+            }
         }
 
         fn ail_mode_3(&self) -> bool {
@@ -643,6 +759,62 @@ mod tests {
     use super::*;
     use migration::stream::{decode_state, encode_state};
     use migration::vmstate::Vmstate;
+
+    /// The HTAB fd as the kernel hands it out: a read returns records up
+    /// to the table's end, the next from its start only what changed, an
+    /// empty read a whole pass with nothing new.
+    struct Reads(std::collections::VecDeque<Vec<u8>>);
+    impl Read for Reads {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let r = self.0.pop_front().unwrap_or_default();
+            buf[..r.len()].copy_from_slice(&r);
+            Ok(r.len())
+        }
+    }
+
+    fn record(index: u32, n: u8, n_invalid: u16) -> Vec<u8> {
+        let mut e = [0u8; 16];
+        e[7] = 1;
+        e[15] = n;
+        let mut b = vec![];
+        kvm_ppc::htab::to_kvm(index, &e, n_invalid, &mut b);
+        b
+    }
+
+    /// Each pass reads until the kernel has nothing more; the chunks are
+    /// what the stream carries, and become the same records again on the
+    /// destination.
+    #[test]
+    fn kvms_table_is_read_to_the_end_of_each_pass() {
+        let reads = [
+            [record(0, 1, 0), record(9, 2, 3)].concat(),
+            record(4000, 3, 0),
+            vec![],
+            record(9, 4, 0),
+            vec![],
+        ];
+        let h = KvmHtab::new(18, Reads(reads.into_iter().collect()));
+        assert_eq!(h.order(), Some(18));
+        let first = h.changes(false).unwrap();
+        assert_eq!(
+            first
+                .iter()
+                .map(|c| (c.index, c.n_valid(), c.n_invalid))
+                .collect::<Vec<_>>(),
+            [(0, 1, 0), (9, 1, 3), (4000, 1, 0)]
+        );
+        let last = h.changes(true).unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].valid[15], 4);
+        assert_eq!(
+            htab_records(&first),
+            [record(0, 1, 0), record(9, 2, 3), record(4000, 3, 0)].concat()
+        );
+        // A record past the table is an error naming it.
+        let bad = KvmHtab::new(18, Reads([record(16_384, 1, 0)].into_iter().collect()));
+        let e = bad.changes(true).unwrap_err();
+        assert!(e.contains("16384"), "{e}");
+    }
 
     /// A 64 KiB host page's bit marks its sixteen 4 KiB pages; a slot's
     /// last host page may be cut short.

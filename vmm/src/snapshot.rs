@@ -9,7 +9,7 @@
 use crate::hypervisor::{Blobs, Vcpu, Vm};
 use arch::x86_64::layout;
 use devices::pci::{Bdf, PciRoot};
-use devices::spapr_hpt::{Hpt, Migrated};
+use devices::spapr_hpt::Hpt;
 use devices::virtio::Memory as GuestMemoryMmap;
 use migration::destination::LoadTarget;
 use migration::htab::{HtabSource, Pass, IDSTR};
@@ -137,8 +137,8 @@ pub struct Dirty {
     pub vm: Arc<dyn Vm>,
     pub mem: GuestMemoryMmap,
     pub ram: Ram,
-    /// The sPAPR hash page table, where the board holds it.
-    pub htab: Option<Migrated>,
+    /// The sPAPR hash page table (the board's own, or KVM-PPC's).
+    pub htab: Option<Box<dyn HtabSource>>,
 }
 
 impl SourceVm for Dirty {
@@ -159,7 +159,7 @@ impl SourceVm for Dirty {
     }
 
     fn htab(&self) -> Option<&dyn HtabSource> {
-        self.htab.as_ref().map(|h| h as &dyn HtabSource)
+        self.htab.as_deref()
     }
 
     fn dirty_pages(&self) -> Result<Vec<Vec<u64>>, String> {
@@ -466,10 +466,16 @@ impl LoadTarget for Target<'_> {
 
     fn htab(&mut self, pass: Pass) -> Result<(), LoadError> {
         let Some(hpt) = self.parts.hpt else {
-            return Err(LoadError::new(
-                IDSTR,
-                "the stream has a hash page table, this VM keeps none of its own",
-            ));
+            // KVM-PPC's kernel keeps the table.
+            let Some(ppc) = self.parts.vm.ppc64() else {
+                return Err(LoadError::new(
+                    IDSTR,
+                    "the stream has a hash page table, this machine has none",
+                ));
+            };
+            return ppc
+                .load_htab(&pass)
+                .map_err(|e| LoadError::new(IDSTR, format!("{e}: {}", e.source)));
         };
         let mut t = hpt.lock().expect("hpt lock");
         match pass {

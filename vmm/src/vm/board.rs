@@ -410,6 +410,21 @@ impl Board {
         }
     }
 
+    /// The sPAPR hash page table as a migration reads it: the board's own
+    /// (qtest), or the kernel's (KVM-PPC, through its HTAB fd); `None`
+    /// where there is none (q35, a radix-only host).
+    pub(super) fn htab_source(
+        &self,
+    ) -> Result<Option<Box<dyn migration::htab::HtabSource>>, crate::hypervisor::Error> {
+        if let Some(hpt) = self.platform.hpt() {
+            return Ok(Some(Box::new(devices::spapr_hpt::Migrated(hpt.clone()))));
+        }
+        match self.vm.ppc64() {
+            Some(ppc) => ppc.htab_source(),
+            None => Ok(None),
+        }
+    }
+
     /// Stops every vCPU thread: signals interrupt KVM_RUN until each has
     /// seen the stop flag.
     pub(super) fn shutdown(self) {

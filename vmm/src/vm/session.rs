@@ -8,8 +8,6 @@ use crate::config::VmConfig;
 use crate::qmp::{commands::Target as _, QmpError};
 use crate::runstate::{MigrationStatus, RunState};
 use anyhow::{Context, Result};
-use devices::spapr_hpt::Migrated;
-use migration::htab::HtabSource;
 use migration::source::{DeviceState, Msg, Route, Source};
 use migration::status::{Params, Progress};
 use migration::transport::{connect, Conn, Links};
@@ -228,6 +226,10 @@ impl Session<'_> {
             "MIGRATION",
             Some(json!({"status": MigrationStatus::Setup.as_str()})),
         ));
+        let htab = self
+            .board
+            .htab_source()
+            .map_err(|e| QmpError::generic(format!("{e}: {}", e.source)))?;
         let ctl = Mutex::new(self.ctl.clone());
         let gen = self.gen;
         let links = Arc::new(Links::default());
@@ -238,7 +240,7 @@ impl Session<'_> {
                 vm: self.board.vm.clone(),
                 mem: self.board.mem.clone(),
                 ram: crate::snapshot::guest_ram(&self.board.mem, self.cfg),
-                htab: self.board.platform.hpt().cloned().map(Migrated),
+                htab,
             }),
             machine: self.cfg.machine.name,
             params: self.params.clone(),
@@ -297,7 +299,13 @@ impl Session<'_> {
             }
         };
         let ram = crate::snapshot::guest_ram(&self.board.mem, self.cfg);
-        let htab = self.board.platform.hpt().cloned().map(Migrated);
+        let htab = match self.board.htab_source() {
+            Ok(h) => h,
+            Err(e) => {
+                self.migration_msg(Msg::Saved(Err(format!("{e}: {}", e.source))));
+                return Ok(());
+            }
+        };
         let machine = self.cfg.machine.name;
         let carried = self.carried();
         let (ctl, gen, p) = (self.ctl.clone(), self.gen, progress.clone());
@@ -305,7 +313,7 @@ impl Session<'_> {
             .name("save".into())
             .spawn(move || {
                 sandbox::enter_or_exit(sandbox::Class::Migration);
-                let htab = htab.as_ref().map(|h| h as &dyn HtabSource);
+                let htab = htab.as_deref();
                 let r = migration::file::save(
                     &path,
                     machine,
