@@ -490,17 +490,42 @@ fn section_fields(file: &std::path::Path, name: &str) -> Vec<String> {
 /// The seed across processes (spapr-phb-2.7-2.8-migration): a pseries-2.7
 /// bridge sends 2.7's layout — the mig_* fields holding 2.7's single
 /// window (the 32-bit and 64-bit windows merged again), its I/O window
-/// and LIOBN — and pseries-2.8 sends none of it; each migrates over TCP
-/// to another process with the functions' configuration and registers
-/// intact; a destination expecting the other layout refuses the stream
-/// by name and the source runs on.
+/// and LIOBN — and pseries-2.8 sends none of it, unless the guest was
+/// started with `pre-2.8-migration=on` (to go back to a release that
+/// expects 2.7's layout: then 2.8's own windows, not merged); each
+/// migrates over TCP to another process with the functions'
+/// configuration and registers intact; a destination expecting the other
+/// layout refuses the stream by name and the source runs on.
 #[test]
 fn the_spapr_phb_seed_across_processes() {
-    for (machine, scratch) in [("pseries-2.7", true), ("pseries-2.8", false)] {
+    const ON: &str = "spapr-pci-host-bridge.pre-2.8-migration=on";
+    const OFF: &str = "spapr-pci-host-bridge.pre-2.8-migration=off";
+    let seven = [
+        ("mig_liobn", "0x80000000"),
+        ("mig_mem_win_addr", "0x100a0000000"),
+        ("mig_mem_win_size", "0xf80000000"),
+        ("mig_io_win_addr", "0x10080000000"),
+        ("mig_io_win_size", "0x10000"),
+    ];
+    let eight = [
+        ("mig_liobn", "0x80000000"),
+        ("mig_mem_win_addr", "0x200080000000"),
+        ("mig_mem_win_size", "0x80000000"),
+        ("mig_io_win_addr", "0x200000000000"),
+        ("mig_io_win_size", "0x10000"),
+    ];
+    // (machine type, its -global, the scratch fields it sends, the
+    // -global of a destination expecting the other layout)
+    let cases: [(&str, Option<&str>, Option<&[(&str, &str)]>, &str); 3] = [
+        ("pseries-2.7", None, Some(&seven), OFF),
+        ("pseries-2.8", None, None, ON),
+        ("pseries-2.8", Some(ON), Some(&eight), OFF),
+    ];
+    for (machine, global, scratch, flip) in cases {
         let dir = TempDir::new("qtest-seed");
         let img = dir.image("d.raw", 1 << 20);
         let drive = format!("file={},if=none,id=d0,format=raw", img.display());
-        let args = [
+        let base = [
             "-M",
             machine,
             "-drive",
@@ -508,8 +533,13 @@ fn the_spapr_phb_seed_across_processes() {
             "-device",
             "virtio-blk-pci,drive=d0",
         ];
+        let mut args = base.to_vec();
+        if let Some(g) = global {
+            args.extend_from_slice(&["-global", g]);
+        }
+        let case = format!("{machine} {}", global.unwrap_or(""));
         let (_src, mut q, mut qt) = start(&dir, "src", &args);
-        let mem32 = if scratch {
+        let mem32 = if machine == "pseries-2.7" {
             0x100_a000_0000
         } else {
             0x2000_8000_0000
@@ -528,32 +558,26 @@ fn the_spapr_phb_seed_across_processes() {
         assert_eq!(q.wait_migration(T)["status"], "completed");
         let phb = section_fields(&file, "spapr_pci");
         let has = |f: &str| phb.iter().any(|l| l.starts_with(f));
-        assert_eq!(has("mig_mem_win_size"), scratch, "{machine}: {phb:#?}");
-        if scratch {
-            for (f, v) in [
-                ("mig_liobn", "0x80000000"),
-                ("mig_mem_win_addr", "0x100a0000000"),
-                ("mig_mem_win_size", "0xf80000000"),
-                ("mig_io_win_addr", "0x10080000000"),
-                ("mig_io_win_size", "0x10000"),
-            ] {
-                assert!(
-                    phb.iter().any(|l| l.starts_with(f) && l.contains(v)),
-                    "{machine}: {f} is not {v}: {phb:#?}"
-                );
-            }
+        assert_eq!(
+            has("mig_mem_win_size"),
+            scratch.is_some(),
+            "{case}: {phb:#?}"
+        );
+        for (f, v) in scratch.unwrap_or_default() {
+            assert!(
+                phb.iter().any(|l| l.starts_with(f) && l.contains(v)),
+                "{case}: {f} is not {v}: {phb:#?}"
+            );
         }
         q.execute("cont", json!({}));
 
         // A destination whose bridge expects the other layout refuses.
-        let flip = if scratch { "off" } else { "on" };
-        let global = format!("spapr-pci-host-bridge.pre-2.8-migration={flip}");
-        let mut wargs = args.to_vec();
-        wargs.extend_from_slice(&["-global", &global]);
+        let mut wargs = base.to_vec();
+        wargs.extend_from_slice(&["-global", flip]);
         let (mut wrong, _wq, _wqt, to) = incoming(&dir, "wrong", &wargs);
         q.execute("migrate", json!({"uri": to}));
         let m = q.wait_migration(T);
-        assert_eq!(m["status"], "failed", "{machine}: {m}");
+        assert_eq!(m["status"], "failed", "{case}: {m}");
         assert!(!wrong.wait_exit(T).success());
         // The other layout misreads (a count, the section's end): the
         // load stops there, naming the bridge's section.
@@ -565,15 +589,15 @@ fn the_spapr_phb_seed_across_processes() {
         assert_eq!(q.execute("query-status", json!({}))["status"], "running");
         assert_eq!(qt.readb(cc + 0x14), 0x3, "the source runs on");
 
-        // The same machine type takes it.
+        // The same machine type and layout takes it.
         let (_dst, mut dq, mut dqt, to) = incoming(&dir, "dst", &args);
         q.execute("migrate", json!({"uri": to}));
         let m = q.wait_migration(T);
-        assert_eq!(m["status"], "completed", "{machine}: {m}");
+        assert_eq!(m["status"], "completed", "{case}: {m}");
         assert_eq!(dq.execute("query-status", json!({}))["status"], "running");
         let after: Vec<(i32, u32)> = (0..64).map(|i| cfg_read(&mut dqt, 0, 4 * i, 4)).collect();
-        assert_eq!(after, config, "{machine}: configuration space");
-        assert_eq!(dqt.readb(cc + 0x14), 0x3, "{machine}: device_status");
+        assert_eq!(after, config, "{case}: configuration space");
+        assert_eq!(dqt.readb(cc + 0x14), 0x3, "{case}: device_status");
     }
 }
 
