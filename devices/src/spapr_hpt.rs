@@ -250,6 +250,11 @@ impl Hpt {
         Ok((from..from + n).map(|i| self.get(i)).collect())
     }
 
+    /// A migration starts: its first pass sends every valid entry.
+    pub fn begin_migration(&mut self) {
+        self.first_pass = true;
+    }
+
     /// The next migration pass: on the first, every valid entry; then
     /// every entry stored since it was last sent, the invalid ones as
     /// cleared (QEMU's `htab_save_first_pass` and `htab_save_later_pass`,
@@ -319,6 +324,10 @@ impl Hpt {
 pub struct Migrated(pub Arc<Mutex<Hpt>>);
 
 impl HtabSource for Migrated {
+    fn begin(&self) {
+        self.0.lock().expect("hpt lock").begin_migration();
+    }
+
     fn order(&self) -> Option<u32> {
         Some(self.0.lock().expect("hpt lock").order)
     }
@@ -463,6 +472,10 @@ mod tests {
             vec![(0, 3, 0), (100, 1, 0), (16_383, 1, 0)]
         );
         assert!(t.changes().is_empty(), "nothing changed since");
+        // Another migration starts over: everything valid again.
+        t.begin_migration();
+        assert_eq!(t.changes(), first);
+        assert!(t.changes().is_empty());
         t.remove(0, 1, 0).unwrap();
         t.remove(0, 2, 0).unwrap();
         t.enter(H_EXACT, 5000, v, ram_pte(3)).unwrap();

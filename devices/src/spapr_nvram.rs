@@ -54,7 +54,19 @@ impl SpaprNvram {
         self.buf.len() as u32
     }
 
-    fn range(&self, offset: u64, len: u64) -> Result<std::ops::Range<usize>, NvramError> {
+    /// Its contents: what a guest reset keeps (QEMU's NVRAM has no reset
+    /// handler; the board is built anew and takes them back).
+    pub fn contents(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Takes back what [`SpaprNvram::contents`] gave.
+    pub fn set_contents(&mut self, bytes: Vec<u8>) {
+        self.buf = bytes;
+    }
+
+    /// The bytes `len` from `offset` cover, if inside the NVRAM.
+    pub fn range(&self, offset: u64, len: u64) -> Result<std::ops::Range<usize>, NvramError> {
         let end = offset.checked_add(len).ok_or(NvramError::OutOfRange)?;
         if end > self.buf.len() as u64 {
             return Err(NvramError::OutOfRange);
@@ -102,12 +114,22 @@ impl migration::vmstate::Migratable for SpaprNvram {
     /// what the stream says), within the sizes an NVRAM may have.
     fn load(&mut self, st: &State) -> Result<(), LoadError> {
         let s = NvramState::from_state(st, VMSTATE.name)?;
-        if !(MIN_SIZE..=MAX_SIZE).contains(&s.size) || s.buf.0.len() != s.size as usize {
+        if !(MIN_SIZE..=MAX_SIZE).contains(&s.size) {
             return Err(LoadError::new(
                 self.section(),
                 format!(
                     "the stream's NVRAM is {} bytes: not a size from {MIN_SIZE} to {MAX_SIZE}",
                     s.size
+                ),
+            ));
+        }
+        if s.buf.0.len() != s.size as usize {
+            return Err(LoadError::new(
+                self.section(),
+                format!(
+                    "the stream's NVRAM says {} bytes and holds {}",
+                    s.size,
+                    s.buf.0.len()
                 ),
             ));
         }

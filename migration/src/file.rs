@@ -42,7 +42,10 @@ pub fn save(
     let mut w = Writer::new(counter, machine)?;
     let id = w.ram_start(&[(ram.block, ram.size)])?;
     let htab_id = match htab {
-        Some(h) => Some((w.htab_start(h.order())?, h)),
+        Some(h) => {
+            h.begin();
+            Some((w.htab_start(h.order())?, h))
+        }
         None => None,
     };
     let mut stats = Stats::default();

@@ -60,6 +60,9 @@ pub enum Pass {
 
 /// The table as the migration engine reads it on the source.
 pub trait HtabSource: Send + Sync {
+    /// A migration (or save) starts: its first pass sends every valid
+    /// entry, whatever an earlier one sent (QEMU's `htab_save_setup`).
+    fn begin(&self);
     /// log2 of the table's bytes; `None` when the guest has no table.
     fn order(&self) -> Option<u32>;
     /// The entries to send next: every valid one until a whole pass has
@@ -227,7 +230,7 @@ mod tests {
         let e = read(&b).unwrap_err();
         assert!(matches!(e, Error::HtabNoTable { .. }), "{e}");
         // Chunks that never end: the same entry, over and over.
-        let again: Vec<Chunk> = (0..40_000)
+        let again: Vec<Chunk> = (0..140_000)
             .map(|_| Chunk {
                 index: 5,
                 n_invalid: 1,

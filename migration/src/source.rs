@@ -275,7 +275,10 @@ impl Source {
         let ram = self.vm.ram();
         let id = w.ram_start(&[(ram.block, ram.size)])?;
         let htab = match self.vm.htab() {
-            Some(h) => Some(w.htab_start(h.order())?),
+            Some(h) => {
+                h.begin();
+                Some(w.htab_start(h.order())?)
+            }
             None => None,
         };
         p.setup_ms

@@ -175,7 +175,7 @@ pub enum Error {
         entries: u64,
         offset: u64,
     },
-    #[error("hash page table section at offset {offset} goes on past twice the table's {entries} entries without its end marker")]
+    #[error("hash page table section at offset {offset} goes on past {MAX_HTAB_SWEEPS} times the table's {entries} entries without its end marker")]
     HtabTooLong { entries: u64, offset: u64 },
     #[error("section id {id} at offset {offset} was never started")]
     UnknownSectionId { id: u32, offset: u64 },
@@ -524,6 +524,11 @@ fn count_value(state: &State, count: &str) -> Option<i128> {
 /// The most elements a counted array may have in a stream (a count past
 /// it is a corrupt stream, refused before anything is allocated).
 const MAX_VARRAY: usize = 1 << 16;
+/// Bound on what one `spapr/htab` section covers, in tables: a source
+/// reading KVM's table may sweep it (and then what changed) more than
+/// once in a pass; the bound keeps a section from running on without its
+/// end marker.
+const MAX_HTAB_SWEEPS: u64 = 8;
 /// Bound on a sized buffer (QEMU's largest: an NVRAM's 1 MiB; a device
 /// tree blob's few hundred KiB).
 const MAX_VBUFFER: usize = 16 << 20;
@@ -843,11 +848,19 @@ impl<R: Read> Reader<R> {
         match (idstr.as_str(), instance) {
             (RAM_IDSTR, 0) => self.ram_start(ram, id, idstr, version, at),
             (htab::IDSTR, 0) => {
-                if version != htab::VERSION {
+                if version > htab::VERSION {
                     return Err(Error::VersionTooNew {
                         section: idstr,
                         stream: version,
                         local: htab::VERSION,
+                        offset: at,
+                    });
+                }
+                if version < htab::VERSION {
+                    return Err(Error::VersionTooOld {
+                        section: idstr,
+                        stream: version,
+                        minimum: htab::VERSION,
                         offset: at,
                     });
                 }
@@ -904,7 +917,7 @@ impl<R: Read> Reader<R> {
                 });
             }
             covered += (end - u64::from(index)).max(1);
-            if covered > 2 * entries {
+            if covered > MAX_HTAB_SWEEPS * entries {
                 return Err(Error::HtabTooLong {
                     entries,
                     offset: at,

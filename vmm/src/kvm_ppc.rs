@@ -180,6 +180,10 @@ impl<R: Read + Send> KvmHtab<R> {
 }
 
 impl<R: Read + Send> HtabSource for KvmHtab<R> {
+    /// Each migration opens its own HTAB fd, which starts with every
+    /// valid entry.
+    fn begin(&self) {}
+
     fn order(&self) -> Option<u32> {
         Some(self.order)
     }
@@ -190,6 +194,9 @@ impl<R: Read + Send> HtabSource for KvmHtab<R> {
         let mut buf = vec![0; HTAB_READ];
         let mut out = vec![];
         let t0 = Instant::now();
+        // Where the last record ended: a read starting below it began a
+        // new sweep of the table (the kernel stops each read at its end).
+        let mut at = 0u64;
         loop {
             let n = match fd.read(&mut buf) {
                 Ok(0) => break,
@@ -197,15 +204,21 @@ impl<R: Read + Send> HtabSource for KvmHtab<R> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("cannot read KVM's hash page table: {e}")),
             };
+            let mut wrapped = false;
             kvm_ppc::htab::from_kvm(&buf[..n], entries, |index, valid, n_invalid| {
-                out.push(Chunk {
+                let c = Chunk {
                     index,
                     n_invalid,
                     valid: valid.to_vec(),
-                })
+                };
+                wrapped |= u64::from(index) < at;
+                at = c.end();
+                out.push(c);
             })
             .map_err(|e| format!("KVM's hash page table: {e}"))?;
-            if !last && t0.elapsed() >= HTAB_PASS {
+            // Before the last pass, one sweep at most (the reader bounds a
+            // section by the table), and 50 ms.
+            if !last && (wrapped || t0.elapsed() >= HTAB_PASS) {
                 break;
             }
         }
@@ -795,7 +808,7 @@ mod tests {
         ];
         let h = KvmHtab::new(18, Reads(reads.into_iter().collect()));
         assert_eq!(h.order(), Some(18));
-        let first = h.changes(false).unwrap();
+        let first = h.changes(true).unwrap();
         assert_eq!(
             first
                 .iter()
@@ -810,6 +823,17 @@ mod tests {
             htab_records(&first),
             [record(0, 1, 0), record(9, 2, 3), record(4000, 3, 0)].concat()
         );
+        // Before the last pass, a read that starts a new sweep ends it.
+        let sweeps = [
+            record(100, 1, 0),
+            record(16_000, 2, 0),
+            record(5, 3, 0),
+            record(9, 4, 0),
+        ];
+        let h = KvmHtab::new(18, Reads(sweeps.into_iter().collect()));
+        let pass: Vec<u32> = h.changes(false).unwrap().iter().map(|c| c.index).collect();
+        assert_eq!(pass, [100, 16_000, 5]);
+        assert_eq!(h.changes(true).unwrap()[0].index, 9);
         // A record past the table is an error naming it.
         let bad = KvmHtab::new(18, Reads([record(16_384, 1, 0)].into_iter().collect()));
         let e = bad.changes(true).unwrap_err();

@@ -425,6 +425,22 @@ impl Board {
         }
     }
 
+    /// What a guest reset keeps, which the next board takes back
+    /// ([`Board::restore_kept`]): the pseries NVRAM's contents (QEMU's has
+    /// no reset handler).
+    pub(super) fn kept(&self) -> Option<Vec<u8>> {
+        match &self.platform {
+            Platform::Spapr(p) => Some(p.nvram.lock().expect("nvram lock").contents().to_vec()),
+            Platform::Q35 { .. } => None,
+        }
+    }
+
+    pub(super) fn restore_kept(&self, kept: Option<Vec<u8>>) {
+        if let (Some(bytes), Platform::Spapr(p)) = (kept, &self.platform) {
+            p.nvram.lock().expect("nvram lock").set_contents(bytes);
+        }
+    }
+
     /// Stops every vCPU thread: signals interrupt KVM_RUN until each has
     /// seen the stop flag.
     pub(super) fn shutdown(self) {

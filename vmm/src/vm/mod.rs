@@ -178,8 +178,10 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         log::info!("starting paused (-S)");
     }
     let mut gen = 0u64;
-    // qtest's virtual clock goes on across resets (QEMU's does).
+    // qtest's virtual clock goes on across resets (QEMU's does), as does
+    // what the board keeps (the pseries NVRAM).
     let mut virtual_clock = None;
+    let mut kept = None;
     let restore_from = cfg.incoming.clone();
     let no_reboot = cfg.no_reboot;
     loop {
@@ -188,6 +190,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         if let Some(ns) = virtual_clock {
             board.vm.set_clock(ns)?;
         }
+        board.restore_kept(kept.take());
         log::info!(
             "{name}: {} with {} vCPU(s) and {} MiB started",
             cfg.machine.name,
@@ -329,6 +332,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
         if board.vm.qtest().is_some() {
             virtual_clock = board.vm.clock().ok();
         }
+        kept = board.kept();
         board.shutdown();
         match end {
             Outcome::Device(VmEvent::PowerOff) => {

@@ -179,6 +179,12 @@ impl Session<'_> {
             )));
         }
         let t0 = std::time::Instant::now();
+        // The hash page table's reader (KVM-PPC: its HTAB fd), before
+        // anything changes: refused here, the migration never started.
+        let htab = self
+            .board
+            .htab_source()
+            .map_err(|e| QmpError::generic(format!("{e}: {}", e.source)))?;
         // What can be refused at once is, here; the connections are opened
         // on the migration's thread (a slow peer or TLS handshake never
         // holds the monitor), and a failure there fails the migration.
@@ -226,10 +232,6 @@ impl Session<'_> {
             "MIGRATION",
             Some(json!({"status": MigrationStatus::Setup.as_str()})),
         ));
-        let htab = self
-            .board
-            .htab_source()
-            .map_err(|e| QmpError::generic(format!("{e}: {}", e.source)))?;
         let ctl = Mutex::new(self.ctl.clone());
         let gen = self.gen;
         let links = Arc::new(Links::default());

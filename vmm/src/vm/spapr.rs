@@ -821,17 +821,20 @@ pub(super) fn rtas(
                         Err(_) => vec![status(RTAS_HW_ERROR), 0],
                     },
                 }
-            } else if nvram.fetch(offset, len.into()).is_err() {
-                vec![status(RTAS_PARAM_ERROR)]
             } else {
-                let mut data = vec![0; len as usize];
-                match papr.mem.read_slice(&mut data, at) {
-                    Ok(()) => {
-                        let stored = nvram.store(offset, &data);
-                        debug_assert!(stored.is_ok(), "the range was checked");
-                        vec![0, len]
+                // The range first: only then is guest memory read.
+                match nvram.range(offset, len.into()) {
+                    Err(NvramError::OutOfRange) => vec![status(RTAS_PARAM_ERROR)],
+                    Ok(r) => {
+                        let mut data = vec![0; r.len()];
+                        match papr.mem.read_slice(&mut data, at) {
+                            Ok(()) => match nvram.store(offset, &data) {
+                                Ok(()) => vec![0, len],
+                                Err(NvramError::OutOfRange) => vec![status(RTAS_PARAM_ERROR)],
+                            },
+                            Err(_) => vec![status(RTAS_HW_ERROR), 0],
+                        }
                     }
-                    Err(_) => vec![status(RTAS_HW_ERROR), 0],
                 }
             });
         }
