@@ -56,6 +56,17 @@ pub fn smmu_info(vm: &File) -> io::Result<KvmPpcSmmuInfo> {
     Ok(info)
 }
 
+/// The host's timebase register (`mftb`), which a guest's timebase is
+/// offset from (`KVM_REG_PPC_TB_OFFSET`).
+pub fn timebase() -> u64 {
+    let tb: u64;
+    // SAFETY: reads a register; no memory, stack or flags touched.
+    unsafe {
+        core::arch::asm!("mftb {0}", out(reg) tb, options(nomem, nostack, preserves_flags));
+    }
+    tb
+}
+
 /// Asks for a hash table of 2^`shift` bytes; the order KVM gave.
 pub fn allocate_htab(vm: &File, shift: u32) -> io::Result<u32> {
     let mut order = shift;

@@ -112,6 +112,8 @@ pub const KVM_REG_PPC_ICP_STATE: u64 = reg64(0x8c);
 pub const KVM_REG_PPC_ONLINE: u64 = reg32(0xbf);
 /// The logical partitioning control register.
 pub const KVM_REG_PPC_LPCR_64: u64 = reg64(0xb5);
+/// What the guest's timebase adds to the host's.
+pub const KVM_REG_PPC_TB_OFFSET: u64 = reg64(0x9c);
 
 /// The SPRs the backend saves and restores through `ONE_REG` (beside
 /// `KVM_GET_REGS`/`SREGS`), by their uapi names.
@@ -120,7 +122,7 @@ pub const ONE_REGS: &[(&str, u64)] = &[
     ("KVM_REG_PPC_DAR", reg64(0xc)),
     ("KVM_REG_PPC_DSISR", reg32(0xd)),
     ("KVM_REG_PPC_AMR", reg64(0xe)),
-    ("KVM_REG_PPC_TB_OFFSET", reg64(0x9c)),
+    ("KVM_REG_PPC_TB_OFFSET", KVM_REG_PPC_TB_OFFSET),
     ("KVM_REG_PPC_VTB", reg64(0xae)),
     ("KVM_REG_PPC_LPCR_64", KVM_REG_PPC_LPCR_64),
     ("KVM_REG_PPC_ARCH_COMPAT", reg32(0xb7)),

@@ -1707,12 +1707,18 @@ fn the_hash_page_table_migrates_with_the_entries_made_while_it_moves() {
     assert_eq!(want[&3], (0, 0), "removed");
     assert_eq!(want[&6].1, ram(6) | 0x2, "protected");
     // A save first: the migration after it still sends the whole table.
+    // The machine's own section carries the guest's timebase: under qtest
+    // the virtual clock at 512 MHz (QEMU's `spapr` section, `timebase`).
+    let clock: u64 = qt.ok("clock_step 1000000007").parse().unwrap();
     let file = dir.path("saved.vmm");
     q.execute(
         "migrate",
         json!({"uri": format!("file:{}", file.display())}),
     );
     assert_eq!(q.wait_migration(T)["status"], "completed");
+    let spapr = section_fields(&file, "'spapr'");
+    let tb = format!("guest_timebase: {:#x}", u128::from(clock) * 512 / 1000);
+    assert!(spapr[0].contains(&tb), "{tb} in {spapr:?}");
     q.execute("cont", json!({}));
 
     // 24 MiB of RAM at 64 MiB/s: entries keep changing while it moves.

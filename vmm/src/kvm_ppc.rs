@@ -379,6 +379,10 @@ mod backend {
             Ok(Some(Box::new(super::KvmHtab::new(order, fd))))
         }
 
+        fn host_timebase(&self) -> u64 {
+            sys::timebase()
+        }
+
         /// As QEMU's `htab_load`: a new order reallocates (and clears)
         /// the table; chunks go through a write-mode HTAB fd.
         fn load_htab(&self, pass: &migration::htab::Pass) -> Result<(), Error> {
@@ -629,6 +633,17 @@ mod backend {
                 (lpcr & !mask) | (bits & mask),
             )
             .map_err(err("cannot set LPCR"))
+        }
+
+        fn tb_offset(&mut self) -> Result<u64, Error> {
+            sys::get_one_reg(&self.fd, KVM_REG_PPC_TB_OFFSET)
+                .map_err(err("cannot read the vCPU's timebase offset"))
+        }
+
+        /// The kernel rounds it up to a multiple of 2^24 (POWER9's TBU40).
+        fn set_tb_offset(&mut self, offset: u64) -> Result<(), Error> {
+            sys::set_one_reg(&self.fd, KVM_REG_PPC_TB_OFFSET, offset)
+                .map_err(err("cannot set the vCPU's timebase offset"))
         }
     }
 

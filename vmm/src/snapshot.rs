@@ -27,6 +27,45 @@ migration::vmstate! {
     }
 }
 
+migration::vmstate! {
+    /// The pseries machine's own section, QEMU's `spapr` (version 3:
+    /// the fields of versions 1 and 2 it no longer sends are left out,
+    /// and older streams refused). None of its subsections (CAS options,
+    /// capabilities set on the command line, the device tree a CAS
+    /// updated, ...) is anything vmm's board has.
+    pub static SPAPR = "spapr", version 3, minimum 3;
+    pub struct SpaprState {
+        #[since(2)]
+        tb: TimebaseState,
+    }
+}
+
+migration::vmstate! {
+    /// The guest's timebase when it stopped (QEMU's `vmstate_ppc_timebase`):
+    /// the destination's vCPUs go on from it, whatever the host's.
+    pub static TIMEBASE = "timebase", version 1, minimum 1;
+    pub struct TimebaseState {
+        guest_timebase: u64,
+        /// The host's wall clock then (QEMU keeps it "for compatibility").
+        time_of_the_day_ns: i64,
+    }
+}
+
+/// The guest's timebase frequency outside KVM (QEMU's 512 MHz).
+const TIMEBASE_HZ: u128 = 512_000_000;
+
+/// The guest's timebase now: on KVM-PPC the host's plus vCPU 0's offset;
+/// under qtest the virtual clock `clock_ns` at 512 MHz.
+fn guest_timebase(p: &Parts) -> Result<u64, crate::hypervisor::Error> {
+    if let (Some(ppc), Some(v0)) = (p.vm.ppc64(), p.vcpus.first()) {
+        let mut v0 = v0.lock().expect("vcpu lock");
+        if let Some(v0) = v0.ppc64() {
+            return Ok(ppc.host_timebase().wrapping_add(v0.tb_offset()?));
+        }
+    }
+    Ok((u128::from(p.clock) * TIMEBASE_HZ / 1_000_000_000) as u64)
+}
+
 /// Every description a save of machine type `m` writes besides `ram` and
 /// the hypervisor's own (the backend lists those), for -dump-vmstate: the
 /// board's, then every PCI function type's from the device registry.
@@ -45,6 +84,7 @@ pub fn descriptions(m: &machine::MachineType) -> Vec<&'static Description> {
                 .and_then(|p| p.bool("pre-2.8-migration"))
                 .unwrap_or(false);
             vec![
+                &SPAPR,
                 &devices::xics::VMSTATE,
                 devices::pci::spapr_phb::description_for(pre_2_8),
                 &devices::spapr_rtc::VMSTATE,
@@ -95,6 +135,8 @@ pub struct Parts<'a> {
     /// (q35: the UART, the ACPI PM block, the CF8 latch).
     pub board: Vec<&'a Mutex<dyn Migratable + Send>>,
     pub pci: &'a Mutex<PciRoot>,
+    /// A pseries board (it has the `spapr` section).
+    pub spapr: bool,
     /// The sPAPR hash page table, where the board holds it.
     pub hpt: Option<&'a Mutex<Hpt>>,
     pub clock: u64,
@@ -209,6 +251,18 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Err
     ));
     let clock = KvmClockState { clock: p.clock }.to_state();
     out.push((KVMCLOCK.name.into(), 0, &KVMCLOCK, clock));
+    if p.spapr {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let st = SpaprState {
+            tb: TimebaseState {
+                guest_timebase: guest_timebase(p)?,
+                time_of_the_day_ns: wall,
+            },
+        };
+        out.push((SPAPR.name.into(), 0, &SPAPR, st.to_state()));
+    }
     for dev in &p.board {
         let dev = dev.lock().expect("device lock");
         let desc = dev.description();
@@ -354,6 +408,8 @@ pub struct Target<'a> {
     cpu: Option<&'static Description>,
     hv: &'static Description,
     pub clock: Option<u64>,
+    /// The guest's timebase from the `spapr` section (pseries).
+    timebase: Option<u64>,
     cpus: usize,
     /// The vCPUs' states, loaded at the end of the stream once the CPU it
     /// carries (in its description) is found runnable here.
@@ -376,6 +432,7 @@ impl<'a> Target<'a> {
             cpu,
             hv: parts.vm.state_description(),
             clock: None,
+            timebase: None,
             cpus: 0,
             cpu_states: vec![],
             functions: vec![],
@@ -402,6 +459,9 @@ impl LoadTarget for Target<'_> {
         }
         if id == KVMCLOCK.name {
             return Some(&KVMCLOCK);
+        }
+        if id == SPAPR.name && p.spapr {
+            return Some(&SPAPR);
         }
         if let Some(dev) = self.board_device(id, instance) {
             return Some(dev.lock().expect("device lock").description());
@@ -439,6 +499,10 @@ impl LoadTarget for Target<'_> {
         }
         if id == KVMCLOCK.name {
             self.clock = Some(KvmClockState::from_state(state, id)?.clock);
+            return Ok(());
+        }
+        if id == SPAPR.name {
+            self.timebase = Some(SpaprState::from_state(state, id)?.tb.guest_timebase);
             return Ok(());
         }
         if let Some(dev) = self.board_device(id, instance) {
@@ -537,6 +601,20 @@ impl LoadTarget for Target<'_> {
                     .expect("vcpu lock")
                     .restore(&blobs)
                     .map_err(|e| LoadError::new(cpu.name, format!("{e}: {}", e.source)))?;
+            }
+            // The guest's timebase goes on from where it stopped on any
+            // host (QEMU's `timebase_load`): every vCPU's offset from this
+            // host's, not the source's offset.
+            if let (Some(tb), Some(ppc)) = (self.timebase, self.parts.vm.ppc64()) {
+                let offset = tb.wrapping_sub(ppc.host_timebase());
+                for v in self.parts.vcpus {
+                    let mut v = v.lock().expect("vcpu lock");
+                    if let Some(v) = v.ppc64() {
+                        v.set_tb_offset(offset).map_err(|e| {
+                            LoadError::new(SPAPR.name, format!("{e}: {}", e.source))
+                        })?;
+                    }
+                }
             }
         }
         let carried = vmm.and_then(|v| v["devices"].as_array());

@@ -480,6 +480,7 @@ impl Session<'_> {
             vm: &*self.board.vm,
             vcpus: &self.board.vcpu_objs,
             board: self.board.platform.migratable(),
+            spapr: self.cfg.machine.arch == machine::Arch::Ppc64,
             hpt: self.board.platform.hpt().map(|h| &**h),
             pci: &self.board.pci,
             clock,
