@@ -14,7 +14,11 @@ fn description(v: &Value) -> Option<&'static Description> {
     for f in v["fields"].as_array()? {
         let fname: &'static str = Box::leak(f["name"].as_str()?.to_string().into_boxed_str());
         let size = f["size"].as_u64()? as usize;
-        let base = match f["type"].as_str()? {
+        // QEMU's checked fields ("uint32 equal") are their integers; the
+        // types a tool cannot know (a CPU's "fpr" or "slbe", a "bitmap",
+        // an "unused_buffer") are shown as the bytes the entry sizes.
+        let ty = f["type"].as_str()?;
+        let base = match ty.strip_suffix(" equal").unwrap_or(ty) {
             "bool" => Kind::Bool,
             "uint8" => Kind::U8,
             "uint16" => Kind::U16,
@@ -22,9 +26,8 @@ fn description(v: &Value) -> Option<&'static Description> {
             "uint64" => Kind::U64,
             "int32" => Kind::I32,
             "int64" => Kind::I64,
-            "buffer" => Kind::Buffer(size),
             "struct" => Kind::Struct(description(&f["struct"])?),
-            _ => return None,
+            _ => Kind::Buffer(size),
         };
         let kind = match f["array_len"].as_u64() {
             Some(n) => Kind::Array(Box::leak(Box::new(base)), n as usize),

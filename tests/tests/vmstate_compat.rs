@@ -228,3 +228,102 @@ fn pseries_state_is_qemus() {
         assert_eq!(vn["fields"][1]["version_id"], qn["Fields"][1]["version_id"]);
     }
 }
+
+/// A stream QEMU 7.2 itself writes for a pseries guest (TCG, paused; its
+/// table is empty) reads end to end with vmm's reader: RAM, QEMU's
+/// iterative `spapr/htab` (START with the order for 256 MiB, a PART and
+/// the END, each pass ended), and every device section by the stream's
+/// own description, the NVRAM's sized buffer among them; and QEMU's
+/// `spapr` machine section has vmm's `timebase` layout.
+#[test]
+fn qemus_pseries_stream_reads_end_to_end() {
+    let dir = TempDir::new("qemu-pseries-stream");
+    let sock = dir.path("qemu.qmp");
+    let file = dir.path("qemu.stream");
+    let mut qemu = Command::new("qemu-system-ppc64")
+        .args(["-M", "pseries-7.2,cap-htm=off", "-m", "256M", "-nodefaults"])
+        .args(["-S", "-display", "none", "-qmp"])
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-system-ppc64 (scripts/setup.sh installs qemu-system-ppc)");
+    let t = std::time::Duration::from_secs(60);
+    let mut q = vmm_tests::qmp::Qmp::connect(&sock, t);
+    q.execute(
+        "migrate",
+        serde_json::json!({"uri": format!("exec:cat > {}", file.display())}),
+    );
+    let m = q.wait_migration(t);
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert_eq!(m["status"], "completed", "{m}");
+
+    let out = Command::new(vmmctl())
+        .arg("analyze-migration")
+        .arg(&file)
+        .output()
+        .expect("run vmmctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+    let htab: Vec<&&str> = lines.iter().filter(|l| l.contains("spapr/htab")).collect();
+    assert!(htab[0].ends_with("table of 2^21 bytes"), "{htab:?}");
+    assert!(htab.iter().any(|l| l.contains("END 0 chunks")), "{htab:?}");
+    for section in [
+        "'spapr'",
+        "'nvram@71000000/spapr_nvram'",
+        "'spapr_pci'",
+        "'ics'",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(section)),
+            "{section}: {lines:#?}"
+        );
+    }
+    assert!(lines.last().unwrap().contains("EOF"), "{lines:#?}");
+    // The NVRAM's size field, then its 64 KiB.
+    assert!(text.contains("size: 0x10000"), "{text}");
+    assert!(text.contains("[65536 bytes"), "{text}");
+
+    // QEMU's `spapr` section, as its own description says, is vmm's.
+    let bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(12)
+        .rposition(|w| w == b"{\"page_size\"")
+        .expect("QEMU's vmdesc");
+    let vmdesc: serde_json::Value = serde_json::from_slice(&bytes[at..]).unwrap();
+    let spapr = vmdesc["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "spapr")
+        .expect("QEMU's spapr section");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dump_now("pseries-7.2", &dir)).unwrap())
+            .unwrap();
+    let ours = &v["sections"]["spapr"];
+    assert_eq!(spapr["version"], ours["version_id"]);
+    let tb = &spapr["fields"][0];
+    assert_eq!(tb["name"], ours["fields"][0]["field"]);
+    let names = |fields: &serde_json::Value, key: &str| -> Vec<String> {
+        fields
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f[key].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&tb["struct"]["fields"], "name"),
+        names(&ours["fields"][0]["struct"]["fields"], "field")
+    );
+    assert_eq!(
+        tb["struct"]["vmsd_name"],
+        ours["fields"][0]["struct"]["name"]
+    );
+}
