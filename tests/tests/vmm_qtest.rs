@@ -1717,7 +1717,7 @@ fn the_hash_page_table_migrates_with_the_entries_made_while_it_moves() {
     );
     assert_eq!(q.wait_migration(T)["status"], "completed");
     let spapr = section_fields(&file, "'spapr'");
-    let tb = format!("guest_timebase: {:#x}", u128::from(clock) * 512 / 1000);
+    let tb = format!("guest_timebase: {:#x},", u128::from(clock) * 512 / 1000);
     assert!(spapr[0].contains(&tb), "{tb} in {spapr:?}");
     q.execute("cont", json!({}));
 

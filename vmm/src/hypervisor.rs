@@ -122,8 +122,6 @@ pub trait VmPpc64 {
     /// kernel's table: a new (empty) table of the stream's order, or
     /// entries written through the HTAB fd.
     fn load_htab(&self, pass: &migration::htab::Pass) -> Result<(), Error>;
-    /// The host's timebase now, which each vCPU's offset is added to.
-    fn host_timebase(&self) -> u64;
 }
 
 /// The ppc64 side of a vCPU.
@@ -138,9 +136,6 @@ pub trait VcpuPpc64 {
     fn set_online(&mut self, online: bool) -> Result<(), Error>;
     /// Sets the LPCR bits under `mask` to `bits`.
     fn set_lpcr(&mut self, bits: u64, mask: u64) -> Result<(), Error>;
-    /// What this vCPU's timebase adds to the host's.
-    fn tb_offset(&mut self) -> Result<u64, Error>;
-    fn set_tb_offset(&mut self, offset: u64) -> Result<(), Error>;
 }
 
 pub trait Vcpu: Send {

@@ -152,6 +152,20 @@ pub fn small_pages(host: &[u64], ratio: u64, pages: u64) -> Vec<u64> {
     out
 }
 
+/// The timebase's frequency on every POWER host KVM-PPC runs on, and
+/// QEMU's outside KVM: 512 MHz.
+pub const TIMEBASE_HZ: u64 = 512_000_000;
+
+/// A timebase in ns (the VM's clock).
+pub fn tb_to_ns(tb: u64) -> u64 {
+    (u128::from(tb) * 1_000_000_000 / u128::from(TIMEBASE_HZ)) as u64
+}
+
+/// A clock in ns as timebase ticks.
+pub fn ns_to_tb(ns: u64) -> u64 {
+    (u128::from(ns) * u128::from(TIMEBASE_HZ) / 1_000_000_000) as u64
+}
+
 /// How long a pass before the last reads KVM's hash page table (QEMU
 /// reads 5 ms an iteration, but iterates more often than vmm's RAM
 /// passes); the last reads it to the end.
@@ -294,6 +308,7 @@ mod backend {
                 slots: Mutex::new(vec![]),
                 pins: Default::default(),
                 hpt_order: Mutex::new(None),
+                vcpu_fds: Mutex::new(vec![]),
             }))
         }
     }
@@ -313,6 +328,8 @@ mod backend {
         pins: devices::pci::intx::SharedLines,
         /// The hash page table's order the kernel granted, if it keeps one.
         hpt_order: Mutex<Option<u32>>,
+        /// Each vCPU's fd, for the guest's timebase (the VM's clock).
+        vcpu_fds: Mutex<Vec<File>>,
     }
 
     impl devices::virtio::VmOps for PpcVm {
@@ -377,10 +394,6 @@ mod backend {
                 "cannot open KVM's hash page table (KVM_PPC_GET_HTAB_FD)",
             ))?;
             Ok(Some(Box::new(super::KvmHtab::new(order, fd))))
-        }
-
-        fn host_timebase(&self) -> u64 {
-            sys::timebase()
         }
 
         /// As QEMU's `htab_load`: a new order reallocates (and clears)
@@ -504,17 +517,35 @@ mod backend {
             sys::connect_xics(&fd, &self.xics, id.into())
                 .map_err(err("cannot connect the vCPU to the in-kernel XICS"))?;
             let run = sys::RunPage::map(&self.kvm, &fd).map_err(err("cannot map kvm_run"))?;
+            // The VM's clock reads and sets each vCPU's timebase offset.
+            let clock_fd = fd.try_clone().map_err(err("cannot keep the vCPU's fd"))?;
+            self.vcpu_fds.lock().expect("vcpu fds lock").push(clock_fd);
             Ok(Box::new(PpcVcpu { fd, run, id }))
         }
 
-        /// The guest's timebase is the host's plus each vCPU's offset,
-        /// which travels in its `cpu` section (`KVM_REG_PPC_TB_OFFSET`);
-        /// the VM has no clock of its own.
+        /// The guest's timebase (in ns): the host's plus vCPU 0's offset
+        /// (`KVM_REG_PPC_TB_OFFSET`; PR KVM has none: the host's). Taken
+        /// when the guest stops and given back when it runs again, here or
+        /// on another host, as QEMU's `timebase_save`/`timebase_load`: the
+        /// guest's timebase does not count the pause.
         fn clock(&self) -> Result<u64, Error> {
-            Ok(0)
+            let fds = self.vcpu_fds.lock().expect("vcpu fds lock");
+            let offset = match fds.first() {
+                Some(fd) => optional(sys::get_one_reg(fd, KVM_REG_PPC_TB_OFFSET))
+                    .map_err(err("cannot read the guest's timebase offset"))?,
+                None => 0,
+            };
+            Ok(super::tb_to_ns(sys::timebase().wrapping_add(offset)))
         }
 
-        fn set_clock(&self, _ns: u64) -> Result<(), Error> {
+        /// Every vCPU's offset from this host's timebase (the kernel rounds
+        /// it up to a multiple of 2^24 on POWER9, as for QEMU).
+        fn set_clock(&self, ns: u64) -> Result<(), Error> {
+            let offset = super::ns_to_tb(ns).wrapping_sub(sys::timebase());
+            for fd in self.vcpu_fds.lock().expect("vcpu fds lock").iter() {
+                optional(sys::set_one_reg(fd, KVM_REG_PPC_TB_OFFSET, offset).map(|()| 0))
+                    .map_err(err("cannot set the guest's timebase offset"))?;
+            }
             Ok(())
         }
 
@@ -633,17 +664,6 @@ mod backend {
                 (lpcr & !mask) | (bits & mask),
             )
             .map_err(err("cannot set LPCR"))
-        }
-
-        fn tb_offset(&mut self) -> Result<u64, Error> {
-            sys::get_one_reg(&self.fd, KVM_REG_PPC_TB_OFFSET)
-                .map_err(err("cannot read the vCPU's timebase offset"))
-        }
-
-        /// The kernel rounds it up to a multiple of 2^24 (POWER9's TBU40).
-        fn set_tb_offset(&mut self, offset: u64) -> Result<(), Error> {
-            sys::set_one_reg(&self.fd, KVM_REG_PPC_TB_OFFSET, offset)
-                .map_err(err("cannot set the vCPU's timebase offset"))
         }
     }
 
@@ -853,6 +873,16 @@ mod tests {
         let bad = KvmHtab::new(18, Reads([record(16_384, 1, 0)].into_iter().collect()));
         let e = bad.changes(true).unwrap_err();
         assert!(e.contains("16384"), "{e}");
+    }
+
+    /// 512 ticks a microsecond, both ways; no overflow at the top.
+    #[test]
+    fn the_timebase_and_the_clock_convert() {
+        assert_eq!(ns_to_tb(1_000), 512);
+        assert_eq!(tb_to_ns(512), 1_000);
+        assert_eq!(ns_to_tb(tb_to_ns(123_456_789_000)), 123_456_789_000);
+        assert_eq!(tb_to_ns(u64::MAX), (u64::MAX as u128 * 1000 / 512) as u64);
+        assert_eq!(ns_to_tb(999), 511);
     }
 
     /// A 64 KiB host page's bit marks its sixteen 4 KiB pages; a slot's

@@ -41,29 +41,14 @@ migration::vmstate! {
 }
 
 migration::vmstate! {
-    /// The guest's timebase when it stopped (QEMU's `vmstate_ppc_timebase`):
-    /// the destination's vCPUs go on from it, whatever the host's.
+    /// The guest's timebase when it stopped (QEMU's `vmstate_ppc_timebase`),
+    /// at 512 MHz.
     pub static TIMEBASE = "timebase", version 1, minimum 1;
     pub struct TimebaseState {
         guest_timebase: u64,
         /// The host's wall clock then (QEMU keeps it "for compatibility").
         time_of_the_day_ns: i64,
     }
-}
-
-/// The guest's timebase frequency outside KVM (QEMU's 512 MHz).
-const TIMEBASE_HZ: u128 = 512_000_000;
-
-/// The guest's timebase now: on KVM-PPC the host's plus vCPU 0's offset;
-/// under qtest the virtual clock `clock_ns` at 512 MHz.
-fn guest_timebase(p: &Parts) -> Result<u64, crate::hypervisor::Error> {
-    if let (Some(ppc), Some(v0)) = (p.vm.ppc64(), p.vcpus.first()) {
-        let mut v0 = v0.lock().expect("vcpu lock");
-        if let Some(v0) = v0.ppc64() {
-            return Ok(ppc.host_timebase().wrapping_add(v0.tb_offset()?));
-        }
-    }
-    Ok((u128::from(p.clock) * TIMEBASE_HZ / 1_000_000_000) as u64)
 }
 
 /// Every description a save of machine type `m` writes besides `ram` and
@@ -257,7 +242,9 @@ pub fn device_sections(p: &Parts) -> Result<Vec<Section>, crate::hypervisor::Err
             .map_or(0, |d| d.as_nanos() as i64);
         let st = SpaprState {
             tb: TimebaseState {
-                guest_timebase: guest_timebase(p)?,
+                // The VM's clock, frozen when the guest stopped: KVM-PPC's
+                // is the guest's timebase, qtest's the virtual clock.
+                guest_timebase: crate::kvm_ppc::ns_to_tb(p.clock),
                 time_of_the_day_ns: wall,
             },
         };
@@ -408,8 +395,6 @@ pub struct Target<'a> {
     cpu: Option<&'static Description>,
     hv: &'static Description,
     pub clock: Option<u64>,
-    /// The guest's timebase from the `spapr` section (pseries).
-    timebase: Option<u64>,
     cpus: usize,
     /// The vCPUs' states, loaded at the end of the stream once the CPU it
     /// carries (in its description) is found runnable here.
@@ -432,7 +417,6 @@ impl<'a> Target<'a> {
             cpu,
             hv: parts.vm.state_description(),
             clock: None,
-            timebase: None,
             cpus: 0,
             cpu_states: vec![],
             functions: vec![],
@@ -502,7 +486,9 @@ impl LoadTarget for Target<'_> {
             return Ok(());
         }
         if id == SPAPR.name {
-            self.timebase = Some(SpaprState::from_state(state, id)?.tb.guest_timebase);
+            // The same instant as kvmclock's, which vmm's stream carries
+            // too and sets the guest's clock from when it runs.
+            SpaprState::from_state(state, id)?;
             return Ok(());
         }
         if let Some(dev) = self.board_device(id, instance) {
@@ -601,20 +587,6 @@ impl LoadTarget for Target<'_> {
                     .expect("vcpu lock")
                     .restore(&blobs)
                     .map_err(|e| LoadError::new(cpu.name, format!("{e}: {}", e.source)))?;
-            }
-            // The guest's timebase goes on from where it stopped on any
-            // host (QEMU's `timebase_load`): every vCPU's offset from this
-            // host's, not the source's offset.
-            if let (Some(tb), Some(ppc)) = (self.timebase, self.parts.vm.ppc64()) {
-                let offset = tb.wrapping_sub(ppc.host_timebase());
-                for v in self.parts.vcpus {
-                    let mut v = v.lock().expect("vcpu lock");
-                    if let Some(v) = v.ppc64() {
-                        v.set_tb_offset(offset).map_err(|e| {
-                            LoadError::new(SPAPR.name, format!("{e}: {}", e.source))
-                        })?;
-                    }
-                }
             }
         }
         let carried = vmm.and_then(|v| v["devices"].as_array());
