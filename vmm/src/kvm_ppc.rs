@@ -880,7 +880,9 @@ mod tests {
     fn the_timebase_and_the_clock_convert() {
         assert_eq!(ns_to_tb(1_000), 512);
         assert_eq!(tb_to_ns(512), 1_000);
-        assert_eq!(ns_to_tb(tb_to_ns(123_456_789_000)), 123_456_789_000);
+        // 64 ticks are exactly 125 ns; other counts lose less than a tick.
+        assert_eq!(ns_to_tb(tb_to_ns(64 * 123_456_789)), 64 * 123_456_789);
+        assert_eq!(ns_to_tb(tb_to_ns(123_456_789_001)), 123_456_789_000);
         assert_eq!(tb_to_ns(u64::MAX), (u64::MAX as u128 * 1000 / 512) as u64);
         assert_eq!(ns_to_tb(999), 511);
     }
