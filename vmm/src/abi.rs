@@ -116,6 +116,7 @@ pub fn of(m: &machine::MachineType, compat: &[CompatEntry]) -> Result<Value> {
             cmdline: "",
             smp: &topology,
             console: true,
+            hpt_order: arch::ppc64::boot::hpt_shift_for_ram(1 << 30),
             boot: None,
         })?;
         let nodes = arch::ppc64::fdt::parse(&dtb)

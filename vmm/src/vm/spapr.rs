@@ -13,6 +13,7 @@ use super::Control;
 use crate::config::{SerialBackend, VmConfig};
 use crate::hypervisor::{ExitHandler, Hypervisor, Vcpu};
 use anyhow::{bail, Context, Result};
+use arch::ppc64::boot::hpt_shift_for_ram;
 use devices::bus::Bus;
 use devices::pci::spapr_phb::{PhbConfig, SpaprPhb, MEM_WIN_BUS_OFFSET};
 use devices::pci::{BarWindow, PciRoot, Space};
@@ -46,12 +47,13 @@ pub(super) fn build(
     // The hash page table, sized for the RAM as QEMU's: KVM-PPC's on a
     // host that keeps one, the board's own under qtest (QEMU's TCG and
     // qtest table, which the MMU hypercalls edit). The order granted is
-    // what the vCPU nodes' ibm,pft-size must say, once the tree has them.
-    let hpt_order = arch::ppc64::boot::hpt_shift_for_ram(cfg.memory);
+    // what the vCPU nodes' ibm,pft-size say.
+    let mut hpt_order = hpt_shift_for_ram(cfg.memory);
     if let Some(ppc) = vm.ppc64() {
         ppc.set_smt(vsmt(cfg.machine, &cfg.smp), cfg.smp.threads)?;
         if let Some(order) = ppc.allocate_hpt(hpt_order)? {
             log::info!("KVM-PPC: hash page table of 2^{order} bytes (2^{hpt_order} asked)");
+            hpt_order = order;
         }
     }
     let hpt = (!kvm).then(|| {
@@ -64,7 +66,7 @@ pub(super) fn build(
         q.attach(&mem);
     }
     let entry = match cfg.kernel {
-        Some(_) => Some(load_kernel(cfg, &mem)?.0),
+        Some(_) => Some(load_kernel(cfg, &mem, hpt_order)?.0),
         None => None,
     };
     if let Some(e) = &entry {
@@ -402,6 +404,7 @@ fn xics_servers(machine: &machine::MachineType, smp: &arch::x86_64::topology::To
 fn load_kernel(
     cfg: &VmConfig,
     mem: &super::GuestMemoryMmap,
+    hpt_order: u32,
 ) -> Result<(arch::ppc64::boot::Entry, Vec<u8>)> {
     use arch::ppc64::boot;
     use vm_memory::{Bytes, GuestAddress};
@@ -454,6 +457,7 @@ fn load_kernel(
     reserved.push((layout.rtas, layout.rtas_size));
     let dtb = tree(&Shown::of(
         cfg,
+        hpt_order,
         Some(arch::ppc64::fdt::Boot {
             rtas: layout.rtas,
             initrd,
@@ -585,7 +589,7 @@ fn xics_sources(host_bridge: &devices::model::Props) -> u32 {
 /// RTAS went), as QEMU's dumpdtb after its reset.
 pub(super) fn device_tree(cfg: &VmConfig) -> Result<Vec<u8>> {
     if cfg.kernel.is_none() {
-        return tree(&Shown::of(cfg, None));
+        return tree(&Shown::of(cfg, hpt_shift_for_ram(cfg.memory), None));
     }
     // Where the images go decides the tree: place them in scratch memory
     // (mapped, only the images' pages touched).
@@ -597,7 +601,7 @@ pub(super) fn device_tree(cfg: &VmConfig) -> Result<Vec<u8>> {
                 cfg.memory >> 20
             )
         })?;
-    Ok(load_kernel(cfg, &mem)?.1)
+    Ok(load_kernel(cfg, &mem, hpt_shift_for_ram(cfg.memory))?.1)
 }
 
 /// What of a guest its device tree shows.
@@ -610,12 +614,16 @@ pub(crate) struct Shown<'a> {
     pub(crate) cmdline: &'a str,
     pub(crate) smp: &'a arch::x86_64::topology::Topology,
     pub(crate) console: bool,
+    /// log2 of the hash page table's bytes (`ibm,pft-size`): what QEMU
+    /// sizes for the RAM, or what KVM-PPC granted.
+    pub(crate) hpt_order: u32,
     pub(crate) boot: Option<arch::ppc64::fdt::Boot>,
 }
 
 impl<'a> Shown<'a> {
-    fn of(cfg: &'a VmConfig, boot: Option<arch::ppc64::fdt::Boot>) -> Shown<'a> {
+    fn of(cfg: &'a VmConfig, hpt_order: u32, boot: Option<arch::ppc64::fdt::Boot>) -> Shown<'a> {
         Shown {
+            hpt_order,
             machine: cfg.machine,
             host_bridge: &cfg.host_bridge,
             ram: cfg.memory,
@@ -629,11 +637,11 @@ impl<'a> Shown<'a> {
 
 /// `/cpus`: the machine type's default CPU (QEMU's outside KVM), a node
 /// a core with its threads' interrupt servers, in its socket; the hash
-/// page table's order QEMU sizes for the RAM.
+/// page table's order.
 fn cpus(
     machine: &machine::MachineType,
     smp: &arch::x86_64::topology::Topology,
-    ram: u64,
+    hpt_order: u32,
 ) -> arch::ppc64::fdt::Cpus {
     use arch::ppc64::{cpu, fdt};
     let servers = vcpu_servers(machine, smp);
@@ -651,7 +659,7 @@ fn cpus(
         model: cpu::default_for(machine.version),
         cores,
         page_sizes: cpu::segment_page_sizes(cpu::max_page_shift(machine.version)),
-        hpt_order: arch::ppc64::boot::hpt_shift_for_ram(ram),
+        hpt_order,
     }
 }
 
@@ -676,7 +684,7 @@ pub(crate) fn tree(g: &Shown) -> Result<Vec<u8>> {
         // QEMU's pseries-4.2 and later tell Linux to assign BARs itself.
         pci_probe: machine.version >= (4, 2),
         max_cpus: xics_servers(machine, smp),
-        cpus: cpus(machine, smp, ram),
+        cpus: cpus(machine, smp, g.hpt_order),
         rtas_size: fdt::rtas_size(smp.maxcpus),
         vty: irqs.vty.map(|v| (v.reg, v.irq)),
         nvram: (
