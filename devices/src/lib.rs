@@ -35,6 +35,10 @@ pub enum VmEvent {
     Reset,
     /// The debug-exit port: leave with this process exit status.
     Exit(i32),
+    /// The guest's operating system says it cannot go on (sPAPR's
+    /// `ibm,os-term`): QEMU's guest panic, whose default action powers
+    /// the machine off.
+    Panicked,
 }
 
 /// Where devices send [`VmEvent`]s.

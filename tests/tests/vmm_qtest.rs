@@ -1887,3 +1887,116 @@ fn the_nvram_keeps_what_the_guest_stores_across_a_migration() {
     assert_eq!(dqt.read(to_mem, 600), log, "the NVRAM after a reboot");
     assert!(src.try_exit().is_none() && dst.try_exit().is_none());
 }
+
+/// The RTAS calls a Linux guest makes at boot and at the end beside the
+/// board's devices, as QEMU 7.2 answers them: the system parameters
+/// (the partition's size as a string, shortened to the caller's buffer,
+/// none settable), event-scan and check-exception (no event is ever
+/// pending), and ibm,os-term: the guest's last words logged, QEMU's guest
+/// panic (GUEST_PANICKED, then SHUTDOWN with reason guest-panic) and the
+/// machine off.
+#[test]
+fn the_partition_parameters_events_and_os_term() {
+    let dir = TempDir::new("qtest-sysparm");
+    let (mut vm, mut q, mut qt) = start(&dir, "src", &["-M", "pseries-7.2", "-smp", "2,maxcpus=4"]);
+    let buf = 0x20_0000u64;
+    let want = b"MaxEntCap=4,DesMem=128,DesProcs=2,MaxPlatProcs=4\0";
+    assert_eq!(
+        rtas(
+            &mut qt,
+            "ibm,get-system-parameter",
+            &[20, buf as u32, 100],
+            1
+        ),
+        [0]
+    );
+    assert_eq!(qt.read(buf, 2), (want.len() as u16).to_be_bytes());
+    assert_eq!(qt.read(buf + 2, want.len()), want);
+    // A short buffer takes what fits; the length says the whole.
+    qt.write(buf, &[0xee; 16]);
+    assert_eq!(
+        rtas(
+            &mut qt,
+            "ibm,get-system-parameter",
+            &[20, buf as u32, 10],
+            1
+        ),
+        [0]
+    );
+    assert_eq!(
+        qt.read(buf, 11),
+        [&[0, want.len() as u8][..], b"MaxEntCa", &[0xee]].concat()
+    );
+    let sysparm_error = -9999i32 as u32;
+    assert_eq!(
+        rtas(&mut qt, "ibm,get-system-parameter", &[20, buf as u32, 1], 1),
+        [sysparm_error]
+    );
+    assert_eq!(
+        rtas(&mut qt, "ibm,get-system-parameter", &[42, buf as u32, 8], 1),
+        [0]
+    );
+    assert_eq!(qt.read(buf, 3), [0, 1, 0], "diagnostics run mode: disabled");
+    assert_eq!(
+        rtas(&mut qt, "ibm,get-system-parameter", &[7, buf as u32, 8], 1),
+        [-3i32 as u32]
+    );
+    assert_eq!(
+        rtas(&mut qt, "ibm,set-system-parameter", &[20, buf as u32], 1),
+        [-9002i32 as u32]
+    );
+    assert_eq!(
+        rtas(&mut qt, "ibm,set-system-parameter", &[7, buf as u32], 1),
+        [-3i32 as u32]
+    );
+    // No event is pending; the wrong counts are refused.
+    assert_eq!(
+        rtas(
+            &mut qt,
+            "event-scan",
+            &[0xffff_ffff, 0, buf as u32, 1024],
+            1
+        ),
+        [1]
+    );
+    assert_eq!(
+        rtas(
+            &mut qt,
+            "check-exception",
+            &[0, 0, 0xffff_ffff, 0, buf as u32, 1024],
+            1
+        ),
+        [1]
+    );
+    assert_eq!(
+        rtas(&mut qt, "event-scan", &[0, 0, buf as u32], 1),
+        [-3i32 as u32]
+    );
+    assert_eq!(
+        rtas(&mut qt, "check-exception", &[0, 0, 0, 0, buf as u32], 1),
+        [-3i32 as u32]
+    );
+
+    // The guest's last words, then the panic: the machine goes off.
+    qt.write(buf, b"Kernel panic - not syncing: Fatal exception\0");
+    qt.writel(RTAS_ARGS, buf as u32);
+    assert_eq!(
+        qt.cmd(&format!(
+            "rtas ibm,os-term 1 {RTAS_ARGS:#x} 1 {RTAS_RETS:#x}"
+        )),
+        "OK 0"
+    );
+    let panicked = q.wait_event("GUEST_PANICKED", T);
+    assert_eq!(panicked["data"]["action"], "poweroff", "{panicked}");
+    let down = q.wait_event("SHUTDOWN", T);
+    assert_eq!(down["data"]["reason"], "guest-panic", "{down}");
+    assert!(vm.wait_exit(T).success(), "{}", vm.log());
+    assert!(
+        vm.logged(
+            "OS terminated: Kernel panic - not syncing: Fatal exception",
+            T
+        ),
+        "{}",
+        vm.log()
+    );
+}

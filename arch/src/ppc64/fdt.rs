@@ -255,6 +255,11 @@ pub fn build(m: &Spapr) -> FdtWriterResult<Vec<u8>> {
         f.property_u32(name, *token)?;
     }
     f.property_u32("rtas-size", m.rtas_size)?;
+    // As QEMU's: event-scan once a second at most, error logs up to
+    // 2 KiB, and ibm,os-term returns (the OS may then dump and go on).
+    f.property_u32("rtas-error-log-max", 0x800)?;
+    f.property_u32("rtas-event-scan-rate", 1)?;
+    f.property_null("ibm,extended-os-term")?;
     // MSI-X through ibm,change-msi.
     f.property_null("ibm,change-msix-capable")?;
     if let Some(b) = &m.boot {

@@ -12,10 +12,14 @@ pub const CALLS: &[(&str, u32)] = &[
     ("query-cpu-stopped-state", 0x2005),
     ("start-cpu", 0x2006),
     ("stop-self", 0x2007),
+    ("ibm,get-system-parameter", 0x2008),
+    ("ibm,set-system-parameter", 0x2009),
     ("ibm,set-xive", 0x200a),
     ("ibm,get-xive", 0x200b),
     ("ibm,int-off", 0x200c),
     ("ibm,int-on", 0x200d),
+    ("check-exception", 0x200e),
+    ("event-scan", 0x200f),
     ("nvram-fetch", 0x2012),
     ("nvram-store", 0x2013),
     ("read-pci-config", 0x2014),
@@ -24,6 +28,7 @@ pub const CALLS: &[(&str, u32)] = &[
     ("ibm,write-pci-config", 0x2017),
     ("ibm,query-interrupt-source-number", 0x2018),
     ("ibm,change-msi", 0x2019),
+    ("ibm,os-term", 0x201f),
 ];
 
 /// The most argument or result cells a call is read with: RTAS buffers

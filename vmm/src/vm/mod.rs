@@ -345,6 +345,17 @@ pub fn run(cfg: &VmConfig) -> Result<i32> {
                 return Ok(0);
             }
             Outcome::Device(VmEvent::Exit(code)) => return Ok(code),
+            // QEMU's default panic action: GUEST_PANICKED, then off.
+            Outcome::Device(VmEvent::Panicked) => {
+                log::error!("{name}: the guest panicked; powering off (QEMU's panic action)");
+                events.emit("GUEST_PANICKED", Some(json!({"action": "poweroff"})));
+                events.emit(
+                    "SHUTDOWN",
+                    Some(json!({"guest": true, "reason": "guest-panic"})),
+                );
+                events.flush();
+                return Ok(0);
+            }
             Outcome::Quit => {
                 events.emit(
                     "SHUTDOWN",

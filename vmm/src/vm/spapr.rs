@@ -216,6 +216,8 @@ pub(super) fn build(
         events: sink,
         vty,
         nvram: Arc::new(Mutex::new(SpaprNvram::new(irqs.nvram))),
+        cpus_and_max: (cfg.smp.cpus, cfg.smp.maxcpus),
+        mem_size: cfg.memory,
         pci: root.clone(),
         mem: mem.clone(),
         cpus,
@@ -289,6 +291,10 @@ pub(super) struct Papr {
     pub(super) vty: Option<Arc<Mutex<SpaprVty>>>,
     /// The NVRAM (RTAS `nvram-fetch`, `nvram-store`).
     pub(super) nvram: Arc<Mutex<SpaprNvram>>,
+    /// `-smp`'s CPUs and maximum, and `-m` (what the partition is told
+    /// of itself: `ibm,get-system-parameter`).
+    pub(super) cpus_and_max: (u32, u32),
+    pub(super) mem_size: u64,
     pub(super) pci: Arc<Mutex<PciRoot>>,
     pub(super) mem: super::GuestMemoryMmap,
     /// The vCPUs' platform state (stopped or running, LPCR bits).
@@ -719,6 +725,16 @@ pub(crate) fn tree(g: &Shown) -> Result<Vec<u8>> {
     fdt::build(&tree).map_err(|e| anyhow::anyhow!("cannot build the device tree: {e}"))
 }
 
+/// `ibm,get-system-parameter`'s parameters QEMU answers.
+const SYSPARM_SPLPAR_CHARACTERISTICS: u32 = 20;
+const SYSPARM_DIAGNOSTICS_RUN_MODE: u32 = 42;
+const SYSPARM_UUID: u32 = 48;
+/// RTAS statuses beside devices::rtas's.
+const RTAS_NOT_SUPPORTED: i32 = -3;
+const RTAS_NOT_AUTHORIZED: i32 = -9002;
+const RTAS_SYSPARM_PARAM_ERROR: i32 = -9999;
+const RTAS_NO_ERRORS_FOUND: u32 = 1;
+
 /// An RTAS call by name, its arguments and how many results the caller
 /// has room for: the results (status first), or `None` for a call this
 /// board does not have.
@@ -845,6 +861,85 @@ pub(super) fn rtas(
                     }
                 }
             });
+        }
+        // QEMU's three parameters, each stored as a be16 length and then
+        // as much of the value as the buffer holds.
+        "ibm,get-system-parameter" => {
+            use vm_memory::{Bytes, GuestAddress};
+            let &[parameter, buffer, length] = args else {
+                return param_error();
+            };
+            let value: Vec<u8> = match parameter {
+                SYSPARM_SPLPAR_CHARACTERISTICS => {
+                    let (cpus, max) = papr.cpus_and_max;
+                    format!(
+                        "MaxEntCap={max},DesMem={},DesProcs={cpus},MaxPlatProcs={max}\0",
+                        papr.mem_size >> 20
+                    )
+                    .into_bytes()
+                }
+                SYSPARM_DIAGNOSTICS_RUN_MODE => vec![0], // disabled
+                SYSPARM_UUID => vec![],                  // no -uuid
+                _ => return Some(vec![status(RTAS_NOT_SUPPORTED)]),
+            };
+            if length < 2 {
+                return Some(vec![status(RTAS_SYSPARM_PARAM_ERROR)]);
+            }
+            let n = value.len().min(length as usize - 2);
+            let mut out = (value.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&value[..n]);
+            return Some(
+                match papr.mem.write_slice(&out, GuestAddress(buffer.into())) {
+                    Ok(()) => vec![0],
+                    Err(_) => vec![status(RTAS_HW_ERROR)],
+                },
+            );
+        }
+        "ibm,set-system-parameter" => {
+            let Some(&parameter) = args.first() else {
+                return param_error();
+            };
+            let known = [
+                SYSPARM_SPLPAR_CHARACTERISTICS,
+                SYSPARM_DIAGNOSTICS_RUN_MODE,
+                SYSPARM_UUID,
+            ];
+            return Some(vec![status(if known.contains(&parameter) {
+                RTAS_NOT_AUTHORIZED
+            } else {
+                RTAS_NOT_SUPPORTED
+            })]);
+        }
+        // The board raises no EPOW, hot-plug or error events: none are
+        // ever found (QEMU's answer with an empty event queue).
+        "event-scan" | "check-exception" => {
+            let counts_fit = if name == "event-scan" {
+                args.len() == 4
+            } else {
+                matches!(args.len(), 6 | 7)
+            };
+            if !counts_fit || nret != 1 {
+                return param_error();
+            }
+            return Some(vec![RTAS_NO_ERRORS_FOUND]);
+        }
+        // The guest's last words (its buffer, up to 511 bytes), then
+        // QEMU's guest panic.
+        "ibm,os-term" => {
+            use vm_memory::{Bytes, GuestAddress};
+            let Some(&at) = args.first() else {
+                return param_error();
+            };
+            let mut msg = vec![0u8; 511];
+            let n = papr
+                .mem
+                .read(&mut msg, GuestAddress(at.into()))
+                .unwrap_or(0);
+            msg.truncate(n);
+            let end = msg.iter().position(|&b| b == 0).unwrap_or(msg.len());
+            log::error!("OS terminated: {}", String::from_utf8_lossy(&msg[..end]));
+            events(VmEvent::Panicked);
+            return Some(vec![0]);
         }
         // The caller stops; nothing is returned (it may be started again).
         "stop-self" => {
