@@ -1662,8 +1662,8 @@ fn hpte(qt: &mut Qtest, ptex: u64) -> (u64, u64) {
 /// The hash page table a guest builds with the MMU hypercalls (QEMU's
 /// table under TCG and qtest, which KVM-PPC's kernel keeps itself)
 /// migrates as QEMU's iterative `spapr/htab` section: the entries made
-/// before (a save to a file in between), and those made, changed and
-/// removed while RAM moves, arrive;
+/// before (saved to a file in between, which restores in a new process),
+/// and those made, changed and removed while RAM moves, arrive;
 /// the destination's table is the source's, slot for slot: a full group
 /// stays full, a removed slot is free.
 #[test]
@@ -1720,6 +1720,18 @@ fn the_hash_page_table_migrates_with_the_entries_made_while_it_moves() {
     let tb = format!("guest_timebase: {:#x},", u128::from(clock) * 512 / 1000);
     assert!(spapr[0].contains(&tb), "{tb} in {spapr:?}");
     q.execute("cont", json!({}));
+    // The saved table restores into a new process (`-incoming file:`).
+    let incoming_file = format!("file:{}", file.display());
+    let (mut restored, _rq, mut rqt) = start(
+        &dir,
+        "restored",
+        &["-M", "pseries-2.7", "-incoming", &incoming_file],
+    );
+    for (ptex, e) in &want {
+        assert_eq!(hpte(&mut rqt, *ptex), *e, "restored entry {ptex}");
+    }
+    assert_eq!(hcall(&mut rqt, H_ENTER, &[0, 0, v(12), ram(12)]).1[0], 3);
+    assert!(restored.try_exit().is_none(), "{}", restored.log());
 
     // 24 MiB of RAM at 64 MiB/s: entries keep changing while it moves.
     let page: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
