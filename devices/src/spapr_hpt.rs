@@ -16,9 +16,7 @@ use std::sync::{Arc, Mutex};
 
 /// First doubleword.
 pub const V_VALID: u64 = 0x1;
-pub const V_SECONDARY: u64 = 0x2;
 pub const V_LARGE: u64 = 0x4;
-pub const V_BOLTED: u64 = 0x10;
 /// Second doubleword.
 pub const R_RPN: u64 = 0x0fff_ffff_ffff_f000;
 pub const R_WIMG: u64 = 0x78;

@@ -220,6 +220,34 @@ mod tests {
         let e = read(&b).unwrap_err();
         assert!(matches!(e, Error::HtabOrder { order: 47, .. }), "{e}");
         assert!(e.to_string().contains("18 to 46"), "{e}");
+        // A version before QEMU's first, or after it.
+        let mut b = stream(18, &[]);
+        b[44..48].copy_from_slice(&0u32.to_be_bytes());
+        let e = read(&b).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::VersionTooOld {
+                    stream: 0,
+                    minimum: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        b[44..48].copy_from_slice(&2u32.to_be_bytes());
+        let e = read(&b).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::VersionTooNew {
+                    stream: 2,
+                    local: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // Chunks before any order.
         let mut w = Writer::new(vec![], "pseries-2.8").unwrap();
         let id = w.htab_start(Some(18)).unwrap();
