@@ -129,10 +129,16 @@ pub fn wait_for_listener(ns: &str, port: u16, within: Duration) {
 }
 
 /// From namespace `ns`: a connect-and-close and a few bytes of HTTP to
-/// `host:port`, as a port scanner or a health check would.
+/// `host:port`, as a port scanner or a health check would. Both connects
+/// must succeed; the request's write may be reset, since the destination
+/// closes a connection once its first 8 bytes show it is not a migration
+/// (bash writes the request line by line, and the second line can meet
+/// that close).
 pub fn probe(ns: &str, host: &str, port: u16) {
     let script = format!(
-        "exec 3<>/dev/tcp/{host}/{port}; exec 3>&-; exec 3<>/dev/tcp/{host}/{port}; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3"
+        "exec 3<>/dev/tcp/{host}/{port} || exit 1; exec 3>&-; \
+         exec 3<>/dev/tcp/{host}/{port} || exit 1; \
+         printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 2>/dev/null; exit 0"
     );
     let st = Command::new("ip")
         .args(["netns", "exec", ns, "bash", "-c", &script])
