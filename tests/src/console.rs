@@ -12,6 +12,10 @@ struct Lines {
     ended: u8,
     /// Both pipes ended: every line the process wrote is in `lines`.
     closed: bool,
+    /// What the console printed after its last newline, once it ended: a
+    /// line the process was stopped in the middle of (a guest writes a
+    /// byte per port write, so a save or a migration can pause it there).
+    cut: Option<String>,
 }
 
 /// A running VM process and the lines its console printed so far.
@@ -50,7 +54,12 @@ impl Vm {
                         Ok(_) => {
                             let line = String::from_utf8_lossy(&buf).trim_end().to_string();
                             let (m, cv) = &*out;
-                            m.lock().unwrap().lines.push(format!("{prefix}{line}"));
+                            let mut g = m.lock().unwrap();
+                            if prefix.is_empty() && !buf.ends_with(b"\n") {
+                                g.cut = Some(String::from_utf8_lossy(&buf).into_owned());
+                            } else {
+                                g.lines.push(format!("{prefix}{line}"));
+                            }
                             cv.notify_all();
                         }
                     }
@@ -85,11 +94,32 @@ impl Vm {
 
     /// The whole log, for assertion messages.
     pub fn log(&self) -> String {
+        let cut = self.out.0.lock().unwrap().cut.clone();
         format!(
-            "---- {} console ----\n{}\n----",
+            "---- {} console ----\n{}{}\n----",
             self.name,
-            self.lines().join("\n")
+            self.lines().join("\n"),
+            cut.map(|c| format!("\n{c}[cut]")).unwrap_or_default()
         )
+    }
+
+    /// The console across a save and restore or a migration: the console
+    /// lines (not stderr's) of `self`, which has ended, then those of
+    /// `after`, which continues its guest; a line `self` was stopped in
+    /// the middle of is joined to the rest of it, which `after` prints
+    /// first.
+    pub fn across(&self, after: &Vm) -> Vec<String> {
+        let console = |l: &String| !l.starts_with("stderr: ");
+        let g = self.out.0.lock().unwrap();
+        assert!(g.closed, "{}: the console has not ended", self.name);
+        let mut lines: Vec<String> = g.lines.iter().filter(|l| console(l)).cloned().collect();
+        let mut rest = after.lines().into_iter().filter(console);
+        if let Some(cut) = &g.cut {
+            let first = rest.next().unwrap_or_default();
+            lines.push(format!("{cut}{first}").trim_end().to_string());
+        }
+        lines.extend(rest);
+        lines
     }
 
     /// Waits for a line for which `pred` holds (searching from the start).
@@ -295,10 +325,12 @@ pub fn field(line: &str, key: &str) -> Option<String> {
 }
 
 impl Vm {
-    /// SIGKILL, as a crash would.
+    /// SIGKILL, as a crash would; returns once everything the process
+    /// wrote is in the log.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = self.try_wait_for(Duration::from_secs(5), |_| false);
     }
 }
 
@@ -328,5 +360,36 @@ mod tests {
             assert!(vm.wait_exit(Duration::from_secs(30)).success());
             assert!(vm.log().contains("stderr: last"), "{}", vm.log());
         }
+    }
+
+    /// A console killed in the middle of a line, and the process that
+    /// continues it: the cut line is not a line of its own (a tick cut in
+    /// its number would read as another tick), and across the two the
+    /// line is whole again.
+    #[test]
+    fn a_line_cut_by_a_kill_is_whole_across_the_two_consoles() {
+        let sh = |name: &str, script: &str| {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", script]);
+            Vm::spawn(name, cmd)
+        };
+        let mut before = sh(
+            "before",
+            "printf 'tick n=1 ns=5\ntick n=2 ns=1'; exec sleep 60",
+        );
+        before.wait_prefix("tick n=1", Duration::from_secs(10));
+        before.kill();
+        assert_eq!(before.lines(), ["tick n=1 ns=5"]);
+        assert!(
+            before.log().contains("tick n=2 ns=1[cut]"),
+            "{}",
+            before.log()
+        );
+        let mut after = sh("after", "printf '7\r\ntick n=3 ns=29\n'; echo err >&2");
+        after.wait_exit(Duration::from_secs(10));
+        assert_eq!(
+            before.across(&after),
+            ["tick n=1 ns=5", "tick n=2 ns=17", "tick n=3 ns=29"]
+        );
     }
 }

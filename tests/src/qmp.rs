@@ -12,6 +12,8 @@ pub struct Qmp {
     w: UnixStream,
     pub greeting: Value,
     pub events: Vec<Value>,
+    /// What was read of a line not yet ended (a read that timed out).
+    partial: Vec<u8>,
 }
 
 impl Qmp {
@@ -41,6 +43,7 @@ impl Qmp {
             w: s,
             greeting: Value::Null,
             events: vec![],
+            partial: vec![],
         };
         q.greeting = q.read().expect("QMP greeting");
         assert!(
@@ -51,14 +54,18 @@ impl Qmp {
         q
     }
 
+    /// The next whole line as JSON; `None` at the end or when a read
+    /// times out (what was read of the line is kept for the next call).
     fn read(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        match self.r.read_line(&mut line) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(
-                serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("QMP sent non-JSON {line:?}: {e}")),
-            ),
+        match self.r.read_until(b'\n', &mut self.partial) {
+            Ok(_) if self.partial.ends_with(b"\n") => {
+                let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
+                Some(
+                    serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("QMP sent non-JSON {line:?}: {e}")),
+                )
+            }
+            Ok(_) | Err(_) => None,
         }
     }
 
@@ -121,6 +128,28 @@ impl Qmp {
                 return m;
             }
             assert!(Instant::now() < deadline, "the migration did not end: {m}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Polls `query-migrate` until the migration has RAM on the wire, so
+    /// that a fault injected next lands in the middle of RAM however long
+    /// the setup took; returns that answer.
+    pub fn wait_ram_sent(&mut self, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.execute("query-migrate", json!({}));
+            assert!(
+                matches!(m["status"].as_str(), Some("setup" | "active")),
+                "the migration ended before its RAM was sent: {m}"
+            );
+            if m["ram"]["transferred"].as_u64().unwrap_or(0) > 0 {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no RAM sent within {timeout:?}: {m}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

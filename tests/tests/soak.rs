@@ -210,7 +210,7 @@ fn hop(
             );
             let mut dst = node(dir, &name, there(), false, &[], &[]);
             q.execute("migrate", json!({ "uri": dst.uri }));
-            std::thread::sleep(Duration::from_millis(400));
+            q.wait_ram_sent(T);
             dst.vm.kill();
             let m = q.wait_migration(T);
             assert_eq!(m["status"], "failed", "hop {i} ({fault:?}): {m}");
@@ -225,7 +225,7 @@ fn hop(
             );
             let mut dst = node(dir, &name, there(), false, &[], &[]);
             q.execute("migrate", json!({ "uri": dst.uri }));
-            std::thread::sleep(Duration::from_millis(400));
+            q.wait_ram_sent(T);
             hosts.cut();
             let m = q.wait_migration(T);
             hosts.mend();
@@ -239,7 +239,7 @@ fn hop(
         Fault::KilledWhilePaused | Fault::Stalled => {
             let env = match fault {
                 Fault::Stalled => ("VMM_TEST_DELAY_DEVICES_MS", "25000"),
-                _ => ("VMM_TEST_DELAY_LOADED_MS", "3000"),
+                _ => ("VMM_TEST_DELAY_LOADED_MS", "30000"),
             };
             let mut dst = node(dir, &name, there(), false, &[], &[env]);
             q.execute("migrate", json!({ "uri": dst.uri }));

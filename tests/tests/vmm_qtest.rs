@@ -264,14 +264,15 @@ fn a_qtest_vm_migrates_with_its_memory_and_device_state() {
         [0x06, 0x00],
         "memory and bus master on"
     );
-    // 24 MiB of pattern, sent at 64 MiB/s: the migration takes a while.
+    // 24 MiB of pattern, sent at 16 MiB/s: the migration takes over a
+    // second, room for many requests however slow each is.
     let chunk: Vec<u8> = (0..65536u32).map(|i| (i ^ (i >> 8)) as u8).collect();
     for i in 0..384u64 {
         qt.write(0x100_0000 + i * 65536, &chunk);
     }
     q.execute(
         "migrate-set-parameters",
-        json!({"max-bandwidth": 64u64 << 20}),
+        json!({"max-bandwidth": 16u64 << 20}),
     );
 
     let (mut dst, mut dq, mut dqt, to) = incoming(&dir, "dst", &args);
@@ -1733,14 +1734,14 @@ fn the_hash_page_table_migrates_with_the_entries_made_while_it_moves() {
     assert_eq!(hcall(&mut rqt, H_ENTER, &[0, 0, v(12), ram(12)]).1[0], 3);
     assert!(restored.try_exit().is_none(), "{}", restored.log());
 
-    // 24 MiB of RAM at 64 MiB/s: entries keep changing while it moves.
+    // 24 MiB of RAM at 16 MiB/s: entries keep changing while it moves.
     let page: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
     for i in 0..384u64 {
         qt.write(0x100_0000 + i * 65536, &page);
     }
     q.execute(
         "migrate-set-parameters",
-        json!({"max-bandwidth": 64u64 << 20}),
+        json!({"max-bandwidth": 16u64 << 20}),
     );
     let (mut dst, mut dq, mut dqt, to) = incoming(&dir, "dst", &["-M", "pseries-2.7"]);
     q.execute("migrate", json!({"uri": to}));

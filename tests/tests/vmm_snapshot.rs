@@ -16,11 +16,35 @@ const T: Duration = Duration::from_secs(30);
 const GUEST: &str = "cpus=2 work=mem,counter mem_mb=64 tick_ms=100 max_gap_ms=3000 seed=7";
 
 fn ticks(vm: &Vm) -> Vec<(u64, u64)> {
-    vm.lines()
+    ticks_in(&vm.lines())
+}
+
+fn ticks_in(lines: &[String]) -> Vec<(u64, u64)> {
+    lines
         .iter()
         .filter(|l| l.starts_with("tick n="))
         .filter_map(|l| Some((field(l, "n")?.parse().ok()?, field(l, "ns")?.parse().ok()?)))
         .collect()
+}
+
+/// The last tick `before` printed whole and the next one on the console
+/// that `after`, its restored guest, continues: `before` is ended first
+/// (everything it wrote read), and a tick line the save cut in the middle
+/// counts once `after` printed its rest.
+fn continued(before: &mut Vm, after: &Vm) -> ((u64, u64), (u64, u64)) {
+    before.kill();
+    let last = *ticks(before).last().expect("ticks before the save");
+    wait_tick_after(after, 0);
+    let all = ticks_in(&before.across(after));
+    let i = all.iter().position(|t| *t == last).expect("the last tick");
+    let next = *all.get(i + 1).unwrap_or_else(|| {
+        panic!(
+            "no tick after {last:?} across the save\n{}\n{}",
+            before.log(),
+            after.log()
+        )
+    });
+    (last, next)
 }
 
 fn wait_tick_after(vm: &Vm, n: u64) -> (u64, u64) {
@@ -98,19 +122,23 @@ fn restore_continues_bit_exact_through_five_cycles() {
     wait_tick_after(&vm, 3);
     for cycle in 1..=5 {
         let file = dir.path(&format!("snap{cycle}.bin"));
-        let last = save(&vm, &sock, &file);
-        drop(vm);
+        save(&vm, &sock, &file);
+        vm.kill();
         let _ = std::fs::remove_file(&sock);
-        vm = base(&[
-            "-qmp",
-            &qmp,
-            "-incoming",
-            &format!("file:{}", file.display()),
-        ])
-        .spawn(&format!("snap-{cycle}"));
+        let mut before = std::mem::replace(
+            &mut vm,
+            base(&[
+                "-qmp",
+                &qmp,
+                "-incoming",
+                &format!("file:{}", file.display()),
+            ])
+            .spawn(&format!("snap-{cycle}")),
+        );
         // The counter continues from where it stopped, and guest time did
         // not jump over the save.
-        let next = wait_tick_after(&vm, 0);
+        let (last, next) = continued(&mut before, &vm);
+        drop(before);
         assert_eq!(
             next.0,
             last.0 + 1,
@@ -405,7 +433,7 @@ fn incoming_defer_then_migrate_incoming() {
 fn second_save_after_cont_is_complete() {
     let dir = TempDir::new("snap-twice");
     let sock = dir.path("qmp.sock");
-    let vm = base(&[
+    let mut vm = base(&[
         "-qmp",
         &format!("unix:{},server=on,wait=off", sock.display()),
     ])
@@ -419,12 +447,12 @@ fn second_save_after_cont_is_complete() {
     let second = dir.path("second.bin");
     let last = save(&vm, &sock, &second);
     assert!(last.0 >= t.0);
-    drop(vm);
-    let mut vm =
+    let mut back =
         base(&["-incoming", &format!("file:{}", second.display())]).spawn("snap-twice-restored");
-    let next = wait_tick_after(&vm, 0);
-    assert_eq!(next.0, last.0 + 1, "{}", vm.log());
-    verify_then_pass(&mut vm);
+    let (last, next) = continued(&mut vm, &back);
+    assert_eq!(next.0, last.0 + 1, "{}", back.log());
+    drop(vm);
+    verify_then_pass(&mut back);
 }
 
 /// `migrate file:` runs off the main loop: while a 1 GiB guest's save is
@@ -444,7 +472,7 @@ fn file_save_runs_off_the_main_loop() {
             .args(extra)
             .append("cpus=2 work=mem,counter mem_mb=256 tick_ms=100 max_gap_ms=3000 seed=7")
     };
-    let vm = big(&[]).spawn("snap-fifo");
+    let mut vm = big(&[]).spawn("snap-fifo");
     vm.wait_prefix("mem.filled", BOOT);
     wait_tick_after(&vm, 1);
     let mut q = Qmp::connect(&sock, T);
@@ -473,7 +501,6 @@ fn file_save_runs_off_the_main_loop() {
         t0.elapsed() < Duration::from_secs(10),
         "the monitor was held up"
     );
-    let last = *ticks(&vm).last().unwrap();
     let reader = std::thread::spawn(move || std::fs::read(&fifo).expect("read the FIFO"));
     let m = q.wait_migration(T);
     assert_eq!(m["status"], "completed", "{m}");
@@ -485,13 +512,15 @@ fn file_save_runs_off_the_main_loop() {
     assert!(bytes.len() > 256 << 20, "{} bytes", bytes.len());
     assert_eq!(m["ram"]["transferred"], bytes.len() as u64);
     drop(q);
-    drop(vm);
+    vm.kill();
     let file = dir.path("save.bin");
     std::fs::write(&file, bytes).unwrap();
     let _ = std::fs::remove_file(&sock);
-    let mut vm = big(&["-incoming", &format!("file:{}", file.display())]).spawn("snap-fifo-back");
-    assert_eq!(wait_tick_after(&vm, 0).0, last.0 + 1, "{}", vm.log());
-    verify_then_pass(&mut vm);
+    let mut back = big(&["-incoming", &format!("file:{}", file.display())]).spawn("snap-fifo-back");
+    let (last, next) = continued(&mut vm, &back);
+    assert_eq!(next.0, last.0 + 1, "{}", back.log());
+    drop(vm);
+    verify_then_pass(&mut back);
 }
 
 /// A reset while a save is held up fails the save, and the guest boots
@@ -578,7 +607,27 @@ fn a_file_save_is_durable_when_it_completes() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run strace");
-    std::thread::sleep(Duration::from_millis(500));
+    // Every thread traced before the save starts (the save's own thread
+    // is made later, and strace -f follows it).
+    let traced = || {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", vm.pid())).expect("the tasks");
+        tasks.flatten().all(|t| {
+            // A thread that ended meanwhile needs no tracer.
+            std::fs::read_to_string(t.path().join("status")).map_or(true, |st| {
+                st.lines().any(|l| {
+                    l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
+                })
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + T;
+    while !traced() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "strace did not attach"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     save(&vm, &sock, &file);
     // SIGINT: strace detaches and writes out its log.
     let _ = std::process::Command::new("kill")

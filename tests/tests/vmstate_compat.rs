@@ -250,14 +250,30 @@ fn qemus_pseries_stream_reads_end_to_end() {
         .expect("qemu-system-ppc64 (scripts/setup.sh installs qemu-system-ppc)");
     let t = std::time::Duration::from_secs(60);
     let mut q = vmm_tests::qmp::Qmp::connect(&sock, t);
+    // QEMU says `completed` once it has written the pipe; `cat` may still
+    // be writing the file then, so the file gets its name only after.
+    let part = dir.path("qemu.stream.part");
     q.execute(
         "migrate",
-        serde_json::json!({"uri": format!("exec:cat > {}", file.display())}),
+        serde_json::json!({"uri": format!(
+            "exec:cat > {} && mv {} {}",
+            part.display(),
+            part.display(),
+            file.display()
+        )}),
     );
     let m = q.wait_migration(t);
+    assert_eq!(m["status"], "completed", "{m}");
+    let deadline = std::time::Instant::now() + t;
+    while !file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU's stream never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let _ = qemu.kill();
     let _ = qemu.wait();
-    assert_eq!(m["status"], "completed", "{m}");
 
     let out = Command::new(vmmctl())
         .arg("analyze-migration")

@@ -384,14 +384,15 @@ fn spawn_client(
         .spawn(move || {
             let mut broken = false;
             for line in rx {
+                let len = line.len() + 2;
                 if !broken {
-                    broken = w
-                        .write_all(line.as_bytes())
-                        .and_then(|_| w.write_all(b"\r\n"))
-                        .and_then(|_| w.flush())
-                        .is_err();
+                    // The line and its end in one write: a client that
+                    // reads with a timeout never meets half a line.
+                    let mut whole = line.into_bytes();
+                    whole.extend_from_slice(b"\r\n");
+                    broken = w.write_all(&whole).and_then(|_| w.flush()).is_err();
                 }
-                unread.fetch_sub(line.len() + 2, Ordering::SeqCst);
+                unread.fetch_sub(len, Ordering::SeqCst);
                 pending.fetch_sub(1, Ordering::SeqCst);
             }
         });
