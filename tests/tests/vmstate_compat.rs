@@ -240,14 +240,12 @@ fn qemus_pseries_stream_reads_end_to_end() {
     let dir = TempDir::new("qemu-pseries-stream");
     let sock = dir.path("qemu.qmp");
     let file = dir.path("qemu.stream");
-    let mut qemu = Command::new("qemu-system-ppc64")
-        .args(["-M", "pseries-7.2,cap-htm=off", "-m", "256M", "-nodefaults"])
+    let mut cmd = Command::new("qemu-system-ppc64");
+    cmd.args(["-M", "pseries-7.2,cap-htm=off", "-m", "256M", "-nodefaults"])
         .args(["-S", "-display", "none", "-qmp"])
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("qemu-system-ppc64 (scripts/setup.sh installs qemu-system-ppc)");
+        .arg(format!("unix:{},server=on,wait=off", sock.display()));
+    // Killed however the test ends (scripts/setup.sh installs it).
+    let mut qemu = vmm_tests::console::Vm::spawn("qemu-system-ppc64", cmd);
     let t = std::time::Duration::from_secs(60);
     let mut q = vmm_tests::qmp::Qmp::connect(&sock, t);
     // QEMU says `completed` once it has written the pipe; `cat` may still
@@ -272,8 +270,7 @@ fn qemus_pseries_stream_reads_end_to_end() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _ = qemu.kill();
-    let _ = qemu.wait();
+    qemu.kill();
 
     let out = Command::new(vmmctl())
         .arg("analyze-migration")
