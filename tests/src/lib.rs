@@ -152,10 +152,25 @@ pub fn blk_pattern(seed: u64, sector: u64, word: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A free TCP port on loopback (bound, then released).
+/// A free TCP port on loopback, for a vmm to listen on next.
+///
+/// Taken below Linux's ephemeral range (32768-60999 by default): a port
+/// from that range, bound and released, may become some connection's own
+/// port before the vmm binds it (tests run in parallel, and each migration
+/// connects). Spread by process and call, and checked free.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const FIRST: u64 = 20_000;
+    const COUNT: u64 = 12_000;
+    let pid = u64::from(std::process::id());
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let mixed = ((pid << 32) | n).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        let port = (FIRST + mixed % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in {FIRST}..{}", FIRST + COUNT);
 }
