@@ -845,7 +845,12 @@ fn network_traffic_resumes_after_migration() {
         &["-incoming", &format!("tcp:127.0.0.1:{port}")],
     );
     src.vm.wait_prefix("virtio.00:01.0.net mac=", BOOT);
-    std::thread::sleep(Duration::from_millis(150));
+    // Moved once traffic flows (the 3000 frames take most of a second).
+    let deadline = Instant::now() + BOOT;
+    while net.seen.lock().unwrap().len() < 100 {
+        assert!(Instant::now() < deadline, "no traffic");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let m = migrate(&src, &format!("tcp:127.0.0.1:{port}"));
     assert_eq!(m["status"], "completed", "{m}");
     let before = net.seen.lock().unwrap().len();

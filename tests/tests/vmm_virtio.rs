@@ -444,8 +444,25 @@ fn save_and_restore_in_the_middle_of_block_io() {
     };
     let vm = base().spawn("virtio-snap-src");
     vm.wait_prefix("virtio.00:01.0.blk queues_used", BOOT);
-    // The big write is under way now (it takes several hundred ms).
-    std::thread::sleep(Duration::from_millis(100));
+    // Saved as soon as the big write (100-800 ms here) has reached the
+    // disk: its first sector holds the pattern.
+    let first = {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&img).unwrap();
+        move || {
+            let mut w = [0u8; 8];
+            f.read_exact_at(&mut w, 8192 * 512).unwrap();
+            u64::from_le_bytes(w) == blk_pattern(23, 8192, 0)
+        }
+    };
+    let deadline = std::time::Instant::now() + BOOT;
+    while !first() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the big write never began"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     save_mid_flight(vm, &sock, &file, "virtio.00:01.0.blk big_mb");
     let mut dst = base()
         .args(["-incoming", &format!("file:{}", file.display())])
@@ -485,7 +502,12 @@ fn save_and_restore_in_the_middle_of_network_traffic() {
     };
     let vm = base().spawn("virtio-net-src");
     vm.wait_prefix("virtio.00:01.0.net mac=", BOOT);
-    std::thread::sleep(Duration::from_millis(150));
+    // Saved once traffic flows (all 4000 frames take about a second).
+    let deadline = std::time::Instant::now() + BOOT;
+    while tap.seen.lock().unwrap().len() < 100 {
+        assert!(std::time::Instant::now() < deadline, "no traffic");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     save_mid_flight(vm, &sock, &file, "virtio.00:01.0.net sent=");
     let before = tap.seen.lock().unwrap().len();
     assert!(before > 0, "no frame before the save");
