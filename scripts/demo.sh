@@ -37,13 +37,24 @@ echo "== the destination finishes the run and the guest verifies every page it w
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 guest=(-M q35 -m 512M -smp 2 -device isa-debug-exit,iobase=0xf4,iosize=0x04
        -kernel "$top/target/guest/test-guest"
-       -append "cpus=2 mem=512M work=mem,counter mem_mb=64 tick_ms=250 duration_ms=4000")
+       -append "cpus=2 mem=512M work=mem,counter mem_mb=64 tick_ms=250 duration_ms=8000")
 "$top/target/release/vmm" "${guest[@]}" -serial "file:$dir/src.log" \
     -qmp "unix:$dir/src.sock,server=on,wait=off" &
 src_pid=$!
 "$top/target/release/vmm" "${guest[@]}" -serial "file:$dir/dst.log" -incoming "tcp:127.0.0.1:$port" &
 dst_pid=$!
-for _ in $(seq 300); do grep -q '^mem.filled' "$dir/src.log" 2>/dev/null && break; sleep 0.1; done
+# Until $2 succeeds, for at most $1 seconds; says what it waited for if not.
+wait_for() {
+    local until=$((SECONDS + $1)) what=$2; shift 2
+    until "$@"; do
+        [ $SECONDS -lt $until ] || { echo "== $what did not happen"; exit 1; }
+        sleep 0.1
+    done
+}
+filled() { grep -q '^mem.filled' "$dir/src.log" 2>/dev/null; }
+listening() { ss -ltnH "sport = :$port" | grep -q .; }
+wait_for 30 "the source's guest filling its memory" filled
+wait_for 30 "the destination listening on $port" listening
 "$top/target/release/vmmctl" --qmp "$dir/src.sock" migrate "tcp:127.0.0.1:$port"
 set +e
 wait $dst_pid
