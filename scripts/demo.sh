@@ -34,7 +34,18 @@ if passed $rc "$dir/boot.log"; then echo "== guest reported PASS"; else echo "==
 echo
 echo "== live migration: a guest writing memory on 2 vCPUs moves to a second vmm process over TCP;"
 echo "== the destination finishes the run and the guest verifies every page it wrote"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# A free port below Linux's ephemeral range (32768-60999), which a
+# connection could take between the choice and the destination's bind.
+port=$(python3 -c '
+import random, socket
+for port in random.sample(range(20000, 32000), 12000):
+    try:
+        socket.create_server(("127.0.0.1", port)).close()
+        print(port)
+        break
+    except OSError:
+        pass
+')
 guest=(-M q35 -m 512M -smp 2 -device isa-debug-exit,iobase=0xf4,iosize=0x04
        -kernel "$top/target/guest/test-guest"
        -append "cpus=2 mem=512M work=mem,counter mem_mb=64 tick_ms=250 duration_ms=8000")
@@ -43,11 +54,15 @@ guest=(-M q35 -m 512M -smp 2 -device isa-debug-exit,iobase=0xf4,iosize=0x04
 src_pid=$!
 "$top/target/release/vmm" "${guest[@]}" -serial "file:$dir/dst.log" -incoming "tcp:127.0.0.1:$port" &
 dst_pid=$!
-# Until $2 succeeds, for at most $1 seconds; says what it waited for if not.
+# Until $2 succeeds, for at most $1 seconds and while both vmm processes
+# run; says what it waited for if not.
 wait_for() {
-    local until=$((SECONDS + $1)) what=$2; shift 2
+    local deadline=$((SECONDS + $1)) what=$2; shift 2
     until "$@"; do
-        [ $SECONDS -lt $until ] || { echo "== $what did not happen"; exit 1; }
+        if [ $SECONDS -ge $deadline ] || ! kill -0 "$src_pid" "$dst_pid" 2>/dev/null; then
+            echo "== $what did not happen"
+            exit 1
+        fi
         sleep 0.1
     done
 }

@@ -92,6 +92,12 @@ impl Vm {
         self.out.0.lock().unwrap().lines.clone()
     }
 
+    /// What the console printed after its last newline, once the process
+    /// ended (`None` if every line was ended, or while it runs).
+    pub fn cut(&self) -> Option<String> {
+        self.out.0.lock().unwrap().cut.clone()
+    }
+
     /// The whole log, for assertion messages.
     pub fn log(&self) -> String {
         let cut = self.out.0.lock().unwrap().cut.clone();
@@ -109,13 +115,16 @@ impl Vm {
     /// the middle of is joined to the rest of it, which `after` prints
     /// first.
     pub fn across(&self, after: &Vm) -> Vec<String> {
+        // Joined to nothing, a cut tick would read as a tick.
         let console = |l: &String| !l.starts_with("stderr: ");
         let g = self.out.0.lock().unwrap();
         assert!(g.closed, "{}: the console has not ended", self.name);
         let mut lines: Vec<String> = g.lines.iter().filter(|l| console(l)).cloned().collect();
         let mut rest = after.lines().into_iter().filter(console);
         if let Some(cut) = &g.cut {
-            let first = rest.next().unwrap_or_default();
+            let first = rest
+                .next()
+                .unwrap_or_else(|| panic!("{}: no line yet to end {cut:?}", after.name));
             lines.push(format!("{cut}{first}").trim_end().to_string());
         }
         lines.extend(rest);

@@ -136,7 +136,7 @@ pub fn wait_for_listener(ns: &str, port: u16, within: Duration) {
 /// that close).
 pub fn probe(ns: &str, host: &str, port: u16) {
     let script = format!(
-        "exec 3<>/dev/tcp/{host}/{port} || exit 1; exec 3>&-; \
+        "trap '' PIPE; exec 3<>/dev/tcp/{host}/{port} || exit 1; exec 3>&-; \
          exec 3<>/dev/tcp/{host}/{port} || exit 1; \
          printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 2>/dev/null; exit 0"
     );

@@ -201,8 +201,9 @@ fn serial_to_file() {
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.contains("RESULT PASS"), "{text}");
     assert!(
-        !vm.lines().iter().any(|l| l.contains("RESULT")),
-        "stdout must stay quiet"
+        vm.lines().iter().all(|l| l.starts_with("stderr: ")) && vm.cut().is_none(),
+        "stdout must stay quiet\n{}",
+        vm.log()
     );
 }
 

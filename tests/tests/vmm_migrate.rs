@@ -68,6 +68,8 @@ fn ticks(vm: &Vm) -> Vec<u64> {
 fn ticks_in(lines: &[String]) -> Vec<u64> {
     lines
         .iter()
+        // One tick a line (a cut line printed again whole would hold two).
+        .filter(|l| l.matches("tick").count() == 1)
         .filter(|l| l.starts_with("tick n="))
         .filter_map(|l| field(l, "n")?.parse().ok())
         .collect()

@@ -104,11 +104,19 @@ fn all_devices(cpus: u32, extra: &str) {
         )),
         "{text:?}"
     );
-    // The host side saw every frame, in order (a frame whose echo was
-    // slow is sent again, right after itself).
+    // The host side saw every frame, in order; a frame whose echo was
+    // slow is sent again, right after itself, and the guest counts those.
+    let net = vm.wait_prefix("virtio.00:04.0.net sent=", BOOT);
+    let resent: usize = field(&net, "resent").unwrap().parse().unwrap();
     let mut seen = tap.seen.lock().unwrap().clone();
+    let all = seen.len();
     seen.dedup();
     assert_eq!(seen, (0..frames).collect::<Vec<u32>>());
+    assert!(
+        all - seen.len() <= resent,
+        "{} frames twice, {net}",
+        all - seen.len()
+    );
 }
 
 #[test]
