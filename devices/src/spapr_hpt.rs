@@ -171,9 +171,10 @@ impl Hpt {
         Ok(slot)
     }
 
-    /// One removal: the entry's old doublewords, if it was valid (and,
-    /// with `H_AVPN`, maps `avpn`; with `H_ANDCOND`, has none of its bits).
-    fn remove_one(&mut self, ptex: u64, avpn: u64, flags: u64) -> Result<(u64, u64), HptError> {
+    /// `H_REMOVE(flags, ptex, avpn)`: the removed entry's doublewords, if
+    /// it was valid (and, with `H_AVPN`, maps `avpn`; with `H_ANDCOND`,
+    /// has none of its bits).
+    pub fn remove(&mut self, flags: u64, ptex: u64, avpn: u64) -> Result<(u64, u64), HptError> {
         self.check(ptex)?;
         let (v, r) = self.get(ptex);
         if v & V_VALID == 0
@@ -184,11 +185,6 @@ impl Hpt {
         }
         self.set(ptex, 0, 0);
         Ok((v, r))
-    }
-
-    /// `H_REMOVE(flags, ptex, avpn)`: the removed entry's doublewords.
-    pub fn remove(&mut self, flags: u64, ptex: u64, avpn: u64) -> Result<(u64, u64), HptError> {
-        self.remove_one(ptex, avpn, flags)
     }
 
     /// `H_BULK_REMOVE`: up to four (specifier, avpn) pairs in `args`, each
@@ -208,7 +204,7 @@ impl Hpt {
             }
             // The specifier's flags are H_REMOVE's, 26 bits up.
             let flags = (resp & BULK_FLAGS) >> 26;
-            match self.remove_one(resp & BULK_PTEX, tsl, flags) {
+            match self.remove(flags, resp & BULK_PTEX, tsl) {
                 Ok((_, r)) => resp |= (r & (R_C | R_R)) << 43,
                 Err(HptError::NotFound) => resp |= 1 << 60,
                 Err(e) => {
