@@ -10,6 +10,7 @@ pub mod peer;
 pub mod qemu;
 pub mod qmp;
 pub mod qtest;
+pub mod strace;
 pub mod vmm;
 
 use std::path::PathBuf;

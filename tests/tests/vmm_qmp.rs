@@ -717,3 +717,35 @@ fn a_monitor_serves_a_bounded_number_of_clients() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A reply or an event is one write with its CRLF: a client that reads
+/// with a timeout, or a proxy that forwards each read, never meets a line
+/// without its end (vmm wrote the JSON, then the CRLF: seen with strace).
+#[test]
+fn each_qmp_line_is_one_write() {
+    let dir = TempDir::new("qmp-write");
+    let (v, sock) = with_qmp(&dir, Vmm::new().append("cpus=1 work=counter tick_ms=100"));
+    let vm = v.spawn("qmp-write");
+    wait_ticks(&vm, 1);
+    let mut q = Qmp::connect(&sock, T);
+    let strace = vmm_tests::strace::Strace::attach(
+        vm.pid(),
+        "write,writev,sendmsg,sendto",
+        &dir.path("strace.log"),
+    );
+    q.execute("query-status", json!({}));
+    q.execute("stop", json!({}));
+    q.wait_event("STOP", T);
+    let log = strace.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(r#"\"return\""#) || l.contains(r#"\"event\""#))
+        .collect();
+    assert!(lines.len() >= 3, "no QMP writes traced:\n{log}");
+    for l in lines {
+        assert!(
+            l.contains(r#"}\r\n""#),
+            "a line without its CRLF: {l}\n{log}"
+        );
+    }
+}

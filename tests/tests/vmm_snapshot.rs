@@ -8,6 +8,7 @@ use serde_json::json;
 use std::time::Duration;
 use vmm_tests::console::{field, Vm};
 use vmm_tests::qmp::Qmp;
+use vmm_tests::strace::Strace;
 use vmm_tests::vmm::Vmm;
 use vmm_tests::TempDir;
 
@@ -599,43 +600,11 @@ fn a_file_save_is_durable_when_it_completes() {
     let vm = v.spawn("snap-fsync");
     vm.wait_prefix("mem.filled", BOOT);
     wait_tick_after(&vm, 1);
-    // Attached to the running vmm (which the harness owns and kills), so
-    // nothing outlives the test.
-    let mut strace = std::process::Command::new("strace")
-        .args(["-f", "-e", "trace=fsync,fdatasync,openat", "-o"])
-        .arg(&trace)
-        .args(["-p", &vm.pid().to_string()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run strace");
     // Every thread traced before the save starts (the save's own thread
     // is made later, and strace -f follows it).
-    let traced = || {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", vm.pid())).expect("the tasks");
-        tasks.flatten().all(|t| {
-            // A thread that ended meanwhile needs no tracer.
-            std::fs::read_to_string(t.path().join("status")).map_or(true, |st| {
-                st.lines().any(|l| {
-                    l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
-                })
-            })
-        })
-    };
-    let deadline = std::time::Instant::now() + T;
-    while !traced() {
-        assert!(
-            std::time::Instant::now() < deadline && strace.try_wait().unwrap().is_none(),
-            "strace did not attach"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let strace = Strace::attach(vm.pid(), "fsync,fdatasync,openat", &trace);
     save(&vm, &sock, &file);
-    // SIGINT: strace detaches and writes out its log.
-    let _ = std::process::Command::new("kill")
-        .args(["-INT", &strace.id().to_string()])
-        .status();
-    let _ = strace.wait();
-    let log = std::fs::read_to_string(&trace).expect("the strace log");
+    let log = strace.log();
     // The file's descriptor, from its openat, then a sync of it.
     let name = file.display().to_string();
     let fd = log
