@@ -524,6 +524,33 @@ fn count_value(state: &State, count: &str) -> Option<i128> {
 /// The most elements a counted array may have in a stream (a count past
 /// it is a corrupt stream, refused before anything is allocated).
 const MAX_VARRAY: usize = 1 << 16;
+/// Whether `section`'s stream version `v` (at `offset`) is one this build
+/// reads.
+fn versions(
+    section: &str,
+    v: u32,
+    readable: std::ops::RangeInclusive<u32>,
+    offset: u64,
+) -> Result<()> {
+    if v > *readable.end() {
+        return Err(Error::VersionTooNew {
+            section: section.to_string(),
+            stream: v,
+            local: *readable.end(),
+            offset,
+        });
+    }
+    if v < *readable.start() {
+        return Err(Error::VersionTooOld {
+            section: section.to_string(),
+            stream: v,
+            minimum: *readable.start(),
+            offset,
+        });
+    }
+    Ok(())
+}
+
 /// Bound on what one `spapr/htab` section covers, in tables: a source
 /// reading KVM's table may sweep it (and then what changed) more than
 /// once in a pass; the bound keeps a section from running on without its
@@ -848,22 +875,7 @@ impl<R: Read> Reader<R> {
         match (idstr.as_str(), instance) {
             (RAM_IDSTR, 0) => self.ram_start(ram, id, idstr, version, at),
             (htab::IDSTR, 0) => {
-                if version > htab::VERSION {
-                    return Err(Error::VersionTooNew {
-                        section: idstr,
-                        stream: version,
-                        local: htab::VERSION,
-                        offset: at,
-                    });
-                }
-                if version < htab::VERSION {
-                    return Err(Error::VersionTooOld {
-                        section: idstr,
-                        stream: version,
-                        minimum: htab::VERSION,
-                        offset: at,
-                    });
-                }
+                versions(&idstr, version, htab::VERSION..=htab::VERSION, at)?;
                 let pass = self.htab_pass()?;
                 self.footer(htab::IDSTR, id)?;
                 self.htab_id = Some(id);
@@ -944,22 +956,7 @@ impl<R: Read> Reader<R> {
         version: u32,
         at: u64,
     ) -> Result<Record> {
-        if version > RAM_VERSION {
-            return Err(Error::VersionTooNew {
-                section: idstr,
-                stream: version,
-                local: RAM_VERSION,
-                offset: at,
-            });
-        }
-        if version < RAM_VERSION {
-            return Err(Error::VersionTooOld {
-                section: idstr,
-                stream: version,
-                minimum: RAM_VERSION,
-                offset: at,
-            });
-        }
+        versions(&idstr, version, RAM_VERSION..=RAM_VERSION, at)?;
         let at = self.offset;
         let head = self.u64("the RAM size")?;
         if head & RAM_FLAGS != RAM_MEM_SIZE {
@@ -1061,23 +1058,7 @@ impl<R: Read> Reader<R> {
     }
 
     fn check_version(&self, d: &Description, section: &str, v: u32, offset: u64) -> Result<()> {
-        if v > d.version_id {
-            return Err(Error::VersionTooNew {
-                section: section.to_string(),
-                stream: v,
-                local: d.version_id,
-                offset,
-            });
-        }
-        if v < d.minimum_version_id {
-            return Err(Error::VersionTooOld {
-                section: section.to_string(),
-                stream: v,
-                minimum: d.minimum_version_id,
-                offset,
-            });
-        }
-        Ok(())
+        versions(section, v, d.minimum_version_id..=d.version_id, offset)
     }
 
     /// Reads `desc`'s fields as of stream version `version`, then its
